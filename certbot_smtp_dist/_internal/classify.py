@@ -1,0 +1,224 @@
+"""Translate what the SMTP layers raise (aiosmtplib, ssl, socket, OSError, timeouts) into `Failure` facts.
+
+This is the only module that inspects foreign exceptions. aiosmtplib classes are matched by name along the MRO, so
+this module never imports aiosmtplib and works across its 2.x-5.x class hierarchies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import ssl
+from collections.abc import Callable, Iterable
+
+from certbot_smtp_dist.errors import ErrorCode
+from certbot_smtp_dist.model import Failure, Phase, Reply
+
+# RFC 3463 §2: class.subject.detail at the start of the reply text (RFC 2034 §3).
+_ENHANCED_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
+_REPLY_IN_TEXT_RE = re.compile(r"^\s*(\d{3})[ -](.*)", re.S)  # aiosmtplib 2.x greeting errors: "421 text"
+_MAX_DETAIL = 400
+
+TRANSIENT_CODES = frozenset({421, 450, 451, 452, 454})
+VALIDATION_CODES = frozenset({500, 501, 503, 553})
+
+
+def reply(code: int, text: str) -> Reply:
+    """An SMTP reply with its RFC 3463 enhanced status code split off the text when present."""
+    clean = _clean(text)
+    match = _ENHANCED_RE.match(clean)
+    if match:
+        return Reply(code, ".".join(match.groups()), clean[match.end():].strip() or clean)
+    return Reply(code, None, clean)
+
+
+def code_for_reply(code: int, phase: Phase, text: str = "") -> ErrorCode:
+    """The error code of a negative reply (RFC 5321 §4.2.1: 4yz transient, 5yz permanent)."""
+    if code in TRANSIENT_CODES:
+        return ErrorCode.SMTP_TRANSIENT
+    # 530 is both "Must issue a STARTTLS command first" (RFC 3207 §4) and "Authentication required" (RFC 4954 §6).
+    if code == 530:
+        return ErrorCode.SMTP_TLS if "tls" in text.lower() else ErrorCode.SMTP_AUTH
+    if phase is Phase.AUTH:
+        return ErrorCode.SMTP_AUTH  # 535, 534, 538, 432, 501 to a SASL exchange: all rejections of the login
+    if phase is Phase.TLS and code >= 500:
+        return ErrorCode.SMTP_TLS
+    if code in VALIDATION_CODES:
+        return ErrorCode.SMTP_VALIDATION
+    if 400 <= code < 500:
+        return ErrorCode.SMTP_TRANSIENT
+    return ErrorCode.SMTP_PERMANENT
+
+
+def failure_from_reply(r: Reply, phase: Phase, what: str = "") -> Failure:
+    code = code_for_reply(r.code, phase, r.text)
+    prefix = f"{what}: " if what else ""
+    return Failure(code, phase, f"{prefix}{r.code} {r.enhanced_status + ' ' if r.enhanced_status else ''}{r.text}",
+                   smtp_code=r.code, enhanced_status=r.enhanced_status)
+
+
+def refusals_failure(refused: Iterable[tuple[str, Reply]], phase: Phase = Phase.RCPT) -> Failure:
+    """The failure of a partly or wholly refused RCPT set: any 5xx makes it permanent, all 4xx retryable."""
+    items = list(refused)
+    worst = next((r for _, r in items if r.code >= 500), items[0][1])
+    base = failure_from_reply(worst, phase)
+    count = len(items)
+    return Failure(base.code, phase, f"{count} recipient(s) refused; first: {base.detail}",
+                   smtp_code=worst.code, enhanced_status=worst.enhanced_status,
+                   retryable=all(400 <= r.code < 500 for _, r in items))
+
+
+def refusal(exc: BaseException) -> Reply | None:
+    """The reply of an RCPT refusal worth recording per recipient; None for anything else (including 421)."""
+    if "SMTPRecipientRefused" in _foreign_names(exc):
+        code = int(getattr(exc, "code", 0))
+        if code != 421:  # 421 closes the session (RFC 5321 §3.8): not a per-recipient answer
+            return reply(code, str(getattr(exc, "message", "")))
+    return None
+
+
+def deadline(phase: Phase, connected: bool, budget: float) -> Failure:
+    if not connected:
+        return Failure(ErrorCode.SMTP_CONNECT, Phase.CONNECT, f"TCP connect did not complete within {budget:.1f}s")
+    return Failure(ErrorCode.SMTP_TRANSIENT, phase,
+                   f"relay stalled during {phase.value}; abandoned at the {budget:.1f}s deadline")
+
+
+def translate(exc: BaseException, phase: Phase, connected: bool) -> Failure:
+    """Map any exception raised during an SMTP session to failure facts."""
+    names = _foreign_names(exc)
+    for name, handler in _AIOSMTPLIB_HANDLERS:
+        if name in names:
+            return handler(exc, phase, connected)
+    return _stdlib(exc, phase, connected)
+
+
+def _response(exc: BaseException, phase: Phase, connected: bool) -> Failure:
+    code = int(getattr(exc, "code", 0) or 0)
+    text = str(getattr(exc, "message", "") or "")
+    if code <= 0:  # aiosmtplib uses -1 for "no reply code"
+        return Failure(ErrorCode.SMTP_TRANSIENT if connected else ErrorCode.SMTP_CONNECT, phase, _clean(text))
+    return failure_from_reply(reply(code, text), phase)
+
+
+def _connect_error(exc: BaseException, phase: Phase, connected: bool) -> Failure:
+    cause = _root_cause(exc)
+    if isinstance(cause, ssl.SSLError):
+        return _tls(cause, phase)
+    if "SMTPServerDisconnected" in _foreign_names(cause) or isinstance(cause, (ConnectionError, EOFError)):
+        return Failure(ErrorCode.SMTP_TRANSIENT, phase, f"relay closed the connection before its greeting")
+    # aiosmtplib 2.x reports a non-220 greeting as SMTPConnectError("421 text").
+    match = _REPLY_IN_TEXT_RE.match(str(getattr(exc, "message", exc)))
+    if match:
+        return failure_from_reply(reply(int(match.group(1)), match.group(2)), Phase.CONNECT, "greeting")
+    if cause is not exc:
+        return _stdlib(cause, phase, connected)
+    return Failure(ErrorCode.SMTP_TRANSIENT if connected else ErrorCode.SMTP_CONNECT, phase, _clean(str(exc)))
+
+
+def _connect_response(exc: BaseException, phase: Phase, connected: bool) -> Failure:
+    code = int(getattr(exc, "code", 0) or 0)
+    return failure_from_reply(reply(code, str(getattr(exc, "message", ""))), Phase.CONNECT, "greeting")
+
+
+def _timeout(exc: BaseException, phase: Phase, connected: bool) -> Failure:
+    if not connected:
+        return Failure(ErrorCode.SMTP_CONNECT, Phase.CONNECT, "TCP connect timed out")
+    return Failure(ErrorCode.SMTP_TRANSIENT, phase, f"relay stopped answering during {phase.value}")
+
+
+def _disconnected(exc: BaseException, phase: Phase, connected: bool) -> Failure:
+    cause = _root_cause(exc)
+    if isinstance(cause, ssl.SSLError) or phase is Phase.TLS:
+        return _tls(cause, phase) if isinstance(cause, ssl.SSLError) else Failure(
+            ErrorCode.SMTP_TLS, phase, "relay closed the connection during the TLS handshake")
+    return Failure(ErrorCode.SMTP_TRANSIENT, phase, f"relay dropped the connection during {phase.value}")
+
+
+def _not_supported(exc: BaseException, phase: Phase, connected: bool) -> Failure:
+    code = {Phase.TLS: ErrorCode.SMTP_TLS, Phase.AUTH: ErrorCode.SMTP_AUTH}.get(phase, ErrorCode.SMTP_VALIDATION)
+    return Failure(code, phase, _clean(str(exc)))
+
+
+def _recipients_refused(exc: BaseException, phase: Phase, connected: bool) -> Failure:
+    items = [(str(getattr(e, "recipient", "")), reply(int(e.code), str(e.message)))
+             for e in getattr(exc, "recipients", [])]
+    if not items:
+        return Failure(ErrorCode.SMTP_PERMANENT, Phase.RCPT, "all recipients refused")
+    return refusals_failure(items)
+
+
+def _generic(exc: BaseException, phase: Phase, connected: bool) -> Failure:
+    cause = _root_cause(exc)
+    if cause is not exc:
+        return _stdlib(cause, phase, connected)
+    return _not_supported(exc, phase, connected)
+
+
+# Most specific first. tests/unit/test_classify.py fails if an aiosmtplib exception class is missing here.
+_AIOSMTPLIB_HANDLERS: tuple[tuple[str, Callable[[BaseException, Phase, bool], Failure]], ...] = (
+    ("SMTPRecipientsRefused", _recipients_refused),
+    ("SMTPConnectResponseError", _connect_response),
+    ("SMTPConnectTimeoutError", _timeout),
+    ("SMTPReadTimeoutError", _timeout),
+    ("SMTPTimeoutError", _timeout),
+    ("SMTPConnectError", _connect_error),
+    ("SMTPServerDisconnected", _disconnected),
+    ("SMTPAuthenticationError", _response),
+    ("SMTPSenderRefused", _response),
+    ("SMTPRecipientRefused", _response),
+    ("SMTPDataError", _response),
+    ("SMTPHeloError", _response),
+    ("SMTPResponseException", _response),
+    ("SMTPNotSupported", _not_supported),
+    ("SMTPException", _generic),
+)
+HANDLED_AIOSMTPLIB_NAMES = frozenset(name for name, _ in _AIOSMTPLIB_HANDLERS)
+
+
+def _stdlib(exc: BaseException, phase: Phase, connected: bool) -> Failure:
+    if isinstance(exc, ssl.SSLError):
+        return _tls(exc, phase)
+    if isinstance(exc, socket.gaierror):
+        return Failure(ErrorCode.SMTP_CONNECT, Phase.CONNECT, f"cannot resolve host: {exc.strerror or exc}")
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return _timeout(exc, phase, connected)
+    if isinstance(exc, OSError) and not connected:
+        return Failure(ErrorCode.SMTP_CONNECT, Phase.CONNECT, f"TCP connect failed: {exc.strerror or exc}")
+    if isinstance(exc, (OSError, EOFError)):
+        if phase is Phase.TLS:
+            return Failure(ErrorCode.SMTP_TLS, phase, f"TLS handshake failed: {exc.strerror or exc}"
+                           if isinstance(exc, OSError) else "TLS handshake failed")
+        return Failure(ErrorCode.SMTP_TRANSIENT, phase, f"connection lost during {phase.value}")
+    # Anything else is a defect of ours or a library's; keep the delivery retryable and say what it was.
+    return Failure(ErrorCode.SMTP_TRANSIENT, phase, f"unexpected {type(exc).__name__} during {phase.value}")
+
+
+def _tls(exc: ssl.SSLError, phase: Phase) -> Failure:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message or exc.reason or "verification failed"
+        return Failure(ErrorCode.SMTP_TLS, Phase.TLS, f"relay certificate not trusted: {why}")
+    return Failure(ErrorCode.SMTP_TLS, Phase.TLS, f"TLS handshake failed: {exc.reason or type(exc).__name__}")
+
+
+def _foreign_names(exc: BaseException) -> set[str]:
+    return {k.__name__ for k in type(exc).__mro__ if k.__module__.startswith("aiosmtplib")}
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = {id(exc)}
+    cur: BaseException = exc
+    while (nxt := cur.__cause__ or cur.__context__) is not None and id(nxt) not in seen:
+        if isinstance(nxt, ssl.SSLError):
+            return nxt
+        seen.add(id(nxt))
+        cur = nxt
+    return cur
+
+
+def _clean(text: str) -> str:
+    """Relay text is untrusted: one line, printable, bounded."""
+    flat = " / ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    flat = "".join(c if c.isprintable() else "?" for c in flat)
+    return flat[:_MAX_DETAIL]

@@ -1,0 +1,198 @@
+"""The `certbot-smtp-dist` command: a thin adapter from argv and the hook environment onto the core."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from certbot_smtp_dist import __version__
+from certbot_smtp_dist.errors import CredentialError, SmtpDistError, UsageError
+from certbot_smtp_dist._internal import report
+
+log = logging.getLogger("certbot_smtp_dist")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse exits 2; sysexits says 64
+        self.print_usage(sys.stderr)
+        self.exit(report.EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Options that work before or after the subcommand (the subparser copy must not reset them)."""
+    default = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    parser.add_argument("--config", metavar="FILE", default=default(None),
+                        help="configuration file (default: $CERTBOT_SMTP_DIST_CONFIG or "
+                             "/etc/letsencrypt/smtp-dist/config.toml)")
+    parser.add_argument("--state-dir", metavar="DIR", default=default(None),
+                        help="spool and journal directory (default: $CERTBOT_SMTP_DIST_STATE_DIR or "
+                             "/var/lib/certbot-smtp-dist)")
+    parser.add_argument("--log-format", choices=("human", "json"), default=default("human"),
+                        help="format of log lines on stderr")
+    parser.add_argument("-v", "--verbose", action="count", default=default(0), help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                        help="only errors on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="certbot-smtp-dist", description="Ship renewed ACME certificates by email.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    deploy = sub.add_parser("deploy", help="ship a certificate to every matching target")
+    _global_options(deploy, suppress=True)
+    deploy.add_argument("--target", action="append", default=[], metavar="NAME", help="only this target (repeatable)")
+    deploy.add_argument("--dry-run", action="store_true", help="validate and render; connect to nothing")
+    deploy.add_argument("--output", metavar="DIR", help="with --dry-run: write one .eml per target here (0600)")
+    deploy.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    src = deploy.add_argument_group("certificate (default: $RENEWED_LINEAGE, or lego's hook variables)")
+    src.add_argument("--lineage", metavar="DIR", help="certbot-style live directory")
+    src.add_argument("--cert", metavar="FILE", help="leaf certificate (PEM)")
+    src.add_argument("--key", metavar="FILE", help="private key (PEM)")
+    src.add_argument("--chain", metavar="FILE", help="issuer certificates (PEM)")
+    src.add_argument("--fullchain", metavar="FILE", help="leaf followed by issuers (PEM)")
+    src.add_argument("--name", help="certificate name (default: the leaf's CN, else its first SAN)")
+    deploy.set_defaults(func=cmd_deploy)
+
+    creds = sub.add_parser("credentials", help="manage stored secrets (never on the command line)")
+    _global_options(creds, suppress=True)
+    csub = creds.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    csub.required = True
+    cset = csub.add_parser("set", help="store a secret read from standard input")
+    _global_options(cset, suppress=True)
+    cset.add_argument("name")
+    cset.add_argument("--type", required=True, choices=("smtp_password", "smtp_pkcs12_passphrase"))
+    cset.set_defaults(func=cmd_credentials_set)
+    clist = csub.add_parser("list", help="names and types only")
+    _global_options(clist, suppress=True)
+    clist.set_defaults(func=cmd_credentials_list)
+    cdel = csub.add_parser("delete", help="remove a stored secret")
+    _global_options(cdel, suppress=True)
+    cdel.add_argument("name")
+    cdel.set_defaults(func=cmd_credentials_delete)
+
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Other stages add their subcommands here (retry, status, journal, history) without touching the core parser.
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from certbot_smtp_dist._internal import deploy, lineage
+    from certbot_smtp_dist._internal.config import config_path
+
+    if args.output and not args.dry_run:
+        raise UsageError("--output only makes sense with --dry-run")
+    source = _source(args, lineage)
+    request = deploy.DeployRequest(
+        config=config_path(args.config), source=source, targets=tuple(args.target), dry_run=args.dry_run,
+        output=Path(args.output) if args.output else None,
+    )
+    result = deploy.run(request)
+    if args.json:
+        print(report.json_document(result.facts, result.results, result.config_errors))
+    return result.exit_status
+
+
+def _source(args: argparse.Namespace, lineage: object) -> object:
+    from certbot_smtp_dist._internal import lineage as lin
+
+    files = (args.cert, args.key, args.chain, args.fullchain)
+    if args.lineage and any(files):
+        raise UsageError("--lineage and --cert/--key/--chain/--fullchain are exclusive")
+    if args.lineage:
+        return lin.from_lineage_dir(Path(args.lineage), args.name)
+    if any(files):
+        return lin.from_files(args.cert, args.key, args.chain, args.fullchain, args.name)
+    found = lin.from_environment(os.environ)
+    if found is None:
+        raise UsageError("no certificate given: pass --lineage DIR or --fullchain/--key, or run as a deploy hook "
+                         "(RENEWED_LINEAGE or lego's LEGO_CERT_* variables)")
+    return found
+
+
+def _store(args: argparse.Namespace) -> object:
+    from certbot_smtp_dist._internal.config import config_path
+    from certbot_smtp_dist._internal.credentials import CredentialStore
+
+    return CredentialStore(config_path(args.config).parent)
+
+
+def cmd_credentials_set(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if sys.stdin.isatty():
+        secret = getpass.getpass(f"secret for {args.name} ({args.type}): ")
+    else:
+        secret = sys.stdin.read()
+        secret = secret[:-1] if secret.endswith("\n") else secret
+        secret = secret[:-1] if secret.endswith("\r") else secret
+    store.set(args.name, args.type, secret)  # type: ignore[attr-defined]
+    print(f"stored credential {args.name} ({args.type})", file=sys.stderr)
+    return 0
+
+
+def cmd_credentials_list(args: argparse.Namespace) -> int:
+    for cred in _store(args).list():  # type: ignore[attr-defined]
+        print(f"{cred.name}\t{cred.type}")
+    return 0
+
+
+def cmd_credentials_delete(args: argparse.Namespace) -> int:
+    if not _store(args).delete(args.name):  # type: ignore[attr-defined]
+        print(f"no credential named {args.name}", file=sys.stderr)
+        return 1
+    print(f"deleted credential {args.name}", file=sys.stderr)
+    return 0
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname.lower(),
+                           "logger": record.name, "message": record.getMessage()})
+
+
+def setup_logging(fmt: str, verbose: int, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("certbot-smtp-dist: %(levelname)s: %(message)s"))
+    root = logging.getLogger("certbot_smtp_dist")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_format, args.verbose, args.quiet)
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"certbot-smtp-dist: error: {exc}", file=sys.stderr)
+        return report.EX_USAGE
+    except CredentialError as exc:
+        print(f"certbot-smtp-dist: error: {exc}", file=sys.stderr)
+        return report.EX_CONFIG
+    except SmtpDistError as exc:
+        print(f"certbot-smtp-dist: error: {exc}", file=sys.stderr)
+        return report.EX_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

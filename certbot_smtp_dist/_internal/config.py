@@ -1,0 +1,279 @@
+"""Parse the TOML configuration once, at the edge, into validated `Settings`; report every problem at once."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from certbot_smtp_dist.errors import ConfigError, ConfigProblem
+from certbot_smtp_dist.model import AuthMethod, Settings, Target, TlsMode
+from certbot_smtp_dist._internal.addresses import address_problem, header_text_problem, is_loopback_host
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DEFAULT_CONFIG = Path("/etc/letsencrypt/smtp-dist/config.toml")
+CONFIG_ENV = "CERTBOT_SMTP_DIST_CONFIG"
+
+PASSWORD_TYPE = "smtp_password"
+PASSPHRASE_TYPE = "smtp_pkcs12_passphrase"
+
+MAX_TO = 50
+MAX_RECIPIENTS = 100  # RFC 5321 §4.5.3.1.8: relays must accept at least 100 RCPTs
+MAX_FROM_NAME = 128
+TARGET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+KNOWN_KEYS = frozenset(
+    {
+        "host", "port", "tls_mode", "tls_skip_verify", "tls_ca_file", "auth_method", "username",
+        "password_credential", "timeout", "from_address", "from_name", "to", "cc", "bcc", "payload",
+        "pkcs12_passphrase_credential", "subject_prefix", "certificates",
+    }
+)
+
+
+def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> Path:
+    """`--config` wins over the environment, which wins over the default path."""
+    if cli_value:
+        return Path(cli_value)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    return DEFAULT_CONFIG
+
+
+def load_settings(
+    path: Path,
+    credentials: Mapping[str, str],
+    payload_formats: Mapping[str, str | None],
+) -> Settings:
+    """Read and validate `path`.
+
+    `credentials` maps stored credential names to their types; `payload_formats` maps each registered
+    payload format to the credential type it needs (None: none). Raises ConfigError with every problem.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(None, None, f"cannot read {path}: {exc.strerror}")], str(path)) from exc
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([ConfigProblem(None, None, f"not valid TOML: {exc}")], str(path)) from exc
+    return parse_settings(doc, path, credentials, payload_formats)
+
+
+def parse_settings(
+    doc: Mapping[str, Any],
+    path: Path,
+    credentials: Mapping[str, str],
+    payload_formats: Mapping[str, str | None],
+) -> Settings:
+    problems: list[ConfigProblem] = []
+    for key in doc:
+        if key not in ("defaults", "targets"):
+            problems.append(ConfigProblem(None, key, "unknown top-level key (expected [defaults] and [targets.NAME])"))
+    defaults = doc.get("defaults", {})
+    if not isinstance(defaults, dict):
+        problems.append(ConfigProblem(None, "defaults", "must be a table"))
+        defaults = {}
+    for key in defaults:
+        if key not in KNOWN_KEYS:
+            problems.append(ConfigProblem(None, f"defaults.{key}", "unknown key"))
+    tables = doc.get("targets", {})
+    if not isinstance(tables, dict) or not tables:
+        problems.append(ConfigProblem(None, "targets", "no targets: add at least one [targets.NAME] table"))
+        tables = {}
+    targets: list[Target] = []
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            problems.append(ConfigProblem(name, None, "must be a table"))
+            continue
+        checker = _TargetChecker(name, {**defaults, **table}, credentials, payload_formats, path.parent)
+        target = checker.build()
+        problems.extend(checker.problems)
+        if target is not None:
+            targets.append(target)
+    if problems:
+        raise ConfigError(problems, str(path))
+    return Settings(path=path, targets=tuple(targets))
+
+
+class _TargetChecker:
+    """Validates one target's merged table, collecting problems instead of stopping at the first."""
+
+    def __init__(
+        self,
+        name: str,
+        table: Mapping[str, Any],
+        credentials: Mapping[str, str],
+        payload_formats: Mapping[str, str | None],
+        base_dir: Path,
+    ) -> None:
+        self.name = name
+        self.table = table
+        self.credentials = credentials
+        self.payload_formats = payload_formats
+        self.base_dir = base_dir
+        self.problems: list[ConfigProblem] = []
+
+    def problem(self, key: str | None, text: str) -> None:
+        self.problems.append(ConfigProblem(self.name, key, text))
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+        if key not in self.table:
+            if required:
+                self.problem(key, "is required")
+            return default
+        value = self.table[key]
+        # bool is an int in Python; TOML keeps them apart, so do we.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            self.problem(key, f"must be {_kind_name(kind)}, not a boolean")
+            return default
+        if not isinstance(value, kind):
+            self.problem(key, f"must be {_kind_name(kind)}, not {type(value).__name__}")
+            return default
+        return value
+
+    def choice(self, key: str, enum_type: Callable[[str], Any], allowed: tuple[str, ...], default: str) -> Any:
+        value = self.get(key, str, default)
+        if value not in allowed:
+            self.problem(key, f"must be one of {', '.join(allowed)}, not {value!r}")
+            value = default
+        return enum_type(value)
+
+    def address(self, key: str, value: str) -> None:
+        why = address_problem(value)
+        if why:
+            self.problem(key, f"{value!r} {why}")
+
+    def address_list(self, key: str, required: bool) -> tuple[str, ...]:
+        values = self.get(key, list, [], required=required)
+        out: list[str] = []
+        for value in values:
+            if not isinstance(value, str):
+                self.problem(key, f"every entry must be a string, not {type(value).__name__}")
+                continue
+            self.address(key, value)
+            out.append(value)
+        return tuple(out)
+
+    def header_text(self, key: str, limit: int | None = None) -> str | None:
+        value = self.get(key, str)
+        if value is None:
+            return None
+        why = header_text_problem(value)
+        if why:
+            self.problem(key, why)
+        if limit is not None and len(value) > limit:
+            self.problem(key, f"is longer than {limit} characters")
+        return value
+
+    def credential(self, key: str, wanted_type: str, required: bool) -> str | None:
+        value = self.get(key, str, required=required)
+        if value is None:
+            return None
+        stored = self.credentials.get(value)
+        if stored is None:
+            self.problem(
+                key,
+                f"credential {value!r} is not stored; run: certbot-smtp-dist credentials set {value} --type {wanted_type}",
+            )
+        elif stored != wanted_type:
+            self.problem(key, f"credential {value!r} has type {stored}, expected {wanted_type}")
+        return value
+
+    def build(self) -> Target | None:
+        if not TARGET_NAME_RE.fullmatch(self.name):
+            self.problem(None, "target names may use only letters, digits, '.', '_' and '-' (at most 64)")
+        for key in self.table:
+            if key not in KNOWN_KEYS:
+                self.problem(key, "unknown key")
+
+        host = self.get("host", str, "", required=True)
+        if "host" in self.table and isinstance(host, str) and (not host or header_text_problem(host) or " " in host):
+            self.problem("host", f"{host!r} is not a host name or address")
+        tls_mode = self.choice("tls_mode", TlsMode, tuple(m.value for m in TlsMode), "starttls")
+        port = self.get("port", int, tls_mode.default_port)
+        if not 1 <= port <= 65535:
+            self.problem("port", f"{port} is out of range 1..65535")
+        tls_skip_verify = self.get("tls_skip_verify", bool, False)
+        ca = self.get("tls_ca_file", str)
+        tls_ca_file = None
+        if ca is not None:
+            tls_ca_file = (self.base_dir / ca) if not os.path.isabs(ca) else Path(ca)
+            if not tls_ca_file.is_file():
+                self.problem("tls_ca_file", f"{tls_ca_file} is not a readable file")
+        auth_method = self.choice("auth_method", AuthMethod, tuple(m.value for m in AuthMethod), "none")
+        needs_auth = auth_method is not AuthMethod.NONE
+        username = self.get("username", str, required=needs_auth)
+        if username is not None and header_text_problem(username):
+            self.problem("username", "contains a control character")
+        password_credential = self.credential("password_credential", PASSWORD_TYPE, required=needs_auth)
+        timeout = self.get("timeout", (int, float), 30)
+        if not 1 <= timeout <= 600:
+            self.problem("timeout", f"{timeout} is out of range 1..600 seconds")
+
+        from_address = self.get("from_address", str, "", required=True)
+        if from_address:
+            self.address("from_address", from_address)
+        from_name = self.header_text("from_name", MAX_FROM_NAME)
+        to = self.address_list("to", required=True)
+        if "to" in self.table and not to and isinstance(self.table["to"], list):
+            self.problem("to", "needs at least one address")
+        if len(to) > MAX_TO:
+            self.problem("to", f"has {len(to)} addresses; at most {MAX_TO}")
+        cc = self.address_list("cc", required=False)
+        bcc = self.address_list("bcc", required=False)
+        if len(to) + len(cc) + len(bcc) > MAX_RECIPIENTS:
+            self.problem("bcc", f"to, cc and bcc together exceed {MAX_RECIPIENTS} recipients")
+
+        payload = self.get("payload", str, "pem")
+        if payload not in self.payload_formats:
+            self.problem("payload", f"must be one of {', '.join(sorted(self.payload_formats))}, not {payload!r}")
+        needed = self.payload_formats.get(payload)
+        passphrase = None  # a passphrase given to a format that takes none (e.g. from [defaults]) is unused
+        if needed is not None:
+            passphrase = self.credential("pkcs12_passphrase_credential", needed, required=True)
+        subject_prefix = self.header_text("subject_prefix")
+        certificates = self.get("certificates", list, [])
+        for pattern in certificates:
+            if not isinstance(pattern, str) or not pattern:
+                self.problem("certificates", "every entry must be a non-empty string (a name or shell-style glob)")
+
+        if tls_mode is TlsMode.PLAINTEXT and host and not is_loopback_host(host):
+            if needs_auth:
+                self.problem(
+                    "auth_method",
+                    f"auth_method = {auth_method.value!r} over tls_mode = 'plaintext' to non-loopback host "
+                    f"{host!r} would send the password in clear; use starttls or smtps",
+                )
+            if payload == "pem_and_key":
+                self.problem(
+                    "payload",
+                    f"payload = 'pem_and_key' over tls_mode = 'plaintext' to non-loopback host {host!r} "
+                    "would ship the private key in clear; use starttls or smtps",
+                )
+        if self.problems:
+            return None
+        return Target(
+            name=self.name, host=host, port=port, tls_mode=tls_mode, tls_skip_verify=tls_skip_verify,
+            tls_ca_file=tls_ca_file, auth_method=auth_method, username=username,
+            password_credential=password_credential, timeout=float(timeout), from_address=from_address,
+            from_name=from_name, to=to, cc=cc, bcc=bcc, payload=payload,
+            pkcs12_passphrase_credential=passphrase, subject_prefix=subject_prefix,
+            certificates=tuple(certificates),
+        )
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if kinds == (int, float):
+        return "a number"
+    return " or ".join(names.get(k, k.__name__) for k in kinds)

@@ -1,0 +1,156 @@
+"""The credential store: envelope-encrypted secrets beside the config file, never in it.
+
+Each secret gets a fresh 256-bit data key; the secret is sealed with AES-256-GCM under that key, and the data key is
+sealed under the master key. Name and type are bound as associated data, so a file renamed or retyped fails to open.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from certbot_smtp_dist.errors import CredentialError
+from certbot_smtp_dist.model import Secret
+from certbot_smtp_dist._internal import files
+
+CREDENTIAL_TYPES = ("smtp_password", "smtp_pkcs12_passphrase")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MASTER_KEY_FILE = "master.key"
+SYSTEMD_CREDENTIAL = "certbot-smtp-dist.master-key"  # name under $CREDENTIALS_DIRECTORY
+_SUFFIX = ".cred"
+_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCredential:
+    name: str
+    type: str
+
+
+class CredentialStore:
+    """`credentials/` beside the config file, plus the master key that unlocks it."""
+
+    def __init__(self, config_dir: Path, environ: dict[str, str] | None = None) -> None:
+        self.config_dir = config_dir
+        self.directory = config_dir / "credentials"
+        self._environ = dict(os.environ if environ is None else environ)
+
+    # -- listing (no key needed) --------------------------------------------------------------------------------
+    def list(self) -> list[StoredCredential]:
+        if not self.directory.is_dir():
+            return []
+        out: list[StoredCredential] = []
+        for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
+            try:
+                doc = json.loads(path.read_text("utf-8"))
+                out.append(StoredCredential(name=str(doc["name"]), type=str(doc["type"])))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # unreadable entries surface when used, by name
+        return out
+
+    def types(self) -> dict[str, str]:
+        return {c.name: c.type for c in self.list()}
+
+    # -- writing ------------------------------------------------------------------------------------------------
+    def set(self, name: str, type_: str, secret: str) -> None:
+        _check(name, type_)
+        if not secret:
+            raise CredentialError("refusing to store an empty secret")
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        master = AESGCM(self._master_key(create=True))
+        data_key = AESGCM.generate_key(bit_length=256)
+        aad = _aad(name, type_)
+        wrap_nonce, secret_nonce = os.urandom(12), os.urandom(12)
+        doc = {
+            "format": _FORMAT,
+            "name": name,
+            "type": type_,
+            "cipher": "AES-256-GCM",
+            "wrapped_key": _b64(wrap_nonce + master.encrypt(wrap_nonce, data_key, aad)),
+            "ciphertext": _b64(secret_nonce + AESGCM(data_key).encrypt(secret_nonce, secret.encode("utf-8"), aad)),
+        }
+        files.ensure_private_dir(self.directory)
+        files.write_private(self._path(name), (json.dumps(doc, indent=1) + "\n").encode())
+
+    def delete(self, name: str) -> bool:
+        _check(name, None)
+        try:
+            self._path(name).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    def get(self, name: str, type_: str) -> Secret:
+        """Decrypt credential `name`, which must have type `type_`."""
+        _check(name, type_)
+        path = self._path(name)
+        try:
+            doc = json.loads(path.read_text("utf-8"))
+            stored_type = doc["type"]
+            wrapped = base64.b64decode(doc["wrapped_key"], validate=True)
+            sealed = base64.b64decode(doc["ciphertext"], validate=True)
+        except FileNotFoundError as exc:
+            raise CredentialError(f"credential {name!r} is not stored") from exc
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CredentialError(f"credential file {path} is damaged") from exc
+        if stored_type != type_:
+            raise CredentialError(f"credential {name!r} has type {stored_type}, expected {type_}")
+        files.warn_if_exposed(path, "credential file")
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        aad = _aad(name, type_)
+        try:
+            data_key = AESGCM(self._master_key(create=False)).decrypt(wrapped[:12], wrapped[12:], aad)
+            plain = AESGCM(data_key).decrypt(sealed[:12], sealed[12:], aad)
+        except InvalidTag as exc:
+            raise CredentialError(
+                f"credential {name!r} cannot be decrypted: wrong master key, or the file was altered or renamed"
+            ) from exc
+        return Secret(plain.decode("utf-8"))
+
+    # -- master key ---------------------------------------------------------------------------------------------
+    def master_key_location(self) -> Path:
+        creds_dir = self._environ.get("CREDENTIALS_DIRECTORY")
+        if creds_dir and (Path(creds_dir) / SYSTEMD_CREDENTIAL).is_file():
+            return Path(creds_dir) / SYSTEMD_CREDENTIAL
+        return self.config_dir / MASTER_KEY_FILE
+
+    def _master_key(self, create: bool) -> bytes:
+        path = self.master_key_location()
+        if not path.exists():
+            if not create:
+                raise CredentialError(f"master key {path} is missing: stored credentials cannot be decrypted")
+            files.create_private_exclusive(path, _b64(os.urandom(32)).encode() + b"\n")
+        files.warn_if_exposed(path, "master key")
+        try:
+            key = base64.b64decode(path.read_bytes().strip(), validate=True)
+        except (OSError, ValueError) as exc:
+            raise CredentialError(f"master key {path} is unreadable or damaged") from exc
+        if len(key) != 32:
+            raise CredentialError(f"master key {path} must hold 32 bytes (base64), not {len(key)}")
+        return key
+
+    def _path(self, name: str) -> Path:
+        return self.directory / f"{name}{_SUFFIX}"
+
+
+def _check(name: str, type_: str | None) -> None:
+    if not NAME_RE.fullmatch(name):
+        raise CredentialError(f"invalid credential name {name!r}: letters, digits, '.', '_', '-' (at most 64)")
+    if type_ is not None and type_ not in CREDENTIAL_TYPES:
+        raise CredentialError(f"invalid credential type {type_!r}: one of {', '.join(CREDENTIAL_TYPES)}")
+
+
+def _aad(name: str, type_: str) -> bytes:
+    return f"certbot-smtp-dist/credential/v{_FORMAT}\x00{name}\x00{type_}".encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

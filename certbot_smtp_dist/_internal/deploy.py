@@ -1,0 +1,152 @@
+"""The one use case both adapters call: ship one certificate to the configured targets and report."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from certbot_smtp_dist.errors import CertificateError, ConfigError, ConfigProblem, CredentialError, ErrorCode, UsageError
+import pluggy
+
+from certbot_smtp_dist.model import (
+    AuthMethod, CertificateFacts, DeliveryResult, Failure, LineageSource, PayloadFormat, Phase, Secret, Settings,
+    Status, Target,
+)
+from certbot_smtp_dist._internal import report
+from certbot_smtp_dist._internal.credentials import CredentialStore
+from certbot_smtp_dist._internal.config import PASSWORD_TYPE, load_settings
+
+log = logging.getLogger("certbot_smtp_dist")
+
+
+@dataclass(frozen=True, slots=True)
+class DeployRequest:
+    config: Path
+    source: LineageSource
+    targets: tuple[str, ...] = ()
+    dry_run: bool = False
+    output: Path | None = None
+    environ: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeployReport:
+    facts: CertificateFacts | None
+    results: tuple[DeliveryResult, ...] = ()
+    config_errors: tuple[ConfigProblem, ...] = ()
+    certificate_problems: tuple[str, ...] = ()
+    exit_status: int = report.EX_OK
+    settings: Settings | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """Validated settings plus the registries and store they were validated against."""
+
+    settings: Settings
+    formats: Mapping[str, PayloadFormat]
+    store: CredentialStore
+    plugins: pluggy.PluginManager
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    from certbot_smtp_dist._internal.plugins import make_manager, payload_formats
+
+    pm = make_manager()
+    formats = payload_formats(pm)
+    store = CredentialStore(path.parent, dict(environ) if environ is not None else None)
+    settings = load_settings(path, store.types(), {n: f.credential_type for n, f in formats.items()})
+    return LoadedConfig(settings, formats, store, pm)
+
+
+def select(settings: Settings, names: tuple[str, ...]) -> tuple[Target, ...]:
+    if not names:
+        return settings.targets
+    unknown = [n for n in names if settings.target(n) is None]
+    if unknown:
+        raise UsageError(f"unknown target(s): {', '.join(unknown)} (configured: "
+                         f"{', '.join(t.name for t in settings.targets)})")
+    return tuple(t for t in settings.targets if t.name in names)
+
+
+def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
+    """Validate config and artefact, then deliver (or render). Raises only UsageError."""
+    from certbot_smtp_dist._internal import lineage, pipeline
+    from certbot_smtp_dist._internal.plugins import notify_finished
+
+    now = now or datetime.now(timezone.utc)
+    try:
+        loaded = load_config(request.config, request.environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("config %s: %s", request.config, problem)
+        return DeployReport(None, config_errors=exc.problems, exit_status=report.EX_CONFIG)
+    settings, formats = loaded.settings, loaded.formats
+    targets = select(settings, request.targets)
+
+    try:
+        artefact = lineage.load(request.source, now)
+    except CertificateError as exc:
+        log.error("%s; nothing was sent", exc)
+        failure = Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, "; ".join(exc.problems))
+        results = tuple(DeliveryResult(t.name, Status.FAILED, failure) for t in targets)
+        return DeployReport(None, results, certificate_problems=exc.problems, exit_status=report.EX_DATAERR,
+                            settings=settings)
+
+    wanted = [t for t in targets if t.matches(artefact.facts.names)]
+    try:
+        secrets = _unlock(loaded.store, wanted, formats, with_passwords=not request.dry_run)
+    except _Locked as exc:
+        for problem in exc.problems:
+            log.error("config %s: %s", request.config, problem)
+        return DeployReport(artefact.facts, config_errors=tuple(exc.problems), exit_status=report.EX_CONFIG,
+                            settings=settings)
+
+    jobs = []
+    for target in targets:
+        if target in wanted:
+            pipeline.warn_about(target, formats[target.payload])
+        jobs.append(pipeline.prepare_job(target, artefact, formats, secrets, now))
+
+    if request.dry_run:
+        results = pipeline.rendered_results(jobs, request.output)
+    else:
+        results = pipeline.deliver_all(jobs, observer=lambda job, result: notify_finished(loaded.plugins, artefact.facts, result))
+    for result in results:
+        line = report.human_line(result)
+        (log.info if result.ok else log.error)("%s", line)
+    return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results), settings=settings)
+
+
+class _Locked(Exception):
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        super().__init__("credentials unusable")
+        self.problems = problems
+
+
+def _unlock(
+    store: CredentialStore, targets: list[Target], formats: Mapping[str, PayloadFormat], with_passwords: bool
+) -> dict[str, Secret]:
+    """Decrypt exactly the secrets the matching targets need; every failure named by target and key."""
+    secrets: dict[str, Secret] = {}
+    problems: list[ConfigProblem] = []
+    for t in targets:
+        needed: list[tuple[str, str, str]] = []
+        if with_passwords and t.auth_method is not AuthMethod.NONE and t.password_credential:
+            needed.append(("password_credential", t.password_credential, PASSWORD_TYPE))
+        ctype = formats[t.payload].credential_type
+        if ctype and t.pkcs12_passphrase_credential:
+            needed.append(("pkcs12_passphrase_credential", t.pkcs12_passphrase_credential, ctype))
+        for key, name, ctype_ in needed:
+            if name in secrets:
+                continue
+            try:
+                secrets[name] = store.get(name, ctype_)
+            except CredentialError as exc:
+                problems.append(ConfigProblem(t.name, key, str(exc)))
+    if problems:
+        raise _Locked(problems)
+    return secrets

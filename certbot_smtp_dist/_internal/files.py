@@ -1,0 +1,90 @@
+"""Private files and directories: 0600/0700, written atomically and fsynced, checked for loose permissions."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) as 0700 if missing; an existing directory keeps its mode."""
+    if not path.is_dir():
+        old = os.umask(0o077)
+        try:
+            path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        finally:
+            os.umask(old)
+    return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically replace `path` with `data` as a 0600 file, fsynced with its directory."""
+    ensure_private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress_oserror():
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def create_private_exclusive(path: Path, data: bytes) -> bool:
+    """Create `path` 0600 with `data` only if it does not exist yet; False if someone else won the race."""
+    ensure_private_dir(path.parent)
+    tmp_fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(tmp_fd, FILE_MODE)
+        with os.fdopen(tmp_fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # atomic "create if absent" with complete content
+        except FileExistsError:
+            return False
+    finally:
+        with _suppress_oserror():
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+    return True
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def warn_if_exposed(path: Path, what: str) -> None:
+    """Log a warning when a file holding secrets is readable or writable by group or others."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s %s has mode %04o; it should be 0600 (chmod 600 %s)", what, path, stat.S_IMODE(mode), path)
+
+
+class _suppress_oserror:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        return isinstance(exc, OSError)

@@ -1,0 +1,229 @@
+"""Read a certificate artefact from disk and prove it shippable before anything is dialled."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from certbot_smtp_dist.errors import CertificateError, UsageError
+from certbot_smtp_dist.model import Artefact, CertificateFacts, LineageSource
+
+PEM_BEGIN_CERT = b"-----BEGIN CERTIFICATE-----"
+
+
+def from_lineage_dir(directory: Path, name: str | None = None) -> LineageSource:
+    """A certbot-style live directory: cert.pem, chain.pem, fullchain.pem, privkey.pem."""
+    return LineageSource(
+        cert=directory / "cert.pem",
+        key=directory / "privkey.pem",
+        chain=directory / "chain.pem",
+        fullchain=directory / "fullchain.pem",
+        name=name or directory.name,
+        lineage_dir=directory,
+    )
+
+
+def from_environment(environ: Mapping[str, str]) -> LineageSource | None:
+    """Find the renewed certificate from the ACME client's hook environment, if any.
+
+    certbot: RENEWED_LINEAGE. lego 4: LEGO_CERT_DOMAIN/LEGO_CERT_PATH/LEGO_CERT_KEY_PATH; lego 5: LEGO_HOOK_*.
+    """
+    if environ.get("RENEWED_LINEAGE"):
+        return from_lineage_dir(Path(environ["RENEWED_LINEAGE"]))
+    for prefix in ("LEGO_HOOK_", "LEGO_"):
+        cert, key = environ.get(f"{prefix}CERT_PATH"), environ.get(f"{prefix}CERT_KEY_PATH")
+        if cert and key:
+            domain = environ.get(f"{prefix}CERT_DOMAIN") or environ.get(f"{prefix}CERT_DOMAINS", "").split(",")[0]
+            # lego writes leaf followed by issuer in one file: it is the full chain.
+            return LineageSource(cert=None, key=Path(key), chain=None, fullchain=Path(cert), name=domain or None)
+    return None
+
+
+def from_files(
+    cert: str | None, key: str | None, chain: str | None, fullchain: str | None, name: str | None
+) -> LineageSource:
+    if not key:
+        raise UsageError("--key is required with --cert/--fullchain")
+    if not cert and not fullchain:
+        raise UsageError("give --fullchain (or --cert and --chain) with --key")
+    return LineageSource(
+        cert=Path(cert) if cert else None,
+        key=Path(key),
+        chain=Path(chain) if chain else None,
+        fullchain=Path(fullchain) if fullchain else None,
+        name=name,
+    )
+
+
+def load(source: LineageSource, now: datetime | None = None) -> Artefact:
+    """Read and check every file; raise CertificateError listing every problem found."""
+    problems: list[str] = []
+    raw: dict[str, bytes] = {}
+    for label, path in (("cert", source.cert), ("chain", source.chain), ("fullchain", source.fullchain),
+                        ("key", source.key)):
+        if path is None:
+            continue
+        try:
+            raw[label] = path.read_bytes()
+        except OSError as exc:
+            problems.append(f"cannot read {label} file {path}: {exc.strerror}")
+    if problems:
+        raise CertificateError(problems)
+    return check(raw, source, now or datetime.now(timezone.utc))
+
+
+def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime) -> Artefact:
+    """Pure validation of the artefact's bytes (key matches, chain links, validity)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    problems: list[str] = []
+    certs: dict[str, list[Any]] = {}
+    for label in ("cert", "chain", "fullchain"):
+        if label in raw:
+            try:
+                certs[label] = _parse_certs(raw[label])
+            except ValueError as exc:
+                problems.append(f"{label} file {getattr(source, label)}: {exc}")
+    if "fullchain" in raw and "fullchain" in certs:
+        fullchain_pem = raw["fullchain"]
+        chain_certs = certs["fullchain"]
+    elif "cert" in certs:
+        fullchain_pem = raw["cert"].rstrip(b"\n") + b"\n" + raw.get("chain", b"")
+        chain_certs = certs["cert"][:1] + certs.get("chain", [])
+    else:
+        raise CertificateError(problems or ["no certificate given"])
+    if "cert" in certs and chain_certs and certs["cert"][0] != chain_certs[0]:
+        problems.append("cert.pem and the first certificate of fullchain.pem differ")
+    if "chain" in certs and "fullchain" in certs and certs["fullchain"][1:] != certs["chain"]:
+        problems.append("chain.pem does not match the issuer certificates in fullchain.pem")
+
+    key = None
+    try:
+        key = serialization.load_pem_private_key(raw["key"], password=None)
+    except (ValueError, TypeError) as exc:
+        problems.append(f"private key {source.key} does not parse ({_short(exc)}); encrypted keys are not supported")
+    except Exception as exc:  # cryptography raises UnsupportedAlgorithm for exotic keys
+        problems.append(f"private key {source.key} is not supported ({_short(exc)})")
+
+    if problems or not chain_certs:
+        raise CertificateError(problems or ["no certificate found"])
+    leaf = chain_certs[0]
+    if key is not None and _spki(key.public_key()) != _spki(leaf.public_key()):
+        problems.append("the private key does not match the leaf certificate")
+    for child, parent in zip(chain_certs, chain_certs[1:]):
+        why = _not_issued_by(child, parent)
+        if why:
+            problems.append(why)
+    not_before, not_after = _validity(leaf)
+    if not_after <= now:
+        problems.append(f"the leaf certificate expired on {not_after:%Y-%m-%d %H:%M} UTC")
+    if problems:
+        raise CertificateError(problems)
+
+    facts = _facts(leaf, source, not_before, not_after, x509)
+    return Artefact(facts=facts, fullchain_pem=fullchain_pem, key_pem=raw["key"], source=source)
+
+
+def _parse_certs(data: bytes) -> list[Any]:
+    from cryptography import x509
+
+    if PEM_BEGIN_CERT not in data:
+        raise ValueError("holds no PEM certificate")
+    blocks = [PEM_BEGIN_CERT + part for part in data.split(PEM_BEGIN_CERT)[1:]]
+    out = []
+    for i, block in enumerate(blocks, 1):
+        try:
+            out.append(x509.load_pem_x509_certificate(block))
+        except ValueError as exc:
+            raise ValueError(f"certificate #{i} does not parse ({_short(exc)})") from exc
+    return out
+
+
+def _spki(public_key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return bytes(public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def _not_issued_by(child: Any, parent: Any) -> str | None:
+    """Check name chaining and the signature (RFC 5280 §6.1.3); None when `parent` issued `child`."""
+    if child.issuer != parent.subject:
+        return (f"chain broken: {child.subject.rfc4514_string()} names issuer {child.issuer.rfc4514_string()}, "
+                f"but the next certificate is {parent.subject.rfc4514_string()}")
+    try:
+        if hasattr(child, "verify_directly_issued_by"):  # cryptography >= 40
+            child.verify_directly_issued_by(parent)
+        else:  # pragma: no cover - Debian 12's cryptography 38
+            _verify_signature(child, parent)
+    except Exception as exc:
+        return f"chain broken: the signature on {child.subject.rfc4514_string()} was not made by the next certificate ({_short(exc) or type(exc).__name__})"
+    return None
+
+
+def _verify_signature(child: Any, parent: Any) -> None:  # pragma: no cover - exercised on cryptography < 40
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    pub = parent.public_key()
+    if isinstance(pub, rsa.RSAPublicKey):
+        pub.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(), child.signature_hash_algorithm)
+    elif isinstance(pub, ec.EllipticCurvePublicKey):
+        pub.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(child.signature_hash_algorithm))
+    else:
+        pub.verify(child.signature, child.tbs_certificate_bytes)
+
+
+def _validity(cert: Any) -> tuple[datetime, datetime]:
+    if hasattr(cert, "not_valid_after_utc"):  # cryptography >= 42
+        return cert.not_valid_before_utc, cert.not_valid_after_utc
+    return (cert.not_valid_before.replace(tzinfo=timezone.utc),  # pragma: no cover
+            cert.not_valid_after.replace(tzinfo=timezone.utc))
+
+
+def _facts(leaf: Any, source: LineageSource, not_before: datetime, not_after: datetime, x509: Any) -> CertificateFacts:
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        san_ext = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = tuple(str(v) for v in san_ext.get_values_for_type(x509.DNSName)) + tuple(
+            str(v) for v in san_ext.get_values_for_type(x509.IPAddress)
+        )
+    except x509.ExtensionNotFound:
+        sans = ()
+    cns = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    common_name = str(cns[0].value) if cns else (sans[0] if sans else "")
+    name = source.name or common_name or (sans[0] if sans else "certificate")
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    return CertificateFacts(
+        name=_safe_name(name),
+        common_name=common_name,
+        sans=sans,
+        issuer=leaf.issuer.rfc4514_string(),
+        not_before=not_before,
+        not_after=not_after,
+        serial_hex=format(leaf.serial_number, "x"),
+        sha256_fingerprint=hashlib.sha256(der).hexdigest(),
+    )
+
+
+def _safe_name(name: str) -> str:
+    """The certificate name becomes part of attachment file names: keep it to a safe alphabet."""
+    cleaned = "".join(c if c.isalnum() or c in ".-_" else "_" for c in name.replace("*", "wildcard"))
+    return cleaned.strip(".") or "certificate"
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def fingerprint_sha256(pem_cert: bytes) -> str:
+    """SHA-256 over the DER of the first certificate in `pem_cert` (lowercase hex)."""
+    cert = _parse_certs(pem_cert)[0]
+    from cryptography.hazmat.primitives import serialization
+
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+

@@ -1,0 +1,203 @@
+"""Deliver one artefact to every selected target concurrently: payload -> render -> session(s) -> result."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from certbot_smtp_dist.errors import ErrorCode, PayloadError
+from certbot_smtp_dist.model import (
+    Artefact, DeliveryResult, Failure, Message, Payload, PayloadFormat, Phase, Reply, Secret, Status,
+    Target, TlsMode,
+)
+from certbot_smtp_dist._internal import render
+from certbot_smtp_dist._internal.addresses import is_loopback_host
+
+log = logging.getLogger("certbot_smtp_dist")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries within one run, all inside the target's `timeout` (RFC 5321 §4.5.4.1 asks for backoff)."""
+
+    attempts: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    min_budget: float = 1.0  # do not start an attempt with less time left than this
+
+    def delay(self, attempt: int) -> float:
+        raw = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        return raw * random.uniform(0.5, 1.5)  # full jitter keeps many hosts from retrying in step
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """Everything one target's delivery needs; built up front so a bad target fails before anything is dialled."""
+
+    target: Target
+    message: Message | None
+    password: Secret | None
+    secrets: tuple[Secret, ...]
+    failure: Failure | None = None  # set when the job cannot be attempted (payload)
+    skipped: bool = False
+
+
+Observer = Callable[[Job, DeliveryResult], None]
+
+
+def prepare_job(
+    target: Target,
+    artefact: Artefact,
+    formats: Mapping[str, PayloadFormat],
+    secrets: Mapping[str, Secret],
+    now: datetime,
+    message_id: str | None = None,
+    envelope_to: tuple[str, ...] | None = None,
+) -> Job:
+    """Pure: payload + render for one target, or the reason it cannot be built."""
+    password = secrets.get(target.password_credential) if target.password_credential else None
+    passphrase = secrets.get(target.pkcs12_passphrase_credential) if target.pkcs12_passphrase_credential else None
+    known = tuple(s for s in (password, passphrase) if s is not None)
+    if not target.matches(artefact.facts.names):
+        return Job(target, None, None, known, skipped=True)
+    fmt = formats[target.payload]
+    try:
+        payload = Payload(fmt.name, fmt.build(artefact, passphrase if fmt.credential_type else None))
+    except PayloadError as exc:
+        return Job(target, None, None, known, failure=Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, str(exc)))
+    message = render.render(
+        target, artefact.facts, payload, message_id or render.new_message_id(target.from_address), now, envelope_to
+    )
+    return Job(target, message, password, known)
+
+
+def warn_about(target: Target, fmt: PayloadFormat) -> None:
+    """Loud, per-run warnings for the dangerous options a user opted into."""
+    if fmt.ships_private_key and fmt.name == "pem_and_key":
+        log.warning("target %s: payload pem_and_key ships the PRIVATE KEY in clear text inside the email; "
+                    "every SMTP hop and mailbox on the way can read it", target.name)
+    if target.tls_mode is TlsMode.PLAINTEXT:
+        where = "loopback" if is_loopback_host(target.host) else "the network"
+        log.warning("target %s: tls_mode = plaintext: the certificate travels unencrypted over %s", target.name, where)
+    elif target.tls_skip_verify:
+        log.warning("target %s: tls_skip_verify = true: the relay's identity is NOT verified", target.name)
+
+
+async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy()) -> DeliveryResult:
+    """Attempt delivery until success, a permanent failure, the attempt limit, or the deadline."""
+    from certbot_smtp_dist._internal import transport
+
+    target = job.target
+    if job.skipped:
+        return DeliveryResult(target.name, Status.SKIPPED)
+    if job.message is None:
+        return DeliveryResult(target.name, Status.FAILED, failure=job.failure)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + target.timeout
+    message = job.message
+    accepted: list[str] = []
+    outcome = None
+    attempts = 0
+    while True:
+        attempts += 1
+        outcome = await transport.deliver(target, message, job.password, max(deadline - loop.time(), 0.01))
+        accepted.extend(outcome.accepted)
+        failure = outcome.failure
+        if failure is None or not failure.is_retryable or attempts >= policy.attempts:
+            break
+        pause = policy.delay(attempts)
+        if deadline - loop.time() - pause < policy.min_budget:
+            break
+        log.info("target %s: attempt %d failed (%s), retrying in %.1fs", target.name, attempts, failure.code.value,
+                 pause)
+        await asyncio.sleep(pause)
+        if outcome.accepted:  # RFC 5321 §3.3: re-send only to those that have not taken it
+            message = replace(message, envelope_to=tuple(r for r in message.envelope_to if r not in outcome.accepted))
+    duration = loop.time() - started
+    failure = _redact(outcome.failure, job.secrets, target.username) if outcome.failure else None
+    refused = tuple((addr, _redact_reply(r, job.secrets, target.username)) for addr, r in outcome.refused)
+    if failure is None:
+        status = Status.DELIVERED
+    elif accepted and refused:
+        status = Status.PARTIAL
+    else:
+        status = Status.FAILED
+    return DeliveryResult(target.name, status, failure, job.message.message_id, refused, duration, attempts,
+                          recipients=len(job.message.envelope_to))
+
+
+def deliver_all(jobs: list[Job], policy: RetryPolicy = RetryPolicy(),
+                observer: Observer | None = None) -> list[DeliveryResult]:
+    """Run every job concurrently; one target's failure or stall never delays another beyond its own deadline."""
+
+    async def run_one(job: Job) -> DeliveryResult:
+        try:
+            result = await deliver_job(job, policy)
+        except Exception as exc:  # a defect must not take the other targets down with it
+            log.exception("target %s: internal error", job.target.name)
+            result = DeliveryResult(job.target.name, Status.FAILED,
+                                    Failure(ErrorCode.SMTP_TRANSIENT, Phase.CONNECT,
+                                            f"internal error: {type(exc).__name__}"),
+                                    job.message.message_id if job.message else None)
+        if observer is not None:
+            observer(job, result)
+        return result
+
+    async def run_all() -> list[DeliveryResult]:
+        return list(await asyncio.gather(*(run_one(j) for j in jobs)))
+
+    return asyncio.run(run_all())
+
+
+def rendered_results(jobs: list[Job], output: Path | None) -> list[DeliveryResult]:
+    """Dry run: report each buildable job as rendered and optionally write its .eml (0600)."""
+    from certbot_smtp_dist._internal import files
+
+    results = []
+    for job in jobs:
+        if job.skipped:
+            results.append(DeliveryResult(job.target.name, Status.SKIPPED))
+        elif job.message is None:
+            results.append(DeliveryResult(job.target.name, Status.FAILED, job.failure))
+        else:
+            if output is not None:
+                files.ensure_private_dir(output)
+                files.write_private(output / f"{job.target.name}.eml", job.message.data)
+            results.append(DeliveryResult(job.target.name, Status.RENDERED, message_id=job.message.message_id,
+                                          recipients=len(job.message.envelope_to)))
+    return results
+
+
+def secret_forms(secrets: tuple[Secret, ...], username: str | None) -> list[str]:
+    """Every spelling of a secret that could come back in relay text (plain, and the SASL PLAIN/LOGIN base64)."""
+    forms: list[str] = []
+    for s in secrets:
+        value = s.reveal()
+        if not value:
+            continue
+        forms.append(value)
+        forms.append(base64.b64encode(value.encode()).decode())
+        if username is not None:
+            forms.append(base64.b64encode(f"\0{username}\0{value}".encode()).decode())
+    return sorted(set(forms), key=len, reverse=True)
+
+
+def redact_text(text: str, secrets: tuple[Secret, ...], username: str | None) -> str:
+    for form in secret_forms(secrets, username):
+        text = text.replace(form, "***")
+    return text
+
+
+def _redact(failure: Failure, secrets: tuple[Secret, ...], username: str | None) -> Failure:
+    return replace(failure, detail=redact_text(failure.detail, secrets, username))
+
+
+def _redact_reply(r: Reply, secrets: tuple[Secret, ...], username: str | None) -> Reply:
+    return replace(r, text=redact_text(r.text, secrets, username))

@@ -1,0 +1,63 @@
+"""Turn results into what people and machines read: one stderr line per target, a JSON document, an exit status."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from certbot_smtp_dist.errors import ConfigProblem
+from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, Status
+
+# sysexits.h, as mail tools use them.
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_UNAVAILABLE = 69
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+def exit_status(results: Iterable[DeliveryResult]) -> int:
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        return EX_OK
+    if all(r.failure is not None and r.failure.is_retryable for r in failed):
+        return EX_TEMPFAIL
+    return EX_UNAVAILABLE
+
+
+def human_line(result: DeliveryResult) -> str:
+    name = result.target
+    if result.status is Status.SKIPPED:
+        return f"{name}: skipped (certificate not in this target's `certificates` filter)"
+    if result.status is Status.RENDERED:
+        return f"{name}: rendered (dry run, {result.recipients} recipient(s), nothing sent)"
+    if result.status is Status.DELIVERED:
+        return (f"{name}: delivered to {result.recipients} recipient(s) in {result.duration_s:.2f}s"
+                f" ({result.attempts} attempt(s)), Message-ID {result.message_id}")
+    f = result.failure
+    assert f is not None
+    klass = "retryable" if f.is_retryable else "not retryable"
+    line = f"{name}: {result.status.value} {f.code.value} in {f.phase.value} ({klass}): {f.detail}"
+    for addr, reply in result.refused:
+        enhanced = f" {reply.enhanced_status}" if reply.enhanced_status else ""
+        line += f"\n{name}:   refused {addr}: {reply.code}{enhanced} {reply.text}"
+    return line
+
+
+def json_document(
+    facts: CertificateFacts | None,
+    results: Sequence[DeliveryResult],
+    config_errors: Sequence[ConfigProblem] = (),
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """The stable `--json` format documented in README.rst."""
+    doc: dict[str, Any] = {
+        "certificate": facts.to_json() if facts else None,
+        "targets": [r.to_json() for r in results],
+        "config_errors": [p.to_json() for p in config_errors],
+    }
+    if extra:
+        doc.update(extra)
+    return json.dumps(doc, indent=2, sort_keys=False)

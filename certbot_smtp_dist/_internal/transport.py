@@ -1,0 +1,190 @@
+"""One SMTP session for one target under a hard deadline; the only module that imports aiosmtplib."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from certbot_smtp_dist.errors import ErrorCode
+from certbot_smtp_dist.model import AuthMethod, Failure, Message, Phase, Reply, Secret, Target, TlsMode
+from certbot_smtp_dist._internal import classify
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOutcome:
+    """What one session achieved: recipients accepted, recipients refused, and the failure if any."""
+
+    accepted: tuple[str, ...] = ()
+    refused: tuple[tuple[str, Reply], ...] = ()
+    failure: Failure | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.failure is None and not self.refused
+
+
+@dataclass(slots=True)
+class _Progress:
+    phase: Phase = Phase.CONNECT
+    connected: bool = False
+    client: Any = None
+    sock: socket.socket | None = None
+
+
+class _Abort(Exception):
+    """Our own decision to end the session (no STARTTLS, no such AUTH mechanism, every RCPT refused)."""
+
+    def __init__(self, failure: Failure, refused: tuple[tuple[str, Reply], ...] = ()) -> None:
+        super().__init__(failure.detail)
+        self.failure = failure
+        self.refused = refused
+
+
+def client_tls_context(target: Target) -> ssl.SSLContext:
+    """Verified TLS 1.2+ against the system store plus `tls_ca_file` (RFC 8314 §5, RFC 7525 §3.1.1)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if target.tls_ca_file is not None:
+        ctx.load_verify_locations(cafile=str(target.tls_ca_file))
+    if target.tls_skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def deliver(target: Target, message: Message, password: Secret | None, budget: float) -> SessionOutcome:
+    """Run one SMTP session; never raises for SMTP, network or TLS trouble, and never outlives `budget`."""
+    progress = _Progress()
+    try:
+        return await asyncio.wait_for(_session(target, message, password, progress, budget), timeout=budget)
+    except _Abort as abort:
+        return SessionOutcome(refused=abort.refused, failure=abort.failure)
+    except (asyncio.TimeoutError, TimeoutError) as exc:
+        if type(exc) in (asyncio.TimeoutError, TimeoutError):  # our deadline, not a library read timeout
+            return SessionOutcome(failure=classify.deadline(progress.phase, progress.connected, budget))
+        return SessionOutcome(failure=classify.translate(exc, progress.phase, progress.connected))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return SessionOutcome(failure=classify.translate(exc, progress.phase, progress.connected))
+    finally:
+        _close(progress)
+
+
+async def _session(
+    target: Target, message: Message, password: Secret | None, progress: _Progress, budget: float
+) -> SessionOutcome:
+    import aiosmtplib
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget
+    tls_context = None if target.tls_mode is TlsMode.PLAINTEXT else client_tls_context(target)
+    # Dial TCP ourselves so that a connect timeout (SMTP_CONNECT) is told apart from a stalled greeting
+    # (SMTP_TRANSIENT); aiosmtplib reports both as SMTPConnectTimeoutError.
+    progress.sock = await _open_socket(target.host, target.port)
+    progress.connected = True
+    client = aiosmtplib.SMTP(
+        hostname=target.host,
+        sock=progress.sock,
+        use_tls=target.tls_mode is TlsMode.SMTPS,
+        start_tls=False,  # never aiosmtplib's "STARTTLS if offered": we require it explicitly below
+        tls_context=tls_context,
+        timeout=max(deadline - loop.time(), 0.1),
+        local_hostname=_local_hostname(),
+    )
+    progress.client = client
+    progress.phase = Phase.TLS if target.tls_mode is TlsMode.SMTPS else Phase.CONNECT
+    await client.connect()
+    progress.sock = None  # owned by the client now
+    progress.phase = Phase.CONNECT
+    await client.ehlo()
+
+    if target.tls_mode is TlsMode.STARTTLS:
+        progress.phase = Phase.TLS
+        if not client.supports_extension("starttls"):
+            # RFC 3207 §4 / RFC 8314 §3.2: a client configured for STARTTLS must not continue in clear.
+            raise _Abort(Failure(ErrorCode.SMTP_TLS, Phase.TLS,
+                                 "relay does not advertise STARTTLS; refusing to continue in plaintext"))
+        await client.starttls()
+        await client.ehlo()  # RFC 3207 §4.2: forget pre-TLS extensions, ask again
+
+    if target.auth_method is not AuthMethod.NONE:
+        progress.phase = Phase.AUTH
+        await _authenticate(client, target, password)
+
+    progress.phase = Phase.MAIL
+    await client.mail(message.envelope_from)
+    progress.phase = Phase.RCPT
+    accepted: list[str] = []
+    refused: list[tuple[str, Reply]] = []
+    for rcpt in message.envelope_to:
+        try:
+            await client.rcpt(rcpt)
+            accepted.append(rcpt)
+        except Exception as exc:
+            answer = classify.refusal(exc)
+            if answer is None:
+                raise
+            refused.append((rcpt, answer))
+    if not accepted:
+        raise _Abort(classify.refusals_failure(refused), tuple(refused))
+    progress.phase = Phase.DATA
+    await client.data(message.data)
+    try:
+        await client.quit()
+    except Exception:  # the message is accepted (RFC 5321 §4.1.1.4); a lost QUIT changes nothing
+        pass
+    failure = classify.refusals_failure(refused) if refused else None
+    return SessionOutcome(accepted=tuple(accepted), refused=tuple(refused), failure=failure)
+
+
+async def _authenticate(client: Any, target: Target, password: Secret | None) -> None:
+    """Exactly the configured mechanism (RFC 4954 §4); a wrong password costs one attempt, not one per mechanism."""
+    offered = [m.lower() for m in getattr(client, "server_auth_methods", [])]
+    mech = target.auth_method.value
+    if not client.supports_extension("auth") or mech not in offered:
+        raise _Abort(Failure(ErrorCode.SMTP_AUTH, Phase.AUTH,
+                             f"relay does not offer AUTH {mech.upper()} (offers: {' '.join(offered).upper() or 'none'})"))
+    secret = password.reveal() if password is not None else ""
+    if target.auth_method is AuthMethod.PLAIN:
+        await client.auth_plain(target.username or "", secret)
+    else:
+        await client.auth_login(target.username or "", secret)
+
+
+async def _open_socket(host: str, port: int) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    last: OSError = OSError(f"no address for {host}")
+    for family, type_, proto, _, address in infos:
+        sock = socket.socket(family, type_, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise last
+
+
+def _close(progress: _Progress) -> None:
+    if progress.client is not None:
+        try:
+            progress.client.close()
+        except Exception:
+            pass
+    if progress.sock is not None:
+        progress.sock.close()
+
+
+def _local_hostname() -> str:
+    # RFC 5321 §4.1.1.1 wants our FQDN; socket.getfqdn() may block on DNS, gethostname() never does.
+    name = socket.gethostname() or "localhost"
+    return name if all(c.isalnum() or c in ".-" for c in name) else "localhost"

@@ -1,0 +1,77 @@
+"""The failure vocabulary: error codes with their retry class, and the exceptions the stages raise."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ErrorCode(str, enum.Enum):
+    """Why a target was not delivered. The value is the stable, user-facing code."""
+
+    SMTP_CONNECT = "SMTP_CONNECT"
+    SMTP_TLS = "SMTP_TLS"
+    SMTP_AUTH = "SMTP_AUTH"
+    SMTP_TRANSIENT = "SMTP_TRANSIENT"
+    SMTP_PERMANENT = "SMTP_PERMANENT"
+    SMTP_VALIDATION = "SMTP_VALIDATION"
+    SMTP_PAYLOAD = "SMTP_PAYLOAD"
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same delivery can succeed later without anyone changing anything."""
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset({ErrorCode.SMTP_CONNECT, ErrorCode.SMTP_TRANSIENT})
+
+
+class SmtpDistError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One problem in the configuration, keyed by target (None: file-wide) and key (None: whole table)."""
+
+    target: str | None
+    key: str | None
+    problem: str
+
+    def __str__(self) -> str:
+        where = ".".join(p for p in (self.target and f"targets.{self.target}", self.key) if p)
+        return f"{where}: {self.problem}" if where else self.problem
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"target": self.target, "key": self.key, "problem": self.problem}
+
+
+class ConfigError(SmtpDistError):
+    """The configuration is unusable; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[ConfigProblem] | tuple[ConfigProblem, ...], source: str = "") -> None:
+        self.problems = tuple(problems)
+        self.source = source
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        head = f"configuration {source} is unusable" if source else "configuration is unusable"
+        super().__init__(f"{head} ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class CertificateError(SmtpDistError):
+    """The certificate artefact on disk cannot be shipped (SMTP_PAYLOAD, before any connection)."""
+
+    def __init__(self, problems: list[str] | tuple[str, ...]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("certificate files unusable: " + "; ".join(self.problems))
+
+
+class PayloadError(SmtpDistError):
+    """A payload format could not build its attachments for one target (SMTP_PAYLOAD)."""
+
+
+class CredentialError(SmtpDistError):
+    """A stored credential is missing, of the wrong type, or cannot be decrypted."""
+
+
+class UsageError(SmtpDistError):
+    """The command line asks for something impossible (exit status 64)."""

@@ -1,0 +1,291 @@
+"""Frozen value types that flow one way through the stages: Target -> Artefact -> Payload -> Message -> Result."""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from certbot_smtp_dist.errors import ErrorCode
+
+
+class TlsMode(str, enum.Enum):
+    """How the SMTP session is protected. Exactly one mode; there is no "TLS if offered"."""
+
+    STARTTLS = "starttls"  # RFC 3207: required, never downgraded
+    SMTPS = "smtps"  # RFC 8314 §3.3: implicit TLS from the first byte
+    PLAINTEXT = "plaintext"  # explicit, warned on every run
+
+    @property
+    def default_port(self) -> int:
+        return {TlsMode.STARTTLS: 587, TlsMode.SMTPS: 465, TlsMode.PLAINTEXT: 25}[self]
+
+
+class AuthMethod(str, enum.Enum):
+    """The one SASL mechanism used (RFC 4954); never a cascade through several."""
+
+    PLAIN = "plain"
+    LOGIN = "login"
+    NONE = "none"
+
+
+class Phase(str, enum.Enum):
+    """Where in the delivery a failure happened."""
+
+    PAYLOAD = "payload"
+    CONNECT = "connect"
+    TLS = "tls"
+    AUTH = "auth"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+
+
+class Status(str, enum.Enum):
+    DELIVERED = "delivered"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    RENDERED = "rendered"
+
+
+class Secret:
+    """A secret string that never shows itself in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One delivery destination: relay, sender identity, recipients and payload format."""
+
+    name: str
+    host: str
+    port: int
+    tls_mode: TlsMode
+    tls_skip_verify: bool
+    tls_ca_file: Path | None
+    auth_method: AuthMethod
+    username: str | None
+    password_credential: str | None
+    timeout: float
+    from_address: str
+    from_name: str | None
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    bcc: tuple[str, ...]
+    payload: str
+    pkcs12_passphrase_credential: str | None
+    subject_prefix: str | None
+    certificates: tuple[str, ...]
+
+    @property
+    def envelope_recipients(self) -> tuple[str, ...]:
+        """TO, CC and BCC in order, each address once (RFC 5321 §4.1.1.3: one RCPT per recipient)."""
+        seen: set[str] = set()
+        out: list[str] = []
+        for addr in (*self.to, *self.cc, *self.bcc):
+            if addr.lower() not in seen:
+                seen.add(addr.lower())
+                out.append(addr)
+        return tuple(out)
+
+    def matches(self, names: tuple[str, ...]) -> bool:
+        """Whether this target wants a certificate known by these names (lineage name and SANs)."""
+        if not self.certificates:
+            return True
+        lowered = [n.lower() for n in names]
+        return any(fnmatch.fnmatchcase(n, pat.lower()) for pat in self.certificates for n in lowered)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The validated configuration file."""
+
+    path: Path
+    targets: tuple[Target, ...]
+
+    @property
+    def credentials_dir(self) -> Path:
+        return self.path.parent / "credentials"
+
+    def target(self, name: str) -> Target | None:
+        return next((t for t in self.targets if t.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class LineageSource:
+    """Where a certificate artefact lives on disk, before it is read."""
+
+    cert: Path | None
+    key: Path
+    chain: Path | None
+    fullchain: Path | None
+    name: str | None = None
+    lineage_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFacts:
+    """What a human or a journal needs to know about the shipped certificate."""
+
+    name: str
+    common_name: str
+    sans: tuple[str, ...]
+    issuer: str
+    not_before: datetime
+    not_after: datetime
+    serial_hex: str
+    sha256_fingerprint: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, self.common_name, *self.sans)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "common_name": self.common_name,
+            "sans": list(self.sans),
+            "issuer": self.issuer,
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+            "serial": self.serial_hex,
+            "sha256_fingerprint": self.sha256_fingerprint,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Artefact:
+    """A validated certificate: facts plus the bytes the payload formats may ship."""
+
+    facts: CertificateFacts
+    fullchain_pem: bytes = field(repr=False)
+    key_pem: bytes = field(repr=False)
+    source: LineageSource
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str
+    content_type: str  # "maintype/subtype"
+    data: bytes = field(repr=False)
+    contains_private_key: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    format: str
+    attachments: tuple[Attachment, ...]
+
+    @property
+    def contains_private_key(self) -> bool:
+        return any(a.contains_private_key for a in self.attachments)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A rendered email and its envelope (RFC 5321 §2.3.1: the envelope is not the header)."""
+
+    message_id: str
+    subject: str
+    envelope_from: str
+    envelope_to: tuple[str, ...]
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An SMTP reply (RFC 5321 §4.2) with its enhanced status code (RFC 3463) when the relay sent one."""
+
+    code: int
+    enhanced_status: str | None
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"smtp_code": self.code, "enhanced_status": self.enhanced_status, "message": self.text}
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The facts of one failed delivery: callers decide policy from these, not from exception types."""
+
+    code: ErrorCode
+    phase: Phase
+    detail: str
+    smtp_code: int | None = None
+    enhanced_status: str | None = None
+    retryable: bool | None = None  # None: the code's own class
+
+    @property
+    def is_retryable(self) -> bool:
+        return self.code.retryable if self.retryable is None else self.retryable
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    target: str
+    status: Status
+    failure: Failure | None = None
+    message_id: str | None = None
+    refused: tuple[tuple[str, Reply], ...] = ()
+    duration_s: float = 0.0
+    attempts: int = 0
+    recipients: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (Status.DELIVERED, Status.SKIPPED, Status.RENDERED)
+
+    def to_json(self) -> dict[str, Any]:
+        f = self.failure
+        return {
+            "target": self.target,
+            "status": self.status.value,
+            "error_code": f.code.value if f else None,
+            "retryable": f.is_retryable if f else False,
+            "phase": f.phase.value if f else None,
+            "smtp_code": f.smtp_code if f else None,
+            "enhanced_status": f.enhanced_status if f else None,
+            "detail": f.detail if f else None,
+            "message_id": self.message_id,
+            "refused_recipients": {addr: r.to_json() for addr, r in self.refused},
+            "duration_s": round(self.duration_s, 3),
+            "attempts": self.attempts,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadFormat:
+    """A way of packaging an artefact as attachments, registered through the `smtp_dist_payload_formats` hook.
+
+    `build` must be pure: it receives the validated artefact and the secret named by the target's
+    `pkcs12_passphrase_credential` (only when `credential_type` is set) and returns the attachments, or raises
+    PayloadError.
+    """
+
+    name: str
+    description: str
+    build: Callable[[Artefact, Secret | None], tuple[Attachment, ...]]
+    credential_type: str | None = None
+    ships_private_key: bool = False
