@@ -103,18 +103,20 @@ def _response(exc: BaseException, phase: Phase, connected: bool) -> Failure:
 
 
 def _connect_error(exc: BaseException, phase: Phase, connected: bool) -> Failure:
-    cause = _root_cause(exc)
-    if isinstance(cause, ssl.SSLError):
-        return _tls(cause, phase)
-    if "SMTPServerDisconnected" in _foreign_names(cause) or isinstance(cause, (ConnectionError, EOFError)):
-        return Failure(ErrorCode.SMTP_TRANSIENT, phase, f"relay closed the connection before its greeting")
     # aiosmtplib 2.x reports a non-220 greeting as SMTPConnectError("421 text").
     match = _REPLY_IN_TEXT_RE.match(str(getattr(exc, "message", exc)))
     if match:
         return failure_from_reply(reply(int(match.group(1)), match.group(2)), Phase.CONNECT, "greeting")
-    if cause is not exc:
-        return _stdlib(cause, phase, connected)
-    return Failure(ErrorCode.SMTP_TRANSIENT if connected else ErrorCode.SMTP_CONNECT, phase, _clean(str(exc)))
+    cause = _root_cause(exc)
+    if cause is exc:
+        return Failure(ErrorCode.SMTP_TRANSIENT if connected else ErrorCode.SMTP_CONNECT, phase, _clean(str(exc)))
+    if isinstance(cause, ssl.SSLError):
+        return _tls(cause, phase)
+    if "SMTPServerDisconnected" in _foreign_names(cause) or isinstance(cause, (ConnectionError, EOFError)):
+        if phase is Phase.TLS:
+            return Failure(ErrorCode.SMTP_TLS, Phase.TLS, "relay closed the connection during the TLS handshake")
+        return Failure(ErrorCode.SMTP_TRANSIENT, phase, "relay closed the connection before its greeting")
+    return _stdlib(cause, phase, connected)
 
 
 def _connect_response(exc: BaseException, phase: Phase, connected: bool) -> Failure:

@@ -1,0 +1,227 @@
+"""The certbot adapter's logic, free of certbot: resolve options, collect certificates, ship, and word the outcome.
+
+`certbot_plugin.Installer` decides *when* to call these and whether an outcome is raised or only logged; everything
+here returns data or raises `SetupError`, and imports the delivery core lazily (certbot imports the plugin module,
+and therefore this one, on every run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from certbot_smtp_dist.errors import ConfigError, SmtpDistError, UsageError
+from certbot_smtp_dist.model import LineageSource
+
+if TYPE_CHECKING:
+    from certbot_smtp_dist._internal.deploy import DeployReport
+
+log = logging.getLogger("certbot_smtp_dist")
+
+
+class SetupError(SmtpDistError):
+    """The plugin cannot work as configured; the message says what to fix, every problem at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The plugin's persisted options, resolved: which configuration file, which targets (empty: every target)."""
+
+    config: Path
+    targets: tuple[str, ...] = ()
+
+
+def resolve_options(config: str | None, targets: str | None,
+                    environ: Mapping[str, str] | None = None) -> Options:
+    """`--smtp-dist-config` wins over $CERTBOT_SMTP_DIST_CONFIG, which wins over the default path."""
+    from certbot_smtp_dist._internal.config import config_path
+
+    return Options(config_path(config, os.environ if environ is None else environ), parse_targets(targets))
+
+
+def parse_targets(value: str | None) -> tuple[str, ...]:
+    """`"a, b,,a"` -> `("a", "b")`: certbot persists the option as one string, so it is a comma-separated list."""
+    names: list[str] = []
+    for part in (value or "").split(","):
+        name = part.strip()
+        if name and name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def lineage_source(cert: str | None, key: str, chain: str | None, fullchain: str | None,
+                   name: str | None) -> LineageSource:
+    """The files certbot names, as the core's source; `lineage_dir` only when they share one directory."""
+    paths = [Path(p) for p in (cert, key, chain, fullchain) if p]
+    parents = {p.parent for p in paths}
+    return LineageSource(
+        cert=Path(cert) if cert else None,
+        key=Path(key),
+        chain=Path(chain) if chain else None,
+        fullchain=Path(fullchain) if fullchain else None,
+        name=name,
+        lineage_dir=parents.pop() if len(parents) == 1 else None,
+    )
+
+
+def lineage_name(fullchain: str | None, live_dir: str, certname: str | None) -> str | None:
+    """certbot's name for the certificate: `--cert-name`, else the live directory it sits in, else unknown (None).
+
+    None lets the core fall back to the leaf's common name, as it does for files outside certbot's tree.
+    """
+    if certname:
+        return certname
+    if fullchain:
+        parent = Path(fullchain).parent
+        if parent.parent == Path(live_dir):
+            return parent.name
+    return None
+
+
+class Collector:
+    """Gathers `deploy_cert` calls: certbot makes one per name on the certificate, we send one email per target.
+
+    Calls are keyed by the files they name, so the names of one certificate collapse into one entry, in the order
+    certbot first mentioned each certificate.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[Path | None, ...], LineageSource] = {}
+
+    def add(self, source: LineageSource) -> None:
+        self._pending.setdefault((source.cert, source.key, source.chain, source.fullchain), source)
+
+    def take(self) -> tuple[LineageSource, ...]:
+        """Everything collected so far; the collector is empty afterwards, so a second flush sends nothing."""
+        taken = tuple(self._pending.values())
+        self._pending.clear()
+        return taken
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+def check(options: Options) -> None:
+    """Validate the configuration file and the target selection without touching any certificate or relay."""
+    from certbot_smtp_dist._internal import deploy
+
+    try:
+        loaded = deploy.load_config(options.config)
+        deploy.select(loaded.settings, options.targets)
+    except ConfigError as exc:
+        raise SetupError(_config_message(options.config, exc.problems)) from exc
+    except UsageError as exc:
+        raise SetupError(f"--smtp-dist-targets: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Shipment:
+    """What shipping one certificate came to."""
+
+    options: Options
+    source: LineageSource
+    report: DeployReport | None  # None: the request itself was refused (see `refused`)
+    refused: str | None = None
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.refused is None and self.report is not None and self.report.exit_status == 0
+
+    @property
+    def label(self) -> str:
+        facts = self.report.facts if self.report is not None else None
+        return facts.name if facts is not None else (self.source.name or str(self.source.fullchain or self.source.cert))
+
+    def problems(self) -> list[str]:
+        """One line per reason something was not (or would not be) delivered; empty when all went well."""
+        from certbot_smtp_dist._internal import report as wording
+
+        if self.refused is not None:
+            return [self.refused]
+        assert self.report is not None
+        if self.report.config_errors:
+            return [_config_message(self.options.config, self.report.config_errors)]
+        if self.report.certificate_problems:
+            return ["certificate files unusable: " + "; ".join(self.report.certificate_problems)]
+        return [wording.human_line(r) for r in self.report.results if not r.ok]
+
+    def failed_targets(self) -> tuple[str, ...]:
+        if self.report is None:
+            return ()
+        return tuple(r.target for r in self.report.results if not r.ok)
+
+    def resend_command(self) -> str:
+        """The command that ships this certificate again, to the targets that did not get it."""
+        where = self.source.lineage_dir
+        source = ["--lineage", str(where)] if where is not None else [
+            arg for flag, path in (("--cert", self.source.cert), ("--key", self.source.key),
+                                   ("--chain", self.source.chain), ("--fullchain", self.source.fullchain))
+            if path is not None for arg in (flag, str(path))
+        ]
+        targets = self.failed_targets() or self.options.targets
+        argv = ["certbot-smtp-dist", "deploy", "--config", str(self.options.config), *source]
+        for name in targets:
+            argv += ["--target", name]
+        return shlex.join(argv)
+
+
+def ship(options: Options, source: LineageSource, dry_run: bool = False) -> Shipment:
+    """Deliver (or, on a dry run, only render) one certificate to the selected targets. Never raises.
+
+    The core logs one line per target through the `certbot_smtp_dist` logger, which certbot records in its log.
+    """
+    from certbot_smtp_dist._internal import deploy
+
+    request = deploy.DeployRequest(config=options.config, source=source, targets=options.targets, dry_run=dry_run)
+    try:
+        result = deploy.run(request)
+    except UsageError as exc:
+        return Shipment(options, source, None, refused=f"--smtp-dist-targets: {exc}", dry_run=dry_run)
+    return Shipment(options, source, result, dry_run=dry_run)
+
+
+def rehearse(options: Options, source: LineageSource) -> None:
+    """Everything short of sending: configuration, credentials, target selection, one rendered email per target.
+
+    A certificate that fails its own checks (expired, unreadable) does not fail the rehearsal: renewal replaces it.
+    """
+    shipment = ship(options, source, dry_run=True)
+    if shipment.report is not None and shipment.report.certificate_problems:
+        log.warning("smtp-dist: the current certificate could not be rendered (%s); the settings were checked "
+                    "without it", "; ".join(shipment.report.certificate_problems))
+        check(options)
+        return
+    if not shipment.ok:
+        raise SetupError("\n".join(shipment.problems()))
+
+
+def renewal_failure_message(shipment: Shipment) -> str:
+    """What certbot's log says when a renewed certificate did not reach every target (renewal itself succeeded)."""
+    problems = shipment.problems()
+    what = (f"was not delivered to target(s) {', '.join(shipment.failed_targets())}" if shipment.failed_targets()
+            else "was not sent")
+    return (f"smtp-dist: certificate {shipment.label} was renewed and saved, but {what}:\n"
+            + "\n".join(f"  {line}" for line in problems)
+            + f"\ncertbot will not offer this certificate to smtp-dist again; once the cause is fixed, send it with:\n"
+              f"  {shipment.resend_command()}")
+
+
+def install_failure_message(shipments: list[Shipment]) -> str:
+    """The PluginError text for `certbot install`/`run` when any certificate did not reach every target."""
+    lines = []
+    for s in shipments:
+        if not s.ok:
+            lines.append(f"certificate {s.label}:")
+            lines += [f"  {line}" for line in s.problems()]
+    return "smtp-dist could not deliver the certificate:\n" + "\n".join(lines)
+
+
+def _config_message(path: Path, problems: tuple[object, ...]) -> str:
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return f"configuration {path} is unusable ({len(problems)} problem(s)):\n{lines}"

@@ -1,0 +1,89 @@
+"""Every aiosmtplib exception class is mapped, and reply codes map as the README's table says."""
+
+from __future__ import annotations
+
+import inspect
+import ssl
+
+import aiosmtplib
+import aiosmtplib.errors
+import pytest
+
+from certbot_smtp_dist.errors import ErrorCode
+from certbot_smtp_dist.model import Phase
+from certbot_smtp_dist._internal import classify
+
+
+def test_every_aiosmtplib_exception_class_is_mapped() -> None:
+    classes = {n for n, c in inspect.getmembers(aiosmtplib.errors, inspect.isclass)
+               if issubclass(c, Exception) and c.__module__.startswith("aiosmtplib")}
+    assert classes, "aiosmtplib exposes no exception classes?"
+    assert classes <= classify.HANDLED_AIOSMTPLIB_NAMES, classes - classify.HANDLED_AIOSMTPLIB_NAMES
+
+
+@pytest.mark.parametrize(("code", "phase", "text", "expected"), [
+    (421, Phase.CONNECT, "", ErrorCode.SMTP_TRANSIENT),
+    (450, Phase.RCPT, "", ErrorCode.SMTP_TRANSIENT),
+    (451, Phase.DATA, "", ErrorCode.SMTP_TRANSIENT),
+    (452, Phase.MAIL, "", ErrorCode.SMTP_TRANSIENT),
+    (454, Phase.AUTH, "", ErrorCode.SMTP_TRANSIENT),
+    (454, Phase.TLS, "", ErrorCode.SMTP_TRANSIENT),
+    (530, Phase.MAIL, "5.7.0 Must issue a STARTTLS command first", ErrorCode.SMTP_TLS),
+    (530, Phase.MAIL, "5.7.0 Authentication required", ErrorCode.SMTP_AUTH),
+    (535, Phase.AUTH, "", ErrorCode.SMTP_AUTH),
+    (534, Phase.AUTH, "", ErrorCode.SMTP_AUTH),
+    (550, Phase.RCPT, "", ErrorCode.SMTP_PERMANENT),
+    (552, Phase.DATA, "", ErrorCode.SMTP_PERMANENT),
+    (554, Phase.CONNECT, "", ErrorCode.SMTP_PERMANENT),
+    (500, Phase.MAIL, "", ErrorCode.SMTP_VALIDATION),
+    (501, Phase.RCPT, "", ErrorCode.SMTP_VALIDATION),
+    (503, Phase.DATA, "", ErrorCode.SMTP_VALIDATION),
+    (553, Phase.MAIL, "", ErrorCode.SMTP_VALIDATION),
+    (557, Phase.DATA, "", ErrorCode.SMTP_PERMANENT),
+    (471, Phase.DATA, "", ErrorCode.SMTP_TRANSIENT),
+])
+def test_reply_codes(code: int, phase: Phase, text: str, expected: ErrorCode) -> None:
+    assert classify.code_for_reply(code, phase, text) is expected
+
+
+def test_enhanced_status_split() -> None:
+    r = classify.reply(550, "5.1.1 <x@example.com>: Recipient address rejected\nsecond line")
+    assert (r.code, r.enhanced_status) == (550, "5.1.1")
+    assert "\n" not in r.text and "second line" in r.text
+    assert classify.reply(250, "Ok").enhanced_status is None
+
+
+def test_both_tls_verification_shapes_map_to_smtp_tls() -> None:
+    verify = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    verify.verify_message = "self-signed certificate"
+    # STARTTLS: the ssl error escapes aiosmtplib as is.
+    assert classify.translate(verify, Phase.TLS, True).code is ErrorCode.SMTP_TLS
+    # Implicit TLS: aiosmtplib wraps it in SMTPConnectError, chained.
+    try:
+        try:
+            raise verify
+        except ssl.SSLError as inner:
+            raise aiosmtplib.SMTPConnectError("Error connecting to x on port 465: verify failed") from inner
+    except aiosmtplib.SMTPConnectError as outer:
+        failure = classify.translate(outer, Phase.TLS, True)
+    assert failure.code is ErrorCode.SMTP_TLS and "self-signed" in failure.detail
+
+
+def test_aiosmtplib_2_greeting_error_shape() -> None:
+    failure = classify.translate(aiosmtplib.SMTPConnectError("421 4.3.2 Service shutting down"), Phase.CONNECT, True)
+    assert (failure.code, failure.smtp_code, failure.enhanced_status) == (ErrorCode.SMTP_TRANSIENT, 421, "4.3.2")
+
+
+def test_partial_class_follows_refusals() -> None:
+    four = classify.reply(450, "4.2.1 busy")
+    five = classify.reply(550, "5.1.1 gone")
+    assert classify.refusals_failure([("a@x", four)]).is_retryable
+    mixed = classify.refusals_failure([("a@x", four), ("b@x", five)])
+    assert not mixed.is_retryable and mixed.code is ErrorCode.SMTP_PERMANENT and mixed.smtp_code == 550
+
+
+def test_not_connected_timeouts_are_connect_failures() -> None:
+    assert classify.deadline(Phase.CONNECT, False, 5).code is ErrorCode.SMTP_CONNECT
+    assert classify.deadline(Phase.DATA, True, 5).code is ErrorCode.SMTP_TRANSIENT
+    assert classify.translate(ConnectionRefusedError(111, "refused"), Phase.CONNECT, False).code is \
+        ErrorCode.SMTP_CONNECT

@@ -1,0 +1,126 @@
+"""Config validation: every problem reported at once, each with its target and key; nothing dialled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certbot_smtp_dist.errors import ConfigError
+from certbot_smtp_dist.model import AuthMethod, TlsMode
+from certbot_smtp_dist._internal.config import parse_settings
+
+FORMATS = {"pem": None, "pem_and_key": None, "pkcs12": "smtp_pkcs12_passphrase"}
+CREDS = {"relay": "smtp_password", "p12": "smtp_pkcs12_passphrase"}
+BASE = {"host": "smtp.example.com", "from_address": "certbot@example.com", "to": ["pki@example.com"]}
+
+
+def problems(targets: dict[str, Any], defaults: dict[str, Any] | None = None, **doc: Any) -> set[tuple[Any, Any]]:
+    raw: dict[str, Any] = {"targets": targets, **doc}
+    if defaults is not None:
+        raw["defaults"] = defaults
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw, Path("/etc/x/config.toml"), CREDS, FORMATS)
+    return {(p.target, p.key) for p in err.value.problems}
+
+
+def ok(table: dict[str, Any], **kw: Any) -> Any:
+    return parse_settings({"targets": {"t": table}, **kw}, Path("/etc/x/config.toml"), CREDS, FORMATS).targets[0]
+
+
+def test_defaults_and_ports_per_mode() -> None:
+    t = ok(BASE)
+    assert (t.tls_mode, t.port, t.auth_method, t.payload, t.timeout) == (TlsMode.STARTTLS, 587, AuthMethod.NONE, "pem", 30)
+    assert ok({**BASE, "tls_mode": "smtps"}).port == 465
+    assert ok({**BASE, "tls_mode": "plaintext", "host": "127.0.0.1"}).port == 25
+
+
+def test_defaults_table_applies_to_every_target() -> None:
+    s = parse_settings({"defaults": {"host": "relay.internal", "from_address": "a@example.com"},
+                        "targets": {"a": {"to": ["x@example.com"]}, "b": {"to": ["y@example.com"], "port": 2525}}},
+                       Path("c.toml"), CREDS, FORMATS)
+    assert [(t.name, t.host, t.port) for t in s.targets] == [("a", "relay.internal", 587), ("b", "relay.internal", 2525)]
+
+
+def test_every_problem_reported_at_once() -> None:
+    found = problems({
+        "a": {**BASE, "port": 70000, "colour": "blue", "timeout": 0},
+        "b": {**BASE, "to": ["not an address"], "subject_prefix": "X\r\nBcc: evil@example.com"},
+        "c": {**BASE, "tls_mode": "plaintext", "auth_method": "plain", "username": "u", "password_credential": "relay"},
+    })
+    assert found == {("a", "port"), ("a", "colour"), ("a", "timeout"), ("b", "to"), ("b", "subject_prefix"),
+                     ("c", "auth_method")}
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ({"port": "25"}, "port"),
+    ({"port": True}, "port"),
+    ({"tls_skip_verify": "yes"}, "tls_skip_verify"),
+    ({"tls_mode": "tls"}, "tls_mode"),
+    ({"auth_method": "cram-md5"}, "auth_method"),
+    ({"timeout": 601}, "timeout"),
+    ({"from_address": "Robot <r@example.com>"}, "from_address"),
+    ({"from_name": "Robot\nInjected: 1"}, "from_name"),
+    ({"from_name": "x" * 129}, "from_name"),
+    ({"to": []}, "to"),
+    ({"to": [f"u{i}@example.com" for i in range(51)]}, "to"),
+    ({"cc": ["a@example.com, b@example.com"]}, "cc"),
+    ({"bcc": ["a@@example.com"]}, "bcc"),
+    ({"payload": "der"}, "payload"),
+    ({"payload": "pkcs12"}, "pkcs12_passphrase_credential"),
+    ({"payload": "pkcs12", "pkcs12_passphrase_credential": "relay"}, "pkcs12_passphrase_credential"),
+    ({"auth_method": "plain", "username": "u"}, "password_credential"),
+    ({"auth_method": "plain", "password_credential": "relay"}, "username"),
+    ({"auth_method": "login", "username": "u", "password_credential": "missing"}, "password_credential"),
+    ({"auth_method": "login", "username": "u", "password_credential": "p12"}, "password_credential"),
+    ({"tls_mode": "plaintext", "payload": "pem_and_key"}, "payload"),
+    ({"tls_ca_file": "/nonexistent/ca.pem"}, "tls_ca_file"),
+    ({"certificates": "example.com"}, "certificates"),
+    ({"subject_prefix": "A\rB"}, "subject_prefix"),
+])
+def test_single_problem_named_by_target_and_key(table: dict[str, Any], key: str) -> None:
+    assert problems({"pki": {**BASE, **table}}) == {("pki", key)}
+
+
+def test_missing_required_keys() -> None:
+    assert problems({"t": {}}) == {("t", "host"), ("t", "from_address"), ("t", "to")}
+
+
+def test_file_level_problems() -> None:
+    assert (None, "targets") in problems({})
+    assert (None, "extra") in problems({"t": BASE}, extra=1)
+    assert (None, "defaults.colour") in problems({"t": BASE}, defaults={"colour": 1})
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.9.9.9", "::1", "localhost", "LOCALHOST"])
+def test_plaintext_with_auth_and_key_allowed_on_loopback(host: str) -> None:
+    t = ok({**BASE, "host": host, "tls_mode": "plaintext", "auth_method": "plain", "username": "u",
+            "password_credential": "relay", "payload": "pem_and_key"})
+    assert t.tls_mode is TlsMode.PLAINTEXT
+
+
+@pytest.mark.parametrize("host", ["10.0.0.1", "128.0.0.1", "localhost.example.com", "relay", "::2"])
+def test_plaintext_with_auth_refused_off_loopback(host: str) -> None:
+    table = {**BASE, "host": host, "tls_mode": "plaintext", "auth_method": "plain", "username": "u",
+             "password_credential": "relay"}
+    assert problems({"t": table}) == {("t", "auth_method")}
+
+
+def test_special_use_domains_accepted() -> None:
+    t = ok({**BASE, "to": ["pki@mail.internal"], "cc": ["ops@corp.local"], "bcc": ["root@localhost"],
+            "from_address": "robot@[127.0.0.1]"})
+    assert t.envelope_recipients == ("pki@mail.internal", "ops@corp.local", "root@localhost")
+
+
+def test_pkcs12_passphrase_in_defaults_is_harmless_for_pem() -> None:
+    s = parse_settings({"defaults": {"pkcs12_passphrase_credential": "p12"}, "targets": {"a": BASE}},
+                       Path("c.toml"), CREDS, FORMATS)
+    assert s.targets[0].pkcs12_passphrase_credential is None
+
+
+def test_error_message_names_target_and_key() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"targets": {"archive": {**BASE, "port": 0}}}, Path("/etc/c.toml"), CREDS, FORMATS)
+    assert "targets.archive.port: 0 is out of range" in str(err.value)
+    assert "/etc/c.toml" in str(err.value)

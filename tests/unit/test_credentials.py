@@ -1,0 +1,108 @@
+"""The credential store: envelope encryption, bound names/types, private files, systemd master key."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from certbot_smtp_dist.errors import CredentialError
+from certbot_smtp_dist._internal.credentials import SYSTEMD_CREDENTIAL, CredentialStore
+
+SECRET = "hunter2-very-secret"
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_round_trip_and_private_files(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path / "etc", environ={})
+    store.set("relay", "smtp_password", SECRET)
+    assert store.get("relay", "smtp_password").reveal() == SECRET
+    cred = tmp_path / "etc" / "credentials" / "relay.cred"
+    assert mode(cred) == 0o600 and mode(cred.parent) == 0o700
+    assert mode(tmp_path / "etc" / "master.key") == 0o600
+    assert SECRET.encode() not in cred.read_bytes()
+    assert [(c.name, c.type) for c in store.list()] == [("relay", "smtp_password")]
+
+
+def test_fresh_data_key_per_secret(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path, environ={})
+    store.set("a", "smtp_password", SECRET)
+    store.set("b", "smtp_password", SECRET)
+    a = json.loads((tmp_path / "credentials" / "a.cred").read_text())
+    b = json.loads((tmp_path / "credentials" / "b.cred").read_text())
+    assert a["wrapped_key"] != b["wrapped_key"] and a["ciphertext"] != b["ciphertext"]
+
+
+def test_name_and_type_are_bound(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path, environ={})
+    store.set("a", "smtp_password", SECRET)
+    src = tmp_path / "credentials" / "a.cred"
+    # Renamed file: the stored name no longer matches the associated data.
+    (tmp_path / "credentials" / "b.cred").write_bytes(src.read_bytes())
+    with pytest.raises(CredentialError, match="cannot be decrypted"):
+        store.get("b", "smtp_password")
+    # Retyped file.
+    doc = json.loads(src.read_text())
+    doc["type"] = "smtp_pkcs12_passphrase"
+    src.write_text(json.dumps(doc))
+    with pytest.raises(CredentialError, match="cannot be decrypted"):
+        store.get("a", "smtp_pkcs12_passphrase")
+    with pytest.raises(CredentialError, match="has type"):
+        store.get("a", "smtp_password")
+
+
+def test_wrong_master_key_and_missing(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path, environ={})
+    store.set("a", "smtp_password", SECRET)
+    (tmp_path / "master.key").unlink()
+    with pytest.raises(CredentialError, match="missing") as err:
+        store.get("a", "smtp_password")
+    assert SECRET not in str(err.value)
+    with pytest.raises(CredentialError, match="not stored"):
+        store.get("zzz", "smtp_password")
+
+
+def test_systemd_credential_master_key(tmp_path: Path) -> None:
+    creds_dir = tmp_path / "run-creds"
+    creds_dir.mkdir()
+    import base64
+    import os
+
+    (creds_dir / SYSTEMD_CREDENTIAL).write_bytes(base64.b64encode(os.urandom(32)))
+    store = CredentialStore(tmp_path / "etc", environ={"CREDENTIALS_DIRECTORY": str(creds_dir)})
+    store.set("a", "smtp_password", SECRET)
+    assert not (tmp_path / "etc" / "master.key").exists()
+    assert store.get("a", "smtp_password").reveal() == SECRET
+    # Without the systemd credential the file-based key (absent) cannot open it.
+    with pytest.raises(CredentialError):
+        CredentialStore(tmp_path / "etc", environ={}).get("a", "smtp_password")
+
+
+def test_bad_names_and_types(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path, environ={})
+    for name in ("../x", "", "a b", "x" * 65):
+        with pytest.raises(CredentialError):
+            store.set(name, "smtp_password", SECRET)
+    with pytest.raises(CredentialError):
+        store.set("a", "api_token", SECRET)
+    with pytest.raises(CredentialError):
+        store.set("a", "smtp_password", "")
+
+
+def test_cli_reads_secret_from_stdin_never_argv(tmp_path: Path) -> None:
+    from support.deployenv import DeployEnv
+
+    env = DeployEnv(tmp_path)
+    run = env.run("credentials", "set", "relay", "--type", "smtp_password", stdin=SECRET + "\n")
+    assert run.returncode == 0 and SECRET not in run.stdout + run.stderr
+    listing = env.run("credentials", "list")
+    assert listing.stdout.strip() == "relay\tsmtp_password"
+    assert CredentialStore(env.config_dir, environ={}).get("relay", "smtp_password").reveal() == SECRET
+    assert env.run("credentials", "delete", "relay").returncode == 0
+    assert env.run("credentials", "delete", "relay").returncode == 1
+    assert env.run("credentials", "list").stdout == ""
