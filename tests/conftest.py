@@ -1,0 +1,89 @@
+"""Shared fixtures: test PKI, aiosmtpd relays and fault-injecting SMTP servers."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.faultsmtp import FaultServer, Script
+from support.pki import RelayPKI, ServerCertName, relay_certs
+from support.relay import Relay, RelayMode
+
+RelayFactory = Callable[..., Relay]
+FaultServerFactory = Callable[..., FaultServer]
+
+
+@pytest.fixture(scope="session")
+def relay_pki(tmp_path_factory: pytest.TempPathFactory) -> RelayPKI:
+    """CA + valid/expired/wrong_host server certificates (one set per test session)."""
+    return relay_certs(tmp_path_factory.mktemp("relay-pki"))
+
+
+@pytest.fixture
+def relay_factory(relay_pki: RelayPKI) -> Iterator[RelayFactory]:
+    """``relay_factory(mode="starttls", auth=(user, pw), cert="valid", reject={...})``.
+
+    Starts a :class:`support.relay.Relay`; every relay started is stopped at teardown.
+    """
+    started: list[Relay] = []
+
+    def factory(
+        mode: RelayMode = "starttls",
+        auth: tuple[str, str] | None = None,
+        cert: ServerCertName = "valid",
+        reject: Mapping[str, str] | None = None,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> Relay:
+        relay = Relay(
+            relay_pki, mode=mode, auth=auth, cert=cert, reject=reject, tls_context=tls_context
+        )
+        relay.start()
+        started.append(relay)
+        return relay
+
+    yield factory
+    for relay in reversed(started):
+        relay.stop()
+
+
+@pytest.fixture
+def fault_server() -> Iterator[FaultServerFactory]:
+    """``fault_server(Script(...))`` starts a :class:`support.faultsmtp.FaultServer`.
+
+    Every server started is stopped (connections aborted) at teardown.
+    """
+    started: list[FaultServer] = []
+
+    def factory(script: Script | None = None, **script_fields: Any) -> FaultServer:
+        if script_fields:
+            if script is not None:
+                raise TypeError("pass either a Script or Script keyword arguments")
+            script = Script(**script_fields)
+        server = FaultServer(script).start()
+        started.append(server)
+        return server
+
+    yield factory
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def tmp_lineage_dir(tmp_path: Path) -> Path:
+    """Where a test should put a certbot-like lineage: <tmp>/live/test.example.com."""
+    return tmp_path / "live" / "test.example.com"
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback TCP port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

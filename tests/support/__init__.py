@@ -1,0 +1,1 @@
+"""Test support: PKI, SMTP peers (aiosmtpd relay, fault-injecting server)."""

@@ -1,0 +1,480 @@
+"""Throw-away test PKI built with ``cryptography`` (works with cryptography >= 38).
+
+* :func:`make_ca` / :func:`issue` build certificates;
+* :func:`relay_certs` writes a CA and server certificates for the SMTP test peers;
+* :func:`write_lineage` writes a certbot-like lineage (optionally broken).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import os
+import ssl
+import warnings
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Union
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+KeyType = Literal["ec", "rsa"]
+PrivateKey = Union[ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+ServerCertName = Literal["valid", "expired", "wrong_host"]
+LineageFile = Literal["cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"]
+
+UTC = dt.timezone.utc
+_DEFAULT_LIFETIME = dt.timedelta(days=90)
+_BACKDATE = dt.timedelta(hours=1)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+def new_key(key_type: KeyType = "ec") -> PrivateKey:
+    if key_type == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    raise ValueError(f"unknown key type {key_type!r}")
+
+
+def key_pem(key: PrivateKey) -> bytes:
+    """PKCS#8, unencrypted, PEM."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 fingerprint of the DER encoding, lowercase hex."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def not_after_utc(cert: x509.Certificate) -> dt.datetime:
+    """``not_valid_after`` as an aware UTC datetime on every cryptography version."""
+    aware = getattr(cert, "not_valid_after_utc", None)  # cryptography >= 42
+    if isinstance(aware, dt.datetime):
+        return aware
+    return cert.not_valid_after.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate and its private key."""
+
+    cert: x509.Certificate
+    key: PrivateKey
+
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def key_pem(self) -> bytes:
+        return key_pem(self.key)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.cert)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _key_usage(*, is_ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=not is_ca,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=is_ca,
+        crl_sign=is_ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _build(
+    *,
+    subject: x509.Name,
+    issuer_name: x509.Name,
+    public_key: PrivateKey,
+    signing_key: PrivateKey,
+    is_ca: bool,
+    sans: Sequence[str],
+    ip_sans: Sequence[str | IPAddress],
+    not_before: dt.datetime | None,
+    not_after: dt.datetime | None,
+) -> x509.Certificate:
+    start = not_before if not_before is not None else utcnow() - _BACKDATE
+    end = not_after if not_after is not None else start + _DEFAULT_LIFETIME
+    pub = public_key.public_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(pub)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        .add_extension(_key_usage(is_ca=is_ca), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()),
+            critical=False,
+        )
+    )
+    general_names: list[x509.GeneralName] = [x509.DNSName(name) for name in sans]
+    general_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_sans]
+    if general_names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(general_names), critical=False)
+    if not is_ca:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+def make_ca(
+    common_name: str,
+    *,
+    key_type: KeyType = "ec",
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+) -> Issued:
+    """A self-signed root CA."""
+    key = new_key(key_type)
+    cert = _build(
+        subject=_name(common_name),
+        issuer_name=_name(common_name),
+        public_key=key,
+        signing_key=key,
+        is_ca=True,
+        sans=(),
+        ip_sans=(),
+        not_before=not_before,
+        not_after=not_after if not_after is not None else utcnow() + dt.timedelta(days=3650),
+    )
+    return Issued(cert=cert, key=key)
+
+
+def issue(
+    issuer: Issued,
+    *,
+    common_name: str | None = None,
+    sans: Sequence[str] = (),
+    is_ca: bool = False,
+    key_type: KeyType = "ec",
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+    ip_sans: Sequence[str | IPAddress] = (),
+    key: PrivateKey | None = None,
+) -> Issued:
+    """A certificate signed by ``issuer.key`` whose issuer name is ``issuer.cert.subject``.
+
+    ``common_name`` defaults to the first DNS SAN (then the first IP SAN).
+    ``key`` reuses an existing key pair instead of generating one.
+    """
+    if common_name is None:
+        first = [*sans, *(str(ip) for ip in ip_sans)]
+        if not first:
+            raise ValueError("issue() needs common_name or at least one SAN")
+        common_name = first[0]
+    subject_key = key if key is not None else new_key(key_type)
+    cert = _build(
+        subject=_name(common_name),
+        issuer_name=issuer.cert.subject,
+        public_key=subject_key,
+        signing_key=issuer.key,
+        is_ca=is_ca,
+        sans=sans,
+        ip_sans=ip_sans,
+        not_before=not_before,
+        not_after=not_after,
+    )
+    return Issued(cert=cert, key=subject_key)
+
+
+def expired_window() -> tuple[dt.datetime, dt.datetime]:
+    """(not_before, not_after) of a certificate that expired yesterday."""
+    now = utcnow()
+    return now - dt.timedelta(days=30), now - dt.timedelta(days=1)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600 (whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, 0o600)
+
+
+# --------------------------------------------------------------------------- TLS contexts
+
+
+def server_context(
+    cert_file: Path,
+    key_file: Path,
+    *,
+    minimum_version: ssl.TLSVersion | None = None,
+    maximum_version: ssl.TLSVersion | None = None,
+    seclevel0: bool = False,
+) -> ssl.SSLContext:
+    """A server-side context.
+
+    To really offer TLS 1.0/1.1 with OpenSSL 3 pass ``seclevel0=True`` (the default
+    security level 1+ disables them even on the server side).
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    _tune(ctx, minimum_version, maximum_version, seclevel0)
+    return ctx
+
+
+def client_context(
+    ca_file: Path | None,
+    *,
+    minimum_version: ssl.TLSVersion | None = None,
+    maximum_version: ssl.TLSVersion | None = None,
+    seclevel0: bool = False,
+) -> ssl.SSLContext:
+    """A verifying client context trusting only ``ca_file`` (or nothing, if ``None``)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca_file is not None:
+        ctx.load_verify_locations(cafile=str(ca_file))
+    _tune(ctx, minimum_version, maximum_version, seclevel0)
+    return ctx
+
+
+def _tune(
+    ctx: ssl.SSLContext,
+    minimum: ssl.TLSVersion | None,
+    maximum: ssl.TLSVersion | None,
+    seclevel0: bool,
+) -> None:
+    if seclevel0:
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        # ssl.TLSVersion.TLSv1/TLSv1_1 raise DeprecationWarning on 3.10+.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if minimum is not None:
+            ctx.minimum_version = minimum
+        if maximum is not None:
+            ctx.maximum_version = maximum
+
+
+# --------------------------------------------------------------------------- relay certificates
+
+
+@dataclass(frozen=True)
+class ServerCert:
+    name: str
+    issued: Issued
+    cert_file: Path
+    key_file: Path
+
+    def server_context(
+        self,
+        *,
+        minimum_version: ssl.TLSVersion | None = None,
+        maximum_version: ssl.TLSVersion | None = None,
+        seclevel0: bool = False,
+    ) -> ssl.SSLContext:
+        return server_context(
+            self.cert_file,
+            self.key_file,
+            minimum_version=minimum_version,
+            maximum_version=maximum_version,
+            seclevel0=seclevel0,
+        )
+
+
+@dataclass(frozen=True)
+class RelayPKI:
+    """A CA and three server certificates for 127.0.0.1 / ::1 / localhost."""
+
+    directory: Path
+    ca: Issued
+    ca_file: Path
+    valid: ServerCert
+    expired: ServerCert
+    wrong_host: ServerCert
+
+    def cert(self, which: ServerCertName = "valid") -> ServerCert:
+        certs = {"valid": self.valid, "expired": self.expired, "wrong_host": self.wrong_host}
+        return certs[which]
+
+    def server_context(self, which: ServerCertName = "valid") -> ssl.SSLContext:
+        return self.cert(which).server_context()
+
+    def client_context(self) -> ssl.SSLContext:
+        """Verifying client context trusting this CA (hostname checks on)."""
+        return client_context(self.ca_file)
+
+
+_RELAY_SANS = ("localhost",)
+_RELAY_IPS = ("127.0.0.1", "::1")
+
+
+def relay_certs(tmp_path: Path) -> RelayPKI:
+    directory = Path(tmp_path)
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = make_ca("certbot-smtp-dist test relay CA")
+    ca_file = directory / "relay-ca.pem"
+    ca_file.write_bytes(ca.cert_pem())
+    before, after = expired_window()
+    issued = {
+        "valid": issue(ca, sans=_RELAY_SANS, ip_sans=_RELAY_IPS),
+        "expired": issue(
+            ca, sans=_RELAY_SANS, ip_sans=_RELAY_IPS, not_before=before, not_after=after
+        ),
+        "wrong_host": issue(ca, sans=("wrong.example.net",)),
+    }
+    certs: dict[str, ServerCert] = {}
+    for name, item in issued.items():
+        cert_file = directory / f"relay-{name}.crt"
+        key_file = directory / f"relay-{name}.key"
+        cert_file.write_bytes(item.cert_pem())
+        write_private(key_file, item.key_pem())
+        certs[name] = ServerCert(name, item, cert_file, key_file)
+    return RelayPKI(
+        directory=directory,
+        ca=ca,
+        ca_file=ca_file,
+        valid=certs["valid"],
+        expired=certs["expired"],
+        wrong_host=certs["wrong_host"],
+    )
+
+
+# --------------------------------------------------------------------------- lineages
+
+
+@dataclass(frozen=True)
+class LineagePaths:
+    """A certbot-like lineage on disk plus the objects it was made from.
+
+    ``leaf`` is the certificate in cert.pem; ``key`` is what privkey.pem holds (differs
+    from ``leaf.key`` with ``key_mismatch``); ``signer`` is who really signed the leaf
+    (an impostor with the intermediate's subject name with ``bad_chain_signature``).
+    """
+
+    live_dir: Path
+    cert: Path
+    chain: Path
+    fullchain: Path
+    privkey: Path
+    names: tuple[str, ...]
+    root: Issued
+    intermediate: Issued
+    leaf: Issued
+    signer: Issued
+    key: PrivateKey
+
+    @property
+    def root_file(self) -> Path:
+        """Root CA PEM (written next to, not inside, the live directory)."""
+        return self.live_dir.parent / f"{self.live_dir.name}-root.pem"
+
+
+def garbage_pem(label: str = "CERTIFICATE") -> bytes:
+    """Well-formed PEM armour around bytes that are not DER."""
+    body = base64.encodebytes(b"this is not a DER structure, just garbage " * 2)
+    return f"-----BEGIN {label}-----\n".encode() + body + f"-----END {label}-----\n".encode()
+
+
+def write_lineage(
+    live_dir: Path,
+    *,
+    names: Sequence[str] = ("test.example.com", "www.test.example.com"),
+    key_type: KeyType = "ec",
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+    expired: bool = False,
+    key_mismatch: bool = False,
+    bad_chain_signature: bool = False,
+    garbage: Collection[LineageFile] = (),
+    archive_symlinks: bool = False,
+) -> LineagePaths:
+    """Write root -> intermediate -> leaf as cert/chain/fullchain/privkey.pem.
+
+    Negative-test knobs: ``expired`` (leaf expired yesterday), ``key_mismatch``
+    (privkey.pem holds an unrelated key), ``bad_chain_signature`` (leaf signed by a key
+    that is not the intermediate's, under the intermediate's subject name), ``garbage``
+    (those files get PEM armour around non-DER bytes).  With ``archive_symlinks`` the
+    files live in ``<live_dir>/../../archive/<name>/*1.pem`` and ``live_dir`` holds
+    relative symlinks, like certbot.
+    """
+    if not names:
+        raise ValueError("a lineage needs at least one name")
+    root = make_ca("Test ACME Root X1", key_type=key_type)
+    intermediate = issue(root, common_name="Test ACME Intermediate R1", is_ca=True,
+                         key_type=key_type)
+    signer = intermediate
+    if bad_chain_signature:
+        signer = Issued(cert=intermediate.cert, key=new_key(key_type))
+    if expired:
+        not_before, not_after = expired_window()
+    leaf = issue(signer, common_name=names[0], sans=names, key_type=key_type,
+                 not_before=not_before, not_after=not_after)
+    key = new_key(key_type) if key_mismatch else leaf.key
+    contents: dict[LineageFile, bytes] = {
+        "cert.pem": leaf.cert_pem(),
+        "chain.pem": intermediate.cert_pem(),
+        "fullchain.pem": leaf.cert_pem() + intermediate.cert_pem(),
+        "privkey.pem": key_pem(key),
+    }
+    for name in garbage:
+        contents[name] = garbage_pem("PRIVATE KEY" if name == "privkey.pem" else "CERTIFICATE")
+    live_dir = Path(live_dir)
+    live_dir.mkdir(parents=True, exist_ok=True)
+    paths = _write_lineage_files(live_dir, contents, archive_symlinks)
+    lineage = LineagePaths(
+        live_dir=live_dir,
+        cert=paths["cert.pem"],
+        chain=paths["chain.pem"],
+        fullchain=paths["fullchain.pem"],
+        privkey=paths["privkey.pem"],
+        names=tuple(names),
+        root=root,
+        intermediate=intermediate,
+        leaf=leaf,
+        signer=signer,
+        key=key,
+    )
+    lineage.root_file.write_bytes(root.cert_pem())
+    return lineage
+
+
+def _write_lineage_files(
+    live_dir: Path, contents: dict[LineageFile, bytes], archive_symlinks: bool
+) -> dict[LineageFile, Path]:
+    paths: dict[LineageFile, Path] = {}
+    archive = live_dir.parent.parent / "archive" / live_dir.name
+    if archive_symlinks:
+        archive.mkdir(parents=True, exist_ok=True)
+    for name, data in contents.items():
+        link = live_dir / name
+        target = archive / name.replace(".pem", "1.pem") if archive_symlinks else link
+        if name == "privkey.pem":
+            write_private(target, data)
+        else:
+            target.write_bytes(data)
+        if archive_symlinks:
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(os.path.relpath(target, live_dir))
+        paths[name] = link
+    return paths
