@@ -80,25 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     cdel.add_argument("name")
     cdel.set_defaults(func=cmd_credentials_delete)
 
-    for register in EXTRA_COMMANDS:
-        register(sub)
+    from certbot_smtp_dist._internal import cli_state
+
+    cli_state.register(sub, lambda p: _global_options(p, suppress=True))
     return parser
-
-
-# Other stages add their subcommands here (retry, status, journal, history) without touching the core parser.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from certbot_smtp_dist._internal import deploy, lineage
     from certbot_smtp_dist._internal.config import config_path
+    from certbot_smtp_dist._internal.state import state_dir
 
     if args.output and not args.dry_run:
         raise UsageError("--output only makes sense with --dry-run")
     source = _source(args, lineage)
     request = deploy.DeployRequest(
         config=config_path(args.config), source=source, targets=tuple(args.target), dry_run=args.dry_run,
-        output=Path(args.output) if args.output else None,
+        output=Path(args.output) if args.output else None, state_dir=state_dir(args.state_dir),
     )
     result = deploy.run(request)
     if args.json:

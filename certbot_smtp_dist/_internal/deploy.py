@@ -30,6 +30,7 @@ class DeployRequest:
     dry_run: bool = False
     output: Path | None = None
     environ: Mapping[str, str] | None = None
+    state_dir: Path | None = None  # journal + spool; None: keep no state (tests, dry runs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +78,18 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     from certbot_smtp_dist._internal import lineage, pipeline
     from certbot_smtp_dist._internal.plugins import notify_finished
 
+    from certbot_smtp_dist._internal.ledger import Ledger
+
     now = now or datetime.now(timezone.utc)
+    ledger = Ledger(request.state_dir, "deploy", request.config, now) \
+        if request.state_dir is not None and not request.dry_run else None
     try:
         loaded = load_config(request.config, request.environ)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("config %s: %s", request.config, problem)
+        if ledger:
+            ledger.record("config_error", None, None, detail=str(exc))
         return DeployReport(None, config_errors=exc.problems, exit_status=report.EX_CONFIG)
     settings, formats = loaded.settings, loaded.formats
     targets = select(settings, request.targets)
@@ -93,12 +100,15 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
         log.error("%s; nothing was sent", exc)
         failure = Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, "; ".join(exc.problems))
         results = tuple(DeliveryResult(t.name, Status.FAILED, failure) for t in targets)
+        for t in targets if ledger else ():
+            ledger.record("attempt", None, t.name, outcome="failed", error_code=failure.code.value,  # type: ignore[union-attr]
+                          phase=failure.phase.value, reply=failure.detail, attempt=0)
         return DeployReport(None, results, certificate_problems=exc.problems, exit_status=report.EX_DATAERR,
                             settings=settings)
 
     wanted = [t for t in targets if t.matches(artefact.facts.names)]
     try:
-        secrets = _unlock(loaded.store, wanted, formats, with_passwords=not request.dry_run)
+        secrets = unlock(loaded.store, wanted, formats, with_passwords=not request.dry_run)
     except _Locked as exc:
         for problem in exc.problems:
             log.error("config %s: %s", request.config, problem)
@@ -114,20 +124,34 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     if request.dry_run:
         results = pipeline.rendered_results(jobs, request.output)
     else:
-        results = pipeline.deliver_all(jobs, observer=lambda job, result: notify_finished(loaded.plugins, artefact.facts, result))
+        facts = artefact.facts
+
+        def finished(job: pipeline.Job, result: DeliveryResult) -> None:
+            if ledger:
+                ledger.settle(facts, job, result)
+                if result.status is Status.DELIVERED:
+                    ledger.supersede_older(job.target.name, facts)
+            notify_finished(loaded.plugins, facts, result)
+
+        for job in jobs if ledger else ():
+            ledger.begin(facts, request.source, job)  # type: ignore[union-attr]
+        results = pipeline.deliver_all(
+            jobs, observer=finished,
+            on_attempt=(lambda job, attempt: ledger.attempt(facts, job, attempt)) if ledger else None,
+        )
     for result in results:
         line = report.human_line(result)
         (log.info if result.ok else log.error)("%s", line)
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results), settings=settings)
 
 
-class _Locked(Exception):
+class _Locked(CredentialError):
     def __init__(self, problems: list[ConfigProblem]) -> None:
-        super().__init__("credentials unusable")
+        super().__init__("; ".join(str(p) for p in problems))
         self.problems = problems
 
 
-def _unlock(
+def unlock(
     store: CredentialStore, targets: list[Target], formats: Mapping[str, PayloadFormat], with_passwords: bool
 ) -> dict[str, Secret]:
     """Decrypt exactly the secrets the matching targets need; every failure named by target and key."""

@@ -48,7 +48,19 @@ class Job:
     skipped: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One SMTP session of a delivery, as the journal records it."""
+
+    number: int
+    accepted: int
+    refused: int
+    failure: Failure | None
+    duration_s: float
+
+
 Observer = Callable[[Job, DeliveryResult], None]
+AttemptObserver = Callable[[Job, Attempt], None]
 
 
 def prepare_job(
@@ -89,7 +101,8 @@ def warn_about(target: Target, fmt: PayloadFormat) -> None:
         log.warning("target %s: tls_skip_verify = true: the relay's identity is NOT verified", target.name)
 
 
-async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy()) -> DeliveryResult:
+async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy(),
+                      on_attempt: AttemptObserver | None = None) -> DeliveryResult:
     """Attempt delivery until success, a permanent failure, the attempt limit, or the deadline."""
     from certbot_smtp_dist._internal import transport
 
@@ -107,9 +120,14 @@ async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy()) -> Delivery
     attempts = 0
     while True:
         attempts += 1
+        began = loop.time()
         outcome = await transport.deliver(target, message, job.password, max(deadline - loop.time(), 0.01))
         accepted.extend(outcome.accepted)
         failure = outcome.failure
+        if on_attempt is not None:
+            on_attempt(job, Attempt(attempts, len(outcome.accepted), len(outcome.refused),
+                                    _redact(failure, job.secrets, target.username) if failure else None,
+                                    loop.time() - began))
         if failure is None or not failure.is_retryable or attempts >= policy.attempts:
             break
         pause = policy.delay(attempts)
@@ -133,13 +151,13 @@ async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy()) -> Delivery
                           recipients=len(job.message.envelope_to))
 
 
-def deliver_all(jobs: list[Job], policy: RetryPolicy = RetryPolicy(),
-                observer: Observer | None = None) -> list[DeliveryResult]:
+def deliver_all(jobs: list[Job], policy: RetryPolicy = RetryPolicy(), observer: Observer | None = None,
+                on_attempt: AttemptObserver | None = None) -> list[DeliveryResult]:
     """Run every job concurrently; one target's failure or stall never delays another beyond its own deadline."""
 
     async def run_one(job: Job) -> DeliveryResult:
         try:
-            result = await deliver_job(job, policy)
+            result = await deliver_job(job, policy, on_attempt)
         except Exception as exc:  # a defect must not take the other targets down with it
             log.exception("target %s: internal error", job.target.name)
             result = DeliveryResult(job.target.name, Status.FAILED,

@@ -88,6 +88,9 @@ class _Handler:
 
     def __init__(self, recorder: _Recorder, reject: Mapping[str, str]) -> None:
         self._recorder = recorder
+        self.set_reject(reject)
+
+    def set_reject(self, reject: Mapping[str, str]) -> None:
         self._reject = {addr.lower(): reply for addr, reply in reject.items()}
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd hook name)
@@ -166,6 +169,7 @@ class Relay:
         host: str = "127.0.0.1",
         hostname: str = "relay.test",
         tls_context: ssl.SSLContext | None = None,
+        port: int = 0,
     ) -> None:
         if mode not in RELAY_MODES:
             raise ValueError(f"unknown relay mode {mode!r}")
@@ -175,7 +179,7 @@ class Relay:
         self.cert: ServerCertName = cert
         self.host = host
         self.hostname = hostname
-        self.port = 0
+        self.port = port  # 0: any free port; fixed: restart a relay where a target expects it
         self._recorder = _Recorder()
         self._handler = _Handler(self._recorder, reject or {})
         self._authenticator = _Authenticator(self._recorder, auth)
@@ -221,8 +225,9 @@ class Relay:
         self._server = await loop.create_server(
             lambda: self._make_protocol(tls, loop),
             host=self.host,
-            port=0,
+            port=self.port,
             ssl=tls if self.mode == "smtps" else None,
+            reuse_address=True,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -312,6 +317,10 @@ class Relay:
 
     def clear(self) -> None:
         self._recorder.clear()
+
+    def set_reject(self, reject: Mapping[str, str]) -> None:
+        """Change the per-recipient refusals of a running relay."""
+        self._handler.set_reject(reject)
 
     def client_context(self) -> ssl.SSLContext:
         """Client context trusting the relay CA (needs ``pki``)."""

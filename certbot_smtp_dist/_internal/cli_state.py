@@ -1,0 +1,146 @@
+"""Subcommands over the state directory: retry, status, dismiss, history, journal verify."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Nagios plugin convention, so monitoring can use `status` as a check as is.
+STATUS_OK, STATUS_WARNING, STATUS_CRITICAL = 0, 1, 2
+
+
+def register(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:  # type: ignore[type-arg]
+    retry = sub.add_parser("retry", help="re-send spooled deliveries (for a systemd timer or cron)")
+    common(retry)
+    retry.add_argument("--include-failed", action="store_true",
+                       help="also re-send permanently failed entries (after fixing their cause)")
+    retry.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    retry.set_defaults(func=cmd_retry)
+
+    status = sub.add_parser("status", help="list pending and failed deliveries; non-zero while any exist")
+    common(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    dismiss = sub.add_parser("dismiss", help="close a failed or pending spool entry by hand")
+    common(dismiss)
+    dismiss.add_argument("entry", nargs="+", help="entry id (see `status`)")
+    dismiss.set_defaults(func=cmd_dismiss)
+
+    history = sub.add_parser("history", help="what was shipped to whom, from the journal")
+    common(history)
+    history.add_argument("--json", action="store_true")
+    history.add_argument("--all", action="store_true", help="every attempt, not only deliveries")
+    history.set_defaults(func=cmd_history)
+
+    journal = sub.add_parser("journal", help="the tamper-evident journal")
+    common(journal)
+    jsub = journal.add_subparsers(dest="action", metavar="ACTION")
+    jsub.required = True
+    verify = jsub.add_parser("verify", help="check the hash chain; non-zero if a line was edited, removed or cut")
+    common(verify)
+    verify.set_defaults(func=cmd_journal_verify)
+
+
+def _state(args: argparse.Namespace) -> Path:
+    from certbot_smtp_dist._internal.state import state_dir
+
+    return state_dir(args.state_dir)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from certbot_smtp_dist._internal import report, retry
+
+    result = retry.run(_state(args), Path(args.config) if args.config else None, args.include_failed)
+    if args.json:
+        print(report.json_document(None, result.results, extra={
+            "closed": [{"entry": i, "reason": why} for i, why in result.closed], "busy": result.busy}))
+    return result.exit_status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from certbot_smtp_dist._internal.spool import FAILED, Spool
+
+    rows: list[dict[str, Any]] = []
+    for item in Spool(_state(args)).entries():
+        if isinstance(item, tuple):
+            rows.append({"id": item[0].stem, "state": "damaged", "detail": item[1]})
+            continue
+        failure = item.last_failure or {}
+        rows.append({"id": item.id, "state": item.state, "target": item.target, "certificate": item.certificate,
+                     "serial": item.serial, "message_id": item.message_id, "recipients": list(item.envelope_to),
+                     "attempts": item.attempts, "created": item.created, "updated": item.updated,
+                     "error_code": failure.get("error_code"), "detail": failure.get("detail")})
+    if args.json:
+        print(json.dumps({"entries": rows}, indent=2))
+    elif not rows:
+        print("OK: no pending or failed deliveries")
+    else:
+        for r in rows:
+            print(f"{r['state'].upper()}: {r['id']} target={r.get('target')} certificate={r.get('certificate')} "
+                  f"attempts={r.get('attempts')} since={r.get('created')} {r.get('error_code') or ''} "
+                  f"{r.get('detail') or ''}".rstrip())
+    if any(r["state"] in (FAILED, "damaged") for r in rows):
+        return STATUS_CRITICAL
+    return STATUS_WARNING if rows else STATUS_OK
+
+
+def cmd_dismiss(args: argparse.Namespace) -> int:
+    from certbot_smtp_dist._internal.ledger import Ledger
+    from certbot_smtp_dist._internal.spool import Spool
+
+    state = _state(args)
+    spool = Spool(state)
+    code = 0
+    for entry_id in args.entry:
+        entry = spool.load(entry_id)
+        if entry is None:
+            print(f"no spool entry {entry_id}", file=sys.stderr)
+            code = 1
+            continue
+        lock = spool.lock(entry_id)
+        if not lock.acquire(blocking=False):
+            print(f"entry {entry_id} is being delivered right now", file=sys.stderr)
+            code = 1
+            continue
+        try:
+            Ledger(state, "dismiss", Path(entry.config)).close(entry, "dismissed", None, "dismissed by hand")
+        finally:
+            lock.release()
+        print(f"dismissed {entry_id}", file=sys.stderr)
+    return code
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from certbot_smtp_dist._internal.journal import Journal
+
+    keep = ("delivered", "partial")
+    rows = [r for r in Journal(_state(args)).records()
+            if args.all or (r.get("event") == "attempt" and r.get("outcome") in keep)]
+    if args.json:
+        print(json.dumps({"history": rows}, indent=2))
+        return 0
+    for r in rows:
+        extra = f" {r.get('error_code')} {r.get('reply') or ''}" if r.get("error_code") else ""
+        print(f"{r.get('time')} {r.get('target') or '-'} {r.get('event')}/{r.get('outcome') or '-'} "
+              f"{r.get('certificate') or '-'} serial={r.get('serial') or '-'} recipients={r.get('recipients', '-')} "
+              f"{r.get('message_id') or ''}{extra}".rstrip())
+    return 0
+
+
+def cmd_journal_verify(args: argparse.Namespace) -> int:
+    from certbot_smtp_dist._internal.journal import Journal
+
+    verdict = Journal(_state(args)).verify()
+    for note in verdict.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if verdict.ok:
+        print(f"journal OK: {verdict.lines} line(s), hash chain intact")
+        return 0
+    for problem in verdict.problems:
+        print(f"TAMPERED: {problem}")
+    return 1

@@ -1,0 +1,174 @@
+"""Keep journal and spool in step with one run's deliveries: write ahead, record each attempt, settle the entry."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, Failure, LineageSource, Status
+from certbot_smtp_dist._internal import spool as sp
+from certbot_smtp_dist._internal.journal import Journal
+from certbot_smtp_dist._internal.pipeline import Attempt, Job
+from certbot_smtp_dist._internal.state import Lock
+
+log = logging.getLogger("certbot_smtp_dist")
+
+
+class Ledger:
+    """State-dir bookkeeping for one run. State trouble is logged loudly but never stops a delivery."""
+
+    def __init__(self, state_dir: Path, run: str, config: Path, now: datetime | None = None) -> None:
+        self.state_dir = state_dir
+        self.run = run
+        self.config = config
+        self.journal = Journal(state_dir)
+        self.spool = sp.Spool(state_dir)
+        self.now = now or datetime.now(timezone.utc)
+        self._entries: dict[str, sp.Entry] = {}
+        self._locks: dict[str, Lock] = {}
+        self._prior_attempts: dict[str, int] = {}
+        self.healthy = True
+
+    # -- journal ------------------------------------------------------------------------------------------------
+    def record(self, event: str, facts: CertificateFacts | None, target: str | None, **fields: Any) -> None:
+        rec: dict[str, Any] = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "run": self.run,
+            "event": event,
+            "target": target,
+            "certificate": facts.name if facts else None,
+            "serial": facts.serial_hex if facts else None,
+            "fingerprint": facts.sha256_fingerprint if facts else None,
+        }
+        rec.update(fields)
+        self._guard("write the journal", lambda: self.journal.append(rec))
+
+    def attempt(self, facts: CertificateFacts, job: Job, attempt: Attempt) -> None:
+        f = attempt.failure
+        status = "delivered" if f is None and not attempt.refused else (
+            "partial" if attempt.accepted and attempt.refused else "failed")
+        self.record(
+            "attempt", facts, job.target.name,
+            message_id=job.message.message_id if job.message else None,
+            recipients=len(job.message.envelope_to) if job.message else 0,
+            outcome=status, **_failure_fields(f),
+            attempt=self._prior_attempts.get(job.target.name, 0) + attempt.number,
+            duration_s=round(attempt.duration_s, 3),
+        )
+
+    # -- spool --------------------------------------------------------------------------------------------------
+    def begin(self, facts: CertificateFacts, source: LineageSource, job: Job) -> None:
+        """Write-ahead: an entry exists before the first byte goes out, so a crash loses nothing."""
+        if job.message is None:
+            return
+        entry = sp.Entry(
+            id=sp.entry_id(job.target.name, facts.sha256_fingerprint, job.message.message_id),
+            state=sp.PENDING, target=job.target.name, config=str(self.config), certificate=facts.name,
+            serial=facts.serial_hex, fingerprint=facts.sha256_fingerprint, message_id=job.message.message_id,
+            date=self.now.isoformat(), envelope_to=job.message.envelope_to, source=sp.source_json(source),
+            created=self.now.isoformat(), updated=self.now.isoformat(),
+        )
+        self.adopt(entry, lock=None)
+        self._guard("write the spool", lambda: self.spool.write(entry))
+
+    def adopt(self, entry: sp.Entry, lock: Lock | None) -> bool:
+        """Hold `entry` for this run; False if another process is delivering it right now."""
+        if lock is None:
+            lock = self.spool.lock(entry.id)
+            try:
+                if not lock.acquire(blocking=False):
+                    return False
+            except OSError as exc:
+                self._trouble("lock the spool", exc)
+        self._entries[entry.target] = entry
+        self._locks[entry.target] = lock
+        self._prior_attempts[entry.target] = entry.attempts
+        return True
+
+    def settle(self, facts: CertificateFacts | None, job: Job, result: DeliveryResult) -> None:
+        """After the run's last attempt: remove a delivered entry, keep the rest with their failure."""
+        entry = self._entries.pop(job.target.name, None)
+        lock = self._locks.pop(job.target.name, None)
+        try:
+            if result.status is Status.SKIPPED:
+                return
+            if entry is None:
+                if result.failure is not None and result.status is Status.FAILED and job.message is None and facts:
+                    self._failed_without_message(facts, job, result.failure)
+                return
+            attempts = entry.attempts + result.attempts
+            if result.status is Status.DELIVERED:
+                self._guard("update the spool", lambda: self.spool.remove(entry.id))
+                return
+            retryable = result.failure is not None and result.failure.is_retryable
+            remaining = tuple(addr for addr, _ in result.refused) if result.status is Status.PARTIAL \
+                else entry.envelope_to
+            updated = sp.touched(entry, datetime.now(timezone.utc), attempts=attempts,
+                                 state=sp.PENDING if retryable else sp.FAILED, envelope_to=remaining,
+                                 last_failure=sp.failure_json(result.failure))
+            self._guard("update the spool", lambda: self.spool.write(updated))
+            if not retryable:
+                log.error("target %s: delivery of %s failed permanently (%s); it stays listed by "
+                          "`certbot-smtp-dist status` and is not retried automatically", job.target.name,
+                          entry.certificate, result.failure.code.value if result.failure else "?")
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def close(self, entry: sp.Entry, event: str, facts: CertificateFacts | None, why: str) -> None:
+        self.record(event, facts, entry.target, message_id=entry.message_id, outcome=event, detail=why,
+                    certificate_entry=entry.certificate)
+        self._guard("update the spool", lambda: self.spool.remove(entry.id))
+
+    def _failed_without_message(self, facts: CertificateFacts, job: Job, failure: Failure) -> None:
+        """A payload that could not be built: record it so `status` alerts, although there is nothing to resend."""
+        entry = sp.Entry(
+            id=sp.entry_id(job.target.name, facts.sha256_fingerprint, None), state=sp.FAILED,
+            target=job.target.name, config=str(self.config), certificate=facts.name, serial=facts.serial_hex,
+            fingerprint=facts.sha256_fingerprint, message_id=None, date=self.now.isoformat(), envelope_to=(),
+            source={}, created=self.now.isoformat(), updated=self.now.isoformat(), attempts=0,
+            last_failure=sp.failure_json(failure),
+        )
+        self._guard("write the spool", lambda: self.spool.write(entry))
+        self.record("attempt", facts, job.target.name, outcome="failed", attempt=0, **_failure_fields(failure))
+
+    def supersede_older(self, target: str, facts: CertificateFacts) -> None:
+        """A target got this certificate: entries of the same target for it (or older ones) are done."""
+        for item in self.spool.entries():
+            if isinstance(item, tuple) or item.target != target or item.id in {e.id for e in self._entries.values()}:
+                continue
+            lock = self.spool.lock(item.id)
+            if not lock.acquire(blocking=False):
+                continue
+            try:
+                if item.fingerprint == facts.sha256_fingerprint:
+                    self.close(item, "delivered_elsewhere", facts, "a later run delivered this certificate")
+                elif item.certificate == facts.name and item.state == sp.PENDING:
+                    self.close(item, "superseded", None, f"a newer certificate ({facts.serial_hex}) was delivered")
+            finally:
+                lock.release()
+
+    # -- plumbing -----------------------------------------------------------------------------------------------
+    def _guard(self, what: str, action: Any) -> None:
+        try:
+            action()
+        except OSError as exc:
+            self._trouble(what, exc)
+
+    def _trouble(self, what: str, exc: OSError) -> None:
+        self.healthy = False
+        log.error("cannot %s in %s (%s): failed deliveries from this run will NOT be retried automatically",
+                  what, self.state_dir, exc.strerror or exc)
+
+
+def _failure_fields(f: Failure | None) -> dict[str, Any]:
+    return {
+        "error_code": f.code.value if f else None,
+        "phase": f.phase.value if f else None,
+        "smtp_code": f.smtp_code if f else None,
+        "enhanced_status": f.enhanced_status if f else None,
+        "reply": f.detail if f else None,
+    }
+

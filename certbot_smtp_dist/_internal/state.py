@@ -1,0 +1,64 @@
+"""The state directory (spool, journal) and the advisory file locks that keep concurrent runs consistent."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from certbot_smtp_dist._internal import files
+
+DEFAULT_STATE_DIR = Path("/var/lib/certbot-smtp-dist")
+STATE_ENV = "CERTBOT_SMTP_DIST_STATE_DIR"
+
+
+def state_dir(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> Path:
+    if cli_value:
+        return Path(cli_value)
+    if environ.get(STATE_ENV):
+        return Path(environ[STATE_ENV])
+    return DEFAULT_STATE_DIR
+
+
+class Lock:
+    """An flock(2) lock file: released by the kernel when the holder dies, even by SIGKILL."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        files.ensure_private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, files.FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    lock = Lock(path)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

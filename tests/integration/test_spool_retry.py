@@ -1,0 +1,138 @@
+"""Durable spool and retry: a failed delivery is kept, re-sent with the same Message-ID, and closed when done."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import stat
+from pathlib import Path
+
+from support.deployenv import DeployEnv, relay_target
+from support.pki import LineagePaths, write_lineage
+from support.relay import Relay
+
+PASSWORD = "relay-pw-7e1c"
+P12 = "p12-pass-93af"
+
+
+def spool_files(denv: DeployEnv) -> list[Path]:
+    return sorted((denv.state_dir / "spool").glob("*.json"))
+
+
+def test_failed_delivery_is_spooled_then_retried_with_same_message_id(
+    denv: DeployEnv, lineage: LineagePaths, relay_pki, unused_port: int
+) -> None:
+    denv.set_credential("relay", "smtp_password", PASSWORD)
+    denv.set_credential("p12", "smtp_pkcs12_passphrase", P12)
+    denv.write_config({"archive": {
+        "host": "127.0.0.1", "port": unused_port, "tls_mode": "starttls", "tls_ca_file": str(relay_pki.ca_file),
+        "auth_method": "plain", "username": "robot", "password_credential": "relay", "timeout": 3,
+        "from_address": "certbot@example.com", "to": ["pki@example.com"], "bcc": ["audit@example.com"],
+        "payload": "pkcs12", "pkcs12_passphrase_credential": "p12",
+    }})
+    first = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    assert first.returncode == 75
+    message_id = first.target("archive")["message_id"]
+    [entry_file] = spool_files(denv)
+    assert stat.S_IMODE(entry_file.stat().st_mode) == 0o600
+    entry = json.loads(entry_file.read_text())
+    assert entry["state"] == "pending" and entry["message_id"] == message_id
+    assert entry["last_failure"]["error_code"] == "SMTP_CONNECT"
+    # No secret and no key material in the spool or the journal.
+    key_body = lineage.privkey.read_bytes().splitlines()[1].decode()
+    for path in [entry_file, denv.state_dir / "journal.jsonl"]:
+        text = path.read_text()
+        assert PASSWORD not in text and P12 not in text and key_body not in text and "PRIVATE" not in text
+
+    status = denv.run("status", "--json")
+    assert status.returncode == 1  # WARNING: pending
+    assert json.loads(status.stdout)["entries"][0]["target"] == "archive"
+
+    with Relay(relay_pki, mode="starttls", auth=("robot", PASSWORD), port=unused_port) as relay:
+        retry = denv.run("retry", "--json")
+        assert retry.returncode == 0, retry.stderr
+        [received] = relay.messages
+        msg = email.message_from_bytes(received.data, policy=email.policy.default)
+        assert msg["Message-ID"] == message_id
+        assert set(received.rcpt_tos) == {"pki@example.com", "audit@example.com"}
+    assert spool_files(denv) == []
+    assert denv.run("status").returncode == 0
+    assert denv.run("journal", "verify").returncode == 0
+    history = denv.run("history", "--json")
+    [shipped] = json.loads(history.stdout)["history"]
+    assert shipped["message_id"] == message_id and shipped["run"] == "retry" and shipped["attempt"] >= 2
+    assert shipped["fingerprint"] == lineage.leaf.fingerprint
+
+
+def test_retry_only_resends_to_refused_recipients(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
+    relay = relay_factory("plaintext", reject={"busy@example.com": "452 4.2.2 Mailbox full"})
+    denv.write_config({"list": relay_target(relay, to=["ok@example.com", "busy@example.com"], timeout=2)})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    assert run.returncode == 75 and run.target("list")["status"] == "partial"
+    [entry_file] = spool_files(denv)
+    assert json.loads(entry_file.read_text())["envelope_to"] == ["busy@example.com"]
+    relay.clear()
+    relay.set_reject({})
+    assert denv.run("retry").returncode == 0
+    assert [m.rcpt_tos for m in relay.messages] == [("busy@example.com",)]
+
+
+def test_newer_certificate_supersedes_entry(denv: DeployEnv, tmp_path: Path, relay_factory, unused_port: int) -> None:
+    live = tmp_path / "live" / "test.example.com"
+    write_lineage(live)
+    denv.write_config({"a": {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 2,
+                             "from_address": "c@example.com", "to": ["x@example.com"]}})
+    assert denv.run("deploy", "--lineage", str(live)).returncode == 75
+    assert len(spool_files(denv)) == 1
+    renewed = write_lineage(live)  # the lineage now holds a newer certificate
+    retry = denv.run("retry", "--json")
+    assert retry.returncode == 0
+    assert [c["reason"] for c in retry.json["closed"]] == ["superseded"]
+    assert spool_files(denv) == []
+    events = [json.loads(line)["event"] for line in (denv.state_dir / "journal.jsonl").read_text().splitlines()]
+    assert events[-1] == "superseded"
+    assert renewed.leaf.fingerprint  # the renewed lineage exists and is not what the entry referred to
+
+
+def test_permanent_failure_not_retried_but_alerted(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
+    relay = relay_factory("plaintext", reject={"gone@example.com": "550 5.1.1 No such user"})
+    denv.write_config({"a": relay_target(relay, to=["gone@example.com"])})
+    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 69
+    status = denv.run("status", "--json")
+    assert status.returncode == 2  # CRITICAL
+    [row] = json.loads(status.stdout)["entries"]
+    assert row["state"] == "failed" and row["error_code"] == "SMTP_PERMANENT"
+    connections = relay.connections
+    assert denv.run("retry").returncode == 0
+    assert relay.connections == connections  # never retried automatically
+    assert denv.run("dismiss", row["id"]).returncode == 0
+    assert denv.run("status").returncode == 0
+
+
+def test_later_successful_deploy_closes_older_entry(denv: DeployEnv, lineage: LineagePaths, relay_factory,
+                                                     unused_port: int) -> None:
+    denv.write_config({"a": {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 2,
+                             "from_address": "c@example.com", "to": ["x@example.com"]}})
+    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 75
+    relay = relay_factory("plaintext")
+    denv.write_config({"a": relay_target(relay, to=["x@example.com"])})
+    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 0
+    assert spool_files(denv) == []
+    assert denv.run("retry").returncode == 0
+    assert len(relay.messages) == 1  # not sent twice
+
+
+def test_journal_records_every_attempt_and_verifies(denv: DeployEnv, lineage: LineagePaths, unused_port: int) -> None:
+    denv.write_config({"a": {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 4,
+                             "from_address": "c@example.com", "to": ["x@example.com"]}})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    lines = [json.loads(x) for x in (denv.state_dir / "journal.jsonl").read_text().splitlines()]
+    assert len(lines) == run.target("a")["attempts"] >= 2
+    assert [x["attempt"] for x in lines] == list(range(1, len(lines) + 1))
+    for line in lines:
+        assert line["target"] == "a" and line["error_code"] == "SMTP_CONNECT" and line["phase"] == "connect"
+        assert line["serial"] == run.json["certificate"]["serial"]
+        assert line["recipients"] == 1 and line["message_id"] == run.target("a")["message_id"]
+    assert stat.S_IMODE((denv.state_dir / "journal.jsonl").stat().st_mode) == 0o600
+    assert denv.run("journal", "verify").returncode == 0
