@@ -17,7 +17,7 @@ from certbot_smtp_dist.model import Failure, Phase, Reply
 
 # RFC 3463 §2: class.subject.detail at the start of the reply text (RFC 2034 §3).
 _ENHANCED_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
-_REPLY_IN_TEXT_RE = re.compile(r"^\s*(\d{3})[ -](.*)", re.S)  # aiosmtplib 2.x greeting errors: "421 text"
+_REPLY_IN_TEXT_RE = re.compile(r"^\s*(\d{3})[ -](.*)", re.DOTALL)  # aiosmtplib 2.x greeting errors: "421 text"
 _MAX_DETAIL = 400
 
 TRANSIENT_CODES = frozenset({421, 450, 451, 452, 454})

@@ -8,13 +8,17 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from certbot_smtp_dist import __version__
-from certbot_smtp_dist.errors import CredentialError, SmtpDistError, UsageError
 from certbot_smtp_dist._internal import report
+from certbot_smtp_dist.errors import CredentialError, SmtpDistError, UsageError
+
+if TYPE_CHECKING:
+    from certbot_smtp_dist._internal.credentials import CredentialStore
+    from certbot_smtp_dist.model import LineageSource
 
 log = logging.getLogger("certbot_smtp_dist")
 
@@ -87,13 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from certbot_smtp_dist._internal import deploy, lineage
+    from certbot_smtp_dist._internal import deploy
     from certbot_smtp_dist._internal.config import config_path
     from certbot_smtp_dist._internal.state import state_dir
 
     if args.output and not args.dry_run:
         raise UsageError("--output only makes sense with --dry-run")
-    source = _source(args, lineage)
+    source = _source(args)
     request = deploy.DeployRequest(
         config=config_path(args.config), source=source, targets=tuple(args.target), dry_run=args.dry_run,
         output=Path(args.output) if args.output else None, state_dir=state_dir(args.state_dir),
@@ -104,7 +108,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return result.exit_status
 
 
-def _source(args: argparse.Namespace, lineage: object) -> object:
+def _source(args: argparse.Namespace) -> LineageSource:
     from certbot_smtp_dist._internal import lineage as lin
 
     files = (args.cert, args.key, args.chain, args.fullchain)
@@ -121,7 +125,7 @@ def _source(args: argparse.Namespace, lineage: object) -> object:
     return found
 
 
-def _store(args: argparse.Namespace) -> object:
+def _store(args: argparse.Namespace) -> CredentialStore:
     from certbot_smtp_dist._internal.config import config_path
     from certbot_smtp_dist._internal.credentials import CredentialStore
 
@@ -134,21 +138,21 @@ def cmd_credentials_set(args: argparse.Namespace) -> int:
         secret = getpass.getpass(f"secret for {args.name} ({args.type}): ")
     else:
         secret = sys.stdin.read()
-        secret = secret[:-1] if secret.endswith("\n") else secret
-        secret = secret[:-1] if secret.endswith("\r") else secret
-    store.set(args.name, args.type, secret)  # type: ignore[attr-defined]
+        secret = secret.removesuffix("\n")
+        secret = secret.removesuffix("\r")
+    store.set(args.name, args.type, secret)
     print(f"stored credential {args.name} ({args.type})", file=sys.stderr)
     return 0
 
 
 def cmd_credentials_list(args: argparse.Namespace) -> int:
-    for cred in _store(args).list():  # type: ignore[attr-defined]
+    for cred in _store(args).list():
         print(f"{cred.name}\t{cred.type}")
     return 0
 
 
 def cmd_credentials_delete(args: argparse.Namespace) -> int:
-    if not _store(args).delete(args.name):  # type: ignore[attr-defined]
+    if not _store(args).delete(args.name):
         print(f"no credential named {args.name}", file=sys.stderr)
         return 1
     print(f"deleted credential {args.name}", file=sys.stderr)

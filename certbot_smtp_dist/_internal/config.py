@@ -9,14 +9,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from certbot_smtp_dist._internal.addresses import (
+    address_problem,
+    header_text_problem,
+    is_loopback_host,
+)
 from certbot_smtp_dist.errors import ConfigError, ConfigProblem
 from certbot_smtp_dist.model import AuthMethod, Settings, Target, TlsMode
-from certbot_smtp_dist._internal.addresses import address_problem, header_text_problem, is_loopback_host
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 DEFAULT_CONFIG = Path("/etc/letsencrypt/smtp-dist/config.toml")
 CONFIG_ENV = "CERTBOT_SMTP_DIST_CONFIG"
@@ -164,7 +168,7 @@ class _TargetChecker:
         return tuple(out)
 
     def header_text(self, key: str, limit: int | None = None) -> str | None:
-        value = self.get(key, str)
+        value: str | None = self.get(key, str)
         if value is None:
             return None
         why = header_text_problem(value)
@@ -175,7 +179,7 @@ class _TargetChecker:
         return value
 
     def credential(self, key: str, wanted_type: str, required: bool) -> str | None:
-        value = self.get(key, str, required=required)
+        value: str | None = self.get(key, str, required=required)
         if value is None:
             return None
         stored = self.credentials.get(value)

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from certbot_smtp_dist._internal import files
 from certbot_smtp_dist.errors import CredentialError
 from certbot_smtp_dist.model import Secret
-from certbot_smtp_dist._internal import files
 
 CREDENTIAL_TYPES = ("smtp_password", "smtp_pkcs12_passphrase")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

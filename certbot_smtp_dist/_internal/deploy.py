@@ -8,16 +8,32 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from certbot_smtp_dist.errors import CertificateError, ConfigError, ConfigProblem, CredentialError, ErrorCode, UsageError
 import pluggy
 
-from certbot_smtp_dist.model import (
-    AuthMethod, CertificateFacts, DeliveryResult, Failure, LineageSource, PayloadFormat, Phase, Secret, Settings,
-    Status, Target,
-)
 from certbot_smtp_dist._internal import report
-from certbot_smtp_dist._internal.credentials import CredentialStore
 from certbot_smtp_dist._internal.config import PASSWORD_TYPE, load_settings
+from certbot_smtp_dist._internal.credentials import CredentialStore
+from certbot_smtp_dist.errors import (
+    CertificateError,
+    ConfigError,
+    ConfigProblem,
+    CredentialError,
+    ErrorCode,
+    UsageError,
+)
+from certbot_smtp_dist.model import (
+    AuthMethod,
+    CertificateFacts,
+    DeliveryResult,
+    Failure,
+    LineageSource,
+    PayloadFormat,
+    Phase,
+    Secret,
+    Settings,
+    Status,
+    Target,
+)
 
 log = logging.getLogger("certbot_smtp_dist")
 
@@ -76,9 +92,8 @@ def select(settings: Settings, names: tuple[str, ...]) -> tuple[Target, ...]:
 def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     """Validate config and artefact, then deliver (or render). Raises only UsageError."""
     from certbot_smtp_dist._internal import lineage, pipeline
-    from certbot_smtp_dist._internal.plugins import notify_finished
-
     from certbot_smtp_dist._internal.ledger import Ledger
+    from certbot_smtp_dist._internal.plugins import notify_finished
 
     now = now or datetime.now(timezone.utc)
     ledger = Ledger(request.state_dir, "deploy", request.config, now) \
@@ -99,11 +114,11 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     except CertificateError as exc:
         log.error("%s; nothing was sent", exc)
         failure = Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, "; ".join(exc.problems))
-        results = tuple(DeliveryResult(t.name, Status.FAILED, failure) for t in targets)
+        failed = tuple(DeliveryResult(t.name, Status.FAILED, failure) for t in targets)
         for t in targets if ledger else ():
             ledger.record("attempt", None, t.name, outcome="failed", error_code=failure.code.value,  # type: ignore[union-attr]
                           phase=failure.phase.value, reply=failure.detail, attempt=0)
-        return DeployReport(None, results, certificate_problems=exc.problems, exit_status=report.EX_DATAERR,
+        return DeployReport(None, failed, certificate_problems=exc.problems, exit_status=report.EX_DATAERR,
                             settings=settings)
 
     wanted = [t for t in targets if t.matches(artefact.facts.names)]

@@ -77,8 +77,7 @@ class Journal:
     def read_raw(self) -> Iterator[bytes]:
         try:
             with open(self.path, "rb") as handle:
-                for line in handle:
-                    yield line
+                yield from handle
         except FileNotFoundError:
             return
 

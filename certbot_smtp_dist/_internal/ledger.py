@@ -7,11 +7,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, Failure, LineageSource, Status
 from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.journal import Journal
 from certbot_smtp_dist._internal.pipeline import Attempt, Job
 from certbot_smtp_dist._internal.state import Lock
+from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, Failure, LineageSource, Status
 
 log = logging.getLogger("certbot_smtp_dist")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -114,7 +115,7 @@ def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime) -> Art
     leaf = chain_certs[0]
     if key is not None and _spki(key.public_key()) != _spki(leaf.public_key()):
         problems.append("the private key does not match the leaf certificate")
-    for child, parent in zip(chain_certs, chain_certs[1:]):
+    for child, parent in itertools.pairwise(chain_certs):
         why = _not_issued_by(child, parent)
         if why:
             problems.append(why)

@@ -8,16 +8,26 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
-from certbot_smtp_dist.errors import ErrorCode, PayloadError
-from certbot_smtp_dist.model import (
-    Artefact, DeliveryResult, Failure, Message, Payload, PayloadFormat, Phase, Reply, Secret, Status,
-    Target, TlsMode,
-)
 from certbot_smtp_dist._internal import render
 from certbot_smtp_dist._internal.addresses import is_loopback_host
+from certbot_smtp_dist.errors import ErrorCode, PayloadError
+from certbot_smtp_dist.model import (
+    Artefact,
+    DeliveryResult,
+    Failure,
+    Message,
+    Payload,
+    PayloadFormat,
+    Phase,
+    Reply,
+    Secret,
+    Status,
+    Target,
+    TlsMode,
+)
 
 log = logging.getLogger("certbot_smtp_dist")
 
@@ -32,7 +42,7 @@ class RetryPolicy:
     min_budget: float = 1.0  # do not start an attempt with less time left than this
 
     def delay(self, attempt: int) -> float:
-        raw = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        raw: float = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
         return raw * random.uniform(0.5, 1.5)  # full jitter keeps many hosts from retrying in step
 
 

@@ -10,8 +10,8 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from certbot_smtp_dist.model import CertificateFacts, Message, Payload, Target
 from certbot_smtp_dist._internal.addresses import domain_of
+from certbot_smtp_dist.model import CertificateFacts, Message, Payload, Target
 
 BODY_TEMPLATE = """\
 This message carries a certificate issued by an ACME certificate authority.
@@ -29,7 +29,7 @@ SHA-256:       {fingerprint}
 Attachments:
 {attachments}
 {key_notice}
--- 
+{sig_dash}
 certbot-smtp-dist, for target "{target}"
 """
 
@@ -66,6 +66,7 @@ def body(target: Target, facts: CertificateFacts, payload: Payload) -> str:
         fingerprint=_colon_hex(facts.sha256_fingerprint),
         attachments="\n".join(rows),
         key_notice=KEY_NOTICE if payload.contains_private_key else "",
+        sig_dash="-- ",  # RFC 3676 §4.3 signature separator: dash dash space
         target=target.name,
     )
 

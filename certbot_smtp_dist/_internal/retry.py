@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from certbot_smtp_dist.errors import CertificateError, ConfigError, CredentialError
-from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, Secret, Target
 from certbot_smtp_dist._internal import lineage, pipeline, report
 from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.deploy import LoadedConfig, load_config
 from certbot_smtp_dist._internal.ledger import Ledger
 from certbot_smtp_dist._internal.state import Lock
+from certbot_smtp_dist.errors import CertificateError, ConfigError, CredentialError
+from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, Secret, Target
 
 log = logging.getLogger("certbot_smtp_dist")
 

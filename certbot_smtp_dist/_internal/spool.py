@@ -16,9 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from certbot_smtp_dist.model import Failure, LineageSource
 from certbot_smtp_dist._internal import files
 from certbot_smtp_dist._internal.state import Lock
+from certbot_smtp_dist.model import Failure, LineageSource
 
 SPOOL_DIR = "spool"
 FORMAT = 1

@@ -8,9 +8,18 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from certbot_smtp_dist.errors import ErrorCode
-from certbot_smtp_dist.model import AuthMethod, Failure, Message, Phase, Reply, Secret, Target, TlsMode
 from certbot_smtp_dist._internal import classify
+from certbot_smtp_dist.errors import ErrorCode
+from certbot_smtp_dist.model import (
+    AuthMethod,
+    Failure,
+    Message,
+    Phase,
+    Reply,
+    Secret,
+    Target,
+    TlsMode,
+)
 
 
 @dataclass(frozen=True, slots=True)
