@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from support.faultsmtp import FaultServer, Script
 from support.pki import RelayPKI, ServerCertName, relay_certs
 from support.relay import Relay, RelayMode

@@ -26,9 +26,10 @@ class Ledger:
         self.journal = Journal(state_dir)
         self.spool = sp.Spool(state_dir)
         self.now = now or datetime.now(timezone.utc)
-        self._entries: dict[str, sp.Entry] = {}
-        self._locks: dict[str, Lock] = {}
-        self._prior_attempts: dict[str, int] = {}
+        # Keyed by (target, Message-ID): a retry run holds several entries of one target at once.
+        self._entries: dict[tuple[str, str | None], sp.Entry] = {}
+        self._locks: dict[tuple[str, str | None], Lock] = {}
+        self._prior_attempts: dict[tuple[str, str | None], int] = {}
         self.healthy = True
 
     # -- journal ------------------------------------------------------------------------------------------------
@@ -54,7 +55,7 @@ class Ledger:
             message_id=job.message.message_id if job.message else None,
             recipients=len(job.message.envelope_to) if job.message else 0,
             outcome=status, **_failure_fields(f),
-            attempt=self._prior_attempts.get(job.target.name, 0) + attempt.number,
+            attempt=self._prior_attempts.get(_key(job), 0) + attempt.number,
             duration_s=round(attempt.duration_s, 3),
         )
 
@@ -82,15 +83,16 @@ class Ledger:
                     return False
             except OSError as exc:
                 self._trouble("lock the spool", exc)
-        self._entries[entry.target] = entry
-        self._locks[entry.target] = lock
-        self._prior_attempts[entry.target] = entry.attempts
+        key = (entry.target, entry.message_id)
+        self._entries[key] = entry
+        self._locks[key] = lock
+        self._prior_attempts[key] = entry.attempts
         return True
 
     def settle(self, facts: CertificateFacts | None, job: Job, result: DeliveryResult) -> None:
         """After the run's last attempt: remove a delivered entry, keep the rest with their failure."""
-        entry = self._entries.pop(job.target.name, None)
-        lock = self._locks.pop(job.target.name, None)
+        entry = self._entries.pop(_key(job), None)
+        lock = self._locks.pop(_key(job), None)
         try:
             if result.status is Status.SKIPPED:
                 return
@@ -161,6 +163,10 @@ class Ledger:
         self.healthy = False
         log.error("cannot %s in %s (%s): failed deliveries from this run will NOT be retried automatically",
                   what, self.state_dir, exc.strerror or exc)
+
+
+def _key(job: Job) -> tuple[str, str | None]:
+    return job.target.name, job.message.message_id if job.message else None
 
 
 def _failure_fields(f: Failure | None) -> dict[str, Any]:

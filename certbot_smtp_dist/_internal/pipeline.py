@@ -85,7 +85,8 @@ def prepare_job(
     """Pure: payload + render for one target, or the reason it cannot be built."""
     password = secrets.get(target.password_credential) if target.password_credential else None
     passphrase = secrets.get(target.pkcs12_passphrase_credential) if target.pkcs12_passphrase_credential else None
-    known = tuple(s for s in (password, passphrase) if s is not None)
+    # Scrub every secret of the run from this target's relay text, not just its own: defence in depth.
+    known = tuple(secrets.values())
     if not target.matches(artefact.facts.names):
         return Job(target, None, None, known, skipped=True)
     fmt = formats[target.payload]

@@ -37,8 +37,9 @@ class Records:
             self._connections += 1
             return self._connections
 
-    def line(self, connection: int, direction: Direction, text: str, *, command: bool = False
-             ) -> None:
+    def line(
+        self, connection: int, direction: Direction, text: str, *, command: bool = False
+    ) -> None:
         with self._lock:
             self._lines.append(TranscriptLine(connection, direction, text, command))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 Then = Literal["continue", "close", "stall"]
 TLSAction = Literal["handshake", "close", "garbage"]
@@ -17,8 +17,21 @@ TLSAction = Literal["handshake", "close", "garbage"]
 #: (normally 354); ``DATA_END`` the reply after the final ``.``; ``UNKNOWN`` the reply
 #: to unrecognised commands.
 STAGES = frozenset(
-    {"greeting", "EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "DATA_END",
-     "RSET", "NOOP", "QUIT", "UNKNOWN"}
+    {
+        "greeting",
+        "EHLO",
+        "HELO",
+        "STARTTLS",
+        "AUTH",
+        "MAIL",
+        "RCPT",
+        "DATA",
+        "DATA_END",
+        "RSET",
+        "NOOP",
+        "QUIT",
+        "UNKNOWN",
+    }
 )
 
 NEED_TLS_REPLY = "530 5.7.0 Must issue a STARTTLS command first"
@@ -59,7 +72,7 @@ class Reply:
 STALL = Reply(lines=(), then="stall")
 CLOSE = Reply(lines=(), then="close")
 
-ReplySpec = Union[Reply, str]
+ReplySpec = Reply | str
 
 
 def as_reply(spec: ReplySpec) -> Reply:

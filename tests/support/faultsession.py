@@ -103,7 +103,9 @@ class Session:
             await self.writer.drain()
             return
         for index in range(len(payload)):
-            self.writer.write(payload[index:index + 1])
+            if self.stopping.is_set():
+                raise _Hangup("server stopping")
+            self.writer.write(payload[index : index + 1])
             await self.writer.drain()
             await asyncio.sleep(trickle)
 
@@ -269,7 +271,9 @@ class Session:
     async def start_tls(self, ctx: ssl.SSLContext) -> None:
         timeout = self.script.handshake_timeout
         if USE_STREAM_START_TLS:
-            await self.writer.start_tls(ctx, ssl_handshake_timeout=timeout)
+            await self.writer.start_tls(  # type: ignore[attr-defined,unused-ignore]
+                ctx, ssl_handshake_timeout=timeout
+            )
             return
         # Python 3.10: upgrade the transport, then wrap it in a new StreamWriter.
         loop = asyncio.get_running_loop()
@@ -281,7 +285,7 @@ class Session:
         if new_transport is None:
             raise ConnectionResetError("transport closed during TLS upgrade")
         if hasattr(protocol, "_over_ssl"):
-            protocol._over_ssl = True  # noqa: SLF001 (what 3.11's StreamWriter.start_tls does)
+            protocol._over_ssl = True
         self.writer = asyncio.StreamWriter(new_transport, protocol, self.reader, loop)
 
     async def cmd_auth(self, arg: str) -> bool:
@@ -335,8 +339,10 @@ class Session:
                 password_b64 = await self.challenge(_PASSWORD_B64)
                 if password_b64 is None:
                     return None
-                return (base64.b64decode(user_b64, validate=True).decode("utf-8"),
-                        base64.b64decode(password_b64, validate=True).decode("utf-8"))
+                return (
+                    base64.b64decode(user_b64, validate=True).decode("utf-8"),
+                    base64.b64decode(password_b64, validate=True).decode("utf-8"),
+                )
             return ("", "")  # scripted mechanism: no exchange
         except (binascii.Error, UnicodeDecodeError):
             return None
@@ -392,9 +398,7 @@ class Session:
             if 200 <= code < 300:
                 self.records.message(message)
 
-        return await self.respond(
-            self.script.reply("DATA_END"), ("250 2.0.0 OK: queued",), accept
-        )
+        return await self.respond(self.script.reply("DATA_END"), ("250 2.0.0 OK: queued",), accept)
 
     async def read_data(self) -> bytes:
         limit = self.script.drop_data_after

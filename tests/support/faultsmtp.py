@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
+from typing import final
 
+from .faultrecords import Records, TranscriptLine
 from .faultscript import (
     CLOSE,
     STAGES,
@@ -22,7 +24,6 @@ from .faultscript import (
     ReplySpec,
     Script,
 )
-from .faultrecords import Records, TranscriptLine
 from .faultsession import Session
 from .loopthread import LoopThread
 
@@ -39,6 +40,8 @@ __all__ = [
     "TranscriptLine",
 ]
 
+
+@final
 class FaultServer:
     """``with FaultServer(Script(...)) as server: smtplib.SMTP(server.host, server.port)``."""
 
@@ -64,6 +67,10 @@ class FaultServer:
         self._tasks.add(task)
         try:
             await session.run()
+        except asyncio.CancelledError:
+            # Only stop() cancels (after aborting the transport).  Finish normally:
+            # Python 3.12.0/3.12.1's start_server callback logs cancelled handler tasks.
+            pass
         finally:
             self._sessions.discard(session)
             self._tasks.discard(task)
@@ -87,12 +94,14 @@ class FaultServer:
         if self._server is not None:
             self._server.close()
         for session in list(self._sessions):
-            session.abort()
+            session.abort()  # pending reads see EOF, writes fail: handlers end by themselves
         tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=2)
+            _done, pending = await asyncio.wait(tasks, timeout=1)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1)
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
@@ -139,7 +148,9 @@ class FaultServer:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()
@@ -148,7 +159,9 @@ class FaultServer:
         return await asyncio.get_running_loop().run_in_executor(None, self.start)
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.stop)

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 KeyType = Literal["ec", "rsa"]
-PrivateKey = Union[ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 ServerCertName = Literal["valid", "expired", "wrong_host"]
 LineageFile = Literal["cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"]
 
@@ -141,7 +141,9 @@ def _build(
         builder = builder.add_extension(x509.SubjectAlternativeName(general_names), critical=False)
     if not is_ca:
         builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
     return builder.sign(signing_key, hashes.SHA256())
@@ -420,15 +422,22 @@ def write_lineage(
     if not names:
         raise ValueError("a lineage needs at least one name")
     root = make_ca("Test ACME Root X1", key_type=key_type)
-    intermediate = issue(root, common_name="Test ACME Intermediate R1", is_ca=True,
-                         key_type=key_type)
+    intermediate = issue(
+        root, common_name="Test ACME Intermediate R1", is_ca=True, key_type=key_type
+    )
     signer = intermediate
     if bad_chain_signature:
         signer = Issued(cert=intermediate.cert, key=new_key(key_type))
     if expired:
         not_before, not_after = expired_window()
-    leaf = issue(signer, common_name=names[0], sans=names, key_type=key_type,
-                 not_before=not_before, not_after=not_after)
+    leaf = issue(
+        signer,
+        common_name=names[0],
+        sans=names,
+        key_type=key_type,
+        not_before=not_before,
+        not_after=not_after,
+    )
     key = new_key(key_type) if key_mismatch else leaf.key
     contents: dict[LineageFile, bytes] = {
         "cert.pem": leaf.cert_pem(),

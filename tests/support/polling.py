@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01
-               ) -> bool:
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01
+) -> bool:
     """Poll ``predicate()`` until it is truthy (True) or ``timeout`` passes (False)."""
     deadline = time.monotonic() + timeout
     while not predicate():

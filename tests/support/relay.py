@@ -12,7 +12,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, final
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -93,7 +93,7 @@ class _Handler:
     def set_reject(self, reject: Mapping[str, str]) -> None:
         self._reject = {addr.lower(): reply for addr, reply in reject.items()}
 
-    async def handle_RCPT(  # noqa: N802 (aiosmtpd hook name)
+    async def handle_RCPT(
         self,
         server: SMTP,
         session: Session,
@@ -108,9 +108,7 @@ class _Handler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(  # noqa: N802 (aiosmtpd hook name)
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         transport = server.transport
         tls = transport is not None and transport.get_extra_info("ssl_object") is not None
         auth_data = getattr(session, "auth_data", None)  # Session.login_data is deprecated
@@ -147,6 +145,7 @@ class _Authenticator:
         return AuthResult(success=success, handled=False, auth_data=auth_data)
 
 
+@final
 class Relay:
     """aiosmtpd relay bound to ``host`` on a free port.
 
@@ -215,7 +214,7 @@ class Relay:
         )
         # Set after __init__ to skip aiosmtpd's "AUTH without TLS" UserWarning in the
         # plain modes (that is exactly what those modes are for).
-        smtp._auth_required = self.auth is not None  # noqa: SLF001
+        smtp._auth_required = self.auth is not None
         self._protocols.append(smtp)
         return smtp
 
@@ -272,7 +271,9 @@ class Relay:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()
@@ -281,7 +282,9 @@ class Relay:
         return await asyncio.get_running_loop().run_in_executor(None, self.start)
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.stop)
@@ -330,4 +333,3 @@ class Relay:
 
     def __repr__(self) -> str:
         return f"<Relay {self.mode} {self.host}:{self.port} auth={self.auth is not None}>"
-
