@@ -6,19 +6,22 @@ Usage::
     certbot renew          # every renewal now ships the new certificate by email
 
 certbot imports this module for every command and every certificate, so a failure here breaks certbot as a whole:
-it imports only certbot and light parts of this package at module level and does no I/O until a method is called.
+it imports only certbot at module level (even this package's own modules are imported by the methods that need them:
+`certbot plugins` must not pay for them) and does no I/O until a method is called.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certbot import errors, interfaces
 from certbot.plugins import common
 
-from certbot_smtp_dist._internal import installer as core
+if TYPE_CHECKING:
+    from certbot_smtp_dist._internal import installer as core
+    from certbot_smtp_dist.model import LineageSource
 
 log = logging.getLogger("certbot_smtp_dist")
 
@@ -26,6 +29,8 @@ log = logging.getLogger("certbot_smtp_dist")
 # show it. Elsewhere (`reconfigure`, `certonly -i`) certbot silently drops an installer whose prepare() raised a
 # PluginError and saves the renewal file without it, so those verbs get an error certbot does not swallow.
 _NEEDS_INSTALLER = frozenset({"install", "run", "enhance"})
+# An error other than PluginError stops certbot outright, so it is only raised when the user asked for this plugin;
+# certbot also prepares every installer to offer a menu (`certbot install` without -i, `certbot plugins --prepare`).
 
 
 class Installer(common.Installer, interfaces.RenewDeployer):
@@ -54,6 +59,8 @@ class Installer(common.Installer, interfaces.RenewDeployer):
                  "filter matches); saved for renewals")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from certbot_smtp_dist._internal import installer as core
+
         super().__init__(*args, **kwargs)
         self._collected = core.Collector()
 
@@ -66,6 +73,8 @@ class Installer(common.Installer, interfaces.RenewDeployer):
                 "hosts no names. Dry runs send nothing.")
 
     def prepare(self) -> None:
+        from certbot_smtp_dist._internal import installer as core
+
         if self._renewing:
             # renew_deploy() reports configuration problems with the certificate they affect; raising here would
             # detach the certificate from delivery (see the class docstring).
@@ -80,7 +89,7 @@ class Installer(common.Installer, interfaces.RenewDeployer):
             else:
                 core.check(options)
         except core.SetupError as exc:
-            raise self._setup_error(f"smtp-dist: {exc}") from exc
+            raise self._setup_error(exc) from exc
 
     # ------------------------------------------------------------------ installer
 
@@ -90,6 +99,8 @@ class Installer(common.Installer, interfaces.RenewDeployer):
     def deploy_cert(self, domain: str, cert_path: str, key_path: str, chain_path: str | None = None,
                     fullchain_path: str | None = None) -> None:
         """Remember the certificate; certbot calls this once per name, and `save`/`restart` send it once."""
+        from certbot_smtp_dist._internal import installer as core
+
         name = core.lineage_name(fullchain_path, self.config.live_dir, self.config.certname)
         self._collected.add(core.lineage_source(cert_path, key_path, chain_path, fullchain_path, name))
 
@@ -130,6 +141,8 @@ class Installer(common.Installer, interfaces.RenewDeployer):
             log.info("smtp-dist: dry run: nothing sent for %s", lineage.lineagename)
             return
         try:
+            from certbot_smtp_dist._internal import installer as core
+
             source = core.lineage_source(lineage.cert_path, lineage.key_path, lineage.chain_path,
                                          lineage.fullchain_path, lineage.lineagename)
             shipment = core.ship(self._options(), source)
@@ -146,11 +159,15 @@ class Installer(common.Installer, interfaces.RenewDeployer):
         return getattr(self.config, "verb", None) == "renew"
 
     def _options(self) -> core.Options:
+        from certbot_smtp_dist._internal import installer as core
+
         return core.resolve_options(self.conf("config"), self.conf("targets"))
 
-    def _current_lineage(self) -> Any:
+    def _current_lineage(self) -> LineageSource | None:
         """On `reconfigure`, the live certificate to rehearse with (render, send nothing); None elsewhere."""
         from pathlib import Path
+
+        from certbot_smtp_dist._internal import installer as core
 
         certname = self.config.certname
         if not certname or getattr(self.config, "verb", None) != "reconfigure":
@@ -161,12 +178,16 @@ class Installer(common.Installer, interfaces.RenewDeployer):
         return core.lineage_source(str(live / "cert.pem"), str(live / "privkey.pem"), str(live / "chain.pem"),
                                    str(live / "fullchain.pem"), certname)
 
-    def _setup_error(self, message: str) -> errors.Error:
-        if getattr(self.config, "verb", None) in _NEEDS_INSTALLER:
-            return errors.PluginError(message)
-        return errors.ConfigurationError(message)
+    def _setup_error(self, exc: core.SetupError) -> errors.Error:
+        """certbot's error for a setup problem, worded for the way this verb will show it."""
+        chosen = self.name in (getattr(self.config, "installer", None), getattr(self.config, "configurator", None))
+        if chosen and getattr(self.config, "verb", None) not in _NEEDS_INSTALLER:
+            return errors.ConfigurationError(f"smtp-dist: {exc}")
+        return errors.PluginError(f"smtp-dist: {exc.one_line()}")  # certbot shows it through repr()
 
     def _flush(self) -> None:
+        from certbot_smtp_dist._internal import installer as core
+
         sources = self._collected.take()
         if not sources:
             return

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,23 +25,39 @@ log = logging.getLogger("certbot_smtp_dist")
 
 
 class SetupError(SmtpDistError):
-    """The plugin cannot work as configured; the message says what to fix, every problem at once."""
+    """The plugin cannot work as configured: a headline and every problem found, not just the first."""
+
+    def __init__(self, headline: str, problems: Sequence[str] = ()) -> None:
+        self.headline = headline
+        self.problems = tuple(problems)
+        super().__init__(headline + "".join(f"\n  - {p}" for p in self.problems))
+
+    def one_line(self) -> str:
+        """For hosts that show the message through repr() (certbot's "plugin is not working ... The error was")."""
+        return self.headline + (": " + "; ".join(self.problems) if self.problems else "")
 
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """The plugin's persisted options, resolved: which configuration file, which targets (empty: every target)."""
+    """The plugin's options, resolved: configuration file, targets (empty: every target), state directory."""
 
     config: Path
     targets: tuple[str, ...] = ()
+    state_dir: Path | None = None  # journal + spool of failed deliveries; None: keep no state
 
 
 def resolve_options(config: str | None, targets: str | None,
                     environ: Mapping[str, str] | None = None) -> Options:
-    """`--smtp-dist-config` wins over $CERTBOT_SMTP_DIST_CONFIG, which wins over the default path."""
-    from certbot_smtp_dist._internal.config import config_path
+    """As the `certbot-smtp-dist` command resolves them: the option, else the environment, else the default path.
 
-    return Options(config_path(config, os.environ if environ is None else environ), parse_targets(targets))
+    The state directory has no certbot option: it is per host, not per certificate, so the command's
+    $CERTBOT_SMTP_DIST_STATE_DIR and default apply, and `certbot-smtp-dist retry` finds what renewals spooled.
+    """
+    from certbot_smtp_dist._internal.config import config_path
+    from certbot_smtp_dist._internal.state import state_dir
+
+    env = os.environ if environ is None else environ
+    return Options(config_path(config, env), parse_targets(targets), state_dir(None, env))
 
 
 def parse_targets(value: str | None) -> tuple[str, ...]:
@@ -114,7 +130,7 @@ def check(options: Options) -> None:
         loaded = deploy.load_config(options.config)
         deploy.select(loaded.settings, options.targets)
     except ConfigError as exc:
-        raise SetupError(_config_message(options.config, exc.problems)) from exc
+        raise SetupError(f"configuration {options.config} is unusable", [str(p) for p in exc.problems]) from exc
     except UsageError as exc:
         raise SetupError(f"--smtp-dist-targets: {exc}") from exc
 
@@ -146,7 +162,7 @@ class Shipment:
             return [self.refused]
         assert self.report is not None
         if self.report.config_errors:
-            return [_config_message(self.options.config, self.report.config_errors)]
+            return [f"configuration {self.options.config}: {p}" for p in self.report.config_errors]
         if self.report.certificate_problems:
             return ["certificate files unusable: " + "; ".join(self.report.certificate_problems)]
         return [wording.human_line(r) for r in self.report.results if not r.ok]
@@ -165,10 +181,26 @@ class Shipment:
             if path is not None for arg in (flag, str(path))
         ]
         targets = self.failed_targets() or self.options.targets
-        argv = ["certbot-smtp-dist", "deploy", "--config", str(self.options.config), *source]
+        argv = ["certbot-smtp-dist", "deploy", "--config", str(self.options.config), *self._state_args(), *source]
         for name in targets:
             argv += ["--target", name]
         return shlex.join(argv)
+
+    def spooled(self) -> bool:
+        """Whether a failed delivery waits in the spool for `certbot-smtp-dist retry` (retryable, message built)."""
+        if self.report is None or self.options.state_dir is None or self.dry_run:
+            return False
+        return any(r.failure is not None and r.failure.is_retryable and r.message_id is not None
+                   for r in self.report.results if not r.ok)
+
+    def retry_command(self) -> str:
+        return shlex.join(["certbot-smtp-dist", "retry", *self._state_args()])
+
+    def _state_args(self) -> list[str]:
+        from certbot_smtp_dist._internal.state import DEFAULT_STATE_DIR
+
+        state = self.options.state_dir
+        return ["--state-dir", str(state)] if state is not None and state != DEFAULT_STATE_DIR else []
 
 
 def ship(options: Options, source: LineageSource, dry_run: bool = False) -> Shipment:
@@ -178,7 +210,8 @@ def ship(options: Options, source: LineageSource, dry_run: bool = False) -> Ship
     """
     from certbot_smtp_dist._internal import deploy
 
-    request = deploy.DeployRequest(config=options.config, source=source, targets=options.targets, dry_run=dry_run)
+    request = deploy.DeployRequest(config=options.config, source=source, targets=options.targets, dry_run=dry_run,
+                                   state_dir=options.state_dir)
     try:
         result = deploy.run(request)
     except UsageError as exc:
@@ -191,25 +224,28 @@ def rehearse(options: Options, source: LineageSource) -> None:
 
     A certificate that fails its own checks (expired, unreadable) does not fail the rehearsal: renewal replaces it.
     """
+    check(options)  # first, so configuration problems are reported once, by the exception, not also by the core
     shipment = ship(options, source, dry_run=True)
     if shipment.report is not None and shipment.report.certificate_problems:
         log.warning("smtp-dist: the current certificate could not be rendered (%s); the settings were checked "
                     "without it", "; ".join(shipment.report.certificate_problems))
-        check(options)
         return
     if not shipment.ok:
-        raise SetupError("\n".join(shipment.problems()))
+        raise SetupError(f"rehearsing delivery of {shipment.label} failed (nothing was sent)", shipment.problems())
 
 
 def renewal_failure_message(shipment: Shipment) -> str:
     """What certbot's log says when a renewed certificate did not reach every target (renewal itself succeeded)."""
-    problems = shipment.problems()
-    what = (f"was not delivered to target(s) {', '.join(shipment.failed_targets())}" if shipment.failed_targets()
-            else "was not sent")
-    return (f"smtp-dist: certificate {shipment.label} was renewed and saved, but {what}:\n"
-            + "\n".join(f"  {line}" for line in problems)
-            + f"\ncertbot will not offer this certificate to smtp-dist again; once the cause is fixed, send it with:\n"
-              f"  {shipment.resend_command()}")
+    failed = shipment.failed_targets()
+    what = f"was not delivered to target(s) {', '.join(failed)}" if failed else "was not sent"
+    lines = [f"smtp-dist: certificate {shipment.label} was renewed and saved, but {what}:"]
+    lines += [f"  {line}" for line in shipment.problems()]
+    lines.append("certbot will not offer this certificate to smtp-dist again.")
+    if shipment.spooled():
+        lines.append(f"The retryable deliveries are spooled; `{shipment.retry_command()}` (from its timer, or now) "
+                     "re-sends them.")
+    lines.append(f"Once the cause is fixed, to send it at once: {shipment.resend_command()}")
+    return "\n".join(lines)
 
 
 def install_failure_message(shipments: list[Shipment]) -> str:
@@ -220,8 +256,3 @@ def install_failure_message(shipments: list[Shipment]) -> str:
             lines.append(f"certificate {s.label}:")
             lines += [f"  {line}" for line in s.problems()]
     return "smtp-dist could not deliver the certificate:\n" + "\n".join(lines)
-
-
-def _config_message(path: Path, problems: tuple[object, ...]) -> str:
-    lines = "\n".join(f"  - {p}" for p in problems)
-    return f"configuration {path} is unusable ({len(problems)} problem(s)):\n{lines}"

@@ -72,9 +72,10 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
     except _Abort as abort:
         return SessionOutcome(refused=abort.refused, failure=abort.failure)
     except (asyncio.TimeoutError, TimeoutError) as exc:
-        if type(exc) in (asyncio.TimeoutError, TimeoutError):  # our deadline, not a library read timeout
-            return SessionOutcome(failure=classify.deadline(progress.phase, progress.connected, budget))
-        return SessionOutcome(failure=classify.translate(exc, progress.phase, progress.connected))
+        # Ours, or aiosmtplib's per-command timeout, which is set to the remaining budget: either way the
+        # deadline is reached. aiosmtplib 2.x dialling smtps itself says whether it got as far as the greeting.
+        connected = progress.connected or "server ready" in str(exc)
+        return SessionOutcome(failure=classify.deadline(progress.phase, connected, budget))
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -83,30 +84,42 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
         _close(progress)
 
 
+_SOCKET_WITH_HOSTNAME = True  # set from aiosmtplib's version on first use
+
+
 async def _session(
     target: Target, message: Message, password: Secret | None, progress: _Progress, budget: float
 ) -> SessionOutcome:
     import aiosmtplib
 
+    global _SOCKET_WITH_HOSTNAME
+    _SOCKET_WITH_HOSTNAME = _major_version(getattr(aiosmtplib, "__version__", "3")) >= 3
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
     tls_context = None if target.tls_mode is TlsMode.PLAINTEXT else client_tls_context(target)
     # Dial TCP ourselves so that a connect timeout (SMTP_CONNECT) is told apart from a stalled greeting
-    # (SMTP_TRANSIENT); aiosmtplib reports both as SMTPConnectTimeoutError.
-    progress.sock = await _open_socket(target.host, target.port)
-    progress.connected = True
+    # (SMTP_TRANSIENT); aiosmtplib reports both as SMTPConnectTimeoutError. aiosmtplib < 3 (Debian 12 ships 2.0)
+    # takes no host name with a socket and so cannot do implicit TLS over one: there it dials smtps itself.
+    smtps = target.tls_mode is TlsMode.SMTPS
+    if _SOCKET_WITH_HOSTNAME or not smtps:
+        progress.sock = await _open_socket(target.host, target.port)
+        progress.connected = True
+        where: dict[str, Any] = {"sock": progress.sock, "hostname": target.host if _SOCKET_WITH_HOSTNAME else None}
+    else:  # pragma: no cover - aiosmtplib 2.x
+        where = {"hostname": target.host, "port": target.port}
     client = aiosmtplib.SMTP(
-        hostname=target.host,
-        sock=progress.sock,
-        use_tls=target.tls_mode is TlsMode.SMTPS,
+        **where,
+        use_tls=smtps,
         start_tls=False,  # never aiosmtplib's "STARTTLS if offered": we require it explicitly below
         tls_context=tls_context,
-        timeout=max(deadline - loop.time(), 0.1),
+        # A hair under our deadline, so that aiosmtplib's own timeout (which says what it waited for) wins.
+        timeout=max(deadline - loop.time() - 0.05, 0.1),
         local_hostname=_local_hostname(),
     )
     progress.client = client
     progress.phase = Phase.TLS if target.tls_mode is TlsMode.SMTPS else Phase.CONNECT
     await client.connect()
+    progress.connected = True
     progress.sock = None  # owned by the client now
     progress.phase = Phase.CONNECT
     await client.ehlo()
@@ -117,7 +130,7 @@ async def _session(
             # RFC 3207 §4 / RFC 8314 §3.2: a client configured for STARTTLS must not continue in clear.
             raise _Abort(Failure(ErrorCode.SMTP_TLS, Phase.TLS,
                                  "relay does not advertise STARTTLS; refusing to continue in plaintext"))
-        await client.starttls()
+        await client.starttls(server_hostname=target.host)
         await client.ehlo()  # RFC 3207 §4.2: forget pre-TLS extensions, ask again
 
     if target.auth_method is not AuthMethod.NONE:
@@ -191,6 +204,13 @@ def _close(progress: _Progress) -> None:
             pass
     if progress.sock is not None:
         progress.sock.close()
+
+
+def _major_version(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        return 0
 
 
 def _local_hostname() -> str:

@@ -16,7 +16,7 @@ import pytest
 
 from support.deployenv import DeployEnv, relay_target
 from support.faultscript import STALL
-from support.pki import LineagePaths, write_lineage
+from support.pki import LineagePaths, not_after_utc, write_lineage
 
 PASSWORD = "correct horse battery staple"
 P12_PASS = "p12-Pass-phrase!"
@@ -57,7 +57,7 @@ def test_pem_ships_fullchain_and_never_the_key(denv: DeployEnv, lineage: Lineage
     assert b"PRIVATE KEY" not in received.data and b"PRIVATE KEY" not in data
     key_b64_line = lineage.privkey.read_bytes().splitlines()[1]
     assert key_b64_line not in received.data
-    expires = lineage.leaf.cert.not_valid_after_utc.strftime("%Y-%m-%d")
+    expires = not_after_utc(lineage.leaf.cert).strftime("%Y-%m-%d")
     assert msg["Subject"] == f"[PROD] Certificate for test.example.com issued, expires {expires}"
     assert msg["Auto-Submitted"] == "auto-generated"
     assert msg["Message-ID"] == run.target("archive")["message_id"]
