@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check certbot_smtp_dist
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bench_certbot_plugins.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo-out .pytest_cache .mypy_cache

@@ -30,14 +30,16 @@ def from_lineage_dir(directory: Path, name: str | None = None) -> LineageSource:
 def from_environment(environ: Mapping[str, str]) -> LineageSource | None:
     """Find the renewed certificate from the ACME client's hook environment, if any.
 
-    certbot: RENEWED_LINEAGE. lego 4: LEGO_CERT_DOMAIN/LEGO_CERT_PATH/LEGO_CERT_KEY_PATH; lego 5: LEGO_HOOK_*.
+    certbot: RENEWED_LINEAGE. lego 4: LEGO_CERT_DOMAIN/LEGO_CERT_PATH/LEGO_CERT_KEY_PATH; lego 5: LEGO_HOOK_CERT_PATH,
+    LEGO_HOOK_CERT_KEY_PATH and, for the name, LEGO_HOOK_CERT_NAME else the first of LEGO_HOOK_CERT_DOMAINS.
     """
     if environ.get("RENEWED_LINEAGE"):
         return from_lineage_dir(Path(environ["RENEWED_LINEAGE"]))
     for prefix in ("LEGO_HOOK_", "LEGO_"):
         cert, key = environ.get(f"{prefix}CERT_PATH"), environ.get(f"{prefix}CERT_KEY_PATH")
         if cert and key:
-            domain = environ.get(f"{prefix}CERT_DOMAIN") or environ.get(f"{prefix}CERT_DOMAINS", "").split(",")[0]
+            domain = (environ.get(f"{prefix}CERT_NAME") or environ.get(f"{prefix}CERT_DOMAIN")
+                      or environ.get(f"{prefix}CERT_DOMAINS", "").split(",")[0].strip())
             # lego writes leaf followed by issuer in one file: it is the full chain.
             return LineageSource(cert=None, key=Path(key), chain=None, fullchain=Path(cert), name=domain or None)
     return None

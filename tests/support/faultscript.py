@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Then = Literal["continue", "close", "stall"]
@@ -101,6 +101,9 @@ class Script:
     the 334 exchange; overrides ``credentials`` and ``replies["AUTH"]``.
     ``rcpt_replies``: reply per recipient address (case-insensitive), over ``RCPT``.
     ``drop_data_after``: abort the connection once that many message bytes arrived.
+    ``faulty_connections``: apply ``replies``, ``auth_replies``, ``rcpt_replies`` and
+    ``drop_data_after`` to the first N connections only; later connections get the
+    normal replies ("fails first, succeeds later").  ``None``: every connection.
     """
 
     replies: Mapping[str, ReplySpec] = field(default_factory=dict)
@@ -117,6 +120,7 @@ class Script:
     rcpt_replies: Mapping[str, ReplySpec] = field(default_factory=dict)
     drop_data_after: int | None = None
     handshake_timeout: float = 10.0
+    faulty_connections: int | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.replies) - STAGES
@@ -131,6 +135,19 @@ class Script:
         )
         object.__setattr__(
             self, "rcpt_replies", {k.lower(): as_reply(v) for k, v in self.rcpt_replies.items()}
+        )
+
+    def for_connection(self, number: int) -> Script:
+        """The script connection ``number`` (from 1) follows; see ``faulty_connections``."""
+        if self.faulty_connections is None or number <= self.faulty_connections:
+            return self
+        return replace(
+            self,
+            replies={},
+            auth_replies={},
+            rcpt_replies={},
+            drop_data_after=None,
+            faulty_connections=None,
         )
 
     def reply(self, stage: str) -> Reply:

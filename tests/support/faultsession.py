@@ -55,12 +55,12 @@ class Session:
         writer: asyncio.StreamWriter,
         stopping: asyncio.Event,
     ) -> None:
-        self.script = script
         self.records = records
         self.reader = reader
         self.writer = writer
         self.stopping = stopping
         self.number = records.new_connection()
+        self.script = script.for_connection(self.number)
         self.tls = writer.get_extra_info("ssl_object") is not None
         self.user: str | None = None
         self.mail_from: str | None = None

@@ -496,6 +496,17 @@ def test_fault_per_connection_transcripts(fault_server: FaultFactory) -> None:
     assert server.transcript_of(3) == []
 
 
+def test_fault_only_first_connections_are_faulty(fault_server: FaultFactory) -> None:
+    server = fault_server(replies={"MAIL": "451 4.3.0 Try later"}, faulty_connections=2)
+    for _ in range(2):
+        with client(server.host, server.port) as smtp, pytest.raises(smtplib.SMTPSenderRefused):
+            smtp.sendmail("a@example.org", ["b@example.org"], MESSAGE)
+    with client(server.host, server.port) as smtp:
+        smtp.sendmail("a@example.org", ["b@example.org"], MESSAGE)
+    assert server.wait_idle() and server.connections == 3
+    assert [m.mail_from for m in server.messages] == ["a@example.org"]
+
+
 def test_fault_tls_on_connect(fault_server: FaultFactory, relay_pki: RelayPKI) -> None:
     server = fault_server(tls_context=relay_pki.server_context(), tls_on_connect=True)
     with smtplib.SMTP_SSL(
