@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -27,6 +28,32 @@ def ensure_private_dir(path: Path) -> Path:
 
 def write_private(path: Path, data: bytes) -> None:
     """Atomically replace `path` with `data` as a 0600 file, fsynced with its directory."""
+    tmp = _complete_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def create_private_exclusive(path: Path, data: bytes) -> bool:
+    """Create `path` 0600 with `data` only if it does not exist yet; False if someone else won the race."""
+    tmp = _complete_temp(path, data)
+    try:
+        os.link(tmp, path)  # atomic "create if absent", and never a half-written file
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+    return True
+
+
+def _complete_temp(path: Path, data: bytes) -> str:
+    """A fsynced 0600 temporary file beside `path` holding `data`."""
     ensure_private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -35,33 +62,11 @@ def write_private(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        with _suppress_oserror():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
-
-
-def create_private_exclusive(path: Path, data: bytes) -> bool:
-    """Create `path` 0600 with `data` only if it does not exist yet; False if someone else won the race."""
-    ensure_private_dir(path.parent)
-    tmp_fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(tmp_fd, FILE_MODE)
-        with os.fdopen(tmp_fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, path)  # atomic "create if absent" with complete content
-        except FileExistsError:
-            return False
-    finally:
-        with _suppress_oserror():
-            os.unlink(tmp)
-    fsync_dir(path.parent)
-    return True
+    return tmp
 
 
 def fsync_dir(path: Path) -> None:
@@ -80,11 +85,3 @@ def warn_if_exposed(path: Path, what: str) -> None:
         return
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("%s %s has mode %04o; it should be 0600 (chmod 600 %s)", what, path, stat.S_IMODE(mode), path)
-
-
-class _suppress_oserror:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
-        return isinstance(exc, OSError)

@@ -72,17 +72,10 @@ def parse_targets(value: str | None) -> tuple[str, ...]:
 
 def lineage_source(cert: str | None, key: str, chain: str | None, fullchain: str | None,
                    name: str | None) -> LineageSource:
-    """The files certbot names, as the core's source; `lineage_dir` only when they share one directory."""
-    paths = [Path(p) for p in (cert, key, chain, fullchain) if p]
-    parents = {p.parent for p in paths}
-    return LineageSource(
-        cert=Path(cert) if cert else None,
-        key=Path(key),
-        chain=Path(chain) if chain else None,
-        fullchain=Path(fullchain) if fullchain else None,
-        name=name,
-        lineage_dir=parents.pop() if len(parents) == 1 else None,
-    )
+    """The files certbot names, as the core's source."""
+    from certbot_smtp_dist._internal.lineage import from_paths
+
+    return from_paths(cert, key, chain, fullchain, name)
 
 
 def lineage_name(fullchain: str | None, live_dir: str, certname: str | None) -> str | None:

@@ -48,16 +48,27 @@ def from_environment(environ: Mapping[str, str]) -> LineageSource | None:
 def from_files(
     cert: str | None, key: str | None, chain: str | None, fullchain: str | None, name: str | None
 ) -> LineageSource:
+    """Explicit files from the command line (other ACME clients)."""
     if not key:
         raise UsageError("--key is required with --cert/--fullchain")
     if not cert and not fullchain:
         raise UsageError("give --fullchain (or --cert and --chain) with --key")
+    return from_paths(cert, key, chain, fullchain, name)
+
+
+def from_paths(
+    cert: str | None, key: str, chain: str | None, fullchain: str | None, name: str | None
+) -> LineageSource:
+    """The given files; `lineage_dir` only when they all sit in one directory (certbot's live directory)."""
+    paths = [Path(p) for p in (cert, key, chain, fullchain) if p]
+    parents = {p.parent for p in paths}
     return LineageSource(
         cert=Path(cert) if cert else None,
         key=Path(key),
         chain=Path(chain) if chain else None,
         fullchain=Path(fullchain) if fullchain else None,
         name=name,
+        lineage_dir=parents.pop() if len(parents) == 1 else None,
     )
 
 
