@@ -91,13 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    try:
+        if args.output and not args.dry_run:
+            raise UsageError("--output only makes sense with --dry-run")
+        source = _source(args)
+        return _deploy(args, source)
+    except UsageError as exc:
+        if args.json:  # one JSON document on stdout, also when nothing could be attempted
+            print(report.json_document(None, [], extra={"usage_error": str(exc)}))
+        raise
+
+
+def _deploy(args: argparse.Namespace, source: LineageSource) -> int:
     from certbot_smtp_dist._internal import deploy
     from certbot_smtp_dist._internal.config import config_path
     from certbot_smtp_dist._internal.state import state_dir
 
-    if args.output and not args.dry_run:
-        raise UsageError("--output only makes sense with --dry-run")
-    source = _source(args)
     request = deploy.DeployRequest(
         config=config_path(args.config), source=source, targets=tuple(args.target), dry_run=args.dry_run,
         output=Path(args.output) if args.output else None, state_dir=state_dir(args.state_dir),

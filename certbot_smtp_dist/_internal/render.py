@@ -44,9 +44,14 @@ def new_message_id(from_address: str) -> str:
     return f"<{datetime.now(timezone.utc):%Y%m%d%H%M%S}.{_random.token_hex(12)}@{domain_of(from_address)}>"
 
 
+def printable(text: str) -> str:
+    """Certificate fields are attacker-influenced text: no control character reaches a header or the body."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def subject(target: Target, facts: CertificateFacts) -> str:
     prefix = f"[{target.subject_prefix}] " if target.subject_prefix else ""
-    cn = facts.common_name or (facts.sans[0] if facts.sans else facts.name)
+    cn = printable(facts.common_name or (facts.sans[0] if facts.sans else facts.name))
     return f"{prefix}Certificate for {cn} issued, expires {facts.not_after.astimezone(timezone.utc):%Y-%m-%d}"
 
 
@@ -57,9 +62,9 @@ def body(target: Target, facts: CertificateFacts, payload: Payload) -> str:
     ]
     return BODY_TEMPLATE.format(
         name=facts.name,
-        common_name=facts.common_name or "(none)",
-        sans=", ".join(facts.sans) or "(none)",
-        issuer=facts.issuer,
+        common_name=printable(facts.common_name) or "(none)",
+        sans=", ".join(printable(n) for n in facts.sans) or "(none)",
+        issuer=printable(facts.issuer),
         not_before=f"{facts.not_before.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}",
         not_after=f"{facts.not_after.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}",
         serial=_colon_hex(facts.serial_hex),

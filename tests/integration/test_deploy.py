@@ -338,3 +338,24 @@ def test_renewed_lineage_environment(denv: DeployEnv, lineage: LineagePaths, rel
     assert run.returncode == 0, run.stderr
     assert run.json["certificate"]["name"] == "test.example.com"
     assert denv.run("deploy").returncode == 64  # nothing to ship: usage error
+
+
+def test_hostile_certificate_names_cannot_inject_headers(denv: DeployEnv, tmp_path: Path, relay_factory) -> None:
+    """A CN or SAN with CR/LF (attacker-influenced text) renders harmlessly instead of crashing or injecting."""
+    relay = relay_factory("plaintext")
+    hostile = write_lineage(tmp_path / "live" / "evil", names=("evil.example.com\r\nBcc: thief@example.net",
+                                                                "ok.example.com"))
+    denv.write_config({"a": relay_target(relay)})
+    run = denv.run("deploy", "--lineage", str(hostile.live_dir), "--json")
+    assert run.returncode == 0, run.stderr
+    [received] = relay.messages
+    assert received.rcpt_tos == ("pki@example.com",)
+    head = received.data.split(b"\r\n\r\n", 1)[0]
+    assert not any(line.lower().startswith(b"bcc:") for line in head.split(b"\r\n"))
+
+
+def test_usage_error_still_prints_json(denv: DeployEnv, relay_factory) -> None:
+    denv.write_config({"a": relay_target(relay_factory("plaintext"))})
+    run = denv.run("deploy", "--json")
+    assert run.returncode == 64
+    assert run.json["targets"] == [] and "no certificate given" in run.json["usage_error"]
