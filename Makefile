@@ -5,7 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test unit integration e2e lint bench clean
+DISTRO_PYTHON ?= /usr/bin/python3
+DISTRO_MODULES := aiosmtplib aiosmtpd cryptography pluggy pytest pytest_timeout hypothesis certbot
+
+.PHONY: demo test test-venv test-distro unit integration e2e lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +21,22 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python tests/demo.py
 
+# The whole suite: everything in the venv (newest libraries from PyPI), then the unit and integration tests
+# again on Debian 12's own packages (python3-aiosmtplib 2.0, python3-cryptography 38, python3-pluggy 1.0,
+# python3-certbot 2.1), the stack the distro add-on runs on.
+test: test-venv test-distro
+
 # pytest exits 5 when it collects nothing: treat that as a failure, never as success.
-test: $(STAMP)
+test-venv: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-distro:
+	@if ! $(DISTRO_PYTHON) -c "import $(shell echo $(DISTRO_MODULES) | tr ' ' ',')" 2>/dev/null; then \
+	  if [ "$$CI" = true ]; then echo "Debian's python3 packages are missing (see .ci/run)" >&2; exit 1; fi; \
+	  echo "test-distro skipped: Debian's python3-{aiosmtplib,aiosmtpd,...} are not installed"; exit 0; fi
+	PYTHONPATH=$(CURDIR) $(DISTRO_PYTHON) -m pytest -p no:cacheprovider tests/unit tests/integration $(PYTEST_ARGS); \
+	  rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
