@@ -48,7 +48,8 @@ def demo(root: Path) -> int:
                 "to": ["pki@example.com"], "bcc": ["audit@example.com"], "subject_prefix": "DEMO",
             },
         }))
-        env = {"CERTBOT_SMTP_DIST_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
+        env = {"CERTBOT_SMTP_DIST_CONFIG": str(config), "CERTBOT_SMTP_DIST_STATE_DIR": str(root / "state"),
+               "PATH": "/usr/bin:/bin"}
         step(f"relay listening on 127.0.0.1:{relay.port} (STARTTLS required, AUTH PLAIN/LOGIN)")
         step(f"config {config}:\n{config.read_text()}")
         step("storing the relay password (read from stdin, envelope-encrypted, never in the config)")
