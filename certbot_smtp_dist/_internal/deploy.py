@@ -7,12 +7,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pluggy
 
-from certbot_smtp_dist._internal import report
+from certbot_smtp_dist._internal import pipeline, report
 from certbot_smtp_dist._internal.config import PASSWORD_TYPE, load_settings
 from certbot_smtp_dist._internal.credentials import CredentialStore
+
+if TYPE_CHECKING:
+    from certbot_smtp_dist._internal.ledger import Ledger
 from certbot_smtp_dist.errors import (
     CertificateError,
     ConfigError,
@@ -91,9 +95,8 @@ def select(settings: Settings, names: tuple[str, ...]) -> tuple[Target, ...]:
 
 def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     """Validate config and artefact, then deliver (or render). Raises only UsageError."""
-    from certbot_smtp_dist._internal import lineage, pipeline
+    from certbot_smtp_dist._internal import lineage
     from certbot_smtp_dist._internal.ledger import Ledger
-    from certbot_smtp_dist._internal.plugins import notify_finished
 
     now = now or datetime.now(timezone.utc)
     ledger = Ledger(request.state_dir, "deploy", request.config, now) \
@@ -112,14 +115,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     try:
         artefact = lineage.load(request.source, now)
     except CertificateError as exc:
-        log.error("%s; nothing was sent", exc)
-        failure = Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, "; ".join(exc.problems))
-        failed = tuple(DeliveryResult(t.name, Status.FAILED, failure) for t in targets)
-        for t in targets if ledger else ():
-            ledger.record("attempt", None, t.name, outcome="failed", error_code=failure.code.value,  # type: ignore[union-attr]
-                          phase=failure.phase.value, reply=failure.detail, attempt=0)
-        return DeployReport(None, failed, certificate_problems=exc.problems, exit_status=report.EX_DATAERR,
-                            settings=settings)
+        return _unusable_certificate(exc, targets, ledger, settings)
 
     wanted = [t for t in targets if t.matches(artefact.facts.names)]
     try:
@@ -135,29 +131,47 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
         if target in wanted:
             pipeline.warn_about(target, formats[target.payload])
         jobs.append(pipeline.prepare_job(target, artefact, formats, secrets, now))
-
     if request.dry_run:
         results = pipeline.rendered_results(jobs, request.output)
     else:
-        facts = artefact.facts
-
-        def finished(job: pipeline.Job, result: DeliveryResult) -> None:
-            if ledger:
-                ledger.settle(facts, job, result)
-                if result.status is Status.DELIVERED:
-                    ledger.supersede_older(job.target.name, facts)
-            notify_finished(loaded.plugins, facts, result)
-
-        for job in jobs if ledger else ():
-            ledger.begin(facts, request.source, job)  # type: ignore[union-attr]
-        results = pipeline.deliver_all(
-            jobs, observer=finished,
-            on_attempt=(lambda job, attempt: ledger.attempt(facts, job, attempt)) if ledger else None,
-        )
+        results = _deliver(jobs, artefact.facts, request.source, loaded.plugins, ledger)
     for result in results:
-        line = report.human_line(result)
-        (log.info if result.ok else log.error)("%s", line)
+        (log.info if result.ok else log.error)("%s", report.human_line(result))
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results), settings=settings)
+
+
+def _unusable_certificate(exc: CertificateError, targets: tuple[Target, ...], ledger: Ledger | None,
+                          settings: Settings) -> DeployReport:
+    """Every selected target fails with SMTP_PAYLOAD; nothing is dialled."""
+    log.error("%s; nothing was sent", exc)
+    failure = Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, "; ".join(exc.problems))
+    if ledger is not None:
+        for t in targets:
+            ledger.record("attempt", None, t.name, outcome="failed", error_code=failure.code.value,
+                          phase=failure.phase.value, reply=failure.detail, attempt=0)
+    failed = tuple(DeliveryResult(t.name, Status.FAILED, failure) for t in targets)
+    return DeployReport(None, failed, certificate_problems=exc.problems, exit_status=report.EX_DATAERR,
+                        settings=settings)
+
+
+def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageSource,
+             plugins: pluggy.PluginManager, ledger: Ledger | None) -> list[DeliveryResult]:
+    """Send every job; the ledger writes ahead, journals each attempt and settles each entry."""
+    from certbot_smtp_dist._internal.plugins import notify_finished
+
+    def finished(job: pipeline.Job, result: DeliveryResult) -> None:
+        if ledger is not None:
+            ledger.settle(facts, job, result)
+            if result.status is Status.DELIVERED:
+                ledger.supersede_older(job.target.name, facts)
+        notify_finished(plugins, facts, result)
+
+    if ledger is None:
+        return pipeline.deliver_all(jobs, observer=finished)
+    for job in jobs:
+        ledger.begin(facts, source, job)
+    return pipeline.deliver_all(jobs, observer=finished,
+                                on_attempt=lambda job, attempt: ledger.attempt(facts, job, attempt))
 
 
 class _Locked(CredentialError):

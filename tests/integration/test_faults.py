@@ -1,0 +1,422 @@
+"""Fault injection: every way a relay can misbehave ends as documented facts, with nothing delivered and nothing leaked.
+
+Each case runs `certbot-smtp-dist deploy --json` against the scriptable fault server on loopback
+(tests/support/faultsmtp.py) and asserts the whole outcome: status, error code, retryable flag, phase, reply code,
+enhanced status code, exit status, what the relay received, and that the relay password shows up nowhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from support.deployenv import DeployEnv, Run
+from support.faultscript import STALL, Reply
+from support.faultsmtp import FaultServer
+from support.pki import LineagePaths, RelayPKI
+
+pytestmark = pytest.mark.timeout(60)
+
+USER = "robot"
+PW = "pw-Fault-7Qx!never-leaks"
+#: Every spelling of the password a careless client or a hostile relay could echo (RFC 4616 PLAIN, LOGIN).
+PW_FORMS = (PW, base64.b64encode(PW.encode()).decode(), base64.b64encode(f"\0{USER}\0{PW}".encode()).decode())
+EX_UNAVAILABLE, EX_TEMPFAIL = 69, 75
+
+Facts = tuple[str, str, bool, str, int | None, str | None]  # status, error_code, retryable, phase, smtp, enhanced
+
+
+def facts(t: dict[str, Any]) -> Facts:
+    return (t["status"], t["error_code"], t["retryable"], t["phase"], t["smtp_code"], t["enhanced_status"])
+
+
+def failed(code: str, phase: str, smtp: int | None = None, enhanced: str | None = None) -> Facts:
+    retryable = code in ("SMTP_TRANSIENT", "SMTP_CONNECT")
+    return ("failed", code, retryable, phase, smtp, enhanced)
+
+
+def fault_target(port: int, *, auth: bool = True, **overrides: Any) -> dict[str, Any]:
+    """A plaintext target on loopback that logs in with AUTH PLAIN, so the password is in play in every case."""
+    table: dict[str, Any] = {"host": "127.0.0.1", "port": port, "tls_mode": "plaintext", "timeout": 2,
+                             "from_address": "certbot@example.com", "to": ["pki@example.com"]}
+    if auth:
+        table.update(auth_method="plain", username=USER, password_credential="relay")
+    table.update(overrides)
+    return table
+
+
+def tls_target(port: int, pki: RelayPKI, **overrides: Any) -> dict[str, Any]:
+    return fault_target(port, tls_mode="starttls", tls_ca_file=str(pki.ca_file), **overrides)
+
+
+def deploy(denv: DeployEnv, lineage: LineagePaths, table: dict[str, Any]) -> tuple[Run, dict[str, Any]]:
+    """One deploy to one target named "relay"; checks what must hold for every fault, whatever it is."""
+    denv.set_credential("relay", "smtp_password", PW)
+    denv.write_config({"relay": table})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    assert_clean(denv, run)
+    return run, run.target("relay")
+
+
+def assert_clean(denv: DeployEnv, run: Run) -> None:
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.returncode in (0, EX_UNAVAILABLE, EX_TEMPFAIL), (run.returncode, run.stderr)
+    state = [p.read_text(errors="replace") for p in denv.state_dir.rglob("*") if p.is_file()]
+    for form in PW_FORMS:
+        assert form not in run.stdout and form not in run.stderr, "relay password leaked to the output"
+        assert all(form not in text for text in state), "relay password leaked to the state directory"
+
+
+def expected_exit(expected: Facts) -> int:
+    return EX_TEMPFAIL if expected[2] else EX_UNAVAILABLE
+
+
+def commands(server: FaultServer) -> list[str]:
+    assert server.wait_idle(), "fault server still busy after deploy returned"
+    return server.client_commands
+
+
+# ---------------------------------------------------------------------------------------------- reply-code faults
+
+
+@dataclass(frozen=True)
+class Case:
+    script: dict[str, Any]
+    expected: Facts
+    target: dict[str, Any] = field(default_factory=dict)
+
+
+GREETING_421 = "421 4.3.2 Service shutting down"
+REPLY_CASES: dict[str, Case] = {
+    # Greeting (RFC 5321 §3.1, §4.2.5).
+    "greeting-421": Case({"replies": {"greeting": GREETING_421}}, failed("SMTP_TRANSIENT", "connect", 421, "4.3.2")),
+    "greeting-554": Case({"replies": {"greeting": "554 5.3.2 No SMTP service here"}},
+                         failed("SMTP_PERMANENT", "connect", 554, "5.3.2")),
+    "greeting-421-no-enhanced": Case({"replies": {"greeting": "421 Too busy"}},
+                                     failed("SMTP_TRANSIENT", "connect", 421, None)),
+    # AUTH (RFC 4954 §6).
+    "auth-535": Case({"auth_replies": {"PLAIN": "535 5.7.8 Authentication credentials invalid"}},
+                     failed("SMTP_AUTH", "auth", 535, "5.7.8")),
+    "auth-534": Case({"auth_replies": {"PLAIN": "534 5.7.9 Authentication mechanism is too weak"}},
+                     failed("SMTP_AUTH", "auth", 534, "5.7.9")),
+    "auth-454": Case({"auth_replies": {"PLAIN": "454 4.7.0 Temporary authentication failure"}},
+                     failed("SMTP_TRANSIENT", "auth", 454, "4.7.0")),
+    # MAIL FROM.
+    "mail-451": Case({"replies": {"MAIL": "451 4.3.0 Local error in processing"}},
+                     failed("SMTP_TRANSIENT", "mail", 451, "4.3.0")),
+    "mail-452": Case({"replies": {"MAIL": "452 4.3.1 Insufficient system storage"}},
+                     failed("SMTP_TRANSIENT", "mail", 452, "4.3.1")),
+    "mail-550": Case({"replies": {"MAIL": "550 5.7.1 Sender rejected"}}, failed("SMTP_PERMANENT", "mail", 550, "5.7.1")),
+    "mail-552": Case({"replies": {"MAIL": "552 5.3.4 Message size exceeds fixed limit"}},
+                     failed("SMTP_PERMANENT", "mail", 552, "5.3.4")),
+    "mail-553": Case({"replies": {"MAIL": "553 5.1.8 Sender address syntax rejected"}},
+                     failed("SMTP_VALIDATION", "mail", 553, "5.1.8")),
+    # DATA: the reply to DATA itself (instead of 354) and the reply after the final "." (RFC 5321 §4.1.1.4).
+    "data-451": Case({"replies": {"DATA": "451 4.3.0 Try again later"}}, failed("SMTP_TRANSIENT", "data", 451, "4.3.0")),
+    "data-end-451": Case({"replies": {"DATA_END": "451 4.3.0 Queue write error"}},
+                         failed("SMTP_TRANSIENT", "data", 451, "4.3.0")),
+    "data-552": Case({"replies": {"DATA": "552 5.3.4 Too big"}}, failed("SMTP_PERMANENT", "data", 552, "5.3.4")),
+    "data-end-552": Case({"replies": {"DATA_END": "552 5.3.4 Message too big for system"}},
+                         failed("SMTP_PERMANENT", "data", 552, "5.3.4")),
+    "data-554": Case({"replies": {"DATA": "554 5.5.1 No valid recipients"}},
+                     failed("SMTP_PERMANENT", "data", 554, "5.5.1")),
+    "data-end-554": Case({"replies": {"DATA_END": "554 5.7.1 Message rejected as spam"}},
+                         failed("SMTP_PERMANENT", "data", 554, "5.7.1")),
+    # 421 in the middle of the session closes it (RFC 5321 §3.8): never a per-recipient refusal.
+    "mail-421": Case({"replies": {"MAIL": GREETING_421}}, failed("SMTP_TRANSIENT", "mail", 421, "4.3.2")),
+    "rcpt-421": Case({"replies": {"RCPT": GREETING_421}}, failed("SMTP_TRANSIENT", "rcpt", 421, "4.3.2")),
+    "data-end-421": Case({"replies": {"DATA_END": GREETING_421}}, failed("SMTP_TRANSIENT", "data", 421, "4.3.2")),
+    # Connection dropped after 100 bytes of the message.
+    "drop-mid-data": Case({"drop_data_after": 100}, failed("SMTP_TRANSIENT", "data")),
+}
+
+
+@pytest.mark.parametrize("case", REPLY_CASES.values(), ids=REPLY_CASES.keys())
+def test_reply_faults(denv: DeployEnv, lineage: LineagePaths, fault_server, case: Case) -> None:
+    server = fault_server(**case.script)
+    run, t = deploy(denv, lineage, fault_target(server.port, **{"timeout": 3, **case.target}))
+    assert facts(t) == case.expected, t["detail"]
+    assert run.returncode == expected_exit(case.expected)
+    assert server.messages == []
+    assert t["refused_recipients"] == {}
+    if case.expected[4] is not None:  # the relay's reply, verbatim but one line, is in the detail
+        assert str(case.expected[4]) in t["detail"]
+    # Only retryable failures are tried again (3 s leave room for at least one retry); a permanent one costs one
+    # session.
+    sent = commands(server)
+    assert server.connections == t["attempts"]
+    assert (t["attempts"] > 1) if case.expected[2] else (t["attempts"] == 1)
+    if case.expected[3] == "auth":
+        assert "MAIL" not in sent
+        if case.expected[1] == "SMTP_AUTH":  # a rejected login is never retried, with any mechanism
+            assert [(a.mechanism, a.username) for a in server.auth_attempts] == [("PLAIN", USER)]
+    if case.expected[3] == "mail":
+        assert "RCPT" not in sent
+
+
+# ---------------------------------------------------------------------------------------------- stalls, trickle
+
+
+STALL_CASES: dict[str, tuple[dict[str, Any], str]] = {
+    "greeting": ({"replies": {"greeting": STALL}}, "connect"),
+    "after-ehlo": ({"replies": {"EHLO": STALL}}, "connect"),
+    "after-data": ({"replies": {"DATA_END": STALL}}, "data"),
+    # One byte per second: every byte resets no timer of ours, the session deadline still holds.
+    "trickle-greeting": ({"replies": {"greeting": Reply.text("220 fault.test ESMTP but very slowly", trickle=1.0)}},
+                         "connect"),
+    "trickle-ehlo": ({"replies": {"EHLO": Reply.text("250-fault.test", "250-8BITMIME", "250 AUTH PLAIN",
+                                                     trickle=1.0)}}, "connect"),
+}
+
+
+@pytest.mark.parametrize(("script", "phase"), STALL_CASES.values(), ids=STALL_CASES.keys())
+def test_stalled_relay_is_abandoned_at_the_deadline(denv: DeployEnv, lineage: LineagePaths, fault_server,
+                                                    script: dict[str, Any], phase: str) -> None:
+    server = fault_server(**script)
+    run, t = deploy(denv, lineage, fault_target(server.port, timeout=2))
+    assert facts(t) == failed("SMTP_TRANSIENT", phase)
+    assert "deadline" in t["detail"] and "2.0s" in t["detail"]
+    assert run.returncode == EX_TEMPFAIL
+    assert server.messages == []
+    assert server.connections == 1  # the stalled session used up the whole budget: no time left to retry
+
+
+# ---------------------------------------------------------------------------------------------- TLS
+
+
+def test_starttls_stripped_sends_nothing_in_clear(denv: DeployEnv, lineage: LineagePaths, fault_server,
+                                                  relay_pki: RelayPKI) -> None:
+    server = fault_server(tls_context=relay_pki.server_context(), advertise_starttls=False)
+    run, t = deploy(denv, lineage, tls_target(server.port, relay_pki))
+    assert facts(t) == failed("SMTP_TLS", "tls")
+    assert "does not advertise STARTTLS" in t["detail"]
+    assert run.returncode == EX_UNAVAILABLE
+    assert commands(server) == ["EHLO"]  # no STARTTLS to ask for, and then nothing at all in clear
+    assert server.messages == [] and server.auth_attempts == [] and server.connections == 1
+
+
+def test_starttls_answered_454_is_transient(denv: DeployEnv, lineage: LineagePaths, fault_server,
+                                            relay_pki: RelayPKI) -> None:
+    server = fault_server(tls_context=relay_pki.server_context(),
+                          replies={"STARTTLS": "454 4.7.0 TLS not available due to temporary reason"})
+    run, t = deploy(denv, lineage, tls_target(server.port, relay_pki))
+    assert facts(t) == failed("SMTP_TRANSIENT", "tls", 454, "4.7.0")
+    assert run.returncode == EX_TEMPFAIL
+    assert server.connections > 1
+    sent = commands(server)
+    assert "AUTH" not in sent and "MAIL" not in sent
+    assert server.messages == []
+
+
+TLS_CASES: dict[str, tuple[dict[str, Any], str]] = {
+    "handshake-close": ({"tls_action": "close"}, "TLS handshake"),
+    "handshake-garbage": ({"tls_action": "garbage"}, "TLS handshake"),
+    "expired-cert": ({"cert": "expired"}, "expired"),
+    "wrong-host": ({"cert": "wrong_host"}, "mismatch"),  # issued for wrong.example.net, dialled as 127.0.0.1
+    # The asyncio peer resets the connection without flushing its protocol_version alert (CPython's sslproto does
+    # not), so the client sees a reset; a real TLS 1.0 relay's alert reads "TLS handshake failed: ...". SMTP_TLS both.
+    "tls1.0-1.1-only": ({"legacy": True}, "TLS handshake"),
+}
+
+
+@pytest.mark.parametrize(("knobs", "detail"), TLS_CASES.values(), ids=TLS_CASES.keys())
+def test_tls_failures_send_nothing(denv: DeployEnv, lineage: LineagePaths, fault_server, relay_pki: RelayPKI,
+                                   knobs: dict[str, Any], detail: str) -> None:
+    if knobs.get("legacy"):
+        ctx = relay_pki.cert("valid").server_context(minimum_version=ssl.TLSVersion.TLSv1,
+                                                     maximum_version=ssl.TLSVersion.TLSv1_1, seclevel0=True)
+    else:
+        ctx = relay_pki.server_context(knobs.get("cert", "valid"))
+    server = fault_server(tls_context=ctx, tls_action=knobs.get("tls_action", "handshake"), handshake_timeout=2)
+    run, t = deploy(denv, lineage, tls_target(server.port, relay_pki))
+    assert facts(t) == failed("SMTP_TLS", "tls")
+    assert detail in t["detail"]
+    assert run.returncode == EX_UNAVAILABLE
+    assert server.connections == 1
+    assert commands(server) == ["EHLO", "STARTTLS"]  # nothing after the failed handshake, in clear or not
+    assert server.messages == [] and server.auth_attempts == []
+
+
+@pytest.mark.parametrize(("auth", "phase"), [(False, "mail"), (True, "auth")])
+def test_relay_demanding_starttls_from_plaintext_client(denv: DeployEnv, lineage: LineagePaths, fault_server,
+                                                        auth: bool, phase: str) -> None:
+    """RFC 3207 §4: `530 5.7.0 Must issue a STARTTLS command first` is a TLS problem, whichever command gets it."""
+    server = fault_server(require_tls=True)
+    run, t = deploy(denv, lineage, fault_target(server.port, auth=auth))
+    assert facts(t) == failed("SMTP_TLS", phase, 530, "5.7.0")
+    assert "Must issue a STARTTLS command first" in t["detail"]
+    assert run.returncode == EX_UNAVAILABLE
+    assert server.connections == 1 and server.messages == []
+
+
+def test_auth_mechanism_not_offered(denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
+    server = fault_server(ehlo_extensions=("8BITMIME", "AUTH PLAIN"))
+    run, t = deploy(denv, lineage, fault_target(server.port, auth_method="login"))
+    assert facts(t) == failed("SMTP_AUTH", "auth")
+    assert "does not offer AUTH LOGIN" in t["detail"]
+    assert run.returncode == EX_UNAVAILABLE
+    sent = commands(server)
+    assert "AUTH" not in sent and "MAIL" not in sent
+    assert server.auth_attempts == [] and server.messages == []
+
+
+# ---------------------------------------------------------------------------------------------- connect
+
+
+def test_connection_refused(denv: DeployEnv, lineage: LineagePaths, unused_port: int) -> None:
+    run, t = deploy(denv, lineage, fault_target(unused_port))
+    assert facts(t) == failed("SMTP_CONNECT", "connect")
+    assert "TCP connect failed" in t["detail"]
+    assert t["attempts"] > 1
+    assert run.returncode == EX_TEMPFAIL
+
+
+def _netns_prefix() -> list[str]:
+    """`unshare` into a new network namespace (only a downed `lo`), so no DNS query can leave the machine."""
+    unshare = shutil.which("unshare")
+    candidates = [[unshare, "--net", "--"], [unshare, "--net", "--map-root-user", "--"]] if unshare else []
+    for prefix in candidates:
+        probe = subprocess.run([*prefix, sys.executable, "-c", "pass"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return prefix
+    reason = "needs `unshare --net` (root or user namespaces) to resolve names without network traffic"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def test_host_that_does_not_resolve(denv: DeployEnv, lineage: LineagePaths) -> None:
+    prefix = _netns_prefix()
+    denv.set_credential("relay", "smtp_password", PW)
+    denv.write_config({"relay": fault_target(587, auth=False, host="relay.invalid", tls_mode="starttls")})
+    proc = subprocess.run([*prefix, sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage",
+                           str(lineage.live_dir), "--json"], capture_output=True, text=True, env=denv.env(), timeout=60)
+    run = Run(proc.returncode, proc.stdout, proc.stderr)
+    assert_clean(denv, run)
+    t = run.target("relay")
+    assert facts(t) == failed("SMTP_CONNECT", "connect")
+    assert "cannot resolve" in t["detail"]
+    assert run.returncode == EX_TEMPFAIL
+
+
+# ---------------------------------------------------------------------------------------------- recipients
+
+
+@pytest.mark.parametrize(("reply", "code", "exit_status"), [
+    ("550 5.1.1 No such user", "SMTP_PERMANENT", EX_UNAVAILABLE),
+    ("450 4.2.1 Mailbox busy", "SMTP_TRANSIENT", EX_TEMPFAIL),
+])
+def test_some_recipients_refused_is_partial(denv: DeployEnv, lineage: LineagePaths, fault_server, reply: str,
+                                            code: str, exit_status: int) -> None:
+    server = fault_server(rcpt_replies={"gone@example.com": reply})
+    run, t = deploy(denv, lineage, fault_target(server.port, to=["ok@example.com", "gone@example.com"],
+                                                cc=["cc@example.com"]))
+    smtp, enhanced, text = int(reply[:3]), reply.split()[1], reply.split(" ", 2)[2]
+    assert facts(t) == ("partial", code, code == "SMTP_TRANSIENT", "rcpt", smtp, enhanced)
+    assert t["refused_recipients"] == {"gone@example.com": {"smtp_code": smtp, "enhanced_status": enhanced,
+                                                            "message": text}}
+    assert run.returncode == exit_status
+    # Delivered once to the others; a retry (4xx only) goes to the refused recipient alone and sends no DATA.
+    [message] = server.messages
+    assert message.rcpt_tos == ("ok@example.com", "cc@example.com")
+    assert commands(server).count("DATA") == 1
+    assert "gone@example.com" in run.stderr
+
+
+def test_all_recipients_refused(denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
+    server = fault_server(replies={"RCPT": "550 5.1.1 No such user"})
+    run, t = deploy(denv, lineage, fault_target(server.port, to=["a@example.com", "b@example.com"]))
+    assert facts(t) == failed("SMTP_PERMANENT", "rcpt", 550, "5.1.1")
+    assert set(t["refused_recipients"]) == {"a@example.com", "b@example.com"}
+    assert run.returncode == EX_UNAVAILABLE
+    assert server.messages == [] and "DATA" not in commands(server)
+    assert server.connections == 1
+
+
+# ---------------------------------------------------------------------------------------------- malformed replies
+
+
+MALFORMED_CASES: dict[str, tuple[dict[str, Any], Facts]] = {
+    # A multi-line reply whose lines disagree on the code: the last line's code is the reply's (RFC 5321 §4.2.1
+    # requires the same code on every line). A 251 to EHLO is no 250: the relay is broken, not busy.
+    "ehlo-mismatched-multiline": ({"replies": {"EHLO": "250-fault.test\n251 b"}},
+                                  failed("SMTP_PERMANENT", "connect", 251, None)),
+    "greeting-line-without-code": ({"replies": {"greeting": "220-fault.test\nhello there"}},
+                                   failed("SMTP_TRANSIENT", "connect")),
+    "mail-garbage": ({"replies": {"MAIL": "OK, sure, go ahead"}}, failed("SMTP_TRANSIENT", "mail")),
+    "ehlo-binary-garbage": ({"replies": {"EHLO": "\x00\x7f\u00ff\u2603"}}, failed("SMTP_TRANSIENT", "connect")),
+    # The last line decides the code; the enhanced code is only read from the start of the reply text, which here
+    # is the first line's "fine" (RFC 2034 §3 wants it on every line), so there is none.
+    "mail-mismatched-multiline": ({"replies": {"MAIL": "250-fine\n550 5.7.1 not fine"}},
+                                  failed("SMTP_PERMANENT", "mail", 550, None)),
+}
+
+
+@pytest.mark.parametrize(("script", "expected"), MALFORMED_CASES.values(), ids=MALFORMED_CASES.keys())
+def test_malformed_replies_are_classified(denv: DeployEnv, lineage: LineagePaths, fault_server,
+                                          script: dict[str, Any], expected: Facts) -> None:
+    server = fault_server(**script)
+    run, t = deploy(denv, lineage, fault_target(server.port))
+    assert facts(t) == expected, t["detail"]
+    assert run.returncode == expected_exit(expected)
+    assert server.messages == []
+
+
+# ---------------------------------------------------------------------------------------------- in-run retry
+
+
+def test_retryable_failure_then_success_within_the_run(denv: DeployEnv, lineage: LineagePaths,
+                                                       fault_server) -> None:
+    server = fault_server(replies={"MAIL": "451 4.3.0 Try again later"}, faulty_connections=2)
+    run, t = deploy(denv, lineage, fault_target(server.port, timeout=20))
+    assert (t["status"], t["error_code"], t["attempts"]) == ("delivered", None, 3)
+    assert run.returncode == 0
+    assert server.connections == 3
+    [message] = server.messages
+    assert message.auth_user == USER and t["message_id"].encode() in message.data
+
+
+def test_retryable_failure_is_retried_up_to_the_attempt_limit(denv: DeployEnv, lineage: LineagePaths,
+                                                              fault_server) -> None:
+    server = fault_server(replies={"greeting": GREETING_421})
+    run, t = deploy(denv, lineage, fault_target(server.port, timeout=20))
+    assert facts(t) == failed("SMTP_TRANSIENT", "connect", 421, "4.3.2")
+    assert t["attempts"] == 3 and server.connections == 3
+    assert run.returncode == EX_TEMPFAIL
+
+
+def test_permanent_failure_is_attempted_once(denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
+    server = fault_server(replies={"MAIL": "550 5.7.1 Sender rejected"}, faulty_connections=1)
+    run, t = deploy(denv, lineage, fault_target(server.port, timeout=20))
+    assert facts(t) == failed("SMTP_PERMANENT", "mail", 550, "5.7.1")
+    assert t["attempts"] == 1 and server.connections == 1  # the relay would have taken it next time: not our call
+    assert run.returncode == EX_UNAVAILABLE
+
+
+# ---------------------------------------------------------------------------------------------- exit status
+
+
+@pytest.mark.parametrize(("second", "exit_status"), [
+    ("452 4.3.1 Insufficient system storage", EX_TEMPFAIL),
+    ("550 5.7.1 Sender rejected", EX_UNAVAILABLE),
+])
+def test_exit_status_is_tempfail_only_when_every_failure_is_retryable(
+    denv: DeployEnv, lineage: LineagePaths, fault_server, second: str, exit_status: int
+) -> None:
+    busy = fault_server(replies={"MAIL": "451 4.3.0 Try again later"})
+    other = fault_server(replies={"MAIL": second})
+    denv.set_credential("relay", "smtp_password", PW)
+    denv.write_config({"busy": fault_target(busy.port), "other": fault_target(other.port)})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    assert_clean(denv, run)
+    assert run.target("busy")["retryable"] is True
+    assert run.target("other")["retryable"] is (exit_status == EX_TEMPFAIL)
+    assert run.returncode == exit_status
+    assert busy.messages == [] and other.messages == []
