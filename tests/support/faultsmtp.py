@@ -10,7 +10,6 @@ aborts every open connection.
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
 from typing import final
 
 from .faultrecords import Records, TranscriptLine
@@ -25,7 +24,7 @@ from .faultscript import (
     Script,
 )
 from .faultsession import Session
-from .loopthread import LoopThread
+from .loopthread import BackgroundServer
 
 __all__ = [
     "CLOSE",
@@ -42,7 +41,7 @@ __all__ = [
 
 
 @final
-class FaultServer:
+class FaultServer(BackgroundServer):
     """``with FaultServer(Script(...)) as server: smtplib.SMTP(server.host, server.port)``."""
 
     def __init__(self, script: Script | None = None, *, host: str = "127.0.0.1") -> None:
@@ -50,8 +49,7 @@ class FaultServer:
         self.host = host
         self.port = 0
         self.records = Records()
-        self._loop_thread: LoopThread | None = None
-        self._server: asyncio.AbstractServer | None = None
+        super().__init__()
         self._sessions: set[Session] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping: asyncio.Event | None = None
@@ -115,62 +113,13 @@ class FaultServer:
         _done, pending = await asyncio.wait(tasks, timeout=timeout)
         return not pending
 
-    def start(self) -> FaultServer:
-        if self._loop_thread is not None:
-            raise RuntimeError("fault server already started")
-        self._loop_thread = LoopThread("faultsmtp")
-        self._loop_thread.start()
-        try:
-            self._loop_thread.run(self._start())
-        except BaseException:
-            self._loop_thread.stop()
-            self._loop_thread = None
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self._loop_thread is None:
-            return
-        try:
-            self._loop_thread.run(self._stop())
-        finally:
-            self._loop_thread.stop()
-            self._loop_thread = None
-            self._server = None
-
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until every connection handler finished (e.g. after the client quit)."""
         if self._loop_thread is None:
             return True
         return self._loop_thread.run(self._idle(timeout), timeout=timeout + 1)
 
-    def __enter__(self) -> FaultServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> FaultServer:
-        return await asyncio.get_running_loop().run_in_executor(None, self.start)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.stop)
-
     # ------------------------------------------------------------------ records
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.host, self.port
 
     @property
     def transcript(self) -> list[tuple[str, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from types import TracebackType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -66,3 +67,73 @@ class LoopThread:
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise RuntimeError(f"{self.name}: event loop thread did not stop")
+
+
+S = TypeVar("S", bound="BackgroundServer")
+
+
+class BackgroundServer:
+    """A test server whose ``_start``/``_stop`` coroutines run on a private :class:`LoopThread`.
+
+    Usable as ``start()``/``stop()``, ``with``, or ``async with`` (start and stop run in an executor, since the
+    server always lives on its own thread).
+    """
+
+    host: str
+    port: int
+
+    def __init__(self) -> None:
+        self._loop_thread: LoopThread | None = None
+        self._server: asyncio.AbstractServer | None = None
+
+    def _thread_name(self) -> str:
+        return type(self).__name__.lower()
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+    def start(self: S) -> S:
+        if self._loop_thread is not None:
+            raise RuntimeError(f"{self._thread_name()} already started")
+        self._loop_thread = LoopThread(self._thread_name())
+        self._loop_thread.start()
+        try:
+            self._loop_thread.run(self._start())
+        except BaseException:
+            self._loop_thread.stop()
+            self._loop_thread = None
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._loop_thread is None:
+            return
+        try:
+            self._loop_thread.run(self._stop())
+        finally:
+            self._loop_thread.stop()
+            self._loop_thread = None
+            self._server = None
+
+    def __enter__(self: S) -> S:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self: S) -> S:
+        return await asyncio.get_running_loop().run_in_executor(None, self.start)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.stop)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port

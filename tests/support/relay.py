@@ -11,12 +11,11 @@ import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, final
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from .loopthread import LoopThread
+from .loopthread import BackgroundServer
 from .pki import RelayPKI, ServerCertName
 
 RelayMode = Literal["starttls", "smtps", "plaintext", "starttls_not_offered"]
@@ -146,7 +145,7 @@ class _Authenticator:
 
 
 @final
-class Relay:
+class Relay(BackgroundServer):
     """aiosmtpd relay bound to ``host`` on a free port.
 
     Modes: ``starttls`` (STARTTLS offered and required before MAIL/AUTH), ``smtps``
@@ -183,11 +182,13 @@ class Relay:
         self._handler = _Handler(self._recorder, reject or {})
         self._authenticator = _Authenticator(self._recorder, auth)
         self._tls_context = tls_context
-        self._loop_thread: LoopThread | None = None
-        self._server: asyncio.AbstractServer | None = None
+        super().__init__()
         self._protocols: list[SMTP] = []
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _thread_name(self) -> str:
+        return f"relay-{self.mode}"
 
     def _server_tls(self) -> ssl.SSLContext | None:
         if self.mode in ("plaintext", "starttls_not_offered"):
@@ -244,56 +245,7 @@ class Relay:
                 pass
         self._protocols.clear()
 
-    def start(self) -> Relay:
-        if self._loop_thread is not None:
-            raise RuntimeError("relay already started")
-        self._loop_thread = LoopThread(f"relay-{self.mode}")
-        self._loop_thread.start()
-        try:
-            self._loop_thread.run(self._start())
-        except BaseException:
-            self._loop_thread.stop()
-            self._loop_thread = None
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self._loop_thread is None:
-            return
-        try:
-            self._loop_thread.run(self._stop())
-        finally:
-            self._loop_thread.stop()
-            self._loop_thread = None
-            self._server = None
-
-    def __enter__(self) -> Relay:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Relay:
-        return await asyncio.get_running_loop().run_in_executor(None, self.start)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.stop)
-
     # ------------------------------------------------------------------ records
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.host, self.port
 
     @property
     def messages(self) -> list[ReceivedMessage]:

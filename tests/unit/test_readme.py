@@ -17,8 +17,10 @@ def test_readme_renders_cleanly() -> None:
     else:
         docutils = pytest.importorskip("docutils")
         import docutils.core
+    import docutils.writers.null
+
     warnings = io.StringIO()
-    docutils.core.publish_string(README.read_text("utf-8"), writer_name="null",
+    docutils.core.publish_string(README.read_text("utf-8"), writer=docutils.writers.null.Writer(),
                                  settings_overrides={"warning_stream": warnings, "report_level": 2,
                                                      "halt_level": 5})
     assert warnings.getvalue() == ""

@@ -1,0 +1,433 @@
+"""A private Debian Postfix instance on loopback: its own config, queue, mailboxes and log, started and stopped by tests.
+
+The instance shares nothing with a system Postfix except the binaries and ``/etc/postfix/postfix-files`` (Debian's
+``meta_directory``): it has its own ``main.cf``/``master.cf``, queue and data directories, listens only on
+``127.0.0.1:PORT`` (a free port above 20000), delivers ``@archive.test`` into Maildirs under its directory, relays
+nothing, sends nothing out, and logs to its own ``maillog`` file. Postfix's master starts as root and drops to
+``mail_owner``, so the instance needs root (see :func:`unavailable`).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import pwd
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from types import TracebackType
+
+LOOPBACK = "127.0.0.1"
+DOMAIN = "archive.test"
+DEFAULT_MAILBOXES = ("pki", "audit", "hidden")
+_VIRTUAL_USER = "nobody"  # owns the Maildirs; virtual(8) refuses uids below virtual_minimum_uid (100)
+_COMMAND_TIMEOUT = 30.0
+_START_TIMEOUT = 15.0
+_LOG_TAIL = 60
+
+
+class PostfixError(RuntimeError):
+    """The test Postfix instance failed (to start, stop, answer or deliver); the message ends with its log."""
+
+
+def find_command(name: str) -> str | None:
+    """A Postfix command: /usr/sbin is not on a non-root PATH, so look there too."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidate = Path("/usr/sbin") / name
+    return str(candidate) if os.access(candidate, os.X_OK) else None
+
+
+def unavailable() -> str | None:
+    """Why a private instance cannot run here, or ``None`` when it can."""
+    missing = [c for c in ("postfix", "postconf", "postqueue") if find_command(c) is None]
+    if missing:
+        return f"Postfix is not installed ({', '.join(missing)} not found; apt-get install postfix)"
+    if os.geteuid() != 0:
+        return "a private Postfix instance needs root (master(8) starts as root and drops to mail_owner)"
+    for user in ("postfix", _VIRTUAL_USER):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            return f"system user {user!r} does not exist"
+    return None
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """One message file in a Maildir, as virtual(8) wrote it (LF line ends, Return-Path/Delivered-To prepended)."""
+
+    mailbox: str
+    path: Path
+    raw: bytes
+
+    def parse(self) -> EmailMessage:
+        msg = email.message_from_bytes(self.raw, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        return msg
+
+
+def _free_port() -> int:
+    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range, so no outgoing connection is using it."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    raise PostfixError("no free loopback port in 20000..32767")
+
+
+def _port_answers(port: int) -> bool:
+    """True once something on the port sends the first bytes of a 220 greeting (RFC 5321 §4.2)."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1.0) as s:
+            s.settimeout(2.0)
+            banner = s.recv(4)
+            if banner.startswith(b"220"):
+                s.sendall(b"QUIT\r\n")
+                return True
+            return False
+    except OSError:
+        return False
+
+
+def _main_cf(root: Path, conf: Path, *, domain: str, uid: int, gid: int) -> str:
+    """main.cf: every setting the instance relies on, so nothing comes from Postfix's or Debian's defaults."""
+    settings = {
+        # Avoid the "backwards-compatible default" warnings and behaviours of compatibility_level 0.
+        "compatibility_level": "3.6",
+        "queue_directory": root / "queue",
+        "data_directory": root / "data",
+        "mail_owner": "postfix",
+        "setgid_group": "postdrop",
+        "myhostname": f"mx.{domain}",  # the host's own name may not be a FQDN (Postfix refuses to start then)
+        "mydomain": domain,
+        "myorigin": "$myhostname",
+        "inet_interfaces": "loopback-only",
+        "inet_protocols": "ipv4",
+        "mynetworks": "127.0.0.1/32",  # listed explicitly: no interface discovery; never used to permit relaying
+        "smtpd_peername_lookup": "no",  # no DNS in the test's path
+        "smtpd_banner": "$myhostname ESMTP Postfix (certbot-smtp-dist test instance)",
+        "biff": "no",
+        # Nothing is local and nothing leaves: only the virtual domain below delivers.
+        "mydestination": "",
+        "local_recipient_maps": "",
+        "alias_maps": "",
+        "alias_database": "",
+        "local_transport": "error:5.1.1 local delivery is disabled in this test instance",
+        "default_transport": "error:5.7.1 outbound mail is disabled in this test instance",
+        "relay_transport": "error:5.7.1 outbound mail is disabled in this test instance",
+        "relayhost": "",
+        "smtpd_relay_restrictions": "reject_unauth_destination",
+        "smtpd_recipient_restrictions": "reject_unauth_destination",
+        # Mailboxes without system users. Recipients not in virtual_mailbox_maps are refused at RCPT with
+        # "550 5.1.1 ... User unknown in virtual mailbox table" (smtpd_reject_unlisted_recipient, default yes).
+        "virtual_mailbox_domains": domain,
+        "virtual_mailbox_base": root / "mail",
+        "virtual_mailbox_maps": f"texthash:{conf / 'vmailbox'}",  # texthash: no postmap, no .db file
+        "virtual_uid_maps": f"static:{uid}",
+        "virtual_gid_maps": f"static:{gid}",
+        "virtual_transport": "virtual",
+        # RFC 3207 §4: with "encrypt", MAIL before STARTTLS gets "530 5.7.0 Must issue a STARTTLS command first".
+        "smtpd_tls_security_level": "encrypt",
+        "smtpd_tls_chain_files": f"{conf / 'smtpd.key'}, {conf / 'smtpd.crt'}",
+        "smtpd_tls_received_header": "yes",  # "(using TLSv1.3 with cipher ...)" in the Received header
+        "smtpd_tls_loglevel": "1",
+        "smtpd_tls_session_cache_database": "",
+        # Postfix >= 3.4 logs through postlogd(8) (the "postlog" service in master.cf) into this file instead of
+        # syslog; the file must lie under one of maillog_file_prefixes (default "/var, /dev/stdout").
+        "maillog_file": root / "maillog",
+        "maillog_file_prefixes": root,
+        # Quick retries if a delivery is ever deferred; warnings about delayed mail are noise here.
+        "queue_run_delay": "1s",
+        "minimal_backoff_time": "1s",
+        "maximal_backoff_time": "2s",
+        "delay_warning_time": "0h",
+    }
+    return "".join(f"{key} = {value}\n" for key, value in settings.items())
+
+
+def _master_cf(port: int) -> str:
+    """master.cf: one SMTP listener on 127.0.0.1:PORT and the services it needs, none chrooted.
+
+    Debian's master.cf chroots most daemons into the queue directory (and its init script copies /etc files
+    there); a private instance has no such copies, so nothing runs chrooted.
+    """
+    services = [
+        # service            type        private unpriv chroot wakeup maxproc command
+        (f"{LOOPBACK}:{port}", "inet", "n", "-", "n", "-", "-", "smtpd"),
+        ("pickup", "unix", "n", "-", "n", "60", "1", "pickup"),
+        ("cleanup", "unix", "n", "-", "n", "-", "0", "cleanup"),
+        ("qmgr", "unix", "n", "-", "n", "300", "1", "qmgr"),
+        ("tlsmgr", "unix", "-", "-", "n", "1000?", "1", "tlsmgr"),
+        ("rewrite", "unix", "-", "-", "n", "-", "-", "trivial-rewrite"),
+        ("bounce", "unix", "-", "-", "n", "-", "0", "bounce"),
+        ("defer", "unix", "-", "-", "n", "-", "0", "bounce"),
+        ("trace", "unix", "-", "-", "n", "-", "0", "bounce"),
+        ("verify", "unix", "-", "-", "n", "-", "1", "verify"),
+        ("flush", "unix", "n", "-", "n", "1000?", "0", "flush"),
+        ("proxymap", "unix", "-", "-", "n", "-", "-", "proxymap"),
+        ("showq", "unix", "n", "-", "n", "-", "-", "showq"),
+        ("error", "unix", "-", "-", "n", "-", "-", "error"),
+        ("retry", "unix", "-", "-", "n", "-", "-", "error"),
+        ("discard", "unix", "-", "-", "n", "-", "-", "discard"),
+        ("virtual", "unix", "-", "n", "n", "-", "-", "virtual"),
+        ("anvil", "unix", "-", "-", "n", "-", "1", "anvil"),
+        ("scache", "unix", "-", "-", "n", "-", "1", "scache"),
+        ("postlog", "unix-dgram", "n", "-", "n", "-", "1", "postlogd"),
+    ]
+    return "".join(" ".join(f"{field:<10}" for field in row).rstrip() + "\n" for row in services)
+
+
+class Postfix:
+    """A private Postfix instance; use as a context manager (or call :meth:`start` / :meth:`stop`).
+
+    ``cert_file``/``key_file`` are copied into the instance's config directory and served for STARTTLS, which is
+    required. ``mailboxes`` are the local parts that exist at ``@domain``; every other recipient gets 550 5.1.1.
+    """
+
+    def __init__(
+        self,
+        cert_file: Path,
+        key_file: Path,
+        *,
+        domain: str = DOMAIN,
+        mailboxes: Iterable[str] = DEFAULT_MAILBOXES,
+        parent: Path | None = None,
+    ) -> None:
+        self.domain = domain
+        self.mailboxes = tuple(mailboxes)
+        self._cert_file = Path(cert_file)
+        self._key_file = Path(key_file)
+        self._parent = parent
+        self.host = LOOPBACK
+        self.port = 0
+        self._root: Path | None = None
+        self._log_mark = 0
+        self._running = False
+
+    # ------------------------------------------------------------------ layout
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            raise PostfixError("the instance has not been started")
+        return self._root
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "conf"
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.root / "queue"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.root / "mail"
+
+    @property
+    def maillog(self) -> Path:
+        return self.root / "maillog"
+
+    def address(self, local_part: str) -> str:
+        return f"{local_part}@{self.domain}"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> Postfix:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> Postfix:
+        # Not under pytest's tmp dirs: those are 0700 and root's, but virtual(8) writes the Maildirs as an
+        # unprivileged user that must traverse every directory above them.
+        self._root = Path(tempfile.mkdtemp(prefix="certbot-smtp-dist-postfix-", dir=self._parent))
+        self.root.chmod(0o711)
+        try:
+            self._lay_out()
+            for attempt in range(3):  # the port can be taken between choosing and binding it
+                self.port = _free_port()
+                (self.config_dir / "master.cf").write_text(_master_cf(self.port))
+                # postfix-script's start runs the integrity checks and `post-install create-missing`, which makes
+                # the queue subdirectories with Postfix's ownership and modes.
+                result = self._run("postfix", "start", check=False)
+                if result.returncode == 0:
+                    break
+                if "Address already in use" not in self.log() or attempt == 2:
+                    raise self._error(f"postfix start failed (exit {result.returncode})", result.stderr)
+            self._running = True
+            self._wait_for_port()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the instance, kill whatever of it is left, remove its directory. Idempotent."""
+        if self._root is None:
+            return
+        try:
+            if self._running:
+                self._run("postfix", "stop", check=False)
+            self._kill_leftovers()
+        finally:
+            self._running = False
+            shutil.rmtree(self._root, ignore_errors=True)
+            self._root = None
+
+    def _lay_out(self) -> None:
+        nobody, owner = pwd.getpwnam(_VIRTUAL_USER), pwd.getpwnam("postfix")
+        for directory in (self.config_dir, self.queue_dir, self.root / "data"):
+            directory.mkdir(mode=0o755)
+        os.chown(self.root / "data", owner.pw_uid, owner.pw_gid)  # master.lock, verify/scache databases
+        self.mail_dir.mkdir(mode=0o700)
+        os.chown(self.mail_dir, nobody.pw_uid, nobody.pw_gid)
+        conf = self.config_dir
+        shutil.copyfile(self._cert_file, conf / "smtpd.crt")
+        fd = os.open(conf / "smtpd.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(self._key_file.read_bytes())
+        # texthash map: "recipient  maildir/" (the trailing slash selects Maildir format in virtual(8)).
+        (conf / "vmailbox").write_text("".join(f"{self.address(box)} {box}/\n" for box in self.mailboxes))
+        (conf / "main.cf").write_text(
+            _main_cf(self.root, conf, domain=self.domain, uid=nobody.pw_uid, gid=nobody.pw_gid)
+        )
+        (conf / "master.cf").write_text(_master_cf(0))
+        self.maillog.touch(mode=0o644)
+
+    def _wait_for_port(self) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not _port_answers(self.port):
+            if time.monotonic() >= deadline:
+                raise self._error(f"Postfix did not answer on {self.host}:{self.port} within {_START_TIMEOUT:.0f}s")
+            time.sleep(0.05)
+
+    def _instance_pids(self) -> list[int]:
+        """Processes of this instance: Postfix passes MAIL_CONFIG (import_environment) to every daemon."""
+        marker = f"MAIL_CONFIG={self.config_dir}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker in environ.split(b"\0"):
+                pids.append(int(entry.name))
+        return pids
+
+    def _kill_leftovers(self, grace: float = 5.0) -> None:
+        deadline = time.monotonic() + grace
+        while self._instance_pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in self._instance_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # ------------------------------------------------------------------ commands
+
+    def _run(self, command: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        path = find_command(command)
+        if path is None:
+            raise PostfixError(f"{command} not found")
+        argv = [path, "-c", str(self.config_dir), *args]
+        env = {k: v for k, v in os.environ.items() if k != "MAIL_CONFIG"}
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT, env=env,
+                                    stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise self._error(f"{' '.join(argv)} did not finish within {_COMMAND_TIMEOUT:.0f}s") from exc
+        if check and result.returncode != 0:
+            raise self._error(f"{' '.join(argv)} failed (exit {result.returncode})", result.stdout + result.stderr)
+        return result
+
+    def postconf(self, settings: Mapping[str, str]) -> None:
+        """``postconf -e`` each setting; takes effect after :meth:`reload`."""
+        self._run("postconf", "-e", *(f"{key}={value}" for key, value in settings.items()))
+
+    def reload(self) -> None:
+        self._run("postfix", "reload")
+
+    def flush(self) -> None:
+        """``postqueue -f``: attempt every queued message now."""
+        self._run("postqueue", "-f")
+
+    def queue(self) -> list[dict[str, object]]:
+        """``postqueue -j``: one record per queued message (queue_id, queue_name, sender, recipients...)."""
+        out = self._run("postqueue", "-j").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    # ------------------------------------------------------------------ mailboxes and log
+
+    def delivered(self, mailbox: str | None = None) -> list[Delivered]:
+        """Messages in the Maildirs (all of them, or one mailbox's), oldest first."""
+        boxes = [mailbox] if mailbox is not None else list(self.mailboxes)
+        found = []
+        for box in boxes:
+            for sub in ("new", "cur"):
+                directory = self.mail_dir / box / sub
+                if directory.is_dir():
+                    found += [Delivered(box, p, p.read_bytes()) for p in directory.iterdir() if p.is_file()]
+        return sorted(found, key=lambda d: (d.path.stat().st_mtime_ns, d.path.name))
+
+    def wait_for_delivery(self, count: int, timeout: float = 10.0) -> list[Delivered]:
+        """Wait until the Maildirs hold at least ``count`` messages; raise with the queue and log if they do not."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.delivered()) < count:
+            if time.monotonic() >= deadline:
+                queue = json.dumps(self.queue(), indent=1)
+                raise self._error(
+                    f"expected {count} delivered message(s) within {timeout:.0f}s, found {len(found)}",
+                    f"postqueue -j:\n{queue}",
+                )
+            time.sleep(0.05)
+        return found
+
+    def clear(self) -> None:
+        """Forget earlier tests: empty the Maildirs and make :meth:`log` start here. The queue must be empty."""
+        leftover = self.queue()
+        if leftover:
+            raise self._error("messages left in the queue by an earlier test", json.dumps(leftover, indent=1))
+        for item in self.delivered():
+            item.path.unlink()
+        self._log_mark = self.maillog.stat().st_size
+
+    def log(self, *, everything: bool = False) -> str:
+        """The instance's maillog since the last :meth:`clear` (or all of it)."""
+        try:
+            with self.maillog.open("rb") as handle:
+                handle.seek(0 if everything else self._log_mark)
+                return handle.read().decode("utf-8", "replace")
+        except (OSError, PostfixError):
+            return ""
+
+    def _error(self, what: str, detail: str = "") -> PostfixError:
+        tail = "\n".join(self.log(everything=True).splitlines()[-_LOG_TAIL:]) if self._root else ""
+        parts = [what]
+        if detail.strip():
+            parts.append(detail.strip())
+        parts.append(f"--- last lines of {self.maillog if self._root else 'maillog'} ---\n{tail or '(empty)'}")
+        return PostfixError("\n".join(parts))
