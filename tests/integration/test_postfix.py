@@ -1,0 +1,169 @@
+"""`certbot-smtp-dist deploy` against a real Debian Postfix on loopback: delivery, RCPT refusal, required STARTTLS."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from support.deployenv import DeployEnv
+from support.pki import LineagePaths, RelayPKI, ServerCertName
+from support.polling import wait_until
+from support.postfix import Postfix, unavailable
+
+
+def _require_postfix() -> None:
+    reason = unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} -- CI=true, so this is a failure, not a skip", pytrace=False)
+    pytest.skip(reason)
+
+
+def _instance(relay_pki: RelayPKI, cert: ServerCertName) -> Iterator[Postfix]:
+    _require_postfix()
+    served = relay_pki.cert(cert)
+    with Postfix(served.cert_file, served.key_file) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def postfix_valid(relay_pki: RelayPKI) -> Iterator[Postfix]:
+    """One instance for the module, serving the test CA's certificate for 127.0.0.1."""
+    yield from _instance(relay_pki, "valid")
+
+
+@pytest.fixture(scope="module")
+def postfix_wrong_host(relay_pki: RelayPKI) -> Iterator[Postfix]:
+    """A second instance whose certificate names only wrong.example.net."""
+    yield from _instance(relay_pki, "wrong_host")
+
+
+@pytest.fixture
+def postfix(postfix_valid: Postfix) -> Postfix:
+    postfix_valid.clear()
+    return postfix_valid
+
+
+def target(server: Postfix, relay_pki: RelayPKI, **overrides: Any) -> dict[str, Any]:
+    table: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "tls_mode": "starttls",
+        "tls_ca_file": str(relay_pki.ca_file),
+        "auth_method": "none",
+        "timeout": 15,
+        "from_address": "certbot@example.com",
+        "to": [server.address("pki")],
+    }
+    table.update(overrides)
+    return table
+
+
+def logged(server: Postfix, text: str, count: int = 1) -> bool:
+    """Wait (bounded) for ``text`` in the instance's log: postlogd(8) writes what the daemons send it a moment later."""
+    return wait_until(lambda: server.log().count(text) >= count, timeout=5)
+
+
+def assert_nothing_accepted(server: Postfix) -> None:
+    """No mail transaction started (smtpd logs "QUEUEID: client=" at MAIL), nothing queued, nothing delivered."""
+    assert server.queue() == []
+    assert server.delivered() == []
+    assert ": client=" not in server.log(), server.log()
+
+
+def test_delivers_over_starttls_with_bcc_in_envelope_only(
+    denv: DeployEnv, lineage: LineagePaths, relay_pki: RelayPKI, postfix: Postfix
+) -> None:
+    hidden = [postfix.address("audit"), postfix.address("hidden")]
+    denv.write_config({"archive": target(postfix, relay_pki, bcc=hidden)})
+
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+
+    assert run.returncode == 0, run.stderr
+    t = run.target("archive")
+    assert (t["status"], t["refused_recipients"]) == ("delivered", {}), t
+    copies = postfix.wait_for_delivery(3)
+    assert sorted(c.mailbox for c in copies) == ["audit", "hidden", "pki"]
+    for copy in copies:
+        msg = copy.parse()
+        assert msg["Delivered-To"] == postfix.address(copy.mailbox)
+        assert msg["Message-ID"] == t["message_id"]
+        assert msg["To"] == postfix.address("pki")
+        assert "Bcc" not in msg and "Cc" not in msg  # RFC 5322 §3.6.3: BCC lives in the envelope only
+        # The Received header Postfix prepended says the SMTP session was encrypted (RFC 3207 §4.4).
+        received = " ".join(str(msg.get_all("Received", [""])[0]).split())
+        assert f"by mx.{postfix.domain} (Postfix) with ESMTPS" in received, received
+        assert re.search(r"\(using TLSv1\.3 with cipher ", received), received
+
+    [pki_copy] = postfix.delivered("pki")
+    for address in hidden:
+        assert address.encode() not in pki_copy.raw
+    atts = [(p.get_content_type(), p.get_payload(decode=True)) for p in pki_copy.parse().iter_attachments()]
+    assert atts == [("application/pem-certificate-chain", lineage.fullchain.read_bytes())]
+    assert logged(postfix, "TLS connection established from"), postfix.log()
+    assert logged(postfix, "status=sent (delivered to maildir)", 3), postfix.log()
+    assert postfix.log().count("status=sent") == 3
+
+
+def test_unknown_recipient_refused_at_rcpt_known_one_delivered(
+    denv: DeployEnv, lineage: LineagePaths, relay_pki: RelayPKI, postfix: Postfix
+) -> None:
+    unknown = postfix.address("no-such-box")
+    denv.write_config({"archive": target(postfix, relay_pki, to=[postfix.address("pki"), unknown])})
+
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+
+    t = run.target("archive")
+    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("partial", "SMTP_PERMANENT", "rcpt", False), t
+    assert list(t["refused_recipients"]) == [unknown]
+    refused = t["refused_recipients"][unknown]
+    assert (refused["smtp_code"], refused["enhanced_status"]) == (550, "5.1.1")
+    assert "User unknown in virtual mailbox table" in refused["message"]
+    assert run.returncode == 69
+    [copy] = postfix.wait_for_delivery(1)
+    assert copy.mailbox == "pki" and copy.parse()["Message-ID"] == t["message_id"]
+    assert logged(postfix, f"reject: RCPT from unknown[127.0.0.1]: 550 5.1.1 <{unknown}>"), postfix.log()
+
+
+def test_plaintext_to_postfix_requiring_tls_sends_nothing(
+    denv: DeployEnv, lineage: LineagePaths, relay_pki: RelayPKI, postfix: Postfix
+) -> None:
+    table = target(postfix, relay_pki, tls_mode="plaintext")
+    del table["tls_ca_file"]
+    denv.write_config({"archive": table})
+
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+
+    t = run.target("archive")
+    # RFC 3207 §4: a server requiring TLS answers MAIL with 530 5.7.0 until STARTTLS.
+    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("failed", "SMTP_TLS", "mail", False), t
+    assert (t["smtp_code"], t["enhanced_status"]) == (530, "5.7.0")
+    assert "Must issue a STARTTLS command first" in t["detail"]
+    assert t["attempts"] == 1
+    assert run.returncode == 69
+    # Postfix does not log the 530 itself; its session summary counts one MAIL command, refused.
+    assert logged(postfix, "ehlo=1 mail=0/1"), postfix.log()
+    assert_nothing_accepted(postfix)
+
+
+def test_wrong_host_certificate_fails_tls_and_sends_nothing(
+    denv: DeployEnv, lineage: LineagePaths, relay_pki: RelayPKI, postfix_wrong_host: Postfix
+) -> None:
+    postfix_wrong_host.clear()
+    denv.write_config({"archive": target(postfix_wrong_host, relay_pki)})
+
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+
+    t = run.target("archive")
+    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("failed", "SMTP_TLS", "tls", False), t
+    assert "mismatch" in t["detail"]
+    assert t["attempts"] == 1
+    assert run.returncode == 69
+    # Postfix saw the client abandon the handshake it started; the session never reached MAIL.
+    assert logged(postfix_wrong_host, "ehlo=1 starttls=0/1"), postfix_wrong_host.log()
+    assert "lost connection after STARTTLS" in postfix_wrong_host.log()
+    assert_nothing_accepted(postfix_wrong_host)
