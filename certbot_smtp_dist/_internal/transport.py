@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from dataclasses import dataclass
@@ -121,6 +122,19 @@ async def _session(
     await client.connect()
     progress.connected = True
     progress.sock = None  # owned by the client now
+    try:
+        return await _converse(client, target, message, password, progress)
+    except (asyncio.TimeoutError, TimeoutError):
+        raise  # a stalled relay gets no more of our time
+    except Exception:
+        await _polite_quit(client)
+        raise
+
+
+async def _converse(
+    client: Any, target: Target, message: Message, password: Secret | None, progress: _Progress
+) -> SessionOutcome:
+    """EHLO, STARTTLS, AUTH and the mail transaction on an open connection (RFC 5321 §3.3)."""
     progress.phase = Phase.CONNECT
     await client.ehlo()
 
@@ -161,6 +175,14 @@ async def _session(
         pass
     failure = classify.refusals_failure(refused) if refused else None
     return SessionOutcome(accepted=tuple(accepted), refused=tuple(refused), failure=failure)
+
+
+async def _polite_quit(client: Any) -> None:
+    """RFC 5321 §4.1.1.10: end a refused session with QUIT while the relay still talks to us (at most 1 s)."""
+    if not getattr(client, "is_connected", False):
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.quit(), 1.0)
 
 
 async def _authenticate(client: Any, target: Target, password: Secret | None) -> None:

@@ -198,7 +198,7 @@ def test_starttls_stripped_sends_nothing_in_clear(denv: DeployEnv, lineage: Line
     assert facts(t) == failed("SMTP_TLS", "tls")
     assert "does not advertise STARTTLS" in t["detail"]
     assert run.returncode == EX_UNAVAILABLE
-    assert commands(server) == ["EHLO"]  # no STARTTLS to ask for, and then nothing at all in clear
+    assert commands(server) == ["EHLO", "QUIT"]  # no STARTTLS to ask for: nothing but a goodbye in clear
     assert server.messages == [] and server.auth_attempts == [] and server.connections == 1
 
 
@@ -420,3 +420,32 @@ def test_exit_status_is_tempfail_only_when_every_failure_is_retryable(
     assert run.target("other")["retryable"] is (exit_status == EX_TEMPFAIL)
     assert run.returncode == exit_status
     assert busy.messages == [] and other.messages == []
+
+
+@pytest.mark.parametrize("script", [
+    {"replies": {"MAIL": "550 5.7.1 sender rejected"}},
+    {"rcpt_replies": {"pki@example.com": "550 5.1.1 no such user"}},
+    {"auth_replies": {"PLAIN": "535 5.7.8 bad credentials"}},
+    {"ehlo_extensions": ("8BITMIME",), "advertise_starttls": False, "_starttls": True},
+], ids=["mail-550", "all-rcpt-550", "auth-535", "starttls-stripped"])
+def test_refused_session_ends_with_quit(denv: DeployEnv, lineage: LineagePaths, fault_server,
+                                        script: dict[str, Any]) -> None:
+    """RFC 5321 §4.1.1.10: a client ends the session with QUIT, also after a refusal."""
+    starttls = script.pop("_starttls", False)
+    server = fault_server(**script)
+    table = fault_target(server.port, auth="auth_replies" in script)
+    if starttls:
+        table["tls_mode"] = "starttls"
+    run, t = deploy(denv, lineage, table)
+    assert t["status"] == "failed"
+    assert server.wait_idle()
+    assert server.client_commands[-1] == "QUIT"
+    assert not server.accepted
+
+
+def test_stalled_session_gets_no_quit(denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
+    server = fault_server(replies={"MAIL": STALL})
+    run, t = deploy(denv, lineage, fault_target(server.port, auth=False, timeout=2))
+    assert t["error_code"] == "SMTP_TRANSIENT" and t["phase"] == "mail"
+    assert server.wait_idle()
+    assert "QUIT" not in server.client_commands
