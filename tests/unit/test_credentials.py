@@ -106,3 +106,15 @@ def test_cli_reads_secret_from_stdin_never_argv(tmp_path: Path) -> None:
     assert env.run("credentials", "delete", "relay").returncode == 0
     assert env.run("credentials", "delete", "relay").returncode == 1
     assert env.run("credentials", "list").stdout == ""
+
+
+def test_loose_permissions_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = CredentialStore(tmp_path, environ={})
+    store.set("a", "smtp_password", SECRET)
+    (tmp_path / "master.key").chmod(0o644)
+    (tmp_path / "credentials" / "a.cred").chmod(0o640)
+    with caplog.at_level("WARNING"):
+        assert store.get("a", "smtp_password").reveal() == SECRET
+    text = caplog.text
+    assert "master key" in text and "0644" in text and "credential file" in text and "0640" in text
+    assert SECRET not in text

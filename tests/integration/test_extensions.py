@@ -1,0 +1,81 @@
+"""The pluggy extension API, exercised by a real installed plugin found through its entry point."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+from pathlib import Path
+
+from support.deployenv import DeployEnv, relay_target
+from support.pki import LineagePaths
+
+PLUGIN = '''
+import json, os
+from certbot_smtp_dist.hookspecs import hookimpl
+from certbot_smtp_dist.model import Attachment, PayloadFormat
+
+
+def build_der(artefact, secret):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    leaf = x509.load_pem_x509_certificate(artefact.fullchain_pem)
+    return (Attachment(artefact.facts.name + ".der", "application/pkix-cert", leaf.public_bytes(Encoding.DER)),)
+
+
+@hookimpl
+def smtp_dist_payload_formats():
+    return [PayloadFormat("der", "the leaf certificate as DER", build_der)]
+
+
+@hookimpl
+def smtp_dist_delivery_finished(facts, result):
+    with open(os.environ["OBSERVED"], "a") as out:
+        out.write(json.dumps({"target": result.target, "status": result.status.value,
+                              "fingerprint": facts.sha256_fingerprint}) + "\\n")
+    raise RuntimeError("a broken observer must not change the outcome")
+'''
+
+
+def install_plugin(site: Path) -> None:
+    """A minimal installed distribution: a module plus dist-info with the entry point."""
+    site.mkdir(parents=True)
+    (site / "smtp_dist_der.py").write_text(PLUGIN)
+    info = site / "smtp_dist_der-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: smtp-dist-der\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[certbot_smtp_dist]\nder = smtp_dist_der\n")
+
+
+def test_plugin_payload_format_and_observer(denv: DeployEnv, lineage: LineagePaths, relay_factory,
+                                            tmp_path: Path) -> None:
+    from cryptography import x509
+
+    site = tmp_path / "site"
+    install_plugin(site)
+    observed = tmp_path / "observed.jsonl"
+    relay = relay_factory("plaintext")
+    denv.write_config({"der": relay_target(relay, payload="der"), "pem": relay_target(relay, to=["b@example.com"])})
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "OBSERVED": str(observed)}
+    run = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "--json", extra_env=env)
+    assert run.returncode == 0, run.stderr
+    assert {t["target"]: t["status"] for t in run.json["targets"]} == {"der": "delivered", "pem": "delivered"}
+    der_msg = next(m for m in relay.messages if "pki@example.com" in m.rcpt_tos)
+    part = next(email.message_from_bytes(der_msg.data, policy=email.policy.default).iter_attachments())
+    assert part.get_filename() == "test.example.com.der"
+    assert x509.load_der_x509_certificate(part.get_payload(decode=True)) == lineage.leaf.cert
+    seen = [json.loads(line) for line in observed.read_text().splitlines()]
+    assert sorted(s["target"] for s in seen) == ["der", "pem"]
+    assert {s["fingerprint"] for s in seen} == {lineage.leaf.fingerprint}
+    assert "observer" in run.stderr and "failed" in run.stderr  # the broken observer is reported, not fatal
+
+
+def test_unknown_format_without_the_plugin_is_a_config_error(denv: DeployEnv, lineage: LineagePaths,
+                                                             relay_factory) -> None:
+    relay = relay_factory("plaintext")
+    denv.write_config({"der": relay_target(relay, payload="der")})
+    run = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "--json")
+    assert run.returncode == 78
+    assert run.json["config_errors"][0]["key"] == "payload"
+    assert relay.connections == 0
