@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -81,6 +82,8 @@ class DeployEnv:
 
         out, err = io.StringIO(), io.StringIO()
         saved = dict(os.environ)
+        logger = logging.getLogger("certbot_smtp_dist")
+        saved_logging = (logger.handlers[:], logger.propagate, logger.level)
         os.environ.clear()
         os.environ.update(self.env(extra_env))
         try:
@@ -96,6 +99,8 @@ class DeployEnv:
         finally:
             os.environ.clear()
             os.environ.update(saved)
+            # main() configures logging for a whole process; give the next in-process run (and caplog) it back.
+            logger.handlers[:], logger.propagate, logger.level = saved_logging
         return Run(code, out.getvalue(), err.getvalue())
 
     def run_process(self, *args: str, extra_env: Mapping[str, str] | None = None, stdin: str | None = None,
