@@ -24,7 +24,7 @@ demo: $(STAMP)
 # The whole suite: everything in the venv (newest libraries from PyPI), then the unit and integration tests
 # again on Debian 12's own packages (python3-aiosmtplib 2.0, python3-cryptography 38, python3-pluggy 1.0,
 # python3-certbot 2.1), the stack the distro add-on runs on.
-test: test-venv test-distro
+test: lint test-venv test-distro
 
 # pytest exits 5 when it collects nothing: treat that as a failure, never as success.
 test-venv: $(STAMP)
@@ -49,7 +49,8 @@ e2e: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/python -m mypy
-	$(BIN)/python -m ruff check certbot_smtp_dist
+	$(BIN)/python -m mypy --strict tests/support tests/acmeharness.py
+	$(BIN)/python -m ruff check certbot_smtp_dist tests bench
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_certbot_plugins.py

@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from support.deployenv import DeployEnv
 from support.pki import LineagePaths, write_lineage
 

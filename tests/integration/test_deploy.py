@@ -13,7 +13,6 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-
 from support.deployenv import DeployEnv, relay_target
 from support.faultscript import STALL
 from support.pki import LineagePaths, not_after_utc, write_lineage

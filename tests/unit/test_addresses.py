@@ -9,9 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certbot_smtp_dist.errors import ConfigError
-from certbot_smtp_dist._internal.addresses import address_problem, header_text_problem, is_loopback_host
+from certbot_smtp_dist._internal.addresses import (
+    address_problem,
+    header_text_problem,
+    is_loopback_host,
+)
 from certbot_smtp_dist._internal.config import parse_settings
+from certbot_smtp_dist.errors import ConfigError
 
 
 @pytest.mark.parametrize("addr", [
@@ -52,8 +56,8 @@ def test_no_accepted_header_text_contains_line_breaks(value: str) -> None:
 @given(addr=st.text(min_size=1, max_size=40), prefix=st.text(max_size=30), name=st.text(max_size=30))
 def test_rendered_message_never_carries_injected_lines(addr: str, prefix: str, name: str) -> None:
     """Whatever the config says, an accepted config renders no header or envelope with a bare CR/LF."""
-    from certbot_smtp_dist.model import CertificateFacts, Payload
     from certbot_smtp_dist._internal.render import render
+    from certbot_smtp_dist.model import CertificateFacts, Payload
 
     table = {"host": "127.0.0.1", "tls_mode": "plaintext", "from_address": "robot@example.com", "to": [addr],
              "subject_prefix": prefix, "from_name": name}

@@ -9,9 +9,9 @@ import aiosmtplib
 import aiosmtplib.errors
 import pytest
 
+from certbot_smtp_dist._internal import classify
 from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import Phase
-from certbot_smtp_dist._internal import classify
 
 
 def test_every_aiosmtplib_exception_class_is_mapped() -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from certbot_smtp_dist._internal.config import parse_settings
 from certbot_smtp_dist.errors import ConfigError
 from certbot_smtp_dist.model import AuthMethod, TlsMode
-from certbot_smtp_dist._internal.config import parse_settings
 
 FORMATS = {"pem": None, "pem_and_key": None, "pkcs12": "smtp_pkcs12_passphrase"}
 CREDS = {"relay": "smtp_password", "p12": "smtp_pkcs12_passphrase"}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from certbot_smtp_dist.errors import CredentialError
 from certbot_smtp_dist._internal.credentials import SYSTEMD_CREDENTIAL, CredentialStore
+from certbot_smtp_dist.errors import CredentialError
 
 SECRET = "hunter2-very-secret"
 
