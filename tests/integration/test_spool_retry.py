@@ -80,19 +80,20 @@ def test_retry_only_resends_to_refused_recipients(denv: DeployEnv, lineage: Line
 
 def test_newer_certificate_supersedes_entry(denv: DeployEnv, tmp_path: Path, relay_factory, unused_port: int) -> None:
     live = tmp_path / "live" / "test.example.com"
-    write_lineage(live)
+    first = write_lineage(live)
     denv.write_config({"a": {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 2,
                              "from_address": "c@example.com", "to": ["x@example.com"]}})
     assert denv.run("deploy", "--lineage", str(live)).returncode == 75
-    assert len(spool_files(denv)) == 1
+    [entry] = [json.loads(p.read_text()) for p in spool_files(denv)]
+    assert entry["fingerprint"] == first.leaf.fingerprint
     renewed = write_lineage(live)  # the lineage now holds a newer certificate
     retry = denv.run("retry", "--json")
     assert retry.returncode == 0
     assert [c["reason"] for c in retry.json["closed"]] == ["superseded"]
     assert spool_files(denv) == []
-    events = [json.loads(line)["event"] for line in (denv.state_dir / "journal.jsonl").read_text().splitlines()]
-    assert events[-1] == "superseded"
-    assert renewed.leaf.fingerprint  # the renewed lineage exists and is not what the entry referred to
+    last = json.loads((denv.state_dir / "journal.jsonl").read_text().splitlines()[-1])
+    assert last["event"] == "superseded" and last["message_id"] == entry["message_id"]
+    assert last["fingerprint"] == renewed.leaf.fingerprint != first.leaf.fingerprint  # closed in favour of the new one
 
 
 def test_permanent_failure_not_retried_but_alerted(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
