@@ -27,3 +27,32 @@ def test_readme_renders_cleanly() -> None:
 def test_readme_opens_with_the_two_setup_commands() -> None:
     head = README.read_text("utf-8").split("What it does", 1)[0]
     assert "make demo" in head and "make test" in head
+
+
+def test_readme_configuration_example_is_valid(tmp_path: Path) -> None:
+    """The documented example must pass the same validation a user's file does."""
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    from certbot_smtp_dist._internal.config import parse_settings
+
+    text = README.read_text("utf-8")
+    lines = []
+    for line in text.split(".. code-block:: toml\n\n", 1)[1].splitlines():
+        if line and not line.startswith("    "):
+            break  # the first unindented line ends the literal block
+        lines.append(line[4:])
+    example = "\n".join(lines)
+    ca = tmp_path / "relay-ca.pem"
+    ca.write_text("placeholder")
+    doc = tomllib.loads(example.replace("/etc/ssl/relay-ca.pem", str(ca)))
+    settings = parse_settings(doc, tmp_path / "config.toml",
+                              {"relay": "smtp_password", "archive-p12": "smtp_pkcs12_passphrase"},
+                              {"pem": None, "pem_and_key": None, "pkcs12": "smtp_pkcs12_passphrase"})
+    [target] = settings.targets
+    assert (target.name, target.host, target.port, target.bcc) == ("pki-archive", "smtp.example.com", 587,
+                                                                   ("audit@example.com",))
