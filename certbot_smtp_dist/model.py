@@ -253,6 +253,7 @@ class DeliveryResult:
     duration_s: float = 0.0
     attempts: int = 0
     recipients: int = 0
+    accepted: tuple[str, ...] = ()  # envelope recipients that took the message (not part of the JSON format)
 
     @property
     def ok(self) -> bool:

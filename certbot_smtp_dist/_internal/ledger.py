@@ -105,8 +105,7 @@ class Ledger:
                 self._guard("update the spool", lambda: self.spool.remove(entry.id))
                 return
             retryable = result.failure is not None and result.failure.is_retryable
-            remaining = tuple(addr for addr, _ in result.refused) if result.status is Status.PARTIAL \
-                else entry.envelope_to
+            remaining = tuple(addr for addr in entry.envelope_to if addr not in result.accepted)
             updated = sp.touched(entry, datetime.now(timezone.utc), attempts=attempts,
                                  state=sp.PENDING if retryable else sp.FAILED, envelope_to=remaining,
                                  last_failure=sp.failure_json(result.failure))

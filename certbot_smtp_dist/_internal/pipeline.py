@@ -127,6 +127,7 @@ async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy(),
     deadline = started + target.timeout
     message = job.message
     accepted: list[str] = []
+    refusals: dict[str, Reply] = {}  # the latest refusal of each recipient still owed the message
     outcome = None
     attempts = 0
     while True:
@@ -134,6 +135,7 @@ async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy(),
         began = loop.time()
         outcome = await transport.deliver(target, message, job.password, max(deadline - loop.time(), 0.01))
         accepted.extend(outcome.accepted)
+        refusals.update(outcome.refused)
         failure = outcome.failure
         if on_attempt is not None:
             on_attempt(job, Attempt(attempts, len(outcome.accepted), len(outcome.refused),
@@ -147,19 +149,21 @@ async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy(),
         log.info("target %s: attempt %d failed (%s), retrying in %.1fs", target.name, attempts, failure.code.value,
                  pause)
         await asyncio.sleep(pause)
-        if outcome.accepted:  # RFC 5321 §3.3: re-send only to those that have not taken it
-            message = replace(message, envelope_to=tuple(r for r in message.envelope_to if r not in outcome.accepted))
+        # RFC 5321 §3.3: re-send only to those that have not taken it.
+        message = replace(message, envelope_to=tuple(r for r in message.envelope_to if r not in accepted))
     duration = loop.time() - started
     failure = _redact(outcome.failure, job.secrets, target.username) if outcome.failure else None
-    refused = tuple((addr, _redact_reply(r, job.secrets, target.username)) for addr, r in outcome.refused)
+    owed = [r for r in job.message.envelope_to if r not in accepted]
+    refused = tuple((addr, _redact_reply(refusals[addr], job.secrets, target.username))
+                    for addr in owed if addr in refusals)
     if failure is None:
         status = Status.DELIVERED
-    elif accepted and refused:
-        status = Status.PARTIAL
+    elif accepted:
+        status = Status.PARTIAL  # someone has it: a retry must not send it to them again
     else:
         status = Status.FAILED
     return DeliveryResult(target.name, status, failure, job.message.message_id, refused, duration, attempts,
-                          recipients=len(job.message.envelope_to))
+                          recipients=len(job.message.envelope_to), accepted=tuple(accepted))
 
 
 def deliver_all(jobs: list[Job], policy: RetryPolicy = RetryPolicy(), observer: Observer | None = None,

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 from support.deployenv import DeployEnv, relay_target
+from support.faultscript import Script
 from support.pki import LineagePaths, write_lineage
 from support.relay import Relay
 
@@ -137,3 +138,22 @@ def test_journal_records_every_attempt_and_verifies(denv: DeployEnv, lineage: Li
         assert line["recipients"] == 1 and line["message_id"] == run.target("a")["message_id"]
     assert stat.S_IMODE((denv.state_dir / "journal.jsonl").stat().st_mode) == 0o600
     assert denv.run("journal", "verify").returncode == 0
+
+
+def test_partial_then_failed_attempt_never_resends_to_who_has_it(denv: DeployEnv, lineage: LineagePaths,
+                                                                 fault_server) -> None:
+    """Attempt 1: a accepts, b is busy (450). Attempt 2 (b only) meets a 421 greeting. a must never get it twice."""
+    server = fault_server(Script(rcpt_replies={"b@example.com": "450 4.2.1 mailbox busy"}, faulty_connections=1,
+                                 later=Script(replies={"greeting": "421 4.3.2 shutting down"})))
+    denv.write_config({"t": {"host": "127.0.0.1", "port": server.port, "tls_mode": "plaintext", "timeout": 10,
+                             "from_address": "c@example.com", "to": ["a@example.com", "b@example.com"]}})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    t = run.target("t")
+    assert run.returncode == 75 and t["attempts"] >= 2
+    assert t["status"] == "partial" and t["error_code"] == "SMTP_TRANSIENT"
+    assert list(t["refused_recipients"]) == ["b@example.com"]
+    [entry] = [json.loads(p.read_text()) for p in spool_files(denv)]
+    assert entry["envelope_to"] == ["b@example.com"]
+    server.script = Script()  # the relay recovers
+    assert denv.run("retry").returncode == 0
+    assert [m.rcpt_tos for m in server.messages] == [("a@example.com",), ("b@example.com",)]

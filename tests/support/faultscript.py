@@ -104,6 +104,8 @@ class Script:
     ``faulty_connections``: apply ``replies``, ``auth_replies``, ``rcpt_replies`` and
     ``drop_data_after`` to the first N connections only; later connections get the
     normal replies ("fails first, succeeds later").  ``None``: every connection.
+    ``later``: with ``faulty_connections``, the script connections after the first N follow
+    instead of the normal replies (numbered from 1 again), e.g. "partial, then 421".
     """
 
     replies: Mapping[str, ReplySpec] = field(default_factory=dict)
@@ -121,6 +123,7 @@ class Script:
     drop_data_after: int | None = None
     handshake_timeout: float = 10.0
     faulty_connections: int | None = None
+    later: Script | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.replies) - STAGES
@@ -141,6 +144,8 @@ class Script:
         """The script connection ``number`` (from 1) follows; see ``faulty_connections``."""
         if self.faulty_connections is None or number <= self.faulty_connections:
             return self
+        if self.later is not None:
+            return self.later.for_connection(number - self.faulty_connections)
         return replace(
             self,
             replies={},
