@@ -18,7 +18,6 @@ from certbot_smtp_dist.model import Failure, Phase, Reply
 # RFC 3463 §2: class.subject.detail at the start of the reply text (RFC 2034 §3).
 _ENHANCED_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 _REPLY_IN_TEXT_RE = re.compile(r"^\s*(\d{3})[ -](.*)", re.DOTALL)  # aiosmtplib 2.x greeting errors: "421 text"
-_MAX_DETAIL = 400
 
 TRANSIENT_CODES = frozenset({421, 450, 451, 452, 454})
 VALIDATION_CODES = frozenset({500, 501, 503, 553})
@@ -220,7 +219,7 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 def _clean(text: str) -> str:
-    """Relay text is untrusted: one line, printable, bounded."""
+    """Relay text is untrusted: one line, printable. (Bounded by the pipeline, after secrets are scrubbed.)"""
     flat = " / ".join(part.strip() for part in str(text).splitlines() if part.strip())
     flat = "".join(c if c.isprintable() else "?" for c in flat)
-    return flat[:_MAX_DETAIL]
+    return flat

@@ -208,24 +208,30 @@ def rendered_results(jobs: list[Job], output: Path | None) -> list[DeliveryResul
     return results
 
 
+MAX_DETAIL = 400  # characters of relay text kept per failure or refusal
+
+
 def secret_forms(secrets: tuple[Secret, ...], username: str | None) -> list[str]:
-    """Every spelling of a secret that could come back in relay text (plain, and the SASL PLAIN/LOGIN base64)."""
-    forms: list[str] = []
+    """Every spelling of a secret that could come back in relay text: plain, the SASL PLAIN/LOGIN base64, and
+    each as classify's printable-only cleaning would show it."""
+    forms: set[str] = set()
     for s in secrets:
         value = s.reveal()
         if not value:
             continue
-        forms.append(value)
-        forms.append(base64.b64encode(value.encode()).decode())
+        spelled = [value, base64.b64encode(value.encode()).decode()]
         if username is not None:
-            forms.append(base64.b64encode(f"\0{username}\0{value}".encode()).decode())
-    return sorted(set(forms), key=len, reverse=True)
+            spelled.append(base64.b64encode(f"\0{username}\0{value}".encode()).decode())
+        forms.update(spelled)
+        forms.update("".join(c if c.isprintable() else "?" for c in f) for f in spelled)
+    return sorted(forms, key=len, reverse=True)
 
 
 def redact_text(text: str, secrets: tuple[Secret, ...], username: str | None) -> str:
+    """Scrub secrets first, then bound the length: truncating first could leave half a secret behind."""
     for form in secret_forms(secrets, username):
         text = text.replace(form, "***")
-    return text
+    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 3] + "..."
 
 
 def _redact(failure: Failure, secrets: tuple[Secret, ...], username: str | None) -> Failure:
