@@ -55,9 +55,13 @@ def _address_literal_ok(literal: str) -> bool:
 
 
 def header_text_problem(value: str) -> str | None:
-    """Why `value` cannot be placed in a header field (RFC 5322 §2.2: no bare CR/LF), or None."""
-    if _CONTROL_RE.search(value):
-        return "contains a control character (CR, LF, NUL, ...): header injection is refused"
+    """Why `value` cannot be placed in a header field (RFC 5322 §2.2: no bare CR/LF), or None.
+
+    Any character that is not printable is refused: besides CR, LF and NUL that includes the Unicode line
+    separators (U+2028, U+2029, U+0085) that Python's email package treats as line breaks.
+    """
+    if not value.isprintable():
+        return "contains a control or line-separator character (CR, LF, U+2028, ...): header injection is refused"
     return None
 
 

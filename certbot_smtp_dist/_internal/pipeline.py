@@ -94,9 +94,14 @@ def prepare_job(
         payload = Payload(fmt.name, fmt.build(artefact, passphrase if fmt.credential_type else None))
     except PayloadError as exc:
         return Job(target, None, None, known, failure=Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, str(exc)))
-    message = render.render(
-        target, artefact.facts, payload, message_id or render.new_message_id(target.from_address), now, envelope_to
-    )
+    try:
+        message = render.render(
+            target, artefact.facts, payload, message_id or render.new_message_id(target.from_address), now,
+            envelope_to,
+        )
+    except ValueError as exc:  # the email package refuses a header value: this target only, never the whole run
+        return Job(target, None, None, known,
+                   failure=Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, f"cannot render the message: {exc}"))
     return Job(target, message, password, known)
 
 

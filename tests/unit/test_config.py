@@ -124,3 +124,9 @@ def test_error_message_names_target_and_key() -> None:
         parse_settings({"targets": {"archive": {**BASE, "port": 0}}}, Path("/etc/c.toml"), CREDS, FORMATS)
     assert "targets.archive.port: 0 is out of range" in str(err.value)
     assert "/etc/c.toml" in str(err.value)
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\t"])
+@pytest.mark.parametrize("key", ["subject_prefix", "from_name"])
+def test_unicode_line_separators_in_header_values_are_config_errors(key: str, sep: str) -> None:
+    assert problems({"t": {**BASE, key: f"PROD{sep}Bcc: thief@example.net"}}) == {("t", key)}
