@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,7 @@ class SessionOutcome:
 @dataclass(slots=True)
 class _Progress:
     phase: Phase = Phase.CONNECT
+    resolved: bool = False
     connected: bool = False
     client: Any = None
     sock: socket.socket | None = None
@@ -76,6 +79,10 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
         # Ours, or aiosmtplib's per-command timeout, which is set to the remaining budget: either way the
         # deadline is reached. aiosmtplib 2.x dialling smtps itself says whether it got as far as the greeting.
         connected = progress.connected or "server ready" in str(exc)
+        if not connected and not progress.resolved and progress.sock is None and progress.client is None:
+            return SessionOutcome(failure=Failure(
+                ErrorCode.SMTP_CONNECT, Phase.CONNECT,
+                f"cannot resolve host {target.host}: no answer from the resolver within {budget:.1f}s"))
         return SessionOutcome(failure=classify.deadline(progress.phase, connected, budget))
     except asyncio.CancelledError:
         raise
@@ -103,7 +110,7 @@ async def _session(
     # takes no host name with a socket and so cannot do implicit TLS over one: there it dials smtps itself.
     smtps = target.tls_mode is TlsMode.SMTPS
     if _SOCKET_WITH_HOSTNAME or not smtps:
-        progress.sock = await _open_socket(target.host, target.port)
+        progress.sock = await _open_socket(target.host, target.port, progress)
         progress.connected = True
         where: dict[str, Any] = {"sock": progress.sock, "hostname": target.host if _SOCKET_WITH_HOSTNAME else None}
     else:  # pragma: no cover - aiosmtplib 2.x
@@ -199,9 +206,48 @@ async def _authenticate(client: Any, target: Target, password: Secret | None) ->
         await client.auth_login(target.username or "", secret)
 
 
-async def _open_socket(host: str, port: int) -> socket.socket:
+async def _resolve(host: str, port: int, progress: _Progress) -> list[Any]:
+    """getaddrinfo in a daemon thread nobody joins.
+
+    The event loop's executor would be joined when `asyncio.run` ends, so a resolver that never answers would
+    hold the process past every deadline. Literal addresses need no thread.
+    """
+    name = host.strip("[]")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    answer: asyncio.Future[list[Any]] = loop.create_future()
+
+    def settle(result: list[Any] | None, error: BaseException | None) -> None:
+        if answer.done():
+            return  # abandoned at the deadline
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(result or [])
+
+    def work() -> None:
+        try:
+            result: list[Any] | None = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+            error: BaseException | None = None
+        except OSError as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=f"resolve-{name}", daemon=True).start()
+    infos = await answer
+    progress.resolved = True
+    return infos
+
+
+async def _open_socket(host: str, port: int, progress: _Progress) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    infos = await _resolve(host, port, progress)
     last: OSError = OSError(f"no address for {host}")
     for family, type_, proto, _, address in infos:
         sock = socket.socket(family, type_, proto)
