@@ -211,8 +211,9 @@ class _TargetChecker:
         tls_ca_file = None
         if ca is not None:
             tls_ca_file = (self.base_dir / ca) if not os.path.isabs(ca) else Path(ca)
-            if not tls_ca_file.is_file():
-                self.problem("tls_ca_file", f"{tls_ca_file} is not a readable file")
+            why = ca_file_problem(tls_ca_file)
+            if why:
+                self.problem("tls_ca_file", why)
         auth_method = self.choice("auth_method", AuthMethod, tuple(m.value for m in AuthMethod), "none")
         needs_auth = auth_method is not AuthMethod.NONE
         username = self.get("username", str, required=needs_auth)
@@ -273,6 +274,24 @@ class _TargetChecker:
             pkcs12_passphrase_credential=passphrase, subject_prefix=subject_prefix,
             certificates=tuple(certificates),
         )
+
+
+def ca_file_problem(path: Path) -> str | None:
+    """Why `path` cannot serve as an extra trust anchor for the relay, or None. Checked here, not at delivery,
+    where a bad file would read as the relay's TLS failing."""
+    import ssl
+
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    except PermissionError:
+        return f"{path} is not readable"
+    except IsADirectoryError:
+        return f"{path} is a directory, not a PEM file"
+    except (ssl.SSLError, OSError, ValueError):
+        return f"{path} holds no PEM certificate"
+    return None
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

@@ -130,3 +130,15 @@ def test_error_message_names_target_and_key() -> None:
 @pytest.mark.parametrize("key", ["subject_prefix", "from_name"])
 def test_unicode_line_separators_in_header_values_are_config_errors(key: str, sep: str) -> None:
     assert problems({"t": {**BASE, key: f"PROD{sep}Bcc: thief@example.net"}}) == {("t", key)}
+
+
+def test_tls_ca_file_must_hold_a_certificate(tmp_path: Path) -> None:
+    from support.pki import make_ca
+
+    garbage, good, folder = tmp_path / "garbage.pem", tmp_path / "ca.pem", tmp_path / "dir"
+    garbage.write_text("not a certificate")
+    good.write_bytes(make_ca("Relay CA").cert_pem())
+    folder.mkdir()
+    for bad in (garbage, folder, tmp_path / "missing.pem"):
+        assert problems({"t": {**BASE, "tls_ca_file": str(bad)}}) == {("t", "tls_ca_file")}
+    assert ok({**BASE, "tls_ca_file": str(good)}).tls_ca_file == good
