@@ -37,6 +37,8 @@ def smtp_dist_delivery_finished(facts: CertificateFacts, result: DeliveryResult)
 
     :param facts: the certificate that was (or was not) shipped.
     :param result: the target's result, including failure facts.
-    Called once per selected target, skipped ones included, after delivery finished. Exceptions are logged and
-    swallowed: an observer can never change an outcome or hide another observer's call. Added in 0.1.0.
+    Called once per selected target, skipped ones included, after every target of the run finished (outside the
+    event loop: a slow observer delays no delivery), by `deploy`, the certbot plugin and `retry`. Not called when
+    nothing could be attempted (configuration or certificate unusable). Exceptions are logged and swallowed: an
+    observer can never change an outcome or hide another observer's call. Added in 0.1.0.
     """

@@ -61,6 +61,7 @@ class DeployReport:
     certificate_problems: tuple[str, ...] = ()
     exit_status: int = report.EX_OK
     settings: Settings | None = field(default=None, repr=False)
+    state_ok: bool = True  # journal and spool written; False: failures of this run will not be retried
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     from certbot_smtp_dist._internal.ledger import Ledger
 
     now = now or datetime.now(timezone.utc)
-    ledger = Ledger(request.state_dir, "deploy", request.config, now) \
+    ledger = Ledger(request.state_dir, "deploy", request.config, now, request.source) \
         if request.state_dir is not None and not request.dry_run else None
     try:
         loaded = load_config(request.config, request.environ)
@@ -108,7 +109,9 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
             log.error("config %s: %s", request.config, problem)
         if ledger:
             ledger.record("config_error", None, None, detail=str(exc))
-        return DeployReport(None, config_errors=exc.problems, exit_status=report.EX_CONFIG)
+            ledger.block(f"configuration unusable: {exc}", None)
+        return DeployReport(None, config_errors=exc.problems, exit_status=report.EX_CONFIG,
+                            state_ok=ledger.healthy if ledger else True)
     settings, formats = loaded.settings, loaded.formats
     targets = select(settings, request.targets)
 
@@ -123,8 +126,12 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     except _Locked as exc:
         for problem in exc.problems:
             log.error("config %s: %s", request.config, problem)
+        if ledger:
+            ledger.block(f"credentials unusable: {exc}", None, artefact.facts)
         return DeployReport(artefact.facts, config_errors=tuple(exc.problems), exit_status=report.EX_CONFIG,
-                            settings=settings)
+                            settings=settings, state_ok=ledger.healthy if ledger else True)
+    if ledger:
+        ledger.unblock()
 
     jobs = []
     for target in targets:
@@ -134,10 +141,12 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     if request.dry_run:
         results = pipeline.rendered_results(jobs, request.output)
     else:
-        results = _deliver(jobs, artefact.facts, request.source, loaded.plugins, ledger)
+        results = _deliver(jobs, artefact.facts, request.source, ledger)
+        notify_all(loaded.plugins, artefact.facts, results)
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result))
-    return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results), settings=settings)
+    return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results), settings=settings,
+                        state_ok=ledger.healthy if ledger else True)
 
 
 def _unusable_certificate(exc: CertificateError, targets: tuple[Target, ...], ledger: Ledger | None,
@@ -149,22 +158,21 @@ def _unusable_certificate(exc: CertificateError, targets: tuple[Target, ...], le
         for t in targets:
             ledger.record("attempt", None, t.name, outcome="failed", error_code=failure.code.value,
                           phase=failure.phase.value, reply=failure.detail, attempt=0)
+        ledger.block(f"certificate files unusable: {failure.detail}", failure.code.value)
     failed = tuple(DeliveryResult(t.name, Status.FAILED, failure) for t in targets)
     return DeployReport(None, failed, certificate_problems=exc.problems, exit_status=report.EX_DATAERR,
-                        settings=settings)
+                        settings=settings, state_ok=ledger.healthy if ledger else True)
 
 
 def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageSource,
-             plugins: pluggy.PluginManager, ledger: Ledger | None) -> list[DeliveryResult]:
+             ledger: Ledger | None) -> list[DeliveryResult]:
     """Send every job; the ledger writes ahead, journals each attempt and settles each entry."""
-    from certbot_smtp_dist._internal.plugins import notify_finished
 
     def finished(job: pipeline.Job, result: DeliveryResult) -> None:
         if ledger is not None:
             ledger.settle(facts, job, result)
             if result.status is Status.DELIVERED:
                 ledger.supersede_older(job.target.name, facts)
-        notify_finished(plugins, facts, result)
 
     if ledger is None:
         return pipeline.deliver_all(jobs, observer=finished)
@@ -172,6 +180,14 @@ def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageS
         ledger.begin(facts, source, job)
     return pipeline.deliver_all(jobs, observer=finished,
                                 on_attempt=lambda job, attempt: ledger.attempt(facts, job, attempt))
+
+
+def notify_all(plugins: pluggy.PluginManager, facts: CertificateFacts, results: list[DeliveryResult]) -> None:
+    """Observers run after every target finished, outside the event loop: a slow one delays nobody's delivery."""
+    from certbot_smtp_dist._internal.plugins import notify_finished
+
+    for result in results:
+        notify_finished(plugins, facts, result)
 
 
 class _Locked(CredentialError):

@@ -181,7 +181,7 @@ class Shipment:
 
     def spooled(self) -> bool:
         """Whether a failed delivery waits in the spool for `certbot-smtp-dist retry` (retryable, message built)."""
-        if self.report is None or self.options.state_dir is None or self.dry_run:
+        if self.report is None or self.options.state_dir is None or self.dry_run or not self.report.state_ok:
             return False
         return any(r.failure is not None and r.failure.is_retryable and r.message_id is not None
                    for r in self.report.results if not r.ok)

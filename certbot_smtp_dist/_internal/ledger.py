@@ -19,8 +19,10 @@ log = logging.getLogger("certbot_smtp_dist")
 class Ledger:
     """State-dir bookkeeping for one run. State trouble is logged loudly but never stops a delivery."""
 
-    def __init__(self, state_dir: Path, run: str, config: Path, now: datetime | None = None) -> None:
+    def __init__(self, state_dir: Path, run: str, config: Path, now: datetime | None = None,
+                 source: LineageSource | None = None) -> None:
         self.state_dir = state_dir
+        self.source = source  # the lineage a deploy run ships (None for retry: each entry names its own)
         self.run = run
         self.config = config
         self.journal = Journal(state_dir)
@@ -129,7 +131,8 @@ class Ledger:
             id=sp.entry_id(job.target.name, facts.sha256_fingerprint, None), state=sp.FAILED,
             target=job.target.name, config=str(self.config), certificate=facts.name, serial=facts.serial_hex,
             fingerprint=facts.sha256_fingerprint, message_id=None, date=self.now.isoformat(), envelope_to=(),
-            source={}, created=self.now.isoformat(), updated=self.now.isoformat(), attempts=0,
+            source=sp.source_json(self.source) if self.source else {}, created=self.now.isoformat(),
+            updated=self.now.isoformat(), attempts=0,
             last_failure=sp.failure_json(failure),
         )
         self._guard("write the spool", lambda: self.spool.write(entry))
@@ -144,12 +147,83 @@ class Ledger:
             if not lock.acquire(blocking=False):
                 continue
             try:
-                if item.fingerprint == facts.sha256_fingerprint:
-                    self.close(item, "delivered_elsewhere", facts, "a later run delivered this certificate")
-                elif item.certificate == facts.name and item.state == sp.PENDING:
-                    self.close(item, "superseded", None, f"a newer certificate ({facts.serial_hex}) was delivered")
+                fresh = self.spool.load(item.id)  # re-read under the lock: another process may have closed it
+                if fresh is None or fresh.kind != sp.DELIVERY or fresh.target != target:
+                    continue
+                if fresh.fingerprint == facts.sha256_fingerprint:
+                    self.close(fresh, "delivered_elsewhere", facts, "a later run delivered this certificate")
+                elif fresh.certificate == facts.name and fresh.state == sp.PENDING:
+                    self.close(fresh, "superseded", None, f"a newer certificate ({facts.serial_hex}) was delivered")
             finally:
                 lock.release()
+
+    def fail(self, entry: sp.Entry, why: str, code: str | None = None) -> None:
+        """An entry that cannot succeed without a human: `failed`, so `status` alerts. Never dropped silently."""
+        log.error("target %s: spooled delivery of %s needs attention: %s", entry.target, entry.certificate, why)
+        failed = sp.touched(entry, datetime.now(timezone.utc), state=sp.FAILED,
+                            last_failure={"error_code": code, "retryable": False, "phase": None, "smtp_code": None,
+                                          "enhanced_status": None, "detail": why})
+        self.record("retry_blocked", None, entry.target, message_id=entry.message_id, detail=why)
+        self._guard("update the spool", lambda: self.spool.write(failed))
+
+    def block(self, why: str, code: str | None, facts: CertificateFacts | None = None) -> None:
+        """This run's whole deploy could not start: leave a `failed` entry so `status` alerts and
+        `retry --include-failed` can run the deploy again once the cause is fixed."""
+        try:
+            self._block(why, code, facts)
+        except OSError as exc:
+            self._trouble("write the spool", exc)
+
+    def _block(self, why: str, code: str | None, facts: CertificateFacts | None) -> None:
+        if self.source is None:
+            return
+        entry_id = sp.blocked_id(self.source)
+        lock = self.spool.lock(entry_id)
+        try:
+            if not lock.acquire(blocking=False):
+                return  # a retry is re-running exactly this deploy and settles the entry itself
+        except OSError as exc:
+            self._trouble("lock the spool", exc)
+            return
+        try:
+            old = self.spool.load(entry_id)
+            now = datetime.now(timezone.utc).isoformat()
+            entry = sp.Entry(
+                id=entry_id, state=sp.FAILED, target="*", config=str(self.config),
+                certificate=facts.name if facts else (self.source.name or ""),
+                serial=facts.serial_hex if facts else "", fingerprint=facts.sha256_fingerprint if facts else "",
+                message_id=None, date=now, envelope_to=(), source=sp.source_json(self.source),
+                created=old.created if old else now, updated=now, attempts=(old.attempts if old else 0) + 1,
+                last_failure={"error_code": code, "retryable": False, "phase": None, "smtp_code": None,
+                              "enhanced_status": None, "detail": why},
+                kind=sp.BLOCKED,
+            )
+            self._guard("write the spool", lambda: self.spool.write(entry))
+        finally:
+            lock.release()
+
+    def unblock(self) -> None:
+        """This run got past configuration and certificate checks: a blocked entry for its lineage is done."""
+        try:
+            self._unblock()
+        except OSError as exc:
+            self._trouble("update the spool", exc)
+
+    def _unblock(self) -> None:
+        if self.source is None:
+            return
+        entry_id = sp.blocked_id(self.source)
+        if self.spool.load(entry_id) is None:
+            return
+        lock = self.spool.lock(entry_id)
+        if not lock.acquire(blocking=False):
+            return
+        try:
+            entry = self.spool.load(entry_id)
+            if entry is not None:
+                self.close(entry, "unblocked", None, "the deploy ran again")
+        finally:
+            lock.release()
 
     # -- plumbing -----------------------------------------------------------------------------------------------
     def _guard(self, what: str, action: Any) -> None:

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from certbot_smtp_dist._internal import lineage, pipeline, report
 from certbot_smtp_dist._internal import spool as sp
-from certbot_smtp_dist._internal.deploy import LoadedConfig, load_config
+from certbot_smtp_dist._internal.deploy import (
+    DeployRequest,
+    LoadedConfig,
+    load_config,
+    notify_all,
+    unlock,
+)
 from certbot_smtp_dist._internal.ledger import Ledger
 from certbot_smtp_dist._internal.state import Lock
 from certbot_smtp_dist.errors import CertificateError, ConfigError, CredentialError
-from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, Secret, Target
+from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, LineageSource
 
 log = logging.getLogger("certbot_smtp_dist")
 
@@ -29,128 +35,160 @@ class RetryReport:
     exit_status: int = report.EX_OK
 
 
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    ledger: Ledger
+    job: pipeline.Job
+    facts: CertificateFacts
+    config: LoadedConfig
+
+
 def run(state_dir: Path, config_override: Path | None = None, include_failed: bool = False,
         now: datetime | None = None) -> RetryReport:
-    now = now or datetime.now(timezone.utc)
+    """One drain at a time: a second `retry` finds the run lock taken and leaves at once."""
     run_lock = Lock(state_dir / "retry.lock")
     if not run_lock.acquire(blocking=False):
         log.info("another `certbot-smtp-dist retry` is running; nothing to do")
         return RetryReport((), (), busy=True)
     try:
-        return _drain(state_dir, config_override, include_failed, now)
+        return _Drain(state_dir, config_override, include_failed, now or datetime.now(timezone.utc)).run()
     finally:
         run_lock.release()
 
 
-def _drain(state_dir: Path, config_override: Path | None, include_failed: bool, now: datetime) -> RetryReport:
-    spool = sp.Spool(state_dir)
-    configs: dict[Path, LoadedConfig | ConfigError] = {}
-    ledgers: dict[Path, Ledger] = {}
-    planned: list[tuple[Ledger, sp.Entry, pipeline.Job, CertificateFacts]] = []
-    closed: list[tuple[str, str]] = []
-    problems = False
-    for item in spool.entries():
-        if isinstance(item, tuple):
-            log.error("%s: %s (left in place)", item[0], item[1])
-            problems = True
-            continue
-        entry = item
-        if entry.state == sp.FAILED and not include_failed:
-            continue
-        cfg_path = config_override or Path(entry.config)
-        ledger = ledgers.setdefault(cfg_path, Ledger(state_dir, "retry", cfg_path, now))
-        lock = spool.lock(entry.id)
+class _Drain:
+    """Select entries (each locked and re-read), revalidate them against today's config and files, deliver."""
+
+    def __init__(self, state_dir: Path, config_override: Path | None, include_failed: bool, now: datetime) -> None:
+        self.state_dir = state_dir
+        self.config_override = config_override
+        self.include_failed = include_failed
+        self.now = now
+        self.spool = sp.Spool(state_dir)
+        self.configs: dict[Path, LoadedConfig | ConfigError] = {}
+        self.ledgers: dict[Path, Ledger] = {}
+        self.planned: list[_Planned] = []
+        self.closed: list[tuple[str, str]] = []
+        self.results: list[DeliveryResult] = []
+        self.trouble = False
+
+    def run(self) -> RetryReport:
+        for item in self.spool.entries():
+            if isinstance(item, tuple):
+                log.error("%s: %s (left in place)", item[0], item[1])
+                self.trouble = True
+            elif item.state == sp.PENDING or self.include_failed:
+                self._take(item)
+        self.results.extend(self._deliver())
+        status = report.exit_status(self.results)
+        if status == report.EX_OK and self.trouble:
+            status = report.EX_TEMPFAIL
+        return RetryReport(tuple(self.results), tuple(self.closed), exit_status=status)
+
+    def _take(self, item: sp.Entry) -> None:
+        lock = self.spool.lock(item.id)
         if not lock.acquire(blocking=False):
-            log.info("entry %s is being delivered by another process; skipped", entry.id)
-            continue
-        keep_lock = False
+            log.info("entry %s is being delivered by another process; skipped", item.id)
+            return
+        keep = False
         try:
-            if now - datetime.fromisoformat(entry.created) > MAX_AGE:
-                ledger.close(entry, "expired", None, f"undeliverable for more than {MAX_AGE.days} days")
-                log.error("target %s: gave up on %s after %d attempt(s) over %d days", entry.target,
-                          entry.certificate, entry.attempts, MAX_AGE.days)
-                closed.append((entry.id, "expired"))
-                continue
-            if cfg_path not in configs:
-                try:
-                    configs[cfg_path] = load_config(cfg_path)
-                except ConfigError as exc:
-                    configs[cfg_path] = exc
-                    log.error("%s", exc)
-            loaded = configs[cfg_path]
-            if isinstance(loaded, ConfigError):
-                problems = True
-                continue  # the entry waits for a usable configuration
-            target = loaded.settings.target(entry.target)
-            if target is None:
-                _fail(ledger, spool, entry, now, "target is no longer configured")
-                problems = True
-                continue
-            try:
-                artefact = lineage.load(entry.lineage_source(), now)
-            except CertificateError as exc:
-                _fail(ledger, spool, entry, now, f"certificate files unusable: {'; '.join(exc.problems)}")
-                problems = True
-                continue
-            if artefact.facts.sha256_fingerprint != entry.fingerprint:
-                ledger.close(entry, "superseded", artefact.facts,
-                             f"the lineage now holds a newer certificate (serial {artefact.facts.serial_hex})")
-                closed.append((entry.id, "superseded"))
-                continue
-            secrets = _unlock(loaded, target)
-            if secrets is None:
-                problems = True
-                continue
-            job = pipeline.prepare_job(target, artefact, loaded.formats, secrets,
-                                       datetime.fromisoformat(entry.date), entry.message_id, entry.envelope_to)
-            if job.skipped:
-                ledger.close(entry, "skipped", artefact.facts, "the target's filter no longer matches")
-                closed.append((entry.id, "skipped"))
-                continue
-            ledger.adopt(entry, lock)
-            keep_lock = True
-            planned.append((ledger, entry, job, artefact.facts))
+            entry = self.spool.load(item.id)  # re-read under the lock: another process may have closed it
+            if entry is not None:
+                keep = self._plan(entry, lock)
         finally:
-            if not keep_lock:
+            if not keep:
                 lock.release()
 
-    owners = {id(job): (ledger, facts) for ledger, _, job, facts in planned}
-    jobs = [job for _, _, job, _ in planned]
+    def _plan(self, entry: sp.Entry, lock: Lock) -> bool:
+        """True when a delivery is planned (the entry's lock then stays held until it settles)."""
+        config = self.config_override or Path(entry.config)
+        ledger = self.ledgers.setdefault(config, Ledger(self.state_dir, "retry", config, self.now))
+        if self.now - datetime.fromisoformat(entry.created) > MAX_AGE:
+            log.error("target %s: gave up on %s after %d attempt(s) over %d days", entry.target,
+                      entry.certificate, entry.attempts, MAX_AGE.days)
+            return self._close(ledger, entry, "expired", f"undeliverable for more than {MAX_AGE.days} days")
+        source = entry.lineage_source()
+        if source is None:
+            return self._fail(ledger, entry, "the entry records no certificate files to send")
+        if entry.kind == sp.BLOCKED:
+            return self._rerun(ledger, entry, config, source)
+        loaded = self._config(config)
+        if loaded is None:
+            return self._fail(ledger, entry, f"configuration {config} is unusable (see the error above)")
+        target = loaded.settings.target(entry.target)
+        if target is None:
+            return self._fail(ledger, entry, "the target is no longer configured")
+        try:
+            artefact = lineage.load(source, self.now)
+        except CertificateError as exc:
+            return self._fail(ledger, entry, f"certificate files unusable: {'; '.join(exc.problems)}", "SMTP_PAYLOAD")
+        if artefact.facts.sha256_fingerprint != entry.fingerprint:
+            return self._close(ledger, entry, "superseded",
+                               f"the lineage now holds a newer certificate (serial {artefact.facts.serial_hex})",
+                               artefact.facts)
+        try:
+            secrets = unlock(loaded.store, [target], loaded.formats, with_passwords=True)
+        except CredentialError as exc:
+            return self._fail(ledger, entry, str(exc))
+        job = pipeline.prepare_job(target, artefact, loaded.formats, secrets, datetime.fromisoformat(entry.date),
+                                   entry.message_id, entry.envelope_to or None)
+        if job.skipped:
+            return self._close(ledger, entry, "skipped", "the target's filter no longer matches", artefact.facts)
+        if job.message is None:
+            detail = job.failure.detail if job.failure else "the payload cannot be built"
+            return self._fail(ledger, entry, detail, "SMTP_PAYLOAD")
+        if entry.message_id is None:  # a payload that failed before: it gets its Message-ID now
+            entry = replace(entry, message_id=job.message.message_id, envelope_to=job.message.envelope_to)
+            self.spool.write(entry)
+        ledger.adopt(entry, lock)
+        self.planned.append(_Planned(ledger, job, artefact.facts, loaded))
+        return True
 
-    def finished(job: pipeline.Job, result: DeliveryResult) -> None:
-        ledger, facts = owners[id(job)]
-        ledger.settle(facts, job, result)
-        log.log(logging.INFO if result.ok else logging.ERROR, "retry %s", report.human_line(result))
+    def _rerun(self, ledger: Ledger, entry: sp.Entry, config: Path, source: LineageSource) -> bool:
+        """A blocked deploy: run it again whole; the entry closes once it gets past config and certificate."""
+        from certbot_smtp_dist._internal import deploy
 
-    def attempted(job: pipeline.Job, attempt: pipeline.Attempt) -> None:
-        ledger, facts = owners[id(job)]
-        ledger.attempt(facts, job, attempt)
+        outcome = deploy.run(DeployRequest(config=config, source=source, state_dir=self.state_dir), self.now)
+        self.results.extend(outcome.results)
+        if outcome.exit_status in (report.EX_CONFIG, report.EX_DATAERR):
+            self.trouble = True
+            return self._fail(ledger, entry, "the deploy is still blocked (see the errors above)")
+        return self._close(ledger, entry, "unblocked", "the deploy ran again")
 
-    results = pipeline.deliver_all(jobs, observer=finished, on_attempt=attempted) if jobs else []
-    status = report.exit_status(results)
-    if status == report.EX_OK and problems:
-        status = report.EX_TEMPFAIL
-    return RetryReport(tuple(results), tuple(closed), exit_status=status)
+    def _deliver(self) -> list[DeliveryResult]:
+        if not self.planned:
+            return []
+        owners = {id(p.job): p for p in self.planned}
 
+        def finished(job: pipeline.Job, result: DeliveryResult) -> None:
+            owners[id(job)].ledger.settle(owners[id(job)].facts, job, result)
+            log.log(logging.INFO if result.ok else logging.ERROR, "retry %s", report.human_line(result))
 
-def _fail(ledger: Ledger, spool: sp.Spool, entry: sp.Entry, now: datetime, why: str) -> None:
-    """A delivery that cannot succeed without a human: mark it failed (status alerts), never drop it silently."""
-    log.error("target %s: spooled delivery of %s cannot be retried: %s", entry.target, entry.certificate, why)
-    failed = sp.touched(entry, now, state=sp.FAILED,
-                        last_failure={"error_code": None, "retryable": False, "phase": None, "smtp_code": None,
-                                      "enhanced_status": None, "detail": why})
-    ledger.record("retry_blocked", None, entry.target, message_id=entry.message_id, detail=why)
-    try:
-        spool.write(failed)
-    except OSError as exc:
-        log.error("cannot update spool entry %s: %s", entry.id, exc.strerror or exc)
+        def attempted(job: pipeline.Job, attempt: pipeline.Attempt) -> None:
+            owners[id(job)].ledger.attempt(owners[id(job)].facts, job, attempt)
 
+        results = pipeline.deliver_all([p.job for p in self.planned], observer=finished, on_attempt=attempted)
+        for planned, result in zip(self.planned, results, strict=True):
+            notify_all(planned.config.plugins, planned.facts, [result])
+        return results
 
-def _unlock(loaded: LoadedConfig, target: Target) -> dict[str, Secret] | None:
-    from certbot_smtp_dist._internal.deploy import unlock
+    def _config(self, path: Path) -> LoadedConfig | None:
+        if path not in self.configs:
+            try:
+                self.configs[path] = load_config(path)
+            except ConfigError as exc:
+                log.error("%s", exc)
+                self.configs[path] = exc
+        loaded = self.configs[path]
+        return None if isinstance(loaded, ConfigError) else loaded
 
-    try:
-        return unlock(loaded.store, [target], loaded.formats, with_passwords=True)
-    except CredentialError as exc:
-        log.error("%s", exc)
-        return None
+    def _close(self, ledger: Ledger, entry: sp.Entry, event: str, why: str,
+               facts: CertificateFacts | None = None) -> bool:
+        ledger.close(entry, event, facts, why)
+        self.closed.append((entry.id, event))
+        return False
+
+    def _fail(self, ledger: Ledger, entry: sp.Entry, why: str, code: str | None = None) -> bool:
+        ledger.fail(entry, why, code)
+        self.trouble = True
+        return False

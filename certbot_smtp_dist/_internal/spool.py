@@ -25,6 +25,9 @@ FORMAT = 1
 PENDING = "pending"  # retryable: `retry` sends it again
 FAILED = "failed"  # permanent: never retried automatically; shown by `status` until retried by hand or dismissed
 
+DELIVERY = "delivery"  # one target's delivery of one message
+BLOCKED = "blocked"  # a whole deploy of a lineage that could not start (configuration or certificate unusable)
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -43,8 +46,10 @@ class Entry:
     updated: str
     attempts: int = 0
     last_failure: dict[str, Any] | None = field(default=None)
+    kind: str = DELIVERY
 
-    def lineage_source(self) -> LineageSource:
+    def lineage_source(self) -> LineageSource | None:
+        """The certificate files to render from again; None if the entry recorded none."""
         s = self.source
 
         def path(key: str) -> Path | None:
@@ -52,7 +57,8 @@ class Entry:
             return Path(value) if value else None
 
         key = path("key")
-        assert key is not None
+        if key is None:
+            return None
         return LineageSource(cert=path("cert"), key=key, chain=path("chain"), fullchain=path("fullchain"),
                              name=s.get("name"), lineage_dir=path("lineage_dir"))
 
@@ -64,6 +70,11 @@ class Entry:
 
 def entry_id(target: str, fingerprint: str, message_id: str | None) -> str:
     return hashlib.sha256(f"{target}\0{fingerprint}\0{message_id}".encode()).hexdigest()[:24]
+
+
+def blocked_id(source: LineageSource) -> str:
+    """One blocked entry per lineage, whatever failed and however often."""
+    return hashlib.sha256(("blocked\0" + json.dumps(source_json(source), sort_keys=True)).encode()).hexdigest()[:24]
 
 
 def source_json(source: LineageSource) -> dict[str, str | None]:
@@ -108,7 +119,7 @@ class Spool:
     def load(self, entry_id_: str) -> Entry | None:
         try:
             doc = json.loads(self._path(entry_id_).read_text("utf-8"))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         return _entry(doc)
 

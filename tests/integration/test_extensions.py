@@ -79,3 +79,59 @@ def test_unknown_format_without_the_plugin_is_a_config_error(denv: DeployEnv, li
     assert run.returncode == 78
     assert run.json["config_errors"][0]["key"] == "payload"
     assert relay.connections == 0
+
+
+FLAKY_PLUGIN = '''
+import json, os
+from certbot_smtp_dist.errors import PayloadError
+from certbot_smtp_dist.hookspecs import hookimpl
+from certbot_smtp_dist.model import Attachment, PayloadFormat
+
+
+def build(artefact, secret):
+    if os.environ.get("FORMAT_BROKEN") == "1":
+        raise PayloadError("the format's backend is unavailable")
+    return (Attachment(artefact.facts.name + ".txt", "text/plain", b"ok"),)
+
+
+@hookimpl
+def smtp_dist_payload_formats():
+    return [PayloadFormat("flaky", "fails while FORMAT_BROKEN=1", build)]
+
+
+@hookimpl
+def smtp_dist_delivery_finished(facts, result):
+    with open(os.environ["OBSERVED"], "a") as out:
+        out.write(json.dumps({"target": result.target, "status": result.status.value}) + "\\n")
+'''
+
+
+def test_failed_payload_is_kept_and_recovered_by_retry_include_failed(
+        denv: DeployEnv, lineage: LineagePaths, relay_factory, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "flaky_fmt.py").write_text(FLAKY_PLUGIN)
+    info = site / "flaky_fmt-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: flaky-fmt\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[certbot_smtp_dist]\nflaky = flaky_fmt\n")
+    observed = tmp_path / "observed.jsonl"
+    relay = relay_factory("plaintext")
+    denv.write_config({"a": relay_target(relay, payload="flaky")})
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "OBSERVED": str(observed)}
+
+    run = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "--json",
+                           extra_env={**env, "FORMAT_BROKEN": "1"})
+    assert run.returncode == 69 and run.target("a")["error_code"] == "SMTP_PAYLOAD"
+    assert denv.run_process("status", extra_env=env).returncode == 2
+    assert denv.run_process("retry", extra_env=env).returncode == 0  # permanent: not retried by itself
+    assert relay.messages == []
+
+    fixed = denv.run_process("retry", "--include-failed", "--json", extra_env=env)
+    assert fixed.returncode == 0, fixed.stderr
+    assert [t["status"] for t in fixed.json["targets"]] == ["delivered"]
+    assert len(relay.messages) == 1
+    assert denv.run_process("status", extra_env=env).returncode == 0
+    # The observer saw the failure (deploy) and the delivery (retry).
+    seen = [json.loads(line)["status"] for line in observed.read_text().splitlines()]
+    assert seen == ["failed", "delivered"]
