@@ -71,7 +71,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             rows.append({"id": item[0].stem, "state": "damaged", "detail": item[1]})
             continue
         failure = item.last_failure or {}
-        rows.append({"id": item.id, "state": item.state, "target": item.target, "certificate": item.certificate,
+        rows.append({"id": item.id, "state": item.state, "kind": item.kind, "target": item.target,
+                     "certificate": item.certificate,
                      "serial": item.serial, "message_id": item.message_id, "recipients": list(item.envelope_to),
                      "attempts": item.attempts, "created": item.created, "updated": item.updated,
                      "error_code": failure.get("error_code"), "detail": failure.get("detail")})
@@ -81,7 +82,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("OK: no pending or failed deliveries")
     else:
         for r in rows:
-            print(f"{r['state'].upper()}: {r['id']} target={r.get('target')} certificate={r.get('certificate')} "
+            what = "deploy blocked" if r.get("kind") == "blocked" else f"target={r.get('target')}"
+            print(f"{r['state'].upper()}: {r['id']} {what} certificate={r.get('certificate')} "
                   f"attempts={r.get('attempts')} since={r.get('created')} {r.get('error_code') or ''} "
                   f"{r.get('detail') or ''}".rstrip())
     if any(r["state"] in (FAILED, "damaged") for r in rows):
