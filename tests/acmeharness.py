@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from support import ci
 
 __all__ = [
     "ACME_TOOLS",
@@ -92,8 +93,11 @@ class HarnessError(RuntimeError):
 
 
 def in_ci() -> bool:
-    """True when running under CI (``CI=true``/``1``/``yes``): missing tools then fail tests."""
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+    """True when running under CI (``CI=true``/``1``/``yes``, any case): missing tools then fail tests.
+
+    The rule lives in ``support.ci``, shared with the unit, integration and packaging tests.
+    """
+    return ci.in_ci()
 
 
 def find_tool(name: str) -> str | None:
@@ -115,16 +119,11 @@ def find_tool(name: str) -> str | None:
 
 
 def require_tool(name: str) -> str:
-    """Return the tool's path, or skip the test (outside CI) / fail it (``CI=true``)."""
-    import pytest  # local import: the harness itself is usable without pytest
-
+    """Return the tool's path, or skip the test (outside CI) / fail it (under CI, see :func:`in_ci`)."""
     path = find_tool(name)
     if path is None:
         hint = ACME_TOOLS.get(name, "")
-        msg = f"required tool {name!r} not found" + (f" ({hint})" if hint else "")
-        if in_ci():
-            pytest.fail(msg + " -- CI=true, so this is a failure, not a skip", pytrace=False)
-        pytest.skip(msg)
+        ci.unavailable(f"required tool {name!r} not found" + (f" ({hint})" if hint else ""))
     return path
 
 

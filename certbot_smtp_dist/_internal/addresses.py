@@ -28,6 +28,10 @@ def address_problem(value: str) -> str | None:
         return "contains non-ASCII characters (SMTPUTF8 addresses are not supported)"
     if len(value) > MAX_ADDRESS:
         return f"is longer than {MAX_ADDRESS} characters"
+    if "=?" in value and "?=" in value:
+        # RFC 2047 §5: an encoded-word must not appear in an addr-spec; the email package would decode it, and
+        # the To header shown to people would no longer be the address that receives the message.
+        return "looks like an RFC 2047 encoded-word (=?...?=), which is not allowed in an address"
     local, sep, domain = value.rpartition("@")
     if not sep or not local or not domain:
         return "is not of the form local-part@domain"

@@ -13,7 +13,6 @@ import email.policy
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 from acmeharness import Dehydrated, Lego, Pebble, assert_issued_by_pebble, load_pem_certs
 from cryptography.hazmat.primitives import hashes
+from support import ci
 from support.deployenv import DeployEnv, relay_target
 from support.pki import LineagePaths, write_lineage
 from support.relay import ReceivedMessage, Relay
@@ -516,10 +516,6 @@ def test_shims_are_posix_sh_and_carry_no_config_path(shim: str) -> None:
         assert os.access(path, os.X_OK)
     parsed = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True, check=False)
     assert parsed.returncode == 0, parsed.stderr
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("shellcheck is required in CI (.ci/run installs it)")
-        pytest.skip("shellcheck not installed (apt-get install shellcheck)")
+    shellcheck = ci.require_tool("shellcheck", "apt-get install shellcheck")
     checked = subprocess.run([shellcheck, "-s", "sh", str(path)], capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stdout

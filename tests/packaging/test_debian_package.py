@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
+from support.ci import unavailable
 from support.distpkg import (
     PRIVATE_DIRS,
     REPO,
@@ -26,7 +27,6 @@ from support.distpkg import (
     require_tool,
     run,
     runtime_floors,
-    unavailable,
 )
 
 pytestmark = pytest.mark.packaging

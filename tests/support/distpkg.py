@@ -1,21 +1,20 @@
-"""Helpers of the packaging tests: where the tree is, what setup.cfg requires, and the skip-or-fail rule.
+"""Helpers of the packaging tests: where the tree is, what setup.cfg requires, and Debian's own tools.
 
-Outside CI a missing tool (dpkg-buildpackage, rpmspec, Debian's python3 or certbot) skips the tests; with
-``CI=true`` it fails them, as in the end-to-end suite (``acmeharness.in_ci``).
+Outside CI a missing tool (dpkg-buildpackage, rpmspec, Debian's python3 or certbot) skips the tests; under CI it
+fails them, by the rule every suite shares (``support.ci``).
 """
 
 from __future__ import annotations
 
 import configparser
 import re
-import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
-from acmeharness import in_ci
+
+from support import ci
 
 REPO = Path(__file__).resolve().parents[2]
 # Debian's own interpreter and tools, whatever interpreter runs the suite (a venv, pyenv).
@@ -36,18 +35,9 @@ SHIPPED = (
 PRIVATE_DIRS = ("/etc/letsencrypt/smtp-dist", "/var/lib/certbot-smtp-dist")
 
 
-def unavailable(reason: str) -> NoReturn:
-    """Skip the test, or fail it under ``CI=true``, where every packaging tool is installed by .ci/run."""
-    if in_ci():
-        pytest.fail(f"{reason} -- CI=true, so this is a failure, not a skip", pytrace=False)
-    pytest.skip(reason)
-
-
 def require_tool(name: str, hint: str) -> str:
-    path = shutil.which(name, path=SYSTEM_PATH)
-    if path is None:
-        unavailable(f"{name} not found ({hint})")
-    return path
+    """Debian's own `name` (on SYSTEM_PATH, not the venv's), or skip/fail (``support.ci``) naming `hint`."""
+    return ci.require_tool(name, hint, path=SYSTEM_PATH)
 
 
 def run(argv: Sequence[str | Path], *, timeout: float = 60, env: Mapping[str, str] | None = None,

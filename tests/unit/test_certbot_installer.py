@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support import ci
+
 from certbot_smtp_dist._internal import installer
 from certbot_smtp_dist._internal.state import DEFAULT_STATE_DIR
 
@@ -61,15 +63,7 @@ def test_setup_error_lists_every_problem_and_has_a_one_line_form() -> None:
 
 
 def _need_certbot() -> None:
-    import importlib.util
-    import os
-
-    import pytest
-
-    if importlib.util.find_spec("certbot") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("certbot is required in CI")
-        pytest.skip("certbot is not installed")
+    ci.require_module("certbot", "pip install certbot, or apt-get install python3-certbot")
 
 
 def test_the_plugin_module_imports_nothing_heavy() -> None:

@@ -1,0 +1,67 @@
+"""A resolver that never answers must not hold the hook past its deadline (the ACME client waits on us).
+
+Runs the deploy in a private network and mount namespace whose resolv.conf points at a UDP blackhole on its own
+loopback, so no query leaves the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from support.deployenv import DeployEnv
+from support.pki import LineagePaths
+
+INNER = textwrap.dedent("""\
+    set -eu
+    ip link set lo up
+    printf 'nameserver 127.0.0.1\\noptions timeout:5 attempts:2\\n' > "$ROOT/resolv.conf"
+    mount --bind "$ROOT/resolv.conf" /etc/resolv.conf
+    exec "$PYTHON" "$ROOT/inner.py"
+""")
+
+INNER_PY = textwrap.dedent("""\
+    import os, socket, subprocess, sys, threading, time
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hole.bind(("127.0.0.1", 53))   # swallow every query, answer none
+    threading.Thread(target=lambda: [hole.recvfrom(4096) for _ in iter(int, 1)], daemon=True).start()
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", os.environ["LIVE"],
+                           "--json"], capture_output=True, text=True, timeout=120)
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write("WALL %.2f\\n" % (time.monotonic() - started))
+    sys.exit(proc.returncode)
+""")
+
+
+def _namespaces_usable() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    probe = subprocess.run(["unshare", "--net", "--mount", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+def test_blackholed_resolver_is_abandoned_at_the_deadline(denv: DeployEnv, lineage: LineagePaths,
+                                                          tmp_path: Path) -> None:
+    from support.ci import require
+
+    require(_namespaces_usable(), "needs unshare --net --mount and ip (root)")
+    denv.write_config({"t": {"host": "relay.blackhole.example", "port": 2525, "tls_mode": "plaintext",
+                             "timeout": 2, "from_address": "c@example.com", "to": ["a@example.com"]}})
+    (tmp_path / "inner.sh").write_text(INNER)
+    (tmp_path / "inner.py").write_text(INNER_PY)
+    env = denv.env({"ROOT": str(tmp_path), "PYTHON": sys.executable, "LIVE": str(lineage.live_dir)})
+    proc = subprocess.run(["unshare", "--net", "--mount", "sh", str(tmp_path / "inner.sh")], env=env,
+                          capture_output=True, text=True, timeout=180)
+    target = json.loads(proc.stdout)["targets"][0]
+    assert (target["error_code"], target["phase"], target["retryable"]) == ("SMTP_CONNECT", "connect", True)
+    assert "resolve" in target["detail"]
+    wall = float(proc.stderr.rsplit("WALL ", 1)[1].split()[0])
+    # The resolver would keep the process for 10 s (timeout:5 attempts:2); the deadline is 2 s. The slack covers
+    # interpreter start-up on a busy machine, and stays well below the resolver's 10 s.
+    assert wall < 2 + 5, proc.stderr
+    assert proc.returncode == 75
