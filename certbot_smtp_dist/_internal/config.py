@@ -198,7 +198,14 @@ class _TargetChecker:
         for key in self.table:
             if key not in KNOWN_KEYS:
                 self.problem(key, "unknown key")
+        relay, identity, payload = self._relay(), self._identity(), self._payload()
+        self._no_secrets_in_clear(relay, payload["payload"])
+        if self.problems:
+            return None
+        return Target(name=self.name, **relay, **identity, **payload)
 
+    def _relay(self) -> dict[str, Any]:
+        """Where and how to connect: host, port, TLS and AUTH (RFC 8314, RFC 4954)."""
         host = self.get("host", str, "", required=True)
         if "host" in self.table and isinstance(host, str) and (not host or header_text_problem(host) or " " in host):
             self.problem("host", f"{host!r} is not a host name or address")
@@ -206,7 +213,6 @@ class _TargetChecker:
         port = self.get("port", int, tls_mode.default_port)
         if not 1 <= port <= 65535:
             self.problem("port", f"{port} is out of range 1..65535")
-        tls_skip_verify = self.get("tls_skip_verify", bool, False)
         ca = self.get("tls_ca_file", str)
         tls_ca_file = None
         if ca is not None:
@@ -219,15 +225,21 @@ class _TargetChecker:
         username = self.get("username", str, required=needs_auth)
         if username is not None and header_text_problem(username):
             self.problem("username", "contains a control character")
-        password_credential = self.credential("password_credential", PASSWORD_TYPE, required=needs_auth)
         timeout = self.get("timeout", (int, float), 30)
         if not 1 <= timeout <= 600:
             self.problem("timeout", f"{timeout} is out of range 1..600 seconds")
+        return {
+            "host": host, "port": port, "tls_mode": tls_mode, "tls_skip_verify": self.get("tls_skip_verify", bool, False),
+            "tls_ca_file": tls_ca_file, "auth_method": auth_method, "username": username,
+            "password_credential": self.credential("password_credential", PASSWORD_TYPE, required=needs_auth),
+            "timeout": float(timeout),
+        }
 
+    def _identity(self) -> dict[str, Any]:
+        """Who sends to whom, and the header text around it (RFC 5322 §3.4, §3.6)."""
         from_address = self.get("from_address", str, "", required=True)
         if from_address:
             self.address("from_address", from_address)
-        from_name = self.header_text("from_name", MAX_FROM_NAME)
         to = self.address_list("to", required=True)
         if "to" in self.table and not to and isinstance(self.table["to"], list):
             self.problem("to", "needs at least one address")
@@ -237,7 +249,11 @@ class _TargetChecker:
         bcc = self.address_list("bcc", required=False)
         if len(to) + len(cc) + len(bcc) > MAX_RECIPIENTS:
             self.problem("bcc", f"to, cc and bcc together exceed {MAX_RECIPIENTS} recipients")
+        return {"from_address": from_address, "from_name": self.header_text("from_name", MAX_FROM_NAME),
+                "to": to, "cc": cc, "bcc": bcc, "subject_prefix": self.header_text("subject_prefix")}
 
+    def _payload(self) -> dict[str, Any]:
+        """What to ship, and for which certificates."""
         payload = self.get("payload", str, "pem")
         if payload not in self.payload_formats:
             self.problem("payload", f"must be one of {', '.join(sorted(self.payload_formats))}, not {payload!r}")
@@ -245,35 +261,24 @@ class _TargetChecker:
         passphrase = None  # a passphrase given to a format that takes none (e.g. from [defaults]) is unused
         if needed is not None:
             passphrase = self.credential("pkcs12_passphrase_credential", needed, required=True)
-        subject_prefix = self.header_text("subject_prefix")
         certificates = self.get("certificates", list, [])
         for pattern in certificates:
             if not isinstance(pattern, str) or not pattern:
                 self.problem("certificates", "every entry must be a non-empty string (a name or shell-style glob)")
+        return {"payload": payload, "pkcs12_passphrase_credential": passphrase, "certificates": tuple(certificates)}
 
-        if tls_mode is TlsMode.PLAINTEXT and host and not is_loopback_host(host):
-            if needs_auth:
-                self.problem(
-                    "auth_method",
-                    f"auth_method = {auth_method.value!r} over tls_mode = 'plaintext' to non-loopback host "
-                    f"{host!r} would send the password in clear; use starttls or smtps",
-                )
-            if payload == "pem_and_key":
-                self.problem(
-                    "payload",
-                    f"payload = 'pem_and_key' over tls_mode = 'plaintext' to non-loopback host {host!r} "
-                    "would ship the private key in clear; use starttls or smtps",
-                )
-        if self.problems:
-            return None
-        return Target(
-            name=self.name, host=host, port=port, tls_mode=tls_mode, tls_skip_verify=tls_skip_verify,
-            tls_ca_file=tls_ca_file, auth_method=auth_method, username=username,
-            password_credential=password_credential, timeout=float(timeout), from_address=from_address,
-            from_name=from_name, to=to, cc=cc, bcc=bcc, payload=payload,
-            pkcs12_passphrase_credential=passphrase, subject_prefix=subject_prefix,
-            certificates=tuple(certificates),
-        )
+    def _no_secrets_in_clear(self, relay: dict[str, Any], payload: str) -> None:
+        """Neither a password nor a private key crosses a network in clear; loopback is not a network."""
+        host, auth_method = relay["host"], relay["auth_method"]
+        if relay["tls_mode"] is not TlsMode.PLAINTEXT or not host or is_loopback_host(host):
+            return
+        if auth_method is not AuthMethod.NONE:
+            self.problem("auth_method", f"auth_method = {auth_method.value!r} over tls_mode = 'plaintext' to "
+                                        f"non-loopback host {host!r} would send the password in clear; "
+                                        "use starttls or smtps")
+        if payload == "pem_and_key":
+            self.problem("payload", f"payload = 'pem_and_key' over tls_mode = 'plaintext' to non-loopback host "
+                                    f"{host!r} would ship the private key in clear; use starttls or smtps")
 
 
 def ca_file_problem(path: Path) -> str | None:

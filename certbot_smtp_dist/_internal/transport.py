@@ -92,16 +92,12 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
         _close(progress)
 
 
-_SOCKET_WITH_HOSTNAME = True  # set from aiosmtplib's version on first use
-
-
 async def _session(
     target: Target, message: Message, password: Secret | None, progress: _Progress, budget: float
 ) -> SessionOutcome:
     import aiosmtplib
 
-    global _SOCKET_WITH_HOSTNAME
-    _SOCKET_WITH_HOSTNAME = _major_version(getattr(aiosmtplib, "__version__", "3")) >= 3
+    socket_with_hostname = _major_version(getattr(aiosmtplib, "__version__", "3")) >= 3
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
     tls_context = None if target.tls_mode is TlsMode.PLAINTEXT else client_tls_context(target)
@@ -109,10 +105,10 @@ async def _session(
     # (SMTP_TRANSIENT); aiosmtplib reports both as SMTPConnectTimeoutError. aiosmtplib < 3 (Debian 12 ships 2.0)
     # takes no host name with a socket and so cannot do implicit TLS over one: there it dials smtps itself.
     smtps = target.tls_mode is TlsMode.SMTPS
-    if _SOCKET_WITH_HOSTNAME or not smtps:
+    if socket_with_hostname or not smtps:
         progress.sock = await _open_socket(target.host, target.port, progress)
         progress.connected = True
-        where: dict[str, Any] = {"sock": progress.sock, "hostname": target.host if _SOCKET_WITH_HOSTNAME else None}
+        where: dict[str, Any] = {"sock": progress.sock, "hostname": target.host if socket_with_hostname else None}
     else:  # pragma: no cover - aiosmtplib 2.x
         where = {"hostname": target.host, "port": target.port}
     client = aiosmtplib.SMTP(
