@@ -14,6 +14,7 @@ from certbot_smtp_dist._internal.addresses import (
     header_text_problem,
     is_loopback_host,
 )
+from certbot_smtp_dist._internal.files import chosen_path
 from certbot_smtp_dist.errors import ConfigError, ConfigProblem
 from certbot_smtp_dist.model import AuthMethod, Settings, Target, TlsMode
 
@@ -43,12 +44,8 @@ KNOWN_KEYS = frozenset(
 
 
 def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> Path:
-    """`--config` wins over the environment, which wins over the default path."""
-    if cli_value:
-        return Path(cli_value)
-    if environ.get(CONFIG_ENV):
-        return Path(environ[CONFIG_ENV])
-    return DEFAULT_CONFIG
+    """`--config` wins over $CERTBOT_SMTP_DIST_CONFIG, which wins over the default path."""
+    return chosen_path(cli_value, CONFIG_ENV, DEFAULT_CONFIG, environ)
 
 
 def load_settings(

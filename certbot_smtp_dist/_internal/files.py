@@ -7,12 +7,23 @@ import logging
 import os
 import stat
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+
+
+def chosen_path(cli_value: str | None, env_name: str, default: Path,
+                environ: Mapping[str, str] = os.environ) -> Path:
+    """A location setting: the command-line option wins over the environment, which wins over the default."""
+    if cli_value:
+        return Path(cli_value)
+    if environ.get(env_name):
+        return Path(environ[env_name])
+    return default
 
 
 def ensure_private_dir(path: Path) -> Path:

@@ -15,11 +15,8 @@ STATE_ENV = "CERTBOT_SMTP_DIST_STATE_DIR"
 
 
 def state_dir(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> Path:
-    if cli_value:
-        return Path(cli_value)
-    if environ.get(STATE_ENV):
-        return Path(environ[STATE_ENV])
-    return DEFAULT_STATE_DIR
+    """`--state-dir` wins over $CERTBOT_SMTP_DIST_STATE_DIR, which wins over the default."""
+    return files.chosen_path(cli_value, STATE_ENV, DEFAULT_STATE_DIR, environ)
 
 
 class Lock:
