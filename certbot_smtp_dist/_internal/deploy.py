@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -133,6 +134,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     if ledger:
         ledger.unblock()
 
+    started = time.monotonic()  # every target's `timeout` counts from here, payload building included
     jobs = []
     for target in targets:
         if target in wanted:
@@ -141,7 +143,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     if request.dry_run:
         results = pipeline.rendered_results(jobs, request.output)
     else:
-        results = _deliver(jobs, artefact.facts, request.source, ledger)
+        results = _deliver(jobs, artefact.facts, request.source, ledger, started)
         notify_all(loaded.plugins, artefact.facts, results)
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result))
@@ -165,7 +167,7 @@ def _unusable_certificate(exc: CertificateError, targets: tuple[Target, ...], le
 
 
 def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageSource,
-             ledger: Ledger | None) -> list[DeliveryResult]:
+             ledger: Ledger | None, started: float) -> list[DeliveryResult]:
     """Send every job; the ledger writes ahead, journals each attempt and settles each entry."""
 
     def finished(job: pipeline.Job, result: DeliveryResult) -> None:
@@ -175,10 +177,10 @@ def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageS
                 ledger.supersede_older(job.target.name, facts)
 
     if ledger is None:
-        return pipeline.deliver_all(jobs, observer=finished)
+        return pipeline.deliver_all(jobs, observer=finished, started=started)
     for job in jobs:
         ledger.begin(facts, source, job)
-    return pipeline.deliver_all(jobs, observer=finished,
+    return pipeline.deliver_all(jobs, observer=finished, started=started,
                                 on_attempt=lambda job, attempt: ledger.attempt(facts, job, attempt))
 
 

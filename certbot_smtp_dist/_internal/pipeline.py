@@ -118,7 +118,7 @@ def warn_about(target: Target, fmt: PayloadFormat) -> None:
 
 
 async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy(),
-                      on_attempt: AttemptObserver | None = None) -> DeliveryResult:
+                      on_attempt: AttemptObserver | None = None, started: float | None = None) -> DeliveryResult:
     """Attempt delivery until success, a permanent failure, the attempt limit, or the deadline."""
     from certbot_smtp_dist._internal import transport
 
@@ -128,8 +128,15 @@ async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy(),
     if job.message is None:
         return DeliveryResult(target.name, Status.FAILED, failure=job.failure)
     loop = asyncio.get_running_loop()
-    started = loop.time()
+    # The clock starts when the run started (payloads were built since), so everything this run did for the
+    # target fits in its `timeout`. asyncio's loop clock is time.monotonic().
+    started = loop.time() if started is None else started
     deadline = started + target.timeout
+    if deadline - loop.time() < policy.min_budget / 10:
+        spent = Failure(ErrorCode.SMTP_CONNECT, Phase.CONNECT,
+                        f"no time left to connect: preparing this run took longer than timeout = {target.timeout:g}s")
+        return DeliveryResult(target.name, Status.FAILED, spent, job.message.message_id,
+                              duration_s=loop.time() - started, recipients=len(job.message.envelope_to))
     message = job.message
     accepted: list[str] = []
     refusals: dict[str, Reply] = {}  # the latest refusal of each recipient still owed the message
@@ -172,12 +179,12 @@ async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy(),
 
 
 def deliver_all(jobs: list[Job], policy: RetryPolicy = RetryPolicy(), observer: Observer | None = None,
-                on_attempt: AttemptObserver | None = None) -> list[DeliveryResult]:
+                on_attempt: AttemptObserver | None = None, started: float | None = None) -> list[DeliveryResult]:
     """Run every job concurrently; one target's failure or stall never delays another beyond its own deadline."""
 
     async def run_one(job: Job) -> DeliveryResult:
         try:
-            result = await deliver_job(job, policy, on_attempt)
+            result = await deliver_job(job, policy, on_attempt, started)
         except Exception as exc:  # a defect must not take the other targets down with it
             log.exception("target %s: internal error", job.target.name)
             result = DeliveryResult(job.target.name, Status.FAILED,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -71,8 +72,10 @@ class _Drain:
         self.closed: list[tuple[str, str]] = []
         self.results: list[DeliveryResult] = []
         self.trouble = False
+        self.started = time.monotonic()
 
     def run(self) -> RetryReport:
+        self.started = time.monotonic()  # each entry's `timeout` counts from here, rendering included
         for item in self.spool.entries():
             if isinstance(item, tuple):
                 log.error("%s: %s (left in place)", item[0], item[1])
@@ -167,7 +170,8 @@ class _Drain:
         def attempted(job: pipeline.Job, attempt: pipeline.Attempt) -> None:
             owners[id(job)].ledger.attempt(owners[id(job)].facts, job, attempt)
 
-        results = pipeline.deliver_all([p.job for p in self.planned], observer=finished, on_attempt=attempted)
+        results = pipeline.deliver_all([p.job for p in self.planned], observer=finished, on_attempt=attempted,
+                                       started=self.started)
         for planned, result in zip(self.planned, results, strict=True):
             notify_all(planned.config.plugins, planned.facts, [result])
         return results

@@ -6,6 +6,7 @@ import email
 import email.policy
 import json
 import os
+import time
 from pathlib import Path
 
 from support.deployenv import DeployEnv, relay_target
@@ -135,3 +136,47 @@ def test_failed_payload_is_kept_and_recovered_by_retry_include_failed(
     # The observer saw the failure (deploy) and the delivery (retry).
     seen = [json.loads(line)["status"] for line in observed.read_text().splitlines()]
     assert seen == ["failed", "delivered"]
+
+
+SLOW_PLUGIN = '''
+import time
+from certbot_smtp_dist.hookspecs import hookimpl
+from certbot_smtp_dist.model import Attachment, PayloadFormat
+
+
+def build(artefact, secret):
+    time.sleep(3.5)  # an expensive format (think: a slow HSM-backed signature)
+    return (Attachment(artefact.facts.name + ".txt", "text/plain", b"slow"),)
+
+
+@hookimpl
+def smtp_dist_payload_formats():
+    return [PayloadFormat("slow", "takes 3.5 s to build", build)]
+'''
+
+
+def test_payload_building_counts_against_the_timeout(denv: DeployEnv, lineage: LineagePaths, fault_server,
+                                                     tmp_path: Path) -> None:
+    """`timeout` bounds everything one run does for a target, so the ACME client never waits longer than it."""
+    from support.faultscript import STALL
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "slow_fmt.py").write_text(SLOW_PLUGIN)
+    info = site / "slow_fmt-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: slow-fmt\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[certbot_smtp_dist]\nslow = slow_fmt\n")
+    stalled = fault_server(replies={"greeting": STALL})
+    denv.write_config({"a": {"host": "127.0.0.1", "port": stalled.port, "tls_mode": "plaintext", "timeout": 4,
+                             "payload": "slow", "from_address": "c@example.com", "to": ["x@example.com"]}})
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    began = time.monotonic()
+    run = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "--json", extra_env=env)
+    wall = time.monotonic() - began
+    t = run.target("a")
+    assert (t["error_code"], t["retryable"]) == ("SMTP_TRANSIENT", True)
+    assert 4 - 0.1 <= t["duration_s"] <= 4 + 1.0
+    # 3.5 s of building and the stalled relay end at the 4 s deadline, not 3.5 + 4 = 7.5 s later. The slack
+    # covers interpreter start-up on a busy machine and stays well clear of 7.5 s.
+    assert wall < 4 + 2.5, wall
