@@ -41,7 +41,7 @@ class SessionOutcome:
 @dataclass(slots=True)
 class _Progress:
     phase: Phase = Phase.CONNECT
-    resolved: bool = False
+    resolving: bool = False
     connected: bool = False
     client: Any = None
     sock: socket.socket | None = None
@@ -79,7 +79,7 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
         # Ours, or aiosmtplib's per-command timeout, which is set to the remaining budget: either way the
         # deadline is reached. aiosmtplib 2.x dialling smtps itself says whether it got as far as the greeting.
         connected = progress.connected or "server ready" in str(exc)
-        if not connected and not progress.resolved and progress.sock is None and progress.client is None:
+        if progress.resolving:
             return SessionOutcome(failure=Failure(
                 ErrorCode.SMTP_CONNECT, Phase.CONNECT,
                 f"cannot resolve host {target.host}: no answer from the resolver within {budget:.1f}s"))
@@ -202,7 +202,7 @@ async def _authenticate(client: Any, target: Target, password: Secret | None) ->
         await client.auth_login(target.username or "", secret)
 
 
-async def _resolve(host: str, port: int, progress: _Progress) -> list[Any]:
+async def _resolve(host: str, port: int) -> list[Any]:
     """getaddrinfo in a daemon thread nobody joins.
 
     The event loop's executor would be joined when `asyncio.run` ends, so a resolver that never answers would
@@ -236,14 +236,14 @@ async def _resolve(host: str, port: int, progress: _Progress) -> list[Any]:
             loop.call_soon_threadsafe(settle, result, error)
 
     threading.Thread(target=work, name=f"resolve-{name}", daemon=True).start()
-    infos = await answer
-    progress.resolved = True
-    return infos
+    return await answer
 
 
 async def _open_socket(host: str, port: int, progress: _Progress) -> socket.socket:
     loop = asyncio.get_running_loop()
-    infos = await _resolve(host, port, progress)
+    progress.resolving = True
+    infos = await _resolve(host, port)
+    progress.resolving = False
     last: OSError = OSError(f"no address for {host}")
     for family, type_, proto, _, address in infos:
         sock = socket.socket(family, type_, proto)

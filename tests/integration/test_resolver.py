@@ -65,3 +65,29 @@ def test_blackholed_resolver_is_abandoned_at_the_deadline(denv: DeployEnv, linea
     # interpreter start-up on a busy machine, and stays well below the resolver's 10 s.
     assert wall < 2 + 5, proc.stderr
     assert proc.returncode == 75
+
+
+def test_connect_timeout_to_a_literal_address_is_not_called_a_resolver_failure(
+        denv: DeployEnv, lineage: LineagePaths) -> None:
+    """A listener whose accept queue is full drops SYNs: the TCP connect stalls with no DNS involved."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):  # fill the accept queue; later SYNs are dropped and connect() waits
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+            fillers.append(filler)
+        denv.write_config({"t": {"host": "127.0.0.1", "port": listener.getsockname()[1], "tls_mode": "plaintext",
+                                 "timeout": 2, "from_address": "c@example.com", "to": ["a@example.com"]}})
+        target = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json").target("t")
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+    assert (target["error_code"], target["phase"], target["retryable"]) == ("SMTP_CONNECT", "connect", True)
+    assert "TCP connect" in target["detail"] and "resolve" not in target["detail"]
