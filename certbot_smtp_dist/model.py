@@ -69,12 +69,6 @@ class Secret:
 
     __str__ = __repr__
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
-
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -125,10 +119,6 @@ class Settings:
 
     path: Path
     targets: tuple[Target, ...]
-
-    @property
-    def credentials_dir(self) -> Path:
-        return self.path.parent / "credentials"
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)

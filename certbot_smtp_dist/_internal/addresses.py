@@ -69,6 +69,11 @@ def header_text_problem(value: str) -> str | None:
     return None
 
 
+def printable(text: str) -> str:
+    """`text` with every non-printable character (controls, line separators) shown as "?"."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def is_loopback_host(host: str) -> bool:
     """A literal address in 127.0.0.0/8 or ::1, or the name `localhost`; no DNS lookup, ever."""
     if host.lower() == "localhost":

@@ -12,6 +12,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable
 
+from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import Failure, Phase, Reply
 
@@ -75,6 +76,11 @@ def refusal(exc: BaseException) -> Reply | None:
         if code != 421:  # 421 closes the session (RFC 5321 §3.8): not a per-recipient answer
             return reply(code, str(getattr(exc, "message", "")))
     return None
+
+
+def reached_relay(exc: BaseException) -> bool:
+    """Whether a timeout happened after TCP was up: aiosmtplib 2.x, dialling smtps itself, says so only in words."""
+    return "server ready" in str(exc)
 
 
 def deadline(phase: Phase, connected: bool, budget: float) -> Failure:
@@ -221,5 +227,4 @@ def _root_cause(exc: BaseException) -> BaseException:
 def _clean(text: str) -> str:
     """Relay text is untrusted: one line, printable. (Bounded by the pipeline, after secrets are scrubbed.)"""
     flat = " / ".join(part.strip() for part in str(text).splitlines() if part.strip())
-    flat = "".join(c if c.isprintable() else "?" for c in flat)
-    return flat
+    return printable(flat)

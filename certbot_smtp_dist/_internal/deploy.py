@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,7 +61,6 @@ class DeployReport:
     config_errors: tuple[ConfigProblem, ...] = ()
     certificate_problems: tuple[str, ...] = ()
     exit_status: int = report.EX_OK
-    settings: Settings | None = field(default=None, repr=False)
     state_ok: bool = True  # journal and spool written; False: failures of this run will not be retried
 
 
@@ -113,13 +112,13 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
             ledger.block(f"configuration unusable: {exc}", None)
         return DeployReport(None, config_errors=exc.problems, exit_status=report.EX_CONFIG,
                             state_ok=ledger.healthy if ledger else True)
-    settings, formats = loaded.settings, loaded.formats
-    targets = select(settings, request.targets)
+    formats = loaded.formats
+    targets = select(loaded.settings, request.targets)
 
     try:
         artefact = lineage.load(request.source, now)
     except CertificateError as exc:
-        return _unusable_certificate(exc, targets, ledger, settings)
+        return _unusable_certificate(exc, targets, ledger)
 
     wanted = [t for t in targets if t.matches(artefact.facts.names)]
     try:
@@ -130,7 +129,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
         if ledger:
             ledger.block(f"credentials unusable: {exc}", None, artefact.facts)
         return DeployReport(artefact.facts, config_errors=tuple(exc.problems), exit_status=report.EX_CONFIG,
-                            settings=settings, state_ok=ledger.healthy if ledger else True)
+                            state_ok=ledger.healthy if ledger else True)
     if ledger:
         ledger.unblock()
 
@@ -147,12 +146,12 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
         notify_all(loaded.plugins, artefact.facts, results)
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result))
-    return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results), settings=settings,
+    return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
                         state_ok=ledger.healthy if ledger else True)
 
 
-def _unusable_certificate(exc: CertificateError, targets: tuple[Target, ...], ledger: Ledger | None,
-                          settings: Settings) -> DeployReport:
+def _unusable_certificate(exc: CertificateError, targets: tuple[Target, ...],
+                          ledger: Ledger | None) -> DeployReport:
     """Every selected target fails with SMTP_PAYLOAD; nothing is dialled."""
     log.error("%s; nothing was sent", exc)
     failure = Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, "; ".join(exc.problems))
@@ -163,25 +162,21 @@ def _unusable_certificate(exc: CertificateError, targets: tuple[Target, ...], le
         ledger.block(f"certificate files unusable: {failure.detail}", failure.code.value)
     failed = tuple(DeliveryResult(t.name, Status.FAILED, failure) for t in targets)
     return DeployReport(None, failed, certificate_problems=exc.problems, exit_status=report.EX_DATAERR,
-                        settings=settings, state_ok=ledger.healthy if ledger else True)
+                        state_ok=ledger.healthy if ledger else True)
 
 
 def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageSource,
              ledger: Ledger | None, started: float) -> list[DeliveryResult]:
     """Send every job; the ledger writes ahead, journals each attempt and settles each entry."""
-
-    def finished(job: pipeline.Job, result: DeliveryResult) -> None:
-        if ledger is not None:
-            ledger.settle(facts, job, result)
-            if result.status is Status.DELIVERED:
-                ledger.supersede_older(job.target.name, facts)
-
     if ledger is None:
-        return pipeline.deliver_all(jobs, observer=finished, started=started)
+        return pipeline.deliver_all(jobs, started=started)
     for job in jobs:
         ledger.begin(facts, source, job)
-    return pipeline.deliver_all(jobs, observer=finished, started=started,
-                                on_attempt=lambda job, attempt: ledger.attempt(facts, job, attempt))
+    results = pipeline.deliver_all(jobs, started=started,
+                                   observer=lambda job, result: ledger.settle(facts, job, result),
+                                   on_attempt=lambda job, attempt: ledger.attempt(facts, job, attempt))
+    ledger.supersede_older({r.target for r in results if r.status is Status.DELIVERED}, facts)
+    return results
 
 
 def notify_all(plugins: pluggy.PluginManager, facts: CertificateFacts, results: list[DeliveryResult]) -> None:

@@ -138,17 +138,20 @@ class Ledger:
         self._guard("write the spool", lambda: self.spool.write(entry))
         self.record("attempt", facts, job.target.name, outcome="failed", attempt=0, **_failure_fields(failure))
 
-    def supersede_older(self, target: str, facts: CertificateFacts) -> None:
-        """A target got this certificate: entries of the same target for it (or older ones) are done."""
+    def supersede_older(self, targets: set[str], facts: CertificateFacts) -> None:
+        """These targets got this certificate (one pass after the run): their entries for it, or for an older
+        certificate of the same name, are done."""
+        if not targets:
+            return
         for item in self.spool.entries():
-            if isinstance(item, tuple) or item.target != target or item.id in {e.id for e in self._entries.values()}:
+            if isinstance(item, tuple) or item.target not in targets:
                 continue
             lock = self.spool.lock(item.id)
             if not lock.acquire(blocking=False):
                 continue
             try:
                 fresh = self.spool.load(item.id)  # re-read under the lock: another process may have closed it
-                if fresh is None or fresh.kind != sp.DELIVERY or fresh.target != target:
+                if fresh is None or fresh.kind != sp.DELIVERY:
                     continue
                 if fresh.fingerprint == facts.sha256_fingerprint:
                     self.close(fresh, "delivered_elsewhere", facts, "a later run delivered this certificate")

@@ -91,7 +91,6 @@ def load(source: LineageSource, now: datetime | None = None) -> Artefact:
 
 def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime) -> Artefact:
     """Pure validation of the artefact's bytes (key matches, chain links, validity)."""
-    from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     problems: list[str] = []
@@ -138,7 +137,7 @@ def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime) -> Art
     if problems:
         raise CertificateError(problems)
 
-    facts = _facts(leaf, source, not_before, not_after, x509)
+    facts = _facts(leaf, source, not_before, not_after)
     return Artefact(facts=facts, fullchain_pem=fullchain_pem, key_pem=raw["key"], source=source)
 
 
@@ -197,7 +196,8 @@ def _validity(cert: Any) -> tuple[datetime, datetime]:
             cert.not_valid_after.replace(tzinfo=timezone.utc))
 
 
-def _facts(leaf: Any, source: LineageSource, not_before: datetime, not_after: datetime, x509: Any) -> CertificateFacts:
+def _facts(leaf: Any, source: LineageSource, not_before: datetime, not_after: datetime) -> CertificateFacts:
+    from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     try:
@@ -232,12 +232,3 @@ def _safe_name(name: str) -> str:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else ""
-
-
-def fingerprint_sha256(pem_cert: bytes) -> str:
-    """SHA-256 over the DER of the first certificate in `pem_cert` (lowercase hex)."""
-    cert = _parse_certs(pem_cert)[0]
-    from cryptography.hazmat.primitives import serialization
-
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from certbot_smtp_dist._internal import render
-from certbot_smtp_dist._internal.addresses import is_loopback_host
+from certbot_smtp_dist._internal.addresses import is_loopback_host, printable
 from certbot_smtp_dist.errors import ErrorCode, PayloadError
 from certbot_smtp_dist.model import (
     Artefact,
@@ -235,7 +235,7 @@ def secret_forms(secrets: tuple[Secret, ...], username: str | None) -> list[str]
         if username is not None:
             spelled.append(base64.b64encode(f"\0{username}\0{value}".encode()).decode())
         forms.update(spelled)
-        forms.update("".join(c if c.isprintable() else "?" for c in f) for f in spelled)
+        forms.update(printable(f) for f in spelled)
     return sorted(forms, key=len, reverse=True)
 
 

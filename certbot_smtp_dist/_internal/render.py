@@ -10,7 +10,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from certbot_smtp_dist._internal.addresses import domain_of
+from certbot_smtp_dist._internal.addresses import domain_of, printable
 from certbot_smtp_dist.model import CertificateFacts, Message, Payload, Target
 
 BODY_TEMPLATE = """\
@@ -44,12 +44,8 @@ def new_message_id(from_address: str) -> str:
     return f"<{datetime.now(timezone.utc):%Y%m%d%H%M%S}.{_random.token_hex(12)}@{domain_of(from_address)}>"
 
 
-def printable(text: str) -> str:
-    """Certificate fields are attacker-influenced text: no control character reaches a header or the body."""
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
 def subject(target: Target, facts: CertificateFacts) -> str:
+    # Certificate fields are attacker-influenced text: no control character reaches a header or the body.
     prefix = f"[{target.subject_prefix}] " if target.subject_prefix else ""
     cn = printable(facts.common_name or (facts.sans[0] if facts.sans else facts.name))
     return f"{prefix}Certificate for {cn} issued, expires {facts.not_after.astimezone(timezone.utc):%Y-%m-%d}"

@@ -72,10 +72,9 @@ class _Drain:
         self.closed: list[tuple[str, str]] = []
         self.results: list[DeliveryResult] = []
         self.trouble = False
-        self.started = time.monotonic()
+        self.started = time.monotonic()  # each entry's `timeout` counts from here, rendering included
 
     def run(self) -> RetryReport:
-        self.started = time.monotonic()  # each entry's `timeout` counts from here, rendering included
         for item in self.spool.entries():
             if isinstance(item, tuple):
                 log.error("%s: %s (left in place)", item[0], item[1])

@@ -33,9 +33,6 @@ class SessionOutcome:
     refused: tuple[tuple[str, Reply], ...] = ()
     failure: Failure | None = None
 
-    @property
-    def delivered(self) -> bool:
-        return self.failure is None and not self.refused
 
 
 @dataclass(slots=True)
@@ -77,8 +74,8 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
         return SessionOutcome(refused=abort.refused, failure=abort.failure)
     except (asyncio.TimeoutError, TimeoutError) as exc:
         # Ours, or aiosmtplib's per-command timeout, which is set to the remaining budget: either way the
-        # deadline is reached. aiosmtplib 2.x dialling smtps itself says whether it got as far as the greeting.
-        connected = progress.connected or "server ready" in str(exc)
+        # deadline is reached.
+        connected = progress.connected or classify.reached_relay(exc)
         if progress.resolving:
             return SessionOutcome(failure=Failure(
                 ErrorCode.SMTP_CONNECT, Phase.CONNECT,

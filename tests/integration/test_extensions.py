@@ -39,26 +39,27 @@ def smtp_dist_delivery_finished(facts, result):
 '''
 
 
-def install_plugin(site: Path) -> None:
-    """A minimal installed distribution: a module plus dist-info with the entry point."""
+def install_plugin(site: Path, module: str, source: str) -> dict[str, str]:
+    """A minimal installed distribution (a module plus dist-info with the entry point) under `site`; returns the
+    environment that makes a child process find it."""
     site.mkdir(parents=True)
-    (site / "smtp_dist_der.py").write_text(PLUGIN)
-    info = site / "smtp_dist_der-1.0.dist-info"
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{module}-1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: smtp-dist-der\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[certbot_smtp_dist]\nder = smtp_dist_der\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[certbot_smtp_dist]\n{module} = {module}\n")
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
 
 def test_plugin_payload_format_and_observer(denv: DeployEnv, lineage: LineagePaths, relay_factory,
                                             tmp_path: Path) -> None:
     from cryptography import x509
 
-    site = tmp_path / "site"
-    install_plugin(site)
+    env = install_plugin(tmp_path / "site", "smtp_dist_der", PLUGIN)
     observed = tmp_path / "observed.jsonl"
     relay = relay_factory("plaintext")
     denv.write_config({"der": relay_target(relay, payload="der"), "pem": relay_target(relay, to=["b@example.com"])})
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "OBSERVED": str(observed)}
+    env["OBSERVED"] = str(observed)
     run = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "--json", extra_env=env)
     assert run.returncode == 0, run.stderr
     assert {t["target"]: t["status"] for t in run.json["targets"]} == {"der": "delivered", "pem": "delivered"}
@@ -109,17 +110,11 @@ def smtp_dist_delivery_finished(facts, result):
 
 def test_failed_payload_is_kept_and_recovered_by_retry_include_failed(
         denv: DeployEnv, lineage: LineagePaths, relay_factory, tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "flaky_fmt.py").write_text(FLAKY_PLUGIN)
-    info = site / "flaky_fmt-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: flaky-fmt\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[certbot_smtp_dist]\nflaky = flaky_fmt\n")
+    env = install_plugin(tmp_path / "site", "flaky_fmt", FLAKY_PLUGIN)
     observed = tmp_path / "observed.jsonl"
     relay = relay_factory("plaintext")
     denv.write_config({"a": relay_target(relay, payload="flaky")})
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "OBSERVED": str(observed)}
+    env["OBSERVED"] = str(observed)
 
     run = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "--json",
                            extra_env={**env, "FORMAT_BROKEN": "1"})
@@ -160,17 +155,10 @@ def test_payload_building_counts_against_the_timeout(denv: DeployEnv, lineage: L
     """`timeout` bounds everything one run does for a target, so the ACME client never waits longer than it."""
     from support.faultscript import STALL
 
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "slow_fmt.py").write_text(SLOW_PLUGIN)
-    info = site / "slow_fmt-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: slow-fmt\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[certbot_smtp_dist]\nslow = slow_fmt\n")
+    env = install_plugin(tmp_path / "site", "slow_fmt", SLOW_PLUGIN)
     stalled = fault_server(replies={"greeting": STALL})
     denv.write_config({"a": {"host": "127.0.0.1", "port": stalled.port, "tls_mode": "plaintext", "timeout": 4,
                              "payload": "slow", "from_address": "c@example.com", "to": ["x@example.com"]}})
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     began = time.monotonic()
     run = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "--json", extra_env=env)
     wall = time.monotonic() - began
