@@ -49,6 +49,9 @@ class Status(str, enum.Enum):
     DELIVERED = "delivered"
     PARTIAL = "partial"
     FAILED = "failed"
+    # The final "." was sent and its reply never came (connection lost, unparseable reply, deadline): the relay
+    # may have queued the message (RFC 5321 §4.1.1.4, §4.5.3.2; RFC 1047). Never re-sent within the run.
+    UNCERTAIN = "uncertain"
     SKIPPED = "skipped"
     RENDERED = "rendered"
 
@@ -93,6 +96,9 @@ class Target:
     pkcs12_passphrase_credential: str | None
     subject_prefix: str | None
     certificates: tuple[str, ...]
+    # Whether `retry` re-sends an `uncertain` delivery once, with the same Message-ID (a duplicate the recipient
+    # can recognise beats a hand-off that never arrived); false waits for `dismiss` or `retry --include-uncertain`.
+    resend_uncertain: bool = True
 
     @property
     def envelope_recipients(self) -> tuple[str, ...]:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from support.faultsmtp import FaultServer, Script
 from support.pki import RelayPKI, ServerCertName, relay_certs
 from support.relay import Relay, RelayMode
+
+# Property tests: the same commit gives the same result on every clean clone under CI=true (derandomized, no
+# example database), while local runs keep exploring at random. Either way a failure prints the reproduction
+# blob (@reproduce_failure) so a local find can be pinned as an explicit @example.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile("dev", print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") == "true" else "dev"))
 
 RelayFactory = Callable[..., Relay]
 FaultServerFactory = Callable[..., FaultServer]

@@ -15,6 +15,10 @@ _LOCAL_RE = re.compile(rf"(?:{_DOT_ATOM}|{_QUOTED})")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# RFC 2047 §2: encoded-word = "=?" charset "?" encoding "?" encoded-text "?=". The shape is matched as leniently
+# as Python's email package decodes it (email.header.ecre: any charset, even empty, and a non-greedy text), so
+# nothing it would decode gets through; "?=?@a", a valid atext local part, has no encoding letter and is no word.
+ENCODED_WORD_RE = re.compile(r"=\?[^?]*\?[QqBb]\?.*?\?=", re.DOTALL)
 
 MAX_LOCAL = 64  # RFC 5321 §4.5.3.1.1
 MAX_ADDRESS = 254  # RFC 5321 §4.5.3.1.3 path (256) minus the angle brackets
@@ -28,7 +32,7 @@ def address_problem(value: str) -> str | None:
         return "contains non-ASCII characters (SMTPUTF8 addresses are not supported)"
     if len(value) > MAX_ADDRESS:
         return f"is longer than {MAX_ADDRESS} characters"
-    if "=?" in value and "?=" in value:
+    if ENCODED_WORD_RE.search(value):
         # RFC 2047 §5: an encoded-word must not appear in an addr-spec; the email package would decode it, and
         # the To header shown to people would no longer be the address that receives the message.
         return "looks like an RFC 2047 encoded-word (=?...?=), which is not allowed in an address"

@@ -38,7 +38,7 @@ KNOWN_KEYS = frozenset(
     {
         "host", "port", "tls_mode", "tls_skip_verify", "tls_ca_file", "auth_method", "username",
         "password_credential", "timeout", "from_address", "from_name", "to", "cc", "bcc", "payload",
-        "pkcs12_passphrase_credential", "subject_prefix", "certificates",
+        "pkcs12_passphrase_credential", "subject_prefix", "certificates", "resend_uncertain",
     }
 )
 
@@ -262,7 +262,8 @@ class _TargetChecker:
         for pattern in certificates:
             if not isinstance(pattern, str) or not pattern:
                 self.problem("certificates", "every entry must be a non-empty string (a name or shell-style glob)")
-        return {"payload": payload, "pkcs12_passphrase_credential": passphrase, "certificates": tuple(certificates)}
+        return {"payload": payload, "pkcs12_passphrase_credential": passphrase, "certificates": tuple(certificates),
+                "resend_uncertain": self.get("resend_uncertain", bool, True)}
 
     def _no_secrets_in_clear(self, relay: dict[str, Any], payload: str) -> None:
         """Neither a password nor a private key crosses a network in clear; loopback is not a network."""
