@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from certbot_smtp_dist.errors import ErrorCode
+from certbot_smtp_dist.errors import ConfigProblem, ErrorCode
 
 
 class TlsMode(str, enum.Enum):
@@ -121,10 +121,11 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The validated configuration file."""
+    """The validated configuration file, and what in it deserves a warning but works."""
 
     path: Path
     targets: tuple[Target, ...]
+    warnings: tuple[ConfigProblem, ...] = ()
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)

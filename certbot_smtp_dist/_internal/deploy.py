@@ -81,6 +81,8 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> LoadedC
     formats = payload_formats(pm)
     store = CredentialStore(path.parent, dict(environ) if environ is not None else None)
     settings = load_settings(path, store.types(), {n: f.credential_type for n, f in formats.items()})
+    for warning in settings.warnings:
+        log.warning("config %s: %s", path, warning)
     return LoadedConfig(settings, formats, store, pm)
 
 
@@ -145,7 +147,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
         results = _deliver(jobs, artefact.facts, request.source, ledger, started)
         notify_all(loaded.plugins, artefact.facts, results)
     for result in results:
-        (log.info if result.ok else log.error)("%s", report.human_line(result))
+        (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
                         state_ok=ledger.healthy if ledger else True)
 
