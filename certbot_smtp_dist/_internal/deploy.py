@@ -124,7 +124,9 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
 
     wanted = [t for t in targets if t.matches(artefact.facts.names)]
     try:
-        secrets = unlock(loaded.store, wanted, formats, with_passwords=not request.dry_run)
+        # A dry run decrypts every secret the real run would use (and so checks the master key and the modes
+        # and owners of the files): only dialling is skipped.
+        secrets = unlock(loaded.store, wanted, formats, with_passwords=True)
     except _Locked as exc:
         for problem in exc.problems:
             log.error("config %s: %s", request.config, problem)

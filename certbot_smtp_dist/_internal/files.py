@@ -88,11 +88,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def warn_if_exposed(path: Path, what: str) -> None:
-    """Log a warning when a file holding secrets is readable or writable by group or others."""
+def exposure(path: Path) -> str | None:
+    """Why a file or directory holding secrets is exposed to other local users, or None.
+
+    Group or other permission bits let them read (or, on a directory, swap) what is in it; an owner other than
+    the user running this lets that owner chmod it open or replace it at any time.
+    """
     try:
-        mode = path.stat().st_mode
+        st = path.stat()
     except OSError:
-        return
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("%s %s has mode %04o; it should be 0600 (chmod 600 %s)", what, path, stat.S_IMODE(mode), path)
+        return None  # what cannot be read is reported where it is used
+    want = DIR_MODE if stat.S_ISDIR(st.st_mode) else FILE_MODE
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return f"has mode {stat.S_IMODE(st.st_mode):04o}; it should be {want:04o} (chmod {want:o} {path})"
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        return f"is owned by uid {st.st_uid}, not by uid {euid} that runs this (chown {euid} {path})"
+    return None
+
+
+def warn_if_exposed(path: Path, what: str) -> None:
+    """Log a warning when a file or directory holding secrets is open to group, others or another owner."""
+    why = exposure(path)
+    if why:
+        log.warning("%s %s %s", what, path, why)

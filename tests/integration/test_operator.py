@@ -1,0 +1,91 @@
+"""The operator's first week: a dry run that validates all it can, versions, exit codes and structured logs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import pytest
+from support.deployenv import DeployEnv
+from support.pki import LineagePaths
+
+PASSWORD = "pw-Op20-never-leaks"
+
+
+def auth_target(port: int) -> dict[str, object]:
+    return {"host": "127.0.0.1", "port": port, "tls_mode": "plaintext", "auth_method": "plain",
+            "username": "robot", "password_credential": "relay", "from_address": "c@example.com",
+            "to": ["x@example.com"], "timeout": 3}
+
+
+def test_dry_run_with_a_wrong_master_key_is_a_config_error(denv: DeployEnv, lineage: LineagePaths,
+                                                            unused_port: int) -> None:
+    denv.set_credential("relay", "smtp_password", PASSWORD)
+    master = denv.config_dir / "master.key"
+    master.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")  # another key: the stored secret will not open
+    denv.write_config({"t": auth_target(unused_port)})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--dry-run")
+    assert run.returncode == 78
+    assert ("targets.t.password_credential: credential 'relay' cannot be decrypted: wrong master key"
+            in run.stderr)
+    assert "Traceback" not in run.stderr
+
+
+def test_dry_run_with_a_missing_master_key_is_a_config_error(denv: DeployEnv, lineage: LineagePaths,
+                                                             unused_port: int) -> None:
+    denv.set_credential("relay", "smtp_password", PASSWORD)
+    (denv.config_dir / "master.key").unlink()
+    denv.write_config({"t": auth_target(unused_port)})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--dry-run")
+    assert run.returncode == 78
+    assert "master key" in run.stderr and "is missing" in run.stderr
+
+
+def test_dry_run_reports_loose_modes_of_master_key_and_credential(denv: DeployEnv, lineage: LineagePaths,
+                                                                  unused_port: int) -> None:
+    denv.set_credential("relay", "smtp_password", PASSWORD)
+    master = denv.config_dir / "master.key"
+    cred = denv.config_dir / "credentials" / "relay.cred"
+    master.chmod(0o644)
+    cred.chmod(0o640)
+    denv.write_config({"t": auth_target(unused_port)})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--dry-run")
+    assert run.returncode == 0, run.stderr
+    assert f"master key {master} has mode 0644; it should be 0600 (chmod 600 {master})" in run.stderr
+    assert f"credential file {cred} has mode 0640" in run.stderr
+    assert PASSWORD not in run.stderr
+
+
+def test_version_names_python_and_the_libraries(denv: DeployEnv) -> None:
+    from importlib import metadata
+
+    run = denv.run("--version")
+    assert run.returncode == 0
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("certbot-smtp-dist ")
+    assert any(line.startswith("Python 3.") for line in lines)
+    assert f"aiosmtplib {metadata.version('aiosmtplib')}" in lines
+    assert f"cryptography {metadata.version('cryptography')}" in lines
+    assert any(line.startswith("certbot ") for line in lines)
+
+
+@pytest.mark.parametrize("argv", [("--help",), ("deploy", "--help")])
+def test_help_lists_the_exit_codes(denv: DeployEnv, argv: tuple[str, ...]) -> None:
+    run = denv.run(*argv)
+    assert run.returncode == 0
+    for code, meaning in (("0", "delivered"), ("64", "EX_USAGE"), ("65", "EX_DATAERR"), ("69", "EX_UNAVAILABLE"),
+                          ("75", "EX_TEMPFAIL"), ("78", "EX_CONFIG")):
+        assert any(line.split()[:1] == [code] and meaning in line for line in run.stdout.splitlines()), code
+
+
+def test_json_log_lines_carry_structured_fields(denv: DeployEnv, lineage: LineagePaths, unused_port: int) -> None:
+    denv.write_config({"down": {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 2,
+                                "from_address": "c@example.com", "to": ["x@example.com"]}})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--log-format", "json")
+    assert run.returncode == 75
+    records = [json.loads(line) for line in run.stderr.splitlines()]
+    (result,) = [r for r in records if r.get("status") == "failed"]
+    assert (result["target"], result["phase"], result["code"]) == ("down", "connect", "SMTP_CONNECT")
+    assert result["message_id"].startswith("<") and isinstance(result["duration"], float)
+    assert result["level"] == "error" and result["message"].startswith("down: failed SMTP_CONNECT")
