@@ -83,6 +83,14 @@ def reached_relay(exc: BaseException) -> bool:
     return "server ready" in str(exc)
 
 
+def peer_spoke_tls(exc: BaseException) -> bool:
+    """Whether a failed handshake shows that the relay speaks TLS: it sent a certificate we refused, or an alert."""
+    cause = _root_cause(exc)
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return True
+    return isinstance(cause, ssl.SSLError) and "ALERT" in str(cause.reason or "").upper()
+
+
 def deadline(phase: Phase, connected: bool, budget: float) -> Failure:
     if not connected:
         return Failure(ErrorCode.SMTP_CONNECT, Phase.CONNECT, f"TCP connect did not complete within {budget:.1f}s")

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from certbot_smtp_dist._internal import classify
+from certbot_smtp_dist._internal import classify, portprobe
 from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import (
     AuthMethod,
@@ -68,6 +68,7 @@ def client_tls_context(target: Target) -> ssl.SSLContext:
 async def deliver(target: Target, message: Message, password: Secret | None, budget: float) -> SessionOutcome:
     """Run one SMTP session; never raises for SMTP, network or TLS trouble, and never outlives `budget`."""
     progress = _Progress()
+    deadline = asyncio.get_running_loop().time() + budget
     try:
         return await asyncio.wait_for(_session(target, message, password, progress, budget), timeout=budget)
     except _Abort as abort:
@@ -84,7 +85,8 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        return SessionOutcome(failure=classify.translate(exc, progress.phase, progress.connected))
+        failure = classify.translate(exc, progress.phase, progress.connected)
+        return SessionOutcome(failure=await _wrong_port_hint(target, progress, exc, failure, deadline))
     finally:
         _close(progress)
 
@@ -105,6 +107,8 @@ async def _session(
     if socket_with_hostname or not smtps:
         progress.sock = await _open_socket(target.host, target.port, progress)
         progress.connected = True
+        if not smtps:
+            await _await_greeting(progress.sock, target, deadline)
         where: dict[str, Any] = {"sock": progress.sock, "hostname": target.host if socket_with_hostname else None}
     else:  # pragma: no cover - aiosmtplib 2.x
         where = {"hostname": target.host, "port": target.port}
@@ -175,6 +179,37 @@ async def _converse(
         pass
     failure = classify.refusals_failure(refused) if refused else None
     return SessionOutcome(accepted=tuple(accepted), refused=tuple(refused), failure=failure)
+
+
+# -- wrong port for the TLS mode --------------------------------------------------------------------------------
+
+
+async def _await_greeting(sock: socket.socket, target: Target, deadline: float) -> None:
+    """A relay silent past `portprobe.greeting_wait` may be an implicit-TLS port waiting for our ClientHello: ask
+    on a second connection, bounded by the deadline; if it is not, keep waiting here (RFC 5321 §4.5.3.2.1)."""
+    loop = asyncio.get_running_loop()
+    if await portprobe.readable(sock, min(portprobe.greeting_wait(target.timeout), deadline - loop.time())):
+        return
+    dial = _dialler(target)
+    if await portprobe.speaks_tls_first(dial, target.host, deadline - loop.time() - 0.05):
+        raise _Abort(Failure(ErrorCode.SMTP_TLS, Phase.TLS, f"no greeting within "
+                             f"{portprobe.greeting_wait(target.timeout):.1f}s: {portprobe.TLS_FIRST}"))
+
+
+async def _wrong_port_hint(target: Target, progress: _Progress, exc: BaseException, failure: Failure,
+                           deadline: float) -> Failure:
+    """An implicit-TLS handshake that failed without the relay speaking TLS: if the port greets in clear, say so."""
+    if (target.tls_mode is not TlsMode.SMTPS or progress.phase is not Phase.TLS
+            or failure.code is not ErrorCode.SMTP_TLS or classify.peer_spoke_tls(exc)):
+        return failure
+    bound = min(portprobe.greeting_wait(target.timeout), deadline - asyncio.get_running_loop().time() - 0.05)
+    if await portprobe.speaks_plaintext_first(_dialler(target), bound):
+        return Failure(ErrorCode.SMTP_TLS, Phase.TLS, f"{failure.detail}: {portprobe.PLAINTEXT_FIRST}")
+    return failure
+
+
+def _dialler(target: Target) -> portprobe.Dial:
+    return lambda: _open_socket(target.host, target.port, _Progress())
 
 
 async def _polite_quit(client: Any) -> None:

@@ -7,8 +7,9 @@ import json
 import os
 
 import pytest
-from support.deployenv import DeployEnv
+from support.deployenv import DeployEnv, relay_target
 from support.pki import LineagePaths
+from support.relay import Relay
 
 PASSWORD = "pw-Op20-never-leaks"
 
@@ -89,3 +90,57 @@ def test_json_log_lines_carry_structured_fields(denv: DeployEnv, lineage: Lineag
     assert (result["target"], result["phase"], result["code"]) == ("down", "connect", "SMTP_CONNECT")
     assert result["message_id"].startswith("<") and isinstance(result["duration"], float)
     assert result["level"] == "error" and result["message"].startswith("down: failed SMTP_CONNECT")
+
+
+# ---------------------------------------------------------------------------------------------- wrong port for tls_mode
+
+WRONG_PORT_TIMEOUT = 8  # a greeting is awaited for 2 s of it before the probe
+
+
+def wrong_port_target(relay: Relay, tls_mode: str) -> dict[str, object]:
+    return {**relay_target(relay), "tls_mode": tls_mode, "timeout": WRONG_PORT_TIMEOUT}
+
+
+def test_starttls_on_an_implicit_tls_port_is_a_tls_error_with_its_hint(denv: DeployEnv, lineage: LineagePaths,
+                                                                        relay_factory) -> None:
+    relay = relay_factory("smtps")
+    denv.write_config({"t": wrong_port_target(relay, "starttls")})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    t = run.target("t")
+    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("failed", "SMTP_TLS", "tls", False)
+    assert t["detail"].endswith('this port speaks implicit TLS; set tls_mode = "smtps"')
+    assert t["attempts"] == 1 and run.returncode == 69
+    # Probed after a bounded wait for the greeting, not abandoned at the deadline and spooled for days.
+    assert t["duration_s"] < WRONG_PORT_TIMEOUT - 2
+    assert relay.messages == []
+
+
+def test_smtps_on_a_starttls_port_is_a_tls_error_with_its_hint(denv: DeployEnv, lineage: LineagePaths,
+                                                                relay_factory) -> None:
+    relay = relay_factory("starttls")
+    denv.write_config({"t": wrong_port_target(relay, "smtps")})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    t = run.target("t")
+    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("failed", "SMTP_TLS", "tls", False)
+    assert t["detail"].endswith('this port speaks plaintext first; set tls_mode = "starttls"')
+    assert t["attempts"] == 1 and run.returncode == 69
+    assert t["duration_s"] < WRONG_PORT_TIMEOUT / 2  # the relay greets at once: so is the hint
+    assert relay.messages == []
+
+
+def test_plaintext_on_an_implicit_tls_port_gets_the_same_hint(denv: DeployEnv, lineage: LineagePaths,
+                                                              relay_factory) -> None:
+    relay = relay_factory("smtps")
+    denv.write_config({"t": wrong_port_target(relay, "plaintext")})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    assert run.target("t")["detail"].endswith('this port speaks implicit TLS; set tls_mode = "smtps"')
+
+
+def test_a_relay_that_speaks_tls_is_not_probed(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
+    relay = relay_factory("smtps", cert="expired")
+    denv.write_config({"t": wrong_port_target(relay, "smtps")})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    t = run.target("t")
+    assert t["error_code"] == "SMTP_TLS" and "not trusted" in t["detail"]
+    assert "this port speaks" not in t["detail"]
+    assert relay.connections == 1
