@@ -78,6 +78,14 @@ def refusal(exc: BaseException) -> Reply | None:
     return None
 
 
+def reply_of(exc: BaseException) -> tuple[int, str] | None:
+    """The code and text of the reply an aiosmtplib error carries, for the transcript; None if there was none."""
+    if "SMTPResponseException" not in _foreign_names(exc):
+        return None
+    code = int(getattr(exc, "code", 0) or 0)
+    return (code, str(getattr(exc, "message", ""))) if code > 0 else None
+
+
 def reached_relay(exc: BaseException) -> bool:
     """Whether a timeout happened after TCP was up: aiosmtplib 2.x, dialling smtps itself, says so only in words."""
     return "server ready" in str(exc)

@@ -27,6 +27,7 @@ from certbot_smtp_dist.errors import (
     UsageError,
 )
 from certbot_smtp_dist.model import (
+    Artefact,
     AuthMethod,
     CertificateFacts,
     DeliveryResult,
@@ -77,12 +78,14 @@ class LoadedConfig:
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
     from certbot_smtp_dist._internal.plugins import make_manager, payload_formats
 
+    log.debug("loading config %s", path)
     pm = make_manager()
     formats = payload_formats(pm)
     store = CredentialStore(path.parent, dict(environ) if environ is not None else None)
     settings = load_settings(path, store.types(), {n: f.credential_type for n, f in formats.items()})
     for warning in settings.warnings:
         log.warning("config %s: %s", path, warning)
+    log.debug("config %s: target(s) %s", path, ", ".join(t.name for t in settings.targets))
     return LoadedConfig(settings, formats, store, pm)
 
 
@@ -98,7 +101,6 @@ def select(settings: Settings, names: tuple[str, ...]) -> tuple[Target, ...]:
 
 def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     """Validate config and artefact, then deliver (or render). Raises only UsageError."""
-    from certbot_smtp_dist._internal import lineage
     from certbot_smtp_dist._internal.ledger import Ledger
 
     now = now or datetime.now(timezone.utc)
@@ -118,7 +120,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     targets = select(loaded.settings, request.targets)
 
     try:
-        artefact = lineage.load(request.source, now)
+        artefact = _read_certificate(request.source, now)
     except CertificateError as exc:
         return _unusable_certificate(exc, targets, ledger)
 
@@ -143,6 +145,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
         if target in wanted:
             pipeline.warn_about(target, formats[target.payload])
         jobs.append(pipeline.prepare_job(target, artefact, formats, secrets, now))
+        _log_prepared(jobs[-1])
     if request.dry_run:
         results = pipeline.rendered_results(jobs, request.output)
     else:
@@ -152,6 +155,25 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
         (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
                         state_ok=ledger.healthy if ledger else True)
+
+
+def _read_certificate(source: LineageSource, now: datetime) -> Artefact:
+    from certbot_smtp_dist._internal import lineage
+
+    log.debug("reading the certificate from %s", source.lineage_dir or source.fullchain or source.cert)
+    artefact = lineage.load(source, now)
+    log.debug("certificate %s: serial %s, expires %s", artefact.facts.name, artefact.facts.serial_hex,
+              artefact.facts.not_after.isoformat())
+    return artefact
+
+
+def _log_prepared(job: pipeline.Job) -> None:
+    """-v: the payload built and the message rendered for one target (never its content)."""
+    if job.message is not None:
+        log.debug("target %s: payload %s built, message rendered: %d bytes, %d recipient(s), Message-ID %s",
+                  job.target.name, job.target.payload, len(job.message.data), len(job.message.envelope_to),
+                  job.message.message_id, extra={"target": job.target.name, "phase": "payload",
+                                                 "message_id": job.message.message_id})
 
 
 def _unusable_certificate(exc: CertificateError, targets: tuple[Target, ...],

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from certbot_smtp_dist._internal import classify, portprobe
+from certbot_smtp_dist._internal import classify, portprobe, transcript
 from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import (
     AuthMethod,
@@ -104,6 +104,9 @@ async def _session(
     # (SMTP_TRANSIENT); aiosmtplib reports both as SMTPConnectTimeoutError. aiosmtplib < 3 (Debian 12 ships 2.0)
     # takes no host name with a socket and so cannot do implicit TLS over one: there it dials smtps itself.
     smtps = target.tls_mode is TlsMode.SMTPS
+    transcript.stages.debug("target %s: dialling %s port %d (tls_mode %s, %.1fs left)", target.name, target.host,
+                            target.port, target.tls_mode.value, budget,
+                            extra={"target": target.name, "phase": Phase.CONNECT.value})
     if socket_with_hostname or not smtps:
         progress.sock = await _open_socket(target.host, target.port, progress)
         progress.connected = True
@@ -112,7 +115,7 @@ async def _session(
         where: dict[str, Any] = {"sock": progress.sock, "hostname": target.host if socket_with_hostname else None}
     else:  # pragma: no cover - aiosmtplib 2.x
         where = {"hostname": target.host, "port": target.port}
-    client = aiosmtplib.SMTP(
+    client = transcript.Transcribed(aiosmtplib.SMTP(
         **where,
         use_tls=smtps,
         start_tls=False,  # never aiosmtplib's "STARTTLS if offered": we require it explicitly below
@@ -120,7 +123,7 @@ async def _session(
         # A hair under our deadline, so that aiosmtplib's own timeout (which says what it waited for) wins.
         timeout=max(deadline - loop.time() - 0.05, 0.1),
         local_hostname=_local_hostname(),
-    )
+    ), target, password)  # logs the conversation, redacted, for -vv
     progress.client = client
     progress.phase = Phase.TLS if target.tls_mode is TlsMode.SMTPS else Phase.CONNECT
     await client.connect()

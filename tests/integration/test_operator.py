@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 
 import pytest
 from support.deployenv import DeployEnv, relay_target
 from support.pki import LineagePaths
 from support.relay import Relay
+from support.secretscan import leaks, spellings
 
 PASSWORD = "pw-Op20-never-leaks"
 
@@ -144,3 +146,68 @@ def test_a_relay_that_speaks_tls_is_not_probed(denv: DeployEnv, lineage: Lineage
     assert t["error_code"] == "SMTP_TLS" and "not trusted" in t["detail"]
     assert "this port speaks" not in t["detail"]
     assert relay.connections == 1
+
+
+# ---------------------------------------------------------------------------------------------- -v and -vv
+
+
+@pytest.mark.parametrize("mechanism", ["plain", "login"])
+def test_vv_shows_the_conversation_without_secrets_or_body(denv: DeployEnv, lineage: LineagePaths,
+                                                           relay_factory, mechanism: str) -> None:
+    relay = relay_factory("starttls", auth=("robot", PASSWORD))
+    denv.set_credential("relay", "smtp_password", PASSWORD)
+    denv.write_config({"t": relay_target(relay, auth_method=mechanism)})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "-vv")
+    assert run.returncode == 0, run.stderr
+    assert len(relay.messages) == 1 and relay.auth_successes == 1
+    lines = [line.split("target t: ", 1)[1] for line in run.stderr.splitlines() if "target t: " in line]
+    said = [line for line in lines if line.startswith(("C: ", "S: ", "*: "))]
+    assert said[0].startswith("S: 220 ")  # the greeting
+    expected = ["C: EHLO", "C: STARTTLS", f"C: AUTH {mechanism.upper()} ***", "S: 235 ",
+                "C: MAIL FROM:<certbot@example.com>", "C: RCPT TO:<pki@example.com>", "C: DATA", "C: QUIT"]
+    positions = [next(i for i, line in enumerate(said) if line.startswith(e)) for e in expected]
+    assert positions == sorted(positions), said
+    tls = next(line for line in said if line.startswith("*: TLS "))
+    assert "TLSv1." in tls and "relay certificate subject: CN=" in tls
+    (data,) = [line for line in said if line.startswith("C: DATA")]
+    assert re.fullmatch(r"C: DATA, then the message \(\d+ bytes, not shown\) and '\.'", data)
+    # Every stage of -v is there too.
+    for stage in ("loading config", "reading the certificate", "payload pem built", "dialling 127.0.0.1",
+                  "connected; relay greeted", "TLS established", "authenticating with AUTH", "authenticated",
+                  "sending the message", "t: delivered"):
+        assert stage in run.stderr, stage
+    found = leaks({"stderr": run.stderr, "stdout": run.stdout},
+                  [*spellings(PASSWORD, "robot"), *key_lines(lineage)])
+    assert found == []
+    # The message itself is left out: no header, no attachment.
+    for body in ("Subject:", "Content-Type", "BEGIN CERTIFICATE", "Message-ID: <"):
+        assert body not in run.stderr, body
+
+
+def test_vv_scrubs_secrets_a_hostile_relay_echoes(denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
+    blob = spellings(PASSWORD, "robot")[2]
+    echo = fault_server(auth_replies={"PLAIN": f"535 5.7.8 bad credentials {blob} {PASSWORD}"})
+    denv.set_credential("relay", "smtp_password", PASSWORD)
+    denv.write_config({"t": auth_target(echo.port)})
+    run = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "-vv", "--log-format", "json")
+    assert run.returncode == 69
+    records = [json.loads(line) for line in run.stderr.splitlines()]
+    transcript = [r["message"] for r in records if r["logger"] == "certbot_smtp_dist.transcript"]
+    assert "target t: C: AUTH PLAIN ***" in transcript
+    assert "target t: S: 535 5.7.8 bad credentials *** ***" in transcript
+    assert leaks({"stderr": run.stderr, "stdout": run.stdout}, spellings(PASSWORD, "robot")) == []
+
+
+def test_v_shows_stages_but_no_transcript(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
+    relay = relay_factory("starttls")
+    denv.write_config({"t": relay_target(relay)})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "-v")
+    assert run.returncode == 0
+    assert "target t: TLS established" in run.stderr and "target t: dialling" in run.stderr
+    assert "C: " not in run.stderr and "S: 220" not in run.stderr
+    quiet = denv.run("deploy", "--lineage", str(lineage.live_dir))
+    assert "dialling" not in quiet.stderr and "loading config" not in quiet.stderr
+
+
+def key_lines(lineage: LineagePaths) -> list[str]:
+    return [line.decode() for line in lineage.privkey.read_bytes().splitlines()[1:-1]]
