@@ -8,7 +8,7 @@ import os
 import re
 
 import pytest
-from support.deployenv import DeployEnv, relay_target
+from support.deployenv import DeployEnv, relay_target, to_toml
 from support.pki import LineagePaths
 from support.relay import Relay
 from support.secretscan import leaks, spellings
@@ -211,3 +211,35 @@ def test_v_shows_stages_but_no_transcript(denv: DeployEnv, lineage: LineagePaths
 
 def key_lines(lineage: LineagePaths) -> list[str]:
     return [line.decode() for line in lineage.privkey.read_bytes().splitlines()[1:-1]]
+
+
+# ---------------------------------------------------------------------------------------------- hints on the command line
+
+
+def test_missing_credential_hint_carries_the_config_given(denv: DeployEnv, lineage: LineagePaths,
+                                                          unused_port: int) -> None:
+    # $CERTBOT_SMTP_DIST_CONFIG still names denv's usual config: only --config leads to this one.
+    elsewhere = denv.root / "other dir" / "config.toml"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(to_toml({"relay2": {**auth_target(unused_port), "password_credential": "relay2"}}))
+    run = denv.run("deploy", "--config", str(elsewhere), "--lineage", str(lineage.live_dir), "--dry-run")
+    assert run.returncode == 78
+    hint = f"run: certbot-smtp-dist credentials set relay2 --type smtp_password --config '{elsewhere}'"
+    assert hint in run.stderr
+    # Pasting the hint (without the quotes a shell removes) stores the secret where the deploy looks.
+    stored = denv.run("credentials", "set", "relay2", "--type", "smtp_password", "--config", str(elsewhere),
+                      stdin=PASSWORD)
+    assert stored.returncode == 0
+    assert denv.run("deploy", "--config", str(elsewhere), "--lineage", str(lineage.live_dir),
+                    "--dry-run").returncode == 0
+
+
+def test_validation_warnings_are_printed_by_a_dry_run(denv: DeployEnv, lineage: LineagePaths) -> None:
+    denv.write_config({"t": {"host": "127.0.0.1", "port": 465, "tls_mode": "starttls", "payload": "pem",
+                             "pkcs12_passphrase_credential": "p12", "from_address": "c@example.com",
+                             "to": ["x@example.com"]}})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--dry-run")
+    assert run.returncode == 0
+    warnings = [line for line in run.stderr.splitlines() if ": WARNING: config " in line]
+    assert any("targets.t.port: port 465 speaks implicit TLS" in w for w in warnings), run.stderr
+    assert any("targets.t.pkcs12_passphrase_credential: is ignored: payload = 'pem'" in w for w in warnings)
