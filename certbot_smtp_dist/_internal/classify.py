@@ -91,12 +91,19 @@ def reached_relay(exc: BaseException) -> bool:
     return "server ready" in str(exc)
 
 
+# OpenSSL reasons that can only follow a TLS record from the relay (a ServerHello we refused, or its alert).
+_TLS_SPEAKER_REASONS = frozenset({"UNSUPPORTED_PROTOCOL", "VERSION_TOO_LOW", "WRONG_SSL_VERSION",
+                                  "NO_SHARED_CIPHER", "WRONG_CIPHER_RETURNED", "UNSUPPORTED_ELLIPTIC_CURVE"})
+
+
 def peer_spoke_tls(exc: BaseException) -> bool:
-    """Whether a failed handshake shows that the relay speaks TLS: it sent a certificate we refused, or an alert."""
+    """Whether a failed handshake shows that the relay speaks TLS: it sent a certificate we refused, a ServerHello
+    we could not accept, or an alert. Otherwise it may have greeted in clear, which is worth a look."""
     cause = _root_cause(exc)
     if isinstance(cause, ssl.SSLCertVerificationError):
         return True
-    return isinstance(cause, ssl.SSLError) and "ALERT" in str(cause.reason or "").upper()
+    reason = str(getattr(cause, "reason", "") or "").upper()
+    return isinstance(cause, ssl.SSLError) and ("ALERT" in reason or reason in _TLS_SPEAKER_REASONS)
 
 
 def deadline(phase: Phase, connected: bool, budget: float) -> Failure:
