@@ -325,7 +325,7 @@ class _TargetChecker:
         if relay["tls_mode"] is TlsMode.PLAINTEXT:
             unused.update(dict.fromkeys(("tls_ca_file", "tls_skip_verify"), "tls_mode = 'plaintext'"))
         for key, why in unused.items():
-            if key in self.table and key not in self.from_defaults:
+            if key in self.table and key not in self.from_defaults and self.table[key] is not False:
                 self.warning(key, f"is ignored: {why}")
 
     def _no_secrets_in_clear(self, relay: dict[str, Any], payload: str) -> None:

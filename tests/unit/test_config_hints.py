@@ -118,6 +118,10 @@ def test_keys_for_another_payload_or_auth_method_are_warnings(table: dict[str, A
     assert warned(table) == [f"targets.t.{key}: is ignored: {why}"]
 
 
+def test_an_ignored_key_set_to_its_harmless_value_is_not_warned() -> None:
+    assert warned({"host": "127.0.0.1", "tls_mode": "plaintext", "tls_skip_verify": False}) == []
+
+
 def test_unused_keys_from_defaults_are_not_warned() -> None:
     # A [defaults] value serves the targets that use it; the others are not wrong for ignoring it.
     assert warned({}, defaults={"pkcs12_passphrase_credential": "p12", "username": "robot"}) == []
