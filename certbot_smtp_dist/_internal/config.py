@@ -111,10 +111,16 @@ def parse_settings(
     return Settings(path=path, targets=tuple(targets), warnings=tuple(_once(warnings)))
 
 
+def closest_key(key: str, known: frozenset[str] | tuple[str, ...]) -> str | None:
+    """The known key `key` is most likely a typo of, if any is close enough."""
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
 def unknown_key(key: str, known: frozenset[str] | tuple[str, ...], text: str = "unknown key") -> str:
     """`text`, with the closest known key when one is close enough to be a typo."""
-    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
-    return f"{text}; did you mean {close[0]!r}?" if close else text
+    close = closest_key(key, known)
+    return f"{text}; did you mean {close!r}?" if close else text
 
 
 def credentials_set_hint(name: str, type_: str, path: Path) -> str:
@@ -150,6 +156,8 @@ class _TargetChecker:
         self.config_path = config_path
         self.problems: list[ConfigProblem] = []
         self.warnings: list[ConfigProblem] = []
+        # Keys a typo in this table or [defaults] most likely meant: their "did you mean" says they are missing.
+        self.misspelled = {closest_key(k, KNOWN_KEYS) for k in table if k not in KNOWN_KEYS}
 
     def _where(self, key: str | None, text: str) -> ConfigProblem:
         """Keyed where the user wrote the value: a [defaults] value is `defaults.KEY`, never `targets.NAME.KEY`."""
@@ -165,7 +173,7 @@ class _TargetChecker:
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
         if key not in self.table:
-            if required:
+            if required and key not in self.misspelled:
                 self.problem(key, "is required")
             return default
         value = self.table[key]

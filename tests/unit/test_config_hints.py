@@ -59,6 +59,15 @@ def test_defaults_typo_reported_once_under_the_key_written() -> None:
     assert [str(p) for p in found] == ["defaults.from_adress: unknown key; did you mean 'from_address'?"]
 
 
+def test_a_misspelled_required_key_is_one_problem_not_two() -> None:
+    table = {k: v for k, v in BASE.items() if k != "from_address"}
+    (problem,) = errors({"t": {**table, "from_adress": "c@example.com"}})
+    assert str(problem) == "targets.t.from_adress: unknown key; did you mean 'from_address'?"
+    found = errors({"a": {"to": ["a@example.com"]}, "b": {"to": ["b@example.com"]}},
+                   defaults={"host": "relay.example.com", "from_adress": "c@example.com"})
+    assert [str(p) for p in found] == ["defaults.from_adress: unknown key; did you mean 'from_address'?"]
+
+
 def test_bad_defaults_value_reported_once_under_defaults() -> None:
     found = errors({"a": {"to": ["a@example.com"]}, "b": {"to": ["b@example.com"]}},
                    defaults={"host": "relay.example.com", "from_address": "c@example.com", "port": 70000})
