@@ -35,10 +35,9 @@ class Transcribed:
 
     # -- commands ---------------------------------------------------------------------------------------------
     async def connect(self, *args: Any, **kwargs: Any) -> Any:
-        answer = await self._command(None, Phase.CONNECT, self._client.connect, *args, **kwargs)
-        if self._target.tls_mode.value == "smtps":
-            self._tls_facts()
-        return answer
+        # Implicit TLS (RFC 8314 §3.3): the handshake comes before the greeting, and so do its facts.
+        first = self._tls_facts if self._target.tls_mode.value == "smtps" else None
+        return await self._command(None, Phase.CONNECT, self._client.connect, *args, first=first, **kwargs)
 
     async def ehlo(self, *args: Any, **kwargs: Any) -> Any:
         hostname = kwargs.get("hostname") or getattr(self._client, "local_hostname", None) or ""
@@ -78,11 +77,13 @@ class Transcribed:
 
     # -- logging ----------------------------------------------------------------------------------------------
     async def _command(self, line: str | None, phase: Phase, call: Callable[..., Awaitable[Any]],
-                       *args: Any, **kwargs: Any) -> Any:
+                       *args: Any, first: Callable[[], None] | None = None, **kwargs: Any) -> Any:
         if line is not None:
             self._line("C", line)
         try:
             answer = await call(*args, **kwargs)
+            if first is not None:
+                first()
         except Exception as exc:
             reply = classify.reply_of(exc)
             if reply is not None:
@@ -115,12 +116,17 @@ class Transcribed:
 
     def _tls_facts(self) -> None:
         """RFC 8314 §5 / RFC 7525: which protocol and cipher protect the session, and whom we talk to."""
-        tls = self._client.get_transport_info("ssl_object")
-        if tls is None:
+        try:  # only ever an observer: nothing here may fail the delivery
+            tls = self._client.get_transport_info("ssl_object")
+            if tls is None:
+                return
+            cipher = (tls.cipher() or ("?",))[0]
+            subject = _subject(tls)
+        except Exception as exc:
+            self._line("*", f"TLS details unavailable ({type(exc).__name__})")
             return
-        cipher = (tls.cipher() or ("?",))[0]
         self._stage(Phase.TLS, f"TLS established: {tls.version()}, {cipher}")
-        self._line("*", f"TLS {tls.version()} {cipher}; relay certificate subject: {_subject(tls)}")
+        self._line("*", f"TLS {tls.version()} {cipher}; relay certificate subject: {subject}")
 
 
 def _subject(tls: Any) -> str:
