@@ -15,7 +15,7 @@ from typing import Any
 from certbot_smtp_dist._internal import classify
 from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist._internal.redaction import MASK, scrub, secret_forms
-from certbot_smtp_dist.model import Phase, Secret, Target
+from certbot_smtp_dist.model import Phase, Secret, Target, TlsMode
 
 LOGGER = "certbot_smtp_dist.transcript"
 log = logging.getLogger(LOGGER)
@@ -36,7 +36,7 @@ class Transcribed:
     # -- commands ---------------------------------------------------------------------------------------------
     async def connect(self, *args: Any, **kwargs: Any) -> Any:
         # Implicit TLS (RFC 8314 §3.3): the handshake comes before the greeting, and so do its facts.
-        first = self._tls_facts if self._target.tls_mode.value == "smtps" else None
+        first = self._tls_facts if self._target.tls_mode is TlsMode.SMTPS else None
         return await self._command(None, Phase.CONNECT, self._client.connect, *args, first=first, **kwargs)
 
     async def ehlo(self, *args: Any, **kwargs: Any) -> Any:
