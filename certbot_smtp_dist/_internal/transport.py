@@ -193,8 +193,9 @@ async def _await_greeting(sock: socket.socket, target: Target, deadline: float) 
     loop = asyncio.get_running_loop()
     if await portprobe.readable(sock, min(portprobe.greeting_wait(target.timeout), deadline - loop.time())):
         return
-    dial = _dialler(target)
-    if await portprobe.speaks_tls_first(dial, target.host, deadline - loop.time() - 0.05):
+    transcript.stages.debug("target %s: no greeting yet; asking on a second connection whether the port speaks "
+                            "TLS first", target.name, extra={"target": target.name, "phase": Phase.CONNECT.value})
+    if await portprobe.speaks_tls_first(_dialler(target), target.host, deadline - loop.time() - 0.05):
         raise _Abort(Failure(ErrorCode.SMTP_TLS, Phase.TLS, f"no greeting within "
                              f"{portprobe.greeting_wait(target.timeout):.1f}s: {portprobe.TLS_FIRST}"))
 
@@ -206,6 +207,8 @@ async def _wrong_port_hint(target: Target, progress: _Progress, exc: BaseExcepti
             or failure.code is not ErrorCode.SMTP_TLS or classify.peer_spoke_tls(exc)):
         return failure
     bound = min(portprobe.greeting_wait(target.timeout), deadline - asyncio.get_running_loop().time() - 0.05)
+    transcript.stages.debug("target %s: TLS handshake failed; asking on a second connection whether the port "
+                            "greets in clear", target.name, extra={"target": target.name, "phase": Phase.TLS.value})
     if await portprobe.speaks_plaintext_first(_dialler(target), bound):
         return Failure(ErrorCode.SMTP_TLS, Phase.TLS, f"{failure.detail}: {portprobe.PLAINTEXT_FIRST}")
     return failure
