@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 from typing import Any
 
 import pytest
@@ -116,3 +117,96 @@ def test_failure_with_a_reply_or_before_the_dot_is_retried_in_the_run(denv: Depl
     [delivered] = server.messages
     assert message_id(delivered.data) == t["message_id"]
     assert len(server.data_ends) == (2 if "DATA_END" in script["replies"] else 1)
+
+
+# ------------------------------------------------------------------------------ spool, retry, status, journal
+
+
+def entries(denv: DeployEnv) -> list[dict[str, Any]]:
+    status = denv.run("status", "--json")
+    return list(status.json["entries"])
+
+
+def journal(denv: DeployEnv) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (denv.state_dir / "journal.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("script", LOST_REPLIES.values(), ids=LOST_REPLIES.keys())
+def test_retry_resends_an_uncertain_delivery_once_with_the_same_message_id(
+        denv: DeployEnv, lineage: LineagePaths, fault_server, script: dict[str, Any]) -> None:
+    server = fault_server(**script)
+    _, t = deploy(denv, lineage, server, timeout=2)
+    assert t["status"] == "uncertain"
+    [attempt] = [r for r in journal(denv) if r["event"] == "attempt"]
+    assert (attempt["outcome"], attempt["message_id"]) == ("uncertain", t["message_id"])
+    [row] = entries(denv)
+    assert (row["state"], row["resend_due"], row["message_id"]) == ("uncertain", True, t["message_id"])
+    status = denv.run("status")
+    assert status.returncode == 1  # WARNING: `retry` takes care of it
+    assert status.stdout.startswith("UNCERTAIN: ") and "`retry` re-sends it once" in status.stdout
+
+    server.script = Script()  # the relay answers again
+    retry = denv.run("retry", "--json")
+    assert retry.returncode == 0, retry.stderr
+    assert server.wait_idle()
+    first, again = server.data_ends
+    assert message_id(again.data) == message_id(first.data) == t["message_id"]
+    assert again.rcpt_tos == first.rcpt_tos
+    assert entries(denv) == [] and denv.run("status").returncode == 0
+    assert denv.run("retry").returncode == 0 and len(server.data_ends) == 2  # done: never a third copy
+    assert denv.run("journal", "verify").returncode == 0
+    assert [r["outcome"] for r in json.loads(denv.run("history", "--json").stdout)["history"]] == \
+        ["uncertain", "delivered"]
+
+
+def test_a_second_lost_reply_waits_for_a_human(denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
+    server = fault_server(replies={"DATA_END": CLOSE})
+    deploy(denv, lineage, server)
+    first_retry = denv.run("retry", "--json")
+    assert first_retry.returncode == EX_TEMPFAIL and first_retry.target("relay")["status"] == "uncertain"
+    assert server.wait_idle() and len(server.data_ends) == 2
+    [row] = entries(denv)
+    assert (row["state"], row["resend_due"]) == ("uncertain", False)
+    status = denv.run("status")
+    assert status.returncode == 2 and "retry --include-uncertain" in status.stdout  # CRITICAL: needs a human
+    assert denv.run("retry").returncode == 0
+    assert server.connections == 2 and len(server.data_ends) == 2  # not by itself, however often retry runs
+    assert denv.run("dismiss", row["id"]).returncode == 0
+    assert entries(denv) == [] and denv.run("status").returncode == 0
+    assert journal(denv)[-1]["event"] == "dismissed"
+
+
+@pytest.mark.parametrize("when", ["from-the-start", "set-after-the-fact"])
+def test_resend_uncertain_false_waits_for_include_uncertain(denv: DeployEnv, lineage: LineagePaths, fault_server,
+                                                            when: str) -> None:
+    server = fault_server(replies={"DATA_END": CLOSE})
+    _, t = deploy(denv, lineage, server, resend_uncertain=when != "from-the-start")
+    if when == "set-after-the-fact":
+        denv.write_config({"relay": target(server.port, resend_uncertain=False)})
+    server.script = Script()
+    assert denv.run("retry").returncode == 0
+    assert server.connections == 1 and len(server.data_ends) == 1  # nothing re-sent
+    [row] = entries(denv)
+    assert (row["state"], row["resend_due"]) == ("uncertain", False)
+    assert denv.run("status").returncode == 2
+    retry = denv.run("retry", "--include-uncertain", "--json")
+    assert retry.returncode == 0 and retry.target("relay")["status"] == "delivered"
+    assert server.wait_idle()
+    assert [message_id(m.data) for m in server.data_ends] == [t["message_id"]] * 2
+    assert entries(denv) == []
+
+
+def test_resend_goes_only_to_recipients_not_known_to_have_it(denv: DeployEnv, lineage: LineagePaths,
+                                                             fault_server) -> None:
+    """Session 1: pki takes it (250), ops is busy (450). Session 2, for ops only, loses the final reply."""
+    server = fault_server(Script(rcpt_replies={"ops@example.com": "450 4.2.1 busy"}, faulty_connections=1,
+                                 later=Script(replies={"DATA_END": CLOSE}, faulty_connections=1)))
+    _, t = deploy(denv, lineage, server, timeout=10)
+    assert t["status"] == "uncertain" and t["attempts"] == 2
+    [row] = entries(denv)
+    assert row["recipients"] == ["ops@example.com"]
+    assert denv.run("retry").returncode == 0
+    assert server.wait_idle()
+    pki, ops = ("pki@example.com",), ("ops@example.com",)
+    assert [m.rcpt_tos for m in server.data_ends] == [pki, ops, ops]  # pki got it once, ever
+    assert {message_id(m.data) for m in server.data_ends} == {t["message_id"]}
