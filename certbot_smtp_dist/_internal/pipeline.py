@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -11,8 +10,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from certbot_smtp_dist._internal import render
-from certbot_smtp_dist._internal.addresses import is_loopback_host, printable
+from certbot_smtp_dist._internal import render, scrub
+from certbot_smtp_dist._internal.addresses import is_loopback_host
 from certbot_smtp_dist.errors import ErrorCode, PayloadError
 from certbot_smtp_dist.model import (
     Artefact,
@@ -220,35 +219,9 @@ def rendered_results(jobs: list[Job], output: Path | None) -> list[DeliveryResul
     return results
 
 
-MAX_DETAIL = 400  # characters of relay text kept per failure or refusal
-
-
-def secret_forms(secrets: tuple[Secret, ...], username: str | None) -> list[str]:
-    """Every spelling of a secret that could come back in relay text: plain, the SASL PLAIN/LOGIN base64, and
-    each as classify's printable-only cleaning would show it."""
-    forms: set[str] = set()
-    for s in secrets:
-        value = s.reveal()
-        if not value:
-            continue
-        spelled = [value, base64.b64encode(value.encode()).decode()]
-        if username is not None:
-            spelled.append(base64.b64encode(f"\0{username}\0{value}".encode()).decode())
-        forms.update(spelled)
-        forms.update(printable(f) for f in spelled)
-    return sorted(forms, key=len, reverse=True)
-
-
-def redact_text(text: str, secrets: tuple[Secret, ...], username: str | None) -> str:
-    """Scrub secrets first, then bound the length: truncating first could leave half a secret behind."""
-    for form in secret_forms(secrets, username):
-        text = text.replace(form, "***")
-    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 3] + "..."
-
-
 def _redact(failure: Failure, secrets: tuple[Secret, ...], username: str | None) -> Failure:
-    return replace(failure, detail=redact_text(failure.detail, secrets, username))
+    return scrub.scrub_failure(failure, secrets)  # every spelling of every secret of the run: see scrub.py
 
 
 def _redact_reply(r: Reply, secrets: tuple[Secret, ...], username: str | None) -> Reply:
-    return replace(r, text=redact_text(r.text, secrets, username))
+    return scrub.scrub_reply(r, secrets)
