@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from certbot_smtp_dist import __version__
 from certbot_smtp_dist._internal import report
-from certbot_smtp_dist.errors import CredentialError, SmtpDistError, UsageError
+from certbot_smtp_dist.errors import CredentialError, OutputError, SmtpDistError, UsageError
 
 if TYPE_CHECKING:
     from certbot_smtp_dist._internal.credentials import CredentialStore
@@ -99,6 +99,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     except UsageError as exc:
         if args.json:  # one JSON document on stdout, also when nothing could be attempted
             print(report.json_document(None, [], extra={"usage_error": str(exc)}))
+        raise
+    except OutputError as exc:
+        if args.json:
+            print(report.json_document(None, [], extra={"output_error": str(exc)}))
         raise
 
 
@@ -222,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CredentialError as exc:
         print(f"certbot-smtp-dist: error: {exc}", file=sys.stderr)
         return report.EX_CONFIG
+    except OutputError as exc:
+        print(f"certbot-smtp-dist: error: {exc}", file=sys.stderr)
+        return exc.exit_status
     except SmtpDistError as exc:
         print(f"certbot-smtp-dist: error: {exc}", file=sys.stderr)
         return report.EX_UNAVAILABLE

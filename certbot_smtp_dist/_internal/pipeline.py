@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from certbot_smtp_dist._internal import render, scrub
 from certbot_smtp_dist._internal.addresses import is_loopback_host
-from certbot_smtp_dist.errors import ErrorCode, PayloadError
+from certbot_smtp_dist.errors import ErrorCode, OutputError, PayloadError
 from certbot_smtp_dist.model import (
     Artefact,
     DeliveryResult,
@@ -201,9 +202,10 @@ def deliver_all(jobs: list[Job], policy: RetryPolicy = RetryPolicy(), observer: 
 
 
 def rendered_results(jobs: list[Job], output: Path | None) -> list[DeliveryResult]:
-    """Dry run: report each buildable job as rendered and optionally write its .eml (0600)."""
-    from certbot_smtp_dist._internal import files
+    """Dry run: report each buildable job as rendered and optionally write its .eml (0600).
 
+    Raises OutputError (exit status 73 or 74, one line naming the path) when `output` cannot take the files.
+    """
     results = []
     for job in jobs:
         if job.skipped:
@@ -212,11 +214,27 @@ def rendered_results(jobs: list[Job], output: Path | None) -> list[DeliveryResul
             results.append(DeliveryResult(job.target.name, Status.FAILED, job.failure))
         else:
             if output is not None:
-                files.ensure_private_dir(output)
-                files.write_private(output / f"{job.target.name}.eml", job.message.data)
+                _write_eml(output, f"{job.target.name}.eml", job.message.data)
             results.append(DeliveryResult(job.target.name, Status.RENDERED, message_id=job.message.message_id,
                                           recipients=len(job.message.envelope_to)))
     return results
+
+
+# Out of space or a failing device: the directory was fine, the write was not (sysexits EX_IOERR).
+_IO_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
+
+
+def _write_eml(output: Path, name: str, data: bytes) -> None:
+    from certbot_smtp_dist._internal import files, report
+
+    step, where = "create directory", output
+    try:
+        files.ensure_private_dir(output)
+        step, where = "write", output / name
+        files.write_private(where, data)
+    except OSError as exc:
+        status = report.EX_IOERR if exc.errno in _IO_ERRNOS else report.EX_CANTCREAT
+        raise OutputError(f"--output: cannot {step} {where}: {exc.strerror or exc}", status) from exc
 
 
 def _redact(failure: Failure, secrets: tuple[Secret, ...], username: str | None) -> Failure:
