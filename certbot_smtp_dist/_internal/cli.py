@@ -170,8 +170,12 @@ def _read_secret(name: str, type_: str) -> str:
         return secret
 
     if sys.stdin.isatty():
-        first = checked(getpass.getpass(f"secret for {name} ({type_}): "))  # a bad one is refused before the second
-        if getpass.getpass(f"again, to confirm {name}: ") != first:
+        try:
+            first = checked(getpass.getpass(f"secret for {name} ({type_}): "))  # refused before a second entry
+            again = getpass.getpass(f"again, to confirm {name}: ")
+        except EOFError as exc:  # Ctrl-D at a prompt
+            raise ValueError("no secret entered") from exc
+        if again != first:
             raise ValueError("the two entries differ")
         return first
     raw = getattr(sys.stdin, "buffer", None)

@@ -92,3 +92,10 @@ def test_stdin_that_is_not_utf8_is_refused(denv: DeployEnv, tmp_path: Path) -> N
     assert proc.returncode == EX_DATAERR
     assert b"not valid UTF-8" in proc.stderr and b"Traceback" not in proc.stderr
     assert stored(denv) == []
+
+
+def test_end_of_input_at_the_prompt_stores_nothing(denv: DeployEnv) -> None:
+    code, transcript = on_a_terminal(denv, "smtp_password", ["\x04"])  # Ctrl-D instead of a secret
+    assert code == EX_DATAERR, transcript
+    assert "no secret entered" in transcript and "Traceback" not in transcript
+    assert stored(denv) == []
