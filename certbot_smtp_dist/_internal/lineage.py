@@ -123,7 +123,7 @@ def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime,
     for label in ("cert", "chain", "fullchain"):
         if label in raw:
             try:
-                certs[label] = _certificates(label, getattr(source, label), raw[label], label in key_twins, notes)
+                certs[label] = _certificates(getattr(source, label), raw[label], label in key_twins, notes)
             except ValueError as exc:
                 problems.append(f"{label} file {getattr(source, label)}: {exc}")
     if "fullchain" in certs:
@@ -168,8 +168,9 @@ def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime,
     return Artefact(facts=facts, fullchain_pem=fullchain_pem, key_pem=key_pem, source=source), notes
 
 
-def _certificates(label: str, path: Path | None, data: bytes, is_key_file: bool, notes: list[str]) -> list[Any]:
-    """The certificates of one certificate file, in order; any other block is named in `notes`, never shipped."""
+def _certificates(path: Path | None, data: bytes, is_key_file: bool, notes: list[str]) -> list[Any]:
+    """The certificates of one certificate file, in order; any other block is named in `notes` (worded by path, so
+    a file named twice is warned about once), never shipped."""
     from cryptography import x509
 
     found = pem.blocks(data)
@@ -183,11 +184,11 @@ def _certificates(label: str, path: Path | None, data: bytes, is_key_file: bool,
         raise ValueError("holds no PEM certificate")
     others = [b for b in found if b.label != pem.CERTIFICATE and not (is_key_file and b.is_private_key)]
     if any(b.is_private_key for b in others):
-        notes.append(f"{label} file {path} holds a private key besides its certificates; it is not shipped from "
+        notes.append(f"certificate file {path} holds a private key besides its certificates; it is not shipped from "
                      "there: keep the key in its own file, mode 0600")
     stray = sorted({b.label for b in others if not b.is_private_key})
     if stray:
-        notes.append(f"{label} file {path} holds {', '.join(stray)} block(s) besides its certificates; they are "
+        notes.append(f"certificate file {path} holds {', '.join(stray)} block(s) besides its certificates; they are "
                      "not shipped")
     return out
 
