@@ -163,6 +163,6 @@ def key_file_warnings(path: Path, status: os.stat_result, runner_uid: int) -> li
                         f"fix: chmod 600 {shlex.quote(str(path))}")
     if status.st_uid not in (0, runner_uid):
         warnings.append(f"private key file {path} is owned by uid {status.st_uid}, neither root nor the user running "
-                        f"this (uid {runner_uid}), who can replace the key; fix: chown {runner_uid} "
+                        f"this (uid {runner_uid}); its owner can read and replace the key; fix: chown {runner_uid} "
                         f"{shlex.quote(str(path))}")
     return warnings

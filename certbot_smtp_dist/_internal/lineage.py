@@ -90,16 +90,19 @@ def load(source: LineageSource, now: datetime | None = None) -> Artefact:
             raw[label] = seen[path][0]
         except OSError as exc:
             problems.append(f"cannot read {label} file {path}: {exc.strerror or exc}")
+        except ValueError:  # a NUL in a path from a spool entry: os.stat refuses it before any system call
+            problems.append(f"cannot read {label} file {path!r}: not a valid path")
     if problems:
         raise CertificateError(problems)
     key_status = seen[source.key][1]
     key_file = (key_status.st_dev, key_status.st_ino)
     twins = frozenset(label for label, path in _inputs(source)
                       if (seen[path][1].st_dev, seen[path][1].st_ino) == key_file)
-    warnings = files.key_file_warnings(source.key, key_status, os.geteuid())
+    for warning in files.key_file_warnings(source.key, key_status, os.geteuid()):
+        log.warning("%s", warning)  # whether or not the artefact is usable: the key sits there either way
     artefact, notes = check(raw, source, now or datetime.now(timezone.utc), twins)
-    for warning in dict.fromkeys([*warnings, *notes]):
-        log.warning("%s", warning)
+    for note in dict.fromkeys(notes):
+        log.warning("%s", note)
     return artefact
 
 

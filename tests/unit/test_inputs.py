@@ -221,3 +221,9 @@ def test_a_format_gets_the_key_only_if_it_declares_shipping_it(lin: LineagePaths
     declared = PayloadFormat("open", "", clear_key_builder, ships_private_key=True)
     [att] = payloads.build(declared, artefact, None).attachments
     assert base64.b64encode(key_der(lin))[:40] in att.data.replace(b"\n", b"")
+
+
+def test_a_path_no_system_call_accepts_is_a_certificate_problem_not_a_traceback(lin: LineagePaths) -> None:
+    source = lineage.from_files(None, "key\0.pem", None, str(lin.fullchain), None)  # e.g. from a spool entry
+    with pytest.raises(CertificateError, match="not a valid path"):
+        lineage.load(source)
