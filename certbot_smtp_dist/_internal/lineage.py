@@ -129,17 +129,7 @@ def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime,
                 certs[label] = _certificates(getattr(source, label), raw[label], label in key_twins, notes)
             except ValueError as exc:
                 problems.append(f"{label} file {getattr(source, label)}: {exc}")
-    if "fullchain" in certs:
-        chain_certs = certs["fullchain"]
-    elif "cert" in certs:
-        chain_certs = certs["cert"][:1] + certs.get("chain", [])
-    else:
-        raise CertificateError(problems or ["no certificate given"])
-    if "cert" in certs and certs["cert"][0] != chain_certs[0]:
-        problems.append("cert.pem and the first certificate of fullchain.pem differ")
-    if "chain" in certs and "fullchain" in certs and certs["fullchain"][1:] != certs["chain"]:
-        problems.append("chain.pem does not match the issuer certificates in fullchain.pem")
-
+    chain_certs = _chain(certs, problems)
     key, key_pem = None, b""
     try:
         key, key_pem = _private_key(raw["key"])
@@ -157,9 +147,9 @@ def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime,
             problems.append(why)
     not_before, not_after = _validity(leaf)
     window = f"valid from {not_before:%Y-%m-%d %H:%M} to {not_after:%Y-%m-%d %H:%M} UTC"
-    if not_before > now:
+    if not_before > now:  # RFC 5280 §4.1.2.5: outside its window a certificate is not valid, early or late
         problems.append(f"the leaf certificate is not valid yet ({window}; now {now:%Y-%m-%d %H:%M} UTC)")
-    if not_after <= now:
+    elif not_after <= now:
         problems.append(f"the leaf certificate expired on {not_after:%Y-%m-%d %H:%M} UTC ({window})")
     if problems:
         raise CertificateError(problems)
@@ -169,6 +159,21 @@ def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime,
     fullchain_pem = b"".join(c.public_bytes(Encoding.PEM) for c in chain_certs)
     facts = _facts(leaf, source, not_before, not_after)
     return Artefact(facts=facts, fullchain_pem=fullchain_pem, key_pem=key_pem, source=source), notes
+
+
+def _chain(certs: Mapping[str, list[Any]], problems: list[str]) -> list[Any]:
+    """Leaf then issuers: fullchain.pem, else cert.pem's first certificate and chain.pem; the files must agree."""
+    if "fullchain" in certs:
+        chain_certs = certs["fullchain"]
+    elif "cert" in certs:
+        chain_certs = certs["cert"][:1] + certs.get("chain", [])
+    else:
+        raise CertificateError(problems or ["no certificate given"])
+    if "cert" in certs and certs["cert"][0] != chain_certs[0]:
+        problems.append("cert.pem and the first certificate of fullchain.pem differ")
+    if "chain" in certs and "fullchain" in certs and certs["fullchain"][1:] != certs["chain"]:
+        problems.append("chain.pem does not match the issuer certificates in fullchain.pem")
+    return chain_certs
 
 
 def _certificates(path: Path | None, data: bytes, is_key_file: bool, notes: list[str]) -> list[Any]:

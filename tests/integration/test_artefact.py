@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from support import ci
 from support.deployenv import DeployEnv, Run, relay_target
 from support.pki import LineagePaths, write_lineage
 
@@ -185,7 +186,7 @@ def _plugin(config: Path, verb: str) -> Any:
 def test_certbot_plugin_never_ships_a_key_found_in_a_certificate_file(
         denv: DeployEnv, lineage: LineagePaths, relay_factory, monkeypatch: pytest.MonkeyPatch, verb: str) -> None:
     """The plugin's own entry points (renew_deploy; deploy_cert + save), driven as certbot calls them."""
-    pytest.importorskip("certbot")
+    ci.require_module("certbot", "pip install certbot, or apt-get install python3-certbot")
     monkeypatch.setenv("CERTBOT_SMTP_DIST_STATE_DIR", str(denv.state_dir))
     relay = relay_factory("starttls")
     denv.write_config({"archive": relay_target(relay)})
