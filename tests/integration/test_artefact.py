@@ -24,6 +24,7 @@ from support import ci
 from support.deployenv import DeployEnv, Run, relay_target
 from support.pki import LineagePaths, write_lineage
 
+REPO = Path(__file__).resolve().parents[2]
 P12_PASS = "p12-Pass-phrase!"
 OPENSSL_TEXT = b"subject=CN = test.example.com\n\n"
 TIMEOUT = 5
@@ -143,6 +144,26 @@ def test_pem_never_ships_a_key_found_in_a_certificate_file(denv: DeployEnv, line
     assert_no_key(eml, lineage)
     assert chain_attachment(eml) == expected_chain
     assert len(relay.messages) == 1
+
+
+def test_lego_hook_shim_never_ships_a_key_found_in_lego_cert_path(denv: DeployEnv, lineage: LineagePaths,
+                                                                    relay_factory, tmp_path: Path) -> None:
+    """hooks/lego-hook as lego runs it: a cold process, `certbot-smtp-dist` found through PATH."""
+    relay = relay_factory("starttls")
+    denv.write_config({"archive": relay_target(relay)})
+    _, lego_env, crt = _lego_combined_cert_path(lineage, tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    command = bin_dir / "certbot-smtp-dist"
+    command.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m certbot_smtp_dist "$@"\n')
+    command.chmod(0o755)
+    env = denv.env({**lego_env, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}"})
+    proc = subprocess.run([str(REPO / "hooks" / "lego-hook")], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    [received] = relay.messages
+    assert_no_key(received.data, lineage)
+    assert chain_attachment(received.data) == lineage.leaf.cert_pem() + lineage.intermediate.cert_pem()
+    assert f"certificate file {crt} holds a private key" in proc.stderr
 
 
 def test_the_key_leaves_only_from_the_key_file_and_only_as_asked(denv: DeployEnv, lineage: LineagePaths,
