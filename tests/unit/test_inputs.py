@@ -227,3 +227,18 @@ def test_a_path_no_system_call_accepts_is_a_certificate_problem_not_a_traceback(
     source = lineage.from_files(None, "key\0.pem", None, str(lin.fullchain), None)  # e.g. from a spool entry
     with pytest.raises(CertificateError, match="not a valid path"):
         lineage.load(source)
+
+
+def test_every_format_shipping_the_key_in_clear_is_warned_about_on_every_run(caplog: pytest.LogCaptureFixture) -> None:
+    from certbot_smtp_dist._internal.pipeline import warn_about
+
+    vault = PayloadFormat("vault", "the key, in clear", clear_key_builder, ships_private_key=True)
+    formats: dict[str, Any] = {**{f.name: f for f in BUILTIN_FORMATS}, "vault": vault}
+    table = {"host": "relay.example.com", "from_address": "a@example.com", "to": ["b@example.com"]}
+    target = parse_settings({"targets": {"t": table}}, Path("c.toml"), {}, formats).targets[0]
+    warned = {}
+    for fmt in formats.values():
+        caplog.clear()
+        warn_about(target, fmt)
+        warned[fmt.name] = any("PRIVATE KEY" in r.getMessage() and fmt.name in r.getMessage() for r in caplog.records)
+    assert warned == {"pem": False, "pem_and_key": True, "pkcs12": False, "vault": True}
