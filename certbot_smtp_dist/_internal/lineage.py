@@ -194,10 +194,10 @@ def _certificates(path: Path | None, data: bytes, is_key_file: bool, notes: list
     if any(b.is_private_key for b in others):
         notes.append(f"certificate file {path} holds a private key besides its certificates; it is not shipped from "
                      "there: keep the key in its own file, mode 0600")
-    stray = sorted({b.label for b in others if not b.is_private_key})
+    stray = sorted({b.shown for b in others if not b.is_private_key})
     if stray:
-        notes.append(f"certificate file {path} holds {', '.join(stray)} block(s) besides its certificates; they are "
-                     "not shipped")
+        named = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+        notes.append(f"certificate file {path} holds {named} block(s) besides its certificates; they are not shipped")
     return out
 
 

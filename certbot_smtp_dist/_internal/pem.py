@@ -12,6 +12,7 @@ _LABEL = rb"((?:[\x21-\x2c\x2e-\x7e](?:[- ]?[\x21-\x2c\x2e-\x7e])*)?)"
 _BEGIN = re.compile(rb"-----BEGIN " + _LABEL + rb"-----")
 _END = re.compile(rb"-----END " + _LABEL + rb"-----")
 CERTIFICATE = "CERTIFICATE"
+SHOWN_LABEL = 40  # characters of a label quoted in a message: real ones are short, a hostile one may be 1 MiB
 
 
 class PemError(ValueError):
@@ -25,6 +26,11 @@ class Block:
     label: str
     der: bytes = field(repr=False)
     line: int
+
+    @property
+    def shown(self) -> str:
+        """The label as messages quote it."""
+        return shown(self.label)
 
     @property
     def is_private_key(self) -> bool:
@@ -60,22 +66,27 @@ def blocks(data: bytes) -> list[Block]:
             out.append(_block(label, end.group(1).decode("ascii"), body, start))
             label = None
         elif _BEGIN.fullmatch(line):
-            raise PemError(f"the {label} block of line {start} is not ended before line {number} begins another")
+            raise PemError(f"the {shown(label)} block of line {start} is not ended before line {number} begins "
+                           "another")
         else:
             body.append(line)
     if label is not None:
-        raise PemError(f"the {label} block of line {start} is never ended (a truncated file?)")
+        raise PemError(f"the {shown(label)} block of line {start} is never ended (a truncated file?)")
     return out
+
+
+def shown(label: str) -> str:
+    return label if len(label) <= SHOWN_LABEL else label[:SHOWN_LABEL] + "..."
 
 
 def _block(label: str, end_label: str, body: list[bytes], start: int) -> Block:
     if end_label != label:
-        raise PemError(f"the {label} block of line {start} ends as {end_label}")
+        raise PemError(f"the {shown(label)} block of line {start} ends as {shown(end_label)}")
     if any(b":" in line for line in body):
-        raise PemError(f"the {label} block of line {start} carries headers (an encrypted key?); "
+        raise PemError(f"the {shown(label)} block of line {start} carries headers (an encrypted key?); "
                        "only plain RFC 7468 blocks are read")
     try:
         der = base64.b64decode(b"".join(body), validate=True)
     except binascii.Error as exc:
-        raise PemError(f"the {label} block of line {start} is not valid base64") from exc
+        raise PemError(f"the {shown(label)} block of line {start} is not valid base64") from exc
     return Block(label, der, start)

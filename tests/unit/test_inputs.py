@@ -242,3 +242,18 @@ def test_every_format_shipping_the_key_in_clear_is_warned_about_on_every_run(cap
         warn_about(target, fmt)
         warned[fmt.name] = any("PRIVATE KEY" in r.getMessage() and fmt.name in r.getMessage() for r in caplog.records)
     assert warned == {"pem": False, "pem_and_key": True, "pkcs12": False, "vault": True}
+
+
+def test_a_hostile_file_cannot_make_a_message_long(lin: LineagePaths, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Labels and stray blocks are quoted bounded: a 1 MiB label or a thousand odd blocks do not flood logs or JSON."""
+    huge = "A" * 500_000
+    with pytest.raises(pem.PemError) as err:
+        pem.blocks(f"-----BEGIN {huge}-----\nAAAA\n".encode())
+    assert len(str(err.value)) < 200
+    cert = tmp_path / "cert.pem"
+    odd = b"".join(pem.Block(f"ODD {i} {huge[:100]}", b"x", 0).encode() for i in range(1000))
+    cert.write_bytes(lin.fullchain.read_bytes() + odd)
+    lineage.load(lineage.from_files(None, str(lin.privkey), None, str(cert), None))
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "and 995 more" in warning and len(warning) < 600
