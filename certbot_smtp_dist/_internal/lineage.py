@@ -16,6 +16,7 @@ from certbot_smtp_dist.errors import CertificateError, UsageError
 from certbot_smtp_dist.model import Artefact, CertificateFacts, LineageSource
 
 log = logging.getLogger("certbot_smtp_dist")
+MAX_CERTIFICATES = 16  # per certificate file
 
 
 def from_lineage_dir(directory: Path, name: str | None = None) -> LineageSource:
@@ -182,8 +183,11 @@ def _certificates(path: Path | None, data: bytes, is_key_file: bool, notes: list
     from cryptography import x509
 
     found = pem.blocks(data)
+    blocks = [b for b in found if b.label == pem.CERTIFICATE]
+    if len(blocks) > MAX_CERTIFICATES:  # real chains hold 2 to 4; verifying and reporting stay bounded
+        raise ValueError(f"holds {len(blocks)} certificates; at most {MAX_CERTIFICATES} are accepted")
     out = []
-    for i, block in enumerate((b for b in found if b.label == pem.CERTIFICATE), 1):
+    for i, block in enumerate(blocks, 1):
         try:
             out.append(x509.load_der_x509_certificate(block.der))
         except ValueError as exc:

@@ -257,3 +257,11 @@ def test_a_hostile_file_cannot_make_a_message_long(lin: LineagePaths, tmp_path: 
     lineage.load(lineage.from_files(None, str(lin.privkey), None, str(cert), None))
     [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "and 995 more" in warning and len(warning) < 600
+
+
+def test_a_chain_of_more_certificates_than_any_real_one_is_refused(lin: LineagePaths, tmp_path: Path) -> None:
+    long_chain = tmp_path / "fullchain.pem"
+    long_chain.write_bytes(lin.fullchain.read_bytes() + lin.chain.read_bytes() * (lineage.MAX_CERTIFICATES - 1))
+    with pytest.raises(CertificateError, match=f"holds {lineage.MAX_CERTIFICATES + 1} certificates") as err:
+        lineage.load(lineage.from_files(None, str(lin.privkey), None, str(long_chain), None))
+    assert str(long_chain) in str(err.value)
