@@ -7,7 +7,7 @@ import itertools
 import logging
 import os
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from certbot_smtp_dist.model import Artefact, CertificateFacts, LineageSource
 
 log = logging.getLogger("certbot_smtp_dist")
 MAX_CERTIFICATES = 16  # per certificate file
+CLOCK_SKEW = timedelta(minutes=5)  # how far in the future a leaf's notBefore may lie
 
 
 def from_lineage_dir(directory: Path, name: str | None = None) -> LineageSource:
@@ -148,7 +149,9 @@ def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime,
             problems.append(why)
     not_before, not_after = _validity(leaf)
     window = f"valid from {not_before:%Y-%m-%d %H:%M} to {not_after:%Y-%m-%d %H:%M} UTC"
-    if not_before > now:  # RFC 5280 §4.1.2.5: outside its window a certificate is not valid, early or late
+    # RFC 5280 §4.1.2.5: outside its window a certificate is not valid, early or late. Early by less than the
+    # tolerated skew is the host's clock lagging the CA's just after issuance (not every CA backdates): it ships.
+    if not_before > now + CLOCK_SKEW:
         problems.append(f"the leaf certificate is not valid yet ({window}; now {now:%Y-%m-%d %H:%M} UTC)")
     elif not_after <= now:
         problems.append(f"the leaf certificate expired on {not_after:%Y-%m-%d %H:%M} UTC ({window})")

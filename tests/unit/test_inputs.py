@@ -157,6 +157,10 @@ def test_a_leaf_outside_its_validity_window_is_refused_with_its_dates(tmp_path: 
         lineage.load(source, now=start + dt.timedelta(days=91))
     assert "2030-01-02 03:04" in str(late.value) and "2030-04-02 03:04" in str(late.value)
     assert lineage.load(source, now=start + dt.timedelta(days=1)).facts.not_before == start
+    # A host clock a little behind the CA's, just after issuance: tolerated up to CLOCK_SKEW, not beyond.
+    assert lineage.load(source, now=start - lineage.CLOCK_SKEW).facts.not_before == start
+    with pytest.raises(CertificateError, match="not valid yet"):
+        lineage.load(source, now=start - lineage.CLOCK_SKEW - dt.timedelta(seconds=1))
 
 
 # ---------------------------------------------------------------------------------------------------- key file
