@@ -114,6 +114,7 @@ def read_regular(path: Path, limit: int = MAX_INPUT_BYTES) -> tuple[bytes, os.st
     Never blocks and never reads without bound: a FIFO, device, socket or directory is refused before it is opened,
     the open is non-blocking so a FIFO swapped in after that check cannot stall it either, the opened descriptor is
     checked again (what is read is what was checked), and at most `limit` bytes are read, whatever the size claims.
+    (A hung network file system can still stall a read of a regular file; nothing short of a thread bounds that.)
     Raises OSError (RefusedFile for the refusals).
     """
     _refuse_unless_regular(os.stat(path), limit)

@@ -87,6 +87,10 @@ def test_read_regular_refuses_what_is_not_a_bounded_regular_file(tmp_path: Path)
         with pytest.raises(files.RefusedFile) as err:
             files.read_regular(path)
         assert why in str(err.value.strerror), path
+    # A regular file whose size says 0 but which holds more (procfs): bounded by what is read, not by st_size.
+    assert Path("/proc/self/status").stat().st_size == 0
+    with pytest.raises(files.RefusedFile, match="grew past 10 bytes"):
+        files.read_regular(Path("/proc/self/status"), limit=10)
     exact = tmp_path / "exact"
     exact.write_bytes(b"y" * files.MAX_INPUT_BYTES)
     assert len(files.read_regular(exact)[0]) == files.MAX_INPUT_BYTES
