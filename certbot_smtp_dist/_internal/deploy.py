@@ -80,7 +80,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> LoadedC
     pm = make_manager()
     formats = payload_formats(pm)
     store = CredentialStore(path.parent, dict(environ) if environ is not None else None)
-    settings = load_settings(path, store.types(), {n: f.credential_type for n, f in formats.items()})
+    settings = load_settings(path, store.types(), formats)
     return LoadedConfig(settings, formats, store, pm)
 
 
@@ -115,6 +115,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     formats = loaded.formats
     targets = select(loaded.settings, request.targets)
 
+    started = time.monotonic()  # every target's `timeout` counts from here: reading the files and payloads included
     try:
         artefact = lineage.load(request.source, now)
     except CertificateError as exc:
@@ -133,7 +134,6 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     if ledger:
         ledger.unblock()
 
-    started = time.monotonic()  # every target's `timeout` counts from here, payload building included
     jobs = []
     for target in targets:
         if target in wanted:

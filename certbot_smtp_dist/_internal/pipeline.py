@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
+from certbot_smtp_dist._internal import payload as payload_formats
 from certbot_smtp_dist._internal import render, scrub
 from certbot_smtp_dist._internal.addresses import is_loopback_host
 from certbot_smtp_dist.errors import ErrorCode, OutputError, PayloadError
@@ -19,7 +20,6 @@ from certbot_smtp_dist.model import (
     DeliveryResult,
     Failure,
     Message,
-    Payload,
     PayloadFormat,
     Phase,
     Reply,
@@ -91,7 +91,7 @@ def prepare_job(
         return Job(target, None, None, known, skipped=True)
     fmt = formats[target.payload]
     try:
-        payload = Payload(fmt.name, fmt.build(artefact, passphrase if fmt.credential_type else None))
+        payload = payload_formats.build(fmt, artefact, passphrase)
     except PayloadError as exc:
         return Job(target, None, None, known, failure=Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, str(exc)))
     try:
@@ -107,9 +107,9 @@ def prepare_job(
 
 def warn_about(target: Target, fmt: PayloadFormat) -> None:
     """Loud, per-run warnings for the dangerous options a user opted into."""
-    if fmt.ships_private_key and fmt.name == "pem_and_key":
-        log.warning("target %s: payload pem_and_key ships the PRIVATE KEY in clear text inside the email; "
-                    "every SMTP hop and mailbox on the way can read it", target.name)
+    if fmt.key_in_clear:
+        log.warning("target %s: payload %s ships the PRIVATE KEY in clear text inside the email; "
+                    "every SMTP hop and mailbox on the way can read it", target.name, fmt.name)
     if target.tls_mode is TlsMode.PLAINTEXT:
         where = "loopback" if is_loopback_host(target.host) else "the network"
         log.warning("target %s: tls_mode = plaintext: the certificate travels unencrypted over %s", target.name, where)
