@@ -12,13 +12,18 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable
 
-from certbot_smtp_dist._internal.addresses import printable
+from certbot_smtp_dist._internal import scrub
 from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import Failure, Phase, Reply
 
 # RFC 3463 §2: class.subject.detail at the start of the reply text (RFC 2034 §3).
 _ENHANCED_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 _REPLY_IN_TEXT_RE = re.compile(r"^\s*(\d{3})[ -](.*)", re.DOTALL)  # aiosmtplib 2.x greeting errors: "421 text"
+
+# aiosmtplib drops a reply it will not read whole (a line over 8192 octets, or over 32 KiB in all on 3.x+) and
+# reports it without the relay's code: -1 on 3.x+, a made-up 500 on 2.x.
+_TOO_LONG = "Response too long"
+MAX_LINE_READ = 8192
 
 TRANSIENT_CODES = frozenset({421, 450, 451, 452, 454})
 VALIDATION_CODES = frozenset({500, 501, 503, 553})
@@ -86,6 +91,15 @@ def reply_of(exc: BaseException) -> tuple[int, str] | None:
     return (code, str(getattr(exc, "message", ""))) if code > 0 else None
 
 
+def too_long(phase: Phase) -> Failure:
+    """A reply too long to read. RFC 5321 §4.5.3.1.5 allows 512 octets a line; a relay that sends over 8192 is
+    broken in a way that will not heal by itself, and its code is lost, so the failure is permanent: retrying
+    could resend to a relay that refused (a long 550 must never become retryable)."""
+    return Failure(ErrorCode.SMTP_PERMANENT, phase,
+                   f"relay reply too long to read (over {MAX_LINE_READ} octets; RFC 5321 allows 512 a line): "
+                   "its reply code is unknown, so it is not retried", retryable=False)
+
+
 def reached_relay(exc: BaseException) -> bool:
     """Whether a timeout happened after TCP was up: aiosmtplib 2.x, dialling smtps itself, says so only in words."""
     return "server ready" in str(exc)
@@ -106,25 +120,47 @@ def peer_spoke_tls(exc: BaseException) -> bool:
     return isinstance(cause, ssl.SSLError) and ("ALERT" in reason or reason in _TLS_SPEAKER_REASONS)
 
 
-def deadline(phase: Phase, connected: bool, budget: float) -> Failure:
+def deadline(phase: Phase, connected: bool, budget: float, dot_sent: bool = False) -> Failure:
     if not connected:
         return Failure(ErrorCode.SMTP_CONNECT, Phase.CONNECT, f"TCP connect did not complete within {budget:.1f}s")
+    if dot_sent:
+        return _lost_final_reply(f"no reply to the final \".\" within the {budget:.1f}s deadline")
     return Failure(ErrorCode.SMTP_TRANSIENT, phase,
                    f"relay stalled during {phase.value}; abandoned at the {budget:.1f}s deadline")
 
 
-def translate(exc: BaseException, phase: Phase, connected: bool) -> Failure:
-    """Map any exception raised during an SMTP session to failure facts."""
+def translate(exc: BaseException, phase: Phase, connected: bool, dot_sent: bool = False) -> Failure:
+    """Map any exception raised during an SMTP session to failure facts.
+
+    `dot_sent`: the final "." of DATA was handed to the relay and its reply was being awaited. The transport
+    returns every reply it parsed as a value, so an exception there means no valid reply at all: a lost
+    connection, a reply without a code, an oversized reply (aiosmtplib 2.x calls that code 500, later ones -1), a
+    timeout. The relay may have queued the message all the same (RFC 5321 §4.1.1.4, RFC 1047).
+    """
     names = _foreign_names(exc)
     for name, handler in _AIOSMTPLIB_HANDLERS:
         if name in names:
-            return handler(exc, phase, connected)
-    return _stdlib(exc, phase, connected)
+            failure = handler(exc, phase, connected)
+            break
+    else:
+        failure = _stdlib(exc, phase, connected)
+    if dot_sent:  # a code here is aiosmtplib's, not the relay's: say what went wrong without it
+        what = failure.detail if failure.smtp_code is None else _clean(str(getattr(exc, "message", exc)))
+        return _lost_final_reply(f"no valid reply to the final \".\" ({what})")
+    return failure
+
+
+def _lost_final_reply(why: str) -> Failure:
+    return Failure(ErrorCode.SMTP_TRANSIENT, Phase.DATA,
+                   f"{why}; the relay may have accepted the message, so it is not re-sent in this run",
+                   maybe_delivered=True)
 
 
 def _response(exc: BaseException, phase: Phase, connected: bool) -> Failure:
     code = int(getattr(exc, "code", 0) or 0)
     text = str(getattr(exc, "message", "") or "")
+    if text == _TOO_LONG and code in (-1, 500):
+        return too_long(phase)
     if code <= 0:  # aiosmtplib uses -1 for "no reply code"
         return Failure(ErrorCode.SMTP_TRANSIENT if connected else ErrorCode.SMTP_CONNECT, phase, _clean(text))
     return failure_from_reply(reply(code, text), phase)
@@ -149,6 +185,8 @@ def _connect_error(exc: BaseException, phase: Phase, connected: bool) -> Failure
 
 def _connect_response(exc: BaseException, phase: Phase, connected: bool) -> Failure:
     code = int(getattr(exc, "code", 0) or 0)
+    if str(getattr(exc, "message", "")) == _TOO_LONG and code in (-1, 500):
+        return too_long(Phase.CONNECT)
     return failure_from_reply(reply(code, str(getattr(exc, "message", ""))), Phase.CONNECT, "greeting")
 
 
@@ -248,6 +286,5 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 def _clean(text: str) -> str:
-    """Relay text is untrusted: one line, printable. (Bounded by the pipeline, after secrets are scrubbed.)"""
-    flat = " / ".join(part.strip() for part in str(text).splitlines() if part.strip())
-    return printable(flat)
+    """Relay text is untrusted: one line, printable. (Scrubbed and bounded by scrub.py, which knows the secrets.)"""
+    return scrub.one_line(text)

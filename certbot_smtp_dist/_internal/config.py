@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from certbot_smtp_dist._internal.addresses import (
+    ENCODED_WORD_RE,
     address_problem,
     header_text_problem,
     is_loopback_host,
 )
 from certbot_smtp_dist._internal.files import chosen_path
 from certbot_smtp_dist.errors import ConfigError, ConfigProblem
-from certbot_smtp_dist.model import AuthMethod, Settings, Target, TlsMode
+from certbot_smtp_dist.model import AuthMethod, PayloadFormat, Settings, Target, TlsMode
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,6 +35,7 @@ PASSPHRASE_TYPE = "smtp_pkcs12_passphrase"
 MAX_TO = 50
 MAX_RECIPIENTS = 100  # RFC 5321 §4.5.3.1.8: relays must accept at least 100 RCPTs
 MAX_FROM_NAME = 128
+MAX_SUBJECT_PREFIX = 64  # the Subject also holds the certificate's name and date (RFC 5322 §2.1.1: 78 per line)
 TARGET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 KNOWN_KEYS = frozenset(
@@ -53,12 +55,13 @@ def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) 
 def load_settings(
     path: Path,
     credentials: Mapping[str, str],
-    payload_formats: Mapping[str, str | None],
+    payload_formats: Mapping[str, PayloadFormat],
 ) -> Settings:
     """Read and validate `path`.
 
     `credentials` maps stored credential names to their types; `payload_formats` maps each registered
-    payload format to the credential type it needs (None: none). Raises ConfigError with every problem.
+    payload format's name to the format, whose declarations (credential type, private key in clear) the rules
+    read. Raises ConfigError with every problem.
     """
     try:
         raw = path.read_bytes()
@@ -75,7 +78,7 @@ def parse_settings(
     doc: Mapping[str, Any],
     path: Path,
     credentials: Mapping[str, str],
-    payload_formats: Mapping[str, str | None],
+    payload_formats: Mapping[str, PayloadFormat],
 ) -> Settings:
     problems: list[ConfigProblem] = []
     for key in doc:
@@ -142,7 +145,7 @@ class _TargetChecker:
         name: str,
         table: Mapping[str, Any],
         credentials: Mapping[str, str],
-        payload_formats: Mapping[str, str | None],
+        payload_formats: Mapping[str, PayloadFormat],
         base_dir: Path,
         from_defaults: frozenset[str] = frozenset(),
         config_path: Path = DEFAULT_CONFIG,
@@ -209,15 +212,22 @@ class _TargetChecker:
             out.append(value)
         return tuple(out)
 
-    def header_text(self, key: str, limit: int | None = None) -> str | None:
+    def header_text(self, key: str, limit: int) -> str | None:
+        """Header text we write: printable, bounded, and never an RFC 2047 encoded word of its own. The email
+        package would decode such a word when the header is set, and its decoded form (a CR LF, a second
+        address in the From display name) would become header structure (RFC 2047 §5; CVE-2024-6923)."""
         value: str | None = self.get(key, str)
         if value is None:
             return None
+        if len(value) > limit:
+            self.problem(key, f"is longer than {limit} characters")
+            return value  # the checks below would only repeat themselves over a megabyte of text
         why = header_text_problem(value)
         if why:
             self.problem(key, why)
-        if limit is not None and len(value) > limit:
-            self.problem(key, f"is longer than {limit} characters")
+        elif ENCODED_WORD_RE.search(value):
+            self.problem(key, "holds an RFC 2047 encoded word (=?charset?q?...?=): write the text itself; "
+                              "certbot-smtp-dist encodes header text where it has to")
         return value
 
     def credential(self, key: str, wanted_type: str, required: bool) -> str | None:
@@ -293,14 +303,15 @@ class _TargetChecker:
         if len(to) + len(cc) + len(bcc) > MAX_RECIPIENTS:
             self.problem("bcc", f"to, cc and bcc together exceed {MAX_RECIPIENTS} recipients")
         return {"from_address": from_address, "from_name": self.header_text("from_name", MAX_FROM_NAME),
-                "to": to, "cc": cc, "bcc": bcc, "subject_prefix": self.header_text("subject_prefix")}
+                "to": to, "cc": cc, "bcc": bcc, "subject_prefix": self.header_text("subject_prefix", MAX_SUBJECT_PREFIX)}
 
     def _payload(self) -> dict[str, Any]:
         """What to ship, and for which certificates."""
         payload = self.get("payload", str, "pem")
         if payload not in self.payload_formats:
             self.problem("payload", f"must be one of {', '.join(sorted(self.payload_formats))}, not {payload!r}")
-        needed = self.payload_formats.get(payload)
+        fmt = self.payload_formats.get(payload)
+        needed = fmt.credential_type if fmt is not None else None
         passphrase = None  # a passphrase given to a format that takes none (e.g. from [defaults]) is unused
         if needed is not None:
             passphrase = self.credential("pkcs12_passphrase_credential", needed, required=True)
@@ -328,7 +339,8 @@ class _TargetChecker:
         unused: dict[str, str] = {}
         if relay["auth_method"] is AuthMethod.NONE:
             unused.update(dict.fromkeys(("username", "password_credential"), "auth_method = 'none'"))
-        if payload in self.payload_formats and self.payload_formats[payload] is None:
+        fmt = self.payload_formats.get(payload)
+        if fmt is not None and fmt.credential_type is None:  # what the format declares, not its name
             unused["pkcs12_passphrase_credential"] = f"payload = {payload!r} takes no passphrase"
         if relay["tls_mode"] is TlsMode.PLAINTEXT:
             unused.update(dict.fromkeys(("tls_ca_file", "tls_skip_verify"), "tls_mode = 'plaintext'"))
@@ -345,8 +357,9 @@ class _TargetChecker:
             self.problem("auth_method", f"auth_method = {auth_method.value!r} over tls_mode = 'plaintext' to "
                                         f"non-loopback host {host!r} would send the password in clear; "
                                         "use starttls or smtps")
-        if payload == "pem_and_key":
-            self.problem("payload", f"payload = 'pem_and_key' over tls_mode = 'plaintext' to non-loopback host "
+        fmt = self.payload_formats.get(payload)
+        if fmt is not None and fmt.key_in_clear:
+            self.problem("payload", f"payload = {payload!r} over tls_mode = 'plaintext' to non-loopback host "
                                     f"{host!r} would ship the private key in clear; use starttls or smtps")
 
 

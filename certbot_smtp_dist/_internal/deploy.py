@@ -82,7 +82,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> LoadedC
     pm = make_manager()
     formats = payload_formats(pm)
     store = CredentialStore(path.parent, dict(environ) if environ is not None else None)
-    settings = load_settings(path, store.types(), {n: f.credential_type for n, f in formats.items()})
+    settings = load_settings(path, store.types(), formats)
     for warning in settings.warnings:
         log.warning("config %s: %s", path, warning)
     log.debug("config %s: target(s) %s", path, ", ".join(t.name for t in settings.targets))
@@ -119,6 +119,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     formats = loaded.formats
     targets = select(loaded.settings, request.targets)
 
+    started = time.monotonic()  # every target's `timeout` counts from here: reading the files and payloads included
     try:
         artefact = _read_certificate(request.source, now)
     except CertificateError as exc:
@@ -139,7 +140,6 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     if ledger:
         ledger.unblock()
 
-    started = time.monotonic()  # every target's `timeout` counts from here, payload building included
     jobs = []
     for target in targets:
         if target in wanted:

@@ -1,10 +1,12 @@
-"""Private files and directories: 0600/0700, written atomically and fsynced, checked for loose permissions."""
+"""Files on disk: private ones written 0600/0700 atomically and checked for loose permissions; inputs read bounded."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import shlex
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -88,27 +90,88 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def exposure(path: Path) -> str | None:
-    """Why a file or directory holding secrets is exposed to other local users, or None.
+def exposure(path: Path, status: os.stat_result, runner_uid: int, what: str) -> list[str]:
+    """Why a file or directory holding secrets is exposed to someone other than root and the runner, each with
+    the command that fixes it; empty when it is not.
 
     Group or other permission bits let them read (or, on a directory, swap) what is in it; an owner other than
-    the user running this lets that owner chmod it open or replace it at any time.
+    root and the user running this can chmod it open or replace it at any time (certbot warns the same way about
+    its own files).
     """
-    try:
-        st = path.stat()
-    except OSError:
-        return None  # what cannot be read is reported where it is used
-    want = DIR_MODE if stat.S_ISDIR(st.st_mode) else FILE_MODE
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return f"has mode {stat.S_IMODE(st.st_mode):04o}; it should be {want:04o} (chmod {want:o} {path})"
-    euid = os.geteuid()
-    if st.st_uid != euid:
-        return f"is owned by uid {st.st_uid}, not by uid {euid} that runs this (chown {euid} {path})"
-    return None
+    problems = []
+    mode = stat.S_IMODE(status.st_mode)
+    want = DIR_MODE if stat.S_ISDIR(status.st_mode) else FILE_MODE
+    loose = mode & (stat.S_IRWXG | stat.S_IRWXO)
+    if loose:
+        who = " and ".join(w for w, bits in (("group", stat.S_IRWXG), ("others", stat.S_IRWXO)) if loose & bits)
+        problems.append(f"{what} {path} is open to {who} (mode {mode:04o}); it should be {want:04o}; "
+                        f"fix: chmod {want:o} {shlex.quote(str(path))}")
+    if status.st_uid not in (0, runner_uid):
+        problems.append(f"{what} {path} is owned by uid {status.st_uid}, neither root nor the user running this "
+                        f"(uid {runner_uid}); its owner can read and replace it; fix: chown {runner_uid} "
+                        f"{shlex.quote(str(path))}")
+    return problems
 
 
 def warn_if_exposed(path: Path, what: str) -> None:
-    """Log a warning when a file or directory holding secrets is open to group, others or another owner."""
-    why = exposure(path)
-    if why:
-        log.warning("%s %s %s", what, path, why)
+    """Log a warning for each way a file or directory holding secrets is open to others (see `exposure`)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return  # what cannot be read is reported where it is used
+    for problem in exposure(path, status, os.geteuid(), what):
+        log.warning("%s", problem)
+
+
+MAX_INPUT_BYTES = 1 << 20  # per certificate or key file: a long chain is a few kB; README documents the bound
+
+
+class RefusedFile(OSError):
+    """An input file that is not read: not a regular file, or larger than the bound. `strerror` says why."""
+
+
+def read_regular(path: Path, limit: int = MAX_INPUT_BYTES) -> tuple[bytes, os.stat_result]:
+    """The bytes of the regular file at `path` (symlinks followed: certbot's live/ links into archive/), with the
+    status of the file actually read.
+
+    Never blocks and never reads without bound: a FIFO, device, socket or directory is refused before it is opened,
+    the open is non-blocking so a FIFO swapped in after that check cannot stall it either, the opened descriptor is
+    checked again (what is read is what was checked), and at most `limit` bytes are read, whatever the size claims.
+    (A hung network file system can still stall a read of a regular file; nothing short of a thread bounds that.)
+    Raises OSError (RefusedFile for the refusals).
+    """
+    _refuse_unless_regular(os.stat(path), limit)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        status = os.fstat(fd)
+        _refuse_unless_regular(status, limit)
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - total))
+            if not chunk:
+                return b"".join(chunks), status
+            chunks.append(chunk)
+            total += len(chunk)
+        raise RefusedFile(errno.EFBIG, f"grew past {_size(limit)} while being read")
+    finally:
+        os.close(fd)
+
+
+def _refuse_unless_regular(status: os.stat_result, limit: int) -> None:
+    mode = status.st_mode
+    if not stat.S_ISREG(mode):
+        raise RefusedFile(errno.EINVAL, f"is {_kind(mode)}, not a regular file")
+    if status.st_size > limit:
+        raise RefusedFile(errno.EFBIG, f"is {status.st_size} bytes, more than the {_size(limit)} allowed")
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), f"of type {stat.S_IFMT(mode):o}")
+
+
+def _size(limit: int) -> str:
+    return f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
+

@@ -14,6 +14,8 @@ EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69
+EX_CANTCREAT = 73
+EX_IOERR = 74
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
@@ -34,7 +36,8 @@ def exit_status(results: Iterable[DeliveryResult]) -> int:
     failed = [r for r in results if not r.ok]
     if not failed:
         return EX_OK
-    if all(r.failure is not None and r.failure.is_retryable for r in failed):
+    # An uncertain delivery is not known to have failed: it is settled later (`retry`, or a human), never 69.
+    if all(r.status is Status.UNCERTAIN or (r.failure is not None and r.failure.is_retryable) for r in failed):
         return EX_TEMPFAIL
     return EX_UNAVAILABLE
 
@@ -50,6 +53,8 @@ def human_line(result: DeliveryResult) -> str:
                 f" ({result.attempts} attempt(s)), Message-ID {result.message_id}")
     f = result.failure
     assert f is not None
+    if result.status is Status.UNCERTAIN:
+        return f"{name}: uncertain {f.code.value} in {f.phase.value}: {f.detail}; Message-ID {result.message_id}"
     klass = "retryable" if f.is_retryable else "not retryable"
     line = f"{name}: {result.status.value} {f.code.value} in {f.phase.value} ({klass}): {f.detail}"
     for addr, reply in result.refused:

@@ -45,14 +45,15 @@ class _Planned:
 
 
 def run(state_dir: Path, config_override: Path | None = None, include_failed: bool = False,
-        now: datetime | None = None) -> RetryReport:
+        now: datetime | None = None, include_uncertain: bool = False) -> RetryReport:
     """One drain at a time: a second `retry` finds the run lock taken and leaves at once."""
     run_lock = Lock(state_dir / "retry.lock")
     if not run_lock.acquire(blocking=False):
         log.info("another `certbot-smtp-dist retry` is running; nothing to do")
         return RetryReport((), (), busy=True)
     try:
-        return _Drain(state_dir, config_override, include_failed, now or datetime.now(timezone.utc)).run()
+        return _Drain(state_dir, config_override, include_failed, now or datetime.now(timezone.utc),
+                      include_uncertain).run()
     finally:
         run_lock.release()
 
@@ -60,10 +61,12 @@ def run(state_dir: Path, config_override: Path | None = None, include_failed: bo
 class _Drain:
     """Select entries (each locked and re-read), revalidate them against today's config and files, deliver."""
 
-    def __init__(self, state_dir: Path, config_override: Path | None, include_failed: bool, now: datetime) -> None:
+    def __init__(self, state_dir: Path, config_override: Path | None, include_failed: bool, now: datetime,
+                 include_uncertain: bool = False) -> None:
         self.state_dir = state_dir
         self.config_override = config_override
         self.include_failed = include_failed
+        self.include_uncertain = include_uncertain  # also re-send entries whose relay may already have them
         self.now = now
         self.spool = sp.Spool(state_dir)
         self.configs: dict[Path, LoadedConfig | ConfigError] = {}
@@ -79,13 +82,18 @@ class _Drain:
             if isinstance(item, tuple):
                 log.error("%s: %s (left in place)", item[0], item[1])
                 self.trouble = True
-            elif item.state == sp.PENDING or self.include_failed:
+            elif self._wanted(item):
                 self._take(item)
         self.results.extend(self._deliver())
         status = report.exit_status(self.results)
         if status == report.EX_OK and self.trouble:
             status = report.EX_TEMPFAIL
         return RetryReport(tuple(self.results), tuple(self.closed), exit_status=status)
+
+    def _wanted(self, item: sp.Entry) -> bool:
+        if item.state == sp.UNCERTAIN:  # re-sent once by itself, then only when asked (RFC 1047)
+            return item.resend_due or self.include_uncertain
+        return item.state == sp.PENDING or self.include_failed
 
     def _take(self, item: sp.Entry) -> None:
         lock = self.spool.lock(item.id)
@@ -95,7 +103,7 @@ class _Drain:
         keep = False
         try:
             entry = self.spool.load(item.id)  # re-read under the lock: another process may have closed it
-            if entry is not None:
+            if entry is not None and self._wanted(entry):
                 keep = self._plan(entry, lock)
         finally:
             if not keep:
@@ -120,6 +128,11 @@ class _Drain:
         target = loaded.settings.target(entry.target)
         if target is None:
             return self._fail(ledger, entry, "the target is no longer configured")
+        if entry.state == sp.UNCERTAIN and not (self.include_uncertain or target.resend_uncertain):
+            log.warning("target %s: %s may already be delivered and resend_uncertain = false: it waits for "
+                        "`retry --include-uncertain` or `dismiss`", entry.target, entry.message_id)
+            self.spool.write(sp.touched(entry, datetime.now(timezone.utc), resend_due=False))
+            return False
         try:
             artefact = lineage.load(source, self.now)
         except CertificateError as exc:

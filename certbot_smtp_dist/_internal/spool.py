@@ -24,6 +24,10 @@ SPOOL_DIR = "spool"
 FORMAT = 1
 PENDING = "pending"  # retryable: `retry` sends it again
 FAILED = "failed"  # permanent: never retried automatically; shown by `status` until retried by hand or dismissed
+# The final "." went out and no reply came (RFC 5321 §4.1.1.4, RFC 1047): the recipients may have it already.
+# `retry` re-sends it once, same Message-ID, while `resend_due`; otherwise it waits for `retry --include-uncertain`
+# or `dismiss`.
+UNCERTAIN = "uncertain"
 
 DELIVERY = "delivery"  # one target's delivery of one message
 BLOCKED = "blocked"  # a whole deploy of a lineage that could not start (configuration or certificate unusable)
@@ -47,6 +51,8 @@ class Entry:
     attempts: int = 0
     last_failure: dict[str, Any] | None = field(default=None)
     kind: str = DELIVERY
+    uncertain: int = 0  # sessions of this delivery whose final reply was lost
+    resend_due: bool = False  # UNCERTAIN only: the next `retry` re-sends it (the first lost reply, if allowed)
 
     def lineage_source(self) -> LineageSource | None:
         """The certificate files to render from again; None if the entry recorded none."""

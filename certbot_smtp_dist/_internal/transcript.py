@@ -3,7 +3,9 @@ or a message body.
 
 `Transcribed` wraps the client transport.py creates and logs each command it issues and the reply it gets; it
 relies only on the calls transport.py makes, so it works the same on every aiosmtplib version. `-v` gets one
-line per stage (connected, TLS, auth, send) from the same place.
+line per stage (connected, TLS, auth, send) from the same place. Everything the relay says passes through
+scrub.py, the one scrubber of relay text, with every secret of the run: while one is too short to mask, the
+relay's text is withheld here as everywhere else, and only its reply code is shown.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from certbot_smtp_dist._internal import classify
 from certbot_smtp_dist._internal.addresses import printable
-from certbot_smtp_dist._internal.redaction import MASK, scrub, secret_forms
+from certbot_smtp_dist._internal.scrub import MASK, WITHHELD, Scrubber
 from certbot_smtp_dist.model import Phase, Secret, Target, TlsMode
 
 LOGGER = "certbot_smtp_dist.transcript"
@@ -25,10 +27,10 @@ stages = logging.getLogger("certbot_smtp_dist")
 class Transcribed:
     """An aiosmtplib client whose every command and reply is logged, redacted, at DEBUG on `LOGGER`."""
 
-    def __init__(self, client: Any, target: Target, password: Secret | None) -> None:
+    def __init__(self, client: Any, target: Target, secrets: tuple[Secret, ...]) -> None:
         self._client = client
         self._target = target
-        self._forms = secret_forms([password] if password is not None else [], target.username)
+        self._scrubber = Scrubber.of(secrets)
 
     def __getattr__(self, name: str) -> Any:  # everything not a command: supports_extension, close, ...
         return getattr(self._client, name)
@@ -67,10 +69,22 @@ class Transcribed:
         return await self._command(f"RCPT TO:<{recipient}>", Phase.RCPT, self._client.rcpt, recipient, *args,
                                    **kwargs)
 
-    async def data(self, message: bytes, *args: Any, **kwargs: Any) -> Any:
-        self._stage(Phase.DATA, f"sending the message ({len(message)} bytes)")
-        self._line("C", f"DATA, then the message ({len(message)} bytes, not shown) and '.'")
-        return await self._command(None, Phase.DATA, self._client.data, message, *args, **kwargs)
+    async def execute_command(self, *args: bytes, **kwargs: Any) -> Any:
+        # transport.py sends DATA through here (RFC 5321 §4.1.1.4, the first of its two steps). Any argument is
+        # shown masked: only the verb is known to hold nothing secret.
+        words = b" ".join(args).split(b" ", 1)
+        verb = words[0].decode("ascii", "replace")
+        line = f"{verb} {MASK}" if len(words) > 1 else verb
+        return await self._command(line, Phase.DATA, self._client.execute_command, *args, **kwargs)
+
+    def sending_message(self, size: int) -> None:
+        """The message itself is never shown (it may hold a private key): only its size."""
+        self._stage(Phase.DATA, f"sending the message ({size} bytes)")
+        self._line("C", f"<message body, {size} bytes>")
+
+    async def final_reply(self, read: Callable[[], Awaitable[Any]]) -> Any:
+        """The relay's answer to the final "." (RFC 5321 §4.1.1.4), or the note that none came."""
+        return await self._command(None, Phase.DATA, read)
 
     async def quit(self, *args: Any, **kwargs: Any) -> Any:
         return await self._command("QUIT", Phase.DATA, self._client.quit, *args, **kwargs)
@@ -99,15 +113,24 @@ class Transcribed:
         return answer
 
     def _reply(self, code: int, text: str) -> None:
-        lines = text.splitlines() or [""]
+        """A reply's lines, scrubbed as one text: a secret split across two lines is found whole (scrub.py)."""
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        clean = self._relay_text(text)
+        lines = (clean.split("\n") or [""]) if clean is not None else [WITHHELD]
         for index, part in enumerate(lines):
             sep = " " if index == len(lines) - 1 else "-"
             self._line("S", f"{code}{sep}{part}")
 
+    def _relay_text(self, text: str) -> str | None:
+        """Relay text, each line made printable (untrusted: no control characters reach the log) and then every
+        secret of the run masked; None when scrub.py says it must be withheld."""
+        return self._scrubber.masked("\n".join(printable(line) for line in text.splitlines()))
+
     def _line(self, who: str, text: str) -> None:
+        """One line of ours, or relay text already scrubbed, as one printable line."""
         if log.isEnabledFor(logging.DEBUG):
-            # Relay text is untrusted (one printable line) and may echo what we sent: scrubbed of every secret.
-            log.debug("target %s: %s: %s", self._target.name, who, printable(scrub(text, self._forms)),
+            log.debug("target %s: %s: %s", self._target.name, who, printable(text),
                       extra={"target": self._target.name})
 
     def _stage(self, phase: Phase, text: str) -> None:
@@ -126,7 +149,10 @@ class Transcribed:
             self._line("*", f"TLS details unavailable ({type(exc).__name__})")
             return
         self._stage(Phase.TLS, f"TLS established: {tls.version()}, {cipher}")
-        self._line("*", f"TLS {tls.version()} {cipher}; relay certificate subject: {subject}")
+        # The subject is the relay's to choose, so it is relay text like any reply.
+        shown = self._relay_text(subject)
+        self._line("*", f"TLS {tls.version()} {cipher}; relay certificate subject: "
+                        f"{WITHHELD if shown is None else shown}")
 
 
 def _subject(tls: Any) -> str:

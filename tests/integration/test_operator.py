@@ -8,17 +8,20 @@ import os
 import re
 
 import pytest
-from support.deployenv import DeployEnv, relay_target, to_toml
+from support.deployenv import DeployEnv, Run, relay_target, to_toml
+from support.faultscript import CLOSE
 from support.pki import LineagePaths
 from support.relay import Relay
-from support.secretscan import leaks, spellings
+from support.spellings import USER, encodings, leaks
+
+from certbot_smtp_dist._internal.scrub import WITHHELD
 
 PASSWORD = "pw-Op20-never-leaks"
 
 
 def auth_target(port: int) -> dict[str, object]:
     return {"host": "127.0.0.1", "port": port, "tls_mode": "plaintext", "auth_method": "plain",
-            "username": "robot", "password_credential": "relay", "from_address": "c@example.com",
+            "username": USER, "password_credential": "relay", "from_address": "c@example.com",
             "to": ["x@example.com"], "timeout": 3}
 
 
@@ -55,8 +58,9 @@ def test_dry_run_reports_loose_modes_of_master_key_and_credential(denv: DeployEn
     denv.write_config({"t": auth_target(unused_port)})
     run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--dry-run")
     assert run.returncode == 0, run.stderr
-    assert f"master key {master} has mode 0644; it should be 0600 (chmod 600 {master})" in run.stderr
-    assert f"credential file {cred} has mode 0640" in run.stderr
+    assert (f"master key {master} is open to group and others (mode 0644); it should be 0600; fix: chmod 600 {master}"
+            in run.stderr)
+    assert f"credential file {cred} is open to group (mode 0640); it should be 0600" in run.stderr
     assert PASSWORD not in run.stderr
 
 
@@ -103,30 +107,23 @@ def wrong_port_target(relay: Relay, tls_mode: str) -> dict[str, object]:
     return {**relay_target(relay), "tls_mode": tls_mode, "timeout": WRONG_PORT_TIMEOUT}
 
 
-def test_starttls_on_an_implicit_tls_port_is_a_tls_error_with_its_hint(denv: DeployEnv, lineage: LineagePaths,
-                                                                        relay_factory) -> None:
-    relay = relay_factory("smtps")
-    denv.write_config({"t": wrong_port_target(relay, "starttls")})
-    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
-    t = run.target("t")
-    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("failed", "SMTP_TLS", "tls", False)
-    assert t["detail"].endswith('this port speaks implicit TLS; set tls_mode = "smtps"')
-    assert t["attempts"] == 1 and run.returncode == 69
+@pytest.mark.parametrize(("relay_mode", "tls_mode", "hint", "within"), [
     # Probed after a bounded wait for the greeting, not abandoned at the deadline and spooled for days.
-    assert t["duration_s"] < WRONG_PORT_TIMEOUT - 2
-    assert relay.messages == []
-
-
-def test_smtps_on_a_starttls_port_is_a_tls_error_with_its_hint(denv: DeployEnv, lineage: LineagePaths,
-                                                                relay_factory) -> None:
-    relay = relay_factory("starttls")
-    denv.write_config({"t": wrong_port_target(relay, "smtps")})
+    ("smtps", "starttls", 'this port speaks implicit TLS; set tls_mode = "smtps"', WRONG_PORT_TIMEOUT - 2),
+    # The relay greets at once: so is the hint.
+    ("starttls", "smtps", 'this port speaks plaintext first; set tls_mode = "starttls"', WRONG_PORT_TIMEOUT / 2),
+], ids=["starttls-on-implicit-tls-port", "smtps-on-starttls-port"])
+def test_wrong_port_for_the_tls_mode_is_a_tls_error_with_its_hint(denv: DeployEnv, lineage: LineagePaths,
+                                                                  relay_factory, relay_mode: str, tls_mode: str,
+                                                                  hint: str, within: float) -> None:
+    relay = relay_factory(relay_mode)
+    denv.write_config({"t": wrong_port_target(relay, tls_mode)})
     run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
     t = run.target("t")
     assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("failed", "SMTP_TLS", "tls", False)
-    assert t["detail"].endswith('this port speaks plaintext first; set tls_mode = "starttls"')
+    assert t["detail"].endswith(hint)
     assert t["attempts"] == 1 and run.returncode == 69
-    assert t["duration_s"] < WRONG_PORT_TIMEOUT / 2  # the relay greets at once: so is the hint
+    assert t["duration_s"] < within
     assert relay.messages == []
 
 
@@ -151,42 +148,58 @@ def test_a_relay_that_speaks_tls_is_not_probed(denv: DeployEnv, lineage: Lineage
 # ---------------------------------------------------------------------------------------------- -v and -vv
 
 
+def said(run: Run, target: str = "t") -> list[str]:
+    """The transcript lines (client, server, notes) of one target, in order."""
+    lines = [line.split(f"target {target}: ", 1)[1] for line in run.stderr.splitlines() if f"target {target}: " in line]
+    return [line for line in lines if line.startswith(("C: ", "S: ", "*: "))]
+
+
 @pytest.mark.parametrize("mechanism", ["plain", "login"])
 def test_vv_shows_the_conversation_without_secrets_or_body(denv: DeployEnv, lineage: LineagePaths,
                                                            relay_factory, mechanism: str) -> None:
-    relay = relay_factory("starttls", auth=("robot", PASSWORD))
+    relay = relay_factory("starttls", auth=(USER, PASSWORD))
     denv.set_credential("relay", "smtp_password", PASSWORD)
-    denv.write_config({"t": relay_target(relay, auth_method=mechanism)})
+    # pem_and_key: the message carries the private key, which the transcript must never show.
+    denv.write_config({"t": relay_target(relay, auth_method=mechanism, payload="pem_and_key")})
     run = denv.run("deploy", "--lineage", str(lineage.live_dir), "-vv")
     assert run.returncode == 0, run.stderr
     assert len(relay.messages) == 1 and relay.auth_successes == 1
-    lines = [line.split("target t: ", 1)[1] for line in run.stderr.splitlines() if "target t: " in line]
-    said = [line for line in lines if line.startswith(("C: ", "S: ", "*: "))]
-    assert said[0].startswith("S: 220 ")  # the greeting
+    transcript = said(run)
+    assert transcript[0].startswith("S: 220 ")  # the greeting
+    # DATA in its two steps (RFC 5321 §4.1.1.4): the command and its 354, the body by size only, the final reply.
     expected = ["C: EHLO", "C: STARTTLS", f"C: AUTH {mechanism.upper()} ***", "S: 235 ",
-                "C: MAIL FROM:<certbot@example.com>", "C: RCPT TO:<pki@example.com>", "C: DATA", "C: QUIT"]
-    positions = [next(i for i, line in enumerate(said) if line.startswith(e)) for e in expected]
-    assert positions == sorted(positions), said
-    tls = next(line for line in said if line.startswith("*: TLS "))
+                "C: MAIL FROM:<certbot@example.com>", "C: RCPT TO:<pki@example.com>", "C: DATA", "S: 354 ",
+                "C: <message body, ", "S: 250 ", "C: QUIT"]
+    positions: list[int] = []
+    for e in expected:  # each in turn, after the one before
+        start = positions[-1] + 1 if positions else 0
+        positions.append(next((i for i in range(start, len(transcript)) if transcript[i].startswith(e)), -1))
+    assert -1 not in positions, (expected, positions, transcript)
+    tls = next(line for line in transcript if line.startswith("*: TLS "))
     assert "TLSv1." in tls and "relay certificate subject: CN=" in tls
-    (data,) = [line for line in said if line.startswith("C: DATA")]
-    assert re.fullmatch(r"C: DATA, then the message \(\d+ bytes, not shown\) and '\.'", data)
+    data = positions[expected.index("C: DATA")]
+    body = transcript[data + 2]
+    size = re.fullmatch(r"C: <message body, (\d+) bytes>", body)
+    assert size is not None, transcript
+    rendered = re.search(r"target t: payload pem_and_key built, message rendered: (\d+) bytes", run.stderr)
+    assert rendered is not None and size.group(1) == rendered.group(1)
+    assert transcript[data + 3].startswith("S: 250 ")  # the final reply, right after the body
     # Every stage of -v is there too.
-    for stage in ("loading config", "reading the certificate", "payload pem built", "dialling 127.0.0.1",
+    for stage in ("loading config", "reading the certificate", "payload pem_and_key built", "dialling 127.0.0.1",
                   "connected; relay greeted", "TLS established", "authenticating with AUTH", "authenticated",
                   "sending the message", "t: delivered"):
         assert stage in run.stderr, stage
-    found = leaks({"stderr": run.stderr, "stdout": run.stdout},
-                  [*spellings(PASSWORD, "robot"), *key_lines(lineage)])
-    assert found == []
-    # The message itself is left out: no header, no attachment.
-    for body in ("Subject:", "Content-Type", "BEGIN CERTIFICATE", "Message-ID: <"):
-        assert body not in run.stderr, body
+    assert leaks(PASSWORD, run.stderr + run.stdout) == []
+    assert [line for line in key_lines(lineage) if line in run.stderr] == []
+    # The message itself is left out: no header, no attachment, no key.
+    for part in ("Subject:", "Content-Type", "BEGIN CERTIFICATE", "Message-ID: <", "BEGIN PRIVATE KEY"):
+        assert part not in run.stderr, part
+    assert [line for line in transcript if "PRIVATE KEY" in line] == []
 
 
 def test_vv_scrubs_secrets_a_hostile_relay_echoes(denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
-    blob = spellings(PASSWORD, "robot")[2]
-    echo = fault_server(auth_replies={"PLAIN": f"535 5.7.8 bad credentials {blob} {PASSWORD}"})
+    echoed = [encodings(PASSWORD)[form] for form in ("b64-plain-blob", "plain", "hex", "percent")]
+    echo = fault_server(auth_replies={"PLAIN": "535 5.7.8 bad credentials " + " ".join(echoed)})
     denv.set_credential("relay", "smtp_password", PASSWORD)
     denv.write_config({"t": auth_target(echo.port)})
     run = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "-vv", "--log-format", "json")
@@ -194,8 +207,40 @@ def test_vv_scrubs_secrets_a_hostile_relay_echoes(denv: DeployEnv, lineage: Line
     records = [json.loads(line) for line in run.stderr.splitlines()]
     transcript = [r["message"] for r in records if r["logger"] == "certbot_smtp_dist.transcript"]
     assert "target t: C: AUTH PLAIN ***" in transcript
-    assert "target t: S: 535 5.7.8 bad credentials *** ***" in transcript
-    assert leaks({"stderr": run.stderr, "stdout": run.stdout}, spellings(PASSWORD, "robot")) == []
+    (refused,) = [line for line in transcript if line.startswith("target t: S: 535 ")]
+    assert refused.startswith("target t: S: 535 5.7.8 bad credentials ") and refused.count("***") >= len(echoed)
+    assert leaks(PASSWORD, run.stderr + run.stdout) == []
+
+
+def test_vv_withholds_relay_text_while_a_secret_is_too_short(denv: DeployEnv, lineage: LineagePaths,
+                                                             fault_server) -> None:
+    # Masking a 5-character password would itself tell which characters it has (scrub.py): the transcript, like
+    # every other place relay text goes, shows the reply codes and withholds the text.
+    short = "a5b7c"
+    echo = fault_server(auth_replies={"PLAIN": f"535 5.7.8 bad credentials {short}"})
+    denv.set_credential("relay", "smtp_password", short)
+    denv.write_config({"t": auth_target(echo.port)})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "-vv")
+    assert run.returncode == 69
+    transcript = said(run)
+    server = [line for line in transcript if line.startswith("S: ")]
+    assert [line[:7] for line in server[:1]] == ["S: 220 "] and any(line.startswith("S: 535 ") for line in server)
+    assert all(line[7:] == WITHHELD for line in server), server
+    assert "C: AUTH PLAIN ***" in transcript and any(line.startswith("C: EHLO ") for line in transcript)
+    assert short not in run.stderr + run.stdout and leaks(short, run.stderr + run.stdout) == []
+
+
+def test_vv_shows_a_final_reply_that_never_came(denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
+    server = fault_server(replies={"DATA_END": CLOSE})
+    denv.write_config({"t": {"host": "127.0.0.1", "port": server.port, "tls_mode": "plaintext", "timeout": 4,
+                             "from_address": "c@example.com", "to": ["x@example.com"]}})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "-vv", "--json")
+    assert run.returncode == 75 and run.target("t")["status"] == "uncertain"
+    transcript = said(run)
+    data = transcript.index("C: DATA")
+    assert transcript[data + 1].startswith("S: 354 ")
+    assert re.fullmatch(r"C: <message body, \d+ bytes>", transcript[data + 2])
+    assert transcript[data + 3].startswith("*: no reply ("), transcript
 
 
 def test_v_shows_stages_but_no_transcript(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:

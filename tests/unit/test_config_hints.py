@@ -8,10 +8,15 @@ from typing import Any
 import pytest
 
 from certbot_smtp_dist._internal.config import DEFAULT_CONFIG, parse_settings
+from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS, build_pem
 from certbot_smtp_dist.errors import ConfigError, ConfigProblem
-from certbot_smtp_dist.model import Settings
+from certbot_smtp_dist.model import PayloadFormat, Settings
 
-FORMATS = {"pem": None, "pem_and_key": None, "pkcs12": "smtp_pkcs12_passphrase"}
+# Two extension formats beside the built-ins: the rule must read what a format declares, not its name.
+EXTENSIONS = (PayloadFormat("sealed", "an extension that takes a passphrase", build_pem,
+                            credential_type="smtp_pkcs12_passphrase"),
+              PayloadFormat("pkcs12_lite", "an extension named like pkcs12 that takes none", build_pem))
+FORMATS = {f.name: f for f in (*BUILTIN_FORMATS, *EXTENSIONS)}
 CREDS = {"relay": "smtp_password", "p12": "smtp_pkcs12_passphrase"}
 BASE = {"host": "smtp.example.com", "from_address": "certbot@example.com", "to": ["pki@example.com"]}
 PATH = Path("/etc/x/config.toml")
@@ -125,6 +130,14 @@ def test_matching_or_unusual_ports_are_not_warned(table: dict[str, Any]) -> None
 ])
 def test_keys_for_another_payload_or_auth_method_are_warnings(table: dict[str, Any], key: str, why: str) -> None:
     assert warned(table) == [f"targets.t.{key}: is ignored: {why}"]
+
+
+@pytest.mark.parametrize(("payload", "warned_about"), [("pkcs12", False), ("sealed", False), ("pem", True),
+                                                     ("pem_and_key", True), ("pkcs12_lite", True)])
+def test_a_passphrase_is_ignored_by_what_the_format_declares(payload: str, warned_about: bool) -> None:
+    assert warned({"payload": payload, "pkcs12_passphrase_credential": "p12"}) == (
+        [f"targets.t.pkcs12_passphrase_credential: is ignored: payload = {payload!r} takes no passphrase"]
+        if warned_about else [])
 
 
 def test_an_ignored_key_set_to_its_harmless_value_is_not_warned() -> None:
