@@ -218,9 +218,13 @@ def test_runs_on_debian_python(root: Path, debian_env: dict[str, str], tmp_path:
                 env=debian_env, cwd=tmp_path).stdout.strip()
     assert Path(where).is_relative_to(root)
     version = run([DEBIAN_PYTHON, "-m", "certbot_smtp_dist", "--version"], env=debian_env, cwd=tmp_path)
-    assert version.stdout.split()[-1] == code_version()
+    first, *libraries = version.stdout.splitlines()
+    assert first == f"certbot-smtp-dist {code_version()}"
+    # --version names the stack it runs on: Debian's own interpreter and libraries, not a venv's.
+    assert libraries[0].startswith("Python ") and f"({DEBIAN_PYTHON})" in libraries[0]
+    assert any(line.startswith("aiosmtplib 2.") for line in libraries), libraries
     script = run([root / "usr/bin/certbot-smtp-dist", "--version"], env=debian_env, cwd=tmp_path)
-    assert script.stdout.strip() == f"certbot-smtp-dist {code_version()}"
+    assert script.stdout.splitlines()[0] == f"certbot-smtp-dist {code_version()}"
 
 
 def test_debian_certbot_loads_and_prepares_the_plugin(root: Path, debian_env: dict[str, str],
