@@ -47,15 +47,19 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
 
 
 def _state(args: argparse.Namespace) -> Path:
+    from certbot_smtp_dist._internal.ownership import require_trusted_state
     from certbot_smtp_dist._internal.state import state_dir
 
-    return state_dir(args.state_dir)
+    path = state_dir(args.state_dir)
+    require_trusted_state(path)
+    return path
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     from certbot_smtp_dist._internal import report, retry
+    from certbot_smtp_dist._internal.config import config_path
 
-    result = retry.run(_state(args), Path(args.config) if args.config else None, args.include_failed)
+    result = retry.run(_state(args), config_path(args.config), args.include_failed)
     if args.json:
         print(report.json_document(None, result.results, extra={
             "closed": [{"entry": i, "reason": why} for i, why in result.closed], "busy": result.busy}))

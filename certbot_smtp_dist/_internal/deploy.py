@@ -75,8 +75,10 @@ class LoadedConfig:
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    from certbot_smtp_dist._internal.ownership import require_trusted_config
     from certbot_smtp_dist._internal.plugins import make_manager, payload_formats
 
+    require_trusted_config(path)  # before a byte of it, or of the credentials beside it, is read
     pm = make_manager()
     formats = payload_formats(pm)
     store = CredentialStore(path.parent, dict(environ) if environ is not None else None)
@@ -95,9 +97,15 @@ def select(settings: Settings, names: tuple[str, ...]) -> tuple[Target, ...]:
 
 
 def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
-    """Validate config and artefact, then deliver (or render). Raises only UsageError."""
+    """Validate config and artefact, then deliver (or render). Raises only UsageError and UnsafePathError
+    (a config, credentials or state path someone else could write: nothing is read there, nothing dialled)."""
     from certbot_smtp_dist._internal import lineage
     from certbot_smtp_dist._internal.ledger import Ledger
+    from certbot_smtp_dist._internal.ownership import require_trusted_config, require_trusted_state
+
+    require_trusted_config(request.config)
+    if request.state_dir is not None and not request.dry_run:
+        require_trusted_state(request.state_dir)
 
     now = now or datetime.now(timezone.utc)
     ledger = Ledger(request.state_dir, "deploy", request.config, now, request.source) \

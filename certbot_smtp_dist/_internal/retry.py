@@ -44,15 +44,23 @@ class _Planned:
     config: LoadedConfig
 
 
-def run(state_dir: Path, config_override: Path | None = None, include_failed: bool = False,
+def run(state_dir: Path, config: Path, include_failed: bool = False,
         now: datetime | None = None) -> RetryReport:
-    """One drain at a time: a second `retry` finds the run lock taken and leaves at once."""
+    """One drain at a time: a second `retry` finds the run lock taken and leaves at once.
+
+    `config` is resolved exactly as `deploy` resolves it (--config, $CERTBOT_SMTP_DIST_CONFIG, the default): an
+    entry never names a config file, so whoever could write an entry still cannot choose the relay or the payload.
+    """
+    from certbot_smtp_dist._internal.ownership import require_trusted_config, require_trusted_state
+
+    require_trusted_state(state_dir)
+    require_trusted_config(config)
     run_lock = Lock(state_dir / "retry.lock")
     if not run_lock.acquire(blocking=False):
         log.info("another `certbot-smtp-dist retry` is running; nothing to do")
         return RetryReport((), (), busy=True)
     try:
-        return _Drain(state_dir, config_override, include_failed, now or datetime.now(timezone.utc)).run()
+        return _Drain(state_dir, config, include_failed, now or datetime.now(timezone.utc)).run()
     finally:
         run_lock.release()
 
@@ -60,9 +68,9 @@ def run(state_dir: Path, config_override: Path | None = None, include_failed: bo
 class _Drain:
     """Select entries (each locked and re-read), revalidate them against today's config and files, deliver."""
 
-    def __init__(self, state_dir: Path, config_override: Path | None, include_failed: bool, now: datetime) -> None:
+    def __init__(self, state_dir: Path, config: Path, include_failed: bool, now: datetime) -> None:
         self.state_dir = state_dir
-        self.config_override = config_override
+        self.config = config
         self.include_failed = include_failed
         self.now = now
         self.spool = sp.Spool(state_dir)
@@ -103,7 +111,7 @@ class _Drain:
 
     def _plan(self, entry: sp.Entry, lock: Lock) -> bool:
         """True when a delivery is planned (the entry's lock then stays held until it settles)."""
-        config = self.config_override or Path(entry.config)
+        config = self.config
         ledger = self.ledgers.setdefault(config, Ledger(self.state_dir, "retry", config, self.now))
         if self.now - datetime.fromisoformat(entry.created) > MAX_AGE:
             log.error("target %s: gave up on %s after %d attempt(s) over %d days", entry.target,

@@ -118,7 +118,7 @@ class Spool:
 
     def load(self, entry_id_: str) -> Entry | None:
         try:
-            doc = json.loads(self._path(entry_id_).read_text("utf-8"))
+            doc = json.loads(files.read_nofollow(self._path(entry_id_)).decode("utf-8"))
         except (FileNotFoundError, NotADirectoryError):
             return None
         return _entry(doc)
@@ -127,10 +127,10 @@ class Spool:
         """Every entry, oldest first; a damaged file is yielded as (path, problem) and never deleted."""
         if not self.directory.is_dir():
             return
-        paths = sorted(self.directory.glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+        paths = sorted(self.directory.glob("*.json"), key=lambda p: (p.lstat().st_mtime, p.name))
         for path in paths:
             try:
-                yield _entry(json.loads(path.read_text("utf-8")))
+                yield _entry(json.loads(files.read_nofollow(path).decode("utf-8")))
             except FileNotFoundError:
                 continue  # closed by someone else meanwhile
             except (OSError, ValueError, KeyError, TypeError) as exc:

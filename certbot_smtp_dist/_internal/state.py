@@ -28,7 +28,7 @@ class Lock:
 
     def acquire(self, blocking: bool = True) -> bool:
         files.ensure_private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, files.FILE_MODE)
+        fd = files.open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
