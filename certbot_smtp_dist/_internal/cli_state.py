@@ -7,7 +7,10 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from certbot_smtp_dist._internal.state import StateKeys
 
 # Nagios plugin convention, so monitoring can use `status` as a check as is.
 STATUS_OK, STATUS_WARNING, STATUS_CRITICAL = 0, 1, 2
@@ -55,6 +58,18 @@ def _state(args: argparse.Namespace) -> Path:
     return path
 
 
+def _keys(args: argparse.Namespace, state: Path) -> StateKeys:
+    """The state's keys, from the credential store beside the config (never created by a reading command)."""
+    from certbot_smtp_dist._internal.config import config_path
+    from certbot_smtp_dist._internal.credentials import CredentialStore
+    from certbot_smtp_dist._internal.ownership import require_trusted_config
+    from certbot_smtp_dist._internal.state import state_keys
+
+    config = config_path(args.config)
+    require_trusted_config(config)
+    return state_keys(CredentialStore(config.parent), state)
+
+
 def cmd_retry(args: argparse.Namespace) -> int:
     from certbot_smtp_dist._internal import report, retry
     from certbot_smtp_dist._internal.config import config_path
@@ -96,10 +111,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_dismiss(args: argparse.Namespace) -> int:
+    from certbot_smtp_dist._internal.config import config_path
     from certbot_smtp_dist._internal.ledger import Ledger
     from certbot_smtp_dist._internal.spool import Spool
 
     state = _state(args)
+    keys = _keys(args, state)
     spool = Spool(state)
     code = 0
     for entry_id in args.entry:
@@ -114,7 +131,8 @@ def cmd_dismiss(args: argparse.Namespace) -> int:
             code = 1
             continue
         try:
-            Ledger(state, "dismiss", Path(entry.config)).close(entry, "dismissed", None, "dismissed by hand")
+            Ledger(state, "dismiss", config_path(args.config), keys).close(entry, "dismissed", None,
+                                                                            "dismissed by hand")
         finally:
             lock.release()
         print(f"dismissed {entry_id}", file=sys.stderr)
@@ -141,12 +159,16 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_journal_verify(args: argparse.Namespace) -> int:
     from certbot_smtp_dist._internal.journal import Journal
 
-    verdict = Journal(_state(args)).verify()
+    state = _state(args)
+    keys = _keys(args, state)
+    verdict = Journal(state, keys.journal, keys.journal_anchor).verify()
     for note in verdict.notes:
         print(f"note: {note}", file=sys.stderr)
     if verdict.ok:
-        print(f"journal OK: {verdict.lines} line(s), hash chain intact")
+        print(f"journal OK: {verdict.lines} line(s), HMAC chain intact up to the recorded head")
         return 0
+    if verdict.first_bad_line is not None:
+        print(f"TAMPERED: first bad line: {verdict.first_bad_line}")
     for problem in verdict.problems:
         print(f"TAMPERED: {problem}")
     return 1

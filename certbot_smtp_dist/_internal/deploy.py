@@ -18,6 +18,7 @@ from certbot_smtp_dist._internal.credentials import CredentialStore
 
 if TYPE_CHECKING:
     from certbot_smtp_dist._internal.ledger import Ledger
+    from certbot_smtp_dist._internal.state import StateKeys
 from certbot_smtp_dist.errors import (
     CertificateError,
     ConfigError,
@@ -86,6 +87,19 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> LoadedC
     return LoadedConfig(settings, formats, store, pm)
 
 
+def open_state_keys(config: Path, environ: Mapping[str, str] | None, state_dir: Path) -> StateKeys | None:
+    """The journal and spool keys (the master key is created if there is none yet); None, logged, if unusable."""
+    from certbot_smtp_dist._internal.state import state_keys
+
+    try:
+        return state_keys(CredentialStore(config.parent, dict(environ) if environ is not None else None),
+                          state_dir, create=True)
+    except (CredentialError, OSError) as exc:
+        log.error("cannot use the state in %s (%s): failed deliveries from this run will NOT be retried "
+                  "automatically", state_dir, exc)
+        return None
+
+
 def select(settings: Settings, names: tuple[str, ...]) -> tuple[Target, ...]:
     if not names:
         return settings.targets
@@ -108,8 +122,13 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
         require_trusted_state(request.state_dir)
 
     now = now or datetime.now(timezone.utc)
-    ledger = Ledger(request.state_dir, "deploy", request.config, now, request.source) \
-        if request.state_dir is not None and not request.dry_run else None
+    ledger: Ledger | None = None
+    state_broken = False
+    if request.state_dir is not None and not request.dry_run:
+        keys = open_state_keys(request.config, request.environ, request.state_dir)
+        state_broken = keys is None
+        if keys is not None:
+            ledger = Ledger(request.state_dir, "deploy", request.config, keys, now, request.source)
     try:
         loaded = load_config(request.config, request.environ)
     except ConfigError as exc:
@@ -119,14 +138,14 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
             ledger.record("config_error", None, None, detail=str(exc))
             ledger.block(f"configuration unusable: {exc}", None)
         return DeployReport(None, config_errors=exc.problems, exit_status=report.EX_CONFIG,
-                            state_ok=ledger.healthy if ledger else True)
+                            state_ok=ledger.healthy if ledger else not state_broken)
     formats = loaded.formats
     targets = select(loaded.settings, request.targets)
 
     try:
         artefact = lineage.load(request.source, now)
     except CertificateError as exc:
-        return _unusable_certificate(exc, targets, ledger)
+        return _unusable_certificate(exc, targets, ledger, state_broken)
 
     wanted = [t for t in targets if t.matches(artefact.facts.names)]
     try:
@@ -137,7 +156,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
         if ledger:
             ledger.block(f"credentials unusable: {exc}", None, artefact.facts)
         return DeployReport(artefact.facts, config_errors=tuple(exc.problems), exit_status=report.EX_CONFIG,
-                            state_ok=ledger.healthy if ledger else True)
+                            state_ok=ledger.healthy if ledger else not state_broken)
     if ledger:
         ledger.unblock()
 
@@ -155,11 +174,11 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result))
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
-                        state_ok=ledger.healthy if ledger else True)
+                        state_ok=ledger.healthy if ledger else not state_broken)
 
 
 def _unusable_certificate(exc: CertificateError, targets: tuple[Target, ...],
-                          ledger: Ledger | None) -> DeployReport:
+                          ledger: Ledger | None, state_broken: bool) -> DeployReport:
     """Every selected target fails with SMTP_PAYLOAD; nothing is dialled."""
     log.error("%s; nothing was sent", exc)
     failure = Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, "; ".join(exc.problems))
@@ -170,7 +189,7 @@ def _unusable_certificate(exc: CertificateError, targets: tuple[Target, ...],
         ledger.block(f"certificate files unusable: {failure.detail}", failure.code.value)
     failed = tuple(DeliveryResult(t.name, Status.FAILED, failure) for t in targets)
     return DeployReport(None, failed, certificate_problems=exc.problems, exit_status=report.EX_DATAERR,
-                        state_ok=ledger.healthy if ledger else True)
+                        state_ok=ledger.healthy if ledger else not state_broken)
 
 
 def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageSource,

@@ -10,7 +10,7 @@ from typing import Any
 from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.journal import Journal
 from certbot_smtp_dist._internal.pipeline import Attempt, Job
-from certbot_smtp_dist._internal.state import Lock
+from certbot_smtp_dist._internal.state import Lock, StateKeys
 from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, Failure, LineageSource, Status
 
 log = logging.getLogger("certbot_smtp_dist")
@@ -19,13 +19,13 @@ log = logging.getLogger("certbot_smtp_dist")
 class Ledger:
     """State-dir bookkeeping for one run. State trouble is logged loudly but never stops a delivery."""
 
-    def __init__(self, state_dir: Path, run: str, config: Path, now: datetime | None = None,
+    def __init__(self, state_dir: Path, run: str, config: Path, keys: StateKeys, now: datetime | None = None,
                  source: LineageSource | None = None) -> None:
         self.state_dir = state_dir
         self.source = source  # the lineage a deploy run ships (None for retry: each entry names its own)
         self.run = run
         self.config = config
-        self.journal = Journal(state_dir)
+        self.journal = Journal(state_dir, keys.journal, keys.journal_anchor)
         self.spool = sp.Spool(state_dir)
         self.now = now or datetime.now(timezone.utc)
         # Keyed by (target, Message-ID): a retry run holds several entries of one target at once.
@@ -74,6 +74,7 @@ class Ledger:
             created=self.now.isoformat(), updated=self.now.isoformat(),
         )
         self.adopt(entry, lock=None)
+        self._guard("write the journal", self.journal.start)
         self._guard("write the spool", lambda: self.spool.write(entry))
 
     def adopt(self, entry: sp.Entry, lock: Lock | None) -> bool:

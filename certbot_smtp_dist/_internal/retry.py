@@ -15,10 +15,11 @@ from certbot_smtp_dist._internal.deploy import (
     LoadedConfig,
     load_config,
     notify_all,
+    open_state_keys,
     unlock,
 )
 from certbot_smtp_dist._internal.ledger import Ledger
-from certbot_smtp_dist._internal.state import Lock
+from certbot_smtp_dist._internal.state import Lock, StateKeys
 from certbot_smtp_dist.errors import CertificateError, ConfigError, CredentialError
 from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, LineageSource
 
@@ -55,12 +56,15 @@ def run(state_dir: Path, config: Path, include_failed: bool = False,
 
     require_trusted_state(state_dir)
     require_trusted_config(config)
+    keys = open_state_keys(config, None, state_dir)
+    if keys is None:
+        return RetryReport((), (), exit_status=report.EX_CONFIG)
     run_lock = Lock(state_dir / "retry.lock")
     if not run_lock.acquire(blocking=False):
         log.info("another `certbot-smtp-dist retry` is running; nothing to do")
         return RetryReport((), (), busy=True)
     try:
-        return _Drain(state_dir, config, include_failed, now or datetime.now(timezone.utc)).run()
+        return _Drain(state_dir, config, keys, include_failed, now or datetime.now(timezone.utc)).run()
     finally:
         run_lock.release()
 
@@ -68,9 +72,10 @@ def run(state_dir: Path, config: Path, include_failed: bool = False,
 class _Drain:
     """Select entries (each locked and re-read), revalidate them against today's config and files, deliver."""
 
-    def __init__(self, state_dir: Path, config: Path, include_failed: bool, now: datetime) -> None:
+    def __init__(self, state_dir: Path, config: Path, keys: StateKeys, include_failed: bool, now: datetime) -> None:
         self.state_dir = state_dir
         self.config = config
+        self.keys = keys
         self.include_failed = include_failed
         self.now = now
         self.spool = sp.Spool(state_dir)
@@ -112,7 +117,7 @@ class _Drain:
     def _plan(self, entry: sp.Entry, lock: Lock) -> bool:
         """True when a delivery is planned (the entry's lock then stays held until it settles)."""
         config = self.config
-        ledger = self.ledgers.setdefault(config, Ledger(self.state_dir, "retry", config, self.now))
+        ledger = self.ledgers.setdefault(config, Ledger(self.state_dir, "retry", config, self.keys, self.now))
         if self.now - datetime.fromisoformat(entry.created) > MAX_AGE:
             log.error("target %s: gave up on %s after %d attempt(s) over %d days", entry.target,
                       entry.certificate, entry.attempts, MAX_AGE.days)

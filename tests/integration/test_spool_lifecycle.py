@@ -11,7 +11,13 @@ from support.pki import LineagePaths
 from support.relay import Relay
 
 from certbot_smtp_dist._internal import retry
+from certbot_smtp_dist._internal.credentials import CredentialStore
 from certbot_smtp_dist._internal.spool import Spool
+from certbot_smtp_dist._internal.state import StateKeys, state_keys
+
+
+def keys(denv: DeployEnv) -> StateKeys:
+    return state_keys(CredentialStore(denv.config_dir, environ={}), denv.state_dir)
 
 
 def entries(denv: DeployEnv) -> list[dict]:
@@ -31,7 +37,7 @@ def test_entry_closed_after_retry_listed_it_is_not_sent(denv: DeployEnv, lineage
     [listed] = [e for e in Spool(denv.state_dir).entries() if not isinstance(e, tuple)]
     assert denv.run("dismiss", listed.id).returncode == 0  # "another process" closes it
     with Relay(None, mode="plaintext", port=unused_port) as relay:
-        drain = retry._Drain(denv.state_dir, None, False, retry.datetime.now(retry.timezone.utc))
+        drain = retry._Drain(denv.state_dir, denv.config, keys(denv), False, retry.datetime.now(retry.timezone.utc))
         drain._take(listed)  # the stale listing
         assert drain.planned == []
         assert drain.run().exit_status == 0
