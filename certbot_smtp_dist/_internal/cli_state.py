@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -82,12 +83,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from certbot_smtp_dist._internal.spool import FAILED, Spool
+    from certbot_smtp_dist._internal.spool import FAILED, Rejected, Spool
 
+    state = _state(args)
     rows: list[dict[str, Any]] = []
-    for item in Spool(_state(args)).entries():
-        if isinstance(item, tuple):
-            rows.append({"id": item[0].stem, "state": "damaged", "detail": item[1]})
+    for item in Spool(state, _keys(args, state).spool).entries():
+        if isinstance(item, Rejected):
+            rows.append({"id": item.path.stem, "file": str(item.path), "state": "rejected", "detail": item.problem})
             continue
         failure = item.last_failure or {}
         rows.append({"id": item.id, "state": item.state, "kind": item.kind, "target": item.target,
@@ -101,28 +103,30 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("OK: no pending or failed deliveries")
     else:
         for r in rows:
+            if r["state"] == "rejected":
+                print(f"REJECTED: spool file {r['file']}: {r['detail']}")
+                continue
             what = "deploy blocked" if r.get("kind") == "blocked" else f"target={r.get('target')}"
             print(f"{r['state'].upper()}: {r['id']} {what} certificate={r.get('certificate')} "
                   f"attempts={r.get('attempts')} since={r.get('created')} {r.get('error_code') or ''} "
                   f"{r.get('detail') or ''}".rstrip())
-    if any(r["state"] in (FAILED, "damaged") for r in rows):
+    if any(r["state"] in (FAILED, "rejected") for r in rows):
         return STATUS_CRITICAL
     return STATUS_WARNING if rows else STATUS_OK
 
 
 def cmd_dismiss(args: argparse.Namespace) -> int:
-    from certbot_smtp_dist._internal.config import config_path
     from certbot_smtp_dist._internal.ledger import Ledger
-    from certbot_smtp_dist._internal.spool import Spool
+    from certbot_smtp_dist._internal.spool import Rejected, Spool
 
     state = _state(args)
     keys = _keys(args, state)
-    spool = Spool(state)
+    spool = Spool(state, keys.spool)
+    ledger = Ledger(state, "dismiss", keys)
     code = 0
     for entry_id in args.entry:
-        entry = spool.load(entry_id)
-        if entry is None:
-            print(f"no spool entry {entry_id}", file=sys.stderr)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", entry_id):
+            print(f"not a spool entry id: {entry_id!r}", file=sys.stderr)
             code = 1
             continue
         lock = spool.lock(entry_id)
@@ -131,8 +135,16 @@ def cmd_dismiss(args: argparse.Namespace) -> int:
             code = 1
             continue
         try:
-            Ledger(state, "dismiss", config_path(args.config), keys).close(entry, "dismissed", None,
-                                                                            "dismissed by hand")
+            entry = spool.load(entry_id)
+            if entry is None:
+                print(f"no spool entry {entry_id}", file=sys.stderr)
+                code = 1
+                continue
+            ledger.close(entry, "dismissed", None, "dismissed by hand")
+        except Rejected as rejected:  # never acted on; removing it by hand is journalled
+            spool.discard(rejected.path)
+            ledger.record("dismissed", None, None, detail=f"rejected spool file {rejected.path.name} removed by "
+                                                          f"hand: {rejected.problem}")
         finally:
             lock.release()
         print(f"dismissed {entry_id}", file=sys.stderr)

@@ -128,7 +128,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
         keys = open_state_keys(request.config, request.environ, request.state_dir)
         state_broken = keys is None
         if keys is not None:
-            ledger = Ledger(request.state_dir, "deploy", request.config, keys, now, request.source)
+            ledger = Ledger(request.state_dir, "deploy", keys, now, request.source)
     try:
         loaded = load_config(request.config, request.environ)
     except ConfigError as exc:

@@ -19,14 +19,13 @@ log = logging.getLogger("certbot_smtp_dist")
 class Ledger:
     """State-dir bookkeeping for one run. State trouble is logged loudly but never stops a delivery."""
 
-    def __init__(self, state_dir: Path, run: str, config: Path, keys: StateKeys, now: datetime | None = None,
+    def __init__(self, state_dir: Path, run: str, keys: StateKeys, now: datetime | None = None,
                  source: LineageSource | None = None) -> None:
         self.state_dir = state_dir
         self.source = source  # the lineage a deploy run ships (None for retry: each entry names its own)
         self.run = run
-        self.config = config
         self.journal = Journal(state_dir, keys.journal, keys.journal_anchor)
-        self.spool = sp.Spool(state_dir)
+        self.spool = sp.Spool(state_dir, keys.spool)
         self.now = now or datetime.now(timezone.utc)
         # Keyed by (target, Message-ID): a retry run holds several entries of one target at once.
         self._entries: dict[tuple[str, str | None], sp.Entry] = {}
@@ -68,7 +67,7 @@ class Ledger:
             return
         entry = sp.Entry(
             id=sp.entry_id(job.target.name, facts.sha256_fingerprint, job.message.message_id),
-            state=sp.PENDING, target=job.target.name, config=str(self.config), certificate=facts.name,
+            state=sp.PENDING, target=job.target.name, certificate=facts.name,
             serial=facts.serial_hex, fingerprint=facts.sha256_fingerprint, message_id=job.message.message_id,
             date=self.now.isoformat(), envelope_to=job.message.envelope_to, source=sp.source_json(source),
             created=self.now.isoformat(), updated=self.now.isoformat(),
@@ -130,7 +129,7 @@ class Ledger:
         """A payload that could not be built: record it so `status` alerts, although there is nothing to resend."""
         entry = sp.Entry(
             id=sp.entry_id(job.target.name, facts.sha256_fingerprint, None), state=sp.FAILED,
-            target=job.target.name, config=str(self.config), certificate=facts.name, serial=facts.serial_hex,
+            target=job.target.name, certificate=facts.name, serial=facts.serial_hex,
             fingerprint=facts.sha256_fingerprint, message_id=None, date=self.now.isoformat(), envelope_to=(),
             source=sp.source_json(self.source) if self.source else {}, created=self.now.isoformat(),
             updated=self.now.isoformat(), attempts=0,
@@ -145,13 +144,13 @@ class Ledger:
         if not targets:
             return
         for item in self.spool.entries():
-            if isinstance(item, tuple) or item.target not in targets:
+            if isinstance(item, sp.Rejected) or item.target not in targets:
                 continue
             lock = self.spool.lock(item.id)
             if not lock.acquire(blocking=False):
                 continue
             try:
-                fresh = self.spool.load(item.id)  # re-read under the lock: another process may have closed it
+                fresh = self._reload(item.id)  # re-read under the lock: another process may have closed it
                 if fresh is None or fresh.kind != sp.DELIVERY:
                     continue
                 if fresh.fingerprint == facts.sha256_fingerprint:
@@ -190,10 +189,10 @@ class Ledger:
             self._trouble("lock the spool", exc)
             return
         try:
-            old = self.spool.load(entry_id)
+            old = self._reload(entry_id)
             now = datetime.now(timezone.utc).isoformat()
             entry = sp.Entry(
-                id=entry_id, state=sp.FAILED, target="*", config=str(self.config),
+                id=entry_id, state=sp.FAILED, target="*",
                 certificate=facts.name if facts else (self.source.name or ""),
                 serial=facts.serial_hex if facts else "", fingerprint=facts.sha256_fingerprint if facts else "",
                 message_id=None, date=now, envelope_to=(), source=sp.source_json(self.source),
@@ -217,19 +216,28 @@ class Ledger:
         if self.source is None:
             return
         entry_id = sp.blocked_id(self.source)
-        if self.spool.load(entry_id) is None:
+        if self._reload(entry_id) is None:
             return
         lock = self.spool.lock(entry_id)
         if not lock.acquire(blocking=False):
             return
         try:
-            entry = self.spool.load(entry_id)
+            entry = self._reload(entry_id)
             if entry is not None:
                 self.close(entry, "unblocked", None, "the deploy ran again")
         finally:
             lock.release()
 
     # -- plumbing -----------------------------------------------------------------------------------------------
+    def _reload(self, entry_id: str) -> sp.Entry | None:
+        """An entry read again under its lock; one that is not authentic is left alone (status reports it)."""
+        try:
+            return self.spool.load(entry_id)
+        except sp.Rejected as rejected:
+            log.error("spool entry %s rejected: %s", rejected.path, rejected.problem)
+            self.healthy = False
+            return None
+
     def _guard(self, what: str, action: Any) -> None:
         try:
             action()

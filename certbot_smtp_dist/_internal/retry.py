@@ -78,7 +78,7 @@ class _Drain:
         self.keys = keys
         self.include_failed = include_failed
         self.now = now
-        self.spool = sp.Spool(state_dir)
+        self.spool = sp.Spool(state_dir, keys.spool)
         self.configs: dict[Path, LoadedConfig | ConfigError] = {}
         self.ledgers: dict[Path, Ledger] = {}
         self.planned: list[_Planned] = []
@@ -89,8 +89,9 @@ class _Drain:
 
     def run(self) -> RetryReport:
         for item in self.spool.entries():
-            if isinstance(item, tuple):
-                log.error("%s: %s (left in place)", item[0], item[1])
+            if isinstance(item, sp.Rejected):
+                log.error("spool entry %s rejected: %s (left in place, see `certbot-smtp-dist status`)", item.path,
+                          item.problem)
                 self.trouble = True
             elif item.state == sp.PENDING or self.include_failed:
                 self._take(item)
@@ -110,6 +111,9 @@ class _Drain:
             entry = self.spool.load(item.id)  # re-read under the lock: another process may have closed it
             if entry is not None:
                 keep = self._plan(entry, lock)
+        except sp.Rejected as rejected:  # replaced between listing and locking
+            log.error("spool entry %s rejected: %s (left in place)", rejected.path, rejected.problem)
+            self.trouble = True
         finally:
             if not keep:
                 lock.release()
@@ -117,7 +121,7 @@ class _Drain:
     def _plan(self, entry: sp.Entry, lock: Lock) -> bool:
         """True when a delivery is planned (the entry's lock then stays held until it settles)."""
         config = self.config
-        ledger = self.ledgers.setdefault(config, Ledger(self.state_dir, "retry", config, self.keys, self.now))
+        ledger = self.ledgers.setdefault(config, Ledger(self.state_dir, "retry", self.keys, self.now))
         if self.now - datetime.fromisoformat(entry.created) > MAX_AGE:
             log.error("target %s: gave up on %s after %d attempt(s) over %d days", entry.target,
                       entry.certificate, entry.attempts, MAX_AGE.days)
@@ -132,7 +136,7 @@ class _Drain:
             return self._fail(ledger, entry, f"configuration {config} is unusable (see the error above)")
         target = loaded.settings.target(entry.target)
         if target is None:
-            return self._fail(ledger, entry, "the target is no longer configured")
+            return self._close(ledger, entry, "target_removed", f"target {entry.target} is no longer in {config}")
         try:
             artefact = lineage.load(source, self.now)
         except CertificateError as exc:

@@ -1,14 +1,18 @@
-"""The retry spool: one JSON file per unfinished delivery, written ahead of the attempt.
+"""The retry spool: one authenticated JSON file per unfinished delivery, written ahead of the attempt.
 
 An entry holds no secret and no key material: only what is needed to render the same message again from the
-lineage on disk (paths, Message-ID, Date, remaining recipients) and the facts of the last failure. Each entry has an
-flock'ed lock file held by whoever is delivering it, so a crashed deploy (even SIGKILL) leaves an entry that
-`retry` completes, and two processes never send the same entry at once.
+lineage on disk (paths, Message-ID, Date, remaining recipients) and the facts of the last failure. It never names a
+configuration file: `retry` resolves the configuration exactly as `deploy` does. Each entry is one frozen `Entry`
+with a schema version and one serializer, and carries an HMAC-SHA256 over its canonical JSON under the spool key
+from the credential store, so an entry someone else wrote or altered is rejected by file name and never acted on.
+Each entry has an flock'ed lock file held by whoever is delivering it, so a crashed deploy (even SIGKILL) leaves an
+entry that `retry` completes, and two processes never send the same entry at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -21,12 +25,25 @@ from certbot_smtp_dist._internal.state import Lock
 from certbot_smtp_dist.model import Failure, LineageSource
 
 SPOOL_DIR = "spool"
-FORMAT = 1
+FORMAT = 2  # 1: 0.1.0 (unauthenticated, named its config file)
 PENDING = "pending"  # retryable: `retry` sends it again
 FAILED = "failed"  # permanent: never retried automatically; shown by `status` until retried by hand or dismissed
+UNCERTAIN = "uncertain"  # the final reply was lost: the relay may have the message (see Status.UNCERTAIN)
+STATES = (PENDING, FAILED, UNCERTAIN)
 
 DELIVERY = "delivery"  # one target's delivery of one message
 BLOCKED = "blocked"  # a whole deploy of a lineage that could not start (configuration or certificate unusable)
+KINDS = (DELIVERY, BLOCKED)
+_SOURCE_KEYS = ("cert", "key", "chain", "fullchain", "name", "lineage_dir")
+
+
+class Rejected(ValueError):
+    """A spool file that is not an entry this host wrote: forged, altered, damaged or from 0.1.0. Never acted on."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path.name}: {problem}")
+        self.path = path
+        self.problem = problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +51,6 @@ class Entry:
     id: str
     state: str
     target: str
-    config: str
     certificate: str
     serial: str
     fingerprint: str
@@ -68,6 +84,63 @@ class Entry:
         return doc
 
 
+def encode(entry: Entry, key: bytes) -> bytes:
+    """The one serializer: the entry's fields, its schema version and its MAC."""
+    doc = {"format": FORMAT, **entry.to_json()}
+    return (json.dumps({**doc, "mac": _mac(key, doc)}, indent=1) + "\n").encode("utf-8")
+
+
+def decode(data: bytes, key: bytes, path: Path) -> Entry:
+    """The one parser: authenticated first, then every field checked for its type. Raises Rejected."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise Rejected(path, "damaged (not JSON)") from exc
+    if not isinstance(doc, dict):
+        raise Rejected(path, "damaged (not a JSON object)")
+    if doc.get("format") != FORMAT:
+        raise Rejected(path, f"written by an older version (format {doc.get('format')!r}) and not upgraded: "
+                             "not authenticated, never acted on (check it, then `certbot-smtp-dist dismiss`)")
+    mac = doc.pop("mac", None)
+    if not isinstance(mac, str) or not hmac.compare_digest(_mac(key, doc), mac):
+        raise Rejected(path, "MAC mismatch: forged or altered (or written under another master key); never acted on")
+    doc.pop("format")
+    entry = _typed(doc, path)
+    if path.name != f"{entry.id}.json":
+        raise Rejected(path, f"holds entry {entry.id}, not the one its name says: moved or copied; never acted on")
+    return entry
+
+
+def _typed(doc: dict[str, Any], path: Path) -> Entry:
+    """An authentic document still gets every field checked: one schema, no `Entry(**doc)` on trust."""
+    def want(name: str, kind: type | tuple[type, ...]) -> Any:
+        value = doc.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+            raise Rejected(path, f"field {name!r} is missing or of the wrong type")
+        return value
+
+    source = want("source", dict)
+    recipients = want("envelope_to", list)
+    failure = want("last_failure", (dict, type(None)))
+    if (set(source) - set(_SOURCE_KEYS) or any(not isinstance(v, (str, type(None))) for v in source.values())
+            or any(not isinstance(r, str) for r in recipients)):
+        raise Rejected(path, "field 'source' or 'envelope_to' is malformed")
+    entry = Entry(id=want("id", str), state=want("state", str), target=want("target", str),
+                  certificate=want("certificate", str), serial=want("serial", str),
+                  fingerprint=want("fingerprint", str), message_id=want("message_id", (str, type(None))),
+                  date=want("date", str), envelope_to=tuple(recipients), source=dict(source),
+                  created=want("created", str), updated=want("updated", str), attempts=want("attempts", int),
+                  last_failure=failure, kind=want("kind", str))
+    if entry.state not in STATES or entry.kind not in KINDS:
+        raise Rejected(path, f"unknown state {entry.state!r} or kind {entry.kind!r}")
+    return entry
+
+
+def _mac(key: bytes, doc: dict[str, Any]) -> str:
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hmac.new(key, b"certbot-smtp-dist/spool-entry\x00" + canonical.encode(), hashlib.sha256).hexdigest()
+
+
 def entry_id(target: str, fingerprint: str, message_id: str | None) -> str:
     return hashlib.sha256(f"{target}\0{fingerprint}\0{message_id}".encode()).hexdigest()[:24]
 
@@ -91,8 +164,9 @@ def failure_json(failure: Failure | None) -> dict[str, Any] | None:
 
 
 class Spool:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, key: bytes) -> None:
         self.directory = state_dir / SPOOL_DIR
+        self._key = key
 
     def _path(self, entry_id_: str) -> Path:
         return self.directory / f"{entry_id_}.json"
@@ -102,8 +176,7 @@ class Spool:
 
     def write(self, entry: Entry) -> None:
         files.ensure_private_dir(self.directory)
-        doc = {"format": FORMAT, **entry.to_json()}
-        files.write_private(self._path(entry.id), (json.dumps(doc, indent=1) + "\n").encode())
+        files.write_private(self._path(entry.id), encode(entry, self._key))
 
     def remove(self, entry_id_: str) -> None:
         try:
@@ -117,31 +190,38 @@ class Spool:
             pass
 
     def load(self, entry_id_: str) -> Entry | None:
+        """The entry, authenticated; None if there is none. Raises Rejected for one that is not authentic."""
+        path = self._path(entry_id_)
         try:
-            doc = json.loads(files.read_nofollow(self._path(entry_id_)).decode("utf-8"))
+            data = files.read_nofollow(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return _entry(doc)
+        return decode(data, self._key, path)
 
-    def entries(self) -> Iterator[Entry | tuple[Path, str]]:
-        """Every entry, oldest first; a damaged file is yielded as (path, problem) and never deleted."""
+    def discard(self, path: Path) -> None:
+        """Remove a rejected file by hand (`dismiss`): it was never acted on."""
+        path.unlink(missing_ok=True)
+        files.fsync_dir(self.directory)
+
+    def entries(self) -> Iterator[Entry | Rejected]:
+        """Every entry, oldest first; a file that is not an authentic entry is yielded as Rejected, never deleted."""
         if not self.directory.is_dir():
             return
-        paths = sorted(self.directory.glob("*.json"), key=lambda p: (p.lstat().st_mtime, p.name))
-        for path in paths:
+        stamped = []
+        for path in self.directory.glob("*.json"):
             try:
-                yield _entry(json.loads(files.read_nofollow(path).decode("utf-8")))
+                stamped.append((path.lstat().st_mtime, path.name, path))
             except FileNotFoundError:
                 continue  # closed by someone else meanwhile
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                yield (path, f"damaged spool entry: {type(exc).__name__}")
-
-
-def _entry(doc: dict[str, Any]) -> Entry:
-    doc = dict(doc)
-    doc.pop("format", None)
-    doc["envelope_to"] = tuple(doc["envelope_to"])
-    return Entry(**doc)
+        for _, _, path in sorted(stamped):
+            try:
+                yield decode(files.read_nofollow(path), self._key, path)
+            except FileNotFoundError:
+                continue
+            except Rejected as rejected:
+                yield rejected
+            except OSError as exc:
+                yield Rejected(path, f"unreadable ({exc.strerror or exc})")
 
 
 def touched(entry: Entry, now: datetime, **changes: Any) -> Entry:

@@ -12,7 +12,7 @@ from support.relay import Relay
 
 from certbot_smtp_dist._internal import retry
 from certbot_smtp_dist._internal.credentials import CredentialStore
-from certbot_smtp_dist._internal.spool import Spool
+from certbot_smtp_dist._internal.spool import Entry, Spool
 from certbot_smtp_dist._internal.state import StateKeys, state_keys
 
 
@@ -34,7 +34,7 @@ def test_entry_closed_after_retry_listed_it_is_not_sent(denv: DeployEnv, lineage
     """retry lists entries, then locks each: what another process closed in between must not go out."""
     denv.write_config({"a": down_target(unused_port)})
     assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 75
-    [listed] = [e for e in Spool(denv.state_dir).entries() if not isinstance(e, tuple)]
+    [listed] = [e for e in Spool(denv.state_dir, keys(denv).spool).entries() if isinstance(e, Entry)]
     assert denv.run("dismiss", listed.id).returncode == 0  # "another process" closes it
     with Relay(None, mode="plaintext", port=unused_port) as relay:
         drain = retry._Drain(denv.state_dir, denv.config, keys(denv), False, retry.datetime.now(retry.timezone.utc))
