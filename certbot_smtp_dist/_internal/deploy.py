@@ -128,6 +128,9 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
         keys = open_state_keys(request.config, request.environ, request.state_dir)
         state_broken = keys is None
         if keys is not None:
+            from certbot_smtp_dist._internal.upgrade import upgrade
+
+            upgrade(request.state_dir, request.config, keys)
             ledger = Ledger(request.state_dir, "deploy", keys, now, request.source)
     try:
         loaded = load_config(request.config, request.environ)

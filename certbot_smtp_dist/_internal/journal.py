@@ -81,6 +81,14 @@ class Journal:
             self._seal_legacy(key)
             self._append_locked(key, record)
 
+    def seal_legacy(self) -> None:
+        """Seal a 0.1.0 journal now (upgrade on first use); nothing to do for a keyed or missing one."""
+        if not (self.path.exists() or self.head.exists()):
+            return
+        key = self._require_key()
+        with locked(self.lock):
+            self._seal_legacy(key)
+
     def start(self) -> None:
         """Make sure the journal exists (a first line, `journal_started`) before anything is spooled: a state
         directory with an entry always has a journal to verify, even if the run is killed before its first attempt."""

@@ -20,6 +20,7 @@ from certbot_smtp_dist._internal.deploy import (
 )
 from certbot_smtp_dist._internal.ledger import Ledger
 from certbot_smtp_dist._internal.state import Lock, StateKeys
+from certbot_smtp_dist._internal.upgrade import upgrade
 from certbot_smtp_dist.errors import CertificateError, ConfigError, CredentialError
 from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, LineageSource
 
@@ -64,6 +65,7 @@ def run(state_dir: Path, config: Path, include_failed: bool = False,
         log.info("another `certbot-smtp-dist retry` is running; nothing to do")
         return RetryReport((), (), busy=True)
     try:
+        upgrade(state_dir, config, keys)
         return _Drain(state_dir, config, keys, include_failed, now or datetime.now(timezone.utc)).run()
     finally:
         run_lock.release()

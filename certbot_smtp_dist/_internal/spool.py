@@ -111,6 +111,13 @@ def decode(data: bytes, key: bytes, path: Path) -> Entry:
     return entry
 
 
+def decode_legacy(doc: dict[str, Any], path: Path) -> Entry:
+    """A 0.1.0 entry (format 1, no MAC) as an Entry, every field checked; only upgrade.py calls this, for an entry
+    it re-validated. Raises Rejected."""
+    doc = {k: v for k, v in doc.items() if k not in ("format", "config")}
+    return _typed(doc, path)
+
+
 def _typed(doc: dict[str, Any], path: Path) -> Entry:
     """An authentic document still gets every field checked: one schema, no `Entry(**doc)` on trust."""
     def want(name: str, kind: type | tuple[type, ...]) -> Any:
