@@ -233,6 +233,10 @@ class Failure:
     smtp_code: int | None = None
     enhanced_status: str | None = None
     retryable: bool | None = None  # None: the code's own class
+    # The final "." of DATA was handed to the relay and no valid reply came back (connection lost, unparseable or
+    # oversized reply, deadline): the relay may have queued the message (RFC 5321 §4.1.1.4; RFC 1047). Such a
+    # delivery is `uncertain`, never re-sent within the run.
+    maybe_delivered: bool = False
 
     @property
     def is_retryable(self) -> bool:

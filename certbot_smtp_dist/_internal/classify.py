@@ -83,20 +83,40 @@ def reached_relay(exc: BaseException) -> bool:
     return "server ready" in str(exc)
 
 
-def deadline(phase: Phase, connected: bool, budget: float) -> Failure:
+def deadline(phase: Phase, connected: bool, budget: float, dot_sent: bool = False) -> Failure:
     if not connected:
         return Failure(ErrorCode.SMTP_CONNECT, Phase.CONNECT, f"TCP connect did not complete within {budget:.1f}s")
+    if dot_sent:
+        return _lost_final_reply(f"no reply to the final \".\" within the {budget:.1f}s deadline")
     return Failure(ErrorCode.SMTP_TRANSIENT, phase,
                    f"relay stalled during {phase.value}; abandoned at the {budget:.1f}s deadline")
 
 
-def translate(exc: BaseException, phase: Phase, connected: bool) -> Failure:
-    """Map any exception raised during an SMTP session to failure facts."""
+def translate(exc: BaseException, phase: Phase, connected: bool, dot_sent: bool = False) -> Failure:
+    """Map any exception raised during an SMTP session to failure facts.
+
+    `dot_sent`: the final "." of DATA was handed to the relay and its reply was being awaited. The transport
+    returns every reply it parsed as a value, so an exception there means no valid reply at all: a lost
+    connection, a reply without a code, an oversized reply (aiosmtplib 2.x calls that code 500, later ones -1), a
+    timeout. The relay may have queued the message all the same (RFC 5321 §4.1.1.4, RFC 1047).
+    """
     names = _foreign_names(exc)
     for name, handler in _AIOSMTPLIB_HANDLERS:
         if name in names:
-            return handler(exc, phase, connected)
-    return _stdlib(exc, phase, connected)
+            failure = handler(exc, phase, connected)
+            break
+    else:
+        failure = _stdlib(exc, phase, connected)
+    if dot_sent:  # a code here is aiosmtplib's, not the relay's: say what went wrong without it
+        what = failure.detail if failure.smtp_code is None else _clean(str(getattr(exc, "message", exc)))
+        return _lost_final_reply(f"no valid reply to the final \".\" ({what})")
+    return failure
+
+
+def _lost_final_reply(why: str) -> Failure:
+    return Failure(ErrorCode.SMTP_TRANSIENT, Phase.DATA,
+                   f"{why}; the relay may have accepted the message, so it is not re-sent in this run",
+                   maybe_delivered=True)
 
 
 def _response(exc: BaseException, phase: Phase, connected: bool) -> Failure:

@@ -22,15 +22,17 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
     common(retry)
     retry.add_argument("--include-failed", action="store_true",
                        help="also re-send permanently failed entries (after fixing their cause)")
+    retry.add_argument("--include-uncertain", action="store_true",
+                       help="also re-send uncertain entries, whose relay may already have them (after checking)")
     retry.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     retry.set_defaults(func=cmd_retry)
 
-    status = sub.add_parser("status", help="list pending and failed deliveries; non-zero while any exist")
+    status = sub.add_parser("status", help="list pending, uncertain and failed deliveries; non-zero while any exist")
     common(status)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
 
-    dismiss = sub.add_parser("dismiss", help="close a failed or pending spool entry by hand")
+    dismiss = sub.add_parser("dismiss", help="close a failed, uncertain or pending spool entry by hand")
     common(dismiss)
     dismiss.add_argument("entry", nargs="+", help="entry id (see `status`)")
     dismiss.set_defaults(func=cmd_dismiss)
@@ -80,7 +82,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from certbot_smtp_dist._internal import report, retry
     from certbot_smtp_dist._internal.config import config_path
 
-    result = retry.run(_state(args), config_path(args.config), args.include_failed)
+    result = retry.run(_state(args), config_path(args.config), args.include_failed,
+                       include_uncertain=args.include_uncertain)
     if args.json:
         print(report.json_document(None, result.results, extra={
             "closed": [{"entry": i, "reason": why} for i, why in result.closed], "busy": result.busy}))
@@ -88,7 +91,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from certbot_smtp_dist._internal.spool import FAILED, Rejected, Spool
+    from certbot_smtp_dist._internal.spool import FAILED, UNCERTAIN, Rejected, Spool
 
     state = _state(args)
     rows: list[dict[str, Any]] = []
@@ -102,10 +105,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                      "serial": item.serial, "message_id": item.message_id, "recipients": list(item.envelope_to),
                      "attempts": item.attempts, "created": item.created, "updated": item.updated,
                      "error_code": failure.get("error_code"), "detail": failure.get("detail")})
+        if item.state == UNCERTAIN:
+            rows[-1]["resend_due"] = item.resend_due
     if args.json:
         print(json.dumps({"entries": rows}, indent=2))
     elif not rows:
-        print("OK: no pending or failed deliveries")
+        print("OK: no pending, uncertain or failed deliveries")
     else:
         for r in rows:
             if r["state"] == "rejected":
@@ -114,10 +119,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             what = "deploy blocked" if r.get("kind") == "blocked" else f"target={r.get('target')}"
             print(f"{r['state'].upper()}: {r['id']} {what} certificate={r.get('certificate')} "
                   f"attempts={r.get('attempts')} since={r.get('created')} {r.get('error_code') or ''} "
-                  f"{r.get('detail') or ''}".rstrip())
-    if any(r["state"] in (FAILED, "rejected") for r in rows):
+                  f"{r.get('detail') or ''}{_uncertain_note(r)}".rstrip())
+    # An uncertain delivery that `retry` will not re-send by itself needs a human as much as a failed one.
+    if any(r["state"] in (FAILED, "rejected") or r.get("resend_due") is False for r in rows):
         return STATUS_CRITICAL
     return STATUS_WARNING if rows else STATUS_OK
+
+
+def _uncertain_note(row: dict[str, Any]) -> str:
+    if "resend_due" not in row:
+        return ""
+    then = ("`retry` re-sends it once" if row["resend_due"] else
+            "check with the recipients, then `retry --include-uncertain` or `dismiss`")
+    return f" (the recipients may already have {row.get('message_id')}: {then})"
 
 
 def cmd_dismiss(args: argparse.Namespace) -> int:
@@ -159,7 +173,7 @@ def cmd_dismiss(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from certbot_smtp_dist._internal.journal import Journal
 
-    keep = ("delivered", "partial")
+    keep = ("delivered", "partial", "uncertain")  # uncertain: may have been shipped
     rows = [r for r in Journal(_state(args)).records()
             if args.all or (r.get("event") == "attempt" and r.get("outcome") in keep)]
     if args.json:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from certbot_smtp_dist._internal.addresses import (
+    ENCODED_WORD_RE,
     address_problem,
     header_text_problem,
     is_loopback_host,
@@ -32,6 +33,7 @@ PASSPHRASE_TYPE = "smtp_pkcs12_passphrase"
 MAX_TO = 50
 MAX_RECIPIENTS = 100  # RFC 5321 §4.5.3.1.8: relays must accept at least 100 RCPTs
 MAX_FROM_NAME = 128
+MAX_SUBJECT_PREFIX = 64  # the Subject also holds the certificate's name and date (RFC 5322 §2.1.1: 78 per line)
 TARGET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 KNOWN_KEYS = frozenset(
@@ -164,15 +166,22 @@ class _TargetChecker:
             out.append(value)
         return tuple(out)
 
-    def header_text(self, key: str, limit: int | None = None) -> str | None:
+    def header_text(self, key: str, limit: int) -> str | None:
+        """Header text we write: printable, bounded, and never an RFC 2047 encoded word of its own. The email
+        package would decode such a word when the header is set, and its decoded form (a CR LF, a second
+        address in the From display name) would become header structure (RFC 2047 §5; CVE-2024-6923)."""
         value: str | None = self.get(key, str)
         if value is None:
             return None
+        if len(value) > limit:
+            self.problem(key, f"is longer than {limit} characters")
+            return value  # the checks below would only repeat themselves over a megabyte of text
         why = header_text_problem(value)
         if why:
             self.problem(key, why)
-        if limit is not None and len(value) > limit:
-            self.problem(key, f"is longer than {limit} characters")
+        elif ENCODED_WORD_RE.search(value):
+            self.problem(key, "holds an RFC 2047 encoded word (=?charset?q?...?=): write the text itself; "
+                              "certbot-smtp-dist encodes header text where it has to")
         return value
 
     def credential(self, key: str, wanted_type: str, required: bool) -> str | None:
@@ -247,7 +256,7 @@ class _TargetChecker:
         if len(to) + len(cc) + len(bcc) > MAX_RECIPIENTS:
             self.problem("bcc", f"to, cc and bcc together exceed {MAX_RECIPIENTS} recipients")
         return {"from_address": from_address, "from_name": self.header_text("from_name", MAX_FROM_NAME),
-                "to": to, "cc": cc, "bcc": bcc, "subject_prefix": self.header_text("subject_prefix")}
+                "to": to, "cc": cc, "bcc": bcc, "subject_prefix": self.header_text("subject_prefix", MAX_SUBJECT_PREFIX)}
 
     def _payload(self) -> dict[str, Any]:
         """What to ship, and for which certificates."""

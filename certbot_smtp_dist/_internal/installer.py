@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certbot_smtp_dist.errors import ConfigError, SmtpDistError, UnsafePathError, UsageError
-from certbot_smtp_dist.model import LineageSource
+from certbot_smtp_dist.model import LineageSource, Status
 
 if TYPE_CHECKING:
     from certbot_smtp_dist._internal.deploy import DeployReport
@@ -167,6 +167,12 @@ class Shipment:
             return ()
         return tuple(r.target for r in self.report.results if not r.ok)
 
+    def uncertain_targets(self) -> tuple[str, ...]:
+        """Targets whose relay may have the message although its final reply was lost."""
+        if self.report is None:
+            return ()
+        return tuple(r.target for r in self.report.results if r.status is Status.UNCERTAIN)
+
     def resend_command(self) -> str:
         """The command that ships this certificate again, to the targets that did not get it."""
         where = self.source.lineage_dir
@@ -241,6 +247,10 @@ def renewal_failure_message(shipment: Shipment) -> str:
     if shipment.spooled():
         lines.append(f"The retryable deliveries are spooled; `{shipment.retry_command()}` (from its timer, or now) "
                      "re-sends them.")
+    unsure = shipment.uncertain_targets()
+    if unsure:  # RFC 1047: a hand-made re-send on top of retry's one would make a third copy
+        lines.append(f"Target(s) {', '.join(unsure)} may have it already (the relay's reply to the end of the message "
+                     "was lost): check with their recipients before sending it again by hand.")
     lines.append(f"Once the cause is fixed, to send it at once: {shipment.resend_command()}")
     return "\n".join(lines)
 

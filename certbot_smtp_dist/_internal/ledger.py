@@ -50,6 +50,7 @@ class Ledger:
     def attempt(self, facts: CertificateFacts, job: Job, attempt: Attempt) -> None:
         f = attempt.failure
         status = "delivered" if f is None and not attempt.refused else (
+            "uncertain" if f is not None and f.maybe_delivered else
             "partial" if attempt.accepted and attempt.refused else "failed")
         self.record(
             "attempt", facts, job.target.name,
@@ -106,6 +107,9 @@ class Ledger:
             if result.status is Status.DELIVERED:
                 self._guard("update the spool", lambda: self.spool.remove(entry.id))
                 return
+            if result.status is Status.UNCERTAIN:
+                self._uncertain(entry, job, result, attempts)
+                return
             retryable = result.failure is not None and result.failure.is_retryable
             remaining = tuple(addr for addr in entry.envelope_to if addr not in result.accepted)
             updated = sp.touched(entry, datetime.now(timezone.utc), attempts=attempts,
@@ -119,6 +123,20 @@ class Ledger:
         finally:
             if lock is not None:
                 lock.release()
+
+    def _uncertain(self, entry: sp.Entry, job: Job, result: DeliveryResult, attempts: int) -> None:
+        """The relay may have it: `retry` re-sends it once (same Message-ID, the recipients may de-duplicate)
+        unless the target says `resend_uncertain = false`; a second lost reply waits for a human."""
+        lost = entry.uncertain + 1
+        due = job.target.resend_uncertain and lost == 1
+        updated = sp.touched(entry, datetime.now(timezone.utc), attempts=attempts, state=sp.UNCERTAIN,
+                             envelope_to=tuple(a for a in entry.envelope_to if a not in result.accepted),
+                             last_failure=sp.failure_json(result.failure), uncertain=lost, resend_due=due)
+        self._guard("update the spool", lambda: self.spool.write(updated))
+        then = ("`certbot-smtp-dist retry` re-sends it once, with the same Message-ID" if due else
+                "it waits for `certbot-smtp-dist retry --include-uncertain` or `dismiss` after you checked")
+        log.warning("target %s: the relay may already have %s (no reply to the final \".\"); %s",
+                    job.target.name, entry.message_id, then)
 
     def close(self, entry: sp.Entry, event: str, facts: CertificateFacts | None, why: str) -> None:
         self.record(event, facts, entry.target, message_id=entry.message_id, outcome=event, detail=why,
@@ -155,7 +173,7 @@ class Ledger:
                     continue
                 if fresh.fingerprint == facts.sha256_fingerprint:
                     self.close(fresh, "delivered_elsewhere", facts, "a later run delivered this certificate")
-                elif fresh.certificate == facts.name and fresh.state == sp.PENDING:
+                elif fresh.certificate == facts.name and fresh.state in (sp.PENDING, sp.UNCERTAIN):
                     self.close(fresh, "superseded", None, f"a newer certificate ({facts.serial_hex}) was delivered")
             finally:
                 lock.release()

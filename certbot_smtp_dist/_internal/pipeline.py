@@ -153,8 +153,8 @@ async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy(),
             on_attempt(job, Attempt(attempts, len(outcome.accepted), len(outcome.refused),
                                     _redact(failure, job.secrets, target.username) if failure else None,
                                     loop.time() - began))
-        if failure is None or not failure.is_retryable or attempts >= policy.attempts:
-            break
+        if failure is None or not failure.is_retryable or failure.maybe_delivered or attempts >= policy.attempts:
+            break  # a maybe-delivered message is never sent again in this run: that is how duplicates multiply
         pause = policy.delay(attempts)
         if deadline - loop.time() - pause < policy.min_budget:
             break
@@ -170,6 +170,8 @@ async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy(),
                     for addr in owed if addr in refusals)
     if failure is None:
         status = Status.DELIVERED
+    elif failure.maybe_delivered:
+        status = Status.UNCERTAIN
     elif accepted:
         status = Status.PARTIAL  # someone has it: a retry must not send it to them again
     else:

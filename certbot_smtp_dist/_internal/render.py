@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets as _random
 from datetime import datetime, timezone
@@ -88,7 +89,8 @@ def render(
         msg["Cc"] = ", ".join(target.cc)
     # BCC recipients live only in the envelope (RFC 5322 §3.6.3 allows omitting Bcc entirely).
     the_subject = subject(target, facts)
-    msg["Subject"] = the_subject
+    # Written as raw field text, never parsed by the email package (which would decode a lookalike word).
+    msg.set_raw("Subject", subject_field(the_subject))
     msg["Date"] = format_datetime(date.astimezone(timezone.utc))
     msg["Message-ID"] = message_id
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834 §5
@@ -104,6 +106,52 @@ def render(
         envelope_to=envelope_to if envelope_to is not None else target.envelope_recipients,
         data=msg.as_bytes(),
     )
+
+
+MAX_LINE = 78  # RFC 5322 §2.1.1: SHOULD; "Subject: " comes first on the first line
+# RFC 2047 §2: an encoded-word is at most 75 characters. Each one here fits on the first line after "Subject: "
+# ("=?utf-8?b?" + 56 base64 + "?=" = 68 <= 78 - 9): a longer line would make the email package refold the
+# field, which parses it, and parsing decodes.
+_WORD_BYTES = 42
+
+
+def subject_field(text: str) -> str:
+    """The Subject field body whose decoded value is exactly `text`, whatever `text` holds.
+
+    Text from a certificate (its CN) is attacker-influenced: a CN of "=?utf-8?q?x=0D=0ABcc:_a@b?=" set through
+    the email package is decoded into a CR LF at once, and on interpreters without the CVE-2024-6923 fix written
+    out as a header line of its own. So the field is built here: plain ASCII without "=?" is folded at its own
+    spaces (unfolding, RFC 5322 §2.2.3, gives back the same text); anything else becomes our own base64
+    encoded words (RFC 2047 §4.1), each a whole number of characters (§5), whose decoding is the literal text,
+    "=?" included, and nothing more: adjacent encoded words join without the folding space (§6.2).
+    """
+    if text.isascii() and "=?" not in text and text == text.strip():
+        folded = _fold_at_spaces(text, MAX_LINE - len("Subject: "))
+        if all(line.strip() and len(line) <= MAX_LINE for line in folded.split("\r\n")):  # §3.2.2: no blank
+            return folded
+    words: list[str] = []
+    chunk = ""
+    for char in text:
+        if len((chunk + char).encode()) > _WORD_BYTES:
+            words.append(chunk)
+            chunk = ""
+        chunk += char
+    words.append(chunk)
+    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w.encode()).decode('ascii')}?=" for w in words if w)
+
+
+def _fold_at_spaces(text: str, first: int) -> str:
+    lines: list[str] = []
+    line, room = "", first
+    for index, word in enumerate(text.split(" ")):
+        piece = word if index == 0 else " " + word
+        if line and len(line) + len(piece) > room:
+            lines.append(line)
+            line, room = piece, MAX_LINE  # the fold keeps the space: it starts the continuation line
+        else:
+            line += piece
+    lines.append(line)
+    return "\r\n".join(lines)
 
 
 def _colon_hex(hex_string: str) -> str:

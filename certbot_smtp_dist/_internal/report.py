@@ -23,7 +23,8 @@ def exit_status(results: Iterable[DeliveryResult]) -> int:
     failed = [r for r in results if not r.ok]
     if not failed:
         return EX_OK
-    if all(r.failure is not None and r.failure.is_retryable for r in failed):
+    # An uncertain delivery is not known to have failed: it is settled later (`retry`, or a human), never 69.
+    if all(r.status is Status.UNCERTAIN or (r.failure is not None and r.failure.is_retryable) for r in failed):
         return EX_TEMPFAIL
     return EX_UNAVAILABLE
 
@@ -39,6 +40,8 @@ def human_line(result: DeliveryResult) -> str:
                 f" ({result.attempts} attempt(s)), Message-ID {result.message_id}")
     f = result.failure
     assert f is not None
+    if result.status is Status.UNCERTAIN:
+        return f"{name}: uncertain {f.code.value} in {f.phase.value}: {f.detail}; Message-ID {result.message_id}"
     klass = "retryable" if f.is_retryable else "not retryable"
     line = f"{name}: {result.status.value} {f.code.value} in {f.phase.value} ({klass}): {f.detail}"
     for addr, reply in result.refused:

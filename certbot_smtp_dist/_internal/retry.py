@@ -47,7 +47,7 @@ class _Planned:
 
 
 def run(state_dir: Path, config: Path, include_failed: bool = False,
-        now: datetime | None = None) -> RetryReport:
+        now: datetime | None = None, include_uncertain: bool = False) -> RetryReport:
     """One drain at a time: a second `retry` finds the run lock taken and leaves at once.
 
     `config` is resolved exactly as `deploy` resolves it (--config, $CERTBOT_SMTP_DIST_CONFIG, the default): an
@@ -66,7 +66,8 @@ def run(state_dir: Path, config: Path, include_failed: bool = False,
         return RetryReport((), (), busy=True)
     try:
         upgrade(state_dir, config, keys)
-        return _Drain(state_dir, config, keys, include_failed, now or datetime.now(timezone.utc)).run()
+        return _Drain(state_dir, config, keys, include_failed, now or datetime.now(timezone.utc),
+                      include_uncertain).run()
     finally:
         run_lock.release()
 
@@ -74,11 +75,13 @@ def run(state_dir: Path, config: Path, include_failed: bool = False,
 class _Drain:
     """Select entries (each locked and re-read), revalidate them against today's config and files, deliver."""
 
-    def __init__(self, state_dir: Path, config: Path, keys: StateKeys, include_failed: bool, now: datetime) -> None:
+    def __init__(self, state_dir: Path, config: Path, keys: StateKeys, include_failed: bool, now: datetime,
+                 include_uncertain: bool = False) -> None:
         self.state_dir = state_dir
         self.config = config
         self.keys = keys
         self.include_failed = include_failed
+        self.include_uncertain = include_uncertain  # also re-send entries whose relay may already have them
         self.now = now
         self.spool = sp.Spool(state_dir, keys.spool)
         self.configs: dict[Path, LoadedConfig | ConfigError] = {}
@@ -95,13 +98,18 @@ class _Drain:
                 log.error("spool entry %s rejected: %s (left in place, see `certbot-smtp-dist status`)", item.path,
                           item.problem)
                 self.trouble = True
-            elif item.state == sp.PENDING or self.include_failed:
+            elif self._wanted(item):
                 self._take(item)
         self.results.extend(self._deliver())
         status = report.exit_status(self.results)
         if status == report.EX_OK and self.trouble:
             status = report.EX_TEMPFAIL
         return RetryReport(tuple(self.results), tuple(self.closed), exit_status=status)
+
+    def _wanted(self, item: sp.Entry) -> bool:
+        if item.state == sp.UNCERTAIN:  # re-sent once by itself, then only when asked (RFC 1047)
+            return item.resend_due or self.include_uncertain
+        return item.state == sp.PENDING or self.include_failed
 
     def _take(self, item: sp.Entry) -> None:
         lock = self.spool.lock(item.id)
@@ -111,7 +119,7 @@ class _Drain:
         keep = False
         try:
             entry = self.spool.load(item.id)  # re-read under the lock: another process may have closed it
-            if entry is not None:
+            if entry is not None and self._wanted(entry):
                 keep = self._plan(entry, lock)
         except sp.Rejected as rejected:  # replaced between listing and locking
             log.error("spool entry %s rejected: %s (left in place)", rejected.path, rejected.problem)
@@ -139,6 +147,11 @@ class _Drain:
         target = loaded.settings.target(entry.target)
         if target is None:
             return self._close(ledger, entry, "target_removed", f"target {entry.target} is no longer in {config}")
+        if entry.state == sp.UNCERTAIN and not (self.include_uncertain or target.resend_uncertain):
+            log.warning("target %s: %s may already be delivered and resend_uncertain = false: it waits for "
+                        "`retry --include-uncertain` or `dismiss`", entry.target, entry.message_id)
+            self.spool.write(sp.touched(entry, datetime.now(timezone.utc), resend_due=False))
+            return False
         try:
             artefact = lineage.load(source, self.now)
         except CertificateError as exc:

@@ -28,7 +28,10 @@ SPOOL_DIR = "spool"
 FORMAT = 2  # 1: 0.1.0 (unauthenticated, named its config file)
 PENDING = "pending"  # retryable: `retry` sends it again
 FAILED = "failed"  # permanent: never retried automatically; shown by `status` until retried by hand or dismissed
-UNCERTAIN = "uncertain"  # the final reply was lost: the relay may have the message (see Status.UNCERTAIN)
+# The final "." went out and no reply came (RFC 5321 §4.1.1.4, RFC 1047): the recipients may have it already.
+# `retry` re-sends it once, same Message-ID, while `resend_due`; otherwise it waits for `retry --include-uncertain`
+# or `dismiss`.
+UNCERTAIN = "uncertain"
 STATES = (PENDING, FAILED, UNCERTAIN)
 
 DELIVERY = "delivery"  # one target's delivery of one message
@@ -63,6 +66,8 @@ class Entry:
     attempts: int = 0
     last_failure: dict[str, Any] | None = field(default=None)
     kind: str = DELIVERY
+    uncertain: int = 0  # sessions of this delivery whose final reply was lost
+    resend_due: bool = False  # UNCERTAIN only: the next `retry` re-sends it (the first lost reply, if allowed)
 
     def lineage_source(self) -> LineageSource | None:
         """The certificate files to render from again; None if the entry recorded none."""
@@ -114,7 +119,7 @@ def decode(data: bytes, key: bytes, path: Path) -> Entry:
 def decode_legacy(doc: dict[str, Any], path: Path) -> Entry:
     """A 0.1.0 entry (format 1, no MAC) as an Entry, every field checked; only upgrade.py calls this, for an entry
     it re-validated. Raises Rejected."""
-    doc = {k: v for k, v in doc.items() if k not in ("format", "config")}
+    doc = {"uncertain": 0, "resend_due": False, **{k: v for k, v in doc.items() if k not in ("format", "config")}}
     return _typed(doc, path)
 
 
@@ -137,7 +142,8 @@ def _typed(doc: dict[str, Any], path: Path) -> Entry:
                   fingerprint=want("fingerprint", str), message_id=want("message_id", (str, type(None))),
                   date=want("date", str), envelope_to=tuple(recipients), source=dict(source),
                   created=want("created", str), updated=want("updated", str), attempts=want("attempts", int),
-                  last_failure=failure, kind=want("kind", str))
+                  last_failure=failure, kind=want("kind", str), uncertain=want("uncertain", int),
+                  resend_due=want("resend_due", bool))
     if entry.state not in STATES or entry.kind not in KINDS:
         raise Rejected(path, f"unknown state {entry.state!r} or kind {entry.kind!r}")
     return entry

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import re
 import socket
 import ssl
 import threading
@@ -40,6 +41,8 @@ class _Progress:
     phase: Phase = Phase.CONNECT
     resolving: bool = False
     connected: bool = False
+    # The final "." of DATA is on its way: from here a missing reply means the relay may have the message.
+    dot_sent: bool = False
     client: Any = None
     sock: socket.socket | None = None
 
@@ -80,11 +83,12 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
             return SessionOutcome(failure=Failure(
                 ErrorCode.SMTP_CONNECT, Phase.CONNECT,
                 f"cannot resolve host {target.host}: no answer from the resolver within {budget:.1f}s"))
-        return SessionOutcome(failure=classify.deadline(progress.phase, connected, budget))
+        return SessionOutcome(failure=classify.deadline(progress.phase, connected, budget, progress.dot_sent))
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        return SessionOutcome(failure=classify.translate(exc, progress.phase, progress.connected))
+        return SessionOutcome(failure=classify.translate(exc, progress.phase, progress.connected,
+                                                         progress.dot_sent))
     finally:
         _close(progress)
 
@@ -168,13 +172,49 @@ async def _converse(
     if not accepted:
         raise _Abort(classify.refusals_failure(refused), tuple(refused))
     progress.phase = Phase.DATA
-    await client.data(message.data)
+    await _data(client, message.data, progress)
     try:
         await client.quit()
     except Exception:  # the message is accepted (RFC 5321 §4.1.1.4); a lost QUIT changes nothing
         pass
     failure = classify.refusals_failure(refused) if refused else None
     return SessionOutcome(accepted=tuple(accepted), refused=tuple(refused), failure=failure)
+
+
+async def _data(client: Any, data: bytes, progress: _Progress) -> None:
+    """DATA in its two steps, so that we know when the final "." has left (RFC 5321 §4.1.1.4).
+
+    aiosmtplib's `data()` writes the message and awaits the final reply in one call, so a reply lost after the dot
+    could not be told from a DATA command that failed. Without a reply to the dot, the relay may have queued the
+    message (RFC 5321 §4.5.3.2, RFC 1047): `progress.dot_sent` says so to the classification.
+    """
+    import aiosmtplib
+
+    start = await client.execute_command(b"DATA")
+    if start.code != 354:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    protocol = client.protocol
+    if protocol is None:  # pragma: no cover - aiosmtplib raises on the 354 read before this
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    protocol.write(data_lines(data))  # raises only when nothing could be handed to the connection
+    progress.dot_sent = True
+    final = await protocol.read_response(timeout=client.timeout)
+    progress.dot_sent = False  # the relay answered: whatever it says is an answer, not a doubt
+    if final.code != 250:
+        raise aiosmtplib.SMTPDataError(final.code, final.message)
+
+
+_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
+def data_lines(data: bytes) -> bytes:
+    """The message as DATA sends it: CRLF line ends (RFC 5321 §2.3.8), each leading "." doubled (§4.5.2), and
+    the final "." line."""
+    body = _LEADING_DOT.sub(b"..", _ANY_LINE_END.sub(b"\r\n", data))
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body + b".\r\n"
 
 
 async def _polite_quit(client: Any) -> None:

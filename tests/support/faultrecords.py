@@ -24,6 +24,7 @@ class Records:
         self._lock = threading.Lock()
         self._lines: list[TranscriptLine] = []
         self._messages: list[AcceptedMessage] = []
+        self._data_ends: list[AcceptedMessage] = []
         self._auth: list[FaultAuthAttempt] = []
         self._connections = 0
 
@@ -47,6 +48,10 @@ class Records:
         with self._lock:
             self._messages.append(message)
 
+    def data_end(self, message: AcceptedMessage) -> None:
+        with self._lock:
+            self._data_ends.append(message)
+
     def auth_attempt(self, attempt: FaultAuthAttempt) -> None:
         with self._lock:
             self._auth.append(attempt)
@@ -58,6 +63,10 @@ class Records:
     def snapshot_messages(self) -> list[AcceptedMessage]:
         with self._lock:
             return list(self._messages)
+
+    def snapshot_data_ends(self) -> list[AcceptedMessage]:
+        with self._lock:
+            return list(self._data_ends)
 
     def snapshot_auth(self) -> list[FaultAuthAttempt]:
         with self._lock:

@@ -393,6 +393,7 @@ class Session:
             self.mail_from or "", tuple(self.rcpts), data, self.tls, self.user
         )
         self.reset()
+        self.records.data_end(message)  # the final "." arrived, whatever the reply (if any) will be
 
         def accept(code: int) -> None:
             if 200 <= code < 300:

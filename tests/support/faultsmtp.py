@@ -148,6 +148,12 @@ class FaultServer(BackgroundServer):
         return self.records.snapshot_messages()
 
     @property
+    def data_ends(self) -> list[AcceptedMessage]:
+        """Every message whose final "." the server read, whatever it answered (or not): what a relay that
+        queues before replying would deliver."""
+        return self.records.snapshot_data_ends()
+
+    @property
     def accepted(self) -> bool:
         return bool(self.messages)
 

@@ -77,3 +77,21 @@ def test_the_plugin_module_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['certbot_smtp_dist', 'certbot_smtp_dist.certbot_plugin']"
+
+
+def test_renewal_message_warns_that_an_uncertain_target_may_have_it_already(tmp_path: Path) -> None:
+    from certbot_smtp_dist._internal import classify
+    from certbot_smtp_dist._internal.deploy import DeployReport
+    from certbot_smtp_dist.model import DeliveryResult, Phase, Status
+
+    live = tmp_path / "live" / "a"
+    source = installer.lineage_source(str(live / "cert.pem"), str(live / "privkey.pem"), None, None, "a")
+    lost = classify.deadline(Phase.DATA, True, 5, dot_sent=True)
+    results = (DeliveryResult("ops", Status.UNCERTAIN, lost, "<m@x>", attempts=1),
+               DeliveryResult("web", Status.DELIVERED, message_id="<n@x>", attempts=1))
+    shipment = installer.Shipment(installer.Options(Path("/etc/x.toml"), (), tmp_path / "state"), source,
+                                  DeployReport(None, results, exit_status=75))
+    assert shipment.uncertain_targets() == ("ops",)
+    message = installer.renewal_failure_message(shipment)
+    assert "ops: uncertain SMTP_TRANSIENT in data" in message
+    assert "Target(s) ops may have it already" in message and "web" not in message.split("Target(s)")[1]

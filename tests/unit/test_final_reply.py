@@ -1,0 +1,55 @@
+"""The pure parts of a lost final reply: the DATA bytes, its classification, and what the run reports."""
+
+from __future__ import annotations
+
+import aiosmtplib
+import pytest
+
+from certbot_smtp_dist._internal import classify, report, transport
+from certbot_smtp_dist.errors import ErrorCode
+from certbot_smtp_dist.model import DeliveryResult, Failure, Phase, Status
+
+
+@pytest.mark.parametrize(("data", "sent"), [
+    (b"a\r\nb\r\n", b"a\r\nb\r\n.\r\n"),
+    (b"a\nb", b"a\r\nb\r\n.\r\n"),  # CRLF line ends, and the last line ended (RFC 5321 §2.3.8)
+    (b".hidden\r\n.\r\nx\r..y\r\n", b"..hidden\r\n..\r\nx\r\n...y\r\n.\r\n"),  # every leading dot doubled (§4.5.2)
+    (b"", b"\r\n.\r\n"),
+])
+def test_data_lines_are_transparent(data: bytes, sent: bytes) -> None:
+    assert transport.data_lines(data) == sent
+
+
+LOST = [
+    aiosmtplib.SMTPServerDisconnected("Connection lost"),
+    aiosmtplib.SMTPResponseException(-1, "Malformed SMTP response line: queued, probably"),
+    aiosmtplib.SMTPResponseException(500, "Response too long"),  # aiosmtplib 2.x's shape: its code, not the relay's
+    aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response"),
+    ConnectionResetError(104, "Connection reset by peer"),
+]
+
+
+@pytest.mark.parametrize("exc", LOST, ids=lambda e: type(e).__name__)
+def test_no_reply_after_the_dot_may_be_delivered(exc: BaseException) -> None:
+    failure = classify.translate(exc, Phase.DATA, True, dot_sent=True)
+    assert failure.maybe_delivered and failure.is_retryable
+    assert (failure.code, failure.phase, failure.smtp_code) == (ErrorCode.SMTP_TRANSIENT, Phase.DATA, None)
+    assert not classify.translate(exc, Phase.DATA, True).maybe_delivered  # before the dot: an ordinary failure
+
+
+def test_deadline_after_the_dot_may_be_delivered() -> None:
+    assert classify.deadline(Phase.DATA, True, 5, dot_sent=True).maybe_delivered
+    assert not classify.deadline(Phase.DATA, True, 5).maybe_delivered
+
+
+def test_uncertain_is_a_temporary_failure_and_says_so() -> None:
+    lost = classify.deadline(Phase.DATA, True, 5, dot_sent=True)
+    uncertain = DeliveryResult("a", Status.UNCERTAIN, lost, "<m@x>", attempts=1)
+    delivered = DeliveryResult("b", Status.DELIVERED, message_id="<n@x>", attempts=1)
+    permanent = DeliveryResult("c", Status.FAILED, Failure(ErrorCode.SMTP_PERMANENT, Phase.RCPT, "550 gone"))
+    assert not uncertain.ok
+    assert report.exit_status([uncertain, delivered]) == report.EX_TEMPFAIL
+    assert report.exit_status([uncertain, permanent]) == report.EX_UNAVAILABLE
+    assert uncertain.to_json()["status"] == "uncertain"
+    line = report.human_line(uncertain)
+    assert line.startswith("a: uncertain SMTP_TRANSIENT in data: ") and "<m@x>" in line
