@@ -79,10 +79,10 @@ def _keys(args: argparse.Namespace, state: Path) -> StateKeys:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from certbot_smtp_dist._internal import report, retry
+    from certbot_smtp_dist._internal import drain, report
     from certbot_smtp_dist._internal.config import config_path
 
-    result = retry.run(_state(args), config_path(args.config), args.include_failed,
+    result = drain.run(_state(args), config_path(args.config), args.include_failed,
                        include_uncertain=args.include_uncertain)
     if args.json:
         print(report.json_document(None, result.results, extra={

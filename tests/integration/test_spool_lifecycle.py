@@ -10,7 +10,7 @@ from support.deployenv import DeployEnv, relay_target
 from support.pki import LineagePaths
 from support.relay import Relay
 
-from certbot_smtp_dist._internal import retry
+from certbot_smtp_dist._internal import drain
 from certbot_smtp_dist._internal.credentials import CredentialStore
 from certbot_smtp_dist._internal.spool import Entry, Spool
 from certbot_smtp_dist._internal.state import StateKeys, state_keys
@@ -37,10 +37,10 @@ def test_entry_closed_after_retry_listed_it_is_not_sent(denv: DeployEnv, lineage
     [listed] = [e for e in Spool(denv.state_dir, keys(denv).spool).entries() if isinstance(e, Entry)]
     assert denv.run("dismiss", listed.id).returncode == 0  # "another process" closes it
     with Relay(None, mode="plaintext", port=unused_port) as relay:
-        drain = retry._Drain(denv.state_dir, denv.config, keys(denv), False, retry.datetime.now(retry.timezone.utc))
-        drain._take(listed)  # the stale listing
-        assert drain.planned == []
-        assert drain.run().exit_status == 0
+        stale = drain._Drain(denv.state_dir, denv.config, keys(denv), False, drain.datetime.now(drain.timezone.utc))
+        stale._take(listed)  # the stale listing
+        assert stale.planned == []
+        assert stale.run().exit_status == 0
         assert relay.messages == []
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from support.deployenv import DeployEnv, relay_target
 
-from certbot_smtp_dist._internal import retry
+from certbot_smtp_dist._internal import drain
 
 DATA = Path(__file__).parent.parent / "data" / "state-0.1.0"
 MADE_AT = "/tmp/v010-data"
@@ -42,7 +42,7 @@ def test_pending_entry_and_history_survive_the_upgrade(tmp_path: Path, relay_fac
     assert upgraded["format"] == 2 and "config" not in upgraded and len(upgraded["mac"]) == 64
 
     now = datetime.fromisoformat(str(old["created"])) + timedelta(hours=1)  # the test data does not age
-    outcome = retry.run(denv.state_dir, denv.config, now=now)
+    outcome = drain.run(denv.state_dir, denv.config, now=now)
     assert outcome.exit_status == 0, outcome
     [received] = relay.messages
     msg = email.message_from_bytes(received.data, policy=email.policy.default)
