@@ -243,6 +243,19 @@ class Failure:
         return self.code.retryable if self.retryable is None else self.retryable
 
 
+def failure_json(failure: Failure | None) -> dict[str, Any]:
+    """The one place a failure becomes JSON: the --json output, spool entries and journal lines all use it."""
+    f = failure
+    return {
+        "error_code": f.code.value if f else None,
+        "retryable": f.is_retryable if f else False,
+        "phase": f.phase.value if f else None,
+        "smtp_code": f.smtp_code if f else None,
+        "enhanced_status": f.enhanced_status if f else None,
+        "detail": f.detail if f else None,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
     target: str
@@ -260,16 +273,10 @@ class DeliveryResult:
         return self.status in (Status.DELIVERED, Status.SKIPPED, Status.RENDERED)
 
     def to_json(self) -> dict[str, Any]:
-        f = self.failure
         return {
             "target": self.target,
             "status": self.status.value,
-            "error_code": f.code.value if f else None,
-            "retryable": f.is_retryable if f else False,
-            "phase": f.phase.value if f else None,
-            "smtp_code": f.smtp_code if f else None,
-            "enhanced_status": f.enhanced_status if f else None,
-            "detail": f.detail if f else None,
+            **failure_json(self.failure),
             "message_id": self.message_id,
             "refused_recipients": {addr: r.to_json() for addr, r in self.refused},
             "duration_s": round(self.duration_s, 3),

@@ -117,11 +117,11 @@ class Collector:
 
 def check(options: Options) -> None:
     """Validate the configuration file and the target selection without touching any certificate or relay."""
-    from certbot_smtp_dist._internal import deploy
+    from certbot_smtp_dist._internal import loader
 
     try:
-        loaded = deploy.load_config(options.config)
-        deploy.select(loaded.settings, options.targets)
+        loaded = loader.load(options.config)
+        loader.select(loaded.settings, options.targets)
     except ConfigError as exc:
         raise SetupError(f"configuration {options.config} is unusable", [str(p) for p in exc.problems]) from exc
     except UsageError as exc:

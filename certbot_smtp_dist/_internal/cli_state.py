@@ -136,7 +136,7 @@ def _uncertain_note(row: dict[str, Any]) -> str:
 
 def cmd_dismiss(args: argparse.Namespace) -> int:
     from certbot_smtp_dist._internal.ledger import Ledger
-    from certbot_smtp_dist._internal.spool import Rejected, Spool
+    from certbot_smtp_dist._internal.spool import Busy, Rejected, Spool
 
     state = _state(args)
     keys = _keys(args, state)
@@ -148,24 +148,21 @@ def cmd_dismiss(args: argparse.Namespace) -> int:
             print(f"not a spool entry id: {entry_id!r}", file=sys.stderr)
             code = 1
             continue
-        lock = spool.lock(entry_id)
-        if not lock.acquire(blocking=False):
+        try:
+            with spool.claim(entry_id) as entry:
+                if entry is None:
+                    print(f"no spool entry {entry_id}", file=sys.stderr)
+                    code = 1
+                    continue
+                ledger.close(entry, "dismissed", None, "dismissed by hand")
+        except Busy:
             print(f"entry {entry_id} is being delivered right now", file=sys.stderr)
             code = 1
             continue
-        try:
-            entry = spool.load(entry_id)
-            if entry is None:
-                print(f"no spool entry {entry_id}", file=sys.stderr)
-                code = 1
-                continue
-            ledger.close(entry, "dismissed", None, "dismissed by hand")
         except Rejected as rejected:  # never acted on; removing it by hand is journalled
             spool.discard(rejected.path)
             ledger.record("dismissed", None, None, detail=f"rejected spool file {rejected.path.name} removed by "
                                                           f"hand: {rejected.problem}")
-        finally:
-            lock.release()
         print(f"dismissed {entry_id}", file=sys.stderr)
     return code
 

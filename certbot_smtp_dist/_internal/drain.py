@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from certbot_smtp_dist._internal import lineage, pipeline, report
+from certbot_smtp_dist._internal import lineage, loader, pipeline, report
 from certbot_smtp_dist._internal import spool as sp
-from certbot_smtp_dist._internal.deploy import (
-    DeployRequest,
-    LoadedConfig,
-    load_config,
-    notify_all,
-    open_state_keys,
-    unlock,
-)
 from certbot_smtp_dist._internal.ledger import Ledger
 from certbot_smtp_dist._internal.state import Lock, StateKeys
-from certbot_smtp_dist._internal.upgrade import upgrade
 from certbot_smtp_dist.errors import CertificateError, ConfigError, CredentialError
-from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, LineageSource
+from certbot_smtp_dist.model import CertificateFacts, DeliveryResult
 
 log = logging.getLogger("certbot_smtp_dist")
 
@@ -40,10 +32,9 @@ class RetryReport:
 
 @dataclass(frozen=True, slots=True)
 class _Planned:
-    ledger: Ledger
+    entry: sp.Entry
     job: pipeline.Job
     facts: CertificateFacts
-    config: LoadedConfig
 
 
 def run(state_dir: Path, config: Path, include_failed: bool = False,
@@ -54,10 +45,11 @@ def run(state_dir: Path, config: Path, include_failed: bool = False,
     entry never names a config file, so whoever could write an entry still cannot choose the relay or the payload.
     """
     from certbot_smtp_dist._internal.ownership import require_trusted_config, require_trusted_state
+    from certbot_smtp_dist._internal.upgrade import upgrade
 
     require_trusted_state(state_dir)
     require_trusted_config(config)
-    keys = open_state_keys(config, None, state_dir)
+    keys = loader.open_state_keys(config, None, state_dir)
     if keys is None:
         return RetryReport((), (), exit_status=report.EX_CONFIG)
     run_lock = Lock(state_dir / "retry.lock")
@@ -73,36 +65,40 @@ def run(state_dir: Path, config: Path, include_failed: bool = False,
 
 
 class _Drain:
-    """Select entries (each locked and re-read), revalidate them against today's config and files, deliver."""
+    """List the entries, claim each (re-read under its lock), revalidate against today's config and files, deliver
+    while holding the claims, save the outcomes, release. Blocked deploys run again afterwards, unclaimed."""
 
     def __init__(self, state_dir: Path, config: Path, keys: StateKeys, include_failed: bool, now: datetime,
                  include_uncertain: bool = False) -> None:
         self.state_dir = state_dir
         self.config = config
-        self.keys = keys
         self.include_failed = include_failed
         self.include_uncertain = include_uncertain  # also re-send entries whose relay may already have them
         self.now = now
-        self.spool = sp.Spool(state_dir, keys.spool)
-        self.configs: dict[Path, LoadedConfig | ConfigError] = {}
-        self.ledgers: dict[Path, Ledger] = {}
-        self.planned: list[_Planned] = []
+        self.ledger = Ledger(state_dir, "retry", keys, now)
+        self.loaded: loader.Loaded | ConfigError | None = None
+        self.blocked: list[sp.Entry] = []
         self.closed: list[tuple[str, str]] = []
         self.results: list[DeliveryResult] = []
         self.trouble = False
         self.started = time.monotonic()  # each entry's `timeout` counts from here, rendering included
 
     def run(self) -> RetryReport:
-        for item in self.spool.entries():
+        candidates = []
+        for item in self.ledger.spool.entries():
             if isinstance(item, sp.Rejected):
                 log.error("spool entry %s rejected: %s (left in place, see `certbot-smtp-dist status`)", item.path,
                           item.problem)
                 self.trouble = True
             elif self._wanted(item):
-                self._take(item)
-        self.results.extend(self._deliver())
+                candidates.append(item)
+        with ExitStack() as claims:
+            planned = self._plan_all(candidates, claims)
+            self.results.extend(self._deliver(planned))
+        for entry in self.blocked:  # outside every claim: the deploy claims its own entry
+            self._rerun(entry)
         status = report.exit_status(self.results)
-        if status == report.EX_OK and self.trouble:
+        if status == report.EX_OK and (self.trouble or not self.ledger.healthy):
             status = report.EX_TEMPFAIL
         return RetryReport(tuple(self.results), tuple(self.closed), exit_status=status)
 
@@ -111,119 +107,112 @@ class _Drain:
             return item.resend_due or self.include_uncertain
         return item.state == sp.PENDING or self.include_failed
 
-    def _take(self, item: sp.Entry) -> None:
-        lock = self.spool.lock(item.id)
-        if not lock.acquire(blocking=False):
-            log.info("entry %s is being delivered by another process; skipped", item.id)
-            return
-        keep = False
-        try:
-            entry = self.spool.load(item.id)  # re-read under the lock: another process may have closed it
+    def _plan_all(self, candidates: list[sp.Entry], claims: ExitStack) -> list[_Planned]:
+        """Claim each listed entry; what another process closed or holds meanwhile is left alone."""
+        planned = []
+        for item in candidates:
+            entry = claims.enter_context(self.ledger.claim(item.id))
             if entry is not None and self._wanted(entry):
-                keep = self._plan(entry, lock)
-        except sp.Rejected as rejected:  # replaced between listing and locking
-            log.error("spool entry %s rejected: %s (left in place)", rejected.path, rejected.problem)
-            self.trouble = True
-        finally:
-            if not keep:
-                lock.release()
+                plan = self._plan(entry)
+                if plan is not None:
+                    planned.append(plan)
+        return planned
 
-    def _plan(self, entry: sp.Entry, lock: Lock) -> bool:
-        """True when a delivery is planned (the entry's lock then stays held until it settles)."""
-        config = self.config
-        ledger = self.ledgers.setdefault(config, Ledger(self.state_dir, "retry", self.keys, self.now))
+    def _plan(self, entry: sp.Entry) -> _Planned | None:
+        """A delivery for a claimed entry, or None once the entry was closed, failed or set aside."""
         if self.now - datetime.fromisoformat(entry.created) > MAX_AGE:
             log.error("target %s: gave up on %s after %d attempt(s) over %d days", entry.target,
                       entry.certificate, entry.attempts, MAX_AGE.days)
-            return self._close(ledger, entry, "expired", f"undeliverable for more than {MAX_AGE.days} days")
+            return self._close(entry, "expired", f"undeliverable for more than {MAX_AGE.days} days")
         source = entry.lineage_source()
         if source is None:
-            return self._fail(ledger, entry, "the entry records no certificate files to send")
+            return self._fail(entry, "the entry records no certificate files to send")
         if entry.kind == sp.BLOCKED:
-            return self._rerun(ledger, entry, config, source)
-        loaded = self._config(config)
+            self.blocked.append(entry)
+            return None
+        loaded = self._config()
         if loaded is None:
-            return self._fail(ledger, entry, f"configuration {config} is unusable (see the error above)")
+            return self._fail(entry, f"configuration {self.config} is unusable (see the error above)")
         target = loaded.settings.target(entry.target)
         if target is None:
-            return self._close(ledger, entry, "target_removed", f"target {entry.target} is no longer in {config}")
+            return self._close(entry, "target_removed", f"target {entry.target} is no longer in {self.config}")
         if entry.state == sp.UNCERTAIN and not (self.include_uncertain or target.resend_uncertain):
             log.warning("target %s: %s may already be delivered and resend_uncertain = false: it waits for "
                         "`retry --include-uncertain` or `dismiss`", entry.target, entry.message_id)
-            self.spool.write(sp.touched(entry, datetime.now(timezone.utc), resend_due=False))
-            return False
+            self.ledger.spool.write(sp.touched(entry, datetime.now(timezone.utc), resend_due=False))
+            return None
         try:
             artefact = lineage.load(source, self.now)
         except CertificateError as exc:
-            return self._fail(ledger, entry, f"certificate files unusable: {'; '.join(exc.problems)}", "SMTP_PAYLOAD")
+            return self._fail(entry, f"certificate files unusable: {'; '.join(exc.problems)}", "SMTP_PAYLOAD")
         if artefact.facts.sha256_fingerprint != entry.fingerprint:
-            return self._close(ledger, entry, "superseded",
+            return self._close(entry, "superseded",
                                f"the lineage now holds a newer certificate (serial {artefact.facts.serial_hex})",
                                artefact.facts)
         try:
-            secrets = unlock(loaded.store, [target], loaded.formats, with_passwords=True)
+            secrets = loader.unlock(loaded.store, [target], loaded.formats, with_passwords=True)
         except CredentialError as exc:
-            return self._fail(ledger, entry, str(exc))
+            return self._fail(entry, str(exc))
         job = pipeline.prepare_job(target, artefact, loaded.formats, secrets, datetime.fromisoformat(entry.date),
                                    entry.message_id, entry.envelope_to or None)
         if job.skipped:
-            return self._close(ledger, entry, "skipped", "the target's filter no longer matches", artefact.facts)
+            return self._close(entry, "skipped", "the target's filter no longer matches", artefact.facts)
         if job.message is None:
-            detail = job.failure.detail if job.failure else "the payload cannot be built"
-            return self._fail(ledger, entry, detail, "SMTP_PAYLOAD")
+            return self._fail(entry, job.failure.detail if job.failure else "the payload cannot be built",
+                              "SMTP_PAYLOAD")
         if entry.message_id is None:  # a payload that failed before: it gets its Message-ID now
             entry = replace(entry, message_id=job.message.message_id, envelope_to=job.message.envelope_to)
-            self.spool.write(entry)
-        ledger.adopt(entry, lock)
-        self.planned.append(_Planned(ledger, job, artefact.facts, loaded))
-        return True
+            self.ledger.spool.write(entry)
+        return _Planned(entry, job, artefact.facts)
 
-    def _rerun(self, ledger: Ledger, entry: sp.Entry, config: Path, source: LineageSource) -> bool:
-        """A blocked deploy: run it again whole; the entry closes once it gets past config and certificate."""
+    def _deliver(self, planned: list[_Planned]) -> list[DeliveryResult]:
+        """The event loop only delivers; each outcome is saved afterwards, its entry still claimed."""
+        if not planned:
+            return []
+        from certbot_smtp_dist._internal.plugins import notify_all
+
+        deliveries = pipeline.deliver_all([p.job for p in planned], started=self.started)
+        for plan, delivery in zip(planned, deliveries, strict=True):
+            self.ledger.save(plan.facts, delivery, plan.entry)
+            log.log(logging.INFO if delivery.result.ok else logging.ERROR, "retry %s",
+                    report.human_line(delivery.result))
+        loaded = self._config()
+        for plan, delivery in zip(planned, deliveries, strict=True):
+            if loaded is not None:
+                notify_all(loaded.plugins, plan.facts, [delivery.result])
+        return [d.result for d in deliveries]
+
+    def _rerun(self, entry: sp.Entry) -> None:
+        """A blocked deploy: run it again whole, unclaimed. The deploy closes the entry once it gets past config,
+        certificate and credentials, or updates it with the new reason."""
         from certbot_smtp_dist._internal import deploy
 
-        outcome = deploy.run(DeployRequest(config=config, source=source, state_dir=self.state_dir), self.now)
+        source = entry.lineage_source()
+        assert source is not None  # checked when planned
+        outcome = deploy.run(deploy.DeployRequest(config=self.config, source=source, state_dir=self.state_dir),
+                             self.now)
         self.results.extend(outcome.results)
         if outcome.exit_status in (report.EX_CONFIG, report.EX_DATAERR):
+            log.error("the deploy of %s is still blocked (see the errors above)", entry.certificate)
             self.trouble = True
-            return self._fail(ledger, entry, "the deploy is still blocked (see the errors above)")
-        return self._close(ledger, entry, "unblocked", "the deploy ran again")
+        else:
+            self.closed.append((entry.id, "unblocked"))
 
-    def _deliver(self) -> list[DeliveryResult]:
-        if not self.planned:
-            return []
-        owners = {id(p.job): p for p in self.planned}
-
-        def finished(job: pipeline.Job, result: DeliveryResult) -> None:
-            owners[id(job)].ledger.settle(owners[id(job)].facts, job, result)
-            log.log(logging.INFO if result.ok else logging.ERROR, "retry %s", report.human_line(result))
-
-        def attempted(job: pipeline.Job, attempt: pipeline.Attempt) -> None:
-            owners[id(job)].ledger.attempt(owners[id(job)].facts, job, attempt)
-
-        results = pipeline.deliver_all([p.job for p in self.planned], observer=finished, on_attempt=attempted,
-                                       started=self.started)
-        for planned, result in zip(self.planned, results, strict=True):
-            notify_all(planned.config.plugins, planned.facts, [result])
-        return results
-
-    def _config(self, path: Path) -> LoadedConfig | None:
-        if path not in self.configs:
+    def _config(self) -> loader.Loaded | None:
+        if self.loaded is None:
             try:
-                self.configs[path] = load_config(path)
+                self.loaded = loader.load(self.config)
             except ConfigError as exc:
                 log.error("%s", exc)
-                self.configs[path] = exc
-        loaded = self.configs[path]
-        return None if isinstance(loaded, ConfigError) else loaded
+                self.loaded = exc
+        return None if isinstance(self.loaded, ConfigError) else self.loaded
 
-    def _close(self, ledger: Ledger, entry: sp.Entry, event: str, why: str,
-               facts: CertificateFacts | None = None) -> bool:
-        ledger.close(entry, event, facts, why)
+    def _close(self, entry: sp.Entry, event: str, why: str, facts: CertificateFacts | None = None) -> _Planned | None:
+        self.ledger.close(entry, event, facts, why)
         self.closed.append((entry.id, event))
-        return False
+        return None
 
-    def _fail(self, ledger: Ledger, entry: sp.Entry, why: str, code: str | None = None) -> bool:
-        ledger.fail(entry, why, code)
+    def _fail(self, entry: sp.Entry, why: str, code: str | None = None) -> _Planned | None:
+        self.ledger.fail(entry, why, code)
         self.trouble = True
-        return False
+        return None

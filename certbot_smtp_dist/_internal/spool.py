@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 from certbot_smtp_dist._internal import files
 from certbot_smtp_dist._internal.state import Lock
-from certbot_smtp_dist.model import Failure, LineageSource
+from certbot_smtp_dist.model import CertificateFacts, Failure, LineageSource, failure_json
 
 SPOOL_DIR = "spool"
 FORMAT = 2  # 1: 0.1.0 (unauthenticated, named its config file)
@@ -47,6 +48,10 @@ class Rejected(ValueError):
         super().__init__(f"{path.name}: {problem}")
         self.path = path
         self.problem = problem
+
+
+class Busy(Exception):
+    """Another process holds this entry (delivering it right now)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,11 +174,31 @@ def source_json(source: LineageSource) -> dict[str, str | None]:
         ("name", source.name), ("lineage_dir", source.lineage_dir))}
 
 
-def failure_json(failure: Failure | None) -> dict[str, Any] | None:
-    if failure is None:
-        return None
-    return {"error_code": failure.code.value, "retryable": failure.is_retryable, "phase": failure.phase.value,
-            "smtp_code": failure.smtp_code, "enhanced_status": failure.enhanced_status, "detail": failure.detail}
+def for_delivery(target: str, facts: CertificateFacts, source: LineageSource | None, message_id: str | None,
+                 envelope_to: tuple[str, ...], now: datetime, failure: Failure | None = None) -> Entry:
+    """The one builder of a delivery entry: pending (written ahead), or failed with nothing to re-send."""
+    stamp = now.isoformat()
+    return Entry(id=entry_id(target, facts.sha256_fingerprint, message_id),
+                 state=PENDING if failure is None else FAILED, target=target, certificate=facts.name,
+                 serial=facts.serial_hex, fingerprint=facts.sha256_fingerprint, message_id=message_id, date=stamp,
+                 envelope_to=envelope_to, source=source_json(source) if source else {}, created=stamp, updated=stamp,
+                 last_failure=failure_json(failure) if failure else None)
+
+
+def for_blocked(source: LineageSource, facts: CertificateFacts | None, old: Entry | None, why: str,
+                code: str | None, now: datetime) -> Entry:
+    """The one builder of a blocked-deploy entry, counting the attempts of the one it replaces."""
+    stamp = now.isoformat()
+    return Entry(id=blocked_id(source), state=FAILED, target="*",
+                 certificate=facts.name if facts else (source.name or ""), serial=facts.serial_hex if facts else "",
+                 fingerprint=facts.sha256_fingerprint if facts else "", message_id=None, date=stamp, envelope_to=(),
+                 source=source_json(source), created=old.created if old else stamp, updated=stamp,
+                 attempts=(old.attempts if old else 0) + 1, last_failure=needs_attention(why, code), kind=BLOCKED)
+
+
+def needs_attention(why: str, code: str | None = None) -> dict[str, Any]:
+    """A problem that is not an SMTP failure (configuration, certificate files), in the failure's JSON shape."""
+    return {**failure_json(None), "error_code": code, "detail": why}
 
 
 class Spool:
@@ -184,8 +209,43 @@ class Spool:
     def _path(self, entry_id_: str) -> Path:
         return self.directory / f"{entry_id_}.json"
 
-    def lock(self, entry_id_: str) -> Lock:
+    def _lock(self, entry_id_: str) -> Lock:
         return Lock(self.directory / "locks" / f"{entry_id_}.lock")
+
+    @contextmanager
+    def _held(self, entry_id_: str) -> Iterator[None]:
+        """The entry's flock(2) lock for the block (released by the kernel even on SIGKILL); Busy if taken."""
+        lock = self._lock(entry_id_)
+        if not lock.acquire(blocking=False):
+            raise Busy(entry_id_)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextmanager
+    def claim(self, entry_id_: str) -> Iterator[Entry | None]:
+        """Hold one entry for the block, re-read under its lock and authenticated; None if it is gone. Raises Busy
+        if another process holds it, Rejected if the file is not an authentic entry (both before the block)."""
+        with self._held(entry_id_):
+            yield self.load(entry_id_)
+
+    @contextmanager
+    def claim_new(self, entry: Entry) -> Iterator[Entry]:
+        """Write-ahead: create `entry` under its lock and hold it for the block. Raises Busy if someone holds it."""
+        with self._held(entry.id):
+            self.write(entry)
+            yield entry
+
+    @contextmanager
+    def claim_unverified(self, entry_id_: str) -> Iterator[bytes | None]:
+        """The file's bytes under its lock, NOT authenticated: only for upgrading a 0.1.0 entry. Raises Busy."""
+        with self._held(entry_id_):
+            try:
+                data: bytes | None = files.read_nofollow(self._path(entry_id_))
+            except FileNotFoundError:
+                data = None
+            yield data
 
     def write(self, entry: Entry) -> None:
         files.ensure_private_dir(self.directory)

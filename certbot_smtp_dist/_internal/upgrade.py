@@ -8,7 +8,6 @@ import logging
 import os
 from pathlib import Path
 
-from certbot_smtp_dist._internal import files
 from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.journal import Journal
 from certbot_smtp_dist._internal.state import StateKeys
@@ -36,33 +35,37 @@ def upgrade(state_dir: Path, config: Path, keys: StateKeys) -> None:
 
 def _upgrade_entry(spool: sp.Spool, journal: Journal, path: Path, config: Path) -> None:
     try:
-        doc = json.loads(files.read_nofollow(path))
-    except FileNotFoundError:
-        return
-    except ValueError:
-        return  # damaged: `status` reports it as rejected
-    if not isinstance(doc, dict) or doc.get("format") != 1:
-        return
-    lock = spool.lock(path.stem)
-    if not lock.acquire(blocking=False):
+        with spool.claim_unverified(path.stem) as data:
+            doc = _legacy_doc(data)
+            if doc is not None:
+                _take_over(spool, journal, path, doc, config)
+    except sp.Busy:
         return  # being handled by another process; the next run upgrades it
+
+
+def _legacy_doc(data: bytes | None) -> dict[str, object] | None:
+    try:
+        doc = json.loads(data) if data is not None else None
+    except ValueError:
+        return None  # damaged: `status` reports it as rejected
+    return doc if isinstance(doc, dict) and doc.get("format") == 1 else None
+
+
+def _take_over(spool: sp.Spool, journal: Journal, path: Path, doc: dict[str, object], config: Path) -> None:
     try:
         why = _why_not(doc, path, config)
         if why is not None:
-            log.error("0.1.0 spool entry %s is not taken over: %s; check it, then `certbot-smtp-dist dismiss %s`",
-                      path, why, path.stem)
-            return
+            raise sp.Rejected(path, why)
         entry = sp.decode_legacy(doc, path)
-        spool.write(entry)  # re-keyed: format 2, MAC, no config file named
-        journal.append({"time": entry.updated, "run": "upgrade", "event": "entry_upgraded", "target": entry.target,
-                        "certificate": entry.certificate, "message_id": entry.message_id,
-                        "detail": "0.1.0 spool entry re-validated and re-keyed"})
-        log.info("0.1.0 spool entry %s (target %s) taken over", entry.id, entry.target)
     except sp.Rejected as rejected:
         log.error("0.1.0 spool entry %s is not taken over: %s; check it, then `certbot-smtp-dist dismiss %s`",
                   path, rejected.problem, path.stem)
-    finally:
-        lock.release()
+        return
+    spool.write(entry)  # re-keyed: format 2, MAC, no config file named
+    journal.append({"time": entry.updated, "run": "upgrade", "event": "entry_upgraded", "target": entry.target,
+                    "certificate": entry.certificate, "message_id": entry.message_id,
+                    "detail": "0.1.0 spool entry re-validated and re-keyed"})
+    log.info("0.1.0 spool entry %s (target %s) taken over", entry.id, entry.target)
 
 
 def _why_not(doc: dict[str, object], path: Path, config: Path) -> str | None:

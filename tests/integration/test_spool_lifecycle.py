@@ -4,6 +4,7 @@ configurations that broke, and a state directory that cannot be written."""
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 
 from support.deployenv import DeployEnv, relay_target
@@ -38,8 +39,8 @@ def test_entry_closed_after_retry_listed_it_is_not_sent(denv: DeployEnv, lineage
     assert denv.run("dismiss", listed.id).returncode == 0  # "another process" closes it
     with Relay(None, mode="plaintext", port=unused_port) as relay:
         stale = drain._Drain(denv.state_dir, denv.config, keys(denv), False, drain.datetime.now(drain.timezone.utc))
-        stale._take(listed)  # the stale listing
-        assert stale.planned == []
+        with ExitStack() as claims:
+            assert stale._plan_all([listed], claims) == []  # the stale listing: claimed, re-read, gone
         assert stale.run().exit_status == 0
         assert relay.messages == []
 
