@@ -177,7 +177,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(json.dumps({"history": rows}, indent=2))
         return 0
     for r in rows:
-        extra = f" {r.get('error_code')} {r.get('reply') or ''}" if r.get("error_code") else ""
+        extra = f" {r.get('error_code')} {r.get('detail') or r.get('reply') or ''}" if r.get("error_code") else ""
         print(f"{r.get('time')} {r.get('target') or '-'} {r.get('event')}/{r.get('outcome') or '-'} "
               f"{r.get('certificate') or '-'} serial={r.get('serial') or '-'} recipients={r.get('recipients', '-')} "
               f"{r.get('message_id') or ''}{extra}".rstrip())

@@ -20,6 +20,7 @@ from certbot_smtp_dist.model import (
     Failure,
     LineageSource,
     Phase,
+    RetryPolicy,
     Secret,
     Status,
     Target,
@@ -125,7 +126,7 @@ def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, tar
         return pipeline.rendered_results(jobs, request.output)
     from certbot_smtp_dist._internal.plugins import notify_all
 
-    results = _deliver(jobs, artefact.facts, request.source, ledger, started)
+    results = _deliver(jobs, artefact.facts, request.source, ledger, loaded.settings.retry, started)
     notify_all(loaded.plugins, artefact.facts, results)
     return results
 
@@ -145,14 +146,14 @@ def _unusable_certificate(exc: CertificateError, targets: tuple[Target, ...],
 
 
 def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageSource,
-             ledger: Ledger | None, started: float) -> list[DeliveryResult]:
+             ledger: Ledger | None, policy: RetryPolicy, started: float) -> list[DeliveryResult]:
     """Write ahead (each entry claimed before the first connection), deliver, then save each outcome while the
     entry is still claimed; the event loop itself touches no state."""
     if ledger is None:
-        return [d.result for d in pipeline.deliver_all(jobs, started=started)]
+        return [d.result for d in pipeline.deliver_all(jobs, policy, started=started)]
     with ExitStack() as claims:
         entries = [claims.enter_context(ledger.write_ahead(facts, source, job)) for job in jobs]
-        deliveries = pipeline.deliver_all(jobs, started=started)
+        deliveries = pipeline.deliver_all(jobs, policy, started=started)
         for delivery, entry in zip(deliveries, entries, strict=True):
             ledger.save(facts, delivery, entry)
     results = [d.result for d in deliveries]

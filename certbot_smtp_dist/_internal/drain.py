@@ -14,13 +14,9 @@ from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.ledger import Ledger
 from certbot_smtp_dist._internal.state import Lock, StateKeys
 from certbot_smtp_dist.errors import CertificateError, ConfigError, CredentialError
-from certbot_smtp_dist.model import CertificateFacts, DeliveryResult
+from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, RetryPolicy
 
 log = logging.getLogger("certbot_smtp_dist")
-
-# RFC 5321 §4.5.4.1: give up after at least 4-5 days, as MTAs do.
-MAX_AGE = timedelta(days=5)
-
 
 @dataclass(frozen=True, slots=True)
 class RetryReport:
@@ -120,10 +116,12 @@ class _Drain:
 
     def _plan(self, entry: sp.Entry) -> _Planned | None:
         """A delivery for a claimed entry, or None once the entry was closed, failed or set aside."""
-        if self.now - datetime.fromisoformat(entry.created) > MAX_AGE:
-            log.error("target %s: gave up on %s after %d attempt(s) over %d days", entry.target,
-                      entry.certificate, entry.attempts, MAX_AGE.days)
-            return self._close(entry, "expired", f"undeliverable for more than {MAX_AGE.days} days")
+        max_age = self._policy().max_age
+        if self.now - datetime.fromisoformat(entry.created) > max_age:
+            days = f"{max_age / timedelta(days=1):g}"
+            log.error("target %s: gave up on %s after %d attempt(s) over %s days", entry.target,
+                      entry.certificate, entry.attempts, days)
+            return self._close(entry, "expired", f"undeliverable for more than {days} days (retry_max_age)")
         source = entry.lineage_source()
         if source is None:
             return self._fail(entry, "the entry records no certificate files to send")
@@ -171,7 +169,7 @@ class _Drain:
             return []
         from certbot_smtp_dist._internal.plugins import notify_all
 
-        deliveries = pipeline.deliver_all([p.job for p in planned], started=self.started)
+        deliveries = pipeline.deliver_all([p.job for p in planned], self._policy(), started=self.started)
         for plan, delivery in zip(planned, deliveries, strict=True):
             self.ledger.save(plan.facts, delivery, plan.entry)
             log.log(logging.INFO if delivery.result.ok else logging.ERROR, "retry %s",
@@ -197,6 +195,11 @@ class _Drain:
             self.trouble = True
         else:
             self.closed.append((entry.id, "unblocked"))
+
+    def _policy(self) -> RetryPolicy:
+        """The configured policy; the default one while the configuration is unusable (entries still expire)."""
+        loaded = self._config()
+        return loaded.settings.retry if loaded is not None else RetryPolicy()
 
     def _config(self) -> loader.Loaded | None:
         if self.loaded is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -23,6 +22,7 @@ from certbot_smtp_dist.model import (
     PayloadFormat,
     Phase,
     Reply,
+    RetryPolicy,
     Secret,
     Status,
     Target,
@@ -30,20 +30,7 @@ from certbot_smtp_dist.model import (
 )
 
 log = logging.getLogger("certbot_smtp_dist")
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Retries within one run, all inside the target's `timeout` (RFC 5321 §4.5.4.1 asks for backoff)."""
-
-    attempts: int = 3
-    base_delay: float = 0.5
-    max_delay: float = 8.0
-    min_budget: float = 1.0  # do not start an attempt with less time left than this
-
-    def delay(self, attempt: int) -> float:
-        raw: float = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
-        return raw * random.uniform(0.5, 1.5)  # full jitter keeps many hosts from retrying in step
+DEFAULT_POLICY = RetryPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +109,7 @@ def warn_about(target: Target, fmt: PayloadFormat) -> None:
         log.warning("target %s: tls_skip_verify = true: the relay's identity is NOT verified", target.name)
 
 
-async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy(), started: float | None = None) -> Delivery:
+async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: float | None = None) -> Delivery:
     """Attempt delivery until success, a permanent failure, the attempt limit, or the deadline. No I/O but SMTP."""
     from certbot_smtp_dist._internal import transport
 
@@ -185,7 +172,7 @@ async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy(), started: fl
     return Delivery(job, result, tuple(sessions))
 
 
-def deliver_all(jobs: list[Job], policy: RetryPolicy = RetryPolicy(), started: float | None = None) -> list[Delivery]:
+def deliver_all(jobs: list[Job], policy: RetryPolicy = DEFAULT_POLICY, started: float | None = None) -> list[Delivery]:
     """Run every job concurrently; one target's failure or stall never delays another beyond its own deadline.
     The event loop only delivers: results and attempts come back as values, saved by the use case afterwards."""
 
