@@ -88,3 +88,11 @@ class UnsafePathError(SmtpDistError, PermissionError):
 
 class UsageError(SmtpDistError):
     """The command line asks for something impossible (exit status 64)."""
+
+
+class OutputError(SmtpDistError):
+    """A file the command was asked to write cannot be written: exit status 73 (cannot create) or 74 (I/O error)."""
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status

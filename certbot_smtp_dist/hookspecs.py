@@ -25,7 +25,10 @@ def smtp_dist_payload_formats() -> list[PayloadFormat]:  # type: ignore[empty-bo
     """Return the payload formats this plugin provides.
 
     :return: a list of :class:`~certbot_smtp_dist.model.PayloadFormat`; their ``name`` is what a target's
-        ``payload`` key selects. Two plugins registering the same name is a configuration error.
+        ``payload`` key selects. Two plugins registering the same name is a configuration error. The security
+        rules read each format's declarations, never its name: ``build`` sees the private key only if the format
+        declares ``ships_private_key``, and one that does without ``key_encrypted`` is treated as shipping it in
+        clear (refused over plaintext to a non-loopback relay, warned on every run).
     Ordering: all implementations are called; results are merged. Exceptions propagate and abort the run before
     anything is sent (a broken extension must not silently drop a format). Added in 0.1.0.
     """

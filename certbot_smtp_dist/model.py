@@ -194,7 +194,12 @@ class CertificateFacts:
 
 @dataclass(frozen=True, slots=True)
 class Artefact:
-    """A validated certificate: facts plus the bytes the payload formats may ship."""
+    """A validated certificate: facts plus the bytes the payload formats may ship.
+
+    `fullchain_pem` is rebuilt from the parsed certificates (leaf, then issuers, canonical PEM, nothing else) and
+    `key_pem` is the key file's one private key block: never a file's bytes as they were. Formats that do not declare
+    `ships_private_key` get an artefact whose `key_pem` is empty.
+    """
 
     facts: CertificateFacts
     fullchain_pem: bytes = field(repr=False)
@@ -311,6 +316,11 @@ class PayloadFormat:
     `build` must be pure: it receives the validated artefact and the secret named by the target's
     `pkcs12_passphrase_credential` (only when `credential_type` is set) and returns the attachments, or raises
     PayloadError.
+
+    The security rules read the declaration, never the name: `ships_private_key` (the artefact's key is given to
+    `build` only then) and `key_encrypted` (the key travels encrypted under the target's credential, which needs a
+    `credential_type`). A format that ships the key without declaring it encrypted ships it in clear, and is held to
+    the rules for `pem_and_key` (never over plaintext to a non-loopback relay; warned on every run).
     """
 
     name: str
@@ -318,3 +328,14 @@ class PayloadFormat:
     build: Callable[[Artefact, Secret | None], tuple[Attachment, ...]]
     credential_type: str | None = None
     ships_private_key: bool = False
+    key_encrypted: bool = False
+
+    def __post_init__(self) -> None:
+        if self.key_encrypted and (not self.ships_private_key or self.credential_type is None):
+            raise ValueError(f"payload format {self.name!r}: key_encrypted needs ships_private_key and the "
+                             "credential_type that encrypts it")
+
+    @property
+    def key_in_clear(self) -> bool:
+        """Whether whoever reads the message reads the private key: every SMTP hop and mailbox on the way."""
+        return self.ships_private_key and not self.key_encrypted

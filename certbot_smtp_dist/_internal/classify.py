@@ -12,13 +12,18 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable
 
-from certbot_smtp_dist._internal.addresses import printable
+from certbot_smtp_dist._internal import scrub
 from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import Failure, Phase, Reply
 
 # RFC 3463 §2: class.subject.detail at the start of the reply text (RFC 2034 §3).
 _ENHANCED_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 _REPLY_IN_TEXT_RE = re.compile(r"^\s*(\d{3})[ -](.*)", re.DOTALL)  # aiosmtplib 2.x greeting errors: "421 text"
+
+# aiosmtplib drops a reply it will not read whole (a line over 8192 octets, or over 32 KiB in all on 3.x+) and
+# reports it without the relay's code: -1 on 3.x+, a made-up 500 on 2.x.
+_TOO_LONG = "Response too long"
+MAX_LINE_READ = 8192
 
 TRANSIENT_CODES = frozenset({421, 450, 451, 452, 454})
 VALIDATION_CODES = frozenset({500, 501, 503, 553})
@@ -78,6 +83,15 @@ def refusal(exc: BaseException) -> Reply | None:
     return None
 
 
+def too_long(phase: Phase) -> Failure:
+    """A reply too long to read. RFC 5321 §4.5.3.1.5 allows 512 octets a line; a relay that sends over 8192 is
+    broken in a way that will not heal by itself, and its code is lost, so the failure is permanent: retrying
+    could resend to a relay that refused (a long 550 must never become retryable)."""
+    return Failure(ErrorCode.SMTP_PERMANENT, phase,
+                   f"relay reply too long to read (over {MAX_LINE_READ} octets; RFC 5321 allows 512 a line): "
+                   "its reply code is unknown, so it is not retried", retryable=False)
+
+
 def reached_relay(exc: BaseException) -> bool:
     """Whether a timeout happened after TCP was up: aiosmtplib 2.x, dialling smtps itself, says so only in words."""
     return "server ready" in str(exc)
@@ -122,6 +136,8 @@ def _lost_final_reply(why: str) -> Failure:
 def _response(exc: BaseException, phase: Phase, connected: bool) -> Failure:
     code = int(getattr(exc, "code", 0) or 0)
     text = str(getattr(exc, "message", "") or "")
+    if text == _TOO_LONG and code in (-1, 500):
+        return too_long(phase)
     if code <= 0:  # aiosmtplib uses -1 for "no reply code"
         return Failure(ErrorCode.SMTP_TRANSIENT if connected else ErrorCode.SMTP_CONNECT, phase, _clean(text))
     return failure_from_reply(reply(code, text), phase)
@@ -146,6 +162,8 @@ def _connect_error(exc: BaseException, phase: Phase, connected: bool) -> Failure
 
 def _connect_response(exc: BaseException, phase: Phase, connected: bool) -> Failure:
     code = int(getattr(exc, "code", 0) or 0)
+    if str(getattr(exc, "message", "")) == _TOO_LONG and code in (-1, 500):
+        return too_long(Phase.CONNECT)
     return failure_from_reply(reply(code, str(getattr(exc, "message", ""))), Phase.CONNECT, "greeting")
 
 
@@ -245,6 +263,5 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 def _clean(text: str) -> str:
-    """Relay text is untrusted: one line, printable. (Bounded by the pipeline, after secrets are scrubbed.)"""
-    flat = " / ".join(part.strip() for part in str(text).splitlines() if part.strip())
-    return printable(flat)
+    """Relay text is untrusted: one line, printable. (Scrubbed and bounded by scrub.py, which knows the secrets.)"""
+    return scrub.one_line(text)

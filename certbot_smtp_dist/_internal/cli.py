@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, NoReturn
 
 from certbot_smtp_dist import __version__
 from certbot_smtp_dist._internal import report
-from certbot_smtp_dist.errors import CredentialError, SmtpDistError, UnsafePathError, UsageError
+from certbot_smtp_dist.errors import (
+    CredentialError,
+    OutputError,
+    SmtpDistError,
+    UnsafePathError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from certbot_smtp_dist._internal.credentials import CredentialStore
@@ -71,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(creds, suppress=True)
     csub = creds.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     csub.required = True
-    cset = csub.add_parser("set", help="store a secret read from standard input")
+    cset = csub.add_parser("set", help="store a secret: asked twice on a terminal, else read from standard input")
     _global_options(cset, suppress=True)
     cset.add_argument("name")
     cset.add_argument("--type", required=True, choices=("smtp_password", "smtp_pkcs12_passphrase"))
@@ -99,6 +105,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     except UsageError as exc:
         if args.json:  # one JSON document on stdout, also when nothing could be attempted
             print(report.json_document(None, [], extra={"usage_error": str(exc)}))
+        raise
+    except OutputError as exc:
+        if args.json:
+            print(report.json_document(None, [], extra={"output_error": str(exc)}))
         raise
 
 
@@ -146,15 +156,43 @@ def _store(args: argparse.Namespace) -> CredentialStore:
 
 def cmd_credentials_set(args: argparse.Namespace) -> int:
     store = _store(args)
-    if sys.stdin.isatty():
-        secret = getpass.getpass(f"secret for {args.name} ({args.type}): ")
-    else:
-        secret = sys.stdin.read()
-        secret = secret.removesuffix("\n")
-        secret = secret.removesuffix("\r")
+    try:
+        secret = _read_secret(args.name, args.type)
+    except ValueError as exc:  # a refused value is bad input data (sysexits EX_DATAERR), and nothing is stored
+        print(f"certbot-smtp-dist: error: credential {args.name} not stored: {exc}", file=sys.stderr)
+        return report.EX_DATAERR
     store.set(args.name, args.type, secret)
     print(f"stored credential {args.name} ({args.type})", file=sys.stderr)
     return 0
+
+
+def _read_secret(name: str, type_: str) -> str:
+    """On a terminal: asked twice without echo, and both must match. Otherwise: all of standard input (UTF-8)
+    without one trailing newline. Either way checked by `secret_problem`; raises ValueError saying why the secret
+    cannot be stored, never quoting it."""
+    from certbot_smtp_dist._internal.credentials import secret_problem
+
+    def checked(secret: str) -> str:
+        problem = secret_problem(type_, secret)
+        if problem is not None:
+            raise ValueError(problem)
+        return secret
+
+    if sys.stdin.isatty():
+        try:
+            first = checked(getpass.getpass(f"secret for {name} ({type_}): "))  # refused before a second entry
+            again = getpass.getpass(f"again, to confirm {name}: ")
+        except EOFError as exc:  # Ctrl-D at a prompt
+            raise ValueError("no secret entered") from exc
+        if again != first:
+            raise ValueError("the two entries differ")
+        return first
+    raw = getattr(sys.stdin, "buffer", None)
+    try:
+        secret = raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        raise ValueError("standard input is not valid UTF-8") from exc
+    return checked(secret.removesuffix("\n").removesuffix("\r"))
 
 
 def cmd_credentials_list(args: argparse.Namespace) -> int:
@@ -204,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnsafePathError as exc:
         print(f"certbot-smtp-dist: error: refusing to trust {exc}", file=sys.stderr)
         return report.EX_NOPERM
+    except OutputError as exc:
+        print(f"certbot-smtp-dist: error: {exc}", file=sys.stderr)
+        return exc.exit_status
     except SmtpDistError as exc:
         print(f"certbot-smtp-dist: error: {exc}", file=sys.stderr)
         return report.EX_UNAVAILABLE

@@ -19,7 +19,14 @@ from certbot_smtp_dist._internal.addresses import (
 )
 from certbot_smtp_dist._internal.files import chosen_path
 from certbot_smtp_dist.errors import ConfigError, ConfigProblem
-from certbot_smtp_dist.model import AuthMethod, RetryPolicy, Settings, Target, TlsMode
+from certbot_smtp_dist.model import (
+    AuthMethod,
+    PayloadFormat,
+    RetryPolicy,
+    Settings,
+    Target,
+    TlsMode,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,12 +63,13 @@ def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) 
 def load_settings(
     path: Path,
     credentials: Mapping[str, str],
-    payload_formats: Mapping[str, str | None],
+    payload_formats: Mapping[str, PayloadFormat],
 ) -> Settings:
     """Read and validate `path`.
 
     `credentials` maps stored credential names to their types; `payload_formats` maps each registered
-    payload format to the credential type it needs (None: none). Raises ConfigError with every problem.
+    payload format's name to the format, whose declarations (credential type, private key in clear) the rules
+    read. Raises ConfigError with every problem.
     """
     try:
         raw = path.read_bytes()
@@ -78,7 +86,7 @@ def parse_settings(
     doc: Mapping[str, Any],
     path: Path,
     credentials: Mapping[str, str],
-    payload_formats: Mapping[str, str | None],
+    payload_formats: Mapping[str, PayloadFormat],
 ) -> Settings:
     problems: list[ConfigProblem] = []
     for key in doc:
@@ -136,7 +144,7 @@ class _TargetChecker:
         name: str,
         table: Mapping[str, Any],
         credentials: Mapping[str, str],
-        payload_formats: Mapping[str, str | None],
+        payload_formats: Mapping[str, PayloadFormat],
         base_dir: Path,
     ) -> None:
         self.name = name
@@ -284,7 +292,8 @@ class _TargetChecker:
         payload = self.get("payload", str, "pem")
         if payload not in self.payload_formats:
             self.problem("payload", f"must be one of {', '.join(sorted(self.payload_formats))}, not {payload!r}")
-        needed = self.payload_formats.get(payload)
+        fmt = self.payload_formats.get(payload)
+        needed = fmt.credential_type if fmt is not None else None
         passphrase = None  # a passphrase given to a format that takes none (e.g. from [defaults]) is unused
         if needed is not None:
             passphrase = self.credential("pkcs12_passphrase_credential", needed, required=True)
@@ -304,8 +313,9 @@ class _TargetChecker:
             self.problem("auth_method", f"auth_method = {auth_method.value!r} over tls_mode = 'plaintext' to "
                                         f"non-loopback host {host!r} would send the password in clear; "
                                         "use starttls or smtps")
-        if payload == "pem_and_key":
-            self.problem("payload", f"payload = 'pem_and_key' over tls_mode = 'plaintext' to non-loopback host "
+        fmt = self.payload_formats.get(payload)
+        if fmt is not None and fmt.key_in_clear:
+            self.problem("payload", f"payload = {payload!r} over tls_mode = 'plaintext' to non-loopback host "
                                     f"{host!r} would ship the private key in clear; use starttls or smtps")
 
 

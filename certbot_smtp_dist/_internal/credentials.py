@@ -12,6 +12,7 @@ import hmac
 import json
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,27 @@ MASTER_KEY_FILE = "master.key"
 SYSTEMD_CREDENTIAL = "certbot-smtp-dist.master-key"  # name under $CREDENTIALS_DIRECTORY
 _SUFFIX = ".cred"
 _FORMAT = 1
+MIN_PASSPHRASE = 8  # a PKCS#12 file travels by mail: its passphrase is all that stands against an offline guess
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def secret_problem(type_: str, secret: str) -> str | None:
+    """Why `secret` cannot be stored as a credential of `type_`, or None. Never quotes the secret."""
+    if not secret:
+        return "the secret is empty"
+    if "\0" in secret:
+        # RFC 4616 §2: NUL separates authzid, authcid and passwd in AUTH PLAIN; a NUL inside a password ends it.
+        return "the secret contains a NUL character, which AUTH PLAIN cannot carry (RFC 4616 §2)"
+    if any(unicodedata.category(c) in _CONTROL_CATEGORIES for c in secret):
+        return ("the secret contains a control character (tab, CR, escape, a line separator, ...); "
+                "only one trailing newline is removed from standard input")
+    if type_ == "smtp_pkcs12_passphrase":
+        if not secret.strip():
+            return "a PKCS#12 passphrase must not be blank"
+        if len(secret) < MIN_PASSPHRASE:
+            return f"a PKCS#12 passphrase needs at least {MIN_PASSPHRASE} characters"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +82,9 @@ class CredentialStore:
     # -- writing ------------------------------------------------------------------------------------------------
     def set(self, name: str, type_: str, secret: str) -> None:
         _check(name, type_)
-        if not secret:
-            raise CredentialError("refusing to store an empty secret")
+        problem = secret_problem(type_, secret)
+        if problem is not None:
+            raise CredentialError(f"credential {name!r} not stored: {problem}")
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         master = AESGCM(self._master_key(create=True))

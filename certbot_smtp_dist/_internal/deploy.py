@@ -72,6 +72,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
         return DeployReport(None, config_errors=exc.problems, exit_status=report.EX_CONFIG,
                             state_ok=ledger.healthy if ledger else state_ok)
     targets = loader.select(loaded.settings, request.targets)
+    started = time.monotonic()  # every target's `timeout` counts from here: reading the files and payloads included
     try:
         artefact = lineage.load(request.source, now)
     except CertificateError as exc:
@@ -88,7 +89,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
                             state_ok=ledger.healthy if ledger else state_ok)
     if ledger:
         ledger.unblock()
-    results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now)
+    results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started)
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result))
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
@@ -115,8 +116,7 @@ def _open_state(request: DeployRequest, now: datetime) -> tuple[Ledger | None, b
 
 def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, targets: tuple[Target, ...],
           wanted: list[Target], secrets: Mapping[str, Secret], ledger: Ledger | None,
-          now: datetime) -> list[DeliveryResult]:
-    started = time.monotonic()  # every target's `timeout` counts from here, payload building included
+          now: datetime, started: float) -> list[DeliveryResult]:
     jobs = []
     for target in targets:
         if target in wanted:

@@ -1,4 +1,4 @@
-"""Private files and directories: 0600/0700, written atomically and fsynced, checked for loose permissions."""
+"""Files on disk: private ones written 0600/0700 atomically and checked for loose permissions; inputs read bounded."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import os
+import shlex
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -139,3 +140,72 @@ def warn_if_exposed(path: Path, what: str) -> None:
         return
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("%s %s has mode %04o; it should be 0600 (chmod 600 %s)", what, path, stat.S_IMODE(mode), path)
+
+
+MAX_INPUT_BYTES = 1 << 20  # per certificate or key file: a long chain is a few kB; README documents the bound
+
+
+class RefusedFile(OSError):
+    """An input file that is not read: not a regular file, or larger than the bound. `strerror` says why."""
+
+
+def read_regular(path: Path, limit: int = MAX_INPUT_BYTES) -> tuple[bytes, os.stat_result]:
+    """The bytes of the regular file at `path` (symlinks followed: certbot's live/ links into archive/), with the
+    status of the file actually read.
+
+    Never blocks and never reads without bound: a FIFO, device, socket or directory is refused before it is opened,
+    the open is non-blocking so a FIFO swapped in after that check cannot stall it either, the opened descriptor is
+    checked again (what is read is what was checked), and at most `limit` bytes are read, whatever the size claims.
+    (A hung network file system can still stall a read of a regular file; nothing short of a thread bounds that.)
+    Raises OSError (RefusedFile for the refusals).
+    """
+    _refuse_unless_regular(os.stat(path), limit)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        status = os.fstat(fd)
+        _refuse_unless_regular(status, limit)
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - total))
+            if not chunk:
+                return b"".join(chunks), status
+            chunks.append(chunk)
+            total += len(chunk)
+        raise RefusedFile(errno.EFBIG, f"grew past {_size(limit)} while being read")
+    finally:
+        os.close(fd)
+
+
+def _refuse_unless_regular(status: os.stat_result, limit: int) -> None:
+    mode = status.st_mode
+    if not stat.S_ISREG(mode):
+        raise RefusedFile(errno.EINVAL, f"is {_kind(mode)}, not a regular file")
+    if status.st_size > limit:
+        raise RefusedFile(errno.EFBIG, f"is {status.st_size} bytes, more than the {_size(limit)} allowed")
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), f"of type {stat.S_IFMT(mode):o}")
+
+
+def _size(limit: int) -> str:
+    return f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
+
+
+def key_file_warnings(path: Path, status: os.stat_result, runner_uid: int) -> list[str]:
+    """Why a private key file is exposed to someone other than root and the runner, each with its fix (certbot
+    warns the same way about its own files); empty when it is not."""
+    warnings = []
+    loose = stat.S_IMODE(status.st_mode) & (stat.S_IRWXG | stat.S_IRWXO)
+    if loose:
+        who = " and ".join(w for w, bits in (("group", stat.S_IRWXG), ("others", stat.S_IRWXO)) if loose & bits)
+        warnings.append(f"private key file {path} is open to {who} (mode {stat.S_IMODE(status.st_mode):04o}); "
+                        f"fix: chmod 600 {shlex.quote(str(path))}")
+    if status.st_uid not in (0, runner_uid):
+        warnings.append(f"private key file {path} is owned by uid {status.st_uid}, neither root nor the user running "
+                        f"this (uid {runner_uid}); its owner can read and replace the key; fix: chown {runner_uid} "
+                        f"{shlex.quote(str(path))}")
+    return warnings

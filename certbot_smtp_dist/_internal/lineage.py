@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
+import os
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from certbot_smtp_dist._internal import files, pem
 from certbot_smtp_dist.errors import CertificateError, UsageError
 from certbot_smtp_dist.model import Artefact, CertificateFacts, LineageSource
 
-PEM_BEGIN_CERT = b"-----BEGIN CERTIFICATE-----"
+log = logging.getLogger("certbot_smtp_dist")
+MAX_CERTIFICATES = 16  # per certificate file
+CLOCK_SKEW = timedelta(minutes=5)  # how far in the future a leaf's notBefore may lie
 
 
 def from_lineage_dir(directory: Path, name: str | None = None) -> LineageSource:
@@ -73,57 +78,68 @@ def from_paths(
 
 
 def load(source: LineageSource, now: datetime | None = None) -> Artefact:
-    """Read and check every file; raise CertificateError listing every problem found."""
+    """Read and check every file; raise CertificateError listing every problem found.
+
+    Each distinct file is read once, bounded (files.read_regular), and its warnings are logged once.
+    """
     problems: list[str] = []
     raw: dict[str, bytes] = {}
-    for label, path in (("cert", source.cert), ("chain", source.chain), ("fullchain", source.fullchain),
-                        ("key", source.key)):
-        if path is None:
-            continue
+    seen: dict[Path, tuple[bytes, os.stat_result]] = {}
+    for label, path in _inputs(source):
         try:
-            raw[label] = path.read_bytes()
+            if path not in seen:
+                seen[path] = files.read_regular(path)
+            raw[label] = seen[path][0]
         except OSError as exc:
-            problems.append(f"cannot read {label} file {path}: {exc.strerror}")
+            problems.append(f"cannot read {label} file {path}: {exc.strerror or exc}")
+        except ValueError:  # a NUL in a path from a spool entry: os.stat refuses it before any system call
+            problems.append(f"cannot read {label} file {path!r}: not a valid path")
     if problems:
         raise CertificateError(problems)
-    return check(raw, source, now or datetime.now(timezone.utc))
+    key_status = seen[source.key][1]
+    key_file = (key_status.st_dev, key_status.st_ino)
+    twins = frozenset(label for label, path in _inputs(source)
+                      if (seen[path][1].st_dev, seen[path][1].st_ino) == key_file)
+    for warning in files.key_file_warnings(source.key, key_status, os.geteuid()):
+        log.warning("%s", warning)  # whether or not the artefact is usable: the key sits there either way
+    artefact, notes = check(raw, source, now or datetime.now(timezone.utc), twins)
+    for note in dict.fromkeys(notes):
+        log.warning("%s", note)
+    return artefact
 
 
-def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime) -> Artefact:
-    """Pure validation of the artefact's bytes (key matches, chain links, validity)."""
-    from cryptography.hazmat.primitives import serialization
+def _inputs(source: LineageSource) -> list[tuple[str, Path]]:
+    return [(label, path) for label, path in (("cert", source.cert), ("chain", source.chain),
+                                              ("fullchain", source.fullchain), ("key", source.key))
+            if path is not None]
 
+
+def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime,
+          key_twins: frozenset[str] = frozenset()) -> tuple[Artefact, list[str]]:
+    """Pure validation of the artefact's bytes (key matches, chain links, validity), and the warnings to give.
+
+    Only what was parsed is shipped: the full chain rebuilt from the certificates (leaf first, canonical PEM) and
+    the one private key block of the key file. `key_twins` are the labels whose file is the key file itself (one
+    combined file), where a private key block is expected rather than warned about.
+    """
     problems: list[str] = []
+    notes: list[str] = []
     certs: dict[str, list[Any]] = {}
     for label in ("cert", "chain", "fullchain"):
         if label in raw:
             try:
-                certs[label] = _parse_certs(raw[label])
+                certs[label] = _certificates(getattr(source, label), raw[label], label in key_twins, notes)
             except ValueError as exc:
                 problems.append(f"{label} file {getattr(source, label)}: {exc}")
-    if "fullchain" in raw and "fullchain" in certs:
-        fullchain_pem = raw["fullchain"]
-        chain_certs = certs["fullchain"]
-    elif "cert" in certs:
-        fullchain_pem = raw["cert"].rstrip(b"\n") + b"\n" + raw.get("chain", b"")
-        chain_certs = certs["cert"][:1] + certs.get("chain", [])
-    else:
-        raise CertificateError(problems or ["no certificate given"])
-    if "cert" in certs and chain_certs and certs["cert"][0] != chain_certs[0]:
-        problems.append("cert.pem and the first certificate of fullchain.pem differ")
-    if "chain" in certs and "fullchain" in certs and certs["fullchain"][1:] != certs["chain"]:
-        problems.append("chain.pem does not match the issuer certificates in fullchain.pem")
-
-    key = None
+    chain_certs = _chain(certs, problems)
+    key, key_pem = None, b""
     try:
-        key = serialization.load_pem_private_key(raw["key"], password=None)
-    except (ValueError, TypeError) as exc:
-        problems.append(f"private key {source.key} does not parse ({_short(exc)}); encrypted keys are not supported")
-    except Exception as exc:  # cryptography raises UnsupportedAlgorithm for exotic keys
-        problems.append(f"private key {source.key} is not supported ({_short(exc)})")
+        key, key_pem = _private_key(raw["key"])
+    except ValueError as exc:
+        problems.append(f"key file {source.key}: {exc}")
 
-    if problems or not chain_certs:
-        raise CertificateError(problems or ["no certificate found"])
+    if problems:
+        raise CertificateError(problems)
     leaf = chain_certs[0]
     if key is not None and _spki(key.public_key()) != _spki(leaf.public_key()):
         problems.append("the private key does not match the leaf certificate")
@@ -132,28 +148,84 @@ def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime) -> Art
         if why:
             problems.append(why)
     not_before, not_after = _validity(leaf)
-    if not_after <= now:
-        problems.append(f"the leaf certificate expired on {not_after:%Y-%m-%d %H:%M} UTC")
+    window = f"valid from {not_before:%Y-%m-%d %H:%M} to {not_after:%Y-%m-%d %H:%M} UTC"
+    # RFC 5280 §4.1.2.5: outside its window a certificate is not valid, early or late. Early by less than the
+    # tolerated skew is the host's clock lagging the CA's just after issuance (not every CA backdates): it ships.
+    if not_before > now + CLOCK_SKEW:
+        problems.append(f"the leaf certificate is not valid yet ({window}; now {now:%Y-%m-%d %H:%M} UTC)")
+    elif not_after <= now:
+        problems.append(f"the leaf certificate expired on {not_after:%Y-%m-%d %H:%M} UTC ({window})")
     if problems:
         raise CertificateError(problems)
 
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    fullchain_pem = b"".join(c.public_bytes(Encoding.PEM) for c in chain_certs)
     facts = _facts(leaf, source, not_before, not_after)
-    return Artefact(facts=facts, fullchain_pem=fullchain_pem, key_pem=raw["key"], source=source)
+    return Artefact(facts=facts, fullchain_pem=fullchain_pem, key_pem=key_pem, source=source), notes
 
 
-def _parse_certs(data: bytes) -> list[Any]:
+def _chain(certs: Mapping[str, list[Any]], problems: list[str]) -> list[Any]:
+    """Leaf then issuers: fullchain.pem, else cert.pem's first certificate and chain.pem; the files must agree."""
+    if "fullchain" in certs:
+        chain_certs = certs["fullchain"]
+    elif "cert" in certs:
+        chain_certs = certs["cert"][:1] + certs.get("chain", [])
+    else:
+        raise CertificateError(problems or ["no certificate given"])
+    if "cert" in certs and certs["cert"][0] != chain_certs[0]:
+        problems.append("cert.pem and the first certificate of fullchain.pem differ")
+    if "chain" in certs and "fullchain" in certs and certs["fullchain"][1:] != certs["chain"]:
+        problems.append("chain.pem does not match the issuer certificates in fullchain.pem")
+    return chain_certs
+
+
+def _certificates(path: Path | None, data: bytes, is_key_file: bool, notes: list[str]) -> list[Any]:
+    """The certificates of one certificate file, in order; any other block is named in `notes` (worded by path, so
+    a file named twice is warned about once), never shipped."""
     from cryptography import x509
 
-    if PEM_BEGIN_CERT not in data:
-        raise ValueError("holds no PEM certificate")
-    blocks = [PEM_BEGIN_CERT + part for part in data.split(PEM_BEGIN_CERT)[1:]]
+    found = pem.blocks(data)
+    blocks = [b for b in found if b.label == pem.CERTIFICATE]
+    if len(blocks) > MAX_CERTIFICATES:  # real chains hold 2 to 4; verifying and reporting stay bounded
+        raise ValueError(f"holds {len(blocks)} certificates; at most {MAX_CERTIFICATES} are accepted")
     out = []
     for i, block in enumerate(blocks, 1):
         try:
-            out.append(x509.load_pem_x509_certificate(block))
+            out.append(x509.load_der_x509_certificate(block.der))
         except ValueError as exc:
             raise ValueError(f"certificate #{i} does not parse ({_short(exc)})") from exc
+    if not out:
+        raise ValueError("holds no PEM certificate")
+    others = [b for b in found if b.label != pem.CERTIFICATE and not (is_key_file and b.is_private_key)]
+    if any(b.is_private_key for b in others):
+        notes.append(f"certificate file {path} holds a private key besides its certificates; it is not shipped from "
+                     "there: keep the key in its own file, mode 0600")
+    stray = sorted({b.shown for b in others if not b.is_private_key})
+    if stray:
+        named = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+        notes.append(f"certificate file {path} holds {named} block(s) besides its certificates; they are not shipped")
     return out
+
+
+def _private_key(data: bytes) -> tuple[Any, bytes]:
+    """The key file's one private key and its canonical PEM block (nothing else of the file is ever shipped)."""
+    from cryptography.hazmat.primitives import serialization
+
+    keys = [b for b in pem.blocks(data) if b.is_private_key]
+    if len(keys) != 1:
+        raise ValueError("holds no PEM private key" if not keys else
+                         f"holds {len(keys)} private keys; give a file with exactly one")
+    block = keys[0]
+    if block.label == "ENCRYPTED PRIVATE KEY":
+        raise ValueError("is encrypted; encrypted keys are not supported")
+    text = block.encode()
+    try:
+        return serialization.load_pem_private_key(text, password=None), text
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"does not parse ({_short(exc)}); encrypted keys are not supported") from exc
+    except Exception as exc:  # cryptography raises UnsupportedAlgorithm for exotic keys
+        raise ValueError(f"is not supported ({_short(exc)})") from exc
 
 
 def _spki(public_key: Any) -> bytes:

@@ -38,7 +38,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Loaded:
     pm = make_manager()
     formats = payload_formats(pm)
     store = credential_store(path, environ)
-    settings = load_settings(path, store.types(), {n: f.credential_type for n, f in formats.items()})
+    settings = load_settings(path, store.types(), formats)
     return Loaded(settings, formats, store, pm)
 
 

@@ -22,6 +22,7 @@ from certbot_smtp_dist.errors import UnsafePathError
 log = logging.getLogger("certbot_smtp_dist")
 
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+_warned: set[Path] = set()
 
 
 def require_trusted_config(config: Path) -> None:
@@ -34,7 +35,8 @@ def require_trusted_config(config: Path) -> None:
         mode = os.stat(config).st_mode
     except OSError:
         return  # missing or unreadable: the config loader names it
-    if mode & stat.S_IROTH:
+    if mode & stat.S_IROTH and config not in _warned:
+        _warned.add(config)  # once per run, although every entry point checks before it reads
         log.warning("configuration file %s is readable by everyone (mode %04o); it holds no secrets, but "
                     "`chmod 640 %s` keeps its targets private", config, stat.S_IMODE(mode), config)
 

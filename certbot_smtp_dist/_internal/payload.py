@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from certbot_smtp_dist.errors import PayloadError
 from certbot_smtp_dist.hookspecs import hookimpl
-from certbot_smtp_dist.model import Artefact, Attachment, PayloadFormat, Secret
+from certbot_smtp_dist.model import Artefact, Attachment, Payload, PayloadFormat, Secret
 
 PASSPHRASE_TYPE = "smtp_pkcs12_passphrase"
 # RFC 8555 §9.1: the media type of a PEM certificate chain.
@@ -14,6 +15,17 @@ PEM_CHAIN_TYPE = "application/pem-certificate-chain"
 PEM_KEY_TYPE = "application/x-pem-file"  # no registered type for a bare PEM private key
 PKCS12_TYPE = "application/pkcs12"  # RFC 7292 Appendix D
 PKCS12_KDF_ROUNDS = 200_000
+
+
+def build(fmt: PayloadFormat, artefact: Artefact, secret: Secret | None) -> Payload:
+    """`fmt`'s attachments for `artefact`, by its declaration: the private key reaches only a format that declares
+    `ships_private_key`, and the secret only one that declares a `credential_type`. Raises PayloadError."""
+    shown = artefact if fmt.ships_private_key else replace(artefact, key_pem=b"")
+    attachments = fmt.build(shown, secret if fmt.credential_type else None)
+    if not fmt.ships_private_key and any(a.contains_private_key for a in attachments):
+        raise PayloadError(f"payload format {fmt.name!r} marks an attachment as a private key but does not declare "
+                           "ships_private_key")
+    return Payload(fmt.name, attachments)
 
 
 def _fullchain(artefact: Artefact) -> Attachment:
@@ -69,7 +81,7 @@ BUILTIN_FORMATS = (
     PayloadFormat("pem_and_key", "full chain and the private key as PEM (every SMTP hop can read the key)",
                   build_pem_and_key, ships_private_key=True),
     PayloadFormat("pkcs12", "passphrase-protected PKCS#12 bundle (key + chain)", build_pkcs12,
-                  credential_type=PASSPHRASE_TYPE, ships_private_key=True),
+                  credential_type=PASSPHRASE_TYPE, ships_private_key=True, key_encrypted=True),
 )
 
 

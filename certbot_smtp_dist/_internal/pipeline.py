@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import base64
+import errno
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from certbot_smtp_dist._internal import render
-from certbot_smtp_dist._internal.addresses import is_loopback_host, printable
-from certbot_smtp_dist.errors import ErrorCode, PayloadError
+from certbot_smtp_dist._internal import payload as payload_formats
+from certbot_smtp_dist._internal import render, scrub
+from certbot_smtp_dist._internal.addresses import is_loopback_host
+from certbot_smtp_dist.errors import ErrorCode, OutputError, PayloadError
 from certbot_smtp_dist.model import (
     Artefact,
     DeliveryResult,
     Failure,
     Message,
-    Payload,
     PayloadFormat,
     Phase,
     Reply,
@@ -83,7 +83,7 @@ def prepare_job(
         return Job(target, None, None, known, skipped=True)
     fmt = formats[target.payload]
     try:
-        payload = Payload(fmt.name, fmt.build(artefact, passphrase if fmt.credential_type else None))
+        payload = payload_formats.build(fmt, artefact, passphrase)
     except PayloadError as exc:
         return Job(target, None, None, known, failure=Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, str(exc)))
     try:
@@ -99,9 +99,9 @@ def prepare_job(
 
 def warn_about(target: Target, fmt: PayloadFormat) -> None:
     """Loud, per-run warnings for the dangerous options a user opted into."""
-    if fmt.ships_private_key and fmt.name == "pem_and_key":
-        log.warning("target %s: payload pem_and_key ships the PRIVATE KEY in clear text inside the email; "
-                    "every SMTP hop and mailbox on the way can read it", target.name)
+    if fmt.key_in_clear:
+        log.warning("target %s: payload %s ships the PRIVATE KEY in clear text inside the email; "
+                    "every SMTP hop and mailbox on the way can read it", target.name, fmt.name)
     if target.tls_mode is TlsMode.PLAINTEXT:
         where = "loopback" if is_loopback_host(target.host) else "the network"
         log.warning("target %s: tls_mode = plaintext: the certificate travels unencrypted over %s", target.name, where)
@@ -193,9 +193,10 @@ def deliver_all(jobs: list[Job], policy: RetryPolicy = DEFAULT_POLICY, started: 
 
 
 def rendered_results(jobs: list[Job], output: Path | None) -> list[DeliveryResult]:
-    """Dry run: report each buildable job as rendered and optionally write its .eml (0600)."""
-    from certbot_smtp_dist._internal import files
+    """Dry run: report each buildable job as rendered and optionally write its .eml (0600).
 
+    Raises OutputError (exit status 73 or 74, one line naming the path) when `output` cannot take the files.
+    """
     results = []
     for job in jobs:
         if job.skipped:
@@ -204,42 +205,34 @@ def rendered_results(jobs: list[Job], output: Path | None) -> list[DeliveryResul
             results.append(DeliveryResult(job.target.name, Status.FAILED, job.failure))
         else:
             if output is not None:
-                files.ensure_private_dir(output)
-                files.write_private(output / f"{job.target.name}.eml", job.message.data)
+                _write_eml(output, f"{job.target.name}.eml", job.message.data)
             results.append(DeliveryResult(job.target.name, Status.RENDERED, message_id=job.message.message_id,
                                           recipients=len(job.message.envelope_to)))
     return results
 
 
-MAX_DETAIL = 400  # characters of relay text kept per failure or refusal
+# Out of space or a failing device: the directory was fine, the write was not (sysexits EX_IOERR).
+_IO_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
 
 
-def secret_forms(secrets: tuple[Secret, ...], username: str | None) -> list[str]:
-    """Every spelling of a secret that could come back in relay text: plain, the SASL PLAIN/LOGIN base64, and
-    each as classify's printable-only cleaning would show it."""
-    forms: set[str] = set()
-    for s in secrets:
-        value = s.reveal()
-        if not value:
-            continue
-        spelled = [value, base64.b64encode(value.encode()).decode()]
-        if username is not None:
-            spelled.append(base64.b64encode(f"\0{username}\0{value}".encode()).decode())
-        forms.update(spelled)
-        forms.update(printable(f) for f in spelled)
-    return sorted(forms, key=len, reverse=True)
+def _write_eml(output: Path, name: str, data: bytes) -> None:
+    from certbot_smtp_dist._internal import files, report
 
-
-def redact_text(text: str, secrets: tuple[Secret, ...], username: str | None) -> str:
-    """Scrub secrets first, then bound the length: truncating first could leave half a secret behind."""
-    for form in secret_forms(secrets, username):
-        text = text.replace(form, "***")
-    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 3] + "..."
+    step, where = "create directory", output
+    try:
+        files.ensure_private_dir(output)
+        step, where = "write", output / name
+        files.write_private(where, data)
+    except OSError as exc:
+        status = report.EX_IOERR if exc.errno in _IO_ERRNOS else report.EX_CANTCREAT
+        raise OutputError(f"--output: cannot {step} {where}: {exc.strerror or exc}", status) from exc
 
 
 def _redact(failure: Failure, secrets: tuple[Secret, ...], username: str | None) -> Failure:
-    return replace(failure, detail=redact_text(failure.detail, secrets, username))
+    # Every spelling of every secret of the run (scrub.py). The username needs no special case any more: the
+    # SASL blobs are found by the base64 of the secret alone, at whatever alignment it sits.
+    return scrub.scrub_failure(failure, secrets)
 
 
 def _redact_reply(r: Reply, secrets: tuple[Secret, ...], username: str | None) -> Reply:
-    return replace(r, text=redact_text(r.text, secrets, username))
+    return scrub.scrub_reply(r, secrets)

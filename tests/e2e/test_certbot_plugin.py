@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from acmeharness import Certbot, ClientResult, Pebble, free_ports, load_pem_certs
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 from support.deployenv import relay_target, to_toml
 from support.relay import ReceivedMessage, Relay
 
@@ -59,9 +60,11 @@ def live_fingerprint(certbot: Certbot, name: str = NAME) -> bytes:
 
 
 def assert_carries_live_chain(message: ReceivedMessage, certbot: Certbot, name: str = NAME) -> None:
-    """The attachment is fullchain.pem byte for byte, and its leaf is the lineage's current cert.pem."""
+    """The attachment is fullchain.pem's certificates as canonical PEM (certbot writes them so: byte for byte), and
+    its leaf is the lineage's current cert.pem."""
     chain = attached_chain(message)
-    assert chain == (certbot.live_dir(name) / "fullchain.pem").read_bytes()
+    live = (certbot.live_dir(name) / "fullchain.pem").read_bytes()
+    assert chain == b"".join(c.public_bytes(Encoding.PEM) for c in load_pem_certs(live))
     assert fingerprint(chain) == live_fingerprint(certbot, name)
     assert message.rcpt_tos == ("pki@example.com",)
 

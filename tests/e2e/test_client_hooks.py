@@ -1,9 +1,10 @@
 """The shims in `hooks/` for lego, dehydrated, acme.sh and uacme, end to end: a loopback pebble CA, the real clients
 where they can be pointed at it, and an aiosmtpd relay recording what was shipped.
 
-Each delivery test asserts what the relay received: how many messages, that the attached chain is byte for byte the
-client's full-chain file, and that its leaf is the certificate the client just saved. Every hook runs as the client
-runs it: a cold process found through PATH, configured only through the environment.
+Each delivery test asserts what the relay received: how many messages, that the attached chain is the certificates of
+the client's full-chain file (canonical PEM, nothing else), and that its leaf is the certificate the client just
+saved. Every hook runs as the client runs it: a cold process found through PATH, configured only through the
+environment.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 from acmeharness import Dehydrated, Lego, Pebble, assert_issued_by_pebble, load_pem_certs
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 from support import ci
 from support.deployenv import DeployEnv, relay_target
 from support.pki import LineagePaths, write_lineage
@@ -59,9 +61,10 @@ def fingerprint(pem: bytes) -> bytes:
 
 
 def assert_shipped(message: ReceivedMessage, fullchain: Path, name: str = NAME) -> bytes:
-    """The attachment is `fullchain` byte for byte, named after the certificate; returns the leaf fingerprint."""
+    """The attachment is the certificates of `fullchain`, each as canonical PEM (the file byte for byte when the
+    client writes canonical PEM), named after the certificate; returns the leaf fingerprint."""
     filename, chain = attachment(message)
-    assert chain == fullchain.read_bytes()
+    assert chain == b"".join(c.public_bytes(Encoding.PEM) for c in load_pem_certs(fullchain.read_bytes()))
     assert filename == f"{name.replace('*', 'wildcard')}.fullchain.pem"
     assert message.rcpt_tos == ("pki@example.com",)
     return fingerprint(chain)

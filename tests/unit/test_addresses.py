@@ -20,6 +20,7 @@ from certbot_smtp_dist._internal.addresses import (
     is_loopback_host,
 )
 from certbot_smtp_dist._internal.config import MAX_FROM_NAME, MAX_SUBJECT_PREFIX, parse_settings
+from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
 from certbot_smtp_dist._internal.render import render
 from certbot_smtp_dist.errors import ConfigError
 from certbot_smtp_dist.model import CertificateFacts, Message, Payload
@@ -124,7 +125,7 @@ def config(to: list[str], cc: list[str], bcc: list[str], prefix: str, name: str)
 
 
 def render_config(doc: dict[str, object]) -> Message:
-    target = parse_settings(doc, Path("c.toml"), {}, {"pem": None}).targets[0]
+    target = parse_settings(doc, Path("c.toml"), {}, {"pem": BUILTIN_FORMATS[0]}).targets[0]
     return render(target, FACTS, Payload("pem", ()), MESSAGE_ID, NOW)
 
 

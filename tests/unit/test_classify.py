@@ -87,3 +87,12 @@ def test_not_connected_timeouts_are_connect_failures() -> None:
     assert classify.deadline(Phase.DATA, True, 5).code is ErrorCode.SMTP_TRANSIENT
     assert classify.translate(ConnectionRefusedError(111, "refused"), Phase.CONNECT, False).code is \
         ErrorCode.SMTP_CONNECT
+
+
+@pytest.mark.parametrize("code", [-1, 500])  # aiosmtplib 3.x+ reports no code, 2.x a made-up 500
+@pytest.mark.parametrize("phase", [Phase.CONNECT, Phase.MAIL, Phase.RCPT, Phase.DATA])
+def test_a_reply_too_long_to_read_is_permanent(code: int, phase: Phase) -> None:
+    """The relay's code is lost with the reply; retrying could resend to a relay that refused (a long 550)."""
+    failure = classify.translate(aiosmtplib.errors.SMTPResponseException(code, "Response too long"), phase, True)
+    assert (failure.code, failure.is_retryable, failure.smtp_code) == (ErrorCode.SMTP_PERMANENT, False, None)
+    assert "too long" in failure.detail

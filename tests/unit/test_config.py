@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from certbot_smtp_dist._internal.config import parse_settings
+from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
 from certbot_smtp_dist.errors import ConfigError
 from certbot_smtp_dist.model import AuthMethod, TlsMode
 
-FORMATS = {"pem": None, "pem_and_key": None, "pkcs12": "smtp_pkcs12_passphrase"}
+FORMATS = {f.name: f for f in BUILTIN_FORMATS}
 CREDS = {"relay": "smtp_password", "p12": "smtp_pkcs12_passphrase"}
 BASE = {"host": "smtp.example.com", "from_address": "certbot@example.com", "to": ["pki@example.com"]}
 

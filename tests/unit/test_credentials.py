@@ -118,3 +118,59 @@ def test_loose_permissions_are_reported(tmp_path: Path, caplog: pytest.LogCaptur
     text = caplog.text
     assert "master key" in text and "0644" in text and "credential file" in text and "0640" in text
     assert SECRET not in text
+
+
+REFUSED = {
+    "nul": ("smtp_password", "hunter2\0-with-a-nul", "NUL"),
+    "tab": ("smtp_password", "hunter2\t-with-a-tab", "control character"),
+    "escape": ("smtp_password", "hunter2\x1b[31m-red", "control character"),
+    "cr-inside": ("smtp_password", "hunter2\r-inside", "control character"),
+    "line-separator": ("smtp_password", "hunter2\u2028-ls", "control character"),
+    "c1-control": ("smtp_password", "hunter2\x85-nel", "control character"),
+    "empty": ("smtp_password", "", "empty"),
+    "p12-short": ("smtp_pkcs12_passphrase", "7-chars", "at least 8"),
+    "p12-one-space": ("smtp_pkcs12_passphrase", " ", "blank"),
+    "p12-long-blank": ("smtp_pkcs12_passphrase", " " * 12, "blank"),
+}
+
+
+@pytest.mark.parametrize(("type_", "secret", "why"), REFUSED.values(), ids=REFUSED.keys())
+def test_unusable_secrets_are_refused_and_nothing_is_stored(tmp_path: Path, type_: str, secret: str,
+                                                            why: str) -> None:
+    store = CredentialStore(tmp_path, environ={})
+    with pytest.raises(CredentialError, match=why) as err:
+        store.set("a", type_, secret)
+    assert "not stored" in str(err.value)
+    assert not (tmp_path / "credentials").exists() and not (tmp_path / "master.key").exists()
+
+
+def test_a_short_password_is_allowed_but_a_passphrase_is_not(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path, environ={})
+    store.set("pw", "smtp_password", "x")  # the relay decides what it accepts (its replies are then withheld)
+    store.set("p12", "smtp_pkcs12_passphrase", "8 chars!")
+    assert store.get("p12", "smtp_pkcs12_passphrase").reveal() == "8 chars!"
+
+
+@pytest.mark.parametrize(("type_", "stdin", "why"), [
+    *((t, s + "\n", w) for t, s, w in REFUSED.values()),
+    ("smtp_password", SECRET + "\n\n", "control character"),  # one trailing newline is removed, not two
+])
+def test_cli_refuses_unusable_secrets_with_exit_65(tmp_path: Path, type_: str, stdin: str, why: str) -> None:
+    from support.deployenv import DeployEnv
+
+    env = DeployEnv(tmp_path)
+    run = env.run("credentials", "set", "relay", "--type", type_, stdin=stdin)
+    assert run.returncode == 65, run.stderr
+    assert why in run.stderr and "credential relay not stored" in run.stderr and "Traceback" not in run.stderr
+    assert stdin.strip() == "" or stdin.strip() not in run.stderr
+    assert env.run("credentials", "list").stdout == ""
+    assert not (env.config_dir / "credentials").exists()
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+def test_cli_strips_one_trailing_newline(tmp_path: Path, ending: str) -> None:
+    from support.deployenv import DeployEnv
+
+    env = DeployEnv(tmp_path)
+    assert env.run("credentials", "set", "relay", "--type", "smtp_password", stdin=SECRET + ending).returncode == 0
+    assert CredentialStore(env.config_dir, environ={}).get("relay", "smtp_password").reveal() == SECRET

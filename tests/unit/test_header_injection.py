@@ -21,6 +21,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from certbot_smtp_dist._internal.config import MAX_FROM_NAME, MAX_SUBJECT_PREFIX, parse_settings
+from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
 from certbot_smtp_dist._internal.render import render, subject, subject_field
 from certbot_smtp_dist.errors import ConfigError
 from certbot_smtp_dist.model import CertificateFacts, Message, Payload, Target
@@ -34,7 +35,7 @@ WRITTEN = Counter({"from", "to", "subject", "date", "message-id", "auto-submitte
 def target(**table: object) -> Target:
     doc = {"targets": {"t": {"host": "127.0.0.1", "tls_mode": "plaintext", "from_address": "robot@example.com",
                              "to": ["pki@example.com"], **table}}}
-    return parse_settings(doc, Path("c.toml"), {}, {"pem": None}).targets[0]
+    return parse_settings(doc, Path("c.toml"), {}, {"pem": BUILTIN_FORMATS[0]}).targets[0]
 
 
 def refused_keys(**table: object) -> set[tuple[str | None, str | None]]:

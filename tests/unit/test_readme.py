@@ -37,6 +37,7 @@ def test_readme_configuration_example_is_valid(tmp_path: Path) -> None:
         import tomli as tomllib
 
     from certbot_smtp_dist._internal.config import parse_settings
+    from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
 
     text = README.read_text("utf-8")
     lines = []
@@ -52,7 +53,7 @@ def test_readme_configuration_example_is_valid(tmp_path: Path) -> None:
     doc = tomllib.loads(example.replace("/etc/ssl/relay-ca.pem", str(ca)))
     settings = parse_settings(doc, tmp_path / "config.toml",
                               {"relay": "smtp_password", "archive-p12": "smtp_pkcs12_passphrase"},
-                              {"pem": None, "pem_and_key": None, "pkcs12": "smtp_pkcs12_passphrase"})
+                              {f.name: f for f in BUILTIN_FORMATS})
     [target] = settings.targets
     assert (target.name, target.host, target.port, target.bcc) == ("pki-archive", "smtp.example.com", 587,
                                                                    ("audit@example.com",))

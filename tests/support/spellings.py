@@ -1,0 +1,70 @@
+"""The spellings of a secret a hostile relay can echo, and an oracle that reads them back from text by decoding.
+
+Built independently of certbot_smtp_dist._internal.scrub, so tests of the scrubber do not grade their own homework.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import urllib.parse
+
+USER = "robot"
+
+
+def encodings(secret: str) -> dict[str, str]:
+    """Every way a hostile relay can spell the secret, built independently of the scrubber."""
+    raw = secret.encode()
+    return {
+        "plain": secret,
+        "upper": secret.upper(),
+        "lower": secret.lower(),
+        "swapped": secret.swapcase() if secret.isascii() else secret,
+        "hex": raw.hex(),
+        "HEX": raw.hex().upper(),
+        "percent": urllib.parse.quote(secret, safe=""),
+        "percent-lower": re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), urllib.parse.quote(secret, safe="")),
+        "percent-all": "".join(f"%{b:02X}" for b in raw),
+        "b64": base64.b64encode(raw).decode(),
+        "b64-plain-blob": base64.b64encode(b"\0" + USER.encode() + b"\0" + raw).decode(),
+        "b64-authzid-blob": base64.b64encode(b"u\0" + USER.encode() + b"\0" + raw + b"\0").decode(),
+        "b64-offset-2": base64.b64encode(b"ab" + raw + b"xyz").decode(),
+        "b64-urlsafe": base64.urlsafe_b64encode(b"a" + raw).decode(),
+    }
+
+
+def split_lines(form: str, at: int) -> str:
+    """The form split across two reply lines the way aiosmtplib hands them over ("\\n"-joined)."""
+    at = max(1, min(at, len(form) - 1))
+    return f"{form[:at]}\n{form[at:]}"
+
+
+def leaks(secret: str, text: str) -> list[str]:
+    """Which spellings of `secret` can be read back from `text` (the oracle: decode, don't pattern-match)."""
+    lowered = secret.lower()
+    found: list[str] = []
+    unquote = urllib.parse.unquote_plus
+
+    def join(text: str) -> str:
+        return re.sub(r" / |\s", "", text)
+
+    views = {"as is": text, "joined": join(text), "percent": unquote(text), "percent, joined": join(unquote(text)),
+             "joined, percent": unquote(join(text))}
+    for name, view in views.items():
+        if lowered in view.lower() or re.sub(r"\s", "", lowered) in view.lower():
+            found.append(f"{name}: plain")
+        if secret.encode().hex() in view.lower():
+            found.append(f"{name}: hex")
+        for run in re.findall(r"[A-Za-z0-9+/\-_]{4,}", view):
+            for offset in range(4):
+                chunk = run[offset:].translate(str.maketrans("-_", "+/"))
+                chunk = chunk[: len(chunk) - (len(chunk) % 4 == 1)]
+                chunk += "=" * (-len(chunk) % 4)
+                try:
+                    decoded = base64.b64decode(chunk, validate=True)
+                except (binascii.Error, ValueError):
+                    continue
+                if secret.encode() in decoded:
+                    found.append(f"{name}: base64")
+    return found

@@ -1,0 +1,106 @@
+"""Relay text keeps no spelling of any secret of the run, and the redaction itself never reveals a short one."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from support.spellings import USER, encodings, leaks, split_lines
+
+from certbot_smtp_dist._internal import scrub
+from certbot_smtp_dist.errors import ErrorCode
+from certbot_smtp_dist.model import Failure, Phase, Reply, Secret
+
+PW = "pw-Fault-7Qx!never-leaks"
+
+# Secrets as `credentials set` accepts them: no control characters (and no lone surrogates, which UTF-8 cannot hold).
+secret_chars = st.characters(blacklist_categories=("Cc", "Cs"))
+long_secrets = st.text(secret_chars, min_size=scrub.MIN_SECRET, max_size=40).filter(
+    lambda s: len(re.sub(r"\s", "", s)) >= scrub.MIN_SECRET)
+relay_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
+
+
+def scrubbed(secret: str, raw: str) -> str:
+    """What a reply text becomes on its way out: classify's one line, then the run's scrubber."""
+    return scrub.Scrubber.of([Secret(secret)]).text(scrub.one_line(raw))
+
+
+@pytest.mark.parametrize("form", encodings(PW).keys())
+@pytest.mark.parametrize("split", [False, True])
+def test_every_spelling_is_scrubbed(form: str, split: bool) -> None:
+    spelled = encodings(PW)[form]
+    spelled = split_lines(spelled, len(spelled) // 2) if split else spelled
+    raw = f"5.7.8 bad credentials for {USER}: {spelled} (try again)\nsecond line"
+    assert leaks(PW, raw), "the oracle must see the secret before scrubbing"
+    out = scrubbed(PW, raw)
+    assert leaks(PW, out) == [], out
+    assert scrub.MASK in out and "bad credentials" in out and "second line" in out
+
+
+def test_a_secret_split_with_enhanced_codes_on_every_line_is_scrubbed() -> None:
+    """RFC 2034 §3 repeats the enhanced code on each line of a multi-line reply."""
+    raw = f"5.7.8 bad password {PW[:9]}\n5.7.8 {PW[9:]} refused"
+    assert PW[9:] not in scrubbed(PW, raw) and PW[:9] not in scrubbed(PW, raw)
+
+
+@given(secret=long_secrets, form=st.sampled_from(sorted(encodings(PW))), before=relay_text, after=relay_text,
+       split=st.none() | st.integers(1, 200))
+@example(secret="pw-Fault-7Qx!never-leaks", form="b64-plain-blob", before="", after="", split=None)
+@example(secret="        abcdefgh", form="plain", before="x", after="y", split=3)
+@example(secret="a***bcdefghi", form="plain", before="a", after="bcdefghi", split=None)
+def test_no_spelling_of_a_long_secret_survives(secret: str, form: str, before: str, after: str,
+                                               split: int | None) -> None:
+    spelled = encodings(secret)[form]
+    if split is not None and len(spelled) > 1:
+        spelled = split_lines(spelled, split)
+    out = scrubbed(secret, f"{before}{spelled}{after}")
+    assert leaks(secret, out) == [], (out, leaks(secret, out))
+    assert len(out) <= scrub.MAX_TEXT
+    assert out.isprintable() and "\n" not in out
+
+
+@given(secret=st.text(secret_chars, min_size=1, max_size=scrub.MIN_SECRET - 1), text=relay_text)
+@example(secret="5", text="535 5.7.8 Authentication credentials invalid")
+@example(secret="12", text="535 5.7.8 bad 123 4.5.6 12")
+def test_a_short_secret_withholds_the_text(secret: str, text: str) -> None:
+    out = scrubbed(secret, text)
+    assert out == scrub.WITHHELD
+    assert scrub.Scrubber.of([Secret(PW), Secret(secret)]).text(text) == scrub.WITHHELD  # any secret of the run
+
+
+def test_short_secret_redaction_reveals_nothing() -> None:
+    """0.1.0 masked each "3" of a one-character password "3": `***3*** ***.7.8`."""
+    failure = Failure(ErrorCode.SMTP_AUTH, Phase.AUTH, "535 5.7.8 bad credentials 123 4.5.6 3", 535, "5.7.8")
+    out = scrub.scrub_failure(failure, [Secret("3")])
+    assert out.detail == f"535 5.7.8 {scrub.WITHHELD}"
+    assert (out.code, out.smtp_code, out.enhanced_status) == (ErrorCode.SMTP_AUTH, 535, "5.7.8")
+    reply = scrub.scrub_reply(Reply(550, "5.1.1", "no such user 3"), [Secret("3")])
+    assert reply == Reply(550, "5.1.1", scrub.WITHHELD)
+
+
+def test_whitespace_does_not_count_towards_the_length() -> None:
+    assert scrubbed("a b c d e f g", "a b c d e f g") == scrub.WITHHELD
+
+
+def test_text_without_secrets_is_kept_and_bounded_after_scrubbing() -> None:
+    assert scrubbed(PW, "250 fine\n  \nall good") == "250 fine / all good"
+    # The secret straddles the cut: scrubbing first leaves none of it; cutting first would leave its first half.
+    raw = "x" * (scrub.MAX_TEXT - 10) + PW + "y" * 50
+    out = scrubbed(PW, raw)
+    assert len(out) == scrub.MAX_TEXT and out.endswith("...") and PW[:8] not in out
+    assert out.startswith("x" * (scrub.MAX_TEXT - 10) + scrub.MASK)
+
+
+def test_no_secrets_means_nothing_to_scrub() -> None:
+    assert scrub.Scrubber.of([]).text("hello / world") == "hello / world"
+    assert scrub.Scrubber.of([Secret("")]).text("hello") == "hello"
+
+
+@given(data=st.binary(min_size=1, max_size=30), before=st.binary(max_size=5), after=st.binary(max_size=5))
+def test_base64_cores_are_found_at_every_alignment(data: bytes, before: bytes, after: bytes) -> None:
+    blob = base64.b64encode(before + data + after).decode()
+    core = scrub.base64_cores(data)[len(before) % 3]
+    assert core in blob
