@@ -65,14 +65,14 @@ def _keys(args: argparse.Namespace, state: Path) -> StateKeys:
     """The state's keys, from the credential store beside the config (its master key is created if missing: the
     state cannot be read without them); a 0.1.0 state directory is upgraded on this first use."""
     from certbot_smtp_dist._internal.config import config_path
-    from certbot_smtp_dist._internal.credentials import CredentialStore
+    from certbot_smtp_dist._internal.loader import credential_store
     from certbot_smtp_dist._internal.ownership import require_trusted_config
     from certbot_smtp_dist._internal.state import state_keys
     from certbot_smtp_dist._internal.upgrade import upgrade
 
     config = config_path(args.config)
     require_trusted_config(config)
-    keys = state_keys(CredentialStore(config.parent), state, create=True)
+    keys = state_keys(credential_store(config), state, create=True)
     if state.is_dir():
         upgrade(state, config, keys)
     return keys

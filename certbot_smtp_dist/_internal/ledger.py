@@ -86,8 +86,8 @@ class Ledger:
             held: sp.Entry | None = None
             try:
                 held = stack.enter_context(make())
-            except sp.Busy:
-                log.info("spool entry is being delivered by another process; left to it")
+            except sp.Busy as busy:
+                log.info("spool entry %s is being delivered by another process; left to it", busy)
             except sp.Rejected as rejected:
                 log.error("spool entry %s rejected: %s (left in place)", rejected.path, rejected.problem)
                 self.healthy = False

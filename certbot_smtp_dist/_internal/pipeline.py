@@ -124,10 +124,7 @@ async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: f
     started = loop.time() if started is None else started
     deadline = started + target.timeout
     if deadline - loop.time() < policy.min_budget / 10:
-        spent = Failure(ErrorCode.SMTP_CONNECT, Phase.CONNECT,
-                        f"no time left to connect: preparing this run took longer than timeout = {target.timeout:g}s")
-        return Delivery(job, DeliveryResult(target.name, Status.FAILED, spent, job.message.message_id,
-                                            duration_s=loop.time() - started, recipients=len(job.message.envelope_to)))
+        return Delivery(job, _out_of_time(job.message, target, loop.time() - started))
     message = job.message
     accepted: list[str] = []
     refusals: dict[str, Reply] = {}  # the latest refusal of each recipient still owed the message
@@ -170,6 +167,13 @@ async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: f
     result = DeliveryResult(target.name, status, failure, job.message.message_id, refused, duration, attempts,
                             recipients=len(job.message.envelope_to), accepted=tuple(accepted))
     return Delivery(job, result, tuple(sessions))
+
+
+def _out_of_time(message: Message, target: Target, spent: float) -> DeliveryResult:
+    failure = Failure(ErrorCode.SMTP_CONNECT, Phase.CONNECT,
+                      f"no time left to connect: preparing this run took longer than timeout = {target.timeout:g}s")
+    return DeliveryResult(target.name, Status.FAILED, failure, message.message_id, duration_s=spent,
+                          recipients=len(message.envelope_to))
 
 
 def deliver_all(jobs: list[Job], policy: RetryPolicy = DEFAULT_POLICY, started: float | None = None) -> list[Delivery]:
