@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from certbot_smtp_dist.errors import ErrorCode
+from certbot_smtp_dist.errors import ConfigProblem, ErrorCode
 
 
 class TlsMode(str, enum.Enum):
@@ -140,11 +140,12 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The validated configuration file."""
+    """The validated configuration file, and what in it deserves a warning but works."""
 
     path: Path
     targets: tuple[Target, ...]
     retry: RetryPolicy = RetryPolicy()
+    warnings: tuple[ConfigProblem, ...] = ()
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)

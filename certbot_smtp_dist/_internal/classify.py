@@ -83,6 +83,14 @@ def refusal(exc: BaseException) -> Reply | None:
     return None
 
 
+def reply_of(exc: BaseException) -> tuple[int, str] | None:
+    """The code and text of the reply an aiosmtplib error carries, for the transcript; None if there was none."""
+    if "SMTPResponseException" not in _foreign_names(exc):
+        return None
+    code = int(getattr(exc, "code", 0) or 0)
+    return (code, str(getattr(exc, "message", ""))) if code > 0 else None
+
+
 def too_long(phase: Phase) -> Failure:
     """A reply too long to read. RFC 5321 §4.5.3.1.5 allows 512 octets a line; a relay that sends over 8192 is
     broken in a way that will not heal by itself, and its code is lost, so the failure is permanent: retrying
@@ -95,6 +103,21 @@ def too_long(phase: Phase) -> Failure:
 def reached_relay(exc: BaseException) -> bool:
     """Whether a timeout happened after TCP was up: aiosmtplib 2.x, dialling smtps itself, says so only in words."""
     return "server ready" in str(exc)
+
+
+# OpenSSL reasons that can only follow a TLS record from the relay (a ServerHello we refused, or its alert).
+_TLS_SPEAKER_REASONS = frozenset({"UNSUPPORTED_PROTOCOL", "VERSION_TOO_LOW", "WRONG_SSL_VERSION",
+                                  "NO_SHARED_CIPHER", "WRONG_CIPHER_RETURNED", "UNSUPPORTED_ELLIPTIC_CURVE"})
+
+
+def peer_spoke_tls(exc: BaseException) -> bool:
+    """Whether a failed handshake shows that the relay speaks TLS: it sent a certificate we refused, a ServerHello
+    we could not accept, or an alert. Otherwise it may have greeted in clear, which is worth a look."""
+    cause = _root_cause(exc)
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return True
+    reason = str(getattr(cause, "reason", "") or "").upper()
+    return isinstance(cause, ssl.SSLError) and ("ALERT" in reason or reason in _TLS_SPEAKER_REASONS)
 
 
 def deadline(phase: Phase, connected: bool, budget: float, dot_sent: bool = False) -> Failure:

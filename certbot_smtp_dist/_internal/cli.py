@@ -7,6 +7,7 @@ import getpass
 import json
 import logging
 import os
+import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,14 +52,54 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="only errors on stderr")
 
 
+EXIT_CODES_EPILOG = """\
+exit status of deploy and retry (sysexits, like other mail tools):
+  0    every selected target delivered, skipped or rendered
+  64   usage error (EX_USAGE)
+  65   certificate files unusable, nothing attempted (EX_DATAERR)
+  69   a failure that is not retryable (EX_UNAVAILABLE)
+  75   some target failed and every failure is retryable (EX_TEMPFAIL)
+  78   configuration or credentials unusable, nothing attempted (EX_CONFIG)
+  130  interrupted
+status follows the Nagios plugin convention (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
+
+
+def versions() -> str:
+    """This package, Python and the libraries that decide its behaviour; read from metadata, nothing imported."""
+    from importlib import metadata
+
+    lines = [f"certbot-smtp-dist {__version__}", f"Python {platform.python_version()} ({sys.executable})"]
+    for dist in ("aiosmtplib", "cryptography", "pluggy", "certbot"):
+        try:
+            lines.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{dist} not installed")
+    return "\n".join(lines)
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: computed only when asked for (the deploy hook is a cold process)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the versions of this tool, Python and its libraries, and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(versions())
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="certbot-smtp-dist", description="Ship renewed ACME certificates by email.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser = _Parser(prog="certbot-smtp-dist", description="Ship renewed ACME certificates by email.",
+                     epilog=EXIT_CODES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_VersionAction)
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    deploy = sub.add_parser("deploy", help="ship a certificate to every matching target")
+    deploy = sub.add_parser("deploy", help="ship a certificate to every matching target",
+                            epilog=EXIT_CODES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _global_options(deploy, suppress=True)
     deploy.add_argument("--target", action="append", default=[], metavar="NAME", help="only this target (repeatable)")
     deploy.add_argument("--dry-run", action="store_true", help="validate and render; connect to nothing")
@@ -210,12 +251,23 @@ def cmd_credentials_delete(args: argparse.Namespace) -> int:
 
 
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line; the structured fields a call passed as `extra` are keys of their own."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname.lower(),
-                           "logger": record.name, "message": record.getMessage()})
+        doc = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname.lower(),
+               "logger": record.name, "message": record.getMessage()}
+        for key in report.LOG_FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                doc[key] = value
+        return json.dumps(doc)
+
+
+TRANSCRIPT_LOGGER = "certbot_smtp_dist.transcript"
 
 
 def setup_logging(fmt: str, verbose: int, quiet: bool) -> None:
+    """Default: warnings, errors and one line per target. -v: each stage. -vv: the redacted SMTP transcript too."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
@@ -225,6 +277,8 @@ def setup_logging(fmt: str, verbose: int, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.propagate = False
     root.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
+    transcript = logging.getLogger(TRANSCRIPT_LOGGER)
+    transcript.setLevel(logging.DEBUG if verbose >= 2 and not quiet else logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -91,7 +93,8 @@ def parse_settings(
     problems: list[ConfigProblem] = []
     for key in doc:
         if key not in ("defaults", "targets"):
-            problems.append(ConfigProblem(None, key, "unknown top-level key (expected [defaults] and [targets.NAME])"))
+            problems.append(ConfigProblem(None, key, unknown_key(
+                key, ("defaults", "targets"), "unknown top-level key (expected [defaults] and [targets.NAME])")))
     defaults = doc.get("defaults", {})
     if not isinstance(defaults, dict):
         problems.append(ConfigProblem(None, "defaults", "must be a table"))
@@ -100,24 +103,27 @@ def parse_settings(
     retry = _retry_policy({k: defaults.pop(k) for k in RETRY_KEYS if k in defaults}, problems)
     for key in defaults:
         if key not in KNOWN_KEYS:
-            problems.append(ConfigProblem(None, f"defaults.{key}", "unknown key"))
+            problems.append(ConfigProblem(None, f"defaults.{key}", unknown_key(key, KNOWN_KEYS | set(RETRY_KEYS))))
     tables = doc.get("targets", {})
     if not isinstance(tables, dict) or not tables:
         problems.append(ConfigProblem(None, "targets", "no targets: add at least one [targets.NAME] table"))
         tables = {}
     targets: list[Target] = []
+    warnings: list[ConfigProblem] = []
     for name, table in tables.items():
         if not isinstance(table, dict):
             problems.append(ConfigProblem(name, None, "must be a table"))
             continue
-        checker = _TargetChecker(name, {**defaults, **table}, credentials, payload_formats, path.parent)
+        checker = _TargetChecker(name, {**defaults, **table}, credentials, payload_formats, path.parent,
+                                 from_defaults=frozenset(defaults) - frozenset(table), config_path=path)
         target = checker.build()
         problems.extend(checker.problems)
+        warnings.extend(checker.warnings)
         if target is not None:
             targets.append(target)
     if problems:
-        raise ConfigError(problems, str(path))
-    return Settings(path=path, targets=tuple(targets), retry=retry)
+        raise ConfigError(_once(problems), str(path))
+    return Settings(path=path, targets=tuple(targets), retry=retry, warnings=tuple(_once(warnings)))
 
 
 def _retry_policy(doc: Mapping[str, Any], problems: list[ConfigProblem]) -> RetryPolicy:
@@ -136,6 +142,29 @@ def _retry_policy(doc: Mapping[str, Any], problems: list[ConfigProblem]) -> Retr
     return replace(policy, attempts=attempts, max_age=timedelta(days=days))
 
 
+def closest_key(key: str, known: frozenset[str] | tuple[str, ...]) -> str | None:
+    """The known key `key` is most likely a typo of, if any is close enough."""
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def unknown_key(key: str, known: frozenset[str] | tuple[str, ...], text: str = "unknown key") -> str:
+    """`text`, with the closest known key when one is close enough to be a typo."""
+    close = closest_key(key, known)
+    return f"{text}; did you mean {close!r}?" if close else text
+
+
+def credentials_set_hint(name: str, type_: str, path: Path) -> str:
+    """The command that stores credential `name` beside this config, ready to paste (the path shell-quoted)."""
+    where = "" if path == DEFAULT_CONFIG else f" --config {shlex.quote(str(path))}"
+    return f"run: certbot-smtp-dist credentials set {shlex.quote(name)} --type {type_}{where}"
+
+
+def _once(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    """A [defaults] value shared by several targets is one problem, reported once (dict keeps the order)."""
+    return list(dict.fromkeys(problems))
+
+
 class _TargetChecker:
     """Validates one target's merged table, collecting problems instead of stopping at the first."""
 
@@ -146,20 +175,36 @@ class _TargetChecker:
         credentials: Mapping[str, str],
         payload_formats: Mapping[str, PayloadFormat],
         base_dir: Path,
+        from_defaults: frozenset[str] = frozenset(),
+        config_path: Path = DEFAULT_CONFIG,
     ) -> None:
         self.name = name
         self.table = table
         self.credentials = credentials
         self.payload_formats = payload_formats
         self.base_dir = base_dir
+        self.from_defaults = from_defaults  # keys this target took from [defaults], not from its own table
+        self.config_path = config_path
         self.problems: list[ConfigProblem] = []
+        self.warnings: list[ConfigProblem] = []
+        # Keys a typo in this table or [defaults] most likely meant: their "did you mean" says they are missing.
+        self.misspelled = {closest_key(k, KNOWN_KEYS) for k in table if k not in KNOWN_KEYS}
+
+    def _where(self, key: str | None, text: str) -> ConfigProblem:
+        """Keyed where the user wrote the value: a [defaults] value is `defaults.KEY`, never `targets.NAME.KEY`."""
+        if key is not None and key in self.from_defaults:
+            return ConfigProblem(None, f"defaults.{key}", text)
+        return ConfigProblem(self.name, key, text)
 
     def problem(self, key: str | None, text: str) -> None:
-        self.problems.append(ConfigProblem(self.name, key, text))
+        self.problems.append(self._where(key, text))
+
+    def warning(self, key: str | None, text: str) -> None:
+        self.warnings.append(self._where(key, text))
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
         if key not in self.table:
-            if required:
+            if required and key not in self.misspelled:
                 self.problem(key, "is required")
             return default
         value = self.table[key]
@@ -219,10 +264,8 @@ class _TargetChecker:
             return None
         stored = self.credentials.get(value)
         if stored is None:
-            self.problem(
-                key,
-                f"credential {value!r} is not stored; run: certbot-smtp-dist credentials set {value} --type {wanted_type}",
-            )
+            self.problem(key, f"credential {value!r} is not stored; "
+                              f"{credentials_set_hint(value, wanted_type, self.config_path)}")
         elif stored != wanted_type:
             self.problem(key, f"credential {value!r} has type {stored}, expected {wanted_type}")
         return value
@@ -231,10 +274,12 @@ class _TargetChecker:
         if not TARGET_NAME_RE.fullmatch(self.name):
             self.problem(None, "target names may use only letters, digits, '.', '_' and '-' (at most 64)")
         for key in self.table:
-            if key not in KNOWN_KEYS:
-                self.problem(key, "unknown key")
+            if key not in KNOWN_KEYS and key not in self.from_defaults:  # those are reported once, as defaults.KEY
+                self.problem(key, unknown_key(key, KNOWN_KEYS))
         relay, identity, payload = self._relay(), self._identity(), self._payload()
         self._no_secrets_in_clear(relay, payload["payload"])
+        self._port_matches_tls_mode(relay["port"], relay["tls_mode"])
+        self._unused_keys(relay, payload["payload"])
         if self.problems:
             return None
         return Target(name=self.name, **relay, **identity, **payload)
@@ -266,7 +311,8 @@ class _TargetChecker:
         return {
             "host": host, "port": port, "tls_mode": tls_mode, "tls_skip_verify": self.get("tls_skip_verify", bool, False),
             "tls_ca_file": tls_ca_file, "auth_method": auth_method, "username": username,
-            "password_credential": self.credential("password_credential", PASSWORD_TYPE, required=needs_auth),
+            "password_credential": self.credential("password_credential", PASSWORD_TYPE, required=True)
+            if needs_auth else None,
             "timeout": float(timeout),
         }
 
@@ -303,6 +349,32 @@ class _TargetChecker:
                 self.problem("certificates", "every entry must be a non-empty string (a name or shell-style glob)")
         return {"payload": payload, "pkcs12_passphrase_credential": passphrase, "certificates": tuple(certificates),
                 "resend_uncertain": self.get("resend_uncertain", bool, True)}
+
+    def _port_matches_tls_mode(self, port: int, tls_mode: TlsMode) -> None:
+        """The classic mix-ups, as warnings: the port may be remapped on purpose. RFC 8314 §3.3 gives 465 to
+        implicit TLS; 587 (RFC 6409) and 25 (RFC 5321) speak plaintext first and upgrade with STARTTLS."""
+        key = "port" if "port" in self.table else "tls_mode"
+        if port == 465 and tls_mode is not TlsMode.SMTPS:
+            self.warning(key, f"port 465 speaks implicit TLS (RFC 8314), but tls_mode = {tls_mode.value!r}: "
+                              "the relay will not greet; set tls_mode = \"smtps\"")
+        elif port in (25, 587) and tls_mode is TlsMode.SMTPS:
+            self.warning(key, f"port {port} speaks plaintext first (STARTTLS, RFC 3207), but tls_mode = 'smtps': "
+                              "the handshake will meet a plaintext greeting; set tls_mode = \"starttls\"")
+
+    def _unused_keys(self, relay: dict[str, Any], payload: str) -> None:
+        """Keys this target wrote that its payload, auth method or TLS mode never reads. Keys from [defaults]
+        are shared by targets that differ, so only the target's own table is checked."""
+        unused: dict[str, str] = {}
+        if relay["auth_method"] is AuthMethod.NONE:
+            unused.update(dict.fromkeys(("username", "password_credential"), "auth_method = 'none'"))
+        fmt = self.payload_formats.get(payload)
+        if fmt is not None and fmt.credential_type is None:  # what the format declares, not its name
+            unused["pkcs12_passphrase_credential"] = f"payload = {payload!r} takes no passphrase"
+        if relay["tls_mode"] is TlsMode.PLAINTEXT:
+            unused.update(dict.fromkeys(("tls_ca_file", "tls_skip_verify"), "tls_mode = 'plaintext'"))
+        for key, why in unused.items():
+            if key in self.table and key not in self.from_defaults and self.table[key] is not False:
+                self.warning(key, f"is ignored: {why}")
 
     def _no_secrets_in_clear(self, relay: dict[str, Any], payload: str) -> None:
         """Neither a password nor a private key crosses a network in clear; loopback is not a network."""

@@ -126,6 +126,7 @@ class CredentialStore:
             raise CredentialError(f"credential file {path} is damaged") from exc
         if stored_type != type_:
             raise CredentialError(f"credential {name!r} has type {stored_type}, expected {type_}")
+        files.warn_if_exposed(self.directory, "credentials directory")
         files.warn_if_exposed(path, "credential file")
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM

@@ -57,8 +57,6 @@ class DeployReport:
 def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     """Validate config and artefact, then deliver (or render). Raises only UsageError and UnsafePathError
     (a config, credentials or state path someone else could write: nothing is read there, nothing dialled)."""
-    from certbot_smtp_dist._internal import lineage
-
     now = now or datetime.now(timezone.utc)
     ledger, state_ok = _open_state(request, now)
     try:
@@ -74,12 +72,14 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     targets = loader.select(loaded.settings, request.targets)
     started = time.monotonic()  # every target's `timeout` counts from here: reading the files and payloads included
     try:
-        artefact = lineage.load(request.source, now)
+        artefact = _read_certificate(request.source, now)
     except CertificateError as exc:
         return _unusable_certificate(exc, targets, ledger, state_ok)
     wanted = [t for t in targets if t.matches(artefact.facts.names)]
     try:
-        secrets = loader.unlock(loaded.store, wanted, loaded.formats, with_passwords=not request.dry_run)
+        # A dry run decrypts every secret the real run would use (and so checks the master key and the modes
+        # and owners of the files): only dialling is skipped.
+        secrets = loader.unlock(loaded.store, wanted, loaded.formats, with_passwords=True)
     except loader.Locked as exc:
         for problem in exc.problems:
             log.error("config %s: %s", request.config, problem)
@@ -91,7 +91,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
         ledger.unblock()
     results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started)
     for result in results:
-        (log.info if result.ok else log.error)("%s", report.human_line(result))
+        (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
                         state_ok=ledger.healthy if ledger else state_ok)
 
@@ -122,6 +122,7 @@ def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, tar
         if target in wanted:
             pipeline.warn_about(target, loaded.formats[target.payload])
         jobs.append(pipeline.prepare_job(target, artefact, loaded.formats, secrets, now))
+        _log_prepared(jobs[-1])
     if request.dry_run:
         return pipeline.rendered_results(jobs, request.output)
     from certbot_smtp_dist._internal.plugins import notify_all
@@ -129,6 +130,25 @@ def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, tar
     results = _deliver(jobs, artefact.facts, request.source, ledger, loaded.settings.retry, started)
     notify_all(loaded.plugins, artefact.facts, results)
     return results
+
+
+def _read_certificate(source: LineageSource, now: datetime) -> Artefact:
+    from certbot_smtp_dist._internal import lineage
+
+    log.debug("reading the certificate from %s", source.lineage_dir or source.fullchain or source.cert)
+    artefact = lineage.load(source, now)
+    log.debug("certificate %s: serial %s, expires %s", artefact.facts.name, artefact.facts.serial_hex,
+              artefact.facts.not_after.isoformat())
+    return artefact
+
+
+def _log_prepared(job: pipeline.Job) -> None:
+    """-v: the payload built and the message rendered for one target (never its content)."""
+    if job.message is not None:
+        log.debug("target %s: payload %s built, message rendered: %d bytes, %d recipient(s), Message-ID %s",
+                  job.target.name, job.target.payload, len(job.message.data), len(job.message.envelope_to),
+                  job.message.message_id, extra={"target": job.target.name, "phase": "payload",
+                                                 "message_id": job.message.message_id})
 
 
 def _unusable_certificate(exc: CertificateError, targets: tuple[Target, ...],

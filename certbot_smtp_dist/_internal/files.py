@@ -132,14 +132,37 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def exposure(path: Path, status: os.stat_result, runner_uid: int, what: str) -> list[str]:
+    """Why a file or directory holding secrets is exposed to someone other than root and the runner, each with
+    the command that fixes it; empty when it is not.
+
+    Group or other permission bits let them read (or, on a directory, swap) what is in it; an owner other than
+    root and the user running this can chmod it open or replace it at any time (certbot warns the same way about
+    its own files).
+    """
+    problems = []
+    mode = stat.S_IMODE(status.st_mode)
+    want = DIR_MODE if stat.S_ISDIR(status.st_mode) else FILE_MODE
+    loose = mode & (stat.S_IRWXG | stat.S_IRWXO)
+    if loose:
+        who = " and ".join(w for w, bits in (("group", stat.S_IRWXG), ("others", stat.S_IRWXO)) if loose & bits)
+        problems.append(f"{what} {path} is open to {who} (mode {mode:04o}); it should be {want:04o}; "
+                        f"fix: chmod {want:o} {shlex.quote(str(path))}")
+    if status.st_uid not in (0, runner_uid):
+        problems.append(f"{what} {path} is owned by uid {status.st_uid}, neither root nor the user running this "
+                        f"(uid {runner_uid}); its owner can read and replace it; fix: chown {runner_uid} "
+                        f"{shlex.quote(str(path))}")
+    return problems
+
+
 def warn_if_exposed(path: Path, what: str) -> None:
-    """Log a warning when a file holding secrets is readable or writable by group or others."""
+    """Log a warning for each way a file or directory holding secrets is open to others (see `exposure`)."""
     try:
-        mode = path.stat().st_mode
+        status = path.stat()
     except OSError:
-        return
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("%s %s has mode %04o; it should be 0600 (chmod 600 %s)", what, path, stat.S_IMODE(mode), path)
+        return  # what cannot be read is reported where it is used
+    for problem in exposure(path, status, os.geteuid(), what):
+        log.warning("%s", problem)
 
 
 MAX_INPUT_BYTES = 1 << 20  # per certificate or key file: a long chain is a few kB; README documents the bound
@@ -194,18 +217,3 @@ def _kind(mode: int) -> str:
 def _size(limit: int) -> str:
     return f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
 
-
-def key_file_warnings(path: Path, status: os.stat_result, runner_uid: int) -> list[str]:
-    """Why a private key file is exposed to someone other than root and the runner, each with its fix (certbot
-    warns the same way about its own files); empty when it is not."""
-    warnings = []
-    loose = stat.S_IMODE(status.st_mode) & (stat.S_IRWXG | stat.S_IRWXO)
-    if loose:
-        who = " and ".join(w for w, bits in (("group", stat.S_IRWXG), ("others", stat.S_IRWXO)) if loose & bits)
-        warnings.append(f"private key file {path} is open to {who} (mode {stat.S_IMODE(status.st_mode):04o}); "
-                        f"fix: chmod 600 {shlex.quote(str(path))}")
-    if status.st_uid not in (0, runner_uid):
-        warnings.append(f"private key file {path} is owned by uid {status.st_uid}, neither root nor the user running "
-                        f"this (uid {runner_uid}); its owner can read and replace the key; fix: chown {runner_uid} "
-                        f"{shlex.quote(str(path))}")
-    return warnings

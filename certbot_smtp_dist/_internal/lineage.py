@@ -100,7 +100,7 @@ def load(source: LineageSource, now: datetime | None = None) -> Artefact:
     key_file = (key_status.st_dev, key_status.st_ino)
     twins = frozenset(label for label, path in _inputs(source)
                       if (seen[path][1].st_dev, seen[path][1].st_ino) == key_file)
-    for warning in files.key_file_warnings(source.key, key_status, os.geteuid()):
+    for warning in files.exposure(source.key, key_status, os.geteuid(), "private key file"):
         log.warning("%s", warning)  # whether or not the artefact is usable: the key sits there either way
     artefact, notes = check(raw, source, now or datetime.now(timezone.utc), twins)
     for note in dict.fromkeys(notes):

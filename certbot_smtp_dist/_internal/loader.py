@@ -35,10 +35,14 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Loaded:
     from certbot_smtp_dist._internal.plugins import make_manager, payload_formats
 
     require_trusted_config(path)  # before a byte of it, or of the credentials beside it, is read
+    log.debug("loading config %s", path)
     pm = make_manager()
     formats = payload_formats(pm)
     store = credential_store(path, environ)
     settings = load_settings(path, store.types(), formats)
+    for warning in settings.warnings:
+        log.warning("config %s: %s", path, warning)
+    log.debug("config %s: target(s) %s", path, ", ".join(t.name for t in settings.targets))
     return Loaded(settings, formats, store, pm)
 
 

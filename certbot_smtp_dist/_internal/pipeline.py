@@ -134,7 +134,8 @@ async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: f
     while True:
         attempts += 1
         began = loop.time()
-        outcome = await transport.deliver(target, message, job.password, max(deadline - loop.time(), 0.01))
+        outcome = await transport.deliver(target, message, job.password, max(deadline - loop.time(), 0.01),
+                                          job.secrets)
         accepted.extend(outcome.accepted)
         refusals.update(outcome.refused)
         failure = outcome.failure

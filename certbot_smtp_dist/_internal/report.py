@@ -21,6 +21,18 @@ EX_NOPERM = 77
 EX_CONFIG = 78
 
 
+# Structured fields a log call may pass as `extra`; `--log-format json` makes each a key of its own.
+LOG_FIELDS = ("target", "status", "phase", "code", "smtp_code", "message_id", "duration", "attempts")
+
+
+def log_fields(result: DeliveryResult) -> dict[str, Any]:
+    """The `extra` of a result's log line."""
+    f = result.failure
+    return {"target": result.target, "status": result.status.value, "phase": f.phase.value if f else None,
+            "code": f.code.value if f else None, "smtp_code": f.smtp_code if f else None,
+            "message_id": result.message_id, "duration": round(result.duration_s, 3), "attempts": result.attempts}
+
+
 def exit_status(results: Iterable[DeliveryResult]) -> int:
     failed = [r for r in results if not r.ok]
     if not failed:

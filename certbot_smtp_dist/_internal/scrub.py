@@ -152,15 +152,23 @@ class Scrubber:
 
     def text(self, text: str) -> str:
         """`text` with every spelling of every secret masked, then cut to `MAX_TEXT`; or the withheld note."""
-        if self.withhold:
+        clean = self.masked(text)
+        if clean is None:
             return WITHHELD
+        return clean if len(clean) <= MAX_TEXT else clean[: MAX_TEXT - 3] + "..."
+
+    def masked(self, text: str) -> str | None:
+        """`text`, of any length and lines, with every spelling of every secret masked; None when it must be
+        withheld (a short secret, or masks that kept forming new matches)."""
+        if self.withhold:
+            return None
         for _ in range(_MAX_PASSES):
             spans = self.spans(text)
             if not spans:
-                return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
+                return text
             for start, end in reversed(spans):
                 text = text[:start] + MASK + text[end:]
-        return WITHHELD  # masks kept forming new matches: show nothing rather than something
+        return None  # masks kept forming new matches: show nothing rather than something
 
 
 def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from certbot_smtp_dist._internal import classify
+from certbot_smtp_dist._internal import classify, portprobe, transcript
 from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import (
     AuthMethod,
@@ -68,11 +68,17 @@ def client_tls_context(target: Target) -> ssl.SSLContext:
     return ctx
 
 
-async def deliver(target: Target, message: Message, password: Secret | None, budget: float) -> SessionOutcome:
-    """Run one SMTP session; never raises for SMTP, network or TLS trouble, and never outlives `budget`."""
+async def deliver(target: Target, message: Message, password: Secret | None, budget: float,
+                  secrets: tuple[Secret, ...] = ()) -> SessionOutcome:
+    """Run one SMTP session; never raises for SMTP, network or TLS trouble, and never outlives `budget`.
+
+    `secrets`: every secret of the run, scrubbed from the `-vv` transcript along with `password`.
+    """
     progress = _Progress()
+    deadline = asyncio.get_running_loop().time() + budget
+    known = (*secrets, password) if password is not None else secrets
     try:
-        return await asyncio.wait_for(_session(target, message, password, progress, budget), timeout=budget)
+        return await asyncio.wait_for(_session(target, message, password, progress, budget, known), timeout=budget)
     except _Abort as abort:
         return SessionOutcome(refused=abort.refused, failure=abort.failure)
     except (asyncio.TimeoutError, TimeoutError) as exc:
@@ -87,14 +93,15 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        return SessionOutcome(failure=classify.translate(exc, progress.phase, progress.connected,
-                                                         progress.dot_sent))
+        failure = classify.translate(exc, progress.phase, progress.connected, progress.dot_sent)
+        return SessionOutcome(failure=await _wrong_port_hint(target, progress, exc, failure, deadline))
     finally:
         _close(progress)
 
 
 async def _session(
-    target: Target, message: Message, password: Secret | None, progress: _Progress, budget: float
+    target: Target, message: Message, password: Secret | None, progress: _Progress, budget: float,
+    secrets: tuple[Secret, ...],
 ) -> SessionOutcome:
     import aiosmtplib
 
@@ -106,13 +113,18 @@ async def _session(
     # (SMTP_TRANSIENT); aiosmtplib reports both as SMTPConnectTimeoutError. aiosmtplib < 3 (Debian 12 ships 2.0)
     # takes no host name with a socket and so cannot do implicit TLS over one: there it dials smtps itself.
     smtps = target.tls_mode is TlsMode.SMTPS
+    transcript.stages.debug("target %s: dialling %s port %d (tls_mode %s, %.1fs left)", target.name, target.host,
+                            target.port, target.tls_mode.value, budget,
+                            extra={"target": target.name, "phase": Phase.CONNECT.value})
     if socket_with_hostname or not smtps:
         progress.sock = await _open_socket(target.host, target.port, progress)
         progress.connected = True
+        if not smtps:
+            await _await_greeting(progress.sock, target, deadline)
         where: dict[str, Any] = {"sock": progress.sock, "hostname": target.host if socket_with_hostname else None}
     else:  # pragma: no cover - aiosmtplib 2.x
         where = {"hostname": target.host, "port": target.port}
-    client = aiosmtplib.SMTP(
+    client = transcript.Transcribed(aiosmtplib.SMTP(
         **where,
         use_tls=smtps,
         start_tls=False,  # never aiosmtplib's "STARTTLS if offered": we require it explicitly below
@@ -120,7 +132,7 @@ async def _session(
         # A hair under our deadline, so that aiosmtplib's own timeout (which says what it waited for) wins.
         timeout=max(deadline - loop.time() - 0.05, 0.1),
         local_hostname=_local_hostname(),
-    )
+    ), target, secrets)  # logs the conversation, scrubbed, for -vv
     progress.client = client
     progress.phase = Phase.TLS if target.tls_mode is TlsMode.SMTPS else Phase.CONNECT
     await client.connect()
@@ -181,7 +193,7 @@ async def _converse(
     return SessionOutcome(accepted=tuple(accepted), refused=tuple(refused), failure=failure)
 
 
-async def _data(client: Any, data: bytes, progress: _Progress) -> None:
+async def _data(client: transcript.Transcribed, data: bytes, progress: _Progress) -> None:
     """DATA in its two steps, so that we know when the final "." has left (RFC 5321 §4.1.1.4).
 
     aiosmtplib's `data()` writes the message and awaits the final reply in one call, so a reply lost after the dot
@@ -196,9 +208,10 @@ async def _data(client: Any, data: bytes, progress: _Progress) -> None:
     protocol = client.protocol
     if protocol is None:  # pragma: no cover - aiosmtplib raises on the 354 read before this
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    client.sending_message(len(data))  # the transcript shows its size, never the message
     protocol.write(data_lines(data))  # raises only when nothing could be handed to the connection
     progress.dot_sent = True
-    final = await protocol.read_response(timeout=client.timeout)
+    final = await client.final_reply(lambda: protocol.read_response(timeout=client.timeout))
     progress.dot_sent = False  # the relay answered: whatever it says is an answer, not a doubt
     if final.code != 250:
         raise aiosmtplib.SMTPDataError(final.code, final.message)
@@ -215,6 +228,40 @@ def data_lines(data: bytes) -> bytes:
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + b".\r\n"
+
+
+# -- wrong port for the TLS mode --------------------------------------------------------------------------------
+
+
+async def _await_greeting(sock: socket.socket, target: Target, deadline: float) -> None:
+    """A relay silent past `portprobe.greeting_wait` may be an implicit-TLS port waiting for our ClientHello: ask
+    on a second connection, bounded by the deadline; if it is not, keep waiting here (RFC 5321 §4.5.3.2.1)."""
+    loop = asyncio.get_running_loop()
+    if await portprobe.readable(sock, min(portprobe.greeting_wait(target.timeout), deadline - loop.time())):
+        return
+    transcript.stages.debug("target %s: no greeting yet; asking on a second connection whether the port speaks "
+                            "TLS first", target.name, extra={"target": target.name, "phase": Phase.CONNECT.value})
+    if await portprobe.speaks_tls_first(_dialler(target), target.host, deadline - loop.time() - 0.05):
+        raise _Abort(Failure(ErrorCode.SMTP_TLS, Phase.TLS, f"no greeting within "
+                             f"{portprobe.greeting_wait(target.timeout):.1f}s: {portprobe.TLS_FIRST}"))
+
+
+async def _wrong_port_hint(target: Target, progress: _Progress, exc: BaseException, failure: Failure,
+                           deadline: float) -> Failure:
+    """An implicit-TLS handshake that failed without the relay speaking TLS: if the port greets in clear, say so."""
+    if (target.tls_mode is not TlsMode.SMTPS or progress.phase is not Phase.TLS
+            or failure.code is not ErrorCode.SMTP_TLS or classify.peer_spoke_tls(exc)):
+        return failure
+    bound = min(portprobe.greeting_wait(target.timeout), deadline - asyncio.get_running_loop().time() - 0.05)
+    transcript.stages.debug("target %s: TLS handshake failed; asking on a second connection whether the port "
+                            "greets in clear", target.name, extra={"target": target.name, "phase": Phase.TLS.value})
+    if await portprobe.speaks_plaintext_first(_dialler(target), bound):
+        return Failure(ErrorCode.SMTP_TLS, Phase.TLS, f"{failure.detail}: {portprobe.PLAINTEXT_FIRST}")
+    return failure
+
+
+def _dialler(target: Target) -> portprobe.Dial:
+    return lambda: _open_socket(target.host, target.port, _Progress())
 
 
 async def _polite_quit(client: Any) -> None:

@@ -85,6 +85,8 @@ class DeployEnv:
         saved = dict(os.environ)
         logger = logging.getLogger("certbot_smtp_dist")
         saved_logging = (logger.handlers[:], logger.propagate, logger.level)
+        transcript = logging.getLogger("certbot_smtp_dist.transcript")
+        saved_transcript_level = transcript.level
         os.environ.clear()
         os.environ.update(self.env(extra_env))
         try:
@@ -102,6 +104,7 @@ class DeployEnv:
             os.environ.update(saved)
             # main() configures logging for a whole process; give the next in-process run (and caplog) it back.
             logger.handlers[:], logger.propagate, logger.level = saved_logging
+            transcript.setLevel(saved_transcript_level)  # -vv turns it on for the process
         return Run(code, out.getvalue(), err.getvalue())
 
     def run_process(self, *args: str, extra_env: Mapping[str, str] | None = None, stdin: str | None = None,

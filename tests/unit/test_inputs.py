@@ -183,10 +183,19 @@ def status(mode: int, uid: int) -> os.stat_result:
     (0o600, 4242, ["uid 4242", "chown 1000 '/etc/k y.pem'"]),
 ])
 def test_key_file_warnings_name_the_file_and_the_fix(mode: int, uid: int, expected: list[str]) -> None:
-    text = " | ".join(files.key_file_warnings(Path("/etc/k y.pem"), status(mode, uid), runner_uid=1000))
+    text = " | ".join(files.exposure(Path("/etc/k y.pem"), status(mode, uid), 1000, "private key file"))
     assert all(part in text for part in expected), text
     assert bool(text) == bool(expected)
     assert ("/etc/k y.pem" in text) == bool(expected)
+
+
+def test_a_directory_holding_secrets_is_held_to_0700_by_the_same_check() -> None:
+    open_dir = os.stat_result((stat.S_IFDIR | 0o755, 1, 1, 1, 1000, 0, 100, 0, 0, 0))
+    (problem,) = files.exposure(Path("/etc/x/credentials"), open_dir, 1000, "credentials directory")
+    assert problem == ("credentials directory /etc/x/credentials is open to group and others (mode 0755); it should "
+                       "be 0700; fix: chmod 700 /etc/x/credentials")
+    assert files.exposure(Path("/etc/x/credentials"), os.stat_result((stat.S_IFDIR | 0o700, 1, 1, 1, 0, 0, 100, 0, 0,
+                                                                       0)), 1000, "credentials directory") == []
 
 
 # ---------------------------------------------------------------------------------------------------- declarations

@@ -104,3 +104,17 @@ def test_base64_cores_are_found_at_every_alignment(data: bytes, before: bytes, a
     blob = base64.b64encode(before + data + after).decode()
     core = scrub.base64_cores(data)[len(before) % 3]
     assert core in blob
+
+
+@pytest.mark.parametrize("form", ["plain", "b64-plain-blob", "hex", "percent"])
+def test_masked_keeps_lines_and_length_but_no_spelling(form: str) -> None:
+    # The -vv transcript scrubs a whole multi-line reply at once (a secret split across its lines is whole again)
+    # and shows it line by line, uncut.
+    reply = "250-relay.test\n" + split_lines(encodings(PW)[form], 5) + "\n250 " + "x" * scrub.MAX_TEXT
+    masked = scrub.Scrubber.of([Secret(PW)]).masked(reply)
+    assert masked is not None and leaks(PW, masked) == []
+    assert masked.startswith("250-relay.test\n") and masked.endswith("x" * scrub.MAX_TEXT) and scrub.MASK in masked
+
+
+def test_masked_is_none_while_a_secret_is_too_short() -> None:
+    assert scrub.Scrubber.of([Secret("a5b7c"), Secret(PW)]).masked("220 relay ready") is None
