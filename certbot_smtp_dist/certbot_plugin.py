@@ -20,7 +20,7 @@ from certbot import errors, interfaces
 from certbot.plugins import common
 
 if TYPE_CHECKING:
-    from certbot_smtp_dist._internal import installer as core
+    from certbot_smtp_dist._internal import certbot_adapter as core
     from certbot_smtp_dist.model import LineageSource
 
 log = logging.getLogger("certbot_smtp_dist")
@@ -59,7 +59,7 @@ class Installer(common.Installer, interfaces.RenewDeployer):
                  "filter matches); saved for renewals")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        from certbot_smtp_dist._internal import installer as core
+        from certbot_smtp_dist._internal import certbot_adapter as core
 
         super().__init__(*args, **kwargs)
         self._collected = core.Collector()
@@ -73,7 +73,7 @@ class Installer(common.Installer, interfaces.RenewDeployer):
                 "hosts no names. Dry runs send nothing.")
 
     def prepare(self) -> None:
-        from certbot_smtp_dist._internal import installer as core
+        from certbot_smtp_dist._internal import certbot_adapter as core
 
         if self._renewing:
             # renew_deploy() reports configuration problems with the certificate they affect; raising here would
@@ -99,7 +99,7 @@ class Installer(common.Installer, interfaces.RenewDeployer):
     def deploy_cert(self, domain: str, cert_path: str, key_path: str, chain_path: str | None = None,
                     fullchain_path: str | None = None) -> None:
         """Remember the certificate; certbot calls this once per name, and `save`/`restart` send it once."""
-        from certbot_smtp_dist._internal import installer as core
+        from certbot_smtp_dist._internal import certbot_adapter as core
 
         name = core.lineage_name(fullchain_path, self.config.live_dir, self.config.certname)
         self._collected.add(core.lineage_source(cert_path, key_path, chain_path, fullchain_path, name))
@@ -141,7 +141,7 @@ class Installer(common.Installer, interfaces.RenewDeployer):
             log.info("smtp-dist: dry run: nothing sent for %s", lineage.lineagename)
             return
         try:
-            from certbot_smtp_dist._internal import installer as core
+            from certbot_smtp_dist._internal import certbot_adapter as core
 
             source = core.lineage_source(lineage.cert_path, lineage.key_path, lineage.chain_path,
                                          lineage.fullchain_path, lineage.lineagename)
@@ -159,7 +159,7 @@ class Installer(common.Installer, interfaces.RenewDeployer):
         return getattr(self.config, "verb", None) == "renew"
 
     def _options(self) -> core.Options:
-        from certbot_smtp_dist._internal import installer as core
+        from certbot_smtp_dist._internal import certbot_adapter as core
 
         return core.resolve_options(self.conf("config"), self.conf("targets"))
 
@@ -167,7 +167,7 @@ class Installer(common.Installer, interfaces.RenewDeployer):
         """On `reconfigure`, the live certificate to rehearse with (render, send nothing); None elsewhere."""
         from pathlib import Path
 
-        from certbot_smtp_dist._internal import installer as core
+        from certbot_smtp_dist._internal import certbot_adapter as core
 
         certname = self.config.certname
         if not certname or getattr(self.config, "verb", None) != "reconfigure":
@@ -186,7 +186,7 @@ class Installer(common.Installer, interfaces.RenewDeployer):
         return errors.PluginError(f"smtp-dist: {exc.one_line()}")  # certbot shows it through repr()
 
     def _flush(self) -> None:
-        from certbot_smtp_dist._internal import installer as core
+        from certbot_smtp_dist._internal import certbot_adapter as core
 
         sources = self._collected.take()
         if not sources:

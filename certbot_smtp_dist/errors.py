@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import errno
 from dataclasses import dataclass
 
 
@@ -71,6 +72,18 @@ class PayloadError(SmtpDistError):
 
 class CredentialError(SmtpDistError):
     """A stored credential is missing, of the wrong type, or cannot be decrypted."""
+
+
+class UnsafePathError(SmtpDistError, PermissionError):
+    """A file or directory we would trust is not safe to trust: foreign owner, writable by others, or a symbolic
+    link planted inside the state directory (exit status 77, EX_NOPERM). Nothing is read from it."""
+
+    def __init__(self, path: object, problem: str, fix: str) -> None:
+        self.message = f"{path}: {problem}; {fix}"
+        super().__init__(errno.EPERM, self.message, str(path))
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class UsageError(SmtpDistError):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +121,30 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When to try again, in one value: within a run (`attempts`, exponential backoff with jitter, all inside the
+    target's `timeout`), and across runs (`retry` gives up on a spool entry older than `max_age`). RFC 5321
+    §4.5.4.1 asks for backoff between attempts and for giving up after at least 4-5 days.
+    From [defaults]: `retry_attempts`, `retry_max_age` (days)."""
+
+    attempts: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    min_budget: float = 1.0  # do not start an attempt with less time left than this
+    max_age: timedelta = timedelta(days=5)
+
+    def delay(self, attempt: int) -> float:
+        raw: float = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        return raw * random.uniform(0.5, 1.5)  # full jitter keeps many hosts from retrying in step
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The validated configuration file, and what in it deserves a warning but works."""
 
     path: Path
     targets: tuple[Target, ...]
+    retry: RetryPolicy = RetryPolicy()
     warnings: tuple[ConfigProblem, ...] = ()
 
     def target(self, name: str) -> Target | None:
@@ -249,6 +269,19 @@ class Failure:
         return self.code.retryable if self.retryable is None else self.retryable
 
 
+def failure_json(failure: Failure | None) -> dict[str, Any]:
+    """The one place a failure becomes JSON: the --json output, spool entries and journal lines all use it."""
+    f = failure
+    return {
+        "error_code": f.code.value if f else None,
+        "retryable": f.is_retryable if f else False,
+        "phase": f.phase.value if f else None,
+        "smtp_code": f.smtp_code if f else None,
+        "enhanced_status": f.enhanced_status if f else None,
+        "detail": f.detail if f else None,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
     target: str
@@ -266,16 +299,10 @@ class DeliveryResult:
         return self.status in (Status.DELIVERED, Status.SKIPPED, Status.RENDERED)
 
     def to_json(self) -> dict[str, Any]:
-        f = self.failure
         return {
             "target": self.target,
             "status": self.status.value,
-            "error_code": f.code.value if f else None,
-            "retryable": f.is_retryable if f else False,
-            "phase": f.phase.value if f else None,
-            "smtp_code": f.smtp_code if f else None,
-            "enhanced_status": f.enhanced_status if f else None,
-            "detail": f.detail if f else None,
+            **failure_json(self.failure),
             "message_id": self.message_id,
             "refused_recipients": {addr: r.to_json() for addr, r in self.refused},
             "duration_s": round(self.duration_s, 3),

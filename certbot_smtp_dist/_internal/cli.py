@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, NoReturn
 
 from certbot_smtp_dist import __version__
 from certbot_smtp_dist._internal import report
-from certbot_smtp_dist.errors import CredentialError, OutputError, SmtpDistError, UsageError
+from certbot_smtp_dist.errors import (
+    CredentialError,
+    OutputError,
+    SmtpDistError,
+    UnsafePathError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from certbot_smtp_dist._internal.credentials import CredentialStore
@@ -182,8 +188,11 @@ def _source(args: argparse.Namespace) -> LineageSource:
 def _store(args: argparse.Namespace) -> CredentialStore:
     from certbot_smtp_dist._internal.config import config_path
     from certbot_smtp_dist._internal.credentials import CredentialStore
+    from certbot_smtp_dist._internal.ownership import require_trusted_config
 
-    return CredentialStore(config_path(args.config).parent)
+    config = config_path(args.config)
+    require_trusted_config(config)
+    return CredentialStore(config.parent)
 
 
 def cmd_credentials_set(args: argparse.Namespace) -> int:
@@ -284,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CredentialError as exc:
         print(f"certbot-smtp-dist: error: {exc}", file=sys.stderr)
         return report.EX_CONFIG
+    except UnsafePathError as exc:
+        print(f"certbot-smtp-dist: error: refusing to trust {exc}", file=sys.stderr)
+        return report.EX_NOPERM
     except OutputError as exc:
         print(f"certbot-smtp-dist: error: {exc}", file=sys.stderr)
         return exc.exit_status

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from certbot_smtp_dist._internal.state import StateKeys
 
 # Nagios plugin convention, so monitoring can use `status` as a check as is.
 STATUS_OK, STATUS_WARNING, STATUS_CRITICAL = 0, 1, 2
@@ -49,15 +53,36 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
 
 
 def _state(args: argparse.Namespace) -> Path:
+    from certbot_smtp_dist._internal.ownership import require_trusted_state
     from certbot_smtp_dist._internal.state import state_dir
 
-    return state_dir(args.state_dir)
+    path = state_dir(args.state_dir)
+    require_trusted_state(path)
+    return path
+
+
+def _keys(args: argparse.Namespace, state: Path) -> StateKeys:
+    """The state's keys, from the credential store beside the config (its master key is created if missing: the
+    state cannot be read without them); a 0.1.0 state directory is upgraded on this first use."""
+    from certbot_smtp_dist._internal.config import config_path
+    from certbot_smtp_dist._internal.loader import credential_store
+    from certbot_smtp_dist._internal.ownership import require_trusted_config
+    from certbot_smtp_dist._internal.state import state_keys
+    from certbot_smtp_dist._internal.upgrade import upgrade
+
+    config = config_path(args.config)
+    require_trusted_config(config)
+    keys = state_keys(credential_store(config), state, create=True)
+    if state.is_dir():
+        upgrade(state, config, keys)
+    return keys
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from certbot_smtp_dist._internal import report, retry
+    from certbot_smtp_dist._internal import drain, report
+    from certbot_smtp_dist._internal.config import config_path
 
-    result = retry.run(_state(args), Path(args.config) if args.config else None, args.include_failed,
+    result = drain.run(_state(args), config_path(args.config), args.include_failed,
                        include_uncertain=args.include_uncertain)
     if args.json:
         print(report.json_document(None, result.results, extra={
@@ -66,12 +91,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from certbot_smtp_dist._internal.spool import FAILED, UNCERTAIN, Spool
+    from certbot_smtp_dist._internal.spool import FAILED, UNCERTAIN, Rejected, Spool
 
+    state = _state(args)
     rows: list[dict[str, Any]] = []
-    for item in Spool(_state(args)).entries():
-        if isinstance(item, tuple):
-            rows.append({"id": item[0].stem, "state": "damaged", "detail": item[1]})
+    for item in Spool(state, _keys(args, state).spool).entries():
+        if isinstance(item, Rejected):
+            rows.append({"id": item.path.stem, "file": str(item.path), "state": "rejected", "detail": item.problem})
             continue
         failure = item.last_failure or {}
         rows.append({"id": item.id, "state": item.state, "kind": item.kind, "target": item.target,
@@ -87,12 +113,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("OK: no pending, uncertain or failed deliveries")
     else:
         for r in rows:
+            if r["state"] == "rejected":
+                print(f"REJECTED: spool file {r['file']}: {r['detail']}")
+                continue
             what = "deploy blocked" if r.get("kind") == "blocked" else f"target={r.get('target')}"
             print(f"{r['state'].upper()}: {r['id']} {what} certificate={r.get('certificate')} "
                   f"attempts={r.get('attempts')} since={r.get('created')} {r.get('error_code') or ''} "
                   f"{r.get('detail') or ''}{_uncertain_note(r)}".rstrip())
     # An uncertain delivery that `retry` will not re-send by itself needs a human as much as a failed one.
-    if any(r["state"] in (FAILED, "damaged") or r.get("resend_due") is False for r in rows):
+    if any(r["state"] in (FAILED, "rejected") or r.get("resend_due") is False for r in rows):
         return STATUS_CRITICAL
     return STATUS_WARNING if rows else STATUS_OK
 
@@ -107,26 +136,33 @@ def _uncertain_note(row: dict[str, Any]) -> str:
 
 def cmd_dismiss(args: argparse.Namespace) -> int:
     from certbot_smtp_dist._internal.ledger import Ledger
-    from certbot_smtp_dist._internal.spool import Spool
+    from certbot_smtp_dist._internal.spool import Busy, Rejected, Spool
 
     state = _state(args)
-    spool = Spool(state)
+    keys = _keys(args, state)
+    spool = Spool(state, keys.spool)
+    ledger = Ledger(state, "dismiss", keys)
     code = 0
     for entry_id in args.entry:
-        entry = spool.load(entry_id)
-        if entry is None:
-            print(f"no spool entry {entry_id}", file=sys.stderr)
-            code = 1
-            continue
-        lock = spool.lock(entry_id)
-        if not lock.acquire(blocking=False):
-            print(f"entry {entry_id} is being delivered right now", file=sys.stderr)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", entry_id):
+            print(f"not a spool entry id: {entry_id!r}", file=sys.stderr)
             code = 1
             continue
         try:
-            Ledger(state, "dismiss", Path(entry.config)).close(entry, "dismissed", None, "dismissed by hand")
-        finally:
-            lock.release()
+            with spool.claim(entry_id) as entry:
+                if entry is None:
+                    print(f"no spool entry {entry_id}", file=sys.stderr)
+                    code = 1
+                    continue
+                ledger.close(entry, "dismissed", None, "dismissed by hand")
+        except Busy:
+            print(f"entry {entry_id} is being delivered right now", file=sys.stderr)
+            code = 1
+            continue
+        except Rejected as rejected:  # never acted on; removing it by hand is journalled
+            spool.discard(rejected.path)
+            ledger.record("dismissed", None, None, detail=f"rejected spool file {rejected.path.name} removed by "
+                                                          f"hand: {rejected.problem}")
         print(f"dismissed {entry_id}", file=sys.stderr)
     return code
 
@@ -141,7 +177,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(json.dumps({"history": rows}, indent=2))
         return 0
     for r in rows:
-        extra = f" {r.get('error_code')} {r.get('reply') or ''}" if r.get("error_code") else ""
+        extra = f" {r.get('error_code')} {r.get('detail') or r.get('reply') or ''}" if r.get("error_code") else ""
         print(f"{r.get('time')} {r.get('target') or '-'} {r.get('event')}/{r.get('outcome') or '-'} "
               f"{r.get('certificate') or '-'} serial={r.get('serial') or '-'} recipients={r.get('recipients', '-')} "
               f"{r.get('message_id') or ''}{extra}".rstrip())
@@ -151,12 +187,16 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_journal_verify(args: argparse.Namespace) -> int:
     from certbot_smtp_dist._internal.journal import Journal
 
-    verdict = Journal(_state(args)).verify()
+    state = _state(args)
+    keys = _keys(args, state)
+    verdict = Journal(state, keys.journal, keys.journal_anchor).verify()
     for note in verdict.notes:
         print(f"note: {note}", file=sys.stderr)
     if verdict.ok:
-        print(f"journal OK: {verdict.lines} line(s), hash chain intact")
+        print(f"journal OK: {verdict.lines} line(s), HMAC chain intact up to the recorded head")
         return 0
+    if verdict.first_bad_line is not None:
+        print(f"TAMPERED: first bad line: {verdict.first_bad_line}")
     for problem in verdict.problems:
         print(f"TAMPERED: {problem}")
     return 1

@@ -8,6 +8,8 @@ import re
 import shlex
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,14 @@ from certbot_smtp_dist._internal.addresses import (
 )
 from certbot_smtp_dist._internal.files import chosen_path
 from certbot_smtp_dist.errors import ConfigError, ConfigProblem
-from certbot_smtp_dist.model import AuthMethod, PayloadFormat, Settings, Target, TlsMode
+from certbot_smtp_dist.model import (
+    AuthMethod,
+    PayloadFormat,
+    RetryPolicy,
+    Settings,
+    Target,
+    TlsMode,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,6 +47,7 @@ MAX_FROM_NAME = 128
 MAX_SUBJECT_PREFIX = 64  # the Subject also holds the certificate's name and date (RFC 5322 §2.1.1: 78 per line)
 TARGET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
+RETRY_KEYS = ("retry_attempts", "retry_max_age")  # [defaults] only: one policy for the whole run
 KNOWN_KEYS = frozenset(
     {
         "host", "port", "tls_mode", "tls_skip_verify", "tls_ca_file", "auth_method", "username",
@@ -89,9 +99,11 @@ def parse_settings(
     if not isinstance(defaults, dict):
         problems.append(ConfigProblem(None, "defaults", "must be a table"))
         defaults = {}
+    defaults = dict(defaults)
+    retry = _retry_policy({k: defaults.pop(k) for k in RETRY_KEYS if k in defaults}, problems)
     for key in defaults:
         if key not in KNOWN_KEYS:
-            problems.append(ConfigProblem(None, f"defaults.{key}", unknown_key(key, KNOWN_KEYS)))
+            problems.append(ConfigProblem(None, f"defaults.{key}", unknown_key(key, KNOWN_KEYS | set(RETRY_KEYS))))
     tables = doc.get("targets", {})
     if not isinstance(tables, dict) or not tables:
         problems.append(ConfigProblem(None, "targets", "no targets: add at least one [targets.NAME] table"))
@@ -111,7 +123,23 @@ def parse_settings(
             targets.append(target)
     if problems:
         raise ConfigError(_once(problems), str(path))
-    return Settings(path=path, targets=tuple(targets), warnings=tuple(_once(warnings)))
+    return Settings(path=path, targets=tuple(targets), retry=retry, warnings=tuple(_once(warnings)))
+
+
+def _retry_policy(doc: Mapping[str, Any], problems: list[ConfigProblem]) -> RetryPolicy:
+    """[defaults] retry_attempts (SMTP sessions per run, 1-10) and retry_max_age (days a spool entry is retried,
+    RFC 5321 §4.5.4.1 suggests 4-5; more than 0, at most 30)."""
+    policy = RetryPolicy()
+    attempts = doc.get("retry_attempts", policy.attempts)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 10:
+        problems.append(ConfigProblem(None, "defaults.retry_attempts", "must be a whole number from 1 to 10"))
+        attempts = policy.attempts
+    days = doc.get("retry_max_age", policy.max_age / timedelta(days=1))
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= 30:
+        problems.append(ConfigProblem(None, "defaults.retry_max_age", "must be a number of days, more than 0 and "
+                                                                      "at most 30"))
+        days = policy.max_age / timedelta(days=1)
+    return replace(policy, attempts=attempts, max_age=timedelta(days=days))
 
 
 def closest_key(key: str, known: frozenset[str] | tuple[str, ...]) -> str | None:

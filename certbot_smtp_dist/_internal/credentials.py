@@ -7,6 +7,8 @@ sealed under the master key. Name and type are bound as associated data, so a fi
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -138,6 +140,17 @@ class CredentialStore:
                 f"credential {name!r} cannot be decrypted: wrong master key, or the file was altered or renamed"
             ) from exc
         return Secret(plain.decode("utf-8"))
+
+    # -- keys for the state --------------------------------------------------------------------------------------
+    def state_key(self, purpose: str, create: bool = False) -> bytes:
+        """The HMAC-SHA256 key that authenticates one part of the state (`journal`, `spool`).
+
+        Derived from the master key (created with it, 0600, if missing and `create`), so it lives wherever the master key lives,
+        this directory or a systemd credential, and never in the state directory it protects. The master key is 32
+        random bytes, so one HMAC over a label is a sound key derivation (HKDF-Expand, RFC 5869 §2.3, one block).
+        """
+        label = f"certbot-smtp-dist/state-key/v1\x00{purpose}".encode()
+        return hmac.new(self._master_key(create=create), label, hashlib.sha256).digest()
 
     # -- master key ---------------------------------------------------------------------------------------------
     def master_key_location(self) -> Path:

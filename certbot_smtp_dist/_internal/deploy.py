@@ -1,45 +1,34 @@
-"""The one use case both adapters call: ship one certificate to the configured targets and report."""
+"""The deploy use case both adapters call: ship one certificate to the configured targets, save, and report."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pluggy
-
-from certbot_smtp_dist._internal import pipeline, report
-from certbot_smtp_dist._internal.config import PASSWORD_TYPE, load_settings
-from certbot_smtp_dist._internal.credentials import CredentialStore
-
-if TYPE_CHECKING:
-    from certbot_smtp_dist._internal.ledger import Ledger
-from certbot_smtp_dist.errors import (
-    CertificateError,
-    ConfigError,
-    ConfigProblem,
-    CredentialError,
-    ErrorCode,
-    UsageError,
-)
+from certbot_smtp_dist._internal import loader, pipeline, report
+from certbot_smtp_dist.errors import CertificateError, ConfigError, ConfigProblem, ErrorCode
 from certbot_smtp_dist.model import (
     Artefact,
-    AuthMethod,
     CertificateFacts,
     DeliveryResult,
     Failure,
     LineageSource,
-    PayloadFormat,
     Phase,
+    RetryPolicy,
     Secret,
-    Settings,
     Status,
     Target,
+    failure_json,
 )
+
+if TYPE_CHECKING:
+    from certbot_smtp_dist._internal.ledger import Ledger
 
 log = logging.getLogger("certbot_smtp_dist")
 
@@ -65,49 +54,13 @@ class DeployReport:
     state_ok: bool = True  # journal and spool written; False: failures of this run will not be retried
 
 
-@dataclass(frozen=True, slots=True)
-class LoadedConfig:
-    """Validated settings plus the registries and store they were validated against."""
-
-    settings: Settings
-    formats: Mapping[str, PayloadFormat]
-    store: CredentialStore
-    plugins: pluggy.PluginManager
-
-
-def load_config(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
-    from certbot_smtp_dist._internal.plugins import make_manager, payload_formats
-
-    log.debug("loading config %s", path)
-    pm = make_manager()
-    formats = payload_formats(pm)
-    store = CredentialStore(path.parent, dict(environ) if environ is not None else None)
-    settings = load_settings(path, store.types(), formats)
-    for warning in settings.warnings:
-        log.warning("config %s: %s", path, warning)
-    log.debug("config %s: target(s) %s", path, ", ".join(t.name for t in settings.targets))
-    return LoadedConfig(settings, formats, store, pm)
-
-
-def select(settings: Settings, names: tuple[str, ...]) -> tuple[Target, ...]:
-    if not names:
-        return settings.targets
-    unknown = [n for n in names if settings.target(n) is None]
-    if unknown:
-        raise UsageError(f"unknown target(s): {', '.join(unknown)} (configured: "
-                         f"{', '.join(t.name for t in settings.targets)})")
-    return tuple(t for t in settings.targets if t.name in names)
-
-
 def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
-    """Validate config and artefact, then deliver (or render). Raises only UsageError."""
-    from certbot_smtp_dist._internal.ledger import Ledger
-
+    """Validate config and artefact, then deliver (or render). Raises only UsageError and UnsafePathError
+    (a config, credentials or state path someone else could write: nothing is read there, nothing dialled)."""
     now = now or datetime.now(timezone.utc)
-    ledger = Ledger(request.state_dir, "deploy", request.config, now, request.source) \
-        if request.state_dir is not None and not request.dry_run else None
+    ledger, state_ok = _open_state(request, now)
     try:
-        loaded = load_config(request.config, request.environ)
+        loaded = loader.load(request.config, request.environ)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("config %s: %s", request.config, problem)
@@ -115,46 +68,68 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
             ledger.record("config_error", None, None, detail=str(exc))
             ledger.block(f"configuration unusable: {exc}", None)
         return DeployReport(None, config_errors=exc.problems, exit_status=report.EX_CONFIG,
-                            state_ok=ledger.healthy if ledger else True)
-    formats = loaded.formats
-    targets = select(loaded.settings, request.targets)
-
+                            state_ok=ledger.healthy if ledger else state_ok)
+    targets = loader.select(loaded.settings, request.targets)
     started = time.monotonic()  # every target's `timeout` counts from here: reading the files and payloads included
     try:
         artefact = _read_certificate(request.source, now)
     except CertificateError as exc:
-        return _unusable_certificate(exc, targets, ledger)
-
+        return _unusable_certificate(exc, targets, ledger, state_ok)
     wanted = [t for t in targets if t.matches(artefact.facts.names)]
     try:
         # A dry run decrypts every secret the real run would use (and so checks the master key and the modes
         # and owners of the files): only dialling is skipped.
-        secrets = unlock(loaded.store, wanted, formats, with_passwords=True)
-    except _Locked as exc:
+        secrets = loader.unlock(loaded.store, wanted, loaded.formats, with_passwords=True)
+    except loader.Locked as exc:
         for problem in exc.problems:
             log.error("config %s: %s", request.config, problem)
         if ledger:
             ledger.block(f"credentials unusable: {exc}", None, artefact.facts)
         return DeployReport(artefact.facts, config_errors=tuple(exc.problems), exit_status=report.EX_CONFIG,
-                            state_ok=ledger.healthy if ledger else True)
+                            state_ok=ledger.healthy if ledger else state_ok)
     if ledger:
         ledger.unblock()
-
-    jobs = []
-    for target in targets:
-        if target in wanted:
-            pipeline.warn_about(target, formats[target.payload])
-        jobs.append(pipeline.prepare_job(target, artefact, formats, secrets, now))
-        _log_prepared(jobs[-1])
-    if request.dry_run:
-        results = pipeline.rendered_results(jobs, request.output)
-    else:
-        results = _deliver(jobs, artefact.facts, request.source, ledger, started)
-        notify_all(loaded.plugins, artefact.facts, results)
+    results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started)
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
-                        state_ok=ledger.healthy if ledger else True)
+                        state_ok=ledger.healthy if ledger else state_ok)
+
+
+def _open_state(request: DeployRequest, now: datetime) -> tuple[Ledger | None, bool]:
+    """Trust checks first (nothing read or dialled otherwise), then the keyed state, upgraded from 0.1.0 if needed.
+    (None, True): no state wanted; (None, False): wanted but unusable (logged)."""
+    from certbot_smtp_dist._internal.ledger import Ledger
+    from certbot_smtp_dist._internal.ownership import require_trusted_config, require_trusted_state
+    from certbot_smtp_dist._internal.upgrade import upgrade
+
+    require_trusted_config(request.config)
+    if request.state_dir is None or request.dry_run:
+        return None, True
+    require_trusted_state(request.state_dir)
+    keys = loader.open_state_keys(request.config, request.environ, request.state_dir)
+    if keys is None:
+        return None, False
+    upgrade(request.state_dir, request.config, keys)
+    return Ledger(request.state_dir, "deploy", keys, now, request.source), True
+
+
+def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, targets: tuple[Target, ...],
+          wanted: list[Target], secrets: Mapping[str, Secret], ledger: Ledger | None,
+          now: datetime, started: float) -> list[DeliveryResult]:
+    jobs = []
+    for target in targets:
+        if target in wanted:
+            pipeline.warn_about(target, loaded.formats[target.payload])
+        jobs.append(pipeline.prepare_job(target, artefact, loaded.formats, secrets, now))
+        _log_prepared(jobs[-1])
+    if request.dry_run:
+        return pipeline.rendered_results(jobs, request.output)
+    from certbot_smtp_dist._internal.plugins import notify_all
+
+    results = _deliver(jobs, artefact.facts, request.source, ledger, loaded.settings.retry, started)
+    notify_all(loaded.plugins, artefact.facts, results)
+    return results
 
 
 def _read_certificate(source: LineageSource, now: datetime) -> Artefact:
@@ -177,68 +152,30 @@ def _log_prepared(job: pipeline.Job) -> None:
 
 
 def _unusable_certificate(exc: CertificateError, targets: tuple[Target, ...],
-                          ledger: Ledger | None) -> DeployReport:
+                          ledger: Ledger | None, state_ok: bool) -> DeployReport:
     """Every selected target fails with SMTP_PAYLOAD; nothing is dialled."""
     log.error("%s; nothing was sent", exc)
     failure = Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, "; ".join(exc.problems))
     if ledger is not None:
         for t in targets:
-            ledger.record("attempt", None, t.name, outcome="failed", error_code=failure.code.value,
-                          phase=failure.phase.value, reply=failure.detail, attempt=0)
+            ledger.record("attempt", None, t.name, outcome="failed", attempt=0, **failure_json(failure))
         ledger.block(f"certificate files unusable: {failure.detail}", failure.code.value)
     failed = tuple(DeliveryResult(t.name, Status.FAILED, failure) for t in targets)
     return DeployReport(None, failed, certificate_problems=exc.problems, exit_status=report.EX_DATAERR,
-                        state_ok=ledger.healthy if ledger else True)
+                        state_ok=ledger.healthy if ledger else state_ok)
 
 
 def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageSource,
-             ledger: Ledger | None, started: float) -> list[DeliveryResult]:
-    """Send every job; the ledger writes ahead, journals each attempt and settles each entry."""
+             ledger: Ledger | None, policy: RetryPolicy, started: float) -> list[DeliveryResult]:
+    """Write ahead (each entry claimed before the first connection), deliver, then save each outcome while the
+    entry is still claimed; the event loop itself touches no state."""
     if ledger is None:
-        return pipeline.deliver_all(jobs, started=started)
-    for job in jobs:
-        ledger.begin(facts, source, job)
-    results = pipeline.deliver_all(jobs, started=started,
-                                   observer=lambda job, result: ledger.settle(facts, job, result),
-                                   on_attempt=lambda job, attempt: ledger.attempt(facts, job, attempt))
+        return [d.result for d in pipeline.deliver_all(jobs, policy, started=started)]
+    with ExitStack() as claims:
+        entries = [claims.enter_context(ledger.write_ahead(facts, source, job)) for job in jobs]
+        deliveries = pipeline.deliver_all(jobs, policy, started=started)
+        for delivery, entry in zip(deliveries, entries, strict=True):
+            ledger.save(facts, delivery, entry)
+    results = [d.result for d in deliveries]
     ledger.supersede_older({r.target for r in results if r.status is Status.DELIVERED}, facts)
     return results
-
-
-def notify_all(plugins: pluggy.PluginManager, facts: CertificateFacts, results: list[DeliveryResult]) -> None:
-    """Observers run after every target finished, outside the event loop: a slow one delays nobody's delivery."""
-    from certbot_smtp_dist._internal.plugins import notify_finished
-
-    for result in results:
-        notify_finished(plugins, facts, result)
-
-
-class _Locked(CredentialError):
-    def __init__(self, problems: list[ConfigProblem]) -> None:
-        super().__init__("; ".join(str(p) for p in problems))
-        self.problems = problems
-
-
-def unlock(
-    store: CredentialStore, targets: list[Target], formats: Mapping[str, PayloadFormat], with_passwords: bool
-) -> dict[str, Secret]:
-    """Decrypt exactly the secrets the matching targets need; every failure named by target and key."""
-    secrets: dict[str, Secret] = {}
-    problems: list[ConfigProblem] = []
-    for t in targets:
-        needed: list[tuple[str, str, str]] = []
-        if with_passwords and t.auth_method is not AuthMethod.NONE and t.password_credential:
-            needed.append(("password_credential", t.password_credential, PASSWORD_TYPE))
-        ctype = formats[t.payload].credential_type
-        if ctype and t.pkcs12_passphrase_credential:
-            needed.append(("pkcs12_passphrase_credential", t.pkcs12_passphrase_credential, ctype))
-        for key, name, ctype_ in needed:
-            if name in secrets:
-                continue
-            try:
-                secrets[name] = store.get(name, ctype_)
-            except CredentialError as exc:
-                problems.append(ConfigProblem(t.name, key, str(exc)))
-    if problems:
-        raise _Locked(problems)
-    return secrets

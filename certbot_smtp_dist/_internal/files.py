@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from certbot_smtp_dist.errors import UnsafePathError
+
 log = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
@@ -29,18 +31,58 @@ def chosen_path(cli_value: str | None, env_name: str, default: Path,
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) as 0700 if missing; an existing directory keeps its mode."""
-    if not path.is_dir():
+    """Create `path` (and parents) as 0700 if missing; an existing directory keeps its mode but must be a real
+    directory, not a symbolic link (ownership.py checks owner and mode before anything is trusted)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
         old = os.umask(0o077)
         try:
             path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         finally:
             os.umask(old)
+        st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise _planted(path)
     return path
+
+
+def open_nofollow(path: Path, flags: int, mode: int = FILE_MODE) -> int:
+    """os.open that never follows a symbolic link at `path`: a planted link is an error naming it, its target
+    untouched (O_NOFOLLOW makes open(2) fail with ELOOP on a link)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and os.path.islink(path)):
+            raise _planted(path) from exc
+        raise
+
+
+def read_nofollow(path: Path) -> bytes:
+    """The whole content of a regular file, never through a symbolic link."""
+    fd = open_nofollow(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def refuse_link(path: Path) -> None:
+    """Raise if `path` is a symbolic link (before replacing it by rename, which would not follow it but would
+    silently remove the evidence)."""
+    try:
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise _planted(path)
+    except FileNotFoundError:
+        return
+
+
+def _planted(path: Path) -> UnsafePathError:
+    return UnsafePathError(path, "is a symbolic link (or not a regular entry) inside the state; never followed",
+                           f"remove it (rm {path}) after checking who planted it")
 
 
 def write_private(path: Path, data: bytes) -> None:
     """Atomically replace `path` with `data` as a 0600 file, fsynced with its directory."""
+    refuse_link(path)
     tmp = _complete_temp(path, data)
     try:
         os.replace(tmp, path)
@@ -83,7 +125,7 @@ def _complete_temp(path: Path, data: bytes) -> str:
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = open_nofollow(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:

@@ -1,17 +1,26 @@
-"""The delivery journal: append-only JSON Lines, each line chained to the previous one by SHA-256.
+"""The delivery journal: append-only JSON Lines, each line authenticated and chained by HMAC-SHA256.
 
-Line N carries `prev`, the SHA-256 of line N-1's bytes (64 zeros for the first), and `seq` = N. A side file
-`journal.head` records the last line's seq and hash, so removing lines from the end is detected too.
-Appends happen under an flock and in one write(2) of a whole line, fsynced.
+Line N reads `{"seq":N,...facts...,"prev":"<MAC of line N-1>","mac":"<MAC of line N>"}`. A line's MAC is
+HMAC-SHA256, under the journal key from the credential store, over the line's exact bytes up to `,"mac"` plus the
+closing brace; `prev` chains it to the line before. `journal.head` records the line count and the last MAC, itself
+under a MAC, so lines cut from the end are noticed too. What this proves and what it cannot: README.rst, "Journal".
+
+A 0.1.0 journal (an unkeyed SHA-256 chain) is sealed on first use: renamed to `journal-0.1.0.jsonl` (its head to
+`journal-0.1.0.head`) and anchored by the first keyed line, which records its line count and last hash.
+Appends happen under an flock, in one write(2) of a whole line, fsynced; nothing is opened through a symlink.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import hmac
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,118 +31,308 @@ GENESIS = "0" * 64
 JOURNAL_FILE = "journal.jsonl"
 HEAD_FILE = "journal.head"
 LOCK_FILE = "journal.lock"
+SEALED_FILE = "journal-0.1.0.jsonl"
+SEALED_HEAD = "journal-0.1.0.head"
+FORMAT = 2
+_MAC_FIELD = re.compile(rb',"mac":"([0-9a-f]{64})"\}$')
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    line: int  # 1-based line of journal.jsonl; 0: the journal as a whole (missing file, head)
+    text: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.text}" if self.line else self.text
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     ok: bool
     lines: int
-    problems: tuple[str, ...]
+    problems: tuple[Problem, ...]
     notes: tuple[str, ...] = ()
+
+    @property
+    def first_bad_line(self) -> int | None:
+        numbered = [p.line for p in self.problems if p.line]
+        return min(numbered) if numbered else None
 
 
 class Journal:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, key: bytes | None = None, anchor: Path | None = None) -> None:
+        """`key`: the journal key (CredentialStore.state_key("journal")); None reads records but cannot write or
+        verify. `anchor`: a file in the credential store (out of reach of whoever can write the state) where the
+        MAC of the journal's first line is recorded once, so a journal deleted and restarted, or replaced by a
+        forged 0.1.0 one, is caught."""
         self.directory = directory
         self.path = directory / JOURNAL_FILE
         self.head = directory / HEAD_FILE
         self.lock = directory / LOCK_FILE
+        self._key = key
+        self._anchor = anchor
 
+    # -- writing ------------------------------------------------------------------------------------------------
     def append(self, record: dict[str, Any]) -> None:
         """Append one record (never a secret or key material: callers pass facts only)."""
+        key = self._require_key()
         files.ensure_private_dir(self.directory)
         with locked(self.lock):
-            seq, prev = self._tail()
-            line = json.dumps({"seq": seq + 1, **record, "prev": prev}, sort_keys=False, separators=(",", ":"))
-            data = line.encode("utf-8")
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, files.FILE_MODE)
-            try:
-                os.write(fd, data + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            files.write_private(self.head, json.dumps({"seq": seq + 1, "sha256": _h(data)}).encode() + b"\n")
+            self._seal_legacy(key)
+            self._append_locked(key, record)
 
-    def _tail(self) -> tuple[int, str]:
-        """seq and hash of the last complete line (read under the lock)."""
+    def seal_legacy(self) -> None:
+        """Seal a 0.1.0 journal now (upgrade on first use); nothing to do for a keyed or missing one."""
+        if not (self.path.exists() or self.head.exists()):
+            return
+        key = self._require_key()
+        with locked(self.lock):
+            self._seal_legacy(key)
+
+    def start(self) -> None:
+        """Make sure the journal exists (a first line, `journal_started`) before anything is spooled: a state
+        directory with an entry always has a journal to verify, even if the run is killed before its first attempt."""
+        if self.path.exists() and self.head.exists():
+            return
+        key = self._require_key()
+        files.ensure_private_dir(self.directory)
+        with locked(self.lock):
+            self._seal_legacy(key)
+            if not self.path.exists() and not self.head.exists():
+                self._append_locked(key, {"time": _now(), "event": "journal_started"})
+
+    def _append_locked(self, key: bytes, record: dict[str, Any]) -> None:
+        seq, prev = self._tail(key)
+        body = json.dumps({"seq": seq + 1, **record, "prev": prev}, separators=(",", ":")).encode("utf-8")
+        mac = _mac(key, body)
+        fd = files.open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
-            with open(self.path, "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                size = handle.tell()
-                handle.seek(max(0, size - 65536))
-                chunk = handle.read()
+            os.write(fd, body[:-1] + b',"mac":"' + mac.encode() + b'"}\n')
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        head = {"format": FORMAT, "lines": seq + 1, "mac": mac, "head_mac": _head_mac(key, seq + 1, mac)}
+        files.write_private(self.head, json.dumps(head).encode() + b"\n")
+        if seq == 0 and self._anchor is not None and self._anchored() is None:
+            doc = {"state_dir": str(self.directory), "first_line_mac": mac}
+            files.create_private_exclusive(self._anchor, json.dumps(doc).encode() + b"\n")
+
+    def _anchored(self) -> str | None:
+        """The first line's MAC recorded in the anchor file, if this state directory was ever keyed."""
+        if self._anchor is None:
+            return None
+        doc = _read_json(self._anchor)
+        return str(doc.get("first_line_mac")) if doc is not None else None
+
+    def _tail(self, key: bytes) -> tuple[int, str]:
+        """seq and chain value of the last line (read under the lock)."""
+        try:
+            fd = files.open_nofollow(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return 0, GENESIS
-        lines = [ln for ln in chunk.split(b"\n") if ln]
+        with os.fdopen(fd, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - 65536))
+            lines = [ln for ln in handle.read().split(b"\n") if ln]
         if not lines:
             return 0, GENESIS
         last = lines[-1]
         try:
             seq = int(json.loads(last)["seq"])
         except (ValueError, KeyError, TypeError):
-            seq = sum(1 for _ in self.read_raw())  # a damaged tail: keep counting, verify will report it
-        return seq, _h(last)
+            seq = sum(1 for _ in self._raw(self.path))  # a damaged tail: keep counting, verify reports it
+        return seq, _link(key, last)
 
-    def read_raw(self) -> Iterator[bytes]:
+    def _seal_legacy(self, key: bytes) -> None:
+        """A 0.1.0 journal: move it aside intact and anchor its last hash as the first keyed line."""
+        legacy_head = _read_json(self.head)
+        if legacy_head is None or "sha256" not in legacy_head:
+            first = next(iter(self._raw(self.path)), None)
+            if first is None or _MAC_FIELD.search(first.rstrip(b"\n")):
+                return
+        if self._anchored() is not None:
+            raise PermissionError(errno.EPERM, f"{self.path} is in the 0.1.0 format but this state directory was "
+                                               f"keyed already ({self._anchor}): the journal was replaced", str(self.path))
+        sealed, sealed_head = self.directory / SEALED_FILE, self.directory / SEALED_HEAD
+        if sealed.exists() or sealed.is_symlink():
+            raise FileExistsError(errno.EEXIST, f"{sealed} exists already: cannot seal the 0.1.0 journal", str(sealed))
+        verdict = verify_legacy(self.path, self.head)
+        os.rename(self.path, sealed)
+        if self.head.exists():
+            os.rename(self.head, sealed_head)
+        files.fsync_dir(self.directory)
+        self._append_locked(key, {"time": _now(), "event": "journal_sealed", "sealed_file": SEALED_FILE,
+                                  "sealed_lines": verdict.lines, "sealed_sha256": verdict.last_hash,
+                                  "sealed_intact": verdict.ok})
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _raw(path: Path) -> Iterator[bytes]:
         try:
-            with open(self.path, "rb") as handle:
-                yield from handle
+            fd = files.open_nofollow(path, os.O_RDONLY)
         except FileNotFoundError:
             return
+        with os.fdopen(fd, "rb") as handle:
+            yield from handle
+
+    def read_raw(self) -> Iterator[bytes]:
+        return self._raw(self.path)
 
     def records(self) -> Iterator[dict[str, Any]]:
-        for raw in self.read_raw():
-            try:
-                yield json.loads(raw)
-            except ValueError:
-                continue
+        """Every record, the sealed 0.1.0 history first."""
+        for path in (self.directory / SEALED_FILE, self.path):
+            for raw in self._raw(path):
+                try:
+                    doc = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict):
+                    doc.pop("mac", None)
+                    yield doc
 
+    # -- verifying ----------------------------------------------------------------------------------------------
     def verify(self) -> Verdict:
-        problems: list[str] = []
+        """Every line's MAC and link, the head, and the sealed 0.1.0 journal if any. Never OK with nothing to check."""
+        key = self._require_key()
+        problems: list[Problem] = []
         notes: list[str] = []
-        prev, seq, count = GENESIS, 0, 0
-        hashes: dict[int, str] = {}
-        for number, raw in enumerate(self.read_raw(), 1):
-            count = number
-            if not raw.endswith(b"\n"):
-                problems.append(f"line {number}: truncated (no end of line)")
-            body = raw.rstrip(b"\n")
+        if self.path.exists() or self.head.exists():
             try:
-                doc = json.loads(body)
-            except ValueError:
-                problems.append(f"line {number}: not valid JSON (edited or truncated)")
-                prev, seq = _h(body), seq + 1
-                continue
-            if doc.get("prev") != prev:
-                problems.append(f"line {number}: hash chain broken (line {number - 1} was edited or removed)")
-            if doc.get("seq") != seq + 1:
-                problems.append(f"line {number}: sequence {doc.get('seq')} follows {seq} (lines removed or reordered)")
-            seq = doc["seq"] if isinstance(doc.get("seq"), int) else seq + 1
-            prev = _h(body)
-            hashes[seq] = prev
-        head = self._read_head()
-        if head is None:
-            if count:
-                problems.append(f"{self.head.name} is missing or damaged")
-        else:
-            head_seq, head_hash = head
-            if head_seq > seq:
-                problems.append(f"journal ends at line {seq} but {self.head.name} recorded {head_seq}: truncated")
-            elif head_seq == seq and head_hash != prev:
-                problems.append("the last line does not match the recorded head: edited")
-            elif head_seq < seq and hashes.get(head_seq) != head_hash:
-                problems.append(f"line {head_seq} does not match the recorded head: edited")
-            elif head_seq < seq:
-                notes.append(f"{seq - head_seq} line(s) after the recorded head (an interrupted append)")
+                with locked(self.lock):
+                    self._seal_legacy(key)
+            except PermissionError as exc:
+                return Verdict(False, 0, (Problem(1, exc.strerror or str(exc)),))
+        if not self.path.exists():
+            problems.append(Problem(0, f"{self.path} is missing: the journal was deleted, or this state directory "
+                                       "has never recorded anything (nothing to verify)"))
+        macs, anchor = self._check_lines(key, problems)
+        count = len(macs)
+        first = self._anchored()
+        if first is not None and count and macs[1] != first:
+            problems.append(Problem(1, f"not the first line recorded in {self._anchor}: the journal was deleted "
+                                       "and restarted, or replaced"))
+        self._check_head(key, macs, problems, notes)
+        if anchor is not None:
+            self._check_sealed(anchor, problems, notes)
+        elif (self.directory / SEALED_FILE).exists():
+            problems.append(Problem(1, f"{SEALED_FILE} exists but the journal's first line does not anchor it"))
+        if not problems and count == 0:
+            problems.append(Problem(0, f"{self.path} is empty and {self.head.name} records nothing: nothing to verify"))
+        problems.sort(key=lambda p: p.line)
         return Verdict(not problems, count, tuple(problems), tuple(notes))
 
-    def _read_head(self) -> tuple[int, str] | None:
+    def _check_lines(self, key: bytes, problems: list[Problem]) -> tuple[dict[int, str], dict[str, Any] | None]:
+        link = GENESIS
+        macs: dict[int, str] = {}
+        anchor: dict[str, Any] | None = None
+        for number, raw in enumerate(self.read_raw(), 1):
+            if not raw.endswith(b"\n"):
+                problems.append(Problem(number, "cut off (no end of line)"))
+            body = raw.rstrip(b"\n")
+            found = _MAC_FIELD.search(body)
+            doc = _json(body[:found.start()] + b"}") if found else None
+            if found is None or doc is None:
+                problems.append(Problem(number, "not a journal line (edited or cut off)"))
+                link = macs[number] = _link(key, body)
+                continue
+            if not hmac.compare_digest(_mac(key, body[:found.start()] + b"}"), found.group(1).decode()):
+                problems.append(Problem(number, "MAC mismatch: the line was edited (or written without the key)"))
+            elif doc.get("prev") != link:
+                problems.append(Problem(number, f"does not follow line {number - 1}: a line before it was removed, "
+                                                "inserted or reordered"))
+            elif doc.get("seq") != number:
+                problems.append(Problem(number, f"sequence {doc.get('seq')} at line {number}: lines removed"))
+            if number == 1 and doc.get("event") == "journal_sealed":
+                anchor = doc
+            link = macs[number] = found.group(1).decode()
+        return macs, anchor
+
+    def _check_head(self, key: bytes, macs: dict[int, str], problems: list[Problem], notes: list[str]) -> None:
+        count = len(macs)
+        doc = _read_json(self.head)
         try:
-            doc = json.loads(self.head.read_text())
-            return int(doc["seq"]), str(doc["sha256"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+            lines, mac = int(doc["lines"]), str(doc["mac"])  # type: ignore[index]
+            authentic = hmac.compare_digest(_head_mac(key, lines, mac), str(doc["head_mac"]))  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            problems.append(Problem(0, f"{self.head} is missing or damaged: cannot tell whether lines were cut"))
+            return
+        if not authentic:
+            problems.append(Problem(0, f"{self.head}: MAC mismatch, the head was edited"))
+        elif lines > count:
+            problems.append(Problem(count + 1, f"missing: the journal ends at line {count} but {self.head.name} "
+                                               f"recorded {lines} (lines removed from the end, or emptied)"))
+        elif macs.get(lines) != mac:
+            problems.append(Problem(lines, f"does not match the last line recorded in {self.head.name}"))
+        elif lines < count:
+            notes.append(f"{count - lines} line(s) after the recorded head (an interrupted append)")
+
+    def _check_sealed(self, anchor: dict[str, Any], problems: list[Problem], notes: list[str]) -> None:
+        old = verify_legacy(self.directory / SEALED_FILE, self.directory / SEALED_HEAD)
+        if (old.lines, old.last_hash) != (anchor.get("sealed_lines"), anchor.get("sealed_sha256")):
+            problems.append(Problem(1, f"{SEALED_FILE} no longer matches the anchor in line 1 (edited, cut or "
+                                       "replaced since it was sealed)"))
+        problems += [Problem(0, f"{SEALED_FILE}: {p}") for p in old.problems if anchor.get("sealed_intact")]
+        notes.append(f"{SEALED_FILE}: {old.lines} line(s) of 0.1.0 history, sealed and anchored in line 1"
+                     + ("" if anchor.get("sealed_intact") else " (already damaged when it was sealed)"))
+
+    def _require_key(self) -> bytes:
+        if self._key is None:
+            raise ValueError("the journal key is needed to write or verify the journal")  # a programming error
+        return self._key
 
 
-def _h(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+@dataclass(frozen=True, slots=True)
+class LegacyVerdict:
+    ok: bool
+    lines: int
+    last_hash: str
+    problems: tuple[str, ...]
+
+
+def verify_legacy(path: Path, head: Path) -> LegacyVerdict:
+    """0.1.0's unkeyed chain: `prev` is the SHA-256 of the line before; the head holds the last seq and hash."""
+    problems: list[str] = []
+    prev, count = GENESIS, 0
+    for count, raw in enumerate(Journal._raw(path), 1):
+        body = raw.rstrip(b"\n")
+        doc = _json(body)
+        if doc is None or doc.get("prev") != prev or doc.get("seq") != count:
+            problems.append(f"line {count}: hash chain broken (edited, removed or cut)")
+        prev = hashlib.sha256(body).hexdigest()
+    recorded = _read_json(head)
+    if recorded is not None and (recorded.get("seq"), recorded.get("sha256")) != (count, prev):
+        problems.append(f"the last line does not match {head.name}: edited or truncated")
+    return LegacyVerdict(not problems, count, prev, tuple(problems))
+
+
+def _mac(key: bytes, data: bytes) -> str:
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def _head_mac(key: bytes, lines: int, mac: str) -> str:
+    return _mac(key, f"certbot-smtp-dist/journal-head\x00{lines}\x00{mac}".encode())
+
+
+def _link(key: bytes, line: bytes) -> str:
+    """What the next line's `prev` must hold: this line's MAC field, or for a damaged line a MAC of its bytes."""
+    found = _MAC_FIELD.search(line.rstrip(b"\n"))
+    return found.group(1).decode() if found else _mac(key, line.rstrip(b"\n"))
+
+
+def _json(data: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return _json(files.read_nofollow(path))
+    except FileNotFoundError:
+        return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

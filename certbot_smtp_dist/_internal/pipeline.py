@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from certbot_smtp_dist.model import (
     PayloadFormat,
     Phase,
     Reply,
+    RetryPolicy,
     Secret,
     Status,
     Target,
@@ -30,20 +30,7 @@ from certbot_smtp_dist.model import (
 )
 
 log = logging.getLogger("certbot_smtp_dist")
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Retries within one run, all inside the target's `timeout` (RFC 5321 §4.5.4.1 asks for backoff)."""
-
-    attempts: int = 3
-    base_delay: float = 0.5
-    max_delay: float = 8.0
-    min_budget: float = 1.0  # do not start an attempt with less time left than this
-
-    def delay(self, attempt: int) -> float:
-        raw: float = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
-        return raw * random.uniform(0.5, 1.5)  # full jitter keeps many hosts from retrying in step
+DEFAULT_POLICY = RetryPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +56,13 @@ class Attempt:
     duration_s: float
 
 
-Observer = Callable[[Job, DeliveryResult], None]
-AttemptObserver = Callable[[Job, Attempt], None]
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What delivering one job came to: the result and every SMTP session, as values for the use case to save."""
+
+    job: Job
+    result: DeliveryResult
+    attempts: tuple[Attempt, ...] = ()
 
 
 def prepare_job(
@@ -117,31 +109,28 @@ def warn_about(target: Target, fmt: PayloadFormat) -> None:
         log.warning("target %s: tls_skip_verify = true: the relay's identity is NOT verified", target.name)
 
 
-async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy(),
-                      on_attempt: AttemptObserver | None = None, started: float | None = None) -> DeliveryResult:
-    """Attempt delivery until success, a permanent failure, the attempt limit, or the deadline."""
+async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: float | None = None) -> Delivery:
+    """Attempt delivery until success, a permanent failure, the attempt limit, or the deadline. No I/O but SMTP."""
     from certbot_smtp_dist._internal import transport
 
     target = job.target
     if job.skipped:
-        return DeliveryResult(target.name, Status.SKIPPED)
+        return Delivery(job, DeliveryResult(target.name, Status.SKIPPED))
     if job.message is None:
-        return DeliveryResult(target.name, Status.FAILED, failure=job.failure)
+        return Delivery(job, DeliveryResult(target.name, Status.FAILED, failure=job.failure))
     loop = asyncio.get_running_loop()
     # The clock starts when the run started (payloads were built since), so everything this run did for the
     # target fits in its `timeout`. asyncio's loop clock is time.monotonic().
     started = loop.time() if started is None else started
     deadline = started + target.timeout
     if deadline - loop.time() < policy.min_budget / 10:
-        spent = Failure(ErrorCode.SMTP_CONNECT, Phase.CONNECT,
-                        f"no time left to connect: preparing this run took longer than timeout = {target.timeout:g}s")
-        return DeliveryResult(target.name, Status.FAILED, spent, job.message.message_id,
-                              duration_s=loop.time() - started, recipients=len(job.message.envelope_to))
+        return Delivery(job, _out_of_time(job.message, target, loop.time() - started))
     message = job.message
     accepted: list[str] = []
     refusals: dict[str, Reply] = {}  # the latest refusal of each recipient still owed the message
     outcome = None
     attempts = 0
+    sessions: list[Attempt] = []
     while True:
         attempts += 1
         began = loop.time()
@@ -150,10 +139,9 @@ async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy(),
         accepted.extend(outcome.accepted)
         refusals.update(outcome.refused)
         failure = outcome.failure
-        if on_attempt is not None:
-            on_attempt(job, Attempt(attempts, len(outcome.accepted), len(outcome.refused),
-                                    _redact(failure, job.secrets, target.username) if failure else None,
-                                    loop.time() - began))
+        sessions.append(Attempt(attempts, len(outcome.accepted), len(outcome.refused),
+                                _redact(failure, job.secrets, target.username) if failure else None,
+                                loop.time() - began))
         if failure is None or not failure.is_retryable or failure.maybe_delivered or attempts >= policy.attempts:
             break  # a maybe-delivered message is never sent again in this run: that is how duplicates multiply
         pause = policy.delay(attempts)
@@ -177,28 +165,33 @@ async def deliver_job(job: Job, policy: RetryPolicy = RetryPolicy(),
         status = Status.PARTIAL  # someone has it: a retry must not send it to them again
     else:
         status = Status.FAILED
-    return DeliveryResult(target.name, status, failure, job.message.message_id, refused, duration, attempts,
-                          recipients=len(job.message.envelope_to), accepted=tuple(accepted))
+    result = DeliveryResult(target.name, status, failure, job.message.message_id, refused, duration, attempts,
+                            recipients=len(job.message.envelope_to), accepted=tuple(accepted))
+    return Delivery(job, result, tuple(sessions))
 
 
-def deliver_all(jobs: list[Job], policy: RetryPolicy = RetryPolicy(), observer: Observer | None = None,
-                on_attempt: AttemptObserver | None = None, started: float | None = None) -> list[DeliveryResult]:
-    """Run every job concurrently; one target's failure or stall never delays another beyond its own deadline."""
+def _out_of_time(message: Message, target: Target, spent: float) -> DeliveryResult:
+    failure = Failure(ErrorCode.SMTP_CONNECT, Phase.CONNECT,
+                      f"no time left to connect: preparing this run took longer than timeout = {target.timeout:g}s")
+    return DeliveryResult(target.name, Status.FAILED, failure, message.message_id, duration_s=spent,
+                          recipients=len(message.envelope_to))
 
-    async def run_one(job: Job) -> DeliveryResult:
+
+def deliver_all(jobs: list[Job], policy: RetryPolicy = DEFAULT_POLICY, started: float | None = None) -> list[Delivery]:
+    """Run every job concurrently; one target's failure or stall never delays another beyond its own deadline.
+    The event loop only delivers: results and attempts come back as values, saved by the use case afterwards."""
+
+    async def run_one(job: Job) -> Delivery:
         try:
-            result = await deliver_job(job, policy, on_attempt, started)
+            return await deliver_job(job, policy, started)
         except Exception as exc:  # a defect must not take the other targets down with it
             log.exception("target %s: internal error", job.target.name)
-            result = DeliveryResult(job.target.name, Status.FAILED,
-                                    Failure(ErrorCode.SMTP_TRANSIENT, Phase.CONNECT,
-                                            f"internal error: {type(exc).__name__}"),
-                                    job.message.message_id if job.message else None)
-        if observer is not None:
-            observer(job, result)
-        return result
+            return Delivery(job, DeliveryResult(job.target.name, Status.FAILED,
+                                                Failure(ErrorCode.SMTP_TRANSIENT, Phase.CONNECT,
+                                                        f"internal error: {type(exc).__name__}"),
+                                                job.message.message_id if job.message else None))
 
-    async def run_all() -> list[DeliveryResult]:
+    async def run_all() -> list[Delivery]:
         return list(await asyncio.gather(*(run_one(j) for j in jobs)))
 
     return asyncio.run(run_all())

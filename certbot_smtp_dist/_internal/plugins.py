@@ -45,3 +45,9 @@ def notify_finished(pm: pluggy.PluginManager, facts: CertificateFacts, result: D
             impl.function(facts=facts, result=result)
         except Exception:
             log.exception("observer %s failed on target %s (ignored)", impl.plugin_name, result.target)
+
+
+def notify_all(pm: pluggy.PluginManager, facts: CertificateFacts, results: list[DeliveryResult]) -> None:
+    """Observers run after every target finished, outside the event loop: a slow one delays nobody's delivery."""
+    for result in results:
+        notify_finished(pm, facts, result)

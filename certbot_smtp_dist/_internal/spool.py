@@ -1,16 +1,21 @@
-"""The retry spool: one JSON file per unfinished delivery, written ahead of the attempt.
+"""The retry spool: one authenticated JSON file per unfinished delivery, written ahead of the attempt.
 
 An entry holds no secret and no key material: only what is needed to render the same message again from the
-lineage on disk (paths, Message-ID, Date, remaining recipients) and the facts of the last failure. Each entry has an
-flock'ed lock file held by whoever is delivering it, so a crashed deploy (even SIGKILL) leaves an entry that
-`retry` completes, and two processes never send the same entry at once.
+lineage on disk (paths, Message-ID, Date, remaining recipients) and the facts of the last failure. It never names a
+configuration file: `retry` resolves the configuration exactly as `deploy` does. Each entry is one frozen `Entry`
+with a schema version and one serializer, and carries an HMAC-SHA256 over its canonical JSON under the spool key
+from the credential store, so an entry someone else wrote or altered is rejected by file name and never acted on.
+Each entry has an flock'ed lock file held by whoever is delivering it, so a crashed deploy (even SIGKILL) leaves an
+entry that `retry` completes, and two processes never send the same entry at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -18,19 +23,35 @@ from typing import Any
 
 from certbot_smtp_dist._internal import files
 from certbot_smtp_dist._internal.state import Lock
-from certbot_smtp_dist.model import Failure, LineageSource
+from certbot_smtp_dist.model import CertificateFacts, Failure, LineageSource, failure_json
 
 SPOOL_DIR = "spool"
-FORMAT = 1
+FORMAT = 2  # 1: 0.1.0 (unauthenticated, named its config file)
 PENDING = "pending"  # retryable: `retry` sends it again
 FAILED = "failed"  # permanent: never retried automatically; shown by `status` until retried by hand or dismissed
 # The final "." went out and no reply came (RFC 5321 §4.1.1.4, RFC 1047): the recipients may have it already.
 # `retry` re-sends it once, same Message-ID, while `resend_due`; otherwise it waits for `retry --include-uncertain`
 # or `dismiss`.
 UNCERTAIN = "uncertain"
+STATES = (PENDING, FAILED, UNCERTAIN)
 
 DELIVERY = "delivery"  # one target's delivery of one message
 BLOCKED = "blocked"  # a whole deploy of a lineage that could not start (configuration or certificate unusable)
+KINDS = (DELIVERY, BLOCKED)
+_SOURCE_KEYS = ("cert", "key", "chain", "fullchain", "name", "lineage_dir")
+
+
+class Rejected(ValueError):
+    """A spool file that is not an entry this host wrote: forged, altered, damaged or from 0.1.0. Never acted on."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path.name}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class Busy(Exception):
+    """Another process holds this entry (delivering it right now)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +59,6 @@ class Entry:
     id: str
     state: str
     target: str
-    config: str
     certificate: str
     serial: str
     fingerprint: str
@@ -74,6 +94,71 @@ class Entry:
         return doc
 
 
+def encode(entry: Entry, key: bytes) -> bytes:
+    """The one serializer: the entry's fields, its schema version and its MAC."""
+    doc = {"format": FORMAT, **entry.to_json()}
+    return (json.dumps({**doc, "mac": _mac(key, doc)}, indent=1) + "\n").encode("utf-8")
+
+
+def decode(data: bytes, key: bytes, path: Path) -> Entry:
+    """The one parser: authenticated first, then every field checked for its type. Raises Rejected."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise Rejected(path, "damaged (not JSON)") from exc
+    if not isinstance(doc, dict):
+        raise Rejected(path, "damaged (not a JSON object)")
+    if doc.get("format") != FORMAT:
+        raise Rejected(path, f"written by an older version (format {doc.get('format')!r}) and not upgraded: "
+                             "not authenticated, never acted on (check it, then `certbot-smtp-dist dismiss`)")
+    mac = doc.pop("mac", None)
+    if not isinstance(mac, str) or not hmac.compare_digest(_mac(key, doc), mac):
+        raise Rejected(path, "MAC mismatch: forged or altered (or written under another master key); never acted on")
+    doc.pop("format")
+    entry = _typed(doc, path)
+    if path.name != f"{entry.id}.json":
+        raise Rejected(path, f"holds entry {entry.id}, not the one its name says: moved or copied; never acted on")
+    return entry
+
+
+def decode_legacy(doc: dict[str, Any], path: Path) -> Entry:
+    """A 0.1.0 entry (format 1, no MAC) as an Entry, every field checked; only upgrade.py calls this, for an entry
+    it re-validated. Raises Rejected."""
+    doc = {"uncertain": 0, "resend_due": False, **{k: v for k, v in doc.items() if k not in ("format", "config")}}
+    return _typed(doc, path)
+
+
+def _typed(doc: dict[str, Any], path: Path) -> Entry:
+    """An authentic document still gets every field checked: one schema, no `Entry(**doc)` on trust."""
+    def want(name: str, kind: type | tuple[type, ...]) -> Any:
+        value = doc.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+            raise Rejected(path, f"field {name!r} is missing or of the wrong type")
+        return value
+
+    source = want("source", dict)
+    recipients = want("envelope_to", list)
+    failure = want("last_failure", (dict, type(None)))
+    if (set(source) - set(_SOURCE_KEYS) or any(not isinstance(v, (str, type(None))) for v in source.values())
+            or any(not isinstance(r, str) for r in recipients)):
+        raise Rejected(path, "field 'source' or 'envelope_to' is malformed")
+    entry = Entry(id=want("id", str), state=want("state", str), target=want("target", str),
+                  certificate=want("certificate", str), serial=want("serial", str),
+                  fingerprint=want("fingerprint", str), message_id=want("message_id", (str, type(None))),
+                  date=want("date", str), envelope_to=tuple(recipients), source=dict(source),
+                  created=want("created", str), updated=want("updated", str), attempts=want("attempts", int),
+                  last_failure=failure, kind=want("kind", str), uncertain=want("uncertain", int),
+                  resend_due=want("resend_due", bool))
+    if entry.state not in STATES or entry.kind not in KINDS:
+        raise Rejected(path, f"unknown state {entry.state!r} or kind {entry.kind!r}")
+    return entry
+
+
+def _mac(key: bytes, doc: dict[str, Any]) -> str:
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hmac.new(key, b"certbot-smtp-dist/spool-entry\x00" + canonical.encode(), hashlib.sha256).hexdigest()
+
+
 def entry_id(target: str, fingerprint: str, message_id: str | None) -> str:
     return hashlib.sha256(f"{target}\0{fingerprint}\0{message_id}".encode()).hexdigest()[:24]
 
@@ -89,27 +174,82 @@ def source_json(source: LineageSource) -> dict[str, str | None]:
         ("name", source.name), ("lineage_dir", source.lineage_dir))}
 
 
-def failure_json(failure: Failure | None) -> dict[str, Any] | None:
-    if failure is None:
-        return None
-    return {"error_code": failure.code.value, "retryable": failure.is_retryable, "phase": failure.phase.value,
-            "smtp_code": failure.smtp_code, "enhanced_status": failure.enhanced_status, "detail": failure.detail}
+def for_delivery(target: str, facts: CertificateFacts, source: LineageSource | None, message_id: str | None,
+                 envelope_to: tuple[str, ...], now: datetime, failure: Failure | None = None) -> Entry:
+    """The one builder of a delivery entry: pending (written ahead), or failed with nothing to re-send."""
+    stamp = now.isoformat()
+    return Entry(id=entry_id(target, facts.sha256_fingerprint, message_id),
+                 state=PENDING if failure is None else FAILED, target=target, certificate=facts.name,
+                 serial=facts.serial_hex, fingerprint=facts.sha256_fingerprint, message_id=message_id, date=stamp,
+                 envelope_to=envelope_to, source=source_json(source) if source else {}, created=stamp, updated=stamp,
+                 last_failure=failure_json(failure) if failure else None)
+
+
+def for_blocked(source: LineageSource, facts: CertificateFacts | None, old: Entry | None, why: str,
+                code: str | None, now: datetime) -> Entry:
+    """The one builder of a blocked-deploy entry, counting the attempts of the one it replaces."""
+    stamp = now.isoformat()
+    return Entry(id=blocked_id(source), state=FAILED, target="*",
+                 certificate=facts.name if facts else (source.name or ""), serial=facts.serial_hex if facts else "",
+                 fingerprint=facts.sha256_fingerprint if facts else "", message_id=None, date=stamp, envelope_to=(),
+                 source=source_json(source), created=old.created if old else stamp, updated=stamp,
+                 attempts=(old.attempts if old else 0) + 1, last_failure=needs_attention(why, code), kind=BLOCKED)
+
+
+def needs_attention(why: str, code: str | None = None) -> dict[str, Any]:
+    """A problem that is not an SMTP failure (configuration, certificate files), in the failure's JSON shape."""
+    return {**failure_json(None), "error_code": code, "detail": why}
 
 
 class Spool:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, key: bytes) -> None:
         self.directory = state_dir / SPOOL_DIR
+        self._key = key
 
     def _path(self, entry_id_: str) -> Path:
         return self.directory / f"{entry_id_}.json"
 
-    def lock(self, entry_id_: str) -> Lock:
+    def _lock(self, entry_id_: str) -> Lock:
         return Lock(self.directory / "locks" / f"{entry_id_}.lock")
+
+    @contextmanager
+    def _held(self, entry_id_: str) -> Iterator[None]:
+        """The entry's flock(2) lock for the block (released by the kernel even on SIGKILL); Busy if taken."""
+        lock = self._lock(entry_id_)
+        if not lock.acquire(blocking=False):
+            raise Busy(entry_id_)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextmanager
+    def claim(self, entry_id_: str) -> Iterator[Entry | None]:
+        """Hold one entry for the block, re-read under its lock and authenticated; None if it is gone. Raises Busy
+        if another process holds it, Rejected if the file is not an authentic entry (both before the block)."""
+        with self._held(entry_id_):
+            yield self.load(entry_id_)
+
+    @contextmanager
+    def claim_new(self, entry: Entry) -> Iterator[Entry]:
+        """Write-ahead: create `entry` under its lock and hold it for the block. Raises Busy if someone holds it."""
+        with self._held(entry.id):
+            self.write(entry)
+            yield entry
+
+    @contextmanager
+    def claim_unverified(self, entry_id_: str) -> Iterator[bytes | None]:
+        """The file's bytes under its lock, NOT authenticated: only for upgrading a 0.1.0 entry. Raises Busy."""
+        with self._held(entry_id_):
+            try:
+                data: bytes | None = files.read_nofollow(self._path(entry_id_))
+            except FileNotFoundError:
+                data = None
+            yield data
 
     def write(self, entry: Entry) -> None:
         files.ensure_private_dir(self.directory)
-        doc = {"format": FORMAT, **entry.to_json()}
-        files.write_private(self._path(entry.id), (json.dumps(doc, indent=1) + "\n").encode())
+        files.write_private(self._path(entry.id), encode(entry, self._key))
 
     def remove(self, entry_id_: str) -> None:
         try:
@@ -123,31 +263,38 @@ class Spool:
             pass
 
     def load(self, entry_id_: str) -> Entry | None:
+        """The entry, authenticated; None if there is none. Raises Rejected for one that is not authentic."""
+        path = self._path(entry_id_)
         try:
-            doc = json.loads(self._path(entry_id_).read_text("utf-8"))
+            data = files.read_nofollow(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return _entry(doc)
+        return decode(data, self._key, path)
 
-    def entries(self) -> Iterator[Entry | tuple[Path, str]]:
-        """Every entry, oldest first; a damaged file is yielded as (path, problem) and never deleted."""
+    def discard(self, path: Path) -> None:
+        """Remove a rejected file by hand (`dismiss`): it was never acted on."""
+        path.unlink(missing_ok=True)
+        files.fsync_dir(self.directory)
+
+    def entries(self) -> Iterator[Entry | Rejected]:
+        """Every entry, oldest first; a file that is not an authentic entry is yielded as Rejected, never deleted."""
         if not self.directory.is_dir():
             return
-        paths = sorted(self.directory.glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name))
-        for path in paths:
+        stamped = []
+        for path in self.directory.glob("*.json"):
             try:
-                yield _entry(json.loads(path.read_text("utf-8")))
+                stamped.append((path.lstat().st_mtime, path.name, path))
             except FileNotFoundError:
                 continue  # closed by someone else meanwhile
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                yield (path, f"damaged spool entry: {type(exc).__name__}")
-
-
-def _entry(doc: dict[str, Any]) -> Entry:
-    doc = dict(doc)
-    doc.pop("format", None)
-    doc["envelope_to"] = tuple(doc["envelope_to"])
-    return Entry(**doc)
+        for _, _, path in sorted(stamped):
+            try:
+                yield decode(files.read_nofollow(path), self._key, path)
+            except FileNotFoundError:
+                continue
+            except Rejected as rejected:
+                yield rejected
+            except OSError as exc:
+                yield Rejected(path, f"unreadable ({exc.strerror or exc})")
 
 
 def touched(entry: Entry, now: datetime, **changes: Any) -> Entry:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certbot_smtp_dist._internal import files
+
+if TYPE_CHECKING:
+    from certbot_smtp_dist._internal.credentials import CredentialStore
 
 DEFAULT_STATE_DIR = Path("/var/lib/certbot-smtp-dist")
 STATE_ENV = "CERTBOT_SMTP_DIST_STATE_DIR"
@@ -17,6 +23,26 @@ STATE_ENV = "CERTBOT_SMTP_DIST_STATE_DIR"
 def state_dir(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> Path:
     """`--state-dir` wins over $CERTBOT_SMTP_DIST_STATE_DIR, which wins over the default."""
     return files.chosen_path(cli_value, STATE_ENV, DEFAULT_STATE_DIR, environ)
+
+
+@dataclass(frozen=True, slots=True)
+class StateKeys:
+    """The HMAC-SHA256 keys that authenticate the journal chain and each spool entry (never shown)."""
+
+    journal: bytes
+    spool: bytes
+    journal_anchor: Path | None = None  # in the credential store: the MAC of the journal's first line
+
+    def __repr__(self) -> str:
+        return "StateKeys(<hidden>)"
+
+
+def state_keys(store: CredentialStore, state: Path, create: bool = False) -> StateKeys:
+    """Both keys, from the credential store (`create`: make its master key if there is none yet), and where the
+    journal of `state` is anchored in that store (one anchor per state directory)."""
+    where = hashlib.sha256(os.path.realpath(state).encode()).hexdigest()[:16]
+    return StateKeys(journal=store.state_key("journal", create), spool=store.state_key("spool", create),
+                     journal_anchor=store.directory / f"journal-{where}.anchor")
 
 
 class Lock:
@@ -28,7 +54,7 @@ class Lock:
 
     def acquire(self, blocking: bool = True) -> bool:
         files.ensure_private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, files.FILE_MODE)
+        fd = files.open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:

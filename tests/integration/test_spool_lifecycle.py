@@ -4,14 +4,21 @@ configurations that broke, and a state directory that cannot be written."""
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 
 from support.deployenv import DeployEnv, relay_target
 from support.pki import LineagePaths
 from support.relay import Relay
 
-from certbot_smtp_dist._internal import retry
-from certbot_smtp_dist._internal.spool import Spool
+from certbot_smtp_dist._internal import drain
+from certbot_smtp_dist._internal.credentials import CredentialStore
+from certbot_smtp_dist._internal.spool import Entry, Spool
+from certbot_smtp_dist._internal.state import StateKeys, state_keys
+
+
+def keys(denv: DeployEnv) -> StateKeys:
+    return state_keys(CredentialStore(denv.config_dir, environ={}), denv.state_dir)
 
 
 def entries(denv: DeployEnv) -> list[dict]:
@@ -28,13 +35,13 @@ def test_entry_closed_after_retry_listed_it_is_not_sent(denv: DeployEnv, lineage
     """retry lists entries, then locks each: what another process closed in between must not go out."""
     denv.write_config({"a": down_target(unused_port)})
     assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 75
-    [listed] = [e for e in Spool(denv.state_dir).entries() if not isinstance(e, tuple)]
+    [listed] = [e for e in Spool(denv.state_dir, keys(denv).spool).entries() if isinstance(e, Entry)]
     assert denv.run("dismiss", listed.id).returncode == 0  # "another process" closes it
     with Relay(None, mode="plaintext", port=unused_port) as relay:
-        drain = retry._Drain(denv.state_dir, None, False, retry.datetime.now(retry.timezone.utc))
-        drain._take(listed)  # the stale listing
-        assert drain.planned == []
-        assert drain.run().exit_status == 0
+        stale = drain._Drain(denv.state_dir, denv.config, keys(denv), False, drain.datetime.now(drain.timezone.utc))
+        with ExitStack() as claims:
+            assert stale._plan_all([listed], claims) == []  # the stale listing: claimed, re-read, gone
+        assert stale.run().exit_status == 0
         assert relay.messages == []
 
 

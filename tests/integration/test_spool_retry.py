@@ -129,7 +129,8 @@ def test_journal_records_every_attempt_and_verifies(denv: DeployEnv, lineage: Li
     denv.write_config({"a": {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 4,
                              "from_address": "c@example.com", "to": ["x@example.com"]}})
     run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
-    lines = [json.loads(x) for x in (denv.state_dir / "journal.jsonl").read_text().splitlines()]
+    started, *lines = [json.loads(x) for x in (denv.state_dir / "journal.jsonl").read_text().splitlines()]
+    assert started["event"] == "journal_started"  # before the spool entry is written ahead
     assert len(lines) == run.target("a")["attempts"] >= 2
     assert [x["attempt"] for x in lines] == list(range(1, len(lines) + 1))
     for line in lines:

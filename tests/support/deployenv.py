@@ -62,6 +62,7 @@ class DeployEnv:
 
     def write_config(self, targets: Mapping[str, Mapping[str, Any]], defaults: Mapping[str, Any] | None = None) -> Path:
         self.config.write_text(to_toml(targets, defaults))
+        self.config.chmod(0o600)  # as documented; a world-readable config is warned about on every run
         return self.config
 
     def set_credential(self, name: str, type_: str, secret: str) -> None:

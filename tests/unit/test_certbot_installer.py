@@ -8,7 +8,7 @@ from pathlib import Path
 
 from support import ci
 
-from certbot_smtp_dist._internal import installer
+from certbot_smtp_dist._internal import certbot_adapter as installer
 from certbot_smtp_dist._internal.state import DEFAULT_STATE_DIR
 
 

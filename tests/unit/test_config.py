@@ -143,3 +143,25 @@ def test_tls_ca_file_must_hold_a_certificate(tmp_path: Path) -> None:
     for bad in (garbage, folder, tmp_path / "missing.pem"):
         assert problems({"t": {**BASE, "tls_ca_file": str(bad)}}) == {("t", "tls_ca_file")}
     assert ok({**BASE, "tls_ca_file": str(good)}).tls_ca_file == good
+
+
+def test_retry_policy_from_defaults() -> None:
+    from datetime import timedelta
+
+    settings = parse_settings({"defaults": {"retry_attempts": 5, "retry_max_age": 2.5}, "targets": {"t": BASE}},
+                              Path("/etc/x/config.toml"), CREDS, FORMATS)
+    assert settings.retry.attempts == 5 and settings.retry.max_age == timedelta(days=2.5)
+    default = parse_settings({"targets": {"t": BASE}}, Path("/etc/x/config.toml"), CREDS, FORMATS)
+    assert default.retry.attempts == 3 and default.retry.max_age == timedelta(days=5)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("retry_attempts", 0), ("retry_attempts", 11), ("retry_attempts", True), ("retry_attempts", "3"),
+    ("retry_max_age", 0), ("retry_max_age", 31), ("retry_max_age", "5d"), ("retry_max_age", False),
+])
+def test_retry_policy_bad_values_are_keyed(key: str, value: Any) -> None:
+    assert problems({"t": BASE}, {key: value}) == {(None, f"defaults.{key}")}
+
+
+def test_retry_policy_only_in_defaults() -> None:
+    assert problems({"t": {**BASE, "retry_attempts": 2}}) == {("t", "retry_attempts")}

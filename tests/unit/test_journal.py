@@ -1,18 +1,24 @@
-"""The journal's hash chain detects edited, removed and truncated lines."""
+"""The keyed journal: every tampering names the first bad line, even with the chain recomputed without the key;
+never "OK" with nothing to verify; a 0.1.0 journal is sealed and anchored, its history kept verifiable."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from certbot_smtp_dist._internal.journal import Journal
+from certbot_smtp_dist._internal.journal import SEALED_FILE, Journal
+
+KEY = b"k" * 32
 
 
 @pytest.fixture
 def journal(tmp_path: Path) -> Journal:
-    j = Journal(tmp_path)
+    j = Journal(tmp_path, KEY)
     for i in range(5):
         j.append({"event": "attempt", "target": f"t{i}", "outcome": "delivered"})
     return j
@@ -22,54 +28,169 @@ def lines(j: Journal) -> list[bytes]:
     return j.path.read_bytes().splitlines(keepends=True)
 
 
+def first_bad(j: Journal) -> int | None:
+    v = j.verify()
+    assert not v.ok
+    return v.first_bad_line
+
+
 def test_intact(journal: Journal) -> None:
     v = journal.verify()
-    assert v.ok and v.lines == 5
+    assert v.ok and v.lines == 5 and not v.problems
     assert [r["seq"] for r in journal.records()] == [1, 2, 3, 4, 5]
+    assert os.stat(journal.path).st_mode & 0o777 == 0o600
 
 
 def test_edited_line(journal: Journal) -> None:
     ls = lines(journal)
     ls[2] = ls[2].replace(b'"t2"', b'"tX"')
     journal.path.write_bytes(b"".join(ls))
-    v = journal.verify()
-    assert not v.ok and any("line 4" in p for p in v.problems)
+    assert first_bad(journal) == 3
 
 
 def test_edited_last_line(journal: Journal) -> None:
     ls = lines(journal)
     ls[-1] = ls[-1].replace(b"delivered", b"failed!!!")
     journal.path.write_bytes(b"".join(ls))
-    assert not journal.verify().ok
+    assert first_bad(journal) == 5
+
+
+def _unkeyed_rechain(docs: list[dict[str, object]], key: bytes) -> bytes:
+    """What an attacker without the journal key can do: rebuild every line's MAC and link under a guessed key."""
+    out, prev = b"", "0" * 64
+    for seq, doc in enumerate(docs, 1):
+        doc = {k: v for k, v in doc.items() if k not in ("mac",)} | {"seq": seq, "prev": prev}
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        mac = hmac.new(key, body, hashlib.sha256).hexdigest()
+        out += body[:-1] + b',"mac":"' + mac.encode() + b'"}\n'
+        prev = mac
+    return out
+
+
+def test_edited_line_with_chain_recomputed_without_the_key(journal: Journal) -> None:
+    docs = [json.loads(line) for line in lines(journal)]
+    docs[1]["target"] = "attacker"
+    journal.path.write_bytes(_unkeyed_rechain(docs, b"guess" * 8))
+    assert first_bad(journal) == 1  # every line's MAC is wrong: the first line is named
+
+
+def test_keyed_journal_replaced_by_a_forged_0_1_0_journal(tmp_path: Path) -> None:
+    """0.1.0's attack, as a downgrade: edit, recompute the unkeyed SHA-256 chain and the head in the 0.1.0 format.
+    The anchor in the credential store says this state was keyed already: never sealed as history, reported."""
+    journal = Journal(tmp_path / "state", KEY, anchor=tmp_path / "anchor")
+    for i in range(5):
+        journal.append({"event": "attempt", "target": f"t{i}", "outcome": "delivered"})
+    docs = [json.loads(line) for line in lines(journal)]
+    docs[3]["outcome"] = "failed"
+    out, prev = b"", "0" * 64
+    for seq, doc in enumerate(docs, 1):
+        doc.pop("mac")
+        body = json.dumps({**doc, "seq": seq, "prev": prev}, separators=(",", ":")).encode()
+        out += body + b"\n"
+        prev = hashlib.sha256(body).hexdigest()
+    journal.path.write_bytes(out)
+    journal.head.write_text(json.dumps({"seq": 5, "sha256": prev}))
+    v = journal.verify()
+    assert not v.ok and v.first_bad_line == 1 and "keyed already" in str(v.problems[0])
+    with pytest.raises(OSError, match="keyed already"):
+        journal.append({"event": "more"})
+
+
+def test_restarted_journal_is_caught_by_the_anchor(tmp_path: Path) -> None:
+    """Deleting journal and head, then letting the next run start a fresh chain: line 1 is not the anchored one."""
+    journal = Journal(tmp_path / "state", KEY, anchor=tmp_path / "anchor")
+    journal.append({"event": "attempt"})
+    assert journal.verify().ok
+    journal.path.unlink()
+    journal.head.unlink()
+    journal.append({"event": "attempt", "outcome": "fresh"})
+    v = journal.verify()
+    assert not v.ok and v.first_bad_line == 1 and "anchor" in str(v.problems[0])
 
 
 def test_removed_line(journal: Journal) -> None:
     ls = lines(journal)
     del ls[1]
     journal.path.write_bytes(b"".join(ls))
-    assert not journal.verify().ok
+    assert first_bad(journal) == 2
 
 
 def test_removed_tail(journal: Journal) -> None:
     journal.path.write_bytes(b"".join(lines(journal)[:-2]))
     v = journal.verify()
-    assert not v.ok and any("truncated" in p for p in v.problems)
+    assert not v.ok and v.first_bad_line == 4 and "removed from the end" in str(v.problems[0])
 
 
 def test_truncated_line(journal: Journal) -> None:
     data = journal.path.read_bytes()
     journal.path.write_bytes(data[:-15])
+    assert first_bad(journal) == 5
+
+
+def test_emptied_journal(journal: Journal) -> None:
+    journal.path.write_bytes(b"")
+    assert first_bad(journal) == 1
+
+
+def test_missing_journal(journal: Journal) -> None:
+    journal.path.unlink()
+    v = journal.verify()
+    assert not v.ok and "missing" in str(v.problems[0])
+
+
+def test_missing_head(journal: Journal) -> None:
+    journal.head.unlink()
+    v = journal.verify()
+    assert not v.ok and "journal.head" in str(v.problems[0])
+
+
+def test_missing_journal_and_head(journal: Journal) -> None:
+    journal.path.unlink()
+    journal.head.unlink()
     assert not journal.verify().ok
 
 
-def test_rewritten_chain_still_caught_by_head(journal: Journal, tmp_path: Path) -> None:
-    """Dropping the last line and fixing nothing else: the head file still remembers it."""
+def test_nothing_to_verify_is_not_ok(tmp_path: Path) -> None:
+    assert not Journal(tmp_path, KEY).verify().ok
+
+
+def test_head_rewritten_to_hide_truncation(journal: Journal) -> None:
+    """The attacker cuts the last line and points the head at the new last line: the head's MAC needs the key."""
     ls = lines(journal)
     journal.path.write_bytes(b"".join(ls[:-1]))
-    assert not journal.verify().ok
+    doc = json.loads(journal.head.read_text())
+    doc.update(lines=4, mac=json.loads(ls[3])["mac"])
+    journal.head.write_text(json.dumps(doc))
+    v = journal.verify()
+    assert not v.ok and "head" in str(v.problems[0])
+
+
+def test_other_key_fails(journal: Journal, tmp_path: Path) -> None:
+    assert first_bad(Journal(tmp_path, b"x" * 32)) == 1
 
 
 def test_append_after_verify_continues_chain(journal: Journal) -> None:
     journal.append({"event": "x"})
     last = json.loads(lines(journal)[-1])
     assert last["seq"] == 6 and journal.verify().ok
+
+
+def test_legacy_journal_is_sealed_and_anchored(tmp_path: Path) -> None:
+    out, prev = b"", "0" * 64
+    for seq in (1, 2, 3):
+        body = json.dumps({"seq": seq, "event": "attempt", "prev": prev}, separators=(",", ":")).encode()
+        out += body + b"\n"
+        prev = hashlib.sha256(body).hexdigest()
+    (tmp_path / "journal.jsonl").write_bytes(out)
+    (tmp_path / "journal.head").write_text(json.dumps({"seq": 3, "sha256": prev}))
+    j = Journal(tmp_path, KEY)
+    j.append({"event": "after"})
+    v = j.verify()
+    assert v.ok and v.lines == 2, v.problems
+    first = json.loads(lines(j)[0])
+    assert first["event"] == "journal_sealed" and first["sealed_sha256"] == prev and first["sealed_lines"] == 3
+    assert [r["event"] for r in j.records()] == ["attempt"] * 3 + ["journal_sealed", "after"]
+    sealed = tmp_path / SEALED_FILE
+    sealed.write_bytes(sealed.read_bytes().replace(b'"attempt"', b'"attempX"', 1))
+    v = j.verify()
+    assert not v.ok and any(f"{SEALED_FILE}: line 2" in str(p) for p in v.problems)

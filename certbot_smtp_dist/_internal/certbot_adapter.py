@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certbot_smtp_dist.errors import ConfigError, SmtpDistError, UsageError
+from certbot_smtp_dist.errors import ConfigError, SmtpDistError, UnsafePathError, UsageError
 from certbot_smtp_dist.model import LineageSource, Status
 
 if TYPE_CHECKING:
@@ -117,15 +117,17 @@ class Collector:
 
 def check(options: Options) -> None:
     """Validate the configuration file and the target selection without touching any certificate or relay."""
-    from certbot_smtp_dist._internal import deploy
+    from certbot_smtp_dist._internal import loader
 
     try:
-        loaded = deploy.load_config(options.config)
-        deploy.select(loaded.settings, options.targets)
+        loaded = loader.load(options.config)
+        loader.select(loaded.settings, options.targets)
     except ConfigError as exc:
         raise SetupError(f"configuration {options.config} is unusable", [str(p) for p in exc.problems]) from exc
     except UsageError as exc:
         raise SetupError(f"--smtp-dist-targets: {exc}") from exc
+    except UnsafePathError as exc:
+        raise SetupError(f"refusing to trust {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +217,8 @@ def ship(options: Options, source: LineageSource, dry_run: bool = False) -> Ship
         result = deploy.run(request)
     except UsageError as exc:
         return Shipment(options, source, None, refused=f"--smtp-dist-targets: {exc}", dry_run=dry_run)
+    except UnsafePathError as exc:
+        return Shipment(options, source, None, refused=f"refusing to trust {exc}", dry_run=dry_run)
     return Shipment(options, source, result, dry_run=dry_run)
 
 

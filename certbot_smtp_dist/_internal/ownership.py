@@ -1,0 +1,124 @@
+"""Whose files we trust: owner and mode of the config file, the credentials and the state, checked before reading.
+
+The command runs as root. Whoever can write the config file, the credential store or the state directory can make
+it mail a private key anywhere, so each must belong to the running user (or root) and be writable by nobody else.
+A directory above them matters too: whoever can write it can rename the directory away and put their own in its
+place. So every ancestor must also be owned by root or the running user and not be writable by group or others,
+unless it has the sticky bit (like /tmp), where others cannot rename what is ours (the pre-created-directory trick is
+caught by the owner check of the directory itself). This is OpenSSH's StrictModes rule.
+
+Inside the state directory nothing may be a symbolic link (the state is ours alone; a link there was planted).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+from certbot_smtp_dist.errors import UnsafePathError
+
+log = logging.getLogger("certbot_smtp_dist")
+
+_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+_warned: set[Path] = set()
+
+
+def require_trusted_config(config: Path) -> None:
+    """The config file, its directory chain and the credentials directory beside it (before any is read)."""
+    _check_chain(config.parent)
+    _check_node(config, "configuration file", f"chown root {config}; chmod 600 {config}")
+    credentials = config.parent / "credentials"
+    _check_node(credentials, "credentials directory", f"chown root {credentials}; chmod 700 {credentials}")
+    try:
+        mode = os.stat(config).st_mode
+    except OSError:
+        return  # missing or unreadable: the config loader names it
+    if mode & stat.S_IROTH and config not in _warned:
+        _warned.add(config)  # once per run, although every entry point checks before it reads
+        log.warning("configuration file %s is readable by everyone (mode %04o); it holds no secrets, but "
+                    "`chmod 640 %s` keeps its targets private", config, stat.S_IMODE(mode), config)
+
+
+def require_trusted_state(state_dir: Path) -> None:
+    """The state directory, the chain above it, and everything inside: no foreign owner, no loose mode, no link."""
+    _check_chain(state_dir.parent)
+    fix = f"chown root {state_dir}; chmod 700 {state_dir}"
+    if not _check_node(state_dir, "state directory", fix, follow=False) or not state_dir.is_dir():
+        return  # missing: created 0700 on first write; not a directory: every write fails and is reported
+    _check_inside(state_dir)
+
+
+def _check_inside(directory: Path) -> None:
+    """Every entry below `directory`: a link is planted; a subdirectory must be ours and closed to others."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise UnsafePathError(directory, f"cannot be listed ({exc.strerror})", "check its owner and mode") from exc
+    for name in names:
+        path = directory / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue  # removed meanwhile by a concurrent run
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePathError(path, "is a symbolic link inside the state directory (never followed)",
+                                  f"remove the link (rm {path}) after checking who planted it")
+        if stat.S_ISDIR(st.st_mode):
+            _check_stat(path, st, "state directory", f"chown root {path}; chmod 700 {path}")
+            _check_inside(path)
+        elif st.st_uid not in _trusted_owners():
+            raise UnsafePathError(path, f"belongs to uid {st.st_uid}, not to this user or root",
+                                  f"remove it (rm {path}) after checking who wrote it")
+
+
+def _check_node(path: Path, what: str, fix: str, follow: bool = True) -> bool:
+    """False if `path` does not exist; raises if it is not safe to trust."""
+    try:
+        st = os.stat(path) if follow else os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise UnsafePathError(path, f"cannot be checked ({exc.strerror})", fix) from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePathError(path, f"the {what} is a symbolic link", f"use the directory it points to, {fix}")
+    _check_stat(path, st, what, fix)
+    return True
+
+
+def _check_stat(path: Path, st: os.stat_result, what: str, fix: str) -> None:
+    if st.st_uid not in _trusted_owners():
+        raise UnsafePathError(path, f"the {what} belongs to uid {st.st_uid}, not to this user or root", fix)
+    if st.st_mode & _WRITABLE_BY_OTHERS:
+        raise UnsafePathError(path, f"the {what} is writable by group or others (mode "
+                                    f"{stat.S_IMODE(st.st_mode):04o})", fix)
+
+
+def _check_chain(directory: Path) -> None:
+    """Every existing ancestor, literal and resolved: owned by root or us, not writable by others unless sticky."""
+    absolute = Path(os.path.abspath(directory))
+    seen: set[Path] = set()
+    for start in (absolute, Path(os.path.realpath(absolute))):
+        for ancestor in (start, *start.parents):
+            if ancestor in seen:
+                continue
+            seen.add(ancestor)
+            try:
+                st = os.stat(ancestor)
+            except FileNotFoundError:
+                continue  # created by us, 0700
+            except OSError:
+                continue  # cannot look: the path lookup itself will fail and be reported
+            fix = f"chown root {ancestor}; chmod go-w {ancestor}"
+            if st.st_uid not in _trusted_owners():
+                raise UnsafePathError(ancestor, f"this directory above the configuration or state belongs to uid "
+                                                f"{st.st_uid}, who could replace what lies below it", fix)
+            if st.st_mode & _WRITABLE_BY_OTHERS and not st.st_mode & stat.S_ISVTX:
+                raise UnsafePathError(ancestor, f"this directory above the configuration or state is writable by "
+                                                f"group or others (mode {stat.S_IMODE(st.st_mode):04o}) without "
+                                                f"the sticky bit", fix)
+
+
+def _trusted_owners() -> frozenset[int]:
+    return frozenset({0, os.geteuid()})

@@ -1,0 +1,126 @@
+"""Trust before use: foreign-owned or loosely-moded config, credentials and state are refused (77, nothing
+dialled); a symbolic link planted anywhere in the state is refused by name and its target left untouched."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from support.deployenv import DeployEnv, relay_target
+from support.pki import LineagePaths
+
+EX_NOPERM = 77
+NOBODY = 65534
+
+
+def _deployed_once(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> object:  # type: ignore[no-untyped-def]
+    relay = relay_factory("plaintext")
+    denv.write_config({"a": relay_target(relay)})
+    first = denv.run("deploy", "--lineage", str(lineage.live_dir))
+    assert first.returncode == 0, first.stderr
+    relay.clear()
+    return relay
+
+
+@pytest.mark.parametrize("how", ["mode 0777", "mode 0770", "owned by nobody"])
+@pytest.mark.parametrize("which", ["state", "credentials", "config", "config dir", "state parent"])
+def test_untrusted_paths_are_refused_before_anything_is_read(
+    denv: DeployEnv, lineage: LineagePaths, relay_factory, which: str, how: str
+) -> None:
+    relay = _deployed_once(denv, lineage, relay_factory)
+    path = {"state": denv.state_dir, "credentials": denv.config_dir / "credentials", "config": denv.config,
+            "config dir": denv.config_dir, "state parent": denv.root}[which]
+    path.mkdir(exist_ok=True) if which == "credentials" else None
+    if how == "owned by nobody":
+        os.chown(path, NOBODY, -1)
+    else:
+        os.chmod(path, int(how.split()[1], 8))
+    for args in (["deploy", "--lineage", str(lineage.live_dir)], ["retry"], ["status"], ["journal", "verify"]):
+        if which in ("credentials", "config", "config dir") and args[0] in ("status", "journal"):
+            continue  # these read the state only... unless they need its key (checked where they do)
+        run = denv.run(*args)
+        assert run.returncode == EX_NOPERM, (args, run.stderr)
+        assert str(path) in run.stderr and ("chmod" in run.stderr or "chown" in run.stderr)
+    assert relay.messages == []  # type: ignore[attr-defined]
+
+
+def test_world_readable_config_is_only_a_warning(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
+    relay = relay_factory("plaintext")
+    denv.write_config({"a": relay_target(relay)})
+    os.chmod(denv.config, 0o644)
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir))
+    assert run.returncode == 0
+    assert "readable by everyone" in run.stderr and str(denv.config) in run.stderr
+    assert len(relay.messages) == 1
+
+
+def test_sticky_world_writable_parent_is_accepted(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
+    os.chmod(denv.root, 0o1777)  # like /tmp: others cannot rename what is ours
+    relay = relay_factory("plaintext")
+    denv.write_config({"a": relay_target(relay)})
+    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 0
+    assert len(relay.messages) == 1
+
+
+STATE_PATHS = ["journal.jsonl", "journal.head", "journal.lock", "retry.lock", "spool", "spool/locks",
+               "spool/locks/x.lock", "spool/x.json", "spool/.x.json.tmp"]
+
+
+@pytest.mark.parametrize("name", STATE_PATHS)
+def test_symlink_at_a_state_path_is_refused_and_its_target_untouched(
+    denv: DeployEnv, lineage: LineagePaths, relay_factory, tmp_path: Path, name: str
+) -> None:
+    relay = _deployed_once(denv, lineage, relay_factory)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    os.chmod(victim, 0o600)
+    link = denv.state_dir / name
+    if link.is_dir():
+        os.rename(link, tmp_path / "moved")
+    elif link.exists():
+        link.unlink()
+    link.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    link.symlink_to(victim)
+    for args in (["deploy", "--lineage", str(lineage.live_dir)], ["retry"], ["status"], ["dismiss", "x"],
+                 ["history"], ["journal", "verify"]):
+        run = denv.run(*args)
+        assert run.returncode == EX_NOPERM, (args, run.stderr)
+        assert str(link) in run.stderr and "symbolic link" in run.stderr
+    assert victim.read_bytes() == b"precious\n"
+    assert relay.messages == []  # type: ignore[attr-defined]
+
+
+def test_state_dir_itself_a_symlink_is_refused(denv: DeployEnv, lineage: LineagePaths, relay_factory,
+                                               tmp_path: Path) -> None:
+    relay = _deployed_once(denv, lineage, relay_factory)
+    real = tmp_path / "real-state"
+    os.rename(denv.state_dir, real)
+    denv.state_dir.symlink_to(real)
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir))
+    assert run.returncode == EX_NOPERM and str(denv.state_dir) in run.stderr
+    assert relay.messages == []  # type: ignore[attr-defined]
+
+
+def test_nofollow_guards_each_open_even_after_the_upfront_check(tmp_path: Path) -> None:
+    """Defence in depth: a link appearing after the check is still never followed (O_NOFOLLOW, lstat)."""
+    from certbot_smtp_dist._internal import files
+    from certbot_smtp_dist._internal.state import Lock
+    from certbot_smtp_dist.errors import UnsafePathError
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"x")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    for name, action in (
+        ("a.lock", lambda p: Lock(p).acquire()),
+        ("b.json", files.read_nofollow),
+        ("c.json", lambda p: files.write_private(p, b"y")),
+        ("d", files.ensure_private_dir),
+        ("e", files.fsync_dir),
+    ):
+        link = state / name
+        link.symlink_to(victim)
+        with pytest.raises(UnsafePathError, match=str(link)):
+            action(link)
+        assert link.is_symlink() and victim.read_bytes() == b"x"

@@ -1,0 +1,72 @@
+"""A state directory written by 0.1.0 itself (tests/data/state-0.1.0, see make_state_0_1_0.py) is upgraded on
+first use: the pending entry is re-validated and re-keyed, then delivered by `retry` with its Message-ID; the
+journal is sealed and anchored, so every line of its history stays verifiable and shown by `history`."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from support.deployenv import DeployEnv, relay_target
+
+from certbot_smtp_dist._internal import drain
+
+DATA = Path(__file__).parent.parent / "data" / "state-0.1.0"
+MADE_AT = "/tmp/v010-data"
+
+
+def install(tmp_path: Path) -> tuple[DeployEnv, dict[str, object], bytes]:
+    root = tmp_path / "host"
+    shutil.copytree(DATA, root)
+    [entry_file] = (root / "state" / "spool").glob("*.json")
+    entry_file.write_text(entry_file.read_text().replace(MADE_AT, str(root)))  # the same state, moved
+    return DeployEnv(root), json.loads(entry_file.read_text()), (root / "state" / "journal.jsonl").read_bytes()
+
+
+def test_pending_entry_and_history_survive_the_upgrade(tmp_path: Path, relay_factory) -> None:
+    denv, old, old_journal = install(tmp_path)
+    assert old["format"] == 1 and old["state"] == "pending" and old["target"] == "down"
+    relay = relay_factory("plaintext")
+    denv.write_config({"up": relay_target(relay), "down": relay_target(relay)})
+
+    status = denv.run("status", "--json")
+    assert status.returncode == 1, status.stdout + status.stderr  # pending, not rejected
+    [row] = json.loads(status.stdout)["entries"]
+    assert (row["id"], row["state"], row["message_id"], row["attempts"]) == (
+        old["id"], "pending", old["message_id"], old["attempts"])
+    upgraded = json.loads((denv.state_dir / "spool" / f"{old['id']}.json").read_text())
+    assert upgraded["format"] == 2 and "config" not in upgraded and len(upgraded["mac"]) == 64
+
+    now = datetime.fromisoformat(str(old["created"])) + timedelta(hours=1)  # the test data does not age
+    outcome = drain.run(denv.state_dir, denv.config, now=now)
+    assert outcome.exit_status == 0, outcome
+    [received] = relay.messages
+    msg = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert msg["Message-ID"] == old["message_id"]
+    assert list((denv.state_dir / "spool").glob("*.json")) == []
+
+    assert (denv.state_dir / "journal-0.1.0.jsonl").read_bytes() == old_journal  # sealed, untouched
+    verify = denv.run("journal", "verify")
+    assert verify.returncode == 0, verify.stdout
+    assert "5 line(s) of 0.1.0 history" in verify.stderr
+    history = json.loads(denv.run("history", "--json").stdout)["history"]
+    assert [(h["run"], h["target"]) for h in history] == [("deploy", "up"), ("retry", "down")]
+
+
+def test_entry_for_another_config_is_not_taken_over(tmp_path: Path, relay_factory) -> None:
+    """0.1.0 let an entry name its config file; one naming a config other than the one in use stays rejected."""
+    denv, old, _ = install(tmp_path)
+    entry_file = denv.state_dir / "spool" / f"{old['id']}.json"
+    entry_file.write_text(entry_file.read_text().replace(str(denv.config), "/home/mallory/config.toml"))
+    relay = relay_factory("plaintext")
+    denv.write_config({"up": relay_target(relay), "down": relay_target(relay)})
+    status = denv.run("status")
+    assert status.returncode == 2 and f"REJECTED: spool file {entry_file}" in status.stdout
+    assert "/home/mallory/config.toml" in status.stderr and "dismiss" in status.stderr
+    assert denv.run("retry").returncode == 75 and relay.messages == []
+    assert denv.run("dismiss", str(old["id"])).returncode == 0
+    assert denv.run("status").returncode == 0
