@@ -299,6 +299,29 @@ def test_8_deploy_hook_without_installer_ships_like_the_plugin(
     assert fingerprint(attached_chain(relay.messages[1])) != old
 
 
+def test_9_readme_uninstall_detaches_the_plugin_and_renewal_keeps_working(
+    certbot: Certbot, relay: Relay, config_path: Path
+) -> None:
+    """The README's uninstall step, run as written on certbot's own renewal file (only its directory differs)."""
+    write_config(config_path, {"ops": (relay, {})})
+    certbot.certonly(NAME)
+    certbot.run("reconfigure", "--cert-name", NAME, *plugin_args(config_path))
+    assert_still_attached(certbot, config_path)
+    readme = (Path(__file__).resolve().parents[2] / "README.rst").read_text("utf-8")
+    uninstall = readme.split("Uninstall\n---------\n", 1)[1].split(".. code-block:: sh\n\n", 1)[1]
+    detach = "\n".join(line[4:] for line in uninstall.splitlines()[:2])
+    assert detach.startswith("grep -l '^installer = smtp-dist$' /etc/letsencrypt/renewal/*.conf |"), detach
+
+    subprocess.run(["sh", "-c", detach.replace("/etc/letsencrypt", str(certbot.config_dir))], check=True)
+
+    params = renewal_params(certbot)
+    assert "installer" not in params and not any(k.startswith("smtp_dist_") for k in params), params
+    assert "authenticator" in params  # the rest of certbot's renewal configuration is untouched
+    result = certbot.renew()
+    assert live_fingerprint(certbot), output(result)
+    assert relay.connections == 0  # detached: the renewal no longer ships anything
+
+
 # --------------------------------------------------------------------------- interactive flows raise
 
 
