@@ -195,7 +195,13 @@ class Shipment:
                    for r in self.report.results if not r.ok)
 
     def retry_command(self) -> str:
-        return shlex.join(["certbot-smtp-dist", "retry", *self._state_args()])
+        """`retry` with this run's configuration: spool entries are authenticated under the key of the credential
+        store beside it, so a drain under the default configuration would (rightly) refuse them."""
+        from certbot_smtp_dist._internal.config import DEFAULT_CONFIG
+
+        config = self.options.config
+        where = ["--config", str(config)] if config != DEFAULT_CONFIG else []
+        return shlex.join(["certbot-smtp-dist", "retry", *where, *self._state_args()])
 
     def _state_args(self) -> list[str]:
         from certbot_smtp_dist._internal.state import DEFAULT_STATE_DIR

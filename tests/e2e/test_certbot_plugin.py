@@ -197,14 +197,17 @@ def test_4_relay_down_during_renew_is_logged_not_fatal_and_the_next_renewal_deli
     log = certbot_log(certbot)
     assert "ops: failed SMTP_CONNECT in connect" in log
     assert f"certificate {NAME} was renewed and saved, but was not delivered to target(s) ops" in log
-    assert f"`certbot-smtp-dist retry --state-dir {state_dir}` (from its timer, or now) re-sends them" in log
+    assert (f"`certbot-smtp-dist retry --config {config_path} --state-dir {state_dir}` (from its timer, or now) "
+            "re-sends them") in log
     assert (f"certbot-smtp-dist deploy --config {config_path} --state-dir {state_dir} "
             f"--lineage {certbot.live_dir(NAME)} --target ops") in log
 
     with Relay(None, mode="plaintext", port=port) as back:
         # The failed delivery was spooled: the retry command ships the certificate renewed while the relay was down.
+        # The hinted command, as printed (entries are keyed to the credential store beside that config).
         retry = subprocess.run([str(Path(sys.executable).parent / "certbot-smtp-dist"), "retry",
-                                "--state-dir", str(state_dir)], capture_output=True, text=True)
+                                "--config", str(config_path), "--state-dir", str(state_dir)],
+                               capture_output=True, text=True)
         assert retry.returncode == 0, retry.stderr
         assert len(back.messages) == 1
         assert_carries_live_chain(back.messages[0], certbot)
