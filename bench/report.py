@@ -57,7 +57,8 @@ class Row:
         return "OK" if self.budget.met(self.value) else "OVER"
 
     def markdown(self) -> str:
-        value = "—" if self.value is None else f"{self.value:.2f}{self.unit}"
+        digits = 2 if self.unit else 0  # a bare count has no fraction
+        value = "—" if self.value is None else f"{self.value:.{digits}f}{self.unit}"
         cells = [
             self.scenario,
             self.measurement + (f" ({self.note})" if self.note else ""),

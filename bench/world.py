@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,7 @@ def outcomes(sample: Sample) -> dict[str, dict[str, Any]]:
                          f"{sample.stderr.strip()[-400:]}") from exc
 
 
-def expect_delivered(names: Sequence[str]) -> Any:
+def expect_delivered(names: Sequence[str]) -> Callable[[Sample], None]:
     """A check that every named target was delivered (and the run exited 0)."""
     def check(sample: Sample) -> None:
         found = outcomes(sample)
