@@ -304,12 +304,12 @@ def s8_scale(ctx: Context) -> list[Row]:
 
 SCENARIOS: dict[str, tuple[Callable[[Context], list[Row]], int]] = {
     # name: (function, default timed runs per variant)
-    "1": (s1_cold_pem, 7),
-    "2": (s2_cold_pkcs12, 7),
+    "1": (s1_cold_pem, 15),
+    "2": (s2_cold_pkcs12, 15),
     "3": (s3_fanout, 5),
     "4": (s4_latency, 5),
-    "5": (s5_blackhole, 3),
-    "6": (s6_certbot_plugins, 10),
-    "7": (s7_postfix, 5),
-    "8": (s8_scale, 2),
+    "5": (s5_blackhole, 5),
+    "6": (s6_certbot_plugins, 20),
+    "7": (s7_postfix, 7),
+    "8": (s8_scale, 3),
 }
