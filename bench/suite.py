@@ -32,7 +32,8 @@ requiring STARTTLS and AUTH PLAIN (tests/support/relay.py, with the test PKI of 
 relay delaying each reply (scenario 4), a listener that accepts TCP and never answers (scenario 5), and a private
 Debian Postfix instance (tests/support/postfix.py, scenario 7). Each measured run is a whole process; the columns
 are medians over the timed runs of its wall time, CPU time (user + sys) and peak RSS (`ru_maxrss` from `os.wait4`
-for that child alone). The variants of each scenario run interleaved (A, B, A, B, ...) after {warmup} untimed
+for that child alone: children are forked by a small helper process, bench/spawner.py, so the floor is its
+~10 MiB, not the benchmark's own memory). The variants of each scenario run interleaved (A, B, A, B, ...) after {warmup} untimed
 warm-up round(s), so drift in the machine's load hits both sides of a ratio alike.
 
 The machine is small and shared (other test runs were going on during this one), so absolute times are noisy and
@@ -47,8 +48,11 @@ are judged as absolute figures. Method, per scenario:
 5. 5 healthy targets plus one whose relay accepts TCP and never answers (`timeout` = 4 s) vs the 5 alone: the value
    compares the slowest healthy target's `duration_s` from `--json`; then the whole run against that timeout.
 6. `certbot plugins` with the entry point visible vs hidden (bench/bench_certbot_plugins.py's launcher).
-7. `bench/clients/deploy_loop.py` (8 `deploy` runs in one process, one target each) vs smtplib's 8 sessions, against
-   Postfix with STARTTLS (no AUTH: the instance has no SASL); each process's median session, the first left out.
+7. `bench/clients/deploy_loop.py` (8 `deploy` runs in one process, one target each) vs smtplib's and bare
+   aiosmtplib's 8 sessions, against Postfix with STARTTLS (TLS 1.3; no AUTH: the instance has no SASL). Judged: the
+   SMTP session as the journal records it (`journal.jsonl`'s documented per-attempt `duration_s`, ms resolution)
+   against smtplib's session; each process's median session, the first left out. References: the whole `deploy`
+   run per session, and bare aiosmtplib (does the library itself stall?).
 8. 1, 10, 100, 500 targets on one relay (`timeout` 120 s), no warm-up: growth of wall time and peak RSS.
 """
 
