@@ -102,12 +102,12 @@ def outcomes(sample: Sample) -> dict[str, dict[str, Any]]:
                          f"{sample.stderr.strip()[-400:]}") from exc
 
 
-def expect_delivered(names: Sequence[str]) -> Callable[[Sample], None]:
-    """A check that every named target was delivered (and the run exited 0)."""
+def expect_delivered(names: Sequence[str], *, exit_status: int | None = 0) -> Callable[[Sample], None]:
+    """A check that every named target was delivered, and that the run exited `exit_status` (None: any)."""
     def check(sample: Sample) -> None:
         found = outcomes(sample)
         bad = [n for n in names if found.get(n, {}).get("status") != "delivered"]
-        if bad or sample.returncode != 0:
+        if bad or exit_status not in (None, sample.returncode):
             first = found.get(bad[0], {}) if bad else {}
             raise BenchError(f"{len(bad)} of {len(names)} target(s) not delivered (exit {sample.returncode}); "
                              f"first: {bad[:1]} {first.get('error_code')} {first.get('detail')}")
