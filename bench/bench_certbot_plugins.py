@@ -6,6 +6,7 @@ Both variants run the same launcher (certbot's own `main`, with `importlib.metad
 only difference is whether certbot discovers our entry point, imports `certbot_smtp_dist.certbot_plugin` and lists
 it. Runs alternate between the variants so drift in machine load hits both alike. The target (issue 3) is a ratio
 of medians of at most 1.05; the exit status is 1 when it is exceeded. Not part of the test suite: timings are noisy.
+The suite (bench/suite.py, scenario 6) runs the same LAUNCHER and puts the ratio in its table.
 """
 
 from __future__ import annotations
