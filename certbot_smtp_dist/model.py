@@ -125,13 +125,16 @@ class RetryPolicy:
     """When to try again, in one value: within a run (`attempts`, exponential backoff with jitter, all inside the
     target's `timeout`), and across runs (`retry` gives up on a spool entry older than `max_age`). RFC 5321
     §4.5.4.1 asks for backoff between attempts and for giving up after at least 4-5 days.
-    From [defaults]: `retry_attempts`, `retry_max_age` (days)."""
+    From [defaults]: `retry_attempts`, `retry_max_age` (days), `connections_per_relay`."""
 
     attempts: int = 3
     base_delay: float = 0.5
     max_delay: float = 8.0
     min_budget: float = 1.0  # do not start an attempt with less time left than this
     max_age: timedelta = timedelta(days=5)
+    # How many of a run's sessions may be open against one relay (host, port) at once; a session waits for a slot
+    # inside its target's timeout. From [defaults]: `connections_per_relay`.
+    connections_per_relay: int = 10
 
     def delay(self, attempt: int) -> float:
         raw: float = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))

@@ -47,7 +47,8 @@ MAX_FROM_NAME = 128
 MAX_SUBJECT_PREFIX = 64  # the Subject also holds the certificate's name and date (RFC 5322 §2.1.1: 78 per line)
 TARGET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
-RETRY_KEYS = ("retry_attempts", "retry_max_age")  # [defaults] only: one policy for the whole run
+# [defaults] only: one policy for the whole run
+RETRY_KEYS = ("retry_attempts", "retry_max_age", "connections_per_relay")
 KNOWN_KEYS = frozenset(
     {
         "host", "port", "tls_mode", "tls_skip_verify", "tls_ca_file", "auth_method", "username",
@@ -139,7 +140,11 @@ def _retry_policy(doc: Mapping[str, Any], problems: list[ConfigProblem]) -> Retr
         problems.append(ConfigProblem(None, "defaults.retry_max_age", "must be a number of days, more than 0 and "
                                                                       "at most 30"))
         days = policy.max_age / timedelta(days=1)
-    return replace(policy, attempts=attempts, max_age=timedelta(days=days))
+    per_relay = doc.get("connections_per_relay", policy.connections_per_relay)
+    if isinstance(per_relay, bool) or not isinstance(per_relay, int) or not 1 <= per_relay <= 100:
+        problems.append(ConfigProblem(None, "defaults.connections_per_relay", "must be a whole number from 1 to 100"))
+        per_relay = policy.connections_per_relay
+    return replace(policy, attempts=attempts, max_age=timedelta(days=days), connections_per_relay=per_relay)
 
 
 def closest_key(key: str, known: frozenset[str] | tuple[str, ...]) -> str | None:
@@ -397,7 +402,8 @@ def ca_file_problem(path: Path) -> str | None:
     import ssl
 
     try:
-        ssl.create_default_context().load_verify_locations(cafile=str(path))
+        # A bare context: the file is checked on its own, without loading the system store (tens of ms each).
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
     except FileNotFoundError:
         return f"{path} does not exist"
     except PermissionError:

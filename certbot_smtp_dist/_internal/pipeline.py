@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certbot_smtp_dist._internal import payload as payload_formats
 from certbot_smtp_dist._internal import render, scrub
@@ -28,6 +29,9 @@ from certbot_smtp_dist.model import (
     Target,
     TlsMode,
 )
+
+if TYPE_CHECKING:  # transport (and aiosmtplib) is imported only when something is sent
+    from certbot_smtp_dist._internal.transport import SessionOutcome, TlsContexts
 
 log = logging.getLogger("certbot_smtp_dist")
 DEFAULT_POLICY = RetryPolicy()
@@ -109,9 +113,73 @@ def warn_about(target: Target, fmt: PayloadFormat) -> None:
         log.warning("target %s: tls_skip_verify = true: the relay's identity is NOT verified", target.name)
 
 
-async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: float | None = None) -> Delivery:
+class RelaySlots:
+    """At most `limit` SMTP sessions at once against one relay (host, port), across the targets of a run.
+
+    Postfix lets one client hold 50 connections by default (smtpd_client_connection_count_limit) and hosted relays
+    a handful; 500 targets must not open 500 at once. A session waits for a slot inside its target's deadline.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: dict[tuple[str, int], asyncio.Semaphore] = {}
+
+    def _of(self, target: Target) -> asyncio.Semaphore:
+        return self._held.setdefault((target.host.lower(), target.port), asyncio.Semaphore(self.limit))
+
+    async def take(self, target: Target, within: float) -> float | None:
+        """Seconds waited for a slot, or None when none came free `within` seconds."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            await asyncio.wait_for(self._of(target).acquire(), timeout=max(within, 0.001))
+        except (asyncio.TimeoutError, TimeoutError):
+            return None
+        return loop.time() - began
+
+    def give_back(self, target: Target) -> None:
+        self._of(target).release()
+
+
+_MIN_SESSION = 0.5  # seconds: less than this left after waiting for a slot cannot carry a session
+_SLOW_SLOT = 0.1  # seconds: a wait for a slot this long is worth a log line
+
+
+def _no_slot(target: Target, limit: int, waited: float) -> Failure:
+    return Failure(ErrorCode.SMTP_TRANSIENT, Phase.CONNECT,
+                   f"no free connection to {target.host}:{target.port} within {waited:.1f}s: {limit} other "
+                   f"deliveries of this run held them (connections_per_relay = {limit})")
+
+
+async def _session(job: Job, message: Message, budget: float, slots: RelaySlots, tls: TlsContexts) -> SessionOutcome:
+    """One SMTP session in a relay slot; the wait for the slot counts against the same budget."""
+    from certbot_smtp_dist._internal import transport
+
+    target = job.target
+    waited = await slots.take(target, budget)
+    # A slot that came only after a wait, too late to hold a session, is no slot (a budget that was short before
+    # any wait is the session's own business: it fails at its deadline as it always did).
+    if waited is not None and waited >= _SLOW_SLOT and budget - waited < _MIN_SESSION:
+        slots.give_back(target)
+        waited = None
+    if waited is None:
+        return transport.SessionOutcome(failure=_no_slot(target, slots.limit, budget))
+    if waited >= _SLOW_SLOT:
+        log.info("target %s: waited %.1fs for one of %d connections to %s:%d", target.name, waited, slots.limit,
+                 target.host, target.port)
+    try:
+        return await transport.deliver(target, message, job.password, max(budget - waited, 0.01), job.secrets, tls)
+    finally:
+        slots.give_back(target)
+
+
+async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: float | None = None,
+                      slots: RelaySlots | None = None, tls: TlsContexts | None = None) -> Delivery:
     """Attempt delivery until success, a permanent failure, the attempt limit, or the deadline. No I/O but SMTP."""
     from certbot_smtp_dist._internal import transport
+
+    slots = slots or RelaySlots(policy.connections_per_relay)
+    tls = tls or transport.TlsContexts()
 
     target = job.target
     if job.skipped:
@@ -134,8 +202,7 @@ async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: f
     while True:
         attempts += 1
         began = loop.time()
-        outcome = await transport.deliver(target, message, job.password, max(deadline - loop.time(), 0.01),
-                                          job.secrets)
+        outcome = await _session(job, message, max(deadline - loop.time(), 0.01), slots, tls)
         accepted.extend(outcome.accepted)
         refusals.update(outcome.refused)
         failure = outcome.failure
@@ -181,9 +248,9 @@ def deliver_all(jobs: list[Job], policy: RetryPolicy = DEFAULT_POLICY, started: 
     """Run every job concurrently; one target's failure or stall never delays another beyond its own deadline.
     The event loop only delivers: results and attempts come back as values, saved by the use case afterwards."""
 
-    async def run_one(job: Job) -> Delivery:
+    async def run_one(job: Job, slots: RelaySlots, tls: TlsContexts) -> Delivery:
         try:
-            return await deliver_job(job, policy, started)
+            return await deliver_job(job, policy, started, slots, tls)
         except Exception as exc:  # a defect must not take the other targets down with it
             log.exception("target %s: internal error", job.target.name)
             return Delivery(job, DeliveryResult(job.target.name, Status.FAILED,
@@ -192,7 +259,10 @@ def deliver_all(jobs: list[Job], policy: RetryPolicy = DEFAULT_POLICY, started: 
                                                 job.message.message_id if job.message else None))
 
     async def run_all() -> list[Delivery]:
-        return list(await asyncio.gather(*(run_one(j) for j in jobs)))
+        from certbot_smtp_dist._internal.transport import TlsContexts
+
+        slots, tls = RelaySlots(policy.connections_per_relay), TlsContexts()  # shared by every target of the run
+        return list(await asyncio.gather(*(run_one(j, slots, tls) for j in jobs)))
 
     return asyncio.run(run_all())
 

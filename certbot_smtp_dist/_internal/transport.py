@@ -10,6 +10,7 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from certbot_smtp_dist._internal import classify, portprobe, transcript
@@ -68,17 +69,38 @@ def client_tls_context(target: Target) -> ssl.SSLContext:
     return ctx
 
 
+class TlsContexts:
+    """One verified client context per distinct trust configuration (`tls_ca_file`, `tls_skip_verify`) in a run.
+
+    Loading the system trust store costs tens of milliseconds of CPU per context; one context serves any number of
+    concurrent connections, so 50 targets behind one relay load it once, not 50 times.
+    """
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[Path | None, bool], ssl.SSLContext] = {}
+
+    def get(self, target: Target) -> ssl.SSLContext | None:
+        if target.tls_mode is TlsMode.PLAINTEXT:
+            return None
+        key = (target.tls_ca_file, target.tls_skip_verify)
+        if key not in self._made:
+            self._made[key] = client_tls_context(target)
+        return self._made[key]
+
+
 async def deliver(target: Target, message: Message, password: Secret | None, budget: float,
-                  secrets: tuple[Secret, ...] = ()) -> SessionOutcome:
+                  secrets: tuple[Secret, ...] = (), tls: TlsContexts | None = None) -> SessionOutcome:
     """Run one SMTP session; never raises for SMTP, network or TLS trouble, and never outlives `budget`.
 
     `secrets`: every secret of the run, scrubbed from the `-vv` transcript along with `password`.
+    `tls`: the run's TLS contexts (one is made for this session when not given).
     """
     progress = _Progress()
     deadline = asyncio.get_running_loop().time() + budget
     known = (*secrets, password) if password is not None else secrets
     try:
-        return await asyncio.wait_for(_session(target, message, password, progress, budget, known), timeout=budget)
+        return await asyncio.wait_for(_session(target, message, password, progress, budget, known,
+                                               (tls or TlsContexts()).get(target)), timeout=budget)
     except _Abort as abort:
         return SessionOutcome(refused=abort.refused, failure=abort.failure)
     except (asyncio.TimeoutError, TimeoutError) as exc:
@@ -101,14 +123,13 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
 
 async def _session(
     target: Target, message: Message, password: Secret | None, progress: _Progress, budget: float,
-    secrets: tuple[Secret, ...],
+    secrets: tuple[Secret, ...], tls_context: ssl.SSLContext | None,
 ) -> SessionOutcome:
     import aiosmtplib
 
     socket_with_hostname = _major_version(getattr(aiosmtplib, "__version__", "3")) >= 3
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
-    tls_context = None if target.tls_mode is TlsMode.PLAINTEXT else client_tls_context(target)
     # Dial TCP ourselves so that a connect timeout (SMTP_CONNECT) is told apart from a stalled greeting
     # (SMTP_TRANSIENT); aiosmtplib reports both as SMTPConnectTimeoutError. aiosmtplib < 3 (Debian 12 ships 2.0)
     # takes no host name with a socket and so cannot do implicit TLS over one: there it dials smtps itself.

@@ -153,11 +153,17 @@ def test_retry_policy_from_defaults() -> None:
     assert settings.retry.attempts == 5 and settings.retry.max_age == timedelta(days=2.5)
     default = parse_settings({"targets": {"t": BASE}}, Path("/etc/x/config.toml"), CREDS, FORMATS)
     assert default.retry.attempts == 3 and default.retry.max_age == timedelta(days=5)
+    assert default.retry.connections_per_relay == 10
+    bounded = parse_settings({"defaults": {"connections_per_relay": 2}, "targets": {"t": BASE}},
+                             Path("/etc/x/config.toml"), CREDS, FORMATS)
+    assert bounded.retry.connections_per_relay == 2
 
 
 @pytest.mark.parametrize(("key", "value"), [
     ("retry_attempts", 0), ("retry_attempts", 11), ("retry_attempts", True), ("retry_attempts", "3"),
     ("retry_max_age", 0), ("retry_max_age", 31), ("retry_max_age", "5d"), ("retry_max_age", False),
+    ("connections_per_relay", 0), ("connections_per_relay", 101), ("connections_per_relay", 2.5),
+    ("connections_per_relay", True),
 ])
 def test_retry_policy_bad_values_are_keyed(key: str, value: Any) -> None:
     assert problems({"t": BASE}, {key: value}) == {(None, f"defaults.{key}")}
