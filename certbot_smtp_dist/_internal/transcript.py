@@ -30,7 +30,8 @@ class Transcribed:
     def __init__(self, client: Any, target: Target, secrets: tuple[Secret, ...]) -> None:
         self._client = client
         self._target = target
-        self._scrubber = Scrubber.of(secrets)
+        self._secrets = secrets
+        self._scrubber: Scrubber | None = None  # built on the first line logged: costly, and -vv is rare
 
     def __getattr__(self, name: str) -> Any:  # everything not a command: supports_extension, close, ...
         return getattr(self._client, name)
@@ -125,6 +126,8 @@ class Transcribed:
     def _relay_text(self, text: str) -> str | None:
         """Relay text, each line made printable (untrusted: no control characters reach the log) and then every
         secret of the run masked; None when scrub.py says it must be withheld."""
+        if self._scrubber is None:
+            self._scrubber = Scrubber.of(self._secrets)
         return self._scrubber.masked("\n".join(printable(line) for line in text.splitlines()))
 
     def _line(self, who: str, text: str) -> None:
@@ -139,6 +142,8 @@ class Transcribed:
 
     def _tls_facts(self) -> None:
         """RFC 8314 §5 / RFC 7525: which protocol and cipher protect the session, and whom we talk to."""
+        if not (log.isEnabledFor(logging.DEBUG) or stages.isEnabledFor(logging.DEBUG)):
+            return  # nobody reads it: skip the certificate parsing and the scrubbing
         try:  # only ever an observer: nothing here may fail the delivery
             tls = self._client.get_transport_info("ssl_object")
             if tls is None:
