@@ -212,7 +212,7 @@ def ship(options: Options, source: LineageSource, dry_run: bool = False) -> Ship
     from certbot_smtp_dist._internal import deploy
 
     request = deploy.DeployRequest(config=options.config, source=source, targets=options.targets, dry_run=dry_run,
-                                   state_dir=options.state_dir)
+                                   state_dir=options.state_dir, from_renewal=True)  # certbot runs us: a renewal
     try:
         result = deploy.run(request)
     except UsageError as exc:

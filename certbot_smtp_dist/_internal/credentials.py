@@ -65,10 +65,12 @@ class CredentialStore:
 
     # -- listing (no key needed) --------------------------------------------------------------------------------
     def list(self) -> list[StoredCredential]:
-        if not self.directory.is_dir():
+        try:  # not glob(), which reads a directory closed to this user as an empty one
+            names = os.listdir(self.directory)
+        except (FileNotFoundError, NotADirectoryError):
             return []
         out: list[StoredCredential] = []
-        for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
+        for path in sorted(self.directory / n for n in names if n.endswith(_SUFFIX)):
             try:
                 doc = json.loads(path.read_text("utf-8"))
                 out.append(StoredCredential(name=str(doc["name"]), type=str(doc["type"])))

@@ -80,6 +80,8 @@ class _Drain:
         self.started = time.monotonic()  # each entry's `timeout` counts from here, rendering included
 
     def run(self) -> RetryReport:
+        if self._config() is not None:
+            self.ledger.config_fixed()
         candidates = []
         for item in self.ledger.spool.entries():
             if isinstance(item, sp.Rejected):
@@ -187,8 +189,8 @@ class _Drain:
 
         source = entry.lineage_source()
         assert source is not None  # checked when planned
-        outcome = deploy.run(deploy.DeployRequest(config=self.config, source=source, state_dir=self.state_dir),
-                             self.now)
+        outcome = deploy.run(deploy.DeployRequest(config=self.config, source=source, state_dir=self.state_dir,
+                                                  from_renewal=True), self.now)
         self.results.extend(outcome.results)
         if outcome.exit_status in (report.EX_CONFIG, report.EX_DATAERR):
             log.error("the deploy of %s is still blocked (see the errors above)", entry.certificate)

@@ -20,14 +20,18 @@ from certbot_smtp_dist._internal.state import StateKeys
 from certbot_smtp_dist.model import CertificateFacts, LineageSource, Status, failure_json
 
 log = logging.getLogger("certbot_smtp_dist")
+_CONFIG_FIXED = "the configuration loads again; the next `certbot-smtp-dist retry` runs this deploy"
 
 
 class Ledger:
     """State-dir bookkeeping for one run. State trouble is logged loudly but never stops a delivery."""
 
     def __init__(self, state_dir: Path, run: str, keys: StateKeys, now: datetime | None = None,
-                 source: LineageSource | None = None) -> None:
+                 source: LineageSource | None = None, from_renewal: bool = False) -> None:
         self.state_dir = state_dir
+        # Only a renewal leaves a blocked entry: a command typed on a terminal reports its error there and then,
+        # and a typo in it must not become a standing alert that no renewal will ever close.
+        self.from_renewal = from_renewal
         self.source = source  # the lineage a deploy run ships (None for the drain: each entry names its own)
         self.run = run
         self.journal = Journal(state_dir, keys.journal, keys.journal_anchor)
@@ -42,12 +46,18 @@ class Ledger:
             "run": self.run,
             "event": event,
             "target": target,
-            "certificate": facts.name if facts else None,
+            "certificate": facts.name if facts else self._source_name(),
             "serial": facts.serial_hex if facts else None,
             "fingerprint": facts.sha256_fingerprint if facts else None,
         }
         rec.update(fields)
         self._guard("write the journal", lambda: self.journal.append(rec))
+
+    def _source_name(self) -> str | None:
+        """The certificate a deploy run was asked to ship, before (or without) reading it."""
+        if self.source is None:
+            return None
+        return self.source.name or (self.source.lineage_dir.name if self.source.lineage_dir else None)
 
     def _attempt(self, facts: CertificateFacts | None, job: Job, attempt: Attempt, prior: int) -> None:
         f = attempt.failure
@@ -56,7 +66,7 @@ class Ledger:
             "partial" if attempt.accepted and attempt.refused else "failed")
         self.record("attempt", facts, job.target.name,
                     message_id=job.message.message_id if job.message else None,
-                    recipients=len(job.message.envelope_to) if job.message else 0,
+                    recipients=list(job.message.envelope_to) if job.message else [],
                     outcome=outcome, **failure_json(f), attempt=prior + attempt.number,
                     duration_s=round(attempt.duration_s, 3))
 
@@ -180,7 +190,7 @@ class Ledger:
     def block(self, why: str, code: str | None, facts: CertificateFacts | None = None) -> None:
         """This run's whole deploy could not start: leave a `failed` entry so `status` alerts and
         `retry --include-failed` can run the deploy again once the cause is fixed."""
-        if self.source is None:
+        if self.source is None or not self.from_renewal:
             return
         source = self.source
         try:
@@ -202,6 +212,22 @@ class Ledger:
         with self.claim(sp.blocked_id(self.source)) as entry:
             if entry is not None:
                 self.close(entry, "unblocked", None, "the deploy ran again")
+
+    def config_fixed(self) -> None:
+        """The configuration loads cleanly now: a deploy it blocked is no longer an error but pending, and the next
+        `retry` runs it again (closing it, or blocking it with today's reason)."""
+        for item in self.spool.entries():
+            if isinstance(item, sp.Rejected) or item.kind != sp.BLOCKED or item.state != sp.FAILED:
+                continue
+            if (item.last_failure or {}).get("error_code") != sp.CONFIG_BLOCK:
+                continue
+            with self.claim(item.id) as entry:
+                if entry is None or (entry.last_failure or {}).get("error_code") != sp.CONFIG_BLOCK:
+                    continue
+                self.record("config_fixed", None, None, certificate_entry=entry.certificate, detail=_CONFIG_FIXED)
+                pending = sp.touched(entry, datetime.now(timezone.utc), state=sp.PENDING,
+                                     last_failure=sp.needs_attention(_CONFIG_FIXED))
+                self._guard("update the spool", lambda: self.spool.write(pending))  # noqa: B023 (called at once)
 
     # -- plumbing -----------------------------------------------------------------------------------------------
     def _guard(self, what: str, action: Callable[[], object]) -> None:

@@ -13,6 +13,7 @@ from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, Status
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
+EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_CANTCREAT = 73
 EX_IOERR = 74
