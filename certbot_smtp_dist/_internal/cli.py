@@ -60,9 +60,14 @@ exit status of deploy and retry (sysexits, like other mail tools):
   65   certificate files unusable, nothing attempted (EX_DATAERR)
   69   a failure that is not retryable (EX_UNAVAILABLE)
   75   some target failed and every failure is retryable (EX_TEMPFAIL)
+  74   a file or directory it needs cannot be read or written (EX_IOERR)
+  77   a path it needs is closed to this user, or is not safe to trust (EX_NOPERM)
   78   configuration or credentials unusable, nothing attempted (EX_CONFIG)
   130  interrupted
-status follows the Nagios plugin convention (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
+retry also exits 69 while a failed, blocked or rejected spool entry remains (see status).
+status follows the Nagios plugin convention (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN: it cannot know, e.g. no
+state there or not readable by this user); journal verify exits 1 if tampered or missing; history exits 66 with
+no journal; dismiss exits 64 for an ambiguous id prefix."""
 
 
 def versions() -> str:

@@ -291,3 +291,15 @@ def test_history_all_names_the_certificate_and_cause_without_placeholders(denv: 
     [line] = [ln for ln in run.stdout.splitlines() if "config_error" in ln]
     assert "certificate=test.example.com" in line and "cause: configuration" in line and "port" in line
     assert not re.search(r"(^| )-( |$)|=-( |$)", line), line
+
+
+def test_the_certbot_plugin_is_a_renewal(denv: DeployEnv, lineage: LineagePaths) -> None:
+    from certbot_smtp_dist._internal import certbot_adapter
+    from certbot_smtp_dist._internal import lineage as lin
+
+    denv.config.write_text("[targets.a]\nport = 'not a number'\n")
+    denv.config.chmod(0o600)
+    options = certbot_adapter.Options(config=denv.config, state_dir=denv.state_dir)
+    certbot_adapter.ship(options, lin.from_lineage_dir(lineage.live_dir))
+    [entry] = spool_files(denv)
+    assert entry["kind"] == "blocked"
