@@ -210,9 +210,16 @@ def ship(options: Options, source: LineageSource, dry_run: bool = False) -> Ship
     The core logs one line per target through the `certbot_smtp_dist` logger, which certbot records in its log.
     """
     from certbot_smtp_dist._internal import deploy
+    from certbot_smtp_dist._internal.config import DEFAULT_CONFIG
+    from certbot_smtp_dist._internal.report import command_prefix
+    from certbot_smtp_dist._internal.state import DEFAULT_STATE_DIR
 
+    state = options.state_dir
+    command = command_prefix(str(options.config) if options.config != DEFAULT_CONFIG else None,
+                             str(state) if state is not None and state != DEFAULT_STATE_DIR else None)
     request = deploy.DeployRequest(config=options.config, source=source, targets=options.targets, dry_run=dry_run,
-                                   state_dir=options.state_dir, from_renewal=True)  # certbot runs us: a renewal
+                                   state_dir=state, from_renewal=True,  # certbot runs us: a renewal
+                                   command=command)
     try:
         result = deploy.run(request)
     except UsageError as exc:

@@ -168,7 +168,7 @@ def _deploy(args: argparse.Namespace, source: LineageSource) -> int:
     request = deploy.DeployRequest(
         config=config_path(args.config), source=source, targets=tuple(args.target), dry_run=args.dry_run,
         output=Path(args.output) if args.output else None, state_dir=state_dir(args.state_dir),
-        from_renewal=from_renewal(os.environ),
+        from_renewal=from_renewal(os.environ), command=report.command_prefix(args.config, args.state_dir),
     )
     result = deploy.run(request)
     if args.json:

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 import stat
 import sys
 from collections.abc import Callable
@@ -62,13 +61,17 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
     verify.set_defaults(func=cmd_journal_verify)
 
 
+def prefix(args: argparse.Namespace) -> tuple[str, ...]:
+    from certbot_smtp_dist._internal.report import command_prefix
+
+    return command_prefix(args.config, args.state_dir)
+
+
 def next_command(args: argparse.Namespace, *words: str) -> str:
     """A command to paste: with the same --config and --state-dir the user gave, shell-quoted."""
-    argv = ["certbot-smtp-dist"]
-    for option, value in (("--config", args.config), ("--state-dir", args.state_dir)):
-        if value is not None:
-            argv += [option, value]
-    return shlex.join([*argv, *words])
+    from certbot_smtp_dist._internal.report import next_command as joined
+
+    return joined(prefix(args), *words)
 
 
 def _nothing_there(state: Path) -> str | None:
@@ -122,7 +125,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     state = _state(args)
     result = drain.run(state, config_path(args.config), args.include_failed,
-                       include_uncertain=args.include_uncertain)
+                       include_uncertain=args.include_uncertain, command=prefix(args))
     waiting = [] if result.busy or not state.is_dir() else [r for r in _rows(args, state) if _needs_human(r)]
     for row in waiting:
         print(f"certbot-smtp-dist: {_row_line(row)}", file=sys.stderr)

@@ -44,6 +44,7 @@ class DeployRequest:
     environ: Mapping[str, str] | None = None
     state_dir: Path | None = None  # journal + spool; None: keep no state (tests, dry runs)
     from_renewal: bool = False  # run by an ACME client's renewal (hook, plugin, retry), not typed on a terminal
+    command: tuple[str, ...] = (report.PROGRAM,)  # how to call us again, in the commands we suggest
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +116,8 @@ def _open_state(request: DeployRequest, now: datetime) -> tuple[Ledger | None, b
     if keys is None:
         return None, False
     upgrade(request.state_dir, request.config, keys)
-    return Ledger(request.state_dir, "deploy", keys, now, request.source, request.from_renewal), True
+    return Ledger(request.state_dir, "deploy", keys, now, request.source, request.from_renewal,
+                  request.command), True
 
 
 def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, targets: tuple[Target, ...],

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from certbot_smtp_dist._internal import report
 from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.journal import Journal
 from certbot_smtp_dist._internal.pipeline import Attempt, Delivery, Job
@@ -20,15 +21,16 @@ from certbot_smtp_dist._internal.state import StateKeys
 from certbot_smtp_dist.model import CertificateFacts, LineageSource, Status, failure_json
 
 log = logging.getLogger("certbot_smtp_dist")
-_CONFIG_FIXED = "the configuration loads again; the next `certbot-smtp-dist retry` runs this deploy"
 
 
 class Ledger:
     """State-dir bookkeeping for one run. State trouble is logged loudly but never stops a delivery."""
 
     def __init__(self, state_dir: Path, run: str, keys: StateKeys, now: datetime | None = None,
-                 source: LineageSource | None = None, from_renewal: bool = False) -> None:
+                 source: LineageSource | None = None, from_renewal: bool = False,
+                 command: tuple[str, ...] = (report.PROGRAM,)) -> None:
         self.state_dir = state_dir
+        self.command = command  # how the user called us: the commands we suggest carry the same options
         # Only a renewal leaves a blocked entry: a command typed on a terminal reports its error there and then,
         # and a typo in it must not become a standing alert that no renewal will ever close.
         self.from_renewal = from_renewal
@@ -130,9 +132,10 @@ class Ledger:
                                  last_failure=failure_json(result.failure))
             self._guard("update the spool", lambda: self.spool.write(updated))
             if not retryable:
-                log.error("target %s: delivery of %s failed permanently (%s); it stays listed by "
-                          "`certbot-smtp-dist status` and is not retried automatically", result.target,
-                          entry.certificate, result.failure.code.value if result.failure else "?")
+                log.error("target %s: delivery of %s failed permanently (%s); it stays listed by `%s` and is not "
+                          "retried automatically: %s", result.target, entry.certificate,
+                          result.failure.code.value if result.failure else "?", self._hint("status"),
+                          self._needs_human(entry.id))
 
     def _uncertain(self, entry: sp.Entry, delivery: Delivery, attempts: int, remaining: tuple[str, ...]) -> None:
         """The relay may have it: `retry` re-sends it once (same Message-ID, the recipients may de-duplicate)
@@ -143,8 +146,9 @@ class Ledger:
                              envelope_to=remaining, last_failure=failure_json(delivery.result.failure),
                              uncertain=lost, resend_due=due)
         self._guard("update the spool", lambda: self.spool.write(updated))
-        then = ("`certbot-smtp-dist retry` re-sends it once, with the same Message-ID" if due else
-                "it waits for `certbot-smtp-dist retry --include-uncertain` or `dismiss` after you checked")
+        then = (f"`{self._hint('retry')}` re-sends it once, with the same Message-ID" if due else
+                f"check with the recipients, then `{self._hint('retry', '--include-uncertain')}`, or "
+                f"`{self._hint('dismiss', entry.id)}`")
         log.warning("target %s: the relay may already have %s (no reply to the final \".\"); %s",
                     delivery.result.target, entry.message_id, then)
 
@@ -164,7 +168,8 @@ class Ledger:
 
     def fail(self, entry: sp.Entry, why: str, code: str | None = None) -> None:
         """A claimed entry that cannot succeed without a human: `failed`, so `status` alerts. Never dropped."""
-        log.error("target %s: spooled delivery of %s needs attention: %s", entry.target, entry.certificate, why)
+        log.error("target %s: spooled delivery of %s needs attention: %s; %s", entry.target, entry.certificate, why,
+                  self._needs_human(entry.id))
         failed = sp.touched(entry, datetime.now(timezone.utc), state=sp.FAILED,
                             last_failure=sp.needs_attention(why, code))
         self.record("retry_blocked", None, entry.target, message_id=entry.message_id, detail=why)
@@ -197,6 +202,8 @@ class Ledger:
             with self.spool.claim(sp.blocked_id(source)) as old:
                 entry = sp.for_blocked(source, facts, old, why, code, datetime.now(timezone.utc))
                 self._guard("write the spool", lambda: self.spool.write(entry))
+                log.error("the deploy of %s is blocked and listed by `%s`: %s", entry.certificate or "this lineage",
+                          self._hint("status"), self._needs_human(entry.id))
         except sp.Busy:
             return  # another run holds exactly this entry and settles it
         except sp.Rejected as rejected:
@@ -224,10 +231,18 @@ class Ledger:
             with self.claim(item.id) as entry:
                 if entry is None or (entry.last_failure or {}).get("error_code") != sp.CONFIG_BLOCK:
                     continue
-                self.record("config_fixed", None, None, certificate_entry=entry.certificate, detail=_CONFIG_FIXED)
+                why = f"the configuration loads again; the next `{self._hint('retry')}` runs this deploy"
+                self.record("config_fixed", None, None, certificate_entry=entry.certificate, detail=why)
                 pending = sp.touched(entry, datetime.now(timezone.utc), state=sp.PENDING,
-                                     last_failure=sp.needs_attention(_CONFIG_FIXED))
+                                     last_failure=sp.needs_attention(why))
                 self._guard("update the spool", lambda: self.spool.write(pending))  # noqa: B023 (called at once)
+
+    def _hint(self, *words: str) -> str:
+        return report.next_command(self.command, *words)
+
+    def _needs_human(self, entry_id: str) -> str:
+        return (f"after fixing the cause, `{self._hint('retry', '--include-failed')}`; or "
+                f"`{self._hint('dismiss', entry_id)}`")
 
     # -- plumbing -----------------------------------------------------------------------------------------------
     def _guard(self, what: str, action: Callable[[], object]) -> None:

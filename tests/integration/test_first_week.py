@@ -162,6 +162,7 @@ def test_the_same_failure_in_a_renewal_leaves_a_blocked_entry(denv: DeployEnv, l
     assert run.returncode == 65
     [entry] = spool_files(denv)
     assert entry["kind"] == "blocked" and entry["state"] == "failed"
+    assert f"certbot-smtp-dist dismiss {entry['id']}" in run.stderr
     assert denv.run("status").returncode == 2
 
 
@@ -211,10 +212,13 @@ def test_hints_carry_the_config_and_state_dir_given(tmp_path: Path, lineage: Lin
     relay = relay_factory("plaintext", reject={"gone@example.com": "550 5.1.1 No such user"})
     denv.write_config({"a": relay_target(relay, to=["gone@example.com"])})
     given = ["--config", str(denv.config), "--state-dir", str(denv.state_dir)]
-    assert denv.run(*given, "deploy", "--lineage", str(lineage.live_dir)).returncode == 69
+    deploy = denv.run(*given, "deploy", "--lineage", str(lineage.live_dir))
+    assert deploy.returncode == 69
     [entry] = spool_files(denv)
     prefix = shlex.join(["certbot-smtp-dist", *given])
     assert "'" in prefix  # the space in the path is quoted
+    assert f"`{prefix} dismiss {entry['id']}`" in deploy.stderr  # the error itself says what to run next
+    assert f"`{prefix} retry --include-failed`" in deploy.stderr
     status = denv.run(*given, "status")
     assert status.returncode == 2
     assert f"next: or {prefix} dismiss {entry['id']}" in status.stdout
