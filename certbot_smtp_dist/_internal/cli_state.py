@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from certbot_smtp_dist._internal.ledger import Ledger
+    from certbot_smtp_dist._internal.spool import Spool
     from certbot_smtp_dist._internal.state import StateKeys
 
 # Nagios plugin convention, so monitoring can use `status` as a check as is.
@@ -268,7 +270,7 @@ def cmd_dismiss(args: argparse.Namespace) -> int:
     return code
 
 
-def _dismiss_one(spool: Any, ledger: Any, entry_id: str) -> bool:
+def _dismiss_one(spool: Spool, ledger: Ledger, entry_id: str) -> bool:
     from certbot_smtp_dist._internal.spool import Busy, Rejected
 
     try:
