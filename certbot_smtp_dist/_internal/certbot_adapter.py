@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certbot_smtp_dist.errors import ConfigError, SmtpDistError, UnsafePathError, UsageError
+from certbot_smtp_dist.errors import (
+    AccessError,
+    ConfigError,
+    SmtpDistError,
+    UnsafePathError,
+    UsageError,
+)
 from certbot_smtp_dist.model import LineageSource, Status
 
 if TYPE_CHECKING:
@@ -128,6 +134,8 @@ def check(options: Options) -> None:
         raise SetupError(f"--smtp-dist-targets: {exc}") from exc
     except UnsafePathError as exc:
         raise SetupError(f"refusing to trust {exc}") from exc
+    except AccessError as exc:
+        raise SetupError(str(exc)) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +234,8 @@ def ship(options: Options, source: LineageSource, dry_run: bool = False) -> Ship
         return Shipment(options, source, None, refused=f"--smtp-dist-targets: {exc}", dry_run=dry_run)
     except UnsafePathError as exc:
         return Shipment(options, source, None, refused=f"refusing to trust {exc}", dry_run=dry_run)
+    except AccessError as exc:  # a path closed to the user certbot runs as: never raised into certbot
+        return Shipment(options, source, None, refused=str(exc), dry_run=dry_run)
     return Shipment(options, source, result, dry_run=dry_run)
 
 

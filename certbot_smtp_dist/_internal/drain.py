@@ -12,7 +12,7 @@ from pathlib import Path
 from certbot_smtp_dist._internal import lineage, loader, pipeline, report
 from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.ledger import Ledger
-from certbot_smtp_dist._internal.state import Lock, StateKeys
+from certbot_smtp_dist._internal.state import Lock, StateKeys, state_keys
 from certbot_smtp_dist.errors import CertificateError, ConfigError, CredentialError
 from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, RetryPolicy
 
@@ -45,9 +45,9 @@ def run(state_dir: Path, config: Path, include_failed: bool = False, now: dateti
 
     require_trusted_state(state_dir)
     require_trusted_config(config)
-    keys = loader.open_state_keys(config, None, state_dir)
-    if keys is None:
-        return RetryReport((), (), exit_status=report.EX_CONFIG)
+    # Without the keys there is nothing to drain: CredentialError (78) or AccessError (77), reported once by the
+    # caller (a deploy, by contrast, still delivers without its state).
+    keys = state_keys(loader.credential_store(config), state_dir, create=True)
     run_lock = Lock(state_dir / "retry.lock")
     if not run_lock.acquire(blocking=False):
         log.info("another `certbot-smtp-dist retry` is running; nothing to do")

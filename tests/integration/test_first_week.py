@@ -58,7 +58,7 @@ def run_as_nobody(*args: str, env: dict[str, str]) -> Run:
 
 
 @pytest.fixture
-def closed(lineage: LineagePaths) -> Iterator[DeployEnv]:
+def closed() -> Iterator[DeployEnv]:
     """An installation as root leaves it: config 0600, credentials and state 0700, all root's, under a directory
     everyone may traverse (the test's own tmp_path is closed to others)."""
     if os.geteuid() != 0:
@@ -71,8 +71,9 @@ def closed(lineage: LineagePaths) -> Iterator[DeployEnv]:
         denv.write_config({"t": {"host": "127.0.0.1", "port": 9, "tls_mode": "plaintext",
                                  "from_address": "c@example.com", "to": ["x@example.com"]}})
         denv.set_credential("relay", "smtp_password", "pw-firstweek-secret")
-        denv.state_dir.mkdir(mode=0o700)
-        (denv.state_dir / "spool").mkdir(mode=0o700)
+        # A renewal whose files are gone: a journal and one blocked entry, written by root (0700, 0600).
+        assert denv.run("deploy", extra_env={"RENEWED_LINEAGE": str(base / "gone")}).returncode == 65
+        assert len(list((denv.state_dir / "spool").glob("*.json"))) == 1
         yield denv
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -103,6 +104,20 @@ def test_state_commands_as_an_unprivileged_user_fail_in_one_clean_line(
     else:
         assert str(closed.state_dir) in said[0] and "run as root, or pass --state-dir DIR" in said[0]
     assert "cannot " in said[0]  # the operation
+
+
+@pytest.mark.parametrize("command", [("status",), ("journal", "verify"), ("retry",), ("dismiss", "abc123")],
+                         ids=" ".join)
+def test_a_readable_state_with_a_closed_master_key(closed: DeployEnv, command: tuple[str, ...]) -> None:
+    """The state open to read, but its keys are root's: still one line, naming the master key, not "damaged"."""
+    for path in (closed.state_dir, *closed.state_dir.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    run = run_as_nobody(*command, env=closed.env())
+    said = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert len(said) == 1, said
+    assert f"cannot read the master key {closed.config_dir / 'master.key'}" in said[0]
+    assert "run as root, or pass --config FILE" in said[0] and "damaged" not in said[0]
+    assert run.returncode == (STATUS_UNKNOWN if command[0] == "status" else EX_NOPERM)
 
 
 def test_status_without_a_state_directory_is_unknown(denv: DeployEnv) -> None:
