@@ -330,7 +330,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _error(args: argparse.Namespace, message: str) -> None:
     if getattr(args, "failed_status", None) is not None:  # a monitoring check: its one line on stdout, as UNKNOWN
-        print(f"UNKNOWN: certbot-smtp-dist {args.command}: {message}")
+        if getattr(args, "json", False):
+            print(json.dumps({"status": "UNKNOWN", "problem": message, "entries": []}))
+        else:
+            print(f"UNKNOWN: certbot-smtp-dist {args.command}: {message}")
         return
     print(f"certbot-smtp-dist: error: {message}", file=sys.stderr)
 

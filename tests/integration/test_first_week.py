@@ -131,6 +131,15 @@ def test_status_without_a_state_directory_is_unknown(denv: DeployEnv) -> None:
     assert denv.run("status", "--json").json["status"] == "UNKNOWN"
 
 
+def test_status_json_that_cannot_look_is_one_unknown_document(denv: DeployEnv, tmp_path: Path) -> None:
+    denv.write_config({})
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    denv.state_dir.symlink_to(tmp_path / "elsewhere")  # not trusted: status cannot know
+    run = denv.run("status", "--json")
+    assert run.returncode == STATUS_UNKNOWN and run.stderr == ""
+    assert run.json["status"] == "UNKNOWN" and str(denv.state_dir) in run.json["problem"]
+
+
 def test_status_with_a_state_directory_but_no_journal_is_unknown(denv: DeployEnv) -> None:
     denv.write_config({})
     denv.state_dir.mkdir(mode=0o700)
