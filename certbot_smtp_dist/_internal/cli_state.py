@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -84,8 +85,8 @@ def _nothing_there(state: Path) -> str | None:
         st = os.stat(state)
     except FileNotFoundError:
         return f"no state directory at {state}"
-    if not stat.S_ISDIR(st.st_mode):
-        return f"{state} is not a directory"
+    if not stat.S_ISDIR(st.st_mode):  # something is there, but not a state: an error, never "empty"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(state))
     if not any((state / name).exists() for name in (JOURNAL_FILE, HEAD_FILE, SEALED_FILE)):
         return f"no journal in {state}: nothing was ever recorded there"
     return None

@@ -140,6 +140,16 @@ def test_status_json_that_cannot_look_is_one_unknown_document(denv: DeployEnv, t
     assert run.json["status"] == "UNKNOWN" and str(denv.state_dir) in run.json["problem"]
 
 
+def test_a_state_path_that_is_a_file_is_never_empty(denv: DeployEnv) -> None:
+    denv.write_config({})
+    denv.state_dir.write_text("")
+    denv.state_dir.chmod(0o600)
+    status = denv.run("status", "--allow-empty")
+    assert status.returncode == STATUS_UNKNOWN and "Not a directory" in status.stdout
+    history = denv.run("history")
+    assert history.returncode == 74 and str(denv.state_dir) in history.stderr and "Traceback" not in history.stderr
+
+
 def test_status_with_a_state_directory_but_no_journal_is_unknown(denv: DeployEnv) -> None:
     denv.write_config({})
     denv.state_dir.mkdir(mode=0o700)
