@@ -86,6 +86,18 @@ class UnsafePathError(SmtpDistError, PermissionError):
         return self.message
 
 
+class AccessError(SmtpDistError, PermissionError):
+    """A file or directory this command must read or write is closed to the running user (exit status 77,
+    EX_NOPERM; `status` says UNKNOWN, 3). One line: the path, what was being done, and the fix."""
+
+    def __init__(self, path: object, operation: str, reason: str, fix: str) -> None:
+        self.message = f"cannot {operation} {path} ({reason}): {fix}"
+        super().__init__(errno.EACCES, self.message, str(path))
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class UsageError(SmtpDistError):
     """The command line asks for something impossible (exit status 64)."""
 

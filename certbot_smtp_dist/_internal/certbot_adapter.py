@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certbot_smtp_dist.errors import ConfigError, SmtpDistError, UnsafePathError, UsageError
+from certbot_smtp_dist.errors import (
+    AccessError,
+    ConfigError,
+    SmtpDistError,
+    UnsafePathError,
+    UsageError,
+)
 from certbot_smtp_dist.model import LineageSource, Status
 
 if TYPE_CHECKING:
@@ -128,6 +134,8 @@ def check(options: Options) -> None:
         raise SetupError(f"--smtp-dist-targets: {exc}") from exc
     except UnsafePathError as exc:
         raise SetupError(f"refusing to trust {exc}") from exc
+    except AccessError as exc:
+        raise SetupError(str(exc)) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,15 +224,24 @@ def ship(options: Options, source: LineageSource, dry_run: bool = False) -> Ship
     The core logs one line per target through the `certbot_smtp_dist` logger, which certbot records in its log.
     """
     from certbot_smtp_dist._internal import deploy
+    from certbot_smtp_dist._internal.config import DEFAULT_CONFIG
+    from certbot_smtp_dist._internal.report import command_prefix
+    from certbot_smtp_dist._internal.state import DEFAULT_STATE_DIR
 
+    state = options.state_dir
+    command = command_prefix(str(options.config) if options.config != DEFAULT_CONFIG else None,
+                             str(state) if state is not None and state != DEFAULT_STATE_DIR else None)
     request = deploy.DeployRequest(config=options.config, source=source, targets=options.targets, dry_run=dry_run,
-                                   state_dir=options.state_dir)
+                                   state_dir=state, from_renewal=True,  # certbot runs us: a renewal
+                                   command=command)
     try:
         result = deploy.run(request)
     except UsageError as exc:
         return Shipment(options, source, None, refused=f"--smtp-dist-targets: {exc}", dry_run=dry_run)
     except UnsafePathError as exc:
         return Shipment(options, source, None, refused=f"refusing to trust {exc}", dry_run=dry_run)
+    except AccessError as exc:  # a path closed to the user certbot runs as: never raised into certbot
+        return Shipment(options, source, None, refused=str(exc), dry_run=dry_run)
     return Shipment(options, source, result, dry_run=dry_run)
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 from certbot_smtp_dist import __version__
 from certbot_smtp_dist._internal import report
 from certbot_smtp_dist.errors import (
+    AccessError,
     CredentialError,
     OutputError,
     SmtpDistError,
@@ -59,9 +60,14 @@ exit status of deploy and retry (sysexits, like other mail tools):
   65   certificate files unusable, nothing attempted (EX_DATAERR)
   69   a failure that is not retryable (EX_UNAVAILABLE)
   75   some target failed and every failure is retryable (EX_TEMPFAIL)
+  74   a file or directory it needs cannot be read or written (EX_IOERR)
+  77   a path it needs is closed to this user, or is not safe to trust (EX_NOPERM)
   78   configuration or credentials unusable, nothing attempted (EX_CONFIG)
   130  interrupted
-status follows the Nagios plugin convention (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
+retry also exits 69 while a failed, blocked or rejected spool entry remains (see status).
+status follows the Nagios plugin convention (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN: it cannot know, e.g. no
+state there or not readable by this user); journal verify exits 1 if tampered or missing; history exits 66 with
+no journal; dismiss exits 64 for an ambiguous id prefix."""
 
 
 def versions() -> str:
@@ -156,11 +162,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def _deploy(args: argparse.Namespace, source: LineageSource) -> int:
     from certbot_smtp_dist._internal import deploy
     from certbot_smtp_dist._internal.config import config_path
+    from certbot_smtp_dist._internal.lineage import from_renewal
     from certbot_smtp_dist._internal.state import state_dir
 
     request = deploy.DeployRequest(
         config=config_path(args.config), source=source, targets=tuple(args.target), dry_run=args.dry_run,
         output=Path(args.output) if args.output else None, state_dir=state_dir(args.state_dir),
+        from_renewal=from_renewal(os.environ), command=report.command_prefix(args.config, args.state_dir),
     )
     result = deploy.run(request)
     if args.json:
@@ -285,25 +293,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_format, args.verbose, args.quiet)
+    code = _run(args)
+    # `status` is a monitoring check: whenever it could not look, the answer is UNKNOWN, never a guess.
+    failed_status = getattr(args, "failed_status", None)
+    return failed_status if failed_status is not None and code not in (0, 1, 2, 3) else code
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with every error it can meet as one line on stderr and a documented exit status."""
     try:
         return int(args.func(args))
     except UsageError as exc:
-        print(f"certbot-smtp-dist: error: {exc}", file=sys.stderr)
+        _error(args, str(exc))
         return report.EX_USAGE
     except CredentialError as exc:
-        print(f"certbot-smtp-dist: error: {exc}", file=sys.stderr)
+        _error(args, str(exc))
         return report.EX_CONFIG
+    except AccessError as exc:
+        _error(args, str(exc))
+        return report.EX_NOPERM
     except UnsafePathError as exc:
-        print(f"certbot-smtp-dist: error: refusing to trust {exc}", file=sys.stderr)
+        _error(args, f"refusing to trust {exc}")
         return report.EX_NOPERM
     except OutputError as exc:
-        print(f"certbot-smtp-dist: error: {exc}", file=sys.stderr)
+        _error(args, str(exc))
         return exc.exit_status
     except SmtpDistError as exc:
-        print(f"certbot-smtp-dist: error: {exc}", file=sys.stderr)
+        _error(args, str(exc))
         return report.EX_UNAVAILABLE
+    except OSError as exc:  # a path the command needs, closed to this user or broken: never a traceback
+        _error(args, _os_error_line(args, exc))
+        return report.EX_NOPERM if isinstance(exc, PermissionError) else report.EX_IOERR
     except KeyboardInterrupt:
         return 130
+
+
+def _error(args: argparse.Namespace, message: str) -> None:
+    if getattr(args, "failed_status", None) is not None:  # a monitoring check: its one line on stdout, as UNKNOWN
+        if getattr(args, "json", False):
+            print(json.dumps({"status": "UNKNOWN", "problem": message, "entries": []}))
+        else:
+            print(f"UNKNOWN: certbot-smtp-dist {args.command}: {message}")
+        return
+    print(f"certbot-smtp-dist: error: {message}", file=sys.stderr)
+
+
+def _os_error_line(args: argparse.Namespace, exc: OSError) -> str:
+    """The path, the operation and the fix: the option that points elsewhere, or the user who may read it."""
+    from certbot_smtp_dist._internal.ownership import CONFIG_FIX, STATE_FIX
+    from certbot_smtp_dist._internal.state import state_dir
+
+    path = exc.filename or "?"
+    state = os.path.abspath(state_dir(args.state_dir))
+    under_state = os.path.abspath(str(path)).startswith(state + os.sep) or os.path.abspath(str(path)) == state
+    if isinstance(exc, PermissionError):
+        fix = STATE_FIX if under_state else CONFIG_FIX
+    else:
+        fix = f"check that path, or pass {'--state-dir DIR' if under_state else '--config FILE'}"
+    return f"{args.command}: cannot access {path} ({exc.strerror or exc}): {fix}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import re
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from certbot_smtp_dist._internal.ledger import Ledger
+    from certbot_smtp_dist._internal.spool import Spool
     from certbot_smtp_dist._internal.state import StateKeys
 
 # Nagios plugin convention, so monitoring can use `status` as a check as is.
-STATUS_OK, STATUS_WARNING, STATUS_CRITICAL = 0, 1, 2
+STATUS_OK, STATUS_WARNING, STATUS_CRITICAL, STATUS_UNKNOWN = 0, 1, 2, 3
 
 
 def register(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:  # type: ignore[type-arg]
-    retry = sub.add_parser("retry", help="re-send spooled deliveries (for a systemd timer or cron)")
+    retry = sub.add_parser("retry", help="re-send spooled deliveries (for a systemd timer or cron); non-zero while "
+                                         "failed, blocked or rejected entries remain")
     common(retry)
     retry.add_argument("--include-failed", action="store_true",
                        help="also re-send permanently failed entries (after fixing their cause)")
@@ -27,29 +33,63 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
     retry.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     retry.set_defaults(func=cmd_retry)
 
-    status = sub.add_parser("status", help="list pending, uncertain and failed deliveries; non-zero while any exist")
+    status = sub.add_parser("status", help="list pending, uncertain and failed deliveries; non-zero while any exist "
+                                           "(0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)")
     common(status)
     status.add_argument("--json", action="store_true")
-    status.set_defaults(func=cmd_status)
+    status.add_argument("--allow-empty", action="store_true",
+                        help="a state directory or journal that does not exist yet is OK (before the first deploy)")
+    status.set_defaults(func=cmd_status, failed_status=STATUS_UNKNOWN)
 
     dismiss = sub.add_parser("dismiss", help="close a failed, uncertain or pending spool entry by hand")
     common(dismiss)
-    dismiss.add_argument("entry", nargs="+", help="entry id (see `status`)")
+    dismiss.add_argument("entry", nargs="+", help="entry id, or a unique prefix of one (see `status`)")
     dismiss.set_defaults(func=cmd_dismiss)
 
     history = sub.add_parser("history", help="what was shipped to whom, from the journal")
     common(history)
     history.add_argument("--json", action="store_true")
-    history.add_argument("--all", action="store_true", help="every attempt, not only deliveries")
+    history.add_argument("--all", action="store_true", help="every journal record, not only what was shipped")
+    history.add_argument("--since", metavar="WHEN", help="from this ISO date or time, or this long ago (7d, 12h)")
+    history.add_argument("--target", metavar="NAME", help="only this target")
     history.set_defaults(func=cmd_history)
 
     journal = sub.add_parser("journal", help="the tamper-evident journal")
     common(journal)
     jsub = journal.add_subparsers(dest="action", metavar="ACTION")
     jsub.required = True
-    verify = jsub.add_parser("verify", help="check the hash chain; non-zero if a line was edited, removed or cut")
+    verify = jsub.add_parser("verify", help="check the hash chain; non-zero if a line was edited, removed or cut, "
+                                            "or if there is no journal")
     common(verify)
     verify.set_defaults(func=cmd_journal_verify)
+
+
+def prefix(args: argparse.Namespace) -> tuple[str, ...]:
+    from certbot_smtp_dist._internal.report import command_prefix
+
+    return command_prefix(args.config, args.state_dir)
+
+
+def next_command(args: argparse.Namespace, *words: str) -> str:
+    """A command to paste: with the same --config and --state-dir the user gave, shell-quoted."""
+    from certbot_smtp_dist._internal.report import next_command as joined
+
+    return joined(prefix(args), *words)
+
+
+def _nothing_there(state: Path) -> str | None:
+    """Why `state` holds nothing to report on (no directory, no journal), or None if it does hold a state."""
+    from certbot_smtp_dist._internal.journal import HEAD_FILE, JOURNAL_FILE, SEALED_FILE
+
+    try:
+        st = os.stat(state)
+    except FileNotFoundError:
+        return f"no state directory at {state}"
+    if not stat.S_ISDIR(st.st_mode):  # something is there, but not a state: an error, never "empty"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(state))
+    if not any((state / name).exists() for name in (JOURNAL_FILE, HEAD_FILE, SEALED_FILE)):
+        return f"no journal in {state}: nothing was ever recorded there"
+    return None
 
 
 def _state(args: argparse.Namespace) -> Path:
@@ -79,49 +119,107 @@ def _keys(args: argparse.Namespace, state: Path) -> StateKeys:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    """Exit status: the drain's (0, 75 while retryable failures remain, 69 for a permanent one, 78 for an unusable
+    configuration or master key), and 69 whenever a failed, blocked or rejected entry is left, so a unit's
+    `OnFailure=` fires until someone has looked. Uncertain entries waiting for a human are reported, not failed."""
     from certbot_smtp_dist._internal import drain, report
     from certbot_smtp_dist._internal.config import config_path
+    from certbot_smtp_dist._internal.spool import FAILED
 
-    result = drain.run(_state(args), config_path(args.config), args.include_failed,
-                       include_uncertain=args.include_uncertain)
+    state = _state(args)
+    result = drain.run(state, config_path(args.config), args.include_failed,
+                       include_uncertain=args.include_uncertain, command=prefix(args))
+    waiting = [] if result.busy or not state.is_dir() else [r for r in _rows(args, state) if _needs_human(r)]
+    for row in waiting:
+        print(f"certbot-smtp-dist: {_row_line(row)}", file=sys.stderr)
+        for step in _next_steps(args, row):
+            print(f"  next: {step}", file=sys.stderr)
     if args.json:
         print(report.json_document(None, result.results, extra={
-            "closed": [{"entry": i, "reason": why} for i, why in result.closed], "busy": result.busy}))
+            "closed": [{"entry": i, "reason": why} for i, why in result.closed], "busy": result.busy,
+            "needs_attention": waiting}))
+    if result.exit_status == report.EX_OK and any(r["state"] in (FAILED, "rejected") for r in waiting):
+        return report.EX_UNAVAILABLE
     return result.exit_status
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from certbot_smtp_dist._internal.spool import FAILED, UNCERTAIN, Rejected, Spool
+def _rows(args: argparse.Namespace, state: Path) -> list[dict[str, Any]]:
+    """Every spool entry as a row of `status` (rejected files included), each with the commands to run next."""
+    from certbot_smtp_dist._internal.spool import UNCERTAIN, Rejected, Spool
 
-    state = _state(args)
     rows: list[dict[str, Any]] = []
     for item in Spool(state, _keys(args, state).spool).entries():
         if isinstance(item, Rejected):
             rows.append({"id": item.path.stem, "file": str(item.path), "state": "rejected", "detail": item.problem})
-            continue
-        failure = item.last_failure or {}
-        rows.append({"id": item.id, "state": item.state, "kind": item.kind, "target": item.target,
-                     "certificate": item.certificate,
-                     "serial": item.serial, "message_id": item.message_id, "recipients": list(item.envelope_to),
-                     "attempts": item.attempts, "created": item.created, "updated": item.updated,
-                     "error_code": failure.get("error_code"), "detail": failure.get("detail")})
-        if item.state == UNCERTAIN:
-            rows[-1]["resend_due"] = item.resend_due
+        else:
+            failure = item.last_failure or {}
+            rows.append({"id": item.id, "state": item.state, "kind": item.kind, "target": item.target,
+                         "certificate": item.certificate,
+                         "serial": item.serial, "message_id": item.message_id, "recipients": list(item.envelope_to),
+                         "attempts": item.attempts, "created": item.created, "updated": item.updated,
+                         "error_code": failure.get("error_code"), "detail": failure.get("detail")})
+            if item.state == UNCERTAIN:
+                rows[-1]["resend_due"] = item.resend_due
+        rows[-1]["next"] = _next_steps(args, rows[-1])
+    return rows
+
+
+def _needs_human(row: dict[str, Any]) -> bool:
+    """Failed (or blocked), rejected, or uncertain and not re-sent by itself: `retry` alone will not end it."""
+    from certbot_smtp_dist._internal.spool import FAILED
+
+    return row["state"] in (FAILED, "rejected") or row.get("resend_due") is False
+
+
+def _next_steps(args: argparse.Namespace, row: dict[str, Any]) -> list[str]:
+    from certbot_smtp_dist._internal.spool import FAILED
+
+    dismiss = next_command(args, "dismiss", row["id"])
+    if row["state"] == "rejected":
+        return [f"check the file, then {dismiss}"]
+    if row["state"] == FAILED:
+        return [f"fix the cause, then {next_command(args, 'retry', '--include-failed')}", f"or {dismiss}"]
+    if row.get("resend_due") is False:
+        return [f"check with the recipients, then {next_command(args, 'retry', '--include-uncertain')}",
+                f"or {dismiss}"]
+    return []
+
+
+def _row_line(r: dict[str, Any]) -> str:
+    if r["state"] == "rejected":
+        return f"REJECTED: spool file {r['file']}: {r['detail']}"
+    what = "deploy blocked" if r.get("kind") == "blocked" else f"target={r.get('target')}"
+    return (f"{r['state'].upper()}: {r['id']} {what} certificate={r.get('certificate')} "
+            f"attempts={r.get('attempts')} since={r.get('created')} {r.get('error_code') or ''} "
+            f"{r.get('detail') or ''}{_uncertain_note(r)}").rstrip()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Nagios plugin convention: 0 OK, 1 WARNING (pending), 2 CRITICAL (needs a human), 3 UNKNOWN (cannot know:
+    no state there, or it cannot be read; main() turns every error into 3)."""
+    state = _state(args)
+    empty = _nothing_there(state)
+    if empty is not None:
+        verdict = "OK" if args.allow_empty else "UNKNOWN"
+        if args.json:
+            print(json.dumps({"status": verdict, "state_dir": str(state), "problem": empty, "entries": []}, indent=2))
+        else:
+            print(f"{verdict}: {empty} (looked there because of "
+                  f"{'--state-dir' if args.state_dir else '$CERTBOT_SMTP_DIST_STATE_DIR or the default'}; "
+                  f"pass --state-dir DIR, or --allow-empty before the first deploy)")
+        return STATUS_OK if args.allow_empty else STATUS_UNKNOWN
+    rows = _rows(args, state)
     if args.json:
         print(json.dumps({"entries": rows}, indent=2))
     elif not rows:
         print("OK: no pending, uncertain or failed deliveries")
     else:
         for r in rows:
-            if r["state"] == "rejected":
-                print(f"REJECTED: spool file {r['file']}: {r['detail']}")
-                continue
-            what = "deploy blocked" if r.get("kind") == "blocked" else f"target={r.get('target')}"
-            print(f"{r['state'].upper()}: {r['id']} {what} certificate={r.get('certificate')} "
-                  f"attempts={r.get('attempts')} since={r.get('created')} {r.get('error_code') or ''} "
-                  f"{r.get('detail') or ''}{_uncertain_note(r)}".rstrip())
+            print(_row_line(r))
+            for step in r["next"]:
+                print(f"  next: {step}")
     # An uncertain delivery that `retry` will not re-send by itself needs a human as much as a failed one.
-    if any(r["state"] in (FAILED, "rejected") or r.get("resend_due") is False for r in rows):
+    if any(_needs_human(r) for r in rows):
         return STATUS_CRITICAL
     return STATUS_WARNING if rows else STATUS_OK
 
@@ -129,65 +227,100 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _uncertain_note(row: dict[str, Any]) -> str:
     if "resend_due" not in row:
         return ""
-    then = ("`retry` re-sends it once" if row["resend_due"] else
-            "check with the recipients, then `retry --include-uncertain` or `dismiss`")
+    then = "`retry` re-sends it once" if row["resend_due"] else "check with the recipients"
     return f" (the recipients may already have {row.get('message_id')}: {then})"
 
 
+def _resolve(spool_dir: Path, wanted: str) -> list[str]:
+    """The entry ids `wanted` names: itself if such a file exists, else every id it is a prefix of."""
+    if (spool_dir / f"{wanted}.json").exists():
+        return [wanted]
+    if not spool_dir.is_dir():
+        return []
+    return sorted(p.stem for p in spool_dir.glob("*.json") if p.stem.startswith(wanted))
+
+
 def cmd_dismiss(args: argparse.Namespace) -> int:
+    """Exit status: 0 all dismissed; 64 an ambiguous prefix (candidates listed) or not an id; 1 no such entry or
+    one being delivered right now."""
+    from certbot_smtp_dist._internal import report
     from certbot_smtp_dist._internal.ledger import Ledger
-    from certbot_smtp_dist._internal.spool import Busy, Rejected, Spool
+    from certbot_smtp_dist._internal.spool import Spool
 
     state = _state(args)
     keys = _keys(args, state)
     spool = Spool(state, keys.spool)
     ledger = Ledger(state, "dismiss", keys)
     code = 0
-    for entry_id in args.entry:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", entry_id):
-            print(f"not a spool entry id: {entry_id!r}", file=sys.stderr)
-            code = 1
+    for wanted in args.entry:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", wanted):
+            print(f"certbot-smtp-dist: error: not a spool entry id: {wanted!r}", file=sys.stderr)
+            code = report.EX_USAGE
             continue
-        try:
-            with spool.claim(entry_id) as entry:
-                if entry is None:
-                    print(f"no spool entry {entry_id}", file=sys.stderr)
-                    code = 1
-                    continue
-                ledger.close(entry, "dismissed", None, "dismissed by hand")
-        except Busy:
-            print(f"entry {entry_id} is being delivered right now", file=sys.stderr)
-            code = 1
-            continue
-        except Rejected as rejected:  # never acted on; removing it by hand is journalled
-            spool.discard(rejected.path)
-            ledger.record("dismissed", None, None, detail=f"rejected spool file {rejected.path.name} removed by "
-                                                          f"hand: {rejected.problem}")
-        print(f"dismissed {entry_id}", file=sys.stderr)
+        found = _resolve(spool.directory, wanted)
+        if len(found) > 1:
+            print(f"certbot-smtp-dist: error: {wanted} is the start of {len(found)} entries: {', '.join(found)}; "
+                  "give more of the id", file=sys.stderr)
+            code = report.EX_USAGE
+        elif not found:
+            print(f"certbot-smtp-dist: error: no spool entry {wanted} in {spool.directory} (see "
+                  f"{next_command(args, 'status')})", file=sys.stderr)
+            code = code or 1
+        elif not _dismiss_one(spool, ledger, found[0]):
+            code = code or 1
     return code
 
 
+def _dismiss_one(spool: Spool, ledger: Ledger, entry_id: str) -> bool:
+    from certbot_smtp_dist._internal.spool import Busy, Rejected
+
+    try:
+        with spool.claim(entry_id) as entry:
+            if entry is None:
+                print(f"certbot-smtp-dist: error: spool entry {entry_id} is gone (closed meanwhile)", file=sys.stderr)
+                return False
+            ledger.close(entry, "dismissed", None, "dismissed by hand")
+    except Busy:
+        print(f"certbot-smtp-dist: error: entry {entry_id} is being delivered right now", file=sys.stderr)
+        return False
+    except Rejected as rejected:  # never acted on; removing it by hand is journalled
+        spool.discard(rejected.path)
+        ledger.record("dismissed", None, None, detail=f"rejected spool file {rejected.path.name} removed by "
+                                                      f"hand: {rejected.problem}")
+    print(f"dismissed {entry_id}", file=sys.stderr)
+    return True
+
+
 def cmd_history(args: argparse.Namespace) -> int:
+    """Exit status: 0; 66 (EX_NOINPUT) when there is no journal to read; 64 for a bad --since."""
+    from certbot_smtp_dist._internal import history, report
     from certbot_smtp_dist._internal.journal import Journal
 
-    keep = ("delivered", "partial", "uncertain")  # uncertain: may have been shipped
-    rows = [r for r in Journal(_state(args)).records()
-            if args.all or (r.get("event") == "attempt" and r.get("outcome") in keep)]
+    keep = history.Filter(since=history.parse_since(args.since) if args.since else None, target=args.target,
+                          everything=args.all)
+    state = _state(args)
+    empty = _nothing_there(state)
+    if empty is not None:
+        print(f"certbot-smtp-dist: error: {empty} (pass --state-dir DIR)", file=sys.stderr)
+        return report.EX_NOINPUT
+    rows = list(history.select(Journal(state).records(), keep))
     if args.json:
         print(json.dumps({"history": rows}, indent=2))
         return 0
-    for r in rows:
-        extra = f" {r.get('error_code')} {r.get('detail') or r.get('reply') or ''}" if r.get("error_code") else ""
-        print(f"{r.get('time')} {r.get('target') or '-'} {r.get('event')}/{r.get('outcome') or '-'} "
-              f"{r.get('certificate') or '-'} serial={r.get('serial') or '-'} recipients={r.get('recipients', '-')} "
-              f"{r.get('message_id') or ''}{extra}".rstrip())
+    for row in rows:
+        print(history.line(row))
     return 0
 
 
 def cmd_journal_verify(args: argparse.Namespace) -> int:
+    """Exit status: 0 intact; 1 tampered (edited, removed, cut) or missing: never OK with nothing to check."""
     from certbot_smtp_dist._internal.journal import Journal
 
     state = _state(args)
+    empty = _nothing_there(state)
+    if empty is not None:
+        print(f"MISSING: {empty}: nothing to verify (pass --state-dir DIR)")
+        return 1
     keys = _keys(args, state)
     verdict = Journal(state, keys.journal, keys.journal_anchor).verify()
     for note in verdict.notes:

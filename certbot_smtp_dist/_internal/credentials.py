@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certbot_smtp_dist._internal import files
-from certbot_smtp_dist.errors import CredentialError
+from certbot_smtp_dist.errors import AccessError, CredentialError
 from certbot_smtp_dist.model import Secret
 
 CREDENTIAL_TYPES = ("smtp_password", "smtp_pkcs12_passphrase")
@@ -65,10 +65,12 @@ class CredentialStore:
 
     # -- listing (no key needed) --------------------------------------------------------------------------------
     def list(self) -> list[StoredCredential]:
-        if not self.directory.is_dir():
+        try:  # not glob(), which reads a directory closed to this user as an empty one
+            names = os.listdir(self.directory)
+        except (FileNotFoundError, NotADirectoryError):
             return []
         out: list[StoredCredential] = []
-        for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
+        for path in sorted(self.directory / n for n in names if n.endswith(_SUFFIX)):
             try:
                 doc = json.loads(path.read_text("utf-8"))
                 out.append(StoredCredential(name=str(doc["name"]), type=str(doc["type"])))
@@ -168,6 +170,9 @@ class CredentialStore:
         files.warn_if_exposed(path, "master key")
         try:
             key = base64.b64decode(path.read_bytes().strip(), validate=True)
+        except PermissionError as exc:  # not damaged: this user may not read it
+            raise AccessError(path, "read the master key", exc.strerror or "permission denied",
+                              "run as root, or pass --config FILE") from exc
         except (OSError, ValueError) as exc:
             raise CredentialError(f"master key {path} is unreadable or damaged") from exc
         if len(key) != 32:

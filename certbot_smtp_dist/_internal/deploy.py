@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certbot_smtp_dist._internal import loader, pipeline, report
+from certbot_smtp_dist._internal.spool import CONFIG_BLOCK
 from certbot_smtp_dist.errors import CertificateError, ConfigError, ConfigProblem, ErrorCode
 from certbot_smtp_dist.model import (
     Artefact,
@@ -42,6 +43,8 @@ class DeployRequest:
     output: Path | None = None
     environ: Mapping[str, str] | None = None
     state_dir: Path | None = None  # journal + spool; None: keep no state (tests, dry runs)
+    from_renewal: bool = False  # run by an ACME client's renewal (hook, plugin, retry), not typed on a terminal
+    command: tuple[str, ...] = (report.PROGRAM,)  # how to call us again, in the commands we suggest
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +69,11 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
             log.error("config %s: %s", request.config, problem)
         if ledger:
             ledger.record("config_error", None, None, detail=str(exc))
-            ledger.block(f"configuration unusable: {exc}", None)
+            ledger.block(f"configuration unusable: {exc}", CONFIG_BLOCK)
         return DeployReport(None, config_errors=exc.problems, exit_status=report.EX_CONFIG,
                             state_ok=ledger.healthy if ledger else state_ok)
+    if ledger:
+        ledger.config_fixed()
     targets = loader.select(loaded.settings, request.targets)
     started = time.monotonic()  # every target's `timeout` counts from here: reading the files and payloads included
     try:
@@ -111,7 +116,8 @@ def _open_state(request: DeployRequest, now: datetime) -> tuple[Ledger | None, b
     if keys is None:
         return None, False
     upgrade(request.state_dir, request.config, keys)
-    return Ledger(request.state_dir, "deploy", keys, now, request.source), True
+    return Ledger(request.state_dir, "deploy", keys, now, request.source, request.from_renewal,
+                  request.command), True
 
 
 def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, targets: tuple[Target, ...],

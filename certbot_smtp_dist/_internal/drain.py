@@ -12,7 +12,7 @@ from pathlib import Path
 from certbot_smtp_dist._internal import lineage, loader, pipeline, report
 from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.ledger import Ledger
-from certbot_smtp_dist._internal.state import Lock, StateKeys
+from certbot_smtp_dist._internal.state import Lock, StateKeys, state_keys
 from certbot_smtp_dist.errors import CertificateError, ConfigError, CredentialError
 from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, RetryPolicy
 
@@ -33,8 +33,8 @@ class _Planned:
     facts: CertificateFacts
 
 
-def run(state_dir: Path, config: Path, include_failed: bool = False,
-        now: datetime | None = None, include_uncertain: bool = False) -> RetryReport:
+def run(state_dir: Path, config: Path, include_failed: bool = False, now: datetime | None = None,
+        include_uncertain: bool = False, command: tuple[str, ...] = (report.PROGRAM,)) -> RetryReport:
     """One drain at a time: a second `retry` finds the run lock taken and leaves at once.
 
     `config` is resolved exactly as `deploy` resolves it (--config, $CERTBOT_SMTP_DIST_CONFIG, the default): an
@@ -45,9 +45,9 @@ def run(state_dir: Path, config: Path, include_failed: bool = False,
 
     require_trusted_state(state_dir)
     require_trusted_config(config)
-    keys = loader.open_state_keys(config, None, state_dir)
-    if keys is None:
-        return RetryReport((), (), exit_status=report.EX_CONFIG)
+    # Without the keys there is nothing to drain: CredentialError (78) or AccessError (77), reported once by the
+    # caller (a deploy, by contrast, still delivers without its state).
+    keys = state_keys(loader.credential_store(config), state_dir, create=True)
     run_lock = Lock(state_dir / "retry.lock")
     if not run_lock.acquire(blocking=False):
         log.info("another `certbot-smtp-dist retry` is running; nothing to do")
@@ -55,7 +55,7 @@ def run(state_dir: Path, config: Path, include_failed: bool = False,
     try:
         upgrade(state_dir, config, keys)
         return _Drain(state_dir, config, keys, include_failed, now or datetime.now(timezone.utc),
-                      include_uncertain).run()
+                      include_uncertain, command).run()
     finally:
         run_lock.release()
 
@@ -65,13 +65,14 @@ class _Drain:
     while holding the claims, save the outcomes, release. Blocked deploys run again afterwards, unclaimed."""
 
     def __init__(self, state_dir: Path, config: Path, keys: StateKeys, include_failed: bool, now: datetime,
-                 include_uncertain: bool = False) -> None:
+                 include_uncertain: bool = False, command: tuple[str, ...] = (report.PROGRAM,)) -> None:
         self.state_dir = state_dir
+        self.command = command
         self.config = config
         self.include_failed = include_failed
         self.include_uncertain = include_uncertain  # also re-send entries whose relay may already have them
         self.now = now
-        self.ledger = Ledger(state_dir, "retry", keys, now)
+        self.ledger = Ledger(state_dir, "retry", keys, now, command=command)
         self.loaded: loader.Loaded | ConfigError | None = None
         self.blocked: list[sp.Entry] = []
         self.closed: list[tuple[str, str]] = []
@@ -80,11 +81,13 @@ class _Drain:
         self.started = time.monotonic()  # each entry's `timeout` counts from here, rendering included
 
     def run(self) -> RetryReport:
+        if self._config() is not None:
+            self.ledger.config_fixed()
         candidates = []
         for item in self.ledger.spool.entries():
             if isinstance(item, sp.Rejected):
-                log.error("spool entry %s rejected: %s (left in place, see `certbot-smtp-dist status`)", item.path,
-                          item.problem)
+                log.error("spool entry %s rejected: %s (left in place, see `%s`)", item.path, item.problem,
+                          report.next_command(self.command, "status"))
                 self.trouble = True
             elif self._wanted(item):
                 candidates.append(item)
@@ -187,8 +190,8 @@ class _Drain:
 
         source = entry.lineage_source()
         assert source is not None  # checked when planned
-        outcome = deploy.run(deploy.DeployRequest(config=self.config, source=source, state_dir=self.state_dir),
-                             self.now)
+        outcome = deploy.run(deploy.DeployRequest(config=self.config, source=source, state_dir=self.state_dir,
+                                                  from_renewal=True, command=self.command), self.now)
         self.results.extend(outcome.results)
         if outcome.exit_status in (report.EX_CONFIG, report.EX_DATAERR):
             log.error("the deploy of %s is still blocked (see the errors above)", entry.certificate)

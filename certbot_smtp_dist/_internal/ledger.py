@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from certbot_smtp_dist._internal import report
 from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.journal import Journal
 from certbot_smtp_dist._internal.pipeline import Attempt, Delivery, Job
@@ -26,8 +27,13 @@ class Ledger:
     """State-dir bookkeeping for one run. State trouble is logged loudly but never stops a delivery."""
 
     def __init__(self, state_dir: Path, run: str, keys: StateKeys, now: datetime | None = None,
-                 source: LineageSource | None = None) -> None:
+                 source: LineageSource | None = None, from_renewal: bool = False,
+                 command: tuple[str, ...] = (report.PROGRAM,)) -> None:
         self.state_dir = state_dir
+        self.command = command  # how the user called us: the commands we suggest carry the same options
+        # Only a renewal leaves a blocked entry: a command typed on a terminal reports its error there and then,
+        # and a typo in it must not become a standing alert that no renewal will ever close.
+        self.from_renewal = from_renewal
         self.source = source  # the lineage a deploy run ships (None for the drain: each entry names its own)
         self.run = run
         self.journal = Journal(state_dir, keys.journal, keys.journal_anchor)
@@ -42,12 +48,18 @@ class Ledger:
             "run": self.run,
             "event": event,
             "target": target,
-            "certificate": facts.name if facts else None,
+            "certificate": facts.name if facts else self._source_name(),
             "serial": facts.serial_hex if facts else None,
             "fingerprint": facts.sha256_fingerprint if facts else None,
         }
         rec.update(fields)
         self._guard("write the journal", lambda: self.journal.append(rec))
+
+    def _source_name(self) -> str | None:
+        """The certificate a deploy run was asked to ship, before (or without) reading it."""
+        if self.source is None:
+            return None
+        return self.source.name or (self.source.lineage_dir.name if self.source.lineage_dir else None)
 
     def _attempt(self, facts: CertificateFacts | None, job: Job, attempt: Attempt, prior: int) -> None:
         f = attempt.failure
@@ -56,7 +68,7 @@ class Ledger:
             "partial" if attempt.accepted and attempt.refused else "failed")
         self.record("attempt", facts, job.target.name,
                     message_id=job.message.message_id if job.message else None,
-                    recipients=len(job.message.envelope_to) if job.message else 0,
+                    recipients=list(job.message.envelope_to) if job.message else [],
                     outcome=outcome, **failure_json(f), attempt=prior + attempt.number,
                     duration_s=round(attempt.duration_s, 3))
 
@@ -120,9 +132,10 @@ class Ledger:
                                  last_failure=failure_json(result.failure))
             self._guard("update the spool", lambda: self.spool.write(updated))
             if not retryable:
-                log.error("target %s: delivery of %s failed permanently (%s); it stays listed by "
-                          "`certbot-smtp-dist status` and is not retried automatically", result.target,
-                          entry.certificate, result.failure.code.value if result.failure else "?")
+                log.error("target %s: delivery of %s failed permanently (%s); it stays listed by `%s` and is not "
+                          "retried automatically: %s", result.target, entry.certificate,
+                          result.failure.code.value if result.failure else "?", self._hint("status"),
+                          self._needs_human(entry.id))
 
     def _uncertain(self, entry: sp.Entry, delivery: Delivery, attempts: int, remaining: tuple[str, ...]) -> None:
         """The relay may have it: `retry` re-sends it once (same Message-ID, the recipients may de-duplicate)
@@ -133,8 +146,9 @@ class Ledger:
                              envelope_to=remaining, last_failure=failure_json(delivery.result.failure),
                              uncertain=lost, resend_due=due)
         self._guard("update the spool", lambda: self.spool.write(updated))
-        then = ("`certbot-smtp-dist retry` re-sends it once, with the same Message-ID" if due else
-                "it waits for `certbot-smtp-dist retry --include-uncertain` or `dismiss` after you checked")
+        then = (f"`{self._hint('retry')}` re-sends it once, with the same Message-ID" if due else
+                f"check with the recipients, then `{self._hint('retry', '--include-uncertain')}`, or "
+                f"`{self._hint('dismiss', entry.id)}`")
         log.warning("target %s: the relay may already have %s (no reply to the final \".\"); %s",
                     delivery.result.target, entry.message_id, then)
 
@@ -154,7 +168,8 @@ class Ledger:
 
     def fail(self, entry: sp.Entry, why: str, code: str | None = None) -> None:
         """A claimed entry that cannot succeed without a human: `failed`, so `status` alerts. Never dropped."""
-        log.error("target %s: spooled delivery of %s needs attention: %s", entry.target, entry.certificate, why)
+        log.error("target %s: spooled delivery of %s needs attention: %s; %s", entry.target, entry.certificate, why,
+                  self._needs_human(entry.id))
         failed = sp.touched(entry, datetime.now(timezone.utc), state=sp.FAILED,
                             last_failure=sp.needs_attention(why, code))
         self.record("retry_blocked", None, entry.target, message_id=entry.message_id, detail=why)
@@ -180,13 +195,15 @@ class Ledger:
     def block(self, why: str, code: str | None, facts: CertificateFacts | None = None) -> None:
         """This run's whole deploy could not start: leave a `failed` entry so `status` alerts and
         `retry --include-failed` can run the deploy again once the cause is fixed."""
-        if self.source is None:
+        if self.source is None or not self.from_renewal:
             return
         source = self.source
         try:
             with self.spool.claim(sp.blocked_id(source)) as old:
                 entry = sp.for_blocked(source, facts, old, why, code, datetime.now(timezone.utc))
                 self._guard("write the spool", lambda: self.spool.write(entry))
+                log.error("the deploy of %s is blocked and listed by `%s`: %s", entry.certificate or "this lineage",
+                          self._hint("status"), self._needs_human(entry.id))
         except sp.Busy:
             return  # another run holds exactly this entry and settles it
         except sp.Rejected as rejected:
@@ -202,6 +219,30 @@ class Ledger:
         with self.claim(sp.blocked_id(self.source)) as entry:
             if entry is not None:
                 self.close(entry, "unblocked", None, "the deploy ran again")
+
+    def config_fixed(self) -> None:
+        """The configuration loads cleanly now: a deploy it blocked is no longer an error but pending, and the next
+        `retry` runs it again (closing it, or blocking it with today's reason)."""
+        for item in self.spool.entries():
+            if isinstance(item, sp.Rejected) or item.kind != sp.BLOCKED or item.state != sp.FAILED:
+                continue
+            if (item.last_failure or {}).get("error_code") != sp.CONFIG_BLOCK:
+                continue
+            with self.claim(item.id) as entry:
+                if entry is None or (entry.last_failure or {}).get("error_code") != sp.CONFIG_BLOCK:
+                    continue
+                why = f"the configuration loads again; the next `{self._hint('retry')}` runs this deploy"
+                self.record("config_fixed", None, None, certificate_entry=entry.certificate, detail=why)
+                pending = sp.touched(entry, datetime.now(timezone.utc), state=sp.PENDING,
+                                     last_failure=sp.needs_attention(why))
+                self._guard("update the spool", lambda: self.spool.write(pending))  # noqa: B023 (called at once)
+
+    def _hint(self, *words: str) -> str:
+        return report.next_command(self.command, *words)
+
+    def _needs_human(self, entry_id: str) -> str:
+        return (f"after fixing the cause, `{self._hint('retry', '--include-failed')}`; or "
+                f"`{self._hint('dismiss', entry_id)}`")
 
     # -- plumbing -----------------------------------------------------------------------------------------------
     def _guard(self, what: str, action: Callable[[], object]) -> None:

@@ -32,6 +32,16 @@ def from_lineage_dir(directory: Path, name: str | None = None) -> LineageSource:
     )
 
 
+HOOK_ENV = "CERTBOT_SMTP_DIST_HOOK"  # set by the shims in hooks/ to the ACME client that runs them
+
+
+def from_renewal(environ: Mapping[str, str]) -> bool:
+    """Whether this run comes from an ACME client's renewal (certbot's or lego's hook variables, or one of the
+    shims in hooks/), not from a command typed on a terminal."""
+    lego = any(environ.get(f"{prefix}CERT_PATH") for prefix in ("LEGO_HOOK_", "LEGO_"))
+    return bool(environ.get("RENEWED_LINEAGE") or environ.get(HOOK_ENV) or lego)
+
+
 def from_environment(environ: Mapping[str, str]) -> LineageSource | None:
     """Find the renewed certificate from the ACME client's hook environment, if any.
 

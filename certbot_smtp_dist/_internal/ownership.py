@@ -17,20 +17,23 @@ import os
 import stat
 from pathlib import Path
 
-from certbot_smtp_dist.errors import UnsafePathError
+from certbot_smtp_dist.errors import AccessError, UnsafePathError
 
 log = logging.getLogger("certbot_smtp_dist")
 
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+STATE_FIX = "run as root, or pass --state-dir DIR"
+CONFIG_FIX = "run as root, or pass --config FILE"
 _warned: set[Path] = set()
 
 
 def require_trusted_config(config: Path) -> None:
     """The config file, its directory chain and the credentials directory beside it (before any is read)."""
     _check_chain(config.parent)
-    _check_node(config, "configuration file", f"chown root {config}; chmod 600 {config}")
+    _check_node(config, "configuration file", f"chown root {config}; chmod 600 {config}", closed=CONFIG_FIX)
     credentials = config.parent / "credentials"
-    _check_node(credentials, "credentials directory", f"chown root {credentials}; chmod 700 {credentials}")
+    _check_node(credentials, "credentials directory", f"chown root {credentials}; chmod 700 {credentials}",
+                closed=CONFIG_FIX)
     try:
         mode = os.stat(config).st_mode
     except OSError:
@@ -45,7 +48,7 @@ def require_trusted_state(state_dir: Path) -> None:
     """The state directory, the chain above it, and everything inside: no foreign owner, no loose mode, no link."""
     _check_chain(state_dir.parent)
     fix = f"chown root {state_dir}; chmod 700 {state_dir}"
-    if not _check_node(state_dir, "state directory", fix, follow=False) or not state_dir.is_dir():
+    if not _check_node(state_dir, "state directory", fix, follow=False, closed=STATE_FIX) or not state_dir.is_dir():
         return  # missing: created 0700 on first write; not a directory: every write fails and is reported
     _check_inside(state_dir)
 
@@ -54,6 +57,9 @@ def _check_inside(directory: Path) -> None:
     """Every entry below `directory`: a link is planted; a subdirectory must be ours and closed to others."""
     try:
         names = sorted(os.listdir(directory))
+    except PermissionError as exc:  # ours to trust, but not this user's to read: not an attack, a wrong user
+        raise AccessError(directory, "list the state directory", exc.strerror or "permission denied",
+                          STATE_FIX) from exc
     except OSError as exc:
         raise UnsafePathError(directory, f"cannot be listed ({exc.strerror})", "check its owner and mode") from exc
     for name in names:
@@ -73,12 +79,15 @@ def _check_inside(directory: Path) -> None:
                                   f"remove it (rm {path}) after checking who wrote it")
 
 
-def _check_node(path: Path, what: str, fix: str, follow: bool = True) -> bool:
-    """False if `path` does not exist; raises if it is not safe to trust."""
+def _check_node(path: Path, what: str, fix: str, follow: bool = True, closed: str = "") -> bool:
+    """False if `path` does not exist; raises if it is not safe to trust (UnsafePathError) or the running user
+    cannot even look at it (AccessError, with `closed` as the fix)."""
     try:
         st = os.stat(path) if follow else os.lstat(path)
     except FileNotFoundError:
         return False
+    except PermissionError as exc:
+        raise AccessError(path, f"look at the {what}", exc.strerror or "permission denied", closed or fix) from exc
     except OSError as exc:
         raise UnsafePathError(path, f"cannot be checked ({exc.strerror})", fix) from exc
     if stat.S_ISLNK(st.st_mode):

@@ -64,8 +64,8 @@ def body(target: Target, facts: CertificateFacts, payload: Payload) -> str:
         issuer=printable(facts.issuer),
         not_before=f"{facts.not_before.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}",
         not_after=f"{facts.not_after.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}",
-        serial=_colon_hex(facts.serial_hex),
-        fingerprint=_colon_hex(facts.sha256_fingerprint),
+        serial=colon_hex(facts.serial_hex),
+        fingerprint=colon_hex(facts.sha256_fingerprint),
         attachments="\n".join(rows),
         key_notice=KEY_NOTICE if payload.contains_private_key else "",
         sig_dash="-- ",  # RFC 3676 §4.3 signature separator: dash dash space
@@ -154,7 +154,7 @@ def _fold_at_spaces(text: str, first: int) -> str:
     return "\r\n".join(lines)
 
 
-def _colon_hex(hex_string: str) -> str:
+def colon_hex(hex_string: str) -> str:
     h = hex_string.upper()
     if len(h) % 2:
         h = "0" + h

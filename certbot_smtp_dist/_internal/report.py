@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -13,12 +14,29 @@ from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, Status
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
+EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_CANTCREAT = 73
 EX_IOERR = 74
 EX_TEMPFAIL = 75
 EX_NOPERM = 77
 EX_CONFIG = 78
+
+PROGRAM = "certbot-smtp-dist"
+
+
+def command_prefix(config: str | None, state_dir: str | None) -> tuple[str, ...]:
+    """How the user called us, for the commands we tell them to run next: the --config and --state-dir they gave."""
+    argv = [PROGRAM]
+    for option, value in (("--config", config), ("--state-dir", state_dir)):
+        if value is not None:
+            argv += [option, value]
+    return tuple(argv)
+
+
+def next_command(prefix: Sequence[str], *words: str) -> str:
+    """A command to paste, shell-quoted."""
+    return shlex.join([*prefix, *words])
 
 
 # Structured fields a log call may pass as `extra`; `--log-format json` makes each a key of its own.

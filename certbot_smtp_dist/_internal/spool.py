@@ -38,6 +38,7 @@ STATES = (PENDING, FAILED, UNCERTAIN)
 DELIVERY = "delivery"  # one target's delivery of one message
 BLOCKED = "blocked"  # a whole deploy of a lineage that could not start (configuration or certificate unusable)
 KINDS = (DELIVERY, BLOCKED)
+CONFIG_BLOCK = "CONFIG"  # the error code of a deploy blocked by its configuration: closed once it loads again
 _SOURCE_KEYS = ("cert", "key", "chain", "fullchain", "name", "lineage_dir")
 
 

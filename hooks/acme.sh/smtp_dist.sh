@@ -37,6 +37,9 @@ smtp_dist_deploy() {
     export CERTBOT_SMTP_DIST_STATE_DIR
   fi
 
+  # a renewal, not a command typed on a terminal: a deploy that cannot start leaves a blocked entry for `retry`
+  CERTBOT_SMTP_DIST_HOOK=acme.sh
+  export CERTBOT_SMTP_DIST_HOOK
   _info "Shipping the certificate for $_cdomain with certbot-smtp-dist"
   certbot-smtp-dist deploy --name "$_cdomain" --key "$_ckey" --cert "$_ccert" --chain "$_cca" \
     --fullchain "$_cfullchain"

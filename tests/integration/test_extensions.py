@@ -120,7 +120,7 @@ def test_failed_payload_is_kept_and_recovered_by_retry_include_failed(
                            extra_env={**env, "FORMAT_BROKEN": "1"})
     assert run.returncode == 69 and run.target("a")["error_code"] == "SMTP_PAYLOAD"
     assert denv.run_process("status", extra_env=env).returncode == 2
-    assert denv.run_process("retry", extra_env=env).returncode == 0  # permanent: not retried by itself
+    assert denv.run_process("retry", extra_env=env).returncode == 69  # permanent: not retried, still failing
     assert relay.messages == []
 
     fixed = denv.run_process("retry", "--include-failed", "--json", extra_env=env)

@@ -45,20 +45,25 @@ def test_entry_closed_after_retry_listed_it_is_not_sent(denv: DeployEnv, lineage
         assert relay.messages == []
 
 
+def renewal(lineage: LineagePaths) -> dict[str, str]:
+    """certbot's deploy-hook environment: only a renewal leaves a blocked entry behind."""
+    return {"RENEWED_LINEAGE": str(lineage.live_dir)}
+
+
 def test_broken_config_blocks_then_alerts_then_recovers(denv: DeployEnv, lineage: LineagePaths,
                                                          relay_factory) -> None:
     relay = relay_factory("plaintext")
     denv.config.write_text("[targets.a]\nport = 'not a number'\n")
-    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 78
+    assert denv.run("deploy", extra_env=renewal(lineage)).returncode == 78
     [blocked] = entries(denv)
     assert (blocked["kind"], blocked["state"], blocked["target"]) == ("blocked", "failed", "*")
     assert "configuration unusable" in blocked["last_failure"]["detail"]
     status = denv.run("status")
     assert status.returncode == 2 and "FAILED" in status.stdout  # monitoring sees it
-    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 78
+    assert denv.run("deploy", extra_env=renewal(lineage)).returncode == 78
     [again] = entries(denv)
     assert again["id"] == blocked["id"] and again["attempts"] == 2  # one entry per lineage, not one per run
-    assert denv.run("retry").returncode in (0, 75)  # not retried automatically
+    assert denv.run("retry").returncode == 69  # not retried automatically, and failing while it stays blocked
     assert relay.messages == []
     denv.write_config({"a": relay_target(relay)})  # the operator fixes the file
     fixed = denv.run("retry", "--include-failed", "--json")
@@ -74,12 +79,12 @@ def test_unusable_certificate_blocks_and_the_renewal_unblocks(denv: DeployEnv, l
     denv.write_config({"a": relay_target(relay)})
     good_key = lineage.privkey.read_bytes()
     lineage.privkey.write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
-    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 65
+    assert denv.run("deploy", extra_env=renewal(lineage)).returncode == 65
     [blocked] = entries(denv)
     assert blocked["kind"] == "blocked" and blocked["last_failure"]["error_code"] == "SMTP_PAYLOAD"
     assert denv.run("status").returncode == 2
     lineage.privkey.write_bytes(good_key)  # the next renewal's deploy finds good files
-    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 0
+    assert denv.run("deploy", extra_env=renewal(lineage)).returncode == 0
     assert entries(denv) == [] and len(relay.messages) == 1
 
 

@@ -106,7 +106,7 @@ def test_permanent_failure_not_retried_but_alerted(denv: DeployEnv, lineage: Lin
     [row] = json.loads(status.stdout)["entries"]
     assert row["state"] == "failed" and row["error_code"] == "SMTP_PERMANENT"
     connections = relay.connections
-    assert denv.run("retry").returncode == 0
+    assert denv.run("retry").returncode == 69  # not retried, and failing while it needs a human (OnFailure=)
     assert relay.connections == connections  # never retried automatically
     assert denv.run("dismiss", row["id"]).returncode == 0
     assert denv.run("status").returncode == 0
@@ -136,7 +136,7 @@ def test_journal_records_every_attempt_and_verifies(denv: DeployEnv, lineage: Li
     for line in lines:
         assert line["target"] == "a" and line["error_code"] == "SMTP_CONNECT" and line["phase"] == "connect"
         assert line["serial"] == run.json["certificate"]["serial"]
-        assert line["recipients"] == 1 and line["message_id"] == run.target("a")["message_id"]
+        assert line["recipients"] == ["x@example.com"] and line["message_id"] == run.target("a")["message_id"]
     assert stat.S_IMODE((denv.state_dir / "journal.jsonl").stat().st_mode) == 0o600
     assert denv.run("journal", "verify").returncode == 0
 
