@@ -120,13 +120,17 @@ def peer_spoke_tls(exc: BaseException) -> bool:
     return isinstance(cause, ssl.SSLError) and ("ALERT" in reason or reason in _TLS_SPEAKER_REASONS)
 
 
-def deadline(phase: Phase, connected: bool, budget: float, dot_sent: bool = False) -> Failure:
+def deadline(phase: Phase, connected: bool, budget: float, dot_sent: bool = False,
+             timeout: float | None = None) -> Failure:
+    """`budget`: what this session had; `timeout`: the target's, the deadline a user configured and recognises
+    (the session's budget is smaller by whatever the run spent before it: reading files, earlier attempts)."""
     if not connected:
         return Failure(ErrorCode.SMTP_CONNECT, Phase.CONNECT, f"TCP connect did not complete within {budget:.1f}s")
+    limit = budget if timeout is None else timeout
     if dot_sent:
-        return _lost_final_reply(f"no reply to the final \".\" within the {budget:.1f}s deadline")
+        return _lost_final_reply(f"no reply to the final \".\" within the {limit:.1f}s deadline")
     return Failure(ErrorCode.SMTP_TRANSIENT, phase,
-                   f"relay stalled during {phase.value}; abandoned at the {budget:.1f}s deadline")
+                   f"relay stalled during {phase.value}; abandoned at the {limit:.1f}s deadline")
 
 
 def translate(exc: BaseException, phase: Phase, connected: bool, dot_sent: bool = False) -> Failure:

@@ -111,7 +111,8 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
             return SessionOutcome(failure=Failure(
                 ErrorCode.SMTP_CONNECT, Phase.CONNECT,
                 f"cannot resolve host {target.host}: no answer from the resolver within {budget:.1f}s"))
-        return SessionOutcome(failure=classify.deadline(progress.phase, connected, budget, progress.dot_sent))
+        return SessionOutcome(failure=classify.deadline(progress.phase, connected, budget, progress.dot_sent,
+                                                        target.timeout))
     except asyncio.CancelledError:
         raise
     except Exception as exc:
