@@ -45,7 +45,7 @@ class CountingSMTP(SMTP):
 class SlowHandler:
     """Holds each session `ehlo_delay` seconds at EHLO and `data_delay` at DATA, so sessions overlap."""
 
-    def __init__(self, gauge: Gauge, ehlo_delay: float = 0.0, data_delay: float = 0.2) -> None:
+    def __init__(self, gauge: Gauge, ehlo_delay: float = 0.0, data_delay: float = 0.5) -> None:
         self.gauge, self.ehlo_delay, self.data_delay = gauge, ehlo_delay, data_delay
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
