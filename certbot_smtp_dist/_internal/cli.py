@@ -251,10 +251,15 @@ def cmd_credentials_list(args: argparse.Namespace) -> int:
 
 
 def cmd_credentials_delete(args: argparse.Namespace) -> int:
+    from certbot_smtp_dist._internal.config import config_path, credential_users
+
     if not _store(args).delete(args.name):
         print(f"no credential named {args.name}", file=sys.stderr)
         return 1
     print(f"deleted credential {args.name}", file=sys.stderr)
+    for key in credential_users(config_path(args.config), args.name):  # deleted on purpose, perhaps: say so
+        print(f"certbot-smtp-dist: warning: {key} still names credential {args.name}: that target's deliveries "
+              f"fail until it is set again or the key is changed", file=sys.stderr)
     return 0
 
 

@@ -85,6 +85,21 @@ def load_settings(
     return parse_settings(doc, path, credentials, payload_formats)
 
 
+def credential_users(path: Path, name: str) -> list[str]:
+    """`targets.NAME.KEY` (or `defaults.KEY`) for every key of the config at `path` that names the stored
+    credential `name`, read as written (the file need not validate); [] when it cannot be read."""
+    try:
+        doc = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    tables = [("defaults", doc.get("defaults"))]
+    targets = doc.get("targets")
+    if isinstance(targets, dict):
+        tables += [(f"targets.{target}", table) for target, table in targets.items()]
+    return [f"{where}.{key}" for where, table in tables if isinstance(table, dict)
+            for key, value in table.items() if key.endswith("_credential") and value == name]
+
+
 def parse_settings(
     doc: Mapping[str, Any],
     path: Path,

@@ -288,3 +288,21 @@ def test_validation_warnings_are_printed_by_a_dry_run(denv: DeployEnv, lineage: 
     warnings = [line for line in run.stderr.splitlines() if ": WARNING: config " in line]
     assert any("targets.t.port: port 465 speaks implicit TLS" in w for w in warnings), run.stderr
     assert any("targets.t.pkcs12_passphrase_credential: is ignored: payload = 'pem'" in w for w in warnings)
+
+
+def test_deleting_a_credential_the_config_still_uses_warns_by_key(denv: DeployEnv) -> None:
+    """Issue 20: deleting a credential a target still names gave no warning; the next renewal then failed."""
+    denv.write_config({"relay2": {"host": "127.0.0.1", "tls_mode": "starttls", "auth_method": "plain",
+                                  "username": "u@example.com", "password_credential": "relay",
+                                  "from_address": "c@example.com", "to": ["x@example.com"]}},
+                      defaults={"pkcs12_passphrase_credential": "relay"})
+    denv.set_credential("relay", "smtp_password", "a-long-enough-password")
+    denv.set_credential("other", "smtp_password", "another-long-password")
+
+    used = denv.run("credentials", "delete", "relay")
+    unused = denv.run("credentials", "delete", "other")
+
+    assert used.returncode == 0 and unused.returncode == 0
+    assert "targets.relay2.password_credential still names credential relay" in used.stderr
+    assert "defaults.pkcs12_passphrase_credential still names credential relay" in used.stderr
+    assert "warning" not in unused.stderr
