@@ -1,5 +1,6 @@
-"""The shims in `hooks/` for lego, dehydrated, acme.sh and uacme, end to end: a loopback pebble CA, the real clients
-where they can be pointed at it, and an aiosmtpd relay recording what was shipped.
+"""The shims in `hooks/` for lego, dehydrated, acme.sh and uacme, end to end: a loopback pebble CA, Debian's real lego,
+dehydrated and uacme issuing from it, and an aiosmtpd relay recording what was shipped. acme.sh is not packaged for
+Debian: its shim runs under a reproduction of acme.sh's deploy-hook helpers instead.
 
 Each delivery test asserts what the relay received: how many messages, that the attached chain is the certificates of
 the client's full-chain file (canonical PEM, nothing else), and that its leaf is the certificate the client just
