@@ -55,6 +55,7 @@ __all__ = [
     "HarnessError",
     "Lego",
     "Pebble",
+    "Uacme",
     "assert_issued_by_pebble",
     "find_tool",
     "free_ports",
@@ -79,6 +80,7 @@ ACME_TOOLS: dict[str, str] = {
     "lego": "apt-get install lego",
     "dehydrated": "apt-get install dehydrated",
     "uacme": "apt-get install uacme",
+    "unshare": "apt-get install util-linux",
     "certbot": "pip install certbot (into the test venv)",
     "openssl": "apt-get install openssl",
     "keytool": "apt-get install openjdk-17-jre-headless",
@@ -953,6 +955,144 @@ class Dehydrated:
 
     def cert_dir(self, domain: str) -> Path:
         return self.basedir / "certs" / domain
+
+
+class Uacme:
+    """Runs Debian's uacme against pebble, with its confdir in ``confdir``.
+
+    HTTP-01 is answered by uacme's own hook, ``/usr/share/uacme/uacme.sh``: it writes the key
+    authorization into ``$UACME_CHALLENGE_PATH`` (``webroot/.well-known/acme-challenge``),
+    served by a Python HTTP server on 127.0.0.1:http01_port for the duration of each
+    ``issue``; it declines dns-01 and tls-alpn-01, so uacme moves on to http-01.
+
+    Trusting pebble: uacme has no CA option and no insecure mode, and Debian builds it on
+    libcurl-gnutls, which reads neither ``CURL_CA_BUNDLE`` nor ``SSL_CERT_FILE``, only the
+    compiled-in ``/etc/ssl/certs``. So every command runs in a private mount namespace
+    (``unshare --mount``; ``--map-root-user`` too when not root) where ``/etc/ssl/certs`` is a
+    directory holding pebble's bundle alone: uacme verifies pebble's TLS for real, and trusts
+    nothing else. :meth:`available` says whether this machine allows that.
+
+    Certificates land in ``confdir/IDENT/cert.pem`` (the full chain) and the keys in
+    ``confdir/private/IDENT/key.pem``; the account key in ``confdir/private/key.pem``.
+    Exit status of ``issue``: 0 issued, 1 not due for renewal (``-d``, default 30 days), 2
+    failure.
+    """
+
+    HOOK = "/usr/share/uacme/uacme.sh"
+
+    def __init__(
+        self,
+        pebble: Pebble,
+        basedir: Path,
+        *,
+        uacme_bin: str | None = None,
+        timeout: float = DEFAULT_CLIENT_TIMEOUT,
+    ) -> None:
+        self.pebble = pebble
+        self.basedir = Path(basedir)
+        self.uacme_bin = uacme_bin or find_tool("uacme") or "uacme"
+        self.timeout = timeout
+        self.confdir = self.basedir / "uacme"
+        self.webroot = self.basedir / "webroot"
+        self.challenge_path = self.webroot / ".well-known" / "acme-challenge"
+        self.trust_dir = self.basedir / "ssl-certs"
+        self._registered = False
+
+    def trusting_pebble(self) -> list[str]:
+        """The argv prefix running a command where ``/etc/ssl/certs`` holds pebble's bundle alone."""
+        self.trust_dir.mkdir(parents=True, exist_ok=True)
+        (self.trust_dir / "ca-certificates.crt").write_bytes(self.pebble.ca_bundle.read_bytes())
+        user = [] if os.geteuid() == 0 else ["--map-root-user"]
+        bind = 'mount --bind "$0" /etc/ssl/certs && exec "$@"'
+        return ["unshare", *user, "--mount", "sh", "-c", bind, str(self.trust_dir)]
+
+    def available(self) -> str | None:
+        """None when uacme can be made to trust pebble here, else why not."""
+        try:
+            result = subprocess.run(
+                [*self.trusting_pebble(), "true"], capture_output=True, text=True, timeout=30,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"cannot run unshare: {exc}"
+        if result.returncode != 0:
+            return f"no private mount namespace for uacme's CA store: {result.stderr.strip()}"
+        return None
+
+    def command(self, *args: str, program: str | os.PathLike[str] | None = None) -> list[str]:
+        """``[unshare ...] PROGRAM -v -a URL -c CONFDIR ARGS...`` (PROGRAM: uacme, or a wrapper
+        such as ``uacme-ship``, which then finds uacme through ``$UACME``)."""
+        return [
+            *self.trusting_pebble(),
+            str(program or self.uacme_bin),
+            "--verbose",
+            "--acme-url",
+            self.pebble.directory_url,
+            "--confdir",
+            str(self.confdir),
+            *args,
+        ]
+
+    def run(
+        self,
+        *args: str,
+        program: str | os.PathLike[str] | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        serve_http01: bool = False,
+    ) -> ClientResult:
+        self.challenge_path.mkdir(parents=True, exist_ok=True)
+        envd = _client_env(
+            self.pebble,
+            {"UACME": self.uacme_bin, "UACME_CHALLENGE_PATH": str(self.challenge_path), **(env or {})},
+        )
+
+        def go() -> ClientResult:
+            return _run(
+                self.command(*args, program=program),
+                env=envd,
+                cwd=self.basedir,
+                timeout=timeout or self.timeout,
+                check=check,
+                pebble=self.pebble,
+            )
+
+        if serve_http01:
+            with serve_directory(self.webroot, self.pebble.http01_port):
+                return go()
+        return go()
+
+    def new(self, **kw: Any) -> ClientResult:
+        """``uacme --yes new``: the account key and account (pebble's terms accepted)."""
+        result = self.run("--yes", "new", **kw)
+        self._registered = result.returncode == 0
+        return result
+
+    def issue(
+        self,
+        *names: str,
+        force: bool = False,
+        program: str | os.PathLike[str] | None = None,
+        serve_http01: bool = True,
+        check: bool = False,
+        **kw: Any,
+    ) -> ClientResult:
+        """``PROGRAM [--force] --hook uacme.sh issue NAME...`` (creates the account first if
+        needed). ``check`` defaults to False: statuses 1 and 2 are outcomes, not errors."""
+        if not self._registered:
+            self.new()
+        args = ["--force"] if force else []
+        return self.run(
+            *args, "--hook", self.HOOK, "issue", *names, program=program, check=check,
+            serve_http01=serve_http01, **kw,
+        )
+
+    def cert_path(self, ident: str) -> Path:
+        return self.confdir / ident.removeprefix("*.") / "cert.pem"
+
+    def key_path(self, ident: str) -> Path:
+        return self.confdir / "private" / ident.removeprefix("*.") / "key.pem"
 
 
 # --------------------------------------------------------------------------- one-shot helpers

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from acmeharness import Certbot, Dehydrated, Lego, Pebble, require_tool
+from acmeharness import Certbot, Dehydrated, Lego, Pebble, Uacme, require_tool
+from support import ci
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +56,15 @@ def lego(pebble: Pebble, lego_bin: str, tmp_path: Path) -> Lego:
 def dehydrated(pebble: Pebble, dehydrated_bin: str, tmp_path: Path) -> Dehydrated:
     """A dehydrated runner with BASEDIR tmp_path/dehydrated (no hook; pass hook= to cron())."""
     return Dehydrated(pebble, tmp_path / "dehydrated", dehydrated_bin=dehydrated_bin)
+
+
+@pytest.fixture
+def uacme(pebble: Pebble, tmp_path: Path) -> Uacme:
+    """Debian's uacme with its confdir under tmp_path/uacme, trusting pebble's API alone (see ``Uacme``)."""
+    uacme_bin = require_tool("uacme")
+    require_tool("unshare")
+    ci.require(Path(Uacme.HOOK).is_file(), f"{Uacme.HOOK} not found (apt-get install uacme)")
+    client = Uacme(pebble, tmp_path / "uacme", uacme_bin=uacme_bin)
+    why = client.available()
+    ci.require(why is None, f"uacme cannot be pointed at pebble: {why}")
+    return client

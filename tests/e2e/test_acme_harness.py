@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from acmeharness import (
     Dehydrated,
     Lego,
     Pebble,
+    Uacme,
     assert_issued_by_pebble,
     load_pem_certs,
     require_tool,
@@ -97,6 +99,27 @@ def test_dehydrated_issues_and_calls_deploy_cert(
     for path in argv[2:6]:
         assert Path(path).is_file()
 
+
+
+@pytest.mark.e2e
+def test_uacme_issues_verifying_pebble_tls(pebble: Pebble, uacme: Uacme) -> None:
+    """uacme really verifies TLS: outside the namespace that trusts pebble's bundle it refuses pebble's API
+    (after three tries, 5 s apart)."""
+    outside = subprocess.run(
+        [uacme.uacme_bin, "-v", "-a", pebble.directory_url, "-c", str(uacme.confdir), "-y", "new"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert outside.returncode != 0, outside.stderr
+    assert "SSL peer certificate" in outside.stderr, outside.stderr  # libcurl: pebble's CA is not trusted
+
+    result = uacme.issue(NAME, ALT, check=True)
+
+    assert "running /usr/share/uacme/uacme.sh begin http-01" in result.stderr
+    chain = load_pem_certs(uacme.cert_path(NAME).read_bytes())
+    assert len(chain) == 2 and chain[1].subject == pebble.intermediate().subject
+    assert_issued_by_pebble(pebble, uacme.cert_path(NAME).read_bytes(), names=[NAME, ALT])
+    assert b"PRIVATE KEY" in uacme.key_path(NAME).read_bytes()
+    assert uacme.issue(NAME, ALT).returncode == 1, "pebble's certificate is not due for renewal"
 
 @pytest.mark.e2e
 def test_certbot_renew_runs_deploy_hook(pebble: Pebble, certbot: Certbot, tmp_path: Path) -> None:

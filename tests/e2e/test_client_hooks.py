@@ -1,5 +1,6 @@
-"""The shims in `hooks/` for lego, dehydrated, acme.sh and uacme, end to end: a loopback pebble CA, the real clients
-where they can be pointed at it, and an aiosmtpd relay recording what was shipped.
+"""The shims in `hooks/` for lego, dehydrated, acme.sh and uacme, end to end: a loopback pebble CA, Debian's real lego,
+dehydrated and uacme issuing from it, and an aiosmtpd relay recording what was shipped. acme.sh is not packaged for
+Debian: its shim runs under a reproduction of acme.sh's deploy-hook helpers instead.
 
 Each delivery test asserts what the relay received: how many messages, that the attached chain is the certificates of
 the client's full-chain file (canonical PEM, nothing else), and that its leaf is the certificate the client just
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from acmeharness import Dehydrated, Lego, Pebble, assert_issued_by_pebble, load_pem_certs
+from acmeharness import Dehydrated, Lego, Pebble, Uacme, assert_issued_by_pebble, load_pem_certs
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from support import ci
@@ -401,63 +402,91 @@ def test_acme_sh_deploy_hook_returns_the_deploy_status(
 
 # --------------------------------------------------------------------------- uacme
 
+# Debian's uacme against pebble, through `uacme-ship` as cron would run it (`Uacme` in acmeharness: uacme.sh answers
+# http-01, and uacme trusts pebble's API alone). Every exit status uacme documents comes from the real client: 0
+# issued, 1 not due for renewal, 2 failure.
+
+
+def uacme_leaf(uacme: Uacme, ident: str = NAME) -> bytes:
+    """The fingerprint of the leaf uacme saved in CONFDIR/IDENT/cert.pem."""
+    return fingerprint(uacme.cert_path(ident).read_bytes())
+
+
+def test_uacme_ship_ships_what_uacme_issued_and_nothing_when_not_due(
+    pebble: Pebble, uacme: Uacme, relay: Relay, smtp_dist: SmtpDist
+) -> None:
+    ship, env = HOOKS / "uacme-ship", smtp_dist.env()
+    cert = uacme.cert_path(NAME)
+
+    issued = uacme.issue(NAME, ALT, program=ship, env=env)
+
+    assert issued.returncode == 0, output(issued)
+    (first,) = wait_exactly(relay, 1)
+    assert len(load_pem_certs(cert.read_bytes())) == 2, "uacme's cert.pem is leaf + issuer: the full chain"
+    first_fp = assert_shipped(first, cert)
+    assert first_fp == uacme_leaf(uacme), "the certificate uacme just saved, not another"
+    assert_issued_by_pebble(pebble, attachment(first)[1], names=[NAME, ALT])
+
+    not_due = uacme.issue(NAME, ALT, program=ship, env=env)  # pebble's certificates last 5 years: not due
+    assert not_due.returncode == 1, output(not_due)
+    assert "skipping" in not_due.stderr
+    wait_exactly(relay, 1)
+
+    forced = uacme.issue(NAME, ALT, force=True, program=ship, env=env)
+    assert forced.returncode == 0, output(forced)
+    second = wait_exactly(relay, 2)[1]
+    assert assert_shipped(second, cert) == uacme_leaf(uacme) != first_fp, "the renewal ships the new certificate"
+
+
+def test_uacme_ship_ships_nothing_when_uacme_fails(uacme: Uacme, relay: Relay, smtp_dist: SmtpDist) -> None:
+    """A certificate from an earlier run is on disk; the renewal fails (nobody answers http-01): uacme exits 2."""
+    uacme.issue(NAME, check=True)
+    before = uacme_leaf(uacme)
+
+    failed = uacme.issue(NAME, force=True, program=HOOKS / "uacme-ship", env=smtp_dist.env(), serve_http01=False)
+
+    assert failed.returncode == 2, output(failed)
+    assert "connection refused" in failed.stderr, "the challenge must have failed, not something else"
+    assert uacme_leaf(uacme) == before
+    with pytest.raises(TimeoutError):
+        relay.wait_for_messages(1, timeout=SETTLE)
+    assert relay.connections == 0
+
+
+def test_uacme_ship_other_subcommands_send_nothing(uacme: Uacme, relay: Relay, smtp_dist: SmtpDist) -> None:
+    """new, revoke and -V through the shim, with the real uacme: uacme's status passes through, none ships."""
+    ship, env = HOOKS / "uacme-ship", smtp_dist.env()
+    new = uacme.new(program=ship, env=env, check=False)
+    assert new.returncode == 0, output(new)
+    issued = uacme.issue(NAME, program=ship, env=env)
+    assert issued.returncode == 0, output(issued)
+    wait_exactly(relay, 1)
+
+    revoked = uacme.run("revoke", str(uacme.cert_path(NAME)), program=ship, env=env, check=False)
+    assert revoked.returncode == 0, output(revoked)
+    version = uacme.run("-V", program=ship, env=env, check=False)
+    assert "uacme: version" in version.stderr
+    assert version.returncode == uacme.run("-V", env=env, check=False).returncode, "uacme -V's own status (2)"
+    wait_exactly(relay, 1)
+
+
+def test_uacme_ship_delivery_failure_is_the_exit_status(uacme: Uacme, down_smtp_dist: SmtpDist) -> None:
+    result = uacme.issue(NAME, program=HOOKS / "uacme-ship", env=down_smtp_dist.env())
+    assert result.returncode == EX_TEMPFAIL, output(result)
+    assert uacme.cert_path(NAME).is_file(), "uacme issued; the deploy's status is what cron sees"
+
+
+# The shim's own parsing, with a stand-in for uacme: every way of spelling uacme's options (the real client would need
+# a pebble account per spelling and cannot use /u), and `issue CSRFILE`, refused before anything is sent.
 FAKE_UACME = """
 printf '%s\\n' "$@" > "$FAKE_UACME_ARGV"
 exit "$FAKE_UACME_EXIT"
 """
 
 
-def uacme_confdir(root: Path, certificate: LineagePaths, ident: str = NAME) -> Path:
-    """What uacme leaves behind: CONFDIR/IDENT/cert.pem (full chain) and CONFDIR/private/IDENT/key.pem."""
-    (root / ident).mkdir(parents=True)
-    (root / "private" / ident).mkdir(parents=True)
-    (root / ident / "cert.pem").write_bytes(certificate.fullchain.read_bytes())
-    (root / "private" / ident / "key.pem").write_bytes(certificate.privkey.read_bytes())
-    return root
-
-
 def fake_uacme_env(tmp_path: Path, smtp_dist: SmtpDist, status: int) -> dict[str, str]:
-    bin_dir = tmp_path / "fake-bin"
-    bin_dir.mkdir(exist_ok=True)
-    executable(bin_dir / "uacme", FAKE_UACME)
-    env = smtp_dist.env(FAKE_UACME_ARGV=str(tmp_path / "uacme.argv"), FAKE_UACME_EXIT=str(status))
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    return env
-
-
-@pytest.mark.parametrize("status", [0, 1, 2])
-def test_uacme_ship_ships_only_after_uacme_issued(
-    status: int, certificate: LineagePaths, relay: Relay, smtp_dist: SmtpDist, tmp_path: Path
-) -> None:
-    confdir = uacme_confdir(tmp_path / "uacme", certificate)  # present in every case: the status alone decides
-    argv = ["-v", "-c", str(confdir), "-h", "/usr/share/uacme/uacme.sh", "issue", NAME, ALT]
-
-    result = run([HOOKS / "uacme-ship", *argv], fake_uacme_env(tmp_path, smtp_dist, status))
-
-    assert result.returncode == status, output(result)
-    assert (tmp_path / "uacme.argv").read_text().splitlines() == argv, "uacme must get the arguments unchanged"
-    if status == 0:
-        (message,) = wait_exactly(relay, 1)
-        assert_shipped(message, confdir / NAME / "cert.pem")
-    else:
-        assert relay.connections == 0
-
-
-def test_uacme_ship_other_subcommands_send_nothing(
-    relay: Relay, smtp_dist: SmtpDist, tmp_path: Path
-) -> None:
-    for argv in (["new", "me@example.com"], ["-V"], ["revoke", "/x/cert.pem"]):
-        result = run([HOOKS / "uacme-ship", *argv], fake_uacme_env(tmp_path, smtp_dist, 0))
-        assert result.returncode == 0, output(result)
-    assert relay.connections == 0
-
-
-def test_uacme_ship_delivery_failure_is_the_exit_status(
-    certificate: LineagePaths, down_smtp_dist: SmtpDist, tmp_path: Path
-) -> None:
-    confdir = uacme_confdir(tmp_path / "uacme", certificate)
-    result = run([HOOKS / "uacme-ship", "-c", confdir, "issue", NAME], fake_uacme_env(tmp_path, down_smtp_dist, 0))
-    assert result.returncode == EX_TEMPFAIL, output(result)
+    fake = executable(tmp_path / "fake-uacme", FAKE_UACME)
+    return smtp_dist.env(UACME=str(fake), FAKE_UACME_ARGV=str(tmp_path / "uacme.argv"), FAKE_UACME_EXIT=str(status))
 
 
 @pytest.mark.parametrize(
@@ -479,8 +508,7 @@ def test_uacme_ship_finds_confdir_and_identifier(
 ) -> None:
     """Where uacme keeps the files, for each way of spelling its options; the real uacme is named by $UACME."""
     recorder = executable(tmp_path / "certbot-smtp-dist", f'printf "%s\\n" "$@" > {tmp_path / "deploy.argv"}\n')
-    fake = executable(tmp_path / "fake-uacme", FAKE_UACME)
-    env = smtp_dist.env(UACME=str(fake), FAKE_UACME_ARGV=str(tmp_path / "uacme.argv"), FAKE_UACME_EXIT="0")
+    env = fake_uacme_env(tmp_path, smtp_dist, 0)
     env["PATH"] = f"{recorder.parent}{os.pathsep}{env['PATH']}"
 
     result = run([HOOKS / "uacme-ship", *argv], env)
