@@ -179,6 +179,15 @@ def test_every_command_on_path_has_a_man_page(listing: Mapping[str, str]) -> Non
     assert commands - pages == set()
 
 
+def test_lintian_finds_no_man_page_problem(deb: Path) -> None:
+    """lintian itself: no program without a page (no-manual-page), no page groff or man complain about."""
+    lintian = require_tool("lintian", "apt-get install lintian")
+    done = run_unchecked([lintian, "--pedantic", "--info", deb])
+    tags = re.findall(r"^[EWIPX]: \S+: (\S+)", done.stdout, re.MULTILINE)
+    assert tags or done.returncode == 0, done.stderr  # lintian ran: tags, or a clean exit
+    assert [tag for tag in tags if "manual-page" in tag or "manpage" in tag] == []
+
+
 def test_entry_points(root: Path) -> None:
     entry_points = configparser.ConfigParser()
     entry_points.read(root / DIST_PACKAGES / f"certbot_smtp_dist-{code_version()}.dist-info/entry_points.txt")
