@@ -110,8 +110,12 @@ def _help(action: argparse.Action) -> str:
 def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, str, argparse.ArgumentParser]]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for choice in action._choices_actions:
-                yield choice.dest, choice.help or "", action.choices[choice.dest]
+            helps = {choice.dest: choice.help or "" for choice in action._choices_actions}  # only those with help
+            seen: set[int] = set()
+            for name, sub in action.choices.items():
+                if id(sub) not in seen:  # an alias names the same parser again
+                    seen.add(id(sub))
+                    yield name, helps.get(name, ""), sub
 
 
 def commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()

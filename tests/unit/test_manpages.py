@@ -56,9 +56,12 @@ def commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
              ) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
+            seen: set[int] = set()
             for name, sub in action.choices.items():
-                yield (*prefix, name), sub
-                yield from commands(sub, (*prefix, name))
+                if id(sub) not in seen:  # aliases are the same parser
+                    seen.add(id(sub))
+                    yield (*prefix, name), sub
+                    yield from commands(sub, (*prefix, name))
 
 
 def option_names(parser: argparse.ArgumentParser) -> set[str]:
@@ -167,6 +170,21 @@ def test_every_key_is_in_the_config_page_under_its_scope() -> None:
         for key in row.keys:
             assert re.search(rf"^       (.*, )?{key}\b", sections[row.defaults_only], re.MULTILINE), key
             assert not re.search(rf"^       (.*, )?{key}\b", sections[not row.defaults_only], re.MULTILINE), key
+
+
+def test_a_command_without_help_or_with_an_alias_is_listed_once() -> None:
+    parser = argparse.ArgumentParser(prog="tool", description="Do things.", epilog="0 fine")
+    parser.add_argument("--global-flag", action="store_true", help="everywhere")
+    sub = parser.add_subparsers(dest="command")
+    quiet = sub.add_parser("quiet")  # no help: argparse keeps no _choices_actions entry for it
+    quiet.add_argument("--global-flag", action="store_true", help=argparse.SUPPRESS)
+    quiet.add_argument("--only-here", metavar="N", help="its own")
+    sub.add_parser("loud", aliases=["noisy"], help="with an alias")
+    page = manpage.command_page(parser)
+    assert [line for line in page.splitlines() if line.startswith(".SS")] == ['.SS "quiet"', '.SS "loud"']
+    quiet_block = page.split('.SS "quiet"')[1].split(".SS")[0]
+    assert "\\fB\\-\\-only\\-here\\fR \\fIN\\fR" in quiet_block
+    assert "global" not in quiet_block
 
 
 def test_key_table_reads_continuation_lines_and_markup() -> None:
