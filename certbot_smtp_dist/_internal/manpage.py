@@ -134,6 +134,8 @@ def own_actions(parser: argparse.ArgumentParser, global_options: frozenset[str]
     for index, group in enumerate(parser._action_groups):
         title = group.title if index >= 2 else None  # the first two are argparse's positional/optional groups
         for action in group._group_actions:
+            if action.help == argparse.SUPPRESS:  # hidden in --help, hidden here
+                continue
             if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
                 continue
             if action.option_strings and set(action.option_strings) <= global_options:
@@ -171,8 +173,8 @@ def command_page(parser: argparse.ArgumentParser) -> str:
            ".SH DESCRIPTION", escape(parser.description or ""),
            ".PP", "The configuration file is described in", ".BR certbot\\-smtp\\-dist.toml (5).",
            ".SH OPTIONS", "These options are accepted before or after the command."]
-    out += _option_list((None, a) for a in parser._actions
-                        if a.option_strings and not isinstance(a, argparse._HelpAction))
+    shown = (a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS)
+    out += _option_list((None, a) for a in shown if not isinstance(a, argparse._HelpAction))
     out += [".SH COMMANDS"]
     for words, help_text, sub in commands(parser):
         has_sub = any(True for _ in _subcommands(sub))

@@ -65,7 +65,8 @@ def commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
 
 
 def option_names(parser: argparse.ArgumentParser) -> set[str]:
-    return {opt for a in parser._actions for opt in a.option_strings if not isinstance(a, argparse._HelpAction)}
+    return {opt for a in parser._actions for opt in a.option_strings
+            if not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS}
 
 
 def known_where(key: str) -> set[str]:
@@ -179,12 +180,13 @@ def test_a_command_without_help_or_with_an_alias_is_listed_once() -> None:
     quiet = sub.add_parser("quiet")  # no help: argparse keeps no _choices_actions entry for it
     quiet.add_argument("--global-flag", action="store_true", help=argparse.SUPPRESS)
     quiet.add_argument("--only-here", metavar="N", help="its own")
+    quiet.add_argument("--hidden", help=argparse.SUPPRESS)
     sub.add_parser("loud", aliases=["noisy"], help="with an alias")
     page = manpage.command_page(parser)
     assert [line for line in page.splitlines() if line.startswith(".SS")] == ['.SS "quiet"', '.SS "loud"']
     quiet_block = page.split('.SS "quiet"')[1].split(".SS")[0]
     assert "\\fB\\-\\-only\\-here\\fR \\fIN\\fR" in quiet_block
-    assert "global" not in quiet_block
+    assert "global" not in quiet_block and "hidden" not in quiet_block and "SUPPRESS" not in page
 
 
 def test_key_table_reads_continuation_lines_and_markup() -> None:
