@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 DISTRO_PYTHON ?= /usr/bin/python3
 DISTRO_MODULES := aiosmtplib aiosmtpd cryptography pluggy pytest pytest_timeout hypothesis certbot
 
-.PHONY: demo test test-venv test-distro unit integration e2e lint bench clean
+.PHONY: demo test test-venv test-distro unit integration e2e lint bench man clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ lint: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/suite.py $(BENCH_ARGS)
+
+# certbot-smtp-dist(1) and certbot-smtp-dist.toml(5), from the argument parser and README.rst's key table. The
+# pages are committed (a package build runs nothing to make them); tests/unit/test_manpages.py fails when stale.
+man:
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m certbot_smtp_dist._internal.manpage README.rst packaging/man
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo-out .pytest_cache .mypy_cache

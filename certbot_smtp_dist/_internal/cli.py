@@ -126,15 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     csub.required = True
     cset = csub.add_parser("set", help="store a secret: asked twice on a terminal, else read from standard input")
     _global_options(cset, suppress=True)
-    cset.add_argument("name")
-    cset.add_argument("--type", required=True, choices=("smtp_password", "smtp_pkcs12_passphrase"))
+    cset.add_argument("name", help="the name the configuration's *_credential keys use")
+    cset.add_argument("--type", required=True, choices=("smtp_password", "smtp_pkcs12_passphrase"),
+                      help="a relay password or a PKCS#12 passphrase")
     cset.set_defaults(func=cmd_credentials_set)
     clist = csub.add_parser("list", help="names and types only")
     _global_options(clist, suppress=True)
     clist.set_defaults(func=cmd_credentials_list)
     cdel = csub.add_parser("delete", help="remove a stored secret")
     _global_options(cdel, suppress=True)
-    cdel.add_argument("name")
+    cdel.add_argument("name", help="the credential's name (see list)")
     cdel.set_defaults(func=cmd_credentials_delete)
 
     from certbot_smtp_dist._internal import cli_state

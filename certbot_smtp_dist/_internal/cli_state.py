@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
 
     history = sub.add_parser("history", help="what was shipped to whom, from the journal")
     common(history)
-    history.add_argument("--json", action="store_true")
+    history.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     history.add_argument("--all", action="store_true", help="every journal record, not only what was shipped")
     history.add_argument("--since", metavar="WHEN", help="from this ISO date or time, or this long ago (7d, 12h)")
     history.add_argument("--target", metavar="NAME", help="only this target")

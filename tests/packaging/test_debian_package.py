@@ -10,6 +10,7 @@ test venv can stand in for the package.
 from __future__ import annotations
 
 import configparser
+import gzip
 import re
 import stat
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from support.ci import unavailable
 from support.distpkg import (
+    MANPAGES,
     PRIVATE_DIRS,
     REPO,
     SHIPPED,
@@ -159,6 +161,31 @@ def test_hooks_and_units_are_the_trees(root: Path) -> None:
     differing = [dst for src, dst, _mode in SHIPPED_HERE
                  if (root / dst.lstrip("/")).read_bytes() != (REPO / src).read_bytes()]
     assert differing == []
+
+
+def test_man_pages_are_the_committed_ones(root: Path, listing: Mapping[str, str]) -> None:
+    """dh_installman ships packaging/man's pages, gzipped by dh_compress, for every command on PATH."""
+    assert {dst: listing.get(f"{dst}.gz") for _src, dst in MANPAGES} == {dst: "-rw-r--r--" for _src, dst in MANPAGES}
+    differing = [dst for src, dst in MANPAGES
+                 if gzip.decompress((root / f"{dst.lstrip('/')}.gz").read_bytes()) != (REPO / src).read_bytes()]
+    assert differing == []
+
+
+def test_every_command_on_path_has_a_man_page(listing: Mapping[str, str]) -> None:
+    """What lintian's no-manual-page checks: each program in /usr/bin has a page in section 1 (or 8)."""
+    commands = {path.rsplit("/", 1)[1] for path in listing if path.startswith("/usr/bin/")}
+    pages = {path.rsplit("/", 1)[1].split(".")[0] for path in listing
+             if re.fullmatch(r"/usr/share/man/man[18]/[^/]+\.[18]\.gz", path)}
+    assert commands - pages == set()
+
+
+def test_lintian_finds_no_man_page_problem(deb: Path) -> None:
+    """lintian itself: no program without a page (no-manual-page), no page groff or man complain about."""
+    lintian = require_tool("lintian", "apt-get install lintian")
+    done = run_unchecked([lintian, "--pedantic", "--info", deb])
+    tags = re.findall(r"^[EWIPX]: \S+: (\S+)", done.stdout, re.MULTILINE)
+    assert tags or done.returncode == 0, done.stderr  # lintian ran: tags, or a clean exit
+    assert [tag for tag in tags if "manual-page" in tag or "manpage" in tag] == []
 
 
 def test_entry_points(root: Path) -> None:

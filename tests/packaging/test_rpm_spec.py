@@ -14,6 +14,7 @@ import re
 
 import pytest
 from support.distpkg import (
+    MANPAGES,
     PRIVATE_DIRS,
     REPO,
     SHIPPED,
@@ -84,6 +85,7 @@ def test_installs_the_promised_files_from_the_tree(expanded: str) -> None:
                                          re.MULTILINE)
     }
     promised = {dst.format(unitdir=UNITDIR): (mode, src) for src, dst, mode in SHIPPED}
+    promised |= {dst: (0o644, src) for src, dst in MANPAGES}
     assert installed == promised
     assert all((REPO / src).is_file() for _mode, src in installed.values())
     dirs = re.findall(r"^install -dm (\d+) (\S+)$", section(expanded, "install"), re.MULTILINE)
@@ -97,6 +99,8 @@ def test_files_section_owns_what_is_installed(expanded: str) -> None:
     for path in PRIVATE_DIRS:
         assert f"%dir %attr(0700,root,root) {path}" in files
     assert "/usr/bin/certbot-smtp-dist" in files
+    for _src, dst in MANPAGES:  # brp-compress gzips them: the glob owns whichever suffix it gives
+        assert f"{dst}*" in files
 
 
 def test_timer_is_handled_by_the_systemd_scriptlets(expanded: str) -> None:
