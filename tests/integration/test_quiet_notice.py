@@ -217,3 +217,27 @@ def test_a_forged_delivered_line_cannot_hold_back_a_renewal(denv: DeployEnv, lin
     assert run.target("quiet")["status"] == "delivered", run.stderr
     assert run.json["certificate"]["spki_sha256"] == spki  # the forged line named exactly this key
     assert "fails verification" in run.stderr and len(relay.messages) == 2
+
+
+def test_the_certbot_plugin_path_holds_back_the_same_renewal(denv: DeployEnv, lineage: LineagePaths,
+                                                             relay_factory) -> None:
+    """The installer calls the same core (a renewal, from_renewal): a quiet target is skipped there too, and a skip
+    is no problem for certbot to report."""
+    from certbot_smtp_dist._internal import certbot_adapter as installer
+
+    relay = relay_factory("plaintext")
+    denv.write_config({"quiet": relay_target(relay, min_interval="7d")})
+    assert deploy(denv, lineage).target("quiet")["status"] == "delivered"
+    renew(lineage)
+    live = lineage.live_dir
+    source = installer.lineage_source(str(live / "cert.pem"), str(live / "privkey.pem"), str(live / "chain.pem"),
+                                      str(live / "fullchain.pem"), live.name)
+
+    shipment = installer.ship(installer.Options(denv.config, (), denv.state_dir), source)
+
+    assert shipment.ok and shipment.problems() == [] and shipment.failed_targets() == ()
+    assert shipment.report is not None
+    [result] = shipment.report.results
+    assert result.status.value == "skipped" and result.reason is not None and result.reason.startswith("min_interval")
+    assert len(relay.messages) == 1
+    assert [e["event"] for e in journal_events(denv, "quiet")] == ["attempt", "skipped"]
