@@ -67,7 +67,8 @@ def hold_back(target: Target, facts: CertificateFacts, last: Delivered | None, n
         return None  # a new key (or one the journal does not know) is always sent
     if last.names != facts.subject_names:
         return None
-    return (f"{REASON}: delivered {_ago(age)} ago ({last.time:%Y-%m-%d %H:%M} UTC, Message-ID {last.message_id}) "
+    message = f", Message-ID {last.message_id}" if last.message_id else ""
+    return (f"{REASON}: delivered {_ago(age)} ago ({last.time.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC{message}) "
             f"with the same key and names, less than {_span(interval)} ago; `deploy --force` sends it anyway")
 
 

@@ -104,6 +104,14 @@ def test_everything_else_is_sent(tgt: Target, fct: CertificateFacts, prev: Deliv
     assert hold_back(tgt, fct, prev, NOW) is None
 
 
+def test_the_reason_names_the_delivery_it_refers_to_and_only_what_is_known() -> None:
+    why = hold_back(target(timedelta(hours=36)), facts(), last(timedelta(minutes=90)), NOW)
+    assert why == ("min_interval: delivered 1h 30m ago (2026-12-01 10:30 UTC, Message-ID <m@example.com>) with the "
+                   "same key and names, less than 36h ago; `deploy --force` sends it anyway")
+    unnamed = Delivered(NOW - timedelta(seconds=30), "aa" * 32, ("example.com", "www.example.com"), None)
+    assert "Message-ID" not in (hold_back(target(), facts(), unnamed, NOW) or "Message-ID")
+
+
 def test_names_compare_without_case_or_order() -> None:
     upper = facts(names=("WWW.example.com", "Example.COM"))
     assert hold_back(target(), upper, last(timedelta(hours=1)), NOW) is not None
