@@ -100,6 +100,9 @@ class Target:
     # Whether `retry` re-sends an `uncertain` delivery once, with the same Message-ID (a duplicate the recipient
     # can recognise beats a hand-off that never arrived); false waits for `dismiss` or `retry --include-uncertain`.
     resend_uncertain: bool = True
+    # Quiet target: a renewal of a certificate delivered here less than this long ago, with the same public key and
+    # names, is not sent (journalled as `skipped`). None: every renewal is sent.
+    min_interval: timedelta | None = None
 
     @property
     def envelope_recipients(self) -> tuple[str, ...]:
@@ -178,10 +181,16 @@ class CertificateFacts:
     not_after: datetime
     serial_hex: str
     sha256_fingerprint: str
+    spki_sha256: str = ""  # SHA-256 of the leaf's SubjectPublicKeyInfo (DER): the same key across renewals
 
     @property
     def names(self) -> tuple[str, ...]:
         return (self.name, self.common_name, *self.sans)
+
+    @property
+    def subject_names(self) -> tuple[str, ...]:
+        """The names the certificate is for (CN and SANs), lowercased, sorted, each once: equal when the names are."""
+        return tuple(sorted({n.lower() for n in (self.common_name, *self.sans) if n}))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -193,6 +202,7 @@ class CertificateFacts:
             "not_after": self.not_after.isoformat(),
             "serial": self.serial_hex,
             "sha256_fingerprint": self.sha256_fingerprint,
+            "spki_sha256": self.spki_sha256,
         }
 
 
@@ -296,6 +306,8 @@ class DeliveryResult:
     attempts: int = 0
     recipients: int = 0
     accepted: tuple[str, ...] = ()  # envelope recipients that took the message (not part of the JSON format)
+    reason: str | None = None  # why a `skipped` target was skipped, one line
+
 
     @property
     def ok(self) -> bool:
@@ -310,6 +322,7 @@ class DeliveryResult:
             "refused_recipients": {addr: r.to_json() for addr, r in self.refused},
             "duration_s": round(self.duration_s, 3),
             "attempts": self.attempts,
+            "reason": self.reason,
         }
 
 

@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--dry-run", action="store_true", help="validate and render; connect to nothing")
     deploy.add_argument("--output", metavar="DIR", help="with --dry-run: write one .eml per target here (0600)")
     deploy.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    deploy.add_argument("--force", action="store_true",
+                        help="send to quiet targets too, whatever their min_interval")
     src = deploy.add_argument_group("certificate (default: $RENEWED_LINEAGE, or lego's hook variables)")
     src.add_argument("--lineage", metavar="DIR", help="certbot-style live directory")
     src.add_argument("--cert", metavar="FILE", help="leaf certificate (PEM)")
@@ -170,6 +172,7 @@ def _deploy(args: argparse.Namespace, source: LineageSource) -> int:
         config=config_path(args.config), source=source, targets=tuple(args.target), dry_run=args.dry_run,
         output=Path(args.output) if args.output else None, state_dir=state_dir(args.state_dir),
         from_renewal=from_renewal(os.environ), command=report.command_prefix(args.config, args.state_dir),
+        force=args.force,
     )
     result = deploy.run(request)
     if args.json:

@@ -46,6 +46,9 @@ MAX_RECIPIENTS = 100  # RFC 5321 §4.5.3.1.8: relays must accept at least 100 RC
 MAX_FROM_NAME = 128
 MAX_SUBJECT_PREFIX = 64  # the Subject also holds the certificate's name and date (RFC 5322 §2.1.1: 78 per line)
 TARGET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DURATION_RE = re.compile(r"([0-9]{1,7})([smhd])")
+DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+MAX_MIN_INTERVAL = timedelta(days=366)
 
 # [defaults] only: one policy for the whole run
 RETRY_KEYS = ("retry_attempts", "retry_max_age", "connections_per_relay")
@@ -53,7 +56,7 @@ KNOWN_KEYS = frozenset(
     {
         "host", "port", "tls_mode", "tls_skip_verify", "tls_ca_file", "auth_method", "username",
         "password_credential", "timeout", "from_address", "from_name", "to", "cc", "bcc", "payload",
-        "pkcs12_passphrase_credential", "subject_prefix", "certificates", "resend_uncertain",
+        "pkcs12_passphrase_credential", "subject_prefix", "certificates", "resend_uncertain", "min_interval",
     }
 )
 
@@ -368,7 +371,24 @@ class _TargetChecker:
             if not isinstance(pattern, str) or not pattern:
                 self.problem("certificates", "every entry must be a non-empty string (a name or shell-style glob)")
         return {"payload": payload, "pkcs12_passphrase_credential": passphrase, "certificates": tuple(certificates),
-                "resend_uncertain": self.get("resend_uncertain", bool, True)}
+                "resend_uncertain": self.get("resend_uncertain", bool, True), "min_interval": self._min_interval()}
+
+    def _min_interval(self) -> timedelta | None:
+        """`min_interval = "7d"`: a whole number and one unit (s, m, h, d); "0d" sends every renewal (the default),
+        so one target can opt out of a [defaults] interval."""
+        text = self.get("min_interval", str)
+        if text is None:
+            return None
+        found = DURATION_RE.fullmatch(text.strip())
+        if found is None:
+            self.problem("min_interval", f"{text[:40]!r} is not a duration: a whole number and one unit, s, m, h "
+                                         "or d (\"7d\", \"36h\"); \"0d\" sends every renewal")
+            return None
+        interval = timedelta(**{DURATION_UNITS[found.group(2)]: int(found.group(1))})
+        if interval > MAX_MIN_INTERVAL:
+            self.problem("min_interval", f"{text!r} is longer than {MAX_MIN_INTERVAL.days} days")
+            return None
+        return interval or None
 
     def _port_matches_tls_mode(self, port: int, tls_mode: TlsMode) -> None:
         """The classic mix-ups, as warnings: the port may be remapped on purpose. RFC 8314 §3.3 gives 465 to

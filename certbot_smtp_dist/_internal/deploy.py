@@ -45,6 +45,7 @@ class DeployRequest:
     state_dir: Path | None = None  # journal + spool; None: keep no state (tests, dry runs)
     from_renewal: bool = False  # run by an ACME client's renewal (hook, plugin, retry), not typed on a terminal
     command: tuple[str, ...] = (report.PROGRAM,)  # how to call us again, in the commands we suggest
+    force: bool = False  # `deploy --force`: send to quiet targets (min_interval) too
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,8 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
                             state_ok=ledger.healthy if ledger else state_ok)
     if ledger:
         ledger.unblock()
-    results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started)
+    held = _held_back(request, ledger, wanted, artefact.facts, now)
+    results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started, held)
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
@@ -122,9 +124,11 @@ def _open_state(request: DeployRequest, now: datetime) -> tuple[Ledger | None, b
 
 def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, targets: tuple[Target, ...],
           wanted: list[Target], secrets: Mapping[str, Secret], ledger: Ledger | None,
-          now: datetime, started: float) -> list[DeliveryResult]:
+          now: datetime, started: float, held: Mapping[str, str]) -> list[DeliveryResult]:
     jobs = []
     for target in targets:
+        if target.name in held:
+            continue
         if target in wanted:
             pipeline.warn_about(target, loaded.formats[target.payload])
         jobs.append(pipeline.prepare_job(target, artefact, loaded.formats, secrets, now))
@@ -133,9 +137,35 @@ def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, tar
         return pipeline.rendered_results(jobs, request.output)
     from certbot_smtp_dist._internal.plugins import notify_all
 
-    results = _deliver(jobs, artefact.facts, request.source, ledger, loaded.settings.retry, started)
+    sent = iter(_deliver(jobs, artefact.facts, request.source, ledger, loaded.settings.retry, started))
+    results = [DeliveryResult(t.name, Status.SKIPPED, reason=held[t.name]) if t.name in held else next(sent)
+               for t in targets]
     notify_all(loaded.plugins, artefact.facts, results)
     return results
+
+
+def _held_back(request: DeployRequest, ledger: Ledger | None, wanted: list[Target], facts: CertificateFacts,
+               now: datetime) -> dict[str, str]:
+    """Quiet targets whose `min_interval` holds this renewal back, with the reason (journalled). Decided from the
+    keyed journal only; without a trustworthy one (no state, a journal failing verification) everything is sent."""
+    from certbot_smtp_dist._internal import quiet
+
+    names = [t.name for t in wanted if t.min_interval is not None]
+    if not names or ledger is None:
+        return {}
+    if request.force:
+        log.info("--force: min_interval not applied to %s", ", ".join(names))
+        return {}
+    last = quiet.last_deliveries(ledger.journal, facts.name, names)
+    if last is None:
+        return {}
+    held: dict[str, str] = {}
+    for target in wanted:
+        why = quiet.hold_back(target, facts, last.get(target.name), now)
+        if why is not None:
+            held[target.name] = why
+            ledger.held_back(facts, target.name, why)
+    return held
 
 
 def _read_certificate(source: LineageSource, now: datetime) -> Artefact:

@@ -70,7 +70,12 @@ class Ledger:
                     message_id=job.message.message_id if job.message else None,
                     recipients=list(job.message.envelope_to) if job.message else [],
                     outcome=outcome, **failure_json(f), attempt=prior + attempt.number,
-                    duration_s=round(attempt.duration_s, 3))
+                    duration_s=round(attempt.duration_s, 3), **_key_and_names(facts))
+
+    def held_back(self, facts: CertificateFacts, target: str, reason: str) -> None:
+        """A quiet target's renewal that was not sent (min_interval): journalled, never spooled."""
+        self.record("skipped", facts, target, outcome="skipped", reason=reason.partition(":")[0], detail=reason,
+                    **_key_and_names(facts))
 
     # -- claiming -----------------------------------------------------------------------------------------------
     @contextmanager
@@ -255,3 +260,10 @@ class Ledger:
         self.healthy = False
         log.error("cannot %s in %s (%s): failed deliveries from this run will NOT be retried automatically",
                   what, self.state_dir, exc.strerror or exc)
+
+
+def _key_and_names(facts: CertificateFacts | None) -> dict[str, Any]:
+    """What a quiet target compares with the next renewal: the public key (SPKI SHA-256) and the names."""
+    if facts is None or not facts.spki_sha256:
+        return {}
+    return {"spki_sha256": facts.spki_sha256, "names": list(facts.subject_names)}

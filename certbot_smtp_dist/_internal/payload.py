@@ -1,4 +1,4 @@
-"""The built-in payload formats (pem, pem_and_key, pkcs12), registered through the same hook as extensions."""
+"""The built-in payload formats (pem, pem_and_key, pkcs12, notice), registered through the same hook as extensions."""
 
 from __future__ import annotations
 
@@ -69,6 +69,11 @@ def build_pkcs12(artefact: Artefact, secret: Secret | None) -> tuple[Attachment,
     return (Attachment(f"{artefact.facts.name}.p12", PKCS12_TYPE, data, contains_private_key=True),)
 
 
+def build_notice(artefact: Artefact, secret: Secret | None) -> tuple[Attachment, ...]:
+    """Nothing attached: the body alone carries the certificate's facts (for the lists that only need to know)."""
+    return ()
+
+
 def _split_certs(pem: bytes) -> list[Any]:  # pragma: no cover - cryptography < 39
     from cryptography import x509
 
@@ -82,6 +87,7 @@ BUILTIN_FORMATS = (
                   build_pem_and_key, ships_private_key=True),
     PayloadFormat("pkcs12", "passphrase-protected PKCS#12 bundle (key + chain)", build_pkcs12,
                   credential_type=PASSPHRASE_TYPE, ships_private_key=True, key_encrypted=True),
+    PayloadFormat("notice", "the certificate's facts in the body, nothing attached", build_notice),
 )
 
 

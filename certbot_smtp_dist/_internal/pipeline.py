@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # transport (and aiosmtplib) is imported only when something 
 
 log = logging.getLogger("certbot_smtp_dist")
 DEFAULT_POLICY = RetryPolicy()
+NOT_IN_FILTER = "certificate not in this target's `certificates` filter"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +184,7 @@ async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: f
 
     target = job.target
     if job.skipped:
-        return Delivery(job, DeliveryResult(target.name, Status.SKIPPED))
+        return Delivery(job, DeliveryResult(target.name, Status.SKIPPED, reason=NOT_IN_FILTER))
     if job.message is None:
         return Delivery(job, DeliveryResult(target.name, Status.FAILED, failure=job.failure))
     loop = asyncio.get_running_loop()
@@ -275,7 +276,7 @@ def rendered_results(jobs: list[Job], output: Path | None) -> list[DeliveryResul
     results = []
     for job in jobs:
         if job.skipped:
-            results.append(DeliveryResult(job.target.name, Status.SKIPPED))
+            results.append(DeliveryResult(job.target.name, Status.SKIPPED, reason=NOT_IN_FILTER))
         elif job.message is None:
             results.append(DeliveryResult(job.target.name, Status.FAILED, job.failure))
         else:

@@ -15,7 +15,7 @@ from certbot_smtp_dist._internal.addresses import domain_of, printable
 from certbot_smtp_dist.model import CertificateFacts, Message, Payload, Target
 
 BODY_TEMPLATE = """\
-This message carries a certificate issued by an ACME certificate authority.
+{opening}
 It was sent automatically by certbot-smtp-dist after a successful issuance or renewal.
 
 Certificate:   {name}
@@ -33,6 +33,11 @@ Attachments:
 {sig_dash}
 certbot-smtp-dist, for target "{target}"
 """
+
+OPENING = "This message carries a certificate issued by an ACME certificate authority."
+NOTICE_OPENING = ("This message is a notice about a certificate issued by an ACME certificate authority.\n"
+                  "No certificate is attached: it tells you the certificate's facts only.")
+NO_ATTACHMENTS = "  (none: no certificate and no key is attached to this message)"
 
 KEY_NOTICE = """
 WARNING: this message contains private key material. Store it accordingly and delete it from mailboxes
@@ -58,6 +63,9 @@ def body(target: Target, facts: CertificateFacts, payload: Payload) -> str:
         for a in payload.attachments
     ]
     return BODY_TEMPLATE.format(
+        # What is attached, not the format's name, decides the wording: an extension that attaches nothing is a
+        # notice too.
+        opening=OPENING if payload.attachments else NOTICE_OPENING,
         name=facts.name,
         common_name=printable(facts.common_name) or "(none)",
         sans=", ".join(printable(n) for n in facts.sans) or "(none)",
@@ -66,7 +74,7 @@ def body(target: Target, facts: CertificateFacts, payload: Payload) -> str:
         not_after=f"{facts.not_after.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}",
         serial=colon_hex(facts.serial_hex),
         fingerprint=colon_hex(facts.sha256_fingerprint),
-        attachments="\n".join(rows),
+        attachments="\n".join(rows) or NO_ATTACHMENTS,
         key_notice=KEY_NOTICE if payload.contains_private_key else "",
         sig_dash="-- ",  # RFC 3676 §4.3 signature separator: dash dash space
         target=target.name,

@@ -64,7 +64,7 @@ def exit_status(results: Iterable[DeliveryResult]) -> int:
 def human_line(result: DeliveryResult) -> str:
     name = result.target
     if result.status is Status.SKIPPED:
-        return f"{name}: skipped (certificate not in this target's `certificates` filter)"
+        return f"{name}: skipped ({result.reason or 'not sent'})"
     if result.status is Status.RENDERED:
         return f"{name}: rendered (dry run, {result.recipients} recipient(s), nothing sent)"
     if result.status is Status.DELIVERED:
