@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
     retry.add_argument("--include-uncertain", action="store_true",
                        help="also re-send uncertain entries, whose relay may already have them (after checking)")
     retry.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    retry.set_defaults(func=cmd_retry)
+    retry.set_defaults(func=cmd_retry, refresh_metrics=True)
 
     status = sub.add_parser("status", help="list pending, uncertain and failed deliveries; non-zero while any exist "
                                            "(0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)")
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
     dismiss = sub.add_parser("dismiss", help="close a failed, uncertain or pending spool entry by hand")
     common(dismiss)
     dismiss.add_argument("entry", nargs="+", help="entry id, or a unique prefix of one (see `status`)")
-    dismiss.set_defaults(func=cmd_dismiss)
+    dismiss.set_defaults(func=cmd_dismiss, refresh_metrics=True)
 
     history = sub.add_parser("history", help="what was shipped to whom, from the journal")
     common(history)

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import shlex
 import stat
 import tempfile
@@ -85,6 +86,31 @@ def write_private(path: Path, data: bytes) -> None:
     refuse_link(path)
     tmp = _complete_temp(path, data)
     try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+PUBLIC_FILE_MODE = 0o644
+
+
+def write_public(path: Path, data: bytes) -> None:
+    """Atomically replace `path` with `data` as a 0644 file (for what holds no secret, e.g. the metrics textfile
+    node-exporter reads as another user): a temporary file beside it, created O_EXCL|O_NOFOLLOW, written, fsynced,
+    then renamed over it, and the directory fsynced. A symbolic link at `path` is refused, never followed; the
+    directory must exist (it is the reader's, not created here)."""
+    refuse_link(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"  # no .prom suffix: the collector skips it
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PUBLIC_FILE_MODE)
+    try:
+        os.fchmod(fd, PUBLIC_FILE_MODE)  # whatever the umask
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
