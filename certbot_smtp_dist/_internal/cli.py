@@ -137,10 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     cdel.add_argument("name")
     cdel.set_defaults(func=cmd_credentials_delete)
 
-    from certbot_smtp_dist._internal import cli_monitor, cli_state
+    from certbot_smtp_dist._internal import cli_state
 
     cli_state.register(sub, lambda p: _global_options(p, suppress=True))
-    cli_monitor.register(sub, lambda p: _global_options(p, suppress=True))
     return parser
 
 
@@ -337,7 +336,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _error(args: argparse.Namespace, message: str) -> None:
     if getattr(args, "failed_status", None) is not None:  # a monitoring check: its one line on stdout, as UNKNOWN
-        if getattr(args, "json", False):
+        if getattr(args, "nagios", False):
+            print(f"SMTP-DIST UNKNOWN - {args.command}: {message}".replace("|", "/").replace("\n", " "))
+        elif getattr(args, "json", False):
             print(json.dumps({"status": "UNKNOWN", "problem": message, "entries": []}))
         else:
             print(f"UNKNOWN: certbot-smtp-dist {args.command}: {message}")

@@ -24,7 +24,7 @@ class TargetValues:
     spool: tuple[tuple[str, int], ...] = ()  # (state, entries)
 
 
-def _epoch(value: Any) -> float | None:
+def epoch(value: Any) -> float | None:
     if not isinstance(value, str):
         return None
     try:
@@ -43,14 +43,14 @@ def collect(records: Iterable[Mapping[str, Any]], spool_states: Iterable[tuple[s
     success: dict[str, float] = {}
     not_after: dict[str, dict[str, float]] = {}
     for rec in records:
-        target, when = rec.get("target"), _epoch(rec.get("time"))
+        target, when = rec.get("target"), epoch(rec.get("time"))
         if rec.get("event") != "attempt" or not isinstance(target, str) or when is None:
             continue
         attempt[target] = max(when, attempt.get(target, when))
         if rec.get("outcome") != "delivered":
             continue
         success[target] = max(when, success.get(target, when))
-        expiry, cert = _epoch(rec.get("not_after")), rec.get("certificate")
+        expiry, cert = epoch(rec.get("not_after")), rec.get("certificate")
         if expiry is not None and isinstance(cert, str):
             not_after.setdefault(target, {})[cert] = expiry  # later records win: the last certificate delivered
     counts: dict[str, dict[str, int]] = {}
