@@ -53,6 +53,8 @@ def refresh_after_run(config: Path, state: Path) -> None:
     from certbot_smtp_dist._internal.state import state_keys
     from certbot_smtp_dist.errors import SmtpDistError
 
+    if not _mentions_textfile(config):
+        return  # the common case costs a read, not a second load of the plugins and credentials
     try:
         settings = load(config).settings
         if settings.metrics_textfile is None:
@@ -62,3 +64,13 @@ def refresh_after_run(config: Path, state: Path) -> None:
         log.debug("metrics file not refreshed: %s", exc)
         return
     refresh(state, keys, settings)
+
+
+def _mentions_textfile(config: Path) -> bool:
+    """Whether the file names the key at all (validated by the full load that follows when it does)."""
+    from certbot_smtp_dist._internal.config import METRICS_KEY
+
+    try:
+        return METRICS_KEY.encode() in config.read_bytes()
+    except OSError:
+        return False

@@ -145,3 +145,17 @@ def test_rewritten_atomically_under_four_concurrent_deploys(denv: DeployEnv, lin
     parsed = read(prom)
     assert spool(parsed) == dict.fromkeys(STATES, 0) and len(relay.messages) == 5
     assert os.listdir(prom.parent) == [prom.name]
+
+
+def test_a_retry_that_delivers_records_the_not_after(denv: DeployEnv, lineage: LineagePaths, prom: Path,
+                                                     relay_factory, unused_port: int) -> None:
+    down = {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 2,
+            "from_address": "c@example.com", "to": ["pki@example.com"]}
+    deploy(denv, lineage, prom, down)
+    relay = relay_factory("plaintext")
+    denv.write_config({"relay": relay_target(relay)}, defaults={"metrics_textfile": str(prom)})  # the relay is back
+    assert denv.run("retry").returncode == 0 and len(relay.messages) == 1
+    parsed = read(prom)
+    assert spool(parsed) == dict.fromkeys(STATES, 0)
+    assert parsed.value(P + "last_delivered_not_after_timestamp_seconds", target="relay",
+                        certificate="test.example.com") == NOT_AFTER.timestamp()

@@ -131,3 +131,10 @@ def test_bad_thresholds_are_not_a_verdict(denv: DeployEnv, tmp_path: Path, relay
     assert deploy(denv, lineage_expiring(tmp_path, 60), relay_target(relay_factory("plaintext"))) == 0
     run = denv.run("status", "--nagios", "--warn-days", "3", "--crit-days", "7")
     assert run.returncode == UNKNOWN and run.stdout.startswith("SMTP-DIST UNKNOWN - ") and "--crit-days" in run.stdout
+
+
+def test_unusable_configuration_is_one_unknown_line(denv: DeployEnv, tmp_path: Path, relay_factory) -> None:
+    assert deploy(denv, lineage_expiring(tmp_path, 60), relay_target(relay_factory("plaintext"))) == 0
+    denv.config.write_text("[targets.a]\nport = 'not a number'\n")
+    run, summary, perf, long = nagios(denv)
+    assert run.returncode == UNKNOWN and long == [] and perf == {} and "targets.a.port" in summary
