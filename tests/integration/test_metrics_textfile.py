@@ -159,3 +159,20 @@ def test_a_retry_that_delivers_records_the_not_after(denv: DeployEnv, lineage: L
     assert spool(parsed) == dict.fromkeys(STATES, 0)
     assert parsed.value(P + "last_delivered_not_after_timestamp_seconds", target="relay",
                         certificate="test.example.com") == NOT_AFTER.timestamp()
+
+
+def test_a_deploy_through_the_certbot_plugin_writes_the_file_too(denv: DeployEnv, lineage: LineagePaths, prom: Path,
+                                                                  relay_factory) -> None:
+    from certbot_smtp_dist._internal import certbot_adapter
+
+    relay = relay_factory("plaintext")
+    denv.write_config({"relay": relay_target(relay)}, defaults={"metrics_textfile": str(prom)})
+    options = certbot_adapter.Options(denv.config, (), denv.state_dir)
+    source = certbot_adapter.lineage_source(str(lineage.cert), str(lineage.privkey), str(lineage.chain),
+                                            str(lineage.fullchain), "test.example.com")
+    assert certbot_adapter.ship(options, source).ok and len(relay.messages) == 1
+    assert read(prom).value(P + "last_delivered_not_after_timestamp_seconds", target="relay",
+                            certificate="test.example.com") == NOT_AFTER.timestamp()
+    prom.unlink()
+    assert certbot_adapter.ship(options, source, dry_run=True).ok
+    assert not prom.exists()  # a rehearsal writes nothing
