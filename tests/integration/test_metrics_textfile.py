@@ -176,3 +176,20 @@ def test_a_deploy_through_the_certbot_plugin_writes_the_file_too(denv: DeployEnv
     prom.unlink()
     assert certbot_adapter.ship(options, source, dry_run=True).ok
     assert not prom.exists()  # a rehearsal writes nothing
+
+
+@pytest.mark.parametrize("case", ["directory is a link", "no directory"])
+def test_a_directory_that_is_a_link_or_missing_is_an_error_not_a_write(denv: DeployEnv, lineage: LineagePaths,
+                                                                       relay_factory, tmp_path: Path,
+                                                                       case: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    textfile_dir = tmp_path / "linked"
+    if case == "directory is a link":
+        textfile_dir.symlink_to(elsewhere)
+    prom = textfile_dir / "x.prom"
+    denv.write_config({"relay": relay_target(relay_factory("plaintext"))}, defaults={"metrics_textfile": str(prom)})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir))
+    assert run.returncode == 0 and f"cannot write the metrics file {prom}" in run.stderr
+    assert os.listdir(elsewhere) == []  # nothing written through the link
+    assert textfile_dir.is_symlink() if case == "directory is a link" else not textfile_dir.exists()  # none made
