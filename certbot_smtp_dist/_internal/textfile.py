@@ -67,10 +67,13 @@ def refresh_after_run(config: Path, state: Path) -> None:
 
 
 def _mentions_textfile(config: Path) -> bool:
-    """Whether the file names the key at all (validated by the full load that follows when it does)."""
+    """Whether the file names the key at all (validated by the full load that follows when it does); not a byte
+    is read from a file someone else could have written."""
     from certbot_smtp_dist._internal.config import METRICS_KEY
+    from certbot_smtp_dist._internal.ownership import require_trusted_config
 
     try:
+        require_trusted_config(config)
         return METRICS_KEY.encode() in config.read_bytes()
-    except OSError:
+    except OSError:  # UnsafePathError and AccessError included: the run itself said so
         return False
