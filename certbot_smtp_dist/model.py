@@ -152,6 +152,7 @@ class Settings:
     targets: tuple[Target, ...]
     retry: RetryPolicy = RetryPolicy()
     warnings: tuple[ConfigProblem, ...] = ()
+    metrics_textfile: Path | None = None  # [defaults] only: rewritten after every deploy, retry and dismiss
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--chain", metavar="FILE", help="issuer certificates (PEM)")
     src.add_argument("--fullchain", metavar="FILE", help="leaf followed by issuers (PEM)")
     src.add_argument("--name", help="certificate name (default: the leaf's CN, else its first SAN)")
-    deploy.set_defaults(func=cmd_deploy)
+    deploy.set_defaults(func=cmd_deploy, refresh_metrics=True)
 
     creds = sub.add_parser("credentials", help="manage stored secrets (never on the command line)")
     _global_options(creds, suppress=True)
@@ -303,6 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_format, args.verbose, args.quiet)
     code = _run(args)
+    if getattr(args, "refresh_metrics", False) and not getattr(args, "dry_run", False):
+        from certbot_smtp_dist._internal.config import config_path
+        from certbot_smtp_dist._internal.state import state_dir
+        from certbot_smtp_dist._internal.textfile import refresh_after_run
+
+        refresh_after_run(config_path(args.config), state_dir(args.state_dir))
     # `status` is a monitoring check: whenever it could not look, the answer is UNKNOWN, never a guess.
     failed_status = getattr(args, "failed_status", None)
     return failed_status if failed_status is not None and code not in (0, 1, 2, 3) else code
@@ -339,7 +345,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _error(args: argparse.Namespace, message: str) -> None:
     if getattr(args, "failed_status", None) is not None:  # a monitoring check: its one line on stdout, as UNKNOWN
-        if getattr(args, "json", False):
+        if getattr(args, "nagios", False):
+            print(f"SMTP-DIST UNKNOWN - {args.command}: {message}".replace("|", "/").replace("\n", " "))
+        elif getattr(args, "json", False):
             print(json.dumps({"status": "UNKNOWN", "problem": message, "entries": []}))
         else:
             print(f"UNKNOWN: certbot-smtp-dist {args.command}: {message}")

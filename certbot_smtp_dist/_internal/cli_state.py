@@ -1,4 +1,4 @@
-"""Subcommands over the state directory: retry, status, dismiss, history, journal verify."""
+"""Subcommands over the state directory: retry, status, dismiss, metrics, history, journal verify."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ STATUS_OK, STATUS_WARNING, STATUS_CRITICAL, STATUS_UNKNOWN = 0, 1, 2, 3
 
 
 def register(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:  # type: ignore[type-arg]
+    from certbot_smtp_dist._internal import cli_nagios
+
     retry = sub.add_parser("retry", help="re-send spooled deliveries (for a systemd timer or cron); non-zero while "
                                          "failed, blocked or rejected entries remain")
     common(retry)
@@ -31,7 +33,7 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
     retry.add_argument("--include-uncertain", action="store_true",
                        help="also re-send uncertain entries, whose relay may already have them (after checking)")
     retry.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    retry.set_defaults(func=cmd_retry)
+    retry.set_defaults(func=cmd_retry, refresh_metrics=True)
 
     status = sub.add_parser("status", help="list pending, uncertain and failed deliveries; non-zero while any exist "
                                            "(0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)")
@@ -39,12 +41,18 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
     status.add_argument("--json", action="store_true")
     status.add_argument("--allow-empty", action="store_true",
                         help="a state directory or journal that does not exist yet is OK (before the first deploy)")
+    cli_nagios.nagios_options(status)
     status.set_defaults(func=cmd_status, failed_status=STATUS_UNKNOWN)
 
     dismiss = sub.add_parser("dismiss", help="close a failed, uncertain or pending spool entry by hand")
     common(dismiss)
     dismiss.add_argument("entry", nargs="+", help="entry id, or a unique prefix of one (see `status`)")
-    dismiss.set_defaults(func=cmd_dismiss)
+    dismiss.set_defaults(func=cmd_dismiss, refresh_metrics=True)
+
+    metrics = sub.add_parser("metrics", help="print the Prometheus metrics (text exposition format) that [defaults] "
+                                             "metrics_textfile receives after every deploy, retry and dismiss")
+    common(metrics)
+    metrics.set_defaults(func=cmd_metrics)
 
     history = sub.add_parser("history", help="what was shipped to whom, from the journal")
     common(history)
@@ -196,11 +204,15 @@ def _row_line(r: dict[str, Any]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Nagios plugin convention: 0 OK, 1 WARNING (pending), 2 CRITICAL (needs a human), 3 UNKNOWN (cannot know:
-    no state there, or it cannot be read; main() turns every error into 3)."""
+    no state there, or it cannot be read; main() turns every error into 3). --nagios: the same states, as a plugin."""
+    from certbot_smtp_dist._internal import cli_nagios
+
     state = _state(args)
     empty = _nothing_there(state)
     if empty is not None:
         verdict = "OK" if args.allow_empty else "UNKNOWN"
+        if args.nagios:
+            return cli_nagios.nagios_empty(args, empty)
         if args.json:
             print(json.dumps({"status": verdict, "state_dir": str(state), "problem": empty, "entries": []}, indent=2))
         else:
@@ -209,6 +221,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"pass --state-dir DIR, or --allow-empty before the first deploy)")
         return STATUS_OK if args.allow_empty else STATUS_UNKNOWN
     rows = _rows(args, state)
+    if args.nagios:
+        return cli_nagios.nagios_status(args, state, rows, [_needs_human(r) for r in rows])
     if args.json:
         print(json.dumps({"entries": rows}, indent=2))
     elif not rows:
@@ -289,6 +303,18 @@ def _dismiss_one(spool: Spool, ledger: Ledger, entry_id: str) -> bool:
                                                       f"hand: {rejected.problem}")
     print(f"dismissed {entry_id}", file=sys.stderr)
     return True
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Exit status: 0 printed; 78 an unusable configuration, 77 or 74 a state that cannot be trusted or read."""
+    from certbot_smtp_dist._internal import textfile
+    from certbot_smtp_dist._internal.config import config_path
+    from certbot_smtp_dist._internal.loader import load
+
+    state = _state(args)
+    keys = _keys(args, state)
+    print(textfile.text(state, keys, load(config_path(args.config)).settings), end="")
+    return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:

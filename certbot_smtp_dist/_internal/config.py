@@ -52,6 +52,7 @@ MAX_MIN_INTERVAL = timedelta(days=366)
 
 # [defaults] only: one policy for the whole run
 RETRY_KEYS = ("retry_attempts", "retry_max_age", "connections_per_relay")
+METRICS_KEY = "metrics_textfile"  # [defaults] only: one file per host
 KNOWN_KEYS = frozenset(
     {
         "host", "port", "tls_mode", "tls_skip_verify", "tls_ca_file", "auth_method", "username",
@@ -120,9 +121,11 @@ def parse_settings(
         defaults = {}
     defaults = dict(defaults)
     retry = _retry_policy({k: defaults.pop(k) for k in RETRY_KEYS if k in defaults}, problems)
+    metrics = _metrics_textfile(defaults.pop(METRICS_KEY, None), problems)
     for key in defaults:
         if key not in KNOWN_KEYS:
-            problems.append(ConfigProblem(None, f"defaults.{key}", unknown_key(key, KNOWN_KEYS | set(RETRY_KEYS))))
+            problems.append(ConfigProblem(None, f"defaults.{key}",
+                                          unknown_key(key, KNOWN_KEYS | set(RETRY_KEYS) | {METRICS_KEY})))
     tables = doc.get("targets", {})
     if not isinstance(tables, dict) or not tables:
         problems.append(ConfigProblem(None, "targets", "no targets: add at least one [targets.NAME] table"))
@@ -142,7 +145,20 @@ def parse_settings(
             targets.append(target)
     if problems:
         raise ConfigError(_once(problems), str(path))
-    return Settings(path=path, targets=tuple(targets), retry=retry, warnings=tuple(_once(warnings)))
+    return Settings(path=path, targets=tuple(targets), retry=retry, warnings=tuple(_once(warnings)),
+                    metrics_textfile=metrics)
+
+
+def _metrics_textfile(value: Any, problems: list[ConfigProblem]) -> Path | None:
+    """[defaults] metrics_textfile: an absolute path ending in .prom (node-exporter's textfile collector reads only
+    those, and skips our temporary files beside it)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.endswith(".prom") or not os.path.isabs(value) or "\0" in value:
+        problems.append(ConfigProblem(None, f"defaults.{METRICS_KEY}", "must be an absolute path ending in .prom, "
+                                      'e.g. "/var/lib/prometheus/node-exporter/certbot_smtp_dist.prom"'))
+        return None
+    return Path(value)
 
 
 def _retry_policy(doc: Mapping[str, Any], problems: list[ConfigProblem]) -> RetryPolicy:

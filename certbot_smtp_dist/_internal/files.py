@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import shlex
 import stat
 import tempfile
@@ -75,8 +76,8 @@ def refuse_link(path: Path) -> None:
         return
 
 
-def _planted(path: Path) -> UnsafePathError:
-    return UnsafePathError(path, "is a symbolic link (or not a regular entry) inside the state; never followed",
+def _planted(path: Path, where: str = " inside the state") -> UnsafePathError:
+    return UnsafePathError(path, f"is a symbolic link (or not a regular entry){where}; never followed",
                            f"remove it (rm {path}) after checking who planted it")
 
 
@@ -91,6 +92,44 @@ def write_private(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+PUBLIC_FILE_MODE = 0o644
+
+
+def write_public(path: Path, data: bytes) -> None:
+    """Atomically replace `path` with `data` as a 0644 file (for what holds no secret, e.g. the metrics textfile
+    node-exporter reads as another user): a temporary file beside it, created O_EXCL|O_NOFOLLOW, written, fsynced,
+    then renamed over it, and the directory fsynced. A symbolic link at `path` is refused, never followed; the
+    directory must exist (it is the reader's, not created here) and is held open (O_NOFOLLOW) for the whole write,
+    so a directory swapped for a link meanwhile cannot redirect the rename."""
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path.parent):
+            raise _planted(path.parent, "") from exc
+        raise
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISLNK(os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                raise _planted(path, "")
+        tmp = f".{path.name}.{secrets.token_hex(8)}.tmp"  # no .prom suffix: the collector skips it
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PUBLIC_FILE_MODE,
+                     dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), PUBLIC_FILE_MODE)  # whatever the umask
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def create_private_exclusive(path: Path, data: bytes) -> bool:

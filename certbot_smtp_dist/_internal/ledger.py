@@ -52,6 +52,8 @@ class Ledger:
             "serial": facts.serial_hex if facts else None,
             "fingerprint": facts.sha256_fingerprint if facts else None,
         }
+        if facts is not None:  # what the metrics' and `status --nagios`' expiry figures are read from
+            rec["not_after"] = facts.not_after.isoformat()
         rec.update(fields)
         self._guard("write the journal", lambda: self.journal.append(rec))
 

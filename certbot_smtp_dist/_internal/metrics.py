@@ -1,0 +1,113 @@
+"""Prometheus text exposition of the state: journal records and spool states in, text out (no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+PREFIX = "certbot_smtp_dist_"
+SPOOL_STATES = ("pending", "failed", "blocked", "uncertain")  # always exposed, 0 when none
+REJECTED = "rejected"  # exposed only when the spool holds a rejected (forged, damaged) file
+ANY_TARGET = "*"  # spool entries not tied to one target: a blocked deploy, a rejected file
+
+
+@dataclass(frozen=True, slots=True)
+class TargetValues:
+    """What the state says about one target; timestamps in seconds since the epoch, None when never."""
+
+    target: str
+    last_attempt: float | None = None
+    last_success: float | None = None
+    not_after: tuple[tuple[str, float], ...] = ()  # (certificate, not-after of its last delivered certificate)
+    spool: tuple[tuple[str, int], ...] = ()  # (state, entries)
+
+
+def epoch(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
+
+
+def collect(records: Iterable[Mapping[str, Any]], spool_states: Iterable[tuple[str, str]],
+            configured: Iterable[str]) -> tuple[TargetValues, ...]:
+    """Per target: from the journal's `attempt` records (in order), the last attempt, the last delivery and the
+    not-after of the last certificate delivered per certificate name; from `spool_states` ((target, state) pairs),
+    the entries per state. Targets: the configured ones, plus any the spool still holds entries for."""
+    attempt: dict[str, float] = {}
+    success: dict[str, float] = {}
+    not_after: dict[str, dict[str, float]] = {}
+    for rec in records:
+        target, when = rec.get("target"), epoch(rec.get("time"))
+        if rec.get("event") != "attempt" or not isinstance(target, str) or when is None:
+            continue
+        attempt[target] = max(when, attempt.get(target, when))
+        if rec.get("outcome") != "delivered":
+            continue
+        success[target] = max(when, success.get(target, when))
+        expiry, cert = epoch(rec.get("not_after")), rec.get("certificate")
+        if expiry is not None and isinstance(cert, str):
+            not_after.setdefault(target, {})[cert] = expiry  # later records win: the last certificate delivered
+    counts: dict[str, dict[str, int]] = {}
+    for target, state in spool_states:
+        per = counts.setdefault(target, {})
+        per[state] = per.get(state, 0) + 1
+    names = sorted(set(configured) | set(counts))
+    return tuple(
+        TargetValues(name, attempt.get(name), success.get(name), tuple(sorted(not_after.get(name, {}).items())),
+                     tuple((s, counts.get(name, {}).get(s, 0)) for s in _states(counts.get(name, {}))))
+        for name in names)
+
+
+def _states(present: Mapping[str, int]) -> tuple[str, ...]:
+    return SPOOL_STATES + tuple(sorted(s for s in present if s not in SPOOL_STATES))
+
+
+_HELP = (
+    ("last_attempt_timestamp_seconds", "gauge", "Time of the last delivery attempt to the target (journal)."),
+    ("last_success_timestamp_seconds", "gauge", "Time of the last successful delivery to the target (journal)."),
+    ("last_delivered_not_after_timestamp_seconds", "gauge",
+     "Not-after of the last certificate delivered to the target, per certificate name."),
+    ("spool_entries", "gauge", "Spool entries per target and state (target=\"*\": blocked deploys, rejected files)."),
+)
+
+
+def render(values: Iterable[TargetValues]) -> str:
+    """The text exposition format 0.0.4: HELP and TYPE before each family, label values escaped, a final newline."""
+    rows = tuple(values)
+    samples: dict[str, list[str]] = {name: [] for name, _, _ in _HELP}
+    for v in rows:
+        t = (("target", v.target),)
+        if v.last_attempt is not None:
+            samples["last_attempt_timestamp_seconds"].append(_sample(t, v.last_attempt))
+        if v.last_success is not None:
+            samples["last_success_timestamp_seconds"].append(_sample(t, v.last_success))
+        for cert, expiry in v.not_after:
+            samples["last_delivered_not_after_timestamp_seconds"].append(_sample(t + (("certificate", cert),), expiry))
+        for state, count in v.spool:
+            samples["spool_entries"].append(_sample(t + (("state", state),), count))
+    lines: list[str] = []
+    for name, kind, text in _HELP:
+        lines += [f"# HELP {PREFIX}{name} {_escape_help(text)}", f"# TYPE {PREFIX}{name} {kind}"]
+        lines += [PREFIX + name + s for s in samples[name]]
+    return "\n".join(lines) + "\n"
+
+
+def _sample(labels: tuple[tuple[str, str], ...], value: float) -> str:
+    inner = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels)
+    number = repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
+    return f"{{{inner}}} {number}"
+
+
+def escape_label(value: str) -> str:
+    """Label values: backslash, double quote and line feed escaped, as the exposition format requires."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")

@@ -1,0 +1,195 @@
+"""Issue 19 part 1: the Prometheus textfile after delivered, failed, pending and uncertain runs, `metrics` printing
+the same text, atomic rewrites under concurrent deploys, and a symbolic link at the destination refused.
+
+Parsed by the strict parser in support.promtext (promtool and prometheus_client are not installed, and not needed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.deployenv import DeployEnv, relay_target
+from support.faultscript import CLOSE
+from support.pki import LineagePaths, write_lineage
+from support.promtext import Exposition, parse
+
+P = "certbot_smtp_dist_"
+STATES = ("pending", "failed", "blocked", "uncertain")
+NOT_AFTER = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(days=30)
+
+
+@pytest.fixture
+def lineage(tmp_path: Path) -> LineagePaths:
+    return write_lineage(tmp_path / "live" / "test.example.com", not_after=NOT_AFTER)
+
+
+@pytest.fixture
+def prom(tmp_path: Path) -> Path:
+    textfile_dir = tmp_path / "node-exporter"
+    textfile_dir.mkdir()
+    return textfile_dir / "certbot_smtp_dist.prom"
+
+
+def deploy(denv: DeployEnv, lineage: LineagePaths, prom: Path, table: dict[str, Any]) -> int:
+    denv.write_config({"relay": table}, defaults={"metrics_textfile": str(prom)})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir))
+    assert "Traceback" not in run.stderr, run.stderr
+    return run.returncode
+
+
+def read(prom: Path) -> Exposition:
+    parsed = parse(prom.read_text())
+    assert set(parsed.types) == {P + n for n in ("last_attempt_timestamp_seconds", "last_success_timestamp_seconds",
+                                                 "last_delivered_not_after_timestamp_seconds", "spool_entries")}
+    assert set(parsed.types.values()) == {"gauge"} and set(parsed.helps) == set(parsed.types)
+    return parsed
+
+
+def spool(parsed: Exposition, target: str = "relay") -> dict[str, float]:
+    return {dict(labels)["state"]: v for labels, v in parsed.series(P + "spool_entries").items()
+            if dict(labels)["target"] == target}
+
+
+def test_delivered_run_writes_the_file_and_metrics_prints_the_same(denv: DeployEnv, lineage: LineagePaths,
+                                                                  prom: Path, relay_factory) -> None:
+    relay = relay_factory("plaintext")
+    before = time.time()
+    assert deploy(denv, lineage, prom, relay_target(relay)) == 0
+    assert stat.S_IMODE(prom.stat().st_mode) == 0o644  # node-exporter reads it as another user; no secret in it
+    parsed = read(prom)
+    attempt = parsed.value(P + "last_attempt_timestamp_seconds", target="relay")
+    assert before - 1 <= attempt <= time.time() + 1
+    assert parsed.value(P + "last_success_timestamp_seconds", target="relay") == attempt
+    assert parsed.value(P + "last_delivered_not_after_timestamp_seconds", target="relay",
+                        certificate="test.example.com") == NOT_AFTER.timestamp()
+    assert spool(parsed) == dict.fromkeys(STATES, 0)
+    assert "pki@example.com" not in prom.read_text()  # never a recipient address
+    printed = denv.run("metrics")
+    assert printed.returncode == 0 and printed.stdout == prom.read_text()
+    assert os.listdir(prom.parent) == [prom.name]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("outcome", ["failed", "pending", "uncertain"])
+def test_undelivered_runs_are_counted_by_state(denv: DeployEnv, lineage: LineagePaths, prom: Path, relay_factory,
+                                               fault_server, unused_port: int, outcome: str) -> None:
+    if outcome == "failed":
+        relay = relay_factory("plaintext", reject={"pki@example.com": "550 5.1.1 No such user"})
+        table = relay_target(relay)
+    elif outcome == "pending":
+        table = {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 2,
+                 "from_address": "c@example.com", "to": ["pki@example.com"]}
+    else:
+        server = fault_server(replies={"DATA_END": CLOSE})
+        table = {"host": "127.0.0.1", "port": server.port, "tls_mode": "plaintext", "timeout": 4,
+                 "from_address": "c@example.com", "to": ["pki@example.com"]}
+    assert deploy(denv, lineage, prom, table) != 0
+    parsed = read(prom)
+    assert spool(parsed) == {s: int(s == outcome) for s in STATES}
+    assert (P + "last_attempt_timestamp_seconds", frozenset({("target", "relay")})) in parsed.samples
+    assert parsed.series(P + "last_success_timestamp_seconds") == {}
+    assert parsed.series(P + "last_delivered_not_after_timestamp_seconds") == {}
+
+
+def test_retry_and_dismiss_rewrite_the_file(denv: DeployEnv, lineage: LineagePaths, prom: Path,
+                                            unused_port: int) -> None:
+    table = {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 2,
+             "from_address": "c@example.com", "to": ["pki@example.com"]}
+    deploy(denv, lineage, prom, table)
+    prom.unlink()
+    assert denv.run("retry").returncode != 0
+    assert spool(read(prom))["pending"] == 1  # written again by `retry`
+    [entry] = (denv.state_dir / "spool").glob("*.json")
+    assert denv.run("dismiss", entry.stem).returncode == 0
+    assert spool(read(prom))["pending"] == 0  # and by `dismiss`
+
+
+def test_symlink_at_the_destination_is_refused(denv: DeployEnv, lineage: LineagePaths, prom: Path,
+                                               relay_factory, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    prom.symlink_to(victim)
+    relay = relay_factory("plaintext")
+    denv.write_config({"relay": relay_target(relay)}, defaults={"metrics_textfile": str(prom)})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir))
+    assert run.returncode == 0  # the delivery happened; the metrics file is the only thing refused
+    assert f"cannot write the metrics file {prom}" in run.stderr and "symbolic link" in run.stderr
+    assert prom.is_symlink() and victim.read_text() == "untouched\n"
+    assert sorted(os.listdir(prom.parent)) == [prom.name]
+
+
+def test_rewritten_atomically_under_four_concurrent_deploys(denv: DeployEnv, lineage: LineagePaths, prom: Path,
+                                                            relay_factory) -> None:
+    relay = relay_factory("plaintext")
+    denv.write_config({"relay": relay_target(relay)}, defaults={"metrics_textfile": str(prom)})
+    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 0  # the file exists from here on
+    cmd = [sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)]
+    procs = [subprocess.Popen(cmd, env=denv.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    reads, deadline = 0, time.monotonic() + 180
+    try:
+        while any(p.poll() is None for p in procs) and reads < 100_000 and time.monotonic() < deadline:
+            parse(prom.read_text())  # whole, or raises: never a half-written file
+            reads += 1
+    finally:
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    assert reads > 0
+    parsed = read(prom)
+    assert spool(parsed) == dict.fromkeys(STATES, 0) and len(relay.messages) == 5
+    assert os.listdir(prom.parent) == [prom.name]
+
+
+def test_a_retry_that_delivers_records_the_not_after(denv: DeployEnv, lineage: LineagePaths, prom: Path,
+                                                     relay_factory, unused_port: int) -> None:
+    down = {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 2,
+            "from_address": "c@example.com", "to": ["pki@example.com"]}
+    deploy(denv, lineage, prom, down)
+    relay = relay_factory("plaintext")
+    denv.write_config({"relay": relay_target(relay)}, defaults={"metrics_textfile": str(prom)})  # the relay is back
+    assert denv.run("retry").returncode == 0 and len(relay.messages) == 1
+    parsed = read(prom)
+    assert spool(parsed) == dict.fromkeys(STATES, 0)
+    assert parsed.value(P + "last_delivered_not_after_timestamp_seconds", target="relay",
+                        certificate="test.example.com") == NOT_AFTER.timestamp()
+
+
+def test_a_deploy_through_the_certbot_plugin_writes_the_file_too(denv: DeployEnv, lineage: LineagePaths, prom: Path,
+                                                                  relay_factory) -> None:
+    from certbot_smtp_dist._internal import certbot_adapter
+
+    relay = relay_factory("plaintext")
+    denv.write_config({"relay": relay_target(relay)}, defaults={"metrics_textfile": str(prom)})
+    options = certbot_adapter.Options(denv.config, (), denv.state_dir)
+    source = certbot_adapter.lineage_source(str(lineage.cert), str(lineage.privkey), str(lineage.chain),
+                                            str(lineage.fullchain), "test.example.com")
+    assert certbot_adapter.ship(options, source).ok and len(relay.messages) == 1
+    assert read(prom).value(P + "last_delivered_not_after_timestamp_seconds", target="relay",
+                            certificate="test.example.com") == NOT_AFTER.timestamp()
+    prom.unlink()
+    assert certbot_adapter.ship(options, source, dry_run=True).ok
+    assert not prom.exists()  # a rehearsal writes nothing
+
+
+@pytest.mark.parametrize("case", ["directory is a link", "no directory"])
+def test_a_directory_that_is_a_link_or_missing_is_an_error_not_a_write(denv: DeployEnv, lineage: LineagePaths,
+                                                                       relay_factory, tmp_path: Path,
+                                                                       case: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    textfile_dir = tmp_path / "linked"
+    if case == "directory is a link":
+        textfile_dir.symlink_to(elsewhere)
+    prom = textfile_dir / "x.prom"
+    denv.write_config({"relay": relay_target(relay_factory("plaintext"))}, defaults={"metrics_textfile": str(prom)})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir))
+    assert run.returncode == 0 and f"cannot write the metrics file {prom}" in run.stderr
+    assert os.listdir(elsewhere) == []  # nothing written through the link
+    assert textfile_dir.is_symlink() if case == "directory is a link" else not textfile_dir.exists()  # none made
