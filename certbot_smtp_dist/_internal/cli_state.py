@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
     status = sub.add_parser("status", help="list pending, uncertain and failed deliveries; non-zero while any exist "
                                            "(0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)")
     common(status)
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     status.add_argument("--allow-empty", action="store_true",
                         help="a state directory or journal that does not exist yet is OK (before the first deploy)")
     cli_nagios.nagios_options(status)
