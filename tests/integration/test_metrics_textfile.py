@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import ci
 from support.deployenv import DeployEnv, relay_target
 from support.faultscript import CLOSE
 from support.pki import LineagePaths, write_lineage
@@ -46,11 +47,26 @@ def deploy(denv: DeployEnv, lineage: LineagePaths, prom: Path, table: dict[str, 
 
 
 def read(prom: Path) -> Exposition:
+    accepted_by_the_real_parsers(prom.read_text())
     parsed = parse(prom.read_text())
     assert set(parsed.types) == {P + n for n in ("last_attempt_timestamp_seconds", "last_success_timestamp_seconds",
                                                  "last_delivered_not_after_timestamp_seconds", "spool_entries")}
     assert set(parsed.types.values()) == {"gauge"} and set(parsed.helps) == set(parsed.types)
     return parsed
+
+
+def accepted_by_the_real_parsers(text: str) -> None:
+    """What Prometheus itself accepts: `promtool check metrics` (Debian's prometheus package; it also lints names,
+    units and HELP) and prometheus_client's text parser, besides the strict grammar of support.promtext."""
+    promtool = ci.require_tool("promtool", "apt-get install prometheus")
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), (
+        checked.stdout + checked.stderr)
+    ci.require_module("prometheus_client", "pip install prometheus-client (python3-prometheus-client)")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert set(families.values()) == {"gauge"} and len(families) == 4, families
 
 
 def spool(parsed: Exposition, target: str = "relay") -> dict[str, float]:
