@@ -31,7 +31,13 @@ class AuthMethod(str, enum.Enum):
 
     PLAIN = "plain"
     LOGIN = "login"
+    XOAUTH2 = "xoauth2"  # Google's and Microsoft's bearer-token mechanism (a vendor format, no RFC)
     NONE = "none"
+
+    @property
+    def oauth2(self) -> bool:
+        """Whether the mechanism carries an OAuth 2.0 access token rather than a password."""
+        return self is AuthMethod.XOAUTH2
 
 
 class Phase(str, enum.Enum):
@@ -75,6 +81,17 @@ class Secret:
 
 
 @dataclass(frozen=True, slots=True)
+class OAuth2Grant:
+    """Where and how a target obtains its OAuth 2.0 access token: the client-credentials grant (RFC 6749 §4.4)."""
+
+    token_url: str
+    client_id: str
+    scope: str
+    client_secret_credential: str
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """One delivery destination: relay, sender identity, recipients and payload format."""
 
@@ -103,6 +120,8 @@ class Target:
     # Quiet target: a renewal of a certificate delivered here less than this long ago, with the same public key and
     # names, is not sent (journalled as `skipped`). None: every renewal is sent.
     min_interval: timedelta | None = None
+    # With an OAuth 2.0 auth_method: the grant that yields the access token (password_credential is then None).
+    oauth2: OAuth2Grant | None = None
 
     @property
     def envelope_recipients(self) -> tuple[str, ...]:

@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     cset = csub.add_parser("set", help="store a secret: asked twice on a terminal, else read from standard input")
     _global_options(cset, suppress=True)
     cset.add_argument("name", help="the name the configuration's *_credential keys use")
-    cset.add_argument("--type", required=True, choices=("smtp_password", "smtp_pkcs12_passphrase"),
-                      help="a relay password or a PKCS#12 passphrase")
+    cset.add_argument("--type", required=True,
+                      choices=("smtp_password", "smtp_pkcs12_passphrase", "smtp_oauth2_client_secret"),
+                      help="a relay password, a PKCS#12 passphrase or an OAuth 2.0 client secret")
     cset.set_defaults(func=cmd_credentials_set)
     clist = csub.add_parser("list", help="names and types only")
     _global_options(clist, suppress=True)

@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
@@ -23,6 +24,7 @@ from certbot_smtp_dist._internal.files import chosen_path
 from certbot_smtp_dist.errors import ConfigError, ConfigProblem
 from certbot_smtp_dist.model import (
     AuthMethod,
+    OAuth2Grant,
     PayloadFormat,
     RetryPolicy,
     Settings,
@@ -53,11 +55,15 @@ MAX_MIN_INTERVAL = timedelta(days=366)
 # [defaults] only: one policy for the whole run
 RETRY_KEYS = ("retry_attempts", "retry_max_age", "connections_per_relay")
 METRICS_KEY = "metrics_textfile"  # [defaults] only: one file per host
+OAUTH2_CLIENT_SECRET_TYPE = "smtp_oauth2_client_secret"
+OAUTH2_KEYS = ("oauth2_token_url", "oauth2_client_id", "oauth2_scope", "oauth2_client_secret_credential",
+               "oauth2_ca_file")
 KNOWN_KEYS = frozenset(
     {
         "host", "port", "tls_mode", "tls_skip_verify", "tls_ca_file", "auth_method", "username",
         "password_credential", "timeout", "from_address", "from_name", "to", "cc", "bcc", "payload",
         "pkcs12_passphrase_credential", "subject_prefix", "certificates", "resend_uncertain", "min_interval",
+        *OAUTH2_KEYS,
     }
 )
 
@@ -351,9 +357,37 @@ class _TargetChecker:
             "host": host, "port": port, "tls_mode": tls_mode, "tls_skip_verify": self.get("tls_skip_verify", bool, False),
             "tls_ca_file": tls_ca_file, "auth_method": auth_method, "username": username,
             "password_credential": self.credential("password_credential", PASSWORD_TYPE, required=True)
-            if needs_auth else None,
-            "timeout": float(timeout),
+            if needs_auth and not auth_method.oauth2 else None,
+            "timeout": float(timeout), "oauth2": self._oauth2() if auth_method.oauth2 else None,
         }
+
+    def _oauth2(self) -> OAuth2Grant | None:
+        """The client-credentials grant of an OAuth 2.0 auth_method (RFC 6749 §4.4); no password beside it."""
+        if "password_credential" in self.table and "password_credential" not in self.from_defaults:
+            self.problem("password_credential", "is not used with an OAuth 2.0 auth_method; the token comes from "
+                                                "oauth2_client_secret_credential")
+        url = self.get("oauth2_token_url", str, "", required=True)
+        # RFC 6749 §3.2: the token endpoint MUST be reached over TLS; the client secret travels in the request.
+        if url and (urllib.parse.urlsplit(url).scheme != "https" or not urllib.parse.urlsplit(url).hostname
+                    or header_text_problem(url) or " " in url):
+            self.problem("oauth2_token_url", f"{url[:80]!r} is not an https:// URL")
+        client_id = self.get("oauth2_client_id", str, "", required=True)
+        scope = self.get("oauth2_scope", str, "", required=True)
+        for key, value in (("oauth2_client_id", client_id), ("oauth2_scope", scope)):
+            if key in self.table and (not value or header_text_problem(value)):
+                self.problem(key, "must be a non-empty string without control characters")
+        secret = self.credential("oauth2_client_secret_credential", OAUTH2_CLIENT_SECRET_TYPE, required=True)
+        ca = self.get("oauth2_ca_file", str)
+        ca_file = None
+        if ca is not None:
+            ca_file = (self.base_dir / ca) if not os.path.isabs(ca) else Path(ca)
+            why = ca_file_problem(ca_file)
+            if why:
+                self.problem("oauth2_ca_file", why)
+        if not (url and client_id and scope and secret):
+            return None
+        return OAuth2Grant(token_url=url, client_id=client_id, scope=scope, client_secret_credential=secret,
+                           ca_file=ca_file)
 
     def _identity(self) -> dict[str, Any]:
         """Who sends to whom, and the header text around it (RFC 5322 §3.4, §3.6)."""
@@ -423,6 +457,8 @@ class _TargetChecker:
         unused: dict[str, str] = {}
         if relay["auth_method"] is AuthMethod.NONE:
             unused.update(dict.fromkeys(("username", "password_credential"), "auth_method = 'none'"))
+        if not relay["auth_method"].oauth2:
+            unused.update(dict.fromkeys(OAUTH2_KEYS, f"auth_method = {relay['auth_method'].value!r}"))
         fmt = self.payload_formats.get(payload)
         if fmt is not None and fmt.credential_type is None:  # what the format declares, not its name
             unused["pkcs12_passphrase_credential"] = f"payload = {payload!r} takes no passphrase"

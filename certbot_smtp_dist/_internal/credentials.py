@@ -20,7 +20,7 @@ from certbot_smtp_dist._internal import files
 from certbot_smtp_dist.errors import AccessError, CredentialError
 from certbot_smtp_dist.model import Secret
 
-CREDENTIAL_TYPES = ("smtp_password", "smtp_pkcs12_passphrase")
+CREDENTIAL_TYPES = ("smtp_password", "smtp_pkcs12_passphrase", "smtp_oauth2_client_secret")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MASTER_KEY_FILE = "master.key"
 SYSTEMD_CREDENTIAL = "certbot-smtp-dist.master-key"  # name under $CREDENTIALS_DIRECTORY

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pluggy
 
-from certbot_smtp_dist._internal.config import PASSWORD_TYPE, load_settings
+from certbot_smtp_dist._internal.config import (
+    OAUTH2_CLIENT_SECRET_TYPE,
+    PASSWORD_TYPE,
+    load_settings,
+)
 from certbot_smtp_dist._internal.credentials import CredentialStore
 from certbot_smtp_dist._internal.ownership import require_trusted_config
 from certbot_smtp_dist._internal.state import StateKeys, state_keys
@@ -87,6 +91,9 @@ def unlock(
         needed: list[tuple[str, str, str]] = []
         if with_passwords and t.auth_method is not AuthMethod.NONE and t.password_credential:
             needed.append(("password_credential", t.password_credential, PASSWORD_TYPE))
+        if with_passwords and t.oauth2 is not None:
+            needed.append(("oauth2_client_secret_credential", t.oauth2.client_secret_credential,
+                           OAUTH2_CLIENT_SECRET_TYPE))
         ctype = formats[t.payload].credential_type
         if ctype and t.pkcs12_passphrase_credential:
             needed.append(("pkcs12_passphrase_credential", t.pkcs12_passphrase_credential, ctype))

@@ -63,6 +63,13 @@ class Transcribed:
         return await self._command(f"AUTH LOGIN {MASK} (334 challenges and responses redacted)", Phase.AUTH,
                                    self._client.auth_login, username, password, **kwargs)
 
+    async def auth_token(self, mechanism: str, username: str, run: Callable[[Any], Awaitable[Any]]) -> Any:
+        """A bearer-token mechanism (XOAUTH2) run by `run` on the bare client: its initial response carries the
+        access token, so only the mechanism and the outcome are shown, never the 334 exchange."""
+        self._stage(Phase.AUTH, f"authenticating with AUTH {mechanism} as {printable(username)!r}")
+        return await self._command(f"AUTH {mechanism} {MASK} (334 challenge and response redacted)", Phase.AUTH,
+                                   run, self._client)
+
     async def mail(self, sender: str, *args: Any, **kwargs: Any) -> Any:
         return await self._command(f"MAIL FROM:<{sender}>", Phase.MAIL, self._client.mail, sender, *args, **kwargs)
 

@@ -7,6 +7,8 @@ Usable from sync tests (``with Relay(...) as relay:``) and from async code
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import ssl
 import threading
 from collections.abc import Mapping
@@ -127,6 +129,51 @@ class _Handler:
         return ACCEPT_REPLY
 
 
+@dataclass
+class Bearer:
+    """What a relay with ``bearer=`` accepts from AUTH XOAUTH2: this user with any of these tokens."""
+
+    user: str
+    tokens: set[str]
+    refuse: bool = False  # answer every attempt with the 334 error challenge, then 535
+    seen: list[bytes] | None = None  # every decoded initial response, for wire-format assertions
+
+
+# Google's error challenge for a refused token: base64 of a JSON status (sent before the final 535).
+XOAUTH2_ERROR = b'{"status":"401","schemes":"Bearer","scope":"https://mail.google.com/"}'
+
+
+class _BearerHandler(_Handler):
+    """A `_Handler` that also offers AUTH XOAUTH2 (aiosmtpd takes `auth_*` methods from the handler)."""
+
+    def __init__(self, recorder: _Recorder, reject: Mapping[str, str], bearer: Bearer) -> None:
+        super().__init__(recorder, reject)
+        self.bearer = bearer
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802 - aiosmtpd's naming
+        seen = self.bearer.seen if self.bearer.seen is not None else []
+        try:
+            raw = base64.b64decode(args[1], validate=True) if len(args) == 2 else b""
+        except binascii.Error:
+            raw = b""
+        seen.append(raw)
+        self.bearer.seen = seen
+        parts = raw.split(b"\x01")
+        fields = dict(p.split(b"=", 1) for p in parts[:2] if b"=" in p)
+        user = fields.get(b"user", b"").decode("utf-8", "replace")
+        auth = fields.get(b"auth", b"").decode("utf-8", "replace")
+        good = (len(parts) == 4 and parts[2:] == [b"", b""] and user == self.bearer.user
+                and auth.startswith("Bearer ") and auth[7:] in self.bearer.tokens and not self.bearer.refuse)
+        self._recorder.add_auth(AuthAttempt("XOAUTH2", user, good))
+        if not good:
+            # The client must answer the 334 error challenge with an empty line before the final reply.
+            answer = await server.challenge_auth(base64.b64encode(XOAUTH2_ERROR), encode_to_b64=False)
+            if answer != b"":
+                return AuthResult(success=False, handled=False, message="501 5.5.2 expected an empty response")
+            return AuthResult(success=False, handled=False, message="535 5.7.8 Username and Password not accepted")
+        return AuthResult(success=True, handled=False, auth_data=LoginPassword(user.encode(), b""))
+
+
 class _Authenticator:
     def __init__(self, recorder: _Recorder, credentials: tuple[str, str] | None) -> None:
         self._recorder = recorder
@@ -168,6 +215,7 @@ class Relay(BackgroundServer):
         hostname: str = "relay.test",
         tls_context: ssl.SSLContext | None = None,
         port: int = 0,
+        bearer: Bearer | None = None,
     ) -> None:
         if mode not in RELAY_MODES:
             raise ValueError(f"unknown relay mode {mode!r}")
@@ -179,7 +227,8 @@ class Relay(BackgroundServer):
         self.hostname = hostname
         self.port = port  # 0: any free port; fixed: restart a relay where a target expects it
         self._recorder = _Recorder()
-        self._handler = _Handler(self._recorder, reject or {})
+        self._handler = (_Handler(self._recorder, reject or {}) if bearer is None
+                         else _BearerHandler(self._recorder, reject or {}, bearer))
         self._authenticator = _Authenticator(self._recorder, auth)
         self._tls_context = tls_context
         super().__init__()
@@ -215,7 +264,7 @@ class Relay(BackgroundServer):
         )
         # Set after __init__ to skip aiosmtpd's "AUTH without TLS" UserWarning in the
         # plain modes (that is exactly what those modes are for).
-        smtp._auth_required = self.auth is not None
+        smtp._auth_required = self.auth is not None or isinstance(self._handler, _BearerHandler)
         self._protocols.append(smtp)
         return smtp
 

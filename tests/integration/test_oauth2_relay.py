@@ -1,0 +1,178 @@
+"""OAuth 2.0 end to end on loopback: an HTTPS token endpoint and an aiosmtpd relay that speaks AUTH XOAUTH2."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.deployenv import DeployEnv, Run, relay_target
+from support.pki import LineagePaths, RelayPKI
+from support.relay import Bearer, Relay
+from support.spellings import leaks
+from support.tokenendpoint import Answer, ClientCredentials, TokenEndpoint
+
+SECRET = "cs~Oauth2-client-secret-never-leaks"
+MAILBOX = "certbot@example.com"
+GRANT = ClientCredentials("client-id-1234", SECRET, "https://outlook.office365.com/.default")
+
+
+@pytest.fixture
+def endpoint(relay_pki: RelayPKI) -> Iterator[TokenEndpoint]:
+    with TokenEndpoint(relay_pki, GRANT) as ep:
+        yield ep
+
+
+class _Tokens(set[str]):
+    """The relay accepts exactly the tokens the endpoint issued, as it would ask the identity provider."""
+
+    def __init__(self, endpoint: TokenEndpoint) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+
+    def __contains__(self, token: object) -> bool:
+        return token in self.endpoint.tokens
+
+
+@pytest.fixture
+def bearer(endpoint: TokenEndpoint) -> Bearer:
+    return Bearer(MAILBOX, _Tokens(endpoint))
+
+
+@pytest.fixture
+def relay(relay_pki: RelayPKI, bearer: Bearer) -> Iterator[Relay]:
+    with Relay(relay_pki, mode="starttls", bearer=bearer) as r:
+        yield r
+
+
+def oauth_target(relay: Relay, endpoint: TokenEndpoint, **overrides: Any) -> dict[str, Any]:
+    return relay_target(relay, auth_method="xoauth2", username=MAILBOX, oauth2_token_url=endpoint.url,
+                        oauth2_client_id=GRANT.client_id, oauth2_scope=GRANT.scope,
+                        oauth2_client_secret_credential="m365-app", oauth2_ca_file=str(endpoint.pki.ca_file),
+                        timeout=10, **overrides)
+
+
+def deploy(denv: DeployEnv, lineage: LineagePaths, *extra: str) -> Run:
+    return denv.run("deploy", "--lineage", str(lineage.live_dir), "--json", "-vv", *extra)
+
+
+def configure(denv: DeployEnv, relay: Relay, endpoint: TokenEndpoint) -> None:
+    denv.set_credential("m365-app", "smtp_oauth2_client_secret", SECRET)
+    denv.write_config({"m365": oauth_target(relay, endpoint)})
+
+
+def at_rest(denv: DeployEnv) -> str:
+    """Every file the runs left behind, except the encrypted credentials and the master key."""
+    texts = []
+    for path in sorted(denv.root.rglob("*")):
+        if path.is_file() and path.suffix != ".cred" and path.name != "master.key":
+            texts.append(path.read_bytes().decode("latin-1"))
+    return "\n".join(texts)
+
+
+def no_leak(run: Run, denv: DeployEnv, secrets: list[str]) -> None:
+    text = run.stdout + run.stderr + at_rest(denv)
+    assert {s: leaks(s, text) for s in secrets} == {s: [] for s in secrets}
+
+
+def test_client_credentials_deliver_with_xoauth2(denv: DeployEnv, lineage: LineagePaths, relay: Relay,
+                                                 endpoint: TokenEndpoint, bearer: Bearer) -> None:
+    configure(denv, relay, endpoint)
+    run = deploy(denv, lineage)
+    assert run.returncode == 0, run.stderr
+    assert run.target("m365")["status"] == "delivered"
+    assert endpoint.requests == 1 and endpoint.problems == []
+    [message] = relay.wait_for_messages(1)
+    assert message.auth_user == MAILBOX and message.tls
+    # The exact XOAUTH2 initial response (RFC 4954 §4 initial response; Google's and Microsoft's format).
+    assert bearer.seen == [f"user={MAILBOX}\x01auth=Bearer {endpoint.tokens[0]}\x01\x01".encode()]
+    assert "AUTH XOAUTH2 ***" in run.stderr
+    no_leak(run, denv, [SECRET, endpoint.tokens[0]])
+
+
+def test_refused_grant_is_smtp_auth_and_the_relay_is_never_contacted(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint) -> None:
+    configure(denv, relay, endpoint)
+    endpoint.answer = Answer(401, {"error": "invalid_client",
+                                   "error_description": f"AADSTS7000215: invalid secret {SECRET}"})
+    run = deploy(denv, lineage)
+    assert run.returncode == 69, run.stderr
+    failed = run.target("m365")
+    assert failed["status"] == "failed" and failed["error_code"] == "SMTP_AUTH"
+    assert "invalid_client" in failed["detail"] and "AADSTS7000215" in failed["detail"]
+    assert relay.connections == 0 and relay.messages == []
+    no_leak(run, denv, [SECRET])
+
+
+def test_endpoint_down_is_spooled_and_retry_delivers_once_it_is_back(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint) -> None:
+    configure(denv, relay, endpoint)
+    endpoint.stop()
+    run = deploy(denv, lineage)
+    assert run.returncode == 75, run.stderr
+    failed = run.target("m365")
+    assert failed["error_code"] == "SMTP_CONNECT" and "no OAuth 2.0 token" in failed["detail"]
+    assert relay.connections == 0
+    endpoint.start()  # same port: the spooled target's token URL is valid again
+    retry = denv.run("retry", "--json")
+    assert retry.returncode == 0, retry.stderr
+    assert len(relay.wait_for_messages(1)) == 1 and endpoint.requests == 1
+    no_leak(retry, denv, [SECRET, *endpoint.tokens])
+
+
+def test_endpoint_5xx_is_transient(denv: DeployEnv, lineage: LineagePaths, relay: Relay,
+                                   endpoint: TokenEndpoint) -> None:
+    configure(denv, relay, endpoint)
+    endpoint.answer = Answer(503, {"error": "temporarily_unavailable"})
+    run = deploy(denv, lineage)
+    assert run.returncode == 75, run.stderr
+    assert run.target("m365")["error_code"] == "SMTP_CONNECT" and relay.connections == 0
+
+
+def test_relay_refusing_the_token_is_smtp_auth_after_the_empty_challenge_answer(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint, bearer: Bearer) -> None:
+    configure(denv, relay, endpoint)
+    bearer.refuse = True
+    run = deploy(denv, lineage)
+    assert run.returncode == 69, run.stderr
+    failed = run.target("m365")
+    # 535, not 501: the client answered the 334 error challenge with the empty line XOAUTH2 prescribes.
+    assert failed["error_code"] == "SMTP_AUTH" and failed["smtp_code"] == 535
+    assert len(relay.auth_attempts) == 1 and relay.messages == []
+    no_leak(run, denv, [SECRET, *endpoint.tokens])
+
+
+def test_token_endpoint_with_an_untrusted_certificate_is_refused(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint, tmp_path: Path) -> None:
+    denv.set_credential("m365-app", "smtp_oauth2_client_secret", SECRET)
+    target = oauth_target(relay, endpoint)
+    del target["oauth2_ca_file"]  # the system store does not know the test CA
+    denv.write_config({"m365": target})
+    run = deploy(denv, lineage)
+    assert run.returncode == 75, run.stderr
+    assert "certificate" in run.target("m365")["detail"]
+    assert endpoint.problems == [] and endpoint.tokens == [] and relay.connections == 0
+
+
+def test_xoauth2_not_offered_is_smtp_auth(denv: DeployEnv, lineage: LineagePaths, relay_pki: RelayPKI,
+                                          endpoint: TokenEndpoint) -> None:
+    with Relay(relay_pki, mode="starttls", auth=("u", "p")) as plain_only:
+        denv.set_credential("m365-app", "smtp_oauth2_client_secret", SECRET)
+        target = oauth_target(plain_only, endpoint)
+        del target["password_credential"]
+        denv.write_config({"m365": target})
+        run = deploy(denv, lineage)
+    assert run.returncode == 69, run.stderr
+    assert "does not offer AUTH XOAUTH2" in run.target("m365")["detail"]
+    no_leak(run, denv, [SECRET, *endpoint.tokens])
+
+
+def test_credentials_set_stores_a_client_secret(denv: DeployEnv) -> None:
+    run = denv.run("credentials", "set", "m365-app", "--type", "smtp_oauth2_client_secret", stdin=SECRET + "\n")
+    assert run.returncode == 0, run.stderr
+    listed = denv.run("credentials", "list")
+    assert "m365-app" in listed.stdout and "smtp_oauth2_client_secret" in listed.stdout
+    assert SECRET not in listed.stdout + listed.stderr + run.stdout + run.stderr
+    assert base64.b64encode(SECRET.encode()).decode() not in at_rest(denv)

@@ -1,0 +1,146 @@
+"""OAuth 2.0 pieces that need no peer: config keys, the SASL string, the token response and error translation."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import inspect
+import io
+import json
+import ssl
+import urllib.error
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certbot_smtp_dist._internal import oauth2
+from certbot_smtp_dist._internal.config import parse_settings
+from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
+from certbot_smtp_dist._internal.transport import xoauth2_response
+from certbot_smtp_dist.errors import ConfigError, ErrorCode
+from certbot_smtp_dist.model import AuthMethod, OAuth2Grant, Phase, Secret
+
+FORMATS = {f.name: f for f in BUILTIN_FORMATS}
+CREDS = {"relay": "smtp_password", "m365-app": "smtp_oauth2_client_secret"}
+OAUTH = {"host": "smtp.office365.com", "from_address": "certbot@example.com", "to": ["pki@example.com"],
+         "auth_method": "xoauth2", "username": "certbot@example.com",
+         "oauth2_token_url": "https://login.microsoftonline.com/T/oauth2/v2.0/token", "oauth2_client_id": "C",
+         "oauth2_scope": "https://outlook.office365.com/.default", "oauth2_client_secret_credential": "m365-app"}
+GRANT = OAuth2Grant("https://login.example.net/t/token?x=1", "C", "S", "m365-app")
+SECRET = Secret("cs-unit-secret-value")
+
+
+def parse(table: dict[str, Any]) -> Any:
+    return parse_settings({"targets": {"t": table}}, Path("/etc/x/config.toml"), CREDS, FORMATS).targets[0]
+
+
+def problems(table: dict[str, Any]) -> dict[str | None, str]:
+    with pytest.raises(ConfigError) as err:
+        parse(table)
+    return {p.key: p.problem for p in err.value.problems}
+
+
+def test_an_oauth_target_parses_into_its_grant() -> None:
+    t = parse({**OAUTH, "oauth2_ca_file": "/etc/ssl/certs/ca-certificates.crt"})
+    assert t.auth_method is AuthMethod.XOAUTH2 and t.password_credential is None
+    assert t.oauth2 == OAuth2Grant(OAUTH["oauth2_token_url"], "C", OAUTH["oauth2_scope"], "m365-app",
+                                   Path("/etc/ssl/certs/ca-certificates.crt"))
+
+
+def test_password_credential_beside_an_oauth_method_is_an_error() -> None:
+    assert set(problems({**OAUTH, "password_credential": "relay"})) == {"password_credential"}
+
+
+def test_every_missing_oauth_key_is_reported_at_once() -> None:
+    table = {k: v for k, v in OAUTH.items() if not k.startswith("oauth2_")}
+    assert set(problems(table)) == {"oauth2_token_url", "oauth2_client_id", "oauth2_scope",
+                                    "oauth2_client_secret_credential"}
+
+
+@pytest.mark.parametrize("url", ["http://login.example.net/token", "https:///token", "ftp://x/y",
+                                 "https://x/a\r\nb"])
+def test_the_token_url_must_be_https(url: str) -> None:
+    assert set(problems({**OAUTH, "oauth2_token_url": url})) == {"oauth2_token_url"}
+
+
+def test_a_client_secret_of_the_wrong_type_is_named() -> None:
+    found = problems({**OAUTH, "oauth2_client_secret_credential": "relay"})
+    assert found == {"oauth2_client_secret_credential":
+                     "credential 'relay' has type smtp_password, expected smtp_oauth2_client_secret"}
+
+
+def test_oauth_keys_with_a_password_method_are_warned_about() -> None:
+    t = parse_settings({"targets": {"t": {**OAUTH, "auth_method": "plain", "password_credential": "relay"}}},
+                       Path("/etc/x/config.toml"), CREDS, FORMATS)
+    assert {w.key for w in t.warnings} >= {"oauth2_token_url", "oauth2_client_secret_credential"}
+
+
+def test_xoauth2_initial_response_is_the_documented_format() -> None:
+    raw = base64.b64decode(xoauth2_response("someuser@example.com", "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29t"))
+    assert raw == b"user=someuser@example.com\x01auth=Bearer ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29t\x01\x01"
+
+
+def test_the_form_is_the_client_credentials_grant() -> None:
+    assert oauth2.form(GRANT, SECRET) == (b"grant_type=client_credentials&client_id=C&"
+                                          b"client_secret=cs-unit-secret-value&scope=S")
+
+
+def _http_error(code: int, body: dict[str, str]) -> urllib.error.HTTPError:
+    return urllib.error.HTTPError(GRANT.token_url, code, "x", Message(), io.BytesIO(json.dumps(body).encode()))
+
+
+@pytest.mark.parametrize("code", [400, 401, 403])
+def test_a_refused_grant_is_smtp_auth_with_the_endpoint_words_scrubbed(code: int) -> None:
+    exc = _http_error(code, {"error": "invalid_client", "error_description": f"bad {SECRET.reveal()}\nline"})
+    failure = oauth2._translate(exc, GRANT, (SECRET,))
+    assert (failure.code, failure.phase) == (ErrorCode.SMTP_AUTH, Phase.AUTH)
+    assert "invalid_client" in failure.detail and SECRET.reveal() not in failure.detail
+    assert "\n" not in failure.detail and "x=1" not in failure.detail  # one line; no query string
+
+
+@pytest.mark.parametrize("exc", [
+    _http_error(500, {"error": "server_error"}), _http_error(503, {}),
+    urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")),
+    urllib.error.URLError(ssl.SSLCertVerificationError(1, "certificate verify failed")),
+    TimeoutError("timed out"), ssl.SSLError(1, "bad record"), http.client.RemoteDisconnected("closed"),
+    ValueError("anything else"),
+])
+def test_everything_else_is_transient_smtp_connect(exc: BaseException) -> None:
+    failure = oauth2._translate(exc, GRANT, (SECRET,))
+    assert (failure.code, failure.phase) == (ErrorCode.SMTP_CONNECT, Phase.CONNECT)
+    assert failure.detail.startswith("no OAuth 2.0 token from https://login.example.net/t/token: ")
+
+
+def test_every_exception_class_of_urllib_http_and_ssl_is_translated() -> None:
+    """The boundary is exhaustive: no class of the three libraries escapes as a traceback."""
+    modules = (urllib.error, http.client, ssl)
+    classes = {cls for module in modules for _, cls in inspect.getmembers(module, inspect.isclass)
+               if issubclass(cls, BaseException) and cls.__module__.split(".")[0] in ("urllib", "http", "ssl")}
+    assert classes
+    for cls in classes:
+        try:
+            exc = cls(GRANT.token_url, 500, "x", Message(), io.BytesIO(b"")) if cls is urllib.error.HTTPError \
+                else cls("x") if cls is not urllib.error.ContentTooShortError else cls("x", b"")
+        except TypeError:
+            exc = cls.__new__(cls)
+        failure = oauth2._translate(exc, GRANT, (SECRET,))
+        assert failure.code in (ErrorCode.SMTP_CONNECT, ErrorCode.SMTP_AUTH), cls
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    (b"not json", "not a token response"), (b'{"token_type": "Bearer"}', "not a token response"),
+    (b'{"access_token": "t", "token_type": "mac"}', "not a Bearer token"),
+    (b'{"access_token": "t\\nx", "token_type": "Bearer"}', "not a token response"),
+])
+def test_a_malformed_token_response_is_transient(body: bytes, why: str) -> None:
+    with pytest.raises(oauth2.TokenFailure) as err:
+        oauth2._parse(GRANT, body, (SECRET,))
+    assert err.value.failure.code is ErrorCode.SMTP_CONNECT and why in err.value.failure.detail
+
+
+def test_a_token_response_parses() -> None:
+    token = oauth2._parse(GRANT, b'{"access_token": "abc", "token_type": "bearer", "expires_in": "3599"}', ())
+    assert (token.value.reveal(), token.expires_in) == ("abc", 3599)
+    assert "abc" not in repr(token)
