@@ -82,13 +82,21 @@ class Secret:
 
 @dataclass(frozen=True, slots=True)
 class OAuth2Grant:
-    """Where and how a target obtains its OAuth 2.0 access token: the client-credentials grant (RFC 6749 §4.4)."""
+    """Where and how a target obtains its OAuth 2.0 access token: the client-credentials grant (RFC 6749 §4.4)
+    with `client_secret_credential`, or a service account's JWT-bearer grant (RFC 7523 §2.1) with
+    `service_account_credential`; exactly one of the two is set."""
 
-    token_url: str
-    client_id: str
+    token_url: str | None  # None: the service account key's token_uri
+    client_id: str | None  # the client-credentials grant only
     scope: str
-    client_secret_credential: str
+    client_secret_credential: str | None = None
+    service_account_credential: str | None = None
     ca_file: Path | None = None
+
+    @property
+    def credential(self) -> str:
+        """The stored credential the grant is made from."""
+        return self.client_secret_credential or self.service_account_credential or ""
 
 
 @dataclass(frozen=True, slots=True)

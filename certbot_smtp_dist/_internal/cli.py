@@ -130,8 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(cset, suppress=True)
     cset.add_argument("name", help="the name the configuration's *_credential keys use")
     cset.add_argument("--type", required=True,
-                      choices=("smtp_password", "smtp_pkcs12_passphrase", "smtp_oauth2_client_secret"),
-                      help="a relay password, a PKCS#12 passphrase or an OAuth 2.0 client secret")
+                      choices=("smtp_password", "smtp_pkcs12_passphrase", "smtp_oauth2_client_secret",
+                               "smtp_oauth2_service_account"),
+                      help="a relay password, a PKCS#12 passphrase, an OAuth 2.0 client secret, or a service "
+                           "account's JSON key (from standard input: < key.json)")
     cset.set_defaults(func=cmd_credentials_set)
     clist = csub.add_parser("list", help="names and types only")
     _global_options(clist, suppress=True)
@@ -232,6 +234,9 @@ def _read_secret(name: str, type_: str) -> str:
             raise ValueError(problem)
         return secret
 
+    if sys.stdin.isatty() and type_ == "smtp_oauth2_service_account":  # a JSON document is not typed at a prompt
+        raise ValueError(f"a service account key is read from standard input: certbot-smtp-dist credentials set "
+                         f"{name} --type {type_} < KEY.json")
     if sys.stdin.isatty():
         try:
             first = checked(getpass.getpass(f"secret for {name} ({type_}): "))  # refused before a second entry

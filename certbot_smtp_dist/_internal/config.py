@@ -56,8 +56,10 @@ MAX_MIN_INTERVAL = timedelta(days=366)
 RETRY_KEYS = ("retry_attempts", "retry_max_age", "connections_per_relay")
 METRICS_KEY = "metrics_textfile"  # [defaults] only: one file per host
 OAUTH2_CLIENT_SECRET_TYPE = "smtp_oauth2_client_secret"
+OAUTH2_SERVICE_ACCOUNT_TYPE = "smtp_oauth2_service_account"
+GOOGLE_MAIL_SCOPE = "https://mail.google.com/"
 OAUTH2_KEYS = ("oauth2_token_url", "oauth2_client_id", "oauth2_scope", "oauth2_client_secret_credential",
-               "oauth2_ca_file")
+               "oauth2_service_account_credential", "oauth2_ca_file")
 KNOWN_KEYS = frozenset(
     {
         "host", "port", "tls_mode", "tls_skip_verify", "tls_ca_file", "auth_method", "username",
@@ -362,32 +364,52 @@ class _TargetChecker:
         }
 
     def _oauth2(self) -> OAuth2Grant | None:
-        """The client-credentials grant of an OAuth 2.0 auth_method (RFC 6749 §4.4); no password beside it."""
+        """The grant of an OAuth 2.0 auth_method: client credentials (RFC 6749 §4.4) or a service account's
+        JWT bearer (RFC 7523); exactly one credential, and no password beside it."""
         if "password_credential" in self.table and "password_credential" not in self.from_defaults:
             self.problem("password_credential", "is not used with an OAuth 2.0 auth_method; the token comes from "
-                                                "oauth2_client_secret_credential")
-        url = self.get("oauth2_token_url", str, "", required=True)
-        # RFC 6749 §3.2: the token endpoint MUST be reached over TLS; the client secret travels in the request.
+                                                "oauth2_client_secret_credential or oauth2_service_account_credential")
+        keys = [k for k in ("oauth2_client_secret_credential", "oauth2_service_account_credential") if k in self.table]
+        if len(keys) != 1:
+            self.problem(keys[-1] if keys else "oauth2_client_secret_credential",
+                         "an OAuth 2.0 auth_method needs exactly one of oauth2_client_secret_credential and "
+                         "oauth2_service_account_credential")
+            return None
+        if keys[0] == "oauth2_service_account_credential":
+            secret = self.credential(keys[0], OAUTH2_SERVICE_ACCOUNT_TYPE, required=True)
+            url, client_id = self.get("oauth2_token_url", str), None  # default: the key's token_uri
+            scope = self.get("oauth2_scope", str, GOOGLE_MAIL_SCOPE)
+        else:
+            secret = self.credential(keys[0], OAUTH2_CLIENT_SECRET_TYPE, required=True)
+            url = self.get("oauth2_token_url", str, "", required=True)
+            client_id = self.get("oauth2_client_id", str, "", required=True)
+            scope = self.get("oauth2_scope", str, "", required=True)
+        self._oauth2_values(url, client_id, scope)
+        ca_file = self._path_key("oauth2_ca_file")
+        if self.problems or not secret or not scope:
+            return None
+        return OAuth2Grant(token_url=url, client_id=client_id, scope=scope, ca_file=ca_file,
+                           **{keys[0].removeprefix("oauth2_"): secret})
+
+    def _oauth2_values(self, url: str | None, client_id: str | None, scope: str) -> None:
+        # RFC 6749 §3.2: the token endpoint MUST be reached over TLS; the grant's secret travels in the request.
         if url and (urllib.parse.urlsplit(url).scheme != "https" or not urllib.parse.urlsplit(url).hostname
                     or header_text_problem(url) or " " in url):
             self.problem("oauth2_token_url", f"{url[:80]!r} is not an https:// URL")
-        client_id = self.get("oauth2_client_id", str, "", required=True)
-        scope = self.get("oauth2_scope", str, "", required=True)
         for key, value in (("oauth2_client_id", client_id), ("oauth2_scope", scope)):
             if key in self.table and (not value or header_text_problem(value)):
                 self.problem(key, "must be a non-empty string without control characters")
-        secret = self.credential("oauth2_client_secret_credential", OAUTH2_CLIENT_SECRET_TYPE, required=True)
-        ca = self.get("oauth2_ca_file", str)
-        ca_file = None
-        if ca is not None:
-            ca_file = (self.base_dir / ca) if not os.path.isabs(ca) else Path(ca)
-            why = ca_file_problem(ca_file)
-            if why:
-                self.problem("oauth2_ca_file", why)
-        if not (url and client_id and scope and secret):
+
+    def _path_key(self, key: str) -> Path | None:
+        """A CA file, relative to the config file's directory."""
+        value = self.get(key, str)
+        if value is None:
             return None
-        return OAuth2Grant(token_url=url, client_id=client_id, scope=scope, client_secret_credential=secret,
-                           ca_file=ca_file)
+        path = (self.base_dir / value) if not os.path.isabs(value) else Path(value)
+        why = ca_file_problem(path)
+        if why:
+            self.problem(key, why)
+        return path
 
     def _identity(self) -> dict[str, Any]:
         """Who sends to whom, and the header text around it (RFC 5322 §3.4, §3.6)."""

@@ -20,7 +20,9 @@ from certbot_smtp_dist._internal import files
 from certbot_smtp_dist.errors import AccessError, CredentialError
 from certbot_smtp_dist.model import Secret
 
-CREDENTIAL_TYPES = ("smtp_password", "smtp_pkcs12_passphrase", "smtp_oauth2_client_secret")
+CREDENTIAL_TYPES = ("smtp_password", "smtp_pkcs12_passphrase", "smtp_oauth2_client_secret",
+                    "smtp_oauth2_service_account")
+SERVICE_ACCOUNT_TYPE = "smtp_oauth2_service_account"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MASTER_KEY_FILE = "master.key"
 SYSTEMD_CREDENTIAL = "certbot-smtp-dist.master-key"  # name under $CREDENTIALS_DIRECTORY
@@ -38,6 +40,10 @@ def secret_problem(type_: str, secret: str) -> str | None:
     if "\0" in secret:
         # RFC 4616 §2: NUL separates authzid, authcid and passwd in AUTH PLAIN; a NUL inside a password ends it.
         return "the secret contains a NUL character, which AUTH PLAIN cannot carry (RFC 4616 §2)"
+    if type_ == SERVICE_ACCOUNT_TYPE:  # a JSON document: its line breaks and indentation are its own
+        from certbot_smtp_dist._internal.oauth2 import key_problem
+
+        return key_problem(secret)
     if any(unicodedata.category(c) in _CONTROL_CATEGORIES for c in secret):
         return ("the secret contains a control character (tab, CR, escape, a line separator, ...); "
                 "only one trailing newline is removed from standard input")

@@ -12,6 +12,7 @@ import pluggy
 
 from certbot_smtp_dist._internal.config import (
     OAUTH2_CLIENT_SECRET_TYPE,
+    OAUTH2_SERVICE_ACCOUNT_TYPE,
     PASSWORD_TYPE,
     load_settings,
 )
@@ -92,8 +93,11 @@ def unlock(
         if with_passwords and t.auth_method is not AuthMethod.NONE and t.password_credential:
             needed.append(("password_credential", t.password_credential, PASSWORD_TYPE))
         if with_passwords and t.oauth2 is not None:
-            needed.append(("oauth2_client_secret_credential", t.oauth2.client_secret_credential,
-                           OAUTH2_CLIENT_SECRET_TYPE))
+            if t.oauth2.service_account_credential:
+                needed.append(("oauth2_service_account_credential", t.oauth2.service_account_credential,
+                               OAUTH2_SERVICE_ACCOUNT_TYPE))
+            else:
+                needed.append(("oauth2_client_secret_credential", t.oauth2.credential, OAUTH2_CLIENT_SECRET_TYPE))
         ctype = formats[t.payload].credential_type
         if ctype and t.pkcs12_passphrase_credential:
             needed.append(("pkcs12_passphrase_credential", t.pkcs12_passphrase_credential, ctype))

@@ -80,8 +80,8 @@ def prepare_job(
     envelope_to: tuple[str, ...] | None = None,
 ) -> Job:
     """Pure: payload + render for one target, or the reason it cannot be built."""
-    # With OAuth 2.0 the session's secret is the client secret, which transport.py trades for a token.
-    login = target.oauth2.client_secret_credential if target.oauth2 is not None else target.password_credential
+    # With OAuth 2.0 the session's secret is the grant's (client secret or key), which transport.py trades for a token.
+    login = target.oauth2.credential if target.oauth2 is not None else target.password_credential
     password = secrets.get(login) if login else None
     passphrase = secrets.get(target.pkcs12_passphrase_credential) if target.pkcs12_passphrase_credential else None
     # Scrub every secret of the run from this target's relay text, not just its own: defence in depth.

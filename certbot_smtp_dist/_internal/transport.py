@@ -100,9 +100,9 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
     deadline = asyncio.get_running_loop().time() + budget
     known = (*secrets, password) if password is not None else secrets
     if target.oauth2 is not None and password is not None:
-        # The token first: nothing reaches the relay when none could be had. `password` is the client secret.
+        # The token first: nothing reaches the relay when none could be had. `password` is the grant's secret.
         try:
-            token = await oauth2.fetch(target.oauth2, password, budget)
+            token = await oauth2.fetch(target.oauth2, password, target.username or "", budget)
         except oauth2.TokenFailure as refused:
             return SessionOutcome(failure=refused.failure)
         known, password = (*known, token.value), token.value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,13 @@ from support.deployenv import DeployEnv, Run, relay_target
 from support.pki import LineagePaths, RelayPKI
 from support.relay import Bearer, Relay
 from support.spellings import leaks
-from support.tokenendpoint import Answer, ClientCredentials, TokenEndpoint
+from support.tokenendpoint import (
+    Answer,
+    ClientCredentials,
+    ServiceAccountGrant,
+    TokenEndpoint,
+    service_account_key,
+)
 
 SECRET = "cs~Oauth2-client-secret-never-leaks"
 MAILBOX = "certbot@example.com"
@@ -176,3 +183,46 @@ def test_credentials_set_stores_a_client_secret(denv: DeployEnv) -> None:
     assert "m365-app" in listed.stdout and "smtp_oauth2_client_secret" in listed.stdout
     assert SECRET not in listed.stdout + listed.stderr + run.stdout + run.stderr
     assert base64.b64encode(SECRET.encode()).decode() not in at_rest(denv)
+
+
+GSA_EMAIL = "certbot-relay@test-project.iam.gserviceaccount.com"
+
+
+def test_service_account_jwt_bearer_delivers_with_xoauth2(denv: DeployEnv, lineage: LineagePaths,
+                                                          relay_pki: RelayPKI) -> None:
+    with TokenEndpoint(relay_pki, ClientCredentials("", "", "")) as ep:
+        key_json, public = service_account_key(GSA_EMAIL, ep.url)
+        ep.expect = ServiceAccountGrant(public, GSA_EMAIL, MAILBOX, "https://mail.google.com/")
+        with Relay(relay_pki, mode="smtps", bearer=Bearer(MAILBOX, _Tokens(ep))) as relay:
+            stored = denv.run("credentials", "set", "gsa", "--type", "smtp_oauth2_service_account",
+                              stdin=key_json + "\n")  # the key file as is: many lines
+            assert stored.returncode == 0, stored.stderr
+            target = relay_target(relay, auth_method="xoauth2", username=MAILBOX,
+                                  oauth2_service_account_credential="gsa", oauth2_ca_file=str(relay_pki.ca_file),
+                                  timeout=10)  # token URL and scope: the key's token_uri, Google's mail scope
+            denv.write_config({"workspace": target})
+            run = deploy(denv, lineage)
+            assert run.returncode == 0, run.stderr
+            assert ep.problems == [] and ep.requests == 1 and len(ep.assertions) == 1
+            [message] = relay.wait_for_messages(1)
+            assert message.auth_user == MAILBOX
+    private_key = json.loads(key_json)["private_key"]
+    no_leak(run, denv, [ep.tokens[0], ep.assertions[0], private_key.splitlines()[1]])
+
+
+@pytest.mark.parametrize("missing", ["client_email", "private_key", "token_uri"])
+def test_credentials_set_refuses_a_service_account_key_without_a_field(denv: DeployEnv, missing: str) -> None:
+    key_json, _ = service_account_key(GSA_EMAIL, "https://oauth2.example.net/token")
+    doc = json.loads(key_json)
+    del doc[missing]
+    run = denv.run("credentials", "set", "gsa", "--type", "smtp_oauth2_service_account", stdin=json.dumps(doc))
+    assert run.returncode == 65
+    assert f"has no {missing}" in run.stderr and "BEGIN PRIVATE KEY" not in run.stderr
+    assert "gsa" not in denv.run("credentials", "list").stdout
+
+
+def test_credentials_set_still_refuses_a_nul_in_a_service_account_key(denv: DeployEnv) -> None:
+    key_json, _ = service_account_key(GSA_EMAIL, "https://oauth2.example.net/token")
+    run = denv.run("credentials", "set", "gsa", "--type", "smtp_oauth2_service_account",
+                   stdin=key_json.replace('"k1"', '"k\x001"'))
+    assert run.returncode == 65 and "NUL" in run.stderr

@@ -6,13 +6,19 @@ and restarted on the same port (an endpoint that is down, then back).
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .pki import RelayPKI
 
@@ -34,16 +40,59 @@ class ClientCredentials:
     scope: str
 
 
+@dataclass(frozen=True)
+class ServiceAccountGrant:
+    """The JWT-bearer grant the endpoint accepts (RFC 7523 §2.1): signed by this key, with these claims."""
+
+    public_key: rsa.RSAPublicKey
+    client_email: str
+    subject: str
+    scope: str
+
+
+def service_account_key(client_email: str, token_uri: str) -> tuple[str, rsa.RSAPublicKey]:
+    """A Google-style service account JSON key with a fresh RSA key, and its public half."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    doc = {"type": "service_account", "project_id": "test", "private_key_id": "k1", "private_key": pem,
+           "client_email": client_email, "client_id": "1234", "token_uri": token_uri}
+    return json.dumps(doc, indent=2), key.public_key()
+
+
+def _b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def jwt_problems(assertion: str, expect: ServiceAccountGrant, audience: str) -> list[str]:
+    """What is wrong with an RS256 assertion (RFC 7515 signature, RFC 7523 §3 claims); [] when nothing."""
+    try:
+        head, body, sig = assertion.split(".")
+        header, claims = json.loads(_b64url(head)), json.loads(_b64url(body))
+        expect.public_key.verify(_b64url(sig), f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    except (ValueError, InvalidSignature) as exc:
+        return [f"assertion does not verify: {type(exc).__name__}"]
+    problems = [] if header == {"alg": "RS256", "typ": "JWT"} else [f"header {header}"]
+    wanted = {"iss": expect.client_email, "sub": expect.subject, "scope": expect.scope, "aud": audience}
+    problems += [f"claim {k}" for k, v in wanted.items() if claims.get(k) != v]
+    now = time.time()
+    if not (now - 300 <= claims.get("iat", 0) <= now + 5 and 0 < claims.get("exp", 0) - claims["iat"] <= 3600):
+        problems.append("iat/exp: lifetime must be at most an hour, issued now")
+    return problems
+
+
 class TokenEndpoint:
     """``with TokenEndpoint(pki, expect) as ep:``; ``ep.url`` is the token URL, ``ep.tokens`` those it issued."""
 
-    def __init__(self, pki: RelayPKI, expect: ClientCredentials, expires_in: int = 3600, port: int = 0) -> None:
+    def __init__(self, pki: RelayPKI, expect: ClientCredentials | ServiceAccountGrant, expires_in: int = 3600,
+                 port: int = 0) -> None:
         self.pki = pki
         self.expect = expect
         self.expires_in = expires_in
         self.port = port
         self.answer: Answer | None = None  # None: grant a token when the form is right, else 400 invalid_client
         self.tokens: list[str] = []
+        self.assertions: list[str] = []  # every JWT received, for leak checks
         self.problems: list[str] = []  # what a request got wrong, for the test to assert on
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -83,9 +132,18 @@ class TokenEndpoint:
     def respond(self, form: Mapping[str, list[str]]) -> tuple[int, dict[str, Any]]:
         with self._lock:
             self.requests += 1
-            wanted = {"grant_type": "client_credentials", "client_id": self.expect.client_id,
-                      "client_secret": self.expect.client_secret, "scope": self.expect.scope}
             got = {key: values[0] if len(values) == 1 else values for key, values in form.items()}
+            if isinstance(self.expect, ServiceAccountGrant):
+                jwt = got.get("assertion")
+                wanted = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": jwt}
+                if isinstance(jwt, str):
+                    self.assertions.append(jwt)
+                    self.problems += jwt_problems(jwt, self.expect, self.url)
+                if not isinstance(jwt, str) or self.problems:
+                    wanted["grant_type"] = "(a valid assertion)"
+            else:
+                wanted = {"grant_type": "client_credentials", "client_id": self.expect.client_id,
+                          "client_secret": self.expect.client_secret, "scope": self.expect.scope}
             if got != wanted:
                 self.problems.append(f"form fields {sorted(got)} do not match the grant")
             if self.answer is not None:

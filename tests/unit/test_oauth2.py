@@ -46,7 +46,7 @@ def test_an_oauth_target_parses_into_its_grant() -> None:
     t = parse({**OAUTH, "oauth2_ca_file": "/etc/ssl/certs/ca-certificates.crt"})
     assert t.auth_method is AuthMethod.XOAUTH2 and t.password_credential is None
     assert t.oauth2 == OAuth2Grant(OAUTH["oauth2_token_url"], "C", OAUTH["oauth2_scope"], "m365-app",
-                                   Path("/etc/ssl/certs/ca-certificates.crt"))
+                                   ca_file=Path("/etc/ssl/certs/ca-certificates.crt"))
 
 
 def test_password_credential_beside_an_oauth_method_is_an_error() -> None:
@@ -54,9 +54,23 @@ def test_password_credential_beside_an_oauth_method_is_an_error() -> None:
 
 
 def test_every_missing_oauth_key_is_reported_at_once() -> None:
+    table = {k: v for k, v in OAUTH.items() if not k.startswith("oauth2_") or k.endswith("_credential")}
+    assert set(problems(table)) == {"oauth2_token_url", "oauth2_client_id", "oauth2_scope"}
+
+
+def test_exactly_one_grant_credential() -> None:
+    none = {k: v for k, v in OAUTH.items() if not k.endswith("_credential")}
+    assert "exactly one of" in problems(none)["oauth2_client_secret_credential"]
+    both = {**OAUTH, "oauth2_service_account_credential": "gsa"}
+    assert "exactly one of" in problems(both)["oauth2_service_account_credential"]
+
+
+def test_a_service_account_target_defaults_to_the_key_token_uri_and_the_mail_scope() -> None:
     table = {k: v for k, v in OAUTH.items() if not k.startswith("oauth2_")}
-    assert set(problems(table)) == {"oauth2_token_url", "oauth2_client_id", "oauth2_scope",
-                                    "oauth2_client_secret_credential"}
+    creds = {**CREDS, "gsa": "smtp_oauth2_service_account"}
+    t = parse_settings({"targets": {"t": {**table, "oauth2_service_account_credential": "gsa"}}},
+                       Path("/etc/x/config.toml"), creds, FORMATS).targets[0]
+    assert t.oauth2 == OAuth2Grant(None, None, "https://mail.google.com/", service_account_credential="gsa")
 
 
 @pytest.mark.parametrize("url", ["http://login.example.net/token", "https:///token", "ftp://x/y",
@@ -83,8 +97,8 @@ def test_xoauth2_initial_response_is_the_documented_format() -> None:
 
 
 def test_the_form_is_the_client_credentials_grant() -> None:
-    assert oauth2.form(GRANT, SECRET) == (b"grant_type=client_credentials&client_id=C&"
-                                          b"client_secret=cs-unit-secret-value&scope=S")
+    assert oauth2.form(GRANT, SECRET, "u", 0) == (b"grant_type=client_credentials&client_id=C&"
+                                                  b"client_secret=cs-unit-secret-value&scope=S", (SECRET,))
 
 
 def _http_error(code: int, body: dict[str, str]) -> urllib.error.HTTPError:
@@ -94,7 +108,7 @@ def _http_error(code: int, body: dict[str, str]) -> urllib.error.HTTPError:
 @pytest.mark.parametrize("code", [400, 401, 403])
 def test_a_refused_grant_is_smtp_auth_with_the_endpoint_words_scrubbed(code: int) -> None:
     exc = _http_error(code, {"error": "invalid_client", "error_description": f"bad {SECRET.reveal()}\nline"})
-    failure = oauth2._translate(exc, GRANT, (SECRET,))
+    failure = oauth2._translate(exc, GRANT.token_url or "", (SECRET,))
     assert (failure.code, failure.phase) == (ErrorCode.SMTP_AUTH, Phase.AUTH)
     assert "invalid_client" in failure.detail and SECRET.reveal() not in failure.detail
     assert "\n" not in failure.detail and "x=1" not in failure.detail  # one line; no query string
@@ -108,7 +122,7 @@ def test_a_refused_grant_is_smtp_auth_with_the_endpoint_words_scrubbed(code: int
     ValueError("anything else"),
 ])
 def test_everything_else_is_transient_smtp_connect(exc: BaseException) -> None:
-    failure = oauth2._translate(exc, GRANT, (SECRET,))
+    failure = oauth2._translate(exc, GRANT.token_url or "", (SECRET,))
     assert (failure.code, failure.phase) == (ErrorCode.SMTP_CONNECT, Phase.CONNECT)
     assert failure.detail.startswith("no OAuth 2.0 token from https://login.example.net/t/token: ")
 
@@ -125,7 +139,7 @@ def test_every_exception_class_of_urllib_http_and_ssl_is_translated() -> None:
                 else cls("x") if cls is not urllib.error.ContentTooShortError else cls("x", b"")
         except TypeError:
             exc = cls.__new__(cls)
-        failure = oauth2._translate(exc, GRANT, (SECRET,))
+        failure = oauth2._translate(exc, GRANT.token_url or "", (SECRET,))
         assert failure.code in (ErrorCode.SMTP_CONNECT, ErrorCode.SMTP_AUTH), cls
 
 
@@ -136,11 +150,11 @@ def test_every_exception_class_of_urllib_http_and_ssl_is_translated() -> None:
 ])
 def test_a_malformed_token_response_is_transient(body: bytes, why: str) -> None:
     with pytest.raises(oauth2.TokenFailure) as err:
-        oauth2._parse(GRANT, body, (SECRET,))
+        oauth2._parse("https://login.example.net/t/token", body, (SECRET,))
     assert err.value.failure.code is ErrorCode.SMTP_CONNECT and why in err.value.failure.detail
 
 
 def test_a_token_response_parses() -> None:
-    token = oauth2._parse(GRANT, b'{"access_token": "abc", "token_type": "bearer", "expires_in": "3599"}', ())
+    token = oauth2._parse("https://login.example.net/t/token", b'{"access_token": "abc", "token_type": "bearer", "expires_in": "3599"}', ())
     assert (token.value.reveal(), token.expires_in) == ("abc", 3599)
     assert "abc" not in repr(token)
