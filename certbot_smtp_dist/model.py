@@ -32,12 +32,13 @@ class AuthMethod(str, enum.Enum):
     PLAIN = "plain"
     LOGIN = "login"
     XOAUTH2 = "xoauth2"  # Google's and Microsoft's bearer-token mechanism (a vendor format, no RFC)
+    OAUTHBEARER = "oauthbearer"  # RFC 7628
     NONE = "none"
 
     @property
     def oauth2(self) -> bool:
         """Whether the mechanism carries an OAuth 2.0 access token rather than a password."""
-        return self is AuthMethod.XOAUTH2
+        return self in (AuthMethod.XOAUTH2, AuthMethod.OAUTHBEARER)
 
 
 class Phase(str, enum.Enum):

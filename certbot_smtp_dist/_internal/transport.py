@@ -321,9 +321,8 @@ async def _authenticate(client: Any, target: Target, password: Secret | None) ->
         raise _Abort(Failure(ErrorCode.SMTP_AUTH, Phase.AUTH,
                              f"relay does not offer AUTH {mech.upper()} (offers: {' '.join(offered).upper() or 'none'})"))
     secret = password.reveal() if password is not None else ""
-    if target.auth_method is AuthMethod.XOAUTH2:
-        await client.auth_token("XOAUTH2", target.username or "",
-                                lambda bare: _xoauth2(bare, target.username or "", secret))
+    if target.auth_method.oauth2:
+        await client.auth_token(mech.upper(), target.username or "", lambda bare: _bearer(bare, target, secret))
     elif target.auth_method is AuthMethod.PLAIN:
         await client.auth_plain(target.username or "", secret)
     else:
@@ -336,14 +335,28 @@ def xoauth2_response(username: str, token: str) -> bytes:
     return base64.b64encode(f"user={username}\x01auth=Bearer {token}\x01\x01".encode())
 
 
-async def _xoauth2(client: Any, username: str, token: str) -> Any:
-    """One AUTH XOAUTH2 with the initial response (RFC 4954 §4). A refused token comes back as a 334 carrying a
-    base64 JSON error; the client answers with an empty line and the relay sends the final 5xx."""
+def oauthbearer_response(username: str, host: str, port: int, token: str) -> bytes:
+    """OAUTHBEARER's initial client response (RFC 7628 §3.1): a GS2 header naming the user (RFC 5801 §4, with
+    "," and "=" escaped as =2C and =3D), then host, port and auth key/value pairs, each ended by ^A."""
+    user = username.replace("=", "=3D").replace(",", "=2C")
+    return base64.b64encode(f"n,a={user},\x01host={host}\x01port={port}\x01auth=Bearer {token}\x01\x01".encode())
+
+
+async def _bearer(client: Any, target: Target, token: str) -> Any:
+    """One AUTH with the initial response (RFC 4954 §4). A refused token comes back as a 334 carrying a base64
+    JSON error; the client then ends the exchange as the mechanism prescribes, and the relay sends the final
+    5xx: an empty line for XOAUTH2 (Google's and Microsoft's documentation), a single ^A for OAUTHBEARER
+    (RFC 7628 §3.2.3), base64-encoded as every SMTP AUTH response (RFC 4954 §4)."""
     import aiosmtplib
 
-    reply = await client.execute_command(b"AUTH XOAUTH2 " + xoauth2_response(username, token))
+    user = target.username or ""
+    if target.auth_method is AuthMethod.OAUTHBEARER:
+        initial, ending = oauthbearer_response(user, target.host, target.port, token), base64.b64encode(b"\x01")
+    else:
+        initial, ending = xoauth2_response(user, token), b""
+    reply = await client.execute_command(f"AUTH {target.auth_method.value.upper()} ".encode() + initial)
     if reply.code == 334:
-        reply = await client.execute_command(b"")
+        reply = await client.execute_command(ending)
     if reply.code != 235:
         raise aiosmtplib.SMTPAuthenticationError(reply.code, reply.message)
     return reply

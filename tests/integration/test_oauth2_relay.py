@@ -55,10 +55,11 @@ def relay(relay_pki: RelayPKI, bearer: Bearer) -> Iterator[Relay]:
 
 
 def oauth_target(relay: Relay, endpoint: TokenEndpoint, **overrides: Any) -> dict[str, Any]:
-    return relay_target(relay, auth_method="xoauth2", username=MAILBOX, oauth2_token_url=endpoint.url,
-                        oauth2_client_id=GRANT.client_id, oauth2_scope=GRANT.scope,
-                        oauth2_client_secret_credential="m365-app", oauth2_ca_file=str(endpoint.pki.ca_file),
-                        timeout=10, **overrides)
+    table = relay_target(relay, auth_method="xoauth2", username=MAILBOX, oauth2_token_url=endpoint.url,
+                         oauth2_client_id=GRANT.client_id, oauth2_scope=GRANT.scope,
+                         oauth2_client_secret_credential="m365-app", oauth2_ca_file=str(endpoint.pki.ca_file),
+                         timeout=10)
+    return {**table, **overrides}
 
 
 def deploy(denv: DeployEnv, lineage: LineagePaths, *extra: str) -> Run:
@@ -226,3 +227,23 @@ def test_credentials_set_still_refuses_a_nul_in_a_service_account_key(denv: Depl
     run = denv.run("credentials", "set", "gsa", "--type", "smtp_oauth2_service_account",
                    stdin=key_json.replace('"k1"', '"k\x001"'))
     assert run.returncode == 65 and "NUL" in run.stderr
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_oauthbearer_wire_format_and_challenge_answer(denv: DeployEnv, lineage: LineagePaths, relay: Relay,
+                                                      endpoint: TokenEndpoint, bearer: Bearer,
+                                                      refuse: bool) -> None:
+    denv.set_credential("m365-app", "smtp_oauth2_client_secret", SECRET)
+    denv.write_config({"m365": oauth_target(relay, endpoint, auth_method="oauthbearer")})
+    bearer.refuse = refuse
+    run = deploy(denv, lineage)
+    # RFC 7628 §3.1: GS2 header, host, port, auth, each ended by ^A.
+    assert bearer.seen == [f"n,a={MAILBOX},\x01host=127.0.0.1\x01port={relay.port}\x01auth=Bearer "
+                           f"{endpoint.tokens[0]}\x01\x01".encode()]
+    assert "AUTH OAUTHBEARER ***" in run.stderr
+    if refuse:  # 535, not 501: the client answered the error challenge with a single ^A (RFC 7628 §3.2.3)
+        assert run.returncode == 69 and run.target("m365")["smtp_code"] == 535
+    else:
+        assert run.returncode == 0, run.stderr
+        assert relay.wait_for_messages(1)[0].auth_user == MAILBOX
+    no_leak(run, denv, [SECRET, endpoint.tokens[0]])

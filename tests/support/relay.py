@@ -131,7 +131,8 @@ class _Handler:
 
 @dataclass
 class Bearer:
-    """What a relay with ``bearer=`` accepts from AUTH XOAUTH2: this user with any of these tokens."""
+    """What a relay with ``bearer=`` accepts from AUTH XOAUTH2 and OAUTHBEARER: this user with any of these
+    tokens."""
 
     user: str
     tokens: set[str]
@@ -139,37 +140,59 @@ class Bearer:
     seen: list[bytes] | None = None  # every decoded initial response, for wire-format assertions
 
 
-# Google's error challenge for a refused token: base64 of a JSON status (sent before the final 535).
+# The error challenge for a refused token (Google's; RFC 7628 §3.2.2): base64 of a JSON status, before the 535.
 XOAUTH2_ERROR = b'{"status":"401","schemes":"Bearer","scope":"https://mail.google.com/"}'
 
 
 class _BearerHandler(_Handler):
-    """A `_Handler` that also offers AUTH XOAUTH2 (aiosmtpd takes `auth_*` methods from the handler)."""
+    """A `_Handler` that also offers AUTH XOAUTH2 and OAUTHBEARER (aiosmtpd takes `auth_*` methods from the
+    handler)."""
 
     def __init__(self, recorder: _Recorder, reject: Mapping[str, str], bearer: Bearer) -> None:
         super().__init__(recorder, reject)
         self.bearer = bearer
 
     async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802 - aiosmtpd's naming
-        seen = self.bearer.seen if self.bearer.seen is not None else []
+        raw = self._initial(args)
+        parts = raw.split(b"\x01")
+        fields = dict(p.split(b"=", 1) for p in parts[:2] if b"=" in p)
+        user = fields.get(b"user", b"").decode("utf-8", "replace")
+        shape = len(parts) == 4 and parts[2:] == [b"", b""]
+        # Google's documentation: the client answers the error challenge with an empty response.
+        return await self._decide(server, "XOAUTH2", user, fields.get(b"auth", b""), shape, b"")
+
+    async def auth_OAUTHBEARER(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802
+        raw = self._initial(args)
+        # RFC 7628 §3.1: gs2-header ^A *kvpair ^A; the user is a GS2 saslname (RFC 5801: =2C and =3D escapes).
+        gs2, _, rest = raw.partition(b"\x01")
+        head = gs2.split(b",")
+        user = (head[1][2:] if len(head) == 3 and head[0] == b"n" and head[1].startswith(b"a=") else b"")
+        user_text = user.decode("utf-8", "replace").replace("=2C", ",").replace("=3D", "=")
+        pairs = rest.split(b"\x01")
+        fields = dict(p.split(b"=", 1) for p in pairs[:-2] if b"=" in p)
+        shape = (pairs[-2:] == [b"", b""] and head[2:] == [b""] and set(fields) == {b"host", b"port", b"auth"}
+                 and fields[b"host"] == b"127.0.0.1" and fields[b"port"].isdigit())
+        # RFC 7628 §3.2.3: the client answers the error challenge with a single ^A.
+        return await self._decide(server, "OAUTHBEARER", user_text, fields.get(b"auth", b""), shape, b"\x01")
+
+    def _initial(self, args: list[str]) -> bytes:
         try:
             raw = base64.b64decode(args[1], validate=True) if len(args) == 2 else b""
         except binascii.Error:
             raw = b""
-        seen.append(raw)
-        self.bearer.seen = seen
-        parts = raw.split(b"\x01")
-        fields = dict(p.split(b"=", 1) for p in parts[:2] if b"=" in p)
-        user = fields.get(b"user", b"").decode("utf-8", "replace")
-        auth = fields.get(b"auth", b"").decode("utf-8", "replace")
-        good = (len(parts) == 4 and parts[2:] == [b"", b""] and user == self.bearer.user
-                and auth.startswith("Bearer ") and auth[7:] in self.bearer.tokens and not self.bearer.refuse)
-        self._recorder.add_auth(AuthAttempt("XOAUTH2", user, good))
+        self.bearer.seen = [*(self.bearer.seen or []), raw]
+        return raw
+
+    async def _decide(self, server: SMTP, mechanism: str, user: str, auth: bytes, shape: bool,
+                      ending: bytes) -> AuthResult:
+        token = auth.decode("utf-8", "replace")
+        good = (shape and user == self.bearer.user and token.startswith("Bearer ")
+                and token[7:] in self.bearer.tokens and not self.bearer.refuse)
+        self._recorder.add_auth(AuthAttempt(mechanism, user, good))
         if not good:
-            # The client must answer the 334 error challenge with an empty line before the final reply.
             answer = await server.challenge_auth(base64.b64encode(XOAUTH2_ERROR), encode_to_b64=False)
-            if answer != b"":
-                return AuthResult(success=False, handled=False, message="501 5.5.2 expected an empty response")
+            if answer != ending:
+                return AuthResult(success=False, handled=False, message="501 5.5.2 wrong response to the challenge")
             return AuthResult(success=False, handled=False, message="535 5.7.8 Username and Password not accepted")
         return AuthResult(success=True, handled=False, auth_data=LoginPassword(user.encode(), b""))
 

@@ -18,7 +18,7 @@ import pytest
 from certbot_smtp_dist._internal import oauth2
 from certbot_smtp_dist._internal.config import parse_settings
 from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
-from certbot_smtp_dist._internal.transport import xoauth2_response
+from certbot_smtp_dist._internal.transport import oauthbearer_response, xoauth2_response
 from certbot_smtp_dist.errors import ConfigError, ErrorCode
 from certbot_smtp_dist.model import AuthMethod, OAuth2Grant, Phase, Secret
 
@@ -158,3 +158,16 @@ def test_a_token_response_parses() -> None:
     token = oauth2._parse("https://login.example.net/t/token", b'{"access_token": "abc", "token_type": "bearer", "expires_in": "3599"}', ())
     assert (token.value.reveal(), token.expires_in) == ("abc", 3599)
     assert "abc" not in repr(token)
+
+
+def test_oauthbearer_initial_response_is_rfc_7628() -> None:
+    # RFC 7628 §4.1's example, with the user escaped as a GS2 saslname (RFC 5801 §4).
+    raw = base64.b64decode(oauthbearer_response("user,x=y@example.com", "server.example.com", 143,
+                                                "vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg=="))
+    assert raw == (b"n,a=user=2Cx=3Dy@example.com,\x01host=server.example.com\x01port=143\x01"
+                   b"auth=Bearer vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==\x01\x01")
+
+
+def test_oauthbearer_is_an_oauth_method() -> None:
+    t = parse({**OAUTH, "auth_method": "oauthbearer"})
+    assert t.auth_method is AuthMethod.OAUTHBEARER and t.oauth2 is not None and t.password_credential is None
