@@ -209,7 +209,7 @@ def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageS
         return [d.result for d in pipeline.deliver_all(jobs, policy, started=started)]
     with ExitStack() as claims:
         entries = [claims.enter_context(ledger.write_ahead(facts, source, job)) for job in jobs]
-        deliveries = pipeline.deliver_all(jobs, policy, started=started)
+        deliveries = pipeline.deliver_all(jobs, policy, started=started, tokens=ledger.token_cache())
         for delivery, entry in zip(deliveries, entries, strict=True):
             ledger.save(facts, delivery, entry)
     results = [d.result for d in deliveries]

@@ -172,7 +172,8 @@ class _Drain:
             return []
         from certbot_smtp_dist._internal.plugins import notify_all
 
-        deliveries = pipeline.deliver_all([p.job for p in planned], self._policy(), started=self.started)
+        deliveries = pipeline.deliver_all([p.job for p in planned], self._policy(), started=self.started,
+                                          tokens=self.ledger.token_cache())
         for plan, delivery in zip(planned, deliveries, strict=True):
             self.ledger.save(plan.facts, delivery, plan.entry)
             log.log(logging.INFO if delivery.result.ok else logging.ERROR, "retry %s",

@@ -18,6 +18,7 @@ from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.journal import Journal
 from certbot_smtp_dist._internal.pipeline import Attempt, Delivery, Job
 from certbot_smtp_dist._internal.state import StateKeys
+from certbot_smtp_dist._internal.tokencache import TokenCache
 from certbot_smtp_dist.model import CertificateFacts, LineageSource, Status, failure_json
 
 log = logging.getLogger("certbot_smtp_dist")
@@ -40,6 +41,11 @@ class Ledger:
         self.spool = sp.Spool(state_dir, keys.spool)
         self.now = now or datetime.now(timezone.utc)
         self.healthy = True
+        self._oauth2_key = keys.oauth2_tokens
+
+    def token_cache(self) -> TokenCache | None:
+        """The OAuth 2.0 token cache of this state directory (None without a key to seal it)."""
+        return TokenCache(self.state_dir, self._oauth2_key) if self._oauth2_key else None
 
     # -- journal ------------------------------------------------------------------------------------------------
     def record(self, event: str, facts: CertificateFacts | None, target: str | None, **fields: Any) -> None:

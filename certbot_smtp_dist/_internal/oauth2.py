@@ -87,6 +87,18 @@ def key_problem(text: str) -> str | None:
     return None
 
 
+def identity(grant: OAuth2Grant, secret: Secret, username: str) -> tuple[str, str, str, str]:
+    """What a token is good for: (token URL, client, scope, user); the client of a service account is its
+    client_email."""
+    client = grant.client_id or ""
+    if grant.service_account_credential is not None:
+        try:
+            client = service_account(secret).client_email
+        except ValueError:
+            client = ""
+    return (token_url(grant, secret), client, grant.scope, username)
+
+
 def token_url(grant: OAuth2Grant, secret: Secret) -> str:
     """The configured token URL, or the service account key's token_uri."""
     if grant.token_url:

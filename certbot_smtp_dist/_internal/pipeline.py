@@ -31,6 +31,7 @@ from certbot_smtp_dist.model import (
 )
 
 if TYPE_CHECKING:  # transport (and aiosmtplib) is imported only when something is sent
+    from certbot_smtp_dist._internal.tokencache import TokenCache
     from certbot_smtp_dist._internal.transport import SessionOutcome, TlsContexts
 
 log = logging.getLogger("certbot_smtp_dist")
@@ -154,7 +155,8 @@ def _no_slot(target: Target, limit: int, waited: float) -> Failure:
                    f"deliveries of this run held them (connections_per_relay = {limit})")
 
 
-async def _session(job: Job, message: Message, budget: float, slots: RelaySlots, tls: TlsContexts) -> SessionOutcome:
+async def _session(job: Job, message: Message, budget: float, slots: RelaySlots, tls: TlsContexts,
+                   tokens: TokenCache | None = None) -> SessionOutcome:
     """One SMTP session in a relay slot; the wait for the slot counts against the same budget."""
     from certbot_smtp_dist._internal import transport
 
@@ -171,13 +173,15 @@ async def _session(job: Job, message: Message, budget: float, slots: RelaySlots,
         log.info("target %s: waited %.1fs for one of %d connections to %s:%d", target.name, waited, slots.limit,
                  target.host, target.port)
     try:
-        return await transport.deliver(target, message, job.password, max(budget - waited, 0.01), job.secrets, tls)
+        return await transport.deliver(target, message, job.password, max(budget - waited, 0.01), job.secrets, tls,
+                                       tokens)
     finally:
         slots.give_back(target)
 
 
 async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: float | None = None,
-                      slots: RelaySlots | None = None, tls: TlsContexts | None = None) -> Delivery:
+                      slots: RelaySlots | None = None, tls: TlsContexts | None = None,
+                      tokens: TokenCache | None = None) -> Delivery:
     """Attempt delivery until success, a permanent failure, the attempt limit, or the deadline. No I/O but SMTP."""
     from certbot_smtp_dist._internal import transport
 
@@ -205,7 +209,7 @@ async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: f
     while True:
         attempts += 1
         began = loop.time()
-        outcome = await _session(job, message, max(deadline - loop.time(), 0.01), slots, tls)
+        outcome = await _session(job, message, max(deadline - loop.time(), 0.01), slots, tls, tokens)
         accepted.extend(outcome.accepted)
         refusals.update(outcome.refused)
         failure = outcome.failure
@@ -247,13 +251,15 @@ def _out_of_time(message: Message, target: Target, spent: float) -> DeliveryResu
                           recipients=len(message.envelope_to))
 
 
-def deliver_all(jobs: list[Job], policy: RetryPolicy = DEFAULT_POLICY, started: float | None = None) -> list[Delivery]:
+def deliver_all(jobs: list[Job], policy: RetryPolicy = DEFAULT_POLICY, started: float | None = None,
+                tokens: TokenCache | None = None) -> list[Delivery]:
     """Run every job concurrently; one target's failure or stall never delays another beyond its own deadline.
-    The event loop only delivers: results and attempts come back as values, saved by the use case afterwards."""
+    The event loop only delivers: results and attempts come back as values, saved by the use case afterwards
+    (the OAuth 2.0 token cache, `tokens`, is the one piece of state a session reads and writes)."""
 
     async def run_one(job: Job, slots: RelaySlots, tls: TlsContexts) -> Delivery:
         try:
-            return await deliver_job(job, policy, started, slots, tls)
+            return await deliver_job(job, policy, started, slots, tls, tokens)
         except Exception as exc:  # a defect must not take the other targets down with it
             log.exception("target %s: internal error", job.target.name)
             return Delivery(job, DeliveryResult(job.target.name, Status.FAILED,

@@ -32,6 +32,7 @@ class StateKeys:
     journal: bytes
     spool: bytes
     journal_anchor: Path | None = None  # in the credential store: the MAC of the journal's first line
+    oauth2_tokens: bytes = b""  # the AES-256-GCM key that seals cached OAuth 2.0 tokens (tokencache.py)
 
     def __repr__(self) -> str:
         return "StateKeys(<hidden>)"
@@ -42,7 +43,8 @@ def state_keys(store: CredentialStore, state: Path, create: bool = False) -> Sta
     journal of `state` is anchored in that store (one anchor per state directory)."""
     where = hashlib.sha256(os.path.realpath(state).encode()).hexdigest()[:16]
     return StateKeys(journal=store.state_key("journal", create), spool=store.state_key("spool", create),
-                     journal_anchor=store.directory / f"journal-{where}.anchor")
+                     journal_anchor=store.directory / f"journal-{where}.anchor",
+                     oauth2_tokens=store.state_key("oauth2-tokens", create))
 
 
 class Lock:

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from certbot_smtp_dist._internal import classify, oauth2, portprobe, scrub, transcript
+from certbot_smtp_dist._internal.tokencache import TokenCache
 from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import (
     AuthMethod,
     Failure,
     Message,
+    OAuth2Grant,
     Phase,
     Reply,
     Secret,
@@ -90,28 +92,48 @@ class TlsContexts:
 
 
 async def deliver(target: Target, message: Message, password: Secret | None, budget: float,
-                  secrets: tuple[Secret, ...] = (), tls: TlsContexts | None = None) -> SessionOutcome:
+                  secrets: tuple[Secret, ...] = (), tls: TlsContexts | None = None,
+                  tokens: TokenCache | None = None) -> SessionOutcome:
     """Run one SMTP session; never raises for SMTP, network or TLS trouble, and never outlives `budget`.
 
     `secrets`: every secret of the run, scrubbed from the `-vv` transcript along with `password`.
     `tls`: the run's TLS contexts (one is made for this session when not given).
+    `tokens`: the OAuth 2.0 token cache (None: every session of an OAuth target asks the token endpoint).
     """
     progress = _Progress()
     deadline = asyncio.get_running_loop().time() + budget
     known = (*secrets, password) if password is not None else secrets
     if target.oauth2 is not None and password is not None:
         # The token first: nothing reaches the relay when none could be had. `password` is the grant's secret.
+        identity = oauth2.identity(target.oauth2, password, target.username or "")
         try:
-            token = await oauth2.fetch(target.oauth2, password, target.username or "", budget)
+            token = await _token(target.oauth2, password, identity, budget, tokens)
         except oauth2.TokenFailure as refused:
             return SessionOutcome(failure=refused.failure)
-        known, password = (*known, token.value), token.value
+        known, password = (*known, token), token
         budget = max(deadline - asyncio.get_running_loop().time(), 0.01)
         outcome = await _deliver(target, message, password, budget, known, tls, progress, deadline)
+        if tokens is not None and outcome.failure is not None and outcome.failure.phase is Phase.AUTH:
+            tokens.drop(identity)  # the relay refused it: the next session asks the endpoint again
         # The relay may quote the token back: its text is scrubbed here, where the token is known.
         return replace(outcome, refused=tuple((a, scrub.scrub_reply(r, known)) for a, r in outcome.refused),
                        failure=scrub.scrub_failure(outcome.failure, known) if outcome.failure else None)
     return await _deliver(target, message, password, budget, known, tls, progress, deadline)
+
+
+async def _token(grant: OAuth2Grant, secret: Secret, identity: tuple[str, str, str, str], budget: float,
+                 tokens: TokenCache | None) -> Secret:
+    """A cached token still well inside its lifetime, else a fresh one (cached); one fetch per identity at a time,
+    so the targets of a run that share a grant ask the endpoint once."""
+    if tokens is None:
+        return (await oauth2.fetch(grant, secret, identity[3], budget)).value
+    async with tokens.lock(identity):
+        cached = tokens.get(identity)
+        if cached is not None:
+            return cached
+        fetched = await oauth2.fetch(grant, secret, identity[3], budget)
+        tokens.put(identity, fetched.value, fetched.expires_in)
+        return fetched.value
 
 
 async def _deliver(target: Target, message: Message, password: Secret | None, budget: float,

@@ -247,3 +247,47 @@ def test_oauthbearer_wire_format_and_challenge_answer(denv: DeployEnv, lineage: 
         assert run.returncode == 0, run.stderr
         assert relay.wait_for_messages(1)[0].auth_user == MAILBOX
     no_leak(run, denv, [SECRET, endpoint.tokens[0]])
+
+
+def cache_files(denv: DeployEnv) -> list[Path]:
+    return sorted((denv.state_dir / "oauth2").glob("*.token")) if (denv.state_dir / "oauth2").is_dir() else []
+
+
+def test_a_second_run_uses_the_cached_token(denv: DeployEnv, lineage: LineagePaths, relay: Relay,
+                                            endpoint: TokenEndpoint) -> None:
+    configure(denv, relay, endpoint)
+    first, second = deploy(denv, lineage), deploy(denv, lineage, "--force")
+    assert (first.returncode, second.returncode) == (0, 0), second.stderr
+    assert endpoint.requests == 1 and len(relay.wait_for_messages(2)) == 2
+    [entry] = cache_files(denv)
+    assert entry.stat().st_mode & 0o777 == 0o600 and entry.parent.stat().st_mode & 0o777 == 0o700
+    no_leak(second, denv, [SECRET, endpoint.tokens[0]])  # the cache holds the token sealed, never in clear
+
+
+def test_two_targets_sharing_a_grant_ask_once(denv: DeployEnv, lineage: LineagePaths, relay: Relay,
+                                              endpoint: TokenEndpoint) -> None:
+    denv.set_credential("m365-app", "smtp_oauth2_client_secret", SECRET)
+    denv.write_config({"a": oauth_target(relay, endpoint), "b": oauth_target(relay, endpoint, to=["b@example.com"])})
+    run = deploy(denv, lineage)
+    assert run.returncode == 0, run.stderr
+    assert endpoint.requests == 1 and len(relay.wait_for_messages(2)) == 2
+
+
+def test_a_token_the_relay_refuses_is_dropped_from_the_cache(denv: DeployEnv, lineage: LineagePaths, relay: Relay,
+                                                             endpoint: TokenEndpoint, bearer: Bearer) -> None:
+    configure(denv, relay, endpoint)
+    assert deploy(denv, lineage).returncode == 0 and len(cache_files(denv)) == 1
+    bearer.refuse = True
+    assert deploy(denv, lineage, "--force").returncode == 69
+    assert cache_files(denv) == [] and endpoint.requests == 1
+    bearer.refuse = False
+    assert deploy(denv, lineage, "--force").returncode == 0
+    assert endpoint.requests == 2  # the next run asked again
+
+
+def test_a_short_lived_token_is_not_cached(denv: DeployEnv, lineage: LineagePaths, relay: Relay,
+                                           endpoint: TokenEndpoint) -> None:
+    endpoint.expires_in = 299  # less than the 5-minute margin
+    configure(denv, relay, endpoint)
+    assert deploy(denv, lineage).returncode == 0 and deploy(denv, lineage, "--force").returncode == 0
+    assert endpoint.requests == 2 and cache_files(denv) == []
