@@ -291,3 +291,12 @@ def test_a_short_lived_token_is_not_cached(denv: DeployEnv, lineage: LineagePath
     configure(denv, relay, endpoint)
     assert deploy(denv, lineage).returncode == 0 and deploy(denv, lineage, "--force").returncode == 0
     assert endpoint.requests == 2 and cache_files(denv) == []
+
+
+def test_a_dry_run_asks_no_token_and_dials_no_relay(denv: DeployEnv, lineage: LineagePaths, relay: Relay,
+                                                    endpoint: TokenEndpoint) -> None:
+    configure(denv, relay, endpoint)
+    run = deploy(denv, lineage, "--dry-run")
+    assert run.returncode == 0, run.stderr
+    assert endpoint.requests == 0 and relay.connections == 0
+    no_leak(run, denv, [SECRET])
