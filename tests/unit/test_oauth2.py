@@ -155,7 +155,8 @@ def test_a_malformed_token_response_is_transient(body: bytes, why: str) -> None:
 
 
 def test_a_token_response_parses() -> None:
-    token = oauth2._parse("https://login.example.net/t/token", b'{"access_token": "abc", "token_type": "bearer", "expires_in": "3599"}', ())
+    body = b'{"access_token": "abc", "token_type": "bearer", "expires_in": "3599"}'
+    token = oauth2._parse("https://login.example.net/t/token", body, ())
     assert (token.value.reveal(), token.expires_in) == ("abc", 3599)
     assert "abc" not in repr(token)
 
