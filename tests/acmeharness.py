@@ -607,6 +607,14 @@ def _client_env(pebble: Pebble, extra: Mapping[str, str] | None) -> dict[str, st
     return env
 
 
+def _run_http01(cmd: Sequence[str], webroot: Path | None, pebble: Pebble, **kw: Any) -> ClientResult:
+    """`_run`, with `webroot` served on pebble's http-01 port meanwhile when it is given (dehydrated, uacme)."""
+    if webroot is None:
+        return _run(cmd, pebble=pebble, **kw)
+    with serve_directory(webroot, pebble.http01_port):
+        return _run(cmd, pebble=pebble, **kw)
+
+
 class Certbot:
     """Runs certbot against pebble with its own config/work/logs dirs under ``base_dir``.
 
@@ -913,20 +921,8 @@ class Dehydrated:
         cmd = [self.dehydrated_bin, "--config", str(self.config_path), *args]
         envd = _client_env(self.pebble, {**self.extra_env, **(env or {})})
 
-        def go() -> ClientResult:
-            return _run(
-                cmd,
-                env=envd,
-                cwd=self.basedir,
-                timeout=timeout or self.timeout,
-                check=check,
-                pebble=self.pebble,
-            )
-
-        if serve_http01:
-            with serve_directory(self.webroot, self.pebble.http01_port):
-                return go()
-        return go()
+        return _run_http01(cmd, self.webroot if serve_http01 else None, self.pebble, env=envd, cwd=self.basedir,
+                           timeout=timeout or self.timeout, check=check)
 
     def register(self, **kw: Any) -> ClientResult:
         result = self.run("--register", "--accept-terms", **kw)
@@ -1048,20 +1044,8 @@ class Uacme:
             {"UACME": self.uacme_bin, "UACME_CHALLENGE_PATH": str(self.challenge_path), **(env or {})},
         )
 
-        def go() -> ClientResult:
-            return _run(
-                self.command(*args, program=program),
-                env=envd,
-                cwd=self.basedir,
-                timeout=timeout or self.timeout,
-                check=check,
-                pebble=self.pebble,
-            )
-
-        if serve_http01:
-            with serve_directory(self.webroot, self.pebble.http01_port):
-                return go()
-        return go()
+        return _run_http01(self.command(*args, program=program), self.webroot if serve_http01 else None,
+                           self.pebble, env=envd, cwd=self.basedir, timeout=timeout or self.timeout, check=check)
 
     def new(self, **kw: Any) -> ClientResult:
         """``uacme --yes new``: the account key and account (pebble's terms accepted)."""

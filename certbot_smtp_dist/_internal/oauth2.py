@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from certbot_smtp_dist._internal import scrub
+from certbot_smtp_dist._internal.tlspolicy import verified_context
 from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import Failure, OAuth2Grant, Phase, Secret
 
@@ -47,12 +48,8 @@ class TokenFailure(Exception):
 
 
 def tls_context(grant: OAuth2Grant) -> ssl.SSLContext:
-    """Verified TLS 1.2+ against the system store plus `oauth2_ca_file` (RFC 6749 §3.2, RFC 7525 §3.1.1)."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if grant.ca_file is not None:
-        ctx.load_verify_locations(cafile=str(grant.ca_file))
-    return ctx
+    """Verified TLS 1.2+ against the system store plus `oauth2_ca_file` (RFC 6749 §3.2: the endpoint is HTTPS)."""
+    return verified_context(grant.ca_file)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from certbot_smtp_dist._internal import classify, oauth2, portprobe, scrub, transcript
+from certbot_smtp_dist._internal.tlspolicy import verified_context
 from certbot_smtp_dist._internal.tokencache import TokenCache
 from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import (
@@ -62,10 +63,7 @@ class _Abort(Exception):
 
 def client_tls_context(target: Target) -> ssl.SSLContext:
     """Verified TLS 1.2+ against the system store plus `tls_ca_file` (RFC 8314 §5, RFC 7525 §3.1.1)."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if target.tls_ca_file is not None:
-        ctx.load_verify_locations(cafile=str(target.tls_ca_file))
+    ctx = verified_context(target.tls_ca_file)
     if target.tls_skip_verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
