@@ -7,7 +7,6 @@ import getpass
 import json
 import logging
 import os
-import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,6 +71,7 @@ no journal; dismiss exits 64 for an ambiguous id prefix."""
 
 def versions() -> str:
     """This package, Python and the libraries that decide its behaviour; read from metadata, nothing imported."""
+    import platform  # only for --version: kept off the hook's start-up path
     from importlib import metadata
 
     lines = [f"certbot-smtp-dist {__version__}", f"Python {platform.python_version()} ({sys.executable})"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import shlex
@@ -191,6 +190,8 @@ def _retry_policy(doc: Mapping[str, Any], problems: list[ConfigProblem]) -> Retr
 
 def closest_key(key: str, known: frozenset[str] | tuple[str, ...]) -> str | None:
     """The known key `key` is most likely a typo of, if any is close enough."""
+    import difflib  # only on the error path
+
     close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
     return close[0] if close else None
 

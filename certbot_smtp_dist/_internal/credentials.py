@@ -157,8 +157,13 @@ class CredentialStore:
         this directory or a systemd credential, and never in the state directory it protects. The master key is 32
         random bytes, so one HMAC over a label is a sound key derivation (HKDF-Expand, RFC 5869 §2.3, one block).
         """
-        label = f"certbot-smtp-dist/state-key/v1\x00{purpose}".encode()
-        return hmac.new(self._master_key(create=create), label, hashlib.sha256).digest()
+        return self.state_key_set((purpose,), create)[purpose]
+
+    def state_key_set(self, purposes: tuple[str, ...], create: bool = False) -> dict[str, bytes]:
+        """`state_key` for several purposes, reading (and checking) the master key once."""
+        master = self._master_key(create=create)
+        return {p: hmac.new(master, f"certbot-smtp-dist/state-key/v1\x00{p}".encode(), hashlib.sha256).digest()
+                for p in purposes}
 
     # -- master key ---------------------------------------------------------------------------------------------
     def master_key_location(self) -> Path:

@@ -85,7 +85,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     try:
         # A dry run decrypts every secret the real run would use (and so checks the master key and the modes
         # and owners of the files): only dialling is skipped.
-        secrets = loader.unlock(loaded.store, wanted, loaded.formats, with_passwords=True)
+        secrets = loader.unlock(loaded.store, wanted, loaded.formats)
     except loader.Locked as exc:
         for problem in exc.problems:
             log.error("config %s: %s", request.config, problem)

@@ -151,7 +151,7 @@ class _Drain:
                                f"the lineage now holds a newer certificate (serial {artefact.facts.serial_hex})",
                                artefact.facts)
         try:
-            secrets = loader.unlock(loaded.store, [target], loaded.formats, with_passwords=True)
+            secrets = loader.unlock(loaded.store, [target], loaded.formats)
         except CredentialError as exc:
             return self._fail(entry, str(exc))
         job = pipeline.prepare_job(target, artefact, loaded.formats, secrets, datetime.fromisoformat(entry.date),

@@ -83,16 +83,16 @@ class Locked(CredentialError):
 
 
 def unlock(
-    store: CredentialStore, targets: list[Target], formats: Mapping[str, PayloadFormat], with_passwords: bool
+    store: CredentialStore, targets: list[Target], formats: Mapping[str, PayloadFormat]
 ) -> dict[str, Secret]:
     """Decrypt exactly the secrets the matching targets need; every failure named by target and key."""
     secrets: dict[str, Secret] = {}
     problems: list[ConfigProblem] = []
     for t in targets:
         needed: list[tuple[str, str, str]] = []
-        if with_passwords and t.auth_method is not AuthMethod.NONE and t.password_credential:
+        if t.auth_method is not AuthMethod.NONE and t.password_credential:
             needed.append(("password_credential", t.password_credential, PASSWORD_TYPE))
-        if with_passwords and t.oauth2 is not None:
+        if t.oauth2 is not None:
             if t.oauth2.service_account_credential:
                 needed.append(("oauth2_service_account_credential", t.oauth2.service_account_credential,
                                OAUTH2_SERVICE_ACCOUNT_TYPE))

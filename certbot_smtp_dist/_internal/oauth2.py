@@ -230,7 +230,7 @@ def _parse(url: str, raw: bytes, secrets: tuple[Secret, ...]) -> Token:
 def _json(raw: bytes) -> dict[str, object] | None:
     try:
         doc = json.loads(raw[:MAX_RESPONSE].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting from a hostile endpoint: not JSON to us
         return None
     return doc if isinstance(doc, dict) else None
 
@@ -251,7 +251,7 @@ def _translate(exc: BaseException, url: str, secrets: tuple[Secret, ...]) -> Fai
             doc = _json(body) or {}
             said = " ".join(str(doc.get(k, "")) for k in ("error", "error_description")).strip()
             detail = f"token endpoint {_where(url)} refused the grant: HTTP {exc.code}" + (
-                f": {scrub.one_line(said)[:300]}" if said else "")
+                f": {scrub.one_line(said)}" if said else "")
             return scrub.scrub_failure(Failure(ErrorCode.SMTP_AUTH, Phase.AUTH, detail), secrets)
         return _unreachable(url, f"HTTP {exc.code}")
     if isinstance(exc, urllib.error.URLError):
@@ -263,7 +263,7 @@ def _translate(exc: BaseException, url: str, secrets: tuple[Secret, ...]) -> Fai
     if isinstance(exc, (ssl.SSLError, socket.timeout, TimeoutError, OSError, http.client.HTTPException)):
         return _unreachable(url, f"{type(exc).__name__}: {exc}"[:200])
     if isinstance(exc, ValueError):  # our own words about a stored key, or urllib's about the URL
-        return scrub.scrub_failure(_unreachable(url, scrub.one_line(str(exc))[:200]), secrets)
+        return scrub.scrub_failure(_unreachable(url, scrub.one_line(str(exc))), secrets)  # scrubbed, then cut
     return _unreachable(url, type(exc).__name__)
 
 

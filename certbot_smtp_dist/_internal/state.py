@@ -42,9 +42,9 @@ def state_keys(store: CredentialStore, state: Path, create: bool = False) -> Sta
     """Both keys, from the credential store (`create`: make its master key if there is none yet), and where the
     journal of `state` is anchored in that store (one anchor per state directory)."""
     where = hashlib.sha256(os.path.realpath(state).encode()).hexdigest()[:16]
-    return StateKeys(journal=store.state_key("journal", create), spool=store.state_key("spool", create),
-                     journal_anchor=store.directory / f"journal-{where}.anchor",
-                     oauth2_tokens=store.state_key("oauth2-tokens", create))
+    keys = store.state_key_set(("journal", "spool", "oauth2-tokens"), create)  # the master key read once
+    return StateKeys(journal=keys["journal"], spool=keys["spool"],
+                     journal_anchor=store.directory / f"journal-{where}.anchor", oauth2_tokens=keys["oauth2-tokens"])
 
 
 class Lock:

@@ -50,6 +50,9 @@ class _Progress:
     dot_sent: bool = False
     client: Any = None
     sock: socket.socket | None = None
+    # Set once the relay took the message (a reply to the final "."): whatever happens to QUIT or the deadline
+    # afterwards, this is the outcome, never a failure that would spool the message for a second copy.
+    accepted: SessionOutcome | None = None
 
 
 class _Abort(Exception):
@@ -143,6 +146,8 @@ async def _deliver(target: Target, message: Message, password: Secret | None, bu
     except _Abort as abort:
         return SessionOutcome(refused=abort.refused, failure=abort.failure)
     except (asyncio.TimeoutError, TimeoutError) as exc:
+        if progress.accepted is not None:  # the deadline came during QUIT, after the relay took the message
+            return progress.accepted
         # Ours, or aiosmtplib's per-command timeout, which is set to the remaining budget: either way the
         # deadline is reached.
         connected = progress.connected or classify.reached_relay(exc)
@@ -155,6 +160,8 @@ async def _deliver(target: Target, message: Message, password: Secret | None, bu
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        if progress.accepted is not None:
+            return progress.accepted
         failure = classify.translate(exc, progress.phase, progress.connected, progress.dot_sent)
         return SessionOutcome(failure=await _wrong_port_hint(target, progress, exc, failure, deadline))
     finally:
@@ -246,12 +253,13 @@ async def _converse(
         raise _Abort(classify.refusals_failure(refused), tuple(refused))
     progress.phase = Phase.DATA
     await _data(client, message.data, progress)
+    failure = classify.refusals_failure(refused) if refused else None
+    progress.accepted = SessionOutcome(accepted=tuple(accepted), refused=tuple(refused), failure=failure)
     try:
         await client.quit()
     except Exception:  # the message is accepted (RFC 5321 §4.1.1.4); a lost QUIT changes nothing
         pass
-    failure = classify.refusals_failure(refused) if refused else None
-    return SessionOutcome(accepted=tuple(accepted), refused=tuple(refused), failure=failure)
+    return progress.accepted
 
 
 async def _data(client: transcript.Transcribed, data: bytes, progress: _Progress) -> None:

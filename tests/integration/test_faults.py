@@ -453,3 +453,16 @@ def test_stalled_session_gets_no_quit(denv: DeployEnv, lineage: LineagePaths, fa
     assert t["error_code"] == "SMTP_TRANSIENT" and t["phase"] == "mail"
     assert server.wait_idle()
     assert "QUIT" not in server.client_commands
+
+
+def test_a_relay_stalling_on_quit_after_taking_the_message_is_a_delivery(denv: DeployEnv, lineage: LineagePaths,
+                                                                          fault_server) -> None:
+    """RFC 5321 §4.1.1.4: the 250 to the final "." is the delivery. A QUIT that stalls to the deadline afterwards
+    must not turn it into a retryable failure, whichever timer (aiosmtplib's or the session's) fires first: a
+    spooled failure would be sent again by the next `retry`."""
+    server = fault_server(replies={"QUIT": STALL})
+    run, t = deploy(denv, lineage, fault_target(server.port, timeout=2))
+    assert (t["status"], t["error_code"]) == ("delivered", None), t
+    assert run.returncode == 0
+    assert len(server.messages) == 1 and server.connections == 1
+    assert denv.run("status", "--allow-empty").returncode == 0  # nothing spooled for a second copy
