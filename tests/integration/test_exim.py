@@ -1,0 +1,137 @@
+"""`certbot-smtp-dist deploy` against a real Debian exim4 on loopback (run from its unpacked package).
+
+The relay (tests/support/exim.py) requires STARTTLS before MAIL, offers AUTH PLAIN and LOGIN only after it, relays
+for authenticated clients only and captures every accepted message into a Maildir.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from support.deployenv import DeployEnv
+from support.exim import EximRelay
+from support.pki import LineagePaths, RelayPKI
+
+WRONG_PASSWORD = "not-the-exim-password-3f9a"
+
+
+def target(relay: EximRelay, **overrides: Any) -> dict[str, Any]:
+    table: dict[str, Any] = {
+        "host": relay.host,
+        "port": relay.port,
+        "tls_mode": "starttls",
+        "tls_ca_file": str(relay.ca_file),
+        "auth_method": "plain",
+        "username": relay.user,
+        "password_credential": "relay",
+        "timeout": 15,
+        "from_address": "certbot@example.com",
+        "to": ["pki@example.com"],
+    }
+    table.update(overrides)
+    return table
+
+
+def attachments(msg: EmailMessage) -> list[tuple[str, bytes]]:
+    out = []
+    for part in msg.iter_attachments():
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        out.append((part.get_content_type(), payload))
+    return out
+
+
+def assert_nothing_accepted(relay: EximRelay) -> None:
+    """No message took ("<=" is exim's arrival line), none is queued, none delivered."""
+    assert " <= " not in relay.log(), relay.log()
+    assert relay.queued() == [] and relay.messages() == []
+
+
+@pytest.mark.parametrize("mechanism", ["plain", "login"])
+def test_pem_delivered_over_starttls_and_auth_byte_identical(
+    denv: DeployEnv, lineage: LineagePaths, exim_relay: EximRelay, mechanism: str
+) -> None:
+    denv.set_credential("relay", "smtp_password", exim_relay.password)
+    denv.write_config({"archive": target(exim_relay, auth_method=mechanism, payload="pem")})
+
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+
+    assert run.returncode == 0, run.stderr
+    t = run.target("archive")
+    assert t["status"] == "delivered", t
+    [copy] = exim_relay.wait_for_messages(1)
+    assert copy.envelope_to == ("pki@example.com",)
+    msg = copy.parse()
+    assert msg["Message-ID"] == t["message_id"]
+    assert msg["Return-path"] == "<certbot@example.com>"
+    # RFC 3848 §1: "esmtpsa" = ESMTP over STARTTLS with AUTH, as exim recorded the session it received.
+    received = " ".join(str(msg.get_all("Received", [""])[0]).split())
+    assert "by mx.archive.test with esmtpsa (TLS1." in received, received
+    assert attachments(msg) == [("application/pem-certificate-chain", lineage.fullchain.read_bytes())]
+    assert b"PRIVATE KEY" not in copy.raw
+    assert f"A={mechanism.upper()}:{exim_relay.user} " in exim_relay.log(), exim_relay.log()
+    assert exim_relay.password not in run.stdout + run.stderr
+
+
+def test_wrong_password_fails_auth_and_sends_nothing(
+    denv: DeployEnv, lineage: LineagePaths, exim_relay: EximRelay
+) -> None:
+    denv.set_credential("relay", "smtp_password", WRONG_PASSWORD)
+    denv.write_config({"archive": target(exim_relay)})
+
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+
+    t = run.target("archive")
+    # RFC 4954 §6: 535 5.7.8 Authentication credentials invalid (exim: "Incorrect authentication data").
+    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("failed", "SMTP_AUTH", "auth", False), t
+    assert t["smtp_code"] == 535
+    assert t["attempts"] == 1
+    assert run.returncode == 69
+    assert WRONG_PASSWORD not in run.stdout + run.stderr
+    assert "535 Incorrect authentication data" in exim_relay.log(), exim_relay.log()
+    assert_nothing_accepted(exim_relay)
+
+
+def test_untrusted_relay_certificate_fails_tls_and_sends_nothing(
+    denv: DeployEnv, lineage: LineagePaths, exim_relay: EximRelay
+) -> None:
+    table = target(exim_relay)
+    del table["tls_ca_file"]  # the system store does not hold the test CA
+    denv.set_credential("relay", "smtp_password", exim_relay.password)
+    denv.write_config({"archive": table})
+
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+
+    t = run.target("archive")
+    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("failed", "SMTP_TLS", "tls", False), t
+    assert "not trusted" in t["detail"]
+    assert t["attempts"] == 1
+    assert run.returncode == 69
+    assert exim_relay.password not in run.stdout + run.stderr
+    assert_nothing_accepted(exim_relay)
+    assert " A=" not in exim_relay.log()  # no AUTH either: the client stopped at the handshake
+
+
+def test_relay_offers_auth_only_after_starttls_and_relays_only_when_authenticated(
+    exim_relay: EximRelay, relay_pki: RelayPKI
+) -> None:
+    """The harness itself, as later `check` tests rely on it (RFC 3207 §4, RFC 4954 §4 and §6)."""
+    with smtplib.SMTP(exim_relay.host, exim_relay.port, timeout=15) as client:
+        client.ehlo("[127.0.0.1]")
+        assert client.has_extn("starttls") and not client.has_extn("auth")
+        assert client.mail("certbot@example.com")[0] == 530
+        client.starttls(context=ssl.create_default_context(cafile=str(relay_pki.ca_file)))
+        client.ehlo("[127.0.0.1]")
+        assert set(client.esmtp_features["auth"].split()) == {"PLAIN", "LOGIN"}
+        assert client.mail("certbot@example.com")[0] == 250
+        assert client.rcpt("pki@example.com")[0] == 530  # not authenticated: no relaying
+        client.rset()
+        client.login(exim_relay.user, exim_relay.password)
+        assert client.mail("certbot@example.com")[0] == 250
+        assert client.rcpt("pki@example.com")[0] == 250
+        client.rset()
+    assert_nothing_accepted(exim_relay)
