@@ -12,8 +12,10 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from support import exim
+from support.debunpack import Unpacked
 from support.deployenv import DeployEnv
-from support.exim import EximRelay
+from support.exim import AuthPolicy, EximRelay
 from support.pki import LineagePaths, RelayPKI
 
 WRONG_PASSWORD = "not-the-exim-password-3f9a"
@@ -33,7 +35,7 @@ def target(relay: EximRelay, **overrides: Any) -> dict[str, Any]:
         "to": ["pki@example.com"],
     }
     table.update(overrides)
-    return table
+    return {key: value for key, value in table.items() if value is not None}
 
 
 def attachments(msg: EmailMessage) -> list[tuple[str, bytes]]:
@@ -135,3 +137,28 @@ def test_relay_offers_auth_only_after_starttls_and_relays_only_when_authenticate
         assert client.rcpt("pki@example.com")[0] == 250
         client.rset()
     assert_nothing_accepted(exim_relay)
+
+
+@pytest.mark.parametrize("auth", ["optional", "off"])
+def test_relay_variants_without_required_auth(
+    denv: DeployEnv, lineage: LineagePaths, exim_package: Unpacked, relay_pki: RelayPKI, auth: AuthPolicy
+) -> None:
+    """The MX-like variants later `check` tests use: local mail without AUTH, no relaying; ``off`` offers no AUTH."""
+    with exim.running(relay_pki.valid, relay_pki.ca_file, auth=auth, package=exim_package) as relay:
+        with smtplib.SMTP(relay.host, relay.port, timeout=15) as client:
+            client.starttls(context=ssl.create_default_context(cafile=str(relay_pki.ca_file)))
+            client.ehlo("[127.0.0.1]")
+            assert client.has_extn("auth") == (auth == "optional")
+        denv.write_config({"archive": target(relay, auth_method="none", username=None, password_credential=None,
+                                             to=[relay.address("pki"), "someone@example.com"])})
+
+        run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+
+        t = run.target("archive")
+        assert (t["status"], t["error_code"], t["phase"]) == ("partial", "SMTP_PERMANENT", "rcpt"), t
+        refused = t["refused_recipients"]["someone@example.com"]
+        assert (refused["smtp_code"], refused["enhanced_status"]) == (550, "5.7.1"), refused
+        assert run.returncode == 69
+        [copy] = relay.wait_for_messages(1)
+        assert copy.envelope_to == (relay.address("pki"),)
+        assert copy.parse()["Message-ID"] == t["message_id"]

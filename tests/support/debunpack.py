@@ -81,14 +81,16 @@ def _deb(package: str, debs: Path) -> Path:
     if shutil.which("apt-get") is None:
         raise Unavailable(f"{package} is not cached in {debs} and apt-get is not available to download it")
     debs.mkdir(mode=0o755, parents=True, exist_ok=True)
-    # The download dir is root's; without this apt warns that its _apt sandbox user cannot write there.
-    result = _run(["apt-get", "-q", "-o", "APT::Sandbox::User=root", "download", package], cwd=debs,
-                  timeout=_DOWNLOAD_TIMEOUT)
-    fetched = sorted(debs.glob(f"{package}_*.deb"))
-    if result.returncode != 0 or not fetched:
-        tail = " ".join((result.stderr or result.stdout).split()[-40:])
-        raise Unavailable(f"apt-get download {package} failed (exit {result.returncode}): {tail}")
-    return fetched[-1]
+    # Into a scratch directory first, so an interrupted download never leaves a truncated .deb in the cache.
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=debs) as scratch:
+        # The directory is root's; without this apt warns that its _apt sandbox user cannot write there.
+        result = _run(["apt-get", "-q", "-o", "APT::Sandbox::User=root", "download", package], cwd=Path(scratch),
+                      timeout=_DOWNLOAD_TIMEOUT)
+        fetched = sorted(Path(scratch).glob(f"{package}_*.deb"))
+        if result.returncode != 0 or not fetched:
+            tail = " ".join((result.stderr or result.stdout).split()[-40:])
+            raise Unavailable(f"apt-get download {package} failed (exit {result.returncode}): {tail}")
+        return fetched[-1].rename(debs / fetched[-1].name)
 
 
 def _field(deb: Path, name: str) -> str:

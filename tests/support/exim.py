@@ -335,7 +335,8 @@ def _stop(process: subprocess.Popen[bytes], config: Path) -> None:
 def _lay_out(root: Path, served: ServerCert) -> None:
     nobody = pwd.getpwnam("nobody")
     conf = root / "conf"
-    conf.mkdir(mode=0o755)
+    conf.mkdir(mode=0o750)
+    os.chown(conf, 0, nobody.pw_gid)  # exim re-reads its configuration (which holds the password) as nobody
     for private in ("spool", "log", "mail"):
         (root / private).mkdir(mode=0o700)
         os.chown(root / private, nobody.pw_uid, nobody.pw_gid)
@@ -347,6 +348,13 @@ def _lay_out(root: Path, served: ServerCert) -> None:
     (conf / "passwd").write_text(f"root:x:0:0:root:/root:/bin/sh\n"
                                  f"{EXIM_USER}:x:{nobody.pw_uid}:{nobody.pw_gid}::/nonexistent:/usr/sbin/nologin\n")
     (conf / "group").write_text(f"root:x:0:\n{EXIM_USER}:x:{nobody.pw_gid}:\n")
+
+
+def _write_config(path: Path, text: str) -> None:
+    """Owned by root, readable by exim's group only: exim refuses a configuration others can write."""
+    path.write_text(text)
+    os.chown(path, 0, pwd.getpwnam("nobody").pw_gid)
+    path.chmod(0o640)
 
 
 def _spawn(install: Unpacked, root: Path) -> subprocess.Popen[bytes]:
@@ -392,8 +400,8 @@ def running(served: ServerCert, ca_file: Path, *, auth: AuthPolicy = "required",
         for attempt in range(3):  # the port can be taken between choosing and binding it
             relay = EximRelay(LOOPBACK, _free_port(), Path(ca_file), USER, secrets.token_hex(12), root / "mail", root,
                               auth, package.version)
-            (root / "conf" / "exim.conf").write_text(
-                _config(root, binary, relay.port, auth, relay.user, relay.password))
+            _write_config(root / "conf" / "exim.conf", _config(root, binary, relay.port, auth, relay.user,
+                                                                relay.password))
             try:
                 process = _start(package, relay)
                 break
