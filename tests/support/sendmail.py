@@ -413,14 +413,13 @@ def running(cert_file: Path, key_file: Path, ca_file: Path, *, parent: Path | No
 def serve(cert_file: Path, key_file: Path, ca_file: Path) -> Iterator[SendmailRelay]:
     """For a pytest fixture (``yield from``): skip, or fail under CI, when sendmail cannot run or be fetched here."""
     reason = unavailable()
-    if reason is not None:
-        ci.unavailable(reason)
-    try:
-        prefix = _prefix()
-    except SendmailError as exc:
-        ci.unavailable(str(exc))
-    missing = _missing_libraries(prefix.root)
-    if missing:
-        ci.unavailable(f"the unpacked sendmail needs libraries that are not installed: {', '.join(missing)}")
+    if reason is None:
+        try:
+            reason = ", ".join(_missing_libraries(_prefix().root))
+            reason = reason and f"the unpacked sendmail needs libraries that are not installed: {reason}"
+        except SendmailError as exc:
+            reason = str(exc)
+    if reason:
+        ci.unavailable(reason)  # outside the except block: the skip or failure carries no chained traceback
     with running(cert_file, key_file, ca_file) as relay:
         yield relay
