@@ -267,11 +267,14 @@ cat > "{message_dir}/.$name" && mv "{message_dir}/.$name" "{message_dir}/$name"
 """
 
 
-# Runs as PID 1 of the new namespaces: name the host, put the private files in place, become sendmail.
+# Runs as PID 1 of the new namespaces: name the host, put the private files in place, become sendmail. The
+# private resolv.conf names a loopback resolver that is not there: a lookup the files above do not answer fails at
+# once instead of leaving the machine (or waiting for a timeout on one without a network).
 _NAMESPACE_SCRIPT = """set -e
 echo "$0" > /proc/sys/kernel/hostname
 mount --bind "$1" "$2"
-mount --bind "$3" /etc/hosts
+mount --bind "$3/hosts" /etc/hosts
+if [ -e /etc/resolv.conf ]; then mount --bind "$3/resolv.conf" /etc/resolv.conf; fi
 shift 3
 exec "$@"
 """
@@ -299,7 +302,7 @@ class _Instance:
         argv = [
             _find("unshare") or "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
             "sh", "-c", _NAMESPACE_SCRIPT, HOSTNAME, str(self.root / "sasl2"), str(plugins),
-            str(self.root / "etc" / "hosts"),
+            str(self.root / "etc"),
             str(prefix.root / _BINARY), "-C", str(self.root / "sendmail.cf"), "-bD",
         ]
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LD_LIBRARY_PATH": str(_libdir(prefix.root))}
@@ -344,6 +347,7 @@ class _Instance:
             _write(etc / name, b"", 0o600)
         _write(etc / "service.switch", b"hosts files\naliases files\n", 0o644)
         _write(etc / "hosts", f"{LOOPBACK} {HOSTNAME} localhost\n::1 {HOSTNAME} localhost\n".encode(), 0o644)
+        _write(etc / "resolv.conf", b"nameserver 127.0.0.1\noptions attempts:1 timeout:1\n", 0o644)
         _write(etc / "deliver", _deliver_script(self.root / "messages").encode(), 0o700)
         for plugin in _SASL_PLUGINS:
             shutil.copyfile(plugins / plugin, sasl / plugin)  # follows the .so -> .so.2.0.25 links
