@@ -56,6 +56,39 @@ def test_relay_offers_auth_only_inside_tls(relay: SendmailRelay) -> None:
         assert client.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
 
 
+def test_relay_delivers_nowhere_but_its_message_directory(relay: SendmailRelay) -> None:
+    """The harness itself: even an authenticated client cannot relay, and no local part can name a path."""
+    with smtplib.SMTP(relay.host, relay.port, timeout=15) as client:
+        client.starttls(context=ssl.create_default_context(cafile=str(relay.ca_file)))
+        client.login(relay.user, relay.password)
+        client.mail("certbot@example.com")
+        assert client.rcpt("someone@example.org")[0] == 550
+        assert client.rcpt(relay.address("../etc"))[0] == 550
+        assert client.rcpt(relay.address("a/b"))[0] == 550
+        client.rset()
+    assert relay.delivered() == []
+
+
+def test_unknown_recipient_refused_at_rcpt_known_one_delivered(
+    denv: DeployEnv, lineage: LineagePaths, relay: SendmailRelay
+) -> None:
+    unknown = relay.address("no.such.box")
+    denv.set_credential("relay", "smtp_password", relay.password)
+    denv.write_config({"archive": target(relay, to=[relay.address("pki"), unknown])})
+
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+
+    t = run.target("archive")
+    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("partial", "SMTP_PERMANENT", "rcpt", False), t
+    assert list(t["refused_recipients"]) == [unknown]
+    refused = t["refused_recipients"][unknown]
+    assert (refused["smtp_code"], refused["enhanced_status"]) == (550, "5.1.1")
+    assert "User unknown" in refused["message"]
+    assert run.returncode == 69
+    [copy] = relay.wait_for_delivery(1)
+    assert copy.mailbox == "pki" and copy.parse()["Message-ID"] == t["message_id"]
+
+
 def test_pem_over_starttls_auth_plain_delivers_the_fullchain(
     denv: DeployEnv, lineage: LineagePaths, relay: SendmailRelay
 ) -> None:

@@ -127,7 +127,7 @@ def unavailable() -> str | None:
     """Why a private instance cannot run here, or ``None`` when it can (the package download comes later)."""
     if os.geteuid() != 0:
         return "a private sendmail needs root (namespaces, bind mounts, and sendmail itself)"
-    hints = {"unshare": "util-linux", "m4": "m4", "saslpasswd2": "sasl2-bin"}
+    hints = {"unshare": "util-linux", "setpriv": "util-linux", "m4": "m4", "saslpasswd2": "sasl2-bin"}
     missing = [f"{cmd} (apt-get install {pkg})" for cmd, pkg in hints.items() if _find(cmd) is None]
     missing += [f"{cmd} (apt-get install apt dpkg)" for cmd in debcache.tools_missing()]
     if missing:
@@ -300,6 +300,9 @@ class _Instance:
         assert plugins is not None, "unavailable() said the SASL plugins are there"
         self._lay_out(prefix.root, port, plugins)
         argv = [
+            # setpriv: should the test process die without stopping the instance, unshare gets SIGKILL, and
+            # sendmail with it (--kill-child); setpriv execs unshare, so the PID Popen holds is unshare's.
+            _find("setpriv") or "setpriv", "--pdeathsig", "KILL",
             _find("unshare") or "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
             "sh", "-c", _NAMESPACE_SCRIPT, HOSTNAME, str(self.root / "sasl2"), str(plugins),
             str(self.root / "etc"),
