@@ -195,10 +195,10 @@ def _greets(port: int) -> bool:
         return False
 
 
-def _mc(root: Path, port: int, helpfile: Path) -> str:
-    """sendmail.mc: every path private, STARTTLS, AUTH PLAIN/LOGIN only inside TLS, archive.test to the msgdir mailer."""
+def _mc_defines(root: Path, helpfile: Path) -> dict[str, object]:
+    """The m4 ``define``s: every path private, STARTTLS, AUTH PLAIN/LOGIN only inside TLS."""
     etc = root / "etc"
-    defines = {
+    return {
         "confDOMAIN_NAME": HOSTNAME,
         "QUEUE_DIR": root / "queue",
         "confPID_FILE": root / "sendmail.pid",
@@ -226,8 +226,12 @@ def _mc(root: Path, port: int, helpfile: Path) -> str:
         "confAUTH_OPTIONS": "p,y",
         "confAUTH_REALM": HOSTNAME,
     }
+
+
+def _mc(root: Path, port: int, helpfile: Path) -> str:
+    """sendmail.mc: :func:`_mc_defines`, a loopback listener, and archive.test routed to the msgdir mailer."""
     lines = ["divert(0)dnl", "OSTYPE(`linux')dnl"]
-    lines += [f"define(`{key}', `{value}')dnl" for key, value in defines.items()]
+    lines += [f"define(`{key}', `{value}')dnl" for key, value in _mc_defines(root, helpfile).items()]
     lines += [
         "FEATURE(`no_default_msa')dnl",
         "FEATURE(`nocanonify')dnl",
@@ -240,7 +244,7 @@ def _mc(root: Path, port: int, helpfile: Path) -> str:
         # Which mechanism and identity the message was accepted under, for the tests to read.
         "H?${auth_type}?X-Test-Auth: ${auth_type} ${auth_authen}",
         "MAILER_DEFINITIONS",
-        f"Mmsgdir, P={etc / 'deliver'}, F=8nsS, S=EnvFromSMTP/HdrFromSMTP, R=EnvToL/EnvToSMTP, T=DNS/RFC822/SMTP,",
+        f"Mmsgdir, P={root / 'etc' / 'deliver'}, F=8nsS, S=EnvFromSMTP/HdrFromSMTP, R=EnvToL/EnvToSMTP, T=DNS/RFC822/SMTP,",
         "\tU=0:0, A=deliver $u",
         "LOCAL_NET_CONFIG",
         # Ruleset 0, after local names and before any relay: a one-atom local part at archive.test goes to the
