@@ -6,11 +6,11 @@ sendmail-bin conflicts with the installed Postfix (both provide ``mail-transport
 ``127.0.0.1:PORT``, and runs in private mount, UTS and PID namespaces (``unshare``) where
 
 * the host name is ``mx.archive.test`` and a private ``/etc/hosts`` names it: sendmail canonicalises its own name at
-  start-up and sleeps 60 s when that fails, and nothing here may depend on the machine's DNS;
+  start-up and sleeps 60 s when that fails; a private ``resolv.conf`` keeps every other lookup off the network;
 * Cyrus SASL's compiled-in plugin and config directory holds copies of the PLAIN, LOGIN and sasldb plugins and a
   private ``Sendmail.conf`` (sendmail clears its environment, so ``SASL_CONF_PATH`` cannot point elsewhere);
-* the daemon is PID 1, so stopping it (by the PID of ``unshare``, whose child dies with it) ends every process of
-  the instance.
+* the daemon is PID 1, so ending it ends every process of the instance: it is stopped by its PID (unshare's child),
+  and dies with the test process too (``setpriv --pdeathsig`` on unshare, ``unshare --kill-child``).
 
 Recipients ``LOCALPART@archive.test`` (one atom) are delivered by a prog mailer into ``message_dir``, one file per
 message and recipient; any other recipient is refused at RCPT and nothing ever leaves. Needs root.
@@ -144,7 +144,7 @@ def _prefix() -> debcache.Unpacked:
         return binary.is_file() and not binary.stat().st_mode & 0o6000 and (root / _CF_DIR / "m4/cf.m4").is_file()
 
     def finish(root: Path) -> None:
-        (root / _BINARY).chmod(0o755)  # Debian ships it setgid smmsp; as root that only gets in the way
+        (root / _BINARY).chmod(0o755)  # Debian ships it setgid mail; as root that only gets in the way
 
     try:
         return debcache.unpacked("sendmail", PACKAGES, ready=ready, finish=finish)
