@@ -1,23 +1,29 @@
 """Debian packages that must not be installed (they conflict with one that is), unpacked into a private prefix.
 
-``apt-get download`` fetches a package's .deb once into a cache outside the checkout
-(``$CERTBOT_SMTP_DIST_TEST_CACHE``, default ``/var/cache/certbot-smtp-dist-tests``); ``dpkg -x`` unpacks it into a
-prefix beside it. Nothing is installed: dpkg's database, maintainer scripts, users and services are not touched. A
+``apt-get download`` fetches each .deb once into ``debs/`` of a cache outside the checkout
+(``$CERTBOT_SMTP_DIST_TEST_CACHE``, default ``/var/cache/certbot-smtp-dist-tests``), through a scratch directory so
+an interrupted download never leaves a truncated .deb there; ``dpkg -x`` unpacks the packages into one prefix under
+``unpacked/``. Nothing is installed: dpkg's database, maintainer scripts, users and services are not touched. A
 runtime library the unpacked binary needs and the machine lacks (``ldd`` says "not found") is fetched and unpacked
-into the same prefix, for ``LD_LIBRARY_PATH``. Setuid and setgid bits are stripped before the prefix appears: a
-cached setuid-root copy of a mail server under ``/var/cache`` would be a standing local root risk, and the tests run
-their servers as root anyway.
+into the same prefix, for ``LD_LIBRARY_PATH``.
+
+Setuid and setgid bits are stripped before the prefix appears: a cached setuid-root copy of a mail server under
+``/var/cache`` would be a standing local root risk, the tests run their servers as root anyway, and a setgid binary
+ignores ``LD_LIBRARY_PATH`` and loses the parent-death signal a harness sets. The prefix is unpacked in a private
+directory and renamed into place, with the version of every package in it, only once complete; one lock on the
+cache serialises filling it (the venv and distro stages of ``make test`` may overlap on a workstation).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,24 +32,28 @@ CACHE_ENV = "CERTBOT_SMTP_DIST_TEST_CACHE"
 DEFAULT_CACHE = Path("/var/cache/certbot-smtp-dist-tests")
 _DOWNLOAD_TIMEOUT = 180.0
 _COMMAND_TIMEOUT = 60.0
-_COMPLETE = ".complete"
+#: Written last into a prefix, so its presence also says the prefix is complete: ``package version`` lines.
+_VERSIONS = ".versions"
 
 
 class Unavailable(RuntimeError):
-    """The package cannot be fetched, unpacked or run here; the message says why (a skip or CI-failure reason)."""
+    """The packages cannot be fetched, unpacked or run here; the message says why (a skip or CI-failure reason)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Unpacked:
-    """A package unpacked under ``prefix``: its version, and the ``LD_LIBRARY_PATH`` its binaries need."""
+    """Packages unpacked under ``prefix``: every package's version, and the ``LD_LIBRARY_PATH`` its binaries need."""
 
-    package: str
-    version: str
-    deb: Path
     prefix: Path
+    versions: tuple[tuple[str, str], ...]  # (package, Debian version): the requested ones first, then libraries
     library_path: str
 
-    def path(self, relative: str) -> Path:
+    @property
+    def version(self) -> str:
+        """The first requested package's version, e.g. 4.96-15+deb12u11."""
+        return self.versions[0][1]
+
+    def path(self, relative: str | Path) -> Path:
         return self.prefix / relative
 
 
@@ -62,7 +72,7 @@ def _run(argv: list[str], *, cwd: Path | None = None, timeout: float = _COMMAND_
 
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    """One process at a time fills a cache directory (the venv and distro stages may overlap on a workstation)."""
+    """One process at a time reads and fills the cache."""
     try:
         directory.mkdir(mode=0o755, parents=True, exist_ok=True)
         handle = (directory / ".lock").open("a")
@@ -93,14 +103,14 @@ def _deb(package: str, debs: Path) -> Path:
         return fetched[-1].rename(debs / fetched[-1].name)
 
 
-def _field(deb: Path, name: str) -> str:
-    result = _run(["dpkg-deb", "--field", str(deb), name])
+def _version(deb: Path) -> str:
+    result = _run(["dpkg-deb", "--field", str(deb), "Version"])
     if result.returncode != 0:
         raise Unavailable(f"dpkg-deb cannot read {deb}: {result.stderr.strip()}")
     return result.stdout.strip()
 
 
-def _extract(deb: Path, prefix: Path) -> None:
+def _extract(package: str, deb: Path, prefix: Path) -> tuple[str, str]:
     """``dpkg -x`` into ``prefix``, then strip every setuid/setgid bit (see the module docstring)."""
     result = _run(["dpkg", "-x", str(deb), str(prefix)])
     if result.returncode != 0:
@@ -109,6 +119,7 @@ def _extract(deb: Path, prefix: Path) -> None:
         mode = path.lstat().st_mode
         if stat.S_ISREG(mode) and mode & (stat.S_ISUID | stat.S_ISGID):
             path.chmod(stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
+    return package, _version(deb)
 
 
 def _library_path(prefix: Path) -> str:
@@ -123,6 +134,8 @@ def _library_path(prefix: Path) -> str:
 
 def _missing_libraries(binary: Path, library_path: str) -> list[str]:
     """Sonames ``ldd`` cannot resolve for ``binary`` with ``library_path`` (ldd runs the loader, not the binary)."""
+    if not binary.is_file():
+        raise Unavailable(f"{binary} is not in the unpacked packages")
     env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": library_path}
     result = _run(["ldd", str(binary)], env=env)
     if result.returncode != 0 and "not a dynamic executable" not in result.stdout + result.stderr:
@@ -130,45 +143,62 @@ def _missing_libraries(binary: Path, library_path: str) -> list[str]:
     return sorted({line.split()[0] for line in result.stdout.splitlines() if "=> not found" in line})
 
 
-def _add_libraries(binary: Path, prefix: Path, debs: Path, libraries: Mapping[str, str]) -> None:
+def _add_libraries(binary: Path, prefix: Path, debs: Path, libraries: Mapping[str, str]) -> list[tuple[str, str]]:
     """Unpack into ``prefix`` the package of each library ``binary`` lacks; fail naming any still missing."""
+    added = []
     for soname in _missing_libraries(binary, _library_path(prefix)):
         package = libraries.get(soname)
         if package is None:
             raise Unavailable(f"{binary.name} needs {soname}, which is not installed (no package known for it)")
-        _extract(_deb(package, debs), prefix)
+        added.append(_extract(package, _deb(package, debs), prefix))
     still = _missing_libraries(binary, _library_path(prefix))
     if still:
         raise Unavailable(f"{binary.name} still lacks {', '.join(still)} after unpacking its libraries; install "
                           f"the packages providing them ({', '.join(libraries.get(s, s) for s in still)})")
+    return added
 
 
-def unpacked(package: str, *, binary: str, libraries: Mapping[str, str]) -> Unpacked:
-    """``package`` unpacked (once; later calls reuse the cache) with every library ``binary`` needs.
+def _fill(work: Path, packages: Mapping[str, Path], debs: Path, binary: str,
+          libraries: Mapping[str, str]) -> None:
+    """Unpack ``packages`` and the libraries ``binary`` lacks into ``work``; record the versions last."""
+    versions = [_extract(package, deb, work) for package, deb in packages.items()]
+    versions += _add_libraries(work / binary, work, debs, libraries)
+    work.chmod(0o755)  # the servers may drop to an unprivileged user that runs the binary from here
+    (work / _VERSIONS).write_text("".join(f"{package} {version}\n" for package, version in versions))
 
-    ``binary`` is a path inside the package (``usr/sbin/exim4``); ``libraries`` maps the sonames it may need to
-    the Debian packages providing them (the package's own ``Depends``).
+
+def _read_versions(prefix: Path) -> tuple[tuple[str, str], ...]:
+    pairs = [line.split(" ", 1) for line in (prefix / _VERSIONS).read_text().splitlines()]
+    return tuple((package, version) for package, version in pairs)
+
+
+def unpacked(name: str, packages: Sequence[str], *, binary: str | Path,
+             libraries: Mapping[str, str] | None = None) -> Unpacked:
+    """``packages`` unpacked together (once; later calls reuse the cache) with every library ``binary`` needs.
+
+    ``name`` names the prefix (``unpacked/NAME-DIGEST``, the digest of the .deb files it is made of, so a newer
+    cached .deb gets a fresh prefix); ``binary`` is a path inside the packages (``usr/sbin/exim4``) that ``ldd``
+    checks; ``libraries`` maps the sonames it may need to the Debian packages providing them (the binary's own
+    ``Depends``), fetched only when the machine lacks them. Raises :class:`Unavailable` saying what is missing.
     """
-    cache = cache_root() / package
-    debs = cache / "debs"
-    with _locked(cache):
-        deb = _deb(package, debs)
-        prefix = cache / deb.name.removesuffix(".deb")
-        if not (prefix / _COMPLETE).exists():
-            shutil.rmtree(prefix, ignore_errors=True)
-            # Unpacked in a private directory and moved into place only once stripped and complete.
-            work = Path(tempfile.mkdtemp(prefix=".unpack-", dir=cache))
+    root = cache_root()
+    debs = root / "debs"
+    with _locked(root):
+        found = {package: _deb(package, debs) for package in packages}
+        digest = hashlib.sha256("\n".join(deb.name for deb in found.values()).encode()).hexdigest()[:12]
+        prefix = root / "unpacked" / f"{name}-{digest}"
+        if not (prefix / _VERSIONS).exists():
+            shutil.rmtree(prefix, ignore_errors=True)  # not one published here (the rename is atomic): unused
+            prefix.parent.mkdir(mode=0o755, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=prefix.parent))
             try:
-                _extract(deb, work)
-                _add_libraries(work / binary, work, debs, libraries)
-                (work / _COMPLETE).touch()
-                work.chmod(0o755)  # the servers drop to an unprivileged user that runs the binary from here
+                _fill(work, found, debs, str(binary), libraries or {})
                 work.rename(prefix)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-        version = _field(deb, "Version")
+        versions = _read_versions(prefix)
     library_path = _library_path(prefix)
     missing = _missing_libraries(prefix / binary, library_path)  # a library removed since the prefix was made
     if missing:
         raise Unavailable(f"{binary} in {prefix} lacks {', '.join(missing)}; remove {prefix} to unpack it again")
-    return Unpacked(package, version, deb, prefix, library_path)
+    return Unpacked(prefix, versions, library_path)

@@ -83,7 +83,7 @@ def install() -> Unpacked:
         pwd.getpwnam("nobody")
     except KeyError as exc:
         raise Unavailable("system user 'nobody' does not exist") from exc
-    return unpacked(PACKAGE, binary=BINARY, libraries=LIBRARIES)
+    return unpacked(PACKAGE, [PACKAGE], binary=BINARY, libraries=LIBRARIES)
 
 
 @dataclass(frozen=True, slots=True)

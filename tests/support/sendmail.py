@@ -1,7 +1,7 @@
 """A private Debian sendmail 8.17 on loopback for tests: STARTTLS, Cyrus SASL AUTH PLAIN/LOGIN, one file per message.
 
 sendmail-bin conflicts with the installed Postfix (both provide ``mail-transport-agent``), so it is never installed:
-:mod:`support.debcache` downloads and unpacks it outside the checkout. Each instance has its own ``sendmail.cf``
+:mod:`support.debunpack` downloads and unpacks it outside the checkout. Each instance has its own ``sendmail.cf``
 (built with m4 from sendmail-cf's ``cf.m4``), queue, SASL database and message directory, listens only on
 ``127.0.0.1:PORT``, and runs in private mount, UTS and PID namespaces (``unshare``) where
 
@@ -35,15 +35,26 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 
-from support import ci, debcache
+from support import ci
+from support.debunpack import Unavailable, Unpacked, unpacked
 
 LOOPBACK = "127.0.0.1"
 DOMAIN = "archive.test"
 HOSTNAME = f"mx.{DOMAIN}"
 USER = "relay-user"
-#: ``apt-get download`` set: the MTA, the m4 files its config is built from, and the two libraries it links that
-#: Postfix does not pull in. libsasl2, libssl, libdb and libldap are already installed (postfix, sasl2-bin).
-PACKAGES = ("sendmail-bin", "sendmail-cf", "liblockfile1", "libwrap0")
+#: ``apt-get download`` set: the MTA and the m4 files its config is built from.
+PACKAGES = ("sendmail-bin", "sendmail-cf")
+#: The libraries of sendmail-bin's Depends (Debian 12), by the soname ldd reports missing; Postfix and sasl2-bin
+#: already pull in most of them, liblockfile1 and libwrap0 usually not.
+LIBRARIES = {
+    "libdb-5.3.so": "libdb5.3",
+    "liblber-2.5.so.0": "libldap-2.5-0",
+    "libldap-2.5.so.0": "libldap-2.5-0",
+    "liblockfile.so.1": "liblockfile1",
+    "libnsl.so.2": "libnsl2",
+    "libsasl2.so.2": "libsasl2-2",
+    "libwrap.so.0": "libwrap0",
+}
 _BINARY = Path("usr/libexec/sendmail/sendmail")
 _CF_DIR = Path("usr/share/sendmail/cf")
 _SASL_PLUGINS = ("libplain.so", "liblogin.so", "libsasldb.so")
@@ -53,7 +64,7 @@ _COMMAND_TIMEOUT = 30.0
 
 
 class SendmailError(RuntimeError):
-    """The test sendmail failed (to be fetched, configured, started or to deliver); the message ends with its output."""
+    """The test sendmail failed (to be configured, started or to deliver); the message ends with its output."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +140,6 @@ def unavailable() -> str | None:
         return "a private sendmail needs root (namespaces, bind mounts, and sendmail itself)"
     hints = {"unshare": "util-linux", "setpriv": "util-linux", "m4": "m4", "saslpasswd2": "sasl2-bin"}
     missing = [f"{cmd} (apt-get install {pkg})" for cmd, pkg in hints.items() if _find(cmd) is None]
-    missing += [f"{cmd} (apt-get install apt dpkg)" for cmd in debcache.tools_missing()]
     if missing:
         return "not found: " + ", ".join(missing)
     if _sasl_plugin_dir() is None:
@@ -137,35 +147,9 @@ def unavailable() -> str | None:
     return None
 
 
-def _prefix() -> debcache.Unpacked:
-    def ready(root: Path) -> bool:
-        binary = root / _BINARY
-        # Setgid binaries ignore LD_LIBRARY_PATH and lose the parent-death signal unshare sets: see finish().
-        return binary.is_file() and not binary.stat().st_mode & 0o6000 and (root / _CF_DIR / "m4/cf.m4").is_file()
-
-    def finish(root: Path) -> None:
-        (root / _BINARY).chmod(0o755)  # Debian ships it setgid mail; as root that only gets in the way
-
-    try:
-        return debcache.unpacked("sendmail", PACKAGES, ready=ready, finish=finish)
-    except debcache.DebCacheError as exc:
-        raise SendmailError(f"cannot fetch sendmail: {exc}") from exc
-
-
-def _libdir(prefix: Path) -> Path:
-    """The unpacked multiarch library directory (liblockfile, libwrap), named like the SASL plugins' parent."""
-    plugins = _sasl_plugin_dir()
-    return prefix / "usr/lib" / (plugins.parent.name if plugins else "x86_64-linux-gnu")
-
-
-def _missing_libraries(prefix: Path) -> list[str]:
-    """Shared libraries the binary links that neither the system nor the unpacked packages provide (ldd)."""
-    try:
-        result = subprocess.run(["ldd", str(prefix / _BINARY)], capture_output=True, text=True,
-                                timeout=_COMMAND_TIMEOUT, env={"LD_LIBRARY_PATH": str(_libdir(prefix))})
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return [f"(ldd failed: {exc})"]
-    return [line.split()[0] for line in result.stdout.splitlines() if "not found" in line]
+def _prefix() -> Unpacked:
+    """sendmail-bin and sendmail-cf unpacked with the libraries the machine lacks, or :class:`Unavailable`."""
+    return unpacked("sendmail", PACKAGES, binary=_BINARY, libraries=LIBRARIES)
 
 
 def _free_port() -> int:
@@ -298,11 +282,11 @@ class _Instance:
         return self.root / "sendmail.log"
 
     def start(self) -> SendmailRelay:
-        prefix = _prefix()
+        package = _prefix()
         port = _free_port()
         plugins = _sasl_plugin_dir()
         assert plugins is not None, "unavailable() said the SASL plugins are there"
-        self._lay_out(prefix.root, port, plugins)
+        self._lay_out(package.prefix, port, plugins)
         argv = [
             # setpriv: should the test process die without stopping the instance, unshare gets SIGKILL, and
             # sendmail with it (--kill-child); setpriv execs unshare, so the PID Popen holds is unshare's.
@@ -310,9 +294,9 @@ class _Instance:
             _find("unshare") or "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
             "sh", "-c", _NAMESPACE_SCRIPT, HOSTNAME, str(self.root / "sasl2"), str(plugins),
             str(self.root / "etc"),
-            str(prefix.root / _BINARY), "-C", str(self.root / "sendmail.cf"), "-bD",
+            str(package.path(_BINARY)), "-C", str(self.root / "sendmail.cf"), "-bD",
         ]
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LD_LIBRARY_PATH": str(_libdir(prefix.root))}
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LD_LIBRARY_PATH": package.library_path}
         with self.log_file.open("wb") as log:
             self._process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                              stderr=subprocess.STDOUT, start_new_session=True)
@@ -322,7 +306,7 @@ class _Instance:
                 raise self._error(f"sendmail did not answer on {LOOPBACK}:{port} within {_START_TIMEOUT:.0f}s")
             time.sleep(0.02)
         return SendmailRelay(LOOPBACK, port, self._ca_file, USER, self.password, self.root / "messages",
-                             prefix.version)
+                             package.version)
 
     def stop(self) -> None:
         """SIGTERM to sendmail, PID 1 of the namespace (unshare itself ignores SIGTERM); the kernel then ends every
@@ -426,10 +410,9 @@ def serve(cert_file: Path, key_file: Path, ca_file: Path) -> Iterator[SendmailRe
     reason = unavailable()
     if reason is None:
         try:
-            reason = ", ".join(_missing_libraries(_prefix().root))
-            reason = reason and f"the unpacked sendmail needs libraries that are not installed: {reason}"
-        except SendmailError as exc:
-            reason = str(exc)
+            _prefix()
+        except Unavailable as exc:
+            reason = f"sendmail cannot run here: {exc}"
     if reason:
         ci.unavailable(reason)  # outside the except block: the skip or failure carries no chained traceback
     with running(cert_file, key_file, ca_file) as relay:
