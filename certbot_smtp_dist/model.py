@@ -101,6 +101,29 @@ class OAuth2Grant:
 
 
 @dataclass(frozen=True, slots=True)
+class SmimePolicy:
+    """A target's S/MIME (RFC 8551), validated at config time: the signer's certificate chain (its key stays in
+    `sign_key`, read when a message is signed) and the recipients' certificates, as canonical PEM."""
+
+    sign_cert: Path | None = None
+    sign_key: Path | None = None
+    signer_chain_pem: tuple[bytes, ...] = field(default=(), repr=False)  # signer first, then its chain
+    encrypt_to: tuple[Path, ...] = ()
+    recipients_pem: tuple[bytes, ...] = field(default=(), repr=False)
+    recipient_fingerprints: tuple[str, ...] = ()  # SHA-256 of each recipient certificate's DER, lowercase hex
+    recipient_names: tuple[str, ...] = ()  # each recipient certificate's subject, for the warnings
+    encryption: str = "aes256-cbc"
+
+    @property
+    def signs(self) -> bool:
+        return self.sign_key is not None
+
+    @property
+    def encrypts(self) -> bool:
+        return bool(self.recipients_pem)
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """One delivery destination: relay, sender identity, recipients and payload format."""
 
@@ -131,6 +154,14 @@ class Target:
     min_interval: timedelta | None = None
     # With an OAuth 2.0 auth_method: the grant that yields the access token (password_credential is then None).
     oauth2: OAuth2Grant | None = None
+    # S/MIME signing and/or encryption of every message to this target (smime_* keys); None: neither.
+    smime: SmimePolicy | None = None
+
+    @property
+    def message_encrypted(self) -> bool:
+        """Whether every message to this target is encrypted to the recipients' certificates, so that what it
+        carries is readable by them only, not by the SMTP hops and mailboxes on the way."""
+        return self.smime is not None and self.smime.encrypts
 
     @property
     def envelope_recipients(self) -> tuple[str, ...]:
@@ -277,6 +308,10 @@ class Message:
     envelope_from: str
     envelope_to: tuple[str, ...]
     data: bytes = field(repr=False)
+    # What a message hook did to it, for the journal: signed (S/MIME), and to which recipient certificates it was
+    # encrypted (SHA-256 fingerprints).
+    signed: bool = False
+    encrypted_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from certbot_smtp_dist._internal.addresses import (
     is_loopback_host,
 )
 from certbot_smtp_dist._internal.files import chosen_path
+from certbot_smtp_dist._internal.smimecerts import SMIME_KEYS
 from certbot_smtp_dist.errors import ConfigError, ConfigProblem
 from certbot_smtp_dist.model import (
     AuthMethod,
@@ -27,6 +28,7 @@ from certbot_smtp_dist.model import (
     PayloadFormat,
     RetryPolicy,
     Settings,
+    SmimePolicy,
     Target,
     TlsMode,
 )
@@ -64,7 +66,7 @@ KNOWN_KEYS = frozenset(
         "host", "port", "tls_mode", "tls_skip_verify", "tls_ca_file", "auth_method", "username",
         "password_credential", "timeout", "from_address", "from_name", "to", "cc", "bcc", "payload",
         "pkcs12_passphrase_credential", "subject_prefix", "certificates", "resend_uncertain", "min_interval",
-        *OAUTH2_KEYS,
+        *OAUTH2_KEYS, *SMIME_KEYS,
     }
 )
 
@@ -325,7 +327,8 @@ class _TargetChecker:
             if key not in KNOWN_KEYS and key not in self.from_defaults:  # those are reported once, as defaults.KEY
                 self.problem(key, unknown_key(key, KNOWN_KEYS))
         relay, identity, payload = self._relay(), self._identity(), self._payload()
-        self._no_secrets_in_clear(relay, payload["payload"])
+        payload["smime"] = self._smime()
+        self._no_secrets_in_clear(relay, payload["payload"], payload["smime"])
         self._port_matches_tls_mode(relay["port"], relay["tls_mode"])
         self._unused_keys(relay, payload["payload"])
         if self.problems:
@@ -446,6 +449,13 @@ class _TargetChecker:
         return {"payload": payload, "pkcs12_passphrase_credential": passphrase, "certificates": tuple(certificates),
                 "resend_uncertain": self.get("resend_uncertain", bool, True), "min_interval": self._min_interval()}
 
+    def _smime(self) -> SmimePolicy | None:
+        """The smime_* keys (RFC 8551): certificates and signer key checked now, so nothing is dialled for a
+        target whose messages could not be signed or encrypted."""
+        from certbot_smtp_dist._internal import smimecerts
+
+        return smimecerts.policy(self)
+
     def _min_interval(self) -> timedelta | None:
         """`min_interval = "7d"`: a whole number and one unit (s, m, h, d); "0d" sends every renewal (the default),
         so one target can opt out of a [defaults] interval."""
@@ -491,8 +501,9 @@ class _TargetChecker:
             if key in self.table and key not in self.from_defaults and self.table[key] is not False:
                 self.warning(key, f"is ignored: {why}")
 
-    def _no_secrets_in_clear(self, relay: dict[str, Any], payload: str) -> None:
-        """Neither a password nor a private key crosses a network in clear; loopback is not a network."""
+    def _no_secrets_in_clear(self, relay: dict[str, Any], payload: str, smime: SmimePolicy | None) -> None:
+        """Neither a password nor a private key crosses a network in clear; loopback is not a network. A message
+        encrypted to the recipients' certificates (S/MIME) does not carry its key in clear."""
         host, auth_method = relay["host"], relay["auth_method"]
         if relay["tls_mode"] is not TlsMode.PLAINTEXT or not host or is_loopback_host(host):
             return
@@ -501,7 +512,7 @@ class _TargetChecker:
                                         f"non-loopback host {host!r} would send the password in clear; "
                                         "use starttls or smtps")
         fmt = self.payload_formats.get(payload)
-        if fmt is not None and fmt.key_in_clear:
+        if fmt is not None and fmt.key_in_clear and not (smime is not None and smime.encrypts):
             self.problem("payload", f"payload = {payload!r} over tls_mode = 'plaintext' to non-loopback host "
                                     f"{host!r} would ship the private key in clear; use starttls or smtps")
 
