@@ -35,7 +35,10 @@ def smtp_dist_payload_formats() -> list[PayloadFormat]:  # type: ignore[empty-bo
         ``payload`` key selects. Two plugins registering the same name is a configuration error. The security
         rules read each format's declarations, never its name: ``build`` sees the private key only if the format
         declares ``ships_private_key``, and one that does without ``key_encrypted`` is treated as shipping it in
-        clear (refused over plaintext to a non-loopback relay, warned on every run).
+        clear (refused over plaintext to a non-loopback relay, warned on every run, unless the target's messages
+        are S/MIME-encrypted). A format that needs a secret declares its ``credential_type`` and, optionally, the
+        ``credential_key`` that names it in the configuration (default ``pkcs12_passphrase_credential``): the
+        config parser checks that key and ``credentials set --type`` accepts that type, with no change to either.
     Ordering: all implementations are called; results are merged. Exceptions propagate and abort the run before
     anything is sent (a broken extension must not silently drop a format). Added in 0.1.0.
     """

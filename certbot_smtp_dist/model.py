@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -143,7 +144,9 @@ class Target:
     cc: tuple[str, ...]
     bcc: tuple[str, ...]
     payload: str
-    pkcs12_passphrase_credential: str | None
+    # The stored credential the payload format declares it needs (its `credential_key`, e.g.
+    # `pkcs12_passphrase_credential`); None when it takes none.
+    payload_credential: str | None
     subject_prefix: str | None
     certificates: tuple[str, ...]
     # Whether `retry` re-sends an `uncertain` delivery once, with the same Message-ID (a duplicate the recipient
@@ -390,13 +393,19 @@ class DeliveryResult:
         }
 
 
+PASSPHRASE_KEY = "pkcs12_passphrase_credential"  # the config key of a format's credential unless it names another
+
+
 @dataclass(frozen=True, slots=True)
 class PayloadFormat:
     """A way of packaging an artefact as attachments, registered through the `smtp_dist_payload_formats` hook.
 
-    `build` must be pure: it receives the validated artefact and the secret named by the target's
-    `pkcs12_passphrase_credential` (only when `credential_type` is set) and returns the attachments, or raises
-    PayloadError.
+    `build` must be pure: it receives the validated artefact and the secret (only when `credential_type` is set)
+    and returns the attachments, or raises PayloadError.
+
+    A format that needs a secret declares which: `credential_type` (the type of the stored credential) and
+    `credential_key` (the config key that names it, ending in `_credential`; `pkcs12_passphrase_credential` when not
+    given). The config parser accepts and checks that key, and the credential store unlocks it, for any format.
 
     The security rules read the declaration, never the name: `ships_private_key` (the artefact's key is given to
     `build` only then) and `key_encrypted` (the key travels encrypted under the target's credential, which needs a
@@ -410,11 +419,23 @@ class PayloadFormat:
     credential_type: str | None = None
     ships_private_key: bool = False
     key_encrypted: bool = False
+    credential_key: str | None = None
 
     def __post_init__(self) -> None:
+        if self.credential_key is not None and (self.credential_type is None or not re.fullmatch(
+                r"[a-z][a-z0-9_]{0,62}_credential", self.credential_key)):
+            raise ValueError(f"payload format {self.name!r}: credential_key must be a lowercase config key ending "
+                             "in _credential, with a credential_type")
         if self.key_encrypted and (not self.ships_private_key or self.credential_type is None):
             raise ValueError(f"payload format {self.name!r}: key_encrypted needs ships_private_key and the "
                              "credential_type that encrypts it")
+
+    @property
+    def credential_config_key(self) -> str | None:
+        """The config key naming this format's credential; None when it takes none."""
+        if self.credential_type is None:
+            return None
+        return self.credential_key or PASSPHRASE_KEY
 
     @property
     def key_in_clear(self) -> bool:

@@ -87,7 +87,7 @@ def prepare_job(
     # With OAuth 2.0 the session's secret is the grant's (client secret or key), which transport.py trades for a token.
     login = target.oauth2.credential if target.oauth2 is not None else target.password_credential
     password = secrets.get(login) if login else None
-    passphrase = secrets.get(target.pkcs12_passphrase_credential) if target.pkcs12_passphrase_credential else None
+    passphrase = secrets.get(target.payload_credential) if target.payload_credential else None
     # Scrub every secret of the run from this target's relay text, not just its own: defence in depth.
     known = tuple(secrets.values())
     if not target.matches(artefact.facts.names):

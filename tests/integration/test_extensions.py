@@ -223,3 +223,52 @@ def test_plugin_message_hook_runs_before_smime_and_a_raising_one_fails_only_its_
     verified = subprocess.run(["openssl", "cms", "-verify", "-CAfile", str(pki.ca_file)], input=signed,
                               capture_output=True, timeout=60, check=False)
     assert verified.returncode == 0, verified.stderr
+
+
+SECRET_FORMAT_PLUGIN = '''
+import hashlib
+from certbot_smtp_dist.hookspecs import hookimpl
+from certbot_smtp_dist.model import Attachment, PayloadFormat
+
+
+def build(artefact, secret):
+    # Proves the format got its own secret, without shipping it.
+    digest = hashlib.sha256(secret.reveal().encode()).hexdigest().encode()
+    return (Attachment(artefact.facts.name + ".token-check", "text/plain", digest),)
+
+
+@hookimpl
+def smtp_dist_payload_formats():
+    return [PayloadFormat("vault", "checks a vault token", build, credential_type="vault_token",
+                          credential_key="vault_token_credential")]
+'''
+
+
+def test_an_extension_format_declares_its_own_credential_key_and_type(
+        denv: DeployEnv, lineage: LineagePaths, relay_factory, tmp_path: Path) -> None:
+    """No change to the config parser or the credential store: the format's declaration is enough."""
+    import hashlib
+
+    env = install_plugin(tmp_path / "site", "smtp_dist_vault", SECRET_FORMAT_PLUGIN)
+    relay = relay_factory("plaintext")
+    denv.write_config({"v": relay_target(relay, payload="vault", vault_token_credential="tok",
+                                         pkcs12_passphrase_credential="p12")})
+    missing = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "--json", extra_env=env)
+    assert missing.returncode == 78
+    [problem] = missing.json["config_errors"]
+    assert problem["key"] == "vault_token_credential"
+    assert "credentials set tok --type vault_token" in problem["problem"]
+    assert relay.connections == 0
+
+    token = "a-vault-token-of-some-length"
+    stored = denv.run_process("credentials", "set", "tok", "--type", "vault_token", stdin=token + "\n", extra_env=env)
+    assert stored.returncode == 0, stored.stderr
+    refused = denv.run_process("credentials", "set", "x", "--type", "vault_tokn", stdin=token + "\n", extra_env=env)
+    assert refused.returncode == 64 and "vault_token" in refused.stderr
+    run = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "--json", extra_env=env)
+    assert run.returncode == 0, run.stderr
+    assert "pkcs12_passphrase_credential: is ignored: payload = 'vault' reads vault_token_credential" in run.stderr
+    [received] = relay.messages
+    part = next(email.message_from_bytes(received.data, policy=email.policy.default).iter_attachments())
+    assert part.get_payload(decode=True) == hashlib.sha256(token.encode()).hexdigest().encode()
+    assert token.encode() not in received.data
