@@ -19,6 +19,7 @@ class Checker(Protocol):
     """What config.py's target checker offers: typed reads of the merged table, and problems keyed by key."""
 
     base_dir: Path
+    from_defaults: frozenset[str]
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any: ...
 
@@ -34,17 +35,15 @@ def policy(checker: Checker, now: datetime | None = None) -> SmimePolicy | None:
     key_value = checker.get("smime_sign_key", str)
     recipients_value = checker.get("smime_encrypt_to", list)
     cipher_value = checker.get("smime_encryption", str)
+    if recipients_value is None and cipher_value is not None and "smime_encryption" not in checker.from_defaults:
+        checker.warning("smime_encryption", "is ignored: no smime_encrypt_to")  # [defaults] serve other targets
     if cert_value is None and key_value is None and recipients_value is None:
-        if cipher_value is not None:
-            checker.warning("smime_encryption", "is ignored: no smime_encrypt_to")
         return None
     out = SmimePolicy()
     if cert_value is not None or key_value is not None:
         out = _signer(checker, cert_value, key_value, now, out)
     if recipients_value is not None:
         out = _recipients(checker, recipients_value, cipher_value, now, out)
-    elif cipher_value is not None:
-        checker.warning("smime_encryption", "is ignored: no smime_encrypt_to")
     return out
 
 

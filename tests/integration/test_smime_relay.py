@@ -97,3 +97,28 @@ def test_an_expired_recipient_certificate_is_a_config_error_and_nothing_is_diall
     assert run.returncode == 78
     assert [(e["target"], e["key"]) for e in run.json["config_errors"]] == [("team", "smime_encrypt_to")]
     assert relay.connections == 0
+
+
+def test_retry_signs_and_encrypts_again_with_the_same_message_id(
+        denv: DeployEnv, lineage: LineagePaths, relay_pki, pki: SmimeFiles, unused_port: int) -> None:
+    from support.relay import Relay
+
+    table = {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 3,
+             "from_address": "certbot@example.com", "to": ["pki@example.com"], "payload": "pem_and_key",
+             "smime_sign_cert": str(pki.signer_cert), "smime_sign_key": str(pki.signer_key),
+             "smime_encrypt_to": [str(pki.recipient_certs[0])]}
+    denv.write_config({"team": table})
+    first = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    assert first.returncode == 75, first.stderr
+    message_id = first.target("team")["message_id"]
+    with Relay(relay_pki, mode="plaintext", port=unused_port) as relay:
+        retry = denv.run("retry", "--json")
+        assert retry.returncode == 0, retry.stderr
+        [received] = relay.messages
+    outer = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert outer["Message-ID"] == message_id and outer.get_content_type() == "application/pkcs7-mime"
+    assert opened(received.data, pki, 0)["test.example.com.key.pem"] == lineage.privkey.read_bytes()
+    lines = [json.loads(line) for line in (denv.state_dir / "journal.jsonl").read_text().splitlines()]
+    attempts = [(a["outcome"], a["signed"], a["encrypted_to"]) for a in lines if a.get("event") == "attempt"]
+    assert attempts[-1] == ("delivered", True, [pki.recipients[0].fingerprint])
+    assert all(a[1:] == (True, [pki.recipients[0].fingerprint]) for a in attempts)

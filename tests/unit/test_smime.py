@@ -318,3 +318,49 @@ def test_the_openssl_backend_leaves_no_files_and_puts_no_key_on_argv(
     key_text = pki.signer.key_pem().decode()
     assert not any(key_text[30:60] in arg or str(pki.signer_key) == arg for a in seen for arg in a)
     assert list(tmp_path.iterdir()) == []  # the private directories are gone
+
+
+def test_smime_encryption_without_recipients_is_warned_about_in_a_target_only(pki: SmimeFiles) -> None:
+    def warnings(doc: dict[str, Any]) -> list[str]:
+        return [str(w) for w in parse_settings(doc, Path("/etc/x/config.toml"), {}, FORMATS).warnings]
+
+    assert warnings({"targets": {"t": {**BASE, "smime_encryption": "aes256-gcm"}}}) == [
+        "targets.t.smime_encryption: is ignored: no smime_encrypt_to"]
+    assert warnings({"defaults": {"smime_encryption": "aes256-gcm"}, "targets": {"t": BASE}}) == []
+
+
+def test_message_hooks_chain_in_call_order_and_a_bad_return_fails_the_target(lin: LineagePaths) -> None:
+    from dataclasses import replace
+
+    from certbot_smtp_dist.hookspecs import hookimpl
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def smtp_dist_message(self, target: Target, facts: Any, message: Message) -> Message:
+            return replace(message, data=b"X-First: 1\r\n" + message.data)
+
+    class Second:
+        @hookimpl
+        def smtp_dist_message(self, target: Target, facts: Any, message: Message) -> Message | None:
+            assert message.data.startswith(b"X-First: 1\r\n")
+            return replace(message, data=b"X-Second: 2\r\n" + message.data)
+
+    class Unchanged:
+        @hookimpl
+        def smtp_dist_message(self, target: Target, facts: Any, message: Message) -> None:
+            return None
+
+    class Wrong:
+        @hookimpl
+        def smtp_dist_message(self, target: Target, facts: Any, message: Message) -> bytes:
+            return message.data
+
+    artefact = lineage.load(lineage.from_lineage_dir(lin.live_dir))
+    t = target({**BASE, "payload": "pem"})
+    chain = plugins.message_hook(plugins.make_manager(load_entry_points=False, extra=(Second(), First(), Unchanged())))
+    job = pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=chain)
+    assert job.message is not None and job.message.data.startswith(b"X-Second: 2\r\nX-First: 1\r\n")
+    wrong = plugins.message_hook(plugins.make_manager(load_entry_points=False, extra=(Wrong(),)))
+    failed = pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=wrong)
+    assert failed.message is None and failed.failure is not None
+    assert failed.failure.code is ErrorCode.SMTP_PAYLOAD and "returned bytes, not a Message" in failed.failure.detail
