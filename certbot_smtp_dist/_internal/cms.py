@@ -12,7 +12,8 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +103,14 @@ def encrypt(content: bytes, recipients_pem: Sequence[bytes], cipher: Cipher, tim
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.ciphers import algorithms
+    from cryptography.hazmat.primitives.serialization import pkcs7
 
     try:
         builder = _envelope_builder()().set_data(content)
         for pem in recipients_pem:
             builder = builder.add_recipient(x509.load_pem_x509_certificate(pem))
+        # RSA PKCS #1 v1.5 key transport (the builder's only one), AES-256-CBC content (RFC 8551 §2.7).
         builder = builder.set_content_encryption_algorithm(algorithms.AES256)
-        from cryptography.hazmat.primitives.serialization import pkcs7
-
         return bytes(builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary]))
     except Exception as exc:
         raise CmsError(f"cannot encrypt the message ({type(exc).__name__})") from exc
@@ -146,15 +147,14 @@ def _openssl_encrypt(content: bytes, recipients_pem: Sequence[bytes], cipher: Ci
                     "encrypt")
 
 
-class _private_dir:  # noqa: N801 - used as a context manager, reads as one
+@contextmanager
+def _private_dir() -> Iterator[Path]:
     """A 0700 directory of 0600 files, removed on the way out whatever happened."""
-
-    def __enter__(self) -> Path:
-        self.path = Path(tempfile.mkdtemp(prefix="certbot-smtp-dist-cms-"))  # mkdtemp makes it 0700
-        return self.path
-
-    def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix="certbot-smtp-dist-cms-"))  # mkdtemp makes it 0700
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -73,7 +73,7 @@ def _certificates(checker: Checker, key: str, path: Path) -> list[Any]:
         return []
     try:
         return [x509.load_pem_x509_certificate(b.encode()) for b in blocks]
-    except Exception as exc:  # ValueError, or an unsupported algorithm  # noqa: BLE001 - worded here
+    except Exception as exc:  # ValueError, or UnsupportedAlgorithm: worded here, never echoed
         checker.problem(key, f"{path} holds a certificate that does not parse ({type(exc).__name__})")
         return []
 
@@ -164,7 +164,7 @@ def _signer_key(checker: Checker, path: Path) -> Any:
         return None
     try:
         return serialization.load_pem_private_key(keys[0].encode(), password=None)
-    except Exception as exc:  # noqa: BLE001 - ValueError, TypeError, UnsupportedAlgorithm: worded here
+    except Exception as exc:  # ValueError, TypeError, UnsupportedAlgorithm: worded here, never echoed
         checker.problem("smime_sign_key", f"{path} holds a private key that does not parse ({type(exc).__name__})")
         return None
 

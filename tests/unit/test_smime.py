@@ -306,8 +306,13 @@ def test_the_openssl_backend_leaves_no_files_and_puts_no_key_on_argv(
     seen: list[list[str]] = []
     real = subprocess.run
 
+    modes: set[tuple[int, int]] = set()
+
     def spy(args: list[str], **kw: Any) -> Any:
         seen.append(list(args))
+        for arg in args:
+            if arg.endswith(".pem"):  # the certificates handed over: 0600 files in a 0700 directory
+                modes.add((Path(arg).stat().st_mode & 0o777, Path(arg).parent.stat().st_mode & 0o777))
         return real(args, **kw)
 
     monkeypatch.setattr(cms, "FORCED", cms.Backend.OPENSSL)
@@ -317,6 +322,7 @@ def test_the_openssl_backend_leaves_no_files_and_puts_no_key_on_argv(
     assert [a[1:3] for a in seen] == [["cms", "-sign"], ["cms", "-encrypt"]]
     key_text = pki.signer.key_pem().decode()
     assert not any(key_text[30:60] in arg or str(pki.signer_key) == arg for a in seen for arg in a)
+    assert modes == {(0o600, 0o700)}
     assert list(tmp_path.iterdir()) == []  # the private directories are gone
 
 
@@ -364,3 +370,14 @@ def test_message_hooks_chain_in_call_order_and_a_bad_return_fails_the_target(lin
     failed = pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=wrong)
     assert failed.message is None and failed.failure is not None
     assert failed.failure.code is ErrorCode.SMTP_PAYLOAD and "returned bytes, not a Message" in failed.failure.detail
+
+
+def test_a_stalled_openssl_is_stopped_at_the_deadline(pki: SmimeFiles, monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    fake = tmp_path / "openssl"
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o700)
+    monkeypatch.setenv(cms.OPENSSL_ENV, str(fake))
+    monkeypatch.setattr(cms, "FORCED", cms.Backend.OPENSSL)
+    with pytest.raises(cms.CmsError, match="took longer than 1s"):
+        cms.encrypt(b"x", [pki.recipients[0].cert_pem()], cms.Cipher.AES256_GCM, 1)
