@@ -410,7 +410,8 @@ class PayloadFormat:
     The security rules read the declaration, never the name: `ships_private_key` (the artefact's key is given to
     `build` only then) and `key_encrypted` (the key travels encrypted under the target's credential, which needs a
     `credential_type`). A format that ships the key without declaring it encrypted ships it in clear, and is held to
-    the rules for `pem_and_key` (never over plaintext to a non-loopback relay; warned on every run).
+    the rules for `pem_and_key` (never over plaintext to a non-loopback relay; warned on every run), unless the
+    target encrypts the whole message to its recipients' certificates (`Target.message_encrypted`, S/MIME).
     """
 
     name: str
