@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from certbot_smtp_dist._internal import cms, files, pem
+from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist.model import SmimePolicy
 
 SMIME_KEYS = ("smime_sign_cert", "smime_sign_key", "smime_encrypt_to", "smime_encryption")
@@ -195,8 +196,9 @@ def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | Non
             checker.problem(key, f"{path}: the certificate's key is {_kind(certs[0].public_key())}; S/MIME "
                                  "encryption supports RSA recipient certificates only")
             continue
+        # The subject is shown in the warnings: certificate text never brings a control character into a log line.
         pems[certs[0].fingerprint(hashes.SHA256()).hex()] = (
-            certs[0].public_bytes(Encoding.PEM), certs[0].subject.rfc4514_string(), path)
+            certs[0].public_bytes(Encoding.PEM), printable(certs[0].subject.rfc4514_string())[:200], path)
     cipher = cms.Cipher.AES256_CBC
     try:
         cipher = cms.Cipher(cipher_value or cms.Cipher.AES256_CBC.value)

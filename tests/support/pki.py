@@ -502,6 +502,7 @@ def issue_smime(
     extended_usages: Sequence[x509.ObjectIdentifier] | None = (ExtendedKeyUsageOID.EMAIL_PROTECTION,),
     digital_signature: bool = True,
     key_encipherment: bool = True,
+    common_name: str | None = None,
 ) -> Issued:
     """An end-entity S/MIME certificate for `email` (an rfc822Name SAN); `extended_usages=None` leaves the EKU
     extension out (every usage allowed)."""
@@ -509,7 +510,7 @@ def issue_smime(
     start = not_before if not_before is not None else utcnow() - _BACKDATE
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, email),
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or email),
                                  x509.NameAttribute(NameOID.EMAIL_ADDRESS, email)]))
         .issuer_name(issuer.cert.subject)
         .public_key(key.public_key())

@@ -381,3 +381,14 @@ def test_a_stalled_openssl_is_stopped_at_the_deadline(pki: SmimeFiles, monkeypat
     monkeypatch.setattr(cms, "FORCED", cms.Backend.OPENSSL)
     with pytest.raises(cms.CmsError, match="took longer than 1s"):
         cms.encrypt(b"x", [pki.recipients[0].cert_pem()], cms.Cipher.AES256_GCM, 1)
+
+
+def test_a_hostile_recipient_subject_brings_no_line_break_into_the_warning(
+        pki: SmimeFiles, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    forged = tmp_path / "forged.pem"
+    forged.write_bytes(issue_smime(pki.ca, "x@example.com", common_name="x\nWARNING forged line").cert_pem())
+    t = target({**BASE, "smime_encrypt_to": [str(forged)]})
+    caplog.set_level(logging.WARNING)
+    pipeline.warn_about(t, FORMATS["pem_and_key"])
+    [record] = [r.getMessage() for r in caplog.records if "PRIVATE KEY" in r.getMessage()]
+    assert "\n" not in record and "forged line" in record
