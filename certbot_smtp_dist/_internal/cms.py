@@ -7,6 +7,7 @@ target fails with SMTP_PAYLOAD) worded here, never with a foreign exception's te
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import re
 import shutil
@@ -59,6 +60,15 @@ def _envelope_builder() -> Any:
     return builder
 
 
+@functools.lru_cache(maxsize=8)
+def load_private_key(key_pem: bytes) -> Any:
+    """The parsed signer key, once per process: loading checks an RSA key in full (tens of milliseconds), and one
+    signer serves every target of a run (config validation and each message). Raises what cryptography raises."""
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_pem_private_key(key_pem, password=None)
+
+
 def sign_backend() -> Backend:
     """cryptography's PKCS7SignatureBuilder (present since 3.2, so on every supported stack) unless forced."""
     return FORCED or Backend.CRYPTOGRAPHY
@@ -83,7 +93,7 @@ def sign(content: bytes, chain_pem: Sequence[bytes], key_pem: bytes, timeout: fl
 
     try:
         certs = [x509.load_pem_x509_certificate(pem) for pem in chain_pem]
-        key: Any = serialization.load_pem_private_key(key_pem, password=None)
+        key = load_private_key(key_pem)
         builder = pkcs7.PKCS7SignatureBuilder().set_data(content).add_signer(certs[0], key, hashes.SHA256())
         for extra in certs[1:]:
             builder = builder.add_certificate(extra)

@@ -148,8 +148,6 @@ def _signer(checker: Checker, cert_value: str | None, key_value: str | None, now
 
 def _signer_key(checker: Checker, path: Path) -> Any:
     """The key file's one unencrypted private key; warned about as the lineage's privkey is when exposed."""
-    from cryptography.hazmat.primitives import serialization
-
     try:
         status = os.stat(path)
     except (OSError, ValueError):
@@ -164,7 +162,7 @@ def _signer_key(checker: Checker, path: Path) -> Any:
         checker.problem("smime_sign_key", f"{path} must hold exactly one unencrypted PEM private key")
         return None
     try:
-        return serialization.load_pem_private_key(keys[0].encode(), password=None)
+        return cms.load_private_key(keys[0].encode())
     except Exception as exc:  # ValueError, TypeError, UnsupportedAlgorithm: worded here, never echoed
         checker.problem("smime_sign_key", f"{path} holds a private key that does not parse ({type(exc).__name__})")
         return None
