@@ -59,7 +59,7 @@ def message_hook(pm: pluggy.PluginManager) -> MessageHook:
             except PayloadError as exc:
                 raise PayloadError(f"message hook {impl.plugin_name}: {exc}") from exc
             except Exception as exc:  # an extension's defect fails its target, never the run
-                log.debug("message hook %s failed on target %s", impl.plugin_name, target.name, exc_info=True)
+                # Its text and traceback stay out of logs and results: they may quote the message or the key.
                 raise PayloadError(f"message hook {impl.plugin_name} failed ({type(exc).__name__})") from exc
             if changed is not None:
                 if not isinstance(changed, Message):
