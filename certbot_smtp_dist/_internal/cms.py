@@ -44,11 +44,29 @@ class CmsError(PayloadError):
 # Tests set this to Backend.OPENSSL to run the subprocess path on a stack whose cryptography could do the work.
 FORCED: Backend | None = None
 OPENSSL_ENV = "CERTBOT_SMTP_DIST_OPENSSL"  # another openssl binary than the first on PATH
+# The child's whole environment: no OPENSSL_CONF or OPENSSL_MODULES from ours can load code into it.
+_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"}
 MAX_KEY_PIPE = 60_000  # a PEM key written into a pipe before the child reads it must fit its buffer (64 KiB)
 
 
 def openssl_binary() -> str | None:
     return os.environ.get(OPENSSL_ENV) or shutil.which("openssl")
+
+
+def usable_openssl() -> str | None:
+    """The openssl command, if it is OpenSSL 3 or later (AuthEnvelopedData, RFC 5083, came with 3.0)."""
+    binary = openssl_binary()
+    return binary if binary is not None and (_openssl_major(binary) or 0) >= 3 else None
+
+
+@functools.lru_cache(maxsize=4)
+def _openssl_major(binary: str) -> int | None:
+    try:
+        done = subprocess.run([binary, "version"], capture_output=True, timeout=10, check=False, env=_ENV)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.match(rb"OpenSSL (\d+)\.", done.stdout)  # LibreSSL says so, and has no AuthEnvelopedData
+    return int(found.group(1)) if found and done.returncode == 0 else None
 
 
 def _envelope_builder() -> Any:
@@ -79,7 +97,7 @@ def envelope_backend(cipher: Cipher) -> Backend | None:
     `openssl cms` command otherwise and for GCM. None: neither is available."""
     if FORCED is not Backend.OPENSSL and cipher is Cipher.AES256_CBC and _envelope_builder() is not None:
         return Backend.CRYPTOGRAPHY
-    return Backend.OPENSSL if openssl_binary() else None
+    return Backend.OPENSSL if usable_openssl() else None
 
 
 def sign(content: bytes, chain_pem: Sequence[bytes], key_pem: bytes, timeout: float) -> bytes:
@@ -107,7 +125,8 @@ def encrypt(content: bytes, recipients_pem: Sequence[bytes], cipher: Cipher, tim
     """An EnvelopedData (CBC) or AuthEnvelopedData (GCM), DER, to every recipient certificate (RSA key transport)."""
     backend = envelope_backend(cipher)
     if backend is None:
-        raise CmsError("cannot encrypt: this cryptography has no envelope builder and no openssl command was found")
+        raise CmsError("cannot encrypt: this cryptography has no envelope builder and no OpenSSL 3 openssl command "
+                       "was found")
     if backend is Backend.OPENSSL:
         return _openssl_encrypt(content, recipients_pem, cipher, timeout)
     from cryptography import x509
@@ -180,8 +199,7 @@ def _run(args: list[str], content: bytes, timeout: float, what: str, pass_fds: t
         raise CmsError(f"cannot {what}: no openssl command found")
     try:
         done = subprocess.run([binary, *args], input=content, capture_output=True, timeout=max(timeout, 1.0),
-                              pass_fds=pass_fds, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
-                              check=False)
+                              pass_fds=pass_fds, env=_ENV, check=False)
     except subprocess.TimeoutExpired as exc:
         raise CmsError(f"cannot {what}: openssl cms took longer than {timeout:g}s") from exc
     except OSError as exc:

@@ -42,6 +42,7 @@ FORMATS: dict[str, PayloadFormat] = {f.name: f for f in BUILTIN_FORMATS}
 BASE = {"host": "smtp.example.com", "from_address": "certbot@example.com", "to": ["pki@example.com"],
         "cc": ["ops@example.com"], "payload": "pem_and_key"}
 NOW = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+SAYS_VERSION_3 = 'if [ "$1" = version ]; then echo "OpenSSL 3.0.99 (a test double)"; exit 0; fi'
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +288,8 @@ def test_an_ec_signer_signs(tmp_path: Path, lin: LineagePaths, backend: str) -> 
 def test_a_failing_backend_fails_that_target_with_smtp_payload(
         pki: SmimeFiles, lin: LineagePaths, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = tmp_path / "openssl"
-    fake.write_text("#!/bin/sh\necho '40E7:error:1E08010C:DECODER routines::unsupported:secret/path' >&2\nexit 3\n")
+    fake.write_text(f"#!/bin/sh\n{SAYS_VERSION_3}\n"
+                    "echo '40E7:error:1E08010C:DECODER routines::unsupported:secret/path' >&2\nexit 3\n")
     fake.chmod(0o700)
     monkeypatch.setenv(cms.OPENSSL_ENV, str(fake))
     monkeypatch.setattr(cms, "FORCED", cms.Backend.OPENSSL)
@@ -375,7 +377,7 @@ def test_message_hooks_chain_in_call_order_and_a_bad_return_fails_the_target(lin
 def test_a_stalled_openssl_is_stopped_at_the_deadline(pki: SmimeFiles, monkeypatch: pytest.MonkeyPatch,
                                                       tmp_path: Path) -> None:
     fake = tmp_path / "openssl"
-    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.write_text(f"#!/bin/sh\n{SAYS_VERSION_3}\nexec sleep 60\n")
     fake.chmod(0o700)
     monkeypatch.setenv(cms.OPENSSL_ENV, str(fake))
     monkeypatch.setattr(cms, "FORCED", cms.Backend.OPENSSL)
@@ -405,3 +407,14 @@ def test_one_signer_key_is_parsed_once_for_every_target_and_message(pki: SmimeFi
     for t in settings.targets:
         assert pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=hook).message is not None
     assert cms.load_private_key.cache_info().misses == 1
+
+
+@pytest.mark.parametrize("version", ["OpenSSL 1.1.1w  11 Sep 2023", "LibreSSL 3.8.2"])
+def test_gcm_without_openssl_3_is_a_config_error(pki: SmimeFiles, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                 version: str) -> None:
+    fake = tmp_path / "openssl"
+    fake.write_text(f"#!/bin/sh\necho '{version}'\n")
+    fake.chmod(0o700)
+    monkeypatch.setenv(cms.OPENSSL_ENV, str(fake))
+    found = problems(smime_keys(pki, smime_encryption="aes256-gcm"))
+    assert list(found) == ["smime_encryption"] and "OpenSSL 3" in found["smime_encryption"]
