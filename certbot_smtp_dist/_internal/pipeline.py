@@ -116,7 +116,7 @@ def prepare_job(
 
 def warn_about(target: Target, fmt: PayloadFormat) -> None:
     """Loud, per-run warnings for the dangerous options a user opted into."""
-    if fmt.key_in_clear and target.smime is not None and target.smime.encrypts:
+    if fmt.key_in_clear and target.smime is not None and target.message_encrypted:
         log.warning("target %s: payload %s ships the PRIVATE KEY inside the email, encrypted (S/MIME) to %s: "
                     "whoever holds one of their private keys can read it", target.name, fmt.name,
                     ", ".join(f"{name} (SHA-256 {fp[:16]}...)" for name, fp in

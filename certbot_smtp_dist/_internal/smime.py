@@ -9,12 +9,8 @@ import base64
 import re
 import secrets as _random
 from dataclasses import replace
-from email import policy
-from email.encoders import encode_base64
-from email.message import EmailMessage
-from email.parser import BytesParser
 
-from certbot_smtp_dist._internal import cms, files, pem, render
+from certbot_smtp_dist._internal import render
 from certbot_smtp_dist.errors import PayloadError
 from certbot_smtp_dist.hookspecs import hookimpl
 from certbot_smtp_dist.model import CertificateFacts, Message, SmimePolicy, Target
@@ -43,6 +39,10 @@ class SmimeHook:
 def protect(message: Message, smime: SmimePolicy, facts: CertificateFacts, timeout: float) -> Message:
     """`message` signed (detached, SHA-256, RFC 8551 §3.5) and/or encrypted (§3.3) as `smime` says; with both, the
     signed message is encrypted (§3.7: what Outlook and Thunderbird expect). Raises PayloadError (CmsError)."""
+    from certbot_smtp_dist._internal import (
+        cms,  # on the first S/MIME message only: not on every run's start-up
+    )
+
     fields, body = _split(_canonical(message.data))
     entity = _seven_bit(b"".join(f for name, f in fields if name.startswith("content-")) + CRLF + body)
     if smime.signs:
@@ -65,6 +65,8 @@ def protect(message: Message, smime: SmimePolicy, facts: CertificateFacts, timeo
 
 def _signed(entity: bytes, smime: SmimePolicy, timeout: float) -> bytes:
     """multipart/signed (RFC 1847, RFC 8551 §3.5.3) around `entity`, which is signed byte for byte as sent."""
+    from certbot_smtp_dist._internal import cms
+
     assert smime.sign_key is not None
     signature = cms.sign(entity, smime.signer_chain_pem, signer_key(smime), timeout)
     boundary = _boundary(entity)
@@ -80,6 +82,8 @@ def _signed(entity: bytes, smime: SmimePolicy, timeout: float) -> bytes:
 
 def signer_key(smime: SmimePolicy) -> bytes:
     """The signer key file's one private key block, read now (it is never kept in the settings)."""
+    from certbot_smtp_dist._internal import files, pem
+
     assert smime.sign_key is not None
     try:
         data, _ = files.read_regular(smime.sign_key)
@@ -113,6 +117,11 @@ def _seven_bit(entity: bytes) -> bytes:
     """RFC 8551 §3.1.2: a signed entity must survive any transport unchanged, so 8bit parts become base64."""
     if entity.isascii():
         return entity
+    from email import policy
+    from email.encoders import encode_base64
+    from email.message import EmailMessage
+    from email.parser import BytesParser
+
     parsed = BytesParser(_class=EmailMessage, policy=policy.SMTP).parsebytes(entity)
     for part in parsed.walk():
         if not part.is_multipart() and part.get("Content-Transfer-Encoding", "").lower() in ("8bit", "binary"):

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from certbot_smtp_dist._internal import cms, files, pem
+from certbot_smtp_dist._internal import files, pem
 from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist.model import SmimePolicy
 
@@ -161,6 +161,8 @@ def _signer_key(checker: Checker, path: Path) -> Any:
     if len(keys) != 1 or keys[0].label == "ENCRYPTED PRIVATE KEY":
         checker.problem("smime_sign_key", f"{path} must hold exactly one unencrypted PEM private key")
         return None
+    from certbot_smtp_dist._internal import cms  # only for a target with smime_* keys
+
     try:
         return cms.load_private_key(keys[0].encode())
     except Exception as exc:  # ValueError, TypeError, UnsupportedAlgorithm: worded here, never echoed
@@ -174,6 +176,8 @@ def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | Non
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.serialization import Encoding
+
+    from certbot_smtp_dist._internal import cms
 
     key = "smime_encrypt_to"
     if not values:
