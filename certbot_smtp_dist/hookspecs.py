@@ -1,6 +1,7 @@
-"""The extension contract: hooks through which payload formats and delivery observers are registered.
+"""The extension contract: hooks through which payload formats, message transformations and delivery observers are
+registered.
 
-Built-in behaviour is registered through these same hooks (``_internal/payload.py``). External plugins expose a
+Built-in behaviour is registered through these same hooks (``_internal/payload.py``, ``_internal/smime.py``). External plugins expose a
 module or object with ``@hookimpl`` functions under the entry-point group ``certbot_smtp_dist``.
 """
 
@@ -11,7 +12,13 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, PayloadFormat
+    from certbot_smtp_dist.model import (
+        CertificateFacts,
+        DeliveryResult,
+        Message,
+        PayloadFormat,
+        Target,
+    )
 
 PROJECT = "certbot_smtp_dist"
 ENTRY_POINT_GROUP = "certbot_smtp_dist"
@@ -28,9 +35,34 @@ def smtp_dist_payload_formats() -> list[PayloadFormat]:  # type: ignore[empty-bo
         ``payload`` key selects. Two plugins registering the same name is a configuration error. The security
         rules read each format's declarations, never its name: ``build`` sees the private key only if the format
         declares ``ships_private_key``, and one that does without ``key_encrypted`` is treated as shipping it in
-        clear (refused over plaintext to a non-loopback relay, warned on every run).
+        clear (refused over plaintext to a non-loopback relay, warned on every run, unless the target's messages
+        are S/MIME-encrypted). A format that needs a secret declares its ``credential_type`` and, optionally, the
+        ``credential_key`` that names it in the configuration (default ``pkcs12_passphrase_credential``): the
+        config parser checks that key and ``credentials set --type`` accepts that type, with no change to either.
     Ordering: all implementations are called; results are merged. Exceptions propagate and abort the run before
     anything is sent (a broken extension must not silently drop a format). Added in 0.1.0.
+    """
+
+
+@hookspec
+def smtp_dist_message(target: Target, facts: CertificateFacts, message: Message) -> Message | None:
+    """Transform one target's rendered message into the message to send (sign it, encrypt it, add a header).
+
+    :param target: the validated target the message is for (its ``smime`` policy, recipients, relay).
+    :param facts: the certificate the message carries.
+    :param message: the message as rendered, or as the previous implementation returned it: RFC 5322 bytes with
+        CR LF line ends in ``data``, and its envelope. Frozen: return a new one (``dataclasses.replace``).
+    :return: the message to pass on, or None to leave it unchanged. Keep ``message_id`` and the envelope; set
+        ``signed`` / ``encrypted_to`` (recipient certificate fingerprints) when the implementation signs or
+        encrypts, for the journal.
+    Ordering: the implementations form a chain, each given the previous one's result, in pluggy's call order
+    (``tryfirst`` first, ``trylast`` last, otherwise the last registered first). The built-in S/MIME
+    implementation is ``trylast``, so its signature and envelope cover what the other implementations did.
+    Hook wrappers are not called. Runs once per target and delivery (a ``retry`` renders and transforms again,
+    with the same Message-ID), before anything is dialled and within the target's ``timeout``; a ``--dry-run``
+    writes the transformed message. An exception fails that target alone with SMTP_PAYLOAD (its text is shown
+    only for a :class:`~certbot_smtp_dist.errors.PayloadError`; otherwise the exception type), never the
+    others. Added in 0.2.0.
     """
 
 

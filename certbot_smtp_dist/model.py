@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -101,6 +102,29 @@ class OAuth2Grant:
 
 
 @dataclass(frozen=True, slots=True)
+class SmimePolicy:
+    """A target's S/MIME (RFC 8551), validated at config time: the signer's certificate chain (its key stays in
+    `sign_key`, read when a message is signed) and the recipients' certificates, as canonical PEM."""
+
+    sign_cert: Path | None = None
+    sign_key: Path | None = None
+    signer_chain_pem: tuple[bytes, ...] = field(default=(), repr=False)  # signer first, then its chain
+    encrypt_to: tuple[Path, ...] = ()
+    recipients_pem: tuple[bytes, ...] = field(default=(), repr=False)
+    recipient_fingerprints: tuple[str, ...] = ()  # SHA-256 of each recipient certificate's DER, lowercase hex
+    recipient_names: tuple[str, ...] = ()  # each recipient certificate's subject, for the warnings
+    encryption: str = "aes256-cbc"
+
+    @property
+    def signs(self) -> bool:
+        return self.sign_key is not None
+
+    @property
+    def encrypts(self) -> bool:
+        return bool(self.recipients_pem)
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """One delivery destination: relay, sender identity, recipients and payload format."""
 
@@ -120,7 +144,9 @@ class Target:
     cc: tuple[str, ...]
     bcc: tuple[str, ...]
     payload: str
-    pkcs12_passphrase_credential: str | None
+    # The stored credential the payload format declares it needs (its `credential_key`, e.g.
+    # `pkcs12_passphrase_credential`); None when it takes none.
+    payload_credential: str | None
     subject_prefix: str | None
     certificates: tuple[str, ...]
     # Whether `retry` re-sends an `uncertain` delivery once, with the same Message-ID (a duplicate the recipient
@@ -131,6 +157,14 @@ class Target:
     min_interval: timedelta | None = None
     # With an OAuth 2.0 auth_method: the grant that yields the access token (password_credential is then None).
     oauth2: OAuth2Grant | None = None
+    # S/MIME signing and/or encryption of every message to this target (smime_* keys); None: neither.
+    smime: SmimePolicy | None = None
+
+    @property
+    def message_encrypted(self) -> bool:
+        """Whether every message to this target is encrypted to the recipients' certificates, so that what it
+        carries is readable by them only, not by the SMTP hops and mailboxes on the way."""
+        return self.smime is not None and self.smime.encrypts
 
     @property
     def envelope_recipients(self) -> tuple[str, ...]:
@@ -277,6 +311,10 @@ class Message:
     envelope_from: str
     envelope_to: tuple[str, ...]
     data: bytes = field(repr=False)
+    # What a message hook did to it, for the journal: signed (S/MIME), and to which recipient certificates it was
+    # encrypted (SHA-256 fingerprints).
+    signed: bool = False
+    encrypted_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,18 +393,25 @@ class DeliveryResult:
         }
 
 
+PASSPHRASE_KEY = "pkcs12_passphrase_credential"  # the config key of a format's credential unless it names another
+
+
 @dataclass(frozen=True, slots=True)
 class PayloadFormat:
     """A way of packaging an artefact as attachments, registered through the `smtp_dist_payload_formats` hook.
 
-    `build` must be pure: it receives the validated artefact and the secret named by the target's
-    `pkcs12_passphrase_credential` (only when `credential_type` is set) and returns the attachments, or raises
-    PayloadError.
+    `build` must be pure: it receives the validated artefact and the secret (only when `credential_type` is set)
+    and returns the attachments, or raises PayloadError.
+
+    A format that needs a secret declares which: `credential_type` (the type of the stored credential) and
+    `credential_key` (the config key that names it, ending in `_credential`; `pkcs12_passphrase_credential` when not
+    given). The config parser accepts and checks that key, and the credential store unlocks it, for any format.
 
     The security rules read the declaration, never the name: `ships_private_key` (the artefact's key is given to
     `build` only then) and `key_encrypted` (the key travels encrypted under the target's credential, which needs a
     `credential_type`). A format that ships the key without declaring it encrypted ships it in clear, and is held to
-    the rules for `pem_and_key` (never over plaintext to a non-loopback relay; warned on every run).
+    the rules for `pem_and_key` (never over plaintext to a non-loopback relay; warned on every run), unless the
+    target encrypts the whole message to its recipients' certificates (`Target.message_encrypted`, S/MIME).
     """
 
     name: str
@@ -375,11 +420,23 @@ class PayloadFormat:
     credential_type: str | None = None
     ships_private_key: bool = False
     key_encrypted: bool = False
+    credential_key: str | None = None
 
     def __post_init__(self) -> None:
+        if self.credential_key is not None and (self.credential_type is None or not re.fullmatch(
+                r"[a-z][a-z0-9_]{0,62}_credential", self.credential_key)):
+            raise ValueError(f"payload format {self.name!r}: credential_key must be a lowercase config key ending "
+                             "in _credential, with a credential_type")
         if self.key_encrypted and (not self.ships_private_key or self.credential_type is None):
             raise ValueError(f"payload format {self.name!r}: key_encrypted needs ships_private_key and the "
                              "credential_type that encrypts it")
+
+    @property
+    def credential_config_key(self) -> str | None:
+        """The config key naming this format's credential; None when it takes none."""
+        if self.credential_type is None:
+            return None
+        return self.credential_key or PASSPHRASE_KEY
 
     @property
     def key_in_clear(self) -> bool:

@@ -129,11 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     cset = csub.add_parser("set", help="store a secret: asked twice on a terminal, else read from standard input")
     _global_options(cset, suppress=True)
     cset.add_argument("name", help="the name the configuration's *_credential keys use")
-    cset.add_argument("--type", required=True,
-                      choices=("smtp_password", "smtp_pkcs12_passphrase", "smtp_oauth2_client_secret",
-                               "smtp_oauth2_service_account"),
+    cset.add_argument("--type", required=True, metavar="{smtp_password,smtp_pkcs12_passphrase,"
+                                                       "smtp_oauth2_client_secret,smtp_oauth2_service_account}",
                       help="a relay password, a PKCS#12 passphrase, an OAuth 2.0 client secret, or a service "
-                           "account's JSON key (from standard input: < key.json)")
+                           "account's JSON key (from standard input: < key.json); or the credential type an "
+                           "installed payload format declares")
     cset.set_defaults(func=cmd_credentials_set)
     clist = csub.add_parser("list", help="names and types only")
     _global_options(clist, suppress=True)
@@ -211,6 +211,11 @@ def _store(args: argparse.Namespace) -> CredentialStore:
 
 
 def cmd_credentials_set(args: argparse.Namespace) -> int:
+    known = _credential_types(args.type)
+    if args.type not in known:
+        print(f"certbot-smtp-dist: error: argument --type: invalid choice: {args.type!r} (choose from "
+              f"{', '.join(known)})", file=sys.stderr)
+        return report.EX_USAGE
     store = _store(args)
     try:
         secret = _read_secret(args.name, args.type)
@@ -220,6 +225,23 @@ def cmd_credentials_set(args: argparse.Namespace) -> int:
     store.set(args.name, args.type, secret)
     print(f"stored credential {args.name} ({args.type})", file=sys.stderr)
     return 0
+
+
+def _credential_types(wanted: str) -> tuple[str, ...]:
+    """The built-in credential types, and (only when `wanted` is none of them: loading extensions costs) the types
+    the registered payload formats declare."""
+    from certbot_smtp_dist._internal.credentials import CREDENTIAL_TYPES
+
+    if wanted in CREDENTIAL_TYPES:
+        return CREDENTIAL_TYPES
+    from certbot_smtp_dist._internal.plugins import make_manager, payload_formats
+    from certbot_smtp_dist.errors import ConfigError
+
+    try:
+        declared = {f.credential_type for f in payload_formats(make_manager()).values() if f.credential_type}
+    except ConfigError:  # two extensions registering one format name: `deploy` reports it, this offers built-ins
+        declared = set()
+    return CREDENTIAL_TYPES + tuple(sorted(declared - set(CREDENTIAL_TYPES)))
 
 
 def _read_secret(name: str, type_: str) -> str:

@@ -20,13 +20,16 @@ from certbot_smtp_dist._internal.addresses import (
     is_loopback_host,
 )
 from certbot_smtp_dist._internal.files import chosen_path
+from certbot_smtp_dist._internal.smimecerts import SMIME_KEYS
 from certbot_smtp_dist.errors import ConfigError, ConfigProblem
 from certbot_smtp_dist.model import (
+    PASSPHRASE_KEY,
     AuthMethod,
     OAuth2Grant,
     PayloadFormat,
     RetryPolicy,
     Settings,
+    SmimePolicy,
     Target,
     TlsMode,
 )
@@ -64,7 +67,7 @@ KNOWN_KEYS = frozenset(
         "host", "port", "tls_mode", "tls_skip_verify", "tls_ca_file", "auth_method", "username",
         "password_credential", "timeout", "from_address", "from_name", "to", "cc", "bcc", "payload",
         "pkcs12_passphrase_credential", "subject_prefix", "certificates", "resend_uncertain", "min_interval",
-        *OAUTH2_KEYS,
+        *OAUTH2_KEYS, *SMIME_KEYS,
     }
 )
 
@@ -127,12 +130,13 @@ def parse_settings(
         problems.append(ConfigProblem(None, "defaults", "must be a table"))
         defaults = {}
     defaults = dict(defaults)
+    known = KNOWN_KEYS | _format_keys(payload_formats, problems)
     retry = _retry_policy({k: defaults.pop(k) for k in RETRY_KEYS if k in defaults}, problems)
     metrics = _metrics_textfile(defaults.pop(METRICS_KEY, None), problems)
     for key in defaults:
-        if key not in KNOWN_KEYS:
+        if key not in known:
             problems.append(ConfigProblem(None, f"defaults.{key}",
-                                          unknown_key(key, KNOWN_KEYS | set(RETRY_KEYS) | {METRICS_KEY})))
+                                          unknown_key(key, known | set(RETRY_KEYS) | {METRICS_KEY})))
     tables = doc.get("targets", {})
     if not isinstance(tables, dict) or not tables:
         problems.append(ConfigProblem(None, "targets", "no targets: add at least one [targets.NAME] table"))
@@ -144,7 +148,8 @@ def parse_settings(
             problems.append(ConfigProblem(name, None, "must be a table"))
             continue
         checker = _TargetChecker(name, {**defaults, **table}, credentials, payload_formats, path.parent,
-                                 from_defaults=frozenset(defaults) - frozenset(table), config_path=path)
+                                 from_defaults=frozenset(defaults) - frozenset(table), config_path=path,
+                                 known=known)
         target = checker.build()
         problems.extend(checker.problems)
         warnings.extend(checker.warnings)
@@ -154,6 +159,21 @@ def parse_settings(
         raise ConfigError(_once(problems), str(path))
     return Settings(path=path, targets=tuple(targets), retry=retry, warnings=tuple(_once(warnings)),
                     metrics_textfile=metrics)
+
+
+def _format_keys(formats: Mapping[str, PayloadFormat], problems: list[ConfigProblem]) -> frozenset[str]:
+    """The config keys payload formats declare for their credentials (`credential_key`): accepted like the
+    built-in keys, so an extension format has its own secret without a change here. One that would take over a
+    key the configuration already means something else by is refused."""
+    keys = set()
+    for fmt in formats.values():
+        key = fmt.credential_config_key
+        if key is not None and key != PASSPHRASE_KEY and key in KNOWN_KEYS | set(RETRY_KEYS) | {METRICS_KEY}:
+            problems.append(ConfigProblem(None, "payload", f"payload format {fmt.name!r} declares credential_key "
+                                                           f"{key!r}, a key the configuration already uses"))
+        elif key is not None:
+            keys.add(key)
+    return frozenset(keys)
 
 
 def _metrics_textfile(value: Any, problems: list[ConfigProblem]) -> Path | None:
@@ -225,6 +245,7 @@ class _TargetChecker:
         base_dir: Path,
         from_defaults: frozenset[str] = frozenset(),
         config_path: Path = DEFAULT_CONFIG,
+        known: frozenset[str] = KNOWN_KEYS,
     ) -> None:
         self.name = name
         self.table = table
@@ -233,10 +254,11 @@ class _TargetChecker:
         self.base_dir = base_dir
         self.from_defaults = from_defaults  # keys this target took from [defaults], not from its own table
         self.config_path = config_path
+        self.known = known  # KNOWN_KEYS and the credential keys the registered payload formats declare
         self.problems: list[ConfigProblem] = []
         self.warnings: list[ConfigProblem] = []
         # Keys a typo in this table or [defaults] most likely meant: their "did you mean" says they are missing.
-        self.misspelled = {closest_key(k, KNOWN_KEYS) for k in table if k not in KNOWN_KEYS}
+        self.misspelled = {closest_key(k, known) for k in table if k not in known}
 
     def _where(self, key: str | None, text: str) -> ConfigProblem:
         """Keyed where the user wrote the value: a [defaults] value is `defaults.KEY`, never `targets.NAME.KEY`."""
@@ -322,10 +344,11 @@ class _TargetChecker:
         if not TARGET_NAME_RE.fullmatch(self.name):
             self.problem(None, "target names may use only letters, digits, '.', '_' and '-' (at most 64)")
         for key in self.table:
-            if key not in KNOWN_KEYS and key not in self.from_defaults:  # those are reported once, as defaults.KEY
-                self.problem(key, unknown_key(key, KNOWN_KEYS))
+            if key not in self.known and key not in self.from_defaults:  # reported once, as defaults.KEY
+                self.problem(key, unknown_key(key, self.known))
         relay, identity, payload = self._relay(), self._identity(), self._payload()
-        self._no_secrets_in_clear(relay, payload["payload"])
+        payload["smime"] = self._smime()
+        self._no_secrets_in_clear(relay, payload["payload"], payload["smime"])
         self._port_matches_tls_mode(relay["port"], relay["tls_mode"])
         self._unused_keys(relay, payload["payload"])
         if self.problems:
@@ -435,16 +458,23 @@ class _TargetChecker:
         if payload not in self.payload_formats:
             self.problem("payload", f"must be one of {', '.join(sorted(self.payload_formats))}, not {payload!r}")
         fmt = self.payload_formats.get(payload)
-        needed = fmt.credential_type if fmt is not None else None
-        passphrase = None  # a passphrase given to a format that takes none (e.g. from [defaults]) is unused
-        if needed is not None:
-            passphrase = self.credential("pkcs12_passphrase_credential", needed, required=True)
+        credential = None  # a credential given to a format that takes none (e.g. from [defaults]) is unused
+        if fmt is not None and fmt.credential_type is not None and fmt.credential_config_key is not None:
+            # The key and type the format declares: pkcs12_passphrase_credential for pkcs12, its own for another.
+            credential = self.credential(fmt.credential_config_key, fmt.credential_type, required=True)
         certificates = self.get("certificates", list, [])
         for pattern in certificates:
             if not isinstance(pattern, str) or not pattern:
                 self.problem("certificates", "every entry must be a non-empty string (a name or shell-style glob)")
-        return {"payload": payload, "pkcs12_passphrase_credential": passphrase, "certificates": tuple(certificates),
+        return {"payload": payload, "payload_credential": credential, "certificates": tuple(certificates),
                 "resend_uncertain": self.get("resend_uncertain", bool, True), "min_interval": self._min_interval()}
+
+    def _smime(self) -> SmimePolicy | None:
+        """The smime_* keys (RFC 8551): certificates and signer key checked now, so nothing is dialled for a
+        target whose messages could not be signed or encrypted."""
+        from certbot_smtp_dist._internal import smimecerts
+
+        return smimecerts.policy(self)
 
     def _min_interval(self) -> timedelta | None:
         """`min_interval = "7d"`: a whole number and one unit (s, m, h, d); "0d" sends every renewal (the default),
@@ -483,16 +513,21 @@ class _TargetChecker:
         if not relay["auth_method"].oauth2:
             unused.update(dict.fromkeys(OAUTH2_KEYS, f"auth_method = {relay['auth_method'].value!r}"))
         fmt = self.payload_formats.get(payload)
-        if fmt is not None and fmt.credential_type is None:  # what the format declares, not its name
-            unused["pkcs12_passphrase_credential"] = f"payload = {payload!r} takes no passphrase"
+        if fmt is not None:  # what the formats declare, not their names
+            mine = fmt.credential_config_key
+            why = f"payload = {payload!r} takes no passphrase" if mine is None else f"payload = {payload!r} reads {mine}"
+            for other in self.payload_formats.values():
+                if other.credential_config_key not in (None, mine):
+                    unused[str(other.credential_config_key)] = why
         if relay["tls_mode"] is TlsMode.PLAINTEXT:
             unused.update(dict.fromkeys(("tls_ca_file", "tls_skip_verify"), "tls_mode = 'plaintext'"))
         for key, why in unused.items():
             if key in self.table and key not in self.from_defaults and self.table[key] is not False:
                 self.warning(key, f"is ignored: {why}")
 
-    def _no_secrets_in_clear(self, relay: dict[str, Any], payload: str) -> None:
-        """Neither a password nor a private key crosses a network in clear; loopback is not a network."""
+    def _no_secrets_in_clear(self, relay: dict[str, Any], payload: str, smime: SmimePolicy | None) -> None:
+        """Neither a password nor a private key crosses a network in clear; loopback is not a network. A message
+        encrypted to the recipients' certificates (S/MIME) does not carry its key in clear."""
         host, auth_method = relay["host"], relay["auth_method"]
         if relay["tls_mode"] is not TlsMode.PLAINTEXT or not host or is_loopback_host(host):
             return
@@ -501,7 +536,7 @@ class _TargetChecker:
                                         f"non-loopback host {host!r} would send the password in clear; "
                                         "use starttls or smtps")
         fmt = self.payload_formats.get(payload)
-        if fmt is not None and fmt.key_in_clear:
+        if fmt is not None and fmt.key_in_clear and not (smime is not None and smime.encrypts):
             self.problem("payload", f"payload = {payload!r} over tls_mode = 'plaintext' to non-loopback host "
                                     f"{host!r} would ship the private key in clear; use starttls or smtps")
 

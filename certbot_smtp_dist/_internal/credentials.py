@@ -24,6 +24,9 @@ CREDENTIAL_TYPES = ("smtp_password", "smtp_pkcs12_passphrase", "smtp_oauth2_clie
                     "smtp_oauth2_service_account")
 SERVICE_ACCOUNT_TYPE = "smtp_oauth2_service_account"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# A payload format may declare a credential type of its own (PayloadFormat.credential_type): the store keeps any
+# well-formed type, bound to the secret as associated data; `credentials set` offers the registered ones only.
+TYPE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MASTER_KEY_FILE = "master.key"
 SYSTEMD_CREDENTIAL = "certbot-smtp-dist.master-key"  # name under $CREDENTIALS_DIRECTORY
 _SUFFIX = ".cred"
@@ -197,8 +200,9 @@ class CredentialStore:
 def _check(name: str, type_: str | None) -> None:
     if not NAME_RE.fullmatch(name):
         raise CredentialError(f"invalid credential name {name!r}: letters, digits, '.', '_', '-' (at most 64)")
-    if type_ is not None and type_ not in CREDENTIAL_TYPES:
-        raise CredentialError(f"invalid credential type {type_!r}: one of {', '.join(CREDENTIAL_TYPES)}")
+    if type_ is not None and type_ not in CREDENTIAL_TYPES and not TYPE_RE.fullmatch(type_):
+        raise CredentialError(f"invalid credential type {type_!r}: one of {', '.join(CREDENTIAL_TYPES)}, or a "
+                              "payload format's own (lowercase letters, digits and '_')")
 
 
 def _aad(name: str, type_: str) -> bytes:

@@ -125,13 +125,15 @@ def _open_state(request: DeployRequest, now: datetime) -> tuple[Ledger | None, b
 def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, targets: tuple[Target, ...],
           wanted: list[Target], secrets: Mapping[str, Secret], ledger: Ledger | None,
           now: datetime, started: float, held: Mapping[str, str]) -> list[DeliveryResult]:
-    jobs = []
+    from certbot_smtp_dist._internal.plugins import message_hook
+
+    transform, jobs = message_hook(loaded.plugins), []
     for target in targets:
         if target.name in held:
             continue
         if target in wanted:
             pipeline.warn_about(target, loaded.formats[target.payload])
-        jobs.append(pipeline.prepare_job(target, artefact, loaded.formats, secrets, now))
+        jobs.append(pipeline.prepare_job(target, artefact, loaded.formats, secrets, now, message_hook=transform))
         _log_prepared(jobs[-1])
     if request.dry_run:
         return pipeline.rendered_results(jobs, request.output)

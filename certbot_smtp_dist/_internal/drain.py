@@ -154,8 +154,10 @@ class _Drain:
             secrets = loader.unlock(loaded.store, [target], loaded.formats)
         except CredentialError as exc:
             return self._fail(entry, str(exc))
+        from certbot_smtp_dist._internal.plugins import message_hook
+
         job = pipeline.prepare_job(target, artefact, loaded.formats, secrets, datetime.fromisoformat(entry.date),
-                                   entry.message_id, entry.envelope_to or None)
+                                   entry.message_id, entry.envelope_to or None, message_hook(loaded.plugins))
         if job.skipped:
             return self._close(entry, "skipped", "the target's filter no longer matches", artefact.facts)
         if job.message is None:

@@ -19,7 +19,7 @@ from certbot_smtp_dist._internal.journal import Journal
 from certbot_smtp_dist._internal.pipeline import Attempt, Delivery, Job
 from certbot_smtp_dist._internal.state import StateKeys
 from certbot_smtp_dist._internal.tokencache import TokenCache
-from certbot_smtp_dist.model import CertificateFacts, LineageSource, Status, failure_json
+from certbot_smtp_dist.model import CertificateFacts, LineageSource, Message, Status, failure_json
 
 log = logging.getLogger("certbot_smtp_dist")
 
@@ -77,7 +77,7 @@ class Ledger:
         self.record("attempt", facts, job.target.name,
                     message_id=job.message.message_id if job.message else None,
                     recipients=list(job.message.envelope_to) if job.message else [],
-                    outcome=outcome, **failure_json(f), attempt=prior + attempt.number,
+                    **_protection(job.message), outcome=outcome, **failure_json(f), attempt=prior + attempt.number,
                     duration_s=round(attempt.duration_s, 3), **_key_and_names(facts))
 
     def held_back(self, facts: CertificateFacts, target: str, reason: str) -> None:
@@ -275,3 +275,10 @@ def _key_and_names(facts: CertificateFacts | None) -> dict[str, Any]:
     if facts is None or not facts.spki_sha256:
         return {}
     return {"spki_sha256": facts.spki_sha256, "names": list(facts.subject_names)}
+
+
+def _protection(message: Message | None) -> dict[str, Any]:
+    """Whether the message was signed, and to which recipient certificates (SHA-256) it was encrypted (S/MIME)."""
+    if message is None:
+        return {}
+    return {"signed": message.signed, "encrypted_to": list(message.encrypted_to)}

@@ -98,9 +98,9 @@ def unlock(
                                OAUTH2_SERVICE_ACCOUNT_TYPE))
             else:
                 needed.append(("oauth2_client_secret_credential", t.oauth2.credential, OAUTH2_CLIENT_SECRET_TYPE))
-        ctype = formats[t.payload].credential_type
-        if ctype and t.pkcs12_passphrase_credential:
-            needed.append(("pkcs12_passphrase_credential", t.pkcs12_passphrase_credential, ctype))
+        fmt = formats[t.payload]
+        if fmt.credential_type and fmt.credential_config_key and t.payload_credential:
+            needed.append((fmt.credential_config_key, t.payload_credential, fmt.credential_type))
         for key, name, ctype_ in needed:
             if name in secrets:
                 continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +17,7 @@ from certbot_smtp_dist._internal.addresses import is_loopback_host
 from certbot_smtp_dist.errors import ErrorCode, OutputError, PayloadError
 from certbot_smtp_dist.model import (
     Artefact,
+    CertificateFacts,
     DeliveryResult,
     Failure,
     Message,
@@ -79,12 +80,14 @@ def prepare_job(
     now: datetime,
     message_id: str | None = None,
     envelope_to: tuple[str, ...] | None = None,
+    message_hook: Callable[[Target, CertificateFacts, Message], Message] | None = None,
 ) -> Job:
-    """Pure: payload + render for one target, or the reason it cannot be built."""
+    """Payload + render + the message hooks (plugins.message_hook: S/MIME, extensions) for one target, or the
+    reason it cannot be built. Pure but for what the hooks do (S/MIME reads the signer key)."""
     # With OAuth 2.0 the session's secret is the grant's (client secret or key), which transport.py trades for a token.
     login = target.oauth2.credential if target.oauth2 is not None else target.password_credential
     password = secrets.get(login) if login else None
-    passphrase = secrets.get(target.pkcs12_passphrase_credential) if target.pkcs12_passphrase_credential else None
+    passphrase = secrets.get(target.payload_credential) if target.payload_credential else None
     # Scrub every secret of the run from this target's relay text, not just its own: defence in depth.
     known = tuple(secrets.values())
     if not target.matches(artefact.facts.names):
@@ -102,12 +105,23 @@ def prepare_job(
     except ValueError as exc:  # the email package refuses a header value: this target only, never the whole run
         return Job(target, None, None, known,
                    failure=Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, f"cannot render the message: {exc}"))
+    if message_hook is not None:
+        try:
+            message = message_hook(target, artefact.facts, message)
+        except PayloadError as exc:
+            detail = scrub.Scrubber.of(known).text(str(exc)) if known else str(exc)
+            return Job(target, None, None, known, failure=Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, detail))
     return Job(target, message, password, known)
 
 
 def warn_about(target: Target, fmt: PayloadFormat) -> None:
     """Loud, per-run warnings for the dangerous options a user opted into."""
-    if fmt.key_in_clear:
+    if fmt.key_in_clear and target.smime is not None and target.message_encrypted:
+        log.warning("target %s: payload %s ships the PRIVATE KEY inside the email, encrypted (S/MIME) to %s: "
+                    "whoever holds one of their private keys can read it", target.name, fmt.name,
+                    ", ".join(f"{name} (SHA-256 {fp[:16]}...)" for name, fp in
+                              zip(target.smime.recipient_names, target.smime.recipient_fingerprints, strict=True)))
+    elif fmt.key_in_clear:
         log.warning("target %s: payload %s ships the PRIVATE KEY in clear text inside the email; "
                     "every SMTP hop and mailbox on the way can read it", target.name, fmt.name)
     if target.tls_mode is TlsMode.PLAINTEXT:

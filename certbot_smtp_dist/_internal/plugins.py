@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pluggy
 
 from certbot_smtp_dist import hookspecs
-from certbot_smtp_dist.errors import ConfigError, ConfigProblem
-from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, PayloadFormat
+from certbot_smtp_dist.errors import ConfigError, ConfigProblem, PayloadError
+from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, Message, PayloadFormat, Target
 
 log = logging.getLogger(__name__)
 
 
 def make_manager(load_entry_points: bool = True, extra: tuple[object, ...] = ()) -> pluggy.PluginManager:
     from certbot_smtp_dist._internal.payload import BuiltinPayloads
+    from certbot_smtp_dist._internal.smime import SmimeHook
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.register(BuiltinPayloads(), name="builtin-payloads")
+    pm.register(SmimeHook(), name="builtin-smime")
     for plugin in extra:
         pm.register(plugin)
     if load_entry_points:
@@ -37,6 +40,35 @@ def payload_formats(pm: pluggy.PluginManager) -> dict[str, PayloadFormat]:
     if problems:
         raise ConfigError(problems)
     return formats
+
+
+MessageHook = Callable[[Target, CertificateFacts, Message], Message]
+
+
+def message_hook(pm: pluggy.PluginManager) -> MessageHook:
+    """The `smtp_dist_message` implementations as one chain (hookspecs.py gives the contract). Raises PayloadError
+    naming the implementation that failed; the pipeline fails that target alone."""
+    # pluggy calls the list from its end: tryfirst implementations sit last, trylast ones first.
+    chain = [impl for impl in reversed(pm.hook.smtp_dist_message.get_hookimpls())
+             if not (impl.hookwrapper or getattr(impl, "wrapper", False))]
+
+    def apply(target: Target, facts: CertificateFacts, message: Message) -> Message:
+        for impl in chain:
+            try:
+                changed = impl.function(target=target, facts=facts, message=message)
+            except PayloadError as exc:
+                raise PayloadError(f"message hook {impl.plugin_name}: {exc}") from exc
+            except Exception as exc:  # an extension's defect fails its target, never the run
+                # Its text and traceback stay out of logs and results: they may quote the message or the key.
+                raise PayloadError(f"message hook {impl.plugin_name} failed ({type(exc).__name__})") from exc
+            if changed is not None:
+                if not isinstance(changed, Message):
+                    raise PayloadError(f"message hook {impl.plugin_name} returned {type(changed).__name__}, "
+                                       "not a Message")
+                message = changed
+        return message
+
+    return apply
 
 
 def notify_finished(pm: pluggy.PluginManager, facts: CertificateFacts, result: DeliveryResult) -> None:

@@ -168,3 +168,107 @@ def test_payload_building_counts_against_the_timeout(denv: DeployEnv, lineage: L
     # 3.5 s of building and the stalled relay end at the 4 s deadline, not 3.5 + 4 = 7.5 s later. The slack
     # covers interpreter start-up on a busy machine and stays well clear of 7.5 s.
     assert wall < 4 + 2.5, wall
+
+
+MESSAGE_HOOK_PLUGIN = '''
+import json, os
+from dataclasses import replace
+from certbot_smtp_dist.hookspecs import hookimpl
+
+
+@hookimpl
+def smtp_dist_message(target, facts, message):
+    with open(os.environ["OBSERVED"], "a") as out:
+        out.write(json.dumps({"target": target.name, "signed_before_me": message.signed}) + "\\n")
+    if target.name == "broken":
+        raise RuntimeError("the stamping service is down")
+    return replace(message, data=b"X-Stamped: " + facts.sha256_fingerprint.encode() + b"\\r\\n" + message.data)
+'''
+
+
+def test_plugin_message_hook_runs_before_smime_and_a_raising_one_fails_only_its_target(
+        denv: DeployEnv, lineage: LineagePaths, relay_factory, tmp_path: Path) -> None:
+    import subprocess
+
+    from support.pki import write_smime
+
+    pki = write_smime(tmp_path / "smime")
+    env = install_plugin(tmp_path / "site", "smtp_dist_stamp", MESSAGE_HOOK_PLUGIN)
+    observed = tmp_path / "observed.jsonl"
+    env["OBSERVED"] = str(observed)
+    relay = relay_factory("plaintext")
+    denv.write_config({
+        "stamped": relay_target(relay, to=["a@example.com"]),
+        "signed": relay_target(relay, to=["b@example.com"], smime_sign_cert=str(pki.signer_cert),
+                               smime_sign_key=str(pki.signer_key)),
+        "broken": relay_target(relay, to=["c@example.com"]),
+    })
+    run = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "--json", extra_env=env)
+    assert run.returncode == 69, run.stderr
+    statuses = {t["target"]: (t["status"], t["error_code"]) for t in run.json["targets"]}
+    assert statuses == {"stamped": ("delivered", None), "signed": ("delivered", None),
+                        "broken": ("failed", "SMTP_PAYLOAD")}
+    assert "smtp_dist_stamp failed (RuntimeError)" in run.target("broken")["detail"]
+    assert "stamping service" not in run.stdout  # an extension's exception text is not shown
+    by_rcpt = {m.rcpt_tos[0]: m.data for m in relay.messages}
+    assert sorted(by_rcpt) == ["a@example.com", "b@example.com"]
+    stamp = b"X-Stamped: " + lineage.leaf.fingerprint.encode()
+    assert by_rcpt["a@example.com"].startswith(stamp)
+    # The built-in S/MIME hook is trylast: the extension saw the message unsigned; its header stays outside the
+    # signed body, which verifies.
+    seen = {json.loads(line)["target"]: json.loads(line)["signed_before_me"] for line in observed.read_text().splitlines()}
+    assert seen == {"stamped": False, "signed": False, "broken": False}
+    signed = by_rcpt["b@example.com"]
+    assert stamp in signed and b"multipart/signed" in signed
+    verified = subprocess.run(["openssl", "cms", "-verify", "-CAfile", str(pki.ca_file)], input=signed,
+                              capture_output=True, timeout=60, check=False)
+    assert verified.returncode == 0, verified.stderr
+
+
+SECRET_FORMAT_PLUGIN = '''
+import hashlib
+from certbot_smtp_dist.hookspecs import hookimpl
+from certbot_smtp_dist.model import Attachment, PayloadFormat
+
+
+def build(artefact, secret):
+    # Proves the format got its own secret, without shipping it.
+    digest = hashlib.sha256(secret.reveal().encode()).hexdigest().encode()
+    return (Attachment(artefact.facts.name + ".token-check", "text/plain", digest),)
+
+
+@hookimpl
+def smtp_dist_payload_formats():
+    return [PayloadFormat("vault", "checks a vault token", build, credential_type="vault_token",
+                          credential_key="vault_token_credential")]
+'''
+
+
+def test_an_extension_format_declares_its_own_credential_key_and_type(
+        denv: DeployEnv, lineage: LineagePaths, relay_factory, tmp_path: Path) -> None:
+    """No change to the config parser or the credential store: the format's declaration is enough."""
+    import hashlib
+
+    env = install_plugin(tmp_path / "site", "smtp_dist_vault", SECRET_FORMAT_PLUGIN)
+    relay = relay_factory("plaintext")
+    denv.write_config({"v": relay_target(relay, payload="vault", vault_token_credential="tok",
+                                         pkcs12_passphrase_credential="p12")})
+    missing = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "--json", extra_env=env)
+    assert missing.returncode == 78
+    [problem] = missing.json["config_errors"]
+    assert problem["key"] == "vault_token_credential"
+    assert "credentials set tok --type vault_token" in problem["problem"]
+    assert relay.connections == 0
+
+    token = "a-vault-token-of-some-length"
+    stored = denv.run_process("credentials", "set", "tok", "--type", "vault_token", stdin=token + "\n", extra_env=env)
+    assert stored.returncode == 0, stored.stderr
+    refused = denv.run_process("credentials", "set", "x", "--type", "vault_tokn", stdin=token + "\n", extra_env=env)
+    assert refused.returncode == 64 and "vault_token" in refused.stderr
+    run = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "--json", extra_env=env)
+    assert run.returncode == 0, run.stderr
+    assert "pkcs12_passphrase_credential: is ignored: payload = 'vault' reads vault_token_credential" in run.stderr
+    [received] = relay.messages
+    part = next(email.message_from_bytes(received.data, policy=email.policy.default).iter_attachments())
+    assert part.get_payload(decode=True) == hashlib.sha256(token.encode()).hexdigest().encode()
+    assert token.encode() not in received.data

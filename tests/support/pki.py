@@ -487,3 +487,80 @@ def _write_lineage_files(
             link.symlink_to(os.path.relpath(target, live_dir))
         paths[name] = link
     return paths
+
+
+# --------------------------------------------------------------------------- S/MIME (RFC 8550, RFC 8551)
+
+
+def issue_smime(
+    issuer: Issued,
+    email: str,
+    *,
+    key_type: KeyType = "rsa",
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+    extended_usages: Sequence[x509.ObjectIdentifier] | None = (ExtendedKeyUsageOID.EMAIL_PROTECTION,),
+    digital_signature: bool = True,
+    key_encipherment: bool = True,
+    common_name: str | None = None,
+) -> Issued:
+    """An end-entity S/MIME certificate for `email` (an rfc822Name SAN); `extended_usages=None` leaves the EKU
+    extension out (every usage allowed)."""
+    key = new_key(key_type)
+    start = not_before if not_before is not None else utcnow() - _BACKDATE
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or email),
+                                 x509.NameAttribute(NameOID.EMAIL_ADDRESS, email)]))
+        .issuer_name(issuer.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(not_after if not_after is not None else start + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=digital_signature, content_commitment=False,
+                                     key_encipherment=key_encipherment, data_encipherment=False, key_agreement=False,
+                                     key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False),
+                       critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
+    )
+    if extended_usages is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(extended_usages)), critical=False)
+    return Issued(cert=builder.sign(issuer.key, hashes.SHA256()), key=key)
+
+
+@dataclass(frozen=True)
+class SmimeFiles:
+    """A test S/MIME PKI on disk: a CA, a signer and two recipients, each a cert file and a key file (0600)."""
+
+    directory: Path
+    ca: Issued
+    ca_file: Path
+    signer: Issued
+    signer_cert: Path  # the signer's certificate followed by the CA's (a chain, as the README allows)
+    signer_key: Path
+    recipients: tuple[Issued, ...]
+    recipient_certs: tuple[Path, ...]
+    recipient_keys: tuple[Path, ...]
+
+
+def write_smime(directory: Path, *, signer_key_type: KeyType = "rsa") -> SmimeFiles:
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = make_ca("certbot-smtp-dist test S/MIME CA", key_type="rsa")
+    ca_file = directory / "smime-ca.pem"
+    ca_file.write_bytes(ca.cert_pem())
+    signer = issue_smime(ca, "certbot@example.com", key_type=signer_key_type)
+    signer_cert = directory / "signer.pem"
+    signer_cert.write_bytes(signer.cert_pem() + ca.cert_pem())
+    signer_key = directory / "signer.key"
+    write_private(signer_key, signer.key_pem())
+    recipients = (issue_smime(ca, "pki@example.com"), issue_smime(ca, "ops@example.com"))
+    certs, keys = [], []
+    for index, person in enumerate(recipients):
+        certs.append(directory / f"recipient{index}.pem")
+        certs[-1].write_bytes(person.cert_pem())
+        keys.append(directory / f"recipient{index}.key")
+        write_private(keys[-1], person.key_pem())
+    return SmimeFiles(directory, ca, ca_file, signer, signer_cert, signer_key, recipients, tuple(certs), tuple(keys))

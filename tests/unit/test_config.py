@@ -117,7 +117,7 @@ def test_special_use_domains_accepted() -> None:
 def test_pkcs12_passphrase_in_defaults_is_harmless_for_pem() -> None:
     s = parse_settings({"defaults": {"pkcs12_passphrase_credential": "p12"}, "targets": {"a": BASE}},
                        Path("c.toml"), CREDS, FORMATS)
-    assert s.targets[0].pkcs12_passphrase_credential is None
+    assert s.targets[0].payload_credential is None
 
 
 def test_error_message_names_target_and_key() -> None:

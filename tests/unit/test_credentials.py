@@ -88,10 +88,20 @@ def test_bad_names_and_types(tmp_path: Path) -> None:
     for name in ("../x", "", "a b", "x" * 65):
         with pytest.raises(CredentialError):
             store.set(name, "smtp_password", SECRET)
-    with pytest.raises(CredentialError):
-        store.set("a", "api_token", SECRET)
+    for type_ in ("api token", "API_TOKEN", "x" * 65, "", "../t"):
+        with pytest.raises(CredentialError):
+            store.set("a", type_, SECRET)
     with pytest.raises(CredentialError):
         store.set("a", "smtp_password", "")
+
+
+def test_a_payload_formats_own_type_is_stored_and_bound_to_its_secret(tmp_path: Path) -> None:
+    """Issue 18: an extension format declares its credential type; the store needs no change to keep it."""
+    store = CredentialStore(tmp_path, environ={})
+    store.set("tok", "vault_token", SECRET)
+    assert store.types() == {"tok": "vault_token"} and store.get("tok", "vault_token").reveal() == SECRET
+    with pytest.raises(CredentialError):
+        store.get("tok", "smtp_password")
 
 
 def test_cli_reads_secret_from_stdin_never_argv(tmp_path: Path) -> None:

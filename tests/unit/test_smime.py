@@ -1,0 +1,420 @@
+"""S/MIME (RFC 8551): config-time validation of the smime_* keys, and the signed / encrypted message, checked with the
+OpenSSL 3 command line (`openssl cms`, `openssl smime`) on both backends."""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import logging
+import subprocess
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.pki import (
+    LineagePaths,
+    SmimeFiles,
+    expired_window,
+    issue_smime,
+    write_lineage,
+    write_private,
+    write_smime,
+)
+
+from certbot_smtp_dist._internal import cms, lineage, pipeline, plugins
+from certbot_smtp_dist._internal.config import parse_settings
+from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
+from certbot_smtp_dist.errors import ConfigError, ErrorCode
+from certbot_smtp_dist.model import (
+    Artefact,
+    Attachment,
+    Message,
+    PayloadFormat,
+    Phase,
+    Secret,
+    Target,
+)
+
+FORMATS: dict[str, PayloadFormat] = {f.name: f for f in BUILTIN_FORMATS}
+BASE = {"host": "smtp.example.com", "from_address": "certbot@example.com", "to": ["pki@example.com"],
+        "cc": ["ops@example.com"], "payload": "pem_and_key"}
+NOW = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+SAYS_VERSION_3 = 'if [ "$1" = version ]; then echo "OpenSSL 3.0.99 (a test double)"; exit 0; fi'
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> SmimeFiles:
+    return write_smime(tmp_path_factory.mktemp("smime"))
+
+
+@pytest.fixture(scope="module")
+def lin(tmp_path_factory: pytest.TempPathFactory) -> LineagePaths:
+    return write_lineage(tmp_path_factory.mktemp("live") / "test.example.com")
+
+
+@pytest.fixture(params=["cryptography", "openssl"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each test twice: the backend this stack picks, then the `openssl cms` subprocess forced."""
+    if request.param == "openssl":
+        monkeypatch.setattr(cms, "FORCED", cms.Backend.OPENSSL)
+    yield str(request.param)
+
+
+def target(table: dict[str, Any], formats: dict[str, PayloadFormat] = FORMATS) -> Target:
+    return parse_settings({"targets": {"t": table}}, Path("/etc/x/config.toml"), {}, formats).targets[0]
+
+
+def problems(table: dict[str, Any], formats: dict[str, PayloadFormat] = FORMATS) -> dict[str | None, str]:
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"targets": {"t": table}}, Path("/etc/x/config.toml"), {}, formats)
+    return {p.key: p.problem for p in err.value.problems}
+
+
+def smime_keys(pki: SmimeFiles, sign: bool = True, encrypt: bool = True, **extra: Any) -> dict[str, Any]:
+    keys: dict[str, Any] = {}
+    if sign:
+        keys.update(smime_sign_cert=str(pki.signer_cert), smime_sign_key=str(pki.signer_key))
+    if encrypt:
+        keys["smime_encrypt_to"] = [str(p) for p in pki.recipient_certs]
+    return {**BASE, **keys, **extra}
+
+
+def message_for(t: Target, lin: LineagePaths) -> tuple[bytes, Artefact]:
+    artefact = lineage.load(lineage.from_lineage_dir(lin.live_dir))
+    job = pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=plugins.message_hook(plugins.make_manager(
+        load_entry_points=False)))
+    assert job.message is not None, job.failure
+    return job.message.data, artefact
+
+
+def openssl(*args: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["openssl", *args], input=data, capture_output=True, timeout=60, check=False)
+
+
+def attachments(mime: bytes) -> dict[str, bytes]:
+    msg = email.message_from_bytes(mime, policy=email.policy.default)
+    return {str(p.get_filename()): p.get_payload(decode=True) for p in msg.walk()  # type: ignore[attr-defined]
+            if p.get_filename() and p.get_filename() != "smime.p7s"}
+
+
+# ------------------------------------------------------------------------------------------------ configuration
+
+
+def test_sign_and_encrypt_keys_become_a_policy(pki: SmimeFiles) -> None:
+    t = target(smime_keys(pki))
+    assert t.smime is not None and t.smime.signs and t.smime.encrypts and t.message_encrypted
+    assert t.smime.encryption == "aes256-cbc"
+    assert t.smime.recipient_fingerprints == tuple(r.fingerprint for r in pki.recipients)
+    assert len(t.smime.signer_chain_pem) == 2  # the signer, then the CA that followed it in the file
+    assert target(BASE).smime is None and not target(BASE).message_encrypted
+
+
+@pytest.mark.parametrize("kind", ["expired", "not_a_certificate", "ec_key", "missing", "no_key_encipherment",
+                                  "eku_without_email"])
+def test_an_unusable_recipient_certificate_is_a_config_error(pki: SmimeFiles, tmp_path: Path, kind: str) -> None:
+    bad = tmp_path / "bad.pem"
+    if kind == "expired":
+        before, after = expired_window()
+        bad.write_bytes(issue_smime(pki.ca, "old@example.com", not_before=before, not_after=after).cert_pem())
+    elif kind == "not_a_certificate":
+        bad.write_bytes(pki.recipients[0].key_pem())
+    elif kind == "ec_key":
+        bad.write_bytes(issue_smime(pki.ca, "ec@example.com", key_type="ec").cert_pem())
+    elif kind == "no_key_encipherment":
+        bad.write_bytes(issue_smime(pki.ca, "s@example.com", key_encipherment=False).cert_pem())
+    elif kind == "eku_without_email":
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        bad.write_bytes(issue_smime(pki.ca, "w@example.com",
+                                    extended_usages=[ExtendedKeyUsageOID.SERVER_AUTH]).cert_pem())
+    found = problems({**BASE, "smime_encrypt_to": [str(pki.recipient_certs[0]), str(bad)]})
+    assert list(found) == ["smime_encrypt_to"]
+    assert str(bad) in found["smime_encrypt_to"]
+    expected = {"expired": "expired on", "not_a_certificate": "holds no PEM certificate", "ec_key": "RSA recipient",
+                "missing": "cannot read", "no_key_encipherment": "key encipherment",
+                "eku_without_email": "email protection"}[kind]
+    assert expected in found["smime_encrypt_to"]
+
+
+def test_a_certificate_without_an_eku_may_encrypt(pki: SmimeFiles, tmp_path: Path) -> None:
+    free = tmp_path / "free.pem"
+    free.write_bytes(issue_smime(pki.ca, "f@example.com", extended_usages=None).cert_pem())
+    assert target({**BASE, "smime_encrypt_to": [str(free)]}).message_encrypted
+
+
+def test_signer_problems(pki: SmimeFiles, tmp_path: Path) -> None:
+    other = tmp_path / "other.key"
+    write_private(other, pki.recipients[0].key_pem())
+    assert "not the key of the certificate" in problems(smime_keys(pki, smime_sign_key=str(other)))["smime_sign_key"]
+    no_sign = issue_smime(pki.ca, "n@example.com", digital_signature=False)
+    (tmp_path / "n.pem").write_bytes(no_sign.cert_pem())
+    write_private(tmp_path / "n.key", no_sign.key_pem())
+    found = problems(smime_keys(pki, smime_sign_cert=str(tmp_path / "n.pem"), smime_sign_key=str(tmp_path / "n.key")))
+    assert "digital signature" in found["smime_sign_cert"]
+    only_cert = {**BASE, "smime_sign_cert": str(pki.signer_cert)}
+    assert "signing needs both" in problems(only_cert)["smime_sign_key"]
+    assert "must be one of aes256-cbc, aes256-gcm" in problems(smime_keys(pki, smime_encryption="des"))[
+        "smime_encryption"]
+
+
+def test_an_exposed_signer_key_is_warned_about_as_privkey_is(pki: SmimeFiles, tmp_path: Path) -> None:
+    loose = tmp_path / "loose.key"
+    write_private(loose, pki.signer.key_pem())
+    loose.chmod(0o644)
+    settings = parse_settings({"targets": {"t": smime_keys(pki, smime_sign_key=str(loose))}},
+                              Path("/etc/x/config.toml"), {}, FORMATS)
+    [warning] = [w for w in settings.warnings if w.key == "smime_sign_key"]
+    assert "open to group and others (mode 0644)" in warning.problem and "chmod 600" in warning.problem
+
+
+def test_encryption_lets_pem_and_key_cross_a_plaintext_relay(pki: SmimeFiles) -> None:
+    """The relay check reads the facts: the format ships the key in clear, unless the message is encrypted."""
+    plain = {**BASE, "tls_mode": "plaintext", "host": "relay.example.com"}
+    assert "payload" in problems(plain)
+    assert target({**plain, "smime_encrypt_to": [str(pki.recipient_certs[0])]}).message_encrypted
+    assert "payload" in problems({**plain, "smime_sign_cert": str(pki.signer_cert),
+                                  "smime_sign_key": str(pki.signer_key)})  # signing hides nothing
+
+
+def test_an_extension_format_with_the_key_in_clear_is_held_to_the_same_rule(pki: SmimeFiles) -> None:
+    def build(artefact: Artefact, secret: Secret | None) -> tuple[Attachment, ...]:
+        return (Attachment("k.pem", "application/x-pem-file", artefact.key_pem, contains_private_key=True),)
+
+    formats = {**FORMATS, "vault": PayloadFormat("vault", "the key, in clear", build, ships_private_key=True)}
+    plain = {**BASE, "tls_mode": "plaintext", "host": "relay.example.com", "payload": "vault"}
+    assert "payload" in problems(plain, formats)
+    assert target({**plain, "smime_encrypt_to": [str(pki.recipient_certs[0])]}, formats).message_encrypted
+
+
+def test_the_warning_names_to_whom_the_key_is_encrypted(pki: SmimeFiles, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    pipeline.warn_about(target(smime_keys(pki, sign=False)), FORMATS["pem_and_key"])
+    [record] = [r.getMessage() for r in caplog.records if "PRIVATE KEY" in r.getMessage()]
+    assert "encrypted (S/MIME) to" in record and "pki@example.com" in record and "ops@example.com" in record
+    assert "in clear" not in record
+
+
+# ------------------------------------------------------------------------------------------------------ messages
+
+
+def test_encrypted_message_decrypts_for_each_recipient_with_cms_and_smime(
+        pki: SmimeFiles, lin: LineagePaths, backend: str) -> None:
+    raw, artefact = message_for(target(smime_keys(pki)), lin)
+    outer = email.message_from_bytes(raw, policy=email.policy.default)
+    assert outer.get_content_type() == "application/pkcs7-mime"
+    assert outer.get_param("smime-type") == "enveloped-data" and outer.get_param("name") == "smime.p7m"
+    assert str(outer["Subject"]) == "Certificate test.example.com"
+    assert {k.lower() for k in outer.keys()} == {"from", "to", "cc", "date", "message-id", "auto-submitted",
+                                                 "subject", "mime-version", "content-type",
+                                                 "content-transfer-encoding", "content-disposition"}
+    assert b"PRIVATE KEY" not in raw
+    for data in (artefact.key_pem, artefact.fullchain_pem):
+        assert base64.b64encode(data)[:60] not in raw.replace(b"\r\n", b"")
+    for cert, key in zip(pki.recipient_certs, pki.recipient_keys, strict=True):
+        for tool in ("cms", "smime"):
+            done = openssl(tool, "-decrypt", "-inkey", str(key), "-recip", str(cert), data=raw)
+            assert done.returncode == 0, done.stderr
+            verified = openssl("cms", "-verify", "-CAfile", str(pki.ca_file), data=done.stdout)
+            assert verified.returncode == 0, verified.stderr
+            assert attachments(verified.stdout) == {"test.example.com.fullchain.pem": artefact.fullchain_pem,
+                                                    "test.example.com.key.pem": artefact.key_pem}
+
+
+def test_cbc_envelope_is_aes_256(pki: SmimeFiles, lin: LineagePaths, backend: str) -> None:
+    raw, _ = message_for(target(smime_keys(pki, sign=False)), lin)
+    der = email.message_from_bytes(raw, policy=email.policy.default).get_payload(decode=True)  # type: ignore[union-attr]
+    printed = subprocess.run(["openssl", "cms", "-cmsout", "-print", "-inform", "DER"], input=der,
+                             capture_output=True, timeout=60, check=True).stdout
+    assert b"aes-256-cbc" in printed and b"pkcs7-envelopedData" in printed
+
+
+def test_gcm_opt_in_is_auth_enveloped_data(pki: SmimeFiles, lin: LineagePaths, backend: str) -> None:
+    raw, artefact = message_for(target(smime_keys(pki, smime_encryption="aes256-gcm")), lin)
+    outer = email.message_from_bytes(raw, policy=email.policy.default)
+    assert outer.get_param("smime-type") == "authEnveloped-data"
+    done = openssl("cms", "-decrypt", "-inkey", str(pki.recipient_keys[1]), "-recip", str(pki.recipient_certs[1]),
+                   data=raw)
+    assert done.returncode == 0, done.stderr
+    verified = openssl("cms", "-verify", "-CAfile", str(pki.ca_file), data=done.stdout)
+    assert verified.returncode == 0 and attachments(verified.stdout)["test.example.com.key.pem"] == artefact.key_pem
+
+
+def test_signed_only_verifies_and_fails_after_one_changed_byte(
+        pki: SmimeFiles, lin: LineagePaths, backend: str, tmp_path: Path) -> None:
+    raw, artefact = message_for(target(smime_keys(pki, encrypt=False, payload="pem")), lin)
+    outer = email.message_from_bytes(raw, policy=email.policy.default)
+    assert outer.get_content_type() == "multipart/signed"
+    assert (outer.get_param("protocol"), outer.get_param("micalg")) == ("application/pkcs7-signature", "sha-256")
+    assert str(outer["Subject"]).startswith("Certificate for test.example.com issued")  # nothing hidden: kept
+    verified = openssl("cms", "-verify", "-CAfile", str(pki.ca_file), data=raw)
+    assert verified.returncode == 0, verified.stderr
+    assert attachments(verified.stdout) == {"test.example.com.fullchain.pem": artefact.fullchain_pem}
+    assert b"\r\n" in verified.stdout and b"\n" not in verified.stdout.replace(b"\r\n", b"")  # canonical CRLF
+    at = raw.index(b"Serial:")
+    tampered = raw[:at] + b"s" + raw[at + 1:]
+    assert openssl("cms", "-verify", "-CAfile", str(pki.ca_file), data=tampered).returncode != 0
+
+
+def test_8bit_text_is_made_seven_bit_before_signing(pki: SmimeFiles, lin: LineagePaths) -> None:
+    """RFC 8551 §3.1.2: a relay that downgrades 8bit text would break the signature, so none is signed."""
+    from email.message import EmailMessage
+
+    from certbot_smtp_dist._internal import smime
+
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"], msg["To"], msg["Subject"] = "a@example.com", "b@example.com", "x"
+    msg.set_content("Zertifikat für Köln\n", charset="utf-8", cte="8bit")
+    rendered = Message("<1@example.com>", "x", "a@example.com", ("b@example.com",), msg.as_bytes())
+    assert not rendered.data.isascii()
+    policy = target(smime_keys(pki, encrypt=False)).smime
+    assert policy is not None
+    signed = smime.protect(rendered, policy, lineage.load(lineage.from_lineage_dir(lin.live_dir)).facts, 30)
+    assert signed.data.isascii() and signed.signed and signed.encrypted_to == ()
+    verified = openssl("cms", "-verify", "-CAfile", str(pki.ca_file), data=signed.data)
+    assert verified.returncode == 0, verified.stderr
+    inner = email.message_from_bytes(verified.stdout, policy=email.policy.default)
+    assert inner.get_content().replace("\r\n", "\n") == "Zertifikat für Köln\n"  # type: ignore[attr-defined]
+
+
+def test_an_ec_signer_signs(tmp_path: Path, lin: LineagePaths, backend: str) -> None:
+    ec = write_smime(tmp_path / "ec", signer_key_type="ec")
+    raw, _ = message_for(target(smime_keys(ec, encrypt=False)), lin)
+    assert openssl("cms", "-verify", "-CAfile", str(ec.ca_file), data=raw).returncode == 0
+
+
+def test_a_failing_backend_fails_that_target_with_smtp_payload(
+        pki: SmimeFiles, lin: LineagePaths, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "openssl"
+    fake.write_text(f"#!/bin/sh\n{SAYS_VERSION_3}\n"
+                    "echo '40E7:error:1E08010C:DECODER routines::unsupported:secret/path' >&2\nexit 3\n")
+    fake.chmod(0o700)
+    monkeypatch.setenv(cms.OPENSSL_ENV, str(fake))
+    monkeypatch.setattr(cms, "FORCED", cms.Backend.OPENSSL)
+    t = target(smime_keys(pki))
+    artefact = lineage.load(lineage.from_lineage_dir(lin.live_dir))
+    job = pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=plugins.message_hook(
+        plugins.make_manager(load_entry_points=False)))
+    assert job.message is None and job.failure is not None
+    assert (job.failure.code, job.failure.phase) == (ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD)
+    assert "exit status 3" in job.failure.detail and "DECODER: unsupported" in job.failure.detail
+    assert "secret/path" not in job.failure.detail
+
+
+def test_the_openssl_backend_leaves_no_files_and_puts_no_key_on_argv(
+        pki: SmimeFiles, lin: LineagePaths, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list[list[str]] = []
+    real = subprocess.run
+
+    modes: set[tuple[int, int]] = set()
+
+    def spy(args: list[str], **kw: Any) -> Any:
+        seen.append(list(args))
+        for arg in args:
+            if arg.endswith(".pem"):  # the certificates handed over: 0600 files in a 0700 directory
+                modes.add((Path(arg).stat().st_mode & 0o777, Path(arg).parent.stat().st_mode & 0o777))
+        return real(args, **kw)
+
+    monkeypatch.setattr(cms, "FORCED", cms.Backend.OPENSSL)
+    monkeypatch.setattr(cms.subprocess, "run", spy)
+    monkeypatch.setattr(cms.tempfile, "tempdir", str(tmp_path))
+    message_for(target(smime_keys(pki)), lin)
+    assert [a[1:3] for a in seen] == [["cms", "-sign"], ["cms", "-encrypt"]]
+    key_text = pki.signer.key_pem().decode()
+    assert not any(key_text[30:60] in arg or str(pki.signer_key) == arg for a in seen for arg in a)
+    assert modes == {(0o600, 0o700)}
+    assert list(tmp_path.iterdir()) == []  # the private directories are gone
+
+
+def test_smime_encryption_without_recipients_is_warned_about_in_a_target_only(pki: SmimeFiles) -> None:
+    def warnings(doc: dict[str, Any]) -> list[str]:
+        return [str(w) for w in parse_settings(doc, Path("/etc/x/config.toml"), {}, FORMATS).warnings]
+
+    assert warnings({"targets": {"t": {**BASE, "smime_encryption": "aes256-gcm"}}}) == [
+        "targets.t.smime_encryption: is ignored: no smime_encrypt_to"]
+    assert warnings({"defaults": {"smime_encryption": "aes256-gcm"}, "targets": {"t": BASE}}) == []
+
+
+def test_message_hooks_chain_in_call_order_and_a_bad_return_fails_the_target(lin: LineagePaths) -> None:
+    from dataclasses import replace
+
+    from certbot_smtp_dist.hookspecs import hookimpl
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def smtp_dist_message(self, target: Target, facts: Any, message: Message) -> Message:
+            return replace(message, data=b"X-First: 1\r\n" + message.data)
+
+    class Second:
+        @hookimpl
+        def smtp_dist_message(self, target: Target, facts: Any, message: Message) -> Message | None:
+            assert message.data.startswith(b"X-First: 1\r\n")
+            return replace(message, data=b"X-Second: 2\r\n" + message.data)
+
+    class Unchanged:
+        @hookimpl
+        def smtp_dist_message(self, target: Target, facts: Any, message: Message) -> None:
+            return None
+
+    class Wrong:
+        @hookimpl
+        def smtp_dist_message(self, target: Target, facts: Any, message: Message) -> bytes:
+            return message.data
+
+    artefact = lineage.load(lineage.from_lineage_dir(lin.live_dir))
+    t = target({**BASE, "payload": "pem"})
+    chain = plugins.message_hook(plugins.make_manager(load_entry_points=False, extra=(Second(), First(), Unchanged())))
+    job = pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=chain)
+    assert job.message is not None and job.message.data.startswith(b"X-Second: 2\r\nX-First: 1\r\n")
+    wrong = plugins.message_hook(plugins.make_manager(load_entry_points=False, extra=(Wrong(),)))
+    failed = pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=wrong)
+    assert failed.message is None and failed.failure is not None
+    assert failed.failure.code is ErrorCode.SMTP_PAYLOAD and "returned bytes, not a Message" in failed.failure.detail
+
+
+def test_a_stalled_openssl_is_stopped_at_the_deadline(pki: SmimeFiles, monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    fake = tmp_path / "openssl"
+    fake.write_text(f"#!/bin/sh\n{SAYS_VERSION_3}\nexec sleep 60\n")
+    fake.chmod(0o700)
+    monkeypatch.setenv(cms.OPENSSL_ENV, str(fake))
+    monkeypatch.setattr(cms, "FORCED", cms.Backend.OPENSSL)
+    with pytest.raises(cms.CmsError, match="took longer than 1s"):
+        cms.encrypt(b"x", [pki.recipients[0].cert_pem()], cms.Cipher.AES256_GCM, 1)
+
+
+def test_a_hostile_recipient_subject_brings_no_line_break_into_the_warning(
+        pki: SmimeFiles, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    forged = tmp_path / "forged.pem"
+    forged.write_bytes(issue_smime(pki.ca, "x@example.com", common_name="x\nWARNING forged line").cert_pem())
+    t = target({**BASE, "smime_encrypt_to": [str(forged)]})
+    caplog.set_level(logging.WARNING)
+    pipeline.warn_about(t, FORMATS["pem_and_key"])
+    [record] = [r.getMessage() for r in caplog.records if "PRIVATE KEY" in r.getMessage()]
+    assert "\n" not in record and "forged line" in record
+
+
+def test_one_signer_key_is_parsed_once_for_every_target_and_message(pki: SmimeFiles, lin: LineagePaths) -> None:
+    """Loading an RSA key checks it in full (tens of ms): 500 targets sharing a [defaults] signer took 35 s."""
+    cms.load_private_key.cache_clear()
+    defaults = {k: v for k, v in smime_keys(pki, encrypt=False).items() if k.startswith("smime_")}
+    settings = parse_settings({"defaults": {**BASE, **defaults}, "targets": {f"t{i}": {} for i in range(5)}},
+                              Path("/etc/x/config.toml"), {}, FORMATS)
+    hook = plugins.message_hook(plugins.make_manager(load_entry_points=False))
+    artefact = lineage.load(lineage.from_lineage_dir(lin.live_dir))
+    for t in settings.targets:
+        assert pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=hook).message is not None
+    assert cms.load_private_key.cache_info().misses == 1
+
+
+@pytest.mark.parametrize("version", ["OpenSSL 1.1.1w  11 Sep 2023", "LibreSSL 3.8.2"])
+def test_gcm_without_openssl_3_is_a_config_error(pki: SmimeFiles, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                 version: str) -> None:
+    fake = tmp_path / "openssl"
+    fake.write_text(f"#!/bin/sh\necho '{version}'\n")
+    fake.chmod(0o700)
+    monkeypatch.setenv(cms.OPENSSL_ENV, str(fake))
+    found = problems(smime_keys(pki, smime_encryption="aes256-gcm"))
+    assert list(found) == ["smime_encryption"] and "OpenSSL 3" in found["smime_encryption"]
