@@ -22,11 +22,8 @@ import contextlib
 import email
 import email.policy
 import os
-import random
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -37,8 +34,8 @@ from pathlib import Path
 
 from support import ci
 from support.debunpack import Unavailable, Unpacked, unpacked
+from support.mta import LOOPBACK, MtaError, free_port, proc_pids, terminate, wait_for_greeting
 
-LOOPBACK = "127.0.0.1"
 DOMAIN = "archive.test"
 HOSTNAME = f"mx.{DOMAIN}"
 USER = "relay-user"
@@ -63,7 +60,7 @@ _STOP_TIMEOUT = 5.0
 _COMMAND_TIMEOUT = 30.0
 
 
-class SendmailError(RuntimeError):
+class SendmailError(MtaError):
     """The test sendmail failed (to be configured, started or to deliver); the message ends with its output."""
 
 
@@ -150,33 +147,6 @@ def unavailable() -> str | None:
 def _prefix() -> Unpacked:
     """sendmail-bin and sendmail-cf unpacked with the libraries the machine lacks, or :class:`Unavailable`."""
     return unpacked("sendmail", PACKAGES, binary=_BINARY, libraries=LIBRARIES)
-
-
-def _free_port() -> int:
-    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range, so no outgoing connection is using it."""
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(20000, 32768)
-        with socket.socket() as s:
-            try:
-                s.bind((LOOPBACK, port))
-            except OSError:
-                continue
-            return port
-    raise SendmailError("no free loopback port in 20000..32767")
-
-
-def _greets(port: int) -> bool:
-    """True once the daemon sends the first bytes of its 220 greeting (RFC 5321 §4.2)."""
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=1.0) as s:
-            s.settimeout(2.0)
-            if s.recv(4).startswith(b"220"):
-                s.sendall(b"QUIT\r\n")
-                return True
-            return False
-    except OSError:
-        return False
 
 
 def _mc_defines(root: Path, helpfile: Path) -> dict[str, object]:
@@ -283,7 +253,7 @@ class _Instance:
 
     def start(self) -> SendmailRelay:
         package = _prefix()
-        port = _free_port()
+        port = free_port()
         plugins = _sasl_plugin_dir()
         assert plugins is not None, "unavailable() said the SASL plugins are there"
         self._lay_out(package.prefix, port, plugins)
@@ -300,11 +270,8 @@ class _Instance:
         with self.log_file.open("wb") as log:
             self._process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                              stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not _greets(port):
-            if self._process.poll() is not None or time.monotonic() >= deadline:
-                raise self._error(f"sendmail did not answer on {LOOPBACK}:{port} within {_START_TIMEOUT:.0f}s")
-            time.sleep(0.02)
+        if not wait_for_greeting(port, _START_TIMEOUT, self._process):
+            raise self._error(f"sendmail did not answer on {LOOPBACK}:{port} within {_START_TIMEOUT:.0f}s")
         return SendmailRelay(LOOPBACK, port, self._ca_file, USER, self.password, self.root / "messages",
                              package.version)
 
@@ -315,14 +282,7 @@ class _Instance:
         try:
             process = self._process
             if process is not None and process.poll() is None:
-                for pid in _children(process.pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGTERM)
-                try:
-                    process.wait(_STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(_STOP_TIMEOUT)
+                terminate(process, _STOP_TIMEOUT, targets=_children(process.pid))
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -377,16 +337,7 @@ class _Instance:
 
 def _children(pid: int) -> list[int]:
     """The PIDs whose parent is ``pid`` (from /proc/PID/stat: the fields after the parenthesised command name)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
+    return proc_pids("stat", lambda stat: int(stat.rsplit(b")", 1)[1].split()[1]) == pid)
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
