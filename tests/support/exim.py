@@ -18,8 +18,6 @@ with 530 5.7.0, advertises AUTH PLAIN and LOGIN only once TLS is up, relays for 
 
 from __future__ import annotations
 
-import email
-import email.policy
 import os
 import pwd
 import secrets
@@ -34,16 +32,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Literal
 
+from . import mta
 from .debunpack import Unavailable, Unpacked, unpacked
-from .mta import (
-    LOOPBACK,
-    MtaError,
-    kill_leftovers,
-    on_free_port,
-    proc_pids,
-    terminate,
-    wait_for_greeting,
-)
 from .pki import ServerCert
 
 __all__ = ["AuthPolicy", "Delivered", "EximError", "EximRelay", "Unavailable", "install", "running"]
@@ -74,7 +64,7 @@ _LOG_TAIL = 40
 AuthPolicy = Literal["required", "optional", "off"]
 
 
-class EximError(MtaError):
+class EximError(mta.MtaError):
     """The test exim failed (to start, stop or deliver); the message ends with its log."""
 
 
@@ -99,9 +89,7 @@ class Delivered:
     raw: bytes
 
     def parse(self) -> EmailMessage:
-        msg = email.message_from_bytes(self.raw, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        return msg
+        return mta.parse_message(self.raw)
 
     @property
     def envelope_to(self) -> tuple[str, ...]:
@@ -237,7 +225,7 @@ def _config(root: Path, binary: Path, port: int, auth: AuthPolicy, user: str, pa
         "log_file_path": root / "log" / "%slog",
         "pid_file_path": root / "spool" / "exim-daemon.pid",
         "daemon_smtp_ports": port,
-        "local_interfaces": f"<; {LOOPBACK}",
+        "local_interfaces": f"<; {mta.LOOPBACK}",
         "host_lookup": "",
         "rfc1413_hosts": "",  # no ident callbacks
         "smtp_banner": f"mx.{DOMAIN} ESMTP Exim $version_number (certbot-smtp-dist test instance) $tod_full",
@@ -278,13 +266,13 @@ def _config(root: Path, binary: Path, port: int, auth: AuthPolicy, user: str, pa
 def _instance_pids(config: Path) -> list[int]:
     """This instance's processes: the daemon, its forks and its re-execs all carry ``-C CONFIG`` in argv."""
     marker = str(config).encode()
-    return proc_pids("cmdline", lambda cmdline: marker in cmdline.split(b"\0"))
+    return mta.proc_pids("cmdline", lambda cmdline: marker in cmdline.split(b"\0"))
 
 
 def _stop(process: subprocess.Popen[bytes], config: Path) -> None:
     """SIGTERM the daemon by its PID, wait (bounded), then SIGKILL it and whatever of the instance is left."""
-    terminate(process, _STOP_GRACE)
-    kill_leftovers(lambda: _instance_pids(config), _STOP_GRACE)  # connection and delivery processes finishing
+    mta.terminate(process, _STOP_GRACE)
+    mta.kill_leftovers(lambda: _instance_pids(config), _STOP_GRACE)  # connection and delivery processes finishing
 
 
 def _lay_out(root: Path, served: ServerCert) -> None:
@@ -325,7 +313,7 @@ def _spawn(install: Unpacked, root: Path) -> subprocess.Popen[bytes]:
 def _start(install: Unpacked, relay: EximRelay) -> subprocess.Popen[bytes]:
     """The daemon, answering on ``relay.port``; EximError (with its output) if it exits or stays silent."""
     process = _spawn(install, relay.root)
-    if not wait_for_greeting(relay.port, _START_TIMEOUT, process):
+    if not mta.wait_for_greeting(relay.port, _START_TIMEOUT, process):
         _stop(process, relay.root / "conf" / "exim.conf")
         output = (relay.root / "daemon.out").read_text(errors="replace")
         raise relay.error(f"exim did not answer on {relay.host}:{relay.port} (exit {process.returncode}):\n"
@@ -336,7 +324,8 @@ def _start(install: Unpacked, relay: EximRelay) -> subprocess.Popen[bytes]:
 def _launch(package: Unpacked, root: Path, ca_file: Path, auth: AuthPolicy,
             port: int) -> tuple[EximRelay, subprocess.Popen[bytes]]:
     """Configure the instance for ``port`` with a fresh password and start it."""
-    relay = EximRelay(LOOPBACK, port, ca_file, USER, secrets.token_hex(12), root / "mail", root, auth, package.version)
+    relay = EximRelay(mta.LOOPBACK, port, ca_file, USER, secrets.token_hex(12), root / "mail", root, auth,
+                      package.version)
     _write_config(root / "conf" / "exim.conf", _config(root, package.path(BINARY), port, auth, relay.user,
                                                         relay.password))
     return relay, _start(package, relay)
@@ -357,7 +346,7 @@ def running(served: ServerCert, ca_file: Path, *, auth: AuthPolicy = "required",
     process: subprocess.Popen[bytes] | None = None
     try:
         _lay_out(root, served)
-        relay, process = on_free_port(lambda port: _launch(package, root, Path(ca_file), auth, port),
+        relay, process = mta.on_free_port(lambda port: _launch(package, root, Path(ca_file), auth, port),
                                       lambda exc: "Address already in use" in str(exc))
         yield relay
     finally:

@@ -1,8 +1,10 @@
-"""The lifecycle the real-MTA harnesses share: a free loopback port, the 220 greeting, stopping by PID, bounded."""
+"""What the real-MTA harnesses share: a free loopback port, the 220 greeting, stopping by PID (bounded), messages."""
 
 from __future__ import annotations
 
 import contextlib
+import email
+import email.policy
 import os
 import random
 import signal
@@ -10,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable
+from email.message import EmailMessage
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +23,7 @@ __all__ = [
     "greets",
     "kill_leftovers",
     "on_free_port",
+    "parse_message",
     "proc_pids",
     "terminate",
     "wait_for_greeting",
@@ -129,3 +133,10 @@ def kill_leftovers(pids: Callable[[], list[int]], grace: float) -> None:
     for pid in pids():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def parse_message(raw: bytes) -> EmailMessage:
+    """A delivered message file (LF line ends, the MTA's trace headers first) as an EmailMessage."""
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg

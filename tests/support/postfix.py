@@ -9,8 +9,6 @@ nothing, sends nothing out, and logs to its own ``maillog`` file. Postfix's mast
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import os
 import pwd
@@ -24,7 +22,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from types import TracebackType
 
-from .mta import LOOPBACK, MtaError, kill_leftovers, on_free_port, proc_pids, wait_for_greeting
+from . import mta
 
 DOMAIN = "archive.test"
 DEFAULT_MAILBOXES = ("pki", "audit", "hidden")
@@ -35,7 +33,7 @@ _STOP_GRACE = 5.0
 _LOG_TAIL = 60
 
 
-class PostfixError(MtaError):
+class PostfixError(mta.MtaError):
     """The test Postfix instance failed (to start, stop, answer or deliver); the message ends with its log."""
 
 
@@ -72,9 +70,7 @@ class Delivered:
     raw: bytes
 
     def parse(self) -> EmailMessage:
-        msg = email.message_from_bytes(self.raw, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        return msg
+        return mta.parse_message(self.raw)
 
 
 def _main_cf(root: Path, conf: Path, *, domain: str, uid: int, gid: int) -> str:
@@ -139,7 +135,7 @@ def _master_cf(port: int) -> str:
     """
     services = [
         # service            type        private unpriv chroot wakeup maxproc command
-        (f"{LOOPBACK}:{port}", "inet", "n", "-", "n", "-", "-", "smtpd"),
+        (f"{mta.LOOPBACK}:{port}", "inet", "n", "-", "n", "-", "-", "smtpd"),
         ("pickup", "unix", "n", "-", "n", "60", "1", "pickup"),
         ("cleanup", "unix", "n", "-", "n", "-", "0", "cleanup"),
         ("qmgr", "unix", "n", "-", "n", "300", "1", "qmgr"),
@@ -184,7 +180,7 @@ class Postfix:
         self._cert_file = Path(cert_file)
         self._key_file = Path(key_file)
         self._parent = parent
-        self.host = LOOPBACK
+        self.host = mta.LOOPBACK
         self.port = 0
         self._root: Path | None = None
         self._log_mark = 0
@@ -234,7 +230,7 @@ class Postfix:
         self.root.chmod(0o711)
         try:
             self._lay_out()
-            on_free_port(self._start_on, lambda _: "Address already in use" in self.log())
+            mta.on_free_port(self._start_on, lambda _: "Address already in use" in self.log())
             self._running = True
             self._wait_for_port()
         except BaseException:
@@ -258,7 +254,7 @@ class Postfix:
         try:
             if self._running:
                 self._run("postfix", "stop", check=False)
-            kill_leftovers(self._instance_pids, _STOP_GRACE)
+            mta.kill_leftovers(self._instance_pids, _STOP_GRACE)
         finally:
             self._running = False
             shutil.rmtree(self._root, ignore_errors=True)
@@ -285,13 +281,13 @@ class Postfix:
         self.maillog.touch(mode=0o644)
 
     def _wait_for_port(self) -> None:
-        if not wait_for_greeting(self.port, _START_TIMEOUT):
+        if not mta.wait_for_greeting(self.port, _START_TIMEOUT):
             raise self._error(f"Postfix did not answer on {self.host}:{self.port} within {_START_TIMEOUT:.0f}s")
 
     def _instance_pids(self) -> list[int]:
         """Processes of this instance: Postfix passes MAIL_CONFIG (import_environment) to every daemon."""
         marker = f"MAIL_CONFIG={self.config_dir}".encode()
-        return proc_pids("environ", lambda environ: marker in environ.split(b"\0"))
+        return mta.proc_pids("environ", lambda environ: marker in environ.split(b"\0"))
 
     # ------------------------------------------------------------------ commands
 

@@ -19,8 +19,6 @@ message and recipient; any other recipient is refused at RCPT and nothing ever l
 from __future__ import annotations
 
 import contextlib
-import email
-import email.policy
 import os
 import secrets
 import shutil
@@ -32,9 +30,8 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 
-from support import ci
+from support import ci, mta
 from support.debunpack import Unavailable, Unpacked, unpacked
-from support.mta import LOOPBACK, MtaError, free_port, proc_pids, terminate, wait_for_greeting
 
 DOMAIN = "archive.test"
 HOSTNAME = f"mx.{DOMAIN}"
@@ -60,7 +57,7 @@ _STOP_TIMEOUT = 5.0
 _COMMAND_TIMEOUT = 30.0
 
 
-class SendmailError(MtaError):
+class SendmailError(mta.MtaError):
     """The test sendmail failed (to be configured, started or to deliver); the message ends with its output."""
 
 
@@ -73,9 +70,7 @@ class Delivered:
     raw: bytes
 
     def parse(self) -> EmailMessage:
-        msg = email.message_from_bytes(self.raw, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        return msg
+        return mta.parse_message(self.raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +187,7 @@ def _mc(root: Path, port: int, helpfile: Path) -> str:
         "FEATURE(`accept_unresolvable_domains')dnl",  # the client's sender domain is never looked up
         "RELAY_DOMAIN(`archive.test')dnl",
         "TRUST_AUTH_MECH(`PLAIN LOGIN')dnl",
-        f"DAEMON_OPTIONS(`Port={port}, Addr={LOOPBACK}, Name=MTA')dnl",
+        f"DAEMON_OPTIONS(`Port={port}, Addr={mta.LOOPBACK}, Name=MTA')dnl",
         "MAILER(`smtp')dnl",  # so that any sender parses; no recipient is ever routed to it (below)
         "LOCAL_CONFIG",
         # Which mechanism and identity the message was accepted under, for the tests to read.
@@ -253,7 +248,7 @@ class _Instance:
 
     def start(self) -> SendmailRelay:
         package = _prefix()
-        port = free_port()
+        port = mta.free_port()
         plugins = _sasl_plugin_dir()
         assert plugins is not None, "unavailable() said the SASL plugins are there"
         self._lay_out(package.prefix, port, plugins)
@@ -270,9 +265,9 @@ class _Instance:
         with self.log_file.open("wb") as log:
             self._process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                              stderr=subprocess.STDOUT, start_new_session=True)
-        if not wait_for_greeting(port, _START_TIMEOUT, self._process):
-            raise self._error(f"sendmail did not answer on {LOOPBACK}:{port} within {_START_TIMEOUT:.0f}s")
-        return SendmailRelay(LOOPBACK, port, self._ca_file, USER, self.password, self.root / "messages",
+        if not mta.wait_for_greeting(port, _START_TIMEOUT, self._process):
+            raise self._error(f"sendmail did not answer on {mta.LOOPBACK}:{port} within {_START_TIMEOUT:.0f}s")
+        return SendmailRelay(mta.LOOPBACK, port, self._ca_file, USER, self.password, self.root / "messages",
                              package.version)
 
     def stop(self) -> None:
@@ -282,7 +277,7 @@ class _Instance:
         try:
             process = self._process
             if process is not None and process.poll() is None:
-                terminate(process, _STOP_TIMEOUT, targets=_children(process.pid))
+                mta.terminate(process, _STOP_TIMEOUT, targets=_children(process.pid))
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -297,7 +292,7 @@ class _Instance:
         for name in ("local-host-names", "statistics"):
             _write(etc / name, b"", 0o600)
         _write(etc / "service.switch", b"hosts files\naliases files\n", 0o644)
-        _write(etc / "hosts", f"{LOOPBACK} {HOSTNAME} localhost\n::1 {HOSTNAME} localhost\n".encode(), 0o644)
+        _write(etc / "hosts", f"{mta.LOOPBACK} {HOSTNAME} localhost\n::1 {HOSTNAME} localhost\n".encode(), 0o644)
         _write(etc / "resolv.conf", b"nameserver 127.0.0.1\noptions attempts:1 timeout:1\n", 0o644)
         _write(etc / "deliver", _deliver_script(self.root / "messages").encode(), 0o700)
         for plugin in _SASL_PLUGINS:
@@ -337,7 +332,7 @@ class _Instance:
 
 def _children(pid: int) -> list[int]:
     """The PIDs whose parent is ``pid`` (from /proc/PID/stat: the fields after the parenthesised command name)."""
-    return proc_pids("stat", lambda stat: int(stat.rsplit(b")", 1)[1].split()[1]) == pid)
+    return mta.proc_pids("stat", lambda stat: int(stat.rsplit(b")", 1)[1].split()[1]) == pid)
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

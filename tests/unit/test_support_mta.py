@@ -132,3 +132,8 @@ def test_proc_pids_and_kill_leftovers_find_and_end_an_instance_by_argv() -> None
     finally:
         process.kill()
         process.wait(30)
+
+
+def test_parse_message_reads_a_delivered_file_with_lf_line_ends() -> None:
+    msg = mta.parse_message(b"Return-Path: <certbot@example.com>\nSubject: renewed\n\nbody\n")
+    assert (msg["Return-Path"], msg["Subject"], msg.get_content()) == ("<certbot@example.com>", "renewed", "body\n")
