@@ -11,37 +11,19 @@ import ssl
 from typing import Any
 
 import pytest
-from support import exim
+from support import exim, mtadeploy
 from support.debunpack import Unpacked
 from support.deployenv import DeployEnv
 from support.exim import AuthPolicy, EximRelay
-from support.mtadeploy import (
-    assert_auth_refused,
-    assert_delivered,
-    assert_tls_refused,
-    attachments,
-    deploy,
-)
 from support.pki import LineagePaths, RelayPKI
 
 WRONG_PASSWORD = "not-the-exim-password-3f9a"
 
 
 def target(relay: EximRelay, **overrides: Any) -> dict[str, Any]:
-    table: dict[str, Any] = {
-        "host": relay.host,
-        "port": relay.port,
-        "tls_mode": "starttls",
-        "tls_ca_file": str(relay.ca_file),
-        "auth_method": "plain",
-        "username": relay.user,
-        "password_credential": "relay",
-        "timeout": 15,
-        "from_address": "certbot@example.com",
-        "to": ["pki@example.com"],
-    }
-    table.update(overrides)
-    return {key: value for key, value in table.items() if value is not None}
+    settings = {"auth_method": "plain", "username": relay.user, "password_credential": "relay",
+                "to": ["pki@example.com"]}
+    return mtadeploy.starttls_target(relay.host, relay.port, relay.ca_file, **(settings | overrides))
 
 
 def assert_nothing_accepted(relay: EximRelay) -> None:
@@ -54,9 +36,11 @@ def assert_nothing_accepted(relay: EximRelay) -> None:
 def test_pem_delivered_over_starttls_and_auth_byte_identical(
     denv: DeployEnv, lineage: LineagePaths, exim_relay: EximRelay, mechanism: str
 ) -> None:
-    d = deploy(denv, lineage, target(exim_relay, auth_method=mechanism, payload="pem"), password=exim_relay.password)
+    table = target(exim_relay, auth_method=mechanism, payload="pem")
 
-    assert_delivered(d)
+    d = mtadeploy.deploy(denv, lineage, table, password=exim_relay.password)
+
+    mtadeploy.assert_delivered(d)
     t = d.target
     [copy] = exim_relay.wait_for_messages(1)
     assert copy.envelope_to == ("pki@example.com",)
@@ -66,7 +50,7 @@ def test_pem_delivered_over_starttls_and_auth_byte_identical(
     # RFC 3848 §1: "esmtpsa" = ESMTP over STARTTLS with AUTH, as exim recorded the session it received.
     received = " ".join(str(msg.get_all("Received", [""])[0]).split())
     assert "by mx.archive.test with esmtpsa (TLS1." in received, received
-    assert attachments(msg) == [("application/pem-certificate-chain", lineage.fullchain.read_bytes())]
+    assert mtadeploy.attachments(msg) == [("application/pem-certificate-chain", lineage.fullchain.read_bytes())]
     assert b"PRIVATE KEY" not in copy.raw
     assert f"A={mechanism.upper()}:{exim_relay.user} " in exim_relay.log(), exim_relay.log()
     assert exim_relay.password not in d.output
@@ -75,10 +59,10 @@ def test_pem_delivered_over_starttls_and_auth_byte_identical(
 def test_wrong_password_fails_auth_and_sends_nothing(
     denv: DeployEnv, lineage: LineagePaths, exim_relay: EximRelay
 ) -> None:
-    d = deploy(denv, lineage, target(exim_relay), password=WRONG_PASSWORD)
+    d = mtadeploy.deploy(denv, lineage, target(exim_relay), password=WRONG_PASSWORD)
 
     # RFC 4954 §6: 535 5.7.8 Authentication credentials invalid (exim: "Incorrect authentication data").
-    assert_auth_refused(d)
+    mtadeploy.assert_auth_refused(d)
     assert d.target["attempts"] == 1
     assert WRONG_PASSWORD not in d.output
     assert "535 Incorrect authentication data" in exim_relay.log(), exim_relay.log()
@@ -91,9 +75,9 @@ def test_untrusted_relay_certificate_fails_tls_and_sends_nothing(
     table = target(exim_relay)
     del table["tls_ca_file"]  # the system store does not hold the test CA
 
-    d = deploy(denv, lineage, table, password=exim_relay.password)
+    d = mtadeploy.deploy(denv, lineage, table, password=exim_relay.password)
 
-    assert_tls_refused(d, "not trusted")
+    mtadeploy.assert_tls_refused(d, "not trusted")
     assert exim_relay.password not in d.output
     assert_nothing_accepted(exim_relay)
     assert " A=" not in exim_relay.log()  # no AUTH either: the client stopped at the handshake
@@ -133,7 +117,7 @@ def test_relay_variants_without_required_auth(
         table = target(relay, auth_method="none", username=None, password_credential=None,
                        to=[relay.address("pki"), "someone@example.com"])
 
-        d = deploy(denv, lineage, table)
+        d = mtadeploy.deploy(denv, lineage, table)
 
         t = d.target
         assert (t["status"], t["error_code"], t["phase"]) == ("partial", "SMTP_PERMANENT", "rcpt"), t

@@ -7,15 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support import ci
+from support import ci, mtadeploy
 from support.deployenv import DeployEnv
-from support.mtadeploy import (
-    assert_delivered,
-    assert_rcpt_refused,
-    assert_tls_refused,
-    attachments,
-    deploy,
-)
 from support.pki import LineagePaths, RelayPKI, ServerCertName
 from support.polling import wait_until
 from support.postfix import Postfix, unavailable
@@ -53,18 +46,8 @@ def postfix(postfix_valid: Postfix) -> Postfix:
 
 
 def target(server: Postfix, relay_pki: RelayPKI, **overrides: Any) -> dict[str, Any]:
-    table: dict[str, Any] = {
-        "host": server.host,
-        "port": server.port,
-        "tls_mode": "starttls",
-        "tls_ca_file": str(relay_pki.ca_file),
-        "auth_method": "none",
-        "timeout": 15,
-        "from_address": "certbot@example.com",
-        "to": [server.address("pki")],
-    }
-    table.update(overrides)
-    return table
+    settings = {"auth_method": "none", "to": [server.address("pki")]}
+    return mtadeploy.starttls_target(server.host, server.port, relay_pki.ca_file, **(settings | overrides))
 
 
 def logged(server: Postfix, text: str, count: int = 1) -> bool:
@@ -84,9 +67,9 @@ def test_delivers_over_starttls_with_bcc_in_envelope_only(
 ) -> None:
     hidden = [postfix.address("audit"), postfix.address("hidden")]
 
-    d = deploy(denv, lineage, target(postfix, relay_pki, bcc=hidden))
+    d = mtadeploy.deploy(denv, lineage, target(postfix, relay_pki, bcc=hidden))
 
-    assert_delivered(d)
+    mtadeploy.assert_delivered(d)
     t = d.target
     assert t["refused_recipients"] == {}, t
     copies = postfix.wait_for_delivery(3)
@@ -105,7 +88,8 @@ def test_delivers_over_starttls_with_bcc_in_envelope_only(
     [pki_copy] = postfix.delivered("pki")
     for address in hidden:
         assert address.encode() not in pki_copy.raw
-    assert attachments(pki_copy.parse()) == [("application/pem-certificate-chain", lineage.fullchain.read_bytes())]
+    pem = ("application/pem-certificate-chain", lineage.fullchain.read_bytes())
+    assert mtadeploy.attachments(pki_copy.parse()) == [pem]
     assert logged(postfix, "TLS connection established from"), postfix.log()
     assert logged(postfix, "status=sent (delivered to maildir)", 3), postfix.log()
     assert postfix.log().count("status=sent") == 3
@@ -116,9 +100,9 @@ def test_unknown_recipient_refused_at_rcpt_known_one_delivered(
 ) -> None:
     unknown = postfix.address("no-such-box")
 
-    d = deploy(denv, lineage, target(postfix, relay_pki, to=[postfix.address("pki"), unknown]))
+    d = mtadeploy.deploy(denv, lineage, target(postfix, relay_pki, to=[postfix.address("pki"), unknown]))
 
-    assert_rcpt_refused(d, unknown, "User unknown in virtual mailbox table")
+    mtadeploy.assert_rcpt_refused(d, unknown, "User unknown in virtual mailbox table")
     [copy] = postfix.wait_for_delivery(1)
     assert copy.mailbox == "pki" and copy.parse()["Message-ID"] == d.target["message_id"]
     assert logged(postfix, f"reject: RCPT from unknown[127.0.0.1]: 550 5.1.1 <{unknown}>"), postfix.log()
@@ -130,7 +114,7 @@ def test_plaintext_to_postfix_requiring_tls_sends_nothing(
     table = target(postfix, relay_pki, tls_mode="plaintext")
     del table["tls_ca_file"]
 
-    d = deploy(denv, lineage, table)
+    d = mtadeploy.deploy(denv, lineage, table)
 
     t = d.target
     # RFC 3207 §4: a server requiring TLS answers MAIL with 530 5.7.0 until STARTTLS.
@@ -149,9 +133,9 @@ def test_wrong_host_certificate_fails_tls_and_sends_nothing(
 ) -> None:
     postfix_wrong_host.clear()
 
-    d = deploy(denv, lineage, target(postfix_wrong_host, relay_pki))
+    d = mtadeploy.deploy(denv, lineage, target(postfix_wrong_host, relay_pki))
 
-    assert_tls_refused(d, "mismatch")
+    mtadeploy.assert_tls_refused(d, "mismatch")
     # Postfix saw the client abandon the handshake it started; the session never reached MAIL.
     assert logged(postfix_wrong_host, "ehlo=1 starttls=0/1"), postfix_wrong_host.log()
     assert "lost connection after STARTTLS" in postfix_wrong_host.log()

@@ -9,16 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support import sendmail
+from support import mtadeploy, sendmail
 from support.deployenv import DeployEnv
-from support.mtadeploy import (
-    assert_auth_refused,
-    assert_delivered,
-    assert_rcpt_refused,
-    assert_tls_refused,
-    attachments,
-    deploy,
-)
 from support.pki import LineagePaths, RelayPKI
 from support.sendmail import SendmailRelay
 
@@ -37,21 +29,9 @@ def relay(sendmail_valid: SendmailRelay) -> SendmailRelay:
 
 
 def target(relay: SendmailRelay, **overrides: Any) -> dict[str, Any]:
-    table: dict[str, Any] = {
-        "host": relay.host,
-        "port": relay.port,
-        "tls_mode": "starttls",
-        "tls_ca_file": str(relay.ca_file),
-        "auth_method": "plain",
-        "username": relay.user,
-        "password_credential": "relay",
-        "payload": "pem",
-        "timeout": 15,
-        "from_address": "certbot@example.com",
-        "to": [relay.address("pki")],
-    }
-    table.update(overrides)
-    return table
+    settings = {"auth_method": "plain", "username": relay.user, "password_credential": "relay", "payload": "pem",
+                "to": [relay.address("pki")]}
+    return mtadeploy.starttls_target(relay.host, relay.port, relay.ca_file, **(settings | overrides))
 
 
 def test_relay_offers_auth_only_inside_tls(relay: SendmailRelay) -> None:
@@ -82,9 +62,9 @@ def test_unknown_recipient_refused_at_rcpt_known_one_delivered(
 ) -> None:
     unknown = relay.address("no.such.box")
 
-    d = deploy(denv, lineage, target(relay, to=[relay.address("pki"), unknown]), password=relay.password)
+    d = mtadeploy.deploy(denv, lineage, target(relay, to=[relay.address("pki"), unknown]), password=relay.password)
 
-    assert_rcpt_refused(d, unknown, "User unknown")
+    mtadeploy.assert_rcpt_refused(d, unknown, "User unknown")
     [copy] = relay.wait_for_delivery(1)
     assert copy.mailbox == "pki" and copy.parse()["Message-ID"] == d.target["message_id"]
 
@@ -92,9 +72,9 @@ def test_unknown_recipient_refused_at_rcpt_known_one_delivered(
 def test_pem_over_starttls_auth_plain_delivers_the_fullchain(
     denv: DeployEnv, lineage: LineagePaths, relay: SendmailRelay
 ) -> None:
-    d = deploy(denv, lineage, target(relay, bcc=[relay.address("audit")]), password=relay.password)
+    d = mtadeploy.deploy(denv, lineage, target(relay, bcc=[relay.address("audit")]), password=relay.password)
 
-    assert_delivered(d)
+    mtadeploy.assert_delivered(d)
     t = d.target
     assert t["refused_recipients"] == {}, t
     copies = relay.wait_for_delivery(2)
@@ -109,18 +89,18 @@ def test_pem_over_starttls_auth_plain_delivers_the_fullchain(
         assert f"by {sendmail.HOSTNAME} (8.17" in received and " with ESMTPSA " in received, received
         assert "(version=TLSv1.3 " in received, received
         assert msg["X-Test-Auth"] == f"PLAIN {relay.user}"
-        assert attachments(msg) == [("application/pem-certificate-chain", lineage.fullchain.read_bytes())]
+        assert mtadeploy.attachments(msg) == [("application/pem-certificate-chain", lineage.fullchain.read_bytes())]
     assert relay.address("audit").encode() not in relay.delivered("pki")[0].raw
 
 
 def test_auth_login_delivers(denv: DeployEnv, lineage: LineagePaths, relay: SendmailRelay) -> None:
-    d = deploy(denv, lineage, target(relay, auth_method="login"), password=relay.password)
+    d = mtadeploy.deploy(denv, lineage, target(relay, auth_method="login"), password=relay.password)
 
-    assert_delivered(d)
+    mtadeploy.assert_delivered(d)
     [copy] = relay.wait_for_delivery(1)
     msg = copy.parse()
     assert msg["X-Test-Auth"] == f"LOGIN {relay.user}"  # sendmail accepted it under LOGIN, not PLAIN
-    assert [payload for _, payload in attachments(msg)] == [lineage.fullchain.read_bytes()]
+    assert [payload for _, payload in mtadeploy.attachments(msg)] == [lineage.fullchain.read_bytes()]
 
 
 @pytest.mark.parametrize("mechanism", ["plain", "login"])
@@ -129,9 +109,9 @@ def test_wrong_password_fails_auth_and_leaks_nothing(
 ) -> None:
     wrong = "not the " + relay.password
     # -vv turns the SMTP transcript on: the AUTH exchange must be masked there too.
-    d = deploy(denv, lineage, target(relay, auth_method=mechanism), password=wrong, args=["-vv"])
+    d = mtadeploy.deploy(denv, lineage, target(relay, auth_method=mechanism), password=wrong, args=["-vv"])
 
-    assert_auth_refused(d)
+    mtadeploy.assert_auth_refused(d)
     output = d.output
     plain_blob = base64.b64encode(f"\0{relay.user}\0{wrong}".encode()).decode()
     login_blob = base64.b64encode(wrong.encode()).decode()
@@ -146,8 +126,8 @@ def test_untrusted_relay_certificate_fails_tls_and_delivers_nothing(
     table = target(relay)
     del table["tls_ca_file"]  # the system trust store does not know the test CA
 
-    d = deploy(denv, lineage, table, password=relay.password)
+    d = mtadeploy.deploy(denv, lineage, table, password=relay.password)
 
-    assert_tls_refused(d, "not trusted")
+    mtadeploy.assert_tls_refused(d, "not trusted")
     assert relay.password not in d.output
     assert relay.delivered() == []

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from .deployenv import DeployEnv, Run
 from .pki import LineagePaths
 
 __all__ = ["Deployed", "assert_auth_refused", "assert_delivered", "assert_rcpt_refused", "assert_tls_refused",
-           "attachments", "deploy"]
+           "attachments", "deploy", "starttls_target"]
 
 TARGET = "archive"
 #: sysexits.h EX_UNAVAILABLE: what deploy exits with when a target was not (fully) delivered.
@@ -29,6 +30,21 @@ class Deployed:
     def output(self) -> str:
         """Everything the run printed, to look for secrets in."""
         return self.run.stdout + self.run.stderr
+
+
+def starttls_target(host: str, port: int, ca_file: Path, **settings: Any) -> dict[str, Any]:
+    """A target table for a relay on loopback that requires STARTTLS (RFC 3207) and is trusted through
+    ``ca_file``; ``settings`` add or replace keys, and a ``None`` value removes one."""
+    table: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "tls_mode": "starttls",
+        "tls_ca_file": str(ca_file),
+        "timeout": 15,
+        "from_address": "certbot@example.com",
+        **settings,
+    }
+    return {key: value for key, value in table.items() if value is not None}
 
 
 def deploy(denv: DeployEnv, lineage: LineagePaths, table: Mapping[str, Any], *, password: str | None = None,
