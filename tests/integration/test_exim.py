@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import smtplib
 import ssl
-from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from support import exim
+from support import exim, mtadeploy
 from support.debunpack import Unpacked
 from support.deployenv import DeployEnv
 from support.exim import AuthPolicy, EximRelay
@@ -22,29 +21,9 @@ WRONG_PASSWORD = "not-the-exim-password-3f9a"
 
 
 def target(relay: EximRelay, **overrides: Any) -> dict[str, Any]:
-    table: dict[str, Any] = {
-        "host": relay.host,
-        "port": relay.port,
-        "tls_mode": "starttls",
-        "tls_ca_file": str(relay.ca_file),
-        "auth_method": "plain",
-        "username": relay.user,
-        "password_credential": "relay",
-        "timeout": 15,
-        "from_address": "certbot@example.com",
-        "to": ["pki@example.com"],
-    }
-    table.update(overrides)
-    return {key: value for key, value in table.items() if value is not None}
-
-
-def attachments(msg: EmailMessage) -> list[tuple[str, bytes]]:
-    out = []
-    for part in msg.iter_attachments():
-        payload = part.get_payload(decode=True)
-        assert isinstance(payload, bytes)
-        out.append((part.get_content_type(), payload))
-    return out
+    settings = {"auth_method": "plain", "username": relay.user, "password_credential": "relay",
+                "to": ["pki@example.com"]}
+    return mtadeploy.starttls_target(relay.host, relay.port, relay.ca_file, **(settings | overrides))
 
 
 def assert_nothing_accepted(relay: EximRelay) -> None:
@@ -57,14 +36,12 @@ def assert_nothing_accepted(relay: EximRelay) -> None:
 def test_pem_delivered_over_starttls_and_auth_byte_identical(
     denv: DeployEnv, lineage: LineagePaths, exim_relay: EximRelay, mechanism: str
 ) -> None:
-    denv.set_credential("relay", "smtp_password", exim_relay.password)
-    denv.write_config({"archive": target(exim_relay, auth_method=mechanism, payload="pem")})
+    table = target(exim_relay, auth_method=mechanism, payload="pem")
 
-    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    d = mtadeploy.deploy(denv, lineage, table, password=exim_relay.password)
 
-    assert run.returncode == 0, run.stderr
-    t = run.target("archive")
-    assert t["status"] == "delivered", t
+    mtadeploy.assert_delivered(d)
+    t = d.target
     [copy] = exim_relay.wait_for_messages(1)
     assert copy.envelope_to == ("pki@example.com",)
     msg = copy.parse()
@@ -73,27 +50,21 @@ def test_pem_delivered_over_starttls_and_auth_byte_identical(
     # RFC 3848 §1: "esmtpsa" = ESMTP over STARTTLS with AUTH, as exim recorded the session it received.
     received = " ".join(str(msg.get_all("Received", [""])[0]).split())
     assert "by mx.archive.test with esmtpsa (TLS1." in received, received
-    assert attachments(msg) == [("application/pem-certificate-chain", lineage.fullchain.read_bytes())]
+    assert mtadeploy.attachments(msg) == [("application/pem-certificate-chain", lineage.fullchain.read_bytes())]
     assert b"PRIVATE KEY" not in copy.raw
     assert f"A={mechanism.upper()}:{exim_relay.user} " in exim_relay.log(), exim_relay.log()
-    assert exim_relay.password not in run.stdout + run.stderr
+    assert exim_relay.password not in d.output
 
 
 def test_wrong_password_fails_auth_and_sends_nothing(
     denv: DeployEnv, lineage: LineagePaths, exim_relay: EximRelay
 ) -> None:
-    denv.set_credential("relay", "smtp_password", WRONG_PASSWORD)
-    denv.write_config({"archive": target(exim_relay)})
+    d = mtadeploy.deploy(denv, lineage, target(exim_relay), password=WRONG_PASSWORD)
 
-    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
-
-    t = run.target("archive")
     # RFC 4954 §6: 535 5.7.8 Authentication credentials invalid (exim: "Incorrect authentication data").
-    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("failed", "SMTP_AUTH", "auth", False), t
-    assert t["smtp_code"] == 535
-    assert t["attempts"] == 1
-    assert run.returncode == 69
-    assert WRONG_PASSWORD not in run.stdout + run.stderr
+    mtadeploy.assert_auth_refused(d)
+    assert d.target["attempts"] == 1
+    assert WRONG_PASSWORD not in d.output
     assert "535 Incorrect authentication data" in exim_relay.log(), exim_relay.log()
     assert_nothing_accepted(exim_relay)
 
@@ -103,17 +74,11 @@ def test_untrusted_relay_certificate_fails_tls_and_sends_nothing(
 ) -> None:
     table = target(exim_relay)
     del table["tls_ca_file"]  # the system store does not hold the test CA
-    denv.set_credential("relay", "smtp_password", exim_relay.password)
-    denv.write_config({"archive": table})
 
-    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    d = mtadeploy.deploy(denv, lineage, table, password=exim_relay.password)
 
-    t = run.target("archive")
-    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("failed", "SMTP_TLS", "tls", False), t
-    assert "not trusted" in t["detail"]
-    assert t["attempts"] == 1
-    assert run.returncode == 69
-    assert exim_relay.password not in run.stdout + run.stderr
+    mtadeploy.assert_tls_refused(d, "not trusted")
+    assert exim_relay.password not in d.output
     assert_nothing_accepted(exim_relay)
     assert " A=" not in exim_relay.log()  # no AUTH either: the client stopped at the handshake
 
@@ -149,16 +114,16 @@ def test_relay_variants_without_required_auth(
             client.starttls(context=ssl.create_default_context(cafile=str(relay_pki.ca_file)))
             client.ehlo("[127.0.0.1]")
             assert client.has_extn("auth") == (auth == "optional")
-        denv.write_config({"archive": target(relay, auth_method="none", username=None, password_credential=None,
-                                             to=[relay.address("pki"), "someone@example.com"])})
+        table = target(relay, auth_method="none", username=None, password_credential=None,
+                       to=[relay.address("pki"), "someone@example.com"])
 
-        run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+        d = mtadeploy.deploy(denv, lineage, table)
 
-        t = run.target("archive")
+        t = d.target
         assert (t["status"], t["error_code"], t["phase"]) == ("partial", "SMTP_PERMANENT", "rcpt"), t
         refused = t["refused_recipients"]["someone@example.com"]
         assert (refused["smtp_code"], refused["enhanced_status"]) == (550, "5.7.1"), refused
-        assert run.returncode == 69
+        assert d.run.returncode == 69
         [copy] = relay.wait_for_messages(1)
         assert copy.envelope_to == (relay.address("pki"),)
         assert copy.parse()["Message-ID"] == t["message_id"]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support import ci
+from support import ci, mtadeploy
 from support.deployenv import DeployEnv
 from support.pki import LineagePaths, RelayPKI, ServerCertName
 from support.polling import wait_until
@@ -46,18 +46,8 @@ def postfix(postfix_valid: Postfix) -> Postfix:
 
 
 def target(server: Postfix, relay_pki: RelayPKI, **overrides: Any) -> dict[str, Any]:
-    table: dict[str, Any] = {
-        "host": server.host,
-        "port": server.port,
-        "tls_mode": "starttls",
-        "tls_ca_file": str(relay_pki.ca_file),
-        "auth_method": "none",
-        "timeout": 15,
-        "from_address": "certbot@example.com",
-        "to": [server.address("pki")],
-    }
-    table.update(overrides)
-    return table
+    settings = {"auth_method": "none", "to": [server.address("pki")]}
+    return mtadeploy.starttls_target(server.host, server.port, relay_pki.ca_file, **(settings | overrides))
 
 
 def logged(server: Postfix, text: str, count: int = 1) -> bool:
@@ -76,13 +66,12 @@ def test_delivers_over_starttls_with_bcc_in_envelope_only(
     denv: DeployEnv, lineage: LineagePaths, relay_pki: RelayPKI, postfix: Postfix
 ) -> None:
     hidden = [postfix.address("audit"), postfix.address("hidden")]
-    denv.write_config({"archive": target(postfix, relay_pki, bcc=hidden)})
 
-    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    d = mtadeploy.deploy(denv, lineage, target(postfix, relay_pki, bcc=hidden))
 
-    assert run.returncode == 0, run.stderr
-    t = run.target("archive")
-    assert (t["status"], t["refused_recipients"]) == ("delivered", {}), t
+    mtadeploy.assert_delivered(d)
+    t = d.target
+    assert t["refused_recipients"] == {}, t
     copies = postfix.wait_for_delivery(3)
     assert sorted(c.mailbox for c in copies) == ["audit", "hidden", "pki"]
     for copy in copies:
@@ -99,8 +88,8 @@ def test_delivers_over_starttls_with_bcc_in_envelope_only(
     [pki_copy] = postfix.delivered("pki")
     for address in hidden:
         assert address.encode() not in pki_copy.raw
-    atts = [(p.get_content_type(), p.get_payload(decode=True)) for p in pki_copy.parse().iter_attachments()]
-    assert atts == [("application/pem-certificate-chain", lineage.fullchain.read_bytes())]
+    pem = ("application/pem-certificate-chain", lineage.fullchain.read_bytes())
+    assert mtadeploy.attachments(pki_copy.parse()) == [pem]
     assert logged(postfix, "TLS connection established from"), postfix.log()
     assert logged(postfix, "status=sent (delivered to maildir)", 3), postfix.log()
     assert postfix.log().count("status=sent") == 3
@@ -110,19 +99,12 @@ def test_unknown_recipient_refused_at_rcpt_known_one_delivered(
     denv: DeployEnv, lineage: LineagePaths, relay_pki: RelayPKI, postfix: Postfix
 ) -> None:
     unknown = postfix.address("no-such-box")
-    denv.write_config({"archive": target(postfix, relay_pki, to=[postfix.address("pki"), unknown])})
 
-    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    d = mtadeploy.deploy(denv, lineage, target(postfix, relay_pki, to=[postfix.address("pki"), unknown]))
 
-    t = run.target("archive")
-    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("partial", "SMTP_PERMANENT", "rcpt", False), t
-    assert list(t["refused_recipients"]) == [unknown]
-    refused = t["refused_recipients"][unknown]
-    assert (refused["smtp_code"], refused["enhanced_status"]) == (550, "5.1.1")
-    assert "User unknown in virtual mailbox table" in refused["message"]
-    assert run.returncode == 69
+    mtadeploy.assert_rcpt_refused(d, unknown, "User unknown in virtual mailbox table")
     [copy] = postfix.wait_for_delivery(1)
-    assert copy.mailbox == "pki" and copy.parse()["Message-ID"] == t["message_id"]
+    assert copy.mailbox == "pki" and copy.parse()["Message-ID"] == d.target["message_id"]
     assert logged(postfix, f"reject: RCPT from unknown[127.0.0.1]: 550 5.1.1 <{unknown}>"), postfix.log()
 
 
@@ -131,17 +113,16 @@ def test_plaintext_to_postfix_requiring_tls_sends_nothing(
 ) -> None:
     table = target(postfix, relay_pki, tls_mode="plaintext")
     del table["tls_ca_file"]
-    denv.write_config({"archive": table})
 
-    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    d = mtadeploy.deploy(denv, lineage, table)
 
-    t = run.target("archive")
+    t = d.target
     # RFC 3207 §4: a server requiring TLS answers MAIL with 530 5.7.0 until STARTTLS.
     assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("failed", "SMTP_TLS", "mail", False), t
     assert (t["smtp_code"], t["enhanced_status"]) == (530, "5.7.0")
     assert "Must issue a STARTTLS command first" in t["detail"]
     assert t["attempts"] == 1
-    assert run.returncode == 69
+    assert d.run.returncode == 69
     # Postfix does not log the 530 itself; its session summary counts one MAIL command, refused.
     assert logged(postfix, "ehlo=1 mail=0/1"), postfix.log()
     assert_nothing_accepted(postfix)
@@ -151,15 +132,10 @@ def test_wrong_host_certificate_fails_tls_and_sends_nothing(
     denv: DeployEnv, lineage: LineagePaths, relay_pki: RelayPKI, postfix_wrong_host: Postfix
 ) -> None:
     postfix_wrong_host.clear()
-    denv.write_config({"archive": target(postfix_wrong_host, relay_pki)})
 
-    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    d = mtadeploy.deploy(denv, lineage, target(postfix_wrong_host, relay_pki))
 
-    t = run.target("archive")
-    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("failed", "SMTP_TLS", "tls", False), t
-    assert "mismatch" in t["detail"]
-    assert t["attempts"] == 1
-    assert run.returncode == 69
+    mtadeploy.assert_tls_refused(d, "mismatch")
     # Postfix saw the client abandon the handshake it started; the session never reached MAIL.
     assert logged(postfix_wrong_host, "ehlo=1 starttls=0/1"), postfix_wrong_host.log()
     assert "lost connection after STARTTLS" in postfix_wrong_host.log()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support import sendmail
+from support import mtadeploy, sendmail
 from support.deployenv import DeployEnv
 from support.pki import LineagePaths, RelayPKI
 from support.sendmail import SendmailRelay
@@ -29,21 +29,9 @@ def relay(sendmail_valid: SendmailRelay) -> SendmailRelay:
 
 
 def target(relay: SendmailRelay, **overrides: Any) -> dict[str, Any]:
-    table: dict[str, Any] = {
-        "host": relay.host,
-        "port": relay.port,
-        "tls_mode": "starttls",
-        "tls_ca_file": str(relay.ca_file),
-        "auth_method": "plain",
-        "username": relay.user,
-        "password_credential": "relay",
-        "payload": "pem",
-        "timeout": 15,
-        "from_address": "certbot@example.com",
-        "to": [relay.address("pki")],
-    }
-    table.update(overrides)
-    return table
+    settings = {"auth_method": "plain", "username": relay.user, "password_credential": "relay", "payload": "pem",
+                "to": [relay.address("pki")]}
+    return mtadeploy.starttls_target(relay.host, relay.port, relay.ca_file, **(settings | overrides))
 
 
 def test_relay_offers_auth_only_inside_tls(relay: SendmailRelay) -> None:
@@ -73,33 +61,22 @@ def test_unknown_recipient_refused_at_rcpt_known_one_delivered(
     denv: DeployEnv, lineage: LineagePaths, relay: SendmailRelay
 ) -> None:
     unknown = relay.address("no.such.box")
-    denv.set_credential("relay", "smtp_password", relay.password)
-    denv.write_config({"archive": target(relay, to=[relay.address("pki"), unknown])})
 
-    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    d = mtadeploy.deploy(denv, lineage, target(relay, to=[relay.address("pki"), unknown]), password=relay.password)
 
-    t = run.target("archive")
-    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("partial", "SMTP_PERMANENT", "rcpt", False), t
-    assert list(t["refused_recipients"]) == [unknown]
-    refused = t["refused_recipients"][unknown]
-    assert (refused["smtp_code"], refused["enhanced_status"]) == (550, "5.1.1")
-    assert "User unknown" in refused["message"]
-    assert run.returncode == 69
+    mtadeploy.assert_rcpt_refused(d, unknown, "User unknown")
     [copy] = relay.wait_for_delivery(1)
-    assert copy.mailbox == "pki" and copy.parse()["Message-ID"] == t["message_id"]
+    assert copy.mailbox == "pki" and copy.parse()["Message-ID"] == d.target["message_id"]
 
 
 def test_pem_over_starttls_auth_plain_delivers_the_fullchain(
     denv: DeployEnv, lineage: LineagePaths, relay: SendmailRelay
 ) -> None:
-    denv.set_credential("relay", "smtp_password", relay.password)
-    denv.write_config({"archive": target(relay, bcc=[relay.address("audit")])})
+    d = mtadeploy.deploy(denv, lineage, target(relay, bcc=[relay.address("audit")]), password=relay.password)
 
-    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
-
-    assert run.returncode == 0, run.stderr
-    t = run.target("archive")
-    assert (t["status"], t["refused_recipients"]) == ("delivered", {}), t
+    mtadeploy.assert_delivered(d)
+    t = d.target
+    assert t["refused_recipients"] == {}, t
     copies = relay.wait_for_delivery(2)
     assert sorted(c.mailbox for c in copies) == ["audit", "pki"]
     for copy in copies:
@@ -112,24 +89,18 @@ def test_pem_over_starttls_auth_plain_delivers_the_fullchain(
         assert f"by {sendmail.HOSTNAME} (8.17" in received and " with ESMTPSA " in received, received
         assert "(version=TLSv1.3 " in received, received
         assert msg["X-Test-Auth"] == f"PLAIN {relay.user}"
-        atts = [(p.get_content_type(), p.get_payload(decode=True)) for p in msg.iter_attachments()]
-        assert atts == [("application/pem-certificate-chain", lineage.fullchain.read_bytes())]
+        assert mtadeploy.attachments(msg) == [("application/pem-certificate-chain", lineage.fullchain.read_bytes())]
     assert relay.address("audit").encode() not in relay.delivered("pki")[0].raw
 
 
 def test_auth_login_delivers(denv: DeployEnv, lineage: LineagePaths, relay: SendmailRelay) -> None:
-    denv.set_credential("relay", "smtp_password", relay.password)
-    denv.write_config({"archive": target(relay, auth_method="login")})
+    d = mtadeploy.deploy(denv, lineage, target(relay, auth_method="login"), password=relay.password)
 
-    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
-
-    assert run.returncode == 0, run.stderr
-    assert run.target("archive")["status"] == "delivered"
+    mtadeploy.assert_delivered(d)
     [copy] = relay.wait_for_delivery(1)
     msg = copy.parse()
     assert msg["X-Test-Auth"] == f"LOGIN {relay.user}"  # sendmail accepted it under LOGIN, not PLAIN
-    atts = [p.get_payload(decode=True) for p in msg.iter_attachments()]
-    assert atts == [lineage.fullchain.read_bytes()]
+    assert [payload for _, payload in mtadeploy.attachments(msg)] == [lineage.fullchain.read_bytes()]
 
 
 @pytest.mark.parametrize("mechanism", ["plain", "login"])
@@ -137,17 +108,11 @@ def test_wrong_password_fails_auth_and_leaks_nothing(
     denv: DeployEnv, lineage: LineagePaths, relay: SendmailRelay, mechanism: str
 ) -> None:
     wrong = "not the " + relay.password
-    denv.set_credential("relay", "smtp_password", wrong)
-    denv.write_config({"archive": target(relay, auth_method=mechanism)})
-
     # -vv turns the SMTP transcript on: the AUTH exchange must be masked there too.
-    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json", "-vv")
+    d = mtadeploy.deploy(denv, lineage, target(relay, auth_method=mechanism), password=wrong, args=["-vv"])
 
-    t = run.target("archive")
-    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("failed", "SMTP_AUTH", "auth", False), t
-    assert t["smtp_code"] == 535
-    assert run.returncode == 69
-    output = run.stdout + run.stderr
+    mtadeploy.assert_auth_refused(d)
+    output = d.output
     plain_blob = base64.b64encode(f"\0{relay.user}\0{wrong}".encode()).decode()
     login_blob = base64.b64encode(wrong.encode()).decode()
     for secret in (wrong, relay.password, plain_blob, login_blob):
@@ -158,17 +123,11 @@ def test_wrong_password_fails_auth_and_leaks_nothing(
 def test_untrusted_relay_certificate_fails_tls_and_delivers_nothing(
     denv: DeployEnv, lineage: LineagePaths, relay: SendmailRelay
 ) -> None:
-    denv.set_credential("relay", "smtp_password", relay.password)
     table = target(relay)
     del table["tls_ca_file"]  # the system trust store does not know the test CA
-    denv.write_config({"archive": table})
 
-    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    d = mtadeploy.deploy(denv, lineage, table, password=relay.password)
 
-    t = run.target("archive")
-    assert (t["status"], t["error_code"], t["phase"], t["retryable"]) == ("failed", "SMTP_TLS", "tls", False), t
-    assert "not trusted" in t["detail"]
-    assert t["attempts"] == 1
-    assert run.returncode == 69
-    assert relay.password not in run.stdout + run.stderr
+    mtadeploy.assert_tls_refused(d, "not trusted")
+    assert relay.password not in d.output
     assert relay.delivered() == []

@@ -18,15 +18,10 @@ with 530 5.7.0, advertises AUTH PLAIN and LOGIN only once TLS is up, relays for 
 
 from __future__ import annotations
 
-import email
-import email.policy
 import os
 import pwd
-import random
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -37,12 +32,12 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Literal
 
+from . import mta
 from .debunpack import Unavailable, Unpacked, unpacked
 from .pki import ServerCert
 
 __all__ = ["AuthPolicy", "Delivered", "EximError", "EximRelay", "Unavailable", "install", "running"]
 
-LOOPBACK = "127.0.0.1"
 DOMAIN = "archive.test"
 PACKAGE = "exim4-daemon-light"
 BINARY = "usr/sbin/exim4"
@@ -69,7 +64,7 @@ _LOG_TAIL = 40
 AuthPolicy = Literal["required", "optional", "off"]
 
 
-class EximError(RuntimeError):
+class EximError(mta.MtaError):
     """The test exim failed (to start, stop or deliver); the message ends with its log."""
 
 
@@ -94,9 +89,7 @@ class Delivered:
     raw: bytes
 
     def parse(self) -> EmailMessage:
-        msg = email.message_from_bytes(self.raw, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        return msg
+        return mta.parse_message(self.raw)
 
     @property
     def envelope_to(self) -> tuple[str, ...]:
@@ -232,7 +225,7 @@ def _config(root: Path, binary: Path, port: int, auth: AuthPolicy, user: str, pa
         "log_file_path": root / "log" / "%slog",
         "pid_file_path": root / "spool" / "exim-daemon.pid",
         "daemon_smtp_ports": port,
-        "local_interfaces": f"<; {LOOPBACK}",
+        "local_interfaces": f"<; {mta.LOOPBACK}",
         "host_lookup": "",
         "rfc1413_hosts": "",  # no ident callbacks
         "smtp_banner": f"mx.{DOMAIN} ESMTP Exim $version_number (certbot-smtp-dist test instance) $tod_full",
@@ -270,66 +263,16 @@ def _config(root: Path, binary: Path, port: int, auth: AuthPolicy, user: str, pa
 # ---------------------------------------------------------------------------- processes
 
 
-def _free_port() -> int:
-    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range, so no outgoing connection is using it."""
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(20000, 32768)
-        with socket.socket() as s:
-            try:
-                s.bind((LOOPBACK, port))
-            except OSError:
-                continue
-            return port
-    raise EximError("no free loopback port in 20000..32767")
-
-
-def _greets(port: int) -> bool:
-    """True once the port sends the first bytes of a 220 greeting (RFC 5321 §4.2)."""
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=1.0) as s:
-            s.settimeout(2.0)
-            if s.recv(4).startswith(b"220"):
-                s.sendall(b"QUIT\r\n")
-                return True
-    except OSError:
-        pass
-    return False
-
-
 def _instance_pids(config: Path) -> list[int]:
     """This instance's processes: the daemon, its forks and its re-execs all carry ``-C CONFIG`` in argv."""
     marker = str(config).encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker in argv:
-            pids.append(int(entry.name))
-    return pids
+    return mta.proc_pids("cmdline", lambda cmdline: marker in cmdline.split(b"\0"))
 
 
 def _stop(process: subprocess.Popen[bytes], config: Path) -> None:
     """SIGTERM the daemon by its PID, wait (bounded), then SIGKILL it and whatever of the instance is left."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(_STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(_STOP_GRACE)
-    deadline = time.monotonic() + _STOP_GRACE
-    while _instance_pids(config) and time.monotonic() < deadline:  # connection and delivery processes finishing
-        time.sleep(0.05)
-    for pid in _instance_pids(config):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    mta.terminate(process, _STOP_GRACE)
+    mta.kill_leftovers(lambda: _instance_pids(config), _STOP_GRACE)  # connection and delivery processes finishing
 
 
 def _lay_out(root: Path, served: ServerCert) -> None:
@@ -370,15 +313,22 @@ def _spawn(install: Unpacked, root: Path) -> subprocess.Popen[bytes]:
 def _start(install: Unpacked, relay: EximRelay) -> subprocess.Popen[bytes]:
     """The daemon, answering on ``relay.port``; EximError (with its output) if it exits or stays silent."""
     process = _spawn(install, relay.root)
-    deadline = time.monotonic() + _START_TIMEOUT
-    while not _greets(relay.port):
-        if process.poll() is not None or time.monotonic() >= deadline:
-            _stop(process, relay.root / "conf" / "exim.conf")
-            output = (relay.root / "daemon.out").read_text(errors="replace")
-            raise relay.error(f"exim did not answer on {relay.host}:{relay.port} (exit {process.returncode}):\n"
-                              f"{output}")
-        time.sleep(0.02)
+    if not mta.wait_for_greeting(relay.port, _START_TIMEOUT, process):
+        _stop(process, relay.root / "conf" / "exim.conf")
+        output = (relay.root / "daemon.out").read_text(errors="replace")
+        raise relay.error(f"exim did not answer on {relay.host}:{relay.port} (exit {process.returncode}):\n"
+                          f"{output}")
     return process
+
+
+def _launch(package: Unpacked, root: Path, ca_file: Path, auth: AuthPolicy,
+            port: int) -> tuple[EximRelay, subprocess.Popen[bytes]]:
+    """Configure the instance for ``port`` with a fresh password and start it."""
+    relay = EximRelay(mta.LOOPBACK, port, ca_file, USER, secrets.token_hex(12), root / "mail", root, auth,
+                      package.version)
+    _write_config(root / "conf" / "exim.conf", _config(root, package.path(BINARY), port, auth, relay.user,
+                                                        relay.password))
+    return relay, _start(package, relay)
 
 
 @contextmanager
@@ -390,25 +340,14 @@ def running(served: ServerCert, ca_file: Path, *, auth: AuthPolicy = "required",
     cannot run here, :class:`EximError` when it fails to start.
     """
     package = package or install()
-    binary = package.path(BINARY)
     # Not under pytest's tmp dirs: those are 0700 and root's, but exim runs as nobody and must traverse them.
     root = Path(tempfile.mkdtemp(prefix="certbot-smtp-dist-exim-"))
     root.chmod(0o711)
     process: subprocess.Popen[bytes] | None = None
     try:
         _lay_out(root, served)
-        for attempt in range(3):  # the port can be taken between choosing and binding it
-            relay = EximRelay(LOOPBACK, _free_port(), Path(ca_file), USER, secrets.token_hex(12), root / "mail", root,
-                              auth, package.version)
-            _write_config(root / "conf" / "exim.conf", _config(root, binary, relay.port, auth, relay.user,
-                                                                relay.password))
-            try:
-                process = _start(package, relay)
-                break
-            except EximError as exc:
-                if "Address already in use" not in str(exc) or attempt == 2:
-                    raise
-        assert process is not None
+        relay, process = mta.on_free_port(lambda port: _launch(package, root, Path(ca_file), auth, port),
+                                      lambda exc: "Address already in use" in str(exc))
         yield relay
     finally:
         if process is not None:

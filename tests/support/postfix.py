@@ -9,15 +9,10 @@ nothing, sends nothing out, and logs to its own ``maillog`` file. Postfix's mast
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import os
 import pwd
-import random
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,16 +22,18 @@ from email.message import EmailMessage
 from pathlib import Path
 from types import TracebackType
 
-LOOPBACK = "127.0.0.1"
+from . import mta
+
 DOMAIN = "archive.test"
 DEFAULT_MAILBOXES = ("pki", "audit", "hidden")
 _VIRTUAL_USER = "nobody"  # owns the Maildirs; virtual(8) refuses uids below virtual_minimum_uid (100)
 _COMMAND_TIMEOUT = 30.0
 _START_TIMEOUT = 15.0
+_STOP_GRACE = 5.0
 _LOG_TAIL = 60
 
 
-class PostfixError(RuntimeError):
+class PostfixError(mta.MtaError):
     """The test Postfix instance failed (to start, stop, answer or deliver); the message ends with its log."""
 
 
@@ -73,37 +70,7 @@ class Delivered:
     raw: bytes
 
     def parse(self) -> EmailMessage:
-        msg = email.message_from_bytes(self.raw, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        return msg
-
-
-def _free_port() -> int:
-    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range, so no outgoing connection is using it."""
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(20000, 32768)
-        with socket.socket() as s:
-            try:
-                s.bind((LOOPBACK, port))
-            except OSError:
-                continue
-            return port
-    raise PostfixError("no free loopback port in 20000..32767")
-
-
-def _port_answers(port: int) -> bool:
-    """True once something on the port sends the first bytes of a 220 greeting (RFC 5321 §4.2)."""
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=1.0) as s:
-            s.settimeout(2.0)
-            banner = s.recv(4)
-            if banner.startswith(b"220"):
-                s.sendall(b"QUIT\r\n")
-                return True
-            return False
-    except OSError:
-        return False
+        return mta.parse_message(self.raw)
 
 
 def _main_cf(root: Path, conf: Path, *, domain: str, uid: int, gid: int) -> str:
@@ -168,7 +135,7 @@ def _master_cf(port: int) -> str:
     """
     services = [
         # service            type        private unpriv chroot wakeup maxproc command
-        (f"{LOOPBACK}:{port}", "inet", "n", "-", "n", "-", "-", "smtpd"),
+        (f"{mta.LOOPBACK}:{port}", "inet", "n", "-", "n", "-", "-", "smtpd"),
         ("pickup", "unix", "n", "-", "n", "60", "1", "pickup"),
         ("cleanup", "unix", "n", "-", "n", "-", "0", "cleanup"),
         ("qmgr", "unix", "n", "-", "n", "300", "1", "qmgr"),
@@ -213,7 +180,7 @@ class Postfix:
         self._cert_file = Path(cert_file)
         self._key_file = Path(key_file)
         self._parent = parent
-        self.host = LOOPBACK
+        self.host = mta.LOOPBACK
         self.port = 0
         self._root: Path | None = None
         self._log_mark = 0
@@ -263,22 +230,22 @@ class Postfix:
         self.root.chmod(0o711)
         try:
             self._lay_out()
-            for attempt in range(3):  # the port can be taken between choosing and binding it
-                self.port = _free_port()
-                (self.config_dir / "master.cf").write_text(_master_cf(self.port))
-                # postfix-script's start runs the integrity checks and `post-install create-missing`, which makes
-                # the queue subdirectories with Postfix's ownership and modes.
-                result = self._run("postfix", "start", check=False)
-                if result.returncode == 0:
-                    break
-                if "Address already in use" not in self.log() or attempt == 2:
-                    raise self._error(f"postfix start failed (exit {result.returncode})", result.stderr)
+            mta.on_free_port(self._start_on, lambda _: "Address already in use" in self.log())
             self._running = True
             self._wait_for_port()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_on(self, port: int) -> None:
+        self.port = port
+        (self.config_dir / "master.cf").write_text(_master_cf(port))
+        # postfix-script's start runs the integrity checks and `post-install create-missing`, which makes the
+        # queue subdirectories with Postfix's ownership and modes.
+        result = self._run("postfix", "start", check=False)
+        if result.returncode != 0:
+            raise self._error(f"postfix start failed (exit {result.returncode})", result.stderr)
 
     def stop(self) -> None:
         """Stop the instance, kill whatever of it is left, remove its directory. Idempotent."""
@@ -287,7 +254,7 @@ class Postfix:
         try:
             if self._running:
                 self._run("postfix", "stop", check=False)
-            self._kill_leftovers()
+            mta.kill_leftovers(self._instance_pids, _STOP_GRACE)
         finally:
             self._running = False
             shutil.rmtree(self._root, ignore_errors=True)
@@ -314,36 +281,13 @@ class Postfix:
         self.maillog.touch(mode=0o644)
 
     def _wait_for_port(self) -> None:
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not _port_answers(self.port):
-            if time.monotonic() >= deadline:
-                raise self._error(f"Postfix did not answer on {self.host}:{self.port} within {_START_TIMEOUT:.0f}s")
-            time.sleep(0.05)
+        if not mta.wait_for_greeting(self.port, _START_TIMEOUT):
+            raise self._error(f"Postfix did not answer on {self.host}:{self.port} within {_START_TIMEOUT:.0f}s")
 
     def _instance_pids(self) -> list[int]:
         """Processes of this instance: Postfix passes MAIL_CONFIG (import_environment) to every daemon."""
         marker = f"MAIL_CONFIG={self.config_dir}".encode()
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                environ = (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if marker in environ.split(b"\0"):
-                pids.append(int(entry.name))
-        return pids
-
-    def _kill_leftovers(self, grace: float = 5.0) -> None:
-        deadline = time.monotonic() + grace
-        while self._instance_pids() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for pid in self._instance_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        return mta.proc_pids("environ", lambda environ: marker in environ.split(b"\0"))
 
     # ------------------------------------------------------------------ commands
 

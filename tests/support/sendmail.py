@@ -19,14 +19,9 @@ message and recipient; any other recipient is refused at RCPT and nothing ever l
 from __future__ import annotations
 
 import contextlib
-import email
-import email.policy
 import os
-import random
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,10 +30,9 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 
-from support import ci
+from support import ci, mta
 from support.debunpack import Unavailable, Unpacked, unpacked
 
-LOOPBACK = "127.0.0.1"
 DOMAIN = "archive.test"
 HOSTNAME = f"mx.{DOMAIN}"
 USER = "relay-user"
@@ -63,7 +57,7 @@ _STOP_TIMEOUT = 5.0
 _COMMAND_TIMEOUT = 30.0
 
 
-class SendmailError(RuntimeError):
+class SendmailError(mta.MtaError):
     """The test sendmail failed (to be configured, started or to deliver); the message ends with its output."""
 
 
@@ -76,9 +70,7 @@ class Delivered:
     raw: bytes
 
     def parse(self) -> EmailMessage:
-        msg = email.message_from_bytes(self.raw, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        return msg
+        return mta.parse_message(self.raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,33 +144,6 @@ def _prefix() -> Unpacked:
     return unpacked("sendmail", PACKAGES, binary=_BINARY, libraries=LIBRARIES)
 
 
-def _free_port() -> int:
-    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range, so no outgoing connection is using it."""
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(20000, 32768)
-        with socket.socket() as s:
-            try:
-                s.bind((LOOPBACK, port))
-            except OSError:
-                continue
-            return port
-    raise SendmailError("no free loopback port in 20000..32767")
-
-
-def _greets(port: int) -> bool:
-    """True once the daemon sends the first bytes of its 220 greeting (RFC 5321 §4.2)."""
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=1.0) as s:
-            s.settimeout(2.0)
-            if s.recv(4).startswith(b"220"):
-                s.sendall(b"QUIT\r\n")
-                return True
-            return False
-    except OSError:
-        return False
-
-
 def _mc_defines(root: Path, helpfile: Path) -> dict[str, object]:
     """The m4 ``define``s: every path private, STARTTLS, AUTH PLAIN/LOGIN only inside TLS."""
     etc = root / "etc"
@@ -222,7 +187,7 @@ def _mc(root: Path, port: int, helpfile: Path) -> str:
         "FEATURE(`accept_unresolvable_domains')dnl",  # the client's sender domain is never looked up
         "RELAY_DOMAIN(`archive.test')dnl",
         "TRUST_AUTH_MECH(`PLAIN LOGIN')dnl",
-        f"DAEMON_OPTIONS(`Port={port}, Addr={LOOPBACK}, Name=MTA')dnl",
+        f"DAEMON_OPTIONS(`Port={port}, Addr={mta.LOOPBACK}, Name=MTA')dnl",
         "MAILER(`smtp')dnl",  # so that any sender parses; no recipient is ever routed to it (below)
         "LOCAL_CONFIG",
         # Which mechanism and identity the message was accepted under, for the tests to read.
@@ -283,7 +248,7 @@ class _Instance:
 
     def start(self) -> SendmailRelay:
         package = _prefix()
-        port = _free_port()
+        port = mta.free_port()
         plugins = _sasl_plugin_dir()
         assert plugins is not None, "unavailable() said the SASL plugins are there"
         self._lay_out(package.prefix, port, plugins)
@@ -300,12 +265,9 @@ class _Instance:
         with self.log_file.open("wb") as log:
             self._process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                              stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not _greets(port):
-            if self._process.poll() is not None or time.monotonic() >= deadline:
-                raise self._error(f"sendmail did not answer on {LOOPBACK}:{port} within {_START_TIMEOUT:.0f}s")
-            time.sleep(0.02)
-        return SendmailRelay(LOOPBACK, port, self._ca_file, USER, self.password, self.root / "messages",
+        if not mta.wait_for_greeting(port, _START_TIMEOUT, self._process):
+            raise self._error(f"sendmail did not answer on {mta.LOOPBACK}:{port} within {_START_TIMEOUT:.0f}s")
+        return SendmailRelay(mta.LOOPBACK, port, self._ca_file, USER, self.password, self.root / "messages",
                              package.version)
 
     def stop(self) -> None:
@@ -315,14 +277,7 @@ class _Instance:
         try:
             process = self._process
             if process is not None and process.poll() is None:
-                for pid in _children(process.pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGTERM)
-                try:
-                    process.wait(_STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(_STOP_TIMEOUT)
+                mta.terminate(process, _STOP_TIMEOUT, targets=_children(process.pid))
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -337,7 +292,7 @@ class _Instance:
         for name in ("local-host-names", "statistics"):
             _write(etc / name, b"", 0o600)
         _write(etc / "service.switch", b"hosts files\naliases files\n", 0o644)
-        _write(etc / "hosts", f"{LOOPBACK} {HOSTNAME} localhost\n::1 {HOSTNAME} localhost\n".encode(), 0o644)
+        _write(etc / "hosts", f"{mta.LOOPBACK} {HOSTNAME} localhost\n::1 {HOSTNAME} localhost\n".encode(), 0o644)
         _write(etc / "resolv.conf", b"nameserver 127.0.0.1\noptions attempts:1 timeout:1\n", 0o644)
         _write(etc / "deliver", _deliver_script(self.root / "messages").encode(), 0o700)
         for plugin in _SASL_PLUGINS:
@@ -377,16 +332,7 @@ class _Instance:
 
 def _children(pid: int) -> list[int]:
     """The PIDs whose parent is ``pid`` (from /proc/PID/stat: the fields after the parenthesised command name)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
+    return mta.proc_pids("stat", lambda stat: int(stat.rsplit(b")", 1)[1].split()[1]) == pid)
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
