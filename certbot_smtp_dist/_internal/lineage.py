@@ -275,12 +275,12 @@ def _not_issued_by(child: Any, parent: Any) -> str | None:
     from certbot_smtp_dist._internal import signatures
 
     if child.issuer != parent.subject:
-        return (f"chain broken: {child.subject.rfc4514_string()} names issuer {child.issuer.rfc4514_string()}, "
-                f"but the next certificate is {parent.subject.rfc4514_string()}")
+        return (f"chain broken: {diagnose.name(child)} names issuer {diagnose.name(child, 'issuer')}, "
+                f"but the next certificate is {diagnose.name(parent)}")
     try:
         signatures.verify(child, parent)
     except signatures.SignatureMismatch as exc:
-        return f"chain broken: the signature on {child.subject.rfc4514_string()} was not made by the next certificate ({exc})"
+        return f"chain broken: the signature on {diagnose.name(child)} was not made by the next certificate ({exc})"
     return None
 
 
