@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,14 +45,12 @@ class Store:
         from cryptography import x509
 
         wanted = canonical(name_der)
-        yielded = False
-        for der in self._hashed(wanted):
-            yielded = True
-            yield x509.load_der_x509_certificate(der)
-        if yielded or self.cafile is None or (not self.thorough and self.capath and self.capath.is_dir()):
-            return
-        for der in self._scan_bundle():
-            if canonical(subject_der(der)) == wanted:
+        found = list(self._hashed(wanted))
+        if not found and self.cafile is not None and (self.thorough or not (self.capath and self.capath.is_dir())):
+            found = [der for der in self._scan_bundle() if canonical(subject_der(der)) == wanted]
+        for der in found:
+            with warnings.catch_warnings():  # a store's old root with a negative serial: cryptography warns
+                warnings.simplefilter("ignore")
                 yield x509.load_der_x509_certificate(der)
 
     def _hashed(self, canon: bytes) -> Iterator[bytes]:
