@@ -172,8 +172,8 @@ def _trust(path: list[Any], store: Any | None, strict: bool) -> tuple[str | None
         anchored = store is not None and any(c == top for c in _candidates(store, top))
         out = []
         if len(path) > 1:
-            out.append(Finding(WARNING, "root-included", f"the chain includes the root {name(top)}: clients use "
-                               "their own copy and ignore it (RFC 8446 §4.4.2)",
+            out.append(Finding(WARNING, "root-included", f"the chain includes the root {name(top)}, which is "
+                               "unnecessary: clients use their own copy (RFC 8446 §4.4.2)",
                                "ship the chain without its last certificate"))
         if anchored:
             return name(top), [*out, Finding(INFO, "trust-anchor", f"chain complete ({shape}), ends at {name(top)}, "

@@ -152,12 +152,13 @@ def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime,
     if problems or key is None:
         raise CertificateError(problems)
     leaf = chain_certs[0]
-    if key is not None and spki(key.public_key()) != spki(leaf.public_key()):
+    if spki(key.public_key()) != spki(leaf.public_key()):
         problems.append("the private key does not match the leaf certificate")
-    for child, parent in itertools.pairwise(chain_certs):
-        why = _not_issued_by(child, parent)
-        if why:
-            problems.append(why)
+    broken = [why for child, parent in itertools.pairwise(chain_certs) if (why := _not_issued_by(child, parent))]
+    problems += broken
+    if broken:  # the same certificates in another order may make a chain: say which (inspect's finding)
+        found = diagnose.examine(chain_certs, spki(key.public_key()), now, None, strict=False).findings
+        problems += [f"{f.message}; fix: {f.fix}" for f in found if f.code == "chain-order"]
     not_before, not_after = diagnose.validity(leaf)
     window = f"valid from {not_before:%Y-%m-%d %H:%M} to {not_after:%Y-%m-%d %H:%M} UTC"
     # RFC 5280 §4.1.2.5: outside its window a certificate is not valid, early or late. Early by less than the

@@ -107,3 +107,13 @@ def test_hostile_names_inject_no_line_and_no_header(denv: DeployEnv, relay_facto
     assert not [ln for ln in body_of(received.data).splitlines() if ln.startswith(("X-Injected", "Bcc:"))]
     assert not [ln for ln in run.stderr.splitlines() if ln.startswith(("X-Injected", "Bcc", "\x1b"))]
     assert all(ln.isprintable() for ln in cert_warnings(run))
+
+
+def test_deploy_refuses_a_wrong_order_and_gives_the_right_one(denv: DeployEnv, relay_factory,
+                                                              lineage: pki.LineagePaths, tmp_path: Path) -> None:
+    relay = relay_factory("starttls")
+    denv.write_config({"archive": relay_target(relay)})
+    swapped = pki.write_pem(tmp_path / "swapped.pem", lineage.intermediate, lineage.leaf)
+    run = denv.run("deploy", "--fullchain", str(swapped), "--key", str(lineage.privkey))
+    assert run.returncode == 65 and relay.messages == []
+    assert "write them in this order: 1. CN=test.example.com, 2. CN=Test ACME Intermediate R1" in run.stderr
