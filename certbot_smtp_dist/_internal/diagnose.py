@@ -62,7 +62,10 @@ def examine(certs: Sequence[Any], key_spki: bytes | None, now: datetime, store: 
 
 def name(cert: Any, which: str = "subject") -> str:
     """A certificate's subject (or issuer) as one printable, bounded line (RFC 4514 string)."""
-    text = printable(getattr(cert, which).rfc4514_string())
+    try:
+        text = printable(getattr(cert, which).rfc4514_string())
+    except (ValueError, TypeError):  # a value cryptography cannot decode (a BMPString of odd length...)
+        return "(a name that does not decode)"
     return text if len(text) <= SHOWN_NAME else text[:SHOWN_NAME] + "..."
 
 

@@ -196,6 +196,14 @@ def test_unreadable_inputs_go_through_the_bounded_readers(denv: DeployEnv, lin: 
     assert status == EX_NOINPUT and "not a regular file" in doc["findings"][0]["message"]
 
 
+def test_key_file_open_to_others_is_a_warning(denv: DeployEnv, lin: pki.LineagePaths) -> None:
+    lin.privkey.chmod(0o644)  # through live/'s link, onto the archive file: what is read is what is judged
+    status, doc = as_json(denv, "--lineage", str(lin.live_dir), "--ca-file", str(lin.root_file))
+    assert status == EX_OK and codes(doc, "warning") == ["key-file-exposed"]
+    [exposed] = [f for f in doc["findings"] if f["code"] == "key-file-exposed"]
+    assert "mode 0644" in exposed["message"] and exposed["fix"].startswith("chmod 600 ")
+
+
 def test_usage_errors(denv: DeployEnv, lin: pki.LineagePaths) -> None:
     assert inspect(denv).returncode == EX_USAGE
     both = inspect(denv, "--lineage", str(lin.live_dir), "--cert", str(lin.cert))
