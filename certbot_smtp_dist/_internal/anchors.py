@@ -10,7 +10,9 @@ symbolic links (hash -> /usr/share/ca-certificates/...) are followed, as OpenSSL
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,13 +28,14 @@ MAX_HASH_COLLISIONS = 16  # <hash>.0 ... <hash>.15: real stores hold one or two 
 _CANON_CODECS = {0x0C: "utf-8", 0x13: "latin-1", 0x14: "latin-1", 0x16: "latin-1", 0x1A: "latin-1",
                  0x1E: "utf-16-be", 0x1C: "utf-32-be"}
 _SPACE = b" \t\n\v\f\r"  # ossl_isspace
+_HASH_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 
 
 @dataclass(frozen=True, slots=True)
 class Store:
     """Where anchors are looked up: a hashed directory (`capath`), a bundle (`cafile`), or both; `label` names it
     in findings ("the system trust store", "--ca-file F"). Without `thorough` (the deploy path) a name missing from
-    an existing hashed directory is not searched for again in the bundle, which on Debian holds the same anchors."""
+    a hashed directory is not searched for again in the bundle, which on Debian holds the same anchors."""
 
     label: str
     capath: Path | None = None
@@ -46,7 +49,7 @@ class Store:
 
         wanted = canonical(name_der)
         found = list(self._hashed(wanted))
-        if not found and self.cafile is not None and (self.thorough or not (self.capath and self.capath.is_dir())):
+        if not found and self.cafile is not None and (self.thorough or not _hashed_layout(self.capath)):
             found = [der for der in self._scan_bundle() if canonical(subject_der(der)) == wanted]
         for der in found:
             with warnings.catch_warnings():  # a store's old root with a negative serial: cryptography warns
@@ -73,6 +76,18 @@ class Store:
                 return []
             self._bundle.extend(_certificate_blocks(data))
         return self._bundle
+
+
+def _hashed_layout(capath: Path | None) -> bool:
+    """Whether `capath` is a c_rehash directory (Debian's /etc/ssl/certs), where a miss is authoritative; Fedora's
+    /etc/pki/tls/certs, for one, holds only bundles. The first hash-named entry answers it."""
+    if capath is None:
+        return False
+    try:
+        with os.scandir(capath) as entries:
+            return any(_HASH_NAME.fullmatch(entry.name) for entry in itertools.islice(entries, 100_000))
+    except OSError:
+        return False
 
 
 def system_store(thorough: bool = True) -> Store:

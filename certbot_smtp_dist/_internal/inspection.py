@@ -112,9 +112,9 @@ def as_text(found: Inspection) -> str:
     lines = [f"{printable(str(where))}: {found.verdict.upper()} ({counts[Severity.ERROR]} error(s), "
              f"{counts[Severity.WARNING]} warning(s))"]
     for finding in found.findings:
-        lines.append(f"  {finding.severity.value + ':':9}{finding.message}")
+        lines.append(f"  {finding.severity.value + ':':9}{printable(finding.message)}")
         if finding.fix and finding.severity is not Severity.INFO:
-            lines.append(f"{'':11}fix: {finding.fix}")
+            lines.append(f"{'':11}fix: {printable(finding.fix)}")
     leaf = found.leaf
     if leaf is not None:
         sans = leaf["sans"][:SHOWN_SANS]
@@ -125,7 +125,7 @@ def as_text(found: Inspection) -> str:
                   f"expires:  {leaf['not_after']} (in {leaf['days_left']} days)"]
         lines += [f"{'chain:' if c['position'] == 1 else '':10}{c['position']}. {c['role']:12} {c['subject']}"
                   for c in found.chain]
-        lines.append(f"anchor:   {found.anchor or '(none)'} ({found.store})")
+        lines.append(f"anchor:   {found.anchor or '(none)'} ({printable(found.store)})")
     return "\n".join(lines)
 
 
