@@ -41,7 +41,8 @@ class Store:
     capath: Path | None = None
     cafile: Path | None = None
     thorough: bool = True
-    _bundle: list[Any] = field(default_factory=list, compare=False, repr=False)  # bundle DER, once read
+    _bundle: list[bytes] = field(default_factory=list, compare=False, repr=False)  # bundle DER, once read
+    _index: dict[bytes, list[bytes]] = field(default_factory=dict, compare=False, repr=False)
 
     def candidates(self, name_der: bytes) -> Iterator[Any]:
         """The certificates in this store whose subject is the Name `name_der` (DER), parsed; at most a few."""
@@ -50,7 +51,7 @@ class Store:
         wanted = canonical(name_der)
         found = list(self._hashed(wanted))
         if not found and self.cafile is not None and (self.thorough or not _hashed_layout(self.capath)):
-            found = [der for der in self._scan_bundle() if canonical(subject_der(der)) == wanted]
+            found = self._indexed().get(wanted, [])
         for der in found:
             with warnings.catch_warnings():  # a store's old root with a negative serial: cryptography warns
                 warnings.simplefilter("ignore")
@@ -67,6 +68,13 @@ class Store:
             except (OSError, ValueError):
                 return  # OpenSSL stops at the first gap too
             yield from _certificate_blocks(data)
+
+    def _indexed(self) -> dict[bytes, list[bytes]]:
+        """The bundle's certificates by canonical subject, built once per store (a chain asks several names)."""
+        if not self._index:
+            for der in self._scan_bundle():
+                self._index.setdefault(canonical(subject_der(der)), []).append(der)
+        return self._index
 
     def _scan_bundle(self) -> list[bytes]:
         if not self._bundle and self.cafile is not None:

@@ -50,9 +50,9 @@ def examine(certs: Sequence[Any], key_spki: bytes | None, now: datetime, store: 
     key = _key_text(leaf.public_key())
     findings += _key_findings(leaf, key_spki, key)
     findings += _order_findings(certs, path, broken)
-    anchor, trust = _trust(path, store, strict)
+    anchor, trust, depth = _trust(path, store, strict)
     findings += trust
-    findings += _validity_findings(path, now)
+    findings += _validity_findings(path[:depth], now)  # beyond the anchor, an expired cross-sign is harmless
     findings += _name_findings(leaf)
     roles = tuple(_role(c, path) for c in certs)
     order = {ERROR: 0, WARNING: 1, INFO: 2}
@@ -167,39 +167,48 @@ def _order_findings(certs: Sequence[Any], path: list[Any], broken: list[Finding]
     return out
 
 
-def _trust(path: list[Any], store: Any | None, strict: bool) -> tuple[str | None, list[Finding]]:
+def _trust(path: list[Any], store: Any | None, strict: bool) -> tuple[str | None, list[Finding], int]:
+    """The anchor the chain builds to, the findings about it, and how many certificates of `path` reach it: the
+    first whose issuer is an anchor (name and signature) ends the chain a verifier builds (RFC 5280 §6.1); what
+    follows (a cross-signature for older clients, a root) is not needed."""
     top, label = path[-1], store.label if store is not None else "the trust store"
+    out = []
+    if len(path) > 1 and signatures.self_signed(top):
+        out.append(Finding(WARNING, "root-included", f"the chain includes the root {name(top)}, which is "
+                           "unnecessary: clients use their own copy (RFC 8446 §4.4.2)",
+                           "ship the chain without its last certificate"))
+    for depth, cert in enumerate(path, 1):
+        anchor = next((c for c in _candidates(store, cert, "issuer") if signatures.issued(cert, c)), None)
+        if anchor is not None:
+            above = depth - 1
+            shape = "the leaf alone" if not above else f"the leaf and {above} issuer{'s' if above > 1 else ''}"
+            extra = sum(not signatures.self_signed(c) for c in path[depth:])
+            more = f"; {extra} certificate(s) after that are not needed (cross-signed, for older clients)" if extra else ""
+            return name(anchor), [*out, Finding(INFO, "trust-anchor", f"chain complete ({shape}), builds to "
+                                                f"{name(anchor)} in {label}{more}")], depth
+    return None, [*out, *_no_anchor(path, label, strict)], len(path)
+
+
+def _no_anchor(path: list[Any], label: str, strict: bool) -> list[Finding]:
+    top = path[-1]
     above = len(path) - 1
     shape = "the leaf alone" if not above else f"the leaf and {above} issuer{'s' if above > 1 else ''}"
     if signatures.self_signed(top):
-        anchored = store is not None and any(c == top for c in _candidates(store, top))
-        out = []
-        if len(path) > 1:
-            out.append(Finding(WARNING, "root-included", f"the chain includes the root {name(top)}, which is "
-                               "unnecessary: clients use their own copy (RFC 8446 §4.4.2)",
-                               "ship the chain without its last certificate"))
-        if anchored:
-            return name(top), [*out, Finding(INFO, "trust-anchor", f"chain complete ({shape}), ends at {name(top)}, "
-                                             f"a trust anchor in {label}")]
-        return None, [*out, Finding(ERROR if strict else INFO, "no-trust-anchor",
-                                    f"the chain ends at the self-signed {name(top)}, which is not in {label}",
-                                    "if it is a private CA's root, pass it with --ca-file" if strict else None)]
-    anchor = next((c for c in _candidates(store, top, "issuer") if signatures.issued(top, c)), None)
-    if anchor is not None:
-        return name(anchor), [Finding(INFO, "trust-anchor", f"chain complete ({shape}), builds to "
-                                      f"{name(anchor)} in {label}")]
+        return [Finding(ERROR if strict else INFO, "no-trust-anchor",
+                        f"the chain ends at the self-signed {name(top)}, which is not in {label}",
+                        "if it is a private CA's root, pass it with --ca-file" if strict else None)]
     if len(path) == 1 and not _is_ca(top):
-        return None, [Finding(ERROR, "missing-intermediate", f"missing intermediate: the chain holds the leaf alone, "
-                              f"and its issuer {name(top, 'issuer')} is neither in it nor in {label}",
-                              "ship fullchain.pem, not cert.pem (or append the issuer's certificate, chain.pem)")]
+        return [Finding(ERROR, "missing-intermediate", f"missing intermediate: the chain holds the leaf alone, "
+                        f"and its issuer {name(top, 'issuer')} is neither in it nor in {label}",
+                        "ship fullchain.pem, not cert.pem (or append the issuer's certificate, chain.pem)")]
     if strict:
-        return None, [Finding(ERROR, "no-trust-anchor", f"the chain ({shape}) builds to no trust anchor in {label}: "
-                              f"{name(top)} was issued by {name(top, 'issuer')}, which is neither in the chain "
-                              "nor in the store",
-                              "append that intermediate if one is missing; if it is a private CA's root, pass it "
-                              "with --ca-file")]
-    return None, [Finding(INFO, "no-trust-anchor", f"the chain ({shape}) ends at {name(top)}, whose issuer "
-                          f"{name(top, 'issuer')} is not in {label} (a private CA?)")]
+        return [Finding(ERROR, "no-trust-anchor", f"the chain ({shape}) builds to no trust anchor in {label}: "
+                        f"{name(top)} was issued by {name(top, 'issuer')}, which is neither in the chain "
+                        "nor in the store",
+                        "append that intermediate if one is missing; if it is a private CA's root, pass it "
+                        "with --ca-file")]
+    return [Finding(INFO, "no-trust-anchor", f"the chain ({shape}) ends at {name(top)}, whose issuer "
+                    f"{name(top, 'issuer')} is not in {label} (a private CA?)")]
 
 
 def _candidates(store: Any | None, cert: Any, which: str = "subject") -> list[Any]:

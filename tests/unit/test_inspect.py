@@ -127,6 +127,22 @@ def test_expired_intermediate_and_soon_expiring_leaf(denv: DeployEnv, lin: pki.L
     assert "expires-soon" in codes(doc, "warning")
 
 
+def test_expired_cross_signature_after_the_anchor_is_not_an_error(denv: DeployEnv, lin: pki.LineagePaths,
+                                                                    tmp_path: Path) -> None:
+    """Let's Encrypt's former long chain: ISRG Root X1 cross-signed by an expired DST Root CA X3, shipped after
+    the intermediate for old clients. A verifier stops at the anchor; so does inspect."""
+    before, after = pki.expired_window()
+    old_root = pki.make_ca("Old Root CA", not_before=before - dt.timedelta(days=3000), not_after=after)
+    cross = pki.issue(old_root, common_name="Test ACME Root X1", is_ca=True, key=lin.root.key, not_before=before,
+                      not_after=after)
+    chain = pki.write_pem(tmp_path / "long.pem", lin.leaf, lin.intermediate, cross)
+    status, doc = as_json(denv, *files_args(lin, chain))
+    assert status == EX_OK and codes(doc, "error") == [], doc["findings"]
+    [anchored] = [f for f in doc["findings"] if f["code"] == "trust-anchor"]
+    assert "1 certificate(s) after that are not needed" in anchored["message"]
+    assert doc["trust_anchor"] == "CN=Test ACME Root X1"
+
+
 def test_forged_intermediate_is_named(denv: DeployEnv, tmp_path: Path) -> None:
     lin = pki.write_lineage(tmp_path / "live" / "f.example.com", bad_chain_signature=True)
     status, doc = as_json(denv, "--lineage", str(lin.live_dir), "--ca-file", str(lin.root_file))
