@@ -143,6 +143,28 @@ def test_expired_cross_signature_after_the_anchor_is_not_an_error(denv: DeployEn
     assert doc["trust_anchor"] == "CN=Test ACME Root X1"
 
 
+@pytest.mark.parametrize(("key_type", "shown"), [("rsa", "RSA 2048 bits"), ("ec", "ECDSA P-256"),
+                                                  ("ed25519", "Ed25519")])
+def test_key_types_on_this_stack(denv: DeployEnv, tmp_path: Path, key_type: pki.KeyType, shown: str) -> None:
+    """The whole chain signed with each key type: on cryptography 38 through the direct signature checks."""
+    lin = pki.write_lineage(tmp_path / "live" / f"{key_type}.example.com", key_type=key_type)
+    status, doc = as_json(denv, "--lineage", str(lin.live_dir), "--ca-file", str(lin.root_file))
+    assert status == EX_OK and doc["certificate"]["key"] == shown, doc["findings"]
+    assert f"the private key matches the leaf ({shown})" in [f["message"] for f in doc["findings"]]
+
+
+def test_weak_key_and_missing_san(denv: DeployEnv, lin: pki.LineagePaths, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    leaf = pki.issue(lin.intermediate, common_name="weak.example", key=weak)  # a CN and no SAN
+    chain = pki.write_pem(tmp_path / "weak.pem", leaf, lin.intermediate)
+    key = tmp_path / "weak.key"
+    pki.write_private(key, pki.key_pem(weak))
+    status, doc = as_json(denv, "--fullchain", str(chain), "--key", str(key), "--ca-file", str(lin.root_file))
+    assert status == EX_DATAERR and codes(doc, "error") == ["weak-key"] and codes(doc, "warning") == ["no-san"]
+
+
 def test_forged_intermediate_is_named(denv: DeployEnv, tmp_path: Path) -> None:
     lin = pki.write_lineage(tmp_path / "live" / "f.example.com", bad_chain_signature=True)
     status, doc = as_json(denv, "--lineage", str(lin.live_dir), "--ca-file", str(lin.root_file))
