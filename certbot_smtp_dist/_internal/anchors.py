@@ -43,6 +43,7 @@ class Store:
     thorough: bool = True
     _bundle: list[bytes] = field(default_factory=list, compare=False, repr=False)  # bundle DER, once read
     _index: dict[bytes, list[bytes]] = field(default_factory=dict, compare=False, repr=False)
+    _layout: list[bool] = field(default_factory=list, compare=False, repr=False)
 
     def candidates(self, name_der: bytes) -> Iterator[Any]:
         """The certificates in this store whose subject is the Name `name_der` (DER), parsed; at most a few."""
@@ -50,7 +51,7 @@ class Store:
 
         wanted = canonical(name_der)
         found = list(self._hashed(wanted))
-        if not found and self.cafile is not None and (self.thorough or not _hashed_layout(self.capath)):
+        if not found and self.cafile is not None and (self.thorough or not self._hashed_layout()):
             found = self._indexed().get(wanted, [])
         for der in found:
             with warnings.catch_warnings():  # a store's old root with a negative serial: cryptography warns
@@ -68,6 +69,11 @@ class Store:
             except (OSError, ValueError):
                 return  # OpenSSL stops at the first gap too
             yield from _certificate_blocks(data)
+
+    def _hashed_layout(self) -> bool:
+        if not self._layout:  # asked once per store: a chain asks about several names
+            self._layout.append(_hashed_layout(self.capath))
+        return self._layout[0]
 
     def _indexed(self) -> dict[bytes, list[bytes]]:
         """The bundle's certificates by canonical subject, built once per store (a chain asks several names)."""
