@@ -269,6 +269,28 @@ class CertificateFacts:
         }
 
 
+class Severity(str, enum.Enum):
+    """How much a finding about the shipped artefact matters (`inspect` exits non-zero on an error)."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One fact `inspect` and the email's Diagnostics section report about the artefact: a stable `code`, what is
+    wrong (or right) in one printable line, and how to fix it. Never a path, never a secret."""
+
+    severity: Severity
+    code: str
+    message: str
+    fix: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"severity": self.severity.value, "code": self.code, "message": self.message, "fix": self.fix}
+
+
 @dataclass(frozen=True, slots=True)
 class Artefact:
     """A validated certificate: facts plus the bytes the payload formats may ship.
@@ -282,6 +304,7 @@ class Artefact:
     fullchain_pem: bytes = field(repr=False)
     key_pem: bytes = field(repr=False)
     source: LineageSource
+    findings: tuple[Finding, ...] = ()  # diagnose.py's findings: the email's Diagnostics section, deploy's warnings
 
 
 @dataclass(frozen=True, slots=True)

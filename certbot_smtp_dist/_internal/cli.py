@@ -66,7 +66,8 @@ exit status of deploy and retry (sysexits, like other mail tools):
 retry also exits 69 while a failed, blocked or rejected spool entry remains (see status).
 status follows the Nagios plugin convention (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN: it cannot know, e.g. no
 state there or not readable by this user); journal verify exits 1 if tampered or missing; history exits 66 with
-no journal; dismiss exits 64 for an ambiguous id prefix."""
+no journal; dismiss exits 64 for an ambiguous id prefix; inspect exits 65 when it finds an error in the
+certificate files and 66 when one cannot be read."""
 
 
 def versions() -> str:
@@ -143,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     cdel.add_argument("name", help="the credential's name (see list)")
     cdel.set_defaults(func=cmd_credentials_delete)
 
-    from certbot_smtp_dist._internal import cli_state
+    from certbot_smtp_dist._internal import cli_inspect, cli_state
 
     cli_state.register(sub, lambda p: _global_options(p, suppress=True))
+    cli_inspect.register(sub, lambda p: _global_options(p, suppress=True))
     return parser
 
 

@@ -11,9 +11,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from certbot_smtp_dist._internal import files, pem
+from certbot_smtp_dist._internal import diagnose, files, pem
 from certbot_smtp_dist.errors import CertificateError, UsageError
-from certbot_smtp_dist.model import Artefact, CertificateFacts, LineageSource
+from certbot_smtp_dist.model import Artefact, CertificateFacts, LineageSource, Severity
 
 log = logging.getLogger("certbot_smtp_dist")
 MAX_CERTIFICATES = 16  # per certificate file
@@ -92,6 +92,26 @@ def load(source: LineageSource, now: datetime | None = None) -> Artefact:
 
     Each distinct file is read once, bounded (files.read_regular), and its warnings are logged once.
     """
+    raw, twins, key_status = read_inputs(source)
+    for warning in files.exposure(source.key, key_status, os.geteuid(), "private key file"):
+        log.warning("%s", warning)  # whether or not the artefact is usable: the key sits there either way
+    from certbot_smtp_dist._internal import anchors
+
+    # The deploy path's trust question: the hashed directory only, never the whole store parsed (issue 16).
+    artefact, notes = check(raw, source, now or datetime.now(timezone.utc), twins, anchors.system_store(False))
+    for note in dict.fromkeys(notes):
+        log.warning("%s", note)
+    for finding in artefact.findings:  # what the email's Diagnostics section says, the run's output says too
+        if finding.severity is not Severity.INFO:
+            log.warning("certificate %s: %s%s", artefact.facts.name, finding.message,
+                        f"; fix: {finding.fix}" if finding.fix else "")
+    return artefact
+
+
+def read_inputs(source: LineageSource) -> tuple[dict[str, bytes], frozenset[str], os.stat_result]:
+    """The bytes of each file by label (cert, chain, fullchain, key), each distinct file read once and bounded
+    (files.read_regular), the labels whose file is the key file itself, and the key file's status. Raises
+    CertificateError naming every file that cannot be read."""
     problems: list[str] = []
     raw: dict[str, bytes] = {}
     seen: dict[Path, tuple[bytes, os.stat_result]] = {}
@@ -110,12 +130,7 @@ def load(source: LineageSource, now: datetime | None = None) -> Artefact:
     key_file = (key_status.st_dev, key_status.st_ino)
     twins = frozenset(label for label, path in _inputs(source)
                       if (seen[path][1].st_dev, seen[path][1].st_ino) == key_file)
-    for warning in files.exposure(source.key, key_status, os.geteuid(), "private key file"):
-        log.warning("%s", warning)  # whether or not the artefact is usable: the key sits there either way
-    artefact, notes = check(raw, source, now or datetime.now(timezone.utc), twins)
-    for note in dict.fromkeys(notes):
-        log.warning("%s", note)
-    return artefact
+    return raw, twins, key_status
 
 
 def _inputs(source: LineageSource) -> list[tuple[str, Path]]:
@@ -125,13 +140,50 @@ def _inputs(source: LineageSource) -> list[tuple[str, Path]]:
 
 
 def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime,
-          key_twins: frozenset[str] = frozenset()) -> tuple[Artefact, list[str]]:
-    """Pure validation of the artefact's bytes (key matches, chain links, validity), and the warnings to give.
+          key_twins: frozenset[str] = frozenset(), store: Any | None = None) -> tuple[Artefact, list[str]]:
+    """Validation of the artefact's bytes (key matches, chain links, validity), and the warnings to give; pure but
+    for `store` (anchors.Store), where the Diagnostics look for the chain's trust anchor.
 
     Only what was parsed is shipped: the full chain rebuilt from the certificates (leaf first, canonical PEM) and
     the one private key block of the key file. `key_twins` are the labels whose file is the key file itself (one
     combined file), where a private key block is expected rather than warned about.
     """
+    chain_certs, key, key_pem, problems, notes = parse(raw, source, key_twins)
+    if problems or key is None:
+        raise CertificateError(problems)
+    leaf = chain_certs[0]
+    if spki(key.public_key()) != spki(leaf.public_key()):
+        problems.append("the private key does not match the leaf certificate")
+    broken = [why for child, parent in itertools.pairwise(chain_certs) if (why := _not_issued_by(child, parent))]
+    problems += broken
+    if broken:  # the same certificates in another order may make a chain: say which (inspect's finding)
+        found = diagnose.examine(chain_certs, spki(key.public_key()), now, None, strict=False).findings
+        problems += [f"{f.message}; fix: {f.fix}" for f in found if f.code == "chain-order"]
+    not_before, not_after = diagnose.validity(leaf)
+    window = f"valid from {not_before:%Y-%m-%d %H:%M} to {not_after:%Y-%m-%d %H:%M} UTC"
+    # RFC 5280 §4.1.2.5: outside its window a certificate is not valid, early or late. Early by less than the
+    # tolerated skew is the host's clock lagging the CA's just after issuance (not every CA backdates): it ships.
+    if not_before > now + CLOCK_SKEW:
+        problems.append(f"the leaf certificate is not valid yet ({window}; now {now:%Y-%m-%d %H:%M} UTC)")
+    elif not_after <= now:
+        problems.append(f"the leaf certificate expired on {not_after:%Y-%m-%d %H:%M} UTC ({window})")
+    if problems:
+        raise CertificateError(problems)
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    fullchain_pem = b"".join(c.public_bytes(Encoding.PEM) for c in chain_certs)
+    facts = _facts(leaf, source, not_before, not_after)
+    findings = diagnose.examine(chain_certs, spki(key.public_key()), now, store, strict=False).findings
+    return Artefact(facts=facts, fullchain_pem=fullchain_pem, key_pem=key_pem, source=source,
+                    findings=findings), notes
+
+
+def parse(raw: Mapping[str, bytes], source: LineageSource, key_twins: frozenset[str] = frozenset()
+          ) -> tuple[list[Any], Any | None, bytes, list[str], list[str]]:
+    """The certificates as shipped (leaf first), the private key and its canonical PEM block (None, b"" when it does
+    not parse), the problems that stop shipping (files that do not parse or disagree) and the notes to warn about.
+    Raises CertificateError when no certificate can be had at all."""
     problems: list[str] = []
     notes: list[str] = []
     certs: dict[str, list[Any]] = {}
@@ -147,32 +199,7 @@ def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime,
         key, key_pem = _private_key(raw["key"])
     except ValueError as exc:
         problems.append(f"key file {source.key}: {exc}")
-
-    if problems:
-        raise CertificateError(problems)
-    leaf = chain_certs[0]
-    if key is not None and _spki(key.public_key()) != _spki(leaf.public_key()):
-        problems.append("the private key does not match the leaf certificate")
-    for child, parent in itertools.pairwise(chain_certs):
-        why = _not_issued_by(child, parent)
-        if why:
-            problems.append(why)
-    not_before, not_after = _validity(leaf)
-    window = f"valid from {not_before:%Y-%m-%d %H:%M} to {not_after:%Y-%m-%d %H:%M} UTC"
-    # RFC 5280 §4.1.2.5: outside its window a certificate is not valid, early or late. Early by less than the
-    # tolerated skew is the host's clock lagging the CA's just after issuance (not every CA backdates): it ships.
-    if not_before > now + CLOCK_SKEW:
-        problems.append(f"the leaf certificate is not valid yet ({window}; now {now:%Y-%m-%d %H:%M} UTC)")
-    elif not_after <= now:
-        problems.append(f"the leaf certificate expired on {not_after:%Y-%m-%d %H:%M} UTC ({window})")
-    if problems:
-        raise CertificateError(problems)
-
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    fullchain_pem = b"".join(c.public_bytes(Encoding.PEM) for c in chain_certs)
-    facts = _facts(leaf, source, not_before, not_after)
-    return Artefact(facts=facts, fullchain_pem=fullchain_pem, key_pem=key_pem, source=source), notes
+    return chain_certs, key, key_pem, problems, notes
 
 
 def _chain(certs: Mapping[str, list[Any]], problems: list[str]) -> list[Any]:
@@ -238,7 +265,7 @@ def _private_key(data: bytes) -> tuple[Any, bytes]:
         raise ValueError(f"is not supported ({_short(exc)})") from exc
 
 
-def _spki(public_key: Any) -> bytes:
+def spki(public_key: Any) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return bytes(public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
@@ -246,36 +273,16 @@ def _spki(public_key: Any) -> bytes:
 
 def _not_issued_by(child: Any, parent: Any) -> str | None:
     """Check name chaining and the signature (RFC 5280 §6.1.3); None when `parent` issued `child`."""
+    from certbot_smtp_dist._internal import signatures
+
     if child.issuer != parent.subject:
-        return (f"chain broken: {child.subject.rfc4514_string()} names issuer {child.issuer.rfc4514_string()}, "
-                f"but the next certificate is {parent.subject.rfc4514_string()}")
+        return (f"chain broken: {diagnose.name(child)} names issuer {diagnose.name(child, 'issuer')}, "
+                f"but the next certificate is {diagnose.name(parent)}")
     try:
-        if hasattr(child, "verify_directly_issued_by"):  # cryptography >= 40
-            child.verify_directly_issued_by(parent)
-        else:  # pragma: no cover - Debian 12's cryptography 38
-            _verify_signature(child, parent)
-    except Exception as exc:
-        return f"chain broken: the signature on {child.subject.rfc4514_string()} was not made by the next certificate ({_short(exc) or type(exc).__name__})"
+        signatures.verify(child, parent)
+    except signatures.SignatureMismatch as exc:
+        return f"chain broken: the signature on {diagnose.name(child)} was not made by the next certificate ({exc})"
     return None
-
-
-def _verify_signature(child: Any, parent: Any) -> None:  # pragma: no cover - exercised on cryptography < 40
-    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-
-    pub = parent.public_key()
-    if isinstance(pub, rsa.RSAPublicKey):
-        pub.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(), child.signature_hash_algorithm)
-    elif isinstance(pub, ec.EllipticCurvePublicKey):
-        pub.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(child.signature_hash_algorithm))
-    else:
-        pub.verify(child.signature, child.tbs_certificate_bytes)
-
-
-def _validity(cert: Any) -> tuple[datetime, datetime]:
-    if hasattr(cert, "not_valid_after_utc"):  # cryptography >= 42
-        return cert.not_valid_before_utc, cert.not_valid_after_utc
-    return (cert.not_valid_before.replace(tzinfo=timezone.utc),  # pragma: no cover
-            cert.not_valid_after.replace(tzinfo=timezone.utc))
 
 
 def _facts(leaf: Any, source: LineageSource, not_before: datetime, not_after: datetime) -> CertificateFacts:

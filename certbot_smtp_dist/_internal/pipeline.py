@@ -100,7 +100,7 @@ def prepare_job(
     try:
         message = render.render(
             target, artefact.facts, payload, message_id or render.new_message_id(target.from_address), now,
-            envelope_to,
+            envelope_to, artefact.findings,
         )
     except ValueError as exc:  # the email package refuses a header value: this target only, never the whole run
         return Job(target, None, None, known,

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 from certbot_smtp_dist._internal.addresses import domain_of, printable
-from certbot_smtp_dist.model import CertificateFacts, Message, Payload, Target
+from certbot_smtp_dist.model import CertificateFacts, Finding, Message, Payload, Severity, Target
 
 BODY_TEMPLATE = """\
 {opening}
@@ -27,6 +27,7 @@ Not after:     {not_after} UTC
 Serial:        {serial}
 SHA-256:       {fingerprint}
 
+{diagnostics}
 Attachments:
 {attachments}
 {key_notice}
@@ -57,7 +58,23 @@ def subject(target: Target, facts: CertificateFacts) -> str:
     return f"{prefix}Certificate for {cn} issued, expires {facts.not_after.astimezone(timezone.utc):%Y-%m-%d}"
 
 
-def body(target: Target, facts: CertificateFacts, payload: Payload) -> str:
+def diagnostics(findings: tuple[Finding, ...]) -> str:
+    """The Diagnostics section: the sender's own findings about the chain and key (diagnose.py), one wrapped
+    entry each, worst first. Plain text, each piece already one printable line; nothing secret is in a finding."""
+    import textwrap
+
+    lines = ["Diagnostics (checked by the sender before sending):"]
+    for finding in findings or (Finding(Severity.INFO, "none", "no diagnostics were made"),):
+        head = f"  {finding.severity.value + ':':9}"
+        lines += textwrap.wrap(printable(finding.message), 78, initial_indent=head, subsequent_indent=" " * 11,
+                               break_on_hyphens=False)
+        if finding.fix and finding.severity is not Severity.INFO:
+            lines += textwrap.wrap(f"fix: {printable(finding.fix)}", 78, initial_indent=" " * 11,
+                                   subsequent_indent=" " * 16, break_on_hyphens=False)
+    return "\n".join(lines) + "\n"
+
+
+def body(target: Target, facts: CertificateFacts, payload: Payload, findings: tuple[Finding, ...] = ()) -> str:
     rows = [
         f"  {a.filename}  ({len(a.data)} bytes, SHA-256 {hashlib.sha256(a.data).hexdigest()})"
         for a in payload.attachments
@@ -74,6 +91,7 @@ def body(target: Target, facts: CertificateFacts, payload: Payload) -> str:
         not_after=f"{facts.not_after.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}",
         serial=colon_hex(facts.serial_hex),
         fingerprint=colon_hex(facts.sha256_fingerprint),
+        diagnostics=diagnostics(findings),
         attachments="\n".join(rows) or NO_ATTACHMENTS,
         key_notice=KEY_NOTICE if payload.contains_private_key else "",
         sig_dash="-- ",  # RFC 3676 §4.3 signature separator: dash dash space
@@ -88,8 +106,10 @@ def render(
     message_id: str,
     date: datetime,
     envelope_to: tuple[str, ...] | None = None,
+    findings: tuple[Finding, ...] = (),
 ) -> Message:
-    """Build the message. `envelope_to` narrows the RCPT list (a retry of refused recipients only)."""
+    """Build the message. `envelope_to` narrows the RCPT list (a retry of refused recipients only); `findings` are
+    the artefact's Diagnostics."""
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = Address(display_name=target.from_name or "", addr_spec=target.from_address)
     msg["To"] = ", ".join(target.to)
@@ -102,7 +122,7 @@ def render(
     msg["Date"] = format_datetime(date.astimezone(timezone.utc))
     msg["Message-ID"] = message_id
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834 §5
-    msg.set_content(body(target, facts, payload), charset="utf-8")
+    msg.set_content(body(target, facts, payload, findings), charset="utf-8")
     for att in payload.attachments:
         maintype, _, subtype = att.content_type.partition("/")
         # bytes attachments are always base64 (RFC 2045 §6.8), whatever they contain.

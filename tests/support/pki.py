@@ -20,11 +20,11 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-KeyType = Literal["ec", "rsa"]
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+KeyType = Literal["ec", "rsa", "ed25519"]
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 ServerCertName = Literal["valid", "expired", "wrong_host"]
 LineageFile = Literal["cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"]
@@ -43,6 +43,8 @@ def new_key(key_type: KeyType = "ec") -> PrivateKey:
         return ec.generate_private_key(ec.SECP256R1())
     if key_type == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if key_type == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
     raise ValueError(f"unknown key type {key_type!r}")
 
 
@@ -84,6 +86,13 @@ class Issued:
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.cert)
+
+
+def write_pem(path: Path, *items: Issued | x509.Certificate) -> Path:
+    """The certificates of ``items`` as concatenated PEM, in the order given (a hand-assembled chain file)."""
+    certs = [i.cert if isinstance(i, Issued) else i for i in items]
+    path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+    return path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -146,7 +155,9 @@ def _build(
             ),
             critical=False,
         )
-    return builder.sign(signing_key, hashes.SHA256())
+    # RFC 8410 §6: Ed25519 signs without a separate hash.
+    digest = None if isinstance(signing_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(signing_key, digest)
 
 
 def make_ca(

@@ -1,0 +1,226 @@
+"""Find the trust anchors named as a certificate's issuer: OpenSSL's hashed directory first, else a PEM bundle.
+
+A deploy is a cold process with a budget (issue 16): the system store is never parsed whole on that path. OpenSSL's
+c_rehash layout (/etc/ssl/certs/<subject hash>.<n>) answers "which anchors have this subject?" with one stat and
+one small read; a bundle (a distribution without that directory, or --ca-file) is scanned by raw DER, and only the
+certificates whose subject matches are parsed. Every read is bounded (files.read_regular); the store's own
+symbolic links (hash -> /usr/share/ca-certificates/...) are followed, as OpenSSL follows them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from certbot_smtp_dist._internal import files, pem
+
+MAX_BUNDLE_BYTES = 8 << 20  # Debian's ca-certificates.crt is about 200 kB; a bundle is public, but read bounded
+MAX_HASH_COLLISIONS = 16  # <hash>.0 ... <hash>.15: real stores hold one or two per name
+# X.680 universal tags of the directory string types OpenSSL canonicalises (x_name.c, ASN1_MASK_CANON), and
+# the codec each is read with (ASN1_STRING_to_UTF8: one byte per character for the 8-bit ones).
+_CANON_CODECS = {0x0C: "utf-8", 0x13: "latin-1", 0x14: "latin-1", 0x16: "latin-1", 0x1A: "latin-1",
+                 0x1E: "utf-16-be", 0x1C: "utf-32-be"}
+_SPACE = b" \t\n\v\f\r"  # ossl_isspace
+_HASH_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Where anchors are looked up: a hashed directory (`capath`), a bundle (`cafile`), or both; `label` names it
+    in findings ("the system trust store", "--ca-file F"). Without `thorough` (the deploy path) a name missing from
+    a hashed directory is not searched for again in the bundle, which on Debian holds the same anchors."""
+
+    label: str
+    capath: Path | None = None
+    cafile: Path | None = None
+    thorough: bool = True
+    _bundle: list[bytes] = field(default_factory=list, compare=False, repr=False)  # bundle DER, once read
+    _index: dict[bytes, list[bytes]] = field(default_factory=dict, compare=False, repr=False)
+    _layout: list[bool] = field(default_factory=list, compare=False, repr=False)
+
+    def candidates(self, name_der: bytes) -> Iterator[Any]:
+        """The certificates in this store whose subject is the Name `name_der` (DER), parsed; at most a few."""
+        from cryptography import x509
+
+        wanted = canonical(name_der)
+        found = list(self._hashed(wanted))
+        if not found and self.cafile is not None and (self.thorough or not self._hashed_layout()):
+            found = self._indexed().get(wanted, [])
+        for der in found:
+            with warnings.catch_warnings():  # a store's old root with a negative serial: cryptography warns
+                warnings.simplefilter("ignore")
+                yield x509.load_der_x509_certificate(der)
+
+    def _hashed(self, canon: bytes) -> Iterator[bytes]:
+        if self.capath is None:
+            return
+        digest = hashlib.sha1(canon, usedforsecurity=False).digest()
+        stem = f"{int.from_bytes(digest[:4], 'little'):08x}"
+        for n in range(MAX_HASH_COLLISIONS):
+            try:
+                data, _ = files.read_regular(self.capath / f"{stem}.{n}")
+            except (OSError, ValueError):
+                return  # OpenSSL stops at the first gap too
+            yield from _certificate_blocks(data)
+
+    def _hashed_layout(self) -> bool:
+        if not self._layout:  # asked once per store: a chain asks about several names
+            self._layout.append(_hashed_layout(self.capath))
+        return self._layout[0]
+
+    def _indexed(self) -> dict[bytes, list[bytes]]:
+        """The bundle's certificates by canonical subject, built once per store (a chain asks several names)."""
+        if not self._index:
+            for der in self._scan_bundle():
+                self._index.setdefault(canonical(subject_der(der)), []).append(der)
+        return self._index
+
+    def _scan_bundle(self) -> list[bytes]:
+        if not self._bundle and self.cafile is not None:
+            try:
+                data, _ = files.read_regular(self.cafile, MAX_BUNDLE_BYTES)
+            except (OSError, ValueError):
+                return []
+            self._bundle.extend(_certificate_blocks(data))
+        return self._bundle
+
+
+def _hashed_layout(capath: Path | None) -> bool:
+    """Whether `capath` is a c_rehash directory (Debian's /etc/ssl/certs), where a miss is authoritative; Fedora's
+    /etc/pki/tls/certs, for one, holds only bundles. The first hash-named entry answers it."""
+    if capath is None:
+        return False
+    try:
+        with os.scandir(capath) as entries:
+            return any(_HASH_NAME.fullmatch(entry.name) for entry in itertools.islice(entries, 100_000))
+    except OSError:
+        return False
+
+
+def system_store(thorough: bool = True) -> Store:
+    """OpenSSL's default locations (SSL_CERT_DIR / SSL_CERT_FILE honoured, as the ssl module does)."""
+    import _ssl  # the C module alone: ssl.get_default_verify_paths without importing all of ssl.py
+
+    cafile_env, cafile, capath_env, capath = _ssl.get_default_verify_paths()
+    cafile = os.environ.get(cafile_env) or cafile
+    capath = os.environ.get(capath_env) or capath
+    return Store("the system trust store", Path(capath) if capath else None, Path(cafile) if cafile else None,
+                 thorough)
+
+
+def file_store(path: Path) -> Store:
+    """A PEM bundle given by the user (--ca-file), read now, bounded, symlinks followed (it is their choice).
+    Raises OSError when it cannot be read, ValueError when it holds no certificate."""
+    data, _ = files.read_regular(path, MAX_BUNDLE_BYTES)
+    try:
+        found = [b.der for b in pem.blocks(data) if b.label == pem.CERTIFICATE]
+    except pem.PemError as exc:
+        raise ValueError(str(exc)) from exc
+    if not found:
+        raise ValueError("holds no PEM certificate")
+    return Store(f"--ca-file {path}", None, path, True, found)
+
+
+def _certificate_blocks(data: bytes) -> list[bytes]:
+    try:
+        return [b.der for b in pem.blocks(data) if b.label == pem.CERTIFICATE]
+    except pem.PemError:
+        return []
+
+
+def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of the value, end of the value) of the DER element at `pos`; ValueError when malformed."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated DER")
+    tag, first = data[pos], data[pos + 1]
+    start = pos + 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4 or start + count > len(data):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(data[start:start + count], "big")
+        start += count
+    if start + length > len(data):
+        raise ValueError("truncated DER")
+    return tag, start, start + length
+
+
+def subject_der(cert_der: bytes) -> bytes:
+    """The subject Name (DER) of a certificate (RFC 5280 §4.1), walked without parsing the rest; b"" if malformed."""
+    try:
+        _, cert, _ = _tlv(cert_der, 0)
+        _, pos, _ = _tlv(cert_der, cert)  # tbsCertificate
+        fields = 0
+        while True:
+            tag, start, end = _tlv(cert_der, pos)
+            if tag == 0xA0 and fields == 0:  # [0] version, optional
+                pos = end
+                continue
+            if fields == 4:  # serial, signature, issuer, validity, then subject
+                return cert_der[pos:end]
+            fields, pos = fields + 1, end
+    except ValueError:
+        return b""
+
+
+def canonical(name_der: bytes) -> bytes:
+    """OpenSSL's canonical encoding of a Name (x509_name_canon), whose SHA-1 names the hashed files: string values
+    as UTF8String, ASCII lowercased, outer and repeated white space dropped; each RDN's SET kept, the outer
+    SEQUENCE header dropped. Malformed DER gives b"" (matches nothing real)."""
+    try:
+        _, pos, end = _tlv(name_der, 0)
+        out = []
+        while pos < end:
+            _, set_pos, set_end = _tlv(name_der, pos)
+            entries = []
+            while set_pos < set_end:
+                _, atv_pos, atv_end = _tlv(name_der, set_pos)
+                _, _, oid_end = _tlv(name_der, atv_pos)
+                value = _canonical_value(name_der[oid_end:atv_end])
+                entries.append(_der(0x30, name_der[atv_pos:oid_end] + value))
+                set_pos = atv_end
+            out.append(_der(0x31, b"".join(sorted(entries))))  # DER SET OF: sorted encodings (X.690 §11.6)
+            pos = set_end
+        return b"".join(out)
+    except (ValueError, UnicodeDecodeError):
+        return b""
+
+
+def _canonical_value(tlv: bytes) -> bytes:
+    tag, start, end = _tlv(tlv, 0)
+    codec = _CANON_CODECS.get(tag)
+    if codec is None:
+        return tlv
+    text = tlv[start:end].decode(codec).encode("utf-8").strip(_SPACE)
+    return _der(0x0C, b" ".join(w.lower() for w in _split_space(text)))  # bytes.lower: ASCII only, as OpenSSL
+
+
+def _split_space(text: bytes) -> list[bytes]:
+    out, word = [], bytearray()
+    for byte in text:
+        if byte in _SPACE:
+            if word:
+                out.append(bytes(word))
+                word.clear()
+        else:
+            word.append(byte)
+    if word:
+        out.append(bytes(word))
+    return out
+
+
+def _der(tag: int, value: bytes) -> bytes:
+    n = len(value)
+    if n < 0x80:
+        return bytes((tag, n)) + value
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(size))) + size + value
