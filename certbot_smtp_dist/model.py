@@ -131,6 +131,9 @@ class Target:
     min_interval: timedelta | None = None
     # With an OAuth 2.0 auth_method: the grant that yields the access token (password_credential is then None).
     oauth2: OAuth2Grant | None = None
+    # The name given in EHLO (RFC 5321 §4.1.1.1): a fully qualified domain or an address literal. None: this host's
+    # FQDN when it has one, else the address literal of the local end of the connection.
+    helo_name: str | None = None
 
     @property
     def envelope_recipients(self) -> tuple[str, ...]:

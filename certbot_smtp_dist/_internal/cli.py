@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     from certbot_smtp_dist._internal import cli_state
 
     cli_state.register(sub, lambda p: _global_options(p, suppress=True))
+    from certbot_smtp_dist._internal import cli_check
+
+    cli_check.register(sub, lambda p: _global_options(p, suppress=True))
     return parser
 
 
