@@ -41,6 +41,7 @@ class CheckRequest:
     authenticate: bool = True  # False: `--no-auth`, no AUTH attempt
     source: LineageSource | None = None  # `--lineage`: render the next email to compare with SIZE
     environ: Mapping[str, str] | None = None
+    names: tuple[str, ...] = ()  # only targets whose `certificates` filter wants one of these names (the plugin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,17 @@ class TargetCheck:
     def verdict(self) -> str:
         return "failed" if self.failure is not None else "warning" if self.warnings else "ok"
 
+    def summary(self) -> str:
+        """The verdict in one line: `NAME: OK`, `NAME: OK with N warning(s)`, `NAME: FAILED CODE in PHASE ...`."""
+        f = self.failure
+        if f is not None:
+            klass = "retryable" if f.is_retryable else "not retryable"
+            problems = "".join(f"; {p}" for p in (self.certificate.problems if self.certificate else ()))
+            return f"{self.target}: FAILED {f.code.value} in {f.phase.value} ({klass}): {f.detail}{problems}"
+        if self.warnings:
+            return f"{self.target}: OK with {len(self.warnings)} warning(s)"
+        return f"{self.target}: OK"
+
     @property
     def ehlo(self) -> Ehlo | None:
         """The EHLO a delivery's AUTH and MAIL would follow: after TLS, or the only one in plaintext."""
@@ -90,7 +102,8 @@ def run(request: CheckRequest, now: datetime | None = None) -> CheckReport:
         loaded = loader.load(request.config, request.environ)
     except ConfigError as exc:
         return CheckReport((), now, exc.problems, report.EX_CONFIG)
-    targets = loader.select(loaded.settings, request.targets)
+    targets = tuple(t for t in loader.select(loaded.settings, request.targets)
+                    if not request.names or t.matches(request.names))
     try:
         secrets = loader.unlock(loaded.store, list(targets), loaded.formats)
     except loader.Locked as exc:

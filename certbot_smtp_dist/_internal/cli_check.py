@@ -68,7 +68,7 @@ def human(result: CheckReport) -> str:
 
 
 def block(c: TargetCheck, now: datetime) -> str:
-    lines = [f"{c.target}: {_verdict(c)}",
+    lines = [c.summary() if c.failure is None else f"{c.target}: {_failed(c)}",
              f"  relay        {c.host}:{c.port}, tls_mode {c.tls_mode.value}, EHLO as {c.helo_name or '(not sent)'}"]
     if c.tls_version:
         lines.append(f"  TLS          {c.tls_version}, {c.cipher}")
@@ -94,14 +94,10 @@ _AUTH_WORDS = {"accepted": "accepted (then NOOP, QUIT)", "refused": "refused", "
                "not_configured": "none configured (auth_method = none)", "not_reached": "not reached"}
 
 
-def _verdict(c: TargetCheck) -> str:
+def _failed(c: TargetCheck) -> str:
     f = c.failure
-    if f is not None:
-        klass = "retryable" if f.is_retryable else "not retryable"
-        return f"FAILED {f.code.value} in {f.phase.value} ({klass}): {f.detail}"
-    if c.warnings:
-        return f"OK with {len(c.warnings)} warning(s)"
-    return "OK"
+    assert f is not None
+    return f"FAILED {f.code.value} in {f.phase.value} ({'retryable' if f.is_retryable else 'not retryable'}): {f.detail}"
 
 
 def _extensions(ehlo: Ehlo) -> str:
