@@ -329,3 +329,30 @@ def test_unknown_target_is_a_usage_error(denv: DeployEnv, relay_factory) -> None
     denv.write_config({"archive": relay_target(relay)})
     run = denv.run("check", "--target", "nope")
     assert run.returncode == 64 and "unknown target(s): nope" in run.stderr
+
+
+def test_implicit_tls_relay(denv: DeployEnv, relay_factory) -> None:
+    relay = relay_factory("smtps", auth=("robot", PASSWORD))
+    denv.set_credential("relay", "smtp_password", PASSWORD)
+    denv.write_config({"archive": relay_target(relay)})
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = run.target("archive")
+    assert doc["ehlo_before_tls"] is None and "PLAIN" in doc["ehlo_after_tls"]["auth"]
+    assert doc["tls"]["version"].startswith("TLSv1.") and doc["certificate"]["verified"] is True
+    assert ADDRESS_LITERAL.fullmatch(doc["helo_name"]) or "." in doc["helo_name"]
+    assert doc["auth"] == "accepted" and relay.messages == []
+
+
+def test_expired_implicit_tls_relay_is_diagnosed(denv: DeployEnv, relay_factory) -> None:
+    relay = relay_factory("smtps", cert="expired")
+    denv.write_config({"archive": relay_target(relay)})
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 69
+    doc = run.target("archive")
+    assert doc["error_code"] == "SMTP_TLS" and doc["tls"] is None
+    assert any("expired on" in p for p in doc["certificate"]["problems"])
