@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certbot_smtp_dist._internal import loader, report, scrub
 from certbot_smtp_dist._internal.addresses import is_loopback_host
@@ -27,6 +27,10 @@ from certbot_smtp_dist.model import (
     TlsMode,
     failure_json,
 )
+
+if TYPE_CHECKING:  # transport (and aiosmtplib) is imported only when something is dialled
+    from certbot_smtp_dist._internal.pipeline import RelaySlots
+    from certbot_smtp_dist._internal.transport import TlsContexts
 
 log = logging.getLogger("certbot_smtp_dist")
 SCHEMA = 1
@@ -155,8 +159,8 @@ async def _probe_all(targets: tuple[Target, ...], secrets: Mapping[str, Secret],
     return list(await asyncio.gather(*(_probe_one(t, secrets, authenticate, slots, tls) for t in targets)))
 
 
-async def _probe_one(target: Target, secrets: Mapping[str, Secret], authenticate: bool, slots: Any,
-                     tls: Any) -> tuple[Probe, RelayCertificate | None, float]:
+async def _probe_one(target: Target, secrets: Mapping[str, Secret], authenticate: bool, slots: RelaySlots,
+                     tls: TlsContexts) -> tuple[Probe, RelayCertificate | None, float]:
     """The probe as delivery would run it; when its TLS handshake failed where the relay does speak TLS, a second,
     unverified handshake (nothing sent after it) only to read the certificate and say why it was refused."""
     from certbot_smtp_dist._internal import relaycert, transport
@@ -174,7 +178,7 @@ async def _probe_one(target: Target, secrets: Mapping[str, Secret], authenticate
     try:
         probe = await transport.probe(target, password, deadline - loop.time(), known, tls, None, authenticate)
         encryption = probe.encryption
-        if _worth_a_look(target, probe) and deadline - loop.time() > 0.2:
+        if _worth_a_look(target, probe) and deadline - loop.time() > _MIN_LOOK:
             unverified = replace(target, tls_skip_verify=True)  # same dial and STARTTLS; never a plaintext session
             second = await transport.probe(unverified, None, deadline - loop.time(), known, tls, None,
                                            authenticate=False, until_tls=True)
@@ -189,6 +193,9 @@ async def _probe_one(target: Target, secrets: Mapping[str, Secret], authenticate
         cert = relaycert.diagnose(encryption.certificate, encryption.chain, anchors, target.host, verified,
                                   datetime.now(timezone.utc))
     return probe, cert, loop.time() - started
+
+
+_MIN_LOOK = 0.2  # seconds: less than this left is no time for a second handshake
 
 
 def _worth_a_look(target: Target, probe: Probe) -> bool:

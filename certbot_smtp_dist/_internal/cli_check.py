@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from certbot_smtp_dist._internal.check import REPORTED, CheckReport, TargetCheck
+from certbot_smtp_dist._internal.check import REPORTED, SCHEMA, CheckReport, TargetCheck
 from certbot_smtp_dist._internal.probe import Ehlo
 
 CHECK_EPILOG = """\
@@ -42,7 +42,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from certbot_smtp_dist._internal.config import config_path
     from certbot_smtp_dist._internal.ownership import require_trusted_config
     from certbot_smtp_dist._internal.report import EX_DATAERR
-    from certbot_smtp_dist.errors import CertificateError
+    from certbot_smtp_dist.errors import CertificateError, UsageError
 
     config = config_path(args.config)
     require_trusted_config(config)
@@ -50,14 +50,23 @@ def cmd_check(args: argparse.Namespace) -> int:
         source = lineage.from_lineage_dir(Path(args.lineage), None) if args.lineage else None
         result = check.run(check.CheckRequest(config, tuple(args.target), not args.no_auth, source))
     except CertificateError as exc:
-        print(f"certbot-smtp-dist: error: --lineage {args.lineage}: {exc}; nothing was dialled",
-              file=sys.stderr)
+        _nothing_checked(args, "lineage_error", f"--lineage {args.lineage}: {exc}; nothing was dialled")
+        print(f"certbot-smtp-dist: error: --lineage {args.lineage}: {exc}; nothing was dialled", file=sys.stderr)
         return EX_DATAERR
+    except UsageError as exc:
+        _nothing_checked(args, "usage_error", str(exc))
+        raise
     if args.json:
         print(json.dumps(check.document(result), indent=2))
     else:
         print(human(result), end="")
     return result.exit_status
+
+
+def _nothing_checked(args: argparse.Namespace, key: str, text: str) -> None:
+    """With --json, one document on stdout also when nothing could be checked."""
+    if args.json:
+        print(json.dumps({"schema": SCHEMA, "targets": [], "config_errors": [], key: text}, indent=2))
 
 
 def human(result: CheckReport) -> str:

@@ -329,6 +329,17 @@ def test_unknown_target_is_a_usage_error(denv: DeployEnv, relay_factory) -> None
     denv.write_config({"archive": relay_target(relay)})
     run = denv.run("check", "--target", "nope")
     assert run.returncode == 64 and "unknown target(s): nope" in run.stderr
+    as_json = denv.run("check", "--target", "nope", "--json")
+    assert as_json.returncode == 64 and "unknown target(s): nope" in as_json.json["usage_error"]
+    assert relay.connections == 0
+
+
+def test_an_unusable_lineage_is_65_and_nothing_is_dialled(denv: DeployEnv, relay_factory, tmp_path: Path) -> None:
+    relay = relay_factory("plaintext")
+    denv.write_config({"archive": relay_target(relay)})
+    run = denv.run("check", "--lineage", str(tmp_path / "no-such-lineage"))
+    assert run.returncode == 65 and "nothing was dialled" in run.stderr
+    assert relay.connections == 0
 
 
 def test_implicit_tls_relay(denv: DeployEnv, relay_factory) -> None:
