@@ -300,7 +300,7 @@ async def _open(client: Any, target: Target, password: Secret | None, progress: 
     if seen is not None and target.tls_mode is TlsMode.SMTPS:
         seen.encryption = _encryption(client)
         if seen.until_tls:
-            return
+            return await _polite_quit(client)
     # RFC 5321 §4.1.1.1: our FQDN, else an address literal; `name` is the one the session decided on.
     await client.ehlo(hostname=name)
     if seen is not None:
@@ -316,7 +316,7 @@ async def _open(client: Any, target: Target, password: Secret | None, progress: 
         if seen is not None:
             seen.encryption = _encryption(client)
             if seen.until_tls:
-                return
+                return await _polite_quit(client)  # the certificate is all this session was for
         await client.ehlo(hostname=name)  # RFC 3207 §4.2: forget pre-TLS extensions, ask again
         if seen is not None:
             seen.greeted(name, _ehlo(client), encrypted=True)
