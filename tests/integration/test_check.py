@@ -367,3 +367,25 @@ def test_expired_implicit_tls_relay_is_diagnosed(denv: DeployEnv, relay_factory)
     doc = run.target("archive")
     assert doc["error_code"] == "SMTP_TLS" and doc["tls"] is None
     assert any("expired on" in p for p in doc["certificate"]["problems"])
+
+
+def test_a_relay_certificate_expiring_within_14_days_is_a_warning(
+        denv: DeployEnv, relay_factory, relay_pki: RelayPKI, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from support.pki import issue, server_context, utcnow, write_private
+
+    soon = issue(relay_pki.ca, sans=("localhost",), ip_sans=("127.0.0.1",), not_after=utcnow() + dt.timedelta(days=5))
+    cert_file, key_file = tmp_path / "soon.crt", tmp_path / "soon.key"
+    cert_file.write_bytes(soon.cert_pem())
+    write_private(key_file, soon.key_pem())
+    relay = relay_factory("starttls", tls_context=server_context(cert_file, key_file))
+    denv.write_config({"archive": relay_target(relay)})
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 0
+    doc = run.target("archive")
+    assert doc["verdict"] == "warning" and doc["certificate"]["verified"] is True
+    assert 4 <= doc["certificate"]["days_left"] <= 5
+    assert any("the relay's certificate expires in" in w for w in doc["warnings"]), doc["warnings"]
