@@ -58,6 +58,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise
     if args.json:
         print(json.dumps(check.document(result), indent=2))
+    elif result.config_errors:  # nothing was dialled: errors, on stderr
+        for problem in result.config_errors:
+            print(f"certbot-smtp-dist: error: config {config}: {problem}", file=sys.stderr)
     else:
         print(human(result), end="")
     return result.exit_status
@@ -70,9 +73,7 @@ def _nothing_checked(args: argparse.Namespace, key: str, text: str) -> None:
 
 
 def human(result: CheckReport) -> str:
-    """One block per target, the verdict first; configuration problems instead, when there are any."""
-    if result.config_errors:
-        return "".join(f"configuration unusable: {p}\n" for p in result.config_errors)
+    """One block per target, the verdict first."""
     return "\n".join(block(c, result.checked_at) for c in result.checks)
 
 

@@ -322,6 +322,9 @@ def test_config_errors_are_one_json_document_and_78(denv: DeployEnv) -> None:
 
     assert run.returncode == 78
     assert run.json["targets"] == [] and run.json["config_errors"][0]["key"] == "port"
+    human = denv.run("check")
+    assert human.returncode == 78 and human.stdout == ""
+    assert "targets.archive.port: 0 is out of range 1..65535" in human.stderr
 
 
 def test_unknown_target_is_a_usage_error(denv: DeployEnv, relay_factory) -> None:
