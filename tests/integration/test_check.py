@@ -392,3 +392,27 @@ def test_a_relay_certificate_expiring_within_14_days_is_a_warning(
     assert doc["verdict"] == "warning" and doc["certificate"]["verified"] is True
     assert 4 <= doc["certificate"]["days_left"] <= 5
     assert any("the relay's certificate expires in" in w for w in doc["warnings"]), doc["warnings"]
+
+
+def test_the_plugin_check_names_each_target_that_cannot_work_and_skips_unwanted_ones(
+        denv: DeployEnv, relay_factory, unused_port: int) -> None:
+    from certbot_smtp_dist._internal.certbot_adapter import Options, SetupError, check_relays
+
+    healthy, stripped, elsewhere = relay_factory("starttls"), relay_factory("starttls_not_offered"), \
+        relay_factory("plaintext")
+    denv.write_config({
+        "healthy": relay_target(healthy),
+        "stripped": relay_target(stripped),
+        "down": {**relay_target(healthy), "port": unused_port, "timeout": 3},
+        "elsewhere": relay_target(elsewhere, certificates=["*.elsewhere.example"]),
+    })
+
+    with pytest.raises(SetupError) as raised:
+        check_relays(Options(denv.config), ("test.example.com",))
+
+    assert "nothing was saved" in raised.value.headline
+    assert [p.split(":", 1)[0] for p in raised.value.problems] == ["stripped", "down"]
+    assert "FAILED SMTP_TLS" in raised.value.problems[0] and "FAILED SMTP_CONNECT" in raised.value.problems[1]
+    assert elsewhere.connections == 0  # its `certificates` filter does not want this certificate
+    check_relays(Options(denv.config, targets=("healthy",)), ("test.example.com",))  # a working target passes
+    assert healthy.messages == []
