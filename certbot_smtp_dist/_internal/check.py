@@ -271,11 +271,21 @@ def _warnings(target: Target, check: TargetCheck, size: int | str | None, now: d
     return warnings, notes
 
 
+# SASL mechanisms of the IANA registry a relay is likely to offer: our vocabulary, shown as is.
+KNOWN_MECHANISMS = frozenset({"PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER", "CRAM-MD5", "DIGEST-MD5", "SCRAM-SHA-1",
+                              "SCRAM-SHA-256", "NTLM", "GSSAPI", "EXTERNAL", "ANONYMOUS"})
+
+
 def _scrubbed_ehlo(ehlo: Ehlo | None, scrubber: scrub.Scrubber) -> Ehlo | None:
+    """Keywords and mechanisms we know are our words, kept (so that a short secret, which withholds all relay
+    text, does not turn STARTTLS into "not offered"); everything else the relay wrote is relay text."""
     if ehlo is None:
         return None
-    return Ehlo(tuple((_relay_text(k, scrubber, 40), _relay_text(v, scrubber, 200)) for k, v in ehlo.extensions),
-                tuple(_relay_text(m, scrubber, 40) for m in ehlo.auth))
+    return Ehlo(tuple((k if k in REPORTED else _relay_text(k, scrubber, 40),
+                       # SIZE's number, stated before any credential of ours was sent (AUTH comes after EHLO)
+                       v if k == "size" and v.isdigit() and len(v) < 19 else _relay_text(v, scrubber, 200))
+                      for k, v in ehlo.extensions),
+                tuple(m if m in KNOWN_MECHANISMS else _relay_text(m, scrubber, 40) for m in ehlo.auth))
 
 
 def _scrubbed_cert(cert: RelayCertificate | None, scrubber: scrub.Scrubber) -> RelayCertificate | None:

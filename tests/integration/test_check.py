@@ -416,3 +416,22 @@ def test_the_plugin_check_names_each_target_that_cannot_work_and_skips_unwanted_
     assert elsewhere.connections == 0  # its `certificates` filter does not want this certificate
     check_relays(Options(denv.config, targets=("healthy",)), ("test.example.com",))  # a working target passes
     assert healthy.messages == []
+
+
+def test_a_short_secret_withholds_relay_text_but_not_the_extensions_we_know(
+        denv: DeployEnv, fault_server, relay_pki: RelayPKI) -> None:
+    short = "pw123"
+    server = fault_server(tls_context=relay_pki.server_context(), credentials=("robot", short),
+                          ehlo_extensions=("SIZE 1000000", "AUTH PLAIN LOGIN", f"X-ECHO {short}"))
+    denv.set_credential("relay", "smtp_password", short)
+    denv.write_config({"archive": fault_target(server, relay_pki, auth_method="plain", username="robot",
+                                               password_credential="relay")})
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 0, run.stdout
+    after = run.target("archive")["ehlo_after_tls"]
+    assert after["auth"] == ["PLAIN", "LOGIN"] and after["size_limit"] == 1000000
+    assert after["extensions"]["x-echo"] == "(relay text withheld: a secret of this run is too short to scrub safely)"
+    assert run.target("archive")["ehlo_before_tls"]["starttls"] is True
+    assert short not in run.stdout + run.stderr
