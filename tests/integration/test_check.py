@@ -432,6 +432,7 @@ def test_a_short_secret_withholds_relay_text_but_not_the_extensions_we_know(
     assert run.returncode == 0, run.stdout
     after = run.target("archive")["ehlo_after_tls"]
     assert after["auth"] == ["PLAIN", "LOGIN"] and after["size_limit"] == 1000000
-    assert after["extensions"]["x-echo"] == "(relay text withheld: a secret of this run is too short to scrub safely)"
+    withheld = "(relay text withheld: a secret of this run is too short to scrub safely)"
+    assert after["extensions"][withheld] == withheld and "x-echo" not in after["extensions"]
     assert run.target("archive")["ehlo_before_tls"]["starttls"] is True
     assert short not in run.stdout + run.stderr
