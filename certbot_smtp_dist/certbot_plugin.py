@@ -45,7 +45,8 @@ class Installer(common.Installer, interfaces.RenewDeployer):
       this installer (detaching the certificate from delivery for good), and a raising ``renew_deploy()`` would
       report a renewal as failed whose certificate is saved. Problems are logged as errors with a re-send command.
     - ``install``/``run``/``reconfigure``/``certonly``: configuration problems and failed deliveries raise, with every
-      problem in one message.
+      problem in one message. ``install``/``run``/``reconfigure`` also check the relays first (`check`, no mail) and
+      raise, before anything is saved, naming every target that cannot work.
     - dry runs (``renew --dry-run``, and the test renewal ``reconfigure`` performs) send nothing.
     """
 
