@@ -29,6 +29,9 @@ log = logging.getLogger("certbot_smtp_dist")
 # show it. Elsewhere (`reconfigure`, `certonly -i`) certbot silently drops an installer whose prepare() raised a
 # PluginError and saves the renewal file without it, so those verbs get an error certbot does not swallow.
 _NEEDS_INSTALLER = frozenset({"install", "run", "enhance"})
+# The interactive verbs that set up delivery: there the relays are checked (`certbot-smtp-dist check`, no mail sent)
+# before anything is saved. Never during `renew`.
+_CHECKS_RELAYS = frozenset({"install", "run", "reconfigure"})
 # An error other than PluginError stops certbot outright, so it is only raised when the user asked for this plugin;
 # certbot also prepares every installer to offer a menu (`certbot install` without -i, `certbot plugins --prepare`).
 
@@ -42,7 +45,8 @@ class Installer(common.Installer, interfaces.RenewDeployer):
       this installer (detaching the certificate from delivery for good), and a raising ``renew_deploy()`` would
       report a renewal as failed whose certificate is saved. Problems are logged as errors with a re-send command.
     - ``install``/``run``/``reconfigure``/``certonly``: configuration problems and failed deliveries raise, with every
-      problem in one message.
+      problem in one message. ``install``/``run``/``reconfigure`` also check the relays first (`check`, no mail) and
+      raise, before anything is saved, naming every target that cannot work.
     - dry runs (``renew --dry-run``, and the test renewal ``reconfigure`` performs) send nothing.
     """
 
@@ -88,6 +92,8 @@ class Installer(common.Installer, interfaces.RenewDeployer):
                 core.rehearse(options, source)
             else:
                 core.check(options)
+            if self._chosen and getattr(self.config, "verb", None) in _CHECKS_RELAYS:
+                core.check_relays(options, self._names())
         except core.SetupError as exc:
             raise self._setup_error(exc) from exc
 
@@ -158,6 +164,16 @@ class Installer(common.Installer, interfaces.RenewDeployer):
     def _renewing(self) -> bool:
         return getattr(self.config, "verb", None) == "renew"
 
+    @property
+    def _chosen(self) -> bool:
+        """Whether the user asked for this installer (certbot also prepares every installer to offer a menu)."""
+        return self.name in (getattr(self.config, "installer", None), getattr(self.config, "configurator", None))
+
+    def _names(self) -> tuple[str, ...]:
+        """The certificate's names as certbot knows them before issuing (`-d`, `--cert-name`); may be empty."""
+        names = [*(getattr(self.config, "domains", None) or []), getattr(self.config, "certname", None)]
+        return tuple(str(n) for n in names if n)
+
     def _options(self) -> core.Options:
         from certbot_smtp_dist._internal import certbot_adapter as core
 
@@ -180,8 +196,7 @@ class Installer(common.Installer, interfaces.RenewDeployer):
 
     def _setup_error(self, exc: core.SetupError) -> errors.Error:
         """certbot's error for a setup problem, worded for the way this verb will show it."""
-        chosen = self.name in (getattr(self.config, "installer", None), getattr(self.config, "configurator", None))
-        if chosen and getattr(self.config, "verb", None) not in _NEEDS_INSTALLER:
+        if self._chosen and getattr(self.config, "verb", None) not in _NEEDS_INSTALLER:
             return errors.ConfigurationError(f"smtp-dist: {exc}")
         return errors.PluginError(f"smtp-dist: {exc.one_line()}")  # certbot shows it through repr()
 

@@ -159,6 +159,9 @@ class Target:
     oauth2: OAuth2Grant | None = None
     # S/MIME signing and/or encryption of every message to this target (smime_* keys); None: neither.
     smime: SmimePolicy | None = None
+    # The name given in EHLO (RFC 5321 §4.1.1.1): a fully qualified domain or an address literal. None: this host's
+    # FQDN when it has one, else the address literal of the local end of the connection.
+    helo_name: str | None = None
 
     @property
     def message_encrypted(self) -> bool:

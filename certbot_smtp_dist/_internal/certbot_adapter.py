@@ -138,6 +138,29 @@ def check(options: Options) -> None:
         raise SetupError(str(exc)) from exc
 
 
+def check_relays(options: Options, names: tuple[str, ...]) -> None:
+    """`certbot-smtp-dist check` for the selected targets that want a certificate of these `names` (every selected
+    target when none are known): dial, TLS, AUTH, NOOP, and no mail. Raises SetupError naming every target that
+    cannot work; warnings are logged."""
+    from certbot_smtp_dist._internal import check as relay_check
+
+    try:
+        result = relay_check.run(relay_check.CheckRequest(options.config, options.targets, names=names))
+    except UsageError as exc:
+        raise SetupError(f"--smtp-dist-targets: {exc}") from exc
+    except (UnsafePathError, AccessError) as exc:
+        raise SetupError(str(exc)) from exc
+    if result.config_errors:
+        raise SetupError(f"configuration {options.config} is unusable", [str(p) for p in result.config_errors])
+    for c in result.checks:
+        for warning in c.warnings:
+            log.warning("smtp-dist: target %s: %s", c.target, warning)
+    failed = [c.summary() for c in result.checks if c.failure is not None]
+    if failed:
+        raise SetupError("the relay check (`certbot-smtp-dist check`) found target(s) that cannot work; nothing was "
+                         "saved", failed)
+
+
 @dataclass(frozen=True, slots=True)
 class Shipment:
     """What shipping one certificate came to."""

@@ -144,10 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     cdel.add_argument("name", help="the credential's name (see list)")
     cdel.set_defaults(func=cmd_credentials_delete)
 
-    from certbot_smtp_dist._internal import cli_inspect, cli_state
+    from certbot_smtp_dist._internal import cli_check, cli_inspect, cli_state
 
     cli_state.register(sub, lambda p: _global_options(p, suppress=True))
     cli_inspect.register(sub, lambda p: _global_options(p, suppress=True))
+    cli_check.register(sub, lambda p: _global_options(p, suppress=True))
     return parser
 
 

@@ -67,7 +67,7 @@ KNOWN_KEYS = frozenset(
         "host", "port", "tls_mode", "tls_skip_verify", "tls_ca_file", "auth_method", "username",
         "password_credential", "timeout", "from_address", "from_name", "to", "cc", "bcc", "payload",
         "pkcs12_passphrase_credential", "subject_prefix", "certificates", "resend_uncertain", "min_interval",
-        *OAUTH2_KEYS, *SMIME_KEYS,
+        *OAUTH2_KEYS, *SMIME_KEYS, "helo_name",
     }
 )
 
@@ -385,7 +385,20 @@ class _TargetChecker:
             "password_credential": self.credential("password_credential", PASSWORD_TYPE, required=True)
             if needs_auth and not auth_method.oauth2 else None,
             "timeout": float(timeout), "oauth2": self._oauth2() if auth_method.oauth2 else None,
+            "helo_name": self._helo_name(),
         }
+
+    def _helo_name(self) -> str | None:
+        """RFC 5321 §4.1.1.1: EHLO names a fully qualified domain or gives an address literal."""
+        from certbot_smtp_dist._internal.greeting import helo_name_problem
+
+        value: str | None = self.get("helo_name", str)
+        if value is None:
+            return None
+        why = helo_name_problem(value)
+        if why:
+            self.problem("helo_name", why)
+        return value
 
     def _oauth2(self) -> OAuth2Grant | None:
         """The grant of an OAuth 2.0 auth_method: client credentials (RFC 6749 §4.4) or a service account's

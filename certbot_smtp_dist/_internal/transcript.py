@@ -94,6 +94,9 @@ class Transcribed:
         """The relay's answer to the final "." (RFC 5321 §4.1.1.4), or the note that none came."""
         return await self._command(None, Phase.DATA, read)
 
+    async def noop(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._command("NOOP", Phase.MAIL, self._client.noop, *args, **kwargs)
+
     async def quit(self, *args: Any, **kwargs: Any) -> Any:
         return await self._command("QUIT", Phase.DATA, self._client.quit, *args, **kwargs)
 

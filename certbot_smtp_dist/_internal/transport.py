@@ -10,11 +10,13 @@ import re
 import socket
 import ssl
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from certbot_smtp_dist._internal import classify, oauth2, portprobe, scrub, transcript
+from certbot_smtp_dist._internal import classify, greeting, oauth2, portprobe, scrub, transcript
+from certbot_smtp_dist._internal.probe import Ehlo, Encryption, Probe, Seen
 from certbot_smtp_dist._internal.tlspolicy import verified_context
 from certbot_smtp_dist._internal.tokencache import TokenCache
 from certbot_smtp_dist.errors import ErrorCode
@@ -103,23 +105,56 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
     """
     progress = _Progress()
     deadline = asyncio.get_running_loop().time() + budget
+
+    async def run(secret: Secret | None, left: float, known: tuple[Secret, ...]) -> SessionOutcome:
+        return await _deliver(target, _delivery(target, message, secret, progress), left, known, tls, progress,
+                              deadline)
+
+    return await _authorised(target, password, budget, secrets, tokens, deadline, run)
+
+
+async def probe(target: Target, password: Secret | None, budget: float, secrets: tuple[Secret, ...] = (),
+                tls: TlsContexts | None = None, tokens: TokenCache | None = None, authenticate: bool = True,
+                until_tls: bool = False) -> Probe:
+    """A session that sends no mail (no MAIL, RCPT or DATA): EHLO, TLS exactly as `deliver` does it, AUTH with
+    the stored credential unless `authenticate` is false, NOOP, QUIT; what the relay showed, as facts. With
+    `until_tls` the session ends after the TLS handshake (to fetch a certificate that did not verify).
+    Never raises for SMTP, network or TLS trouble, and never outlives `budget`."""
+    progress = _Progress()
+    deadline = asyncio.get_running_loop().time() + budget
+    seen = Seen(authenticate=authenticate, until_tls=until_tls)
+
+    async def run(secret: Secret | None, left: float, known: tuple[Secret, ...]) -> SessionOutcome:
+        async def converse(client: Any, name: str) -> SessionOutcome:
+            await _open(client, target, secret, progress, name, seen)
+            return SessionOutcome()
+        return await _deliver(target, converse, left, known, tls, progress, deadline)
+
+    outcome = await _authorised(target, password if authenticate else None, budget, secrets, tokens, deadline, run)
+    return seen.facts(outcome.failure)
+
+
+async def _authorised(target: Target, password: Secret | None, budget: float, secrets: tuple[Secret, ...],
+                      tokens: TokenCache | None, deadline: float,
+                      run: Callable[[Secret | None, float, tuple[Secret, ...]], Awaitable[SessionOutcome]],
+                      ) -> SessionOutcome:
+    """`run` with the session's secret: the password, or for OAuth 2.0 a token fetched (or cached) first."""
     known = (*secrets, password) if password is not None else secrets
-    if target.oauth2 is not None and password is not None:
-        # The token first: nothing reaches the relay when none could be had. `password` is the grant's secret.
-        identity = oauth2.identity(target.oauth2, password, target.username or "")
-        try:
-            token = await _token(target.oauth2, password, identity, budget, tokens)
-        except oauth2.TokenFailure as refused:
-            return SessionOutcome(failure=refused.failure)
-        known, password = (*known, token), token
-        budget = max(deadline - asyncio.get_running_loop().time(), 0.01)
-        outcome = await _deliver(target, message, password, budget, known, tls, progress, deadline)
-        if tokens is not None and outcome.failure is not None and outcome.failure.phase is Phase.AUTH:
-            tokens.drop(identity)  # the relay refused it: the next session asks the endpoint again
-        # The relay may quote the token back: its text is scrubbed here, where the token is known.
-        return replace(outcome, refused=tuple((a, scrub.scrub_reply(r, known)) for a, r in outcome.refused),
-                       failure=scrub.scrub_failure(outcome.failure, known) if outcome.failure else None)
-    return await _deliver(target, message, password, budget, known, tls, progress, deadline)
+    if target.oauth2 is None or password is None:
+        return await run(password, budget, known)
+    # The token first: nothing reaches the relay when none could be had. `password` is the grant's secret.
+    identity = oauth2.identity(target.oauth2, password, target.username or "")
+    try:
+        token = await _token(target.oauth2, password, identity, budget, tokens)
+    except oauth2.TokenFailure as refused:
+        return SessionOutcome(failure=refused.failure)
+    known = (*known, token)
+    outcome = await run(token, max(deadline - asyncio.get_running_loop().time(), 0.01), known)
+    if tokens is not None and outcome.failure is not None and outcome.failure.phase is Phase.AUTH:
+        tokens.drop(identity)  # the relay refused it: the next session asks the endpoint again
+    # The relay may quote the token back: its text is scrubbed here, where the token is known.
+    return replace(outcome, refused=tuple((a, scrub.scrub_reply(r, known)) for a, r in outcome.refused),
+                   failure=scrub.scrub_failure(outcome.failure, known) if outcome.failure else None)
 
 
 async def _token(grant: OAuth2Grant, secret: Secret, identity: tuple[str, str, str, str], budget: float,
@@ -137,11 +172,19 @@ async def _token(grant: OAuth2Grant, secret: Secret, identity: tuple[str, str, s
         return fetched.value
 
 
-async def _deliver(target: Target, message: Message, password: Secret | None, budget: float,
-                   known: tuple[Secret, ...], tls: TlsContexts | None, progress: _Progress,
-                   deadline: float) -> SessionOutcome:
+Converse = Callable[[Any, str], Awaitable[SessionOutcome]]  # (client, EHLO name): what follows the greeting
+
+
+def _delivery(target: Target, message: Message, password: Secret | None, progress: _Progress) -> Converse:
+    async def converse(client: Any, name: str) -> SessionOutcome:
+        return await _converse(client, target, message, password, progress, name)
+    return converse
+
+
+async def _deliver(target: Target, converse: Converse, budget: float, known: tuple[Secret, ...],
+                   tls: TlsContexts | None, progress: _Progress, deadline: float) -> SessionOutcome:
     try:
-        return await asyncio.wait_for(_session(target, message, password, progress, budget, known,
+        return await asyncio.wait_for(_session(target, converse, progress, budget, known,
                                                (tls or TlsContexts()).get(target)), timeout=budget)
     except _Abort as abort:
         return SessionOutcome(refused=abort.refused, failure=abort.failure)
@@ -169,7 +212,7 @@ async def _deliver(target: Target, message: Message, password: Secret | None, bu
 
 
 async def _session(
-    target: Target, message: Message, password: Secret | None, progress: _Progress, budget: float,
+    target: Target, converse: Converse, progress: _Progress, budget: float,
     secrets: tuple[Secret, ...], tls_context: ssl.SSLContext | None,
 ) -> SessionOutcome:
     import aiosmtplib
@@ -199,15 +242,17 @@ async def _session(
         tls_context=tls_context,
         # A hair under our deadline, so that aiosmtplib's own timeout (which says what it waited for) wins.
         timeout=max(deadline - loop.time() - 0.05, 0.1),
-        local_hostname=_local_hostname(),
+        local_hostname=target.helo_name or "localhost",  # never used: every EHLO below names itself
     ), target, secrets)  # logs the conversation, scrubbed, for -vv
     progress.client = client
     progress.phase = Phase.TLS if target.tls_mode is TlsMode.SMTPS else Phase.CONNECT
     await client.connect()
     progress.connected = True
     progress.sock = None  # owned by the client now
+    sockname = client.get_transport_info("sockname")
+    name = target.helo_name or await greeting.local_name(sockname[0] if sockname else None)
     try:
-        return await _converse(client, target, message, password, progress)
+        return await converse(client, name)
     except (asyncio.TimeoutError, TimeoutError):
         raise  # a stalled relay gets no more of our time
     except Exception:
@@ -216,25 +261,10 @@ async def _session(
 
 
 async def _converse(
-    client: Any, target: Target, message: Message, password: Secret | None, progress: _Progress
+    client: Any, target: Target, message: Message, password: Secret | None, progress: _Progress, name: str
 ) -> SessionOutcome:
     """EHLO, STARTTLS, AUTH and the mail transaction on an open connection (RFC 5321 §3.3)."""
-    progress.phase = Phase.CONNECT
-    await client.ehlo()
-
-    if target.tls_mode is TlsMode.STARTTLS:
-        progress.phase = Phase.TLS
-        if not client.supports_extension("starttls"):
-            # RFC 3207 §4 / RFC 8314 §3.2: a client configured for STARTTLS must not continue in clear.
-            raise _Abort(Failure(ErrorCode.SMTP_TLS, Phase.TLS,
-                                 "relay does not advertise STARTTLS; refusing to continue in plaintext"))
-        await client.starttls(server_hostname=target.host)
-        await client.ehlo()  # RFC 3207 §4.2: forget pre-TLS extensions, ask again
-
-    if target.auth_method is not AuthMethod.NONE:
-        progress.phase = Phase.AUTH
-        await _authenticate(client, target, password)
-
+    await _open(client, target, password, progress, name)
     progress.phase = Phase.MAIL
     await client.mail(message.envelope_from)
     progress.phase = Phase.RCPT
@@ -260,6 +290,73 @@ async def _converse(
     except Exception:  # the message is accepted (RFC 5321 §4.1.1.4); a lost QUIT changes nothing
         pass
     return progress.accepted
+
+
+async def _open(client: Any, target: Target, password: Secret | None, progress: _Progress, name: str,
+                seen: Seen | None = None) -> None:
+    """EHLO, STARTTLS and AUTH, as every session does them; `seen` (a probe) records what the relay showed, and
+    ends the session with NOOP instead of a mail transaction."""
+    progress.phase = Phase.CONNECT
+    if seen is not None and target.tls_mode is TlsMode.SMTPS:
+        seen.encryption = _encryption(client)
+        if seen.until_tls:
+            return await _polite_quit(client)
+    # RFC 5321 §4.1.1.1: our FQDN, else an address literal; `name` is the one the session decided on.
+    await client.ehlo(hostname=name)
+    if seen is not None:
+        seen.greeted(name, _ehlo(client), encrypted=target.tls_mode is TlsMode.SMTPS)
+
+    if target.tls_mode is TlsMode.STARTTLS:
+        progress.phase = Phase.TLS
+        if not client.supports_extension("starttls"):
+            # RFC 3207 §4 / RFC 8314 §3.2: a client configured for STARTTLS must not continue in clear.
+            raise _Abort(Failure(ErrorCode.SMTP_TLS, Phase.TLS,
+                                 "relay does not advertise STARTTLS; refusing to continue in plaintext"))
+        await client.starttls(server_hostname=target.host)
+        if seen is not None:
+            seen.encryption = _encryption(client)
+            if seen.until_tls:
+                return await _polite_quit(client)  # the certificate is all this session was for
+        await client.ehlo(hostname=name)  # RFC 3207 §4.2: forget pre-TLS extensions, ask again
+        if seen is not None:
+            seen.greeted(name, _ehlo(client), encrypted=True)
+    if seen is not None and seen.until_tls:
+        return
+
+    if target.auth_method is not AuthMethod.NONE and (seen is None or seen.authenticate):
+        progress.phase = Phase.AUTH
+        await _authenticate(client, target, password)
+        if seen is not None:
+            seen.authenticated = True
+    if seen is not None:
+        progress.phase = Phase.MAIL  # nothing is sent: a refused NOOP reads as the relay's, after AUTH
+        await client.noop()
+        seen.noop = True
+        with contextlib.suppress(Exception):  # RFC 5321 §4.1.1.10; a lost QUIT changes nothing of what was seen
+            await client.quit()
+
+
+def _ehlo(client: Any) -> Ehlo:
+    """The extensions of the last EHLO reply (RFC 5321 §4.1.1.1), keywords lower-cased, as aiosmtplib parsed them."""
+    extensions = getattr(client, "esmtp_extensions", {}) or {}
+    return Ehlo(tuple((str(k).lower(), str(v)) for k, v in extensions.items()),
+                tuple(str(m).upper() for m in getattr(client, "server_auth_methods", []) or []))
+
+
+def _encryption(client: Any) -> Encryption | None:
+    """Protocol, cipher and the certificate(s) the relay presented, from the session's TLS object."""
+    tls = client.get_transport_info("ssl_object")
+    if tls is None:
+        return None
+    der = tls.getpeercert(binary_form=True)
+    # Python 3.13+ gives the chain as the relay sent it; before that, the leaf only.
+    unverified = getattr(tls, "get_unverified_chain", None)
+    chain: tuple[bytes, ...] = ()
+    if unverified is not None:  # pragma: no cover - Python 3.13+
+        with contextlib.suppress(Exception):
+            chain = tuple(bytes(c) for c in unverified() or () if isinstance(c, (bytes, bytearray)))
+    cipher = tls.cipher()
+    return Encryption(str(tls.version() or "?"), str(cipher[0]) if cipher else "?", der or None, chain)
 
 
 async def _data(client: transcript.Transcribed, data: bytes, progress: _Progress) -> None:
@@ -463,9 +560,3 @@ def _major_version(version: str) -> int:
         return int(version.split(".")[0])
     except ValueError:
         return 0
-
-
-def _local_hostname() -> str:
-    # RFC 5321 §4.1.1.1 wants our FQDN; socket.getfqdn() may block on DNS, gethostname() never does.
-    name = socket.gethostname() or "localhost"
-    return name if all(c.isalnum() or c in ".-" for c in name) else "localhost"

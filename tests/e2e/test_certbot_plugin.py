@@ -140,7 +140,9 @@ def test_1_reconfigure_then_renew_ships_the_new_certificate_once_per_matching_ta
     result = certbot.run("reconfigure", "--cert-name", NAME, *plugin_args(config_path))
     assert "Successfully updated configuration" in result.stdout + result.stderr, output(result)
     assert_still_attached(certbot, config_path)
-    assert ops.connections == web.connections == 0, "reconfigure must send nothing (it is a dry run)"
+    # reconfigure checks each matching target's relay (one session, no mail) and sends nothing (it is a dry run).
+    assert ops.connections == web.connections == 1
+    assert ops.messages == web.messages == []
 
     certbot.renew()
 
@@ -150,6 +152,7 @@ def test_1_reconfigure_then_renew_ships_the_new_certificate_once_per_matching_ta
         assert len(relay.messages) == 1
         assert_carries_live_chain(relay.messages[0], certbot)
         assert fingerprint(attached_chain(relay.messages[0])) == new
+        assert relay.connections == 2  # renew delivered and checked nothing first
     assert elsewhere.connections == 0
 
 
@@ -163,7 +166,7 @@ def test_2_run_with_two_names_sends_one_email_per_target(
     for r in (relay, second_relay):
         assert len(r.messages) == 1
         assert_carries_live_chain(r.messages[0], certbot)
-        assert r.connections == 1
+        assert r.connections == 2  # the relay check before issuance, then the delivery
     assert_still_attached(certbot, config_path)
 
 
@@ -171,11 +174,12 @@ def test_3_renew_dry_run_sends_nothing(certbot: Certbot, relay: Relay, config_pa
     write_config(config_path, {"ops": (relay, {})})
     certbot.certonly(NAME)
     certbot.run("reconfigure", "--cert-name", NAME, *plugin_args(config_path))
+    assert relay.connections == 1  # reconfigure's relay check (no mail)
 
     result = certbot.renew("--dry-run")
 
     assert "simulated renewals succeeded" in result.stdout + result.stderr, output(result)
-    assert relay.connections == 0
+    assert relay.connections == 1
     assert relay.messages == []
     assert_still_attached(certbot, config_path)
 
@@ -235,7 +239,7 @@ def test_5_broken_config_during_renew_is_logged_not_fatal_and_nothing_is_detache
     assert f"config {config_path}: targets.ops.port: must be an integer, not str" in log
     assert f"config {config_path}: surprise: unknown top-level key" in log
     assert f"certificate {NAME} was renewed and saved, but was not sent" in log
-    assert relay.connections == 0
+    assert relay.connections == 1  # only reconfigure's relay check: the broken renewal dialled nothing
 
     config_path.write_text(good)
     certbot.renew()
@@ -310,6 +314,7 @@ def test_9_readme_uninstall_detaches_the_plugin_and_renewal_keeps_working(
     certbot.certonly(NAME)
     certbot.run("reconfigure", "--cert-name", NAME, *plugin_args(config_path))
     assert_still_attached(certbot, config_path)
+    checked = relay.connections  # reconfigure's relay check
     readme = (Path(__file__).resolve().parents[2] / "README.rst").read_text("utf-8")
     uninstall = readme.split("Uninstall\n---------\n", 1)[1].split(".. code-block:: sh\n\n", 1)[1]
     detach = "\n".join(line[4:] for line in uninstall.splitlines()[:2])
@@ -322,7 +327,7 @@ def test_9_readme_uninstall_detaches_the_plugin_and_renewal_keeps_working(
     assert "authenticator" in params  # the rest of certbot's renewal configuration is untouched
     result = certbot.renew()
     assert live_fingerprint(certbot), output(result)
-    assert relay.connections == 0  # detached: the renewal no longer ships anything
+    assert relay.connections == checked and relay.messages == []  # detached: the renewal ships nothing
 
 
 # --------------------------------------------------------------------------- interactive flows raise
@@ -354,6 +359,23 @@ def test_install_with_the_relay_down_fails_with_the_reason(certbot: Certbot, con
 
     result = certbot.run("install", "--cert-name", NAME, *plugin_args(config_path), acme_args=False, check=False)
 
+    # The relay check in prepare() stops certbot before it installs (saves) anything.
     assert result.returncode == 1, output(result)
-    assert "Could not install certificate" in result.stdout + result.stderr
-    assert f"certificate {NAME}:\n  ops: failed SMTP_CONNECT in connect" in result.stderr
+    assert "found target(s) that cannot work; nothing was saved" in result.stderr, output(result)
+    assert "ops: FAILED SMTP_CONNECT in connect (retryable)" in result.stderr, output(result)
+
+
+def test_reconfigure_with_a_relay_that_strips_starttls_fails_and_changes_nothing(
+    certbot: Certbot, relay_factory: Any, config_path: Path
+) -> None:
+    stripped = relay_factory(mode="starttls_not_offered")
+    write_config(config_path, {"ops": (stripped, {})})
+    certbot.certonly(NAME)
+    before = certbot.renewal_conf(NAME).read_text()
+
+    result = certbot.run("reconfigure", "--cert-name", NAME, *plugin_args(config_path), check=False)
+
+    assert result.returncode == 1, output(result)
+    assert "ops: FAILED SMTP_TLS in tls (not retryable): relay does not advertise STARTTLS" in result.stderr
+    assert certbot.renewal_conf(NAME).read_text() == before
+    assert stripped.messages == []

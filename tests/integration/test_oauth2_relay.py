@@ -300,3 +300,23 @@ def test_a_dry_run_asks_no_token_and_dials_no_relay(denv: DeployEnv, lineage: Li
     assert run.returncode == 0, run.stderr
     assert endpoint.requests == 0 and relay.connections == 0
     no_leak(run, denv, [SECRET])
+
+
+def test_check_fetches_a_token_as_deploy_does_and_sends_no_mail(denv: DeployEnv, relay: Relay,
+                                                                endpoint: TokenEndpoint, bearer: Bearer) -> None:
+    configure(denv, relay, endpoint)
+
+    run = denv.run("check", "--json", "-vv")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = run.target("m365")
+    assert doc["auth"] == "accepted" and "XOAUTH2" in doc["ehlo_after_tls"]["auth"]
+    assert endpoint.requests == 1 and relay.auth_successes == 1 and relay.messages == []
+    tokens = list(endpoint.tokens)
+    assert tokens and {s: leaks(s, run.stdout + run.stderr) for s in (SECRET, *tokens)} == {
+        s: [] for s in (SECRET, *tokens)}
+
+    bearer.refuse = True
+    refused = denv.run("check", "--json")
+    assert refused.returncode == 69 and refused.target("m365")["error_code"] == "SMTP_AUTH"
+    assert refused.target("m365")["auth"] == "refused"

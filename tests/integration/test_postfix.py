@@ -140,3 +140,20 @@ def test_wrong_host_certificate_fails_tls_and_sends_nothing(
     assert logged(postfix_wrong_host, "ehlo=1 starttls=0/1"), postfix_wrong_host.log()
     assert "lost connection after STARTTLS" in postfix_wrong_host.log()
     assert_nothing_accepted(postfix_wrong_host)
+
+
+def test_check_against_postfix_sends_no_mail(denv: DeployEnv, relay_pki: RelayPKI, postfix: Postfix) -> None:
+    """`check` against a real Postfix requiring STARTTLS: healthy, and Postfix's own count of the session's commands
+    shows no MAIL, RCPT or DATA."""
+    denv.write_config({"archive": target(postfix, relay_pki)})
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = run.target("archive")
+    assert doc["verdict"] == "ok" and doc["certificate"]["verified"] is True
+    assert doc["ehlo_before_tls"]["starttls"] is True and doc["ehlo_after_tls"]["pipelining"] is True
+    assert logged(postfix, "disconnect from"), postfix.log()
+    [counts] = re.findall(r"disconnect from \S+ (.*commands=\d+)", postfix.log())
+    assert counts == "ehlo=2 starttls=1 noop=1 quit=1 commands=5", counts
+    assert_nothing_accepted(postfix)

@@ -575,3 +575,33 @@ def write_smime(directory: Path, *, signer_key_type: KeyType = "rsa") -> SmimeFi
         keys.append(directory / f"recipient{index}.key")
         write_private(keys[-1], person.key_pem())
     return SmimeFiles(directory, ca, ca_file, signer, signer_cert, signer_key, recipients, tuple(certs), tuple(keys))
+# --------------------------------------------------------------------------- a relay under an intermediate CA
+
+
+@dataclass(frozen=True)
+class ChainedRelayCerts:
+    """Root -> intermediate -> relay leaf (127.0.0.1, ::1, localhost). ``leaf_only`` serves the leaf alone (the
+    missing-intermediate misconfiguration); ``full_chain`` serves leaf and intermediate. Trust ``root_file``."""
+
+    root_file: Path
+    intermediate: Issued
+    leaf_only: ServerCert
+    full_chain: ServerCert
+
+
+def relay_chain_certs(directory: Path) -> ChainedRelayCerts:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    root = make_ca("certbot-smtp-dist test chained root")
+    intermediate = issue(root, common_name="certbot-smtp-dist test intermediate", is_ca=True)
+    leaf = issue(intermediate, sans=_RELAY_SANS, ip_sans=_RELAY_IPS)
+    root_file = directory / "chained-root.pem"
+    root_file.write_bytes(root.cert_pem())
+    key_file = directory / "chained-leaf.key"
+    write_private(key_file, leaf.key_pem())
+    served: dict[str, ServerCert] = {}
+    for name, pem in (("leaf_only", leaf.cert_pem()), ("full_chain", leaf.cert_pem() + intermediate.cert_pem())):
+        cert_file = directory / f"chained-{name}.crt"
+        cert_file.write_bytes(pem)
+        served[name] = ServerCert(name, leaf, cert_file, key_file)
+    return ChainedRelayCerts(root_file, intermediate, served["leaf_only"], served["full_chain"])
