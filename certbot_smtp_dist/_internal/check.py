@@ -20,7 +20,6 @@ from certbot_smtp_dist.model import (
     AuthMethod,
     Failure,
     LineageSource,
-    PayloadFormat,
     Phase,
     Secret,
     Target,
@@ -29,6 +28,7 @@ from certbot_smtp_dist.model import (
 )
 
 if TYPE_CHECKING:  # transport (and aiosmtplib) is imported only when something is dialled
+    from certbot_smtp_dist._internal.loader import Loaded
     from certbot_smtp_dist._internal.pipeline import RelaySlots
     from certbot_smtp_dist._internal.transport import TlsContexts
 
@@ -112,7 +112,7 @@ def run(request: CheckRequest, now: datetime | None = None) -> CheckReport:
         secrets = loader.unlock(loaded.store, list(targets), loaded.formats)
     except loader.Locked as exc:
         return CheckReport((), now, tuple(exc.problems), report.EX_CONFIG)
-    sizes = _message_sizes(request.source, targets, loaded.formats, secrets, now)
+    sizes = _message_sizes(request.source, targets, loaded, secrets, now)
     probes = asyncio.run(_probe_all(targets, secrets, request.authenticate, loaded.settings.retry.connections_per_relay))
     scrubber = scrub.Scrubber.of(secrets.values())
     checks = tuple(_verdict(t, p, c, d, sizes.get(t.name), request, scrubber, now)
@@ -128,19 +128,21 @@ def exit_status(checks: tuple[TargetCheck, ...]) -> int:
     return report.EX_TEMPFAIL if all(f.is_retryable for f in failures) else report.EX_UNAVAILABLE
 
 
-def _message_sizes(source: LineageSource | None, targets: tuple[Target, ...], formats: Mapping[str, PayloadFormat],
+def _message_sizes(source: LineageSource | None, targets: tuple[Target, ...], loaded: Loaded,
                    secrets: Mapping[str, Secret], now: datetime) -> dict[str, int | str]:
-    """Each target's next email rendered by the delivery code, as its size on the wire (RFC 1870 §4: octets with
-    CRLF line ends), or why it has none."""
+    """Each target's next email rendered by the delivery code, message hooks (S/MIME) included, as its size on the
+    wire (RFC 1870 §4: octets with CRLF line ends), or why it has none."""
     if source is None:
         return {}
     from certbot_smtp_dist._internal import lineage, pipeline
+    from certbot_smtp_dist._internal.plugins import message_hook
     from certbot_smtp_dist._internal.transport import data_lines
 
     artefact: Artefact = lineage.load(source, now)
+    transform = message_hook(loaded.plugins)
     sizes: dict[str, int | str] = {}
     for target in targets:
-        job = pipeline.prepare_job(target, artefact, formats, secrets, now)
+        job = pipeline.prepare_job(target, artefact, loaded.formats, secrets, now, message_hook=transform)
         if job.skipped:
             sizes[target.name] = f"{artefact.facts.name} is not in this target's `certificates` filter"
         elif job.message is None:

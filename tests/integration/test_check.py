@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from support.deployenv import DeployEnv, Run, relay_target
 from support.faultscript import STALL
-from support.pki import LineagePaths, RelayPKI, relay_chain_certs
+from support.pki import LineagePaths, RelayPKI, relay_chain_certs, write_smime
 
 PASSWORD = "correct horse battery staple"
 # What a session that sends no mail may say (RFC 5321 §4.1.1): never MAIL, RCPT or DATA.
@@ -228,6 +228,25 @@ def test_size_limit_below_the_next_email(denv: DeployEnv, fault_server, relay_pk
     plain = denv.run("check", "--json").target("archive")
     assert plain["verdict"] == "ok" and plain["message_size"] is None
     assert any("pass --lineage DIR" in n for n in plain["notes"])
+    assert server.messages == []
+
+
+def test_next_email_size_includes_the_message_hooks(denv: DeployEnv, fault_server, relay_pki: RelayPKI,
+                                                    lineage: LineagePaths, tmp_path: Path) -> None:
+    """The size compared with SIZE is the message as it would leave: S/MIME-encrypted (base64 of an enveloped
+    structure holding the signed message) it is larger than the same email in clear."""
+    server = fault_server(tls_context=relay_pki.server_context(), ehlo_extensions=("SIZE 100000000",))
+    smime = write_smime(tmp_path / "smime")
+    denv.write_config({"clear": fault_target(server, relay_pki),
+                       "sealed": fault_target(server, relay_pki, smime_sign_cert=str(smime.signer_cert),
+                                              smime_sign_key=str(smime.signer_key),
+                                              smime_encrypt_to=[str(smime.recipient_certs[0])])})
+
+    run = denv.run("check", "--lineage", str(lineage.live_dir), "--json")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    clear, sealed = run.target("clear")["message_size"], run.target("sealed")["message_size"]
+    assert sealed > clear * 4 // 3, (clear, sealed)
     assert server.messages == []
 
 

@@ -127,3 +127,35 @@ def test_relay_variants_without_required_auth(
         [copy] = relay.wait_for_messages(1)
         assert copy.envelope_to == (relay.address("pki"),)
         assert copy.parse()["Message-ID"] == t["message_id"]
+
+
+def test_check_against_exim_sends_no_mail(denv: DeployEnv, exim_relay: EximRelay) -> None:
+    """`check` against the real exim: healthy, AUTH PLAIN accepted after STARTTLS, and nothing arrives."""
+    denv.set_credential("relay", "smtp_password", exim_relay.password)
+    denv.write_config({"archive": target(exim_relay)})
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = run.target("archive")
+    assert (doc["verdict"], doc["auth"]) == ("ok", "accepted"), doc
+    assert doc["certificate"]["verified"] is True and doc["certificate"]["host_matches"] is True
+    assert doc["ehlo_before_tls"]["starttls"] is True and doc["ehlo_before_tls"]["auth"] == []
+    assert set(doc["ehlo_after_tls"]["auth"]) == {"PLAIN", "LOGIN"}
+    assert f"A=PLAIN:{exim_relay.user} " not in exim_relay.log()  # exim logs A= only on a message's arrival
+    assert exim_relay.password not in run.stdout + run.stderr
+    assert_nothing_accepted(exim_relay)
+
+
+def test_check_against_exim_with_a_wrong_password(denv: DeployEnv, exim_relay: EximRelay) -> None:
+    denv.set_credential("relay", "smtp_password", WRONG_PASSWORD)
+    denv.write_config({"archive": target(exim_relay)})
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 69
+    doc = run.target("archive")
+    assert (doc["verdict"], doc["error_code"], doc["auth"]) == ("failed", "SMTP_AUTH", "refused"), doc
+    assert WRONG_PASSWORD not in run.stdout + run.stderr
+    assert "535 Incorrect authentication data" in exim_relay.log()
+    assert_nothing_accepted(exim_relay)

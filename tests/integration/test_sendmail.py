@@ -131,3 +131,34 @@ def test_untrusted_relay_certificate_fails_tls_and_delivers_nothing(
     mtadeploy.assert_tls_refused(d, "not trusted")
     assert relay.password not in d.output
     assert relay.delivered() == []
+
+
+def test_check_against_sendmail_sends_no_mail(denv: DeployEnv, relay: SendmailRelay) -> None:
+    """`check` against the real sendmail: healthy, AUTH offered only after STARTTLS and accepted, nothing arrives."""
+    denv.set_credential("relay", "smtp_password", relay.password)
+    denv.write_config({"archive": target(relay, auth_method="login")})
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = run.target("archive")
+    assert (doc["verdict"], doc["auth"]) == ("ok", "accepted"), doc
+    assert doc["tls"]["version"] == "TLSv1.3" and doc["certificate"]["verified"] is True
+    assert doc["ehlo_before_tls"]["auth"] == [] and doc["ehlo_after_tls"]["auth"] == ["PLAIN", "LOGIN"]
+    assert doc["ehlo_after_tls"]["enhancedstatuscodes"] is True
+    assert relay.password not in run.stdout + run.stderr
+    assert relay.delivered() == []
+
+
+def test_check_against_sendmail_with_a_wrong_password(denv: DeployEnv, relay: SendmailRelay) -> None:
+    wrong = "not the " + relay.password
+    denv.set_credential("relay", "smtp_password", wrong)
+    denv.write_config({"archive": target(relay)})
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 69
+    doc = run.target("archive")
+    assert (doc["error_code"], doc["auth"], doc["smtp_code"]) == ("SMTP_AUTH", "refused", 535), doc
+    assert wrong not in run.stdout + run.stderr
+    assert relay.delivered() == []
