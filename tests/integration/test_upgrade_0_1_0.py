@@ -70,3 +70,26 @@ def test_entry_for_another_config_is_not_taken_over(tmp_path: Path, relay_factor
     assert denv.run("retry").returncode == 75 and relay.messages == []
     assert denv.run("dismiss", str(old["id"])).returncode == 0
     assert denv.run("status").returncode == 0
+
+
+def test_upgrade_happens_once_and_a_format_1_entry_planted_later_is_not_taken_over(tmp_path: Path,
+                                                                                  relay_factory) -> None:
+    """The take-over is tied to the state never having been keyed: after the upgrade, a format-1 entry (no MAC)
+    that names the config in use can only be a local user's forgery. It is reported as rejected, never re-keyed,
+    never sent."""
+    denv, old, _ = install(tmp_path)
+    relay = relay_factory("plaintext")
+    denv.write_config({"up": relay_target(relay), "down": relay_target(relay)})
+    assert denv.run("status").returncode == 1  # the upgrade: the real 0.1.0 entry is taken over, pending
+    planted_id = "0123456789abcdef01234567"
+    planted = denv.state_dir / "spool" / f"{planted_id}.json"
+    planted.write_text(json.dumps({**old, "id": planted_id, "message_id": "<planted@mallory.example>"}))
+    status = denv.run("status")
+    assert status.returncode == 2 and f"REJECTED: spool file {planted}" in status.stdout, status.stdout
+    assert json.loads(planted.read_text())["format"] == 1  # not re-keyed
+    now = datetime.fromisoformat(str(old["created"])) + timedelta(hours=1)
+    drain.run(denv.state_dir, denv.config, now=now)
+    assert [m.data for m in relay.messages if b"planted@mallory.example" in m.data] == []
+    assert len(relay.messages) == 1  # the genuine entry only
+    events = [r["event"] for r in map(json.loads, (denv.state_dir / "journal.jsonl").read_text().splitlines())]
+    assert events.count("entry_upgraded") == 1 and events.count("journal_sealed") == 1
