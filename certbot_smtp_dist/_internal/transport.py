@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from certbot_smtp_dist._internal import classify, oauth2, portprobe, scrub, transcript
+from certbot_smtp_dist._internal import classify, oauth2, offloop, portprobe, scrub, transcript
 from certbot_smtp_dist._internal.tlspolicy import verified_context
 from certbot_smtp_dist._internal.tokencache import TokenCache
 from certbot_smtp_dist.errors import ErrorCode
@@ -22,13 +22,14 @@ from certbot_smtp_dist.model import (
     AuthMethod,
     Failure,
     Message,
-    OAuth2Grant,
     Phase,
     Reply,
     Secret,
     Target,
     TlsMode,
 )
+
+_CACHE_IO_FLOOR = 2.0  # seconds a token-cache write or removal may take even when the deadline has passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,35 +107,59 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
     known = (*secrets, password) if password is not None else secrets
     if target.oauth2 is not None and password is not None:
         # The token first: nothing reaches the relay when none could be had. `password` is the grant's secret.
-        identity = oauth2.identity(target.oauth2, password, target.username or "")
         try:
-            token = await _token(target.oauth2, password, identity, budget, tokens)
+            client = oauth2.client(target.oauth2, password)
+            identity = oauth2.identity(client, target.username or "")
+            token = await _token(client, identity, deadline, tokens)
         except oauth2.TokenFailure as refused:
             return SessionOutcome(failure=refused.failure)
         known, password = (*known, token), token
         budget = max(deadline - asyncio.get_running_loop().time(), 0.01)
         outcome = await _deliver(target, message, password, budget, known, tls, progress, deadline)
         if tokens is not None and outcome.failure is not None and outcome.failure.phase is Phase.AUTH:
-            tokens.drop(identity)  # the relay refused it: the next session asks the endpoint again
+            # The relay refused it: the next session asks the endpoint again.
+            with contextlib.suppress(TimeoutError):
+                await offloop.call(lambda: tokens.drop(identity), _CACHE_IO_FLOOR, "oauth2-cache")
         # The relay may quote the token back: its text is scrubbed here, where the token is known.
         return replace(outcome, refused=tuple((a, scrub.scrub_reply(r, known)) for a, r in outcome.refused),
                        failure=scrub.scrub_failure(outcome.failure, known) if outcome.failure else None)
     return await _deliver(target, message, password, budget, known, tls, progress, deadline)
 
 
-async def _token(grant: OAuth2Grant, secret: Secret, identity: tuple[str, str, str, str], budget: float,
+async def _token(client: oauth2.Client, identity: tuple[str, str, str, str], deadline: float,
                  tokens: TokenCache | None) -> Secret:
     """A cached token still well inside its lifetime, else a fresh one (cached); one fetch per identity at a time,
-    so the targets of a run that share a grant ask the endpoint once."""
+    so the targets of a run that share a grant ask the endpoint once. Every wait (for another target's fetch, the
+    cache file, the endpoint) gets only what is left of this target's deadline; the cache's file I/O runs off the
+    event loop, so it never stalls another target's session."""
+    loop = asyncio.get_running_loop()
+
+    def left() -> float:
+        return max(deadline - loop.time(), 0.01)
+
     if tokens is None:
-        return (await oauth2.fetch(grant, secret, identity[3], budget)).value
-    async with tokens.lock(identity):
-        cached = tokens.get(identity)
+        return (await oauth2.fetch(client, identity[3], left())).value
+    lock = tokens.lock(identity)
+    try:
+        await asyncio.wait_for(lock.acquire(), timeout=left())
+    except asyncio.TimeoutError as exc:  # a distinct class before Python 3.11
+        raise oauth2.TokenFailure(oauth2.unreachable(client.token_url, "the deadline passed while another target "
+                                                                       "was fetching the same token")) from exc
+    try:
+        try:
+            cached = await offloop.call(lambda: tokens.get(identity), left(), "oauth2-cache")
+        except TimeoutError as exc:
+            raise oauth2.TokenFailure(oauth2.unreachable(client.token_url, "the token cache did not answer within "
+                                                                           "the deadline")) from exc
         if cached is not None:
             return cached
-        fetched = await oauth2.fetch(grant, secret, identity[3], budget)
-        tokens.put(identity, fetched.value, fetched.expires_in)
+        fetched = await oauth2.fetch(client, identity[3], left())
+        with contextlib.suppress(TimeoutError):  # not cached in time: the next run asks again
+            await offloop.call(lambda: tokens.put(identity, fetched.value, fetched.expires_in),
+                               max(left(), _CACHE_IO_FLOOR), "oauth2-cache")
         return fetched.value
+    finally:
+        lock.release()
 
 
 async def _deliver(target: Target, message: Message, password: Secret | None, budget: float,
