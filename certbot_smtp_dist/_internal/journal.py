@@ -329,6 +329,12 @@ def verify_legacy(path: Path, head: Path) -> LegacyVerdict:
     return LegacyVerdict(not problems, count, prev, tuple(problems))
 
 
+def legacy_format(directory: Path) -> bool:
+    """Whether the journal in `directory` starts as 0.1.0's does (a hint for messages; sealing decides by
+    Journal.keyed too)."""
+    return _legacy_shaped(next(iter(Journal._raw(directory / JOURNAL_FILE)), b""), first_line=True)
+
+
 def _legacy_shaped(line: bytes, first_line: bool = False) -> bool:
     """A whole line in 0.1.0's format: a JSON object with `seq` and a SHA-256 `prev`, and no MAC."""
     doc = _json(line.rstrip(b"\n"))
