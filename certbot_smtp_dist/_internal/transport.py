@@ -54,6 +54,36 @@ class _Progress:
     # Set once the relay took the message (a reply to the final "."): whatever happens to QUIT or the deadline
     # afterwards, this is the outcome, never a failure that would spool the message for a second copy.
     accepted: SessionOutcome | None = None
+    reply_head: _ReplyHead | None = None
+
+
+class _ReplyHead:
+    """The first octets the relay sent since our last write: the code of the reply being read, kept even when
+    aiosmtplib drops a reply too long to read whole (and its code with it). Frozen when the session fails, so the
+    QUIT that follows does not overwrite it."""
+
+    _CODE = re.compile(rb"([2-5][0-9][0-9])(?:[ \-\r\n]|$)")
+
+    def __init__(self, protocol: Any) -> None:
+        self.head = bytearray()
+        self.frozen = False
+        write, received = protocol.write, protocol.data_received
+
+        def on_write(data: Any) -> Any:
+            if not self.frozen:
+                self.head.clear()
+            return write(data)
+
+        def on_data(data: bytes) -> Any:
+            if not self.frozen and len(self.head) < 4:
+                self.head += data[:4 - len(self.head)]
+            return received(data)
+
+        protocol.write, protocol.data_received = on_write, on_data  # this connection's protocol object only
+
+    def code(self) -> int | None:
+        match = self._CODE.match(bytes(self.head))
+        return int(match.group(1)) if match else None
 
 
 class _Abort(Exception):
@@ -187,7 +217,8 @@ async def _deliver(target: Target, message: Message, password: Secret | None, bu
     except Exception as exc:
         if progress.accepted is not None:
             return progress.accepted
-        failure = classify.translate(exc, progress.phase, progress.connected, progress.dot_sent)
+        code = progress.reply_head.code() if progress.reply_head is not None else None
+        failure = classify.translate(exc, progress.phase, progress.connected, progress.dot_sent, code)
         return SessionOutcome(failure=await _wrong_port_hint(target, progress, exc, failure, deadline))
     finally:
         _close(progress)
@@ -231,11 +262,16 @@ async def _session(
     await client.connect()
     progress.connected = True
     progress.sock = None  # owned by the client now
+    protocol = getattr(client, "protocol", None)
+    if protocol is not None and hasattr(protocol, "write") and hasattr(protocol, "data_received"):
+        progress.reply_head = _ReplyHead(protocol)
     try:
         return await _converse(client, target, message, password, progress)
     except (asyncio.TimeoutError, TimeoutError):
         raise  # a stalled relay gets no more of our time
     except Exception:
+        if progress.reply_head is not None:
+            progress.reply_head.frozen = True
         await _polite_quit(client)
         raise
 
