@@ -21,7 +21,11 @@ def upgrade(state_dir: Path, config: Path, keys: StateKeys) -> None:
     been planted: it is never taken over, and `status` reports it as rejected. State trouble is logged, never
     raised: a delivery run goes on, and what could not be upgraded stays listed by `status`."""
     journal = Journal(state_dir, keys.journal, keys.journal_anchor)
-    if journal.keyed():
+    try:
+        if journal.keyed():
+            return
+    except OSError as exc:  # not a directory, unreadable: every write to it fails and is reported there
+        log.debug("state %s not upgraded: %s", state_dir, exc.strerror or exc)
         return
     try:
         journal.seal_legacy()
