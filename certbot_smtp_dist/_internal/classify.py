@@ -91,13 +91,23 @@ def reply_of(exc: BaseException) -> tuple[int, str] | None:
     return (code, str(getattr(exc, "message", ""))) if code > 0 else None
 
 
-def too_long(phase: Phase) -> Failure:
-    """A reply too long to read. RFC 5321 §4.5.3.1.5 allows 512 octets a line; a relay that sends over 8192 is
-    broken in a way that will not heal by itself, and its code is lost, so the failure is permanent: retrying
-    could resend to a relay that refused (a long 550 must never become retryable)."""
+def too_long(phase: Phase, code: int | None = None) -> Failure:
+    """A reply too long to read. RFC 5321 §4.5.3.1.5 allows 512 octets a line; aiosmtplib drops a reply over 8192
+    and its text is never kept. `code`: the reply code read from the reply's first octets, when it was there.
+    RFC 5321 §4.2.1: the first digit decides, so a 4yz is transient and retried. Without a readable 4yz the failure
+    is permanent: a relay that broken will not heal by itself, and retrying could resend to a relay that refused
+    (a long 550 must never become retryable)."""
+    limit = f"over {MAX_LINE_READ} octets; RFC 5321 allows 512 a line"
+    if code is not None and 400 <= code < 500:
+        return Failure(ErrorCode.SMTP_TRANSIENT, phase, f"relay reply {code} too long to read ({limit}): a 4yz "
+                       "reply is transient (RFC 5321 §4.2.1), so it is retried; its text is not kept", smtp_code=code)
+    if code is not None and code >= 500:
+        return Failure(ErrorCode.SMTP_PERMANENT, phase, f"relay reply {code} too long to read ({limit}): a 5yz "
+                       "reply is permanent (RFC 5321 §4.2.1), so it is not retried; its text is not kept",
+                       smtp_code=code, retryable=False)
     return Failure(ErrorCode.SMTP_PERMANENT, phase,
-                   f"relay reply too long to read (over {MAX_LINE_READ} octets; RFC 5321 allows 512 a line): "
-                   "its reply code is unknown, so it is not retried", retryable=False)
+                   f"relay reply too long to read ({limit}): its reply code is unknown, so it is not retried",
+                   retryable=False)
 
 
 def reached_relay(exc: BaseException) -> bool:
@@ -133,15 +143,19 @@ def deadline(phase: Phase, connected: bool, budget: float, dot_sent: bool = Fals
                    f"relay stalled during {phase.value}; abandoned at the {limit:.1f}s deadline")
 
 
-def translate(exc: BaseException, phase: Phase, connected: bool, dot_sent: bool = False) -> Failure:
+def translate(exc: BaseException, phase: Phase, connected: bool, dot_sent: bool = False,
+              reply_code: int | None = None) -> Failure:
     """Map any exception raised during an SMTP session to failure facts.
 
     `dot_sent`: the final "." of DATA was handed to the relay and its reply was being awaited. The transport
     returns every reply it parsed as a value, so an exception there means no valid reply at all: a lost
     connection, a reply without a code, an oversized reply (aiosmtplib 2.x calls that code 500, later ones -1), a
     timeout. The relay may have queued the message all the same (RFC 5321 §4.1.1.4, RFC 1047).
+    `reply_code`: the code the relay's last reply began with, read off the wire (an oversized reply keeps it).
     """
     names = _foreign_names(exc)
+    if reply_code is not None and not dot_sent and _is_too_long(exc):
+        return too_long(phase, reply_code)
     for name, handler in _AIOSMTPLIB_HANDLERS:
         if name in names:
             failure = handler(exc, phase, connected)
@@ -152,6 +166,11 @@ def translate(exc: BaseException, phase: Phase, connected: bool, dot_sent: bool 
         what = failure.detail if failure.smtp_code is None else _clean(str(getattr(exc, "message", exc)))
         return _lost_final_reply(f"no valid reply to the final \".\" ({what})")
     return failure
+
+
+def _is_too_long(exc: BaseException) -> bool:
+    return ("SMTPResponseException" in _foreign_names(exc) and str(getattr(exc, "message", "")) == _TOO_LONG
+            and int(getattr(exc, "code", 0) or 0) in (-1, 500))
 
 
 def _lost_final_reply(why: str) -> Failure:

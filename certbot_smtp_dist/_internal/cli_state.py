@@ -110,20 +110,48 @@ def _state(args: argparse.Namespace) -> Path:
 
 
 def _keys(args: argparse.Namespace, state: Path) -> StateKeys:
-    """The state's keys, from the credential store beside the config (its master key is created if missing: the
-    state cannot be read without them); a 0.1.0 state directory is upgraded on this first use."""
+    """The state's keys, from the credential store beside the config; a 0.1.0 state directory is upgraded on this
+    first use. These commands only read the state: they never create key material. Without a master key they
+    stop (CredentialError: 78, `status` UNKNOWN) saying the state is not initialised, or its key is gone."""
     from certbot_smtp_dist._internal.config import config_path
     from certbot_smtp_dist._internal.loader import credential_store
     from certbot_smtp_dist._internal.ownership import require_trusted_config
     from certbot_smtp_dist._internal.state import state_keys
     from certbot_smtp_dist._internal.upgrade import upgrade
+    from certbot_smtp_dist.errors import CredentialError
 
     config = config_path(args.config)
     require_trusted_config(config)
-    keys = state_keys(credential_store(config), state, create=True)
+    store = credential_store(config)
+    master = store.master_key_location()
+    if not master.exists():
+        raise CredentialError(_no_master_key(args, state, master))
+    keys = state_keys(store, state)
     if state.is_dir():
         upgrade(state, config, keys)
     return keys
+
+
+def _no_master_key(args: argparse.Namespace, state: Path, master: Path) -> str:
+    from certbot_smtp_dist._internal.journal import JOURNAL_FILE, SEALED_FILE, legacy_format
+
+    def recorded(name: str) -> bool:
+        try:
+            return os.stat(state / name).st_size > 0
+        except OSError:
+            return False
+
+    if legacy_format(state):
+        return (f"the state in {state} was written by 0.1.0 and is not upgraded yet: there is no master key at "
+                f"{master} to re-key it with, and this command only reads; the next deploy or "
+                f"{next_command(args, 'retry')} creates the key and upgrades it")
+    if not (recorded(JOURNAL_FILE) or recorded(SEALED_FILE) or any((state / "spool").glob("*.json"))):
+        return (f"the state in {state} is not initialised: there is no master key at {master} yet (the first "
+                f"deploy, or `credentials set`, creates it); pass the --config your deploys use, or check "
+                f"again after the first deploy: {next_command(args, 'status', '--allow-empty')}")
+    return (f"master key {master} is missing, so the keys of the state in {state} cannot be derived (none is "
+            f"created here: a new one would make every entry and journal line fail to verify); restore it, or "
+            f"pass the --config your deploys use")
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

@@ -167,6 +167,7 @@ def _held_back(request: DeployRequest, ledger: Ledger | None, wanted: list[Targe
         if why is not None:
             held[target.name] = why
             ledger.held_back(facts, target.name, why)
+    ledger.supersede_older(set(held), facts, held_back=True)
     return held
 
 

@@ -71,6 +71,20 @@ class Journal:
         self.lock = directory / LOCK_FILE
         self._key = key
         self._anchor = anchor
+        self._keyed = False  # decided once per open: once keyed, a state is never read as 0.1.0 again
+
+    def keyed(self) -> bool:
+        """Whether this state directory was ever keyed, from facts a local user who can write the state cannot
+        produce: its anchor in the credential store, or a first line carrying a valid MAC under the journal key.
+        A keyed state is never upgraded again: a 0.1.0-format journal or spool entry found there later was planted."""
+        if not self._keyed:
+            key = self._require_key()
+            first = next(iter(self._raw(self.path)), b"")
+            found = _MAC_FIELD.search(first.rstrip(b"\n"))
+            authentic = found is not None and hmac.compare_digest(
+                _mac(key, first.rstrip(b"\n")[:found.start()] + b"}"), found.group(1).decode())
+            self._keyed = self._anchored() is not None or authentic
+        return self._keyed
 
     # -- writing ------------------------------------------------------------------------------------------------
     def append(self, record: dict[str, Any]) -> None:
@@ -83,7 +97,7 @@ class Journal:
 
     def seal_legacy(self) -> None:
         """Seal a 0.1.0 journal now (upgrade on first use); nothing to do for a keyed or missing one."""
-        if not (self.path.exists() or self.head.exists()):
+        if not (self.path.exists() or self.head.exists()) or self.keyed():
             return
         key = self._require_key()
         with locked(self.lock):
@@ -113,6 +127,7 @@ class Journal:
             os.close(fd)
         head = {"format": FORMAT, "lines": seq + 1, "mac": mac, "head_mac": _head_mac(key, seq + 1, mac)}
         files.write_private(self.head, json.dumps(head).encode() + b"\n")
+        self._keyed = True
         if seq == 0 and self._anchor is not None and self._anchored() is None:
             doc = {"state_dir": str(self.directory), "first_line_mac": mac}
             files.create_private_exclusive(self._anchor, json.dumps(doc).encode() + b"\n")
@@ -137,6 +152,8 @@ class Journal:
         if not lines:
             return 0, GENESIS
         last = lines[-1]
+        if self.keyed() and _legacy_shaped(last):
+            raise self._replaced()
         try:
             seq = int(json.loads(last)["seq"])
         except (ValueError, KeyError, TypeError):
@@ -144,15 +161,16 @@ class Journal:
         return seq, _link(key, last)
 
     def _seal_legacy(self, key: bytes) -> None:
-        """A 0.1.0 journal: move it aside intact and anchor its last hash as the first keyed line."""
+        """A 0.1.0 journal: move it aside intact and anchor its last hash as the first keyed line. Only in a state
+        never keyed, and only on a positive sign of 0.1.0 (its first line's shape, or its head's): a damaged first
+        line with the head gone is damage, reported by `verify`, never history to seal."""
+        if self.keyed():
+            return
+        first = next(iter(self._raw(self.path)), None)
         legacy_head = _read_json(self.head)
-        if legacy_head is None or "sha256" not in legacy_head:
-            first = next(iter(self._raw(self.path)), None)
-            if first is None or _MAC_FIELD.search(first.rstrip(b"\n")):
-                return
-        if self._anchored() is not None:
-            raise PermissionError(errno.EPERM, f"{self.path} is in the 0.1.0 format but this state directory was "
-                                               f"keyed already ({self._anchor}): the journal was replaced", str(self.path))
+        if not ((first is not None and _legacy_shaped(first, first_line=True))
+                or (legacy_head is not None and "sha256" in legacy_head and "head_mac" not in legacy_head)):
+            return
         sealed, sealed_head = self.directory / SEALED_FILE, self.directory / SEALED_HEAD
         if sealed.exists() or sealed.is_symlink():
             raise FileExistsError(errno.EEXIST, f"{sealed} exists already: cannot seal the 0.1.0 journal", str(sealed))
@@ -164,6 +182,11 @@ class Journal:
         self._append_locked(key, {"time": _now(), "event": "journal_sealed", "sealed_file": SEALED_FILE,
                                   "sealed_lines": verdict.lines, "sealed_sha256": verdict.last_hash,
                                   "sealed_intact": verdict.ok})
+
+    def _replaced(self) -> PermissionError:
+        return PermissionError(errno.EPERM, f"{self.path} is in the 0.1.0 format but this state directory was "
+                                            f"keyed already ({self._anchor or 'its first line'}): the journal was "
+                                            "replaced", str(self.path))
 
     # -- reading ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -197,11 +220,12 @@ class Journal:
         problems: list[Problem] = []
         notes: list[str] = []
         if self.path.exists() or self.head.exists():
-            try:
+            if self.keyed():
+                if _legacy_shaped(next(iter(self._raw(self.path)), b""), first_line=True):
+                    return Verdict(False, 0, (Problem(1, self._replaced().strerror or ""),))
+            else:
                 with locked(self.lock):
                     self._seal_legacy(key)
-            except PermissionError as exc:
-                return Verdict(False, 0, (Problem(1, exc.strerror or str(exc)),))
         if not self.path.exists():
             problems.append(Problem(0, f"{self.path} is missing: the journal was deleted, or this state directory "
                                        "has never recorded anything (nothing to verify)"))
@@ -303,6 +327,23 @@ def verify_legacy(path: Path, head: Path) -> LegacyVerdict:
     if recorded is not None and (recorded.get("seq"), recorded.get("sha256")) != (count, prev):
         problems.append(f"the last line does not match {head.name}: edited or truncated")
     return LegacyVerdict(not problems, count, prev, tuple(problems))
+
+
+def legacy_format(directory: Path) -> bool:
+    """Whether the journal in `directory` starts as 0.1.0's does (a hint for messages; sealing decides by
+    Journal.keyed too)."""
+    return _legacy_shaped(next(iter(Journal._raw(directory / JOURNAL_FILE)), b""), first_line=True)
+
+
+def _legacy_shaped(line: bytes, first_line: bool = False) -> bool:
+    """A whole line in 0.1.0's format: a JSON object with `seq` and a SHA-256 `prev`, and no MAC."""
+    doc = _json(line.rstrip(b"\n"))
+    if doc is None or "mac" in doc or not isinstance(doc.get("seq"), int):
+        return False
+    prev = doc.get("prev")
+    if first_line:
+        return doc["seq"] == 1 and prev == GENESIS
+    return isinstance(prev, str) and re.fullmatch(r"[0-9a-f]{64}", prev) is not None
 
 
 def _mac(key: bytes, data: bytes) -> str:

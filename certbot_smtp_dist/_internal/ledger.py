@@ -188,11 +188,15 @@ class Ledger:
         self.record("retry_blocked", None, entry.target, message_id=entry.message_id, detail=why)
         self._guard("update the spool", lambda: self.spool.write(failed))
 
-    def supersede_older(self, targets: set[str], facts: CertificateFacts) -> None:
+    def supersede_older(self, targets: set[str], facts: CertificateFacts, held_back: bool = False) -> None:
         """These targets got this certificate (one pass after the run): their entries for it, or for an older
-        certificate of the same name, are done."""
+        certificate of the same name, are done. `held_back`: they did not get it, because min_interval held this
+        renewal back (the target already has this key and these names); an older certificate still waiting for
+        them is superseded all the same, never sent after the newer one was renewed."""
         if not targets:
             return
+        why = (f"a newer certificate ({facts.serial_hex}) was renewed and held back by min_interval"
+               if held_back else f"a newer certificate ({facts.serial_hex}) was delivered")
         for item in self.spool.entries():
             if isinstance(item, sp.Rejected) or item.target not in targets:
                 continue
@@ -200,9 +204,10 @@ class Ledger:
                 if fresh is None or fresh.kind != sp.DELIVERY:
                     continue
                 if fresh.fingerprint == facts.sha256_fingerprint:
-                    self.close(fresh, "delivered_elsewhere", facts, "a later run delivered this certificate")
+                    if not held_back:
+                        self.close(fresh, "delivered_elsewhere", facts, "a later run delivered this certificate")
                 elif fresh.certificate == facts.name and fresh.state in (sp.PENDING, sp.UNCERTAIN):
-                    self.close(fresh, "superseded", None, f"a newer certificate ({facts.serial_hex}) was delivered")
+                    self.close(fresh, "superseded", None, why)
 
     # -- blocked deploys ----------------------------------------------------------------------------------------
     def block(self, why: str, code: str | None, facts: CertificateFacts | None = None) -> None:

@@ -6,21 +6,21 @@ stays the boundary for aiosmtplib's): every way the token request can fail ends 
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import functools
 import http.client
 import json
 import socket
 import ssl
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from certbot_smtp_dist._internal import scrub
+from certbot_smtp_dist._internal import offloop, scrub
 from certbot_smtp_dist._internal.tlspolicy import verified_context
 from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import Failure, OAuth2Grant, Phase, Secret
@@ -48,8 +48,14 @@ class TokenFailure(Exception):
 
 
 def tls_context(grant: OAuth2Grant) -> ssl.SSLContext:
-    """Verified TLS 1.2+ against the system store plus `oauth2_ca_file` (RFC 6749 §3.2: the endpoint is HTTPS)."""
-    return verified_context(grant.ca_file)
+    """Verified TLS 1.2+ against the system store plus `oauth2_ca_file` (RFC 6749 §3.2: the endpoint is HTTPS);
+    one per trust configuration per run (loading the system store costs more than the request)."""
+    return _context_for(grant.ca_file)
+
+
+@functools.lru_cache(maxsize=16)
+def _context_for(ca_file: Path | None) -> ssl.SSLContext:
+    return verified_context(ca_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,38 @@ def service_account(key: Secret) -> ServiceAccount:
     return ServiceAccount(str(doc["client_email"]), Secret(str(doc["private_key"])), str(doc["token_uri"]))
 
 
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A grant with its stored secret, parsed once per session: where to ask, as whom, and for a service account
+    its signing key, loaded once."""
+
+    grant: OAuth2Grant
+    secret: Secret
+    token_url: str
+    client: str
+    account: ServiceAccount | None = None
+    signer: Any = None  # the service account's RSA private key
+
+    def __repr__(self) -> str:
+        return f"Client({_where(self.token_url)}, {self.client!r})"
+
+
+def client(grant: OAuth2Grant, secret: Secret) -> Client:
+    """The grant ready to use. A stored service account key that does not parse is a credential problem, not an
+    outage: TokenFailure with SMTP_AUTH (permanent; asking again with the same key cannot succeed)."""
+    if grant.service_account_credential is None:
+        return Client(grant, secret, grant.token_url or "", grant.client_id or "")
+    try:
+        account = service_account(secret)
+        signer = _rsa_key(account.private_key)
+    except ValueError as exc:  # our own words, never the key's
+        detail = (f"stored credential {grant.service_account_credential!r} is not a usable service account key: "
+                  f"{exc}; store a good one with `certbot-smtp-dist credentials set "
+                  f"{grant.service_account_credential}`")
+        raise TokenFailure(scrub.scrub_failure(Failure(ErrorCode.SMTP_AUTH, Phase.AUTH, detail), (secret,))) from exc
+    return Client(grant, secret, grant.token_url or account.token_uri, account.client_email, account, signer)
+
+
 def key_problem(text: str) -> str | None:
     """Why `text` cannot be stored as a service account key (`credentials set`), or None. Never quotes the key."""
     try:
@@ -84,44 +122,28 @@ def key_problem(text: str) -> str | None:
     return None
 
 
-def identity(grant: OAuth2Grant, secret: Secret, username: str) -> tuple[str, str, str, str]:
+def identity(c: Client, username: str) -> tuple[str, str, str, str]:
     """What a token is good for: (token URL, client, scope, user); the client of a service account is its
     client_email."""
-    client = grant.client_id or ""
-    if grant.service_account_credential is not None:
-        try:
-            client = service_account(secret).client_email
-        except ValueError:
-            client = ""
-    return (token_url(grant, secret), client, grant.scope, username)
+    return (c.token_url, c.client, c.grant.scope, username)
 
 
-def token_url(grant: OAuth2Grant, secret: Secret) -> str:
-    """The configured token URL, or the service account key's token_uri."""
-    if grant.token_url:
-        return grant.token_url
-    try:
-        return service_account(secret).token_uri
-    except ValueError:
-        return "(the service account key's token_uri)"
-
-
-def form(grant: OAuth2Grant, secret: Secret, username: str, now: float) -> tuple[bytes, tuple[Secret, ...]]:
+def form(c: Client, username: str, now: float) -> tuple[bytes, tuple[Secret, ...]]:
     """The request body and every secret in it. Client credentials: RFC 6749 §4.4.2 with the client
     authenticated in the body (§2.3.1); service account: RFC 7523 §2.1 with a signed assertion."""
-    if grant.service_account_credential is None:
+    if c.account is None:
         return urllib.parse.urlencode({
-            "grant_type": "client_credentials", "client_id": grant.client_id or "",
-            "client_secret": secret.reveal(), "scope": grant.scope,
-        }).encode("ascii"), (secret,)
-    account = service_account(secret)
-    jwt = assertion(account, token_url(grant, secret), grant.scope, username, now)
+            "grant_type": "client_credentials", "client_id": c.client,
+            "client_secret": c.secret.reveal(), "scope": c.grant.scope,
+        }).encode("ascii"), (c.secret,)
+    jwt = assertion(c.account, c.token_url, c.grant.scope, username, now, c.signer)
     return urllib.parse.urlencode({
         "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": jwt.reveal(),
-    }).encode("ascii"), (secret, account.private_key, jwt)
+    }).encode("ascii"), (c.secret, c.account.private_key, jwt)
 
 
-def assertion(account: ServiceAccount, audience: str, scope: str, subject: str, now: float) -> Secret:
+def assertion(account: ServiceAccount, audience: str, scope: str, subject: str, now: float,
+              signer: Any = None) -> Secret:
     """An RS256 JWT (RFC 7519, RFC 7515) with the claims of RFC 7523 §3: `iss` the service account, `sub` the
     mailbox it acts for (domain-wide delegation), `aud` the token endpoint, and an hour of life at most."""
     from cryptography.hazmat.primitives import hashes
@@ -132,8 +154,8 @@ def assertion(account: ServiceAccount, audience: str, scope: str, subject: str, 
     claims = {"iss": account.client_email, "sub": subject, "scope": scope, "aud": audience,
               "iat": issued, "exp": issued + ASSERTION_LIFETIME}
     signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
-    signature = _rsa_key(account.private_key).sign(signing_input.encode("ascii"), padding.PKCS1v15(),
-                                                   hashes.SHA256())
+    key = signer if signer is not None else _rsa_key(account.private_key)
+    signature = key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
     return Secret(f"{signing_input}.{_b64url(signature)}")
 
 
@@ -154,55 +176,35 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")  # RFC 7515 §2: no padding
 
 
-def request_token(grant: OAuth2Grant, secret: Secret, username: str, timeout: float) -> Token:
+def request_token(c: Client, username: str, timeout: float) -> Token:
     """POST the grant to the token endpoint and parse the answer; blocking. Raises TokenFailure only."""
-    url = token_url(grant, secret)
-    secrets: tuple[Secret, ...] = (secret,)
+    secrets: tuple[Secret, ...] = (c.secret,)
     try:
-        body, secrets = form(grant, secret, username, time.time())
-        return _post(grant, url, body, timeout, secrets)
+        body, secrets = form(c, username, time.time())
+        return _post(c, body, timeout, secrets)
     except TokenFailure:
         raise
     except Exception as exc:
-        raise TokenFailure(_translate(exc, url, secrets)) from exc
+        raise TokenFailure(_translate(exc, c.token_url, secrets)) from exc
 
 
-async def fetch(grant: OAuth2Grant, secret: Secret, username: str, budget: float) -> Token:
-    """`request_token` in a daemon thread nobody joins, bounded by `budget` (as transport's resolver): a stalled
-    endpoint cannot hold the run past the target's deadline."""
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[Token] = loop.create_future()
-
-    def settle(token: Token | None, error: BaseException | None) -> None:
-        if answer.done():
-            return  # abandoned at the deadline
-        if error is not None:
-            answer.set_exception(error)
-        else:
-            answer.set_result(token)  # type: ignore[arg-type]
-
-    def work() -> None:
-        try:
-            token = request_token(grant, secret, username, max(budget, 0.1))
-        except BaseException as exc:  # noqa: BLE001 - handed to the loop, never lost
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, token, None)
-
-    threading.Thread(target=work, name="oauth2-token", daemon=True).start()
+async def fetch(c: Client, username: str, budget: float) -> Token:
+    """`request_token` off the event loop, bounded by `budget` (the target's remaining time): a stalled endpoint
+    cannot hold the run past the target's deadline."""
     try:
-        return await asyncio.wait_for(answer, timeout=budget)
-    except (asyncio.TimeoutError, TimeoutError) as exc:
-        raise TokenFailure(_unreachable(token_url(grant, secret), f"no answer within {budget:.1f}s")) from exc
+        return await offloop.call(lambda: request_token(c, username, max(budget, 0.1)), budget, "oauth2-token")
+    except TimeoutError as exc:
+        raise TokenFailure(unreachable(c.token_url, f"no answer within {budget:.1f}s")) from exc
 
 
-def _post(grant: OAuth2Grant, url: str, body: bytes, timeout: float, secrets: tuple[Secret, ...]) -> Token:
+def _post(c: Client, body: bytes, timeout: float, secrets: tuple[Secret, ...]) -> Token:
+    url = c.token_url
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json",
     })
     # An opener of our own: no proxy from the environment sees the secret, no redirect resends it (RFC 6749 §3.2).
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect(),
-                                         urllib.request.HTTPSHandler(context=tls_context(grant)))
+                                         urllib.request.HTTPSHandler(context=tls_context(c.grant)))
     with opener.open(request, timeout=timeout) as response:
         raw = response.read(MAX_RESPONSE + 1)
     return _parse(url, raw, secrets)
@@ -218,9 +220,9 @@ def _parse(url: str, raw: bytes, secrets: tuple[Secret, ...]) -> Token:
     doc = _json(raw)
     token = doc.get("access_token") if doc is not None else None
     if len(raw) > MAX_RESPONSE or not isinstance(token, str) or not token or not token.isprintable():
-        raise TokenFailure(_unreachable(url, "the answer is not a token response (RFC 6749 §5.1)"))
+        raise TokenFailure(unreachable(url, "the answer is not a token response (RFC 6749 §5.1)"))
     if str(doc.get("token_type", "")).lower() != "bearer":  # type: ignore[union-attr]
-        raise TokenFailure(_unreachable(url, "the token is not a Bearer token (RFC 6750)"))
+        raise TokenFailure(unreachable(url, "the token is not a Bearer token (RFC 6750)"))
     expires = doc.get("expires_in")  # type: ignore[union-attr]
     if isinstance(expires, str) and expires.isdigit():
         expires = int(expires)  # Microsoft's v1 endpoint sends a string
@@ -253,21 +255,21 @@ def _translate(exc: BaseException, url: str, secrets: tuple[Secret, ...]) -> Fai
             detail = f"token endpoint {_where(url)} refused the grant: HTTP {exc.code}" + (
                 f": {scrub.one_line(said)}" if said else "")
             return scrub.scrub_failure(Failure(ErrorCode.SMTP_AUTH, Phase.AUTH, detail), secrets)
-        return _unreachable(url, f"HTTP {exc.code}")
+        return unreachable(url, f"HTTP {exc.code}")
     if isinstance(exc, urllib.error.URLError):
         reason = exc.reason
         if isinstance(reason, ssl.SSLCertVerificationError):
             why = getattr(reason, "verify_message", None) or reason
-            return _unreachable(url, f"certificate not trusted: {why}")
-        return _unreachable(url, f"{type(reason).__name__}: {reason}"[:200])
+            return unreachable(url, f"certificate not trusted: {why}")
+        return unreachable(url, f"{type(reason).__name__}: {reason}"[:200])
     if isinstance(exc, (ssl.SSLError, socket.timeout, TimeoutError, OSError, http.client.HTTPException)):
-        return _unreachable(url, f"{type(exc).__name__}: {exc}"[:200])
-    if isinstance(exc, ValueError):  # our own words about a stored key, or urllib's about the URL
-        return scrub.scrub_failure(_unreachable(url, scrub.one_line(str(exc))), secrets)  # scrubbed, then cut
-    return _unreachable(url, type(exc).__name__)
+        return unreachable(url, f"{type(exc).__name__}: {exc}"[:200])
+    if isinstance(exc, ValueError):  # urllib's words about the URL (a stored key is checked by `client`)
+        return scrub.scrub_failure(unreachable(url, scrub.one_line(str(exc))), secrets)  # scrubbed, then cut
+    return unreachable(url, type(exc).__name__)
 
 
-def _unreachable(url: str, why: str) -> Failure:
+def unreachable(url: str, why: str) -> Failure:
     # The relay is never contacted without a token (Phase.CONNECT); SMTP_CONNECT is transient and spooled.
     return Failure(ErrorCode.SMTP_CONNECT, Phase.CONNECT, f"no OAuth 2.0 token from {_where(url)}: {why}")
 

@@ -30,8 +30,10 @@ _warned: set[Path] = set()
 def require_trusted_config(config: Path) -> None:
     """The config file, its directory chain and the credentials directory beside it (before any is read)."""
     _check_chain(config.parent)
+    _check_links(config)
     _check_node(config, "configuration file", f"chown root {config}; chmod 600 {config}", closed=CONFIG_FIX)
     credentials = config.parent / "credentials"
+    _check_links(credentials)
     _check_node(credentials, "credentials directory", f"chown root {credentials}; chmod 700 {credentials}",
                 closed=CONFIG_FIX)
     try:
@@ -102,6 +104,20 @@ def _check_stat(path: Path, st: os.stat_result, what: str, fix: str) -> None:
     if st.st_mode & _WRITABLE_BY_OTHERS:
         raise UnsafePathError(path, f"the {what} is writable by group or others (mode "
                                     f"{stat.S_IMODE(st.st_mode):04o})", fix)
+
+
+def _check_links(path: Path) -> None:
+    """A config file or credentials directory that is a symbolic link: the directory holding each link on the way
+    and the one holding the final target, with their chains. A root-owned file in a directory others can write is
+    theirs to swap; checking the target alone (as stat() does) misses that."""
+    current = Path(os.path.abspath(path))
+    for _hop in range(40):  # ELOOP's bound: a longer chain fails to open anyway
+        try:
+            target = os.readlink(current)
+        except OSError:
+            break  # not a link (or missing): its directory is checked by the caller's chain
+        current = Path(os.path.abspath(current.parent / target))
+        _check_chain(current.parent)
 
 
 def _check_chain(directory: Path) -> None:

@@ -1,11 +1,11 @@
 """Scrub relay text of every spelling of every secret of the run, then bound it: what comes out reveals none of them.
 
 A relay's reply ends up in output, logs, the journal and the spool, which more people read than the credential
-store. Each secret is looked for as written and in any letter case, as hex, as base64 at each of the three byte
-alignments it can have inside a longer blob (the SASL PLAIN message ``\\0user\\0pass``, RFC 4616 §2), percent-encoded,
-and split across the lines of a multi-line reply. Masking a short secret would itself reveal it (every "5" masked
-in "535 5.7.8" tells which character the password is), so while any secret of the run is under `MIN_SECRET`
-characters the relay's text is withheld instead.
+store. Each secret is looked for as written and in any letter case (non-ASCII letters too); its UTF-8 and UTF-16
+bytes as hex and as base64 at each of the three byte alignments they can have inside a longer blob (the SASL PLAIN
+message ``\\0user\\0pass``, RFC 4616 §2); percent-encoded; and split across the lines of a multi-line reply.
+Masking a short secret would itself reveal it (every "5" masked in "535 5.7.8" tells which character the password
+is), so while any secret of the run is under `MIN_SECRET` characters the relay's text is withheld instead.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def one_line(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _View:
-    """Text as lower-cased bytes, each byte knowing the span of characters of the original text it came from."""
+    """Text as case-folded UTF-8 bytes, each byte knowing the span of characters of the original text it came from.
+    Folding is per character (str.casefold), non-ASCII letters included: "Ä" and "ä" read alike, "ß" as "ss"."""
 
     data: bytes
     spans: tuple[tuple[int, int], ...]
@@ -47,10 +48,26 @@ class _View:
     def of(cls, text: str) -> _View:
         data, spans = bytearray(), list[tuple[int, int]]()
         for i, char in enumerate(text):
-            encoded = char.encode("utf-8", "surrogatepass").lower()  # ASCII letters only: lengths stay put
+            encoded = _fold_char(char)
             data += encoded
             spans += [(i, i + 1)] * len(encoded)
         return cls(bytes(data), tuple(spans))
+
+    @classmethod
+    def folded(cls, data: bytes, spans: list[tuple[int, int]]) -> _View:
+        """Bytes that percent-decoding made, folded as `of` folds text: each UTF-8 character in them, and any
+        byte that is not part of one by itself (ASCII-lowered)."""
+        out, out_spans, i = bytearray(), list[tuple[int, int]](), 0
+        while i < len(data):
+            size = _UTF8_SIZE.get(data[i] >> 4, 1)
+            try:
+                encoded = _fold_char(data[i:i + size].decode("utf-8", "surrogatepass"))
+            except UnicodeDecodeError:
+                size, encoded = 1, data[i:i + 1].lower()
+            out += encoded
+            out_spans += [(spans[i][0], spans[i + size - 1][1])] * len(encoded)
+            i += size
+        return cls(bytes(out), tuple(out_spans))
 
     def joined(self) -> _View:
         """Without line joints and spaces, so a secret split across reply lines is whole again."""
@@ -67,12 +84,12 @@ class _View:
             data += self.data[pos:match.start()]
             spans += self.spans[pos:match.start()]
             byte = int(match.group(1), 16) if match.group(1) else ord(" ")
-            data += bytes([byte]).lower()
+            data.append(byte)
             spans.append((self.spans[match.start()][0], self.spans[match.end() - 1][1]))
             pos = match.end()
         data += self.data[pos:]
         spans += self.spans[pos:]
-        return _View(bytes(data), tuple(spans))
+        return _View.folded(bytes(data), spans)
 
     def find(self, needle: bytes) -> Iterable[tuple[int, int]]:
         """The character span of every (also overlapping) occurrence of `needle`."""
@@ -80,6 +97,14 @@ class _View:
         while at >= 0:
             yield self.spans[at][0], self.spans[at + len(needle) - 1][1]
             at = self.data.find(needle, at + 1)
+
+
+# A UTF-8 lead byte's high nibble -> the length of its character (RFC 3629 §3); anything else stands alone.
+_UTF8_SIZE = {0xC: 2, 0xD: 2, 0xE: 3, 0xF: 4}
+
+
+def _fold_char(char: str) -> bytes:
+    return char.casefold().encode("utf-8", "surrogatepass")
 
 
 # The views a secret is looked for in: as written, joined, decoded, and both in either order (decoding can make
@@ -118,11 +143,15 @@ def base64_cores(data: bytes) -> list[str]:
 
 
 def spellings(secret: str) -> list[str]:
-    """Every spelling of `secret` looked for in each view (letter case is folded by the views themselves)."""
+    """Every spelling of `secret` looked for in each view (letter case is folded by the views themselves): its
+    UTF-8 bytes, and its UTF-16 ones (either byte order) as a Windows-minded peer may echo them, each as hex and
+    as base64 at every alignment."""
     raw = secret.encode("utf-8", "surrogatepass")
-    cores = base64_cores(raw)
-    forms = [secret, secret.upper(), secret.lower(), raw.hex(), *cores,
-             *(c.translate(str.maketrans("+/", "-_")) for c in cores)]  # RFC 4648 §5 URL-safe alphabet
+    forms = [secret, secret.upper(), secret.lower()]
+    for encoded in (raw, secret.encode("utf-16-le", "surrogatepass"), secret.encode("utf-16-be", "surrogatepass")):
+        cores = base64_cores(encoded)
+        forms += [encoded.hex(), *cores,
+                  *(c.translate(str.maketrans("+/", "-_")) for c in cores)]  # RFC 4648 §5 URL-safe alphabet
     return sorted({f for form in forms for f in (form, printable(form))}, key=len, reverse=True)
 
 

@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -26,12 +27,14 @@ MARGIN = 300  # seconds before expiry a token stops being used: a long session m
 DIRECTORY = "oauth2"
 _SUFFIX = ".token"
 _FORMAT = 1
+_MAX_ENTRY = 64 * 1024  # a sealed token is a few kilobytes
 
 Identity = tuple[str, str, str, str]  # token URL, client, scope, user
 
 
 class TokenCache:
-    """The sealed tokens of one state directory; `lock(identity)` keeps one fetch per identity within a run."""
+    """The sealed tokens of one state directory; `lock(identity)` keeps one fetch per identity within a run.
+    get/put/drop do blocking file I/O: the transport runs them off the event loop (offloop.call)."""
 
     def __init__(self, state_dir: Path, key: bytes) -> None:
         self.directory = state_dir / DIRECTORY
@@ -50,7 +53,7 @@ class TokenCache:
 
         name = self._name(identity)
         try:
-            sealed = files.read_nofollow(self.directory / name)
+            sealed = _read_entry(self.directory / name)
             doc = json.loads(AESGCM(self._key).decrypt(sealed[:12], sealed[12:], self._aad(name)))
         except FileNotFoundError:
             return None
@@ -100,3 +103,18 @@ class TokenCache:
     @staticmethod
     def _aad(name: str) -> bytes:
         return f"certbot-smtp-dist/oauth2-token/v{_FORMAT}\x00{name}".encode()
+
+
+def _read_entry(path: Path) -> bytes:
+    """A cache entry, cheaply and boundedly: a regular file only (a FIFO or device planted there never blocks the
+    read), never through a link, at most _MAX_ENTRY bytes."""
+    fd = files.open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        data = os.read(fd, _MAX_ENTRY + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_ENTRY:
+        raise ValueError(f"{path} is larger than a token")
+    return data

@@ -15,7 +15,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from certbot_smtp_dist._internal import classify, greeting, oauth2, portprobe, scrub, transcript
+from certbot_smtp_dist._internal import (
+    classify,
+    greeting,
+    oauth2,
+    offloop,
+    portprobe,
+    scrub,
+    transcript,
+)
 from certbot_smtp_dist._internal.probe import Ehlo, Encryption, Probe, Seen
 from certbot_smtp_dist._internal.tlspolicy import verified_context
 from certbot_smtp_dist._internal.tokencache import TokenCache
@@ -24,13 +32,14 @@ from certbot_smtp_dist.model import (
     AuthMethod,
     Failure,
     Message,
-    OAuth2Grant,
     Phase,
     Reply,
     Secret,
     Target,
     TlsMode,
 )
+
+_CACHE_IO_FLOOR = 2.0  # seconds a token-cache write or removal may take even when the deadline has passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,36 @@ class _Progress:
     # Set once the relay took the message (a reply to the final "."): whatever happens to QUIT or the deadline
     # afterwards, this is the outcome, never a failure that would spool the message for a second copy.
     accepted: SessionOutcome | None = None
+    reply_head: _ReplyHead | None = None
+
+
+class _ReplyHead:
+    """The first octets the relay sent since our last write: the code of the reply being read, kept even when
+    aiosmtplib drops a reply too long to read whole (and its code with it). Frozen when the session fails, so the
+    QUIT that follows does not overwrite it."""
+
+    _CODE = re.compile(rb"([2-5][0-9][0-9])(?:[ \-\r\n]|$)")
+
+    def __init__(self, protocol: Any) -> None:
+        self.head = bytearray()
+        self.frozen = False
+        write, received = protocol.write, protocol.data_received
+
+        def on_write(data: Any) -> Any:
+            if not self.frozen:
+                self.head.clear()
+            return write(data)
+
+        def on_data(data: bytes) -> Any:
+            if not self.frozen and len(self.head) < 4:
+                self.head += data[:4 - len(self.head)]
+            return received(data)
+
+        protocol.write, protocol.data_received = on_write, on_data  # this connection's protocol object only
+
+    def code(self) -> int | None:
+        match = self._CODE.match(bytes(self.head))
+        return int(match.group(1)) if match else None
 
 
 class _Abort(Exception):
@@ -143,33 +182,57 @@ async def _authorised(target: Target, password: Secret | None, budget: float, se
     if target.oauth2 is None or password is None:
         return await run(password, budget, known)
     # The token first: nothing reaches the relay when none could be had. `password` is the grant's secret.
-    identity = oauth2.identity(target.oauth2, password, target.username or "")
     try:
-        token = await _token(target.oauth2, password, identity, budget, tokens)
+        client = oauth2.client(target.oauth2, password)
+        identity = oauth2.identity(client, target.username or "")
+        token = await _token(client, identity, deadline, tokens)
     except oauth2.TokenFailure as refused:
         return SessionOutcome(failure=refused.failure)
     known = (*known, token)
     outcome = await run(token, max(deadline - asyncio.get_running_loop().time(), 0.01), known)
     if tokens is not None and outcome.failure is not None and outcome.failure.phase is Phase.AUTH:
-        tokens.drop(identity)  # the relay refused it: the next session asks the endpoint again
+        # The relay refused it: the next session asks the endpoint again.
+        with contextlib.suppress(TimeoutError):
+            await offloop.call(lambda: tokens.drop(identity), _CACHE_IO_FLOOR, "oauth2-cache")
     # The relay may quote the token back: its text is scrubbed here, where the token is known.
     return replace(outcome, refused=tuple((a, scrub.scrub_reply(r, known)) for a, r in outcome.refused),
                    failure=scrub.scrub_failure(outcome.failure, known) if outcome.failure else None)
 
 
-async def _token(grant: OAuth2Grant, secret: Secret, identity: tuple[str, str, str, str], budget: float,
+async def _token(client: oauth2.Client, identity: tuple[str, str, str, str], deadline: float,
                  tokens: TokenCache | None) -> Secret:
     """A cached token still well inside its lifetime, else a fresh one (cached); one fetch per identity at a time,
-    so the targets of a run that share a grant ask the endpoint once."""
+    so the targets of a run that share a grant ask the endpoint once. Every wait (for another target's fetch, the
+    cache file, the endpoint) gets only what is left of this target's deadline; the cache's file I/O runs off the
+    event loop, so it never stalls another target's session."""
+    loop = asyncio.get_running_loop()
+
+    def left() -> float:
+        return max(deadline - loop.time(), 0.01)
+
     if tokens is None:
-        return (await oauth2.fetch(grant, secret, identity[3], budget)).value
-    async with tokens.lock(identity):
-        cached = tokens.get(identity)
+        return (await oauth2.fetch(client, identity[3], left())).value
+    lock = tokens.lock(identity)
+    try:
+        await asyncio.wait_for(lock.acquire(), timeout=left())
+    except asyncio.TimeoutError as exc:  # a distinct class before Python 3.11
+        raise oauth2.TokenFailure(oauth2.unreachable(client.token_url, "the deadline passed while another target "
+                                                                       "was fetching the same token")) from exc
+    try:
+        try:
+            cached = await offloop.call(lambda: tokens.get(identity), left(), "oauth2-cache")
+        except TimeoutError as exc:
+            raise oauth2.TokenFailure(oauth2.unreachable(client.token_url, "the token cache did not answer within "
+                                                                           "the deadline")) from exc
         if cached is not None:
             return cached
-        fetched = await oauth2.fetch(grant, secret, identity[3], budget)
-        tokens.put(identity, fetched.value, fetched.expires_in)
+        fetched = await oauth2.fetch(client, identity[3], left())
+        with contextlib.suppress(TimeoutError):  # not cached in time: the next run asks again
+            await offloop.call(lambda: tokens.put(identity, fetched.value, fetched.expires_in),
+                               max(left(), _CACHE_IO_FLOOR), "oauth2-cache")
         return fetched.value
+    finally:
+        lock.release()
 
 
 Converse = Callable[[Any, str], Awaitable[SessionOutcome]]  # (client, EHLO name): what follows the greeting
@@ -205,7 +268,8 @@ async def _deliver(target: Target, converse: Converse, budget: float, known: tup
     except Exception as exc:
         if progress.accepted is not None:
             return progress.accepted
-        failure = classify.translate(exc, progress.phase, progress.connected, progress.dot_sent)
+        code = progress.reply_head.code() if progress.reply_head is not None else None
+        failure = classify.translate(exc, progress.phase, progress.connected, progress.dot_sent, code)
         return SessionOutcome(failure=await _wrong_port_hint(target, progress, exc, failure, deadline))
     finally:
         _close(progress)
@@ -249,6 +313,9 @@ async def _session(
     await client.connect()
     progress.connected = True
     progress.sock = None  # owned by the client now
+    protocol = getattr(client, "protocol", None)
+    if protocol is not None and hasattr(protocol, "write") and hasattr(protocol, "data_received"):
+        progress.reply_head = _ReplyHead(protocol)
     sockname = client.get_transport_info("sockname")
     name = target.helo_name or await greeting.local_name(sockname[0] if sockname else None)
     try:
@@ -256,6 +323,8 @@ async def _session(
     except (asyncio.TimeoutError, TimeoutError):
         raise  # a stalled relay gets no more of our time
     except Exception:
+        if progress.reply_head is not None:
+            progress.reply_head.frozen = True
         await _polite_quit(client)
         raise
 

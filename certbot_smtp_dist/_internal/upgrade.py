@@ -16,9 +16,17 @@ log = logging.getLogger("certbot_smtp_dist")
 
 
 def upgrade(state_dir: Path, config: Path, keys: StateKeys) -> None:
-    """Idempotent and cheap when there is nothing to do. State trouble is logged, never raised: a delivery run goes
-    on, and what could not be upgraded stays listed by `status`."""
+    """Once per state directory: only while it was never keyed (Journal.keyed: its anchor in the credential store,
+    which sealing the 0.1.0 journal or any first keyed line creates). Afterwards a format-1 entry can only have
+    been planted: it is never taken over, and `status` reports it as rejected. State trouble is logged, never
+    raised: a delivery run goes on, and what could not be upgraded stays listed by `status`."""
     journal = Journal(state_dir, keys.journal, keys.journal_anchor)
+    try:
+        if journal.keyed():
+            return
+    except OSError as exc:  # not a directory, unreadable: every write to it fails and is reported there
+        log.debug("state %s not upgraded: %s", state_dir, exc.strerror or exc)
+        return
     try:
         journal.seal_legacy()
     except OSError as exc:
@@ -39,8 +47,9 @@ def _upgrade_entry(spool: sp.Spool, journal: Journal, path: Path, config: Path) 
             doc = _legacy_doc(data)
             if doc is not None:
                 _take_over(spool, journal, path, doc, config)
-    except sp.Busy:
-        return  # being handled by another process; the next run upgrades it
+    except sp.Busy:  # another process holds it; this is the one upgrade, so it stays for `status` and `dismiss`
+        log.error("0.1.0 spool entry %s is not taken over: another process holds it; check it, then "
+                  "`certbot-smtp-dist dismiss %s`", path, path.stem)
 
 
 def _legacy_doc(data: bytes | None) -> dict[str, object] | None:

@@ -341,3 +341,28 @@ def test_the_certbot_plugin_is_a_renewal(denv: DeployEnv, lineage: LineagePaths)
     certbot_adapter.ship(options, lin.from_lineage_dir(lineage.live_dir))
     [entry] = spool_files(denv)
     assert entry["kind"] == "blocked"
+
+
+@pytest.mark.parametrize("deployed", [False, True])
+def test_read_only_state_commands_never_create_a_master_key(denv: DeployEnv, lineage: LineagePaths,
+                                                            relay_factory, deployed: bool) -> None:
+    """`status`, `metrics`, `dismiss`, `journal verify` and `history` only read: without a master key they say the
+    state is not initialised (or its key is gone) and stop, 78 (`status`: UNKNOWN 3). A new key made here would
+    also make every entry and journal line of an existing state fail to verify."""
+    relay = relay_factory("plaintext")
+    denv.write_config({"a": relay_target(relay)})
+    master = denv.config_dir / "master.key"
+    if deployed:
+        assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 0
+        master.unlink()  # lost, or the wrong --config
+    else:
+        (denv.state_dir / "spool").mkdir(parents=True)  # a state directory, nothing recorded yet
+        (denv.state_dir / "journal.jsonl").touch(mode=0o600)  # as an interrupted first run leaves it
+    for args, code in ((("status",), STATUS_UNKNOWN), (("metrics",), 78), (("dismiss", "0123abcd"), 78),
+                       (("journal", "verify"), 78)):
+        run = denv.run(*args)
+        said = run.stdout + run.stderr
+        assert run.returncode == code, (args, said)
+        assert ("not initialised" in said) != deployed and str(master) in said, (args, said)
+        assert not master.exists(), args
+    assert denv.run("history").returncode == 0 and not master.exists()

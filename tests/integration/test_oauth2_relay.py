@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -320,3 +323,81 @@ def test_check_fetches_a_token_as_deploy_does_and_sends_no_mail(denv: DeployEnv,
     refused = denv.run("check", "--json")
     assert refused.returncode == 69 and refused.target("m365")["error_code"] == "SMTP_AUTH"
     assert refused.target("m365")["auth"] == "refused"
+
+
+def test_waiting_for_another_targets_token_fetch_respects_the_deadline(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint) -> None:
+    """Two targets share a grant; the endpoint stalls. The second waits for the first one's fetch, but only until
+    its own deadline, and never starts a fetch of its own with the full timeout after that wait (which once held
+    the run for twice the timeout)."""
+    endpoint.stall = 30
+    denv.set_credential("m365-app", "smtp_oauth2_client_secret", SECRET)
+    denv.write_config({"a": oauth_target(relay, endpoint, timeout=3),
+                       "b": oauth_target(relay, endpoint, timeout=3, to=["b@example.com"])})
+    started = time.monotonic()
+    run = deploy(denv, lineage)
+    elapsed = time.monotonic() - started
+    assert run.returncode == 75, run.stderr
+    details = sorted(run.target(t)["detail"] for t in ("a", "b"))
+    assert all(run.target(t)["error_code"] == "SMTP_CONNECT" for t in ("a", "b"))
+    # One fetch had the deadline; the other target waited for it, and had nothing left for a fetch of its own.
+    waited = [d for d in details if "another target was fetching the same token" in d or "within 0." in d]
+    assert len(waited) == 1, details
+    assert elapsed < 3 * 2 - 0.5, elapsed  # bounded by the deadline (3 s), with slack; never twice the timeout
+    assert relay.connections == 0
+
+
+def test_a_broken_stored_service_account_key_is_a_credential_problem_not_retried(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint) -> None:
+    """A key stored before `credentials set` checked keys (or damaged since) can never sign an assertion: SMTP_AUTH,
+    a failed target for a human, never SMTP_CONNECT spooled for retry forever; the endpoint is not asked."""
+    key_json, _ = service_account_key(GSA_EMAIL, endpoint.url)
+    broken = json.dumps({**json.loads(key_json), "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n"})
+    store_unchecked(denv, "gsa", "smtp_oauth2_service_account", broken)
+    denv.write_config({"workspace": relay_target(
+        relay, auth_method="xoauth2", username=MAILBOX, oauth2_service_account_credential="gsa",
+        oauth2_ca_file=str(endpoint.pki.ca_file), timeout=10)})
+    run = deploy(denv, lineage)
+    assert run.returncode == 69, run.stderr
+    failed = run.target("workspace")
+    assert (failed["status"], failed["error_code"]) == ("failed", "SMTP_AUTH"), failed
+    assert "credentials set gsa" in failed["detail"] and "not an unencrypted PEM private key" in failed["detail"]
+    assert endpoint.requests == 0 and relay.connections == 0
+    assert "AAAA" not in run.stdout + run.stderr
+
+
+def store_unchecked(denv: DeployEnv, name: str, type_: str, secret: str) -> None:
+    """A credential file as a version before today's checks wrote it: the store's own format, no validation."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from certbot_smtp_dist._internal import credentials
+
+    denv.set_credential("unrelated", "smtp_password", "unrelated-password-1")  # makes the master key
+    store = credentials.CredentialStore(denv.config_dir, environ={})
+    master, data_key = AESGCM(store._master_key(create=False)), AESGCM.generate_key(bit_length=256)
+    aad = credentials._aad(name, type_)
+    n1, n2 = os.urandom(12), os.urandom(12)
+    doc = {"format": 1, "name": name, "type": type_, "cipher": "AES-256-GCM",
+           "wrapped_key": credentials._b64(n1 + master.encrypt(n1, data_key, aad)),
+           "ciphertext": credentials._b64(n2 + AESGCM(data_key).encrypt(n2, secret.encode(), aad))}
+    path = store._path(name)
+    path.write_text(json.dumps(doc))
+    path.chmod(0o600)
+
+
+def test_a_fifo_planted_as_a_token_cache_entry_never_hangs_the_run(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint) -> None:
+    """The cache is read cheaply and boundedly, off the event loop: a FIFO in its place (open(2) on it blocks
+    until a writer comes) is a miss, the endpoint is asked again, and the run ends in time."""
+    configure(denv, relay, endpoint)
+    assert deploy(denv, lineage).returncode == 0
+    [entry] = cache_files(denv)
+    entry.unlink()
+    os.mkfifo(entry, 0o600)
+    try:
+        run = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "--json", "--force", timeout=40)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run hung on a FIFO in the token cache")
+    assert run.returncode == 0, run.stderr
+    assert endpoint.requests == 2 and len(relay.wait_for_messages(2)) == 2
+    assert "token cache entry" in run.stderr and "unusable" in run.stderr

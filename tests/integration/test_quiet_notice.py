@@ -7,6 +7,7 @@ import email
 import email.policy
 import hashlib
 import json
+import socket
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from typing import Any
@@ -241,3 +242,33 @@ def test_the_certbot_plugin_path_holds_back_the_same_renewal(denv: DeployEnv, li
     assert result.status.value == "skipped" and result.reason is not None and result.reason.startswith("min_interval")
     assert len(relay.messages) == 1
     assert [e["event"] for e in journal_events(denv, "quiet")] == ["attempt", "skipped"]
+
+
+def test_a_held_back_renewal_supersedes_an_older_certificate_still_pending(denv: DeployEnv, lineage: LineagePaths,
+                                                                           relay_factory) -> None:
+    """C1 delivered; C2's delivery (`--force`, past min_interval) fails and stays pending; C3 (same key) is held
+    back by min_interval. C2 is older than what the lineage now holds: it is closed as superseded right away, not
+    left pending for `status` to warn about and for `retry` to send (an entry naming fixed certificate files would
+    have sent C2 after C3 existed)."""
+    relay = relay_factory("plaintext")
+    denv.write_config({"quiet": relay_target(relay, min_interval="7d")})
+    assert deploy(denv, lineage).target("quiet")["status"] == "delivered"
+    renew(lineage)
+    with socket.socket() as closed:  # a port nobody listens on: C2's delivery fails, transiently
+        closed.bind(("127.0.0.1", 0))
+        dead = closed.getsockname()[1]
+    denv.write_config({"quiet": relay_target(relay, min_interval="7d", port=dead, timeout=3)})
+    failed = deploy(denv, lineage, "--force")
+    assert failed.returncode == EX_TEMPFAIL and denv.run("status").returncode == 1  # C2 pending
+    renew(lineage)
+    denv.write_config({"quiet": relay_target(relay, min_interval="7d")})
+
+    third = deploy(denv, lineage)
+
+    assert third.returncode == 0 and third.target("quiet")["status"] == "skipped", third.stderr
+    status = denv.run("status")
+    assert status.returncode == 0, status.stdout
+    closed_events = [r for r in json.loads(denv.run("history", "--all", "--json").stdout)["history"]
+                     if r.get("event") == "superseded"]
+    assert len(closed_events) == 1 and "held back by min_interval" in str(closed_events[0].get("detail"))
+    assert denv.run("retry").returncode == 0 and len(relay.messages) == 1  # C1 only

@@ -139,3 +139,17 @@ def test_a_long_readable_reply_is_scrubbed_then_cut(denv: DeployEnv, lineage: Li
     assert len(t["detail"]) == scrub.MAX_TEXT and t["detail"].endswith("...")
     assert PW[:8] not in t["detail"] and scrub.MASK in t["detail"]
     assert spooled_for_retry(denv) == []
+
+
+def test_a_long_451_is_transient_by_its_code_and_its_text_is_not_kept(denv: DeployEnv, lineage: LineagePaths,
+                                                                       fault_server) -> None:
+    """RFC 5321 §4.2.1: the first digit decides. aiosmtplib drops the over-long reply and its code; the code is read
+    off the wire, so a long 451 is retried (and spooled), never made permanent; its text is still never stored."""
+    server = fault_server(replies={"MAIL": "451 4.3.0 " + "greylisted " * 1000})
+    run = deploy(denv, lineage, target(server.port, timeout=5))
+    t = run.target("relay")
+    assert (t["error_code"], t["retryable"], t["phase"], t["smtp_code"]) == ("SMTP_TRANSIENT", True, "mail", 451), t
+    assert "too long" in t["detail"] and "greylisted" not in t["detail"]
+    assert run.returncode == 75
+    assert len(spooled_for_retry(denv)) == 1
+    assert "greylisted" not in "".join(p.read_text() for p in denv.state_dir.rglob("*.json*") if p.is_file())

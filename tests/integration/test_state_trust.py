@@ -131,3 +131,26 @@ def test_nofollow_guards_each_open_even_after_the_upfront_check(tmp_path: Path) 
         with pytest.raises(UnsafePathError, match=str(link)):
             action(link)
         assert link.is_symlink() and victim.read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("which", ["config", "credentials"])
+@pytest.mark.parametrize("how", ["mode 0777", "owned by nobody"])
+def test_symlinked_config_or_credentials_target_in_a_directory_others_can_write_is_refused(
+    denv: DeployEnv, lineage: LineagePaths, relay_factory, tmp_path: Path, which: str, how: str
+) -> None:
+    """The link target is root's and 0600, but the directory holding it is another user's to write: they can swap
+    the target. The whole chain of the resolved target is checked, StrictModes-style: 77, naming that directory."""
+    relay = _deployed_once(denv, lineage, relay_factory)
+    elsewhere = tmp_path / "shared"
+    elsewhere.mkdir(mode=0o700)
+    link = denv.config if which == "config" else denv.config_dir / "credentials"
+    link.rename(elsewhere / link.name)
+    link.symlink_to(elsewhere / link.name)
+    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 0  # a trusted chain: followed
+    relay.clear()  # type: ignore[attr-defined]
+    os.chown(elsewhere, NOBODY, -1) if how == "owned by nobody" else os.chmod(elsewhere, 0o777)
+    for args in (["deploy", "--lineage", str(lineage.live_dir)], ["retry"]):
+        run = denv.run(*args)
+        assert run.returncode == EX_NOPERM, (args, run.stderr)
+        assert str(elsewhere) in run.stderr and ("chmod" in run.stderr or "chown" in run.stderr), run.stderr
+    assert relay.messages == []  # type: ignore[attr-defined]

@@ -19,12 +19,17 @@ DATA = Path(__file__).parent.parent / "data" / "state-0.1.0"
 MADE_AT = "/tmp/v010-data"
 
 
-def install(tmp_path: Path) -> tuple[DeployEnv, dict[str, object], bytes]:
+def install(tmp_path: Path, with_master_key: bool = True) -> tuple[DeployEnv, dict[str, object], bytes]:
+    """`with_master_key`: as on a 0.1.0 host where a credential was stored (0.1.0 made the key then); the test
+    data itself, from a relay without AUTH, has none."""
     root = tmp_path / "host"
     shutil.copytree(DATA, root)
     [entry_file] = (root / "state" / "spool").glob("*.json")
     entry_file.write_text(entry_file.read_text().replace(MADE_AT, str(root)))  # the same state, moved
-    return DeployEnv(root), json.loads(entry_file.read_text()), (root / "state" / "journal.jsonl").read_bytes()
+    denv = DeployEnv(root)
+    if with_master_key:
+        denv.set_credential("relay-password", "smtp_password", "a-stored-relay-password")
+    return denv, json.loads(entry_file.read_text()), (root / "state" / "journal.jsonl").read_bytes()
 
 
 def test_pending_entry_and_history_survive_the_upgrade(tmp_path: Path, relay_factory) -> None:
@@ -70,3 +75,43 @@ def test_entry_for_another_config_is_not_taken_over(tmp_path: Path, relay_factor
     assert denv.run("retry").returncode == 75 and relay.messages == []
     assert denv.run("dismiss", str(old["id"])).returncode == 0
     assert denv.run("status").returncode == 0
+
+
+def test_upgrade_happens_once_and_a_format_1_entry_planted_later_is_not_taken_over(tmp_path: Path,
+                                                                                  relay_factory) -> None:
+    """The take-over is tied to the state never having been keyed: after the upgrade, a format-1 entry (no MAC)
+    that names the config in use can only be a local user's forgery. It is reported as rejected, never re-keyed,
+    never sent."""
+    denv, old, _ = install(tmp_path)
+    relay = relay_factory("plaintext")
+    denv.write_config({"up": relay_target(relay), "down": relay_target(relay)})
+    assert denv.run("status").returncode == 1  # the upgrade: the real 0.1.0 entry is taken over, pending
+    planted_id = "0123456789abcdef01234567"
+    planted = denv.state_dir / "spool" / f"{planted_id}.json"
+    planted.write_text(json.dumps({**old, "id": planted_id, "message_id": "<planted@mallory.example>"}))
+    status = denv.run("status")
+    assert status.returncode == 2 and f"REJECTED: spool file {planted}" in status.stdout, status.stdout
+    assert json.loads(planted.read_text())["format"] == 1  # not re-keyed
+    now = datetime.fromisoformat(str(old["created"])) + timedelta(hours=1)
+    drain.run(denv.state_dir, denv.config, now=now)
+    assert [m.data for m in relay.messages if b"planted@mallory.example" in m.data] == []
+    assert len(relay.messages) == 1  # the genuine entry only
+    events = [r["event"] for r in map(json.loads, (denv.state_dir / "journal.jsonl").read_text().splitlines())]
+    assert events.count("entry_upgraded") == 1 and events.count("journal_sealed") == 1
+
+
+def test_read_only_commands_leave_a_keyless_0_1_0_state_for_retry_to_upgrade(tmp_path: Path, relay_factory) -> None:
+    """No master key yet: `status` only reads, so it makes none and upgrades nothing; it says `retry` (or the next
+    deploy) will. `retry` then creates the key, upgrades, and delivers the entry with its Message-ID."""
+    denv, old, old_journal = install(tmp_path, with_master_key=False)
+    relay = relay_factory("plaintext")
+    denv.write_config({"up": relay_target(relay), "down": relay_target(relay)})
+    status = denv.run("status")
+    assert status.returncode == 3 and "written by 0.1.0 and is not upgraded yet" in status.stdout, status.stdout
+    assert "retry" in status.stdout and not (denv.config_dir / "master.key").exists()
+    assert (denv.state_dir / "journal.jsonl").read_bytes() == old_journal  # untouched
+    now = datetime.fromisoformat(str(old["created"])) + timedelta(hours=1)
+    assert drain.run(denv.state_dir, denv.config, now=now).exit_status == 0
+    [received] = relay.messages
+    assert email.message_from_bytes(received.data, policy=email.policy.default)["Message-ID"] == old["message_id"]
+    assert denv.run("journal", "verify").returncode == 0

@@ -1,4 +1,5 @@
-"""The spellings of a secret a hostile relay can echo, and an oracle that reads them back from text by decoding.
+"""The spellings of a secret a hostile relay can echo, and an oracle that reads them back from text by decoding
+(its UTF-8 and UTF-16 bytes; letters compared case-folded, non-ASCII ones included).
 
 Built independently of certbot_smtp_dist._internal.scrub, so tests of the scrubber do not grade their own homework.
 """
@@ -20,7 +21,8 @@ def encodings(secret: str) -> dict[str, str]:
         "plain": secret,
         "upper": secret.upper(),
         "lower": secret.lower(),
-        "swapped": secret.swapcase() if secret.isascii() else secret,
+        "swapped": secret.swapcase(),
+        "mixed": "".join(c.upper() if i % 2 else c.lower() for i, c in enumerate(secret)),
         "hex": raw.hex(),
         "HEX": raw.hex().upper(),
         "percent": urllib.parse.quote(secret, safe=""),
@@ -31,6 +33,10 @@ def encodings(secret: str) -> dict[str, str]:
         "b64-authzid-blob": base64.b64encode(b"u\0" + USER.encode() + b"\0" + raw + b"\0").decode(),
         "b64-offset-2": base64.b64encode(b"ab" + raw + b"xyz").decode(),
         "b64-urlsafe": base64.urlsafe_b64encode(b"a" + raw).decode(),
+        "utf16le-hex": secret.encode("utf-16-le").hex(),
+        "utf16be-HEX": secret.encode("utf-16-be").hex().upper(),
+        "utf16le-b64-blob": base64.b64encode("\0robot\0".encode("utf-16-le") + secret.encode("utf-16-le")).decode(),
+        "utf16be-b64-offset-1": base64.b64encode(b"a" + secret.encode("utf-16-be") + b"z").decode(),
     }
 
 
@@ -42,7 +48,8 @@ def split_lines(form: str, at: int) -> str:
 
 def leaks(secret: str, text: str) -> list[str]:
     """Which spellings of `secret` can be read back from `text` (the oracle: decode, don't pattern-match)."""
-    lowered = secret.lower()
+    lowered = secret.casefold()
+    encoded = [secret.encode(), secret.encode("utf-16-le"), secret.encode("utf-16-be")]
     found: list[str] = []
     unquote = urllib.parse.unquote_plus
 
@@ -52,9 +59,9 @@ def leaks(secret: str, text: str) -> list[str]:
     views = {"as is": text, "joined": join(text), "percent": unquote(text), "percent, joined": join(unquote(text)),
              "joined, percent": unquote(join(text))}
     for name, view in views.items():
-        if lowered in view.lower() or re.sub(r"\s", "", lowered) in view.lower():
+        if lowered in view.casefold() or re.sub(r"\s", "", lowered) in view.casefold():
             found.append(f"{name}: plain")
-        if secret.encode().hex() in view.lower():
+        if any(e.hex() in view.lower() for e in encoded):
             found.append(f"{name}: hex")
         for run in re.findall(r"[A-Za-z0-9+/\-_]{4,}", view):
             for offset in range(4):
@@ -65,6 +72,6 @@ def leaks(secret: str, text: str) -> list[str]:
                     decoded = base64.b64decode(chunk, validate=True)
                 except (binascii.Error, ValueError):
                     continue
-                if secret.encode() in decoded:
+                if any(e in decoded for e in encoded):
                     found.append(f"{name}: base64")
     return found

@@ -98,12 +98,15 @@ class TokenEndpoint:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.requests = 0
+        self.stall = 0.0  # seconds each request is held before it is answered (a stalled endpoint)
+        self._released = threading.Event()  # set by stop(): a stalled request is let go
 
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}/tenant/oauth2/v2.0/token"
 
     def start(self) -> TokenEndpoint:
+        self._released.clear()
         server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
         server.daemon_threads = True
         server.socket = self.pki.server_context().wrap_socket(server.socket, server_side=True)
@@ -115,6 +118,7 @@ class TokenEndpoint:
         return self
 
     def stop(self) -> None:
+        self._released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -160,6 +164,8 @@ def _handler(endpoint: TokenEndpoint) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(min(length, 65536)).decode("utf-8", "replace")
+            if endpoint.stall:
+                endpoint._released.wait(endpoint.stall)
             if self.headers.get("Content-Type") != "application/x-www-form-urlencoded":
                 endpoint.problems.append(f"content type {self.headers.get('Content-Type')!r}")
             status, doc = endpoint.respond(urllib.parse.parse_qs(body, keep_blank_values=True))

@@ -96,3 +96,18 @@ def test_a_reply_too_long_to_read_is_permanent(code: int, phase: Phase) -> None:
     failure = classify.translate(aiosmtplib.errors.SMTPResponseException(code, "Response too long"), phase, True)
     assert (failure.code, failure.is_retryable, failure.smtp_code) == (ErrorCode.SMTP_PERMANENT, False, None)
     assert "too long" in failure.detail
+
+
+@pytest.mark.parametrize(("read", "code", "retryable"), [
+    (451, ErrorCode.SMTP_TRANSIENT, True), (421, ErrorCode.SMTP_TRANSIENT, True),
+    (550, ErrorCode.SMTP_PERMANENT, False), (554, ErrorCode.SMTP_PERMANENT, False),
+])
+def test_a_reply_too_long_to_read_is_classed_by_the_code_read_off_the_wire(read: int, code: ErrorCode,
+                                                                          retryable: bool) -> None:
+    """RFC 5321 §4.2.1: the first digit decides; the over-long text itself is never kept."""
+    exc = aiosmtplib.errors.SMTPResponseException(-1, "Response too long")
+    failure = classify.translate(exc, Phase.RCPT, True, reply_code=read)
+    assert (failure.code, failure.is_retryable, failure.smtp_code) == (code, retryable, read)
+    assert "too long" in failure.detail
+    after_dot = classify.translate(exc, Phase.DATA, True, dot_sent=True, reply_code=read)
+    assert after_dot.maybe_delivered  # after the final ".", a reply not read whole is still a lost reply

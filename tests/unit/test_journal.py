@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,45 @@ def test_legacy_journal_is_sealed_and_anchored(tmp_path: Path) -> None:
     sealed.write_bytes(sealed.read_bytes().replace(b'"attempt"', b'"attempX"', 1))
     v = j.verify()
     assert not v.ok and any(f"{SEALED_FILE}: line 2" in str(p) for p in v.problems)
+
+
+@pytest.mark.parametrize("anchored", [True, False])
+def test_damaged_first_line_without_head_is_damage_not_a_0_1_0_journal(tmp_path: Path, anchored: bool) -> None:
+    """Cutting line 1 and deleting the head once made the journal read as 0.1.0 and sealed as history (the forged
+    state accepted, `verify` OK with a note). Only a positive sign of 0.1.0, in a state never keyed, is sealed."""
+    journal = Journal(tmp_path / "state", KEY, anchor=tmp_path / "anchor" if anchored else None)
+    for i in range(3):
+        journal.append({"event": "attempt", "target": f"t{i}"})
+    ls = lines(journal)
+    journal.path.write_bytes(ls[0][:40] + b"\n" + b"".join(ls[1:]))
+    journal.head.unlink()
+    again = Journal(tmp_path / "state", KEY, anchor=tmp_path / "anchor" if anchored else None)
+    again.append({"event": "after"})
+    assert not (tmp_path / "state" / SEALED_FILE).exists()
+    v = again.verify()
+    assert not v.ok and v.first_bad_line == 1, v.problems
+    assert not (tmp_path / "state" / SEALED_FILE).exists()
+
+
+def test_legacy_detection_is_decided_once_per_open(tmp_path: Path) -> None:
+    """Appends to a keyed journal never read its head or first line again to look for a 0.1.0 journal."""
+    journal = Journal(tmp_path / "state", KEY, anchor=tmp_path / "anchor")
+    journal.append({"event": "first"})
+    opened: list[str] = []
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if event == "open" and recording and isinstance(args[0], (str, Path)):
+            opened.append(os.fspath(args[0]))
+
+    recording = False
+    sys.addaudithook(hook)
+    recording = True
+    try:
+        for i in range(5):
+            journal.append({"event": "attempt", "n": i})
+    finally:
+        recording = False
+    reads_of_journal = [p for p in opened if p == os.fspath(journal.path)]
+    assert os.fspath(journal.head) not in opened and os.fspath(tmp_path / "anchor") not in opened, opened
+    assert len(reads_of_journal) == 10, opened  # per append: its tail, then the append itself
+    assert journal.verify().ok

@@ -97,7 +97,7 @@ def test_xoauth2_initial_response_is_the_documented_format() -> None:
 
 
 def test_the_form_is_the_client_credentials_grant() -> None:
-    assert oauth2.form(GRANT, SECRET, "u", 0) == (b"grant_type=client_credentials&client_id=C&"
+    assert oauth2.form(oauth2.client(GRANT, SECRET), "u", 0) == (b"grant_type=client_credentials&client_id=C&"
                                                   b"client_secret=cs-unit-secret-value&scope=S", (SECRET,))
 
 
@@ -172,3 +172,34 @@ def test_oauthbearer_initial_response_is_rfc_7628() -> None:
 def test_oauthbearer_is_an_oauth_method() -> None:
     t = parse({**OAUTH, "auth_method": "oauthbearer"})
     assert t.auth_method is AuthMethod.OAUTHBEARER and t.oauth2 is not None and t.password_credential is None
+
+
+def test_one_token_endpoint_tls_context_per_run() -> None:
+    """Loading the system trust store costs more than the token request: one context per trust configuration."""
+    assert oauth2.tls_context(GRANT) is oauth2.tls_context(GRANT)
+
+
+def test_a_service_account_key_is_parsed_once_per_session() -> None:
+    """`client` parses the stored key and loads its RSA key once; building the request never reads the secret
+    again (it once parsed the JSON about five times and the PEM key once more per fetch)."""
+    from dataclasses import replace
+
+    from support.tokenendpoint import service_account_key
+
+    key_json, _ = service_account_key("sa@example.iam.gserviceaccount.com", "https://oauth2.example.net/token")
+    grant = OAuth2Grant(None, None, "https://mail.google.com/", service_account_credential="gsa")
+    c = replace(oauth2.client(grant, Secret(key_json)), secret=Secret("no longer a key"))
+    body, secrets = oauth2.form(c, "u@example.com", 0)
+    assert b"grant-type%3Ajwt-bearer" in body and len(secrets) == 3
+    assert oauth2.identity(c, "u@example.com")[:2] == ("https://oauth2.example.net/token",
+                                                        "sa@example.iam.gserviceaccount.com")
+
+
+@pytest.mark.parametrize("key", ["this stored key is not JSON at all", '{"client_email": "x"}',
+                                 '{"client_email": "x", "private_key": "-----BEGIN", "token_uri": "https://t/"}'])
+def test_a_broken_stored_service_account_key_is_smtp_auth(key: str) -> None:
+    grant = OAuth2Grant(None, None, "https://mail.google.com/", service_account_credential="gsa")
+    with pytest.raises(oauth2.TokenFailure) as err:
+        oauth2.client(grant, Secret(key))
+    assert (err.value.failure.code, err.value.failure.phase) == (ErrorCode.SMTP_AUTH, Phase.AUTH)
+    assert "credentials set gsa" in err.value.failure.detail and "BEGIN" not in err.value.failure.detail

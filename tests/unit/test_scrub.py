@@ -118,3 +118,21 @@ def test_masked_keeps_lines_and_length_but_no_spelling(form: str) -> None:
 
 def test_masked_is_none_while_a_secret_is_too_short() -> None:
     assert scrub.Scrubber.of([Secret("a5b7c"), Secret(PW)]).masked("220 relay ready") is None
+
+
+UNICODE_PW = "Pässwörd-Größe-ÆØÅ-çé"
+
+
+@pytest.mark.parametrize("form", ["swapped", "mixed", "upper", "utf16le-hex", "utf16be-HEX", "utf16le-b64-blob",
+                                  "utf16be-b64-offset-1", "percent"])
+@pytest.mark.parametrize("split", [False, True])
+def test_non_ascii_letters_in_any_case_and_utf16_spellings_are_scrubbed(form: str, split: bool) -> None:
+    """Letter case is folded for every letter, not ASCII alone ("ÄöSS" reads as "äöß"), and the UTF-16 bytes of
+    a secret (either byte order) are looked for as hex and base64, as its UTF-8 bytes are."""
+    spelled = encodings(UNICODE_PW)[form]
+    spelled = split_lines(spelled, len(spelled) // 2) if split else spelled
+    raw = f"5.7.8 bad credentials: {spelled} (try again)"
+    assert leaks(UNICODE_PW, raw), "the oracle must see the secret before scrubbing"
+    out = scrubbed(UNICODE_PW, raw)
+    assert leaks(UNICODE_PW, out) == [], out
+    assert "bad credentials" in out and "try again" in out
