@@ -210,7 +210,8 @@ def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | Non
     if cms.envelope_backend(cipher) is None:
         checker.problem("smime_encryption", f"{cipher.value} needs the `openssl` command of OpenSSL 3 or later "
                                             "(cryptography builds AES-256-CBC envelopes only, and only in recent "
-                                            f"releases); install openssl, or name it in ${cms.OPENSSL_ENV}")
+                                            "releases); install openssl, or name it by its absolute path in "
+                                            f"${cms.OPENSSL_ENV}")
     return SmimePolicy(out.sign_cert, out.sign_key, out.signer_chain_pem,
                        encrypt_to=tuple(p for _, _, p in pems.values()),
                        recipients_pem=tuple(pem_ for pem_, _, _ in pems.values()),

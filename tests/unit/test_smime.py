@@ -418,3 +418,22 @@ def test_gcm_without_openssl_3_is_a_config_error(pki: SmimeFiles, monkeypatch: p
     monkeypatch.setenv(cms.OPENSSL_ENV, str(fake))
     found = problems(smime_keys(pki, smime_encryption="aes256-gcm"))
     assert list(found) == ["smime_encryption"] and "OpenSSL 3" in found["smime_encryption"]
+
+
+def test_openssl_is_found_on_a_fixed_path_never_on_the_callers(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    """The signer key is piped into whatever `openssl` names: a PATH of the environment's (".", a user's bin)
+    must not choose it, and neither may a relative $CERTBOT_SMTP_DIST_OPENSSL resolved against the cwd."""
+    planted = tmp_path / "openssl"
+    planted.write_text(f"#!/bin/sh\n{SAYS_VERSION_3}\nexit 0\n")
+    planted.chmod(0o755)
+    monkeypatch.delenv(cms.OPENSSL_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f".:{tmp_path}:/usr/bin:/bin")
+    found = cms.openssl_binary()
+    assert found is not None and Path(found).resolve() != planted.resolve()
+    assert Path(found).is_absolute()
+    monkeypatch.setenv(cms.OPENSSL_ENV, "openssl")
+    assert cms.openssl_binary() is None
+    monkeypatch.setenv(cms.OPENSSL_ENV, str(planted))  # named by its absolute path: the operator's choice
+    assert cms.openssl_binary() == str(planted)
