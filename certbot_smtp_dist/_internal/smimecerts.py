@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from certbot_smtp_dist._internal import files, pem
+from certbot_smtp_dist._internal import files, ownership, pem
 from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist.model import SmimePolicy
 
@@ -191,6 +191,10 @@ def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | Non
             checker.problem(key, "every entry must be the path of a PEM certificate file")
             continue
         path = _path(checker, value)
+        untrusted = ownership.untrusted_input(path, "recipient certificate")
+        if untrusted is not None:  # whoever can swap it chooses who can read the key
+            checker.problem(key, untrusted)
+            continue
         certs = _certificates(checker, key, path)
         if not certs or not _usable(checker, key, path, certs[0], now, "key_encipherment"):
             continue
