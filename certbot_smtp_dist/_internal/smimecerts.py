@@ -198,6 +198,10 @@ def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | Non
         certs = _certificates(checker, key, path)
         if not certs or not _usable(checker, key, path, certs[0], now, "key_encipherment"):
             continue
+        if _is_ca(certs[0]):  # the CA's file named by mistake: its key holder, not the person, could decrypt
+            checker.problem(key, f"{path} is a CA certificate (basicConstraints cA, RFC 5280 §4.2.1.9), not a "
+                                 "recipient's own")
+            continue
         if not isinstance(certs[0].public_key(), rsa.RSAPublicKey):
             checker.problem(key, f"{path}: the certificate's key is {_kind(certs[0].public_key())}; S/MIME "
                                  "encryption supports RSA recipient certificates only")
@@ -221,6 +225,15 @@ def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | Non
                        recipients_pem=tuple(pem_ for pem_, _, _ in pems.values()),
                        recipient_fingerprints=tuple(pems), recipient_names=tuple(n for _, n, _ in pems.values()),
                        encryption=cipher.value)
+
+
+def _is_ca(cert: Any) -> bool:
+    from cryptography import x509
+
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _kind(public_key: Any) -> str:

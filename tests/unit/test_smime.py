@@ -463,3 +463,26 @@ def test_a_recipient_certificate_others_could_replace_is_a_config_error(pki: Smi
     assert list(found) == ["smime_encrypt_to"]
     assert "writable by group or others" in found["smime_encrypt_to"]
     assert target({**BASE, "smime_encrypt_to": [str(pki.recipient_certs[1])]}).message_encrypted
+
+
+def test_a_ca_certificate_is_no_recipient(pki: SmimeFiles, tmp_path: Path) -> None:
+    """A CA certificate (basicConstraints cA, RFC 5280 §4.2.1.9) without a key usage extension passed every other
+    check: pointing smime_encrypt_to at the CA file instead of the person's certificate would encrypt the private
+    key to whoever holds the CA key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Some CA")])
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(datetime(2020, 1, 1))
+          .not_valid_after(datetime(2040, 1, 1)).add_extension(x509.BasicConstraints(ca=True, path_length=None),
+                                                               critical=True)
+          .sign(key, hashes.SHA256()))
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(Encoding.PEM))
+    found = problems({**BASE, "smime_encrypt_to": [str(tmp_path / "ca.pem")]})
+    assert "is a CA certificate" in found["smime_encrypt_to"]
