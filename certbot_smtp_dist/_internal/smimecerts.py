@@ -14,6 +14,7 @@ from certbot_smtp_dist.model import SmimePolicy
 
 SMIME_KEYS = ("smime_sign_cert", "smime_sign_key", "smime_encrypt_to", "smime_encryption")
 MAX_RECIPIENTS = 20
+MIN_RSA_BITS = 2048  # NIST SP 800-131A: RSA below 2048 bits is disallowed for key transport and signatures
 
 
 class Checker(Protocol):
@@ -139,6 +140,8 @@ def _signer(checker: Checker, cert_value: str | None, key_value: str | None, now
         checker.problem("smime_sign_cert", f"{cert_path}: the certificate's key is {_kind(signer.public_key())}; "
                                            "S/MIME signing supports RSA and EC keys")
         return out
+    if _short_rsa(checker, "smime_sign_cert", cert_path, signer.public_key()):
+        return out
     if _spki(key.public_key()) != _spki(signer.public_key()):
         checker.problem("smime_sign_key", f"{key_path} is not the key of the certificate in {cert_path}")
         return out
@@ -206,6 +209,8 @@ def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | Non
             checker.problem(key, f"{path}: the certificate's key is {_kind(certs[0].public_key())}; S/MIME "
                                  "encryption supports RSA recipient certificates only")
             continue
+        if _short_rsa(checker, key, path, certs[0].public_key()):
+            continue
         # The subject is shown in the warnings: certificate text never brings a control character into a log line.
         pems[certs[0].fingerprint(hashes.SHA256()).hex()] = (
             certs[0].public_bytes(Encoding.PEM), printable(certs[0].subject.rfc4514_string())[:200], path)
@@ -225,6 +230,17 @@ def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | Non
                        recipients_pem=tuple(pem_ for pem_, _, _ in pems.values()),
                        recipient_fingerprints=tuple(pems), recipient_names=tuple(n for _, n, _ in pems.values()),
                        encryption=cipher.value)
+
+
+def _short_rsa(checker: Checker, key: str, path: Path, public_key: Any) -> bool:
+    """Whether `public_key` is RSA below MIN_RSA_BITS (reported): what it protects is no stronger than it."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size < MIN_RSA_BITS:
+        checker.problem(key, f"{path}: the certificate has a {public_key.key_size}-bit RSA key; at least "
+                             f"{MIN_RSA_BITS} bits")
+        return True
+    return False
 
 
 def _is_ca(cert: Any) -> bool:

@@ -486,3 +486,34 @@ def test_a_ca_certificate_is_no_recipient(pki: SmimeFiles, tmp_path: Path) -> No
     (tmp_path / "ca.pem").write_bytes(ca.public_bytes(Encoding.PEM))
     found = problems({**BASE, "smime_encrypt_to": [str(tmp_path / "ca.pem")]})
     assert "is a CA certificate" in found["smime_encrypt_to"]
+
+
+def _rsa_1024_smime(pki: SmimeFiles, email_address: str) -> tuple[bytes, bytes]:
+    """An S/MIME certificate (and key, PEM) like issue_smime's, on a 1024-bit RSA key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, email_address)]))
+            .issuer_name(pki.ca.cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(datetime(2020, 1, 1))
+            .not_valid_after(datetime(2040, 1, 1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+            .sign(pki.ca.key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def test_a_short_rsa_key_is_refused_for_encryption_and_signing(pki: SmimeFiles, tmp_path: Path) -> None:
+    """A private key wrapped for an RSA-1024 recipient is as safe as RSA-1024 is (not: NIST SP 800-131A),
+    and a signature by one can be forged the same way."""
+    cert, key = _rsa_1024_smime(pki, "weak@example.com")
+    (tmp_path / "weak.pem").write_bytes(cert)
+    write_private(tmp_path / "weak.key", key)
+    found = problems({**BASE, "smime_encrypt_to": [str(tmp_path / "weak.pem")],
+                      "smime_sign_cert": str(tmp_path / "weak.pem"), "smime_sign_key": str(tmp_path / "weak.key")})
+    assert "1024-bit RSA key; at least 2048 bits" in found["smime_encrypt_to"]
+    assert "1024-bit RSA key; at least 2048 bits" in found["smime_sign_cert"]
