@@ -517,3 +517,26 @@ def test_a_short_rsa_key_is_refused_for_encryption_and_signing(pki: SmimeFiles, 
                       "smime_sign_cert": str(tmp_path / "weak.pem"), "smime_sign_key": str(tmp_path / "weak.key")})
     assert "1024-bit RSA key; at least 2048 bits" in found["smime_encrypt_to"]
     assert "1024-bit RSA key; at least 2048 bits" in found["smime_sign_cert"]
+
+
+def test_a_line_over_998_octets_is_made_base64_before_signing(pki: SmimeFiles, lin: LineagePaths) -> None:
+    """RFC 5321 §4.5.3.1.6: no line over 998 octets crosses SMTP unchanged (Postfix folds it, others cut it), so a
+    7bit part with one (an extension hook's, say) would reach the recipient with a broken signature."""
+    from email.message import EmailMessage
+
+    from certbot_smtp_dist._internal import smime
+
+    text = "inventory: " + "host.example.com " * 80 + "\n"
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"], msg["To"], msg["Subject"] = "a@example.com", "b@example.com", "x"
+    msg.set_content(text, cte="7bit")
+    rendered = Message("<1@example.com>", "x", "a@example.com", ("b@example.com",), msg.as_bytes())
+    assert max(len(line) for line in rendered.data.split(b"\r\n")) > 998
+    policy = target(smime_keys(pki, encrypt=False)).smime
+    assert policy is not None
+    signed = smime.protect(rendered, policy, lineage.load(lineage.from_lineage_dir(lin.live_dir)).facts, 30)
+    assert max(len(line) for line in signed.data.split(b"\r\n")) <= 998
+    verified = openssl("cms", "-verify", "-CAfile", str(pki.ca_file), data=signed.data)
+    assert verified.returncode == 0, verified.stderr
+    inner = email.message_from_bytes(verified.stdout, policy=email.policy.default)
+    assert inner.get_content().replace("\r\n", "\n") == text  # type: ignore[attr-defined]
