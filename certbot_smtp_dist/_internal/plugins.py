@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 import pluggy
@@ -43,6 +44,8 @@ def payload_formats(pm: pluggy.PluginManager) -> dict[str, PayloadFormat]:
 
 
 MessageHook = Callable[[Target, CertificateFacts, Message], Message]
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_BCC_FIELD = re.compile(rb"^bcc[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
 def message_hook(pm: pluggy.PluginManager) -> MessageHook:
@@ -65,6 +68,10 @@ def message_hook(pm: pluggy.PluginManager) -> MessageHook:
                 if not isinstance(changed, Message):
                     raise PayloadError(f"message hook {impl.plugin_name} returned {type(changed).__name__}, "
                                        "not a Message")
+                if _BCC_FIELD.search(_HEADER_END.split(changed.data, maxsplit=1)[0]):
+                    # RFC 5322 §3.6.3: the blind copies live in the envelope only; one message goes to all.
+                    raise PayloadError(f"message hook {impl.plugin_name} added a Bcc field: every recipient would "
+                                       "see who was blind-copied")
                 message = changed
         return message
 

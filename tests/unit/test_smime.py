@@ -540,3 +540,31 @@ def test_a_line_over_998_octets_is_made_base64_before_signing(pki: SmimeFiles, l
     assert verified.returncode == 0, verified.stderr
     inner = email.message_from_bytes(verified.stdout, policy=email.policy.default)
     assert inner.get_content().replace("\r\n", "\n") == text  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("smime_on", [False, True])
+def test_a_message_hook_that_adds_a_bcc_field_fails_its_target(pki: SmimeFiles, lin: LineagePaths,
+                                                                smime_on: bool) -> None:
+    """Bcc recipients live in the envelope only (RFC 5322 §3.6.3): a Bcc field would show every To and Cc
+    recipient who was blind-copied; signing keeps the outer header as it is, so it would go out as written."""
+    from dataclasses import replace
+
+    from certbot_smtp_dist.hookspecs import hookimpl
+
+    class Blind:
+        @hookimpl
+        def smtp_dist_message(self, target: Target, facts: Any, message: Message) -> Message:
+            return replace(message, data=b"X-Audit: 1\r\nbcc : hidden@example.com\r\n" + message.data)
+
+    artefact = lineage.load(lineage.from_lineage_dir(lin.live_dir))
+    t = target(smime_keys(pki, encrypt=False, payload="pem", bcc=["hidden@example.com"]) if smime_on
+               else {**BASE, "payload": "pem", "bcc": ["hidden@example.com"]})
+    chain = plugins.message_hook(plugins.make_manager(load_entry_points=False, extra=(Blind(),)))
+    job = pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=chain)
+    assert job.message is None and job.failure is not None
+    assert job.failure.code is ErrorCode.SMTP_PAYLOAD and "added a Bcc field" in job.failure.detail
+    assert "hidden@example.com" not in job.failure.detail
+    plain = pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=plugins.message_hook(
+        plugins.make_manager(load_entry_points=False)))
+    assert plain.message is not None and b"hidden@" not in plain.message.data
+    assert "hidden@example.com" in plain.message.envelope_to
