@@ -58,7 +58,7 @@ def message_hook(pm: pluggy.PluginManager) -> MessageHook:
     def apply(target: Target, facts: CertificateFacts, message: Message) -> Message:
         for impl in chain:
             try:
-                changed = impl.function(target=target, facts=facts, message=message)
+                changed = _call(impl, target=target, facts=facts, message=message)
             except PayloadError as exc:
                 raise PayloadError(f"message hook {impl.plugin_name}: {exc}") from exc
             except Exception as exc:  # an extension's defect fails its target, never the run
@@ -78,10 +78,15 @@ def message_hook(pm: pluggy.PluginManager) -> MessageHook:
     return apply
 
 
+def _call(impl: pluggy.HookImpl, **kwargs: object) -> object:
+    """One implementation, given only the arguments it declares: pluggy lets it take a subset of the spec's."""
+    return impl.function(**{name: kwargs[name] for name in impl.argnames})
+
+
 def notify_finished(pm: pluggy.PluginManager, facts: CertificateFacts, result: DeliveryResult) -> None:
     for impl in pm.hook.smtp_dist_delivery_finished.get_hookimpls():
         try:
-            impl.function(facts=facts, result=result)
+            _call(impl, facts=facts, result=result)
         except Exception:
             log.exception("observer %s failed on target %s (ignored)", impl.plugin_name, result.target)
 

@@ -568,3 +568,34 @@ def test_a_message_hook_that_adds_a_bcc_field_fails_its_target(pki: SmimeFiles, 
         plugins.make_manager(load_entry_points=False)))
     assert plain.message is not None and b"hidden@" not in plain.message.data
     assert "hidden@example.com" in plain.message.envelope_to
+
+
+def test_hook_implementations_may_take_a_subset_of_the_arguments(lin: LineagePaths, caplog: pytest.LogCaptureFixture
+                                                                  ) -> None:
+    """pluggy lets an implementation declare only the arguments it uses; the chain and the observers, which call
+    the implementations one by one, must pass only those, as pluggy's own hook call does."""
+    from dataclasses import replace
+
+    from certbot_smtp_dist.hookspecs import hookimpl
+    from certbot_smtp_dist.model import DeliveryResult, Status
+
+    seen: list[str] = []
+
+    class Lean:
+        @hookimpl
+        def smtp_dist_message(self, message: Message) -> Message:
+            return replace(message, data=b"X-Lean: 1\r\n" + message.data)
+
+        @hookimpl
+        def smtp_dist_delivery_finished(self, result: DeliveryResult) -> None:
+            seen.append(result.target)
+
+    artefact = lineage.load(lineage.from_lineage_dir(lin.live_dir))
+    pm = plugins.make_manager(load_entry_points=False, extra=(Lean(),))
+    job = pipeline.prepare_job(target({**BASE, "payload": "pem"}), artefact, FORMATS, {}, NOW,
+                               message_hook=plugins.message_hook(pm))
+    assert job.message is not None, job.failure
+    assert job.message.data.startswith(b"X-Lean: 1\r\n")
+    caplog.set_level(logging.ERROR)
+    plugins.notify_finished(pm, artefact.facts, DeliveryResult("t", Status.DELIVERED))
+    assert seen == ["t"] and not caplog.records
