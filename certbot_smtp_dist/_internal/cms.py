@@ -183,9 +183,16 @@ def _openssl_encrypt(content: bytes, recipients_pem: Sequence[bytes], cipher: Ci
 
 @contextmanager
 def _private_dir() -> Iterator[Path]:
-    """A 0700 directory of 0600 files, removed on the way out whatever happened."""
+    """A 0700 directory of 0600 files, removed on the way out whatever happened, in a $TMPDIR that nobody else
+    can write (or only with the sticky bit, like /tmp): whoever could rename it away could swap a recipient
+    certificate before openssl reads it."""
+    from certbot_smtp_dist._internal import ownership
+
     path = Path(tempfile.mkdtemp(prefix="certbot-smtp-dist-cms-"))  # mkdtemp makes it 0700
     try:
+        untrusted = ownership.untrusted_input(path, "temporary directory")
+        if untrusted is not None:
+            raise CmsError(f"cannot hand the certificates to openssl: {untrusted}")
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)

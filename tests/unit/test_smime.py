@@ -599,3 +599,23 @@ def test_hook_implementations_may_take_a_subset_of_the_arguments(lin: LineagePat
     caplog.set_level(logging.ERROR)
     plugins.notify_finished(pm, artefact.facts, DeliveryResult("t", Status.DELIVERED))
     assert seen == ["t"] and not caplog.records
+
+
+def test_the_openssl_backend_refuses_a_temporary_directory_others_can_write(
+        pki: SmimeFiles, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The recipient certificates are handed to `openssl cms -encrypt` as files: in a $TMPDIR whose owner or
+    writers could rename our directory away, they could swap a certificate before openssl reads it and have the
+    key encrypted to themselves."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # no sticky bit
+    monkeypatch.setattr(cms.tempfile, "tempdir", str(shared))
+    monkeypatch.setattr(cms, "FORCED", cms.Backend.OPENSSL)
+    with pytest.raises(cms.CmsError, match="writable by group or others"):
+        cms.encrypt(b"x", [pki.recipients[0].cert_pem()], cms.Cipher.AES256_CBC, 30)
+    assert list(shared.iterdir()) == []
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # like /tmp: others cannot rename what is ours
+    monkeypatch.setattr(cms.tempfile, "tempdir", str(sticky))
+    assert cms.encrypt(b"x", [pki.recipients[0].cert_pem()], cms.Cipher.AES256_CBC, 30)
