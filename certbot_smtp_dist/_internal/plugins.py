@@ -65,17 +65,24 @@ def message_hook(pm: pluggy.PluginManager) -> MessageHook:
                 # Its text and traceback stay out of logs and results: they may quote the message or the key.
                 raise PayloadError(f"message hook {impl.plugin_name} failed ({type(exc).__name__})") from exc
             if changed is not None:
-                if not isinstance(changed, Message):
-                    raise PayloadError(f"message hook {impl.plugin_name} returned {type(changed).__name__}, "
-                                       "not a Message")
-                if _BCC_FIELD.search(_HEADER_END.split(changed.data, maxsplit=1)[0]):
-                    # RFC 5322 §3.6.3: the blind copies live in the envelope only; one message goes to all.
-                    raise PayloadError(f"message hook {impl.plugin_name} added a Bcc field: every recipient would "
-                                       "see who was blind-copied")
-                message = changed
+                message = _checked(impl.plugin_name, message, changed)
         return message
 
     return apply
+
+
+def _checked(name: str, before: Message, changed: object) -> Message:
+    """What a message hook returned, if it keeps the contract (hookspecs.py); PayloadError otherwise."""
+    if not isinstance(changed, Message):
+        raise PayloadError(f"message hook {name} returned {type(changed).__name__}, not a Message")
+    if (changed.message_id, changed.envelope_from, changed.envelope_to) != (
+            before.message_id, before.envelope_from, before.envelope_to):
+        # The spool and `retry` rely on the Message-ID; the envelope is what the configuration checked.
+        raise PayloadError(f"message hook {name} changed the Message-ID or the envelope")
+    if _BCC_FIELD.search(_HEADER_END.split(changed.data, maxsplit=1)[0]):
+        # RFC 5322 §3.6.3: the blind copies live in the envelope only; one message goes to all.
+        raise PayloadError(f"message hook {name} added a Bcc field: every recipient would see who was blind-copied")
+    return changed
 
 
 def _call(impl: pluggy.HookImpl, **kwargs: object) -> object:

@@ -619,3 +619,28 @@ def test_the_openssl_backend_refuses_a_temporary_directory_others_can_write(
     sticky.chmod(0o1777)  # like /tmp: others cannot rename what is ours
     monkeypatch.setattr(cms.tempfile, "tempdir", str(sticky))
     assert cms.encrypt(b"x", [pki.recipients[0].cert_pem()], cms.Cipher.AES256_CBC, 30)
+
+
+@pytest.mark.parametrize("field", ["message_id", "envelope_from", "envelope_to"])
+def test_a_message_hook_that_changes_the_message_id_or_envelope_fails_its_target(lin: LineagePaths,
+                                                                                 field: str) -> None:
+    """The contract says keep them: the spool and `retry` rely on the Message-ID (a re-send the recipient can
+    recognise), and the envelope is what the configuration checked (who gets the certificate, and its key)."""
+    from dataclasses import replace
+
+    from certbot_smtp_dist.hookspecs import hookimpl
+
+    changed: dict[str, Any] = {"message_id": "<other@example.com>", "envelope_from": "x@example.net",
+                               "envelope_to": ("pki@example.com", "thief@example.net")}
+
+    class Redirect:
+        @hookimpl
+        def smtp_dist_message(self, message: Message) -> Message:
+            return replace(message, **{field: changed[field]})
+
+    artefact = lineage.load(lineage.from_lineage_dir(lin.live_dir))
+    chain = plugins.message_hook(plugins.make_manager(load_entry_points=False, extra=(Redirect(),)))
+    job = pipeline.prepare_job(target({**BASE, "payload": "pem"}), artefact, FORMATS, {}, NOW, message_hook=chain)
+    assert job.message is None and job.failure is not None
+    assert job.failure.code is ErrorCode.SMTP_PAYLOAD and "changed the Message-ID or the envelope" in job.failure.detail
+    assert "thief" not in job.failure.detail
