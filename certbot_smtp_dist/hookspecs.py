@@ -62,7 +62,9 @@ def smtp_dist_message(target: Target, facts: CertificateFacts, message: Message)
     with the same Message-ID), before anything is dialled and within the target's ``timeout``; a ``--dry-run``
     writes the transformed message. An exception fails that target alone with SMTP_PAYLOAD (its text is shown
     only for a :class:`~certbot_smtp_dist.errors.PayloadError`; otherwise the exception type), never the
-    others. Added in 0.2.0.
+    others; so does a returned message with a ``Bcc`` header field (blind copies live in the envelope only), or
+    with another ``message_id``, ``envelope_from`` or ``envelope_to``.
+    Added in 0.2.0.
     """
 
 

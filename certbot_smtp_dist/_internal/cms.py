@@ -43,14 +43,19 @@ class CmsError(PayloadError):
 
 # Tests set this to Backend.OPENSSL to run the subprocess path on a stack whose cryptography could do the work.
 FORCED: Backend | None = None
-OPENSSL_ENV = "CERTBOT_SMTP_DIST_OPENSSL"  # another openssl binary than the first on PATH
+OPENSSL_ENV = "CERTBOT_SMTP_DIST_OPENSSL"  # another openssl binary, by its absolute path
 # The child's whole environment: no OPENSSL_CONF or OPENSSL_MODULES from ours can load code into it.
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"}
 MAX_KEY_PIPE = 60_000  # a PEM key written into a pipe before the child reads it must fit its buffer (64 KiB)
 
 
 def openssl_binary() -> str | None:
-    return os.environ.get(OPENSSL_ENV) or shutil.which("openssl")
+    """The openssl the signer key is piped into: found on our fixed PATH, never the caller's (whose "." or a
+    user's bin directory would let the working directory or that user choose it), or named by an absolute path."""
+    override = os.environ.get(OPENSSL_ENV)
+    if override:
+        return override if os.path.isabs(override) else None
+    return shutil.which("openssl", path=_ENV["PATH"])
 
 
 def usable_openssl() -> str | None:
@@ -178,9 +183,16 @@ def _openssl_encrypt(content: bytes, recipients_pem: Sequence[bytes], cipher: Ci
 
 @contextmanager
 def _private_dir() -> Iterator[Path]:
-    """A 0700 directory of 0600 files, removed on the way out whatever happened."""
+    """A 0700 directory of 0600 files, removed on the way out whatever happened, in a $TMPDIR that nobody else
+    can write (or only with the sticky bit, like /tmp): whoever could rename it away could swap a recipient
+    certificate before openssl reads it."""
+    from certbot_smtp_dist._internal import ownership
+
     path = Path(tempfile.mkdtemp(prefix="certbot-smtp-dist-cms-"))  # mkdtemp makes it 0700
     try:
+        untrusted = ownership.untrusted_input(path, "temporary directory")
+        if untrusted is not None:
+            raise CmsError(f"cannot hand the certificates to openssl: {untrusted}")
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)

@@ -46,6 +46,19 @@ def require_trusted_config(config: Path) -> None:
                     "`chmod 640 %s` keeps its targets private", config, stat.S_IMODE(mode), config)
 
 
+def untrusted_input(path: Path, what: str) -> str | None:
+    """Why a file that decides as much as the config file does (who can decrypt what we send: an S/MIME recipient
+    certificate) cannot be trusted, or None: the config file's rule, for the file as named and as resolved (a
+    link into a directory others can write is no better than that directory)."""
+    try:
+        for directory in {path.parent, Path(os.path.realpath(path)).parent}:
+            _check_chain(directory)
+        _check_node(path, what, f"chown root {path}; chmod go-w {path}")
+    except (UnsafePathError, AccessError) as exc:
+        return str(exc)
+    return None
+
+
 def require_trusted_state(state_dir: Path) -> None:
     """The state directory, the chain above it, and everything inside: no foreign owner, no loose mode, no link."""
     _check_chain(state_dir.parent)

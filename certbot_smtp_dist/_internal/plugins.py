@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 import pluggy
@@ -43,6 +44,8 @@ def payload_formats(pm: pluggy.PluginManager) -> dict[str, PayloadFormat]:
 
 
 MessageHook = Callable[[Target, CertificateFacts, Message], Message]
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_BCC_FIELD = re.compile(rb"^bcc[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
 def message_hook(pm: pluggy.PluginManager) -> MessageHook:
@@ -55,26 +58,42 @@ def message_hook(pm: pluggy.PluginManager) -> MessageHook:
     def apply(target: Target, facts: CertificateFacts, message: Message) -> Message:
         for impl in chain:
             try:
-                changed = impl.function(target=target, facts=facts, message=message)
+                changed = _call(impl, target=target, facts=facts, message=message)
             except PayloadError as exc:
                 raise PayloadError(f"message hook {impl.plugin_name}: {exc}") from exc
             except Exception as exc:  # an extension's defect fails its target, never the run
                 # Its text and traceback stay out of logs and results: they may quote the message or the key.
                 raise PayloadError(f"message hook {impl.plugin_name} failed ({type(exc).__name__})") from exc
             if changed is not None:
-                if not isinstance(changed, Message):
-                    raise PayloadError(f"message hook {impl.plugin_name} returned {type(changed).__name__}, "
-                                       "not a Message")
-                message = changed
+                message = _checked(impl.plugin_name, message, changed)
         return message
 
     return apply
 
 
+def _checked(name: str, before: Message, changed: object) -> Message:
+    """What a message hook returned, if it keeps the contract (hookspecs.py); PayloadError otherwise."""
+    if not isinstance(changed, Message):
+        raise PayloadError(f"message hook {name} returned {type(changed).__name__}, not a Message")
+    if (changed.message_id, changed.envelope_from, changed.envelope_to) != (
+            before.message_id, before.envelope_from, before.envelope_to):
+        # The spool and `retry` rely on the Message-ID; the envelope is what the configuration checked.
+        raise PayloadError(f"message hook {name} changed the Message-ID or the envelope")
+    if _BCC_FIELD.search(_HEADER_END.split(changed.data, maxsplit=1)[0]):
+        # RFC 5322 §3.6.3: the blind copies live in the envelope only; one message goes to all.
+        raise PayloadError(f"message hook {name} added a Bcc field: every recipient would see who was blind-copied")
+    return changed
+
+
+def _call(impl: pluggy.HookImpl, **kwargs: object) -> object:
+    """One implementation, given only the arguments it declares: pluggy lets it take a subset of the spec's."""
+    return impl.function(**{name: kwargs[name] for name in impl.argnames})
+
+
 def notify_finished(pm: pluggy.PluginManager, facts: CertificateFacts, result: DeliveryResult) -> None:
     for impl in pm.hook.smtp_dist_delivery_finished.get_hookimpls():
         try:
-            impl.function(facts=facts, result=result)
+            _call(impl, facts=facts, result=result)
         except Exception:
             log.exception("observer %s failed on target %s (ignored)", impl.plugin_name, result.target)
 

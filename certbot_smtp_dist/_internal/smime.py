@@ -21,6 +21,7 @@ CRLF = b"\r\n"
 KEPT_WHEN_ENCRYPTED = ("from", "to", "cc", "date", "message-id", "auto-submitted")
 SIGNED_PREAMBLE = b"This is an S/MIME signed message (RFC 8551)."
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+MAX_SMTP_LINE = 998  # octets before CR LF (RFC 5321 §4.5.3.1.6)
 
 
 class SmimeHook:
@@ -114,8 +115,9 @@ def _split(data: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
 
 
 def _seven_bit(entity: bytes) -> bytes:
-    """RFC 8551 §3.1.2: a signed entity must survive any transport unchanged, so 8bit parts become base64."""
-    if entity.isascii():
+    """RFC 8551 §3.1.2: a signed entity must survive any transport unchanged, so 8bit parts, and parts with a line
+    longer than SMTP carries unchanged (RFC 5321 §4.5.3.1.6: 998 octets), become base64."""
+    if not _needs_encoding(entity):
         return entity
     from email import policy
     from email.encoders import encode_base64
@@ -124,12 +126,19 @@ def _seven_bit(entity: bytes) -> bytes:
 
     parsed = BytesParser(_class=EmailMessage, policy=policy.SMTP).parsebytes(entity)
     for part in parsed.walk():
-        if not part.is_multipart() and part.get("Content-Transfer-Encoding", "").lower() in ("8bit", "binary"):
-            raw = part.get_payload(decode=True)
+        if part.is_multipart() or part.get("Content-Transfer-Encoding", "7bit").lower() not in (
+                "7bit", "8bit", "binary"):
+            continue
+        raw = part.get_payload(decode=True)
+        if isinstance(raw, bytes) and _needs_encoding(raw):
             del part["Content-Transfer-Encoding"]
             part.set_payload(raw)
             encode_base64(part)
     return _canonical(parsed.as_bytes())
+
+
+def _needs_encoding(data: bytes) -> bool:
+    return not data.isascii() or any(len(line) > MAX_SMTP_LINE for line in _LINE_END.split(data))
 
 
 def _boundary(entity: bytes) -> bytes:

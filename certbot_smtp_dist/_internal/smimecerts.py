@@ -8,12 +8,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from certbot_smtp_dist._internal import files, pem
+from certbot_smtp_dist._internal import files, ownership, pem
 from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist.model import SmimePolicy
 
 SMIME_KEYS = ("smime_sign_cert", "smime_sign_key", "smime_encrypt_to", "smime_encryption")
 MAX_RECIPIENTS = 20
+MIN_RSA_BITS = 2048  # NIST SP 800-131A: RSA below 2048 bits is disallowed for key transport and signatures
 
 
 class Checker(Protocol):
@@ -139,6 +140,8 @@ def _signer(checker: Checker, cert_value: str | None, key_value: str | None, now
         checker.problem("smime_sign_cert", f"{cert_path}: the certificate's key is {_kind(signer.public_key())}; "
                                            "S/MIME signing supports RSA and EC keys")
         return out
+    if _short_rsa(checker, "smime_sign_cert", cert_path, signer.public_key()):
+        return out
     if _spki(key.public_key()) != _spki(signer.public_key()):
         checker.problem("smime_sign_key", f"{key_path} is not the key of the certificate in {cert_path}")
         return out
@@ -191,12 +194,22 @@ def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | Non
             checker.problem(key, "every entry must be the path of a PEM certificate file")
             continue
         path = _path(checker, value)
+        untrusted = ownership.untrusted_input(path, "recipient certificate")
+        if untrusted is not None:  # whoever can swap it chooses who can read the key
+            checker.problem(key, untrusted)
+            continue
         certs = _certificates(checker, key, path)
         if not certs or not _usable(checker, key, path, certs[0], now, "key_encipherment"):
+            continue
+        if _is_ca(certs[0]):  # the CA's file named by mistake: its key holder, not the person, could decrypt
+            checker.problem(key, f"{path} is a CA certificate (basicConstraints cA, RFC 5280 §4.2.1.9), not a "
+                                 "recipient's own")
             continue
         if not isinstance(certs[0].public_key(), rsa.RSAPublicKey):
             checker.problem(key, f"{path}: the certificate's key is {_kind(certs[0].public_key())}; S/MIME "
                                  "encryption supports RSA recipient certificates only")
+            continue
+        if _short_rsa(checker, key, path, certs[0].public_key()):
             continue
         # The subject is shown in the warnings: certificate text never brings a control character into a log line.
         pems[certs[0].fingerprint(hashes.SHA256()).hex()] = (
@@ -210,12 +223,33 @@ def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | Non
     if cms.envelope_backend(cipher) is None:
         checker.problem("smime_encryption", f"{cipher.value} needs the `openssl` command of OpenSSL 3 or later "
                                             "(cryptography builds AES-256-CBC envelopes only, and only in recent "
-                                            f"releases); install openssl, or name it in ${cms.OPENSSL_ENV}")
+                                            "releases); install openssl, or name it by its absolute path in "
+                                            f"${cms.OPENSSL_ENV}")
     return SmimePolicy(out.sign_cert, out.sign_key, out.signer_chain_pem,
                        encrypt_to=tuple(p for _, _, p in pems.values()),
                        recipients_pem=tuple(pem_ for pem_, _, _ in pems.values()),
                        recipient_fingerprints=tuple(pems), recipient_names=tuple(n for _, n, _ in pems.values()),
                        encryption=cipher.value)
+
+
+def _short_rsa(checker: Checker, key: str, path: Path, public_key: Any) -> bool:
+    """Whether `public_key` is RSA below MIN_RSA_BITS (reported): what it protects is no stronger than it."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size < MIN_RSA_BITS:
+        checker.problem(key, f"{path}: the certificate has a {public_key.key_size}-bit RSA key; at least "
+                             f"{MIN_RSA_BITS} bits")
+        return True
+    return False
+
+
+def _is_ca(cert: Any) -> bool:
+    from cryptography import x509
+
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _kind(public_key: Any) -> str:

@@ -122,3 +122,35 @@ def test_retry_signs_and_encrypts_again_with_the_same_message_id(
     attempts = [(a["outcome"], a["signed"], a["encrypted_to"]) for a in lines if a.get("event") == "attempt"]
     assert attempts[-1] == ("delivered", True, [pki.recipients[0].fingerprint])
     assert all(a[1:] == (True, [pki.recipients[0].fingerprint]) for a in attempts)
+
+
+def test_an_uncertain_encrypted_delivery_is_re_encrypted_once_with_the_same_message_id(
+        denv: DeployEnv, lineage: LineagePaths, fault_server, pki: SmimeFiles) -> None:
+    """The final reply lost after the "." (RFC 5321 §4.1.1.4): `retry` signs and encrypts again (a new content
+    key), keeps the Message-ID a recipient can recognise the copy by, and journals both attempts as protected."""
+    from support.faultscript import CLOSE, Script
+
+    server = fault_server(replies={"DATA_END": CLOSE})
+    table = {"host": "127.0.0.1", "port": server.port, "tls_mode": "plaintext", "timeout": 3,
+             "from_address": "certbot@example.com", "to": ["pki@example.com"], "payload": "pem_and_key",
+             "smime_sign_cert": str(pki.signer_cert), "smime_sign_key": str(pki.signer_key),
+             "smime_encrypt_to": [str(pki.recipient_certs[0])]}
+    denv.write_config({"team": table})
+    first = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    assert first.returncode == 75 and first.target("team")["status"] == "uncertain", first.stderr
+    assert server.wait_idle()
+    server.script = Script()  # the relay answers again
+    retry = denv.run("retry", "--json")
+    assert retry.returncode == 0, retry.stderr
+    assert server.wait_idle()
+    lost, again = server.data_ends
+    ids = {str(email.message_from_bytes(c.data, policy=email.policy.default)["Message-ID"]) for c in (lost, again)}
+    assert ids == {first.target("team")["message_id"]}
+    assert lost.data != again.data  # encrypted afresh, not a stored copy
+    for copy in (lost, again):
+        assert b"PRIVATE KEY" not in copy.data
+        assert opened(copy.data, pki, 0)["test.example.com.key.pem"] == lineage.privkey.read_bytes()
+    lines = [json.loads(line) for line in (denv.state_dir / "journal.jsonl").read_text().splitlines()]
+    attempts = [(a["outcome"], a["signed"], a["encrypted_to"]) for a in lines if a.get("event") == "attempt"]
+    assert attempts == [("uncertain", True, [pki.recipients[0].fingerprint]),
+                        ("delivered", True, [pki.recipients[0].fingerprint])]

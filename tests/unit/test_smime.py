@@ -418,3 +418,229 @@ def test_gcm_without_openssl_3_is_a_config_error(pki: SmimeFiles, monkeypatch: p
     monkeypatch.setenv(cms.OPENSSL_ENV, str(fake))
     found = problems(smime_keys(pki, smime_encryption="aes256-gcm"))
     assert list(found) == ["smime_encryption"] and "OpenSSL 3" in found["smime_encryption"]
+
+
+def test_openssl_is_found_on_a_fixed_path_never_on_the_callers(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    """The signer key is piped into whatever `openssl` names: a PATH of the environment's (".", a user's bin)
+    must not choose it, and neither may a relative $CERTBOT_SMTP_DIST_OPENSSL resolved against the cwd."""
+    planted = tmp_path / "openssl"
+    planted.write_text(f"#!/bin/sh\n{SAYS_VERSION_3}\nexit 0\n")
+    planted.chmod(0o755)
+    monkeypatch.delenv(cms.OPENSSL_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f".:{tmp_path}:/usr/bin:/bin")
+    found = cms.openssl_binary()
+    assert found is not None and Path(found).resolve() != planted.resolve()
+    assert Path(found).is_absolute()
+    monkeypatch.setenv(cms.OPENSSL_ENV, "openssl")
+    assert cms.openssl_binary() is None
+    monkeypatch.setenv(cms.OPENSSL_ENV, str(planted))  # named by its absolute path: the operator's choice
+    assert cms.openssl_binary() == str(planted)
+
+
+@pytest.mark.parametrize("how", ["file_writable_by_others", "directory_writable_by_others", "link_into_such_a_directory"])
+def test_a_recipient_certificate_others_could_replace_is_a_config_error(pki: SmimeFiles, tmp_path: Path,
+                                                                         how: str) -> None:
+    """Whoever can swap a recipient certificate chooses who can decrypt the private key: the config file's rule
+    (ownership.py: ours or root's, writable by nobody else, nor any directory above it) holds for it too."""
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    cert = open_dir / "pki.pem"
+    cert.write_bytes(pki.recipients[0].cert_pem())
+    cert.chmod(0o644)
+    named = cert
+    if how == "file_writable_by_others":
+        cert.chmod(0o666)
+    else:
+        open_dir.chmod(0o777)  # no sticky bit: anyone may rename pki.pem away and put their own in its place
+    if how == "link_into_such_a_directory":
+        closed = tmp_path / "closed"
+        closed.mkdir(mode=0o755)
+        named = closed / "pki.pem"
+        named.symlink_to(cert)
+    found = problems({**BASE, "smime_encrypt_to": [str(pki.recipient_certs[1]), str(named)]})
+    assert list(found) == ["smime_encrypt_to"]
+    assert "writable by group or others" in found["smime_encrypt_to"]
+    assert target({**BASE, "smime_encrypt_to": [str(pki.recipient_certs[1])]}).message_encrypted
+
+
+def test_a_ca_certificate_is_no_recipient(pki: SmimeFiles, tmp_path: Path) -> None:
+    """A CA certificate (basicConstraints cA, RFC 5280 §4.2.1.9) without a key usage extension passed every other
+    check: pointing smime_encrypt_to at the CA file instead of the person's certificate would encrypt the private
+    key to whoever holds the CA key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Some CA")])
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(datetime(2020, 1, 1))
+          .not_valid_after(datetime(2040, 1, 1)).add_extension(x509.BasicConstraints(ca=True, path_length=None),
+                                                               critical=True)
+          .sign(key, hashes.SHA256()))
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(Encoding.PEM))
+    found = problems({**BASE, "smime_encrypt_to": [str(tmp_path / "ca.pem")]})
+    assert "is a CA certificate" in found["smime_encrypt_to"]
+
+
+def _rsa_1024_smime(pki: SmimeFiles, email_address: str) -> tuple[bytes, bytes]:
+    """An S/MIME certificate (and key, PEM) like issue_smime's, on a 1024-bit RSA key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, email_address)]))
+            .issuer_name(pki.ca.cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(datetime(2020, 1, 1))
+            .not_valid_after(datetime(2040, 1, 1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+            .sign(pki.ca.key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def test_a_short_rsa_key_is_refused_for_encryption_and_signing(pki: SmimeFiles, tmp_path: Path) -> None:
+    """A private key wrapped for an RSA-1024 recipient is as safe as RSA-1024 is (not: NIST SP 800-131A),
+    and a signature by one can be forged the same way."""
+    cert, key = _rsa_1024_smime(pki, "weak@example.com")
+    (tmp_path / "weak.pem").write_bytes(cert)
+    write_private(tmp_path / "weak.key", key)
+    found = problems({**BASE, "smime_encrypt_to": [str(tmp_path / "weak.pem")],
+                      "smime_sign_cert": str(tmp_path / "weak.pem"), "smime_sign_key": str(tmp_path / "weak.key")})
+    assert "1024-bit RSA key; at least 2048 bits" in found["smime_encrypt_to"]
+    assert "1024-bit RSA key; at least 2048 bits" in found["smime_sign_cert"]
+
+
+def test_a_line_over_998_octets_is_made_base64_before_signing(pki: SmimeFiles, lin: LineagePaths) -> None:
+    """RFC 5321 §4.5.3.1.6: no line over 998 octets crosses SMTP unchanged (Postfix folds it, others cut it), so a
+    7bit part with one (an extension hook's, say) would reach the recipient with a broken signature."""
+    from email.message import EmailMessage
+
+    from certbot_smtp_dist._internal import smime
+
+    text = "inventory: " + "host.example.com " * 80 + "\n"
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"], msg["To"], msg["Subject"] = "a@example.com", "b@example.com", "x"
+    msg.set_content(text, cte="7bit")
+    rendered = Message("<1@example.com>", "x", "a@example.com", ("b@example.com",), msg.as_bytes())
+    assert max(len(line) for line in rendered.data.split(b"\r\n")) > 998
+    policy = target(smime_keys(pki, encrypt=False)).smime
+    assert policy is not None
+    signed = smime.protect(rendered, policy, lineage.load(lineage.from_lineage_dir(lin.live_dir)).facts, 30)
+    assert max(len(line) for line in signed.data.split(b"\r\n")) <= 998
+    verified = openssl("cms", "-verify", "-CAfile", str(pki.ca_file), data=signed.data)
+    assert verified.returncode == 0, verified.stderr
+    inner = email.message_from_bytes(verified.stdout, policy=email.policy.default)
+    assert inner.get_content().replace("\r\n", "\n") == text  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("smime_on", [False, True])
+def test_a_message_hook_that_adds_a_bcc_field_fails_its_target(pki: SmimeFiles, lin: LineagePaths,
+                                                                smime_on: bool) -> None:
+    """Bcc recipients live in the envelope only (RFC 5322 §3.6.3): a Bcc field would show every To and Cc
+    recipient who was blind-copied; signing keeps the outer header as it is, so it would go out as written."""
+    from dataclasses import replace
+
+    from certbot_smtp_dist.hookspecs import hookimpl
+
+    class Blind:
+        @hookimpl
+        def smtp_dist_message(self, target: Target, facts: Any, message: Message) -> Message:
+            return replace(message, data=b"X-Audit: 1\r\nbcc : hidden@example.com\r\n" + message.data)
+
+    artefact = lineage.load(lineage.from_lineage_dir(lin.live_dir))
+    t = target(smime_keys(pki, encrypt=False, payload="pem", bcc=["hidden@example.com"]) if smime_on
+               else {**BASE, "payload": "pem", "bcc": ["hidden@example.com"]})
+    chain = plugins.message_hook(plugins.make_manager(load_entry_points=False, extra=(Blind(),)))
+    job = pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=chain)
+    assert job.message is None and job.failure is not None
+    assert job.failure.code is ErrorCode.SMTP_PAYLOAD and "added a Bcc field" in job.failure.detail
+    assert "hidden@example.com" not in job.failure.detail
+    plain = pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=plugins.message_hook(
+        plugins.make_manager(load_entry_points=False)))
+    assert plain.message is not None and b"hidden@" not in plain.message.data
+    assert "hidden@example.com" in plain.message.envelope_to
+
+
+def test_hook_implementations_may_take_a_subset_of_the_arguments(lin: LineagePaths, caplog: pytest.LogCaptureFixture
+                                                                  ) -> None:
+    """pluggy lets an implementation declare only the arguments it uses; the chain and the observers, which call
+    the implementations one by one, must pass only those, as pluggy's own hook call does."""
+    from dataclasses import replace
+
+    from certbot_smtp_dist.hookspecs import hookimpl
+    from certbot_smtp_dist.model import DeliveryResult, Status
+
+    seen: list[str] = []
+
+    class Lean:
+        @hookimpl
+        def smtp_dist_message(self, message: Message) -> Message:
+            return replace(message, data=b"X-Lean: 1\r\n" + message.data)
+
+        @hookimpl
+        def smtp_dist_delivery_finished(self, result: DeliveryResult) -> None:
+            seen.append(result.target)
+
+    artefact = lineage.load(lineage.from_lineage_dir(lin.live_dir))
+    pm = plugins.make_manager(load_entry_points=False, extra=(Lean(),))
+    job = pipeline.prepare_job(target({**BASE, "payload": "pem"}), artefact, FORMATS, {}, NOW,
+                               message_hook=plugins.message_hook(pm))
+    assert job.message is not None, job.failure
+    assert job.message.data.startswith(b"X-Lean: 1\r\n")
+    caplog.set_level(logging.ERROR)
+    plugins.notify_finished(pm, artefact.facts, DeliveryResult("t", Status.DELIVERED))
+    assert seen == ["t"] and not caplog.records
+
+
+def test_the_openssl_backend_refuses_a_temporary_directory_others_can_write(
+        pki: SmimeFiles, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The recipient certificates are handed to `openssl cms -encrypt` as files: in a $TMPDIR whose owner or
+    writers could rename our directory away, they could swap a certificate before openssl reads it and have the
+    key encrypted to themselves."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # no sticky bit
+    monkeypatch.setattr(cms.tempfile, "tempdir", str(shared))
+    monkeypatch.setattr(cms, "FORCED", cms.Backend.OPENSSL)
+    with pytest.raises(cms.CmsError, match="writable by group or others"):
+        cms.encrypt(b"x", [pki.recipients[0].cert_pem()], cms.Cipher.AES256_CBC, 30)
+    assert list(shared.iterdir()) == []
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # like /tmp: others cannot rename what is ours
+    monkeypatch.setattr(cms.tempfile, "tempdir", str(sticky))
+    assert cms.encrypt(b"x", [pki.recipients[0].cert_pem()], cms.Cipher.AES256_CBC, 30)
+
+
+@pytest.mark.parametrize("field", ["message_id", "envelope_from", "envelope_to"])
+def test_a_message_hook_that_changes_the_message_id_or_envelope_fails_its_target(lin: LineagePaths,
+                                                                                 field: str) -> None:
+    """The contract says keep them: the spool and `retry` rely on the Message-ID (a re-send the recipient can
+    recognise), and the envelope is what the configuration checked (who gets the certificate, and its key)."""
+    from dataclasses import replace
+
+    from certbot_smtp_dist.hookspecs import hookimpl
+
+    changed: dict[str, Any] = {"message_id": "<other@example.com>", "envelope_from": "x@example.net",
+                               "envelope_to": ("pki@example.com", "thief@example.net")}
+
+    class Redirect:
+        @hookimpl
+        def smtp_dist_message(self, message: Message) -> Message:
+            return replace(message, **{field: changed[field]})
+
+    artefact = lineage.load(lineage.from_lineage_dir(lin.live_dir))
+    chain = plugins.message_hook(plugins.make_manager(load_entry_points=False, extra=(Redirect(),)))
+    job = pipeline.prepare_job(target({**BASE, "payload": "pem"}), artefact, FORMATS, {}, NOW, message_hook=chain)
+    assert job.message is None and job.failure is not None
+    assert job.failure.code is ErrorCode.SMTP_PAYLOAD and "changed the Message-ID or the envelope" in job.failure.detail
+    assert "thief" not in job.failure.detail
