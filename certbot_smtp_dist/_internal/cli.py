@@ -182,7 +182,7 @@ def _deploy(args: argparse.Namespace, source: LineageSource) -> int:
     )
     result = deploy.run(request)
     if args.json:
-        print(report.json_document(result.facts, result.results, result.config_errors))
+        print(report.json_document(result.facts, result.results, result.config_errors, findings=result.findings))
     return result.exit_status
 
 

@@ -18,6 +18,7 @@ from certbot_smtp_dist.model import (
     Artefact,
     CertificateFacts,
     DeliveryResult,
+    Finding,
     Failure,
     LineageSource,
     Phase,
@@ -55,6 +56,7 @@ class DeployReport:
     config_errors: tuple[ConfigProblem, ...] = ()
     certificate_problems: tuple[str, ...] = ()
     exit_status: int = report.EX_OK
+    findings: tuple[Finding, ...] = ()  # the artefact's Diagnostics (diagnose.py), as in every email's body
     state_ok: bool = True  # journal and spool written; False: failures of this run will not be retried
 
 
@@ -92,7 +94,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
         if ledger:
             ledger.block(f"credentials unusable: {exc}", None, artefact.facts)
         return DeployReport(artefact.facts, config_errors=tuple(exc.problems), exit_status=report.EX_CONFIG,
-                            state_ok=ledger.healthy if ledger else state_ok)
+                            state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
     if ledger:
         ledger.unblock()
     held = _held_back(request, ledger, wanted, artefact.facts, now)
@@ -100,7 +102,7 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
-                        state_ok=ledger.healthy if ledger else state_ok)
+                        state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
 
 
 def _open_state(request: DeployRequest, now: datetime) -> tuple[Ledger | None, bool]:

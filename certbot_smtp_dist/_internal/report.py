@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from certbot_smtp_dist.errors import ConfigProblem
-from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, Status
+from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, Finding, Status
 
 # sysexits.h, as mail tools use them.
 EX_OK = 0
@@ -87,10 +87,12 @@ def json_document(
     results: Sequence[DeliveryResult],
     config_errors: Sequence[ConfigProblem] = (),
     extra: dict[str, Any] | None = None,
+    findings: Sequence[Finding] = (),
 ) -> str:
     """The stable `--json` format documented in README.rst."""
     doc: dict[str, Any] = {
         "certificate": facts.to_json() if facts else None,
+        "diagnostics": [f.to_json() for f in findings],
         "targets": [r.to_json() for r in results],
         "config_errors": [p.to_json() for p in config_errors],
     }

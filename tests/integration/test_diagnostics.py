@@ -76,6 +76,23 @@ def test_leaf_only_is_delivered_with_the_missing_intermediate_named(denv: Deploy
     assert "fix: ship fullchain.pem, not cert.pem" in warning
 
 
+def test_deploy_json_carries_the_diagnostics(denv: DeployEnv, relay_factory, lineage: pki.LineagePaths) -> None:
+    """Monitoring reads `deploy --json`: the same findings as the email's section, in inspect's form."""
+    relay = relay_factory("starttls")
+    denv.write_config({"archive": relay_target(relay)})
+
+    whole = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    leaf_only = denv.run("deploy", "--fullchain", str(lineage.cert), "--key", str(lineage.privkey), "--json")
+
+    assert whole.returncode == 0, whole.stderr
+    codes = {f["code"]: f["severity"] for f in whole.json["diagnostics"]}
+    assert codes.get("key") == "info" and "error" not in codes.values(), codes
+    assert set(whole.json["diagnostics"][0]) == {"severity", "code", "message", "fix"}
+    [missing] = [f for f in leaf_only.json["diagnostics"] if f["severity"] == "error"]
+    assert "missing intermediate" in missing["message"] and "fullchain.pem" in missing["fix"]
+    assert len(relay.messages) == 2
+
+
 def test_root_included_is_a_warning_in_output_and_body(denv: DeployEnv, relay_factory, lineage: pki.LineagePaths,
                                                        tmp_path: Path) -> None:
     chain = pki.write_pem(tmp_path / "with-root.pem", lineage.leaf, lineage.intermediate, lineage.root)
