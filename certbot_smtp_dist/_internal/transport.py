@@ -6,13 +6,14 @@ import asyncio
 import base64
 import contextlib
 import ipaddress
+import os
 import re
 import socket
 import ssl
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from certbot_smtp_dist._internal import classify, oauth2, portprobe, scrub, transcript
 from certbot_smtp_dist._internal.tlspolicy import verified_context
@@ -74,22 +75,39 @@ def client_tls_context(target: Target) -> ssl.SSLContext:
 
 
 class TlsContexts:
-    """One verified client context per distinct trust configuration (`tls_ca_file`, `tls_skip_verify`) in a run.
+    """The verified client context of each distinct trust configuration, shared by every run in the process.
 
-    Loading the system trust store costs tens of milliseconds of CPU per context; one context serves any number of
-    concurrent connections, so 50 targets behind one relay load it once, not 50 times.
+    Loading the system trust store costs tens of milliseconds of CPU per context, and one context serves any number
+    of concurrent connections: 50 targets behind one relay load it once, not 50 times, and so do the sessions of
+    later runs in the same process (the certbot plugin, `retry`). The key holds the `tls_ca_file`'s identity (device,
+    inode, size, modification time), so an anchor replaced on disk is read again; nothing changes a context once
+    made.
     """
 
-    def __init__(self) -> None:
-        self._made: dict[tuple[Path | None, bool], ssl.SSLContext] = {}
+    _made: ClassVar[dict[tuple[Path | None, bool, tuple[int, ...]], ssl.SSLContext]] = {}
+    _MAX = 32  # distinct trust configurations kept; past that the cache starts again
 
     def get(self, target: Target) -> ssl.SSLContext | None:
         if target.tls_mode is TlsMode.PLAINTEXT:
             return None
-        key = (target.tls_ca_file, target.tls_skip_verify)
-        if key not in self._made:
-            self._made[key] = client_tls_context(target)
-        return self._made[key]
+        key = (target.tls_ca_file, target.tls_skip_verify, _identity(target.tls_ca_file))
+        made = self._made.get(key)
+        if made is None:
+            made = client_tls_context(target)  # an unreadable anchor raises here, as before, and is not cached
+            if len(self._made) >= self._MAX:
+                self._made.clear()
+            self._made[key] = made
+        return made
+
+
+def _identity(path: Path | None) -> tuple[int, ...]:
+    if path is None:
+        return ()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()  # the load that follows fails and names the file
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 async def deliver(target: Target, message: Message, password: Secret | None, budget: float,
