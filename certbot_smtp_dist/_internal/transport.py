@@ -247,6 +247,7 @@ async def _converse(
             raise _Abort(Failure(ErrorCode.SMTP_TLS, Phase.TLS,
                                  "relay does not advertise STARTTLS; refusing to continue in plaintext"))
         await client.starttls(server_hostname=target.host)
+        _ack_promptly(client)
         await client.ehlo()  # RFC 3207 §4.2: forget pre-TLS extensions, ask again
 
     if target.auth_method is not AuthMethod.NONE:
@@ -464,6 +465,31 @@ async def _open_socket(host: str, port: int, progress: _Progress) -> socket.sock
             sock.close()
             raise
     raise last
+
+
+def _ack_promptly(client: Any) -> None:
+    """Acknowledge the relay's next segments at once, once the command about to be written has left.
+
+    After a TLS 1.3 handshake the relay sends its session tickets (RFC 8446 §4.6.1), then answers our next command.
+    A relay with Nagle's algorithm on (Postfix) holds that small reply until the tickets are acknowledged, and our
+    kernel, having just sent the command, delays that acknowledgement by its delayed-ACK timer (40 ms on Linux):
+    one stall per session. TCP_QUICKACK turns delayed ACKs off, but sending data turns them back on, so it is set
+    by a callback that runs when the command's task step has written it and yields to await the reply. Linux only;
+    elsewhere (or on a socket that refuses it) nothing changes but the stall.
+    """
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    if quickack is None:
+        return
+
+    def set_quickack() -> None:
+        transport = getattr(client, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+
+    asyncio.get_running_loop().call_soon(set_quickack)
 
 
 def _close(progress: _Progress) -> None:

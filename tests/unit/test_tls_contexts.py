@@ -1,10 +1,13 @@
 """The relay's TLS client context is made once per trust configuration and process, and read again when the
-`tls_ca_file` it trusts is replaced (issue 16: the system store load per session)."""
+`tls_ca_file` it trusts is replaced; after STARTTLS the client acknowledges the relay's session tickets at once
+(issue 16: the system store load and a 40 ms delayed-ACK stall per session)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -53,3 +56,28 @@ def test_a_missing_anchor_is_an_error_every_time(tmp_path: Path) -> None:
     for _ in range(2):
         with pytest.raises(OSError):
             transport.TlsContexts().get(target(missing))
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux only")
+def test_quick_acknowledgement_is_asked_for_on_the_clients_socket() -> None:
+    calls: list[tuple[int, int, int]] = []
+
+    class Sock:
+        def setsockopt(self, level: int, option: int, value: int) -> None:
+            calls.append((level, option, value))
+
+    class Transport:
+        def get_extra_info(self, name: str) -> object:
+            return Sock() if name == "socket" else None
+
+    class Client:
+        transport = Transport()
+
+    async def run() -> list[tuple[int, int, int]]:
+        transport._ack_promptly(Client())
+        before = list(calls)  # not yet: the command about to be written would turn delayed ACKs back on
+        await asyncio.sleep(0)
+        return before
+
+    assert asyncio.run(run()) == []
+    assert calls == [(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)]
