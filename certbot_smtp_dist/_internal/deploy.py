@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -207,11 +206,9 @@ def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageS
     entry is still claimed; the event loop itself touches no state."""
     if ledger is None:
         return [d.result for d in pipeline.deliver_all(jobs, policy, started=started)]
-    with ExitStack() as claims:
-        entries = [claims.enter_context(ledger.write_ahead(facts, source, job)) for job in jobs]
+    with ledger.write_ahead_all(facts, source, jobs) as entries:
         deliveries = pipeline.deliver_all(jobs, policy, started=started, tokens=ledger.token_cache())
-        for delivery, entry in zip(deliveries, entries, strict=True):
-            ledger.save(facts, delivery, entry)
+        ledger.save_all(facts, list(zip(deliveries, entries, strict=True)))
     results = [d.result for d in deliveries]
     ledger.supersede_older({r.target for r in results if r.status is Status.DELIVERED}, facts)
     return results
