@@ -118,3 +118,15 @@ def test_masked_keeps_lines_and_length_but_no_spelling(form: str) -> None:
 
 def test_masked_is_none_while_a_secret_is_too_short() -> None:
     assert scrub.Scrubber.of([Secret("a5b7c"), Secret(PW)]).masked("220 relay ready") is None
+
+
+def test_a_runs_scrubber_is_built_once_per_set_of_secrets() -> None:
+    """Issue 16: every failure, refusal and -vv line of a run was scrubbed with a scrubber built anew (ms each)."""
+    password, passphrase = Secret("relay-password-0123"), Secret("p12-passphrase-4567")
+    first = scrub.scrubber_of((password, passphrase))
+    assert scrub.scrubber_of([password, passphrase]) is first
+    assert scrub.scrub_reply(Reply(550, None, "no relay-password-0123 here"), (password, passphrase)).text \
+        == f"no {scrub.MASK} here"
+    # Keyed by the secrets themselves, never by their values: another secret of the same value is its own entry.
+    again = scrub.scrubber_of((Secret("relay-password-0123"), passphrase))
+    assert again is not first and again.needles == first.needles
