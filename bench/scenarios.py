@@ -117,7 +117,8 @@ FANOUT_DELAY = 0.01  # seconds per reply on the second relay of scenario 3
 
 def _fanout(ctx: Context, relay: Relay | SlowRelay, label: str, count: int) -> dict[str, Stats]:
     names = [f"t{i:02d}" for i in range(1, count + 1)]
-    inst = ctx.world.install(label, {n: ctx.world.target(relay.port, timeout=LONG_TIMEOUT) for n in names})
+    inst = ctx.world.install(label, {n: ctx.world.target(relay.port, timeout=LONG_TIMEOUT) for n in names},
+                             defaults={"connections_per_relay": ctx.concurrency})  # the peer's bound
     message = inst.render()
     common = ("127.0.0.1", relay.port, ctx.world.pki.ca_file, message, SENDER, RECIPIENT, count)
     samples = _series(ctx, [

@@ -55,11 +55,12 @@ class World:
         table.update(overrides)
         return table
 
-    def install(self, name: str, targets: Mapping[str, Mapping[str, Any]]) -> Installation:
+    def install(self, name: str, targets: Mapping[str, Mapping[str, Any]],
+                defaults: Mapping[str, Any] | None = None) -> Installation:
         denv = DeployEnv(self.root / name)
         denv.set_credential("relay", "smtp_password", PASSWORD)
         denv.set_credential("archive-p12", "smtp_pkcs12_passphrase", P12_PASSPHRASE)
-        denv.write_config(targets)
+        denv.write_config(targets, defaults)
         return Installation(self, denv, tuple(targets))
 
     def client(self, script: str, *args: object) -> list[str]:
