@@ -37,6 +37,7 @@ class Ledger:
         self.from_renewal = from_renewal
         self.source = source  # the lineage a deploy run ships (None for the drain: each entry names its own)
         self.run = run
+        self.keys = keys
         self.journal = Journal(state_dir, keys.journal, keys.journal_anchor)
         self.spool = sp.Spool(state_dir, keys.spool)
         self.now = now or datetime.now(timezone.utc)
