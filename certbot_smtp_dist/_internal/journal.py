@@ -203,8 +203,10 @@ class Journal:
                     yield doc
 
     # -- verifying ----------------------------------------------------------------------------------------------
-    def verify(self) -> Verdict:
-        """Every line's MAC and link, the head, and the sealed 0.1.0 journal if any. Never OK with nothing to check."""
+    def verify(self, records: list[dict[str, Any]] | None = None) -> Verdict:
+        """Every line's MAC and link, the head, and the sealed 0.1.0 journal if any. Never OK with nothing to check.
+        `records`: filled with the keyed lines that passed, from the same read (a reader that acts on the journal
+        must not read it a second time, unverified)."""
         key = self._require_key()
         problems: list[Problem] = []
         notes: list[str] = []
@@ -217,7 +219,7 @@ class Journal:
         if not self.path.exists():
             problems.append(Problem(0, f"{self.path} is missing: the journal was deleted, or this state directory "
                                        "has never recorded anything (nothing to verify)"))
-        macs, anchor = self._check_lines(key, problems)
+        macs, anchor = self._check_lines(key, problems, records)
         count = len(macs)
         first = self._anchored()
         if first is not None and count and macs[1] != first:
@@ -233,7 +235,8 @@ class Journal:
         problems.sort(key=lambda p: p.line)
         return Verdict(not problems, count, tuple(problems), tuple(notes))
 
-    def _check_lines(self, key: bytes, problems: list[Problem]) -> tuple[dict[int, str], dict[str, Any] | None]:
+    def _check_lines(self, key: bytes, problems: list[Problem],
+                     records: list[dict[str, Any]] | None = None) -> tuple[dict[int, str], dict[str, Any] | None]:
         link = GENESIS
         macs: dict[int, str] = {}
         anchor: dict[str, Any] | None = None
@@ -254,6 +257,8 @@ class Journal:
                                                 "inserted or reordered"))
             elif doc.get("seq") != number:
                 problems.append(Problem(number, f"sequence {doc.get('seq')} at line {number}: lines removed"))
+            elif records is not None:
+                records.append(doc)
             if number == 1 and doc.get("event") == "journal_sealed":
                 anchor = doc
             link = macs[number] = found.group(1).decode()
