@@ -109,7 +109,7 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
     results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started, held)
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))
-    if ledger and request.refresh_metrics:
+    if ledger and request.refresh_metrics and loaded.settings.metrics_textfile is not None:
         from certbot_smtp_dist._internal.textfile import refresh
 
         refresh(ledger.state_dir, ledger.keys, loaded.settings)  # with what this run loaded: nothing read again
@@ -165,11 +165,11 @@ def _held_back(request: DeployRequest, ledger: Ledger | None, wanted: list[Targe
                now: datetime) -> dict[str, str]:
     """Quiet targets whose `min_interval` holds this renewal back, with the reason (journalled). Decided from the
     keyed journal only; without a trustworthy one (no state, a journal failing verification) everything is sent."""
-    from certbot_smtp_dist._internal import quiet
-
     names = [t.name for t in wanted if t.min_interval is not None]
     if not names or ledger is None:
         return {}
+    from certbot_smtp_dist._internal import quiet
+
     if request.force:
         log.info("--force: min_interval not applied to %s", ", ".join(names))
         return {}
