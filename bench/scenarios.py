@@ -94,7 +94,9 @@ def cold(ctx: Context, number: str, payload: str) -> list[Row]:
                       Budget("<=", 2.0))]
     for label, variant in optional.items():
         if variant is None:
-            rows.append(skip_row(number, f"{what} / {label}", f"{label.split()[0]} not on PATH: optional peer"))
+            tool = label.split()[0]
+            rows.append(skip_row(number, f"{what} / {label}",
+                                 f"{tool} not on PATH: optional peer (Debian: apt-get install {tool})"))
         else:
             rows.append(ratio_row(number, f"{what} / {label}", deploy, Stats.of(samples[variant.name]), None,
                                   "reference, no budget"))

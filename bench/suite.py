@@ -43,7 +43,9 @@ only the ratios are judged, each against the budget of issue 16; peak RSS at 500
 are judged as absolute figures. Method, per scenario:
 
 1, 2. `deploy --lineage` for one target vs `bench/clients/smtp_send.py` (smtplib, STARTTLS, AUTH PLAIN) sending the
-   message `deploy --dry-run` rendered, byte for byte; `curl --ssl-reqd` and `msmtp` the same when on PATH.
+   message `deploy --dry-run` rendered, byte for byte; `curl --ssl-reqd` and `msmtp` the same when on PATH
+   (optional peers, for reference: `apt-get install curl msmtp`; the bench is not part of CI, so .ci/run does
+   not install them).
 3. 50 targets on one relay (each target's `timeout` 120 s) vs `bench/clients/aio_gather.py` (aiosmtplib +
    asyncio.gather, at most {concurrency} sessions at once, deploy held to the same `connections_per_relay`;
    `--concurrency`) and vs 50 sequential smtplib sessions;
