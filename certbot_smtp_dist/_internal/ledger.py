@@ -118,11 +118,8 @@ class Ledger:
     @contextmanager
     def _batch(self, what: str) -> Iterator[None]:
         """spool.batch(), its closing fsync failing like any other state write: logged, never raised."""
-        try:
-            with self.spool.batch():
-                yield
-        except OSError as exc:
-            self._trouble(what, exc)
+        with self.spool.batch(lambda exc: self._trouble(what, exc)):
+            yield
 
     @contextmanager
     def claim(self, entry_id: str) -> Iterator[sp.Entry | None]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -209,17 +209,23 @@ class Spool:
         self._deferred: bool | None = None  # inside batch(): whether a directory fsync is owed
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, sync_failed: Callable[[OSError], None] | None = None) -> Iterator[None]:
         """Writes and removals in the block share one fsync of the spool directory, at its end (each file is still
         fsynced itself). A caller relies on none of them before the block ends: the write-ahead of a run is
-        durable before its first connection, its settlement before the run reports."""
+        durable before its first connection, its settlement before the run reports. `sync_failed` takes an
+        OSError of that last fsync (raised without it); what the block itself raises is never caught here."""
         self._deferred = False
         try:
             yield
         finally:
             owed, self._deferred = self._deferred, None
             if owed:
-                files.fsync_dir(self.directory)
+                try:
+                    files.fsync_dir(self.directory)
+                except OSError as exc:
+                    if sync_failed is None:
+                        raise
+                    sync_failed(exc)
 
     def _sync(self) -> None:
         if self._deferred is None:

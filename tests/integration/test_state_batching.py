@@ -62,3 +62,30 @@ def test_appending_several_records_chains_and_anchors_them_as_single_appends(tmp
         one_by_one.append({"event": "attempt", "target": f"t{i}"})
     assert [{k: v for k, v in r.items() if k != "time"} for r in one_by_one.records()] == \
         [{k: v for k, v in r.items() if k != "time"} for r in batched.records()][:3]
+
+
+def test_the_batchs_directory_fsync_failing_is_reported_not_lost(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from certbot_smtp_dist._internal import files
+    from certbot_smtp_dist._internal import spool as sp
+
+    spool = sp.Spool(tmp_path, b"s" * 32)
+    spool.directory.mkdir(parents=True)
+
+    def failing(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(files, "fsync_dir", failing)
+    seen: list[OSError] = []
+    with spool.batch(seen.append):
+        spool.remove("absent")  # nothing removed: no fsync owed
+    assert seen == []
+    (spool.directory / "gone.json").write_text("{}")
+    with spool.batch(seen.append):
+        spool.remove("gone")
+    assert [e.errno for e in seen] == [5]
+    (spool.directory / "gone.json").write_text("{}")
+    with pytest.raises(OSError), spool.batch():
+        spool.remove("gone")
+    with pytest.raises(ZeroDivisionError), spool.batch(seen.append):  # the block's own error is never swallowed
+        1 / 0  # noqa: B018
