@@ -29,12 +29,12 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     bytecode kept between runs as an installed package has it (pip and Debian's dh_python byte-compile at install;
     without it every run compiled the package from source, ~90 ms), in a cache of the suite's own, not the tree."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RENEWED_", "LEGO_", "CERTBOT_SMTP_DIST"))}
-    if BYTECODE_ENV in os.environ:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = os.environ[BYTECODE_ENV]
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env["BENCH_SMTP_USER"], env["BENCH_SMTP_PASSWORD"] = USER, PASSWORD
     env.update(extra or {})
+    if BYTECODE_ENV in os.environ:  # last: `extra` may be a whole environment (DeployEnv.env copies os.environ)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = os.environ[BYTECODE_ENV]
     return env
 
 
