@@ -204,8 +204,10 @@ class _Drain:
 
         deliveries = pipeline.deliver_all([p.job for p in planned], self._policy(), started=self.started,
                                           tokens=self.ledger.token_cache())
-        for plan, delivery in zip(planned, deliveries, strict=True):
-            self.ledger.save(plan.facts, delivery, plan.entry)
+        outcomes = list(zip(planned, deliveries, strict=True))
+        for facts in dict.fromkeys(plan.facts for plan in planned):  # one journal append, one fsync a certificate
+            self.ledger.save_all(facts, [(delivery, plan.entry) for plan, delivery in outcomes if plan.facts == facts])
+        for delivery in deliveries:
             log.log(logging.INFO if delivery.result.ok else logging.ERROR, "retry %s",
                     report.human_line(delivery.result))
         loaded = self._config()

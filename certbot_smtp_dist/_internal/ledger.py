@@ -81,10 +81,10 @@ class Ledger:
             "uncertain" if f is not None and f.maybe_delivered else
             "partial" if attempt.accepted and attempt.refused else "failed")
         return self._record_of("attempt", facts, job.target.name,
-                    message_id=job.message.message_id if job.message else None,
-                    recipients=list(job.message.envelope_to) if job.message else [],
-                    outcome=outcome, **failure_json(f), attempt=prior + attempt.number,
-                    duration_s=round(attempt.duration_s, 3), **_key_and_names(facts))
+                               message_id=job.message.message_id if job.message else None,
+                               recipients=list(job.message.envelope_to) if job.message else [],
+                               outcome=outcome, **failure_json(f), attempt=prior + attempt.number,
+                               duration_s=round(attempt.duration_s, 3), **_key_and_names(facts))
 
     def held_back(self, facts: CertificateFacts, target: str, reason: str) -> None:
         """A quiet target's renewal that was not sent (min_interval): journalled, never spooled."""
