@@ -80,8 +80,8 @@ class TlsContexts:
     Loading the system trust store costs tens of milliseconds of CPU per context, and one context serves any number
     of concurrent connections: 50 targets behind one relay load it once, not 50 times, and so do the sessions of
     later runs in the same process (the certbot plugin, `retry`). The key holds the `tls_ca_file`'s identity (device,
-    inode, size, modification time), so an anchor replaced on disk is read again; nothing changes a context once
-    made.
+    inode, size, modification time), so an anchor replaced on disk is read again; the system store itself is read
+    once per process (a renewal run is short). Nothing changes a context once made.
     """
 
     _made: ClassVar[dict[tuple[Path | None, bool, tuple[int, ...]], ssl.SSLContext]] = {}
