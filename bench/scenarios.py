@@ -13,7 +13,7 @@ from typing import Any
 from bench_certbot_plugins import LAUNCHER
 from measure import MIB, BenchError, Sample, Stats, Variant, expect_exit, interleave, run_process
 from report import Budget, Row, ratio_row, skip_row
-from servers import BlackHole, SlowRelay
+from servers import BlackHole, slow_relay
 from support import postfix
 from support.relay import Relay
 from world import PASSWORD, RECIPIENT, SENDER, USER, World, child_env, expect_delivered, outcomes
@@ -94,7 +94,9 @@ def cold(ctx: Context, number: str, payload: str) -> list[Row]:
                       Budget("<=", 2.0))]
     for label, variant in optional.items():
         if variant is None:
-            rows.append(skip_row(number, f"{what} / {label}", f"{label.split()[0]} not on PATH: optional peer"))
+            tool = label.split()[0]
+            rows.append(skip_row(number, f"{what} / {label}",
+                                 f"{tool} not on PATH: optional peer (Debian: apt-get install {tool})"))
         else:
             rows.append(ratio_row(number, f"{what} / {label}", deploy, Stats.of(samples[variant.name]), None,
                                   "reference, no budget"))
@@ -115,9 +117,10 @@ def s2_cold_pkcs12(ctx: Context) -> list[Row]:
 FANOUT_DELAY = 0.01  # seconds per reply on the second relay of scenario 3
 
 
-def _fanout(ctx: Context, relay: Relay | SlowRelay, label: str, count: int) -> dict[str, Stats]:
+def _fanout(ctx: Context, relay: Relay, label: str, count: int) -> dict[str, Stats]:
     names = [f"t{i:02d}" for i in range(1, count + 1)]
-    inst = ctx.world.install(label, {n: ctx.world.target(relay.port, timeout=LONG_TIMEOUT) for n in names})
+    inst = ctx.world.install(label, {n: ctx.world.target(relay.port, timeout=LONG_TIMEOUT) for n in names},
+                             defaults={"connections_per_relay": ctx.concurrency})  # the peer's bound
     message = inst.render()
     common = ("127.0.0.1", relay.port, ctx.world.pki.ca_file, message, SENDER, RECIPIENT, count)
     samples = _series(ctx, [
@@ -139,11 +142,11 @@ def s3_fanout(ctx: Context, count: int = 50) -> list[Row]:
         fast = _fanout(ctx, relay, "s3", count)
     finally:
         relay.stop()
-    slow_relay = SlowRelay(ctx.world.pki, auth=(USER, PASSWORD), delay=FANOUT_DELAY).start()
+    delaying = slow_relay(ctx.world.pki, auth=(USER, PASSWORD), delay=FANOUT_DELAY).start()
     try:
-        slow = _fanout(ctx, slow_relay, "s3-slow", count)
+        slow = _fanout(ctx, delaying, "s3-slow", count)
     finally:
-        slow_relay.stop()
+        delaying.stop()
     where = f"relay delaying each reply {FANOUT_DELAY * 1000:.0f} ms"
     bound = f"aiosmtplib gather (≤ {ctx.concurrency} at once)"
     return [
@@ -164,7 +167,7 @@ def s3_fanout(ctx: Context, count: int = 50) -> list[Row]:
 
 
 def s4_latency(ctx: Context, count: int = 20, delay: float = 0.1) -> list[Row]:
-    slow = SlowRelay(ctx.world.pki, auth=(USER, PASSWORD), delay=delay).start()
+    slow = slow_relay(ctx.world.pki, auth=(USER, PASSWORD), delay=delay).start()
     try:
         many = ctx.world.install("s4-many", {f"t{i:02d}": ctx.world.target(slow.port) for i in range(1, count + 1)})
         one = ctx.world.install("s4-one", {"t01": ctx.world.target(slow.port)})

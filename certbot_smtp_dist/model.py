@@ -201,8 +201,10 @@ class RetryPolicy:
     min_budget: float = 1.0  # do not start an attempt with less time left than this
     max_age: timedelta = timedelta(days=5)
     # How many of a run's sessions may be open against one relay (host, port) at once; a session waits for a slot
-    # inside its target's timeout. From [defaults]: `connections_per_relay`.
-    connections_per_relay: int = 10
+    # inside its target's timeout. From [defaults]: `connections_per_relay`. 20: under the MTAs' own per-client
+    # defaults (Postfix 50; Exim and sendmail set none), and a hand-off to 20 targets behind one distant relay is
+    # one wave of sessions, not two (issue 16, scenario 4).
+    connections_per_relay: int = 20
 
     def delay(self, attempt: int) -> float:
         raw: float = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--chain", metavar="FILE", help="issuer certificates (PEM)")
     src.add_argument("--fullchain", metavar="FILE", help="leaf followed by issuers (PEM)")
     src.add_argument("--name", help="certificate name (default: the leaf's CN, else its first SAN)")
-    deploy.set_defaults(func=cmd_deploy, refresh_metrics=True)
+    deploy.set_defaults(func=cmd_deploy)  # deploy.run rewrites the metrics file itself, with what it loaded
 
     creds = sub.add_parser("credentials", help="manage stored secrets (never on the command line)")
     _global_options(creds, suppress=True)

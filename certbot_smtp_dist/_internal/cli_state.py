@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
     retry.add_argument("--include-uncertain", action="store_true",
                        help="also re-send uncertain entries, whose relay may already have them (after checking)")
     retry.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    retry.set_defaults(func=cmd_retry, refresh_metrics=True)
+    retry.set_defaults(func=cmd_retry)  # drain.run rewrites the metrics file itself, with what it loaded
 
     status = sub.add_parser("status", help="list pending, uncertain and failed deliveries; non-zero while any exist "
                                            "(0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +30,7 @@ from certbot_smtp_dist.model import (
 
 if TYPE_CHECKING:
     from certbot_smtp_dist._internal.ledger import Ledger
+    from certbot_smtp_dist._internal.state import StateKeys
 
 log = logging.getLogger("certbot_smtp_dist")
 
@@ -47,6 +47,16 @@ class DeployRequest:
     from_renewal: bool = False  # run by an ACME client's renewal (hook, plugin, retry), not typed on a terminal
     command: tuple[str, ...] = (report.PROGRAM,)  # how to call us again, in the commands we suggest
     force: bool = False  # `deploy --force`: send to quiet targets (min_interval) too
+    refresh_metrics: bool = True  # rewrite `metrics_textfile` afterwards (a caller that refreshes it itself: False)
+
+
+@dataclass(frozen=True, slots=True)
+class Preloaded:
+    """What a caller that loaded them already hands the run (`retry` re-running a blocked deploy), so nothing is
+    read, checked or decrypted twice: the configuration, trusted and validated, and the state keys."""
+
+    loaded: loader.Loaded
+    keys: StateKeys
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +70,13 @@ class DeployReport:
     state_ok: bool = True  # journal and spool written; False: failures of this run will not be retried
 
 
-def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
+def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloaded | None = None) -> DeployReport:
     """Validate config and artefact, then deliver (or render). Raises only UsageError and UnsafePathError
     (a config, credentials or state path someone else could write: nothing is read there, nothing dialled)."""
     now = now or datetime.now(timezone.utc)
-    ledger, state_ok = _open_state(request, now)
+    ledger, state_ok = _open_state(request, now, preloaded.keys if preloaded else None)
     try:
-        loaded = loader.load(request.config, request.environ)
+        loaded = preloaded.loaded if preloaded else loader.load(request.config, request.environ, trusted=True)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("config %s: %s", request.config, problem)
@@ -101,25 +111,32 @@ def run(request: DeployRequest, now: datetime | None = None) -> DeployReport:
     results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started, held)
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))
+    if ledger and request.refresh_metrics and loaded.settings.metrics_textfile is not None:
+        from certbot_smtp_dist._internal.textfile import refresh
+
+        refresh(ledger.state_dir, ledger.keys, loaded.settings)  # with what this run loaded: nothing read again
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
                         state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
 
 
-def _open_state(request: DeployRequest, now: datetime) -> tuple[Ledger | None, bool]:
+def _open_state(request: DeployRequest, now: datetime, keys: StateKeys | None) -> tuple[Ledger | None, bool]:
     """Trust checks first (nothing read or dialled otherwise), then the keyed state, upgraded from 0.1.0 if needed.
-    (None, True): no state wanted; (None, False): wanted but unusable (logged)."""
+    (None, True): no state wanted; (None, False): wanted but unusable (logged). `keys`: the caller's, who checked
+    the config, opened and upgraded the state already."""
     from certbot_smtp_dist._internal.ledger import Ledger
     from certbot_smtp_dist._internal.ownership import require_trusted_config, require_trusted_state
     from certbot_smtp_dist._internal.upgrade import upgrade
 
-    require_trusted_config(request.config)
+    if keys is None:
+        require_trusted_config(request.config)
     if request.state_dir is None or request.dry_run:
         return None, True
-    require_trusted_state(request.state_dir)
-    keys = loader.open_state_keys(request.config, request.environ, request.state_dir)
     if keys is None:
-        return None, False
-    upgrade(request.state_dir, request.config, keys)
+        require_trusted_state(request.state_dir)
+        keys = loader.open_state_keys(request.config, request.environ, request.state_dir)
+        if keys is None:
+            return None, False
+        upgrade(request.state_dir, request.config, keys)
     return Ledger(request.state_dir, "deploy", keys, now, request.source, request.from_renewal,
                   request.command), True
 
@@ -152,11 +169,11 @@ def _held_back(request: DeployRequest, ledger: Ledger | None, wanted: list[Targe
                now: datetime) -> dict[str, str]:
     """Quiet targets whose `min_interval` holds this renewal back, with the reason (journalled). Decided from the
     keyed journal only; without a trustworthy one (no state, a journal failing verification) everything is sent."""
-    from certbot_smtp_dist._internal import quiet
-
     names = [t.name for t in wanted if t.min_interval is not None]
     if not names or ledger is None:
         return {}
+    from certbot_smtp_dist._internal import quiet
+
     if request.force:
         log.info("--force: min_interval not applied to %s", ", ".join(names))
         return {}
@@ -212,11 +229,9 @@ def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageS
     entry is still claimed; the event loop itself touches no state."""
     if ledger is None:
         return [d.result for d in pipeline.deliver_all(jobs, policy, started=started)]
-    with ExitStack() as claims:
-        entries = [claims.enter_context(ledger.write_ahead(facts, source, job)) for job in jobs]
+    with ledger.write_ahead_all(facts, source, jobs) as entries:
         deliveries = pipeline.deliver_all(jobs, policy, started=started, tokens=ledger.token_cache())
-        for delivery, entry in zip(deliveries, entries, strict=True):
-            ledger.save(facts, delivery, entry)
+        ledger.save_all(facts, list(zip(deliveries, entries, strict=True)))
     results = [d.result for d in deliveries]
     ledger.supersede_older({r.target for r in results if r.status is Status.DELIVERED}, facts)
     return results

@@ -14,7 +14,15 @@ from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.ledger import Ledger
 from certbot_smtp_dist._internal.state import Lock, StateKeys, state_keys
 from certbot_smtp_dist.errors import CertificateError, ConfigError, CredentialError
-from certbot_smtp_dist.model import CertificateFacts, DeliveryResult, RetryPolicy
+from certbot_smtp_dist.model import (
+    Artefact,
+    CertificateFacts,
+    DeliveryResult,
+    LineageSource,
+    RetryPolicy,
+    Secret,
+    Target,
+)
 
 log = logging.getLogger("certbot_smtp_dist")
 
@@ -79,6 +87,9 @@ class _Drain:
         self.results: list[DeliveryResult] = []
         self.trouble = False
         self.started = time.monotonic()  # each entry's `timeout` counts from here, rendering included
+        # Read and decrypted once per drain, not once per entry: the lineages and each target's secrets.
+        self.artefacts: dict[LineageSource, Artefact | CertificateError] = {}
+        self.secrets: dict[str, dict[str, Secret] | CredentialError] = {}
 
     def run(self) -> RetryReport:
         if self._config() is not None:
@@ -96,6 +107,11 @@ class _Drain:
             self.results.extend(self._deliver(planned))
         for entry in self.blocked:  # outside every claim: the deploy claims its own entry
             self._rerun(entry)
+        loaded = self._config()
+        if loaded is not None:
+            from certbot_smtp_dist._internal.textfile import refresh
+
+            refresh(self.state_dir, self.ledger.keys, loaded.settings)
         status = report.exit_status(self.results)
         if status == report.EX_OK and (self.trouble or not self.ledger.healthy):
             status = report.EX_TEMPFAIL
@@ -142,18 +158,16 @@ class _Drain:
                         "`retry --include-uncertain` or `dismiss`", entry.target, entry.message_id)
             self.ledger.spool.write(sp.touched(entry, datetime.now(timezone.utc), resend_due=False))
             return None
-        try:
-            artefact = lineage.load(source, self.now)
-        except CertificateError as exc:
-            return self._fail(entry, f"certificate files unusable: {'; '.join(exc.problems)}", "SMTP_PAYLOAD")
+        artefact = self._artefact(source)
+        if isinstance(artefact, CertificateError):
+            return self._fail(entry, f"certificate files unusable: {'; '.join(artefact.problems)}", "SMTP_PAYLOAD")
         if artefact.facts.sha256_fingerprint != entry.fingerprint:
             return self._close(entry, "superseded",
                                f"the lineage now holds a newer certificate (serial {artefact.facts.serial_hex})",
                                artefact.facts)
-        try:
-            secrets = loader.unlock(loaded.store, [target], loaded.formats)
-        except CredentialError as exc:
-            return self._fail(entry, str(exc))
+        secrets = self._secrets(loaded, target)
+        if isinstance(secrets, CredentialError):
+            return self._fail(entry, str(secrets))
         from certbot_smtp_dist._internal.plugins import message_hook
 
         job = pipeline.prepare_job(target, artefact, loaded.formats, secrets, datetime.fromisoformat(entry.date),
@@ -168,6 +182,22 @@ class _Drain:
             self.ledger.spool.write(entry)
         return _Planned(entry, job, artefact.facts)
 
+    def _artefact(self, source: LineageSource) -> Artefact | CertificateError:
+        if source not in self.artefacts:
+            try:
+                self.artefacts[source] = lineage.load(source, self.now)
+            except CertificateError as exc:
+                self.artefacts[source] = exc
+        return self.artefacts[source]
+
+    def _secrets(self, loaded: loader.Loaded, target: Target) -> dict[str, Secret] | CredentialError:
+        if target.name not in self.secrets:
+            try:
+                self.secrets[target.name] = loader.unlock(loaded.store, [target], loaded.formats)
+            except CredentialError as exc:
+                self.secrets[target.name] = exc
+        return self.secrets[target.name]
+
     def _deliver(self, planned: list[_Planned]) -> list[DeliveryResult]:
         """The event loop only delivers; each outcome is saved afterwards, its entry still claimed."""
         if not planned:
@@ -176,8 +206,10 @@ class _Drain:
 
         deliveries = pipeline.deliver_all([p.job for p in planned], self._policy(), started=self.started,
                                           tokens=self.ledger.token_cache())
-        for plan, delivery in zip(planned, deliveries, strict=True):
-            self.ledger.save(plan.facts, delivery, plan.entry)
+        outcomes = list(zip(planned, deliveries, strict=True))
+        for facts in dict.fromkeys(plan.facts for plan in planned):  # one journal append, one fsync a certificate
+            self.ledger.save_all(facts, [(delivery, plan.entry) for plan, delivery in outcomes if plan.facts == facts])
+        for delivery in deliveries:
             log.log(logging.INFO if delivery.result.ok else logging.ERROR, "retry %s",
                     report.human_line(delivery.result))
         loaded = self._config()
@@ -193,8 +225,10 @@ class _Drain:
 
         source = entry.lineage_source()
         assert source is not None  # checked when planned
+        loaded = self._config()  # an unusable configuration is loaded again by the deploy, which records why
         outcome = deploy.run(deploy.DeployRequest(config=self.config, source=source, state_dir=self.state_dir,
-                                                  from_renewal=True, command=self.command), self.now)
+                                                  from_renewal=True, command=self.command, refresh_metrics=False),
+                             self.now, deploy.Preloaded(loaded, self.ledger.keys) if loaded is not None else None)
         self.results.extend(outcome.results)
         if outcome.exit_status in (report.EX_CONFIG, report.EX_DATAERR):
             log.error("the deploy of %s is still blocked (see the errors above)", entry.certificate)

@@ -81,8 +81,9 @@ def _planted(path: Path, where: str = " inside the state") -> UnsafePathError:
                            f"remove it (rm {path}) after checking who planted it")
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically replace `path` with `data` as a 0600 file, fsynced with its directory."""
+def write_private(path: Path, data: bytes, sync_dir: bool = True) -> None:
+    """Atomically replace `path` with `data` as a 0600 file, fsynced with its directory (`sync_dir` False: the
+    caller fsyncs the directory once after several files, before relying on any of them)."""
     refuse_link(path)
     tmp = _complete_temp(path, data)
     try:
@@ -91,7 +92,8 @@ def write_private(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 PUBLIC_FILE_MODE = 0o644

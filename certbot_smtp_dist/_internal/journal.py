@@ -89,11 +89,17 @@ class Journal:
     # -- writing ------------------------------------------------------------------------------------------------
     def append(self, record: dict[str, Any]) -> None:
         """Append one record (never a secret or key material: callers pass facts only)."""
+        self.append_all([record])
+
+    def append_all(self, records: list[dict[str, Any]]) -> None:
+        """Append records in order, under one lock and one fsync (a run's attempts: one write, not one each)."""
+        if not records:
+            return
         key = self._require_key()
         files.ensure_private_dir(self.directory)
         with locked(self.lock):
             self._seal_legacy(key)
-            self._append_locked(key, record)
+            self._append_locked(key, *records)
 
     def seal_legacy(self) -> None:
         """Seal a 0.1.0 journal now (upgrade on first use); nothing to do for a keyed or missing one."""
@@ -115,21 +121,27 @@ class Journal:
             if not self.path.exists() and not self.head.exists():
                 self._append_locked(key, {"time": _now(), "event": "journal_started"})
 
-    def _append_locked(self, key: bytes, record: dict[str, Any]) -> None:
-        seq, prev = self._tail(key)
-        body = json.dumps({"seq": seq + 1, **record, "prev": prev}, separators=(",", ":")).encode("utf-8")
-        mac = _mac(key, body)
+    def _append_locked(self, key: bytes, *records: dict[str, Any]) -> None:
+        first, prev = self._tail(key)
+        seq, macs, lines = first, [prev], []
+        for record in records:  # each line chained to the one before it
+            seq += 1
+            body = json.dumps({"seq": seq, **record, "prev": macs[-1]}, separators=(",", ":")).encode("utf-8")
+            macs.append(_mac(key, body))
+            lines.append(body[:-1] + b',"mac":"' + macs[-1].encode() + b'"}\n')
+        data, mac = b"".join(lines), macs[-1]
         fd = files.open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
-            os.write(fd, body[:-1] + b',"mac":"' + mac.encode() + b'"}\n')
+            while data:
+                data = data[os.write(fd, data):]
             os.fsync(fd)
         finally:
             os.close(fd)
-        head = {"format": FORMAT, "lines": seq + 1, "mac": mac, "head_mac": _head_mac(key, seq + 1, mac)}
+        head = {"format": FORMAT, "lines": seq, "mac": mac, "head_mac": _head_mac(key, seq, mac)}
         files.write_private(self.head, json.dumps(head).encode() + b"\n")
         self._keyed = True
-        if seq == 0 and self._anchor is not None and self._anchored() is None:
-            doc = {"state_dir": str(self.directory), "first_line_mac": mac}
+        if first == 0 and self._anchor is not None and self._anchored() is None:
+            doc = {"state_dir": str(self.directory), "first_line_mac": macs[1]}
             files.create_private_exclusive(self._anchor, json.dumps(doc).encode() + b"\n")
 
     def _anchored(self) -> str | None:
@@ -214,8 +226,10 @@ class Journal:
                     yield doc
 
     # -- verifying ----------------------------------------------------------------------------------------------
-    def verify(self) -> Verdict:
-        """Every line's MAC and link, the head, and the sealed 0.1.0 journal if any. Never OK with nothing to check."""
+    def verify(self, records: list[dict[str, Any]] | None = None) -> Verdict:
+        """Every line's MAC and link, the head, and the sealed 0.1.0 journal if any. Never OK with nothing to check.
+        `records`: filled with the keyed lines that passed, from the same read (a reader that acts on the journal
+        must not read it a second time, unverified)."""
         key = self._require_key()
         problems: list[Problem] = []
         notes: list[str] = []
@@ -229,7 +243,7 @@ class Journal:
         if not self.path.exists():
             problems.append(Problem(0, f"{self.path} is missing: the journal was deleted, or this state directory "
                                        "has never recorded anything (nothing to verify)"))
-        macs, anchor = self._check_lines(key, problems)
+        macs, anchor = self._check_lines(key, problems, records)
         count = len(macs)
         first = self._anchored()
         if first is not None and count and macs[1] != first:
@@ -245,7 +259,8 @@ class Journal:
         problems.sort(key=lambda p: p.line)
         return Verdict(not problems, count, tuple(problems), tuple(notes))
 
-    def _check_lines(self, key: bytes, problems: list[Problem]) -> tuple[dict[int, str], dict[str, Any] | None]:
+    def _check_lines(self, key: bytes, problems: list[Problem],
+                     records: list[dict[str, Any]] | None = None) -> tuple[dict[int, str], dict[str, Any] | None]:
         link = GENESIS
         macs: dict[int, str] = {}
         anchor: dict[str, Any] | None = None
@@ -266,6 +281,8 @@ class Journal:
                                                 "inserted or reordered"))
             elif doc.get("seq") != number:
                 problems.append(Problem(number, f"sequence {doc.get('seq')} at line {number}: lines removed"))
+            elif records is not None:
+                records.append(doc)
             if number == 1 and doc.get("event") == "journal_sealed":
                 anchor = doc
             link = macs[number] = found.group(1).decode()

@@ -37,6 +37,7 @@ class Ledger:
         self.from_renewal = from_renewal
         self.source = source  # the lineage a deploy run ships (None for the drain: each entry names its own)
         self.run = run
+        self.keys = keys
         self.journal = Journal(state_dir, keys.journal, keys.journal_anchor)
         self.spool = sp.Spool(state_dir, keys.spool)
         self.now = now or datetime.now(timezone.utc)
@@ -49,6 +50,11 @@ class Ledger:
 
     # -- journal ------------------------------------------------------------------------------------------------
     def record(self, event: str, facts: CertificateFacts | None, target: str | None, **fields: Any) -> None:
+        rec = self._record_of(event, facts, target, **fields)
+        self._guard("write the journal", lambda: self.journal.append(rec))
+
+    def _record_of(self, event: str, facts: CertificateFacts | None, target: str | None,
+                   **fields: Any) -> dict[str, Any]:
         rec: dict[str, Any] = {
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "run": self.run,
@@ -61,7 +67,7 @@ class Ledger:
         if facts is not None:  # what the metrics' and `status --nagios`' expiry figures are read from
             rec["not_after"] = facts.not_after.isoformat()
         rec.update(fields)
-        self._guard("write the journal", lambda: self.journal.append(rec))
+        return rec
 
     def _source_name(self) -> str | None:
         """The certificate a deploy run was asked to ship, before (or without) reading it."""
@@ -69,16 +75,16 @@ class Ledger:
             return None
         return self.source.name or (self.source.lineage_dir.name if self.source.lineage_dir else None)
 
-    def _attempt(self, facts: CertificateFacts | None, job: Job, attempt: Attempt, prior: int) -> None:
+    def _attempt(self, facts: CertificateFacts | None, job: Job, attempt: Attempt, prior: int) -> dict[str, Any]:
         f = attempt.failure
         outcome = "delivered" if f is None and not attempt.refused else (
             "uncertain" if f is not None and f.maybe_delivered else
             "partial" if attempt.accepted and attempt.refused else "failed")
-        self.record("attempt", facts, job.target.name,
-                    message_id=job.message.message_id if job.message else None,
-                    recipients=list(job.message.envelope_to) if job.message else [],
-                    **_protection(job.message), outcome=outcome, **failure_json(f), attempt=prior + attempt.number,
-                    duration_s=round(attempt.duration_s, 3), **_key_and_names(facts))
+        return self._record_of("attempt", facts, job.target.name,
+                               message_id=job.message.message_id if job.message else None,
+                               recipients=list(job.message.envelope_to) if job.message else [],
+                               **_protection(job.message), outcome=outcome, **failure_json(f),
+                               attempt=prior + attempt.number, duration_s=round(attempt.duration_s, 3), **_key_and_names(facts))
 
     def held_back(self, facts: CertificateFacts, target: str, reason: str) -> None:
         """A quiet target's renewal that was not sent (min_interval): journalled, never spooled."""
@@ -98,6 +104,22 @@ class Ledger:
                                 self.now)
         with self._claiming("write the spool", lambda: self.spool.claim_new(entry)) as held:
             yield held
+
+    @contextmanager
+    def write_ahead_all(self, facts: CertificateFacts, source: LineageSource,
+                        jobs: list[Job]) -> Iterator[list[sp.Entry | None]]:
+        """`write_ahead` for every job of a run, the spool directory fsynced once for all of them before the
+        block (before the first connection), not once per entry."""
+        with ExitStack() as claims:
+            with self._batch("write the spool"):
+                entries = [claims.enter_context(self.write_ahead(facts, source, job)) for job in jobs]
+            yield entries
+
+    @contextmanager
+    def _batch(self, what: str) -> Iterator[None]:
+        """spool.batch(), its closing fsync failing like any other state write: logged, never raised."""
+        with self.spool.batch(lambda exc: self._trouble(what, exc)):
+            yield
 
     @contextmanager
     def claim(self, entry_id: str) -> Iterator[sp.Entry | None]:
@@ -123,8 +145,20 @@ class Ledger:
     # -- saving -------------------------------------------------------------------------------------------------
     def save(self, facts: CertificateFacts | None, delivery: Delivery, entry: sp.Entry | None) -> None:
         """After the event loop, with `entry` still claimed: journal every attempt, then settle the entry."""
-        for attempt in delivery.attempts:
-            self._attempt(facts, delivery.job, attempt, entry.attempts if entry else 0)
+        self.save_all(facts, [(delivery, entry)])
+
+    def save_all(self, facts: CertificateFacts | None, saved: list[tuple[Delivery, sp.Entry | None]]) -> None:
+        """`save` for a run's deliveries, their entries still claimed: every attempt journalled in one append (one
+        fsync), then every entry settled, the spool directory fsynced once. The journal is written before any entry
+        is settled, and all of it before the run reports."""
+        records = [self._attempt(facts, delivery.job, attempt, entry.attempts if entry else 0)
+                   for delivery, entry in saved for attempt in delivery.attempts]
+        self._guard("write the journal", lambda: self.journal.append_all(records))
+        with self._batch("update the spool"):
+            for delivery, entry in saved:
+                self._settle(facts, delivery, entry)
+
+    def _settle(self, facts: CertificateFacts | None, delivery: Delivery, entry: sp.Entry | None) -> None:
         result = delivery.result
         if result.status is Status.SKIPPED:
             return

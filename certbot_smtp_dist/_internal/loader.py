@@ -35,11 +35,13 @@ class Loaded:
     plugins: pluggy.PluginManager
 
 
-def load(path: Path, environ: Mapping[str, str] | None = None) -> Loaded:
-    """Everything a run needs from the configuration. Raises ConfigError (every problem), UnsafePathError."""
+def load(path: Path, environ: Mapping[str, str] | None = None, trusted: bool = False) -> Loaded:
+    """Everything a run needs from the configuration. Raises ConfigError (every problem), UnsafePathError.
+    `trusted`: the caller has just run require_trusted_config(path) itself (the deploy use case, first thing)."""
     from certbot_smtp_dist._internal.plugins import make_manager, payload_formats
 
-    require_trusted_config(path)  # before a byte of it, or of the credentials beside it, is read
+    if not trusted:
+        require_trusted_config(path)  # before a byte of it, or of the credentials beside it, is read
     log.debug("loading config %s", path)
     pm = make_manager()
     formats = payload_formats(pm)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from certbot_smtp_dist._internal import pem
 from certbot_smtp_dist.errors import PayloadError
 from certbot_smtp_dist.hookspecs import hookimpl
 from certbot_smtp_dist.model import Artefact, Attachment, Payload, PayloadFormat, Secret
@@ -51,8 +52,10 @@ def build_pkcs12(artefact: Artefact, secret: Secret | None) -> tuple[Attachment,
 
     try:
         key: Any = serialization.load_pem_private_key(artefact.key_pem, password=None)
-        certs = x509.load_pem_x509_certificates(artefact.fullchain_pem) if hasattr(
-            x509, "load_pem_x509_certificates") else _split_certs(artefact.fullchain_pem)
+        # The chain as lineage.py wrote it (canonical PEM, certificates only), split by the one PEM reader; the same
+        # on every cryptography version (load_pem_x509_certificates is 39+).
+        certs = [x509.load_der_x509_certificate(b.der) for b in pem.blocks(artefact.fullchain_pem)
+                 if b.label == pem.CERTIFICATE]
         encryption = (
             serialization.PrivateFormat.PKCS12.encryption_builder()
             .kdf_rounds(PKCS12_KDF_ROUNDS)
@@ -72,13 +75,6 @@ def build_pkcs12(artefact: Artefact, secret: Secret | None) -> tuple[Attachment,
 def build_notice(artefact: Artefact, secret: Secret | None) -> tuple[Attachment, ...]:
     """Nothing attached: the body alone carries the certificate's facts (for the lists that only need to know)."""
     return ()
-
-
-def _split_certs(pem: bytes) -> list[Any]:  # pragma: no cover - cryptography < 39
-    from cryptography import x509
-
-    marker = b"-----BEGIN CERTIFICATE-----"
-    return [x509.load_pem_x509_certificate(marker + part) for part in pem.split(marker)[1:]]
 
 
 BUILTIN_FORMATS = (

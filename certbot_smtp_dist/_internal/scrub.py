@@ -11,6 +11,7 @@ is), so while any secret of the run is under `MIN_SECRET` characters the relay's
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -210,8 +211,20 @@ def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def scrubber_of(secrets: Iterable[Secret]) -> Scrubber:
+    """The scrubber of these secrets, built once: a run scrubs every failure, refusal and -vv line of every target
+    with the same secrets, and building one costs milliseconds (every spelling in every view)."""
+    return _built(tuple(secrets))
+
+
+@functools.lru_cache(maxsize=16)
+def _built(secrets: tuple[Secret, ...]) -> Scrubber:
+    # Keyed by the Secret objects themselves (identity: Secret defines no equality), never by their values.
+    return Scrubber.of(secrets)
+
+
 def scrub_failure(failure: Failure, secrets: Iterable[Secret]) -> Failure:
-    scrubber = Scrubber.of(secrets)
+    scrubber = scrubber_of(secrets)
     if scrubber.withhold:
         facts = " ".join(str(f) for f in (failure.smtp_code, failure.enhanced_status) if f)
         return replace(failure, detail=f"{facts} {WITHHELD}" if facts else WITHHELD)
@@ -219,4 +232,4 @@ def scrub_failure(failure: Failure, secrets: Iterable[Secret]) -> Failure:
 
 
 def scrub_reply(reply: Reply, secrets: Iterable[Secret]) -> Reply:
-    return replace(reply, text=Scrubber.of(secrets).text(reply.text))
+    return replace(reply, text=scrubber_of(secrets).text(reply.text))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -206,6 +206,32 @@ class Spool:
     def __init__(self, state_dir: Path, key: bytes) -> None:
         self.directory = state_dir / SPOOL_DIR
         self._key = key
+        self._deferred: bool | None = None  # inside batch(): whether a directory fsync is owed
+
+    @contextmanager
+    def batch(self, sync_failed: Callable[[OSError], None] | None = None) -> Iterator[None]:
+        """Writes and removals in the block share one fsync of the spool directory, at its end (each file is still
+        fsynced itself). A caller relies on none of them before the block ends: the write-ahead of a run is
+        durable before its first connection, its settlement before the run reports. `sync_failed` takes an
+        OSError of that last fsync (raised without it); what the block itself raises is never caught here."""
+        self._deferred = False
+        try:
+            yield
+        finally:
+            owed, self._deferred = self._deferred, None
+            if owed:
+                try:
+                    files.fsync_dir(self.directory)
+                except OSError as exc:
+                    if sync_failed is None:
+                        raise
+                    sync_failed(exc)
+
+    def _sync(self) -> None:
+        if self._deferred is None:
+            files.fsync_dir(self.directory)
+        else:
+            self._deferred = True
 
     def _path(self, entry_id_: str) -> Path:
         return self.directory / f"{entry_id_}.json"
@@ -250,14 +276,15 @@ class Spool:
 
     def write(self, entry: Entry) -> None:
         files.ensure_private_dir(self.directory)
-        files.write_private(self._path(entry.id), encode(entry, self._key))
+        files.write_private(self._path(entry.id), encode(entry, self._key), sync_dir=False)
+        self._sync()
 
     def remove(self, entry_id_: str) -> None:
         try:
             self._path(entry_id_).unlink()
         except FileNotFoundError:
             return
-        files.fsync_dir(self.directory)
+        self._sync()
         try:
             (self.directory / "locks" / f"{entry_id_}.lock").unlink()
         except FileNotFoundError:

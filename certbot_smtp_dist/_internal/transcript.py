@@ -16,7 +16,7 @@ from typing import Any
 
 from certbot_smtp_dist._internal import classify
 from certbot_smtp_dist._internal.addresses import printable
-from certbot_smtp_dist._internal.scrub import MASK, WITHHELD, Scrubber
+from certbot_smtp_dist._internal.scrub import MASK, WITHHELD, Scrubber, scrubber_of
 from certbot_smtp_dist.model import Phase, Secret, Target, TlsMode
 
 LOGGER = "certbot_smtp_dist.transcript"
@@ -137,7 +137,7 @@ class Transcribed:
         """Relay text, each line made printable (untrusted: no control characters reach the log) and then every
         secret of the run masked; None when scrub.py says it must be withheld."""
         if self._scrubber is None:
-            self._scrubber = Scrubber.of(self._secrets)
+            self._scrubber = scrubber_of(self._secrets)
         return self._scrubber.masked("\n".join(printable(line) for line in text.splitlines()))
 
     def _line(self, who: str, text: str) -> None:

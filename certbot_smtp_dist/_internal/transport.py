@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import ipaddress
+import os
 import re
 import socket
 import ssl
@@ -13,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from certbot_smtp_dist._internal import (
     classify,
@@ -115,22 +116,39 @@ def client_tls_context(target: Target) -> ssl.SSLContext:
 
 
 class TlsContexts:
-    """One verified client context per distinct trust configuration (`tls_ca_file`, `tls_skip_verify`) in a run.
+    """The verified client context of each distinct trust configuration, shared by every run in the process.
 
-    Loading the system trust store costs tens of milliseconds of CPU per context; one context serves any number of
-    concurrent connections, so 50 targets behind one relay load it once, not 50 times.
+    Loading the system trust store costs tens of milliseconds of CPU per context, and one context serves any number
+    of concurrent connections: 50 targets behind one relay load it once, not 50 times, and so do the sessions of
+    later runs in the same process (the certbot plugin, `retry`). The key holds the `tls_ca_file`'s identity (device,
+    inode, size, modification time), so an anchor replaced on disk is read again; the system store itself is read
+    once per process (a renewal run is short). Nothing changes a context once made.
     """
 
-    def __init__(self) -> None:
-        self._made: dict[tuple[Path | None, bool], ssl.SSLContext] = {}
+    _made: ClassVar[dict[tuple[Path | None, bool, tuple[int, ...]], ssl.SSLContext]] = {}
+    _MAX = 32  # distinct trust configurations kept; past that the cache starts again
 
     def get(self, target: Target) -> ssl.SSLContext | None:
         if target.tls_mode is TlsMode.PLAINTEXT:
             return None
-        key = (target.tls_ca_file, target.tls_skip_verify)
-        if key not in self._made:
-            self._made[key] = client_tls_context(target)
-        return self._made[key]
+        key = (target.tls_ca_file, target.tls_skip_verify, _identity(target.tls_ca_file))
+        made = self._made.get(key)
+        if made is None:
+            made = client_tls_context(target)  # an unreadable anchor raises here, as before, and is not cached
+            if len(self._made) >= self._MAX:
+                self._made.clear()
+            self._made[key] = made
+        return made
+
+
+def _identity(path: Path | None) -> tuple[int, ...]:
+    if path is None:
+        return ()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()  # the load that follows fails and names the file
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 async def deliver(target: Target, message: Message, password: Secret | None, budget: float,
@@ -382,6 +400,7 @@ async def _open(client: Any, target: Target, password: Secret | None, progress: 
             raise _Abort(Failure(ErrorCode.SMTP_TLS, Phase.TLS,
                                  "relay does not advertise STARTTLS; refusing to continue in plaintext"))
         await client.starttls(server_hostname=target.host)
+        _ack_promptly(client)
         if seen is not None:
             seen.encryption = _encryption(client)
             if seen.until_tls:
@@ -612,6 +631,31 @@ async def _open_socket(host: str, port: int, progress: _Progress) -> socket.sock
             sock.close()
             raise
     raise last
+
+
+def _ack_promptly(client: Any) -> None:
+    """Acknowledge the relay's next segments at once, once the command about to be written has left.
+
+    After a TLS 1.3 handshake the relay sends its session tickets (RFC 8446 §4.6.1), then answers our next command.
+    A relay with Nagle's algorithm on (Postfix) holds that small reply until the tickets are acknowledged, and our
+    kernel, having just sent the command, delays that acknowledgement by its delayed-ACK timer (40 ms on Linux):
+    one stall per session. TCP_QUICKACK turns delayed ACKs off, but sending data turns them back on, so it is set
+    by a callback that runs when the command's task step has written it and yields to await the reply. Linux only;
+    elsewhere (or on a socket that refuses it) nothing changes but the stall.
+    """
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    if quickack is None:
+        return
+
+    def set_quickack() -> None:
+        transport = getattr(client, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+
+    asyncio.get_running_loop().call_soon(set_quickack)
 
 
 def _close(progress: _Progress) -> None:

@@ -13,7 +13,7 @@ import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, final
+from typing import Any, AnyStr, Literal, final
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -214,6 +214,18 @@ class _Authenticator:
         return AuthResult(success=success, handled=False, auth_data=auth_data)
 
 
+class _DelayingSMTP(SMTP):
+    """aiosmtpd's server, each reply (greeting included) sent `delay` seconds late: a distant relay."""
+
+    def __init__(self, *args: Any, delay: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._delay = delay
+
+    async def push(self, status: AnyStr) -> None:
+        await asyncio.sleep(self._delay)
+        await super().push(status)
+
+
 @final
 class Relay(BackgroundServer):
     """aiosmtpd relay bound to ``host`` on a free port.
@@ -224,6 +236,7 @@ class Relay(BackgroundServer):
     ``auth=(user, password)`` makes AUTH (PLAIN, LOGIN) mandatory before MAIL.
     ``reject`` maps recipient address -> full reply (e.g. ``"550 5.1.1 No such user"``).
     ``tls_context`` overrides the server context built from ``pki`` and ``cert``.
+    ``reply_delay`` sends every reply, greeting included, that many seconds late (a distant relay).
     """
 
     def __init__(
@@ -239,6 +252,7 @@ class Relay(BackgroundServer):
         tls_context: ssl.SSLContext | None = None,
         port: int = 0,
         bearer: Bearer | None = None,
+        reply_delay: float = 0.0,
     ) -> None:
         if mode not in RELAY_MODES:
             raise ValueError(f"unknown relay mode {mode!r}")
@@ -254,6 +268,7 @@ class Relay(BackgroundServer):
                          else _BearerHandler(self._recorder, reject or {}, bearer))
         self._authenticator = _Authenticator(self._recorder, auth)
         self._tls_context = tls_context
+        self.reply_delay = reply_delay
         super().__init__()
         self._protocols: list[SMTP] = []
 
@@ -273,7 +288,8 @@ class Relay(BackgroundServer):
 
     def _make_protocol(self, tls: ssl.SSLContext | None, loop: asyncio.AbstractEventLoop) -> SMTP:
         self._recorder.add_connection()
-        smtp = SMTP(
+        delayed: dict[str, Any] = {"delay": self.reply_delay} if self.reply_delay else {}
+        smtp = (_DelayingSMTP if delayed else SMTP)(
             self._handler,
             hostname=self.hostname,
             tls_context=tls if self.mode == "starttls" else None,
@@ -284,6 +300,7 @@ class Relay(BackgroundServer):
             authenticator=self._authenticator,
             enable_SMTPUTF8=True,
             loop=loop,
+            **delayed,
         )
         # Set after __init__ to skip aiosmtpd's "AUTH without TLS" UserWarning in the
         # plain modes (that is exactly what those modes are for).

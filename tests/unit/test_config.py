@@ -153,7 +153,7 @@ def test_retry_policy_from_defaults() -> None:
     assert settings.retry.attempts == 5 and settings.retry.max_age == timedelta(days=2.5)
     default = parse_settings({"targets": {"t": BASE}}, Path("/etc/x/config.toml"), CREDS, FORMATS)
     assert default.retry.attempts == 3 and default.retry.max_age == timedelta(days=5)
-    assert default.retry.connections_per_relay == 10
+    assert default.retry.connections_per_relay == 20
     bounded = parse_settings({"defaults": {"connections_per_relay": 2}, "targets": {"t": BASE}},
                              Path("/etc/x/config.toml"), CREDS, FORMATS)
     assert bounded.retry.connections_per_relay == 2

@@ -3,6 +3,8 @@ of which renewals it holds back."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -10,8 +12,9 @@ from typing import Any
 import pytest
 
 from certbot_smtp_dist._internal.config import parse_settings
+from certbot_smtp_dist._internal.journal import Journal
 from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
-from certbot_smtp_dist._internal.quiet import Delivered, hold_back
+from certbot_smtp_dist._internal.quiet import Delivered, hold_back, last_deliveries
 from certbot_smtp_dist.errors import ConfigError
 from certbot_smtp_dist.model import CertificateFacts, Target
 
@@ -115,3 +118,38 @@ def test_the_reason_names_the_delivery_it_refers_to_and_only_what_is_known() -> 
 def test_names_compare_without_case_or_order() -> None:
     upper = facts(names=("WWW.example.com", "Example.COM"))
     assert hold_back(target(), upper, last(timedelta(hours=1)), NOW) is not None
+
+
+# -------------------------------------------------------------------------------------- what the journal says
+
+
+def _delivered_line(target: str, time: str) -> dict[str, Any]:
+    return {"event": "attempt", "outcome": "delivered", "certificate": "example.com", "target": target,
+            "time": time, "spki_sha256": "aa" * 32, "names": ["example.com", "www.example.com"]}
+
+
+def test_deliveries_are_read_from_the_verified_lines_in_one_read(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16 review: the journal was verified, then read a second time, unverified, for the decision."""
+    journal = Journal(tmp_path, b"k" * 32)
+    journal.append_all([_delivered_line("quiet", "2026-11-30T12:00:00+00:00"),
+                        _delivered_line("other", "2026-11-30T13:00:00+00:00")])
+    def unverified(self: Journal) -> Any:
+        raise AssertionError("the journal was read again, unverified")
+
+    monkeypatch.setattr(Journal, "records", unverified)
+    found = last_deliveries(journal, "example.com", ["quiet"])
+    assert found is not None and set(found) == {"quiet"}
+    assert found["quiet"].time == datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+
+
+def test_a_sealed_0_1_0_line_holds_nothing_back(tmp_path: Path) -> None:
+    """Only keyed lines count: a 0.1.0 line (written by anyone who could write the state then) is history only."""
+    legacy = json.dumps({"seq": 1, **_delivered_line("quiet", "2026-11-30T12:00:00+00:00"), "prev": "0" * 64},
+                        separators=(",", ":")).encode()
+    (tmp_path / "journal.jsonl").write_bytes(legacy + b"\n")
+    (tmp_path / "journal.head").write_text(json.dumps({"seq": 1, "sha256": hashlib.sha256(legacy).hexdigest()}))
+    journal = Journal(tmp_path, b"k" * 32)
+    journal.append({"event": "after"})  # seals the 0.1.0 journal
+    assert journal.verify().ok
+    assert last_deliveries(journal, "example.com", ["quiet"]) == {}

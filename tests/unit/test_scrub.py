@@ -136,3 +136,15 @@ def test_non_ascii_letters_in_any_case_and_utf16_spellings_are_scrubbed(form: st
     out = scrubbed(UNICODE_PW, raw)
     assert leaks(UNICODE_PW, out) == [], out
     assert "bad credentials" in out and "try again" in out
+
+
+def test_a_runs_scrubber_is_built_once_per_set_of_secrets() -> None:
+    """Issue 16: every failure, refusal and -vv line of a run was scrubbed with a scrubber built anew (ms each)."""
+    password, passphrase = Secret("relay-password-0123"), Secret("p12-passphrase-4567")
+    first = scrub.scrubber_of((password, passphrase))
+    assert scrub.scrubber_of([password, passphrase]) is first
+    assert scrub.scrub_reply(Reply(550, None, "no relay-password-0123 here"), (password, passphrase)).text \
+        == f"no {scrub.MASK} here"
+    # Keyed by the secrets themselves, never by their values: another secret of the same value is its own entry.
+    again = scrub.scrubber_of((Secret("relay-password-0123"), passphrase))
+    assert again is not first and again.needles == first.needles

@@ -1,0 +1,83 @@
+"""The relay's TLS client context is made once per trust configuration and process, and read again when the
+`tls_ca_file` it trusts is replaced; after STARTTLS the client acknowledges the relay's session tickets at once
+(issue 16: the system store load and a 40 ms delayed-ACK stall per session)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from support.pki import relay_certs
+
+from certbot_smtp_dist._internal import transport
+from certbot_smtp_dist.model import AuthMethod, Target, TlsMode
+
+
+def target(ca_file: Path | None, tls_mode: TlsMode = TlsMode.STARTTLS, skip_verify: bool = False) -> Target:
+    return Target("t", "relay.test", 587, tls_mode, skip_verify, ca_file, AuthMethod.NONE, None, None, 30.0,
+                  "certbot@example.com", None, ("ops@example.com",), (), (), "pem", None, None, ())
+
+
+def test_runs_in_one_process_share_the_context_of_one_trust_configuration(tmp_path: Path) -> None:
+    ca = relay_certs(tmp_path).ca_file
+    first = transport.TlsContexts().get(target(ca))
+    assert first is not None
+    assert transport.TlsContexts().get(target(ca)) is first  # a second run: no second load of the system store
+    assert transport.TlsContexts().get(dataclasses.replace(target(ca), name="other", port=465)) is first
+
+
+def test_each_trust_configuration_has_its_own_context(tmp_path: Path) -> None:
+    ca = relay_certs(tmp_path).ca_file
+    contexts = transport.TlsContexts()
+    verified, unverified, system = contexts.get(target(ca)), contexts.get(target(ca, skip_verify=True)), \
+        contexts.get(target(None))
+    assert verified is not None and unverified is not None and system is not None
+    assert len({id(verified), id(unverified), id(system)}) == 3
+    assert unverified.verify_mode.name == "CERT_NONE" and verified.check_hostname
+    assert contexts.get(target(ca, TlsMode.PLAINTEXT)) is None
+
+
+def test_a_replaced_anchor_file_is_read_again(tmp_path: Path) -> None:
+    ca = relay_certs(tmp_path / "a").ca_file
+    before = transport.TlsContexts().get(target(ca))
+    replacement = tmp_path / "new.pem"
+    replacement.write_bytes(relay_certs(tmp_path / "b").ca_file.read_bytes())
+    os.replace(replacement, ca)  # how a CA file is updated: a new inode under the same name
+    after = transport.TlsContexts().get(target(ca))
+    assert after is not None and after is not before
+
+
+def test_a_missing_anchor_is_an_error_every_time(tmp_path: Path) -> None:
+    missing = tmp_path / "gone.pem"
+    for _ in range(2):
+        with pytest.raises(OSError):
+            transport.TlsContexts().get(target(missing))
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux only")
+def test_quick_acknowledgement_is_asked_for_on_the_clients_socket() -> None:
+    calls: list[tuple[int, int, int]] = []
+
+    class Sock:
+        def setsockopt(self, level: int, option: int, value: int) -> None:
+            calls.append((level, option, value))
+
+    class Transport:
+        def get_extra_info(self, name: str) -> object:
+            return Sock() if name == "socket" else None
+
+    class Client:
+        transport = Transport()
+
+    async def run() -> list[tuple[int, int, int]]:
+        transport._ack_promptly(Client())
+        before = list(calls)  # not yet: the command about to be written would turn delayed ACKs back on
+        await asyncio.sleep(0)
+        return before
+
+    assert asyncio.run(run()) == []
+    assert calls == [(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)]
