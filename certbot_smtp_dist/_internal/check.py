@@ -155,8 +155,9 @@ def _message_sizes(source: LineageSource | None, targets: tuple[Target, ...], lo
 async def _probe_all(targets: tuple[Target, ...], secrets: Mapping[str, Secret], authenticate: bool,
                      per_relay: int) -> list[tuple[Probe, RelayCertificate | None, float]]:
     from certbot_smtp_dist._internal.pipeline import RelaySlots
-    from certbot_smtp_dist._internal.transport import TlsContexts
+    from certbot_smtp_dist._internal.transport import TlsContexts, settle_lost_connections
 
+    settle_lost_connections(asyncio.get_running_loop())
     slots, tls = RelaySlots(per_relay), TlsContexts()
     return list(await asyncio.gather(*(_probe_one(t, secrets, authenticate, slots, tls) for t in targets)))
 

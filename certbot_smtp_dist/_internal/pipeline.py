@@ -282,8 +282,9 @@ def deliver_all(jobs: list[Job], policy: RetryPolicy = DEFAULT_POLICY, started: 
                                                 job.message.message_id if job.message else None))
 
     async def run_all() -> list[Delivery]:
-        from certbot_smtp_dist._internal.transport import TlsContexts
+        from certbot_smtp_dist._internal.transport import TlsContexts, settle_lost_connections
 
+        settle_lost_connections(asyncio.get_running_loop())
         slots, tls = RelaySlots(policy.connections_per_relay), TlsContexts()  # shared by every target of the run
         return list(await asyncio.gather(*(run_one(j, slots, tls) for j in jobs)))
 

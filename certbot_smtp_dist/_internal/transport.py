@@ -6,11 +6,13 @@ import asyncio
 import base64
 import contextlib
 import ipaddress
+import logging
 import os
 import re
 import socket
 import ssl
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,6 +42,7 @@ from certbot_smtp_dist.model import (
     TlsMode,
 )
 
+_log = logging.getLogger("certbot_smtp_dist")
 _CACHE_IO_FLOOR = 2.0  # seconds a token-cache write or removal may take even when the deadline has passed
 
 
@@ -78,17 +81,23 @@ class _ReplyHead:
     def __init__(self, protocol: Any) -> None:
         self.head = bytearray()
         self.frozen = False
-        write, received = protocol.write, protocol.data_received
+        # Weak references: the wrappers live on the protocol, and strong ones back to it would make a cycle that
+        # only the cyclic collector frees, in an order that defeats aiosmtplib's own care (its __del__ retrieves
+        # the exception of a reply future a lost connection failed; freed after that future, asyncio reports
+        # "Future exception was never retrieved" on stderr, outside our log format).
+        write, received = weakref.WeakMethod(protocol.write), weakref.WeakMethod(protocol.data_received)
 
         def on_write(data: Any) -> Any:
             if not self.frozen:
                 self.head.clear()
-            return write(data)
+            method = write()
+            return method(data) if method is not None else None
 
         def on_data(data: bytes) -> Any:
             if not self.frozen and len(self.head) < 4:
                 self.head += data[:4 - len(self.head)]
-            return received(data)
+            method = received()
+            return method(data) if method is not None else None
 
         protocol.write, protocol.data_received = on_write, on_data  # this connection's protocol object only
 
@@ -666,6 +675,27 @@ def _close(progress: _Progress) -> None:
             pass
     if progress.sock is not None:
         progress.sock.close()
+
+
+def settle_lost_connections(loop: asyncio.AbstractEventLoop) -> None:
+    """Route what the event loop itself reports into our log, for the sessions of this loop.
+
+    aiosmtplib 2.0 arms a reply future after every reply, and the relay's close after QUIT fails it with
+    SMTPServerDisconnected; its protocol's __del__ retrieves that exception, unless the cyclic collector frees the
+    future first. asyncio then prints "Future exception was never retrieved" on stderr, outside our log format (a
+    `--log-format json` reader chokes on it) and about nothing: the session is over. That one is debug; anything
+    else the loop reports is a warning naming the exception's class only (its text may quote a relay)."""
+    import aiosmtplib
+
+    def handler(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+            _log.debug("a closed SMTP session's last reply future: %s", type(exc).__name__)
+        else:
+            _log.warning("event loop: %s (%s)", context.get("message", "?"),
+                         type(exc).__name__ if exc is not None else "no exception")
+
+    loop.set_exception_handler(handler)
 
 
 def _major_version(version: str) -> int:
