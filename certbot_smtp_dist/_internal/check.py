@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from certbot_smtp_dist._internal import loader, report, scrub
 from certbot_smtp_dist._internal.addresses import is_loopback_host
-from certbot_smtp_dist._internal.probe import Ehlo, Probe
+from certbot_smtp_dist._internal.probe import Ehlo, Probe, size_number
 from certbot_smtp_dist._internal.relaycert import EXPIRY_WARNING_DAYS, RelayCertificate
 from certbot_smtp_dist.errors import ConfigError, ConfigProblem, ErrorCode
 from certbot_smtp_dist.model import (
@@ -285,7 +285,7 @@ def _scrubbed_ehlo(ehlo: Ehlo | None, scrubber: scrub.Scrubber) -> Ehlo | None:
         return None
     return Ehlo(tuple((k if k in REPORTED else _relay_text(k, scrubber, 40),
                        # SIZE's number, stated before any credential of ours was sent (AUTH comes after EHLO)
-                       v if k == "size" and v.isdigit() and len(v) < 19 else _relay_text(v, scrubber, 200))
+                       v if k == "size" and size_number(v) is not None else _relay_text(v, scrubber, 200))
                       for k, v in ehlo.extensions),
                 tuple(m if m in KNOWN_MECHANISMS else _relay_text(m, scrubber, 40) for m in ehlo.auth))
 
