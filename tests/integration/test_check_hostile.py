@@ -28,3 +28,25 @@ def test_a_size_parameter_of_unicode_digits_is_no_number(denv: DeployEnv, fault_
         assert run.target("archive")["ehlo_after_tls"]["size_limit"] == 0  # no number: no limit we can compare
         human = denv.run("check")
         assert human.returncode == 0 and "SIZE (no limit)" in human.stdout, human.stdout + human.stderr
+
+
+def test_thousands_of_ehlo_lines_are_bounded_and_escapes_made_printable(
+        denv: DeployEnv, fault_server, relay_pki: RelayPKI) -> None:
+    # Under aiosmtplib 3's 32 KiB bound on a reply: 2500 keywords, one with an ANSI escape and a bell.
+    server = fault_server(tls_context=relay_pki.server_context(), ehlo_extensions=(
+        "SIZE 1000", "AUTH " + " ".join(f"M{i}" for i in range(100)), "\x1b[31mRED\x1b[0m x\x07y",
+        *(f"X{i} v" for i in range(2500)), "PIPELINING"))
+    denv.write_config({"archive": fault_target(server, relay_pki)})
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    after = run.target("archive")["ehlo_after_tls"]
+    assert after["size_limit"] == 1000 and after["pipelining"] is True  # what a delivery cares about, all kept
+    assert len(after["extensions"]) <= 40 and len(after["auth"]) <= 20
+    assert "\x1b" not in run.stdout and "\\u001b" not in run.stdout and "\x07" not in run.stdout
+    assert any("EHLO reply is long" in n for n in run.target("archive")["notes"])
+    human = denv.run("check")
+    assert human.returncode == 0 and len(human.stdout) < 4000, human.stdout
+    assert "\x1b" not in human.stdout and "PIPELINING" in human.stdout
+    assert all(c.isprintable() for line in human.stdout.splitlines() for c in line)
