@@ -302,6 +302,8 @@ async def _open(client: Any, target: Target, password: Secret | None, progress: 
         if seen.until_tls:
             return await _polite_quit(client)
     # RFC 5321 §4.1.1.1: our FQDN, else an address literal; `name` is the one the session decided on.
+    if seen is not None:
+        seen.helo_name = name  # shown also when the relay refuses it
     await client.ehlo(hostname=name)
     if seen is not None:
         seen.greeted(name, _ehlo(client), encrypted=target.tls_mode is TlsMode.SMTPS)

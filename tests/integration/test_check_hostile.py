@@ -50,3 +50,19 @@ def test_thousands_of_ehlo_lines_are_bounded_and_escapes_made_printable(
     assert human.returncode == 0 and len(human.stdout) < 4000, human.stdout
     assert "\x1b" not in human.stdout and "PIPELINING" in human.stdout
     assert all(c.isprintable() for line in human.stdout.splitlines() for c in line)
+
+
+def test_a_refused_ehlo_still_shows_the_name_it_refused(denv: DeployEnv, fault_server, relay_pki: RelayPKI) -> None:
+    # Relays that enforce RFC 5321 §4.1.1.1 refuse the greeting itself: the name is what the operator needs to see.
+    server = fault_server(tls_context=relay_pki.server_context(),
+                          replies={"EHLO": "550 5.7.1 Helo command rejected: need fully-qualified hostname"})
+    denv.write_config({"archive": fault_target(server, relay_pki, helo_name="mail.example.com")})
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 69, run.stdout + run.stderr
+    assert run.target("archive")["helo_name"] == "mail.example.com"
+    denv.write_config({"archive": fault_target(server, relay_pki)})
+    text = denv.run("check").stdout
+    assert "EHLO as (not sent)" not in text and "EHLO as " in text, text
+    assert "need fully-qualified hostname" in text
