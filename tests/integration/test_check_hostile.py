@@ -66,3 +66,53 @@ def test_a_refused_ehlo_still_shows_the_name_it_refused(denv: DeployEnv, fault_s
     text = denv.run("check").stdout
     assert "EHLO as (not sent)" not in text and "EHLO as " in text, text
     assert "need fully-qualified hostname" in text
+
+
+PASSWORD = "correct horse battery staple"
+
+
+def test_relay_text_in_a_failure_is_one_printable_line_without_the_password(
+        denv: DeployEnv, fault_server, relay_pki: RelayPKI) -> None:
+    import base64
+
+    echo = base64.b64encode(b"\0robot\0" + PASSWORD.encode()).decode()
+    server = fault_server(tls_context=relay_pki.server_context(), auth_replies={"PLAIN": (
+        f"535-5.7.8 \x1b[2J\x1b[31mforged\x07 {echo}\n535-5.7.8 {PASSWORD.upper()}\n535 5.7.8 {PASSWORD.encode().hex()}")})
+    denv.set_credential("relay", "smtp_password", PASSWORD)
+    denv.write_config({"archive": fault_target(server, relay_pki, auth_method="plain", username="robot",
+                                               password_credential="relay")})
+
+    for args in (("check",), ("check", "--json")):
+        run = denv.run(*args)
+        assert run.returncode == 69, run.stdout + run.stderr
+        out = run.stdout + run.stderr
+        assert "\x1b" not in out and "\x07" not in out and "\\u001b" not in out, out
+        assert echo not in out and PASSWORD.upper() not in out.upper() and PASSWORD.encode().hex() not in out
+        assert "forged" in out
+    text = denv.run("check").stdout
+    assert len([line for line in text.splitlines() if "forged" in line]) == 1
+
+
+def test_a_relay_that_stalls_at_any_step_costs_its_own_timeout_only(
+        denv: DeployEnv, fault_server, relay_pki: RelayPKI, relay_factory) -> None:
+    from support.faultscript import STALL, Reply
+
+    stalls = {"banner": {"greeting": STALL}, "ehlo": {"EHLO": STALL}, "starttls": {"STARTTLS": STALL},
+              "handshake": {"STARTTLS": Reply.text("220 2.0.0 Ready to start TLS", then="stall")},
+              "auth": {"AUTH": STALL}, "noop": {"NOOP": STALL}}
+    denv.set_credential("relay", "smtp_password", PASSWORD)
+    auth = {"auth_method": "plain", "username": "robot", "password_credential": "relay"}
+    targets = {name: fault_target(fault_server(tls_context=relay_pki.server_context(), replies=replies), relay_pki,
+                                  timeout=3, **auth)
+               for name, replies in stalls.items()}
+    denv.write_config({**targets, "healthy": fault_target(fault_server(tls_context=relay_pki.server_context()),
+                                                          relay_pki, **auth)})
+
+    run = denv.run("check", "--json")
+
+    assert run.target("healthy")["verdict"] == "ok", run.stdout
+    for name in stalls:
+        doc = run.target(name)
+        assert doc["verdict"] == "failed", (name, doc)
+        assert doc["duration_s"] < 3 + 5, (name, doc)  # its own deadline, with generous slack
+    assert run.json["exit_status"] in (69, 75)
