@@ -300,7 +300,7 @@ async def _open(client: Any, target: Target, password: Secret | None, progress: 
     if seen is not None and target.tls_mode is TlsMode.SMTPS:
         seen.encryption = _encryption(client)
         if seen.until_tls:
-            return await _polite_quit(client)
+            return await _bare_quit(client)
     # RFC 5321 §4.1.1.1: our FQDN, else an address literal; `name` is the one the session decided on.
     if seen is not None:
         seen.helo_name = name  # shown also when the relay refuses it
@@ -318,7 +318,7 @@ async def _open(client: Any, target: Target, password: Secret | None, progress: 
         if seen is not None:
             seen.encryption = _encryption(client)
             if seen.until_tls:
-                return await _polite_quit(client)  # the certificate is all this session was for
+                return await _bare_quit(client)  # the certificate is all this session was for
         await client.ehlo(hostname=name)  # RFC 3207 §4.2: forget pre-TLS extensions, ask again
         if seen is not None:
             seen.greeted(name, _ehlo(client), encrypted=True)
@@ -438,6 +438,13 @@ async def _polite_quit(client: Any) -> None:
         return
     with contextlib.suppress(Exception):
         await asyncio.wait_for(client.quit(), 1.0)
+
+
+async def _bare_quit(client: Any) -> None:
+    """QUIT and nothing else (RFC 5321 §4.1.1.10) over a channel that is not verified: aiosmtplib 2's `quit()`
+    first sends the EHLO that STARTTLS made "needed" (as `localhost`), so the command is written directly."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.execute_command(b"QUIT"), 1.0)
 
 
 async def _authenticate(client: Any, target: Target, password: Secret | None) -> None:

@@ -116,3 +116,28 @@ def test_a_relay_that_stalls_at_any_step_costs_its_own_timeout_only(
         assert doc["verdict"] == "failed", (name, doc)
         assert doc["duration_s"] < 3 + 5, (name, doc)  # its own deadline, with generous slack
     assert run.json["exit_status"] in (69, 75)
+
+
+def test_the_unverified_look_at_a_refused_certificate_sends_nothing_after_the_handshake(
+        denv: DeployEnv, fault_server, relay_pki: RelayPKI) -> None:
+    server = fault_server(tls_context=relay_pki.server_context("wrong_host"), credentials=("robot", PASSWORD))
+    smtps = fault_server(tls_context=relay_pki.server_context("expired"), tls_on_connect=True,
+                         credentials=("robot", PASSWORD))
+    denv.set_credential("relay", "smtp_password", PASSWORD)
+    auth = {"auth_method": "plain", "username": "robot", "password_credential": "relay"}
+    denv.write_config({"archive": fault_target(server, relay_pki, **auth),
+                       "implicit": fault_target(smtps, relay_pki, tls_mode="smtps", **auth)})
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 69, run.stdout
+    assert run.target("archive")["certificate"]["host_matches"] is False
+    assert run.target("implicit")["certificate"] is not None
+    assert server.wait_idle() and smtps.wait_idle()
+    # STARTTLS: the delivery's session, then the look, which ends at the handshake (QUIT, RFC 5321 §4.1.1.10).
+    assert server.connections == 2
+    look = [line.split(" ", 1)[0].upper() for d, line in server.transcript_of(2) if d == "C" and line]
+    assert look == ["EHLO", "STARTTLS", "QUIT"], look  # aiosmtplib 2's quit() sent "EHLO localhost" first
+    # smtps: the refused handshake never reaches the server's session; the look says QUIT at most.
+    assert set(smtps.client_commands) <= {"QUIT"}, smtps.transcript
+    assert server.auth_attempts == [] and smtps.auth_attempts == []
