@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from support.deployenv import DeployEnv
+import pytest
+from support import ci
+from support.deployenv import DeployEnv, relay_target
 from support.pki import RelayPKI
 
 
@@ -141,3 +144,55 @@ def test_the_unverified_look_at_a_refused_certificate_sends_nothing_after_the_ha
     # smtps: the refused handshake never reaches the server's session; the look says QUIT at most.
     assert set(smtps.client_commands) <= {"QUIT"}, smtps.transcript
     assert server.auth_attempts == [] and smtps.auth_attempts == []
+
+
+# ------------------------------------------------------------------------------- the certbot plugin's relay check
+
+
+def _plugin(denv: DeployEnv, verb: str, installer: str | None = "smtp-dist") -> Any:
+    from types import SimpleNamespace
+
+    from certbot_smtp_dist.certbot_plugin import Installer
+
+    namespace = SimpleNamespace(smtp_dist_config=str(denv.config), smtp_dist_targets=None, verb=verb, dry_run=False,
+                                backup_dir=str(denv.config.parent / "backups"), strict_permissions=False,
+                                live_dir=str(denv.config.parent / "live"), certname=None, domains=["a.example"],
+                                installer=installer, configurator=None, disable_renew_updates=False)
+    return Installer(namespace, "smtp-dist")
+
+
+@pytest.mark.parametrize("verb", ["renew", "certonly", "install", "run", "reconfigure"])
+def test_the_plugin_checks_relays_in_its_interactive_verbs_only(
+        denv: DeployEnv, relay_factory, monkeypatch: pytest.MonkeyPatch, verb: str) -> None:
+    from certbot import errors
+
+    ci.require_module("certbot", "pip install certbot, or apt-get install python3-certbot")
+    monkeypatch.setenv("CERTBOT_SMTP_DIST_STATE_DIR", str(denv.state_dir))
+    stripped = relay_factory("starttls_not_offered")
+    denv.write_config({"stripped": relay_target(stripped)})
+    plugin = _plugin(denv, verb)  # certbot's Installer makes its backup directory here
+
+    def files() -> list[Path]:
+        return sorted(p for root in (denv.config.parent, denv.state_dir) if root.exists() for p in root.rglob("*"))
+
+    before = files()
+
+    if verb in ("install", "run", "reconfigure"):
+        with pytest.raises(errors.Error, match="stripped: FAILED SMTP_TLS"):
+            plugin.prepare()
+        assert stripped.connections == 1
+    else:
+        plugin.prepare()  # renew: never raises, never dials; certonly: no installer to set up
+        assert stripped.connections == 0
+    assert stripped.messages == []
+    assert files() == before  # a failed check leaves nothing behind
+
+
+def test_the_plugin_offered_in_a_menu_dials_nothing(denv: DeployEnv, relay_factory,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    ci.require_module("certbot", "pip install certbot, or apt-get install python3-certbot")
+    monkeypatch.setenv("CERTBOT_SMTP_DIST_STATE_DIR", str(denv.state_dir))
+    relay = relay_factory("starttls")
+    denv.write_config({"archive": relay_target(relay)})
+    _plugin(denv, "install", installer=None).prepare()  # certbot prepares every installer to list them
+    assert relay.connections == 0
