@@ -315,6 +315,7 @@ async def _open(client: Any, target: Target, password: Secret | None, progress: 
             raise _Abort(Failure(ErrorCode.SMTP_TLS, Phase.TLS,
                                  "relay does not advertise STARTTLS; refusing to continue in plaintext"))
         await client.starttls(server_hostname=target.host)
+        _forget_plaintext(client)
         if seen is not None:
             seen.encryption = _encryption(client)
             if seen.until_tls:
@@ -336,6 +337,15 @@ async def _open(client: Any, target: Target, password: Secret | None, progress: 
         seen.noop = True
         with contextlib.suppress(Exception):  # RFC 5321 §4.1.1.10; a lost QUIT changes nothing of what was seen
             await client.quit()
+
+
+def _forget_plaintext(client: Any) -> None:
+    """Drop whatever came in clear after the 220 to STARTTLS (RFC 3207 §4.2; response injection, the class of
+    CVE-2011-0411): a man in the middle appends there the replies to the commands we send inside TLS. aiosmtplib
+    3 drops them itself; 2.0 (Debian 12) kept them in its read buffer and read them as the encrypted session's."""
+    buffered = getattr(getattr(client, "protocol", None), "_buffer", None)
+    if isinstance(buffered, bytearray):
+        del buffered[:]
 
 
 def _ehlo(client: Any) -> Ehlo:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from support import ci
 from support.deployenv import DeployEnv, relay_target
-from support.pki import RelayPKI
+from support.pki import LineagePaths, RelayPKI
 
 
 def fault_target(server: Any, relay_pki: RelayPKI, **overrides: Any) -> dict[str, Any]:
@@ -196,3 +196,40 @@ def test_the_plugin_offered_in_a_menu_dials_nothing(denv: DeployEnv, relay_facto
     denv.write_config({"archive": relay_target(relay)})
     _plugin(denv, "install", installer=None).prepare()  # certbot prepares every installer to list them
     assert relay.connections == 0
+
+
+def test_plaintext_sent_with_the_starttls_reply_is_never_read_as_the_encrypted_sessions(
+        denv: DeployEnv, fault_server, relay_pki: RelayPKI) -> None:
+    """STARTTLS response injection (CVE-2011-0411's class): a man in the middle appends to the relay's 220, in
+    clear, the replies the client will read after the handshake. RFC 3207 §4.2: nothing from before TLS counts;
+    aiosmtplib 3 discards such bytes, Debian's 2.0 read them as the reply to the EHLO inside TLS."""
+    from support.faultscript import Reply
+
+    server = fault_server(tls_context=relay_pki.server_context(), replies={"STARTTLS": Reply.text(
+        "220 2.0.0 Ready to start TLS", "250-injected.example", "250 AUTH XINJECTED", "220 2.0.0 injected too")})
+    denv.write_config({"archive": fault_target(server, relay_pki)})
+
+    run = denv.run("check", "--json")
+
+    after = run.target("archive")["ehlo_after_tls"]
+    assert after is not None and "XINJECTED" not in after["auth"], after
+    assert run.returncode == 0, run.stdout
+
+
+def test_injected_plaintext_cannot_make_a_refused_delivery_look_accepted(
+        denv: DeployEnv, fault_server, relay_pki: RelayPKI, lineage: LineagePaths) -> None:
+    """The same injection against deploy: the relay (requiring AUTH) refuses MAIL inside TLS, while the man in the
+    middle has appended a whole accepted transaction to the STARTTLS reply."""
+    from support.faultscript import Reply
+
+    forged = ("250-injected.example", "250 8BITMIME", "250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with .",
+              "250 2.0.0 Ok: queued as FORGED")
+    server = fault_server(tls_context=relay_pki.server_context(), require_auth=True, replies={
+        "STARTTLS": Reply.text("220 2.0.0 Ready to start TLS", *forged, "220 2.0.0 injected too")})
+    denv.write_config({"archive": fault_target(server, relay_pki)})
+
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+
+    assert run.target("archive")["status"] == "failed", run.stdout
+    assert run.target("archive")["smtp_code"] == 530
+    assert server.messages == []
