@@ -233,3 +233,37 @@ def test_injected_plaintext_cannot_make_a_refused_delivery_look_accepted(
     assert run.target("archive")["status"] == "failed", run.stdout
     assert run.target("archive")["smtp_code"] == 530
     assert server.messages == []
+
+
+@pytest.mark.parametrize("fault", ["wrong_host", "expired"])
+def test_a_refusal_explained_otherwise_names_no_missing_intermediate(
+        denv: DeployEnv, fault_server, tmp_path: Path, fault: str) -> None:
+    """Before Python 3.13 the look sees the leaf only: a missing intermediate is a guess, made only when nothing
+    else explains the refusal. Here the relay sends its whole chain; the host name, or the date, is the fault."""
+    import datetime as dt
+
+    from support import pki
+
+    root = pki.make_ca("hostile-test chained root")
+    intermediate = pki.issue(root, common_name="hostile-test intermediate", is_ca=True)
+    if fault == "wrong_host":
+        leaf = pki.issue(intermediate, sans=("wrong.example.net",))
+    else:
+        now = dt.datetime.now(dt.timezone.utc)
+        leaf = pki.issue(intermediate, sans=("localhost",), ip_sans=("127.0.0.1",),
+                         not_before=now - dt.timedelta(days=90), not_after=now - dt.timedelta(days=1))
+    (tmp_path / "root.pem").write_bytes(root.cert_pem())
+    (tmp_path / "chain.crt").write_bytes(leaf.cert_pem() + intermediate.cert_pem())
+    pki.write_private(tmp_path / "leaf.key", leaf.key_pem())
+    server = fault_server(tls_context=pki.server_context(tmp_path / "chain.crt", tmp_path / "leaf.key"))
+    denv.write_config({"archive": {"host": "127.0.0.1", "port": server.port, "tls_mode": "starttls",
+                                   "tls_ca_file": str(tmp_path / "root.pem"), "from_address": "certbot@example.com",
+                                   "to": ["pki@example.com"], "timeout": 10}})
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 69, run.stdout
+    problems = run.target("archive")["certificate"]["problems"]
+    assert any(("not among the certificate's names" if fault == "wrong_host" else "expired on") in p
+               for p in problems), problems
+    assert not any("missing intermediate" in p for p in problems), problems
