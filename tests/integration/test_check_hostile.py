@@ -267,3 +267,19 @@ def test_a_refusal_explained_otherwise_names_no_missing_intermediate(
     assert any(("not among the certificate's names" if fault == "wrong_host" else "expired on") in p
                for p in problems), problems
     assert not any("missing intermediate" in p for p in problems), problems
+
+
+def test_json_is_one_document_also_when_the_config_is_not_safe_to_trust(denv: DeployEnv, relay_factory) -> None:
+    import json
+    import os
+
+    relay = relay_factory("starttls")
+    denv.write_config({"archive": relay_target(relay)})
+    os.chmod(denv.config, 0o666)  # writable by anyone: refused before it is read
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 77, run.stdout + run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["targets"] == [] and "refusing to trust" in doc["path_error"], doc
+    assert relay.connections == 0
