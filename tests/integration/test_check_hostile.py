@@ -283,3 +283,31 @@ def test_json_is_one_document_also_when_the_config_is_not_safe_to_trust(denv: De
     doc = json.loads(run.stdout)
     assert doc["targets"] == [] and "refusing to trust" in doc["path_error"], doc
     assert relay.connections == 0
+
+
+def test_a_hostile_relay_certificate_stays_inside_its_lines(denv: DeployEnv, fault_server, tmp_path: Path) -> None:
+    """Subject and SANs with line breaks and terminal escapes, and 1000 SANs: the look at a certificate that did
+    not verify prints it bounded, one printable line per item; the JSON parses."""
+    from support import pki
+
+    ca = pki.make_ca("hostile-test CA")
+    evil = "\r\nX-Injected: 1\x1b[2J\x1b]0;title\x07"
+    leaf = pki.issue(ca, common_name=f"relay{evil}", sans=(f"a{evil}.example", *(f"n{i}.example" for i in range(1000))))
+    (tmp_path / "leaf.crt").write_bytes(leaf.cert_pem())
+    pki.write_private(tmp_path / "leaf.key", leaf.key_pem())
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem())
+    server = fault_server(tls_context=pki.server_context(tmp_path / "leaf.crt", tmp_path / "leaf.key"))
+    denv.write_config({"archive": {"host": "127.0.0.1", "port": server.port, "tls_mode": "starttls",
+                                   "tls_ca_file": str(tmp_path / "ca.pem"), "from_address": "certbot@example.com",
+                                   "to": ["pki@example.com"], "timeout": 10}})
+
+    run = denv.run("check", "--json")
+    cert = run.target("archive")["certificate"]
+    assert cert["host_matches"] is False and len(cert["sans"]) <= 100
+    assert all(len(p) <= 1200 for p in cert["problems"])
+    human = denv.run("check")
+    assert human.returncode == 69
+    for out in (run.stdout, human.stdout):
+        assert "\x1b" not in out and "\x07" not in out and "\r" not in out and "\\u001b" not in out
+    assert not any(line.startswith("X-Injected") for line in human.stdout.splitlines())
+    assert all(c.isprintable() for line in human.stdout.splitlines() for c in line)
