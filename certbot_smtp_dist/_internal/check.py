@@ -241,6 +241,9 @@ def _auth(target: Target, probe: Probe, authenticate: bool) -> str:
 def _warnings(target: Target, check: TargetCheck, size: int | str | None, now: datetime) -> tuple[list[str], list[str]]:
     warnings: list[str] = []
     notes: list[str] = []
+    if check.failure is not None and check.failure.phase is Phase.MAIL:  # the probe's NOOP stands where MAIL would
+        notes.append("the failure came at NOOP, after AUTH: no MAIL was sent (phase \"mail\" is where a delivery "
+                     "would have met it)")
     if target.tls_mode is TlsMode.PLAINTEXT:
         where = "loopback" if is_loopback_host(target.host) else "the network"
         warnings.append(f"tls_mode = plaintext: certificates travel unencrypted over {where}")

@@ -311,3 +311,15 @@ def test_a_hostile_relay_certificate_stays_inside_its_lines(denv: DeployEnv, fau
         assert "\x1b" not in out and "\x07" not in out and "\r" not in out and "\\u001b" not in out
     assert not any(line.startswith("X-Injected") for line in human.stdout.splitlines())
     assert all(c.isprintable() for line in human.stdout.splitlines() for c in line)
+
+
+def test_a_refused_noop_says_that_no_mail_was_sent(denv: DeployEnv, fault_server, relay_pki: RelayPKI) -> None:
+    # The probe's NOOP stands where a delivery's MAIL would: its failure carries phase "mail", as deploy's would.
+    server = fault_server(tls_context=relay_pki.server_context(), replies={"NOOP": "421 4.3.2 Service shutting down"})
+    denv.write_config({"archive": fault_target(server, relay_pki)})
+
+    run = denv.run("check")
+
+    assert run.returncode == 75, run.stdout
+    assert "in mail" in run.stdout and "at NOOP" in run.stdout and "no MAIL was sent" in run.stdout, run.stdout
+    assert "MAIL" not in server.client_commands
