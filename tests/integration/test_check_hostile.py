@@ -323,3 +323,18 @@ def test_a_refused_noop_says_that_no_mail_was_sent(denv: DeployEnv, fault_server
     assert run.returncode == 75, run.stdout
     assert "in mail" in run.stdout and "at NOOP" in run.stdout and "no MAIL was sent" in run.stdout, run.stdout
     assert "MAIL" not in server.client_commands
+
+
+def test_a_helo_name_written_with_the_root_dot_is_greeted_without_it(
+        denv: DeployEnv, fault_server, relay_pki: RelayPKI) -> None:
+    # RFC 5321 §4.1.2: Domain = sub-domain *("." sub-domain); the DNS root's trailing dot is no part of it.
+    server = fault_server(tls_context=relay_pki.server_context())
+    denv.write_config({"archive": fault_target(server, relay_pki, helo_name="mail.example.com.")})
+
+    run = denv.run("check", "--json")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.target("archive")["helo_name"] == "mail.example.com"
+    assert server.wait_idle()
+    assert [line for d, line in server.transcript if d == "C" and line.upper().startswith("EHLO")] == \
+        ["EHLO mail.example.com"] * 2
