@@ -108,13 +108,16 @@ def test_a_relay_that_stalls_at_any_step_costs_its_own_timeout_only(
     targets = {name: fault_target(fault_server(tls_context=relay_pki.server_context(), replies=replies), relay_pki,
                                   timeout=3, **auth)
                for name, replies in stalls.items()}
+    # smtps to a port that never answers our ClientHello: the handshake itself stalls.
+    silent = fault_server(replies={"greeting": STALL})
+    targets["smtps-handshake"] = fault_target(silent, relay_pki, tls_mode="smtps", timeout=3, **auth)
     denv.write_config({**targets, "healthy": fault_target(fault_server(tls_context=relay_pki.server_context()),
                                                           relay_pki, **auth)})
 
     run = denv.run("check", "--json")
 
     assert run.target("healthy")["verdict"] == "ok", run.stdout
-    for name in stalls:
+    for name in [*stalls, "smtps-handshake"]:
         doc = run.target(name)
         assert doc["verdict"] == "failed", (name, doc)
         assert doc["duration_s"] < 3 + 5, (name, doc)  # its own deadline, with generous slack
