@@ -341,3 +341,53 @@ def test_a_helo_name_written_with_the_root_dot_is_greeted_without_it(
     assert server.wait_idle()
     assert [line for d, line in server.transcript if d == "C" and line.upper().startswith("EHLO")] == \
         ["EHLO mail.example.com"] * 2
+
+
+def _odd_relay_cert(ca: Any, key: Any) -> bytes:
+    """A relay certificate whose subject holds a PrintableString with a line break and an escape (X.680 forbids
+    both there): OpenSSL serves it, cryptography 38 reads it as is, later versions refuse to read it at all.
+    Built with a UTF8String, whose tag is then edited in place (same length)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    now, odd = dt.datetime.now(dt.timezone.utc), "a\nX-Injected: 1\x1b[2J"
+    der = (x509.CertificateBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
+                                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, odd)]))
+           .issuer_name(ca.cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+           .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("wrong.example.net"),
+                                                       x509.IPAddress(ipaddress.ip_address("192.0.2.1"))]),
+                          critical=False)
+           .sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    value = odd.encode()
+    edited = der.replace(b"\x0c" + bytes([len(value)]) + value, b"\x13" + bytes([len(value)]) + value, 1)
+    assert edited != der
+    return edited
+
+
+def test_a_relay_certificate_with_a_forbidden_string_is_no_traceback(
+        denv: DeployEnv, fault_server, tmp_path: Path) -> None:
+    import ssl
+
+    from support import pki
+
+    ca = pki.make_ca("odd-test CA")
+    key = pki.new_key("ec")
+    (tmp_path / "leaf.crt").write_text(ssl.DER_cert_to_PEM_cert(_odd_relay_cert(ca, key)))
+    pki.write_private(tmp_path / "leaf.key", pki.key_pem(key))
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem())
+    server = fault_server(tls_context=pki.server_context(tmp_path / "leaf.crt", tmp_path / "leaf.key"))
+    denv.write_config({"odd": {"host": "127.0.0.1", "port": server.port, "tls_mode": "starttls",
+                               "tls_ca_file": str(tmp_path / "ca.pem"), "from_address": "certbot@example.com",
+                               "to": ["pki@example.com"], "timeout": 10}})
+
+    for args in (("check", "--json"), ("check",)):
+        run = denv.run(*args)
+        assert "Traceback" not in run.stderr and run.returncode == 69, run.stdout + run.stderr  # wrong host name
+        assert "\x1b" not in run.stdout and "\\u001b" not in run.stdout
+        assert not any(line.startswith("X-Injected") for line in run.stdout.splitlines())
