@@ -152,14 +152,15 @@ def test_the_unverified_look_at_a_refused_certificate_sends_nothing_after_the_ha
 # ------------------------------------------------------------------------------- the certbot plugin's relay check
 
 
-def _plugin(denv: DeployEnv, verb: str, installer: str | None = "smtp-dist") -> Any:
+def _plugin(denv: DeployEnv, verb: str, installer: str | None = "smtp-dist", certname: str | None = None,
+            domains: tuple[str, ...] = ("a.example",)) -> Any:
     from types import SimpleNamespace
 
     from certbot_smtp_dist.certbot_plugin import Installer
 
     namespace = SimpleNamespace(smtp_dist_config=str(denv.config), smtp_dist_targets=None, verb=verb, dry_run=False,
                                 backup_dir=str(denv.config.parent / "backups"), strict_permissions=False,
-                                live_dir=str(denv.config.parent / "live"), certname=None, domains=["a.example"],
+                                live_dir=str(denv.config.parent / "live"), certname=certname, domains=list(domains),
                                 installer=installer, configurator=None, disable_renew_updates=False)
     return Installer(namespace, "smtp-dist")
 
@@ -391,3 +392,22 @@ def test_a_relay_certificate_with_a_forbidden_string_is_no_traceback(
         assert "Traceback" not in run.stderr and run.returncode == 69, run.stdout + run.stderr  # wrong host name
         assert "\x1b" not in run.stdout and "\\u001b" not in run.stdout
         assert not any(line.startswith("X-Injected") for line in run.stdout.splitlines())
+
+
+@pytest.mark.parametrize("verb", ["install", "reconfigure"])
+def test_the_plugin_checks_the_targets_that_want_the_certificate_by_its_names_not_only_its_lineage_name(
+        denv: DeployEnv, relay_factory, monkeypatch: pytest.MonkeyPatch, verb: str) -> None:
+    """`--cert-name test.example.com-0001` and no -d: the targets whose filter names the certificate's SANs are
+    the ones every renewal will ship to, so they are the ones checked."""
+    from certbot import errors
+    from support import pki
+
+    ci.require_module("certbot", "pip install certbot, or apt-get install python3-certbot")
+    monkeypatch.setenv("CERTBOT_SMTP_DIST_STATE_DIR", str(denv.state_dir))
+    pki.write_lineage(denv.config.parent / "live" / "test.example.com-0001", names=("test.example.com",))
+    stripped = relay_factory("starttls_not_offered")
+    denv.write_config({"stripped": relay_target(stripped, certificates=["test.example.com"])})
+
+    with pytest.raises(errors.Error, match="stripped: FAILED SMTP_TLS"):
+        _plugin(denv, verb, certname="test.example.com-0001", domains=()).prepare()
+    assert stripped.connections == 1 and stripped.messages == []
