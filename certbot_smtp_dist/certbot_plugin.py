@@ -93,7 +93,8 @@ class Installer(common.Installer, interfaces.RenewDeployer):
             else:
                 core.check(options)
             if self._chosen and getattr(self.config, "verb", None) in _CHECKS_RELAYS:
-                core.check_relays(options, self._names())
+                # `--cert-name X-0001` alone: the live certificate's names select the targets renewals ship to.
+                core.check_relays(options, self._names() + core.certificate_names(source or self._live_lineage()))
         except core.SetupError as exc:
             raise self._setup_error(exc) from exc
 
@@ -181,12 +182,18 @@ class Installer(common.Installer, interfaces.RenewDeployer):
 
     def _current_lineage(self) -> LineageSource | None:
         """On `reconfigure`, the live certificate to rehearse with (render, send nothing); None elsewhere."""
+        if getattr(self.config, "verb", None) != "reconfigure":
+            return None
+        return self._live_lineage()
+
+    def _live_lineage(self) -> LineageSource | None:
+        """The certificate `--cert-name` names in certbot's live directory, if it exists yet."""
         from pathlib import Path
 
         from certbot_smtp_dist._internal import certbot_adapter as core
 
         certname = self.config.certname
-        if not certname or getattr(self.config, "verb", None) != "reconfigure":
+        if not certname:
             return None
         live = Path(self.config.live_dir) / certname
         if not (live / "fullchain.pem").exists():

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from certbot_smtp_dist.errors import (
     AccessError,
+    CertificateError,
     ConfigError,
     SmtpDistError,
     UnsafePathError,
@@ -136,6 +137,23 @@ def check(options: Options) -> None:
         raise SetupError(f"refusing to trust {exc}") from exc
     except AccessError as exc:
         raise SetupError(str(exc)) from exc
+
+
+def certificate_names(source: LineageSource | None) -> tuple[str, ...]:
+    """The names a delivery matches `certificates` filters against (lineage name, CN, SANs) of the certificate in
+    `source`; () when there is none or it cannot be used (rehearse and the delivery name that)."""
+    from datetime import datetime, timezone
+
+    from certbot_smtp_dist._internal import lineage
+
+    if source is None:
+        return ()
+    try:
+        raw, twins, _ = lineage.read_inputs(source)
+        artefact, _ = lineage.check(raw, source, datetime.now(timezone.utc), twins)
+    except (CertificateError, OSError):
+        return ()
+    return artefact.facts.names
 
 
 def check_relays(options: Options, names: tuple[str, ...]) -> None:

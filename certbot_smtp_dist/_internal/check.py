@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from certbot_smtp_dist._internal import loader, report, scrub
 from certbot_smtp_dist._internal.addresses import is_loopback_host
-from certbot_smtp_dist._internal.probe import Ehlo, Probe
+from certbot_smtp_dist._internal.probe import Ehlo, Probe, size_number
 from certbot_smtp_dist._internal.relaycert import EXPIRY_WARNING_DAYS, RelayCertificate
 from certbot_smtp_dist.errors import ConfigError, ConfigProblem, ErrorCode
 from certbot_smtp_dist.model import (
@@ -224,6 +224,7 @@ def _verdict(target: Target, probe: Probe, cert: RelayCertificate | None, durati
         after_tls=_scrubbed_ehlo(probe.after_tls, scrubber), auth=_auth(target, probe, request.authenticate),
         message_size=size if isinstance(size, int) else None, warnings=(), notes=(), duration_s=duration)
     warnings, notes = _warnings(target, check, size, now)
+    notes += [n for n in dict.fromkeys((_omitted(probe.before_tls), _omitted(probe.after_tls))) if n is not None]
     return replace(check, warnings=tuple(warnings), notes=tuple(notes))
 
 
@@ -241,6 +242,9 @@ def _auth(target: Target, probe: Probe, authenticate: bool) -> str:
 def _warnings(target: Target, check: TargetCheck, size: int | str | None, now: datetime) -> tuple[list[str], list[str]]:
     warnings: list[str] = []
     notes: list[str] = []
+    if check.failure is not None and check.failure.phase is Phase.MAIL:  # the probe's NOOP stands where MAIL would
+        notes.append("the failure came at NOOP, after AUTH: no MAIL was sent (phase \"mail\" is where a delivery "
+                     "would have met it)")
     if target.tls_mode is TlsMode.PLAINTEXT:
         where = "loopback" if is_loopback_host(target.host) else "the network"
         warnings.append(f"tls_mode = plaintext: certificates travel unencrypted over {where}")
@@ -284,11 +288,34 @@ def _scrubbed_ehlo(ehlo: Ehlo | None, scrubber: scrub.Scrubber) -> Ehlo | None:
     text, does not turn STARTTLS into "not offered"); everything else the relay wrote is relay text."""
     if ehlo is None:
         return None
+    shown = _bounded(ehlo)
     return Ehlo(tuple((k if k in REPORTED else _relay_text(k, scrubber, 40),
                        # SIZE's number, stated before any credential of ours was sent (AUTH comes after EHLO)
-                       v if k == "size" and v.isdigit() and len(v) < 19 else _relay_text(v, scrubber, 200))
-                      for k, v in ehlo.extensions),
-                tuple(m if m in KNOWN_MECHANISMS else _relay_text(m, scrubber, 40) for m in ehlo.auth))
+                       v if k == "size" and size_number(v) is not None else _relay_text(v, scrubber, 200))
+                      for k, v in shown.extensions),
+                tuple(m if m in KNOWN_MECHANISMS else _relay_text(m, scrubber, 40) for m in shown.auth))
+
+
+MAX_OTHER_EXTENSIONS = 30  # EHLO keywords shown beyond REPORTED: a relay may send thousands (one block per target)
+MAX_MECHANISMS = 20
+
+
+def _bounded(ehlo: Ehlo) -> Ehlo:
+    """The keywords a delivery cares about, all of them; of the rest and of the mechanisms, the first few."""
+    others = [e for e in ehlo.extensions if e[0] not in REPORTED][:MAX_OTHER_EXTENSIONS]
+    return Ehlo(tuple(e for e in ehlo.extensions if e[0] in REPORTED or e in others), ehlo.auth[:MAX_MECHANISMS])
+
+
+def _omitted(ehlo: Ehlo | None) -> str | None:
+    """A note when `_bounded` left part of a long EHLO reply out."""
+    if ehlo is None:
+        return None
+    kept = _bounded(ehlo)
+    extensions, mechanisms = len(ehlo.extensions) - len(kept.extensions), len(ehlo.auth) - len(kept.auth)
+    if not extensions and not mechanisms:
+        return None
+    return (f"the relay's EHLO reply is long: {extensions} more keyword(s) and {mechanisms} more AUTH "
+            "mechanism(s) are not shown")
 
 
 def _scrubbed_cert(cert: RelayCertificate | None, scrubber: scrub.Scrubber) -> RelayCertificate | None:

@@ -42,11 +42,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     from certbot_smtp_dist._internal.config import config_path
     from certbot_smtp_dist._internal.ownership import require_trusted_config
     from certbot_smtp_dist._internal.report import EX_DATAERR
-    from certbot_smtp_dist.errors import CertificateError, UsageError
+    from certbot_smtp_dist.errors import AccessError, CertificateError, UnsafePathError, UsageError
 
     config = config_path(args.config)
-    require_trusted_config(config)
     try:
+        require_trusted_config(config)
         source = lineage.from_lineage_dir(Path(args.lineage), None) if args.lineage else None
         result = check.run(check.CheckRequest(config, tuple(args.target), not args.no_auth, source))
     except CertificateError as exc:
@@ -55,6 +55,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EX_DATAERR
     except UsageError as exc:
         _nothing_checked(args, "usage_error", str(exc))
+        raise
+    except UnsafePathError as exc:  # the configuration, the credential store, a file either names
+        _nothing_checked(args, "path_error", f"refusing to trust {exc}")
+        raise
+    except AccessError as exc:
+        _nothing_checked(args, "path_error", str(exc))
         raise
     if args.json:
         print(json.dumps(check.document(result), indent=2))

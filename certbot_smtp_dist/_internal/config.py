@@ -398,7 +398,8 @@ class _TargetChecker:
         why = helo_name_problem(value)
         if why:
             self.problem("helo_name", why)
-        return value
+        # RFC 5321 §4.1.2: a Domain has no trailing root dot (is_fqdn accepts one, as DNS spells it)
+        return value if value.startswith("[") else value.rstrip(".")
 
     def _oauth2(self) -> OAuth2Grant | None:
         """The grant of an OAuth 2.0 auth_method: client credentials (RFC 6749 §4.4) or a service account's

@@ -201,6 +201,11 @@ def _no_anchor(path: list[Any], label: str, strict: bool) -> list[Finding]:
         return [Finding(ERROR, "missing-intermediate", f"missing intermediate: the chain holds the leaf alone, "
                         f"and its issuer {name(top, 'issuer')} is neither in it nor in {label}",
                         "ship fullchain.pem, not cert.pem (or append the issuer's certificate, chain.pem)")]
+    if strict and any(c.subject == top.issuer for c in path):
+        return [Finding(ERROR, "no-trust-anchor", f"the chain ({shape}) builds to no trust anchor in {label}: it "
+                        f"loops, {name(top)} being issued by {name(top, 'issuer')}, which is earlier in it",
+                        "ship the chain the CA sent (certbot: fullchain.pem); if the top is a private CA's, pass "
+                        "its root with --ca-file")]
     if strict:
         return [Finding(ERROR, "no-trust-anchor", f"the chain ({shape}) builds to no trust anchor in {label}: "
                         f"{name(top)} was issued by {name(top, 'issuer')}, which is neither in the chain "

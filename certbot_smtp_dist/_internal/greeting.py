@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import re
@@ -16,6 +17,7 @@ _LOCAL_ONLY = ("localhost", "localdomain", "local", "localhost.localdomain")
 LOOKUP_WAIT = 1.0  # seconds the FQDN lookup (resolver) may take, once per process
 
 _found: list[str | None] = []  # the FQDN lookup's answer, once per process ([None]: none)
+_pending: list[concurrent.futures.Future[str | None]] = []  # the lookup under way, shared by concurrent sessions
 _lock = threading.Lock()
 
 
@@ -67,19 +69,29 @@ async def local_name(local_ip: str | None) -> str:
 
 async def _fqdn() -> str | None:
     """The host name if it is fully qualified, else the canonical name the resolver gives it; looked up once per
-    process in a daemon thread nobody joins (a resolver that never answers costs `LOOKUP_WAIT`, once)."""
+    process in a daemon thread nobody joins, which every session greeting meanwhile waits for (a resolver that
+    never answers costs `LOOKUP_WAIT`, once)."""
     with _lock:
         if _found:
             return _found[0]
     name = socket.gethostname()
     if is_fqdn(name):
         return _remember(name.rstrip("."))
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[str | None] = loop.create_future()
+    try:
+        canon = await asyncio.wait_for(asyncio.wrap_future(_lookup(name)), LOOKUP_WAIT)
+    except (asyncio.TimeoutError, TimeoutError):
+        canon = None
+    return _remember(canon.rstrip(".") if canon and is_fqdn(canon) else None)
 
-    def settle(value: str | None) -> None:
-        if not answer.done():
-            answer.set_result(value)
+
+def _lookup(name: str) -> concurrent.futures.Future[str | None]:
+    """The one canonical-name lookup of the process, started by the first session to greet."""
+    with _lock:
+        if _pending:
+            return _pending[0]
+        answer: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        answer.set_running_or_notify_cancel()  # a waiter that gives up must not cancel it for the others
+        _pending.append(answer)
 
     def work() -> None:
         try:
@@ -87,15 +99,10 @@ async def _fqdn() -> str | None:
             canon: str | None = next((i[3] for i in infos if i[3]), None)
         except (OSError, UnicodeError):
             canon = None
-        with contextlib.suppress(RuntimeError):  # the loop may be closed by now
-            loop.call_soon_threadsafe(settle, canon)
+        answer.set_result(canon)
 
     threading.Thread(target=work, name="fqdn", daemon=True).start()
-    try:
-        canon = await asyncio.wait_for(answer, LOOKUP_WAIT)
-    except (asyncio.TimeoutError, TimeoutError):
-        canon = None
-    return _remember(canon.rstrip(".") if canon and is_fqdn(canon) else None)
+    return answer
 
 
 def _remember(value: str | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from certbot_smtp_dist.model import Failure
@@ -27,8 +28,18 @@ class Ehlo:
         value = self.param("size")
         if value is None:
             return None
-        digits = value.strip()
-        return int(digits) if digits.isdigit() and len(digits) < 19 else 0
+        return size_number(value) or 0
+
+
+# RFC 1870 §4: size-param = 1*20DIGIT, ASCII digits only (str.isdigit() also takes "²", which int() refuses,
+# and "١٢٣", which it reads as 123); more than 18 digits is no limit any message of ours could reach.
+_SIZE_RE = re.compile(r"[0-9]{1,18}")
+
+
+def size_number(value: str) -> int | None:
+    """SIZE's parameter as a number, or None when it is none (relay text, shown as such)."""
+    digits = value.strip()
+    return int(digits) if _SIZE_RE.fullmatch(digits) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,7 +76,9 @@ def _why_not(leaf: Any, chain: Sequence[bytes], anchors: Sequence[bytes], host: 
     if leaf.issuer == leaf.subject and leaf.subject not in trusted:
         problems.append("the certificate is self-signed and not a trust anchor here: if it is really the "
                         "relay's, name it in tls_ca_file")
-    elif leaf.issuer not in trusted and leaf.issuer not in sent:
+    elif leaf.issuer not in trusted and leaf.issuer not in sent and (chain or not problems):
+        # Before Python 3.13 the chain sent is unknown (leaf only): a missing intermediate is then a guess, made
+        # only when neither the date nor the host name explains the refusal.
         how = "" if chain else " (Python before 3.13 shows only the leaf, so this is the likely cause)"
         problems.append(f"missing intermediate: the relay did not send the certificate of its issuer {issuer}, "
                         f"which is not a trust anchor here{how}; the relay must send its full chain (or, if "

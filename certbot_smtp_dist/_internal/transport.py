@@ -396,8 +396,10 @@ async def _open(client: Any, target: Target, password: Secret | None, progress: 
     if seen is not None and target.tls_mode is TlsMode.SMTPS:
         seen.encryption = _encryption(client)
         if seen.until_tls:
-            return await _polite_quit(client)
+            return await _bare_quit(client)
     # RFC 5321 §4.1.1.1: our FQDN, else an address literal; `name` is the one the session decided on.
+    if seen is not None:
+        seen.helo_name = name  # shown also when the relay refuses it
     await client.ehlo(hostname=name)
     if seen is not None:
         seen.greeted(name, _ehlo(client), encrypted=target.tls_mode is TlsMode.SMTPS)
@@ -409,11 +411,12 @@ async def _open(client: Any, target: Target, password: Secret | None, progress: 
             raise _Abort(Failure(ErrorCode.SMTP_TLS, Phase.TLS,
                                  "relay does not advertise STARTTLS; refusing to continue in plaintext"))
         await client.starttls(server_hostname=target.host)
+        _forget_plaintext(client)
         _ack_promptly(client)
         if seen is not None:
             seen.encryption = _encryption(client)
             if seen.until_tls:
-                return await _polite_quit(client)  # the certificate is all this session was for
+                return await _bare_quit(client)  # the certificate is all this session was for
         await client.ehlo(hostname=name)  # RFC 3207 §4.2: forget pre-TLS extensions, ask again
         if seen is not None:
             seen.greeted(name, _ehlo(client), encrypted=True)
@@ -431,6 +434,15 @@ async def _open(client: Any, target: Target, password: Secret | None, progress: 
         seen.noop = True
         with contextlib.suppress(Exception):  # RFC 5321 §4.1.1.10; a lost QUIT changes nothing of what was seen
             await client.quit()
+
+
+def _forget_plaintext(client: Any) -> None:
+    """Drop whatever came in clear after the 220 to STARTTLS (RFC 3207 §4.2; response injection, the class of
+    CVE-2011-0411): a man in the middle appends there the replies to the commands we send inside TLS. aiosmtplib
+    3 drops them itself; 2.0 (Debian 12) kept them in its read buffer and read them as the encrypted session's."""
+    buffered = getattr(getattr(client, "protocol", None), "_buffer", None)
+    if isinstance(buffered, bytearray):
+        del buffered[:]
 
 
 def _ehlo(client: Any) -> Ehlo:
@@ -533,6 +545,13 @@ async def _polite_quit(client: Any) -> None:
         return
     with contextlib.suppress(Exception):
         await asyncio.wait_for(client.quit(), 1.0)
+
+
+async def _bare_quit(client: Any) -> None:
+    """QUIT and nothing else (RFC 5321 §4.1.1.10) over a channel that is not verified: aiosmtplib 2's `quit()`
+    first sends the EHLO that STARTTLS made "needed" (as `localhost`), so the command is written directly."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.execute_command(b"QUIT"), 1.0)
 
 
 async def _authenticate(client: Any, target: Target, password: Secret | None) -> None:

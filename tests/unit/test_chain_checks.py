@@ -104,3 +104,39 @@ def test_store_candidates_by_hash_and_by_bundle(tmp_path: Path) -> None:
     bundles_only.mkdir()
     (bundles_only / "ca-bundle.crt").write_bytes(bundle.read_bytes())
     assert list(anchors.Store("t", bundles_only, bundle, thorough=False).candidates(name)) == [ca.cert]
+
+
+def _openssl_pss_chain(directory: Path, digest: str, salt: str) -> tuple[x509.Certificate, x509.Certificate]:
+    """An RSA CA and a leaf it signed with RSASSA-PSS (RFC 4055), made by the openssl command: cryptography 38
+    (Debian 12) cannot sign with PSS itself."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is not installed")
+    pss = ["-sigopt", "rsa_padding_mode:pss", "-sigopt", f"rsa_pss_saltlen:{salt}", f"-{digest}"]
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "30",
+        "-subj", "/CN=PSS CA", *pss)
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=a.example")
+    run("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", "7", "-out",
+        "leaf.pem", "-days", "20", *pss)
+    return (x509.load_pem_x509_certificate((directory / "leaf.pem").read_bytes()),
+            x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes()))
+
+
+@pytest.mark.parametrize(("digest", "salt"), [("sha256", "32"), ("sha384", "20"), ("sha256", "digest")])
+def test_an_rsassa_pss_signature_verifies_on_every_stack(tmp_path: Path, digest: str, salt: str) -> None:
+    """RFC 4055 §3.1: the hash, mask generation and salt length are in the signature algorithm's parameters;
+    cryptography before 41 does not read them, so they are read from the certificate."""
+    leaf, ca = _openssl_pss_chain(tmp_path, digest, salt)
+    signatures.verify(leaf, ca)
+    signatures.verify_with_key(leaf, ca.public_key())
+    ca.public_key().verify(leaf.signature, leaf.tbs_certificate_bytes, *signatures.pss_parameters(leaf))  # 38's way
+    assert signatures.issued(leaf, ca) and signatures.self_signed(ca)
+    impostor = pki.make_ca("PSS CA", key_type="rsa")
+    assert not signatures.issued(leaf, impostor.cert)

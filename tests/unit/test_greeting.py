@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 
+from certbot_smtp_dist._internal import greeting
 from certbot_smtp_dist._internal.greeting import address_literal, helo_name_problem, is_fqdn
 from certbot_smtp_dist._internal.relaycert import host_matches
 
@@ -49,3 +56,67 @@ def test_bad_address_literals(value: str) -> None:
 ])
 def test_host_matches(host: str, sans: list[str], expected: bool) -> None:
     assert host_matches(host, sans) is expected
+
+
+# -- the FQDN lookup against a hostile or slow resolver ------------------------------------------------------------
+
+
+@pytest.fixture()
+def resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """A bare host name, and a resolver whose canonical-name answer, delay and call count the test controls."""
+    state: dict[str, Any] = {"canon": "host.example.com", "delay": 0.0, "calls": 0}
+
+    def getaddrinfo(host: str, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        state["calls"] += 1
+        time.sleep(state["delay"])
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, state["canon"], ("192.0.2.1", 0))]
+
+    monkeypatch.setattr(greeting.socket, "gethostname", lambda: "vm")
+    monkeypatch.setattr(greeting.socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(greeting, "_found", [])
+    monkeypatch.setattr(greeting, "_pending", [])
+    yield state
+
+
+def test_the_fqdn_is_looked_up_once_however_many_sessions_greet_at_once(resolver: dict[str, Any]) -> None:
+    resolver["delay"] = 0.3
+
+    async def many() -> list[str]:
+        return list(await asyncio.gather(*(greeting.local_name("192.0.2.7") for _ in range(20))))
+
+    assert asyncio.run(many()) == ["host.example.com"] * 20
+    assert resolver["calls"] == 1
+
+
+@pytest.mark.parametrize("canon", ["evil\r\nMAIL FROM:<x@example.com>", "two words.example.com", "a..example.com",
+                                   "x" * 300 + ".example.com", "localhost.localdomain"])
+def test_a_hostile_canonical_name_is_never_the_ehlo_name(resolver: dict[str, Any], canon: str) -> None:
+    resolver["canon"] = canon
+    assert asyncio.run(greeting.local_name("192.0.2.7")) == "[192.0.2.7]"
+
+
+def test_a_resolver_that_never_answers_costs_the_lookup_wait_once(resolver: dict[str, Any]) -> None:
+    resolver["delay"] = 30.0  # the daemon thread is abandoned, never joined
+    started = time.monotonic()
+    assert asyncio.run(greeting.local_name("192.0.2.7")) == "[192.0.2.7]"
+    assert asyncio.run(greeting.local_name("192.0.2.8")) == "[192.0.2.8]"  # remembered: no second wait
+    assert time.monotonic() - started < greeting.LOOKUP_WAIT + 10  # bounded, with generous slack
+    assert resolver["calls"] == 1
+
+
+def test_a_lookup_abandoned_by_one_session_still_answers_the_others(
+        resolver: dict[str, Any], capfd: pytest.CaptureFixture[str]) -> None:
+    """The first session gives up at LOOKUP_WAIT; one that began waiting later is not cancelled with it, and the
+    answer arriving after both (and after the loop closed) raises nothing in the lookup's thread."""
+    resolver["delay"] = greeting.LOOKUP_WAIT + 0.5
+
+    async def staggered() -> list[str]:
+        async def later() -> str:
+            await asyncio.sleep(greeting.LOOKUP_WAIT / 2)
+            return await greeting.local_name("192.0.2.8")
+        return list(await asyncio.gather(greeting.local_name("192.0.2.7"), later()))
+
+    assert asyncio.run(staggered()) == ["[192.0.2.7]", "[192.0.2.8]"]
+    time.sleep(1.5)  # the thread answers now, into a closed loop
+    assert resolver["calls"] == 1
+    assert "Traceback" not in capfd.readouterr().err

@@ -289,3 +289,22 @@ def test_hostile_certificate_cannot_inject_lines(denv: DeployEnv, tmp_path: Path
     assert all(c["subject"].isprintable() for c in doc["chain"])
     assert all(f["message"].isprintable() for f in doc["findings"])
     assert "evil?.example" in doc["certificate"]["sans"]
+
+
+def test_a_chain_that_loops_is_named_as_a_loop(denv: DeployEnv, lin: pki.LineagePaths, tmp_path: Path) -> None:
+    """A issues B and B issues A (each signature real): the path stops, and the finding does not claim that the
+    issuer is missing from a chain that holds it."""
+    b_root = pki.make_ca("loop B")
+    a = pki.issue(b_root, common_name="loop A", is_ca=True)  # issuer B, signed by B's key
+    b = pki.issue(a, common_name="loop B", is_ca=True, key=b_root.key)  # issuer A, signed by A's key
+    leaf = pki.issue(a, sans=("loop.example",))
+    fullchain = tmp_path / "loop.pem"
+    fullchain.write_bytes(leaf.cert_pem() + a.cert_pem() + b.cert_pem())
+    key = tmp_path / "loop.key"
+    pki.write_private(key, leaf.key_pem())
+
+    status, doc = as_json(denv, "--fullchain", str(fullchain), "--key", str(key), "--ca-file", str(lin.root_file))
+
+    assert status == EX_DATAERR and "no-trust-anchor" in codes(doc, "error")
+    [finding] = [f for f in doc["findings"] if f["code"] == "no-trust-anchor"]
+    assert "neither in the chain" not in finding["message"] and "loop" in finding["message"], finding
