@@ -123,21 +123,48 @@ def _check_links(path: Path) -> None:
     """A config file or credentials directory that is a symbolic link: the directory holding each link on the way
     and the one holding the final target, with their chains. A root-owned file in a directory others can write is
     theirs to swap; checking the target alone (as stat() does) misses that."""
-    current = Path(os.path.abspath(path))
-    for _hop in range(40):  # ELOOP's bound: a longer chain fails to open anyway
+    holders, final = _resolve(path)
+    for directory in (*holders, final.parent):
+        _check_chain(directory)
+
+
+def _resolve(path: Path) -> tuple[list[Path], Path]:
+    """Resolve `path` as the kernel does, one component at a time (".." after a link goes up from where the link
+    led, not lexically): the real directory holding every link met on the way, at any depth (a link inside a
+    link's target too), and the path finally named. Whoever can write any of those directories can re-point it."""
+    whole = path if path.is_absolute() else Path(os.getcwd(), path)  # not abspath: it folds ".." before the links
+    todo = list(reversed(whole.parts[1:]))
+    resolved, holders = Path("/"), list[Path]()
+    for _step in range(4096):  # bounded: at most 40 links (ELOOP), each of at most PATH_MAX components
+        if not todo:
+            break
+        name = todo.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            resolved = resolved.parent
+            continue
         try:
-            target = os.readlink(current)
-        except OSError:
-            break  # not a link (or missing): its directory is checked by the caller's chain
-        current = Path(os.path.abspath(current.parent / target))
-        _check_chain(current.parent)
+            target = os.readlink(resolved / name)
+        except OSError:  # not a link, or missing: looked up as it is
+            resolved = resolved / name
+            continue
+        if len(holders) >= 40:
+            break  # ELOOP: the open fails anyway
+        holders.append(resolved)
+        if os.path.isabs(target):
+            resolved = Path("/")
+        todo.extend(reversed(Path(target).parts[1 if os.path.isabs(target) else 0:]))
+    return holders, resolved
 
 
 def _check_chain(directory: Path) -> None:
-    """Every existing ancestor, literal and resolved: owned by root or us, not writable by others unless sticky."""
+    """Every existing ancestor, literal and resolved, and of every directory holding a link on the way: owned by
+    root or us, not writable by others unless sticky."""
     absolute = Path(os.path.abspath(directory))
     seen: set[Path] = set()
-    for start in (absolute, Path(os.path.realpath(absolute))):
+    holders, final = _resolve(directory)
+    for start in (absolute, Path(os.path.realpath(absolute)), final, *holders):
         for ancestor in (start, *start.parents):
             if ancestor in seen:
                 continue
