@@ -68,6 +68,15 @@ def require_trusted_state(state_dir: Path) -> None:
     _check_inside(state_dir)
 
 
+def require_own_directory(path: Path, st: os.stat_result, made: bool) -> None:
+    """A directory about to be written in (files.ensure_private_dir; `st` its lstat): ours and closed to others,
+    and when we just made it (`made`), every directory above it too. The check before the run may have found
+    nothing there: a directory another user made since, in /tmp or the like, must not be used."""
+    _check_stat(path, st, "directory", f"remove it (rm -r {path}) after checking who made it")
+    if made:
+        _check_chain(path.parent)
+
+
 def _check_inside(directory: Path) -> None:
     """Every entry below `directory`: a link is planted; a subdirectory must be ours and closed to others."""
     try:
