@@ -46,6 +46,20 @@ def require_trusted_config(config: Path) -> None:
                     "`chmod 640 %s` keeps its targets private", config, stat.S_IMODE(mode), config)
 
 
+def read_trusted_config(config: Path) -> bytes:
+    """The configuration file's bytes, as opened (a link followed), checked on the open file itself: a regular file
+    of ours that others cannot write. `require_trusted_config` ran before, maybe while nothing was there (a
+    --config in /tmp not made yet); a file another user made since is theirs, and would say where the key goes."""
+    fix = f"chown root {config}; chmod 600 {config}"
+    fd = os.open(config, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO there neither blocks nor is read
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(config, "the configuration file is not a regular file", fix)
+        _check_stat(config, st, "configuration file", fix)
+        return handle.read()
+
+
 def untrusted_input(path: Path, what: str) -> str | None:
     """Why a file that decides as much as the config file does (who can decrypt what we send: an S/MIME recipient
     certificate) cannot be trusted, or None: the config file's rule, for the file as named and as resolved (a
