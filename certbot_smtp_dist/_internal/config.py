@@ -88,8 +88,13 @@ def load_settings(
     payload format's name to the format, whose declarations (credential type, private key in clear) the rules
     read. Raises ConfigError with every problem.
     """
+    from certbot_smtp_dist._internal.ownership import read_trusted_config
+    from certbot_smtp_dist.errors import UnsafePathError
+
     try:
-        raw = path.read_bytes()
+        raw = read_trusted_config(path)
+    except UnsafePathError:
+        raise  # 77, as the check before the read says it
     except OSError as exc:
         raise ConfigError([ConfigProblem(None, None, f"cannot read {path}: {exc.strerror}")], str(path)) from exc
     try:

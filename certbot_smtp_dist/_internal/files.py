@@ -31,9 +31,17 @@ def chosen_path(cli_value: str | None, env_name: str, default: Path,
     return default
 
 
-def ensure_private_dir(path: Path) -> Path:
+def ensure_private_dir(path: Path, ours: bool = True) -> Path:
     """Create `path` (and parents) as 0700 if missing; an existing directory keeps its mode but must be a real
-    directory, not a symbolic link (ownership.py checks owner and mode before anything is trusted)."""
+    directory, not a symbolic link (ownership.py checks owner and mode before anything is trusted).
+
+    `ours`: ownership.py checked the path before the run, maybe while it did not exist; a directory someone else
+    made in /tmp since then (or above the one made here) would be theirs to read, empty or swap. So it must belong
+    to this user or root and be closed to others, and one made here must sit under a trusted chain. `--output`,
+    a directory the operator names, opts out (what is written there is 0600 and never through a link)."""
+    from certbot_smtp_dist._internal import ownership
+
+    made = False
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -42,9 +50,11 @@ def ensure_private_dir(path: Path) -> Path:
             path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         finally:
             os.umask(old)
-        st = os.lstat(path)
+        st, made = os.lstat(path), True
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise _planted(path)
+    if ours:
+        ownership.require_own_directory(path, st, made)
     return path
 
 
@@ -150,7 +160,7 @@ def create_private_exclusive(path: Path, data: bytes) -> bool:
 
 def _complete_temp(path: Path, data: bytes) -> str:
     """A fsynced 0600 temporary file beside `path` holding `data`."""
-    ensure_private_dir(path.parent)
+    ensure_private_dir(path.parent, ours=False)  # the state's writers check theirs first; --output is the operator's
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE)

@@ -72,6 +72,7 @@ class Journal:
         self._key = key
         self._anchor = anchor
         self._keyed = False  # decided once per open: once keyed, a state is never read as 0.1.0 again
+        self._head_checked = False  # the head found before this open's first append: authentic, not ahead
 
     def keyed(self) -> bool:
         """Whether this state directory was ever keyed, from facts a local user who can write the state cannot
@@ -123,6 +124,8 @@ class Journal:
 
     def _append_locked(self, key: bytes, *records: dict[str, Any]) -> None:
         first, prev = self._tail(key)
+        if not self._head_checked:  # once per open, as keyed-ness: after our own append the head is ours
+            self._require_head(key, first, prev)
         seq, macs, lines = first, [prev], []
         for record in records:  # each line chained to the one before it
             seq += 1
@@ -139,10 +142,35 @@ class Journal:
             os.close(fd)
         head = {"format": FORMAT, "lines": seq, "mac": mac, "head_mac": _head_mac(key, seq, mac)}
         files.write_private(self.head, json.dumps(head).encode() + b"\n")
-        self._keyed = True
+        self._keyed = self._head_checked = True
         if first == 0 and self._anchor is not None and self._anchored() is None:
             doc = {"state_dir": str(self.directory), "first_line_mac": macs[1]}
             files.create_private_exclusive(self._anchor, json.dumps(doc).encode() + b"\n")
+
+    def _require_head(self, key: bytes, seq: int, prev: str) -> None:
+        """Before writing a new head over it: the head must be authentic and not ahead of the journal. Otherwise
+        lines were cut from the end (or the head was edited or deleted), and the new head would hide it from every
+        later `verify`. A head behind the journal is an interrupted append; none at all, a first append that was
+        interrupted (the head is written after the line)."""
+        doc = _read_json(self.head)
+        if doc is None:
+            if seq <= 1:
+                return
+            why = f"{self.head.name} is missing"
+        else:
+            try:
+                lines, mac = int(doc["lines"]), str(doc["mac"])
+                authentic = hmac.compare_digest(_head_mac(key, lines, mac), str(doc["head_mac"]))
+            except (KeyError, TypeError, ValueError):
+                authentic, lines, mac = False, 0, ""
+            if not authentic:
+                why = f"{self.head.name} is damaged or was edited"
+            elif lines > seq or (lines == seq and mac != prev):
+                why = f"{self.head.name} records {lines} line(s), the journal ends at line {seq}: lines were cut"
+            else:
+                return
+        raise PermissionError(errno.EPERM, f"{self.path} not appended to: {why}; `certbot-smtp-dist journal verify` "
+                                           "shows what, and appending would hide it", str(self.path))
 
     def _anchored(self) -> str | None:
         """The first line's MAC recorded in the anchor file, if this state directory was ever keyed."""

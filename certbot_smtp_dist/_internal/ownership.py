@@ -46,6 +46,20 @@ def require_trusted_config(config: Path) -> None:
                     "`chmod 640 %s` keeps its targets private", config, stat.S_IMODE(mode), config)
 
 
+def read_trusted_config(config: Path) -> bytes:
+    """The configuration file's bytes, as opened (a link followed), checked on the open file itself: a regular file
+    of ours that others cannot write. `require_trusted_config` ran before, maybe while nothing was there (a
+    --config in /tmp not made yet); a file another user made since is theirs, and would say where the key goes."""
+    fix = f"chown root {config}; chmod 600 {config}"
+    fd = os.open(config, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO there neither blocks nor is read
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(config, "the configuration file is not a regular file", fix)
+        _check_stat(config, st, "configuration file", fix)
+        return handle.read()
+
+
 def untrusted_input(path: Path, what: str) -> str | None:
     """Why a file that decides as much as the config file does (who can decrypt what we send: an S/MIME recipient
     certificate) cannot be trusted, or None: the config file's rule, for the file as named and as resolved (a
@@ -66,6 +80,15 @@ def require_trusted_state(state_dir: Path) -> None:
     if not _check_node(state_dir, "state directory", fix, follow=False, closed=STATE_FIX) or not state_dir.is_dir():
         return  # missing: created 0700 on first write; not a directory: every write fails and is reported
     _check_inside(state_dir)
+
+
+def require_own_directory(path: Path, st: os.stat_result, made: bool) -> None:
+    """A directory about to be written in (files.ensure_private_dir; `st` its lstat): ours and closed to others,
+    and when we just made it (`made`), every directory above it too. The check before the run may have found
+    nothing there: a directory another user made since, in /tmp or the like, must not be used."""
+    _check_stat(path, st, "directory", f"remove it (rm -r {path}) after checking who made it")
+    if made:
+        _check_chain(path.parent)
 
 
 def _check_inside(directory: Path) -> None:
@@ -123,21 +146,48 @@ def _check_links(path: Path) -> None:
     """A config file or credentials directory that is a symbolic link: the directory holding each link on the way
     and the one holding the final target, with their chains. A root-owned file in a directory others can write is
     theirs to swap; checking the target alone (as stat() does) misses that."""
-    current = Path(os.path.abspath(path))
-    for _hop in range(40):  # ELOOP's bound: a longer chain fails to open anyway
+    holders, final = _resolve(path)
+    for directory in (*holders, final.parent):
+        _check_chain(directory)
+
+
+def _resolve(path: Path) -> tuple[list[Path], Path]:
+    """Resolve `path` as the kernel does, one component at a time (".." after a link goes up from where the link
+    led, not lexically): the real directory holding every link met on the way, at any depth (a link inside a
+    link's target too), and the path finally named. Whoever can write any of those directories can re-point it."""
+    whole = path if path.is_absolute() else Path(os.getcwd(), path)  # not abspath: it folds ".." before the links
+    todo = list(reversed(whole.parts[1:]))
+    resolved, holders = Path("/"), list[Path]()
+    for _step in range(4096):  # bounded: at most 40 links (ELOOP), each of at most PATH_MAX components
+        if not todo:
+            break
+        name = todo.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            resolved = resolved.parent
+            continue
         try:
-            target = os.readlink(current)
-        except OSError:
-            break  # not a link (or missing): its directory is checked by the caller's chain
-        current = Path(os.path.abspath(current.parent / target))
-        _check_chain(current.parent)
+            target = os.readlink(resolved / name)
+        except OSError:  # not a link, or missing: looked up as it is
+            resolved = resolved / name
+            continue
+        if len(holders) >= 40:
+            break  # ELOOP: the open fails anyway
+        holders.append(resolved)
+        if os.path.isabs(target):
+            resolved = Path("/")
+        todo.extend(reversed(Path(target).parts[1 if os.path.isabs(target) else 0:]))
+    return holders, resolved
 
 
 def _check_chain(directory: Path) -> None:
-    """Every existing ancestor, literal and resolved: owned by root or us, not writable by others unless sticky."""
+    """Every existing ancestor, literal and resolved, and of every directory holding a link on the way: owned by
+    root or us, not writable by others unless sticky."""
     absolute = Path(os.path.abspath(directory))
     seen: set[Path] = set()
-    for start in (absolute, Path(os.path.realpath(absolute))):
+    holders, final = _resolve(directory)
+    for start in (absolute, Path(os.path.realpath(absolute)), final, *holders):
         for ancestor in (start, *start.parents):
             if ancestor in seen:
                 continue

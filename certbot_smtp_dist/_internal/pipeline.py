@@ -319,7 +319,7 @@ def _write_eml(output: Path, name: str, data: bytes) -> None:
 
     step, where = "create directory", output
     try:
-        files.ensure_private_dir(output)
+        files.ensure_private_dir(output, ours=False)  # the operator's choice (files.py)
         step, where = "write", output / name
         files.write_private(where, data)
     except OSError as exc:

@@ -154,3 +154,51 @@ def test_symlinked_config_or_credentials_target_in_a_directory_others_can_write_
         assert run.returncode == EX_NOPERM, (args, run.stderr)
         assert str(elsewhere) in run.stderr and ("chmod" in run.stderr or "chown" in run.stderr), run.stderr
     assert relay.messages == []  # type: ignore[attr-defined]
+
+
+def _deep_link(tmp_path: Path, real: Path) -> tuple[Path, Path]:
+    """A link whose target passes through a second link held in another directory: tmp/a/link2 -> tmp/b/link3 ->
+    `real`. Returns (the first link, the directory holding the second), which nothing else on the path names."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(mode=0o700)
+    b.mkdir(mode=0o755)
+    (b / "link3").symlink_to(real)
+    (a / "link2").symlink_to(b / "link3")
+    return a / "link2", b
+
+
+@pytest.mark.parametrize("which", ["config through a link in a link's target", "config with .. after a linked "
+                                   "directory", "state parent through a link in a link's target"])
+def test_a_link_held_in_a_directory_others_own_is_refused_at_any_depth(
+    denv: DeployEnv, lineage: LineagePaths, relay_factory, tmp_path: Path, which: str
+) -> None:
+    """Every directory that holds a link met while resolving the path, as the kernel resolves it, is checked: one
+    named only inside another link's target, and one reached by ".." from where a linked directory led (not from
+    where its name sits). Its owner can re-point the link at a config or state of their own: 77, naming it."""
+    relay = _deployed_once(denv, lineage, relay_factory)
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    if which.startswith("config through"):
+        denv.config.rename(real / "config.toml")
+        first, foreign = _deep_link(tmp_path, real)
+        denv.config.symlink_to(first / "config.toml")
+    elif which.startswith("config with"):
+        (real / "sub").mkdir(mode=0o700)
+        foreign = real / "evil"
+        foreign.mkdir(mode=0o700)
+        denv.config.rename(foreign / "config.toml")
+        (real / "sub" / "config.toml").symlink_to("../evil/config.toml")
+        (tmp_path / "via").symlink_to(real / "sub")
+        denv.config.symlink_to(tmp_path / "via" / "config.toml")  # lexically tmp/evil/config.toml, which is not it
+    else:
+        denv.state_dir.rename(real / "state")
+        first, foreign = _deep_link(tmp_path, real)
+        denv.state_dir = first / "state"
+    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 0  # a trusted chain: followed
+    relay.clear()  # type: ignore[attr-defined]
+    os.chown(foreign, NOBODY, -1)
+    for args in (["deploy", "--lineage", str(lineage.live_dir)], ["retry"]):
+        run = denv.run(*args)
+        assert run.returncode == EX_NOPERM, (args, run.stderr)
+        assert f"{foreign}:" in run.stderr and "chown" in run.stderr, run.stderr
+    assert relay.messages == []  # type: ignore[attr-defined]

@@ -208,7 +208,8 @@ def test_damaged_first_line_without_head_is_damage_not_a_0_1_0_journal(tmp_path:
     journal.path.write_bytes(ls[0][:40] + b"\n" + b"".join(ls[1:]))
     journal.head.unlink()
     again = Journal(tmp_path / "state", KEY, anchor=tmp_path / "anchor" if anchored else None)
-    again.append({"event": "after"})
+    with pytest.raises(PermissionError, match="journal.head is missing"):  # appending would hide the cut head
+        again.append({"event": "after"})
     assert not (tmp_path / "state" / SEALED_FILE).exists()
     v = again.verify()
     assert not v.ok and v.first_bad_line == 1, v.problems
@@ -237,3 +238,39 @@ def test_legacy_detection_is_decided_once_per_open(tmp_path: Path) -> None:
     assert os.fspath(journal.head) not in opened and os.fspath(tmp_path / "anchor") not in opened, opened
     assert len(reads_of_journal) == 10, opened  # per append: its tail, then the append itself
     assert journal.verify().ok
+
+
+@pytest.mark.parametrize("how", ["lines cut from the end", "lines cut and the head deleted", "head edited",
+                                 "last line replaced by an earlier one"])
+def test_the_next_append_never_hides_tampering(journal: Journal, how: str) -> None:
+    """The next deploy's append writes a new head: over a journal cut from the end, that head made `verify` say OK
+    again. The append is refused instead (naming the head), nothing is written, and `verify` still names it."""
+    ls = lines(journal)
+    if how.startswith("lines cut"):
+        journal.path.write_bytes(b"".join(ls[:-2]))
+    if how == "lines cut and the head deleted":
+        journal.head.unlink()
+    if how == "head edited":
+        journal.head.write_text(journal.head.read_text().replace('"lines": 5', '"lines": 9'))
+    if how.startswith("last line replaced"):
+        journal.path.write_bytes(b"".join([*ls[:-1], ls[-2]]))
+    tampered = journal.path.read_bytes()
+    with pytest.raises(PermissionError, match="journal.head"):
+        Journal(journal.directory, KEY).append({"event": "attempt", "target": "next", "outcome": "delivered"})
+    assert journal.path.read_bytes() == tampered
+    assert not Journal(journal.directory, KEY).verify().ok
+
+
+def test_an_interrupted_append_is_no_tampering(tmp_path: Path) -> None:
+    """The head is written after the line: a crash between them leaves the head one line behind (or, on the first
+    append, no head at all). Appending goes on."""
+    first = Journal(tmp_path, KEY)
+    first.append({"event": "journal_started"})
+    first.head.unlink()  # the first append, interrupted before its head
+    first.append({"event": "attempt"})
+    head = first.head.read_bytes()
+    first.append({"event": "attempt"})
+    first.head.write_bytes(head)  # a later one, interrupted: the old head stays
+    first.append({"event": "attempt"})
+    v = Journal(tmp_path, KEY).verify()
+    assert v.ok and v.lines == 4, v.problems
