@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.deployenv import DeployEnv, Run, relay_target
+from support.deployenv import DeployEnv, Run, relay_target, starttls_fault_target
 from support.faultscript import STALL
 from support.pki import LineagePaths, RelayPKI, relay_chain_certs, write_smime
 
@@ -27,11 +27,7 @@ def block(run: Run, name: str) -> str:
 
 
 def fault_target(server: Any, relay_pki: RelayPKI, **overrides: Any) -> dict[str, Any]:
-    table: dict[str, Any] = {"host": "127.0.0.1", "port": server.port, "tls_mode": "starttls",
-                             "tls_ca_file": str(relay_pki.ca_file), "from_address": "certbot@example.com",
-                             "to": ["pki@example.com"], "timeout": 10}
-    table.update(overrides)
-    return table
+    return starttls_fault_target(server, relay_pki.ca_file, **overrides)
 
 
 def ehlo_names(server: Any) -> list[str]:

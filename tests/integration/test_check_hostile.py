@@ -7,16 +7,12 @@ from typing import Any
 
 import pytest
 from support import ci
-from support.deployenv import DeployEnv, relay_target
+from support.deployenv import DeployEnv, relay_target, starttls_fault_target
 from support.pki import LineagePaths, RelayPKI
 
 
 def fault_target(server: Any, relay_pki: RelayPKI, **overrides: Any) -> dict[str, Any]:
-    table: dict[str, Any] = {"host": "127.0.0.1", "port": server.port, "tls_mode": "starttls",
-                             "tls_ca_file": str(relay_pki.ca_file), "from_address": "certbot@example.com",
-                             "to": ["pki@example.com"], "timeout": 10}
-    table.update(overrides)
-    return table
+    return starttls_fault_target(server, relay_pki.ca_file, **overrides)
 
 
 def test_a_size_parameter_of_unicode_digits_is_no_number(denv: DeployEnv, fault_server, relay_pki: RelayPKI) -> None:

@@ -116,6 +116,15 @@ class DeployEnv:
         return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
+def starttls_fault_target(server: Any, ca_file: Path, **overrides: Any) -> dict[str, Any]:
+    """A STARTTLS target table for a `support.faultsmtp` server whose certificate `ca_file` trusts."""
+    table: dict[str, Any] = {"host": "127.0.0.1", "port": server.port, "tls_mode": "starttls",
+                             "tls_ca_file": str(ca_file), "from_address": "certbot@example.com",
+                             "to": ["pki@example.com"], "timeout": 10}
+    table.update(overrides)
+    return table
+
+
 def relay_target(relay: Any, **overrides: Any) -> dict[str, Any]:
     """A target table for a `support.relay.Relay`, trusting the test CA."""
     mode = {"starttls_not_offered": "starttls"}.get(relay.mode, relay.mode)
