@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,8 @@ def main() -> int:
 
 
 def demo(root: Path) -> int:
+    # aiosmtpd (the demo relay, not this tool) logs "Session.login_data is deprecated" on every AUTH: noise here.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
     exe = str(Path(sys.executable).parent / "certbot-smtp-dist")
     pki = relay_certs(root / "relay-pki")
     lineage = write_lineage(root / "letsencrypt" / "live" / "demo.example.com",
@@ -48,14 +51,19 @@ def demo(root: Path) -> int:
                 "to": ["pki@example.com"], "bcc": ["audit@example.com"], "subject_prefix": "DEMO",
             },
         }))
+        config.chmod(0o600)  # as the operator's guide makes it (`install -m 0600`): no "readable by everyone" warning
         env = {"CERTBOT_SMTP_DIST_CONFIG": str(config), "CERTBOT_SMTP_DIST_STATE_DIR": str(root / "state"),
                "PATH": "/usr/bin:/bin"}
         step(f"relay listening on 127.0.0.1:{relay.port} (STARTTLS required, AUTH PLAIN/LOGIN)")
+        step(f"sample lineage {lineage.live_dir} (cert.pem, chain.pem, fullchain.pem, privkey.pem), issued by a "
+             "throwaway test CA: the email's Diagnostics will say, rightly, that its root is not in the system "
+             "trust store")
         step(f"config {config}:\n{config.read_text()}")
         step("storing the relay password (read from stdin, envelope-encrypted, never in the config)")
         subprocess.run([exe, "credentials", "set", "relay", "--type", "smtp_password"], input=PASSWORD + "\n",
                        text=True, env=env, check=True)
-        step(f"certbot-smtp-dist deploy  (RENEWED_LINEAGE={lineage.live_dir})")
+        step(f"certbot-smtp-dist deploy --json  (RENEWED_LINEAGE={lineage.live_dir}, as certbot's deploy hook "
+             "sets it; the log on stderr, the JSON report on stdout)")
         proc = subprocess.run([exe, "deploy", "--json"], env={**env, "RENEWED_LINEAGE": str(lineage.live_dir)},
                               text=True, capture_output=True)
         print(proc.stderr, end="")
