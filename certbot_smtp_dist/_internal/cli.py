@@ -58,8 +58,9 @@ exit status of deploy and retry (sysexits, like other mail tools):
   64   usage error (EX_USAGE)
   65   certificate files unusable, nothing attempted (EX_DATAERR)
   69   a failure that is not retryable (EX_UNAVAILABLE)
-  75   some target failed and every failure is retryable (EX_TEMPFAIL)
+  73   --output cannot be created (EX_CANTCREAT)
   74   a file or directory it needs cannot be read or written (EX_IOERR)
+  75   some target failed and every failure is retryable (EX_TEMPFAIL)
   77   a path it needs is closed to this user, or is not safe to trust (EX_NOPERM)
   78   configuration or credentials unusable, nothing attempted (EX_CONFIG)
   130  interrupted
