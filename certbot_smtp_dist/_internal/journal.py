@@ -244,14 +244,25 @@ class Journal:
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record, the sealed 0.1.0 history first."""
         for path in (self.directory / SEALED_FILE, self.path):
-            for raw in self._raw(path):
-                try:
-                    doc = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(doc, dict):
-                    doc.pop("mac", None)
-                    yield doc
+            yield from self._records(path)
+
+    def _records(self, path: Path) -> Iterator[dict[str, Any]]:
+        for raw in self._raw(path):
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                doc.pop("mac", None)
+                yield doc
+
+    def audit(self) -> tuple[Verdict, list[dict[str, Any]]]:
+        """verify(), and the records it vouched for (the sealed 0.1.0 history first): for `status` and the metrics,
+        which must never report a tampered journal as healthy, in the one streaming pass they read it in anyway.
+        Read-only on a keyed state (an unkeyed 0.1.0 one is sealed first, as `verify` does)."""
+        verified: list[dict[str, Any]] = []
+        verdict = self.verify(verified)
+        return verdict, [*self._records(self.directory / SEALED_FILE), *verified]
 
     # -- verifying ----------------------------------------------------------------------------------------------
     def verify(self, records: list[dict[str, Any]] | None = None) -> Verdict:
