@@ -27,6 +27,17 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    try:
+        return _inspect(args)
+    except UsageError as exc:
+        if args.json:  # one JSON document on stdout on every path, as `check` and `deploy` do
+            from certbot_smtp_dist._internal.inspection import usage_error_json
+
+            print(usage_error_json(str(exc)))
+        raise
+
+
+def _inspect(args: argparse.Namespace) -> int:
     from certbot_smtp_dist._internal import inspection
     from certbot_smtp_dist._internal import lineage as lin
 

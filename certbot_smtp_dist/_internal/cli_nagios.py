@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 
@@ -28,20 +27,23 @@ def nagios_empty(args: argparse.Namespace, problem: str) -> int:
     return verdict
 
 
-def nagios_status(args: argparse.Namespace, state: Path, rows: list[dict[str, Any]], needs_human: list[bool]) -> int:
-    """The check over `status`'s rows and the journal's delivered certificates of the configured targets."""
+def nagios_status(args: argparse.Namespace, records: list[dict[str, Any]], rows: list[dict[str, Any]],
+                  needs_human: list[bool], tampered: str | None = None) -> int:
+    """The check over `status`'s rows and the verified journal's delivered certificates of the configured targets;
+    `tampered`: why the journal fails verification (CRITICAL), None when it verifies."""
     from certbot_smtp_dist._internal import metrics, nagios
+    from certbot_smtp_dist._internal.cli_state import next_command
     from certbot_smtp_dist._internal.config import config_path
-    from certbot_smtp_dist._internal.journal import Journal
     from certbot_smtp_dist._internal.loader import load
     from certbot_smtp_dist.errors import UsageError
 
     if not 0 <= args.crit_days <= args.warn_days:
         raise UsageError(f"--crit-days {args.crit_days} and --warn-days {args.warn_days}: need 0 <= crit <= warn")
     configured = [t.name for t in load(config_path(args.config)).settings.targets]
-    expiries = [nagios.Expiry(v.target, cert, when) for v in metrics.collect(Journal(state).records(), (), configured)
+    expiries = [nagios.Expiry(v.target, cert, when) for v in metrics.collect(records, (), configured)
                 for cert, when in v.not_after]
+    journal = None if tampered is None else nagios.Tampered(tampered, next_command(args, "journal", "verify"))
     code, text = nagios.check(rows, needs_human, expiries, time.time(),
-                              nagios.Thresholds(args.warn_days, args.crit_days))
+                              nagios.Thresholds(args.warn_days, args.crit_days), journal)
     print(text)
     return code

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from certbot_smtp_dist._internal.journal import Verdict
     from certbot_smtp_dist._internal.ledger import Ledger
     from certbot_smtp_dist._internal.spool import Spool
     from certbot_smtp_dist._internal.state import StateKeys
@@ -179,12 +180,12 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return result.exit_status
 
 
-def _rows(args: argparse.Namespace, state: Path) -> list[dict[str, Any]]:
+def _rows(args: argparse.Namespace, state: Path, keys: StateKeys | None = None) -> list[dict[str, Any]]:
     """Every spool entry as a row of `status` (rejected files included), each with the commands to run next."""
     from certbot_smtp_dist._internal.spool import UNCERTAIN, Rejected, Spool
 
     rows: list[dict[str, Any]] = []
-    for item in Spool(state, _keys(args, state).spool).entries():
+    for item in Spool(state, (keys or _keys(args, state)).spool).entries():
         if isinstance(item, Rejected):
             rows.append({"id": item.path.stem, "file": str(item.path), "state": "rejected", "detail": item.problem})
         else:
@@ -231,9 +232,11 @@ def _row_line(r: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Nagios plugin convention: 0 OK, 1 WARNING (pending), 2 CRITICAL (needs a human), 3 UNKNOWN (cannot know:
+    """Nagios plugin convention: 0 OK, 1 WARNING (pending), 2 CRITICAL (needs a human, or the journal fails
+    verification: verified in one pass, read-only, the rows' certificates taken from its verified lines), 3 UNKNOWN (cannot know:
     no state there, or it cannot be read; main() turns every error into 3). --nagios: the same states, as a plugin."""
     from certbot_smtp_dist._internal import cli_nagios
+    from certbot_smtp_dist._internal.journal import Journal
 
     state = _state(args)
     empty = _nothing_there(state)
@@ -248,22 +251,41 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{'--state-dir' if args.state_dir else '$CERTBOT_SMTP_DIST_STATE_DIR or the default'}; "
                   f"pass --state-dir DIR, or --allow-empty before the first deploy)")
         return STATUS_OK if args.allow_empty else STATUS_UNKNOWN
-    rows = _rows(args, state)
+    keys = _keys(args, state)
+    journal, records = Journal(state, keys.journal, keys.journal_anchor).audit()
+    tampered = None if journal.ok else journal_problem(args, journal)
+    rows = _rows(args, state, keys)
     if args.nagios:
-        return cli_nagios.nagios_status(args, state, rows, [_needs_human(r) for r in rows])
+        return cli_nagios.nagios_status(args, records, rows, [_needs_human(r) for r in rows], tampered)
     if args.json:
-        print(json.dumps({"entries": rows}, indent=2))
-    elif not rows:
-        print("OK: no pending, uncertain or failed deliveries")
+        print(json.dumps({"entries": rows, "journal": {
+            "ok": journal.ok, "lines": journal.lines, "first_bad_line": journal.first_bad_line,
+            "problems": [str(p) for p in journal.problems],
+            "next": [] if journal.ok else [next_command(args, "journal", "verify")]}}, indent=2))
     else:
+        if tampered is not None:
+            print(f"CRITICAL: {tampered}")
+            print(f"  next: {next_command(args, 'journal', 'verify')}")
+        if not rows and tampered is None:
+            print("OK: no pending, uncertain or failed deliveries")
         for r in rows:
             print(_row_line(r))
             for step in r["next"]:
                 print(f"  next: {step}")
-    # An uncertain delivery that `retry` will not re-send by itself needs a human as much as a failed one.
-    if any(_needs_human(r) for r in rows):
+    # An uncertain delivery that `retry` will not re-send by itself needs a human as much as a failed one; so does
+    # a journal that fails verification (issue 20: never "OK" over a tampered record of what was shipped).
+    if tampered is not None or any(_needs_human(r) for r in rows):
         return STATUS_CRITICAL
     return STATUS_WARNING if rows else STATUS_OK
+
+
+def journal_problem(args: argparse.Namespace, verdict: Verdict) -> str:
+    """One line for a journal that fails verification: the first bad line, and what is wrong there."""
+    first = verdict.first_bad_line
+    problem = next((p for p in verdict.problems if p.line == first), verdict.problems[0]) if verdict.problems else None
+    where = f"first bad line {first}" if first is not None else "the journal as a whole"
+    return (f"the journal fails verification ({where}: {problem.text if problem else 'unknown'}); "
+            f"see {next_command(args, 'journal', 'verify')}")
 
 
 def _uncertain_note(row: dict[str, Any]) -> str:

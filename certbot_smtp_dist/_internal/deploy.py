@@ -152,7 +152,8 @@ def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, tar
             continue
         if target in wanted:
             pipeline.warn_about(target, loaded.formats[target.payload])
-        jobs.append(pipeline.prepare_job(target, artefact, loaded.formats, secrets, now, message_hook=transform))
+        jobs.append(pipeline.prepare_job(target, artefact, loaded.formats, secrets, now, message_hook=transform,
+                                         started=started))
         _log_prepared(jobs[-1])
     if request.dry_run:
         return pipeline.rendered_results(jobs, request.output)

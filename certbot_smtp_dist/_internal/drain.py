@@ -171,7 +171,8 @@ class _Drain:
         from certbot_smtp_dist._internal.plugins import message_hook
 
         job = pipeline.prepare_job(target, artefact, loaded.formats, secrets, datetime.fromisoformat(entry.date),
-                                   entry.message_id, entry.envelope_to or None, message_hook(loaded.plugins))
+                                   entry.message_id, entry.envelope_to or None, message_hook(loaded.plugins),
+                                   started=self.started)
         if job.skipped:
             return self._close(entry, "skipped", "the target's filter no longer matches", artefact.facts)
         if job.message is None:

@@ -104,6 +104,13 @@ def as_json(found: Inspection) -> str:
                        "findings": [f.to_json() for f in found.findings]}, indent=2)
 
 
+def usage_error_json(problem: str) -> str:
+    """The --json document when nothing could be inspected (exit 64): the schema's keys, empty, and why."""
+    return json.dumps({"schema": SCHEMA, "verdict": "error", "exit_status": report.EX_USAGE, "source": None,
+                       "trust_store": None, "certificate": None, "chain": [], "trust_anchor": None, "findings": [],
+                       "usage_error": problem}, indent=2)
+
+
 def as_text(found: Inspection) -> str:
     """For people: the verdict first, then each finding with its fix, then the facts. One line per item, each
     certificate-borne text made printable (a hostile subject cannot start a line of its own)."""

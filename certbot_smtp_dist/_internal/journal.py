@@ -16,6 +16,7 @@ import errno
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ LOCK_FILE = "journal.lock"
 SEALED_FILE = "journal-0.1.0.jsonl"
 SEALED_HEAD = "journal-0.1.0.head"
 FORMAT = 2
+log = logging.getLogger("certbot_smtp_dist")
 _MAC_FIELD = re.compile(rb',"mac":"([0-9a-f]{64})"\}$')
 
 
@@ -73,6 +75,7 @@ class Journal:
         self._anchor = anchor
         self._keyed = False  # decided once per open: once keyed, a state is never read as 0.1.0 again
         self._head_checked = False  # the head found before this open's first append: authentic, not ahead
+        self._anchor_checked = False  # the anchor file found (or written) by this open
 
     def keyed(self) -> bool:
         """Whether this state directory was ever keyed, from facts a local user who can write the state cannot
@@ -143,9 +146,37 @@ class Journal:
         head = {"format": FORMAT, "lines": seq, "mac": mac, "head_mac": _head_mac(key, seq, mac)}
         files.write_private(self.head, json.dumps(head).encode() + b"\n")
         self._keyed = self._head_checked = True
-        if first == 0 and self._anchor is not None and self._anchored() is None:
-            doc = {"state_dir": str(self.directory), "first_line_mac": macs[1]}
+        self._anchor_first_line(key, macs[1] if first == 0 else None)
+
+    def _anchor_first_line(self, key: bytes, first_mac: str | None) -> None:
+        """Record the first line's MAC in the anchor file if it is not there yet: with the first line, and on any
+        later append if that write failed (a read-only credential store at the time), from a first line that
+        verifies under the key (never from one that does not: that would anchor a forgery). Checked once per open.
+        A failed write is logged, never raised: the line itself is written, and the next append tries again."""
+        if self._anchor is None or self._anchor_checked:
+            return
+        self._anchor_checked = True
+        if self._anchored() is not None:
+            return
+        if first_mac is None:
+            first_mac = self._verified_first_mac(key)
+            if first_mac is None:
+                return
+        doc = {"state_dir": str(self.directory), "first_line_mac": first_mac}
+        try:
             files.create_private_exclusive(self._anchor, json.dumps(doc).encode() + b"\n")
+        except OSError as exc:
+            self._anchor_checked = False
+            log.warning("cannot write the journal anchor %s (tried again on the next append): %s", self._anchor,
+                        exc.strerror or exc)
+
+    def _verified_first_mac(self, key: bytes) -> str | None:
+        first = next(iter(self._raw(self.path)), b"").rstrip(b"\n")
+        found = _MAC_FIELD.search(first)
+        if found is None or not hmac.compare_digest(_mac(key, first[:found.start()] + b"}"), found.group(1).decode()):
+            return None
+        doc = _json(first[:found.start()] + b"}")
+        return found.group(1).decode() if doc is not None and doc.get("seq") == 1 else None
 
     def _require_head(self, key: bytes, seq: int, prev: str) -> None:
         """Before writing a new head over it: the head must be authentic and not ahead of the journal. Otherwise
@@ -244,14 +275,25 @@ class Journal:
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record, the sealed 0.1.0 history first."""
         for path in (self.directory / SEALED_FILE, self.path):
-            for raw in self._raw(path):
-                try:
-                    doc = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(doc, dict):
-                    doc.pop("mac", None)
-                    yield doc
+            yield from self._records(path)
+
+    def _records(self, path: Path) -> Iterator[dict[str, Any]]:
+        for raw in self._raw(path):
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                doc.pop("mac", None)
+                yield doc
+
+    def audit(self) -> tuple[Verdict, list[dict[str, Any]]]:
+        """verify(), and the records it vouched for (the sealed 0.1.0 history first): for `status` and the metrics,
+        which must never report a tampered journal as healthy, in the one streaming pass they read it in anyway.
+        Read-only on a keyed state (an unkeyed 0.1.0 one is sealed first, as `verify` does)."""
+        verified: list[dict[str, Any]] = []
+        verdict = self.verify(verified)
+        return verdict, [*self._records(self.directory / SEALED_FILE), *verified]
 
     # -- verifying ----------------------------------------------------------------------------------------------
     def verify(self, records: list[dict[str, Any]] | None = None) -> Verdict:

@@ -226,7 +226,8 @@ class Ledger:
         """These targets got this certificate (one pass after the run): their entries for it, or for an older
         certificate of the same name, are done. `held_back`: they did not get it, because min_interval held this
         renewal back (the target already has this key and these names); an older certificate still waiting for
-        them is superseded all the same, never sent after the newer one was renewed."""
+        them is superseded all the same, never sent after the newer one was renewed. Only an entry for a certificate
+        older than this one (by validity) is superseded: a newer one still waiting is left to `retry`."""
         if not targets:
             return
         why = (f"a newer certificate ({facts.serial_hex}) was renewed and held back by min_interval"
@@ -240,7 +241,8 @@ class Ledger:
                 if fresh.fingerprint == facts.sha256_fingerprint:
                     if not held_back:
                         self.close(fresh, "delivered_elsewhere", facts, "a later run delivered this certificate")
-                elif fresh.certificate == facts.name and fresh.state in (sp.PENDING, sp.UNCERTAIN):
+                elif (fresh.certificate == facts.name and fresh.state in (sp.PENDING, sp.UNCERTAIN)
+                      and sp.older_than(fresh, facts)):  # an older certificate deployed again supersedes nothing
                     self.close(fresh, "superseded", None, why)
 
     # -- blocked deploys ----------------------------------------------------------------------------------------

@@ -75,10 +75,14 @@ _HELP = (
      "Not-after of the last certificate delivered to the target, per certificate name."),
     ("spool_entries", "gauge", "Spool entries per target and state (target=\"*\": blocked deploys, rejected files)."),
 )
+_JOURNAL = ("journal_intact", "gauge",
+            "1 if the journal verifies (HMAC chain intact up to its recorded head), 0 if it does not: run "
+            "certbot-smtp-dist journal verify.")
 
 
-def render(values: Iterable[TargetValues]) -> str:
-    """The text exposition format 0.0.4: HELP and TYPE before each family, label values escaped, a final newline."""
+def render(values: Iterable[TargetValues], journal_intact: bool | None = None) -> str:
+    """The text exposition format 0.0.4: HELP and TYPE before each family, label values escaped, a final newline.
+    `journal_intact`: the journal's verdict, exposed when known (the target values come from its verified lines)."""
     rows = tuple(values)
     samples: dict[str, list[str]] = {name: [] for name, _, _ in _HELP}
     for v in rows:
@@ -95,6 +99,10 @@ def render(values: Iterable[TargetValues]) -> str:
     for name, kind, text in _HELP:
         lines += [f"# HELP {PREFIX}{name} {_escape_help(text)}", f"# TYPE {PREFIX}{name} {kind}"]
         lines += [PREFIX + name + s for s in samples[name]]
+    if journal_intact is not None:
+        name, kind, text = _JOURNAL
+        lines += [f"# HELP {PREFIX}{name} {_escape_help(text)}", f"# TYPE {PREFIX}{name} {kind}",
+                  f"{PREFIX}{name} {int(journal_intact)}"]
     return "\n".join(lines) + "\n"
 
 

@@ -34,15 +34,24 @@ class Thresholds:
     crit_days: int = 7
 
 
+@dataclass(frozen=True, slots=True)
+class Tampered:
+    """A journal that fails verification: what is wrong (its first bad line), and the command that shows it all."""
+
+    problem: str
+    next: str
+
+
 def line(state: int, summary: str) -> str:
     """The first line without perfdata (UNKNOWN, or a state not there yet)."""
     return f"SMTP-DIST {NAMES[state]} - {_clean(summary)}"
 
 
 def check(rows: Sequence[Mapping[str, Any]], needs_human: Iterable[bool], expiries: Iterable[Expiry], now: float,
-          limits: Thresholds) -> tuple[int, str]:
+          limits: Thresholds, journal: Tampered | None = None) -> tuple[int, str]:
     """Exit status and output. `rows`: `status`'s rows; `needs_human`: for each row, whether `retry` alone will not
-    end it (failed, blocked, rejected, an uncertain delivery that waits)."""
+    end it (failed, blocked, rejected, an uncertain delivery that waits); `journal`: set when the journal fails
+    verification, which is CRITICAL whatever else holds (its records cannot be trusted to say all is well)."""
     human = list(needs_human)
     failed = sum(1 for r in rows if r["state"] in ("failed", "rejected"))
     pending = sum(1 for r in rows if r["state"] == "pending")
@@ -54,9 +63,10 @@ def check(rows: Sequence[Mapping[str, Any]], needs_human: Iterable[bool], expiri
     state = OK
     if pending or uncertain or (days is not None and days < limits.warn_days):
         state = WARNING
-    if any(human) or (days is not None and days < limits.crit_days):
+    if any(human) or journal is not None or (days is not None and days < limits.crit_days):
         state = CRITICAL
-    parts = [f"{failed} failed or blocked", f"{pending} pending", f"{uncertain} uncertain"]
+    parts = [] if journal is None else [journal.problem]
+    parts += [f"{failed} failed or blocked", f"{pending} pending", f"{uncertain} uncertain"]
     if soonest is not None and days is not None:
         parts.append(f"earliest delivered certificate {soonest.certificate} (target {soonest.target}) "
                      f"{'expired' if days < 0 else 'expires in'} {abs(days):.1f} days{' ago' if days < 0 else ''}")
@@ -67,7 +77,10 @@ def check(rows: Sequence[Mapping[str, Any]], needs_human: Iterable[bool], expiri
     if days is not None:
         # Range "N:" alerts below N (guidelines, threshold format): fewer days left than the limit.
         perf.append(f"expires_in_days={days:.2f};{limits.warn_days}:;{limits.crit_days}:;;")
-    return state, "\n".join([f"{line(state, ', '.join(parts))} | {' '.join(perf)}", *_long(rows, soonest, now)])
+    perf.append(f"journal_intact={0 if journal else 1};;1:;0;1")
+    extra = [] if journal is None else [_clean(f"journal: {journal.problem}"), _clean(f"  next: {journal.next}")]
+    return state, "\n".join([f"{line(state, ', '.join(parts))} | {' '.join(perf)}", *extra,
+                             *_long(rows, soonest, now)])
 
 
 def _long(rows: Sequence[Mapping[str, Any]], soonest: Expiry | None, now: float) -> list[str]:

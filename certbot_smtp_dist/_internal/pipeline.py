@@ -81,9 +81,12 @@ def prepare_job(
     message_id: str | None = None,
     envelope_to: tuple[str, ...] | None = None,
     message_hook: Callable[[Target, CertificateFacts, Message], Message] | None = None,
+    started: float | None = None,
 ) -> Job:
     """Payload + render + the message hooks (plugins.message_hook: S/MIME, extensions) for one target, or the
-    reason it cannot be built. Pure but for what the hooks do (S/MIME reads the signer key)."""
+    reason it cannot be built. Pure but for what the hooks do (S/MIME reads the signer key). `started`: the run's
+    start (time.monotonic()), from which the target's `timeout` counts: the hooks get only what is left of it
+    (budget.py)."""
     # With OAuth 2.0 the session's secret is the grant's (client secret or key), which transport.py trades for a token.
     login = target.oauth2.credential if target.oauth2 is not None else target.password_credential
     password = secrets.get(login) if login else None
@@ -106,8 +109,11 @@ def prepare_job(
         return Job(target, None, None, known,
                    failure=Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, f"cannot render the message: {exc}"))
     if message_hook is not None:
+        from certbot_smtp_dist._internal import budget
+
         try:
-            message = message_hook(target, artefact.facts, message)
+            with budget.running(started):
+                message = message_hook(target, artefact.facts, message)
         except PayloadError as exc:
             detail = scrub.Scrubber.of(known).text(str(exc)) if known else str(exc)
             return Job(target, None, None, known, failure=Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, detail))

@@ -37,9 +37,22 @@ class SmimeHook:
         return protect(message, target.smime, facts, target.timeout)
 
 
+def _left(timeout: float, what: str) -> float:
+    """What is left of the target's `timeout` since the run started (budget.py), for one CMS call; PayloadError
+    when nothing is: the messages prepared before this one spent it, and this target fails alone, at once."""
+    from certbot_smtp_dist._internal import budget
+
+    left = budget.left(timeout)
+    if left <= 0:
+        raise PayloadError(f"cannot {what}: the target's timeout ({timeout:g}s, counted from the run's start) "
+                           "ran out while the messages were prepared")
+    return left
+
+
 def protect(message: Message, smime: SmimePolicy, facts: CertificateFacts, timeout: float) -> Message:
     """`message` signed (detached, SHA-256, RFC 8551 §3.5) and/or encrypted (§3.3) as `smime` says; with both, the
-    signed message is encrypted (§3.7: what Outlook and Thunderbird expect). Raises PayloadError (CmsError)."""
+    signed message is encrypted (§3.7: what Outlook and Thunderbird expect). Raises PayloadError (CmsError).
+    Each CMS call gets only what is left of `timeout` since the run started (budget.py)."""
     from certbot_smtp_dist._internal import (
         cms,  # on the first S/MIME message only: not on every run's start-up
     )
@@ -52,7 +65,7 @@ def protect(message: Message, smime: SmimePolicy, facts: CertificateFacts, timeo
     subject = message.subject
     if smime.encrypts:
         cipher = cms.Cipher(smime.encryption)
-        blob = cms.encrypt(entity, smime.recipients_pem, cipher, timeout)
+        blob = cms.encrypt(entity, smime.recipients_pem, cipher, _left(timeout, "encrypt"))
         entity = (b"Content-Type: application/pkcs7-mime; smime-type=" + cipher.smime_type.encode()
                   + b"; name=smime.p7m" + CRLF + b"Content-Transfer-Encoding: base64" + CRLF
                   + b'Content-Disposition: attachment; filename="smime.p7m"' + CRLF + CRLF + _base64(blob))
@@ -69,7 +82,7 @@ def _signed(entity: bytes, smime: SmimePolicy, timeout: float) -> bytes:
     from certbot_smtp_dist._internal import cms
 
     assert smime.sign_key is not None
-    signature = cms.sign(entity, smime.signer_chain_pem, signer_key(smime), timeout)
+    signature = cms.sign(entity, smime.signer_chain_pem, signer_key(smime), _left(timeout, "sign"))
     boundary = _boundary(entity)
     return (b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256;' + CRLF
             + b' boundary="' + boundary + b'"' + CRLF + CRLF + SIGNED_PREAMBLE + CRLF + CRLF

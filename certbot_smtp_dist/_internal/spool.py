@@ -74,6 +74,8 @@ class Entry:
     kind: str = DELIVERY
     uncertain: int = 0  # sessions of this delivery whose final reply was lost
     resend_due: bool = False  # UNCERTAIN only: the next `retry` re-sends it (the first lost reply, if allowed)
+    not_before: str = ""  # the certificate's validity, ISO 8601: which of two certificates is the newer ("": an
+    not_after: str = ""  # entry written before this was recorded, of unknown age)
 
     def lineage_source(self) -> LineageSource | None:
         """The certificate files to render from again; None if the entry recorded none."""
@@ -137,6 +139,9 @@ def _typed(doc: dict[str, Any], path: Path) -> Entry:
             raise Rejected(path, f"field {name!r} is missing or of the wrong type")
         return value
 
+    def optional(name: str) -> str:
+        return want(name, str) if name in doc else ""
+
     source = want("source", dict)
     recipients = want("envelope_to", list)
     failure = want("last_failure", (dict, type(None)))
@@ -149,7 +154,8 @@ def _typed(doc: dict[str, Any], path: Path) -> Entry:
                   date=want("date", str), envelope_to=tuple(recipients), source=dict(source),
                   created=want("created", str), updated=want("updated", str), attempts=want("attempts", int),
                   last_failure=failure, kind=want("kind", str), uncertain=want("uncertain", int),
-                  resend_due=want("resend_due", bool))
+                  resend_due=want("resend_due", bool), not_before=optional("not_before"),
+                  not_after=optional("not_after"))
     if entry.state not in STATES or entry.kind not in KINDS:
         raise Rejected(path, f"unknown state {entry.state!r} or kind {entry.kind!r}")
     return entry
@@ -183,7 +189,8 @@ def for_delivery(target: str, facts: CertificateFacts, source: LineageSource | N
                  state=PENDING if failure is None else FAILED, target=target, certificate=facts.name,
                  serial=facts.serial_hex, fingerprint=facts.sha256_fingerprint, message_id=message_id, date=stamp,
                  envelope_to=envelope_to, source=source_json(source) if source else {}, created=stamp, updated=stamp,
-                 last_failure=failure_json(failure) if failure else None)
+                 last_failure=failure_json(failure) if failure else None,
+                 not_before=facts.not_before.isoformat(), not_after=facts.not_after.isoformat())
 
 
 def for_blocked(source: LineageSource, facts: CertificateFacts | None, old: Entry | None, why: str,
@@ -195,6 +202,16 @@ def for_blocked(source: LineageSource, facts: CertificateFacts | None, old: Entr
                  fingerprint=facts.sha256_fingerprint if facts else "", message_id=None, date=stamp, envelope_to=(),
                  source=source_json(source), created=old.created if old else stamp, updated=stamp,
                  attempts=(old.attempts if old else 0) + 1, last_failure=needs_attention(why, code), kind=BLOCKED)
+
+
+def older_than(entry: Entry, facts: CertificateFacts) -> bool:
+    """Whether the entry's certificate is older than `facts`' by validity (not-after, then not-before): only an
+    older one may be superseded. Unknown (an entry from before validity was recorded): not older."""
+    try:
+        mine = (datetime.fromisoformat(entry.not_after), datetime.fromisoformat(entry.not_before))
+        return mine < (facts.not_after, facts.not_before)
+    except (ValueError, TypeError):  # TypeError: a naive time beside an aware one
+        return False
 
 
 def needs_attention(why: str, code: str | None = None) -> dict[str, Any]:

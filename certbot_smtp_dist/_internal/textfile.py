@@ -8,7 +8,7 @@ from pathlib import Path
 
 from certbot_smtp_dist._internal import files, metrics
 from certbot_smtp_dist._internal import spool as sp
-from certbot_smtp_dist._internal.journal import Journal
+from certbot_smtp_dist._internal.journal import HEAD_FILE, JOURNAL_FILE, SEALED_FILE, Journal
 from certbot_smtp_dist._internal.state import StateKeys
 from certbot_smtp_dist.model import Settings
 
@@ -28,10 +28,12 @@ def spool_states(spool: sp.Spool) -> Iterator[tuple[str, str]]:
 
 
 def text(state: Path, keys: StateKeys, settings: Settings) -> str:
-    """The exposition text for `state`: the configured targets, and any the spool still holds entries for."""
-    values = metrics.collect(Journal(state).records(), spool_states(sp.Spool(state, keys.spool)),
-                             [t.name for t in settings.targets])
-    return metrics.render(values)
+    """The exposition text for `state`: the configured targets, and any the spool still holds entries for, from the
+    journal's verified lines; and whether the journal verifies (one pass over it)."""
+    verdict, records = Journal(state, keys.journal, keys.journal_anchor).audit()
+    values = metrics.collect(records, spool_states(sp.Spool(state, keys.spool)), [t.name for t in settings.targets])
+    recorded = any((state / name).exists() for name in (JOURNAL_FILE, HEAD_FILE, SEALED_FILE))
+    return metrics.render(values, verdict.ok if recorded else None)  # nothing recorded yet: no verdict to give
 
 
 def refresh(state: Path, keys: StateKeys, settings: Settings) -> None:

@@ -451,3 +451,35 @@ def test_a_short_secret_withholds_relay_text_but_not_the_extensions_we_know(
     assert after["extensions"][withheld] == withheld and "x-echo" not in after["extensions"]
     assert run.target("archive")["ehlo_before_tls"]["starttls"] is True
     assert short not in run.stdout + run.stderr
+
+
+def test_reading_the_trust_anchors_for_a_refused_handshake_runs_off_the_event_loop(
+        denv: DeployEnv, relay_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each refused handshake reads the trust store's anchors and parses them (milliseconds per target): on the event
+    loop, hundreds of failing targets would stall every other probe. The real diagnosis runs, in a thread where no
+    event loop runs; the result is the same."""
+    import asyncio
+    import threading
+
+    from certbot_smtp_dist._internal import check, relaycert
+
+    relays = [relay_factory("starttls", cert="wrong_host") for _ in range(2)]
+    denv.write_config({f"r{i}": relay_target(r) for i, r in enumerate(relays)})
+    real, seen = relaycert.diagnose, []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        seen.append((on_loop, threading.current_thread() is threading.main_thread()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(relaycert, "diagnose", spy)
+    report = check.run(check.CheckRequest(denv.config, environ={}))
+
+    assert seen and seen == [(False, False)] * len(relays), seen
+    for target in report.checks:
+        assert target.certificate is not None and target.certificate.host_matches is False
+        assert any("is not among the certificate's names" in p for p in target.certificate.problems)

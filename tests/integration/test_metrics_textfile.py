@@ -50,7 +50,8 @@ def read(prom: Path) -> Exposition:
     accepted_by_the_real_parsers(prom.read_text())
     parsed = parse(prom.read_text())
     assert set(parsed.types) == {P + n for n in ("last_attempt_timestamp_seconds", "last_success_timestamp_seconds",
-                                                 "last_delivered_not_after_timestamp_seconds", "spool_entries")}
+                                                 "last_delivered_not_after_timestamp_seconds", "spool_entries",
+                                                 "journal_intact")}
     assert set(parsed.types.values()) == {"gauge"} and set(parsed.helps) == set(parsed.types)
     return parsed
 
@@ -66,7 +67,7 @@ def accepted_by_the_real_parsers(text: str) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     families = {f.name: f.type for f in text_string_to_metric_families(text)}
-    assert set(families.values()) == {"gauge"} and len(families) == 4, families
+    assert set(families.values()) == {"gauge"} and len(families) == 5, families
 
 
 def spool(parsed: Exposition, target: str = "relay") -> dict[str, float]:
@@ -87,6 +88,7 @@ def test_delivered_run_writes_the_file_and_metrics_prints_the_same(denv: DeployE
     assert parsed.value(P + "last_delivered_not_after_timestamp_seconds", target="relay",
                         certificate="test.example.com") == NOT_AFTER.timestamp()
     assert spool(parsed) == dict.fromkeys(STATES, 0)
+    assert parsed.value(P + "journal_intact") == 1
     assert "pki@example.com" not in prom.read_text()  # never a recipient address
     printed = denv.run("metrics")
     assert printed.returncode == 0 and printed.stdout == prom.read_text()
@@ -209,3 +211,22 @@ def test_a_directory_that_is_a_link_or_missing_is_an_error_not_a_write(denv: Dep
     assert run.returncode == 0 and f"cannot write the metrics file {prom}" in run.stderr
     assert os.listdir(elsewhere) == []  # nothing written through the link
     assert textfile_dir.is_symlink() if case == "directory is a link" else not textfile_dir.exists()  # none made
+
+
+def test_a_tampered_journal_is_exposed_and_not_believed(denv: DeployEnv, lineage: LineagePaths, prom: Path,
+                                                       relay_factory) -> None:
+    """Issue 20: the metrics never say all is well over a journal that fails verification: journal_intact is 0, and
+    the lines that fail (here a delivery forged to another target) are not counted."""
+    relay = relay_factory("plaintext")
+    assert deploy(denv, lineage, prom, relay_target(relay)) == 0
+    journal = denv.state_dir / "journal.jsonl"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    lines[-1] = lines[-1].replace(b'"target":"relay"', b'"target":"forged"')
+    journal.write_bytes(b"".join(lines))
+    printed = denv.run("metrics")
+    assert printed.returncode == 0, printed.stderr
+    accepted_by_the_real_parsers(printed.stdout)
+    parsed = parse(printed.stdout)
+    assert parsed.value(P + "journal_intact") == 0
+    assert not any(dict(labels).get("target") == "forged" for labels in
+                   parsed.series(P + "last_success_timestamp_seconds"))

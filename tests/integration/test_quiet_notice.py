@@ -272,3 +272,43 @@ def test_a_held_back_renewal_supersedes_an_older_certificate_still_pending(denv:
                      if r.get("event") == "superseded"]
     assert len(closed_events) == 1 and "held back by min_interval" in str(closed_events[0].get("detail"))
     assert denv.run("retry").returncode == 0 and len(relay.messages) == 1  # C1 only
+
+
+def renew_valid(lineage: LineagePaths, days_ago: int) -> None:
+    """renew(), valid from `days_ago` days ago for 90 days: of two, the one issued fewer days ago is the newer."""
+    start = datetime.now(timezone.utc) - timedelta(days=days_ago, hours=1)
+    leaf = issue(lineage.intermediate, common_name=lineage.names[0], sans=lineage.names, key=lineage.key,
+                 not_before=start, not_after=start + timedelta(days=90))
+    (lineage.live_dir / "cert.pem").write_bytes(leaf.cert_pem())
+    (lineage.live_dir / "fullchain.pem").write_bytes(leaf.cert_pem() + lineage.intermediate.cert_pem())
+
+
+@pytest.mark.parametrize("min_interval", ["7d", None])
+def test_an_older_certificate_never_supersedes_a_newer_one_pending(denv: DeployEnv, lineage: LineagePaths,
+                                                                  relay_factory, min_interval: str | None) -> None:
+    """C1 delivered; the newer C2's delivery fails and stays pending; then C1 is deployed again (files put back by
+    hand): held back by min_interval (same key, names), or delivered without it. Neither closes C2, which is newer:
+    it stays pending for `retry`, which is how the recipients get the certificate they must end up with."""
+    relay = relay_factory("plaintext")
+    extra = {} if min_interval is None else {"min_interval": min_interval}
+    denv.write_config({"quiet": relay_target(relay, **extra)})
+    renew_valid(lineage, days_ago=10)
+    assert deploy(denv, lineage).target("quiet")["status"] == "delivered"
+    first = {name: (lineage.live_dir / name).read_bytes() for name in ("cert.pem", "fullchain.pem")}
+    renew_valid(lineage, days_ago=0)
+    with socket.socket() as closed:  # a port nobody listens on: C2's delivery fails, transiently
+        closed.bind(("127.0.0.1", 0))
+        dead = closed.getsockname()[1]
+    denv.write_config({"quiet": relay_target(relay, port=dead, timeout=3, **extra)})
+    assert deploy(denv, lineage, "--force").returncode == EX_TEMPFAIL and denv.run("status").returncode == 1
+    for name, data in first.items():
+        (lineage.live_dir / name).write_bytes(data)  # C1 again
+    denv.write_config({"quiet": relay_target(relay, **extra)})
+
+    again = deploy(denv, lineage)
+
+    assert again.returncode == 0, again.stderr
+    assert again.target("quiet")["status"] == ("skipped" if min_interval else "delivered")
+    assert denv.run("status").returncode == 1  # C2 still pending
+    history = json.loads(denv.run("history", "--all", "--json").stdout)["history"]
+    assert not [r for r in history if r.get("event") == "superseded"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +155,30 @@ def test_an_uncertain_encrypted_delivery_is_re_encrypted_once_with_the_same_mess
     attempts = [(a["outcome"], a["signed"], a["encrypted_to"]) for a in lines if a.get("event") == "attempt"]
     assert attempts == [("uncertain", True, [pki.recipients[0].fingerprint]),
                         ("delivered", True, [pki.recipients[0].fingerprint])]
+
+
+def test_a_hung_openssl_costs_only_its_own_targets_budget(denv: DeployEnv, lineage: LineagePaths, relay_factory,
+                                                          pki: SmimeFiles, tmp_path: Path) -> None:
+    """Messages are prepared one target after another before anything is sent, and each target's timeout counts
+    from the run's start. An openssl that hangs (here one that sleeps on `cms`) may spend its own target's budget,
+    not each target's anew: the S/MIME targets prepared after it fail at once (SMTP_PAYLOAD), and a plain target
+    whose timeout outlasts the first still gets its mail (it waited 3 x 3 s, past its 8 s, before the fix)."""
+    fake = tmp_path / "bin" / "openssl"
+    fake.parent.mkdir(mode=0o700)
+    real = shutil.which("openssl")
+    assert real is not None
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = cms ]; then exec sleep 60; fi\nexec {real} "$@"\n')
+    fake.chmod(0o700)
+    relay = relay_factory("plaintext")
+    hung = {f"s{i}": smime_target(relay, pki, smime_encryption="aes256-gcm", timeout=3) for i in range(3)}
+    denv.write_config({**hung, "plain": relay_target(relay, timeout=8)})
+
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json", extra_env={cms.OPENSSL_ENV: str(fake)})
+
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.target("plain")["status"] == "delivered", run.stdout
+    assert [tuple(m.rcpt_tos) for m in relay.messages] == [("pki@example.com",)]
+    for name in hung:
+        assert run.target(name)["status"] == "failed" and run.target(name)["error_code"] == "SMTP_PAYLOAD"
+    assert "took longer than" in run.target("s0")["detail"]
+    assert all("ran out while the messages were prepared" in run.target(n)["detail"] for n in ("s1", "s2"))

@@ -308,3 +308,14 @@ def test_a_chain_that_loops_is_named_as_a_loop(denv: DeployEnv, lin: pki.Lineage
     assert status == EX_DATAERR and "no-trust-anchor" in codes(doc, "error")
     [finding] = [f for f in doc["findings"] if f["code"] == "no-trust-anchor"]
     assert "neither in the chain" not in finding["message"] and "loop" in finding["message"], finding
+
+
+@pytest.mark.parametrize("case", ["nothing given", "both given"])
+def test_usage_errors_print_one_json_document(denv: DeployEnv, lin: pki.LineagePaths, case: str) -> None:
+    """Every --json path prints one document, a usage error (exit 64) too: the keys of the schema, empty, and
+    `usage_error` saying what was wrong (the line on stderr stays)."""
+    args = [] if case == "nothing given" else ["--lineage", str(lin.live_dir), "--cert", str(lin.cert)]
+    code, doc = as_json(denv, *args)
+    assert code == EX_USAGE and set(doc) == SCHEMA_KEYS | {"usage_error"}
+    assert doc["schema"] == "certbot-smtp-dist/inspect/1" and doc["verdict"] == "error" and doc["findings"] == []
+    assert ("exclusive" if case == "both given" else "give --lineage") in doc["usage_error"]

@@ -274,3 +274,36 @@ def test_an_interrupted_append_is_no_tampering(tmp_path: Path) -> None:
     first.append({"event": "attempt"})
     v = Journal(tmp_path, KEY).verify()
     assert v.ok and v.lines == 4, v.problems
+
+
+def test_an_anchor_that_could_not_be_written_is_written_by_a_later_append(tmp_path: Path) -> None:
+    """The anchor is written with the first line; if that failed (here the store's directory is a symbolic link,
+    which the write refuses, as a read-only store fails with EROFS), the first line is still appended, and a later
+    append (a later run) anchors the first line once it verifies, so a restarted journal is caught from then on."""
+    store = tmp_path / "store"
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    store.symlink_to(tmp_path / "elsewhere")  # refused for writing: the anchor cannot be created under it
+    anchor = store / "anchor"
+    Journal(tmp_path / "state", KEY, anchor=anchor).append({"event": "journal_started"})
+    assert not anchor.exists()
+    first_mac = json.loads((tmp_path / "state" / "journal.jsonl").read_bytes().splitlines()[0])["mac"]
+    store.unlink()
+    store.mkdir(mode=0o700)
+    Journal(tmp_path / "state", KEY, anchor=anchor).append({"event": "attempt"})
+    assert json.loads(anchor.read_bytes())["first_line_mac"] == first_mac
+    for name in ("journal.jsonl", "journal.head"):  # deleted and restarted: caught by the late anchor
+        os.unlink(tmp_path / "state" / name)
+    restarted = Journal(tmp_path / "state", KEY, anchor=anchor)
+    restarted.append({"event": "journal_started", "run": "another"})
+    v = restarted.verify()
+    assert not v.ok and v.first_bad_line == 1 and "anchor" in str(v.problems[0])
+
+
+def test_a_first_line_that_does_not_verify_is_never_anchored_late(tmp_path: Path) -> None:
+    """No anchor, and line 1 forged (its MAC not under the key): a later append must not anchor the forgery."""
+    state = tmp_path / "state"
+    Journal(state, KEY).append({"event": "journal_started"})  # no anchor configured at the time
+    first, *rest = (state / "journal.jsonl").read_bytes().splitlines(keepends=True)
+    (state / "journal.jsonl").write_bytes(first.replace(b"journal_started", b"journal_startex") + b"".join(rest))
+    Journal(state, KEY, anchor=tmp_path / "anchor").append({"event": "attempt"})
+    assert not (tmp_path / "anchor").exists()
