@@ -162,6 +162,12 @@ class _Drain:
         if isinstance(artefact, CertificateError):
             return self._fail(entry, f"certificate files unusable: {'; '.join(artefact.problems)}", "SMTP_PAYLOAD")
         if artefact.facts.sha256_fingerprint != entry.fingerprint:
+            if sp.newer_than(entry, artefact.facts):
+                # Files put back by hand, or another lineage at the same path: what it holds now is older, so it
+                # does not stand in for this entry's certificate, which is no longer there to send.
+                return self._fail(entry, f"the lineage now holds an older certificate (serial "
+                                         f"{artefact.facts.serial_hex}) than this entry's (serial {entry.serial}); "
+                                         "put the newer files back", "SMTP_PAYLOAD")
             return self._close(entry, "superseded",
                                f"the lineage now holds a newer certificate (serial {artefact.facts.serial_hex})",
                                artefact.facts)

@@ -6,6 +6,7 @@ import email
 import email.policy
 import json
 import stat
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from support.deployenv import DeployEnv, relay_target
@@ -95,6 +96,32 @@ def test_newer_certificate_supersedes_entry(denv: DeployEnv, tmp_path: Path, rel
     last = json.loads((denv.state_dir / "journal.jsonl").read_text().splitlines()[-1])
     assert last["event"] == "superseded" and last["message_id"] == entry["message_id"]
     assert last["fingerprint"] == renewed.leaf.fingerprint != first.leaf.fingerprint  # closed in favour of the new one
+
+
+def test_an_older_certificate_put_back_does_not_supersede_the_entry(denv: DeployEnv, tmp_path: Path,
+                                                                     unused_port: int) -> None:
+    """The lineage's files replaced by an OLDER certificate (restored from a backup by hand): the pending entry's
+    newer certificate is not "superseded" by it. It stays, failed for a human, and nothing older is sent."""
+    live = tmp_path / "live" / "test.example.com"
+    now = datetime.now(timezone.utc)
+    older = write_lineage(tmp_path / "old" / "test.example.com", not_before=now - timedelta(days=30),
+                          not_after=now + timedelta(days=60))
+    newer = write_lineage(live, not_before=now - timedelta(hours=1), not_after=now + timedelta(days=89))
+    denv.write_config({"a": {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 2,
+                             "from_address": "c@example.com", "to": ["x@example.com"]}})
+    assert denv.run("deploy", "--lineage", str(live)).returncode == 75
+    for name in ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"):
+        (live / name).write_bytes((older.live_dir / name).read_bytes())
+
+    retry = denv.run("retry", "--json")
+
+    assert retry.returncode == 75, retry.stdout + retry.stderr
+    assert retry.json["closed"] == []
+    [entry] = [json.loads(p.read_text()) for p in spool_files(denv)]
+    assert entry["fingerprint"] == newer.leaf.fingerprint and entry["state"] == "failed"
+    assert "now holds an older certificate" in entry["last_failure"]["detail"]
+    assert denv.run("retry").returncode == 69  # and from then on it waits for a human
+    assert [json.loads(p.read_text())["fingerprint"] for p in spool_files(denv)] == [newer.leaf.fingerprint]
 
 
 def test_permanent_failure_not_retried_but_alerted(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
