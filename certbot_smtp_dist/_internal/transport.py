@@ -16,12 +16,11 @@ import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from certbot_smtp_dist._internal import (
     classify,
     greeting,
-    oauth2,
     offloop,
     portprobe,
     scrub,
@@ -41,6 +40,9 @@ from certbot_smtp_dist.model import (
     Target,
     TlsMode,
 )
+
+if TYPE_CHECKING:  # urllib and http.client: imported (in _authorised) only when a target uses OAuth 2.0
+    from certbot_smtp_dist._internal import oauth2
 
 _log = logging.getLogger("certbot_smtp_dist")
 _CACHE_IO_FLOOR = 2.0  # seconds a token-cache write or removal may take even when the deadline has passed
@@ -209,6 +211,8 @@ async def _authorised(target: Target, password: Secret | None, budget: float, se
     if target.oauth2 is None or password is None:
         return await run(password, budget, known)
     # The token first: nothing reaches the relay when none could be had. `password` is the grant's secret.
+    from certbot_smtp_dist._internal import oauth2
+
     try:
         client = oauth2.client(target.oauth2, password)
         identity = oauth2.identity(client, target.username or "")
@@ -232,6 +236,8 @@ async def _token(client: oauth2.Client, identity: tuple[str, str, str, str], dea
     so the targets of a run that share a grant ask the endpoint once. Every wait (for another target's fetch, the
     cache file, the endpoint) gets only what is left of this target's deadline; the cache's file I/O runs off the
     event loop, so it never stalls another target's session."""
+    from certbot_smtp_dist._internal import oauth2
+
     loop = asyncio.get_running_loop()
 
     def left() -> float:
