@@ -88,6 +88,10 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
     if ledger:
         ledger.config_fixed()
     targets = loader.select(loaded.settings, request.targets)
+    if not request.dry_run:  # the system trust store loads on a thread while the certificate is read and checked
+        from certbot_smtp_dist._internal.transport import TlsContexts
+
+        TlsContexts.prefetch(targets)
     started = time.monotonic()  # every target's `timeout` counts from here: reading the files and payloads included
     try:
         artefact = _read_certificate(request.source, now)

@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -138,11 +138,39 @@ class TlsContexts:
 
     _made: ClassVar[dict[tuple[Path | None, bool, tuple[int, ...]], ssl.SSLContext]] = {}
     _MAX = 32  # distinct trust configurations kept; past that the cache starts again
+    _loading: ClassVar[threading.Thread | None] = None  # prefetch's thread, joined by the first get()
+
+    @classmethod
+    def prefetch(cls, targets: Iterable[Target]) -> None:
+        """Start building the contexts `targets` will need on a thread of its own, so that loading the system store
+        (OpenSSL releases the GIL while it parses it) overlaps the run's other work before the first connection:
+        reading and checking the certificate, rendering, the write-ahead. The contexts are the ones get() would
+        build; one that fails to build is left for get() to build again, which raises and names the file."""
+        wanted: dict[tuple[Path | None, bool, tuple[int, ...]], Target] = {}
+        for t in targets:
+            if t.tls_mode is not TlsMode.PLAINTEXT and _key(t) not in cls._made:
+                wanted.setdefault(_key(t), t)
+        if not wanted or (cls._loading is not None and cls._loading.is_alive()):
+            return
+
+        def build() -> None:
+            for key, target in wanted.items():
+                try:
+                    cls._made.setdefault(key, client_tls_context(target))
+                except (OSError, ssl.SSLError, ValueError):
+                    continue
+
+        cls._loading = threading.Thread(target=build, name="certbot-smtp-dist-trust", daemon=True)
+        cls._loading.start()
 
     def get(self, target: Target) -> ssl.SSLContext | None:
         if target.tls_mode is TlsMode.PLAINTEXT:
             return None
-        key = (target.tls_ca_file, target.tls_skip_verify, _identity(target.tls_ca_file))
+        loading = type(self)._loading
+        if loading is not None:  # a prefetch under way: wait for it rather than load the same store twice
+            loading.join()
+            type(self)._loading = None
+        key = _key(target)
         made = self._made.get(key)
         if made is None:
             made = client_tls_context(target)  # an unreadable anchor raises here, as before, and is not cached
@@ -150,6 +178,10 @@ class TlsContexts:
                 self._made.clear()
             self._made[key] = made
         return made
+
+
+def _key(target: Target) -> tuple[Path | None, bool, tuple[int, ...]]:
+    return (target.tls_ca_file, target.tls_skip_verify, _identity(target.tls_ca_file))
 
 
 def _identity(path: Path | None) -> tuple[int, ...]:
