@@ -81,9 +81,11 @@ def prepare_job(
     message_id: str | None = None,
     envelope_to: tuple[str, ...] | None = None,
     message_hook: Callable[[Target, CertificateFacts, Message], Message] | None = None,
+    parts: render.PartCache | None = None,
 ) -> Job:
     """Payload + render + the message hooks (plugins.message_hook: S/MIME, extensions) for one target, or the
-    reason it cannot be built. Pure but for what the hooks do (S/MIME reads the signer key)."""
+    reason it cannot be built. Pure but for what the hooks do (S/MIME reads the signer key). `parts`: the run's
+    attachment parts, shared by its targets (render.attachment_part)."""
     # With OAuth 2.0 the session's secret is the grant's (client secret or key), which transport.py trades for a token.
     login = target.oauth2.credential if target.oauth2 is not None else target.password_credential
     password = secrets.get(login) if login else None
@@ -100,7 +102,7 @@ def prepare_job(
     try:
         message = render.render(
             target, artefact.facts, payload, message_id or render.new_message_id(target.from_address), now,
-            envelope_to, artefact.findings,
+            envelope_to, artefact.findings, parts,
         )
     except ValueError as exc:  # the email package refuses a header value: this target only, never the whole run
         return Job(target, None, None, known,
