@@ -334,7 +334,8 @@ def test_deploy_imports_only_what_its_targets_need(denv: DeployEnv, lineage: Lin
     relay = relay_factory("plaintext")
     denv.write_config({"x": relay_target(relay)})
     unwanted = ("certbot_smtp_dist._internal.oauth2", "urllib.request", "http.client",
-                "certbot_smtp_dist._internal.check")
+                "certbot_smtp_dist._internal.check", "certbot_smtp_dist._internal.cli_check",
+                "certbot_smtp_dist._internal.cli_state", "certbot_smtp_dist._internal.cli_inspect")
     code = (
         "import sys; from certbot_smtp_dist._internal.cli import main; rc = main(['deploy', '--lineage', sys.argv[1]]);"
         f"bad = sorted(m for m in {unwanted!r} if m in sys.modules);"
