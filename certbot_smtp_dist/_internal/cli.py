@@ -98,7 +98,9 @@ class _VersionAction(argparse.Action):
         parser.exit(0)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `only="deploy"`, the same parser holding that one subcommand (main() takes
+    it when argv starts with "deploy", as every hook does: the others' modules are neither imported nor built)."""
     parser = _Parser(prog="certbot-smtp-dist", description="Ship renewed ACME certificates by email.",
                      epilog=EXIT_CODES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_VersionAction)
@@ -123,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--fullchain", metavar="FILE", help="leaf followed by issuers (PEM)")
     src.add_argument("--name", help="certificate name (default: the leaf's CN, else its first SAN)")
     deploy.set_defaults(func=cmd_deploy)  # deploy.run rewrites the metrics file itself, with what it loaded
+    if only == "deploy":
+        return parser
 
     creds = sub.add_parser("credentials", help="manage stored secrets (never on the command line)")
     _global_options(creds, suppress=True)
@@ -331,7 +335,9 @@ def setup_logging(fmt: str, verbose: int, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Parsed exactly as by the whole parser: "deploy" first leaves no other subcommand or global option to match.
+    parser = build_parser(only="deploy" if argv[:1] == ["deploy"] else None)
     args = parser.parse_args(argv)
     setup_logging(args.log_format, args.verbose, args.quiet)
     code = _run(args)

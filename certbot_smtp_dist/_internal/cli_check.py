@@ -8,9 +8,11 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from certbot_smtp_dist._internal.check import REPORTED, SCHEMA, CheckReport, TargetCheck
-from certbot_smtp_dist._internal.probe import Ehlo
+if TYPE_CHECKING:  # the use case (asyncio, the probe, X.509) is imported only when `check` runs, not for `deploy`
+    from certbot_smtp_dist._internal.check import CheckReport, TargetCheck
+    from certbot_smtp_dist._internal.probe import Ehlo
 
 CHECK_EPILOG = """\
 check sends no mail: no MAIL, RCPT or DATA, ever. exit status:
@@ -74,6 +76,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _nothing_checked(args: argparse.Namespace, key: str, text: str) -> None:
     """With --json, one document on stdout also when nothing could be checked."""
+    from certbot_smtp_dist._internal.check import SCHEMA
+
     if args.json:
         print(json.dumps({"schema": SCHEMA, "targets": [], "config_errors": [], key: text}, indent=2))
 
@@ -118,6 +122,8 @@ def _failed(c: TargetCheck) -> str:
 
 def _extensions(ehlo: Ehlo) -> str:
     """The extensions a delivery cares about, then whatever else the relay offers."""
+    from certbot_smtp_dist._internal.check import REPORTED
+
     shown: list[str] = []
     for keyword in REPORTED:
         if keyword == "size" and ehlo.has("size"):

@@ -148,13 +148,14 @@ def parse_settings(
         tables = {}
     targets: list[Target] = []
     warnings: list[ConfigProblem] = []
+    ca_verdicts: dict[Path, str | None] = {}  # one check of a CA file per load, however many targets name it
     for name, table in tables.items():
         if not isinstance(table, dict):
             problems.append(ConfigProblem(name, None, "must be a table"))
             continue
         checker = _TargetChecker(name, {**defaults, **table}, credentials, payload_formats, path.parent,
                                  from_defaults=frozenset(defaults) - frozenset(table), config_path=path,
-                                 known=known)
+                                 known=known, ca_verdicts=ca_verdicts)
         target = checker.build()
         problems.extend(checker.problems)
         warnings.extend(checker.warnings)
@@ -251,6 +252,7 @@ class _TargetChecker:
         from_defaults: frozenset[str] = frozenset(),
         config_path: Path = DEFAULT_CONFIG,
         known: frozenset[str] = KNOWN_KEYS,
+        ca_verdicts: dict[Path, str | None] | None = None,
     ) -> None:
         self.name = name
         self.table = table
@@ -260,6 +262,7 @@ class _TargetChecker:
         self.from_defaults = from_defaults  # keys this target took from [defaults], not from its own table
         self.config_path = config_path
         self.known = known  # KNOWN_KEYS and the credential keys the registered payload formats declare
+        self.ca_verdicts = {} if ca_verdicts is None else ca_verdicts  # shared by the targets of one load
         self.problems: list[ConfigProblem] = []
         self.warnings: list[ConfigProblem] = []
         # Keys a typo in this table or [defaults] most likely meant: their "did you mean" says they are missing.
@@ -373,7 +376,7 @@ class _TargetChecker:
         tls_ca_file = None
         if ca is not None:
             tls_ca_file = (self.base_dir / ca) if not os.path.isabs(ca) else Path(ca)
-            why = ca_file_problem(tls_ca_file)
+            why = self._ca_problem(tls_ca_file)
             if why:
                 self.problem("tls_ca_file", why)
         auth_method = self.choice("auth_method", AuthMethod, tuple(m.value for m in AuthMethod), "none")
@@ -449,10 +452,16 @@ class _TargetChecker:
         if value is None:
             return None
         path = (self.base_dir / value) if not os.path.isabs(value) else Path(value)
-        why = ca_file_problem(path)
+        why = self._ca_problem(path)
         if why:
             self.problem(key, why)
         return path
+
+    def _ca_problem(self, path: Path) -> str | None:
+        """ca_file_problem, once per file and load: 50 targets naming one CA file parsed it 50 times."""
+        if path not in self.ca_verdicts:
+            self.ca_verdicts[path] = ca_file_problem(path)
+        return self.ca_verdicts[path]
 
     def _identity(self) -> dict[str, Any]:
         """Who sends to whom, and the header text around it (RFC 5322 §3.4, §3.6)."""

@@ -29,6 +29,7 @@ from certbot_smtp_dist.model import (
 )
 
 if TYPE_CHECKING:
+    from certbot_smtp_dist._internal import render
     from certbot_smtp_dist._internal.ledger import Ledger
     from certbot_smtp_dist._internal.state import StateKeys
 
@@ -88,6 +89,10 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
     if ledger:
         ledger.config_fixed()
     targets = loader.select(loaded.settings, request.targets)
+    if not request.dry_run:  # the system trust store loads on a thread while the certificate is read and checked
+        from certbot_smtp_dist._internal.transport import TlsContexts
+
+        TlsContexts.prefetch(targets)
     started = time.monotonic()  # every target's `timeout` counts from here: reading the files and payloads included
     try:
         artefact = _read_certificate(request.source, now)
@@ -147,13 +152,14 @@ def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, tar
     from certbot_smtp_dist._internal.plugins import message_hook
 
     transform, jobs = message_hook(loaded.plugins), []
+    parts: render.PartCache = {}  # this run's attachment parts, made once for all its targets
     for target in targets:
         if target.name in held:
             continue
         if target in wanted:
             pipeline.warn_about(target, loaded.formats[target.payload])
         jobs.append(pipeline.prepare_job(target, artefact, loaded.formats, secrets, now, message_hook=transform,
-                                         started=started))
+                                         started=started, parts=parts))
         _log_prepared(jobs[-1])
     if request.dry_run:
         return pipeline.rendered_results(jobs, request.output)

@@ -82,11 +82,12 @@ def prepare_job(
     envelope_to: tuple[str, ...] | None = None,
     message_hook: Callable[[Target, CertificateFacts, Message], Message] | None = None,
     started: float | None = None,
+    parts: render.PartCache | None = None,
 ) -> Job:
     """Payload + render + the message hooks (plugins.message_hook: S/MIME, extensions) for one target, or the
     reason it cannot be built. Pure but for what the hooks do (S/MIME reads the signer key). `started`: the run's
     start (time.monotonic()), from which the target's `timeout` counts: the hooks get only what is left of it
-    (budget.py)."""
+    (budget.py). `parts`: the run's attachment parts, shared by its targets (render.attachment_part)."""
     # With OAuth 2.0 the session's secret is the grant's (client secret or key), which transport.py trades for a token.
     login = target.oauth2.credential if target.oauth2 is not None else target.password_credential
     password = secrets.get(login) if login else None
@@ -103,7 +104,7 @@ def prepare_job(
     try:
         message = render.render(
             target, artefact.facts, payload, message_id or render.new_message_id(target.from_address), now,
-            envelope_to, artefact.findings,
+            envelope_to, artefact.findings, parts,
         )
     except ValueError as exc:  # the email package refuses a header value: this target only, never the whole run
         return Job(target, None, None, known,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 from collections.abc import Callable
 
 import pluggy
@@ -25,9 +27,45 @@ def make_manager(load_entry_points: bool = True, extra: tuple[object, ...] = ())
     pm.register(SmimeHook(), name="builtin-smime")
     for plugin in extra:
         pm.register(plugin)
-    if load_entry_points:
+    if load_entry_points and _may_declare(hookspecs.ENTRY_POINT_GROUP):
         pm.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP)
     return pm
+
+
+def _may_declare(group: str) -> bool:
+    """False only when no distribution importlib.metadata would find can declare an entry point in `group`.
+
+    pluggy's scan imports importlib.metadata and parses every distribution's entry points (~10 ms of a cold
+    deploy hook, which almost never has an extension installed). This reads the same files, on the same search
+    path, and only looks for the group's section header: a superset test (any doubt answers True, and pluggy then
+    scans as before), so what is loaded never changes. Nothing is cached, so nothing another user wrote is trusted.
+    """
+    from importlib.machinery import PathFinder
+
+    if any(f is not PathFinder and hasattr(f, "find_distributions") for f in sys.meta_path):
+        return True  # another finder lists distributions of its own
+    header = re.compile(rb"^[ \t]*\[[ \t]*" + re.escape(group.encode()) + rb"[ \t]*\]", re.MULTILINE)
+    for entry in sys.path:
+        root = entry or "."  # importlib.metadata reads "" as the working directory, as imports do
+        try:
+            names = os.listdir(root)
+        except NotADirectoryError:
+            return True  # a zip archive on the path: its distributions are not listed here
+        except OSError:
+            continue  # importlib.metadata skips what it cannot list, too
+        infos = [n for n in names if n.lower().endswith((".dist-info", ".egg-info"))]
+        if root.lower().endswith(".egg"):
+            infos += [n for n in names if n.lower() == "egg-info"]
+        for info in infos:
+            try:
+                with open(os.path.join(root, info, "entry_points.txt"), "rb") as fh:
+                    if header.search(fh.read()):
+                        return True
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # no entry points at all, or an .egg-info file (PKG-INFO only)
+            except OSError:
+                return True  # unreadable: pluggy's scan decides, as before
+    return False
 
 
 def payload_formats(pm: pluggy.PluginManager) -> dict[str, PayloadFormat]:

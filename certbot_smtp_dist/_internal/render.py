@@ -12,7 +12,15 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 from certbot_smtp_dist._internal.addresses import domain_of, printable
-from certbot_smtp_dist.model import CertificateFacts, Finding, Message, Payload, Severity, Target
+from certbot_smtp_dist.model import (
+    Attachment,
+    CertificateFacts,
+    Finding,
+    Message,
+    Payload,
+    Severity,
+    Target,
+)
 
 BODY_TEMPLATE = """\
 {opening}
@@ -107,9 +115,10 @@ def render(
     date: datetime,
     envelope_to: tuple[str, ...] | None = None,
     findings: tuple[Finding, ...] = (),
+    parts: PartCache | None = None,
 ) -> Message:
     """Build the message. `envelope_to` narrows the RCPT list (a retry of refused recipients only); `findings` are
-    the artefact's Diagnostics."""
+    the artefact's Diagnostics; `parts`, one run's attachments already made into MIME parts (attachment_part)."""
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = Address(display_name=target.from_name or "", addr_spec=target.from_address)
     msg["To"] = ", ".join(target.to)
@@ -124,9 +133,9 @@ def render(
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834 §5
     msg.set_content(body(target, facts, payload, findings), charset="utf-8")
     for att in payload.attachments:
-        maintype, _, subtype = att.content_type.partition("/")
-        # bytes attachments are always base64 (RFC 2045 §6.8), whatever they contain.
-        msg.add_attachment(att.data, maintype=maintype, subtype=subtype, filename=att.filename)
+        if msg.get_content_type() != "multipart/mixed":  # what EmailMessage.add_attachment does, part aside
+            msg.make_mixed()
+        msg.attach(attachment_part(att, parts))
     return Message(
         message_id=message_id,
         subject=the_subject,
@@ -134,6 +143,27 @@ def render(
         envelope_to=envelope_to if envelope_to is not None else target.envelope_recipients,
         data=msg.as_bytes(),
     )
+
+
+PartCache = dict[Attachment, EmailMessage]
+
+
+def attachment_part(att: Attachment, parts: PartCache | None = None) -> EmailMessage:
+    """`att` as the MIME part EmailMessage.add_attachment would make. A fan-out sends the same attachments to
+    every target, and making the part (its headers parsed, its data base64-encoded) is a third of rendering a
+    message: with `parts` (one run's, never kept longer, as it holds the payload) each is made once and the same
+    part attached to every message; generating a message only reads its parts."""
+    part = parts.get(att) if parts is not None else None
+    if part is None:
+        part = EmailMessage(policy=policy.SMTP)
+        maintype, _, subtype = att.content_type.partition("/")
+        # bytes attachments are always base64 (RFC 2045 §6.8), whatever they contain.
+        part.set_content(att.data, maintype=maintype, subtype=subtype, filename=att.filename)
+        if "content-disposition" not in part:
+            part["Content-Disposition"] = "attachment"
+        if parts is not None:
+            parts[att] = part
+    return part
 
 
 MAX_LINE = 78  # RFC 5322 §2.1.1: SHOULD; "Subject: " comes first on the first line

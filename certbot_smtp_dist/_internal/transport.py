@@ -13,15 +13,14 @@ import socket
 import ssl
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from certbot_smtp_dist._internal import (
     classify,
     greeting,
-    oauth2,
     offloop,
     portprobe,
     scrub,
@@ -41,6 +40,9 @@ from certbot_smtp_dist.model import (
     Target,
     TlsMode,
 )
+
+if TYPE_CHECKING:  # urllib and http.client: imported (in _authorised) only when a target uses OAuth 2.0
+    from certbot_smtp_dist._internal import oauth2
 
 _log = logging.getLogger("certbot_smtp_dist")
 _CACHE_IO_FLOOR = 2.0  # seconds a token-cache write or removal may take even when the deadline has passed
@@ -136,11 +138,39 @@ class TlsContexts:
 
     _made: ClassVar[dict[tuple[Path | None, bool, tuple[int, ...]], ssl.SSLContext]] = {}
     _MAX = 32  # distinct trust configurations kept; past that the cache starts again
+    _loading: ClassVar[threading.Thread | None] = None  # prefetch's thread, joined by the first get()
+
+    @classmethod
+    def prefetch(cls, targets: Iterable[Target]) -> None:
+        """Start building the contexts `targets` will need on a thread of its own, so that loading the system store
+        (OpenSSL releases the GIL while it parses it) overlaps the run's other work before the first connection:
+        reading and checking the certificate, rendering, the write-ahead. The contexts are the ones get() would
+        build; one that fails to build is left for get() to build again, which raises and names the file."""
+        wanted: dict[tuple[Path | None, bool, tuple[int, ...]], Target] = {}
+        for t in targets:
+            if t.tls_mode is not TlsMode.PLAINTEXT and _key(t) not in cls._made:
+                wanted.setdefault(_key(t), t)
+        if not wanted or (cls._loading is not None and cls._loading.is_alive()):
+            return
+
+        def build() -> None:
+            for key, target in wanted.items():
+                try:
+                    cls._made.setdefault(key, client_tls_context(target))
+                except (OSError, ssl.SSLError, ValueError):
+                    continue
+
+        cls._loading = threading.Thread(target=build, name="certbot-smtp-dist-trust", daemon=True)
+        cls._loading.start()
 
     def get(self, target: Target) -> ssl.SSLContext | None:
         if target.tls_mode is TlsMode.PLAINTEXT:
             return None
-        key = (target.tls_ca_file, target.tls_skip_verify, _identity(target.tls_ca_file))
+        loading = type(self)._loading
+        if loading is not None:  # a prefetch under way: wait for it rather than load the same store twice
+            loading.join()
+            type(self)._loading = None
+        key = _key(target)
         made = self._made.get(key)
         if made is None:
             made = client_tls_context(target)  # an unreadable anchor raises here, as before, and is not cached
@@ -148,6 +178,10 @@ class TlsContexts:
                 self._made.clear()
             self._made[key] = made
         return made
+
+
+def _key(target: Target) -> tuple[Path | None, bool, tuple[int, ...]]:
+    return (target.tls_ca_file, target.tls_skip_verify, _identity(target.tls_ca_file))
 
 
 def _identity(path: Path | None) -> tuple[int, ...]:
@@ -209,6 +243,8 @@ async def _authorised(target: Target, password: Secret | None, budget: float, se
     if target.oauth2 is None or password is None:
         return await run(password, budget, known)
     # The token first: nothing reaches the relay when none could be had. `password` is the grant's secret.
+    from certbot_smtp_dist._internal import oauth2
+
     try:
         client = oauth2.client(target.oauth2, password)
         identity = oauth2.identity(client, target.username or "")
@@ -232,6 +268,8 @@ async def _token(client: oauth2.Client, identity: tuple[str, str, str, str], dea
     so the targets of a run that share a grant ask the endpoint once. Every wait (for another target's fetch, the
     cache file, the endpoint) gets only what is left of this target's deadline; the cache's file I/O runs off the
     event loop, so it never stalls another target's session."""
+    from certbot_smtp_dist._internal import oauth2
+
     loop = asyncio.get_running_loop()
 
     def left() -> float:

@@ -328,6 +328,25 @@ def test_deploy_never_imports_certbot(denv: DeployEnv, lineage: LineagePaths, re
     assert len(relay.messages) == 1
 
 
+def test_deploy_imports_only_what_its_targets_need(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
+    """A cold `deploy` of a password (or no-auth) `pem` target loads neither the OAuth 2.0 client (urllib,
+    http.client) nor the `check` use case: the hook pays only for what its targets use (issue 16)."""
+    relay = relay_factory("plaintext")
+    denv.write_config({"x": relay_target(relay)})
+    unwanted = ("certbot_smtp_dist._internal.oauth2", "urllib.request", "http.client",
+                "certbot_smtp_dist._internal.check", "certbot_smtp_dist._internal.cli_check",
+                "certbot_smtp_dist._internal.cli_state", "certbot_smtp_dist._internal.cli_inspect")
+    code = (
+        "import sys; from certbot_smtp_dist._internal.cli import main; rc = main(['deploy', '--lineage', sys.argv[1]]);"
+        f"bad = sorted(m for m in {unwanted!r} if m in sys.modules);"
+        "print(rc, bad); sys.exit(1 if bad or rc else 0)"
+    )
+    proc = subprocess.run([os.sys.executable, "-c", code, str(lineage.live_dir)], env=denv.env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(relay.messages) == 1
+
+
 def test_renewed_lineage_environment(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
     relay = relay_factory("plaintext")
     denv.write_config({"x": relay_target(relay)})

@@ -70,3 +70,28 @@ def test_a_drain_reads_a_lineage_and_decrypts_a_targets_secrets_once(
     assert run.returncode == 75, run.stderr
     assert calls.counts == {"lineage": 1, "decrypt": 1, "config": 1}
     assert 'certbot_smtp_dist_spool_entries{target="a",state="pending"} 3' in prom.read_text()
+
+
+def test_a_ca_file_named_by_many_targets_is_checked_once_per_load(
+        denv: DeployEnv, lineage: LineagePaths, relay_factory: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from certbot_smtp_dist._internal import config
+
+    relay = relay_factory("plaintext")
+    good, bad = tmp_path / "ca.pem", tmp_path / "not-a-ca.pem"
+    good.write_text(lineage.chain.read_text())
+    bad.write_text("no certificate here\n")
+    targets = {f"t{i}": relay_target(relay, tls_ca_file=str(good)) for i in range(4)}
+    denv.write_config(targets)
+    calls = Calls(monkeypatch)
+    calls.count(config, "ca_file_problem", "ca")
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir))
+    assert run.returncode == 0, run.stderr
+    assert calls.counts == {"ca": 1}
+    # A bad file is still reported for every target that names it, each keyed by its own target.
+    denv.write_config({**targets, "t1": relay_target(relay, tls_ca_file=str(bad)),
+                       "t2": relay_target(relay, tls_ca_file=str(bad))})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir))
+    assert run.returncode == 78
+    assert calls.counts == {"ca": 3}
+    assert "t1.tls_ca_file" in run.stderr and "t2.tls_ca_file" in run.stderr and "t0.tls_ca_file" not in run.stderr

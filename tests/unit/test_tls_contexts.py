@@ -81,3 +81,34 @@ def test_quick_acknowledgement_is_asked_for_on_the_clients_socket() -> None:
 
     assert asyncio.run(run()) == []
     assert calls == [(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)]
+
+
+def test_a_prefetched_context_is_the_one_get_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy starts loading the trust store on a thread (prefetch) while it reads the certificate; get() waits for
+    that thread and hands out what it built, with the same policy, and loads nothing twice."""
+    ca = relay_certs(tmp_path).ca_file
+    built: list[str] = []
+    real = transport.client_tls_context
+
+    def counted(t: Target) -> object:
+        built.append(t.name)
+        return real(t)
+
+    monkeypatch.setattr(transport, "client_tls_context", counted)
+    monkeypatch.setattr(transport.TlsContexts, "_made", {})
+    transport.TlsContexts.prefetch([target(ca), target(ca, TlsMode.PLAINTEXT), dataclasses.replace(target(ca),
+                                                                                                   name="u")])
+    got = transport.TlsContexts().get(target(ca))
+    assert got is not None and got.check_hostname and got.verify_mode.name == "CERT_REQUIRED"
+    assert got.minimum_version >= transport.ssl.TLSVersion.TLSv1_2
+    assert built == ["t"]  # one per trust configuration, none for plaintext, none again in get()
+    transport.TlsContexts.prefetch([target(ca)])  # already made: no thread, nothing built
+    assert built == ["t"]
+
+
+def test_a_prefetch_that_fails_leaves_the_error_to_get(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport.TlsContexts, "_made", {})
+    missing = tmp_path / "gone.pem"
+    transport.TlsContexts.prefetch([target(missing)])
+    with pytest.raises(OSError):
+        transport.TlsContexts().get(target(missing))

@@ -1,0 +1,106 @@
+"""plugins._may_declare: the cheap test that lets a cold deploy skip pluggy's scan of every distribution's entry
+points; it may answer True without cause, never False where importlib.metadata would find the group."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from certbot_smtp_dist import hookspecs
+from certbot_smtp_dist._internal import plugins
+
+GROUP = hookspecs.ENTRY_POINT_GROUP
+_ORIGINAL_PATH = tuple(sys.path)  # the standard library and the stack, for the test that imports
+
+
+def _dist(site: Path, name: str, entry_points: str | None, suffix: str = ".dist-info") -> None:
+    info = site / f"{name}-1.0{suffix}"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    if entry_points is not None:
+        (info / "entry_points.txt").write_text(entry_points)
+
+
+def _found_by_importlib(group: str) -> list[str]:
+    return [ep.name for d in importlib.metadata.distributions() for ep in d.entry_points if ep.group == group]
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty directory as the whole search path."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.setattr(sys, "path", [str(site)])
+    return site
+
+
+def test_no_distribution_declares_the_group(site: Path) -> None:
+    _dist(site, "other", "[console_scripts]\nother = other:main\n# [certbot_smtp_dist] in a comment\n")
+    _dist(site, "bare", None)
+    (site / "legacy-1.0.egg-info").write_text("Metadata-Version: 1.0\nName: legacy\n")  # an egg-info file
+    _dist(site, "mentions", "[certbot.plugins]\nx = certbot_smtp_dist.certbot_plugin:Installer\n")
+    assert _found_by_importlib(GROUP) == []
+    assert plugins._may_declare(GROUP) is False
+
+
+@pytest.mark.parametrize("text", ["[certbot_smtp_dist]\nx = x\n", "\n  [ certbot_smtp_dist ]\nx = x\n",
+                                  "[console_scripts]\na = a:b\n[certbot_smtp_dist]\nx = x\n"])
+@pytest.mark.parametrize("suffix", [".dist-info", ".egg-info"])
+def test_a_declaring_distribution_is_always_seen(site: Path, text: str, suffix: str) -> None:
+    _dist(site, "other", "[console_scripts]\nother = other:main\n")
+    _dist(site, "ext", text, suffix)
+    assert plugins._may_declare(GROUP) is True
+
+
+def test_an_egg_on_the_path_is_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    egg = tmp_path / "ext-1.0-py3.11.egg"
+    (egg / "EGG-INFO").mkdir(parents=True)
+    (egg / "EGG-INFO" / "PKG-INFO").write_text("Metadata-Version: 1.0\nName: ext\nVersion: 1.0\n")
+    (egg / "EGG-INFO" / "entry_points.txt").write_text("[certbot_smtp_dist]\next = ext\n")
+    monkeypatch.setattr(sys, "path", [str(egg)])
+    assert _found_by_importlib(GROUP) == ["ext"]
+    assert plugins._may_declare(GROUP) is True
+
+
+def test_a_zip_archive_on_the_path_defers_to_pluggy(site: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ext-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: ext\nVersion: 1.0\n")
+        zf.writestr("ext-1.0.dist-info/entry_points.txt", "[certbot_smtp_dist]\next = ext\n")
+    monkeypatch.setattr(sys, "path", [str(site), str(archive)])
+    assert plugins._may_declare(GROUP) is True
+
+
+def test_the_working_directory_stands_for_an_empty_entry(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _dist(site, "ext", "[certbot_smtp_dist]\next = ext\n")
+    monkeypatch.chdir(site)
+    monkeypatch.setattr(sys, "path", [""])
+    assert plugins._may_declare(GROUP) is True
+
+
+def test_another_distribution_finder_defers_to_pluggy(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Finder:
+        def find_spec(self, *args: object) -> None:
+            return None
+
+        def find_distributions(self, *args: object) -> list[object]:
+            return []
+
+    monkeypatch.setattr(sys, "meta_path", [*sys.meta_path, Finder()])
+    assert plugins._may_declare(GROUP) is True
+
+
+def test_an_extension_found_is_loaded_as_pluggy_loads_it(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", [str(site), *_ORIGINAL_PATH])
+    (site / "smtp_dist_scan_probe.py").write_text("")
+    _dist(site, "smtp_dist_scan_probe", "[certbot_smtp_dist]\nscanprobe = smtp_dist_scan_probe\n")
+    try:
+        pm = plugins.make_manager()
+        assert pm.get_plugin("scanprobe") is sys.modules["smtp_dist_scan_probe"]
+    finally:
+        sys.modules.pop("smtp_dist_scan_probe", None)
