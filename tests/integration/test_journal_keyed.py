@@ -36,18 +36,7 @@ def test_key_in_credential_store_not_in_state(shipped: DeployEnv) -> None:
     ("edit line 2", "2"), ("remove line 2", "2"), ("cut the last line", "5"), ("empty", "1"),
 ])
 def test_tampering_names_the_first_bad_line(shipped: DeployEnv, tamper: str, first_bad: str) -> None:
-    journal = shipped.state_dir / "journal.jsonl"
-    lines = journal.read_bytes().splitlines(keepends=True)
-    if tamper == "edit line 2":
-        doc = json.loads(lines[1])
-        lines[1] = lines[1].replace(json.dumps(doc["target"]).encode(), b'"evil"')
-    elif tamper == "remove line 2":
-        del lines[1]
-    elif tamper == "cut the last line":
-        del lines[-1]
-    else:
-        lines = []
-    journal.write_bytes(b"".join(lines))
+    tamper_with(shipped.state_dir / "journal.jsonl", tamper)
     run = shipped.run("journal", "verify")
     assert run.returncode == 1 and "journal OK" not in run.stdout
     assert f"first bad line: {first_bad}" in run.stdout, run.stdout
@@ -76,6 +65,8 @@ def tamper_with(journal: os.PathLike[str], tamper: str) -> None:
         del lines[1]
     elif tamper == "cut the last line":
         del lines[-1]
+    elif tamper == "empty":
+        lines = []
     with open(path, "wb") as handle:
         handle.write(b"".join(lines))
 
