@@ -44,7 +44,6 @@ def _may_declare(group: str) -> bool:
 
     if any(f is not PathFinder and hasattr(f, "find_distributions") for f in sys.meta_path):
         return True  # another finder lists distributions of its own
-    header = re.compile(rb"^[ \t]*\[[ \t]*" + re.escape(group.encode()) + rb"[ \t]*\]", re.MULTILINE)
     for entry in sys.path:
         root = entry or "."  # importlib.metadata reads "" as the working directory, as imports do
         try:
@@ -59,13 +58,28 @@ def _may_declare(group: str) -> bool:
         for info in infos:
             try:
                 with open(os.path.join(root, info, "entry_points.txt"), "rb") as fh:
-                    if header.search(fh.read()):
+                    if _has_header(fh.read(), group):
                         return True
             except (FileNotFoundError, NotADirectoryError):
                 continue  # no entry points at all, or an .egg-info file (PKG-INFO only)
             except OSError:
                 return True  # unreadable: pluggy's scan decides, as before
     return False
+
+
+def _has_header(data: bytes, group: str) -> bool:
+    """Whether importlib.metadata may read a `group` section header in this entry_points.txt: it splits the text
+    with str.splitlines() (a lone carriage return, a form feed, U+2028 end a line too), strips each line with
+    str.strip() (Unicode spaces too) and names the section by the line stripped of brackets at both ends. A line
+    that starts with "[" after that strip and holds the group's name is a header here (a superset); text that is
+    not UTF-8 defers to pluggy."""
+    if group.encode() not in data:
+        return False
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return any(line.strip().startswith("[") and group in line for line in text.splitlines())
 
 
 def payload_formats(pm: pluggy.PluginManager) -> dict[str, PayloadFormat]:

@@ -104,3 +104,40 @@ def test_an_extension_found_is_loaded_as_pluggy_loads_it(site: Path, monkeypatch
         assert pm.get_plugin("scanprobe") is sys.modules["smtp_dist_scan_probe"]
     finally:
         sys.modules.pop("smtp_dist_scan_probe", None)
+
+
+# importlib.metadata splits entry_points.txt with str.splitlines() and strips each line with str.strip(): a carriage
+# return alone, a form feed, a vertical tab, U+0085 or U+2028 ends a line, Unicode spaces pad a header, and the
+# section name is the line stripped of every bracket at both ends.
+ODD_HEADERS = {
+    "cr-only": "[console_scripts]\ra = a:b\r[certbot_smtp_dist]\rx = x\r",
+    "form-feed": "\f[certbot_smtp_dist]\nx = x\n",
+    "vertical-tab": "a = b\v[certbot_smtp_dist]\nx = x\n",
+    "nel": "\x85[certbot_smtp_dist]\nx = x\n",
+    "line-separator": "\u2028[certbot_smtp_dist]\nx = x\n",
+    "no-break-space": "\u00a0[certbot_smtp_dist]\nx = x\n",
+    "double-brackets": "[[certbot_smtp_dist]]\nx = x\n",
+}
+
+
+@pytest.mark.parametrize("text", ODD_HEADERS.values(), ids=ODD_HEADERS.keys())
+def test_a_header_importlib_reads_is_seen_however_it_is_spelled(site: Path, text: str) -> None:
+    info = site / "ext-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ext\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_bytes(text.encode())
+    assert _found_by_importlib(GROUP) == ["x"]
+    assert plugins._may_declare(GROUP) is True
+
+
+def test_an_extension_with_old_mac_line_endings_is_loaded(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", [str(site), *_ORIGINAL_PATH])
+    (site / "smtp_dist_scan_cr.py").write_text("")
+    _dist(site, "smtp_dist_scan_cr", None)
+    (site / "smtp_dist_scan_cr-1.0.dist-info" / "entry_points.txt").write_bytes(
+        b"[console_scripts]\rcr = smtp_dist_scan_cr:main\r[certbot_smtp_dist]\rscancr = smtp_dist_scan_cr\r")
+    try:
+        pm = plugins.make_manager()
+        assert pm.get_plugin("scancr") is sys.modules["smtp_dist_scan_cr"]
+    finally:
+        sys.modules.pop("smtp_dist_scan_cr", None)
