@@ -45,6 +45,8 @@ def _may_declare(group: str) -> bool:
     if any(f is not PathFinder and hasattr(f, "find_distributions") for f in sys.meta_path):
         return True  # another finder lists distributions of its own
     for entry in sys.path:
+        if not isinstance(entry, str):
+            return True  # a pathlib.Path someone put on the path: importlib.metadata reads it, pluggy decides
         root = entry or "."  # importlib.metadata reads "" as the working directory, as imports do
         try:
             names = os.listdir(root)

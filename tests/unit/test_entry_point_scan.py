@@ -141,3 +141,12 @@ def test_an_extension_with_old_mac_line_endings_is_loaded(site: Path, monkeypatc
         assert pm.get_plugin("scancr") is sys.modules["smtp_dist_scan_cr"]
     finally:
         sys.modules.pop("smtp_dist_scan_cr", None)
+
+
+def test_a_path_object_on_the_search_path_is_no_crash(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another certbot plugin in the same process may put a pathlib.Path on sys.path; importlib.metadata lists the
+    distributions under it, and the test crashed on it (AttributeError) before any deploy could start."""
+    _dist(site, "ext", "[certbot_smtp_dist]\next = ext\n")
+    monkeypatch.setattr(sys, "path", [site])
+    assert _found_by_importlib(GROUP) == ["ext"]
+    assert plugins._may_declare(GROUP) is True
