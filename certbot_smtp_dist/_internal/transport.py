@@ -160,7 +160,10 @@ class TlsContexts:
                 except (OSError, ssl.SSLError, ValueError):
                     continue
 
-        cls._loading = threading.Thread(target=build, name="certbot-smtp-dist-trust", daemon=True)
+        # Not a daemon: the interpreter waits for it before it exits. A daemon thread was still inside OpenSSL when
+        # a run ended before its first connection (an unusable certificate), and OpenSSL's cleanup at exit crashed
+        # the process (SIGSEGV instead of the run's exit status). The wait is the store's load, started already.
+        cls._loading = threading.Thread(target=build, name="certbot-smtp-dist-trust", daemon=False)
         cls._loading.start()
 
     def get(self, target: Target) -> ssl.SSLContext | None:
