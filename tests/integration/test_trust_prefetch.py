@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.deployenv import DeployEnv
-from tests.support.pki import make_ca
+from support.deployenv import DeployEnv
+from support.pki import make_ca
 
 RUNS = 6  # each run exits while a slow store would still be loading; bounded
 
