@@ -175,7 +175,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
         print(report.json_document(None, result.results, extra={
             "closed": [{"entry": i, "reason": why} for i, why in result.closed], "busy": result.busy,
             "needs_attention": waiting}))
-    if result.exit_status == report.EX_OK and any(r["state"] in (FAILED, "rejected") for r in waiting):
+    # Left for a human outranks "retry later": a run that itself failed an entry for a human (or found a forged
+    # one) says so at once, as every later run will, not 75 as if time would heal it.
+    if result.exit_status in (report.EX_OK, report.EX_TEMPFAIL) and any(
+            r["state"] in (FAILED, "rejected") for r in waiting):
         return report.EX_UNAVAILABLE
     return result.exit_status
 

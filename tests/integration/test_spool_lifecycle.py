@@ -94,7 +94,7 @@ def test_config_broken_while_pending_needs_a_human(denv: DeployEnv, lineage: Lin
     assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 75
     assert denv.run("status").returncode == 1  # pending: retries continue
     denv.config.write_text("[targets.a]\nhost = 42\n")
-    assert denv.run("retry").returncode == 75
+    assert denv.run("retry").returncode == 69  # the entry is failed for a human now, as status says
     [entry] = entries(denv)
     assert entry["state"] == "failed" and "configuration" in entry["last_failure"]["detail"]
     assert denv.run("status").returncode == 2  # CRITICAL: waiting would not help
