@@ -6,10 +6,11 @@ import ipaddress
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from certbot_smtp_dist._internal.addresses import printable
+from certbot_smtp_dist._internal.diagnose import validity
 
 EXPIRY_WARNING_DAYS = 14
 
@@ -49,7 +50,7 @@ def diagnose(leaf_der: bytes, chain: Sequence[bytes], anchors: Sequence[bytes], 
         return None
     sans = _sans(leaf)
     matches = host_matches(host, sans)
-    not_before, not_after = _validity(leaf)
+    not_before, not_after = validity(leaf)
     problems: list[str] = []
     if not verified:
         problems += _why_not(leaf, chain, anchors, host, matches, not_before, not_after, now)
@@ -143,9 +144,3 @@ def _sans(leaf: Any) -> tuple[str, ...]:
     return (tuple(str(v) for v in ext.get_values_for_type(x509.DNSName))
             + tuple(str(v) for v in ext.get_values_for_type(x509.IPAddress)))
 
-
-def _validity(cert: Any) -> tuple[datetime, datetime]:
-    if hasattr(cert, "not_valid_after_utc"):  # cryptography >= 42
-        return cert.not_valid_before_utc, cert.not_valid_after_utc
-    return (cert.not_valid_before.replace(tzinfo=timezone.utc),  # pragma: no cover - cryptography < 42
-            cert.not_valid_after.replace(tzinfo=timezone.utc))
