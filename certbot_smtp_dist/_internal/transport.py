@@ -26,7 +26,6 @@ from certbot_smtp_dist._internal import (
     scrub,
     transcript,
 )
-from certbot_smtp_dist._internal.probe import Ehlo, Encryption, Probe, Seen
 from certbot_smtp_dist._internal.tlspolicy import verified_context
 from certbot_smtp_dist._internal.tokencache import TokenCache
 from certbot_smtp_dist.errors import ErrorCode
@@ -41,8 +40,11 @@ from certbot_smtp_dist.model import (
     TlsMode,
 )
 
-if TYPE_CHECKING:  # urllib and http.client: imported (in _authorised) only when a target uses OAuth 2.0
+# oauth2 (urllib, http.client): imported in _authorised only when a target uses OAuth 2.0; probe's facts where a
+# probe (`check`) makes them: neither is on a delivery's start-up path.
+if TYPE_CHECKING:
     from certbot_smtp_dist._internal import oauth2
+    from certbot_smtp_dist._internal.probe import Ehlo, Encryption, Probe, Seen
 
 _log = logging.getLogger("certbot_smtp_dist")
 _CACHE_IO_FLOOR = 2.0  # seconds a token-cache write or removal may take even when the deadline has passed
@@ -223,6 +225,8 @@ async def probe(target: Target, password: Secret | None, budget: float, secrets:
     the stored credential unless `authenticate` is false, NOOP, QUIT; what the relay showed, as facts. With
     `until_tls` the session ends after the TLS handshake (to fetch a certificate that did not verify).
     Never raises for SMTP, network or TLS trouble, and never outlives `budget`."""
+    from certbot_smtp_dist._internal.probe import Seen
+
     progress = _Progress()
     deadline = asyncio.get_running_loop().time() + budget
     seen = Seen(authenticate=authenticate, until_tls=until_tls)
@@ -488,6 +492,8 @@ def _forget_plaintext(client: Any) -> None:
 
 def _ehlo(client: Any) -> Ehlo:
     """The extensions of the last EHLO reply (RFC 5321 §4.1.1.1), keywords lower-cased, as aiosmtplib parsed them."""
+    from certbot_smtp_dist._internal.probe import Ehlo
+
     extensions = getattr(client, "esmtp_extensions", {}) or {}
     return Ehlo(tuple((str(k).lower(), str(v)) for k, v in extensions.items()),
                 tuple(str(m).upper() for m in getattr(client, "server_auth_methods", []) or []))
@@ -495,6 +501,8 @@ def _ehlo(client: Any) -> Ehlo:
 
 def _encryption(client: Any) -> Encryption | None:
     """Protocol, cipher and the certificate(s) the relay presented, from the session's TLS object."""
+    from certbot_smtp_dist._internal.probe import Encryption
+
     tls = client.get_transport_info("ssl_object")
     if tls is None:
         return None
