@@ -76,7 +76,8 @@ def _spki(cert: Any) -> bytes:
                                                 serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def _is_ca(cert: Any) -> bool:
+def is_ca(cert: Any) -> bool:
+    """Whether basicConstraints marks `cert` a CA (RFC 5280 §4.2.1.9)."""
     from cryptography import x509
 
     try:
@@ -91,7 +92,7 @@ def _leaf_index(certs: Sequence[Any], key_spki: bytes | None) -> int:
         for i, cert in enumerate(certs):
             if _spki(cert) == key_spki:
                 return i
-    return next((i for i, c in enumerate(certs) if not _is_ca(c)), 0)
+    return next((i for i, c in enumerate(certs) if not is_ca(c)), 0)
 
 
 def _path(leaf: Any, others: list[Any]) -> tuple[list[Any], list[Finding]]:
@@ -197,7 +198,7 @@ def _no_anchor(path: list[Any], label: str, strict: bool) -> list[Finding]:
         return [Finding(ERROR if strict else INFO, "no-trust-anchor",
                         f"the chain ends at the self-signed {name(top)}, which is not in {label}",
                         "if it is a private CA's root, pass it with --ca-file" if strict else None)]
-    if len(path) == 1 and not _is_ca(top):
+    if len(path) == 1 and not is_ca(top):
         return [Finding(ERROR, "missing-intermediate", f"missing intermediate: the chain holds the leaf alone, "
                         f"and its issuer {name(top, 'issuer')} is neither in it nor in {label}",
                         "ship fullchain.pem, not cert.pem (or append the issuer's certificate, chain.pem)")]
