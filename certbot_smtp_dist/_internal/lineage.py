@@ -309,8 +309,7 @@ def _facts(leaf: Any, source: LineageSource, not_before: datetime, not_after: da
         not_after=not_after,
         serial_hex=format(leaf.serial_number, "x"),
         sha256_fingerprint=hashlib.sha256(der).hexdigest(),
-        spki_sha256=hashlib.sha256(leaf.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest(),
+        spki_sha256=hashlib.sha256(spki(leaf.public_key())).hexdigest(),
     )
 
 
