@@ -69,11 +69,11 @@ def name(cert: Any, which: str = "subject") -> str:
     return text if len(text) <= SHOWN_NAME else text[:SHOWN_NAME] + "..."
 
 
-def _spki(cert: Any) -> bytes:
+def spki(public_key: Any) -> bytes:
+    """`public_key` as a DER SubjectPublicKeyInfo: what says two certificates or a key and a certificate match."""
     from cryptography.hazmat.primitives import serialization
 
-    return bytes(cert.public_key().public_bytes(serialization.Encoding.DER,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo))
+    return bytes(public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def is_ca(cert: Any) -> bool:
@@ -90,7 +90,7 @@ def _leaf_index(certs: Sequence[Any], key_spki: bytes | None) -> int:
     """The certificate of the private key; else the first that is no CA; else the first."""
     if key_spki is not None:
         for i, cert in enumerate(certs):
-            if _spki(cert) == key_spki:
+            if spki(cert.public_key()) == key_spki:
                 return i
     return next((i for i, c in enumerate(certs) if not is_ca(c)), 0)
 
@@ -137,7 +137,7 @@ def _key_findings(leaf: Any, key_spki: bytes | None, key: str) -> list[Finding]:
     out = []
     if key_spki is None:
         out.append(Finding(INFO, "key", f"leaf key: {key} (no private key given to compare)"))
-    elif _spki(leaf) != key_spki:
+    elif spki(leaf.public_key()) != key_spki:
         out.append(Finding(ERROR, "key-mismatch", f"the private key does not belong to the leaf {name(leaf)} "
                            f"(whose key is {key})",
                            "give the key of the same issuance (certbot: privkey.pem beside this cert.pem)"))

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from certbot_smtp_dist._internal import diagnose, files, lineage, ownership, pem
+from certbot_smtp_dist._internal import diagnose, files, ownership, pem
 from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist.model import SmimePolicy
 
@@ -135,7 +135,7 @@ def _signer(checker: Checker, cert_value: str | None, key_value: str | None, now
         return out
     if _short_rsa(checker, "smime_sign_cert", cert_path, signer.public_key()):
         return out
-    if lineage.spki(key.public_key()) != lineage.spki(signer.public_key()):
+    if diagnose.spki(key.public_key()) != diagnose.spki(signer.public_key()):
         checker.problem("smime_sign_key", f"{key_path} is not the key of the certificate in {cert_path}")
         return out
     chain = tuple(c.public_bytes(Encoding.PEM) for c in certs)
