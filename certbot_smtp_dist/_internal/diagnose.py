@@ -69,14 +69,15 @@ def name(cert: Any, which: str = "subject") -> str:
     return text if len(text) <= SHOWN_NAME else text[:SHOWN_NAME] + "..."
 
 
-def _spki(cert: Any) -> bytes:
+def spki(public_key: Any) -> bytes:
+    """`public_key` as a DER SubjectPublicKeyInfo: what says two certificates or a key and a certificate match."""
     from cryptography.hazmat.primitives import serialization
 
-    return bytes(cert.public_key().public_bytes(serialization.Encoding.DER,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo))
+    return bytes(public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def _is_ca(cert: Any) -> bool:
+def is_ca(cert: Any) -> bool:
+    """Whether basicConstraints marks `cert` a CA (RFC 5280 §4.2.1.9)."""
     from cryptography import x509
 
     try:
@@ -89,9 +90,9 @@ def _leaf_index(certs: Sequence[Any], key_spki: bytes | None) -> int:
     """The certificate of the private key; else the first that is no CA; else the first."""
     if key_spki is not None:
         for i, cert in enumerate(certs):
-            if _spki(cert) == key_spki:
+            if spki(cert.public_key()) == key_spki:
                 return i
-    return next((i for i, c in enumerate(certs) if not _is_ca(c)), 0)
+    return next((i for i, c in enumerate(certs) if not is_ca(c)), 0)
 
 
 def _path(leaf: Any, others: list[Any]) -> tuple[list[Any], list[Finding]]:
@@ -136,7 +137,7 @@ def _key_findings(leaf: Any, key_spki: bytes | None, key: str) -> list[Finding]:
     out = []
     if key_spki is None:
         out.append(Finding(INFO, "key", f"leaf key: {key} (no private key given to compare)"))
-    elif _spki(leaf) != key_spki:
+    elif spki(leaf.public_key()) != key_spki:
         out.append(Finding(ERROR, "key-mismatch", f"the private key does not belong to the leaf {name(leaf)} "
                            f"(whose key is {key})",
                            "give the key of the same issuance (certbot: privkey.pem beside this cert.pem)"))
@@ -197,7 +198,7 @@ def _no_anchor(path: list[Any], label: str, strict: bool) -> list[Finding]:
         return [Finding(ERROR if strict else INFO, "no-trust-anchor",
                         f"the chain ends at the self-signed {name(top)}, which is not in {label}",
                         "if it is a private CA's root, pass it with --ca-file" if strict else None)]
-    if len(path) == 1 and not _is_ca(top):
+    if len(path) == 1 and not is_ca(top):
         return [Finding(ERROR, "missing-intermediate", f"missing intermediate: the chain holds the leaf alone, "
                         f"and its issuer {name(top, 'issuer')} is neither in it nor in {label}",
                         "ship fullchain.pem, not cert.pem (or append the issuer's certificate, chain.pem)")]

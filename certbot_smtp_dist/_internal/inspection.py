@@ -57,7 +57,7 @@ def inspect(source: LineageSource, store: Any, now: datetime) -> Inspection:
                           "certificate files (certbot: fullchain.pem)")), exit_status=report.EX_DATAERR)
     findings += error("unparseable", problems, "give the lineage's own files, unchanged (certbot: live/NAME/)")
     findings += [Finding(Severity.WARNING, "stray-block", printable(n), None) for n in dict.fromkeys(notes)]
-    spki = lineage.spki(key.public_key()) if key is not None else None
+    spki = diagnose.spki(key.public_key()) if key is not None else None
     diagnosis = diagnose.examine(certs, spki, now, store, strict=True)
     order = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
     every = tuple(sorted([*findings, *diagnosis.findings], key=lambda f: order[f.severity]))

@@ -152,12 +152,12 @@ def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime,
     if problems or key is None:
         raise CertificateError(problems)
     leaf = chain_certs[0]
-    if spki(key.public_key()) != spki(leaf.public_key()):
+    if diagnose.spki(key.public_key()) != diagnose.spki(leaf.public_key()):
         problems.append("the private key does not match the leaf certificate")
     broken = [why for child, parent in itertools.pairwise(chain_certs) if (why := _not_issued_by(child, parent))]
     problems += broken
     if broken:  # the same certificates in another order may make a chain: say which (inspect's finding)
-        found = diagnose.examine(chain_certs, spki(key.public_key()), now, None, strict=False).findings
+        found = diagnose.examine(chain_certs, diagnose.spki(key.public_key()), now, None, strict=False).findings
         problems += [f"{f.message}; fix: {f.fix}" for f in found if f.code == "chain-order"]
     not_before, not_after = diagnose.validity(leaf)
     window = f"valid from {not_before:%Y-%m-%d %H:%M} to {not_after:%Y-%m-%d %H:%M} UTC"
@@ -174,7 +174,7 @@ def check(raw: Mapping[str, bytes], source: LineageSource, now: datetime,
 
     fullchain_pem = b"".join(c.public_bytes(Encoding.PEM) for c in chain_certs)
     facts = _facts(leaf, source, not_before, not_after)
-    findings = diagnose.examine(chain_certs, spki(key.public_key()), now, store, strict=False).findings
+    findings = diagnose.examine(chain_certs, diagnose.spki(key.public_key()), now, store, strict=False).findings
     return Artefact(facts=facts, fullchain_pem=fullchain_pem, key_pem=key_pem, source=source,
                     findings=findings), notes
 
@@ -265,12 +265,6 @@ def _private_key(data: bytes) -> tuple[Any, bytes]:
         raise ValueError(f"is not supported ({_short(exc)})") from exc
 
 
-def spki(public_key: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return bytes(public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
-
-
 def _not_issued_by(child: Any, parent: Any) -> str | None:
     """Check name chaining and the signature (RFC 5280 §6.1.3); None when `parent` issued `child`."""
     from certbot_smtp_dist._internal import signatures
@@ -309,8 +303,7 @@ def _facts(leaf: Any, source: LineageSource, not_before: datetime, not_after: da
         not_after=not_after,
         serial_hex=format(leaf.serial_number, "x"),
         sha256_fingerprint=hashlib.sha256(der).hexdigest(),
-        spki_sha256=hashlib.sha256(leaf.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest(),
+        spki_sha256=hashlib.sha256(diagnose.spki(leaf.public_key())).hexdigest(),
     )
 
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from certbot_smtp_dist._internal import files, ownership, pem
+from certbot_smtp_dist._internal import diagnose, files, ownership, pem
 from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist.model import SmimePolicy
 
@@ -85,8 +85,7 @@ def _usable(checker: Checker, key: str, path: Path, cert: Any, now: datetime, us
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    before = getattr(cert, "not_valid_before_utc", None) or cert.not_valid_before.replace(tzinfo=timezone.utc)
-    after = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after.replace(tzinfo=timezone.utc)
+    before, after = diagnose.validity(cert)
     ok = True
     if now > after:
         checker.problem(key, f"{path}: the certificate expired on {after:%Y-%m-%d %H:%M} UTC")
@@ -110,12 +109,6 @@ def _usable(checker: Checker, key: str, path: Path, cert: Any, now: datetime, us
     except x509.ExtensionNotFound:
         pass
     return ok
-
-
-def _spki(public_key: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return bytes(public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def _signer(checker: Checker, cert_value: str | None, key_value: str | None, now: datetime,
@@ -142,7 +135,7 @@ def _signer(checker: Checker, cert_value: str | None, key_value: str | None, now
         return out
     if _short_rsa(checker, "smime_sign_cert", cert_path, signer.public_key()):
         return out
-    if _spki(key.public_key()) != _spki(signer.public_key()):
+    if diagnose.spki(key.public_key()) != diagnose.spki(signer.public_key()):
         checker.problem("smime_sign_key", f"{key_path} is not the key of the certificate in {cert_path}")
         return out
     chain = tuple(c.public_bytes(Encoding.PEM) for c in certs)
@@ -201,7 +194,7 @@ def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | Non
         certs = _certificates(checker, key, path)
         if not certs or not _usable(checker, key, path, certs[0], now, "key_encipherment"):
             continue
-        if _is_ca(certs[0]):  # the CA's file named by mistake: its key holder, not the person, could decrypt
+        if diagnose.is_ca(certs[0]):  # the CA's file named by mistake: its key holder, not the person, could decrypt
             checker.problem(key, f"{path} is a CA certificate (basicConstraints cA, RFC 5280 §4.2.1.9), not a "
                                  "recipient's own")
             continue
@@ -241,15 +234,6 @@ def _short_rsa(checker: Checker, key: str, path: Path, public_key: Any) -> bool:
                              f"{MIN_RSA_BITS} bits")
         return True
     return False
-
-
-def _is_ca(cert: Any) -> bool:
-    from cryptography import x509
-
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
 
 
 def _kind(public_key: Any) -> str:
