@@ -251,7 +251,7 @@ class _Drain:
     def _config(self) -> loader.Loaded | None:
         if self.loaded is None:
             try:
-                self.loaded = loader.load(self.config)
+                self.loaded = loader.load(self.config, trusted=True)  # checked by drain(), first thing
             except ConfigError as exc:
                 log.error("%s", exc)
                 self.loaded = exc

@@ -204,24 +204,27 @@ def for_blocked(source: LineageSource, facts: CertificateFacts | None, old: Entr
                  attempts=(old.attempts if old else 0) + 1, last_failure=needs_attention(why, code), kind=BLOCKED)
 
 
+def _validity_order(entry: Entry, facts: CertificateFacts) -> int | None:
+    """-1, 0 or 1 as the entry's certificate is older than, as old as or newer than `facts`' by validity (not-after,
+    then not-before); None when unknown (an entry from before validity was recorded, or unparsable)."""
+    try:
+        mine = (datetime.fromisoformat(entry.not_after), datetime.fromisoformat(entry.not_before))
+        theirs = (facts.not_after, facts.not_before)
+        return (mine > theirs) - (mine < theirs)
+    except (ValueError, TypeError):  # TypeError: a naive time beside an aware one
+        return None
+
+
 def newer_than(entry: Entry, facts: CertificateFacts) -> bool:
     """Whether the entry's certificate is newer than `facts`' by validity (not-after, then not-before): `facts`
     cannot stand in for it. Unknown (an entry from before validity was recorded) or the same validity: not newer."""
-    try:
-        mine = (datetime.fromisoformat(entry.not_after), datetime.fromisoformat(entry.not_before))
-        return mine > (facts.not_after, facts.not_before)
-    except (ValueError, TypeError):  # TypeError: a naive time beside an aware one
-        return False
+    return _validity_order(entry, facts) == 1
 
 
 def older_than(entry: Entry, facts: CertificateFacts) -> bool:
     """Whether the entry's certificate is older than `facts`' by validity (not-after, then not-before): only an
     older one may be superseded. Unknown (an entry from before validity was recorded): not older."""
-    try:
-        mine = (datetime.fromisoformat(entry.not_after), datetime.fromisoformat(entry.not_before))
-        return mine < (facts.not_after, facts.not_before)
-    except (ValueError, TypeError):  # TypeError: a naive time beside an aware one
-        return False
+    return _validity_order(entry, facts) == -1
 
 
 def needs_attention(why: str, code: str | None = None) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def refresh_after_run(config: Path, state: Path) -> None:
     if not _mentions_textfile(config):
         return  # the common case costs a read, not a second load of the plugins and credentials
     try:
-        settings = load(config).settings
+        settings = load(config, trusted=True).settings  # checked by _mentions_textfile
         if settings.metrics_textfile is None:
             return
         keys = state_keys(credential_store(config), state)
@@ -72,10 +72,10 @@ def _mentions_textfile(config: Path) -> bool:
     """Whether the file names the key at all (validated by the full load that follows when it does); not a byte
     is read from a file someone else could have written."""
     from certbot_smtp_dist._internal.config import METRICS_KEY
-    from certbot_smtp_dist._internal.ownership import require_trusted_config
+    from certbot_smtp_dist._internal.ownership import read_trusted_config, require_trusted_config
 
     try:
         require_trusted_config(config)
-        return METRICS_KEY.encode() in config.read_bytes()
+        return METRICS_KEY.encode() in read_trusted_config(config)
     except OSError:  # UnsafePathError and AccessError included: the run itself said so
         return False
