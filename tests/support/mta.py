@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import TypeVar
@@ -133,6 +134,18 @@ def kill_leftovers(pids: Callable[[], list[int]], grace: float) -> None:
     for pid in pids():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """One message file an MTA wrote into a mailbox (LF line ends, the MTA's trace headers first)."""
+
+    mailbox: str
+    path: Path
+    raw: bytes
+
+    def parse(self) -> EmailMessage:
+        return parse_message(self.raw)
 
 
 def parse_message(raw: bytes) -> EmailMessage:

@@ -17,8 +17,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
 from types import TracebackType
 
@@ -61,16 +59,7 @@ def unavailable() -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Delivered:
-    """One message file in a Maildir, as virtual(8) wrote it (LF line ends, Return-Path/Delivered-To prepended)."""
-
-    mailbox: str
-    path: Path
-    raw: bytes
-
-    def parse(self) -> EmailMessage:
-        return mta.parse_message(self.raw)
+Delivered = mta.Delivered  # one message file in a mailbox (Maildir or the mailer's directory)
 
 
 def _main_cf(root: Path, conf: Path, *, domain: str, uid: int, gid: int) -> str:

@@ -27,7 +27,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 
 from support import ci, mta
@@ -61,16 +60,7 @@ class SendmailError(mta.MtaError):
     """The test sendmail failed (to be configured, started or to deliver); the message ends with its output."""
 
 
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """One message as the mailer wrote it: LF line ends, sendmail's Received header first."""
-
-    mailbox: str
-    path: Path
-    raw: bytes
-
-    def parse(self) -> EmailMessage:
-        return mta.parse_message(self.raw)
+Delivered = mta.Delivered  # one message file in a mailbox (Maildir or the mailer's directory)
 
 
 @dataclass(frozen=True, slots=True)
