@@ -16,7 +16,17 @@ from report import Budget, Row, ratio_row, skip_row
 from servers import BlackHole, slow_relay
 from support import postfix
 from support.relay import Relay
-from world import PASSWORD, RECIPIENT, SENDER, USER, World, child_env, expect_delivered, outcomes
+from world import (
+    P12_PASSPHRASE,
+    PASSWORD,
+    RECIPIENT,
+    SENDER,
+    USER,
+    World,
+    child_env,
+    expect_delivered,
+    outcomes,
+)
 
 BLACKHOLE_TIMEOUT = 4  # seconds: the black-holed target's own `timeout`
 SCALE = (1, 10, 100, 500)
@@ -82,7 +92,10 @@ def cold(ctx: Context, number: str, payload: str) -> list[Row]:
         message = inst.render()
         smtplib = _client(ctx, "smtp_send.py", "127.0.0.1", relay.port, ctx.world.pki.ca_file, message,
                           SENDER, RECIPIENT, 1)
-        peers = [Variant("smtplib", smtplib, expect_exit(0))]
+        lib_floor = _client(ctx, "lib_floor.py", "127.0.0.1", relay.port, ctx.world.pki.ca_file, message, SENDER,
+                        RECIPIENT, ctx.world.lineage.live_dir, payload,
+                        env=child_env({"BENCH_P12_PASSPHRASE": P12_PASSPHRASE}))
+        peers = [Variant("smtplib", smtplib, expect_exit(0)), Variant("floor", lib_floor, expect_exit(0))]
         optional = {"curl --ssl-reqd": _curl(ctx, relay.port, message), "msmtp": _msmtp(ctx, relay.port, message)}
         peers += [v for v in optional.values() if v is not None]
         samples = _series(ctx, [Variant("deploy", inst.deploy, expect_delivered(["archive"])), *peers])
@@ -92,6 +105,11 @@ def cold(ctx: Context, number: str, payload: str) -> list[Row]:
     what = f"cold deploy, 1 target, {payload}"
     rows = [ratio_row(number, f"{what} / minimal smtplib script", deploy, Stats.of(samples["smtplib"]),
                       Budget("<=", 2.0))]
+    floor = Stats.of(samples["floor"])
+    rows.append(ratio_row(number, f"{what} / the libraries' floor (bench/clients/lib_floor.py)", deploy, floor, None,
+                          "reference: our own share"))
+    rows.append(ratio_row(number, f"the libraries' floor, {payload} / minimal smtplib script", floor,
+                          Stats.of(samples["smtplib"]), None, "reference: what 2x must fit in"))
     for label, variant in optional.items():
         if variant is None:
             tool = label.split()[0]

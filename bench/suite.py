@@ -45,7 +45,10 @@ are judged as absolute figures. Method, per scenario:
 1, 2. `deploy --lineage` for one target vs `bench/clients/smtp_send.py` (smtplib, STARTTLS, AUTH PLAIN) sending the
    message `deploy --dry-run` rendered, byte for byte; `curl --ssl-reqd` and `msmtp` the same when on PATH
    (optional peers, for reference: `apt-get install curl msmtp`; the bench is not part of CI, so .ci/run does
-   not install them).
+   not install them). And vs `bench/clients/lib_floor.py`, the libraries' floor: the work no `deploy` on
+   aiosmtplib and cryptography can skip (those imports, reading the lineage, checking validity and key match,
+   building the PKCS#12 with the same KDF rounds, the system store plus the CA file, one aiosmtplib session), and
+   none of our code. deploy / floor is our own share; floor / smtplib is what the 2x budget would have to fit in.
 3. 50 targets on one relay (each target's `timeout` 120 s) vs `bench/clients/aio_gather.py` (aiosmtplib +
    asyncio.gather, at most {concurrency} sessions at once, deploy held to the same `connections_per_relay`;
    `--concurrency`) and vs 50 sequential smtplib sessions;

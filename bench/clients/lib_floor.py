@@ -1,0 +1,69 @@
+"""The libraries' floor: what any cold `deploy` built on aiosmtplib and cryptography must do, and nothing of ours.
+
+Usage: lib_floor.py HOST PORT CAFILE MESSAGE FROM TO LIVE_DIR PAYLOAD; PAYLOAD is `pem` or `pkcs12` (then the
+passphrase is $BENCH_P12_PASSPHRASE). AUTH PLAIN with $BENCH_SMTP_USER and $BENCH_SMTP_PASSWORD when the user is set.
+
+One process, the work `deploy` cannot skip, in the fewest lines the libraries allow: import asyncio, aiosmtplib,
+cryptography's X.509 and serialization and the email package; read the lineage's certificate, chain and key, check
+the leaf's validity and that the key matches it; for `pkcs12`, build the bundle as payload.py does (PBES2, the same
+KDF rounds); trust the system store plus CAFILE, as a target with `tls_ca_file` does; then one STARTTLS session
+sending MESSAGE (the bytes `deploy` rendered). No config, no state, no journal, no diagnostics, no scrubbing, no
+retry: the difference between this and `deploy` is the price of those, and of our own imports.
+"""
+
+import asyncio
+import datetime
+import email.policy  # noqa: F401 - rendering needs it: imported as deploy imports it
+import os
+import ssl
+import sys
+from pathlib import Path
+
+import aiosmtplib
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+KDF_ROUNDS = 200_000  # certbot_smtp_dist/_internal/payload.py's PKCS12_KDF_ROUNDS
+
+
+def spki(key: object) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER,  # type: ignore[attr-defined, no-any-return]
+                            serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def read_lineage(live: Path, payload: str) -> None:
+    leaf = x509.load_pem_x509_certificate((live / "cert.pem").read_bytes())
+    chain = [x509.load_pem_x509_certificate(b"-----BEGIN CERTIFICATE-----" + block)
+             for block in (live / "chain.pem").read_bytes().split(b"-----BEGIN CERTIFICATE-----")[1:]]
+    key = serialization.load_pem_private_key((live / "privkey.pem").read_bytes(), password=None)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    begins = getattr(leaf, "not_valid_before_utc", None) or leaf.not_valid_before.replace(tzinfo=datetime.timezone.utc)
+    ends = getattr(leaf, "not_valid_after_utc", None) or leaf.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    if not begins <= now <= ends or spki(key.public_key()) != spki(leaf.public_key()):
+        raise SystemExit("the lineage is unusable")
+    if payload == "pkcs12":
+        encryption = (serialization.PrivateFormat.PKCS12.encryption_builder().kdf_rounds(KDF_ROUNDS)
+                      .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC).hmac_hash(hashes.SHA256())
+                      .build(os.environ["BENCH_P12_PASSPHRASE"].encode()))
+        pkcs12.serialize_key_and_certificates(b"bench", key, leaf, chain or None,  # type: ignore[arg-type]
+                                              encryption)
+
+
+async def send(host: str, port: int, context: ssl.SSLContext, data: bytes, sender: str, rcpt: str) -> None:
+    user = os.environ.get("BENCH_SMTP_USER") or None
+    await aiosmtplib.send(data, sender=sender, recipients=[rcpt], hostname=host, port=port, start_tls=True,
+                          tls_context=context, timeout=60, username=user,
+                          password=os.environ["BENCH_SMTP_PASSWORD"] if user else None)
+
+
+def main() -> None:
+    host, port, cafile, message, sender, rcpt, live, payload = sys.argv[1:9]
+    read_lineage(Path(live), payload)
+    context = ssl.create_default_context()  # the system store ...
+    context.load_verify_locations(cafile=cafile)  # ... plus the target's tls_ca_file
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    asyncio.run(send(host, int(port), context, Path(message).read_bytes(), sender, rcpt))
+
+
+main()
