@@ -47,6 +47,7 @@ class Row:
     budget: Budget | None
     note: str = ""
     unit: str = "×"
+    why: str = ""  # when over budget: the reason, measured in the same run (RESULTS.md's "Budgets exceeded")
 
     @property
     def verdict(self) -> str:

@@ -125,6 +125,7 @@ def write_results(path: Path, args: argparse.Namespace, rows: Sequence[Row]) -> 
              "Subject and peer columns: median wall / CPU / peak RSS of one process.", "", table(rows), "",
              "## Budgets exceeded", ""]
     lines += [f"- {row.scenario}: {row.measurement}: {row.value:.2f}{row.unit} against {row.budget.text()}"
+              + (f". Why: {row.why}" if row.why else "")
               for row in over if row.budget is not None and row.value is not None] or ["- none"]
     path.write_text("\n".join(lines) + "\n")
 
