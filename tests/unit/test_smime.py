@@ -735,3 +735,22 @@ def test_an_unsupported_key_is_described_as_inspect_describes_it(pki: SmimeFiles
     assert f"the certificate's key is {shown};" in found
 
 
+
+
+def test_a_signing_policy_without_a_loaded_signer_fails_rather_than_sends_unsigned(pki: SmimeFiles,
+                                                                                  lin: LineagePaths) -> None:
+    """A policy that asks for signing but carries no signer value (not made by a configuration load) is an error
+    for its target: never a message sent without the signature the configuration asked for."""
+    from dataclasses import replace
+
+    from certbot_smtp_dist._internal import smime
+    from certbot_smtp_dist.errors import PayloadError
+
+    loaded = target(smime_keys(pki, encrypt=False, payload="pem")).smime
+    assert loaded is not None and loaded.signs and isinstance(loaded.signer, cms.Signer)
+    rendered = Message("<1@example.com>", "x", "a@example.com", ("b@example.com",),
+                       b"From: a@example.com\r\nSubject: x\r\n\r\nbody\r\n")
+    facts = lineage.load(lineage.from_lineage_dir(lin.live_dir)).facts
+    with pytest.raises(PayloadError, match="cannot sign: no signer key and certificate were loaded"):
+        smime.protect(rendered, replace(loaded, signer=None), facts, 30)
+    assert smime.protect(rendered, loaded, facts, 30).signed
