@@ -64,7 +64,7 @@ def smtp_dist_message(target: Target, facts: CertificateFacts, message: Message)
     only for a :class:`~certbot_smtp_dist.errors.PayloadError`; otherwise the exception type), never the
     others; so does a returned message with a ``Bcc`` header field (blind copies live in the envelope only), or
     with another ``message_id``, ``envelope_from`` or ``envelope_to``.
-    Added in 0.2.0.
+    Added after 0.1.0 (unreleased).
     """
 
 

@@ -103,8 +103,9 @@ class OAuth2Grant:
 
 @dataclass(frozen=True, slots=True)
 class SmimePolicy:
-    """A target's S/MIME (RFC 8551), validated at config time: the signer's certificate chain (its key stays in
-    `sign_key`, read when a message is signed) and the recipients' certificates, as canonical PEM."""
+    """A target's S/MIME (RFC 8551), validated at config time: the signer's certificate chain and the recipients'
+    certificates, as canonical PEM, and `signer`, the signer's key and chain as loaded and checked to belong
+    together by that load (held in memory for the run, never written, never shown in a repr)."""
 
     sign_cert: Path | None = None
     sign_key: Path | None = None
@@ -114,6 +115,7 @@ class SmimePolicy:
     recipient_fingerprints: tuple[str, ...] = ()  # SHA-256 of each recipient certificate's DER, lowercase hex
     recipient_names: tuple[str, ...] = ()  # each recipient certificate's subject, for the warnings
     encryption: str = "aes256-cbc"
+    signer: object | None = field(default=None, repr=False, compare=False)  # _internal/cms.py's Signer
 
     @property
     def signs(self) -> bool:

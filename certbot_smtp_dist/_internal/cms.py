@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,10 @@ class Backend(str, enum.Enum):
 
 class CmsError(PayloadError):
     """Signing or encrypting failed; the text is ours (no key material, no foreign text beyond a reason code)."""
+
+
+class SignerMismatch(CmsError):
+    """A signer key that is not the signer certificate's: it would make signatures no one can verify."""
 
 
 # Tests set this to Backend.OPENSSL to run the subprocess path on a stack whose cryptography could do the work.
@@ -83,13 +88,37 @@ def _envelope_builder() -> Any:
     return builder
 
 
-@functools.lru_cache(maxsize=8)
-def load_private_key(key_pem: bytes) -> Any:
-    """The parsed signer key, once per process: loading checks an RSA key in full (tens of milliseconds), and one
-    signer serves every target of a run (config validation and each message). Raises what cryptography raises."""
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """A signer's private key and certificate chain (the signer first), parsed and checked to belong together:
+    built once when the configuration is loaded (smimecerts.py) and handed to every `sign` of that run, so the
+    key a message is signed with is the one that was checked. Not shown in a repr: `key` is the private key."""
+
+    key: Any = field(repr=False)
+    chain: tuple[Any, ...] = field(repr=False)  # cryptography x509.Certificate, signer first
+
+    def __post_init__(self) -> None:
+        from certbot_smtp_dist._internal.diagnose import spki
+
+        if not self.chain or spki(self.key.public_key()) != spki(self.chain[0].public_key()):
+            raise SignerMismatch("the signer key does not match the signer certificate")
+
+    @property
+    def chain_pem(self) -> tuple[bytes, ...]:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        return tuple(bytes(c.public_bytes(Encoding.PEM)) for c in self.chain)
+
+
+def load_key(key_pem: bytes) -> Any:
+    """A private key (one unencrypted PEM block), parsed: for an RSA key that checks it in full (tens of
+    milliseconds), so a run does it once per signer (smimecerts.py). Raises CmsError "does not parse (...)"."""
     from cryptography.hazmat.primitives import serialization
 
-    return serialization.load_pem_private_key(key_pem, password=None)
+    try:
+        return serialization.load_pem_private_key(key_pem, password=None)
+    except Exception as exc:  # ValueError, TypeError, UnsupportedAlgorithm: worded here, never echoed
+        raise CmsError(f"does not parse ({type(exc).__name__})") from exc
 
 
 def sign_backend() -> Backend:
@@ -105,20 +134,18 @@ def envelope_backend(cipher: Cipher) -> Backend | None:
     return Backend.OPENSSL if usable_openssl() else None
 
 
-def sign(content: bytes, chain_pem: Sequence[bytes], key_pem: bytes, timeout: float) -> bytes:
+def sign(content: bytes, signer: Signer, timeout: float) -> bytes:
     """A detached SHA-256 SignedData (DER) over `content`, exactly as given (RFC 8551 §3.5.3: the caller
-    canonicalises), with the signer certificate (`chain_pem[0]`) and its chain included."""
+    canonicalises), by `signer`, with its certificate and chain included."""
     if sign_backend() is Backend.OPENSSL:
-        return _openssl_sign(content, chain_pem, key_pem, timeout)
-    from cryptography import x509
+        return _openssl_sign(content, signer, timeout)
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.serialization import pkcs7
 
     try:
-        certs = [x509.load_pem_x509_certificate(pem) for pem in chain_pem]
-        key = load_private_key(key_pem)
-        builder = pkcs7.PKCS7SignatureBuilder().set_data(content).add_signer(certs[0], key, hashes.SHA256())
-        for extra in certs[1:]:
+        builder = pkcs7.PKCS7SignatureBuilder().set_data(content).add_signer(signer.chain[0], signer.key,
+                                                                             hashes.SHA256())
+        for extra in signer.chain[1:]:
             builder = builder.add_certificate(extra)
         options = [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary]
         return bytes(builder.sign(serialization.Encoding.DER, options))
@@ -150,12 +177,17 @@ def encrypt(content: bytes, recipients_pem: Sequence[bytes], cipher: Cipher, tim
         raise CmsError(f"cannot encrypt the message ({type(exc).__name__})") from exc
 
 
-def _openssl_sign(content: bytes, chain_pem: Sequence[bytes], key_pem: bytes, timeout: float) -> bytes:
+def _openssl_sign(content: bytes, signer: Signer, timeout: float) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    key_pem = signer.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption())
     if len(key_pem) > MAX_KEY_PIPE:
         raise CmsError("cannot sign: the signer key is too large to hand to openssl")
+    chain_pem = signer.chain_pem
     with _private_dir() as where:
-        signer = _write(where / "signer.pem", chain_pem[0])
-        args = ["cms", "-sign", "-binary", "-md", "sha256", "-outform", "DER", "-signer", str(signer)]
+        signer_file = _write(where / "signer.pem", chain_pem[0])
+        args = ["cms", "-sign", "-binary", "-md", "sha256", "-outform", "DER", "-signer", str(signer_file)]
         if chain_pem[1:]:
             args += ["-certfile", str(_write(where / "chain.pem", b"".join(chain_pem[1:])))]
         # The key travels through a pipe the child reads as /dev/fd/N: never on argv, never in a file of ours.

@@ -149,13 +149,14 @@ def parse_settings(
     targets: list[Target] = []
     warnings: list[ConfigProblem] = []
     ca_verdicts: dict[Path, str | None] = {}  # one check of a CA file per load, however many targets name it
+    signers: dict[object, Any] = {}  # one S/MIME signer key parsed per load, however many targets name it
     for name, table in tables.items():
         if not isinstance(table, dict):
             problems.append(ConfigProblem(name, None, "must be a table"))
             continue
         checker = _TargetChecker(name, {**defaults, **table}, credentials, payload_formats, path.parent,
                                  from_defaults=frozenset(defaults) - frozenset(table), config_path=path,
-                                 known=known, ca_verdicts=ca_verdicts)
+                                 known=known, ca_verdicts=ca_verdicts, signers=signers)
         target = checker.build()
         problems.extend(checker.problems)
         warnings.extend(checker.warnings)
@@ -253,6 +254,7 @@ class _TargetChecker:
         config_path: Path = DEFAULT_CONFIG,
         known: frozenset[str] = KNOWN_KEYS,
         ca_verdicts: dict[Path, str | None] | None = None,
+        signers: dict[object, Any] | None = None,
     ) -> None:
         self.name = name
         self.table = table
@@ -263,6 +265,7 @@ class _TargetChecker:
         self.config_path = config_path
         self.known = known  # KNOWN_KEYS and the credential keys the registered payload formats declare
         self.ca_verdicts = {} if ca_verdicts is None else ca_verdicts  # shared by the targets of one load
+        self.signers = {} if signers is None else signers  # likewise (smimecerts.py)
         self.problems: list[ConfigProblem] = []
         self.warnings: list[ConfigProblem] = []
         # Keys a typo in this table or [defaults] most likely meant: their "did you mean" says they are missing.

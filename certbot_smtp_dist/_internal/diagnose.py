@@ -47,7 +47,7 @@ def examine(certs: Sequence[Any], key_spki: bytes | None, now: datetime, store: 
     findings: list[Finding] = []
     leaf = certs[_leaf_index(certs, key_spki)]
     path, broken = _path(leaf, [c for c in certs if c is not leaf])
-    key = _key_text(leaf.public_key())
+    key = key_text(leaf.public_key())
     findings += _key_findings(leaf, key_spki, key)
     findings += _order_findings(certs, path, broken)
     anchor, trust, depth = _trust(path, store, strict)
@@ -116,11 +116,13 @@ def _path(leaf: Any, others: list[Any]) -> tuple[list[Any], list[Finding]]:
     return path, broken
 
 
-def _key_text(public_key: Any) -> str:
-    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+def key_text(public_key: Any) -> str:
+    """A public key's type and size as `inspect`, the Diagnostics and the S/MIME checks describe it: "RSA 2048
+    bits", "ECDSA P-256", "Ed25519"."""
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
-    if isinstance(public_key, rsa.RSAPublicKey):
-        return f"RSA {public_key.key_size} bits"
+    if isinstance(public_key, (rsa.RSAPublicKey, dsa.DSAPublicKey)):
+        return f"{'RSA' if isinstance(public_key, rsa.RSAPublicKey) else 'DSA'} {public_key.key_size} bits"
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         curves = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
         return f"ECDSA {curves.get(public_key.curve.name, public_key.curve.name)}"

@@ -81,8 +81,10 @@ def _signed(entity: bytes, smime: SmimePolicy, timeout: float) -> bytes:
     """multipart/signed (RFC 1847, RFC 8551 §3.5.3) around `entity`, which is signed byte for byte as sent."""
     from certbot_smtp_dist._internal import cms
 
-    assert smime.sign_key is not None
-    signature = cms.sign(entity, smime.signer_chain_pem, signer_key(smime), _left(timeout, "sign"))
+    if not isinstance(smime.signer, cms.Signer):  # a policy not made by the configuration load: never unsigned
+        raise PayloadError(f"cannot sign: no signer key and certificate were loaded for smime_sign_key "
+                           f"{smime.sign_key}")
+    signature = cms.sign(entity, smime.signer, _left(timeout, "sign"))
     boundary = _boundary(entity)
     return (b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256;' + CRLF
             + b' boundary="' + boundary + b'"' + CRLF + CRLF + SIGNED_PREAMBLE + CRLF + CRLF
@@ -92,21 +94,6 @@ def _signed(entity: bytes, smime: SmimePolicy, timeout: float) -> bytes:
             + b"Content-Transfer-Encoding: base64" + CRLF
             + b'Content-Disposition: attachment; filename="smime.p7s"' + CRLF + CRLF
             + _base64(signature) + b"--" + boundary + b"--" + CRLF)
-
-
-def signer_key(smime: SmimePolicy) -> bytes:
-    """The signer key file's one private key block, read now (it is never kept in the settings)."""
-    from certbot_smtp_dist._internal import files, pem
-
-    assert smime.sign_key is not None
-    try:
-        data, _ = files.read_regular(smime.sign_key)
-    except OSError as exc:
-        raise PayloadError(f"cannot read smime_sign_key {smime.sign_key}: {exc.strerror or exc}") from exc
-    keys = [b for b in pem.blocks(data) if b.is_private_key]
-    if len(keys) != 1:
-        raise PayloadError(f"smime_sign_key {smime.sign_key} no longer holds exactly one private key")
-    return keys[0].encode()
 
 
 def _canonical(data: bytes) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from certbot_smtp_dist.model import SmimePolicy
 
 SMIME_KEYS = ("smime_sign_cert", "smime_sign_key", "smime_encrypt_to", "smime_encryption")
 MAX_RECIPIENTS = 20
+MAX_SIGNER_CHAIN = 10  # the signer and its issuers: a real S/MIME chain has 2 to 4
 MIN_RSA_BITS = 2048  # NIST SP 800-131A: RSA below 2048 bits is disallowed for key transport and signatures
 
 
@@ -22,6 +24,7 @@ class Checker(Protocol):
 
     base_dir: Path
     from_defaults: frozenset[str]
+    signers: dict[object, Any]  # shared by the targets of one load: see _signer_key and _load_signer
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any: ...
 
@@ -63,7 +66,9 @@ def _read(checker: Checker, key: str, path: Path) -> bytes | None:
     return None
 
 
-def _certificates(checker: Checker, key: str, path: Path) -> list[Any]:
+def _certificates(checker: Checker, key: str, path: Path, most: int, too_many: str) -> list[Any]:
+    """The file's PEM certificates, parsed; none (reported) when there is none, or more than `most` (then
+    `too_many` says why: counted before any is parsed)."""
     from cryptography import x509
 
     data = _read(checker, key, path)
@@ -72,6 +77,9 @@ def _certificates(checker: Checker, key: str, path: Path) -> list[Any]:
     blocks = [b for b in pem.blocks(data) if b.label == "CERTIFICATE"]
     if not blocks:
         checker.problem(key, f"{path} holds no PEM certificate")
+        return []
+    if len(blocks) > most:
+        checker.problem(key, f"{path} holds {len(blocks)} certificates; {too_many}")
         return []
     try:
         return [x509.load_pem_x509_certificate(b.encode()) for b in blocks]
@@ -122,28 +130,48 @@ def _signer(checker: Checker, cert_value: str | None, key_value: str | None, now
         checker.problem(missing, "is required with smime_sign_key and smime_sign_cert: signing needs both")
         return out
     cert_path, key_path = _path(checker, cert_value), _path(checker, key_value)
-    certs = _certificates(checker, "smime_sign_cert", cert_path)
+    certs = _certificates(checker, "smime_sign_cert", cert_path, MAX_SIGNER_CHAIN,
+                          f"at most {MAX_SIGNER_CHAIN} (the signer's certificate, then its issuers)")
     key = _signer_key(checker, key_path)
     if not certs or key is None:
         return out
-    signer = certs[0]
-    if not _usable(checker, "smime_sign_cert", cert_path, signer, now, "digital_signature"):
+    leaf = certs[0]
+    if not _usable(checker, "smime_sign_cert", cert_path, leaf, now, "digital_signature"):
         return out
-    if not isinstance(signer.public_key(), (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
-        checker.problem("smime_sign_cert", f"{cert_path}: the certificate's key is {_kind(signer.public_key())}; "
-                                           "S/MIME signing supports RSA and EC keys")
+    if not isinstance(leaf.public_key(), (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+        checker.problem("smime_sign_cert", f"{cert_path}: the certificate's key is "
+                                           f"{diagnose.key_text(leaf.public_key())}; S/MIME signing supports RSA "
+                                           "and EC keys")
         return out
-    if _short_rsa(checker, "smime_sign_cert", cert_path, signer.public_key()):
+    if _short_rsa(checker, "smime_sign_cert", cert_path, leaf.public_key()):
         return out
-    if diagnose.spki(key.public_key()) != diagnose.spki(signer.public_key()):
+    chain = tuple(bytes(c.public_bytes(Encoding.PEM)) for c in certs)
+    signer = _load_signer(checker, key, certs, chain)
+    if signer is None:
         checker.problem("smime_sign_key", f"{key_path} is not the key of the certificate in {cert_path}")
         return out
-    chain = tuple(c.public_bytes(Encoding.PEM) for c in certs)
-    return SmimePolicy(sign_cert=cert_path, sign_key=key_path, signer_chain_pem=chain)
+    return replace(out, sign_cert=cert_path, sign_key=key_path, signer_chain_pem=chain, signer=signer)
 
 
-def _signer_key(checker: Checker, path: Path) -> Any:
-    """The key file's one unencrypted private key; warned about as the lineage's privkey is when exposed."""
+def _load_signer(checker: Checker, key: tuple[bytes, Any], certs: list[Any], chain: tuple[bytes, ...]) -> Any:
+    """The signer value (cms.Signer: the key and the chain, checked to belong together), or None when the key is
+    not the signer certificate's. One per configuration load for each key and chain, shared by the targets that
+    name them (a [defaults] signer); it lives as long as the settings (the run), never in a module of ours."""
+    from certbot_smtp_dist._internal import cms
+
+    if (key[0], chain) not in checker.signers:
+        try:
+            checker.signers[key[0], chain] = cms.Signer(key[1], tuple(certs))
+        except cms.SignerMismatch:
+            checker.signers[key[0], chain] = None
+    return checker.signers[key[0], chain]
+
+
+def _signer_key(checker: Checker, path: Path) -> tuple[bytes, Any] | None:
+    """The key file's one unencrypted private key, as read (PEM) and parsed; warned about as the lineage's privkey
+    is when exposed. Parsed once per configuration load, however many targets name it (`checker.signers`):
+    parsing an RSA key checks it in full, tens of milliseconds, and 500 targets may share a [defaults] signer.
+    Keyed by the bytes read, so each target is checked against what its file held."""
     try:
         status = os.stat(path)
     except (OSError, ValueError):
@@ -159,11 +187,17 @@ def _signer_key(checker: Checker, path: Path) -> Any:
         return None
     from certbot_smtp_dist._internal import cms  # only for a target with smime_* keys
 
-    try:
-        return cms.load_private_key(keys[0].encode())
-    except Exception as exc:  # ValueError, TypeError, UnsupportedAlgorithm: worded here, never echoed
-        checker.problem("smime_sign_key", f"{path} holds a private key that does not parse ({type(exc).__name__})")
+    key_pem = keys[0].encode()
+    if key_pem not in checker.signers:
+        try:
+            checker.signers[key_pem] = cms.load_key(key_pem)
+        except cms.CmsError as exc:  # worded by cms.py: never the key, never a foreign text
+            checker.signers[key_pem] = exc
+    parsed = checker.signers[key_pem]
+    if isinstance(parsed, cms.CmsError):
+        checker.problem("smime_sign_key", f"{path} holds a private key that {parsed}")
         return None
+    return key_pem, parsed
 
 
 def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | None, now: datetime,
@@ -191,7 +225,9 @@ def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | Non
         if untrusted is not None:  # whoever can swap it chooses who can read the key
             checker.problem(key, untrusted)
             continue
-        certs = _certificates(checker, key, path)
+        certs = _certificates(checker, key, path, 1, "a file holds one recipient's certificate: give each recipient its "
+                              "own file, listed in smime_encrypt_to (no chain: only the recipient's certificate is "
+                              "used, and each one listed can decrypt)")
         if not certs or not _usable(checker, key, path, certs[0], now, "key_encipherment"):
             continue
         if diagnose.is_ca(certs[0]):  # the CA's file named by mistake: its key holder, not the person, could decrypt
@@ -199,8 +235,8 @@ def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | Non
                                  "recipient's own")
             continue
         if not isinstance(certs[0].public_key(), rsa.RSAPublicKey):
-            checker.problem(key, f"{path}: the certificate's key is {_kind(certs[0].public_key())}; S/MIME "
-                                 "encryption supports RSA recipient certificates only")
+            checker.problem(key, f"{path}: the certificate's key is {diagnose.key_text(certs[0].public_key())}; "
+                                 "S/MIME encryption supports RSA recipient certificates only")
             continue
         if _short_rsa(checker, key, path, certs[0].public_key()):
             continue
@@ -218,11 +254,10 @@ def _recipients(checker: Checker, values: Sequence[Any], cipher_value: str | Non
                                             "(cryptography builds AES-256-CBC envelopes only, and only in recent "
                                             "releases); install openssl, or name it by its absolute path in "
                                             f"${cms.OPENSSL_ENV}")
-    return SmimePolicy(out.sign_cert, out.sign_key, out.signer_chain_pem,
-                       encrypt_to=tuple(p for _, _, p in pems.values()),
-                       recipients_pem=tuple(pem_ for pem_, _, _ in pems.values()),
-                       recipient_fingerprints=tuple(pems), recipient_names=tuple(n for _, n, _ in pems.values()),
-                       encryption=cipher.value)
+    return replace(out, encrypt_to=tuple(p for _, _, p in pems.values()),
+                   recipients_pem=tuple(pem_ for pem_, _, _ in pems.values()),
+                   recipient_fingerprints=tuple(pems), recipient_names=tuple(n for _, n, _ in pems.values()),
+                   encryption=cipher.value)
 
 
 def _short_rsa(checker: Checker, key: str, path: Path, public_key: Any) -> bool:
@@ -235,12 +270,3 @@ def _short_rsa(checker: Checker, key: str, path: Path, public_key: Any) -> bool:
         return True
     return False
 
-
-def _kind(public_key: Any) -> str:
-    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        return f"EC ({public_key.curve.name})"
-    kinds = ((rsa.RSAPublicKey, "RSA"), (ed25519.Ed25519PublicKey, "Ed25519"), (ed448.Ed448PublicKey, "Ed448"),
-             (dsa.DSAPublicKey, "DSA"))
-    return next((name for kind, name in kinds if isinstance(public_key, kind)), type(public_key).__name__)

@@ -100,6 +100,23 @@ def test_an_expired_recipient_certificate_is_a_config_error_and_nothing_is_diall
     assert relay.connections == 0
 
 
+def test_two_recipients_in_one_certificate_file_is_a_config_error_and_nothing_is_dialled(
+        denv: DeployEnv, lineage: LineagePaths, relay_factory, pki: SmimeFiles, tmp_path: Path) -> None:
+    """Concatenated into one file, the second recipient's certificate was ignored: only the first could decrypt,
+    while the operator believed both could. Refused (exit 78), keyed by target and key, saying what to do."""
+    relay = relay_factory("plaintext")
+    both = tmp_path / "team.pem"
+    both.write_bytes(pki.recipient_certs[0].read_bytes() + pki.recipient_certs[1].read_bytes())
+    denv.write_config({"team": smime_target(relay, pki, smime_encrypt_to=[str(both)]),
+                       "other": relay_target(relay, to=["b@example.com"])})
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    assert run.returncode == 78, run.stderr
+    [error] = run.json["config_errors"]
+    assert (error["target"], error["key"]) == ("team", "smime_encrypt_to")
+    assert f"{both} holds 2 certificates" in error["problem"] and "its own file" in error["problem"]
+    assert "Traceback" not in run.stderr and relay.connections == 0
+
+
 def test_retry_signs_and_encrypts_again_with_the_same_message_id(
         denv: DeployEnv, lineage: LineagePaths, relay_pki, pki: SmimeFiles, unused_port: int) -> None:
     from support.relay import Relay

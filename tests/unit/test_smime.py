@@ -396,19 +396,6 @@ def test_a_hostile_recipient_subject_brings_no_line_break_into_the_warning(
     assert "\n" not in record and "forged line" in record
 
 
-def test_one_signer_key_is_parsed_once_for_every_target_and_message(pki: SmimeFiles, lin: LineagePaths) -> None:
-    """Loading an RSA key checks it in full (tens of ms): 500 targets sharing a [defaults] signer took 35 s."""
-    cms.load_private_key.cache_clear()
-    defaults = {k: v for k, v in smime_keys(pki, encrypt=False).items() if k.startswith("smime_")}
-    settings = parse_settings({"defaults": {**BASE, **defaults}, "targets": {f"t{i}": {} for i in range(5)}},
-                              Path("/etc/x/config.toml"), {}, FORMATS)
-    hook = plugins.message_hook(plugins.make_manager(load_entry_points=False))
-    artefact = lineage.load(lineage.from_lineage_dir(lin.live_dir))
-    for t in settings.targets:
-        assert pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=hook).message is not None
-    assert cms.load_private_key.cache_info().misses == 1
-
-
 @pytest.mark.parametrize("version", ["OpenSSL 1.1.1w  11 Sep 2023", "LibreSSL 3.8.2"])
 def test_gcm_without_openssl_3_is_a_config_error(pki: SmimeFiles, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                  version: str) -> None:
@@ -644,3 +631,126 @@ def test_a_message_hook_that_changes_the_message_id_or_envelope_fails_its_target
     assert job.message is None and job.failure is not None
     assert job.failure.code is ErrorCode.SMTP_PAYLOAD and "changed the Message-ID or the envelope" in job.failure.detail
     assert "thief" not in job.failure.detail
+
+
+# ------------------------------------------------------------------------- certificate counts and signer material
+
+
+@pytest.mark.parametrize("extra", ["another_recipient", "the_issuing_ca"])
+def test_a_recipient_file_with_more_than_one_certificate_is_a_config_error(pki: SmimeFiles, tmp_path: Path,
+                                                                         extra: str) -> None:
+    """Two recipients' certificates concatenated into one file: only the first could decrypt, while the operator
+    believes both can. A file names one recipient; a second certificate in it is refused, never ignored."""
+    both = tmp_path / "both.pem"
+    second = pki.recipients[1].cert_pem() if extra == "another_recipient" else pki.ca.cert_pem()
+    both.write_bytes(pki.recipients[0].cert_pem() + second)
+    found = problems({**BASE, "smime_encrypt_to": [str(pki.recipient_certs[1]), str(both)]})
+    assert list(found) == ["smime_encrypt_to"]
+    text = found["smime_encrypt_to"]
+    assert str(both) in text and "holds 2 certificates" in text and "its own file" in text
+    assert target({**BASE, "smime_encrypt_to": [str(p) for p in pki.recipient_certs]}).message_encrypted
+
+
+def test_a_signer_chain_of_more_than_ten_certificates_is_a_config_error(pki: SmimeFiles, tmp_path: Path) -> None:
+    """The chain a signature carries is bounded like a sane chain, not only by the 1 MiB read."""
+    long_chain = tmp_path / "long.pem"
+    long_chain.write_bytes(pki.signer.cert_pem() + pki.ca.cert_pem() * 10)
+    found = problems(smime_keys(pki, encrypt=False, smime_sign_cert=str(long_chain)))
+    assert list(found) == ["smime_sign_cert"]
+    assert str(long_chain) in found["smime_sign_cert"] and "holds 11 certificates; at most 10" in found[
+        "smime_sign_cert"]
+    long_chain.write_bytes(pki.signer.cert_pem() + pki.ca.cert_pem() * 9)
+    policy = target(smime_keys(pki, encrypt=False, smime_sign_cert=str(long_chain))).smime
+    assert policy is not None and len(policy.signer_chain_pem) == 10
+
+
+def test_a_signer_key_swapped_during_a_run_never_makes_a_bad_signature(
+        pki: SmimeFiles, lin: LineagePaths, tmp_path: Path, backend: str) -> None:
+    """The signer's key and chain are one value, loaded and checked against each other when the configuration is
+    loaded: a key file replaced after that does not reach this run's signatures (they verify), and the next load
+    refuses the mismatching key (a configuration error)."""
+    signer = tmp_path / "signer.key"
+    write_private(signer, pki.signer.key_pem())
+    keys = smime_keys(pki, encrypt=False, payload="pem", smime_sign_key=str(signer))
+    loaded = target(keys)
+    write_private(signer, pki.recipients[0].key_pem())  # swapped for a key of another certificate
+    raw, _ = message_for(loaded, lin)
+    verified = openssl("cms", "-verify", "-CAfile", str(pki.ca_file), data=raw)
+    assert verified.returncode == 0, verified.stderr
+    assert "not the key of the certificate" in problems(keys)["smime_sign_key"]
+
+
+def test_signer_material_refuses_a_key_that_does_not_match_its_certificate(pki: SmimeFiles) -> None:
+    """The key and chain are one value that cannot be built from a key and a certificate that do not belong
+    together: signing with it could only make a signature no one can verify."""
+    chain = (pki.signer.cert, pki.ca.cert)
+    good = cms.Signer(cms.load_key(pki.signer.key_pem()), chain)
+    assert good.chain_pem == (pki.signer.cert_pem(), pki.ca.cert_pem())
+    assert repr(good) == "Signer()"  # the key is never shown
+    assert cms.sign(b"content\r\n", good, 30)
+    with pytest.raises(cms.SignerMismatch, match="does not match"):
+        cms.Signer(cms.load_key(pki.recipients[0].key_pem()), chain)
+    with pytest.raises(cms.CmsError, match=r"^does not parse \(ValueError\)$"):
+        cms.load_key(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+
+
+def test_one_signer_is_loaded_once_for_every_target_and_message(pki: SmimeFiles, lin: LineagePaths,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading an RSA key checks it in full (tens of ms): 500 targets sharing a [defaults] signer took 35 s. One
+    load of the configuration parses it once, its targets share one signer value, and the messages sign with it."""
+    real, loads = cms.load_key, []
+
+    def counting(key_pem: bytes) -> Any:
+        loads.append(1)
+        return real(key_pem)
+
+    monkeypatch.setattr(cms, "load_key", counting)
+    defaults = {k: v for k, v in smime_keys(pki, encrypt=False).items() if k.startswith("smime_")}
+    settings = parse_settings({"defaults": {**BASE, **defaults}, "targets": {f"t{i}": {} for i in range(5)}},
+                              Path("/etc/x/config.toml"), {}, FORMATS)
+    hook = plugins.message_hook(plugins.make_manager(load_entry_points=False))
+    artefact = lineage.load(lineage.from_lineage_dir(lin.live_dir))
+    for t in settings.targets:
+        assert pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, message_hook=hook).message is not None
+    assert len(loads) == 1
+    assert len({id(t.smime.signer) for t in settings.targets if t.smime is not None}) == 1
+
+
+@pytest.mark.parametrize(("where", "key_type", "shown"), [("recipient", "ec", "ECDSA P-256"),
+                                                          ("signer", "ed25519", "Ed25519")])
+def test_an_unsupported_key_is_described_as_inspect_describes_it(pki: SmimeFiles, tmp_path: Path, where: str,
+                                                                  key_type: Any, shown: str) -> None:
+    """One description of a key (diagnose.key_text) for `inspect` and the S/MIME checks."""
+    from certbot_smtp_dist._internal import diagnose
+
+    issued = issue_smime(pki.ca, "k@example.com", key_type=key_type)
+    (tmp_path / "k.pem").write_bytes(issued.cert_pem())
+    write_private(tmp_path / "k.key", issued.key_pem())
+    assert diagnose.key_text(issued.cert.public_key()) == shown
+    if where == "recipient":
+        found = problems({**BASE, "smime_encrypt_to": [str(tmp_path / "k.pem")]})["smime_encrypt_to"]
+    else:
+        found = problems({**BASE, "smime_sign_cert": str(tmp_path / "k.pem"),
+                          "smime_sign_key": str(tmp_path / "k.key")})["smime_sign_cert"]
+    assert f"the certificate's key is {shown};" in found
+
+
+
+
+def test_a_signing_policy_without_a_loaded_signer_fails_rather_than_sends_unsigned(pki: SmimeFiles,
+                                                                                  lin: LineagePaths) -> None:
+    """A policy that asks for signing but carries no signer value (not made by a configuration load) is an error
+    for its target: never a message sent without the signature the configuration asked for."""
+    from dataclasses import replace
+
+    from certbot_smtp_dist._internal import smime
+    from certbot_smtp_dist.errors import PayloadError
+
+    loaded = target(smime_keys(pki, encrypt=False, payload="pem")).smime
+    assert loaded is not None and loaded.signs and isinstance(loaded.signer, cms.Signer)
+    rendered = Message("<1@example.com>", "x", "a@example.com", ("b@example.com",),
+                       b"From: a@example.com\r\nSubject: x\r\n\r\nbody\r\n")
+    facts = lineage.load(lineage.from_lineage_dir(lin.live_dir)).facts
+    with pytest.raises(PayloadError, match="cannot sign: no signer key and certificate were loaded"):
+        smime.protect(rendered, replace(loaded, signer=None), facts, 30)
+    assert smime.protect(rendered, loaded, facts, 30).signed
