@@ -90,9 +90,11 @@ def _der(issued: pki.Issued) -> bytes:
 @pytest.mark.parametrize("trust", ["hashed directory", "tls_ca_file"])
 def test_an_issuer_trusted_only_through_a_hashed_directory_is_no_missing_intermediate(
         denv: DeployEnv, relay_factory: Callable[..., Any], tmp_path: Path, trust: str) -> None:
-    """The relay's CA is an anchor, found by OpenSSL in a c_rehash directory (no bundle): SSLContext.get_ca_certs()
-    does not list such anchors. The handshake is refused for a reason the look cannot name (a leaf for TLS clients
-    only, RFC 5280 §4.2.1.12), not for a missing intermediate; a proper leaf of the same CA verifies."""
+    """The relay's CA is an anchor OpenSSL finds in a c_rehash directory (no bundle), or in tls_ca_file. The
+    handshake is refused for a reason the look cannot name (a leaf for TLS clients only, RFC 5280 §4.2.1.12), not
+    for a missing intermediate; a proper leaf of the same CA verifies. (SSLContext.get_ca_certs() lists a hashed
+    directory's anchor only once OpenSSL has looked it up, which the refused handshake did: the look no longer
+    depends on that; tests/unit/test_relaycert.py asks a hashed directory nothing has looked into.)"""
     root = pki.make_ca("relaycert-test hashed root")
     key = pki.new_key("ec")
     clients_only = relay_factory("starttls", tls_context=_served(
@@ -196,6 +198,7 @@ def _edited(der: bytes, old: bytes, new: bytes) -> bytes:
 
 
 MARK = b"QQQQQQQQ"
+CA_NAME = "relaycert-test hostile CA"
 
 
 def _hostile(kind: str, ca: pki.Issued, key: Any) -> bytes:
@@ -215,6 +218,9 @@ def _hostile(kind: str, ca: pki.Issued, key: Any) -> bytes:
     if kind == "san":  # a DNSName (IA5String) of bytes over 0x7f: OpenSSL serves it, cryptography cannot read it
         return _edited(_leaf(ca, key, sans=[x509.DNSName(f"{MARK.decode()}.example")]), MARK, bytes(range(0xF8, 0x100)))
     der = _leaf(ca, key, subject=subject, sans=wrong)
+    if kind == "issuer":  # the issuer's common name as a NumericString of bytes over 0x7F
+        ca_name = CA_NAME.encode()
+        return _edited(der, bytes([0x0C, len(ca_name)]) + ca_name, bytes([0x12, len(ca_name)]) + b"\xff" * len(ca_name))
     if kind == "numeric string":  # a NumericString of bytes over 0x7f: ValueError when the subject is read
         return _edited(der, b"\x0c\x08" + MARK, b"\x12\x08" + bytes(range(0xF8, 0x100)))
     assert kind == "bit string"  # an organizationName as a BIT STRING: TypeError when the subject is read
@@ -229,10 +235,11 @@ def _assert_bounded_text(run: Run) -> None:
     assert not any(line.startswith("X-Injected") for line in run.stdout.splitlines())
 
 
-@pytest.mark.parametrize("kind", ["escapes", "huge name", "many SANs", "san", "numeric string", "bit string"])
+@pytest.mark.parametrize("kind", ["escapes", "huge name", "many SANs", "san", "numeric string", "bit string",
+                                  "issuer"])
 def test_a_hostile_relay_certificate_is_reported_as_bounded_printable_text(
         denv: DeployEnv, relay_factory: Callable[..., Any], tmp_path: Path, kind: str) -> None:
-    ca = pki.make_ca("relaycert-test hostile CA")
+    ca = pki.make_ca(CA_NAME)
     key = pki.new_key("ec")
     relay = relay_factory("starttls", tls_context=_served(tmp_path, "hostile", key, _hostile(kind, ca, key)))
     denv.write_config({"hostile": _target(relay.port, pki.write_pem(tmp_path / "ca.pem", ca))})
@@ -250,8 +257,8 @@ def test_a_hostile_relay_certificate_is_reported_as_bounded_printable_text(
     if kind == "many SANs":
         assert cert["sans_total"] == 300 and len(cert["sans"]) == 100, cert["sans_total"]
         assert "n1.x" in cert["problems"][0] and "and 298 more" in cert["problems"][0], cert["problems"]
-    if kind in ("numeric string", "bit string"):
-        assert cert["subject"] == "(a name that does not decode)"
+    if kind in ("numeric string", "bit string", "issuer"):
+        assert cert["subject" if kind != "issuer" else "issuer"] == "(a name that does not decode)", cert
     if kind == "san":
         assert cert["sans"] == [] and any("subjectAltName does not decode" in p for p in cert["problems"]), cert
     human = denv.run("check")
