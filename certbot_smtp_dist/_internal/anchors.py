@@ -156,16 +156,27 @@ def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
 
 def subject_der(cert_der: bytes) -> bytes:
     """The subject Name (DER) of a certificate (RFC 5280 §4.1), walked without parsing the rest; b"" if malformed."""
+    return _name_der(cert_der, 4)  # serial, signature, issuer, validity, then subject
+
+
+def issuer_der(cert_der: bytes) -> bytes:
+    """The issuer Name (DER) of a certificate, walked as subject_der is: what a store is asked for, read without
+    decoding a name a hostile peer may have made undecodable; b"" if malformed."""
+    return _name_der(cert_der, 2)  # serial, signature, then issuer
+
+
+def _name_der(cert_der: bytes, index: int) -> bytes:
+    """The element at `index` of a tbsCertificate after its optional [0] version (RFC 5280 §4.1)."""
     try:
         _, cert, _ = _tlv(cert_der, 0)
         _, pos, _ = _tlv(cert_der, cert)  # tbsCertificate
         fields = 0
         while True:
-            tag, start, end = _tlv(cert_der, pos)
+            tag, _, end = _tlv(cert_der, pos)
             if tag == 0xA0 and fields == 0:  # [0] version, optional
                 pos = end
                 continue
-            if fields == 4:  # serial, signature, issuer, validity, then subject
+            if fields == index:
                 return cert_der[pos:end]
             fields, pos = fields + 1, end
     except ValueError:

@@ -28,6 +28,7 @@ from certbot_smtp_dist.model import (
 )
 
 if TYPE_CHECKING:  # transport (and aiosmtplib) is imported only when something is dialled
+    from certbot_smtp_dist._internal.anchors import Store
     from certbot_smtp_dist._internal.loader import Loaded
     from certbot_smtp_dist._internal.pipeline import RelaySlots
     from certbot_smtp_dist._internal.transport import TlsContexts
@@ -190,18 +191,31 @@ async def _probe_one(target: Target, secrets: Mapping[str, Secret], authenticate
         slots.give_back(target)
     cert = None
     if encryption is not None and encryption.certificate is not None:
-        context = tls.get(target)
         verified = probe.encryption is not None and not target.tls_skip_verify
         leaf, chain = encryption.certificate, encryption.chain
 
         def diagnose() -> RelayCertificate | None:
-            anchors = context.get_ca_certs(binary_form=True) if not verified and context else []
-            return relaycert.diagnose(leaf, chain, anchors, target.host, verified, datetime.now(timezone.utc))
+            stores = () if verified else _anchor_stores(target)
+            return relaycert.diagnose(leaf, chain, stores, target.host, verified, datetime.now(timezone.utc))
 
-        # Reading and parsing the trust store's anchors takes milliseconds per refused handshake: in a worker
-        # thread, so hundreds of failing targets do not stall the other probes' I/O (CPU only, it never hangs).
+        # Looking issuers up in the trust store and checking signatures takes milliseconds per refused handshake:
+        # in a worker thread, so hundreds of failing targets do not stall the other probes' I/O (CPU and local
+        # files only, it never hangs).
         cert = await asyncio.to_thread(diagnose)
     return probe, cert, loop.time() - started
+
+
+def _anchor_stores(target: Target) -> tuple[Store, ...]:
+    """Where the verified handshake found its anchors: the system store (OpenSSL's hashed directory and bundle,
+    SSL_CERT_DIR / SSL_CERT_FILE honoured), then `tls_ca_file`. Not SSLContext.get_ca_certs(): it lists only CA
+    certificates (not a pinned self-signed relay certificate), and of a hashed directory only those OpenSSL has
+    looked up so far."""
+    from certbot_smtp_dist._internal import anchors
+
+    system = anchors.system_store(thorough=True)
+    if target.tls_ca_file is None:
+        return (system,)
+    return system, anchors.Store(f"tls_ca_file {target.tls_ca_file}", cafile=target.tls_ca_file)
 
 
 _MIN_LOOK = 0.2  # seconds: less than this left is no time for a second handshake

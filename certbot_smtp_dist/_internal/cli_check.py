@@ -94,7 +94,7 @@ def block(c: TargetCheck, now: datetime) -> str:
         lines.append(f"  TLS          {c.tls_version}, {c.cipher}")
     cert = c.certificate
     if cert is not None:
-        lines.append(f"  certificate  {cert.subject}; SANs {', '.join(cert.sans) or 'none'}")
+        lines.append(f"  certificate  {cert.subject}; SANs {cert.shown_sans()}")
         lines.append(f"               issuer {cert.issuer}; expires {cert.not_after:%Y-%m-%d} "
                      f"({cert.days_left(now):.0f} days)")
         lines.append(f"               verifies: {'yes' if cert.verified else 'no'}; host name matches: "

@@ -69,6 +69,23 @@ def name(cert: Any, which: str = "subject") -> str:
     return text if len(text) <= SHOWN_NAME else text[:SHOWN_NAME] + "..."
 
 
+def subject_alt_names(cert: Any) -> tuple[str, ...]:
+    """The DNS names, then the IP addresses, of `cert`'s subjectAltName (RFC 5280 §4.2.1.6), as written: not made
+    printable nor bounded (callers match them, then show them through printable()); () without the extension.
+    Raises ValueError when the extension does not decode (a DNSName of bytes over 0x7F, a duplicate extension)."""
+    from cryptography import x509
+
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    except (ValueError, TypeError, x509.DuplicateExtension,
+            getattr(x509, "UnsupportedGeneralNameType", ValueError)) as exc:  # the latter: cryptography < 41
+        raise ValueError(f"the subjectAltName does not decode ({type(exc).__name__})") from exc
+    return (tuple(str(v) for v in ext.get_values_for_type(x509.DNSName))
+            + tuple(str(v) for v in ext.get_values_for_type(x509.IPAddress)))
+
+
 def spki(public_key: Any) -> bytes:
     """`public_key` as a DER SubjectPublicKeyInfo: what says two certificates or a key and a certificate match."""
     from cryptography.hazmat.primitives import serialization

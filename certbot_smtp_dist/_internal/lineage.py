@@ -283,13 +283,7 @@ def _facts(leaf: Any, source: LineageSource, not_before: datetime, not_after: da
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    try:
-        san_ext = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        sans = tuple(str(v) for v in san_ext.get_values_for_type(x509.DNSName)) + tuple(
-            str(v) for v in san_ext.get_values_for_type(x509.IPAddress)
-        )
-    except x509.ExtensionNotFound:
-        sans = ()
+    sans = diagnose.subject_alt_names(leaf)
     cns = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     common_name = str(cns[0].value) if cns else (sans[0] if sans else "")
     name = source.name or common_name or (sans[0] if sans else "certificate")

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import ipaddress
-import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from certbot_smtp_dist._internal import anchors, signatures
 from certbot_smtp_dist._internal.addresses import printable
-from certbot_smtp_dist._internal.diagnose import validity
+from certbot_smtp_dist._internal.diagnose import name, subject_alt_names, validity
+
+if TYPE_CHECKING:
+    from certbot_smtp_dist._internal.anchors import Store
 
 EXPIRY_WARNING_DAYS = 14
+MAX_SANS = 100  # names kept of the relay's certificate: a hostile one may carry thousands
+MAX_SAN_CHARS = 255  # a DNS name has at most 253 (RFC 1035 §2.3.4); a longer SAN is shown cut
+SHOWN_SANS = 10  # names quoted in the host-name finding and on the certificate line
+LISTED_CHARS = 600  # and the characters they may take there
+MAX_SENT = 16  # certificates of the relay's chain looked at (real chains hold 2 to 4)
+UNDECODED_SANS = ("the certificate's subjectAltName does not decode (malformed names): the relay must install a "
+                  "certificate with well-formed names")
 
 
 @dataclass(frozen=True, slots=True)
 class RelayCertificate:
-    """The leaf the relay presented (relay-controlled text, made printable) and the findings about it."""
+    """The leaf the relay presented (relay-controlled text, made printable and bounded) and the findings about it."""
 
     subject: str
     sans: tuple[str, ...]
@@ -27,6 +37,11 @@ class RelayCertificate:
     host_matches: bool
     problems: tuple[str, ...]  # why it does not verify, each with what to do
     chain_length: int = 1  # certificates the relay sent, where Python tells (3.13+); else 1 (the leaf)
+    sans_total: int = 0  # names the certificate carries; `sans` holds the first MAX_SANS
+
+    def shown_sans(self) -> str:
+        """The first few names, and how many more there are, on one line."""
+        return listed(self.sans, max(self.sans_total, len(self.sans)))
 
     def days_left(self, now: datetime) -> float:
         return (self.not_after - now).total_seconds() / 86400
@@ -34,85 +49,163 @@ class RelayCertificate:
     def to_json(self, now: datetime) -> dict[str, Any]:
         return {"subject": self.subject, "sans": list(self.sans), "issuer": self.issuer,
                 "not_after": self.not_after.isoformat(), "days_left": round(self.days_left(now), 1),
-                "verified": self.verified, "host_matches": self.host_matches, "problems": list(self.problems)}
+                "verified": self.verified, "host_matches": self.host_matches, "problems": list(self.problems),
+                "sans_total": max(self.sans_total, len(self.sans))}
 
 
-def diagnose(leaf_der: bytes, chain: Sequence[bytes], anchors: Sequence[bytes], host: str, verified: bool,
+@dataclass(frozen=True, slots=True)
+class _Cert:
+    """A certificate the relay sent: parsed (names decoded lazily, and maybe not at all) and as DER."""
+
+    cert: Any
+    der: bytes
+
+
+def diagnose(leaf_der: bytes, chain: Sequence[bytes], stores: Sequence[Store], host: str, verified: bool,
              now: datetime) -> RelayCertificate | None:
     """The leaf's facts; when the verified handshake failed (`verified` false), the reasons found: expiry, host
-    name not in the SANs (RFC 6125 §6.4), self-signed, or an issuer that is no trust anchor and was not sent (a
-    missing intermediate). None when the bytes are no certificate."""
+    name not in the SANs (RFC 6125 §6.4), self-signed, or an issuer that is no trust anchor in `stores` (the
+    system store, then `tls_ca_file`: anchors.Store, which finds what OpenSSL finds in a hashed directory too)
+    and was not sent (a missing intermediate). Names a hostile relay made undecodable are reported as such,
+    never raised. None when the bytes are no certificate."""
     from cryptography import x509
 
     try:
         leaf = x509.load_der_x509_certificate(leaf_der)
+        not_before, not_after = validity(leaf)
     except ValueError:
         return None
-    sans = _sans(leaf)
-    matches = host_matches(host, sans)
-    not_before, not_after = validity(leaf)
+    try:
+        sans, undecoded = subject_alt_names(leaf), False
+    except ValueError:
+        sans, undecoded = (), True
+    # A verified handshake checked the host name itself (RFC 6125 §6.4), with OpenSSL's reading of the SANs.
+    matches = verified or host_matches(host, sans)
     problems: list[str] = []
     if not verified:
-        problems += _why_not(leaf, chain, anchors, host, matches, not_before, not_after, now)
-    subject, issuer = printable(leaf.subject.rfc4514_string()), printable(leaf.issuer.rfc4514_string())
-    return RelayCertificate(subject, tuple(printable(s) for s in sans), issuer, not_after, verified, matches,
-                            tuple(problems), max(len(chain), 1))
+        problems += _dates(not_before, not_after, now)
+        if undecoded:
+            problems.append(UNDECODED_SANS)
+        elif not matches:
+            problems.append(f"host name {printable(host)!r} is not among the certificate's names "
+                            f"({listed(sans, len(sans))}): set host to one of them")
+        problems += _trust(_Cert(leaf, leaf_der), chain, stores, explained=bool(problems))
+    return RelayCertificate(name(leaf), tuple(_shown(s) for s in sans[:MAX_SANS]), name(leaf, "issuer"), not_after,
+                            verified, matches, tuple(problems), max(len(chain), 1), len(sans))
 
 
-def _why_not(leaf: Any, chain: Sequence[bytes], anchors: Sequence[bytes], host: str, matches: bool,
-             not_before: datetime, not_after: datetime, now: datetime) -> list[str]:
-
-    problems = []
+def _dates(not_before: datetime, not_after: datetime, now: datetime) -> list[str]:
     if not_after < now:
-        problems.append(f"the relay's certificate expired on {not_after:%Y-%m-%d %H:%M} UTC: the relay must "
-                        "install a renewed one")
-    elif not_before > now:
-        problems.append(f"the relay's certificate is not valid before {not_before:%Y-%m-%d %H:%M} UTC (check "
-                        "this host's clock)")
-    if not matches:
-        problems.append(f"host name {printable(host)!r} is not among the certificate's names "
-                        f"({', '.join(printable(s) for s in _sans(leaf)) or 'none'}): set host to one of them")
-    trusted, sent = _subjects(anchors), _subjects(chain[1:])
-    issuer = printable(leaf.issuer.rfc4514_string())
-    if leaf.issuer == leaf.subject and leaf.subject not in trusted:
-        problems.append("the certificate is self-signed and not a trust anchor here: if it is really the "
-                        "relay's, name it in tls_ca_file")
-    elif leaf.issuer not in trusted and leaf.issuer not in sent and (chain or not problems):
+        return [f"the relay's certificate expired on {not_after:%Y-%m-%d %H:%M} UTC: the relay must install a "
+                "renewed one"]
+    if not_before > now:
+        return [f"the relay's certificate is not valid before {not_before:%Y-%m-%d %H:%M} UTC (check this host's "
+                "clock)"]
+    return []
+
+
+def _trust(leaf: _Cert, chain: Sequence[bytes], stores: Sequence[Store], explained: bool) -> list[str]:
+    """Why the chain does not reach an anchor, if it does not. The path is the leaf, then each issuer the relay
+    sent (name and signature, RFC 5280 §6.1); it is anchored when an anchor in `stores` issued one of them.
+    `chain`: what the relay sent, leaf first (Python 3.13+), else empty."""
+    sent = _sent(chain)
+    path = _path(leaf, sent)
+    if any(_anchored(c, stores) for c in path):
+        return [] if explained else [
+            "the chain did not verify for a reason this check cannot name (signature, key usage or policy): run "
+            "`openssl s_client -starttls smtp -showcerts` against the relay"]
+    top = path[-1]
+    issuer = name(top.cert, "issuer")
+    if _issued(top.cert, top.cert):
+        if top is leaf:
+            return ["the certificate is self-signed and not a trust anchor here: if it is really the relay's, name "
+                    "it in tls_ca_file"]
+        return [f"the chain the relay sent ends at the root {name(top.cert)}, which is not a trust anchor here: "
+                "name it in tls_ca_file if it is a private CA"]
+    wanted = anchors.canonical(anchors.issuer_der(top.der))
+    if len(path) > 1 or any(anchors.canonical(anchors.subject_der(c.der)) == wanted for c in sent):
+        return [f"the chain the relay sent does not end at a trust anchor here (issuer {issuer}): name its root "
+                "in tls_ca_file if it is a private CA"]
+    if chain or not explained:
         # Before Python 3.13 the chain sent is unknown (leaf only): a missing intermediate is then a guess, made
         # only when neither the date nor the host name explains the refusal.
         how = "" if chain else " (Python before 3.13 shows only the leaf, so this is the likely cause)"
-        problems.append(f"missing intermediate: the relay did not send the certificate of its issuer {issuer}, "
-                        f"which is not a trust anchor here{how}; the relay must send its full chain (or, if "
-                        "that CA is a private one, name its root in tls_ca_file)")
-    elif leaf.issuer in sent:
-        problems.append(f"the chain the relay sent does not end at a trust anchor here (issuer {issuer}): name "
-                        "its root in tls_ca_file if it is a private CA")
-    if not problems:
-        problems.append("the chain did not verify for a reason this check cannot name (signature, key usage or "
-                        "policy): run `openssl s_client -starttls smtp -showcerts` against the relay")
-    return problems
+        return [f"missing intermediate: the relay did not send the certificate of its issuer {issuer}, which is "
+                f"not a trust anchor here{how}; the relay must send its full chain (or, if that CA is a private "
+                "one, name its root in tls_ca_file)"]
+    return []
 
 
-def _subjects(ders: Sequence[bytes]) -> set[Any]:
+def _sent(chain: Sequence[bytes]) -> list[_Cert]:
+    """The issuers the relay sent after its leaf (Python 3.13+; else none), those that parse."""
     from cryptography import x509
 
-    found = set()
-    with warnings.catch_warnings():  # old anchors of the system store draw deprecation warnings (serials)
-        warnings.simplefilter("ignore")
-        for der in ders:
-            try:
-                found.add(x509.load_der_x509_certificate(der).subject)
-            except ValueError:
-                continue
-    return found
+    out = []
+    for der in chain[1:MAX_SENT]:
+        try:
+            out.append(_Cert(x509.load_der_x509_certificate(der), der))
+        except ValueError:
+            continue
+    return out
+
+
+def _path(leaf: _Cert, sent: list[_Cert]) -> list[_Cert]:
+    path, left = [leaf], list(sent)
+    while left and not _issued(path[-1].cert, path[-1].cert):
+        signer = next((c for c in left if _issued(path[-1].cert, c.cert)), None)
+        if signer is None:
+            break
+        path.append(signer)
+        left.remove(signer)
+    return path
+
+
+def _anchored(cert: _Cert, stores: Iterable[Store]) -> bool:
+    """Whether an anchor of `stores` issued `cert` (name and signature): looked up by the issuer's DER, so a
+    name that does not decode is still looked up; a store certificate that does not parse is no anchor."""
+    wanted = anchors.issuer_der(cert.der)
+    for store in stores:
+        try:
+            if any(_issued(cert.cert, anchor) for anchor in store.candidates(wanted)):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _issued(child: Any, parent: Any) -> bool:
+    """signatures.issued, for certificates whose names may not decode (cryptography reads them lazily and raises
+    ValueError, or TypeError for a string type it refuses): such a link is not one this check can see."""
+    try:
+        return signatures.issued(child, parent)
+    except (ValueError, TypeError):
+        return False
+
+
+def listed(names: Sequence[str], total: int) -> str:
+    """The first of `names` (at most SHOWN_SANS, in at most LISTED_CHARS), printable and bounded, then how many
+    more of `total` there are: one line that fits in a finding."""
+    shown: list[str] = []
+    for san in names[:SHOWN_SANS]:
+        text = _shown(san)
+        if shown and sum(len(s) + 2 for s in shown) + len(text) > LISTED_CHARS:
+            break
+        shown.append(text)
+    more = total - len(shown)
+    return (", ".join(shown) or "none") + (f" and {more} more" if more > 0 else "")
+
+
+def _shown(san: str) -> str:
+    text = printable(san)
+    return text if len(text) <= MAX_SAN_CHARS else text[:MAX_SAN_CHARS - 3] + "..."
 
 
 def host_matches(host: str, sans: Sequence[str]) -> bool:
     """RFC 6125 §6.4: an IP address against the IP SANs; a name against the DNS SANs, a wildcard only as the
     whole left-most label."""
-    name = host.strip("[]").rstrip(".").lower()
+    wanted = host.strip("[]").rstrip(".").lower()
     try:
-        address = ipaddress.ip_address(name)
+        address = ipaddress.ip_address(wanted)
     except ValueError:
         address = None
     for san in sans:
@@ -122,25 +215,13 @@ def host_matches(host: str, sans: Sequence[str]) -> bool:
                     return True
             except ValueError:
                 continue
-        elif _name_matches(name, san.rstrip(".").lower()):
+        elif _name_matches(wanted, san.rstrip(".").lower()):
             return True
     return False
 
 
-def _name_matches(name: str, pattern: str) -> bool:
+def _name_matches(host: str, pattern: str) -> bool:
     if pattern.startswith("*."):
-        head, _, rest = name.partition(".")
+        head, _, rest = host.partition(".")
         return bool(head) and rest == pattern[2:] and "." in rest
-    return name == pattern
-
-
-def _sans(leaf: Any) -> tuple[str, ...]:
-    from cryptography import x509
-
-    try:
-        ext = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return ()
-    return (tuple(str(v) for v in ext.get_values_for_type(x509.DNSName))
-            + tuple(str(v) for v in ext.get_values_for_type(x509.IPAddress)))
-
+    return host == pattern

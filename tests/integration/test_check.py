@@ -321,7 +321,8 @@ def test_json_document_schema(denv: DeployEnv, relay_factory) -> None:
                            "duration_s"}
     assert set(target["tls"]) == {"version", "cipher"}
     assert set(target["certificate"]) == {"subject", "sans", "issuer", "not_after", "days_left", "verified",
-                                          "host_matches", "problems"}
+                                          "host_matches", "problems", "sans_total"}
+    assert target["certificate"]["sans_total"] == len(target["certificate"]["sans"])
     assert set(target["ehlo_after_tls"]) == {"size_limit", "auth", "pipelining", "8bitmime", "smtputf8",
                                              "requiretls", "enhancedstatuscodes", "starttls", "extensions"}
     assert target["ehlo_after_tls"]["auth"] == ["LOGIN", "PLAIN"]
