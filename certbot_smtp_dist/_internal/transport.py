@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from certbot_smtp_dist._internal import (
     classify,
     greeting,
+    lookup,
     offloop,
     portprobe,
     scrub,
@@ -695,7 +696,7 @@ async def _bearer(client: Any, target: Target, token: str) -> Any:
 
 
 async def _resolve(host: str, port: int) -> list[Any]:
-    """getaddrinfo in a daemon thread nobody joins.
+    """getaddrinfo in a thread of its own (`lookup`: not a daemon, never waited for by our own process's exit).
 
     The event loop's executor would be joined when `asyncio.run` ends, so a resolver that never answers would
     hold the process past every deadline. Literal addresses need no thread.
@@ -727,7 +728,7 @@ async def _resolve(host: str, port: int) -> list[Any]:
         with contextlib.suppress(RuntimeError):  # the loop may be closed by now
             loop.call_soon_threadsafe(settle, result, error)
 
-    threading.Thread(target=work, name=f"resolve-{name}", daemon=True).start()
+    lookup.start(work, f"resolve-{name}")
     return await answer
 
 
