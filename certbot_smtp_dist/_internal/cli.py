@@ -342,12 +342,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_format, args.verbose, args.quiet)
     code = _run(args)
-    if getattr(args, "refresh_metrics", False) and not getattr(args, "dry_run", False):
-        from certbot_smtp_dist._internal.config import config_path
-        from certbot_smtp_dist._internal.state import state_dir
-        from certbot_smtp_dist._internal.textfile import refresh_after_run
-
-        refresh_after_run(config_path(args.config), state_dir(args.state_dir))
     # `status` is a monitoring check: whenever it could not look, the answer is UNKNOWN, never a guess.
     failed_status = getattr(args, "failed_status", None)
     code = failed_status if failed_status is not None and code not in (0, 1, 2, 3) else code
