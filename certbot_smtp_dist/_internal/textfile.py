@@ -58,7 +58,7 @@ def refresh_after_dismiss(config: Path, state: Path, keys: StateKeys) -> None:
     from certbot_smtp_dist.errors import SmtpDistError
 
     try:
-        if not mentions_textfile(read_trusted_config(config)):
+        if not _mentions_textfile(read_trusted_config(config)):
             return  # the common case costs a read, not a load of the plugins and credentials
         settings = load(config, trusted=True).settings  # trust-checked by the command, checked again as read
     except (SmtpDistError, OSError) as exc:  # UnsafePathError and AccessError included
@@ -67,7 +67,7 @@ def refresh_after_dismiss(config: Path, state: Path, keys: StateKeys) -> None:
     refresh(state, keys, settings)
 
 
-def mentions_textfile(config_text: bytes) -> bool:
+def _mentions_textfile(config_text: bytes) -> bool:
     """Whether the configuration's bytes name the key at all (validated by the full load that follows when so)."""
     from certbot_smtp_dist._internal.config import METRICS_KEY
 
