@@ -283,11 +283,7 @@ def ship(options: Options, source: LineageSource, dry_run: bool = False) -> Ship
         return Shipment(options, source, None, refused=f"refusing to trust {exc}", dry_run=dry_run)
     except AccessError as exc:  # a path closed to the user certbot runs as: never raised into certbot
         return Shipment(options, source, None, refused=str(exc), dry_run=dry_run)
-    if state is not None and not dry_run:  # as after the command's deploy; trouble is logged, never raised
-        from certbot_smtp_dist._internal.textfile import refresh_after_run
-
-        refresh_after_run(options.config, state)
-    return Shipment(options, source, result, dry_run=dry_run)
+    return Shipment(options, source, result, dry_run=dry_run)  # deploy.run rewrote the metrics file, as it loaded
 
 
 def rehearse(options: Options, source: LineageSource) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import re
 import socket
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from certbot_smtp_dist._internal import scrub
 from certbot_smtp_dist.errors import ErrorCode
@@ -30,12 +30,32 @@ VALIDATION_CODES = frozenset({500, 501, 503, 553})
 
 
 def reply(code: int, text: str) -> Reply:
-    """An SMTP reply with its RFC 3463 enhanced status code split off the text when present."""
+    """An SMTP reply with its RFC 3463 enhanced status code split off the text when present and of the reply's
+    class (RFC 2034 §4: "All status codes returned by the server must agree with the primary response code"; one
+    that does not, as after a reply whose lines disagree, stays in the text)."""
     clean = _clean(text)
     match = _ENHANCED_RE.match(clean)
-    if match:
+    if match and match.group(1) == str(code)[:1]:
         return Reply(code, ".".join(match.groups()), clean[match.end():].strip() or clean)
     return Reply(code, None, clean)
+
+
+def code_of_lines(codes: Sequence[int], reported: int | None = None) -> int | None:
+    """The code a reply is classed by, from the codes its lines carried (in order) and the one aiosmtplib reported
+    (its last line's).
+
+    RFC 5321 §4.2.1: "In a multiline reply, the reply code on each of the lines MUST be the same." A reply whose
+    lines disagree breaks that, and neither its first line (a `451-` before a `550`) nor its last (a `550-` before a
+    `451`, what aiosmtplib reports) can be taken at its word: it is classed by its most severe class (the first
+    digit, §4.2.1: 5yz permanent over 4yz transient over 2yz/3yz), the last line of that class giving the code.
+    So a relay that refuses on any line is never retried, and a success is never read off a reply that also refuses.
+    Lines that agree in their first digit keep the reported code (a `250-`/`251` is a 251, as aiosmtplib says)."""
+    if not codes:
+        return reported
+    worst = max(code // 100 for code in codes)
+    if reported is not None and reported // 100 == worst:
+        return reported
+    return [code for code in codes if code // 100 == worst][-1]
 
 
 def code_for_reply(code: int, phase: Phase, text: str = "") -> ErrorCode:
@@ -93,7 +113,8 @@ def reply_of(exc: BaseException) -> tuple[int, str] | None:
 
 def too_long(phase: Phase, code: int | None = None) -> Failure:
     """A reply too long to read. RFC 5321 §4.5.3.1.5 allows 512 octets a line; aiosmtplib drops a reply over 8192
-    and its text is never kept. `code`: the reply code read from the reply's first octets, when it was there.
+    and its text is never kept. `code`: the reply code read off the wire from the starts of the reply's lines seen,
+    when there was one (`code_of_lines`: the most severe, when they disagree).
     RFC 5321 §4.2.1: the first digit decides, so a 4yz is transient and retried. Without a readable 4yz the failure
     is permanent: a relay that broken will not heal by itself, and retrying could resend to a relay that refused
     (a long 550 must never become retryable)."""

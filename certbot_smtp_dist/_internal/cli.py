@@ -335,21 +335,21 @@ def setup_logging(fmt: str, verbose: int, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    own_process = argv is None  # the console script or `python -m`; not a caller that owns the process (tests)
     argv = sys.argv[1:] if argv is None else list(argv)
     # Parsed exactly as by the whole parser: "deploy" first leaves no other subcommand or global option to match.
     parser = build_parser(only="deploy" if argv[:1] == ["deploy"] else None)
     args = parser.parse_args(argv)
     setup_logging(args.log_format, args.verbose, args.quiet)
     code = _run(args)
-    if getattr(args, "refresh_metrics", False) and not getattr(args, "dry_run", False):
-        from certbot_smtp_dist._internal.config import config_path
-        from certbot_smtp_dist._internal.state import state_dir
-        from certbot_smtp_dist._internal.textfile import refresh_after_run
-
-        refresh_after_run(config_path(args.config), state_dir(args.state_dir))
     # `status` is a monitoring check: whenever it could not look, the answer is UNKNOWN, never a guess.
     failed_status = getattr(args, "failed_status", None)
-    return failed_status if failed_status is not None and code not in (0, 1, 2, 3) else code
+    code = failed_status if failed_status is not None and code not in (0, 1, 2, 3) else code
+    if own_process:  # a resolver still busy with a lookup abandoned at its deadline does not hold our exit
+        from certbot_smtp_dist._internal import lookup
+
+        lookup.end_process(code)
+    return code
 
 
 def _run(args: argparse.Namespace) -> int:

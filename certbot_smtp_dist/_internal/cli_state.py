@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
     dismiss = sub.add_parser("dismiss", help="close a failed, uncertain or pending spool entry by hand")
     common(dismiss)
     dismiss.add_argument("entry", nargs="+", help="entry id, or a unique prefix of one (see `status`)")
-    dismiss.set_defaults(func=cmd_dismiss, refresh_metrics=True)
+    dismiss.set_defaults(func=cmd_dismiss)  # cmd_dismiss rewrites the metrics file itself, with the keys it used
 
     metrics = sub.add_parser("metrics", help="print the Prometheus metrics (text exposition format) that [defaults] "
                                              "metrics_textfile receives after every deploy, retry and dismiss")
@@ -335,6 +335,10 @@ def cmd_dismiss(args: argparse.Namespace) -> int:
             code = code or 1
         elif not _dismiss_one(spool, ledger, found[0]):
             code = code or 1
+    from certbot_smtp_dist._internal.config import config_path
+    from certbot_smtp_dist._internal.textfile import refresh_after_dismiss
+
+    refresh_after_dismiss(config_path(args.config), state, keys)
     return code
 
 

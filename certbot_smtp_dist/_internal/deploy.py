@@ -97,7 +97,9 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
     try:
         artefact = _read_certificate(request.source, now)
     except CertificateError as exc:
-        return _unusable_certificate(exc, targets, ledger, state_ok)
+        unusable = _unusable_certificate(exc, targets, ledger, state_ok)
+        _refresh_metrics(request, ledger, loaded)
+        return unusable
     wanted = [t for t in targets if t.matches(artefact.facts.names)]
     try:
         # A dry run decrypts every secret the real run would use (and so checks the master key and the modes
@@ -108,6 +110,7 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
             log.error("config %s: %s", request.config, problem)
         if ledger:
             ledger.block(f"credentials unusable: {exc}", None, artefact.facts)
+        _refresh_metrics(request, ledger, loaded)
         return DeployReport(artefact.facts, config_errors=tuple(exc.problems), exit_status=report.EX_CONFIG,
                             state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
     if ledger:
@@ -116,12 +119,18 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
     results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started, held)
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))
+    _refresh_metrics(request, ledger, loaded)
+    return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
+                        state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
+
+
+def _refresh_metrics(request: DeployRequest, ledger: Ledger | None, loaded: loader.Loaded) -> None:
+    """Rewrite `metrics_textfile` after whatever this run recorded (deliveries, or a certificate or credentials it
+    could not use), with the settings and keys it loaded and checked already: nothing is read again."""
     if ledger and request.refresh_metrics and loaded.settings.metrics_textfile is not None:
         from certbot_smtp_dist._internal.textfile import refresh
 
-        refresh(ledger.state_dir, ledger.keys, loaded.settings)  # with what this run loaded: nothing read again
-    return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
-                        state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
+        refresh(ledger.state_dir, ledger.keys, loaded.settings)
 
 
 def _open_state(request: DeployRequest, now: datetime, keys: StateKeys | None) -> tuple[Ledger | None, bool]:

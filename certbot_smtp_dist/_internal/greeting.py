@@ -10,6 +10,8 @@ import re
 import socket
 import threading
 
+from certbot_smtp_dist._internal import lookup
+
 # RFC 5321 §4.1.2: Domain = sub-domain *("." sub-domain), each Let-dig [Ldh-str]; RFC 1035 §2.3.4 lengths.
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 # Names that say "this host" to nobody but this host: never an identity to present to a relay.
@@ -69,7 +71,7 @@ async def local_name(local_ip: str | None) -> str:
 
 async def _fqdn() -> str | None:
     """The host name if it is fully qualified, else the canonical name the resolver gives it; looked up once per
-    process in a daemon thread nobody joins, which every session greeting meanwhile waits for (a resolver that
+    process in a thread of its own (`lookup`), which every session greeting meanwhile waits for (a resolver that
     never answers costs `LOOKUP_WAIT`, once)."""
     with _lock:
         if _found:
@@ -101,7 +103,7 @@ def _lookup(name: str) -> concurrent.futures.Future[str | None]:
             canon = None
         answer.set_result(canon)
 
-    threading.Thread(target=work, name="fqdn", daemon=True).start()
+    lookup.start(work, "fqdn")
     return answer
 
 

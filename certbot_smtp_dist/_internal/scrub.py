@@ -3,7 +3,8 @@
 A relay's reply ends up in output, logs, the journal and the spool, which more people read than the credential
 store. Each secret is looked for as written and in any letter case (non-ASCII letters too); its UTF-8 and UTF-16
 bytes as hex and as base64 at each of the three byte alignments they can have inside a longer blob (the SASL PLAIN
-message ``\\0user\\0pass``, RFC 4616 §2); percent-encoded; and split across the lines of a multi-line reply.
+message ``\\0user\\0pass``, RFC 4616 §2); percent-encoded, its UTF-16 bytes too; and split across the lines of a
+multi-line reply.
 Masking a short secret would itself reveal it (every "5" masked in "535 5.7.8" tells which character the password
 is), so while any secret of the run is under `MIN_SECRET` characters the relay's text is withheld instead.
 """
@@ -78,8 +79,9 @@ class _View:
         return _View(bytes(b for b, k in zip(self.data, keep, strict=True) if k),
                      tuple(s for s, k in zip(self.spans, keep, strict=True) if k))
 
-    def decoded(self) -> _View:
-        """With percent-encoding undone (either case of hex digit)."""
+    def percent(self) -> _View:
+        """With percent-encoding undone (either case of hex digit): the bytes as they are, not yet read as text
+        (`fold`) or as octets (`lowered`)."""
         data, spans, pos = bytearray(), list[tuple[int, int]](), 0
         for match in _PERCENT_RE.finditer(self.data):
             data += self.data[pos:match.start()]
@@ -90,7 +92,15 @@ class _View:
             pos = match.end()
         data += self.data[pos:]
         spans += self.spans[pos:]
-        return _View.folded(bytes(data), spans)
+        return _View(bytes(data), tuple(spans))
+
+    def fold(self) -> _View:
+        """Read as UTF-8 text, folded as `of` folds it."""
+        return _View.folded(self.data, list(self.spans))
+
+    def lowered(self) -> _View:
+        """As octets (ASCII letters lowered): the UTF-16 of a secret is no UTF-8, so it cannot be read as text."""
+        return _View(self.data.lower(), self.spans)
 
     def find(self, needle: bytes) -> Iterable[tuple[int, int]]:
         """The character span of every (also overlapping) occurrence of `needle`."""
@@ -108,12 +118,22 @@ def _fold_char(char: str) -> bytes:
     return char.casefold().encode("utf-8", "surrogatepass")
 
 
-# The views a secret is looked for in: as written, joined, decoded, and both in either order (decoding can make
-# new spaces, so joining comes last).
+# The views a secret is looked for in: as written, joined, percent-decoded, and both in either order (decoding can
+# make new spaces, so joining comes last).
 _VIEWS: tuple[tuple[Callable[[_View], _View], ...], ...] = (
-    (), (_View.joined,), (_View.decoded,), (_View.decoded, _View.joined),
-    (_View.joined, _View.decoded, _View.joined),
+    (), (_View.joined,), (_View.percent, _View.fold), (_View.percent, _View.fold, _View.joined),
+    (_View.joined, _View.percent, _View.fold, _View.joined),
 )
+# The views the UTF-16 bytes of a secret (either byte order) are looked for in, percent-encoded (RFC 3986 §2.1
+# encodes octets, whatever they spell): decoded to octets, as written and joined across reply lines first.
+_OCTET_VIEWS: tuple[tuple[Callable[[_View], _View], ...], ...] = (
+    (_View.percent, _View.lowered), (_View.joined, _View.percent, _View.lowered),
+)
+
+
+def utf16_octets(secret: str) -> list[bytes]:
+    """The UTF-16 bytes of `secret` in either byte order, ASCII letters lowered as `_View.lowered` lowers them."""
+    return [secret.encode(codec, "surrogatepass").lower() for codec in ("utf-16-le", "utf-16-be")]
 
 
 def _through(view: _View, steps: tuple[Callable[[_View], _View], ...]) -> _View:
@@ -123,9 +143,9 @@ def _through(view: _View, steps: tuple[Callable[[_View], _View], ...]) -> _View:
 
 
 def _normalising(steps: tuple[Callable[[_View], _View], ...]) -> tuple[Callable[[_View], _View], ...]:
-    """The steps a needle goes through for a view: the same folding and joining, but no decoding (a spelling is
-    looked for as it reads once the text is decoded)."""
-    return tuple(step for step in steps if step is not _View.decoded)
+    """The steps a needle goes through for a view: the same joining, but no decoding (a spelling is looked for as
+    it reads once the text is decoded; `_View.of` has folded it)."""
+    return tuple(step for step in steps if step is _View.joined)
 
 
 def base64_cores(data: bytes) -> list[str]:
@@ -162,6 +182,7 @@ class Scrubber:
 
     needles: tuple[tuple[bytes, ...], ...]  # per entry of _VIEWS
     withhold: bool
+    octet_needles: tuple[bytes, ...] = ()  # looked for in each of _OCTET_VIEWS
 
     @classmethod
     def of(cls, secrets: Iterable[Secret]) -> Scrubber:
@@ -171,13 +192,23 @@ class Scrubber:
                           for v in values for form in spellings(v)}, key=len, reverse=True))
             for steps in _VIEWS
         )
+        octets = tuple(sorted({o for v in values for o in utf16_octets(v)}, key=len, reverse=True))
         short = any(len(v) < MIN_SECRET for v in values) or any(len(n) < MIN_SECRET for ns in needles for n in ns)
-        return cls(needles, short)
+        return cls(needles, short, octets)
 
     def spans(self, text: str) -> list[tuple[int, int]]:
-        base = _View.of(text)
-        found = [span for steps, needles in zip(_VIEWS, self.needles, strict=True) for view in (_through(base, steps),)
-                 for needle in needles for span in view.find(needle)]
+        made: dict[tuple[Callable[[_View], _View], ...], _View] = {(): _View.of(text)}
+
+        def view(steps: tuple[Callable[[_View], _View], ...]) -> _View:
+            """Each view once: the views share their first steps (joining, percent-decoding)."""
+            if steps not in made:
+                made[steps] = steps[-1](view(steps[:-1]))
+            return made[steps]
+
+        found = [span for steps, needles in zip(_VIEWS, self.needles, strict=True) if needles
+                 for needle in needles for span in view(steps).find(needle)]
+        found += [span for steps in _OCTET_VIEWS if self.octet_needles
+                  for needle in self.octet_needles for span in view(steps).find(needle)]
         return _merged(found)
 
     def text(self, text: str) -> str:

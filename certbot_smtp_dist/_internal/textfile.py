@@ -9,6 +9,7 @@ from pathlib import Path
 from certbot_smtp_dist._internal import files, metrics
 from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.journal import HEAD_FILE, JOURNAL_FILE, SEALED_FILE, Journal
+from certbot_smtp_dist._internal.ownership import read_trusted_config
 from certbot_smtp_dist._internal.state import StateKeys
 from certbot_smtp_dist.model import Settings
 
@@ -48,34 +49,26 @@ def refresh(state: Path, keys: StateKeys, settings: Settings) -> None:
         log.error("cannot write the metrics file %s: %s", path, exc.strerror or exc)
 
 
-def refresh_after_run(config: Path, state: Path) -> None:
-    """After `deploy`, `retry` or `dismiss`: reload the configuration to learn whether a textfile is wanted, and
-    rewrite it. A configuration or key that cannot be used was reported by the run itself: nothing to add here."""
-    from certbot_smtp_dist._internal.loader import credential_store, load
-    from certbot_smtp_dist._internal.state import state_keys
+def refresh_after_dismiss(config: Path, state: Path, keys: StateKeys) -> None:
+    """After `dismiss`, which loads no settings: learn from the configuration whether a textfile is wanted, and
+    rewrite it with the keys the command used. The command checked the configuration's trust already (its keys
+    come from the store beside it), so the file is read once, checked on the open descriptor, and the settings
+    loaded only when it names the key. A configuration that cannot be used: nothing to add to what others say."""
+    from certbot_smtp_dist._internal.loader import load
     from certbot_smtp_dist.errors import SmtpDistError
 
-    if not _mentions_textfile(config):
-        return  # the common case costs a read, not a second load of the plugins and credentials
     try:
-        settings = load(config, trusted=True).settings  # checked by _mentions_textfile
-        if settings.metrics_textfile is None:
-            return
-        keys = state_keys(credential_store(config), state)
-    except (SmtpDistError, OSError) as exc:
+        if not _mentions_textfile(read_trusted_config(config)):
+            return  # the common case costs a read, not a load of the plugins and credentials
+        settings = load(config, trusted=True).settings  # trust-checked by the command, checked again as read
+    except (SmtpDistError, OSError) as exc:  # UnsafePathError and AccessError included
         log.debug("metrics file not refreshed: %s", exc)
         return
     refresh(state, keys, settings)
 
 
-def _mentions_textfile(config: Path) -> bool:
-    """Whether the file names the key at all (validated by the full load that follows when it does); not a byte
-    is read from a file someone else could have written."""
+def _mentions_textfile(config_text: bytes) -> bool:
+    """Whether the configuration's bytes name the key at all (validated by the full load that follows when so)."""
     from certbot_smtp_dist._internal.config import METRICS_KEY
-    from certbot_smtp_dist._internal.ownership import read_trusted_config, require_trusted_config
 
-    try:
-        require_trusted_config(config)
-        return METRICS_KEY.encode() in read_trusted_config(config)
-    except OSError:  # UnsafePathError and AccessError included: the run itself said so
-        return False
+    return METRICS_KEY.encode() in config_text

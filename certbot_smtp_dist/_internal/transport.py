@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import ipaddress
 import logging
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from certbot_smtp_dist._internal import (
     classify,
     greeting,
+    lookup,
     offloop,
     portprobe,
     scrub,
@@ -76,38 +78,79 @@ class _Progress:
 
 
 class _ReplyHead:
-    """The first octets the relay sent since our last write: the code of the reply being read, kept even when
-    aiosmtplib drops a reply too long to read whole (and its code with it). Frozen when the session fails, so the
-    QUIT that follows does not overwrite it."""
+    """The codes the relay's reply lines began with since our last write, read off the wire: kept even when
+    aiosmtplib drops a reply too long to read whole (and its code with it), and the code a reply whose lines
+    disagree is classed by (`classify.code_of_lines`; aiosmtplib reports its last line's). Frozen when the session
+    fails, so the QUIT that follows does not overwrite them. Only the first octets of each line are kept."""
 
     _CODE = re.compile(rb"([2-5][0-9][0-9])(?:[ \-\r\n]|$)")
 
     def __init__(self, protocol: Any) -> None:
-        self.head = bytearray()
+        self.line = bytearray()  # the first octets of the line being received
+        # The codes of the lines of the reply being received, each once, in the order of its last line (at most
+        # 400 whatever the relay sends); then those of the whole replies not yet read.
+        self.lines: dict[int, None] = {}
+        self.replies: collections.deque[list[int]] = collections.deque(maxlen=4)
         self.frozen = False
         # Weak references: the wrappers live on the protocol, and strong ones back to it would make a cycle that
         # only the cyclic collector frees, in an order that defeats aiosmtplib's own care (its __del__ retrieves
         # the exception of a reply future a lost connection failed; freed after that future, asyncio reports
         # "Future exception was never retrieved" on stderr, outside our log format).
         write, received = weakref.WeakMethod(protocol.write), weakref.WeakMethod(protocol.data_received)
+        read = weakref.WeakMethod(protocol.read_response)
 
         def on_write(data: Any) -> Any:
             if not self.frozen:
-                self.head.clear()
+                self.line.clear()
+                self.lines.clear()
+                self.replies.clear()
             method = write()
             return method(data) if method is not None else None
 
         def on_data(data: bytes) -> Any:
-            if not self.frozen and len(self.head) < 4:
-                self.head += data[:4 - len(self.head)]
+            if not self.frozen:
+                self._scan(data)
             method = received()
             return method(data) if method is not None else None
 
-        protocol.write, protocol.data_received = on_write, on_data  # this connection's protocol object only
+        async def on_read(*args: Any, **kwargs: Any) -> Any:
+            method = read()
+            if method is None:  # pragma: no cover - the protocol is gone: nothing to read
+                raise ConnectionError("connection closed")
+            response = await method(*args, **kwargs)
+            if self.frozen:  # the QUIT after a failure: the failed reply's codes stay for its classification
+                return response
+            codes = self.replies.popleft() if self.replies else []
+            code = classify.code_of_lines(codes, response.code)
+            return response if code == response.code else type(response)(code, response.message)
+
+        # this connection's protocol object only
+        protocol.write, protocol.data_received, protocol.read_response = on_write, on_data, on_read
+
+    def _scan(self, data: bytes) -> None:
+        """Note the code each line starts with, and which line ends a reply (RFC 5321 §4.2.1: "xyz-" continues)."""
+        at = 0
+        while at < len(data):
+            end = data.find(b"\n", at)
+            if len(self.line) < 4:
+                self.line += data[at:min(at + 4 - len(self.line), len(data) if end < 0 else end + 1)]
+            if end < 0:
+                return
+            match = self._CODE.match(bytes(self.line))
+            if match:
+                self.lines.pop(int(match.group(1)), None)
+                self.lines[int(match.group(1))] = None
+            if self.line[3:4] != b"-":
+                self.replies.append(list(self.lines))
+                self.lines.clear()
+            self.line.clear()
+            at = end + 1
 
     def code(self) -> int | None:
-        match = self._CODE.match(bytes(self.head))
-        return int(match.group(1)) if match else None
+        """The code of the reply under way (or of the first one whole but not read), lines seen so far."""
+        match = self._CODE.match(bytes(self.line))
+        partial = [*self.lines, int(match.group(1))] if match else list(self.lines)
+        return classify.code_of_lines(self.replies[0] if self.replies else partial)
 
 
 class _Abort(Exception):
@@ -653,7 +696,7 @@ async def _bearer(client: Any, target: Target, token: str) -> Any:
 
 
 async def _resolve(host: str, port: int) -> list[Any]:
-    """getaddrinfo in a daemon thread nobody joins.
+    """getaddrinfo in a thread of its own (`lookup`: not a daemon, never waited for by our own process's exit).
 
     The event loop's executor would be joined when `asyncio.run` ends, so a resolver that never answers would
     hold the process past every deadline. Literal addresses need no thread.
@@ -685,7 +728,7 @@ async def _resolve(host: str, port: int) -> list[Any]:
         with contextlib.suppress(RuntimeError):  # the loop may be closed by now
             loop.call_soon_threadsafe(settle, result, error)
 
-    threading.Thread(target=work, name=f"resolve-{name}", daemon=True).start()
+    lookup.start(work, f"resolve-{name}")
     return await answer
 
 

@@ -360,6 +360,14 @@ MALFORMED_CASES: dict[str, tuple[dict[str, Any], Facts]] = {
     # is the first line's "fine" (RFC 2034 §3 wants it on every line), so there is none.
     "mail-mismatched-multiline": ({"replies": {"MAIL": "250-fine\n550 5.7.1 not fine"}},
                                   failed("SMTP_PERMANENT", "mail", 550, None)),
+    # Lines that disagree are classed by the most severe (classify.code_of_lines): a refusal on any line is one.
+    # aiosmtplib reports the last line's 451 (retried until the attempts ran out, then spooled) or 250 (sent).
+    "mail-refused-then-transient": ({"replies": {"MAIL": "550-5.7.1 refused\n451 4.3.0 try later"}},
+                                    failed("SMTP_PERMANENT", "mail", 550, "5.7.1")),
+    "rcpt-refused-then-accepted": ({"replies": {"RCPT": "550-5.1.1 no such user\n250 2.1.5 ok"}},
+                                   failed("SMTP_PERMANENT", "rcpt", 550, "5.1.1")),
+    "ehlo-refused-then-accepted": ({"replies": {"EHLO": "554-5.7.1 go away\n250 fault.test"}},
+                                   failed("SMTP_PERMANENT", "connect", 554, "5.7.1")),
 }
 
 
@@ -369,6 +377,35 @@ def test_malformed_replies_are_classified(denv: DeployEnv, lineage: LineagePaths
     server = fault_server(**script)
     run, t = deploy(denv, lineage, fault_target(server.port))
     assert facts(t) == expected, t["detail"]
+    assert run.returncode == expected_exit(expected)
+    assert server.messages == []
+
+
+def test_a_final_reply_whose_lines_disagree_is_classed_by_its_refusal(denv: DeployEnv, lineage: LineagePaths,
+                                                                       fault_server) -> None:
+    """RFC 5321 §4.2.1: every line of a reply carries the same code. aiosmtplib reads a `550-` then `250` reply to
+    the final "." as its last line, a success; the relay refused on its first: permanent, not retried."""
+    server = fault_server(replies={"DATA_END": "550-5.7.1 rejected by policy\n250 2.0.0 queued"})
+    run, t = deploy(denv, lineage, fault_target(server.port))
+    assert facts(t) == failed("SMTP_PERMANENT", "data", 550, "5.7.1"), t["detail"]
+    assert run.returncode == EX_UNAVAILABLE
+    assert t["attempts"] == 1 and server.connections == 1
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    # The first line is over-long: aiosmtplib drops the reply, codes and all; the starts of its lines were seen.
+    ("451-4.3.0 " + "x" * 9000 + "\n550 5.7.1 refused", failed("SMTP_PERMANENT", "mail", 550)),
+    ("550-5.7.1 " + "x" * 9000 + "\n451 4.3.0 later", failed("SMTP_PERMANENT", "mail", 550)),
+    ("451-4.3.0 " + "x" * 9000 + "\n451 4.3.0 later", failed("SMTP_TRANSIENT", "mail", 451)),
+])
+def test_an_over_long_reply_whose_lines_disagree_is_classed_by_the_most_severe(
+    denv: DeployEnv, lineage: LineagePaths, fault_server, reply: str, expected: Facts
+) -> None:
+    """The same rule as for a reply read whole: a 451 first line no longer makes a refusal retryable."""
+    server = fault_server(replies={"MAIL": reply})
+    run, t = deploy(denv, lineage, fault_target(server.port))
+    assert facts(t) == expected, t["detail"]
+    assert "too long" in t["detail"] and "x" * 20 not in t["detail"]
     assert run.returncode == expected_exit(expected)
     assert server.messages == []
 

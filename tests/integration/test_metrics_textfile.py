@@ -7,6 +7,7 @@ Parsed by the strict parser in support.promtext (promtool and prometheus_client 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import stat
 import subprocess
@@ -127,6 +128,28 @@ def test_retry_and_dismiss_rewrite_the_file(denv: DeployEnv, lineage: LineagePat
     [entry] = (denv.state_dir / "spool").glob("*.json")
     assert denv.run("dismiss", entry.stem).returncode == 0
     assert spool(read(prom))["pending"] == 0  # and by `dismiss`
+
+
+@pytest.mark.parametrize("problem", ["certificate", "credentials"])
+def test_a_deploy_that_could_not_send_rewrites_the_file_too(denv: DeployEnv, tmp_path: Path, prom: Path,
+                                                            relay_factory, problem: str) -> None:
+    """An unusable certificate or credential blocks the deploy in the spool: the file says so (it was left as the
+    run before had written it)."""
+    relay = relay_factory("plaintext")
+    table = relay_target(relay)
+    if problem == "credentials":  # a credential renamed by hand: its ciphertext is bound to its own name
+        denv.set_credential("relay", "smtp_password", "relay-password-0123")
+        store = denv.config_dir / "credentials"
+        doc = json.loads((store / "relay.cred").read_text())
+        (store / "copied.cred").write_text(json.dumps({**doc, "name": "copied"}))
+        (store / "copied.cred").chmod(0o600)
+        table.update(auth_method="plain", username="robot", password_credential="copied")
+    broken = write_lineage(tmp_path / "broken" / "test.example.com", not_after=NOT_AFTER,
+                           garbage=("cert.pem",) if problem == "certificate" else ())
+    denv.write_config({"relay": table}, defaults={"metrics_textfile": str(prom)})
+    run = denv.run("deploy", extra_env={"RENEWED_LINEAGE": str(broken.live_dir)})  # a renewal's deploy hook
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
+    assert spool(parse(prom.read_text()), "*")["blocked"] == 1 and relay.messages == []
 
 
 def test_symlink_at_the_destination_is_refused(denv: DeployEnv, lineage: LineagePaths, prom: Path,

@@ -95,3 +95,41 @@ def test_a_ca_file_named_by_many_targets_is_checked_once_per_load(
     assert run.returncode == 78
     assert calls.counts == {"ca": 3}
     assert "t1.tls_ca_file" in run.stderr and "t2.tls_ca_file" in run.stderr and "t0.tls_ca_file" not in run.stderr
+
+
+def test_a_deploy_through_the_certbot_plugin_checks_and_loads_its_configuration_once(
+        denv: DeployEnv, lineage: LineagePaths, relay_factory: Any, prom: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugin used to reload the configuration after deploy.run (one more trust check, one more load of the
+    plugins and credentials) to rewrite a metrics file deploy.run had just rewritten with what it loaded."""
+    from certbot_smtp_dist._internal import certbot_adapter
+
+    relay = relay_factory("plaintext")
+    denv.write_config({"a": relay_target(relay)}, defaults={"metrics_textfile": str(prom)})
+    calls = Calls(monkeypatch)
+    calls.count(loader, "load")
+    calls.count(ownership, "require_trusted_config", "trust")
+    calls.count(loader, "require_trusted_config", "trust")
+    options = certbot_adapter.Options(denv.config, (), denv.state_dir)
+    source = certbot_adapter.lineage_source(str(lineage.cert), str(lineage.privkey), str(lineage.chain),
+                                            str(lineage.fullchain), "test.example.com")
+    assert certbot_adapter.ship(options, source).ok and len(relay.messages) == 1
+    assert calls.counts == {"load": 1, "trust": 1}
+    assert 'certbot_smtp_dist_last_delivered_not_after_timestamp_seconds{target="a",' in prom.read_text()
+
+
+def test_a_dismiss_checks_its_configuration_once_metrics_included(
+        denv: DeployEnv, lineage: LineagePaths, unused_port: int, prom: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    down = {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 2,
+            "from_address": "certbot@example.com", "to": ["ops@example.com"]}
+    denv.write_config({"a": down}, defaults={"metrics_textfile": str(prom), "retry_attempts": 1})
+    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 75
+    [entry] = (denv.state_dir / "spool").glob("*.json")
+    calls = Calls(monkeypatch)
+    calls.count(loader, "load")
+    calls.count(ownership, "require_trusted_config", "trust")
+    calls.count(loader, "require_trusted_config", "trust")
+    run = denv.run("dismiss", entry.stem)
+    assert run.returncode == 0, run.stderr
+    assert calls.counts == {"load": 1, "trust": 1}  # the load: the file names metrics_textfile
+    assert 'certbot_smtp_dist_spool_entries{target="a",state="pending"} 0' in prom.read_text()

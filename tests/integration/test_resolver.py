@@ -7,6 +7,7 @@ loopback, so no query leaves the machine.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,46 @@ INNER_PY = textwrap.dedent("""\
     sys.stdout.write(proc.stdout)
     sys.stderr.write("WALL %.2f\\n" % (time.monotonic() - started))
     sys.exit(proc.returncode)
+""")
+
+
+# The lookups of a run hosted in another interpreter (the certbot plugin): their waiters give up at their deadlines,
+# the run ends, and the interpreter exits with the resolver still busy. UTS namespace: a host name that is no FQDN.
+HOSTED = textwrap.dedent("""\
+    set -eu
+    ip link set lo up
+    hostname mends-short
+    printf 'nameserver 127.0.0.1\\noptions timeout:3 attempts:1\\n' > "$ROOT/resolv.conf"
+    mount --bind "$ROOT/resolv.conf" /etc/resolv.conf
+    exec "$PYTHON" "$ROOT/hosted.py" "$@"
+""")
+
+HOSTED_PY = textwrap.dedent("""\
+    import socket, subprocess, sys, threading
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hole.bind(("127.0.0.1", 53))   # swallow every query, answer none
+    threading.Thread(target=lambda: [hole.recvfrom(4096) for _ in iter(int, 1)], daemon=True).start()
+    proc = subprocess.run([sys.executable, "-c", sys.argv[1]], capture_output=True, text=True, timeout=60)
+    sys.stdout.write(proc.stdout + proc.stderr)
+    sys.exit(proc.returncode)
+""")
+
+RUN = textwrap.dedent("""\
+    import asyncio, atexit, threading
+    from certbot_smtp_dist._internal import greeting, transport
+
+    async def run():
+        try:
+            await asyncio.wait_for(transport._resolve("relay.blackhole.example", 25), 0.3)
+        except asyncio.TimeoutError:
+            print("RESOLVE abandoned")
+        print("NAME", await greeting.local_name("127.0.0.1"))
+
+    asyncio.run(run())
+    # atexit runs once the interpreter has joined the threads it waits for: a lookup thread it left running is one
+    # that is still inside the C library while the interpreter and the C runtime tear down.
+    atexit.register(lambda: print("LEFT", sorted(t.name for t in threading.enumerate()
+                                                 if t.is_alive() and t is not threading.main_thread())))
 """)
 
 
@@ -91,3 +132,25 @@ def test_connect_timeout_to_a_literal_address_is_not_called_a_resolver_failure(
         listener.close()
     assert (target["error_code"], target["phase"], target["retryable"]) == ("SMTP_CONNECT", "connect", True)
     assert "TCP connect" in target["detail"] and "resolve" not in target["detail"]
+
+
+def test_a_hosting_interpreter_exits_only_after_the_lookups_it_abandoned(tmp_path: Path) -> None:
+    """A daemon thread inside getaddrinfo when the interpreter exits runs under C-level cleanup at exit (as the
+    trust-store prefetch thread did inside OpenSSL, and crashed the process): the lookup threads are no daemons, so
+    an interpreter that hosts us waits for them, for as long as the resolver takes (3 s here), however early the
+    run gave up on them (0.3 s, and greeting's LOOKUP_WAIT)."""
+    from support.ci import require
+
+    require(_namespaces_usable(), "needs unshare --net --mount --uts and ip (root)")
+    (tmp_path / "hosted.sh").write_text(HOSTED)
+    (tmp_path / "hosted.py").write_text(HOSTED_PY)
+    import certbot_smtp_dist
+
+    env = {**os.environ, "ROOT": str(tmp_path), "PYTHON": sys.executable,
+           "PYTHONPATH": str(Path(certbot_smtp_dist.__file__).parents[1])}
+    proc = subprocess.run(["unshare", "--net", "--mount", "--uts", "sh", str(tmp_path / "hosted.sh"), RUN],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "RESOLVE abandoned" in lines and "NAME [127.0.0.1]" in lines, proc.stdout
+    assert "LEFT []" in lines, proc.stdout

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(60)
 PW = "pw-Fault-7Qx!never-leaks"
 EX_UNAVAILABLE, EX_TEMPFAIL = 69, 75
 FORMS = ("plain", "upper", "swapped", "hex", "HEX", "percent", "percent-lower", "percent-all", "b64",
-         "b64-plain-blob", "b64-authzid-blob", "b64-offset-2", "b64-urlsafe")
+         "b64-plain-blob", "b64-authzid-blob", "b64-offset-2", "b64-urlsafe", "utf16le-percent")
 
 
 def target(port: int, **overrides: Any) -> dict[str, Any]:

@@ -37,6 +37,9 @@ def encodings(secret: str) -> dict[str, str]:
         "utf16be-HEX": secret.encode("utf-16-be").hex().upper(),
         "utf16le-b64-blob": base64.b64encode("\0robot\0".encode("utf-16-le") + secret.encode("utf-16-le")).decode(),
         "utf16be-b64-offset-1": base64.b64encode(b"a" + secret.encode("utf-16-be") + b"z").decode(),
+        "utf16le-percent": urllib.parse.quote(secret.encode("utf-16-le"), safe=""),
+        "utf16be-percent-plus": urllib.parse.quote_plus(secret.encode("utf-16-be"), safe=""),
+        "utf16le-percent-all": "".join(f"%{b:02x}" for b in secret.encode("utf-16-le")),
     }
 
 
@@ -58,6 +61,12 @@ def leaks(secret: str, text: str) -> list[str]:
 
     views = {"as is": text, "joined": join(text), "percent": unquote(text), "percent, joined": join(unquote(text)),
              "joined, percent": unquote(join(text))}
+    octets = {"percent": urllib.parse.unquote_to_bytes(text.replace("+", " ")),
+              "joined, percent": urllib.parse.unquote_to_bytes(join(text).replace("+", " "))}
+    for name, data in octets.items():  # percent-encoded UTF-16, read back as text in either byte order
+        readings = [data[start:].decode(codec, "replace") for codec in ("utf-16-le", "utf-16-be") for start in (0, 1)]
+        if any(lowered in reading.casefold() for reading in readings):
+            found.append(f"{name}: utf-16")
     for name, view in views.items():
         if lowered in view.casefold() or re.sub(r"\s", "", lowered) in view.casefold():
             found.append(f"{name}: plain")

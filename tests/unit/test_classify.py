@@ -111,3 +111,29 @@ def test_a_reply_too_long_to_read_is_classed_by_the_code_read_off_the_wire(read:
     assert "too long" in failure.detail
     after_dot = classify.translate(exc, Phase.DATA, True, dot_sent=True, reply_code=read)
     assert after_dot.maybe_delivered  # after the final ".", a reply not read whole is still a lost reply
+
+
+@pytest.mark.parametrize(("codes", "reported", "expected"), [
+    ((), 451, 451),  # nothing read off the wire: aiosmtplib's code
+    ((), None, None),
+    ((550, 550), 550, 550),
+    ((250, 251), 251, 251),  # one class: the last line's code, as aiosmtplib reports it
+    ((550, 451), 451, 550),  # the refusal is not made retryable by a later 4yz line
+    ((451, 550), 550, 550),
+    ((550, 250), 250, 550),  # nor a success read off a reply that also refuses
+    ((451, 250), 250, 451),
+    ((550, 554, 451), 451, 554),  # the most severe class, its last line's code
+    ((451, 550), None, 550),  # an over-long reply: the codes its lines began with are all there is
+])
+def test_a_reply_whose_lines_disagree_is_classed_by_its_most_severe_code(
+    codes: tuple[int, ...], reported: int | None, expected: int | None
+) -> None:
+    """RFC 5321 §4.2.1: every line of a multi-line reply carries the same code."""
+    assert classify.code_of_lines(codes, reported) == expected
+
+
+def test_an_enhanced_code_of_another_class_than_the_reply_is_not_taken() -> None:
+    """RFC 2034 §4: the enhanced code agrees with the reply code; one that does not stays in the text."""
+    r = classify.reply(550, "4.3.0 try later\n5.7.1 refused")
+    assert (r.code, r.enhanced_status) == (550, None) and r.text.startswith("4.3.0 try later")
+    assert classify.reply(451, "4.3.0 try later").enhanced_status == "4.3.0"

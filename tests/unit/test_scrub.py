@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import urllib.parse
 
 import pytest
 from hypothesis import example, given
@@ -124,11 +125,12 @@ UNICODE_PW = "Pässwörd-Größe-ÆØÅ-çé"
 
 
 @pytest.mark.parametrize("form", ["swapped", "mixed", "upper", "utf16le-hex", "utf16be-HEX", "utf16le-b64-blob",
-                                  "utf16be-b64-offset-1", "percent"])
+                                  "utf16be-b64-offset-1", "percent", "utf16le-percent", "utf16be-percent-plus",
+                                  "utf16le-percent-all"])
 @pytest.mark.parametrize("split", [False, True])
 def test_non_ascii_letters_in_any_case_and_utf16_spellings_are_scrubbed(form: str, split: bool) -> None:
     """Letter case is folded for every letter, not ASCII alone ("ÄöSS" reads as "äöß"), and the UTF-16 bytes of
-    a secret (either byte order) are looked for as hex and base64, as its UTF-8 bytes are."""
+    a secret (either byte order) are looked for as hex, base64 and percent-encoded, as its UTF-8 bytes are."""
     spelled = encodings(UNICODE_PW)[form]
     spelled = split_lines(spelled, len(spelled) // 2) if split else spelled
     raw = f"5.7.8 bad credentials: {spelled} (try again)"
@@ -148,3 +150,19 @@ def test_a_runs_scrubber_is_built_once_per_set_of_secrets() -> None:
     # Keyed by the secrets themselves, never by their values: another secret of the same value is its own entry.
     again = scrub.scrubber_of((Secret("relay-password-0123"), passphrase))
     assert again is not first and again.needles == first.needles
+
+
+@given(secret=long_secrets, order=st.sampled_from(["utf-16-le", "utf-16-be"]), before=st.binary(max_size=6),
+       after=st.binary(max_size=6), plus=st.booleans())
+@example(secret=PW, order="utf-16-le", before=b"", after=b"", plus=False)
+@example(secret="Pässwörd Größe", order="utf-16-be", before=b"\xc3", after=b"\x00", plus=True)
+def test_percent_encoded_utf16_is_scrubbed_among_any_octets(secret: str, order: str, before: bytes, after: bytes,
+                                                            plus: bool) -> None:
+    """RFC 3986 §2.1 percent-encodes octets, whatever they spell: the UTF-16 of a secret among any other octets
+    (a lead byte of UTF-8 before it, half a code unit after) is found as the octets it is, not as UTF-8 text."""
+    quote = urllib.parse.quote_plus if plus else urllib.parse.quote
+    raw = f"5.7.8 bad credentials {quote(before + secret.encode(order) + after, safe='')} try again"
+    assert leaks(secret, raw), "the oracle must see the secret before scrubbing"
+    out = scrubbed(secret, raw)
+    assert leaks(secret, out) == [], out
+    assert "bad credentials" in out and "try again" in out

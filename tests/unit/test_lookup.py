@@ -1,0 +1,51 @@
+"""Lookup threads are no daemons, and our own process ends without waiting for one abandoned at its deadline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import certbot_smtp_dist
+from certbot_smtp_dist._internal import lookup
+
+# A lookup that never answers (a resolver that swallows every query), then the end of a run.
+STUCK = textwrap.dedent("""\
+    import sys, threading
+    from certbot_smtp_dist._internal import lookup
+    never = threading.Event()
+    lookup.start(never.wait, "resolve-stuck")
+    print("run over", flush=False)   # still buffered: end_process flushes it
+    lookup.end_process(int(sys.argv[1]))
+    print("not reached")
+""")
+
+
+def _python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PYTHONPATH": str(Path(certbot_smtp_dist.__file__).parents[1])}
+    # Bounded: a process that waited for the stuck lookup would never end, and fail here.
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_a_lookup_thread_is_no_daemon_and_counts_as_under_way_until_it_returns() -> None:
+    release = threading.Event()
+    thread = lookup.start(release.wait, "resolve-test")
+    try:
+        assert not thread.daemon and thread in lookup.under_way()
+    finally:
+        release.set()
+        thread.join(10)
+    assert not thread.is_alive() and thread not in lookup.under_way()
+
+
+def test_our_process_ends_with_its_exit_status_without_waiting_for_an_abandoned_lookup() -> None:
+    proc = _python(STUCK, "75")
+    assert proc.returncode == 75, proc.stderr
+    assert proc.stdout == "run over\n" and proc.stderr == ""
+
+
+def test_without_a_lookup_under_way_the_process_exits_as_usual() -> None:
+    proc = _python("from certbot_smtp_dist._internal import lookup\nlookup.end_process(3)\nprint('returned')")
+    assert (proc.returncode, proc.stdout) == (0, "returned\n")
