@@ -274,9 +274,12 @@ def _candidates(store: Any | None, cert: Any, which: str = "subject") -> list[An
     if store is None:
         return []
     try:
-        return list(store.candidates(getattr(cert, which).public_bytes()))
+        found = list(store.candidates(getattr(cert, which).public_bytes()))
     except ValueError:  # a store certificate that does not parse is no anchor
         return []
+    # Nor is one whose names do not decode (its subject matched in OpenSSL's canonical form, which reads a
+    # PrintableString as Latin-1 where cryptography 38 raises): comparing it would raise.
+    return [c for c in found if not undecodable(c)]
 
 
 def validity(cert: Any) -> tuple[datetime, datetime]:

@@ -61,6 +61,11 @@ def test_a_certificate_whose_names_do_not_decode_is_caught_before_any_connection
     [blocked] = _spool(denv)
     assert blocked["kind"] == "blocked" and blocked["last_failure"]["error_code"] == "SMTP_PAYLOAD", blocked
 
+    retried = denv.run("retry", "--include-failed")  # the blocked entry, its files read again: still refused
+    _no_raw_text(retried)
+    assert retried.returncode == 69 and relay.connections == 0, retried.stdout + retried.stderr  # still blocked
+    assert f"fullchain file {lin.fullchain}: certificate #1" in retried.stderr, retried.stderr
+
     inspected = denv.run("inspect", "--lineage", str(lin.live_dir), "--ca-file", str(lin.root_file), "--json")
     _no_raw_text(inspected)
     doc = json.loads(inspected.stdout)

@@ -628,11 +628,12 @@ def write_named_lineage(live_dir: Path, subject: x509.Name, general_names: Seque
 # --------------------------------------------------------------------------- names that do not decode
 
 
-def edited(der: bytes, old: bytes, new: bytes) -> bytes:
-    """``der`` with its first ``old`` replaced by ``new``, of the same length: an encoding the builders refuse to
-    write (a NumericString of bytes over 0x7F...). The signature no longer matches: :func:`resigned` mends it."""
+def edited(der: bytes, old: bytes, new: bytes, count: int = 1) -> bytes:
+    """``der`` with its first ``count`` ``old`` replaced by ``new``, of the same length: an encoding the builders
+    refuse to write (a NumericString of bytes over 0x7F...). The signature no longer matches: :func:`resigned`
+    mends it."""
     assert len(old) == len(new), (old, new)
-    changed = der.replace(old, new, 1)
+    changed = der.replace(old, new, count)
     assert changed != der, f"{old!r} is not in the DER"
     return changed
 
@@ -654,15 +655,16 @@ def _der_element(der: bytes, pos: int) -> tuple[int, int]:
     return start, start + length
 
 
-def resigned(der: bytes, signer: PrivateKey, old: bytes, new: bytes) -> bytes:
-    """The certificate ``der`` with ``old`` replaced by ``new`` (same length) in its tbsCertificate, signed again
+def resigned(der: bytes, signer: PrivateKey, old: bytes, new: bytes, count: int = 1) -> bytes:
+    """The certificate ``der`` with ``old`` replaced by ``new`` (same length; the first ``count`` times, 2 for a
+    self-signed certificate's issuer and subject) in its tbsCertificate, signed again
     by ``signer`` with the same algorithm (SHA-256): a DER certificate whose signature verifies and whose content
     no builder would write, as a broken or hostile CA issues it (RFC 5280 §4.1: Certificate ::= SEQUENCE {
     tbsCertificate, signatureAlgorithm, signatureValue BIT STRING }). Not loaded: cryptography may refuse it."""
     tbs_at, _ = _der_element(der, 0)
     _, tbs_end = _der_element(der, tbs_at)
     _, algorithm_end = _der_element(der, tbs_end)
-    tbs = edited(der[tbs_at:tbs_end], old, new)
+    tbs = edited(der[tbs_at:tbs_end], old, new, count)
     if isinstance(signer, ed25519.Ed25519PrivateKey):
         signature = signer.sign(tbs)
     elif isinstance(signer, rsa.RSAPrivateKey):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from support import pki
 
@@ -100,6 +101,33 @@ def test_inspect_reports_an_undecodable_finding_with_exit_65_and_valid_json(
     assert any(str(lin.fullchain) in f["message"] for f in doc["findings"])
     text = inspection.as_text(found)
     assert all(line.isprintable() for line in text.splitlines()) and "ERROR" in text.splitlines()[0]
+
+
+def test_the_certbot_plugin_names_no_names_for_it(undecodable: tuple[pki.Undecodable, pki.LineagePaths]) -> None:
+    """The plugin matches `certificates` filters against the lineage's names before deploying: none, no
+    traceback inside certbot (the deploy that follows fails with exit 65, as above)."""
+    from certbot_smtp_dist._internal import certbot_adapter
+
+    _, lin = undecodable
+    assert certbot_adapter.certificate_names(lineage.from_lineage_dir(lin.live_dir)) == ()
+
+
+def test_an_anchor_whose_subject_does_not_decode_is_no_anchor(tmp_path: Path) -> None:
+    """--ca-file holds the issuer again with its common name as a PrintableString of Latin-1 octets: OpenSSL's
+    canonical form (anchors.canonical) matches it to the leaf's UTF8String issuer name, cryptography 38 loads
+    it and raises when its subject is read (today's refuses it at load). It is no anchor: no traceback."""
+    ca = pki.make_ca("Test CA \u00e4")
+    leaf = pki.issue(ca, sans=["anchor.example"])
+    utf8, latin1 = b"\x0c\x0aTest CA \xc3\xa4", b"\x13\x0aTest CA  \xe4"  # canonically both "test ca \xe4"
+    anchor = pki.resigned(ca.cert.public_bytes(serialization.Encoding.DER), ca.key, utf8, latin1, count=2)
+    ca_file = tmp_path / "anchor.pem"
+    ca_file.write_bytes(pki.der_pem(anchor))
+    pki.write_private(tmp_path / "key.pem", leaf.key_pem())
+    source = lineage.from_files(None, str(tmp_path / "key.pem"), None, str(pki.write_pem(tmp_path / "c.pem", leaf)),
+                                None)
+    found = inspection.run(source, ca_file, NOW)
+    assert found.exit_status == report.EX_DATAERR and found.anchor is None
+    assert [f.code for f in found.findings if f.severity is Severity.ERROR] == ["missing-intermediate"]
 
 
 # ------------------------------------------------------------------------ names that decode, but are hostile
