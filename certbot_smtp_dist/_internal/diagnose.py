@@ -19,6 +19,8 @@ from certbot_smtp_dist.model import Finding, Severity
 EXPIRES_SOON = timedelta(days=14)  # an ACME client renews at 30 days left (certbot) or a third of the lifetime
 MIN_RSA_BITS = 2048  # CA/Browser Forum Baseline Requirements §6.1.5
 SHOWN_NAME = 160  # characters of a certificate name quoted in a finding
+UNDECODED_NAME = "(a name that does not decode)"
+SHOWN_SAN = 255  # a DNS name has at most 253 (RFC 1035 §2.3.4): a longer subjectAltName is shown cut
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 LEAF, INTERMEDIATE, ROOT, UNRELATED = "leaf", "intermediate", "root", "unrelated"
 
@@ -63,10 +65,44 @@ def examine(certs: Sequence[Any], key_spki: bytes | None, now: datetime, store: 
 def name(cert: Any, which: str = "subject") -> str:
     """A certificate's subject (or issuer) as one printable, bounded line (RFC 4514 string)."""
     try:
-        text = printable(getattr(cert, which).rfc4514_string())
+        text = getattr(cert, which).rfc4514_string()
     except (ValueError, TypeError):  # a value cryptography cannot decode (a BMPString of odd length...)
-        return "(a name that does not decode)"
-    return text if len(text) <= SHOWN_NAME else text[:SHOWN_NAME] + "..."
+        return UNDECODED_NAME
+    return shown(text)
+
+
+def shown(text: str, limit: int = SHOWN_NAME) -> str:
+    """Certificate-borne `text` as one printable line of at most `limit` characters and "...": what may reach a
+    terminal, a log, a journal or a mail header (a hostile name may hold escapes, line breaks, kilobytes)."""
+    text = printable(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+NOT_DECODED = "does not decode"  # in each of undecodable()'s phrases: inspect's `undecodable` finding
+
+
+def undecodable(cert: Any) -> tuple[str, ...]:
+    """What of `cert` does not decode, each in a few words holding NOT_DECODED; () when everything does.
+
+    cryptography parses a certificate's names and extensions when they are first read, not when it loads: a
+    NumericString or PrintableString of octets over 0x7F, a BMPString of odd length, a malformed or repeated
+    extension load, then raise ValueError or TypeError wherever read. Asked of each certificate as it is read
+    (lineage.py), so that nothing after, these findings included, meets one."""
+    import warnings
+
+    out = []
+    for which, what in (("subject", "subject"), ("issuer", "issuer name")):
+        try:
+            with warnings.catch_warnings():  # a CN over 64 characters decodes (and is shown bounded): no warning
+                warnings.simplefilter("ignore", UserWarning)
+                getattr(cert, which)  # builds the Name: decodes every attribute value, or raises
+        except (ValueError, TypeError) as exc:
+            out.append(f"its {what} {NOT_DECODED} ({type(exc).__name__})")
+    try:
+        subject_alt_names(cert)  # reads every extension: cryptography decodes them all at once
+    except ValueError as exc:
+        out.append(str(exc))  # "the subjectAltName does not decode (...)"
+    return tuple(out)
 
 
 def subject_alt_names(cert: Any) -> tuple[str, ...]:
@@ -240,9 +276,12 @@ def _candidates(store: Any | None, cert: Any, which: str = "subject") -> list[An
     if store is None:
         return []
     try:
-        return list(store.candidates(getattr(cert, which).public_bytes()))
+        found = list(store.candidates(getattr(cert, which).public_bytes()))
     except ValueError:  # a store certificate that does not parse is no anchor
         return []
+    # Nor is one whose names do not decode (its subject matched in OpenSSL's canonical form, which reads a
+    # PrintableString as Latin-1 where cryptography 38 raises): comparing it would raise.
+    return [c for c in found if not undecodable(c)]
 
 
 def validity(cert: Any) -> tuple[datetime, datetime]:

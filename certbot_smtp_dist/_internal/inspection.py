@@ -37,10 +37,14 @@ class Inspection:
         return "error" if Severity.ERROR in worst else "warning" if Severity.WARNING in worst else "ok"
 
 
+UNDECODABLE_FIX = ("the certificate's names are malformed: have it issued again (certbot renew --force-renewal "
+                   "--cert-name NAME) and tell the CA")
+
+
 def inspect(source: LineageSource, store: Any, now: datetime) -> Inspection:
     """Read `source` through the same bounded readers a deploy uses, then diagnose it against `store`."""
     def error(code: str, problems: tuple[str, ...] | list[str], fix: str) -> list[Finding]:
-        return [Finding(Severity.ERROR, code, printable(p), fix) for p in problems]
+        return [_error(code, p, fix) for p in problems]
 
     try:
         raw, twins, key_status = lineage.read_inputs(source)
@@ -66,6 +70,14 @@ def inspect(source: LineageSource, store: Any, now: datetime) -> Inspection:
                       _leaf(certs[0], diagnosis), diagnosis.anchor, report.EX_DATAERR if failed else report.EX_OK)
 
 
+def _error(code: str, problem: str, fix: str) -> Finding:
+    """An error finding; a certificate whose names do not decode (refused as it is read, lineage.py, so that no
+    diagnosis meets it) is `undecodable`, with its own fix."""
+    if code == "unparseable" and diagnose.NOT_DECODED in problem:
+        code, fix = "undecodable", UNDECODABLE_FIX
+    return Finding(Severity.ERROR, code, printable(problem), fix)
+
+
 def _chain(certs: list[Any], roles: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
     from cryptography.hazmat.primitives import hashes
 
@@ -76,14 +88,7 @@ def _chain(certs: list[Any], roles: tuple[str, ...]) -> tuple[dict[str, Any], ..
 
 
 def _leaf(cert: Any, diagnosis: diagnose.Diagnosis) -> dict[str, Any]:
-    from cryptography import x509
-
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        sans = [printable(str(v)) for v in (*san.get_values_for_type(x509.DNSName),
-                                            *san.get_values_for_type(x509.IPAddress))]
-    except x509.ExtensionNotFound:
-        sans = []
+    sans = [diagnose.shown(s, diagnose.SHOWN_SAN) for s in diagnose.subject_alt_names(cert)]  # decodes: lineage.py
     not_before, not_after = diagnose.validity(cert)
     return {"subject": diagnose.name(cert), "issuer": diagnose.name(cert, "issuer"), "sans": sans,
             "key": diagnosis.key, "not_before": not_before.isoformat(), "not_after": not_after.isoformat(),

@@ -229,9 +229,15 @@ def _certificates(path: Path | None, data: bytes, is_key_file: bool, notes: list
     out = []
     for i, block in enumerate(blocks, 1):
         try:
-            out.append(x509.load_der_x509_certificate(block.der))
+            cert = x509.load_der_x509_certificate(block.der)
         except ValueError as exc:
             raise ValueError(f"certificate #{i} does not parse ({_short(exc)})") from exc
+        undecoded = diagnose.undecodable(cert)  # names are read lazily: a bad one would raise wherever read
+        if undecoded:
+            named = diagnose.name(cert)
+            who = "" if named == diagnose.UNDECODED_NAME else f" ({named})"
+            raise ValueError(f"certificate #{i}{who}: {'; '.join(undecoded)}")
+        out.append(cert)
     if not out:
         raise ValueError("holds no PEM certificate")
     others = [b for b in found if b.label != pem.CERTIFICATE and not (is_key_file and b.is_private_key)]
@@ -283,16 +289,17 @@ def _facts(leaf: Any, source: LineageSource, not_before: datetime, not_after: da
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    sans = diagnose.subject_alt_names(leaf)
+    # Certificate-borne text goes to mail headers, logs, journals and terminals: printable and bounded here, once.
+    sans = tuple(diagnose.shown(s, diagnose.SHOWN_SAN) for s in diagnose.subject_alt_names(leaf))
     cns = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    common_name = str(cns[0].value) if cns else (sans[0] if sans else "")
+    common_name = diagnose.shown(str(cns[0].value)) if cns else (sans[0] if sans else "")
     name = source.name or common_name or (sans[0] if sans else "certificate")
     der = leaf.public_bytes(serialization.Encoding.DER)
     return CertificateFacts(
         name=_safe_name(name),
         common_name=common_name,
         sans=sans,
-        issuer=leaf.issuer.rfc4514_string(),
+        issuer=diagnose.name(leaf, "issuer"),
         not_before=not_before,
         not_after=not_after,
         serial_hex=format(leaf.serial_number, "x"),

@@ -188,13 +188,7 @@ def test_a_pinned_self_signed_relay_certificate_is_found_among_the_anchors(
 # ------------------------------------------------------------------------------- hostile names, bounded text
 
 
-def _edited(der: bytes, old: bytes, new: bytes) -> bytes:
-    """`der` with one encoded value replaced by another of the same length (the signature no longer matches:
-    the look is at a refused certificate anyway)."""
-    assert len(old) == len(new)
-    edited = der.replace(old, new, 1)
-    assert edited != der
-    return edited
+_edited = pki.edited  # the signature no longer matches: the look is at a refused certificate anyway
 
 
 MARK = b"QQQQQQQQ"

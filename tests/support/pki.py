@@ -605,3 +605,137 @@ def relay_chain_certs(directory: Path) -> ChainedRelayCerts:
         cert_file.write_bytes(pem)
         served[name] = ServerCert(name, leaf, cert_file, key_file)
     return ChainedRelayCerts(root_file, intermediate, served["leaf_only"], served["full_chain"])
+
+
+def write_named_lineage(live_dir: Path, subject: x509.Name, general_names: Sequence[x509.GeneralName]
+                        ) -> LineagePaths:
+    """A lineage (as :func:`write_lineage`) whose leaf, issued by the intermediate for the same key, has
+    ``subject`` and the subjectAltNames ``general_names``, whatever they hold: names that decode but that no one
+    should print raw (escapes, line breaks, kilobytes; build a long value with ``NameAttribute(...,
+    _validate=False)``). cert.pem and fullchain.pem are written again; the returned ``leaf`` is the one before."""
+    lineage = write_lineage(live_dir)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(lineage.intermediate.cert.subject)
+               .public_key(lineage.leaf.key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(utcnow() - _BACKDATE).not_valid_after(utcnow() + _DEFAULT_LIFETIME))
+    if general_names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(general_names)), critical=False)
+    leaf = builder.sign(lineage.intermediate.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    lineage.cert.write_bytes(leaf)
+    lineage.fullchain.write_bytes(leaf + lineage.intermediate.cert_pem())
+    return lineage
+
+
+# --------------------------------------------------------------------------- names that do not decode
+
+
+def edited(der: bytes, old: bytes, new: bytes, count: int = 1) -> bytes:
+    """``der`` with its first ``count`` ``old`` replaced by ``new``, of the same length: an encoding the builders
+    refuse to write (a NumericString of bytes over 0x7F...). The signature no longer matches: :func:`resigned`
+    mends it."""
+    assert len(old) == len(new), (old, new)
+    changed = der.replace(old, new, count)
+    assert changed != der, f"{old!r} is not in the DER"
+    return changed
+
+
+def _der_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes([length])
+    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(octets)]) + octets
+
+
+def _der_element(der: bytes, pos: int) -> tuple[int, int]:
+    """(start of the value, end of the element) of the DER element at ``pos``."""
+    first, start = der[pos + 1], pos + 2
+    length = first
+    if first >= 0x80:
+        count = first & 0x7F
+        length, start = int.from_bytes(der[start:start + count], "big"), start + count
+    return start, start + length
+
+
+def resigned(der: bytes, signer: PrivateKey, old: bytes, new: bytes, count: int = 1) -> bytes:
+    """The certificate ``der`` with ``old`` replaced by ``new`` (same length; the first ``count`` times, 2 for a
+    self-signed certificate's issuer and subject) in its tbsCertificate, signed again
+    by ``signer`` with the same algorithm (SHA-256): a DER certificate whose signature verifies and whose content
+    no builder would write, as a broken or hostile CA issues it (RFC 5280 §4.1: Certificate ::= SEQUENCE {
+    tbsCertificate, signatureAlgorithm, signatureValue BIT STRING }). Not loaded: cryptography may refuse it."""
+    tbs_at, _ = _der_element(der, 0)
+    _, tbs_end = _der_element(der, tbs_at)
+    _, algorithm_end = _der_element(der, tbs_end)
+    tbs = edited(der[tbs_at:tbs_end], old, new, count)
+    if isinstance(signer, ed25519.Ed25519PrivateKey):
+        signature = signer.sign(tbs)
+    elif isinstance(signer, rsa.RSAPrivateKey):
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        signature = signer.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        signature = signer.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    bits = b"\x00" + signature  # no unused bits
+    body = tbs + der[tbs_end:algorithm_end] + b"\x03" + _der_length(len(bits)) + bits
+    return b"\x30" + _der_length(len(body)) + body
+
+
+def der_pem(der: bytes) -> bytes:
+    """One DER certificate in PEM armour (RFC 7468 §5)."""
+    return ssl.DER_cert_to_PEM_cert(der).encode("ascii")
+
+
+# What in a lineage's leaf does not decode, in the ways cryptography reads names lazily (the certificate loads,
+# reading the name raises ValueError or TypeError): see :func:`write_undecodable_lineage`.
+Undecodable = Literal["numeric subject", "printable subject", "odd bmp subject", "bit string subject",
+                      "issuer", "san dns name", "san tag", "duplicate extension"]
+UNDECODABLE: tuple[Undecodable, ...] = ("numeric subject", "printable subject", "odd bmp subject",
+                                        "bit string subject", "issuer", "san dns name", "san tag",
+                                        "duplicate extension")
+UNDECODABLE_CN = "undecodable.example"  # the leaf's common name, a UTF8String of 19 octets until edited
+UNDECODABLE_SAN = "san.undecodable.example"  # the leaf's first dNSName until edited
+
+
+def _undecodable_edit(kind: Undecodable) -> tuple[bytes, bytes]:
+    """The (old, new) octets of the leaf's tbsCertificate that make ``kind``, of the same length."""
+    cn, san, high = UNDECODABLE_CN.encode(), UNDECODABLE_SAN.encode(), bytes(range(0x80, 0x100))
+    utf8_cn, size = b"\x0c" + bytes([len(cn)]) + cn, bytes([len(cn)])
+    dns_name = b"\x82" + bytes([len(san)]) + san
+    edits: dict[Undecodable, tuple[bytes, bytes]] = {
+        "numeric subject": (utf8_cn, b"\x12" + size + high[-len(cn):]),  # X.680 §41.2: digits and space only
+        "printable subject": (utf8_cn, b"\x13" + size + high[-len(cn):]),  # X.680 §41.4: no octet over 0x7F
+        "odd bmp subject": (utf8_cn, b"\x1e" + size + b"\x00A" * (len(cn) // 2) + b"\x00"),  # 2 octets a char
+        "bit string subject": (utf8_cn, b"\x03" + size + b"\x00" + cn[1:]),  # an AttributeValue that is no string
+        # RFC 5280 §4.2.1.6: a dNSName is an IA5String (octets under 0x80); GeneralName has no choice [9].
+        "san dns name": (dns_name, dns_name[:2] + high[-len(san):]),
+        "san tag": (dns_name, b"\x89" + dns_name[1:]),
+        # extKeyUsage's OID made subjectAltName's: the extension twice (RFC 5280 §4.2), the second no SAN at all
+        "duplicate extension": (b"\x06\x03\x55\x1d\x25", b"\x06\x03\x55\x1d\x11"),
+    }
+    return edits[kind]
+
+
+INTERMEDIATE_CN = b"Test ACME Intermediate R1"
+
+
+def write_undecodable_lineage(live_dir: Path, kind: Undecodable) -> LineagePaths:
+    """A lineage (as :func:`write_lineage`) whose leaf, properly signed, carries a name that does not decode:
+    in its subject (a NumericString or PrintableString of octets over 0x7F, a BMPString of odd length, a BIT
+    STRING), its issuer (the intermediate's subject too, so the chain still links), or its subjectAltName (a
+    dNSName of octets over 0x7F, a GeneralName of an unknown tag, the extension twice). cert.pem, chain.pem and
+    fullchain.pem are written again (privkey.pem holds the leaf's key); the returned ``leaf`` and
+    ``intermediate`` are the certificates before the edit."""
+    lineage = write_lineage(live_dir, names=(UNDECODABLE_SAN, "www.undecodable.example"))
+    intermediate = lineage.intermediate.cert.public_bytes(serialization.Encoding.DER)
+    if kind == "issuer":  # the intermediate's common name as a NumericString of octets over 0x7F
+        old = b"\x0c" + bytes([len(INTERMEDIATE_CN)]) + INTERMEDIATE_CN
+        new = b"\x12" + bytes([len(INTERMEDIATE_CN)]) + b"\xff" * len(INTERMEDIATE_CN)
+        intermediate = resigned(intermediate, lineage.root.key, old, new)
+        leaf = resigned(lineage.leaf.cert.public_bytes(serialization.Encoding.DER), lineage.intermediate.key, old,
+                        new)
+    else:
+        fresh = issue(lineage.intermediate, common_name=UNDECODABLE_CN, sans=lineage.names, key=lineage.leaf.key)
+        leaf = resigned(fresh.cert.public_bytes(serialization.Encoding.DER), lineage.intermediate.key,
+                        *_undecodable_edit(kind))
+    lineage.cert.write_bytes(der_pem(leaf))
+    lineage.chain.write_bytes(der_pem(intermediate))
+    lineage.fullchain.write_bytes(der_pem(leaf) + der_pem(intermediate))
+    return lineage
