@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from certbot_smtp_dist._internal import anchors, signatures
 from certbot_smtp_dist._internal.addresses import printable
-from certbot_smtp_dist._internal.diagnose import name, subject_alt_names, validity
+from certbot_smtp_dist._internal.diagnose import name, shown, subject_alt_names, validity
 
 if TYPE_CHECKING:
     from certbot_smtp_dist._internal.anchors import Store
@@ -90,7 +90,7 @@ def diagnose(leaf_der: bytes, chain: Sequence[bytes], stores: Sequence[Store], h
             problems.append(f"host name {printable(host)!r} is not among the certificate's names "
                             f"({listed(sans, len(sans))}): set host to one of them")
         problems += _trust(_Cert(leaf, leaf_der), chain, stores, explained=bool(problems))
-    return RelayCertificate(name(leaf), tuple(_shown(s) for s in sans[:MAX_SANS]), name(leaf, "issuer"), not_after,
+    return RelayCertificate(name(leaf), tuple(shown(s, MAX_SAN_CHARS - 3) for s in sans[:MAX_SANS]), name(leaf, "issuer"), not_after,
                             verified, matches, tuple(problems), max(len(chain), 1), len(sans))
 
 
@@ -185,19 +185,14 @@ def _issued(child: Any, parent: Any) -> bool:
 def listed(names: Sequence[str], total: int) -> str:
     """The first of `names` (at most SHOWN_SANS, in at most LISTED_CHARS), printable and bounded, then how many
     more of `total` there are: one line that fits in a finding."""
-    shown: list[str] = []
+    picked: list[str] = []
     for san in names[:SHOWN_SANS]:
-        text = _shown(san)
-        if shown and sum(len(s) + 2 for s in shown) + len(text) > LISTED_CHARS:
+        text = shown(san, MAX_SAN_CHARS - 3)
+        if picked and sum(len(s) + 2 for s in picked) + len(text) > LISTED_CHARS:
             break
-        shown.append(text)
-    more = total - len(shown)
-    return (", ".join(shown) or "none") + (f" and {more} more" if more > 0 else "")
-
-
-def _shown(san: str) -> str:
-    text = printable(san)
-    return text if len(text) <= MAX_SAN_CHARS else text[:MAX_SAN_CHARS - 3] + "..."
+        picked.append(text)
+    more = total - len(picked)
+    return (", ".join(picked) or "none") + (f" and {more} more" if more > 0 else "")
 
 
 def host_matches(host: str, sans: Sequence[str]) -> bool:

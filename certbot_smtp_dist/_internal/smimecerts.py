@@ -82,10 +82,16 @@ def _certificates(checker: Checker, key: str, path: Path, most: int, too_many: s
         checker.problem(key, f"{path} holds {len(blocks)} certificates; {too_many}")
         return []
     try:
-        return [x509.load_pem_x509_certificate(b.encode()) for b in blocks]
+        certs = [x509.load_pem_x509_certificate(b.encode()) for b in blocks]
     except Exception as exc:  # ValueError, or UnsupportedAlgorithm: worded here, never echoed
         checker.problem(key, f"{path} holds a certificate that does not parse ({type(exc).__name__})")
         return []
+    for cert in certs:  # names and extensions decode lazily: a malformed one would raise wherever first read
+        bad = diagnose.undecodable(cert)
+        if bad:
+            checker.problem(key, f"{path} holds a certificate that cannot be read: {'; '.join(bad)}")
+            return []
+    return certs
 
 
 def _usable(checker: Checker, key: str, path: Path, cert: Any, now: datetime, usage: str) -> bool:

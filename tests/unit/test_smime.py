@@ -17,8 +17,10 @@ import pytest
 from support.pki import (
     LineagePaths,
     SmimeFiles,
+    der_pem,
     expired_window,
     issue_smime,
+    resigned,
     write_lineage,
     write_private,
     write_smime,
@@ -754,3 +756,23 @@ def test_a_signing_policy_without_a_loaded_signer_fails_rather_than_sends_unsign
     with pytest.raises(PayloadError, match="cannot sign: no signer key and certificate were loaded"):
         smime.protect(rendered, replace(loaded, signer=None), facts, 30)
     assert smime.protect(rendered, loaded, facts, 30).signed
+
+
+def test_a_recipient_certificate_whose_subject_does_not_decode_is_a_config_error(pki: SmimeFiles,
+                                                                                tmp_path: Path) -> None:
+    """cryptography decodes names lazily: a recipient certificate whose subject is a NumericString of octets over
+    0x7F loads, then raised ValueError where its subject was first read (a traceback at config load). It is a
+    config problem naming the file, like a certificate that does not parse."""
+    from cryptography import x509 as _x509
+    from cryptography.hazmat.primitives import serialization as _ser
+
+    recipient = pki.recipients[0].cert
+    cn = recipient.subject.get_attributes_for_oid(_x509.NameOID.COMMON_NAME)[0].value
+    assert isinstance(cn, str)
+    old = b"\x0c" + bytes([len(cn)]) + cn.encode()
+    new = b"\x12" + bytes([len(cn)]) + b"\xff" * len(cn)
+    hostile = tmp_path / "hostile.pem"
+    hostile.write_bytes(der_pem(resigned(recipient.public_bytes(_ser.Encoding.DER), pki.ca.key, old, new)))
+    found = problems({**BASE, "smime_encrypt_to": [str(hostile)]})
+    assert list(found) == ["smime_encrypt_to"]
+    assert str(hostile) in found["smime_encrypt_to"] and "does not decode" in found["smime_encrypt_to"]
