@@ -1,4 +1,5 @@
-"""Name lookups (getaddrinfo) in threads that are not daemons, and a process end that never waits for one abandoned.
+"""Name lookups (getaddrinfo) and other calls a waiter may abandon (offloop.py: the OAuth 2.0 token endpoint, the
+token cache) in threads that are not daemons, and a process end that never waits for one abandoned.
 
 getaddrinfo cannot be cancelled or given a timeout, so a lookup runs in a thread of its own that its waiter gives up
 on at its deadline (greeting's `LOOKUP_WAIT`, a session's budget). A daemon thread still inside the C library when

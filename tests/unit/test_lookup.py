@@ -49,3 +49,25 @@ def test_our_process_ends_with_its_exit_status_without_waiting_for_an_abandoned_
 def test_without_a_lookup_under_way_the_process_exits_as_usual() -> None:
     proc = _python("from certbot_smtp_dist._internal import lookup\nlookup.end_process(3)\nprint('returned')")
     assert (proc.returncode, proc.stdout) == (0, "returned\n")
+
+
+def test_a_call_run_off_the_loop_and_abandoned_at_its_deadline_is_no_daemon_and_counts_as_under_way() -> None:
+    """offloop.call (the OAuth 2.0 token endpoint over HTTPS, the token cache) runs in a lookup.start thread: one
+    abandoned inside OpenSSL is never a daemon at interpreter exit, and end_process covers it."""
+    import asyncio
+
+    import pytest
+
+    from certbot_smtp_dist._internal import offloop
+
+    release = threading.Event()
+    with pytest.raises(TimeoutError, match="oauth2-test: no answer"):
+        asyncio.run(offloop.call(lambda: release.wait(30), 0.05, "oauth2-test"))
+    try:
+        stuck = [t for t in lookup.under_way() if t.name == "oauth2-test"]
+        assert len(stuck) == 1 and not stuck[0].daemon
+    finally:
+        release.set()
+        for thread in lookup.under_way():
+            thread.join(10)
+    assert not [t for t in lookup.under_way() if t.name == "oauth2-test"]
