@@ -160,6 +160,21 @@ def test_signer_problems(pki: SmimeFiles, tmp_path: Path) -> None:
         "smime_encryption"]
 
 
+@pytest.mark.parametrize("key", ["smime_encrypt_to", "smime_sign_cert", "smime_sign_key"])
+def test_a_malformed_pem_file_is_a_config_error_naming_it(pki: SmimeFiles, tmp_path: Path, key: str) -> None:
+    """A block that is not base64, or never ended: pem.PemError escaped the configuration load (a traceback from
+    `check` or `deploy`, not exit 78 naming the key and the file)."""
+    bad = tmp_path / "bad.pem"
+    if key == "smime_sign_key":
+        write_private(bad, b"-----BEGIN PRIVATE KEY-----\nMIIE\n")  # never ended: a truncated file
+    else:
+        bad.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")
+    table = smime_keys(pki, **{key: [str(bad)] if key == "smime_encrypt_to" else str(bad)})
+    found = problems(table)
+    assert list(found) == [key], found
+    assert str(bad) in found[key] and ("not valid base64" in found[key] or "never ended" in found[key]), found
+
+
 def test_an_exposed_signer_key_is_warned_about_as_privkey_is(pki: SmimeFiles, tmp_path: Path) -> None:
     loose = tmp_path / "loose.key"
     write_private(loose, pki.signer.key_pem())
