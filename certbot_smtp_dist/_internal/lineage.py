@@ -230,6 +230,9 @@ def _certificates(path: Path | None, data: bytes, is_key_file: bool, notes: list
     for i, block in enumerate(blocks, 1):
         try:
             out.append(x509.load_der_x509_certificate(block.der))
+            # cryptography decodes extensions on first use: read them here, where a failure names the file,
+            # not later in the facts or the Diagnostics (a traceback).
+            diagnose.subject_alt_names(out[-1])
         except ValueError as exc:
             raise ValueError(f"certificate #{i} does not parse ({_short(exc)})") from exc
     if not out:

@@ -291,6 +291,35 @@ def test_hostile_certificate_cannot_inject_lines(denv: DeployEnv, tmp_path: Path
     assert "evil?.example" in doc["certificate"]["sans"]
 
 
+def test_a_leaf_whose_names_do_not_decode_is_unparseable_not_a_traceback(denv: DeployEnv, tmp_path: Path) -> None:
+    """A subjectAltName DNSName of bytes over 0x7F (signed by its issuer: the chain verifies): cryptography decodes
+    extensions lazily and raised ValueError out of inspect (diagnose) and deploy (lineage facts), a traceback
+    instead of exit 65 naming the file."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtensionOID, NameOID
+
+    lin = pki.write_lineage(tmp_path / "live" / "bad.example")
+    now = dt.datetime.now(dt.timezone.utc)
+    san = bytes([0x30, 11, 0x82, 9]) + b"\xff\xfe.exampl"  # SEQUENCE { [2] IA5String }: not ASCII
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bad.example")]))
+            .issuer_name(lin.intermediate.cert.subject).public_key(lin.leaf.key.public_key()).serial_number(4242)
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, san), critical=False)
+            .sign(lin.intermediate.key, hashes.SHA256()))
+    pki.write_pem(lin.cert, cert)
+    pki.write_pem(lin.fullchain, cert, lin.intermediate)
+    status, doc = as_json(denv, "--lineage", str(lin.live_dir), "--ca-file", str(lin.root_file))
+    assert status == EX_DATAERR and set(codes(doc, "error")) == {"unparseable"}, doc["findings"]  # cert, fullchain
+    assert "subjectAltName does not decode" in doc["findings"][0]["message"], doc["findings"]
+    denv.write_config({"t": {"host": "127.0.0.1", "port": 2, "from_address": "certbot@example.com",
+                             "to": ["pki@example.com"]}})
+    run = denv.run("deploy", "--dry-run", "--output", str(tmp_path / "out"), "--lineage", str(lin.live_dir))
+    assert "Traceback" not in run.stderr and run.returncode == EX_DATAERR, run.stderr
+    assert "subjectAltName does not decode" in run.stderr, run.stderr
+
+
 def test_a_chain_that_loops_is_named_as_a_loop(denv: DeployEnv, lin: pki.LineagePaths, tmp_path: Path) -> None:
     """A issues B and B issues A (each signature real): the path stops, and the finding does not claim that the
     issuer is missing from a chain that holds it."""
