@@ -86,7 +86,10 @@ def _certificates(checker: Checker, key: str, path: Path, most: int, too_many: s
         checker.problem(key, f"{path} holds {len(blocks)} certificates; {too_many}")
         return []
     try:
-        return [x509.load_pem_x509_certificate(b.encode()) for b in blocks]
+        certs = [x509.load_pem_x509_certificate(b.encode()) for b in blocks]
+        for cert in certs:  # cryptography decodes extensions on first use: here, where a failure names the file
+            diagnose.subject_alt_names(cert)
+        return certs
     except Exception as exc:  # ValueError, or UnsupportedAlgorithm: worded here, never echoed
         checker.problem(key, f"{path} holds a certificate that does not parse ({type(exc).__name__})")
         return []

@@ -20,6 +20,7 @@ from support.pki import (
     expired_window,
     issue_smime,
     write_lineage,
+    write_pem,
     write_private,
     write_smime,
 )
@@ -173,6 +174,29 @@ def test_a_malformed_pem_file_is_a_config_error_naming_it(pki: SmimeFiles, tmp_p
     found = problems(table)
     assert list(found) == [key], found
     assert str(bad) in found[key] and ("not valid base64" in found[key] or "never ended" in found[key]), found
+
+
+@pytest.mark.parametrize("key", ["smime_encrypt_to", "smime_sign_cert"])
+def test_a_certificate_whose_extensions_do_not_decode_is_a_config_error(pki: SmimeFiles, tmp_path: Path,
+                                                                       key: str) -> None:
+    """An rfc822Name of bytes over 0x7F in the subjectAltName: cryptography decodes extensions on first use, and
+    the key usage check raised ValueError out of the configuration load (a traceback, not exit 78)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtensionOID, NameOID
+
+    san = bytes([0x30, 11, 0x81, 9]) + b"\xff\xfe@exampl"  # SEQUENCE { [1] IA5String }: not ASCII
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd")]))
+            .issuer_name(pki.ca.cert.subject).public_key(pki.signer.cert.public_key()).serial_number(4243)
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, san), critical=False)
+            .sign(pki.ca.key, hashes.SHA256()))
+    odd = write_pem(tmp_path / "odd.pem", cert)
+    found = problems(smime_keys(pki, **{key: [str(odd)] if key == "smime_encrypt_to" else str(odd)}))
+    assert list(found) == [key] and str(odd) in found[key] and "does not parse" in found[key], found
 
 
 def test_an_exposed_signer_key_is_warned_about_as_privkey_is(pki: SmimeFiles, tmp_path: Path) -> None:
