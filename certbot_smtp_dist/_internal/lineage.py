@@ -229,11 +229,12 @@ def _certificates(path: Path | None, data: bytes, is_key_file: bool, notes: list
     out = []
     for i, block in enumerate(blocks, 1):
         try:
-            out.append(x509.load_der_x509_certificate(block.der))
-            # cryptography decodes extensions on first use: read them here, where a failure names the file,
-            # not later in the facts or the Diagnostics (a traceback).
-            diagnose.subject_alt_names(out[-1])
-        except ValueError as exc:
+            cert = x509.load_der_x509_certificate(block.der)
+            # cryptography decodes names and extensions on first use: read them here, where a failure names the
+            # file, not later in the chain check, the facts or the Diagnostics (a traceback).
+            _ = cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), diagnose.subject_alt_names(cert)
+            out.append(cert)
+        except (ValueError, TypeError) as exc:  # TypeError: a name's value of a type cryptography refuses
             raise ValueError(f"certificate #{i} does not parse ({_short(exc)})") from exc
     if not out:
         raise ValueError("holds no PEM certificate")
