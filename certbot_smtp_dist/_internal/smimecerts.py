@@ -87,8 +87,9 @@ def _certificates(checker: Checker, key: str, path: Path, most: int, too_many: s
         return []
     try:
         certs = [x509.load_pem_x509_certificate(b.encode()) for b in blocks]
-        for cert in certs:  # cryptography decodes extensions on first use: here, where a failure names the file
-            diagnose.subject_alt_names(cert)
+        # cryptography decodes names and extensions on first use: read here, where a failure names the file.
+        for cert in certs:
+            _ = cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), diagnose.subject_alt_names(cert)
         return certs
     except Exception as exc:  # ValueError, or UnsupportedAlgorithm: worded here, never echoed
         checker.problem(key, f"{path} holds a certificate that does not parse ({type(exc).__name__})")
