@@ -227,6 +227,10 @@ def host_matches(host: str, sans: Sequence[str]) -> bool:
         address = ipaddress.ip_address(wanted)
     except ValueError:
         address = None
+        try:  # a non-ASCII name as the handshake sends and matches it: ssl encodes server_hostname with IDNA
+            wanted = wanted.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass  # not a name IDNA can encode: matched as written (it matches no SAN, which is ASCII)
     for san in sans:
         if address is not None:
             try:
