@@ -461,9 +461,13 @@ class _TargetChecker:
         return path
 
     def _ca_problem(self, path: Path) -> str | None:
-        """ca_file_problem, once per file and load: 50 targets naming one CA file parsed it 50 times."""
+        """ca_file_problem, once per file and load: 50 targets naming one CA file parsed it 50 times. The file
+        decides whom the relay connection trusts, so the config file's ownership rule holds for it first: whoever
+        could swap it could put a man in the middle (the AUTH password, the mail, a key some payloads carry)."""
+        from certbot_smtp_dist._internal import ownership
+
         if path not in self.ca_verdicts:
-            self.ca_verdicts[path] = ca_file_problem(path)
+            self.ca_verdicts[path] = ownership.untrusted_input(path, "tls_ca_file") or ca_file_problem(path)
         return self.ca_verdicts[path]
 
     def _identity(self) -> dict[str, Any]:

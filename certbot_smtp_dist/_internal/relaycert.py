@@ -122,6 +122,12 @@ def _trust(leaf: _Cert, chain: Sequence[bytes], stores: Sequence[Store], explain
                     "it in tls_ca_file"]
         return [f"the chain the relay sent ends at the root {name(top.cert)}, which is not a trust anchor here: "
                 "name it in tls_ca_file if it is a private CA"]
+    holder = _same_name(top, stores)
+    if holder is not None:  # RFC 5280 §6.1.3 (a)(1): the name chains, the signature does not
+        signed = "the relay's certificate" if top is leaf else name(top.cert)
+        return [f"{printable(holder)} holds an anchor named {issuer}, but its key did not sign {signed}: the CA "
+                "was re-keyed under the same name (name its current certificate in tls_ca_file), or the chain is "
+                "not that CA's"]
     wanted = anchors.canonical(anchors.issuer_der(top.der))
     if len(path) > 1 or any(anchors.canonical(anchors.subject_der(c.der)) == wanted for c in sent):
         return [f"the chain the relay sent does not end at a trust anchor here (issuer {issuer}): name its root "
@@ -173,6 +179,19 @@ def _anchored(cert: _Cert, stores: Iterable[Store]) -> bool:
     return False
 
 
+def _same_name(cert: _Cert, stores: Iterable[Store]) -> str | None:
+    """The label of a store holding an anchor whose subject is `cert`'s issuer name, exactly (so that _anchored
+    checked its signature on `cert`, and it failed); None if none does."""
+    wanted = anchors.issuer_der(cert.der)
+    for store in stores:
+        try:
+            if any(anchor.subject == cert.cert.issuer for anchor in store.candidates(wanted)):
+                return store.label
+        except (ValueError, TypeError):  # a name that does not decode: no finding this check can make
+            continue
+    return None
+
+
 def _issued(child: Any, parent: Any) -> bool:
     """signatures.issued, for certificates whose names may not decode (cryptography reads them lazily and raises
     ValueError, or TypeError for a string type it refuses): such a link is not one this check can see."""
@@ -203,6 +222,10 @@ def host_matches(host: str, sans: Sequence[str]) -> bool:
         address = ipaddress.ip_address(wanted)
     except ValueError:
         address = None
+        try:  # a non-ASCII name as the handshake sends and matches it: ssl encodes server_hostname with IDNA
+            wanted = wanted.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass  # not a name IDNA can encode: matched as written (it matches no SAN, which is ASCII)
     for san in sans:
         if address is not None:
             try:

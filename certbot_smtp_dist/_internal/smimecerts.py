@@ -74,7 +74,11 @@ def _certificates(checker: Checker, key: str, path: Path, most: int, too_many: s
     data = _read(checker, key, path)
     if data is None:
         return []
-    blocks = [b for b in pem.blocks(data) if b.label == "CERTIFICATE"]
+    try:
+        blocks = [b for b in pem.blocks(data) if b.label == "CERTIFICATE"]
+    except pem.PemError as exc:  # our wording (pem.py): which block and why, never its content
+        checker.problem(key, f"{path}: {exc}")
+        return []
     if not blocks:
         checker.problem(key, f"{path} holds no PEM certificate")
         return []
@@ -187,7 +191,11 @@ def _signer_key(checker: Checker, path: Path) -> tuple[bytes, Any] | None:
         return None
     for problem in files.exposure(path, status, os.geteuid(), "S/MIME signer key file"):
         checker.warning("smime_sign_key", problem)
-    keys = [b for b in pem.blocks(data) if b.is_private_key]
+    try:
+        keys = [b for b in pem.blocks(data) if b.is_private_key]
+    except pem.PemError as exc:  # our wording (pem.py): which block and why, never its content
+        checker.problem("smime_sign_key", f"{path}: {exc}")
+        return None
     if len(keys) != 1 or keys[0].label == "ENCRYPTED PRIVATE KEY":
         checker.problem("smime_sign_key", f"{path} must hold exactly one unencrypted PEM private key")
         return None

@@ -53,6 +53,11 @@ def test_bad_address_literals(value: str) -> None:
     ("::1", ["0:0:0:0:0:0:0:1"], True),
     ("smtp.example.com", ["127.0.0.1"], False),
     ("smtp.example.com", [], False),
+    # The handshake sends and matches a non-ASCII host in its IDNA form (ssl.SSLContext encodes server_hostname):
+    # check must too, or it names a host problem the delivery does not have.
+    ("bücher.example", ["xn--bcher-kva.example"], True),
+    ("BÜCHER.mail.example", ["*.mail.example"], True),
+    ("bücher.example", ["bucher.example"], False),
 ])
 def test_host_matches(host: str, sans: list[str], expected: bool) -> None:
     assert host_matches(host, sans) is expected

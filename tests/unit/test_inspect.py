@@ -291,6 +291,47 @@ def test_hostile_certificate_cannot_inject_lines(denv: DeployEnv, tmp_path: Path
     assert "evil?.example" in doc["certificate"]["sans"]
 
 
+@pytest.mark.parametrize("part", ["subjectAltName", "subject", "issuer"])
+def test_a_leaf_whose_names_do_not_decode_is_unparseable_not_a_traceback(denv: DeployEnv, tmp_path: Path,
+                                                                        part: str) -> None:
+    """A subjectAltName DNSName of bytes over 0x7F (signed by its issuer: the chain verifies), or a subject or
+    issuer with a NumericString of such bytes: cryptography decodes names and extensions on first use and raised
+    ValueError out of inspect (diagnose, the chain check) and deploy (lineage facts), a traceback instead of exit
+    65 naming the file."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtensionOID, NameOID
+
+    lin = pki.write_lineage(tmp_path / "live" / "bad.example")
+    now = dt.datetime.now(dt.timezone.utc)
+    san = bytes([0x30, 11, 0x82, 9]) + b"\xff\xfe.exampl"  # SEQUENCE { [2] IA5String }: not ASCII
+    mark = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bad.example"),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "QQQQQQQQ")])
+    builder = (x509.CertificateBuilder()
+               .subject_name(mark if part == "subject" else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                                                         "bad.example")]))
+               .issuer_name(mark if part == "issuer" else lin.intermediate.cert.subject)
+               .public_key(lin.leaf.key.public_key()).serial_number(4242)
+               .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30)))
+    if part == "subjectAltName":
+        builder = builder.add_extension(x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, san),
+                                        critical=False)
+    der = builder.sign(lin.intermediate.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    der = der.replace(b"\x0c\x08QQQQQQQQ", b"\x12\x08" + bytes(range(0xF8, 0x100)))  # the signature breaks: parsed first
+    cert = x509.load_der_x509_certificate(der)
+    pki.write_pem(lin.cert, cert)
+    pki.write_pem(lin.fullchain, cert, lin.intermediate)
+    status, doc = as_json(denv, "--lineage", str(lin.live_dir), "--ca-file", str(lin.root_file))
+    assert status == EX_DATAERR and set(codes(doc, "error")) == {"undecodable"}, doc["findings"]  # cert, fullchain
+    assert "certificate #1" in doc["findings"][0]["message"], doc["findings"]
+    assert "does not decode" in doc["findings"][0]["message"], doc["findings"]
+    denv.write_config({"t": {"host": "127.0.0.1", "port": 2, "from_address": "certbot@example.com",
+                             "to": ["pki@example.com"]}})
+    run = denv.run("deploy", "--dry-run", "--output", str(tmp_path / "out"), "--lineage", str(lin.live_dir))
+    assert "Traceback" not in run.stderr and run.returncode == EX_DATAERR, run.stderr
+    assert "certificate #1" in run.stderr and "does not decode" in run.stderr, run.stderr
+
+
 def test_a_chain_that_loops_is_named_as_a_loop(denv: DeployEnv, lin: pki.LineagePaths, tmp_path: Path) -> None:
     """A issues B and B issues A (each signature real): the path stops, and the finding does not claim that the
     issuer is missing from a chain that holds it."""

@@ -52,12 +52,24 @@ def test_an_issuer_in_a_hashed_directory_is_no_missing_intermediate(tmp_path: Pa
     assert missing is not None and any("missing intermediate" in p for p in missing.problems), missing.problems
 
 
-def test_an_anchor_of_the_same_name_but_another_key_is_no_anchor(tmp_path: Path) -> None:
-    root = pki.make_ca("relaycert-unit root")
-    leaf = pki.issue(root, sans=("relay.example",))
+def test_an_anchor_of_the_same_name_but_another_key_is_no_anchor(
+        tmp_path: Path, chain: tuple[pki.Issued, pki.Issued, pki.Issued]) -> None:
+    """A CA re-keyed under the same name (tls_ca_file still holds its old certificate), or an impostor: the anchor
+    of that name did not sign. That was reported as a missing intermediate "not a trust anchor here", telling the
+    operator to have the relay send a chain (no help) or to name a root they had named already."""
+    root, intermediate, leaf = chain
+    direct = pki.issue(root, sans=("relay.example",))
     impostor = pki.make_ca("relaycert-unit root")
-    found = relaycert.diagnose(der(leaf), (), [hashed(tmp_path, impostor)], "relay.example", False, NOW)
-    assert found is not None and any("missing intermediate" in p for p in found.problems), found.problems
+    stores = [bundle(tmp_path, pki.make_ca("someone else")), hashed(tmp_path, impostor)]
+    found = relaycert.diagnose(der(direct), (), stores, "relay.example", False, NOW)
+    assert found is not None and len(found.problems) == 1, found.problems
+    assert "the system trust store holds an anchor named CN=relaycert-unit root" in found.problems[0]
+    assert "did not sign the relay's certificate" in found.problems[0], found.problems
+    assert "missing intermediate" not in found.problems[0], found.problems
+    # Python 3.13+: the intermediate sent, and it is the one the anchor of that name did not sign.
+    sent = relaycert.diagnose(der(leaf), (der(leaf), der(intermediate)), stores, "relay.example", False, NOW)
+    assert sent is not None and len(sent.problems) == 1, sent.problems
+    assert "did not sign CN=relaycert-unit intermediate" in sent.problems[0], sent.problems
 
 
 def test_a_sent_chain_that_reaches_an_anchor_names_only_the_host(

@@ -22,6 +22,7 @@ from support.pki import (
     issue_smime,
     resigned,
     write_lineage,
+    write_pem,
     write_private,
     write_smime,
 )
@@ -160,6 +161,52 @@ def test_signer_problems(pki: SmimeFiles, tmp_path: Path) -> None:
     assert "signing needs both" in problems(only_cert)["smime_sign_key"]
     assert "must be one of aes256-cbc, aes256-gcm" in problems(smime_keys(pki, smime_encryption="des"))[
         "smime_encryption"]
+
+
+@pytest.mark.parametrize("key", ["smime_encrypt_to", "smime_sign_cert", "smime_sign_key"])
+def test_a_malformed_pem_file_is_a_config_error_naming_it(pki: SmimeFiles, tmp_path: Path, key: str) -> None:
+    """A block that is not base64, or never ended: pem.PemError escaped the configuration load (a traceback from
+    `check` or `deploy`, not exit 78 naming the key and the file)."""
+    bad = tmp_path / "bad.pem"
+    if key == "smime_sign_key":
+        write_private(bad, b"-----BEGIN PRIVATE KEY-----\nMIIE\n")  # never ended: a truncated file
+    else:
+        bad.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")
+    table = smime_keys(pki, **{key: [str(bad)] if key == "smime_encrypt_to" else str(bad)})
+    found = problems(table)
+    assert list(found) == [key], found
+    assert str(bad) in found[key] and ("not valid base64" in found[key] or "never ended" in found[key]), found
+
+
+@pytest.mark.parametrize("part", ["subjectAltName", "subject"])
+@pytest.mark.parametrize("key", ["smime_encrypt_to", "smime_sign_cert"])
+def test_a_certificate_whose_extensions_do_not_decode_is_a_config_error(pki: SmimeFiles, tmp_path: Path,
+                                                                       key: str, part: str) -> None:
+    """An rfc822Name of bytes over 0x7F in the subjectAltName, or a NumericString of such bytes in the subject:
+    cryptography decodes extensions and names on first use, and the key usage check or the recipient's name for
+    the warnings raised ValueError out of the configuration load (a traceback, not exit 78)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtensionOID, NameOID
+
+    san = bytes([0x30, 11, 0x81, 9]) + b"\xff\xfe@exampl"  # SEQUENCE { [1] IA5String }: not ASCII
+    now = datetime.now(timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd"),
+                                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "QQQQQQQQ")]))
+               .issuer_name(pki.ca.cert.subject).public_key(pki.signer.cert.public_key()).serial_number(4243)
+               .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30)))
+    if part == "subjectAltName":
+        builder = builder.add_extension(x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, san),
+                                        critical=False)
+    der = builder.sign(pki.ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    if part == "subject":
+        der = der.replace(b"\x0c\x08QQQQQQQQ", b"\x12\x08" + bytes(range(0xF8, 0x100)))
+    odd = write_pem(tmp_path / "odd.pem", x509.load_der_x509_certificate(der))
+    found = problems(smime_keys(pki, **{key: [str(odd)] if key == "smime_encrypt_to" else str(odd)}))
+    assert list(found) == [key] and str(odd) in found[key] and "does not decode" in found[key], found
 
 
 def test_an_exposed_signer_key_is_warned_about_as_privkey_is(pki: SmimeFiles, tmp_path: Path) -> None:
