@@ -195,6 +195,20 @@ def test_stalled_relay_is_abandoned_at_the_deadline(denv: DeployEnv, lineage: Li
     assert server.connections == (2 if script == {"replies": {"greeting": STALL}} else 1)
 
 
+@pytest.mark.parametrize("stage", ["MAIL", "RCPT", "DATA"])
+def test_a_relay_stalling_inside_tls_is_abandoned_at_the_session_deadline(
+        denv: DeployEnv, lineage: LineagePaths, fault_server, relay_pki: RelayPKI, stage: str) -> None:
+    """Past the greeting, the session's own deadline is the only timer (aiosmtplib's per-reply timeout is off):
+    a relay silent inside TLS still ends the session at `timeout`, as a transient failure of that phase."""
+    server = fault_server(tls_context=relay_pki.server_context(), replies={stage: STALL})
+    run, t = deploy(denv, lineage, tls_target(server.port, relay_pki, timeout=2))
+    assert facts(t) == failed("SMTP_TRANSIENT", stage.lower())
+    assert "deadline" in t["detail"] and "2.0s" in t["detail"]
+    assert 2 - EARLY_SLACK <= t["duration_s"] <= 2 + DEADLINE_SLACK
+    assert run.returncode == EX_TEMPFAIL
+    assert server.messages == []
+
+
 # ---------------------------------------------------------------------------------------------- TLS
 
 
