@@ -101,13 +101,45 @@ class _ReplyHead:
             if not self.frozen and len(self.head) < 4:
                 self.head += data[:4 - len(self.head)]
             method = received()
-            return method(data) if method is not None else None
+            if method is None:
+                return None
+            result = method(data)
+            _bound_reply(method.__self__)
+            return result
 
         protocol.write, protocol.data_received = on_write, on_data  # this connection's protocol object only
 
     def code(self) -> int | None:
         match = self._CODE.match(bytes(self.head))
         return int(match.group(1)) if match else None
+
+
+# Octets of one reply held while it is read: aiosmtplib 3+'s own bound (MAX_RESPONSE_LENGTH, four 8192-octet
+# lines), far above what RFC 5321 needs (§4.5.3.1.5: 512 octets a line; an EHLO reply lists a few extensions).
+MAX_REPLY = 4 * 8192
+
+
+def _bound_reply(protocol: Any) -> None:
+    """Fail the read of a reply past MAX_REPLY octets, as aiosmtplib 3+ does ("Response too long").
+
+    aiosmtplib 2.0 (Debian 12) bounds each line of a reply but not the reply: it buffers continuation lines
+    until the last one, so a hostile relay sending them without end (or one line without end) costs memory
+    until the deadline. The buffered octets are dropped and the pending read fails, which classify.py reads as a
+    reply too long to read, with the code _ReplyHead kept. On aiosmtplib 3+ its own check has already fired.
+    Not the greeting on 2.0: aiosmtplib reads it inside connect(), before this wrapper exists; the session's
+    deadline bounds that one.
+    """
+    buffered = getattr(protocol, "_buffer", None)
+    if not isinstance(buffered, bytearray) or len(buffered) <= MAX_REPLY:
+        return
+    del buffered[:]
+    waiter = getattr(protocol, "_response_waiter", None)
+    if isinstance(waiter, asyncio.Future) and not waiter.done():
+        import aiosmtplib
+
+        # aiosmtplib 3+'s own exception, word for word: classify.py knows it
+        waiter.set_exception(aiosmtplib.SMTPResponseException(-1, "Response too long"))
+        waiter.exception()  # retrieved: no "never retrieved" report if no read awaits it (aiosmtplib 3+ does so)
 
 
 class _Abort(Exception):
