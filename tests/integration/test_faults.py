@@ -219,6 +219,18 @@ def test_a_reply_of_endless_continuation_lines_is_cut_at_a_bound(denv: DeployEnv
     assert "MAIL" not in server.client_commands and server.messages == []
 
 
+def test_a_greeting_of_endless_continuation_lines_is_cut_at_the_same_bound(denv: DeployEnv, lineage: LineagePaths,
+                                                                             fault_server) -> None:
+    """The greeting is read inside aiosmtplib's connect(): the bound holds there too, on every version."""
+    server = fault_server(replies={"greeting": Reply.text(*(f"220-{line[4:]}" for line in EHLO_FLOOD[:-1]),
+                                                          "220 fault.test ESMTP")})
+    run, t = deploy(denv, lineage, fault_target(server.port, timeout=5))
+    assert (t["status"], t["error_code"], t["retryable"], t["phase"]) == ("failed", "SMTP_PERMANENT", False,
+                                                                          "connect"), t
+    assert "too long" in t["detail"] and "FLOOD" not in t["detail"]
+    assert "EHLO" not in " ".join(server.client_commands) and server.messages == []
+
+
 @pytest.mark.parametrize("stage", ["MAIL", "RCPT", "DATA"])
 def test_a_relay_stalling_inside_tls_is_abandoned_at_the_session_deadline(
         denv: DeployEnv, lineage: LineagePaths, fault_server, relay_pki: RelayPKI, stage: str) -> None:
