@@ -817,9 +817,9 @@ class _WatchingLoop:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loop, name)
 
-    async def create_connection(self, factory: Callable[[], Any], *args: Any, **kwargs: Any) -> Any:
+    async def create_connection(self, protocol_factory: Callable[[], Any], *args: Any, **kwargs: Any) -> Any:
         def watched() -> Any:
-            protocol = factory()
+            protocol = protocol_factory()
             client = self._client()
             if client is not None and hasattr(protocol, "write") and hasattr(protocol, "data_received"):
                 client.reply_head = _ReplyHead(protocol)
