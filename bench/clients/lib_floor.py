@@ -7,8 +7,9 @@ One process, the work `deploy` cannot skip, in the fewest lines the libraries al
 cryptography's X.509 and serialization and the email package; read the lineage's certificate, chain and key, check
 the leaf's validity and that the key matches it; for `pkcs12`, build the bundle as payload.py does (PBES2, the same
 KDF rounds); trust the system store plus CAFILE, as a target with `tls_ca_file` does; then one STARTTLS session
-sending MESSAGE (the bytes `deploy` rendered). No config, no state, no journal, no diagnostics, no scrubbing, no
-retry: the difference between this and `deploy` is the price of those, and of our own imports.
+sending MESSAGE (the bytes `deploy` rendered); then it ends without the interpreter's teardown (os._exit), as
+`deploy` does (lookup.end_process). No config, no state, no journal, no diagnostics, no scrubbing, no retry: the
+difference between this and `deploy` is the price of those, and of our own imports.
 """
 
 import asyncio
@@ -64,6 +65,9 @@ def main() -> None:
     context.load_verify_locations(cafile=cafile)  # ... plus the target's tls_ca_file
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     asyncio.run(send(host, int(port), context, Path(message).read_bytes(), sender, rcpt))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 main()

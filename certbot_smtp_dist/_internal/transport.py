@@ -235,11 +235,11 @@ class TlsContexts:
                 except (OSError, ssl.SSLError, ValueError):
                     continue
 
-        # Not a daemon: the interpreter waits for it before it exits. A daemon thread was still inside OpenSSL when
-        # a run ended before its first connection (an unusable certificate), and OpenSSL's cleanup at exit crashed
-        # the process (SIGSEGV instead of the run's exit status). The wait is the store's load, started already.
-        cls._loading = threading.Thread(target=build, name="certbot-smtp-dist-trust", daemon=False)
-        cls._loading.start()
+        # Not a daemon (lookup.start): a daemon thread was still inside OpenSSL when a run ended before its first
+        # connection (an unusable certificate), and OpenSSL's cleanup at exit crashed the process (SIGSEGV instead of
+        # the run's exit status). A host interpreter (certbot) waits for it; our own process ends without the
+        # teardown and without waiting (lookup.end_process): nobody wants the store any more.
+        cls._loading = lookup.start(build, "certbot-smtp-dist-trust")
 
     def get(self, target: Target) -> ssl.SSLContext | None:
         if target.tls_mode is TlsMode.PLAINTEXT:

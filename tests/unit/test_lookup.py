@@ -46,9 +46,25 @@ def test_our_process_ends_with_its_exit_status_without_waiting_for_an_abandoned_
     assert proc.stdout == "run over\n" and proc.stderr == ""
 
 
-def test_without_a_lookup_under_way_the_process_exits_as_usual() -> None:
-    proc = _python("from certbot_smtp_dist._internal import lookup\nlookup.end_process(3)\nprint('returned')")
-    assert (proc.returncode, proc.stdout) == (0, "returned\n")
+# An extension's own thread and exit handler: both are what a usual exit would honour.
+THEIRS = textwrap.dedent("""\
+    import atexit, sys, threading, time
+    from certbot_smtp_dist._internal import lookup
+    atexit.register(lambda: print("exit handler ran", flush=False))
+    threading.Thread(target=lambda: (time.sleep(0.2), print("their thread finished", flush=False))).start()
+    print("run over", flush=False)
+    lookup.end_process(int(sys.argv[1]))
+    print("not reached")
+""")
+
+
+def test_our_process_ends_after_their_threads_and_exit_handlers_without_the_teardown() -> None:
+    """Without a lookup under way too, our own process ends by end_process with the run's status: a thread an
+    extension started (not a daemon) is waited for and an exit handler runs, as at a usual exit; output is flushed;
+    only the interpreter's teardown (tens of milliseconds after a run) is skipped."""
+    proc = _python(THEIRS, "3")
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "run over\ntheir thread finished\nexit handler ran\n" and proc.stderr == ""
 
 
 def test_a_call_run_off_the_loop_and_abandoned_at_its_deadline_is_no_daemon_and_counts_as_under_way() -> None:
