@@ -165,16 +165,19 @@ def _flatten(msg: EmailMessage) -> bytes:
 
 
 class _RunPolicy(EmailPolicy):
-    """policy.SMTP, remembering for one run what it made from equal inputs: each header object it parsed from the
-    same name and value, and each header line it folded from the same object with the same folding settings.
+    """policy.SMTP, remembering for one run what it made from equal inputs: the header object it parsed from a
+    name and value it met before, and the line it folded from a header object shared by messages (or from raw
+    field text it met before) under the same folding settings.
 
     Rendering 50 messages that differ in a few headers spent most of its time in the email package parsing and
     folding the same header values again (From, To, Date, the MIME headers of the text part and the attachments).
     Both steps are functions of their inputs (a header object is an immutable str with its parse tree, made by
     `header_factory` from the name and value alone; folding reads the object and the policy's settings), so the
     remembered result is the one a fresh computation gives: the messages are byte for byte what policy.SMTP makes.
-    Clones (the generator clones the policy for each MIME part) share the memory; it lives as long as the run's
-    PartCache. Header values hold no secret (attachment data is never a header)."""
+    A value is kept from its second use on, so what each message has of its own (Message-ID, the multipart
+    boundary) costs the run only its key, not a parse tree per target. Clones (the generator clones the policy for
+    each MIME part) share the memory; it lives as long as the run's PartCache. Header values hold no secret
+    (attachment data is never a header)."""
 
     memory: dict[Any, Any] | None = None  # set once by remembering() (policies are immutable); None: forget
 
@@ -184,6 +187,15 @@ class _RunPolicy(EmailPolicy):
         made = cls(linesep="\r\n")
         object.__setattr__(made, "memory", {})  # what Policy.__init__ does with a keyword; typeshed knows no such
         return made
+
+    @staticmethod
+    def _held(memory: dict[Any, Any], header: Any) -> bool:
+        return memory.get(("held", id(header))) is header
+
+    def hold(self, header: Any) -> None:
+        """`header` (an object, kept alive here) is one that several messages carry: its folded lines are kept."""
+        if self.memory is not None:
+            self.memory[("held", id(header))] = header
 
     def header_store_parse(self, name: str, value: Any) -> tuple[str, Any]:
         memory = self.memory
@@ -195,25 +207,40 @@ class _RunPolicy(EmailPolicy):
             key = ("parse", name, repr(value))
         else:
             return super().header_store_parse(name, value)
-        found = memory.get(key)
-        if found is None:
-            found = memory[key] = super().header_store_parse(name, value)  # raises as ever: nothing remembered
-        return found
+        found = memory.get(key, _UNSEEN)
+        if found is _UNSEEN or found is None:
+            made = super().header_store_parse(name, value)  # raises as ever: nothing remembered then
+            if found is _UNSEEN:
+                memory[key] = None  # met once: maybe a value of one message's own
+                return made
+            found = memory[key] = made
+            self.hold(made[1])
+        return found  # type: ignore[no-any-return]
 
     def fold_binary(self, name: str, value: Any) -> bytes:
         memory = self.memory
         if memory is None:
             return super().fold_binary(name, value)
         settings = (self.linesep, self.max_line_length, self.utf8, self.cte_type, self.refold_source)
-        # Raw field text (set_raw) folds by its text; a header object by its identity (kept alive here, so the id
-        # stays its own), as two objects of one text may hold different parse trees.
-        key = ("fold", name, value if type(value) is str else id(value), settings)
+        if type(value) is str:  # raw field text (set_raw) folds by its text: kept from its second use
+            key: tuple[Any, ...] = ("fold", name, value, settings)
+            found = memory.get(key, _UNSEEN)
+            if found is _UNSEEN or found is None:
+                folded = super().fold_binary(name, value)
+                memory[key] = None if found is _UNSEEN else folded
+                return folded
+            return found  # type: ignore[no-any-return]
+        # A header object by its identity, only one held (alive) here: two objects of one text may differ.
+        if not self._held(memory, value):
+            return super().fold_binary(name, value)
+        key = ("fold", name, id(value), settings)
         found = memory.get(key)
-        if found is not None and (found[0] is value or type(value) is str):
-            return found[1]  # type: ignore[no-any-return]
-        folded = super().fold_binary(name, value)
-        memory[key] = (value, folded)
-        return folded
+        if found is None:
+            found = memory[key] = super().fold_binary(name, value)
+        return found  # type: ignore[no-any-return]
+
+
+_UNSEEN = object()
 
 
 class PartCache:
@@ -245,6 +272,8 @@ def attachment_part(att: Attachment, parts: PartCache | None = None) -> EmailMes
             part["Content-Disposition"] = "attachment"
         if parts is not None:
             parts.attachments[att] = part
+            for _, header in part.raw_items():  # every message of the run carries them
+                parts.policy.hold(header)
     return part
 
 

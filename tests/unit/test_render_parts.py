@@ -131,3 +131,17 @@ def test_the_key_reaches_only_the_targets_whose_payload_holds_it() -> None:
         assert (KEY.data in attachments_of(messages[name])) is holds, name
         assert (key_b64 in messages[name].replace(b"\r\n", b"")) is holds, name
         assert (b"WARNING: this message contains private key" in messages[name]) is holds, name
+
+
+def test_what_each_message_has_of_its_own_is_not_kept_for_the_run() -> None:
+    """Only header values met more than once are kept (parsed, and folded): a run to 500 targets must not hold
+    a Message-ID's or a boundary's parse tree per target (issue 16's memory budget)."""
+    parts = render.PartCache()
+    held: list[int] = []
+    for count in (3, 30):
+        for i in range(count):
+            render.render(target(f"t{i}"), FACTS, Payload("pem", (CHAIN,)), f"<{count}.{i}@example.com>", NOW,
+                          findings=FINDINGS, parts=parts)
+        assert parts.policy.memory is not None
+        held.append(sum(1 for key in parts.policy.memory if key[0] == "held"))
+    assert held[0] == held[1] > 0, held
