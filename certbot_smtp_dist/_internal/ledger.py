@@ -118,7 +118,10 @@ class Ledger:
         file's fsync mostly waits for the file system's journal, and waits made together end together (ext4
         commits them as one), where one after the other they added up to most of a second before the first
         connection on a busy disk. Whatever a claim raises is handled here, in this thread, as ever."""
-        if sum(job.message is not None for job in jobs) < 2:
+        many = sum(job.message is not None for job in jobs) >= 2
+        if many:
+            self._guard("write the journal", self.journal.start)  # before any entry, as write_ahead does
+        if not many or not self._spool_ready():
             with ExitStack() as claims:
                 with self._batch("write the spool"):
                     entries = [claims.enter_context(self.write_ahead(facts, source, job)) for job in jobs]
@@ -126,7 +129,6 @@ class Ledger:
             return
         from concurrent.futures import ThreadPoolExecutor
 
-        self._guard("write the journal", self.journal.start)  # before any entry, as write_ahead does
         made = [sp.for_delivery(job.target.name, facts, source, job.message.message_id, job.message.envelope_to,
                                 self.now) if job.message is not None else None for job in jobs]
         with ExitStack() as claims:
@@ -137,6 +139,16 @@ class Ledger:
                 entries = [claims.enter_context(self._claiming("write the spool", partial(_Entered, f)))
                            if f is not None else None for f in started]
             yield entries
+
+    def _spool_ready(self) -> bool:
+        """The spool's directories exist, made here if need be, before writer threads use them: none of those
+        threads ever creates one (files.ensure_private_dir sets the process-wide umask while it creates). False
+        when they cannot be made or trusted: the one-by-one path then meets and reports that as it always did."""
+        try:
+            self.spool.make_directories()
+        except OSError:  # UnsafePathError is one too
+            return False
+        return True
 
     @contextmanager
     def _batch(self, what: str) -> Iterator[None]:

@@ -163,3 +163,35 @@ def test_a_write_ahead_entry_that_cannot_be_written_fails_alone(tmp_path: Path, 
         assert [e.target if e else None for e in entries] == ["t0", None, "t1", None, "t3"]
         assert not ledger.healthy
         assert len(list((ledger.state_dir / "spool").glob("*.json"))) == 3
+
+
+def test_writer_threads_never_create_a_directory_on_a_fresh_state(tmp_path: Path, lineage: LineagePaths,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Creating a directory sets the process-wide umask for a moment (files.ensure_private_dir): done by writer
+    threads at once, one thread's restore could leave another's mkdir (and its parents) with a loose umask, and the
+    process with the wrong one. The spool's directories are made before the threads start: all 0700, umask intact."""
+    import stat
+    import threading
+
+    from certbot_smtp_dist._internal import lineage as lineages
+
+    ledger, jobs = _write_ahead_run(tmp_path, 6)
+    callers: list[str] = []
+    real_umask = os.umask
+
+    def umask(mask: int) -> int:
+        callers.append(threading.current_thread().name)
+        return real_umask(mask)
+
+    monkeypatch.setattr(os, "umask", umask)
+    before = real_umask(0o022)
+    try:
+        with ledger.write_ahead_all(lineages.load(lineages.from_lineage_dir(lineage.live_dir)).facts,
+                                    lineages.from_lineage_dir(lineage.live_dir), jobs) as entries:
+            assert sum(e is not None for e in entries) == 6 and ledger.healthy
+        assert real_umask(0o022) == 0o022  # what it was during the run
+    finally:
+        real_umask(before)
+    assert callers and set(callers) == {threading.main_thread().name}, callers
+    for directory in (ledger.state_dir / "spool", ledger.state_dir / "spool" / "locks"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
