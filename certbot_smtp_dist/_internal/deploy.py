@@ -29,7 +29,6 @@ from certbot_smtp_dist.model import (
 )
 
 if TYPE_CHECKING:
-    from certbot_smtp_dist._internal import render
     from certbot_smtp_dist._internal.ledger import Ledger
     from certbot_smtp_dist._internal.state import StateKeys
 
@@ -158,10 +157,11 @@ def _open_state(request: DeployRequest, now: datetime, keys: StateKeys | None) -
 def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, targets: tuple[Target, ...],
           wanted: list[Target], secrets: Mapping[str, Secret], ledger: Ledger | None,
           now: datetime, started: float, held: Mapping[str, str]) -> list[DeliveryResult]:
+    from certbot_smtp_dist._internal import render
     from certbot_smtp_dist._internal.plugins import message_hook
 
     transform, jobs = message_hook(loaded.plugins), []
-    parts: render.PartCache = {}  # this run's attachment parts, made once for all its targets
+    parts = render.PartCache()  # what this run's messages share (attachment parts...), made once for all
     for target in targets:
         if target.name in held:
             continue

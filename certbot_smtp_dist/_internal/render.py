@@ -7,9 +7,13 @@ import hashlib
 import secrets as _random
 from datetime import datetime, timezone
 from email import policy
+from email.generator import BytesGenerator
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from email.utils import format_datetime
+from io import BytesIO
+from typing import Any
 
 from certbot_smtp_dist._internal.addresses import domain_of, printable
 from certbot_smtp_dist.model import (
@@ -82,7 +86,9 @@ def diagnostics(findings: tuple[Finding, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def body(target: Target, facts: CertificateFacts, payload: Payload, findings: tuple[Finding, ...] = ()) -> str:
+def body(target: Target, facts: CertificateFacts, payload: Payload, findings: tuple[Finding, ...] = (),
+         findings_text: str | None = None) -> str:
+    """The text part; `findings_text`: diagnostics(findings), when the caller made it already."""
     rows = [
         f"  {a.filename}  ({len(a.data)} bytes, SHA-256 {hashlib.sha256(a.data).hexdigest()})"
         for a in payload.attachments
@@ -99,7 +105,7 @@ def body(target: Target, facts: CertificateFacts, payload: Payload, findings: tu
         not_after=f"{facts.not_after.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}",
         serial=colon_hex(facts.serial_hex),
         fingerprint=colon_hex(facts.sha256_fingerprint),
-        diagnostics=diagnostics(findings),
+        diagnostics=diagnostics(findings) if findings_text is None else findings_text,
         attachments="\n".join(rows) or NO_ATTACHMENTS,
         key_notice=KEY_NOTICE if payload.contains_private_key else "",
         sig_dash="-- ",  # RFC 3676 §4.3 signature separator: dash dash space
@@ -118,8 +124,8 @@ def render(
     parts: PartCache | None = None,
 ) -> Message:
     """Build the message. `envelope_to` narrows the RCPT list (a retry of refused recipients only); `findings` are
-    the artefact's Diagnostics; `parts`, one run's attachments already made into MIME parts (attachment_part)."""
-    msg = EmailMessage(policy=policy.SMTP)
+    the artefact's Diagnostics; `parts`, the work one run's targets share (PartCache): the bytes are the same."""
+    msg = EmailMessage(policy=parts.policy if parts is not None else policy.SMTP)
     msg["From"] = Address(display_name=target.from_name or "", addr_spec=target.from_address)
     msg["To"] = ", ".join(target.to)
     if target.cc:
@@ -131,7 +137,13 @@ def render(
     msg["Date"] = format_datetime(date.astimezone(timezone.utc))
     msg["Message-ID"] = message_id
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834 §5
-    msg.set_content(body(target, facts, payload, findings), charset="utf-8")
+    if parts is not None:
+        findings_text = parts.diagnostics.get(findings)
+        if findings_text is None:
+            findings_text = parts.diagnostics[findings] = diagnostics(findings)
+    else:
+        findings_text = diagnostics(findings)
+    msg.set_content(body(target, facts, payload, findings, findings_text), charset="utf-8")
     for att in payload.attachments:
         if msg.get_content_type() != "multipart/mixed":  # what EmailMessage.add_attachment does, part aside
             msg.make_mixed()
@@ -141,19 +153,116 @@ def render(
         subject=the_subject,
         envelope_from=target.from_address,
         envelope_to=envelope_to if envelope_to is not None else target.envelope_recipients,
-        data=msg.as_bytes(),
+        data=_flatten(msg),
     )
 
 
-PartCache = dict[Attachment, EmailMessage]
+def _flatten(msg: EmailMessage) -> bytes:
+    """msg.as_bytes(), as EmailMessage.as_bytes does it (the generator takes the message's policy)."""
+    out = BytesIO()
+    BytesGenerator(out, mangle_from_=False, policy=msg.policy).flatten(msg, unixfrom=False)
+    return out.getvalue()
+
+
+class _RunPolicy(EmailPolicy):
+    """policy.SMTP, remembering for one run what it made from equal inputs: the header object it parsed from a
+    name and value it met before, and the line it folded from a header object shared by messages (or from raw
+    field text it met before) under the same folding settings.
+
+    Rendering 50 messages that differ in a few headers spent most of its time in the email package parsing and
+    folding the same header values again (From, To, Date, the MIME headers of the text part and the attachments).
+    Both steps are functions of their inputs (a header object is an immutable str with its parse tree, made by
+    `header_factory` from the name and value alone; folding reads the object and the policy's settings), so the
+    remembered result is the one a fresh computation gives: the messages are byte for byte what policy.SMTP makes.
+    A value is kept from its second use on, so what each message has of its own (Message-ID, the multipart
+    boundary) costs the run only its key, not a parse tree per target. Clones (the generator clones the policy for
+    each MIME part) share the memory; it lives as long as the run's PartCache. Header values hold no secret
+    (attachment data is never a header)."""
+
+    memory: dict[Any, Any] | None = None  # set once by remembering() (policies are immutable); None: forget
+
+    @classmethod
+    def remembering(cls) -> _RunPolicy:
+        """policy.SMTP (the default policy, CRLF line ends) with a memory of its own."""
+        made = cls(linesep="\r\n")
+        object.__setattr__(made, "memory", {})  # what Policy.__init__ does with a keyword; typeshed knows no such
+        return made
+
+    @staticmethod
+    def _held(memory: dict[Any, Any], header: Any) -> bool:
+        return memory.get(("held", id(header))) is header
+
+    def hold(self, header: Any) -> None:
+        """`header` (an object, kept alive here) is one that several messages carry: its folded lines are kept."""
+        if self.memory is not None:
+            self.memory[("held", id(header))] = header
+
+    def header_store_parse(self, name: str, value: Any) -> tuple[str, Any]:
+        memory = self.memory
+        if memory is None:
+            return super().header_store_parse(name, value)
+        if type(value) is str:  # not a header object (a str too): that one is stored as it is
+            key: tuple[Any, ...] = ("parse", name, value)
+        elif type(value) is Address:  # From: an immutable value whose repr names each of its fields
+            key = ("parse", name, repr(value))
+        else:
+            return super().header_store_parse(name, value)
+        found = memory.get(key, _UNSEEN)
+        if found is _UNSEEN or found is None:
+            made = super().header_store_parse(name, value)  # raises as ever: nothing remembered then
+            if found is _UNSEEN:
+                memory[key] = None  # met once: maybe a value of one message's own
+                return made
+            found = memory[key] = made
+            self.hold(made[1])
+        return found  # type: ignore[no-any-return]
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        memory = self.memory
+        if memory is None:
+            return super().fold_binary(name, value)
+        settings = (self.linesep, self.max_line_length, self.utf8, self.cte_type, self.refold_source)
+        if type(value) is str:  # raw field text (set_raw) folds by its text: kept from its second use
+            key: tuple[Any, ...] = ("fold", name, value, settings)
+            found = memory.get(key, _UNSEEN)
+            if found is _UNSEEN or found is None:
+                folded = super().fold_binary(name, value)
+                memory[key] = None if found is _UNSEEN else folded
+                return folded
+            return found  # type: ignore[no-any-return]
+        # A header object by its identity, only one held (alive) here: two objects of one text may differ.
+        if not self._held(memory, value):
+            return super().fold_binary(name, value)
+        key = ("fold", name, id(value), settings)
+        found = memory.get(key)
+        if found is None:
+            found = memory[key] = super().fold_binary(name, value)
+        return found  # type: ignore[no-any-return]
+
+
+_UNSEEN = object()
+
+
+class PartCache:
+    """What one run's targets share when their messages are rendered: the attachments made into MIME parts (made
+    once, the same part attached to every message; generating a message only reads its parts), the Diagnostics
+    text, and the run's header memory (_RunPolicy). Keyed by the inputs themselves (an Attachment by its name,
+    type and data; headers by name and value), so a target only ever gets what its own payload holds. One run's,
+    never kept longer, as it holds the payload."""
+
+    __slots__ = ("attachments", "diagnostics", "policy")
+
+    def __init__(self) -> None:
+        self.attachments: dict[Attachment, EmailMessage] = {}
+        self.diagnostics: dict[tuple[Finding, ...], str] = {}
+        self.policy = _RunPolicy.remembering()
 
 
 def attachment_part(att: Attachment, parts: PartCache | None = None) -> EmailMessage:
     """`att` as the MIME part EmailMessage.add_attachment would make. A fan-out sends the same attachments to
     every target, and making the part (its headers parsed, its data base64-encoded) is a third of rendering a
-    message: with `parts` (one run's, never kept longer, as it holds the payload) each is made once and the same
-    part attached to every message; generating a message only reads its parts."""
-    part = parts.get(att) if parts is not None else None
+    message: with `parts` each is made once and the same part attached to every message."""
+    part = parts.attachments.get(att) if parts is not None else None
     if part is None:
         part = EmailMessage(policy=policy.SMTP)
         maintype, _, subtype = att.content_type.partition("/")
@@ -162,7 +271,9 @@ def attachment_part(att: Attachment, parts: PartCache | None = None) -> EmailMes
         if "content-disposition" not in part:
             part["Content-Disposition"] = "attachment"
         if parts is not None:
-            parts[att] = part
+            parts.attachments[att] = part
+            for _, header in part.raw_items():  # every message of the run carries them
+                parts.policy.hold(header)
     return part
 
 

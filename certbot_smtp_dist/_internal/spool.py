@@ -263,6 +263,11 @@ class Spool:
         else:
             self._deferred = True
 
+    def make_directories(self) -> None:
+        """The spool directory and its locks directory, made (0700) if missing and checked as every write does."""
+        files.ensure_private_dir(self.directory)
+        files.ensure_private_dir(self._lock("x").path.parent)
+
     def _path(self, entry_id_: str) -> Path:
         return self.directory / f"{entry_id_}.json"
 

@@ -33,14 +33,14 @@ def test_a_signed_target_leaves_the_shared_parts_as_a_plain_target_renders_them(
                                           "pem": {**base, "payload": "pem"}}}, Path("/etc/x/c.toml"), {}, FORMATS).targets
     artefact = lineage.load(lineage.from_lineage_dir(lin.live_dir))
     hook = plugins.message_hook(plugins.make_manager(load_entry_points=False))
-    parts: render.PartCache = {}
+    parts = render.PartCache()
     shared = {}
     for t in targets:  # the signed target first: its hook runs before the plain ones render
         job = pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, "<1@example.com>", message_hook=hook, parts=parts)
         assert job.message is not None, job.failure
         shared[t.name] = job.message
     assert shared["signed"].signed and not shared["plain"].signed
-    assert sorted(a.filename for a in parts) == ["test.example.com.fullchain.pem", "test.example.com.key.pem"]
+    assert sorted(a.filename for a in parts.attachments) == ["test.example.com.fullchain.pem", "test.example.com.key.pem"]
     for t in targets[1:]:
         alone = pipeline.prepare_job(t, artefact, FORMATS, {}, NOW, "<1@example.com>", message_hook=hook).message
         assert alone is not None

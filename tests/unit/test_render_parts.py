@@ -1,10 +1,13 @@
-"""A run's targets share its attachments' MIME parts (render.attachment_part): each message is what
-EmailMessage.add_attachment made before, byte for byte, and no target gets another payload's attachment."""
+"""A run's targets share its rendering work (render.PartCache: attachments' MIME parts, parsed and folded headers,
+the Diagnostics text): each message is what rendering it alone makes, byte for byte, and no target gets another
+payload's attachment (the private key above all)."""
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
+import random
 import re
 from datetime import datetime, timezone
 from email.message import EmailMessage
@@ -13,19 +16,19 @@ from pathlib import Path
 from certbot_smtp_dist._internal import render
 from certbot_smtp_dist._internal.config import parse_settings
 from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
-from certbot_smtp_dist.model import Attachment, CertificateFacts, Payload, Target
+from certbot_smtp_dist.model import Attachment, CertificateFacts, Finding, Payload, Severity, Target
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 FACTS = CertificateFacts("n", "host.example", ("host.example",), "CN=x", NOW, NOW, "1", "00")
 CHAIN = Attachment("host.example.pem", "application/x-pem-file", b"-----BEGIN CERTIFICATE-----\nAAAA\n" * 40)
-KEY = Attachment("host.example.key", "application/octet-stream", bytes(range(256)) * 3)
+KEY = Attachment("host.example.key", "application/octet-stream", bytes(range(256)) * 3, contains_private_key=True)
 OTHER = Attachment("other.pem", "application/x-pem-file", b"other\n")
 
 
 def target(name: str, **table: object) -> Target:
     doc = {"targets": {name: {"host": "127.0.0.1", "tls_mode": "plaintext", "from_address": "robot@example.com",
                               "to": ["pki@example.com"], **table}}}
-    return parse_settings(doc, Path("c.toml"), {}, {"pem": BUILTIN_FORMATS[0]}).targets[0]
+    return parse_settings(doc, Path("c.toml"), {}, {f.name: f for f in BUILTIN_FORMATS}).targets[0]
 
 
 def unbounded(data: bytes) -> bytes:
@@ -37,7 +40,7 @@ def unbounded(data: bytes) -> bytes:
 
 def test_shared_parts_render_what_add_attachment_rendered() -> None:
     payload = Payload("pem", (CHAIN, KEY))
-    parts: render.PartCache = {}
+    parts = render.PartCache()
     targets = [target("a"), target("b", to=["x@example.com", "y@example.com"], from_name="Zoë")]
     for t in targets * 2:
         shared = render.render(t, FACTS, payload, "<id@example.com>", NOW, parts=parts).data
@@ -47,7 +50,7 @@ def test_shared_parts_render_what_add_attachment_rendered() -> None:
         got = [(p.get_filename(), p.get_content_type(), p.get_content_disposition(), p.get_payload(decode=True))
                for p in parsed.iter_attachments()]
         assert got == [(a.filename, a.content_type, "attachment", a.data) for a in (CHAIN, KEY)]
-    assert set(parts) == {CHAIN, KEY}  # made once each, for four messages
+    assert set(parts.attachments) == {CHAIN, KEY}  # made once each, for four messages
 
 
 def test_attachment_part_is_what_add_attachment_makes() -> None:
@@ -59,9 +62,86 @@ def test_attachment_part_is_what_add_attachment_makes() -> None:
 
 
 def test_no_target_gets_another_payloads_attachment() -> None:
-    parts: render.PartCache = {}
+    parts = render.PartCache()
     first = render.render(target("a"), FACTS, Payload("pem", (CHAIN,)), "<1@example.com>", NOW, parts=parts)
     second = render.render(target("b"), FACTS, Payload("pem", (OTHER,)), "<2@example.com>", NOW, parts=parts)
     names = [[p.get_filename() for p in email.message_from_bytes(m.data, policy=email.policy.default)
               .iter_attachments()] for m in (first, second)]
     assert names == [["host.example.pem"], ["other.pem"]]
+
+
+FINDINGS = (Finding(Severity.WARNING, "chain", "the chain lacks an issuer " + "x" * 90, "add it"),
+            Finding(Severity.INFO, "key", "the private key matches the leaf"))
+LONG_TO = [f"recipient-{i}@a-rather-long-domain-name.example.com" for i in range(6)]
+# Targets that differ in every input a message is made of: recipients (a To long enough to fold, Cc), sender name
+# (non-ASCII: an encoded word), subject prefix, payload (chain only, chain and key, notice), and name.
+VARIED = (
+    ("plain", {}, (CHAIN,)),
+    ("keyed", {"payload": "pem_and_key"}, (CHAIN, KEY)),
+    ("folded", {"to": LONG_TO, "cc": ["cc@example.com"], "from_name": "Zoë Ops"}, (CHAIN,)),
+    ("prefixed", {"subject_prefix": "prod", "from_name": "Ops", "bcc": ["hidden@example.com"]}, (CHAIN, KEY)),
+    ("notice", {"payload": "notice"}, ()),
+    ("other", {"to": LONG_TO[:2]}, (OTHER,)),
+)
+
+
+def exactly(t: Target, payload: Payload, message_id: str, seed: int, parts: render.PartCache | None,
+            findings: tuple[Finding, ...] = FINDINGS, envelope_to: tuple[str, ...] | None = None) -> bytes:
+    random.seed(seed)  # the email package draws the multipart boundary from `random`: the same one both ways
+    return render.render(t, FACTS, payload, message_id, NOW, envelope_to, findings, parts).data
+
+
+def test_shared_render_work_gives_every_target_the_bytes_rendering_it_alone_gives() -> None:
+    parts = render.PartCache()
+    cases = [(target(name, **table), Payload("p", atts)) for name, table, atts in VARIED]
+    for round_ in range(2):  # the second round renders from what the first remembered
+        for index, (t, payload) in enumerate(cases):
+            seed, message_id = 100 * round_ + index, f"<{round_}.{t.name}@example.com>"
+            shared = exactly(t, payload, message_id, seed, parts)
+            assert shared == exactly(t, payload, message_id, seed, None), t.name
+    # Other findings, and a retry's narrowed envelope, on the same memory.
+    t, payload = cases[2]
+    for findings in ((), FINDINGS[1:]):
+        assert exactly(t, payload, "<x@example.com>", 7, parts, findings, ("cc@example.com",)) == \
+            exactly(t, payload, "<x@example.com>", 7, None, findings, ("cc@example.com",))
+
+
+def test_without_the_memory_the_messages_are_what_the_smtp_policy_makes() -> None:
+    t = target("a", to=LONG_TO, from_name="Zoë")
+    fresh = exactly(t, Payload("pem", (CHAIN, KEY)), "<1@example.com>", 3, None)
+    parsed = email.message_from_bytes(fresh, policy=email.policy.SMTP)
+    random.seed(3)
+    assert parsed.as_bytes() == fresh  # the generator's own output, nothing of ours in between
+
+
+def attachments_of(data: bytes) -> list[bytes]:
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
+    return [p.get_payload(decode=True) for p in parsed.iter_attachments()]
+
+
+def test_the_key_reaches_only_the_targets_whose_payload_holds_it() -> None:
+    parts = render.PartCache()
+    key_b64 = base64.b64encode(KEY.data)[:60]
+    messages = {}
+    for name, table, atts in VARIED * 2:  # keyed targets before and after the others, twice
+        messages[name] = render.render(target(name, **table), FACTS, Payload("p", atts), f"<{name}@example.com>",
+                                       NOW, parts=parts).data
+    for name, _, atts in VARIED:
+        holds = KEY in atts
+        assert (KEY.data in attachments_of(messages[name])) is holds, name
+        assert (key_b64 in messages[name].replace(b"\r\n", b"")) is holds, name
+        assert (b"WARNING: this message contains private key" in messages[name]) is holds, name
+
+
+def test_what_each_message_has_of_its_own_is_not_kept_for_the_run() -> None:
+    """Only header values met more than once are kept (parsed, and folded): a run to 500 targets must not hold
+    a Message-ID's or a boundary's parse tree per target (issue 16's memory budget)."""
+    parts = render.PartCache()
+    held: list[int] = []
+    for count in (3, 30):
+        for i in range(count):
+            render.render(target(f"t{i}"), FACTS, Payload("pem", (CHAIN,)), f"<{count}.{i}@example.com>", NOW,
+                          findings=FINDINGS, parts=parts)
+        assert parts.policy.memory is not None
+        held.append(sum(1 for key in parts.policy.memory if key[0] == "held"))
+    assert held[0] == held[1] > 0, held
