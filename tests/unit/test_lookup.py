@@ -87,3 +87,22 @@ def test_a_call_run_off_the_loop_and_abandoned_at_its_deadline_is_no_daemon_and_
         for thread in lookup.under_way():
             thread.join(10)
     assert not [t for t in lookup.under_way() if t.name == "oauth2-test"]
+
+
+def test_output_that_cannot_be_written_is_no_silent_success() -> None:
+    """A command's output (status --json, --nagios, metrics) flushed at the end to a full disk or a pipe whose reader
+    is gone: the interpreter's own exit says so on stderr and ends with status 120; end_process did neither and
+    ended 0, the output lost."""
+    import os
+
+    import pytest
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    env = {"PYTHONPATH": str(Path(certbot_smtp_dist.__file__).parents[1])}  # buffered stdout, as under cron
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "certbot_smtp_dist", "--config", "/nonexistent/c.toml",
+                               "--state-dir", "/nonexistent/state", "status", "--allow-empty", "--json"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+    assert proc.returncode == 120, proc.stderr
+    assert "cannot write standard output" in proc.stderr and "No space left" in proc.stderr
