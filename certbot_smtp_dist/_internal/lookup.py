@@ -60,6 +60,11 @@ def end_process(code: int) -> None:
     import atexit
 
     ours = set(under_way())
+    # First what the interpreter does before it waits for threads (threading._shutdown): the hooks registered with
+    # threading._register_atexit, in reverse order. concurrent.futures' is one: it tells the idle workers of a pool
+    # never shut down (an extension's) to end; without it they would be waited for forever.
+    for hook in reversed(list(getattr(threading, "_threading_atexits", ()))):
+        hook()
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon and thread not in ours:
             thread.join()

@@ -106,3 +106,23 @@ def test_output_that_cannot_be_written_is_no_silent_success() -> None:
                               stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=60)
     assert proc.returncode == 120, proc.stderr
     assert "cannot write standard output" in proc.stderr and "No space left" in proc.stderr
+
+
+# An extension's thread pool, used once and never shut down (a module-level executor): the interpreter's exit tells
+# its idle workers to end (concurrent.futures registers that with threading._register_atexit) before it waits.
+IDLE_POOL = textwrap.dedent("""\
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+    from certbot_smtp_dist._internal import lookup
+    POOL = ThreadPoolExecutor(2)
+    POOL.submit(print, "pool used", flush=False).result()
+    lookup.end_process(int(sys.argv[1]))
+""")
+
+
+def test_our_process_ends_with_an_extensions_idle_thread_pool_as_a_usual_exit_does() -> None:
+    """A usual exit ends with a pool an extension left open (its workers idle); end_process waited for them
+    forever (the deploy hook never returned), as it joined them before anything told them to end."""
+    proc = _python(IDLE_POOL, "4")
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stdout == "pool used\n" and proc.stderr == ""
