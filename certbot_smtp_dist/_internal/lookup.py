@@ -60,13 +60,26 @@ def end_process(code: int) -> None:
     import atexit
 
     ours = set(under_way())
+    # First what the interpreter does before it waits for threads (threading._shutdown): the hooks registered with
+    # threading._register_atexit, in reverse order. concurrent.futures' is one: it tells the idle workers of a pool
+    # never shut down (an extension's) to end; without it they would be waited for forever.
+    for hook in reversed(list(getattr(threading, "_threading_atexits", ()))):
+        hook()
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon and thread not in ours:
             thread.join()
     atexit._run_exitfuncs()  # logging.shutdown() is one of them: every handler flushed
-    for stream in (sys.stdout, sys.stderr):
+    for name, stream in (("standard output", sys.stdout), ("standard error", sys.stderr)):
+        if stream is None or stream.closed:  # nothing to flush, as the interpreter's own exit skips it
+            continue
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more to say on it
-            pass
+        except (OSError, ValueError) as exc:
+            # What was printed is lost (a full disk, a reader gone): never a silent success. The interpreter's own
+            # exit says so and ends with status 120 (Py_FinalizeEx's flush of the standard streams): so do we.
+            code = 120
+            try:
+                os.write(2, f"certbot-smtp-dist: error: cannot write {name}: {exc}\n".encode(errors="replace"))
+            except OSError:
+                pass
     os._exit(code)

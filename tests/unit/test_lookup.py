@@ -87,3 +87,42 @@ def test_a_call_run_off_the_loop_and_abandoned_at_its_deadline_is_no_daemon_and_
         for thread in lookup.under_way():
             thread.join(10)
     assert not [t for t in lookup.under_way() if t.name == "oauth2-test"]
+
+
+def test_output_that_cannot_be_written_is_no_silent_success() -> None:
+    """A command's output (status --json, --nagios, metrics) flushed at the end to a full disk or a pipe whose reader
+    is gone: the interpreter's own exit says so on stderr and ends with status 120; end_process did neither and
+    ended 0, the output lost."""
+    import os
+
+    import pytest
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    env = {"PYTHONPATH": str(Path(certbot_smtp_dist.__file__).parents[1])}  # buffered stdout, as under cron
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "certbot_smtp_dist", "--config", "/nonexistent/c.toml",
+                               "--state-dir", "/nonexistent/state", "status", "--allow-empty", "--json"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+    assert proc.returncode == 120, proc.stderr
+    assert "cannot write standard output" in proc.stderr and "No space left" in proc.stderr
+
+
+# An extension's thread pool, used once and never shut down (a module-level executor): the interpreter's exit tells
+# its idle workers to end (concurrent.futures registers that with threading._register_atexit) before it waits.
+IDLE_POOL = textwrap.dedent("""\
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+    from certbot_smtp_dist._internal import lookup
+    POOL = ThreadPoolExecutor(2)
+    POOL.submit(print, "pool used", flush=False).result()
+    lookup.end_process(int(sys.argv[1]))
+""")
+
+
+def test_our_process_ends_with_an_extensions_idle_thread_pool_as_a_usual_exit_does() -> None:
+    """A usual exit ends with a pool an extension left open (its workers idle); end_process waited for them
+    forever (the deploy hook never returned), as it joined them before anything told them to end."""
+    proc = _python(IDLE_POOL, "4")
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stdout == "pool used\n" and proc.stderr == ""
