@@ -392,6 +392,24 @@ def test_a_final_reply_whose_lines_disagree_is_classed_by_its_refusal(denv: Depl
     assert t["attempts"] == 1 and server.connections == 1
 
 
+@pytest.mark.parametrize(("stage", "reply", "expected"), [
+    # aiosmtplib reads the last line's code off its first three octets; the wire scan takes a line for a reply
+    # line only with a space or "-" after the code (RFC 5321 §4.2), so it saw the 250- lines alone. A refusal
+    # aiosmtplib read must not be overruled by them (it was: delivered, and the relay had refused).
+    ("DATA_END", "250-2.0.0 fine\n550\t5.7.1 refused", failed("SMTP_PERMANENT", "data", 550)),
+    ("DATA_END", "250-2.0.0 fine\n 55 5.7.1 refused", failed("SMTP_PERMANENT", "data", 55)),
+    ("RCPT", "250-2.1.5 fine\n550\t5.1.1 no such user", failed("SMTP_PERMANENT", "rcpt", 550)),
+])
+def test_a_reply_aiosmtplib_reads_as_a_refusal_is_never_made_a_success(
+    denv: DeployEnv, lineage: LineagePaths, fault_server, stage: str, reply: str, expected: Facts
+) -> None:
+    server = fault_server(replies={stage: reply})
+    run, t = deploy(denv, lineage, fault_target(server.port))
+    assert facts(t) == expected, t["detail"]
+    assert run.returncode == EX_UNAVAILABLE
+    assert t["attempts"] == 1 and server.connections == 1 and server.messages == []
+
+
 @pytest.mark.parametrize(("reply", "expected"), [
     # The first line is over-long: aiosmtplib drops the reply, codes and all; the starts of its lines were seen.
     ("451-4.3.0 " + "x" * 9000 + "\n550 5.7.1 refused", failed("SMTP_PERMANENT", "mail", 550)),
