@@ -410,6 +410,17 @@ def test_a_reply_aiosmtplib_reads_as_a_refusal_is_never_made_a_success(
     assert t["attempts"] == 1 and server.connections == 1 and server.messages == []
 
 
+def test_replies_past_the_one_read_do_not_reclass_it(denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
+    """A relay that sends more whole replies than the wire scan keeps: the codes kept are those of the first, the
+    reply aiosmtplib reads. The scan dropped the oldest, so the 250 to the final dot was classed by a later 451:
+    retried, a second copy sent to a relay that had taken the message."""
+    server = fault_server(replies={"DATA_END": "250 2.0.0 queued\n451 4.3.0 a\n451 4.3.0 b\n451 4.3.0 c\n451 4.3.0 d"})
+    run, t = deploy(denv, lineage, fault_target(server.port))
+    assert (t["status"], t["error_code"], t["attempts"]) == ("delivered", None, 1), t["detail"]
+    assert run.returncode == 0
+    assert server.connections == 1
+
+
 @pytest.mark.parametrize(("reply", "expected"), [
     # The first line is over-long: aiosmtplib drops the reply, codes and all; the starts of its lines were seen.
     ("451-4.3.0 " + "x" * 9000 + "\n550 5.7.1 refused", failed("SMTP_PERMANENT", "mail", 550)),
