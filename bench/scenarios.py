@@ -298,10 +298,13 @@ def s7_postfix(ctx: Context, sessions: int = 8) -> list[Row]:
                     expect_exit(0)),
             Variant("smtplib", _client(ctx, "smtp_send.py", *common, env=no_auth), expect_exit(0)),
             Variant("aiosmtplib", _client(ctx, "aio_gather.py", *common, 1, env=no_auth), expect_exit(0)),
+            # The floor under any asyncio client: the same exchange on asyncio's transports, no library above.
+            Variant("asyncio", _client(ctx, "asyncio_min.py", *common), expect_exit(0)),
         ])
-    deploy, smtp, aio = (Stats.of(samples[k]) for k in ("deploy", "smtplib", "aiosmtplib"))
-    session, run, smtp_s, aio_s = (_per_session(samples["deploy"], 1), _per_session(samples["deploy"], 0),
-                                   _per_session(samples["smtplib"]), _per_session(samples["aiosmtplib"]))
+    deploy, smtp, aio, floor = (Stats.of(samples[k]) for k in ("deploy", "smtplib", "aiosmtplib", "asyncio"))
+    session, run, smtp_s, aio_s, floor_s = (_per_session(samples["deploy"], 1), _per_session(samples["deploy"], 0),
+                                            _per_session(samples["smtplib"]), _per_session(samples["aiosmtplib"]),
+                                            _per_session(samples["asyncio"]))
 
     def ms(value: float) -> str:
         return f"{value * 1000:.1f} ms"
@@ -313,6 +316,8 @@ def s7_postfix(ctx: Context, sessions: int = 8) -> list[Row]:
             f"reference: {ms(run)} vs {ms(smtp_s)}"),
         Row("7", f"{what}: bare aiosmtplib session / smtplib session", aio, smtp, aio_s / smtp_s, None,
             f"reference: {ms(aio_s)} vs {ms(smtp_s)}"),
+        Row("7", f"{what}: minimal asyncio client session / smtplib session", floor, smtp, floor_s / smtp_s, None,
+            f"reference, the event loop's and asyncio TLS's share: {ms(floor_s)} vs {ms(smtp_s)}"),
     ]
 
 

@@ -74,7 +74,6 @@ class _Progress:
     # Set once the relay took the message (a reply to the final "."): whatever happens to QUIT or the deadline
     # afterwards, this is the outcome, never a failure that would spool the message for a second copy.
     accepted: SessionOutcome | None = None
-    reply_head: _ReplyHead | None = None
 
 
 class _ReplyHead:
@@ -113,7 +112,9 @@ class _ReplyHead:
             if not self.frozen:
                 self._scan(data)
             method = received()
-            return method(data) if method is not None else None
+            if method is None or _over_bound(method.__self__, data):
+                return None
+            return method(data)
 
         async def on_read(*args: Any, **kwargs: Any) -> Any:
             method = read()
@@ -154,6 +155,35 @@ class _ReplyHead:
         match = self._CODE.match(bytes(self.line))
         partial = [*self.lines, int(match.group(1))] if match else list(self.lines)
         return classify.code_of_lines(self.replies[0] if self.replies else partial)
+
+
+# Octets of one reply held while it is read: aiosmtplib 3+'s own bound (MAX_RESPONSE_LENGTH, four 8192-octet
+# lines), far above what RFC 5321 needs (§4.5.3.1.5: 512 octets a line; an EHLO reply lists a few extensions).
+MAX_REPLY = 4 * 8192
+
+
+def _over_bound(protocol: Any, data: bytes) -> bool:
+    """Whether `data` takes the reply being read past MAX_REPLY octets; if so, the read fails as on aiosmtplib 3+
+    ("Response too long") and `data` is dropped with what was buffered.
+
+    aiosmtplib 2.0 (Debian 12) bounds each line of a reply but not the reply: it buffers continuation lines
+    until the last one, and a line without end until its end, so a hostile relay sending them without end costs
+    memory until the deadline. classify.py reads the failure as a reply too long to read, with the code
+    _ReplyHead kept. On aiosmtplib 3+ the same check, its own, would fire on the same octet.
+    """
+    buffered = getattr(protocol, "_buffer", None)
+    waiter = getattr(protocol, "_response_waiter", None)
+    if (not isinstance(buffered, bytearray) or not isinstance(waiter, asyncio.Future) or waiter.done()
+            or not getattr(protocol, "_response_pending", True)  # aiosmtplib 3+ ignores data nobody asked for
+            or len(buffered) + len(data) <= MAX_REPLY):
+        return False
+    del buffered[:]
+    import aiosmtplib
+
+    # aiosmtplib 3+'s own exception, word for word: classify.py knows it
+    waiter.set_exception(aiosmtplib.SMTPResponseException(-1, "Response too long"))
+    waiter.exception()  # retrieved: no "never retrieved" report if no read awaits it (aiosmtplib 3+ does so)
+    return True
 
 
 class _Abort(Exception):
@@ -386,7 +416,8 @@ async def _deliver(target: Target, converse: Converse, budget: float, known: tup
     except Exception as exc:
         if progress.accepted is not None:
             return progress.accepted
-        code = progress.reply_head.code() if progress.reply_head is not None else None
+        head = _reply_head(progress)
+        code = head.code() if head is not None else None
         failure = classify.translate(exc, progress.phase, progress.connected, progress.dot_sent, code)
         return SessionOutcome(failure=await _wrong_port_hint(target, progress, exc, failure, deadline))
     finally:
@@ -417,23 +448,27 @@ async def _session(
         where: dict[str, Any] = {"sock": progress.sock, "hostname": target.host if socket_with_hostname else None}
     else:  # pragma: no cover - aiosmtplib 2.x
         where = {"hostname": target.host, "port": target.port}
-    client = transcript.Transcribed(aiosmtplib.SMTP(
+    smtp = _client_class()(
         **where,
         use_tls=smtps,
         start_tls=False,  # never aiosmtplib's "STARTTLS if offered": we require it explicitly below
         tls_context=tls_context,
-        # A hair under our deadline, so that aiosmtplib's own timeout (which says what it waited for) wins.
+        # For the connection and the greeting only (see below): a hair under our deadline, so that aiosmtplib's own
+        # timeout (which says what it waited for) wins.
         timeout=max(deadline - loop.time() - 0.05, 0.1),
         local_hostname=target.helo_name or "localhost",  # never used: every EHLO below names itself
-    ), target, secrets)  # logs the conversation, scrubbed, for -vv
+    )
+    client = transcript.Transcribed(smtp, target, secrets)  # logs the conversation, scrubbed, for -vv
     progress.client = client
     progress.phase = Phase.TLS if target.tls_mode is TlsMode.SMTPS else Phase.CONNECT
     await client.connect()
     progress.connected = True
     progress.sock = None  # owned by the client now
-    protocol = getattr(client, "protocol", None)
-    if protocol is not None and hasattr(protocol, "write") and hasattr(protocol, "data_received"):
-        progress.reply_head = _ReplyHead(protocol)
+    # From here the session's own deadline (the wait_for around it) is the only timer. aiosmtplib otherwise wraps
+    # every reply in a wait_for with a timeout of its own: a timer set and cancelled, and one more event-loop turn
+    # per reply (the reply future wakes a waiter that wakes the task), ~30 us of CPU per command for a deadline
+    # that this one already enforces, with the same outcome (classify.deadline: both are TimeoutErrors).
+    smtp.timeout = None
     sockname = client.get_transport_info("sockname")
     name = target.helo_name or await greeting.local_name(sockname[0] if sockname else None)
     try:
@@ -441,8 +476,9 @@ async def _session(
     except (asyncio.TimeoutError, TimeoutError):
         raise  # a stalled relay gets no more of our time
     except Exception:
-        if progress.reply_head is not None:
-            progress.reply_head.frozen = True
+        head = _reply_head(progress)
+        if head is not None:
+            head.frozen = True
         await _polite_quit(client)
         raise
 
@@ -810,6 +846,62 @@ def settle_lost_connections(loop: asyncio.AbstractEventLoop) -> None:
                          type(exc).__name__ if exc is not None else "no exception")
 
     loop.set_exception_handler(handler)
+
+
+_WATCHED: list[type] = []  # the client class, made once, on first use (aiosmtplib is imported lazily)
+
+
+class _WatchingLoop:
+    """The running loop as one aiosmtplib client sees it: the same loop, except that the protocol of each
+    connection the client makes gets its _ReplyHead (and with it the reply bound) before the connection exists,
+    so before any octet of a reply, the greeting's included, reaches it. Everything else is the loop's own. The
+    client is held weakly: it holds this loop, and its protocol does too."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: weakref.ref[Any]) -> None:
+        self._loop, self._client = loop, client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    async def create_connection(self, protocol_factory: Callable[[], Any], *args: Any, **kwargs: Any) -> Any:
+        def watched() -> Any:
+            protocol = protocol_factory()
+            client = self._client()
+            if client is not None and hasattr(protocol, "write") and hasattr(protocol, "data_received"):
+                client.reply_head = _ReplyHead(protocol)
+            return protocol
+
+        return await self._loop.create_connection(watched, *args, **kwargs)
+
+
+def _client_class() -> Any:
+    """aiosmtplib's client, with the `reply_head` of its connection from the greeting on. aiosmtplib reads the
+    greeting inside connect(), where nothing else of ours reaches the protocol first (its data is read as soon
+    as the connection exists), and 2.0 (Debian 12) bounds no reply there (_over_bound). The hook is the loop the
+    client asks to connect: every aiosmtplib version sets `self.loop` in connect() and calls its
+    create_connection with a factory of the protocol."""
+    if _WATCHED:
+        return _WATCHED[0]
+    import aiosmtplib
+
+    class Watched(aiosmtplib.SMTP):
+        reply_head: _ReplyHead | None = None
+
+        @property
+        def loop(self) -> Any:
+            return self.__dict__.get("_watching_loop")
+
+        @loop.setter
+        def loop(self, value: Any) -> None:
+            self.__dict__["_watching_loop"] = None if value is None else _WatchingLoop(value, weakref.ref(self))
+
+    _WATCHED.append(Watched)
+    return Watched
+
+
+def _reply_head(progress: _Progress) -> _ReplyHead | None:
+    head = getattr(progress.client, "reply_head", None)
+    return head if isinstance(head, _ReplyHead) else None
 
 
 def _major_version(version: str) -> int:

@@ -195,6 +195,56 @@ def test_stalled_relay_is_abandoned_at_the_deadline(denv: DeployEnv, lineage: Li
     assert server.connections == (2 if script == {"replies": {"greeting": STALL}} else 1)
 
 
+#: An EHLO reply of ~75 KiB in short continuation lines: each line is legal, the whole is more than any client needs.
+EHLO_FLOOD = ("250-fault.test", *(f"250-X-FLOOD-{i:05d} {'x' * 60}" for i in range(1000)), "250 8BITMIME")
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "inside-tls"])
+def test_a_reply_of_endless_continuation_lines_is_cut_at_a_bound(denv: DeployEnv, lineage: LineagePaths,
+                                                                 fault_server, relay_pki: RelayPKI,
+                                                                 tls: bool) -> None:
+    """aiosmtplib 3+ drops a reply over 32 KiB in all; 2.0 (Debian 12) bounded each line but not the reply, so a
+    hostile relay sending continuation lines without end grew the client's buffer until the deadline. Both now
+    end the session at the same bound, as a reply too long to read (RFC 5321 §4.5.3.1.5: 512 octets a line)."""
+    server = fault_server(tls_context=relay_pki.server_context() if tls else None, tls_on_connect=tls,
+                          replies={"EHLO": Reply.text(*EHLO_FLOOD)})
+    table = fault_target(server.port, timeout=5)
+    if tls:  # implicit TLS (RFC 8314 §3.3): the flood comes inside the encrypted session
+        table.update(tls_mode="smtps", tls_ca_file=str(relay_pki.ca_file))
+    run, t = deploy(denv, lineage, table)
+    assert (t["status"], t["error_code"], t["retryable"], t["phase"]) == ("failed", "SMTP_PERMANENT", False,
+                                                                          "connect"), t
+    assert "too long" in t["detail"] and "FLOOD" not in t["detail"]
+    assert run.returncode == EX_UNAVAILABLE
+    assert "MAIL" not in server.client_commands and server.messages == []
+
+
+def test_a_greeting_of_endless_continuation_lines_is_cut_at_the_same_bound(denv: DeployEnv, lineage: LineagePaths,
+                                                                             fault_server) -> None:
+    """The greeting is read inside aiosmtplib's connect(): the bound holds there too, on every version."""
+    server = fault_server(replies={"greeting": Reply.text(*(f"220-{line[4:]}" for line in EHLO_FLOOD[:-1]),
+                                                          "220 fault.test ESMTP")})
+    run, t = deploy(denv, lineage, fault_target(server.port, timeout=5))
+    assert (t["status"], t["error_code"], t["retryable"], t["phase"]) == ("failed", "SMTP_PERMANENT", False,
+                                                                          "connect"), t
+    assert "too long" in t["detail"] and "FLOOD" not in t["detail"]
+    assert "EHLO" not in " ".join(server.client_commands) and server.messages == []
+
+
+@pytest.mark.parametrize("stage", ["MAIL", "RCPT", "DATA"])
+def test_a_relay_stalling_inside_tls_is_abandoned_at_the_session_deadline(
+        denv: DeployEnv, lineage: LineagePaths, fault_server, relay_pki: RelayPKI, stage: str) -> None:
+    """Past the greeting, the session's own deadline is the only timer (aiosmtplib's per-reply timeout is off):
+    a relay silent inside TLS still ends the session at `timeout`, as a transient failure of that phase."""
+    server = fault_server(tls_context=relay_pki.server_context(), replies={stage: STALL})
+    run, t = deploy(denv, lineage, tls_target(server.port, relay_pki, timeout=2))
+    assert facts(t) == failed("SMTP_TRANSIENT", stage.lower())
+    assert "deadline" in t["detail"] and "2.0s" in t["detail"]
+    assert 2 - EARLY_SLACK <= t["duration_s"] <= 2 + DEADLINE_SLACK
+    assert run.returncode == EX_TEMPFAIL
+    assert server.messages == []
+
+
 # ---------------------------------------------------------------------------------------------- TLS
 
 
