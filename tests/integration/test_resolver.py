@@ -220,3 +220,38 @@ def test_every_command_ended_by_end_process_keeps_its_output_state_and_status(
     assert history.returncode == 0, history.stderr
     records = [(h.get("run"), h.get("attempt")) for h in json.loads(history.stdout)["history"]]
     assert ("deploy", 1) in records and ("retry", 2) in records, records
+
+
+PLUGIN_PY = textwrap.dedent("""\
+    import os, sys, threading
+    from pathlib import Path
+    from certbot_smtp_dist._internal import certbot_adapter, cli, lookup
+    from certbot_smtp_dist.model import LineageSource
+    stuck = threading.Event()
+    lookup.start(lambda: stuck.wait(3), "resolve-stuck")  # a lookup still under way when the run ends
+    live = Path(os.environ["LIVE"])
+    options = certbot_adapter.Options(Path(os.environ["CERTBOT_SMTP_DIST_CONFIG"]), (),
+                                      Path(os.environ["CERTBOT_SMTP_DIST_STATE_DIR"]))
+    source = LineageSource(live / "cert.pem", live / "privkey.pem", live / "chain.pem", live / "fullchain.pem",
+                           lineage_dir=live)
+    shipment = certbot_adapter.ship(options, source)
+    print("shipped", shipment.report is not None and shipment.report.exit_status)
+    print("main", cli.main(["status"]))  # a caller that owns the process: main returns
+    sys.stdout.flush()
+    sys.exit(7)
+""")
+
+
+def test_the_certbot_plugin_path_and_a_hosted_main_never_end_the_process(
+        denv: DeployEnv, lineage: LineagePaths, tmp_path: Path, unused_port: int) -> None:
+    """lookup.end_process is for the command's own process only: certbot's (the plugin), or any caller of main()
+    with its own argv, goes on after the run, with a lookup still under way, and exits as it chooses."""
+    import certbot_smtp_dist
+
+    denv.write_config({"t": {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 2,
+                             "from_address": "c@example.com", "to": ["a@example.com"]}})
+    env = denv.env({"LIVE": str(lineage.live_dir), "PYTHONPATH": str(Path(certbot_smtp_dist.__file__).parents[1])})
+    proc = subprocess.run([sys.executable, "-c", PLUGIN_PY], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 7, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert (lines[0], lines[-1]) == ("shipped 75", "main 1"), proc.stdout + proc.stderr  # status: 1, pending
