@@ -49,11 +49,14 @@ def code_of_lines(codes: Sequence[int], reported: int | None = None) -> int | No
     `451`, what aiosmtplib reports) can be taken at its word: it is classed by its most severe class (the first
     digit, §4.2.1: 5yz permanent over 4yz transient over 2yz/3yz), the last line of that class giving the code.
     So a relay that refuses on any line is never retried, and a success is never read off a reply that also refuses.
-    Lines that agree in their first digit keep the reported code (a `250-`/`251` is a 251, as aiosmtplib says)."""
+    Lines that agree in their first digit keep the reported code (a `250-`/`251` is a 251, as aiosmtplib says).
+    The result is never less severe than the reported code: a last line aiosmtplib reads as a refusal (`550\t...`)
+    or as no reply code at all (` 55 ...`) that `codes` lacks (they are the lines that start as RFC 5321 §4.2 says
+    a reply line does) is not overruled by the `250-` lines before it."""
     if not codes:
         return reported
     worst = max(code // 100 for code in codes)
-    if reported is not None and reported // 100 == worst:
+    if reported is not None and (reported // 100 >= worst or not 200 <= reported < 600):
         return reported
     return [code for code in codes if code // 100 == worst][-1]
 

@@ -115,10 +115,12 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
     if ledger:
         ledger.unblock()
     held = _held_back(request, ledger, wanted, artefact.facts, now)
-    results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started, held)
+    try:
+        results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started, held)
+    finally:  # interrupted too (Ctrl-C, exit 130): its write-ahead entries are spooled, and `retry` sends them
+        _refresh_metrics(request, ledger, loaded)
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))
-    _refresh_metrics(request, ledger, loaded)
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
                         state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
 

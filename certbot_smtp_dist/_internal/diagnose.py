@@ -86,7 +86,8 @@ def undecodable(cert: Any) -> tuple[str, ...]:
 
     cryptography parses a certificate's names and extensions when they are first read, not when it loads: a
     NumericString or PrintableString of octets over 0x7F, a BMPString of odd length, a malformed or repeated
-    extension load, then raise ValueError or TypeError wherever read. Asked of each certificate as it is read
+    extension (and on cryptography 38, a public key on a curve it does not know) load, then raise ValueError or
+    TypeError wherever read. Asked of each certificate as it is read
     (lineage.py), so that nothing after, these findings included, meets one."""
     import warnings
 
@@ -102,6 +103,12 @@ def undecodable(cert: Any) -> tuple[str, ...]:
         subject_alt_names(cert)  # reads every extension: cryptography decodes them all at once
     except ValueError as exc:
         out.append(str(exc))  # "the subjectAltName does not decode (...)"
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    try:  # cryptography 38 (Debian 12) loads a key on a curve it does not know, then raises where it is read
+        cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        out.append(f"its public key {NOT_DECODED} ({type(exc).__name__})")
     return tuple(out)
 
 

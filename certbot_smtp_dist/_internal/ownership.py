@@ -63,10 +63,12 @@ def read_trusted_config(config: Path) -> bytes:
 def untrusted_input(path: Path, what: str) -> str | None:
     """Why a file that decides as much as the config file does (who can decrypt what we send: an S/MIME recipient
     certificate) cannot be trusted, or None: the config file's rule, for the file as named and as resolved (a
-    link into a directory others can write is no better than that directory)."""
+    link into a directory others can write is no better than that directory), and for every directory holding a
+    link on the way (a link to a link in such a directory is re-pointed there)."""
     try:
         for directory in {path.parent, Path(os.path.realpath(path)).parent}:
             _check_chain(directory)
+        _check_links(path)
         _check_node(path, what, f"chown root {path}; chmod go-w {path}")
     except (UnsafePathError, AccessError) as exc:
         return str(exc)

@@ -83,13 +83,15 @@ class _ReplyHead:
     fails, so the QUIT that follows does not overwrite them. Only the first octets of each line are kept."""
 
     _CODE = re.compile(rb"([2-5][0-9][0-9])(?:[ \-\r\n]|$)")
+    _KEPT = 4
 
     def __init__(self, protocol: Any) -> None:
         self.line = bytearray()  # the first octets of the line being received
         # The codes of the lines of the reply being received, each once, in the order of its last line (at most
-        # 400 whatever the relay sends); then those of the whole replies not yet read.
+        # 400 whatever the relay sends); then those of the first whole replies not yet read (at most _KEPT: the
+        # later ones are dropped, never the first, which are those aiosmtplib reads next).
         self.lines: dict[int, None] = {}
-        self.replies: collections.deque[list[int]] = collections.deque(maxlen=4)
+        self.replies: collections.deque[list[int]] = collections.deque()
         self.frozen = False
         # Weak references: the wrappers live on the protocol, and strong ones back to it would make a cycle that
         # only the cyclic collector frees, in an order that defeats aiosmtplib's own care (its __del__ retrieves
@@ -142,7 +144,8 @@ class _ReplyHead:
                 self.lines.pop(int(match.group(1)), None)
                 self.lines[int(match.group(1))] = None
             if self.line[3:4] != b"-":
-                self.replies.append(list(self.lines))
+                if len(self.replies) < self._KEPT:
+                    self.replies.append(list(self.lines))
                 self.lines.clear()
             self.line.clear()
             at = end + 1

@@ -442,6 +442,35 @@ def test_a_final_reply_whose_lines_disagree_is_classed_by_its_refusal(denv: Depl
     assert t["attempts"] == 1 and server.connections == 1
 
 
+@pytest.mark.parametrize(("stage", "reply", "expected"), [
+    # aiosmtplib reads the last line's code off its first three octets; the wire scan takes a line for a reply
+    # line only with a space or "-" after the code (RFC 5321 §4.2), so it saw the 250- lines alone. A refusal
+    # aiosmtplib read must not be overruled by them (it was: delivered, and the relay had refused).
+    ("DATA_END", "250-2.0.0 fine\n550\t5.7.1 refused", failed("SMTP_PERMANENT", "data", 550)),
+    ("DATA_END", "250-2.0.0 fine\n 55 5.7.1 refused", failed("SMTP_PERMANENT", "data", 55)),
+    ("RCPT", "250-2.1.5 fine\n550\t5.1.1 no such user", failed("SMTP_PERMANENT", "rcpt", 550)),
+])
+def test_a_reply_aiosmtplib_reads_as_a_refusal_is_never_made_a_success(
+    denv: DeployEnv, lineage: LineagePaths, fault_server, stage: str, reply: str, expected: Facts
+) -> None:
+    server = fault_server(replies={stage: reply})
+    run, t = deploy(denv, lineage, fault_target(server.port))
+    assert facts(t) == expected, t["detail"]
+    assert run.returncode == EX_UNAVAILABLE
+    assert t["attempts"] == 1 and server.connections == 1 and server.messages == []
+
+
+def test_replies_past_the_one_read_do_not_reclass_it(denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
+    """A relay that sends more whole replies than the wire scan keeps: the codes kept are those of the first, the
+    reply aiosmtplib reads. The scan dropped the oldest, so the 250 to the final dot was classed by a later 451:
+    retried, a second copy sent to a relay that had taken the message."""
+    server = fault_server(replies={"DATA_END": "250 2.0.0 queued\n451 4.3.0 a\n451 4.3.0 b\n451 4.3.0 c\n451 4.3.0 d"})
+    run, t = deploy(denv, lineage, fault_target(server.port))
+    assert (t["status"], t["error_code"], t["attempts"]) == ("delivered", None, 1), t["detail"]
+    assert run.returncode == 0
+    assert server.connections == 1
+
+
 @pytest.mark.parametrize(("reply", "expected"), [
     # The first line is over-long: aiosmtplib drops the reply, codes and all; the starts of its lines were seen.
     ("451-4.3.0 " + "x" * 9000 + "\n550 5.7.1 refused", failed("SMTP_PERMANENT", "mail", 550)),

@@ -152,6 +152,36 @@ def test_a_deploy_that_could_not_send_rewrites_the_file_too(denv: DeployEnv, tmp
     assert spool(parse(prom.read_text()), "*")["blocked"] == 1 and relay.messages == []
 
 
+def test_an_interrupted_deploy_rewrites_the_file_with_what_it_spooled(denv: DeployEnv, lineage: LineagePaths,
+                                                                        prom: Path, fault_server) -> None:
+    """Ctrl-C (exit 130) while the relay holds the final reply: the write-ahead entry is in the spool, pending, and
+    `retry` will send it; the file must say so. It was left as the run before had written it (here: none at all)."""
+    import signal
+
+    from support.faultscript import STALL
+
+    server = fault_server(replies={"DATA_END": STALL})
+    denv.write_config({"relay": {"host": "127.0.0.1", "port": server.port, "tls_mode": "plaintext", "timeout": 60,
+                                 "from_address": "c@example.com", "to": ["a@example.com"]}},
+                      defaults={"metrics_textfile": str(prom)})
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
+                            env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # bounded: 60 s at most, until the write-ahead entry is there and the relay dialled
+            if list((denv.state_dir / "spool").glob("*.json")) and server.connections:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert denv.run("status").stdout.startswith("PENDING"), "the interrupted delivery is not spooled"
+    assert spool(read(prom))["pending"] == 1
+
+
 def test_symlink_at_the_destination_is_refused(denv: DeployEnv, lineage: LineagePaths, prom: Path,
                                                relay_factory, tmp_path: Path) -> None:
     victim = tmp_path / "victim"

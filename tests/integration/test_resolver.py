@@ -154,3 +154,104 @@ def test_a_hosting_interpreter_exits_only_after_the_lookups_it_abandoned(tmp_pat
     lines = proc.stdout.splitlines()
     assert "RESOLVE abandoned" in lines and "NAME [127.0.0.1]" in lines, proc.stdout
     assert "LEFT []" in lines, proc.stdout
+
+
+# Every command that dials a relay, in turn, with the resolver still busy when each run ends (lookup.end_process
+# ends the process with os._exit): what each wrote (stdout, the spool, the journal, the metrics file) is read back.
+COMMANDS_PY = textwrap.dedent("""\
+    import json, os, socket, subprocess, sys, threading, time
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hole.bind(("127.0.0.1", 53))   # swallow every query, answer none
+    threading.Thread(target=lambda: [hole.recvfrom(4096) for _ in iter(int, 1)], daemon=True).start()
+    prom = os.environ["PROM"]
+    runs = []
+    for args in (["deploy", "--lineage", os.environ["LIVE"], "--json"], ["retry", "--json"], ["check", "--json"],
+                 ["status", "--json"]):
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "certbot_smtp_dist", "-v", *args], capture_output=True,
+                              text=True, timeout=120)
+        metrics = open(prom).read() if os.path.exists(prom) else None
+        runs.append({"args": args, "code": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
+                     "wall": time.monotonic() - started, "metrics": metrics})
+    print(json.dumps(runs))
+""")
+
+
+def test_every_command_ended_by_end_process_keeps_its_output_state_and_status(
+        denv: DeployEnv, lineage: LineagePaths, tmp_path: Path) -> None:
+    """deploy, retry and check each end with a lookup abandoned at the 2 s deadline still inside the resolver
+    (10 s): the process ends at once (os._exit), and nothing of the run is lost: its JSON on stdout, its log lines,
+    its exit status, the spool entry and journal lines it wrote, the metrics file it rewrote."""
+    from support.ci import require
+
+    require(_namespaces_usable(), "needs unshare --net --mount and ip (root)")
+    prom_dir = tmp_path / "node-exporter"
+    prom_dir.mkdir()
+    prom = prom_dir / "certbot_smtp_dist.prom"
+    denv.write_config({"t": {"host": "relay.blackhole.example", "port": 2525, "tls_mode": "plaintext",
+                             "timeout": 2, "from_address": "c@example.com", "to": ["a@example.com"]}},
+                      defaults={"metrics_textfile": str(prom)})
+    (tmp_path / "inner.sh").write_text(INNER)
+    (tmp_path / "inner.py").write_text(COMMANDS_PY)
+    env = denv.env({"ROOT": str(tmp_path), "PYTHON": sys.executable, "LIVE": str(lineage.live_dir),
+                    "PROM": str(prom)})
+    proc = subprocess.run(["unshare", "--net", "--mount", "sh", str(tmp_path / "inner.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    deploy, retry, check, status = json.loads(proc.stdout)
+    for run in (deploy, retry, check):
+        # The resolver keeps a lookup for 10 s; the run's deadline is 2 s: the process did not wait for it.
+        assert run["wall"] < 2 + 5, run
+        assert "Traceback" not in run["stderr"], run["stderr"]
+    for run in (deploy, retry):
+        assert run["code"] == 75, run
+        target = json.loads(run["stdout"])["targets"][0]
+        assert (target["error_code"], target["retryable"]) == ("SMTP_CONNECT", True) and "resolve" in target["detail"]
+        assert "resolve" in run["stderr"]  # the run's log lines, flushed before the end
+        assert 'certbot_smtp_dist_spool_entries{target="t",state="pending"} 1' in run["metrics"], run["metrics"]
+    assert deploy["metrics"] != retry["metrics"]  # retry rewrote it (its attempt's time), after deploy had
+    checked = json.loads(check["stdout"])
+    assert check["code"] != 0 and "resolve" in json.dumps(checked), check
+    assert status["code"] == 1, status
+    entries = json.loads(status["stdout"])["entries"]
+    assert [(e["target"], e["state"], e["attempts"]) for e in entries] == [("t", "pending", 2)], entries
+    assert denv.run("journal", "verify").returncode == 0
+    history = denv.run("history", "--json", "--all")
+    assert history.returncode == 0, history.stderr
+    records = [(h.get("run"), h.get("attempt")) for h in json.loads(history.stdout)["history"]]
+    assert ("deploy", 1) in records and ("retry", 2) in records, records
+
+
+PLUGIN_PY = textwrap.dedent("""\
+    import os, sys, threading
+    from pathlib import Path
+    from certbot_smtp_dist._internal import certbot_adapter, cli, lookup
+    from certbot_smtp_dist.model import LineageSource
+    stuck = threading.Event()
+    lookup.start(lambda: stuck.wait(3), "resolve-stuck")  # a lookup still under way when the run ends
+    live = Path(os.environ["LIVE"])
+    options = certbot_adapter.Options(Path(os.environ["CERTBOT_SMTP_DIST_CONFIG"]), (),
+                                      Path(os.environ["CERTBOT_SMTP_DIST_STATE_DIR"]))
+    source = LineageSource(live / "cert.pem", live / "privkey.pem", live / "chain.pem", live / "fullchain.pem",
+                           lineage_dir=live)
+    shipment = certbot_adapter.ship(options, source)
+    print("shipped", shipment.report is not None and shipment.report.exit_status)
+    print("main", cli.main(["status"]))  # a caller that owns the process: main returns
+    sys.stdout.flush()
+    sys.exit(7)
+""")
+
+
+def test_the_certbot_plugin_path_and_a_hosted_main_never_end_the_process(
+        denv: DeployEnv, lineage: LineagePaths, tmp_path: Path, unused_port: int) -> None:
+    """lookup.end_process is for the command's own process only: certbot's (the plugin), or any caller of main()
+    with its own argv, goes on after the run, with a lookup still under way, and exits as it chooses."""
+    import certbot_smtp_dist
+
+    denv.write_config({"t": {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 2,
+                             "from_address": "c@example.com", "to": ["a@example.com"]}})
+    env = denv.env({"LIVE": str(lineage.live_dir), "PYTHONPATH": str(Path(certbot_smtp_dist.__file__).parents[1])})
+    proc = subprocess.run([sys.executable, "-c", PLUGIN_PY], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 7, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert (lines[0], lines[-1]) == ("shipped 75", "main 1"), proc.stdout + proc.stderr  # status: 1, pending

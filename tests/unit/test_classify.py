@@ -124,6 +124,12 @@ def test_a_reply_too_long_to_read_is_classed_by_the_code_read_off_the_wire(read:
     ((451, 250), 250, 451),
     ((550, 554, 451), 451, 554),  # the most severe class, its last line's code
     ((451, 550), None, 550),  # an over-long reply: the codes its lines began with are all there is
+    # aiosmtplib reads a last line the wire scan did not take for a reply line (`550\t...`, ` 55 ...`): never
+    # less severe than what aiosmtplib read, and a code outside 2yz-5yz is no success.
+    ((250,), 550, 550),
+    ((250, 251), 451, 451),
+    ((250,), 55, 55),
+    ((451,), 99, 99),
 ])
 def test_a_reply_whose_lines_disagree_is_classed_by_its_most_severe_code(
     codes: tuple[int, ...], reported: int | None, expected: int | None

@@ -179,6 +179,49 @@ def test_a_tls_ca_file_others_could_replace_is_a_config_error(tmp_path: Path, ho
     assert "writable by group or others" in found["t", "tls_ca_file"], found
 
 
+def test_a_tls_ca_file_named_through_a_link_others_could_repoint_is_a_config_error(tmp_path: Path) -> None:
+    """A link to a link: the CA file and the link named are in closed directories, the link in between in one
+    anyone can write. Whoever repoints that hop chooses the anchor; only the first and last directories were
+    checked, so it was accepted."""
+    from support.pki import make_ca
+
+    first, hop, last = (tmp_path / n for n in ("first", "hop", "last"))
+    for directory in (first, hop, last):
+        directory.mkdir(mode=0o755)
+    ca = last / "ca.pem"
+    ca.write_bytes(make_ca("Relay CA").cert_pem())
+    ca.chmod(0o644)
+    (hop / "ca.pem").symlink_to(ca)
+    named = first / "ca.pem"
+    named.symlink_to(hop / "ca.pem")
+    table = {"targets": {"t": {**BASE, "tls_ca_file": str(named)}}}
+    assert parse_settings(table, Path("/etc/x/config.toml"), CREDS, FORMATS).targets[0].tls_ca_file == named
+    hop.chmod(0o777)  # no sticky bit: anyone may replace the link in it
+    try:
+        with pytest.raises(ConfigError) as err:
+            parse_settings(table, Path("/etc/x/config.toml"), CREDS, FORMATS)
+    finally:
+        hop.chmod(0o755)
+    found = {(p.target, p.key): p.problem for p in err.value.problems}
+    assert list(found) == [("t", "tls_ca_file")], found
+    assert str(hop) in found["t", "tls_ca_file"] and "writable by group or others" in found["t", "tls_ca_file"]
+
+
+def test_the_distros_trust_store_and_a_relative_tls_ca_file_pass_the_ownership_rule(tmp_path: Path) -> None:
+    """The rule must not refuse what a legitimate setup names: the distro's bundle, one of its hashed links (a link
+    to a link into /usr/share/ca-certificates, all root's), and a file beside the config named relatively."""
+    from support.pki import make_ca
+
+    store = Path("/etc/ssl/certs")
+    if not (store / "ca-certificates.crt").is_file():
+        pytest.skip("no Debian-style /etc/ssl/certs here")
+    hashed = sorted(p for p in store.glob("*.0") if p.is_symlink() and p.resolve().is_file())[:1]
+    (tmp_path / "ca.pem").write_bytes(make_ca("Relay CA").cert_pem())
+    for value in [str(store / "ca-certificates.crt"), *map(str, hashed), "ca.pem", "./ca.pem"]:
+        table = {"targets": {"t": {**BASE, "tls_ca_file": value}}}
+        assert parse_settings(table, tmp_path / "config.toml", CREDS, FORMATS).targets[0].tls_ca_file is not None
+
+
 def test_retry_policy_from_defaults() -> None:
     from datetime import timedelta
 

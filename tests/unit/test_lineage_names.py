@@ -181,3 +181,24 @@ def test_hostile_names_in_the_mail_are_printable_and_the_subject_bounded(tmp_pat
     body = parsed.get_content()
     assert not any(c in body for c in "\x1b\x07\u202e") and "\r\nBcc" not in body
     assert max(len(line) for line in body.splitlines()) < 2000
+
+
+def test_a_leaf_whose_public_key_does_not_decode_is_a_certificate_error(tmp_path: Path) -> None:
+    """An EC key on a named curve nobody knows (RFC 5480 §2.1.1.1), properly signed: cryptography 38 (Debian 12)
+    loads the certificate and raises ValueError where its key is read (lineage.check matching it to the private
+    key: a traceback out of deploy, retry and the certbot hook); today's refuses it at load ("does not parse")."""
+    lin = pki.write_lineage(tmp_path / "live" / "curve.example")
+    prime256v1 = bytes.fromhex("06082a8648ce3d030107")
+    leaf = pki.resigned(lin.leaf.cert.public_bytes(serialization.Encoding.DER), lin.intermediate.key, prime256v1,
+                        prime256v1[:-1] + b"\x99")
+    lin.cert.write_bytes(pki.der_pem(leaf))
+    lin.fullchain.write_bytes(pki.der_pem(leaf) + lin.intermediate.cert_pem())
+    with pytest.raises(CertificateError) as err:
+        lineage.load(lineage.from_lineage_dir(lin.live_dir), NOW)
+    for label, path in (("cert", lin.cert), ("fullchain", lin.fullchain)):
+        [said] = [p for p in err.value.problems if p.startswith(f"{label} file {path}: certificate #1")]
+        assert "its public key does not decode" in said or REFUSED_AT_LOAD in said, said
+        assert said.isprintable() and len(said) < 400, said
+    found = inspection.inspect(lineage.from_lineage_dir(lin.live_dir), anchors.file_store(lin.root_file), NOW)
+    assert found.exit_status == 65
+    assert {f.code for f in found.findings if f.severity is Severity.ERROR} <= {"undecodable", "unparseable"}
