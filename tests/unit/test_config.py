@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.exposed import EXPOSURES, Exposure, exposed_file
 
 from certbot_smtp_dist._internal.config import parse_settings
 from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
@@ -145,29 +146,15 @@ def test_tls_ca_file_must_hold_a_certificate(tmp_path: Path) -> None:
     assert ok({**BASE, "tls_ca_file": str(good)}).tls_ca_file == good
 
 
-@pytest.mark.parametrize("how", ["file_writable_by_others", "directory_writable_by_others",
-                                 "link_into_such_a_directory"])
-def test_a_tls_ca_file_others_could_replace_is_a_config_error(tmp_path: Path, how: str) -> None:
+@pytest.mark.parametrize("how", EXPOSURES)
+def test_a_tls_ca_file_others_could_replace_is_a_config_error(tmp_path: Path, how: Exposure) -> None:
     """Whoever can swap tls_ca_file chooses whom the relay connection trusts (a man in the middle then reads the
     AUTH password and the mail, a private key with some payloads): the config file's rule (ownership.py) holds for
     it, as for an S/MIME recipient certificate. It was only checked to hold a certificate."""
     from support.pki import make_ca
 
+    named = exposed_file(tmp_path, "ca.pem", make_ca("Relay CA").cert_pem(), how)
     open_dir = tmp_path / "open"
-    open_dir.mkdir()
-    ca = open_dir / "ca.pem"
-    ca.write_bytes(make_ca("Relay CA").cert_pem())
-    ca.chmod(0o644)
-    named = ca
-    if how == "file_writable_by_others":
-        ca.chmod(0o666)
-    else:
-        open_dir.chmod(0o777)  # no sticky bit: anyone may rename ca.pem away and put their own in its place
-    if how == "link_into_such_a_directory":
-        closed = tmp_path / "closed"
-        closed.mkdir(mode=0o755)
-        named = closed / "ca.pem"
-        named.symlink_to(ca)
     try:
         with pytest.raises(ConfigError) as err:
             parse_settings({"targets": {"t": {**BASE, "tls_ca_file": str(named)}}}, Path("/etc/x/config.toml"),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.exposed import EXPOSURES, Exposure, exposed_file
 from support.pki import (
     LineagePaths,
     SmimeFiles,
@@ -475,26 +476,12 @@ def test_openssl_is_found_on_a_fixed_path_never_on_the_callers(monkeypatch: pyte
     assert cms.openssl_binary() == str(planted)
 
 
-@pytest.mark.parametrize("how", ["file_writable_by_others", "directory_writable_by_others", "link_into_such_a_directory"])
+@pytest.mark.parametrize("how", EXPOSURES)
 def test_a_recipient_certificate_others_could_replace_is_a_config_error(pki: SmimeFiles, tmp_path: Path,
-                                                                         how: str) -> None:
+                                                                         how: Exposure) -> None:
     """Whoever can swap a recipient certificate chooses who can decrypt the private key: the config file's rule
     (ownership.py: ours or root's, writable by nobody else, nor any directory above it) holds for it too."""
-    open_dir = tmp_path / "open"
-    open_dir.mkdir()
-    cert = open_dir / "pki.pem"
-    cert.write_bytes(pki.recipients[0].cert_pem())
-    cert.chmod(0o644)
-    named = cert
-    if how == "file_writable_by_others":
-        cert.chmod(0o666)
-    else:
-        open_dir.chmod(0o777)  # no sticky bit: anyone may rename pki.pem away and put their own in its place
-    if how == "link_into_such_a_directory":
-        closed = tmp_path / "closed"
-        closed.mkdir(mode=0o755)
-        named = closed / "pki.pem"
-        named.symlink_to(cert)
+    named = exposed_file(tmp_path, "pki.pem", pki.recipients[0].cert_pem(), how)
     found = problems({**BASE, "smime_encrypt_to": [str(pki.recipient_certs[1]), str(named)]})
     assert list(found) == ["smime_encrypt_to"]
     assert "writable by group or others" in found["smime_encrypt_to"]
