@@ -76,7 +76,10 @@ def _leaf(issuer: pki.Issued, key: Any, *, subject: x509.Name | None = None, san
                .serial_number(x509.random_serial_number())
                .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=60))
                .add_extension(x509.SubjectAlternativeName(names), critical=False)
-               .add_extension(x509.ExtendedKeyUsage(list(usage)), critical=False))
+               .add_extension(x509.ExtendedKeyUsage(list(usage)), critical=False)
+               # RFC 5280 §4.2.1.1: what every CA writes, and what Python 3.13's strict verification requires
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
+                              critical=False))
     return builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
