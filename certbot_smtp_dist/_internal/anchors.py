@@ -4,7 +4,8 @@ A deploy is a cold process with a budget (issue 16): the system store is never p
 c_rehash layout (/etc/ssl/certs/<subject hash>.<n>) answers "which anchors have this subject?" with one stat and
 one small read; a bundle (a distribution without that directory, or --ca-file) is scanned by raw DER, and only the
 certificates whose subject matches are parsed. Every read is bounded (files.read_regular); the store's own
-symbolic links (hash -> /usr/share/ca-certificates/...) are followed, as OpenSSL follows them.
+symbolic links (hash -> /usr/share/ca-certificates/...) are followed, as OpenSSL follows them. SSL_CERT_DIR may
+name several directories, separated by ':' as OpenSSL reads it (by_dir.c, add_cert_dir): each is read in turn.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from certbot_smtp_dist._internal import files, pem
 
 MAX_BUNDLE_BYTES = 8 << 20  # Debian's ca-certificates.crt is about 200 kB; a bundle is public, but read bounded
 MAX_HASH_COLLISIONS = 16  # <hash>.0 ... <hash>.15: real stores hold one or two per name
+# Directories of an SSL_CERT_DIR list read (OpenSSL reads them all): real lists name one to three; a hostile or
+# mistaken environment naming thousands costs a deploy at most this many stats per name looked up.
+MAX_CERT_DIRS = 32
+MAX_LAYOUT_ENTRIES = 100_000  # directory entries looked at, in all the directories, to tell a c_rehash layout
 # X.680 universal tags of the directory string types OpenSSL canonicalises (x_name.c, ASN1_MASK_CANON), and
 # the codec each is read with (ASN1_STRING_to_UTF8: one byte per character for the 8-bit ones).
 _CANON_CODECS = {0x0C: "utf-8", 0x13: "latin-1", 0x14: "latin-1", 0x16: "latin-1", 0x1A: "latin-1",
@@ -33,12 +38,12 @@ _HASH_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 
 @dataclass(frozen=True, slots=True)
 class Store:
-    """Where anchors are looked up: a hashed directory (`capath`), a bundle (`cafile`), or both; `label` names it
-    in findings ("the system trust store", "--ca-file F"). Without `thorough` (the deploy path) a name missing from
+    """Where anchors are looked up: hashed directories (`capaths`, in order), a bundle (`cafile`), or both; `label`
+    names it in findings ("the system trust store", "--ca-file F"). Without `thorough` (the deploy path) a name missing from
     a hashed directory is not searched for again in the bundle, which on Debian holds the same anchors."""
 
     label: str
-    capath: Path | None = None
+    capaths: tuple[Path, ...] = ()
     cafile: Path | None = None
     thorough: bool = True
     _bundle: list[bytes] = field(default_factory=list, compare=False, repr=False)  # bundle DER, once read
@@ -59,20 +64,25 @@ class Store:
                 yield x509.load_der_x509_certificate(der)
 
     def _hashed(self, canon: bytes) -> Iterator[bytes]:
-        if self.capath is None:
-            return
+        """The certificates in the files named by `canon`'s hash, from the first directory holding one whose
+        subject is `canon`: OpenSSL's by_dir.c (get_cert_by_subject) reads the next directory only on a miss."""
         digest = hashlib.sha1(canon, usedforsecurity=False).digest()
         stem = f"{int.from_bytes(digest[:4], 'little'):08x}"
-        for n in range(MAX_HASH_COLLISIONS):
-            try:
-                data, _ = files.read_regular(self.capath / f"{stem}.{n}")
-            except (OSError, ValueError):
-                return  # OpenSSL stops at the first gap too
-            yield from _certificate_blocks(data)
+        for directory in self.capaths[:MAX_CERT_DIRS]:
+            found: list[bytes] = []
+            for n in range(MAX_HASH_COLLISIONS):
+                try:
+                    data, _ = files.read_regular(directory / f"{stem}.{n}")
+                except (OSError, ValueError):
+                    break  # OpenSSL stops at the first gap too
+                found += _certificate_blocks(data)
+            yield from found
+            if any(canonical(subject_der(der)) == canon for der in found):
+                return
 
     def _hashed_layout(self) -> bool:
         if not self._layout:  # asked once per store: a chain asks about several names
-            self._layout.append(_hashed_layout(self.capath))
+            self._layout.append(_hashed_layout(self.capaths[:MAX_CERT_DIRS]))
         return self._layout[0]
 
     def _indexed(self) -> dict[bytes, list[bytes]]:
@@ -92,27 +102,47 @@ class Store:
         return self._bundle
 
 
-def _hashed_layout(capath: Path | None) -> bool:
-    """Whether `capath` is a c_rehash directory (Debian's /etc/ssl/certs), where a miss is authoritative; Fedora's
-    /etc/pki/tls/certs, for one, holds only bundles. The first hash-named entry answers it."""
-    if capath is None:
-        return False
-    try:
-        with os.scandir(capath) as entries:
-            return any(_HASH_NAME.fullmatch(entry.name) for entry in itertools.islice(entries, 100_000))
-    except OSError:
-        return False
+def _hashed_layout(capaths: tuple[Path, ...]) -> bool:
+    """Whether one of `capaths` is a c_rehash directory (Debian's /etc/ssl/certs), where a miss is authoritative;
+    Fedora's /etc/pki/tls/certs, for one, holds only bundles. The first hash-named entry answers it."""
+    budget = MAX_LAYOUT_ENTRIES
+    for capath in capaths:
+        try:
+            with os.scandir(capath) as entries:
+                for entry in itertools.islice(entries, budget):
+                    if _HASH_NAME.fullmatch(entry.name):
+                        return True
+                    budget -= 1
+        except OSError:
+            continue
+        if budget <= 0:
+            break
+    return False
 
 
 def system_store(thorough: bool = True) -> Store:
-    """OpenSSL's default locations (SSL_CERT_DIR / SSL_CERT_FILE honoured, as the ssl module does)."""
+    """OpenSSL's default locations, SSL_CERT_DIR / SSL_CERT_FILE honoured as OpenSSL reads them when the ssl module
+    loads the default paths (X509_LOOKUP_add_dir / load_file): a variable that is set wins, even empty (then no
+    directory, or no bundle, is read); SSL_CERT_DIR is a list of directories (cert_dirs)."""
     import _ssl  # the C module alone: ssl.get_default_verify_paths without importing all of ssl.py
 
     cafile_env, cafile, capath_env, capath = _ssl.get_default_verify_paths()
-    cafile = os.environ.get(cafile_env) or cafile
-    capath = os.environ.get(capath_env) or capath
-    return Store("the system trust store", Path(capath) if capath else None, Path(cafile) if cafile else None,
-                 thorough)
+    cafile = os.environ.get(cafile_env, cafile)
+    capath = os.environ.get(capath_env, capath)
+    return Store("the system trust store", cert_dirs(capath or ""), Path(cafile) if cafile else None, thorough)
+
+
+def cert_dirs(value: str) -> tuple[Path, ...]:
+    """The directories of an SSL_CERT_DIR value as OpenSSL's by_dir.c (add_cert_dir) takes them: split on ':'
+    (os.pathsep; ';' on Windows, as OpenSSL's LIST_SEPARATOR_CHAR), empty entries and repeats skipped, in order;
+    at most MAX_CERT_DIRS of them (OpenSSL has no bound: a lookup past it is not made here)."""
+    out: list[Path] = []
+    for entry in itertools.islice(value.split(os.pathsep), MAX_CERT_DIRS * 8):  # bounded even of "::::..."
+        if entry and Path(entry) not in out:
+            out.append(Path(entry))
+            if len(out) == MAX_CERT_DIRS:
+                break
+    return tuple(out)
 
 
 def file_store(path: Path) -> Store:
@@ -125,7 +155,7 @@ def file_store(path: Path) -> Store:
         raise ValueError(str(exc)) from exc
     if not found:
         raise ValueError("holds no PEM certificate")
-    return Store(f"--ca-file {path}", None, path, True, found)
+    return Store(f"--ca-file {path}", (), path, True, found)
 
 
 def _certificate_blocks(data: bytes) -> list[bytes]:

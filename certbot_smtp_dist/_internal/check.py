@@ -206,10 +206,10 @@ async def _probe_one(target: Target, secrets: Mapping[str, Secret], authenticate
 
 
 def _anchor_stores(target: Target) -> tuple[Store, ...]:
-    """Where the verified handshake found its anchors: the system store (OpenSSL's hashed directory and bundle,
-    SSL_CERT_DIR / SSL_CERT_FILE honoured), then `tls_ca_file`. Not SSLContext.get_ca_certs(): it lists only CA
-    certificates (not a pinned self-signed relay certificate), and of a hashed directory only those OpenSSL has
-    looked up so far."""
+    """Where the verified handshake found its anchors: the system store (OpenSSL's hashed directories and bundle,
+    SSL_CERT_DIR / SSL_CERT_FILE honoured as OpenSSL reads them), then `tls_ca_file`. Not
+    SSLContext.get_ca_certs(): it lists only CA certificates (not a pinned self-signed relay certificate), and of a
+    hashed directory only those OpenSSL has looked up so far."""
     from certbot_smtp_dist._internal import anchors
 
     system = anchors.system_store(thorough=True)

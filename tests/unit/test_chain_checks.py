@@ -90,20 +90,20 @@ def test_store_candidates_by_hash_and_by_bundle(tmp_path: Path) -> None:
     capath = tmp_path / "capath"
     capath.mkdir()
     (capath / f"{int.from_bytes(digest[:4], 'little'):08x}.0").write_bytes(ca.cert_pem())
-    assert list(anchors.Store("t", capath, None).candidates(name)) == [ca.cert]
+    assert list(anchors.Store("t", (capath,), None).candidates(name)) == [ca.cert]
     bundle = pki.write_pem(tmp_path / "bundle.pem", pki.make_ca("Other"), ca)
-    assert list(anchors.Store("t", None, bundle).candidates(name)) == [ca.cert]
+    assert list(anchors.Store("t", (), bundle).candidates(name)) == [ca.cert]
     # Not thorough (the deploy path): a miss in a hashed directory is not searched for again in the bundle...
     other = tmp_path / "other"
     other.mkdir()
     (other / "0badc0de.0").write_bytes(pki.make_ca("Unrelated").cert_pem())
-    assert list(anchors.Store("t", other, bundle, thorough=False).candidates(name)) == []
-    assert list(anchors.Store("t", other, bundle, thorough=True).candidates(name)) == [ca.cert]
+    assert list(anchors.Store("t", (other,), bundle, thorough=False).candidates(name)) == []
+    assert list(anchors.Store("t", (other,), bundle, thorough=True).candidates(name)) == [ca.cert]
     # ...but a directory of bundles only (Fedora's /etc/pki/tls/certs) answers nothing: the bundle does.
     bundles_only = tmp_path / "pki-tls-certs"
     bundles_only.mkdir()
     (bundles_only / "ca-bundle.crt").write_bytes(bundle.read_bytes())
-    assert list(anchors.Store("t", bundles_only, bundle, thorough=False).candidates(name)) == [ca.cert]
+    assert list(anchors.Store("t", (bundles_only,), bundle, thorough=False).candidates(name)) == [ca.cert]
 
 
 def _openssl_pss_chain(directory: Path, digest: str, salt: str) -> tuple[x509.Certificate, x509.Certificate]:

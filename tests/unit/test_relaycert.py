@@ -33,7 +33,7 @@ def hashed(tmp_path: Path, ca: pki.Issued) -> anchors.Store:
     directory.mkdir()
     digest = hashlib.sha1(anchors.canonical(ca.cert.subject.public_bytes())).digest()
     (directory / f"{int.from_bytes(digest[:4], 'little'):08x}.0").write_bytes(ca.cert_pem())
-    return anchors.Store("the system trust store", capath=directory)
+    return anchors.Store("the system trust store", capaths=(directory,))
 
 
 def bundle(tmp_path: Path, *cas: pki.Issued) -> anchors.Store:
