@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from certbot_smtp_dist._internal import files, pem
+from certbot_smtp_dist._internal import der, files, pem
 
 MAX_BUNDLE_BYTES = 8 << 20  # Debian's ca-certificates.crt is about 200 kB; a bundle is public, but read bounded
 MAX_HASH_COLLISIONS = 16  # <hash>.0 ... <hash>.15: real stores hold one or two per name
@@ -58,10 +58,10 @@ class Store:
         found = list(self._hashed(wanted))
         if not found and self.cafile is not None and (self.thorough or not self._hashed_layout()):
             found = self._indexed().get(wanted, [])
-        for der in found:
+        for blob in found:
             with warnings.catch_warnings():  # a store's old root with a negative serial: cryptography warns
                 warnings.simplefilter("ignore")
-                yield x509.load_der_x509_certificate(der)
+                yield x509.load_der_x509_certificate(blob)
 
     def _hashed(self, canon: bytes) -> Iterator[bytes]:
         """The certificates in the files named by `canon`'s hash, from the first directory holding one whose
@@ -77,7 +77,7 @@ class Store:
                     break  # OpenSSL stops at the first gap too
                 found += _certificate_blocks(data)
             yield from found
-            if any(canonical(subject_der(der)) == canon for der in found):
+            if any(canonical(subject_der(blob)) == canon for blob in found):
                 return
 
     def _hashed_layout(self) -> bool:
@@ -88,8 +88,8 @@ class Store:
     def _indexed(self) -> dict[bytes, list[bytes]]:
         """The bundle's certificates by canonical subject, built once per store (a chain asks several names)."""
         if not self._index:
-            for der in self._scan_bundle():
-                self._index.setdefault(canonical(subject_der(der)), []).append(der)
+            for blob in self._scan_bundle():
+                self._index.setdefault(canonical(subject_der(blob)), []).append(blob)
         return self._index
 
     def _scan_bundle(self) -> list[bytes]:
@@ -165,25 +165,6 @@ def _certificate_blocks(data: bytes) -> list[bytes]:
         return []
 
 
-def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, start of the value, end of the value) of the DER element at `pos`; ValueError when malformed."""
-    if pos + 2 > len(data):
-        raise ValueError("truncated DER")
-    tag, first = data[pos], data[pos + 1]
-    start = pos + 2
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 4 or start + count > len(data):
-            raise ValueError("bad DER length")
-        length = int.from_bytes(data[start:start + count], "big")
-        start += count
-    if start + length > len(data):
-        raise ValueError("truncated DER")
-    return tag, start, start + length
-
-
 def subject_der(cert_der: bytes) -> bytes:
     """The subject Name (DER) of a certificate (RFC 5280 §4.1), walked without parsing the rest; b"" if malformed."""
     return _name_der(cert_der, 4)  # serial, signature, issuer, validity, then subject
@@ -198,11 +179,11 @@ def issuer_der(cert_der: bytes) -> bytes:
 def _name_der(cert_der: bytes, index: int) -> bytes:
     """The element at `index` of a tbsCertificate after its optional [0] version (RFC 5280 §4.1)."""
     try:
-        _, cert, _ = _tlv(cert_der, 0)
-        _, pos, _ = _tlv(cert_der, cert)  # tbsCertificate
+        _, cert, _ = der.tlv(cert_der, 0)
+        _, pos, _ = der.tlv(cert_der, cert)  # tbsCertificate
         fields = 0
         while True:
-            tag, _, end = _tlv(cert_der, pos)
+            tag, _, end = der.tlv(cert_der, pos)
             if tag == 0xA0 and fields == 0:  # [0] version, optional
                 pos = end
                 continue
@@ -218,18 +199,18 @@ def canonical(name_der: bytes) -> bytes:
     as UTF8String, ASCII lowercased, outer and repeated white space dropped; each RDN's SET kept, the outer
     SEQUENCE header dropped. Malformed DER gives b"" (matches nothing real)."""
     try:
-        _, pos, end = _tlv(name_der, 0)
+        _, pos, end = der.tlv(name_der, 0)
         out = []
         while pos < end:
-            _, set_pos, set_end = _tlv(name_der, pos)
+            _, set_pos, set_end = der.tlv(name_der, pos)
             entries = []
             while set_pos < set_end:
-                _, atv_pos, atv_end = _tlv(name_der, set_pos)
-                _, _, oid_end = _tlv(name_der, atv_pos)
+                _, atv_pos, atv_end = der.tlv(name_der, set_pos)
+                _, _, oid_end = der.tlv(name_der, atv_pos)
                 value = _canonical_value(name_der[oid_end:atv_end])
-                entries.append(_der(0x30, name_der[atv_pos:oid_end] + value))
+                entries.append(der.encode(0x30, name_der[atv_pos:oid_end] + value))
                 set_pos = atv_end
-            out.append(_der(0x31, b"".join(sorted(entries))))  # DER SET OF: sorted encodings (X.690 §11.6)
+            out.append(der.encode(0x31, b"".join(sorted(entries))))  # DER SET OF: sorted encodings (X.690 §11.6)
             pos = set_end
         return b"".join(out)
     except (ValueError, UnicodeDecodeError):
@@ -237,12 +218,12 @@ def canonical(name_der: bytes) -> bytes:
 
 
 def _canonical_value(tlv: bytes) -> bytes:
-    tag, start, end = _tlv(tlv, 0)
+    tag, start, end = der.tlv(tlv, 0)
     codec = _CANON_CODECS.get(tag)
     if codec is None:
         return tlv
     text = tlv[start:end].decode(codec).encode("utf-8").strip(_SPACE)
-    return _der(0x0C, b" ".join(w.lower() for w in _split_space(text)))  # bytes.lower: ASCII only, as OpenSSL
+    return der.encode(0x0C, b" ".join(w.lower() for w in _split_space(text)))  # bytes.lower: ASCII only, as OpenSSL
 
 
 def _split_space(text: bytes) -> list[bytes]:
@@ -257,11 +238,3 @@ def _split_space(text: bytes) -> list[bytes]:
     if word:
         out.append(bytes(word))
     return out
-
-
-def _der(tag: int, value: bytes) -> bytes:
-    n = len(value)
-    if n < 0x80:
-        return bytes((tag, n)) + value
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(size))) + size + value

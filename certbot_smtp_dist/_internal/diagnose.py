@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from certbot_smtp_dist._internal import signatures
+from certbot_smtp_dist._internal import certext, signatures
 from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist.model import Finding, Severity
 
@@ -99,10 +99,9 @@ def undecodable(cert: Any) -> tuple[str, ...]:
                 getattr(cert, which)  # builds the Name: decodes every attribute value, or raises
         except (ValueError, TypeError) as exc:
             out.append(f"its {what} {NOT_DECODED} ({type(exc).__name__})")
-    try:
-        subject_alt_names(cert)  # reads every extension: cryptography decodes them all at once
-    except ValueError as exc:
-        out.append(str(exc))  # "the subjectAltName does not decode (...)"
+    bad = certext.culprit(cert)  # reads every extension (cryptography decodes them all at once), names the one
+    if bad is not None:
+        out.append(extension_phrase(bad))
     from cryptography.exceptions import UnsupportedAlgorithm
 
     try:  # cryptography 38 (Debian 12) loads a key on a curve it does not know, then raises where it is read
@@ -112,19 +111,27 @@ def undecodable(cert: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def extension_phrase(bad: certext.BadExtension) -> str:
+    """An extension that does not decode, in a few words holding NOT_DECODED: named when it could be found."""
+    if not bad.oid:
+        return f"an extension {NOT_DECODED} ({bad.how})"
+    what = f"{bad.name} extension" if bad.name else "extension"  # cryptography's name, an OID's digits: no relay text
+    return f"the {what} ({bad.oid}) {NOT_DECODED} ({bad.how})"
+
+
 def subject_alt_names(cert: Any) -> tuple[str, ...]:
     """The DNS names, then the IP addresses, of `cert`'s subjectAltName (RFC 5280 §4.2.1.6), as written: not made
     printable nor bounded (callers match them, then show them through printable()); () without the extension.
-    Raises ValueError when the extension does not decode (a DNSName of bytes over 0x7F, a duplicate extension)."""
+    Decoded alone when another extension does not decode. Raises ValueError when the subjectAltName itself does not
+    decode (a DNSName of bytes over 0x7F, the extension twice)."""
     from cryptography import x509
 
     try:
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
+        ext = certext.value_of(cert, x509.SubjectAlternativeName)
+    except ValueError as exc:
+        raise ValueError(f"the subjectAltName does not decode ({exc})") from exc
+    if ext is None:
         return ()
-    except (ValueError, TypeError, x509.DuplicateExtension,
-            getattr(x509, "UnsupportedGeneralNameType", ValueError)) as exc:  # the latter: cryptography < 41
-        raise ValueError(f"the subjectAltName does not decode ({type(exc).__name__})") from exc
     return (tuple(str(v) for v in ext.get_values_for_type(x509.DNSName))
             + tuple(str(v) for v in ext.get_values_for_type(x509.IPAddress)))
 

@@ -8,9 +8,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from certbot_smtp_dist._internal import anchors, signatures
+from certbot_smtp_dist._internal import anchors, certext, signatures
 from certbot_smtp_dist._internal.addresses import printable
-from certbot_smtp_dist._internal.diagnose import name, shown, subject_alt_names, validity
+from certbot_smtp_dist._internal.diagnose import (
+    extension_phrase,
+    name,
+    shown,
+    subject_alt_names,
+    validity,
+)
 
 if TYPE_CHECKING:
     from certbot_smtp_dist._internal.anchors import Store
@@ -66,8 +72,8 @@ def diagnose(leaf_der: bytes, chain: Sequence[bytes], stores: Sequence[Store], h
     """The leaf's facts; when the verified handshake failed (`verified` false), the reasons found: expiry, host
     name not in the SANs (RFC 6125 §6.4), self-signed, or an issuer that is no trust anchor in `stores` (the
     system store, then `tls_ca_file`: anchors.Store, which finds what OpenSSL finds in a hashed directory too)
-    and was not sent (a missing intermediate). Names a hostile relay made undecodable are reported as such,
-    never raised. None when the bytes are no certificate."""
+    and was not sent (a missing intermediate). Names and extensions a hostile relay made undecodable are reported
+    as such, never raised. None when the bytes are no certificate."""
     from cryptography import x509
 
     try:
@@ -86,7 +92,10 @@ def diagnose(leaf_der: bytes, chain: Sequence[bytes], stores: Sequence[Store], h
         problems += _dates(not_before, not_after, now)
         if undecoded:
             problems.append(UNDECODED_SANS)
-        elif not matches:
+        elif (bad := certext.culprit(leaf)) is not None:  # another extension: OpenSSL refuses the leaf for it
+            problems.append(f"the certificate's {extension_phrase(bad).removeprefix('the ')}: the relay must "
+                            "install a well-formed certificate")
+        if not undecoded and not matches:
             problems.append(f"host name {printable(host)!r} is not among the certificate's names "
                             f"({listed(sans, len(sans))}): set host to one of them")
         problems += _trust(_Cert(leaf, leaf_der), chain, stores, explained=bool(problems))

@@ -686,10 +686,10 @@ def der_pem(der: bytes) -> bytes:
 # What in a lineage's leaf does not decode, in the ways cryptography reads names lazily (the certificate loads,
 # reading the name raises ValueError or TypeError): see :func:`write_undecodable_lineage`.
 Undecodable = Literal["numeric subject", "printable subject", "odd bmp subject", "bit string subject",
-                      "issuer", "san dns name", "san tag", "duplicate extension"]
+                      "issuer", "san dns name", "san tag", "duplicate extension", "key usage"]
 UNDECODABLE: tuple[Undecodable, ...] = ("numeric subject", "printable subject", "odd bmp subject",
                                         "bit string subject", "issuer", "san dns name", "san tag",
-                                        "duplicate extension")
+                                        "duplicate extension", "key usage")
 UNDECODABLE_CN = "undecodable.example"  # the leaf's common name, a UTF8String of 19 octets until edited
 UNDECODABLE_SAN = "san.undecodable.example"  # the leaf's first dNSName until edited
 
@@ -709,6 +709,8 @@ def _undecodable_edit(kind: Undecodable) -> tuple[bytes, bytes]:
         "san tag": (dns_name, b"\x89" + dns_name[1:]),
         # extKeyUsage's OID made subjectAltName's: the extension twice (RFC 5280 §4.2), the second no SAN at all
         "duplicate extension": (b"\x06\x03\x55\x1d\x25", b"\x06\x03\x55\x1d\x11"),
+        # keyUsage (critical) whose BIT STRING is made an OCTET STRING (RFC 5280 §4.2.1.3): the SAN decodes
+        "key usage": (b"\x06\x03\x55\x1d\x0f\x01\x01\xff\x04\x04\x03", b"\x06\x03\x55\x1d\x0f\x01\x01\xff\x04\x04\x04"),
     }
     return edits[kind]
 
@@ -720,7 +722,8 @@ def write_undecodable_lineage(live_dir: Path, kind: Undecodable) -> LineagePaths
     """A lineage (as :func:`write_lineage`) whose leaf, properly signed, carries a name that does not decode:
     in its subject (a NumericString or PrintableString of octets over 0x7F, a BMPString of odd length, a BIT
     STRING), its issuer (the intermediate's subject too, so the chain still links), or its subjectAltName (a
-    dNSName of octets over 0x7F, a GeneralName of an unknown tag, the extension twice). cert.pem, chain.pem and
+    dNSName of octets over 0x7F, a GeneralName of an unknown tag, the extension twice), or another extension
+    (a keyUsage that is no BIT STRING). cert.pem, chain.pem and
     fullchain.pem are written again (privkey.pem holds the leaf's key); the returned ``leaf`` and
     ``intermediate`` are the certificates before the edit."""
     lineage = write_lineage(live_dir, names=(UNDECODABLE_SAN, "www.undecodable.example"))

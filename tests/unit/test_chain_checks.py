@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from support import pki
 
-from certbot_smtp_dist._internal import anchors, pem, signatures
+from certbot_smtp_dist._internal import anchors, der, pem, signatures
 
 KEY_TYPES: tuple[pki.KeyType, ...] = ("rsa", "ec", "ed25519")
 
@@ -54,8 +54,8 @@ def test_a_key_of_another_type_is_a_mismatch_not_a_crash() -> None:
 def _name(*entries: tuple[int, bytes]) -> bytes:
     """A Name (DER) of CN entries, one RDN each, with the given string tag and raw value bytes."""
     cn = bytes.fromhex("0603550403")
-    rdns = [anchors._der(0x31, anchors._der(0x30, cn + anchors._der(tag, value))) for tag, value in entries]
-    return anchors._der(0x30, b"".join(rdns))
+    rdns = [der.encode(0x31, der.encode(0x30, cn + der.encode(tag, value))) for tag, value in entries]
+    return der.encode(0x30, b"".join(rdns))
 
 
 def test_canonical_name_folds_case_space_and_string_type() -> None:
@@ -76,9 +76,9 @@ def test_subject_hash_matches_the_system_store() -> None:
     if not links:
         pytest.skip("no OpenSSL hashed directory at /etc/ssl/certs")
     for link in links[:400]:
-        der = next(b.der for b in pem.blocks(link.read_bytes()) if b.label == pem.CERTIFICATE)
-        subject = anchors.subject_der(der)
-        assert subject == x509.load_der_x509_certificate(der).subject.public_bytes()
+        blob = next(b.der for b in pem.blocks(link.read_bytes()) if b.label == pem.CERTIFICATE)
+        subject = anchors.subject_der(blob)
+        assert subject == x509.load_der_x509_certificate(blob).subject.public_bytes()
         digest = hashlib.sha1(anchors.canonical(subject)).digest()
         assert f"{int.from_bytes(digest[:4], 'little'):08x}" == link.name[:8], link
 

@@ -35,8 +35,11 @@ NOW = datetime.now(timezone.utc)
 SAID: dict[pki.Undecodable, str] = {
     "numeric subject": "its subject does not decode", "printable subject": "its subject does not decode",
     "odd bmp subject": "its subject does not decode", "bit string subject": "its subject does not decode",
-    "issuer": "its issuer name does not decode", "san dns name": "the subjectAltName does not decode",
-    "san tag": "the subjectAltName does not decode", "duplicate extension": "the subjectAltName does not decode"}
+    "issuer": "its issuer name does not decode",
+    "san dns name": "the subjectAltName extension (2.5.29.17) does not decode",
+    "san tag": "the subjectAltName extension (2.5.29.17) does not decode",
+    "duplicate extension": "the subjectAltName extension (2.5.29.17) does not decode (it appears twice",
+    "key usage": "the keyUsage extension (2.5.29.15) does not decode"}  # not the SAN: cryptography decodes all
 REFUSED_AT_LOAD = "does not parse"  # cryptography >= 39 refuses a PrintableString over 0x7F, an odd BMPString
 
 
@@ -58,9 +61,10 @@ def test_a_name_that_does_not_decode_is_a_certificate_error_naming_each_file(
         expected = SAID["numeric subject"] if (kind, label) == ("issuer", "chain") else SAID[kind]
         assert expected in said or REFUSED_AT_LOAD in said, said
         assert said.isprintable() and len(said) < 400, said
-    if kind in ("numeric subject", "bit string subject", "issuer", "san dns name", "san tag", "duplicate extension"):
+    if kind in ("numeric subject", "bit string subject", "issuer", "san dns name", "san tag", "duplicate extension",
+                "key usage"):
         assert all(SAID[kind] in p or "its subject does not decode" in p for p in problems), problems  # both stacks
-    if kind.startswith("san") or kind == "duplicate extension":
+    if kind.startswith("san") or kind in ("duplicate extension", "key usage"):
         assert f"(CN={pki.UNDECODABLE_CN})" in problems[0], problems  # the subject decodes: it names the certificate
 
 
@@ -76,7 +80,7 @@ def test_the_same_certificate_given_as_files_is_refused_as_well(
 def test_undecodable_says_what_does_not_decode_and_nothing_of_a_sound_certificate(tmp_path: Path) -> None:
     sound = pki.write_lineage(tmp_path / "sound")
     assert diagnose.undecodable(sound.leaf.cert) == () and diagnose.undecodable(sound.intermediate.cert) == ()
-    for kind in ("numeric subject", "bit string subject", "issuer", "san tag", "duplicate extension"):
+    for kind in ("numeric subject", "bit string subject", "issuer", "san tag", "duplicate extension", "key usage"):
         lin = pki.write_undecodable_lineage(tmp_path / kind.replace(" ", "-"), kind)
         leaf = x509.load_pem_x509_certificate(lin.cert.read_bytes())
         said = diagnose.undecodable(leaf)
