@@ -373,6 +373,9 @@ class Failure:
     # oversized reply, deadline): the relay may have queued the message (RFC 5321 §4.1.1.4; RFC 1047). Such a
     # delivery is `uncertain`, never re-sent within the run.
     maybe_delivered: bool = False
+    # OpenSSL's X509_V_ERR_* code of a refused relay certificate (ssl.SSLCertVerificationError.verify_code): what
+    # `check` explains the refusal from (a strict RFC 5280 check of Python 3.13+, for one). Not in the JSON.
+    verify_code: int | None = None
 
     @property
     def is_retryable(self) -> bool:

@@ -196,7 +196,8 @@ async def _probe_one(target: Target, secrets: Mapping[str, Secret], authenticate
 
         def diagnose() -> RelayCertificate | None:
             stores = () if verified else _anchor_stores(target)
-            return relaycert.diagnose(leaf, chain, stores, target.host, verified, datetime.now(timezone.utc))
+            code = probe.failure.verify_code if probe.failure is not None else None  # OpenSSL's reason
+            return relaycert.diagnose(leaf, chain, stores, target.host, verified, datetime.now(timezone.utc), code)
 
         # Looking issuers up in the trust store and checking signatures takes milliseconds per refused handshake:
         # in a worker thread, so hundreds of failing targets do not stall the other probes' I/O (CPU and local

@@ -313,7 +313,9 @@ def _stdlib(exc: BaseException, phase: Phase, connected: bool) -> Failure:
 def _tls(exc: ssl.SSLError, phase: Phase) -> Failure:
     if isinstance(exc, ssl.SSLCertVerificationError):
         why = exc.verify_message or exc.reason or "verification failed"
-        return Failure(ErrorCode.SMTP_TLS, Phase.TLS, f"relay certificate not trusted: {why}")
+        code = getattr(exc, "verify_code", None)  # OpenSSL's X509_V_ERR_*; absent on one raised by hand
+        return Failure(ErrorCode.SMTP_TLS, Phase.TLS, f"relay certificate not trusted: {why}",
+                       verify_code=code if isinstance(code, int) else None)
     return Failure(ErrorCode.SMTP_TLS, Phase.TLS, f"TLS handshake failed: {exc.reason or type(exc).__name__}")
 
 

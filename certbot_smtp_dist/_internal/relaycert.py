@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from certbot_smtp_dist._internal import anchors, certext, signatures
+from certbot_smtp_dist._internal import anchors, certext, signatures, x509strict
 from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist._internal.diagnose import (
     extension_phrase,
@@ -68,11 +68,12 @@ class _Cert:
 
 
 def diagnose(leaf_der: bytes, chain: Sequence[bytes], stores: Sequence[Store], host: str, verified: bool,
-             now: datetime) -> RelayCertificate | None:
+             now: datetime, verify_code: int | None = None) -> RelayCertificate | None:
     """The leaf's facts; when the verified handshake failed (`verified` false), the reasons found: expiry, host
     name not in the SANs (RFC 6125 §6.4), self-signed, or an issuer that is no trust anchor in `stores` (the
     system store, then `tls_ca_file`: anchors.Store, which finds what OpenSSL finds in a hashed directory too)
-    and was not sent (a missing intermediate). Names and extensions a hostile relay made undecodable are reported
+    and was not sent (a missing intermediate), or, told by OpenSSL's `verify_code` of the refusal, what only the
+    strict RFC 5280 checks of Python 3.13 and later refuse (x509strict). Names and extensions a hostile relay made undecodable are reported
     as such, never raised. None when the bytes are no certificate."""
     from cryptography import x509
 
@@ -98,7 +99,7 @@ def diagnose(leaf_der: bytes, chain: Sequence[bytes], stores: Sequence[Store], h
         if not undecoded and not matches:
             problems.append(f"host name {printable(host)!r} is not among the certificate's names "
                             f"({listed(sans, len(sans))}): set host to one of them")
-        problems += _trust(_Cert(leaf, leaf_der), chain, stores, explained=bool(problems))
+        problems += _trust(_Cert(leaf, leaf_der), chain, stores, bool(problems), verify_code)
     return RelayCertificate(name(leaf), tuple(shown(s, MAX_SAN_CHARS - 3) for s in sans[:MAX_SANS]), name(leaf, "issuer"), not_after,
                             verified, matches, tuple(problems), max(len(chain), 1), len(sans))
 
@@ -113,12 +114,16 @@ def _dates(not_before: datetime, not_after: datetime, now: datetime) -> list[str
     return []
 
 
-def _trust(leaf: _Cert, chain: Sequence[bytes], stores: Sequence[Store], explained: bool) -> list[str]:
+def _trust(leaf: _Cert, chain: Sequence[bytes], stores: Sequence[Store], explained: bool,
+           verify_code: int | None) -> list[str]:
     """Why the chain does not reach an anchor, if it does not. The path is the leaf, then each issuer the relay
     sent (name and signature, RFC 5280 §6.1); it is anchored when an anchor in `stores` issued one of them.
-    `chain`: what the relay sent, leaf first (Python 3.13+), else empty."""
+    `chain`: what the relay sent, leaf first (Python 3.13+), else empty. A strict-only `verify_code` is OpenSSL's
+    own reason, given after the chain reached an anchor (x509_vfy.c: check_extensions follows build_chain)."""
     sent = _sent(chain)
     path = _path(leaf, sent)
+    if verify_code is not None and x509strict.is_strict_only(verify_code):
+        return [x509strict.finding(verify_code, [c.cert for c in path], name)]
     if any(_anchored(c, stores) for c in path):
         return [] if explained else [
             "the chain did not verify for a reason this check cannot name (signature, key usage or policy): run "

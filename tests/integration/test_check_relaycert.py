@@ -8,6 +8,7 @@ import ipaddress
 import shutil
 import ssl
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,10 @@ def _served(tmp_path: Path, name: str, key: Any, *certs: bytes) -> ssl.SSLContex
 
 
 def _leaf(issuer: pki.Issued, key: Any, *, subject: x509.Name | None = None, sans: list[x509.GeneralName] | None
-          = None, usage: tuple[x509.ObjectIdentifier, ...] = (ExtendedKeyUsageOID.SERVER_AUTH,)) -> bytes:
-    """A relay certificate (DER) for 127.0.0.1 by default, with the extended key usages `usage`."""
+          = None, usage: tuple[x509.ObjectIdentifier, ...] = (ExtendedKeyUsageOID.SERVER_AUTH,),
+          key_identifier: bool = True) -> bytes:
+    """A relay certificate (DER) for 127.0.0.1 by default, with the extended key usages `usage`, and an Authority
+    Key Identifier unless `key_identifier` is false (as a hand-made certificate may lack it)."""
     now = dt.datetime.now(UTC)
     names = sans if sans is not None else [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     builder = (x509.CertificateBuilder()
@@ -76,10 +79,10 @@ def _leaf(issuer: pki.Issued, key: Any, *, subject: x509.Name | None = None, san
                .serial_number(x509.random_serial_number())
                .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=60))
                .add_extension(x509.SubjectAlternativeName(names), critical=False)
-               .add_extension(x509.ExtendedKeyUsage(list(usage)), critical=False)
-               # RFC 5280 §4.2.1.1: what every CA writes, and what Python 3.13's strict verification requires
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
-                              critical=False))
+               .add_extension(x509.ExtendedKeyUsage(list(usage)), critical=False))
+    if key_identifier:  # RFC 5280 §4.2.1.1: what every CA writes, and what Python 3.13's strict verification requires
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
     return builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
@@ -264,3 +267,30 @@ def test_a_hostile_relay_certificate_is_reported_as_bounded_printable_text(
     if kind == "many SANs":
         assert human.stdout.count("and 298 more") == 2, human.stdout  # the certificate line and the problem
     assert all(line.isprintable() for line in human.stdout.splitlines())
+
+
+# ------------------------------------------------------------------------------- Python 3.13's strict verification
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="ssl.create_default_context sets VERIFY_X509_STRICT from "
+                    "Python 3.13 on; before, this certificate verifies (tests/unit/test_x509strict.py produces the "
+                    "same refusal on every Python by setting the flag itself)")
+def test_a_relay_certificate_refused_only_by_strict_verification_is_explained(
+        denv: DeployEnv, relay_factory: Callable[..., Any], tmp_path: Path) -> None:
+    """A relay leaf without an Authority Key Identifier, from a CA in tls_ca_file: Python 3.13 refuses it
+    ("Missing Authority Key Identifier"); check says that certificate must be reissued with one, and why."""
+    root = pki.make_ca("relaycert-test strict root")
+    key = pki.new_key("ec")
+    relay = relay_factory("starttls", tls_context=_served(tmp_path, "no-akid", key, _leaf(root, key,
+                                                                                      key_identifier=False)))
+    denv.write_config({"relay": _target(relay.port, pki.write_pem(tmp_path / "root.pem", root))})
+
+    run = denv.run("check", "--json")
+
+    doc = run.target("relay")
+    assert doc["verdict"] == "failed" and "Missing Authority Key Identifier" in doc["detail"], doc
+    problems = doc["certificate"]["problems"]
+    assert problems and problems[0].startswith(
+        "the relay's certificate must be reissued with an Authority Key Identifier"), problems
+    assert "Python 3.13" in problems[0] and not any("cannot name" in p for p in problems), problems
+    assert relay.messages == []
