@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
-from support import pki
+from support import memtls, pki
 
 from certbot_smtp_dist._internal import anchors, classify, relaycert, x509strict
 from certbot_smtp_dist.model import Phase
@@ -50,31 +50,14 @@ def _leaf(issuer: pki.Issued, *, key_identifier: bool = True) -> pki.Issued:
 
 
 def _handshake(tmp_path: Path, root: pki.Issued, leaf: pki.Issued, strict: bool) -> ssl.SSLError | None:
-    """A TLS handshake in memory (OpenSSL on both ends, no socket): the client's refusal, or None if it verified."""
+    """The client's refusal of `leaf` in an in-memory handshake, or None if it verified."""
     pki.write_pem(tmp_path / "leaf.pem", leaf)
     pki.write_private(tmp_path / "leaf.key", leaf.key_pem())
     server = pki.server_context(tmp_path / "leaf.pem", tmp_path / "leaf.key")
     client = ssl.create_default_context(cafile=str(pki.write_pem(tmp_path / "root.pem", root)))
     client.verify_flags = (client.verify_flags | ssl.VERIFY_X509_STRICT) if strict else (
         client.verify_flags & ~ssl.VERIFY_X509_STRICT)  # the latter: as before Python 3.13
-    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls_client = client.wrap_bio(c_in, c_out, server_hostname=HOST)
-    tls_server = server.wrap_bio(s_in, s_out, server_side=True)
-    for _ in range(10):  # a TLS 1.3 handshake takes two flights each way
-        try:
-            tls_client.do_handshake()
-            return None
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLError as exc:
-            return exc
-        s_in.write(c_out.read())
-        try:
-            tls_server.do_handshake()
-        except ssl.SSLError:
-            pass
-        c_in.write(s_out.read())
-    raise AssertionError("the in-memory handshake did not finish")
+    return memtls.handshake(server, client, HOST)
 
 
 def _der(issued: pki.Issued) -> bytes:
