@@ -39,8 +39,9 @@ _HASH_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 @dataclass(frozen=True, slots=True)
 class Store:
     """Where anchors are looked up: hashed directories (`capaths`, in order), a bundle (`cafile`), or both; `label`
-    names it in findings ("the system trust store", "--ca-file F"). Without `thorough` (the deploy path) a name missing from
-    a hashed directory is not searched for again in the bundle, which on Debian holds the same anchors."""
+    names it in findings ("the system trust store", "--ca-file F"). Without `thorough` (the deploy path) a name
+    missing from the hashed directories is not searched for again in the bundle, which on Debian holds the same
+    anchors."""
 
     label: str
     capaths: tuple[Path, ...] = ()
@@ -64,8 +65,9 @@ class Store:
                 yield x509.load_der_x509_certificate(blob)
 
     def _hashed(self, canon: bytes) -> Iterator[bytes]:
-        """The certificates in the files named by `canon`'s hash, from the first directory holding one whose
-        subject is `canon`: OpenSSL's by_dir.c (get_cert_by_subject) reads the next directory only on a miss."""
+        """The certificates in the files named by `canon`'s hash, directory by directory until one holds a
+        certificate whose subject is `canon`: OpenSSL's by_dir.c (get_cert_by_subject) reads the next directory
+        only on a miss."""
         digest = hashlib.sha1(canon, usedforsecurity=False).digest()
         stem = f"{int.from_bytes(digest[:4], 'little'):08x}"
         for directory in self.capaths[:MAX_CERT_DIRS]:

@@ -73,8 +73,8 @@ def diagnose(leaf_der: bytes, chain: Sequence[bytes], stores: Sequence[Store], h
     name not in the SANs (RFC 6125 §6.4), self-signed, or an issuer that is no trust anchor in `stores` (the
     system store, then `tls_ca_file`: anchors.Store, which finds what OpenSSL finds in a hashed directory too)
     and was not sent (a missing intermediate), or, told by OpenSSL's `verify_code` of the refusal, what only the
-    strict RFC 5280 checks of Python 3.13 and later refuse (x509strict). Names and extensions a hostile relay made undecodable are reported
-    as such, never raised. None when the bytes are no certificate."""
+    strict RFC 5280 checks of Python 3.13 and later refuse (x509strict). Names and extensions a hostile relay
+    made undecodable are reported as such, never raised. None when the bytes are no certificate."""
     from cryptography import x509
 
     try:
