@@ -91,6 +91,8 @@ def exactly(t: Target, payload: Payload, message_id: str, seed: int, parts: rend
             findings: tuple[Finding, ...] = FINDINGS, envelope_to: tuple[str, ...] | None = None) -> bytes:
     """The message rendered with a boundary drawn from `seed`: the same one both ways."""
     drawn, render.boundary = render.boundary, lambda: f"=_{seed:032x}"  # type: ignore[assignment]
+    if parts is not None:
+        parts.boundary = render.boundary()
     try:
         random.seed(seed)  # what the email package draws its own boundary from (render._delimits' fallback)
         return render.render(t, FACTS, payload, message_id, NOW, envelope_to, findings, parts).data
@@ -165,6 +167,11 @@ def test_the_boundary_is_ours_and_delimits_the_parts_only() -> None:
     assert message.data.count(mark.encode()) == 1 + 4  # the Content-Type parameter, 3 parts' delimiters, the close
     assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "application/x-pem-file",
                                                                    "application/octet-stream"]
+    run = render.PartCache()  # one boundary a run (the Content-Type parsed once), another the next run
+    marks = [email.message_from_bytes(render.render(target(n), FACTS, payload, f"<{n}@example.com>", NOW,
+                                                    parts=p).data).get_boundary()
+             for n, p in (("a", run), ("b", run), ("c", render.PartCache()))]
+    assert marks[0] == marks[1] == run.boundary != marks[2]
 
 
 def test_a_boundary_met_in_the_content_gives_way_to_the_email_packages_own(monkeypatch: pytest.MonkeyPatch) -> None:
