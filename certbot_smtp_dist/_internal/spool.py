@@ -16,7 +16,7 @@ import hmac
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -92,9 +92,18 @@ class Entry:
                              name=s.get("name"), lineage_dir=path("lineage_dir"))
 
     def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
+        """The fields as JSON values, in containers of their own (what they hold is JSON scalars, as written).
+        Field by field, not dataclasses.asdict: that deep-copies every value, a third of writing an entry ahead
+        (~0.1 ms each, issue 16's fan-out)."""
+        doc = {name: getattr(self, name) for name in _FIELDS}
         doc["envelope_to"] = list(self.envelope_to)
+        doc["source"] = dict(self.source)
+        if self.last_failure is not None:
+            doc["last_failure"] = dict(self.last_failure)
         return doc
+
+
+_FIELDS = tuple(f.name for f in fields(Entry))
 
 
 def encode(entry: Entry, key: bytes) -> bytes:

@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
+
 from certbot_smtp_dist._internal import render
 from certbot_smtp_dist._internal.config import parse_settings
 from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
@@ -87,8 +89,15 @@ VARIED = (
 
 def exactly(t: Target, payload: Payload, message_id: str, seed: int, parts: render.PartCache | None,
             findings: tuple[Finding, ...] = FINDINGS, envelope_to: tuple[str, ...] | None = None) -> bytes:
-    random.seed(seed)  # the email package draws the multipart boundary from `random`: the same one both ways
-    return render.render(t, FACTS, payload, message_id, NOW, envelope_to, findings, parts).data
+    """The message rendered with a boundary drawn from `seed`: the same one both ways."""
+    drawn, render.boundary = render.boundary, lambda: f"=_{seed:032x}"  # type: ignore[assignment]
+    if parts is not None:
+        parts.boundary = render.boundary()
+    try:
+        random.seed(seed)  # what the email package draws its own boundary from (render._delimits' fallback)
+        return render.render(t, FACTS, payload, message_id, NOW, envelope_to, findings, parts).data
+    finally:
+        render.boundary = drawn  # type: ignore[assignment]
 
 
 def test_shared_render_work_gives_every_target_the_bytes_rendering_it_alone_gives() -> None:
@@ -145,3 +154,52 @@ def test_what_each_message_has_of_its_own_is_not_kept_for_the_run() -> None:
         assert parts.policy.memory is not None
         held.append(sum(1 for key in parts.policy.memory if key[0] == "held"))
     assert held[0] == held[1] > 0, held
+
+
+def test_the_boundary_is_ours_and_delimits_the_parts_only() -> None:
+    """Rendering picks the multipart boundary itself ("=_" and 128 random bits: render.boundary), so the email
+    package's generator does not search the text for its own; it occurs as the delimiter lines and nowhere else."""
+    payload = Payload("pem", (CHAIN, KEY))
+    message = render.render(target("a"), FACTS, payload, "<id@example.com>", NOW, parts=render.PartCache())
+    parsed = email.message_from_bytes(message.data, policy=email.policy.default)
+    mark = parsed.get_boundary()
+    assert mark is not None and re.fullmatch(r"=_[0-9a-f]{32}", mark), mark
+    assert message.data.count(mark.encode()) == 1 + 4  # the Content-Type parameter, 3 parts' delimiters, the close
+    assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "application/x-pem-file",
+                                                                   "application/octet-stream"]
+    run = render.PartCache()  # one boundary a run (the Content-Type parsed once), another the next run
+    marks = [email.message_from_bytes(render.render(target(n), FACTS, payload, f"<{n}@example.com>", NOW,
+                                                    parts=p).data).get_boundary()
+             for n, p in (("a", run), ("b", run), ("c", render.PartCache()))]
+    assert marks[0] == marks[1] == run.boundary != marks[2]
+
+
+def test_a_boundary_met_in_the_content_gives_way_to_the_email_packages_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never seen with our boundary (see render.boundary), so forced here: a text part that is quoted-printable (a
+    non-ASCII name) turns the RFC 3676 signature line "-- " into "--=20", a delimiter line for the boundary "=20".
+    The message is then rendered again with the email package's own boundary (searched for in the text), and
+    every part reads back whole."""
+    facts = CertificateFacts("n", "zoë.example", ("zoë.example",), "CN=x", NOW, NOW, "1", "00")
+    payload = Payload("pem", (CHAIN,))
+    monkeypatch.setattr(render, "boundary", lambda: "=20")
+    for parts in (None, render.PartCache()):
+        data = render.render(target("a"), facts, payload, "<id@example.com>", NOW, parts=parts).data
+        assert b"\r\n--=20\r\n" in data  # the signature line, in the text part
+        parsed = email.message_from_bytes(data, policy=email.policy.default)
+        assert parsed.get_boundary() not in (None, "=20")
+        text, attached = list(parsed.iter_parts())
+        assert text.get_content().replace("\r\n", "\n").endswith('\n-- \ncertbot-smtp-dist, for target "a"\n')
+        assert attached.get_payload(decode=True) == CHAIN.data
+
+
+def test_the_runs_header_registry_makes_each_header_class_once() -> None:
+    """HeaderRegistry makes a new class per header set; the run's registry makes one per name (any case) and
+    forgets it when the name is mapped to another class, as HeaderRegistry.map_to_type is documented to do."""
+    from email.headerregistry import UnstructuredHeader
+
+    registry = render.PartCache().policy.header_factory
+    assert registry["To"] is registry["to"] is registry["TO"]
+    assert registry["To"] is not registry["Cc"] and issubclass(registry["To"], email.headerregistry.AddressHeader)
+    registry.map_to_type("to", UnstructuredHeader)
+    assert issubclass(registry["To"], UnstructuredHeader)
+    assert email.policy.SMTP.header_factory["To"] is not email.policy.SMTP.header_factory["To"]  # the stock one
