@@ -217,7 +217,7 @@ class Shipment:
         return tuple(r.target for r in self.report.results if not r.ok)
 
     def uncertain_targets(self) -> tuple[str, ...]:
-        """Targets whose relay may have the message although its final reply was lost."""
+        """Targets whose relay may have the message although its final reply was lost (or contradicted itself)."""
         if self.report is None:
             return ()
         return tuple(r.target for r in self.report.results if r.status is Status.UNCERTAIN)
@@ -314,7 +314,7 @@ def renewal_failure_message(shipment: Shipment) -> str:
     unsure = shipment.uncertain_targets()
     if unsure:  # RFC 1047: a hand-made re-send on top of retry's one would make a third copy
         lines.append(f"Target(s) {', '.join(unsure)} may have it already (the relay's reply to the end of the message "
-                     "was lost): check with their recipients before sending it again by hand.")
+                     "was lost, or contradicted itself): check with their recipients before sending it again by hand.")
     lines.append(f"Once the cause is fixed, to send it at once: {shipment.resend_command()}")
     return "\n".join(lines)
 

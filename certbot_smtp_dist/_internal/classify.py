@@ -197,10 +197,30 @@ def _is_too_long(exc: BaseException) -> bool:
             and int(getattr(exc, "code", 0) or 0) in (-1, 500))
 
 
-def _lost_final_reply(why: str) -> Failure:
+def contradictory_final_reply(codes: Sequence[int], code: int, text: str) -> Failure | None:
+    """The failure of a reply to the final "." of DATA that both takes the message and does not; None for any
+    other reply. `codes`: those its lines began with, read off the wire (`code_of_lines`' input); `code` and `text`:
+    the reply as read, its code the one `code_of_lines` classed it by (never less severe than aiosmtplib's).
+
+    RFC 5321 §4.2.1 wants the same code on every line. When one line is a 2yz (§4.1.1.4: the relay has taken the
+    message and is responsible for it) and the reply is classed by a 4yz, a 5yz or no valid code at all, which
+    line the relay meant cannot be known: it may have queued the message, exactly as when its reply is lost (RFC
+    1047). So it is a lost reply (`uncertain`: not re-sent in this run, once by `retry`): classed by its most
+    severe line, as every other reply is, a `451-` line would have the message re-sent at once (a copy per
+    attempt from a relay that queued it), a `550-` line would report as refused a message the recipients may have.
+    Every other command keeps that severity rule: nothing is handed over before the final "."."""
+    success = next((c for c in codes if c // 100 == 2), None)
+    if success is None or code // 100 == 2:
+        return None
+    # The relay's text last, as in every reply's failure: cutting it to scrub.MAX_TEXT keeps what this means.
+    return _lost_final_reply(f"contradictory reply to the final \".\" (lines {success} and {code}; RFC 5321 §4.2.1 "
+                             "wants one code)", said=_clean(text), smtp_code=code)
+
+
+def _lost_final_reply(why: str, said: str = "", smtp_code: int | None = None) -> Failure:
     return Failure(ErrorCode.SMTP_TRANSIENT, Phase.DATA,
-                   f"{why}; the relay may have accepted the message, so it is not re-sent in this run",
-                   maybe_delivered=True)
+                   f"{why}; the relay may have accepted the message, so it is not re-sent in this run"
+                   + (f"; it said: {said}" if said else ""), smtp_code=smtp_code, maybe_delivered=True)
 
 
 def _response(exc: BaseException, phase: Phase, connected: bool) -> Failure:

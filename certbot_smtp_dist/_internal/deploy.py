@@ -117,21 +117,31 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
     held = _held_back(request, ledger, wanted, artefact.facts, now)
     try:
         results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started, held)
-    finally:  # interrupted too (Ctrl-C, exit 130): its write-ahead entries are spooled, and `retry` sends them
-        _refresh_metrics(request, ledger, loaded)
+    except BaseException as exc:  # interrupted too (Ctrl-C, exit 130): its write-ahead entries are spooled, and
+        _refresh_metrics(request, ledger, loaded, unwinding=exc)  # `retry` sends them
+        raise
+    _refresh_metrics(request, ledger, loaded)
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
                         state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
 
 
-def _refresh_metrics(request: DeployRequest, ledger: Ledger | None, loaded: loader.Loaded) -> None:
+def _refresh_metrics(request: DeployRequest, ledger: Ledger | None, loaded: loader.Loaded,
+                     unwinding: BaseException | None = None) -> None:
     """Rewrite `metrics_textfile` after whatever this run recorded (deliveries, or a certificate or credentials it
-    could not use), with the settings and keys it loaded and checked already: nothing is read again."""
+    could not use), with the settings and keys it loaded and checked already: nothing is read again. `unwinding`:
+    the exception ending the run (Ctrl-C): a failure here is logged, never raised in its place."""
     if ledger and request.refresh_metrics and loaded.settings.metrics_textfile is not None:
         from certbot_smtp_dist._internal.textfile import refresh
 
-        refresh(ledger.state_dir, ledger.keys, loaded.settings)
+        try:
+            refresh(ledger.state_dir, ledger.keys, loaded.settings)
+        except Exception as exc:
+            if unwinding is None:
+                raise
+            log.error("metrics file not refreshed after the run ended by %s: %s", type(unwinding).__name__,
+                      type(exc).__name__)
 
 
 def _open_state(request: DeployRequest, now: datetime, keys: StateKeys | None) -> tuple[Ledger | None, bool]:

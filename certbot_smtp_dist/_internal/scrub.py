@@ -3,8 +3,8 @@
 A relay's reply ends up in output, logs, the journal and the spool, which more people read than the credential
 store. Each secret is looked for as written and in any letter case (non-ASCII letters too); its UTF-8 and UTF-16
 bytes as hex and as base64 at each of the three byte alignments they can have inside a longer blob (the SASL PLAIN
-message ``\\0user\\0pass``, RFC 4616 §2); percent-encoded, its UTF-16 bytes too; and split across the lines of a
-multi-line reply.
+message ``\\0user\\0pass``, RFC 4616 §2); percent-encoded, its UTF-16 bytes too (read back as UTF-16 text, in
+any letter case); and split across the lines of a multi-line reply.
 Masking a short secret would itself reveal it (every "5" masked in "535 5.7.8" tells which character the password
 is), so while any secret of the run is under `MIN_SECRET` characters the relay's text is withheld instead.
 """
@@ -14,8 +14,9 @@ from __future__ import annotations
 import base64
 import functools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import overload
 
 from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist.model import Failure, Reply, Secret
@@ -44,13 +45,25 @@ class _View:
     Folding is per character (str.casefold), non-ASCII letters included: "Ä" and "ä" read alike, "ß" as "ss"."""
 
     data: bytes
-    spans: tuple[tuple[int, int], ...]
+    spans: Sequence[tuple[int, int]]
 
     @classmethod
     def of(cls, text: str) -> _View:
+        return cls._encoded(text, _fold_char, str.lower)
+
+    @classmethod
+    def raw(cls, text: str) -> _View:
+        """Text as its UTF-8 bytes, unfolded: where percent-encoding leaves an octet as a literal character ("A" in
+        "%D8A%00"), folding would change the octet, and with it the UTF-16 code unit it is half of."""
+        return cls._encoded(text, _utf8_char, str)
+
+    @classmethod
+    def _encoded(cls, text: str, each: Callable[[str], bytes], ascii_text: Callable[[str], str]) -> _View:
+        if text.isascii():  # one byte a character: no loop in Python (most relay text)
+            return cls(ascii_text(text).encode("ascii"), tuple(zip(range(len(text)), range(1, len(text) + 1), strict=True)))
         data, spans = bytearray(), list[tuple[int, int]]()
         for i, char in enumerate(text):
-            encoded = _fold_char(char)
+            encoded = each(char)
             data += encoded
             spans += [(i, i + 1)] * len(encoded)
         return cls(bytes(data), tuple(spans))
@@ -73,11 +86,14 @@ class _View:
 
     def joined(self) -> _View:
         """Without line joints and spaces, so a secret split across reply lines is whole again."""
-        keep = [True] * len(self.data)
-        for match in _JOINT_RE.finditer(self.data):
-            keep[match.start():match.end()] = [False] * (match.end() - match.start())
-        return _View(bytes(b for b, k in zip(self.data, keep, strict=True) if k),
-                     tuple(s for s, k in zip(self.spans, keep, strict=True) if k))
+        data, spans, pos = bytearray(), list[tuple[int, int]](), 0
+        for match in _JOINT_RE.finditer(self.data):  # a slice per joint, not a step per byte
+            data += self.data[pos:match.start()]
+            spans += self.spans[pos:match.start()]
+            pos = match.end()
+        data += self.data[pos:]
+        spans += self.spans[pos:]
+        return _View(bytes(data), tuple(spans))
 
     def percent(self) -> _View:
         """With percent-encoding undone (either case of hex digit): the bytes as they are, not yet read as text
@@ -98,9 +114,24 @@ class _View:
         """Read as UTF-8 text, folded as `of` folds it."""
         return _View.folded(self.data, list(self.spans))
 
-    def lowered(self) -> _View:
-        """As octets (ASCII letters lowered): the UTF-16 of a secret is no UTF-8, so it cannot be read as text."""
-        return _View(self.data.lower(), self.spans)
+    def utf16(self, codec: str, skip: int) -> _View:
+        """The octets read as UTF-16 text in byte order `codec` from octet `skip` on (0 or 1: a secret's code units
+        sit at either parity among other octets), folded as `of` folds text, so a letter in any case reads alike
+        ("Ä" is C4 00, "ä" E4 00 in UTF-16LE: not ASCII's case bit). A surrogate pair is one character, a lone
+        surrogate stands as it is."""
+        text = self.data[skip:skip + (len(self.data) - skip) // 2 * 2].decode(codec, "surrogatepass")
+        source = self.spans
+
+        def spans() -> tuple[tuple[int, int], ...]:
+            out, at = list[tuple[int, int]](), skip
+            for char in text:
+                size = 4 if ord(char) > 0xFFFF else 2
+                out += [(source[at][0], source[at + size - 1][1])] * len(_fold_char(char))
+                at += size
+            return tuple(out)
+
+        # str.casefold folds each character by itself (Unicode's CaseFolding.txt), as _fold_char does one by one.
+        return _View(text.casefold().encode("utf-8", "surrogatepass"), _Deferred(spans))
 
     def find(self, needle: bytes) -> Iterable[tuple[int, int]]:
         """The character span of every (also overlapping) occurrence of `needle`."""
@@ -118,22 +149,67 @@ def _fold_char(char: str) -> bytes:
     return char.casefold().encode("utf-8", "surrogatepass")
 
 
+def _utf8_char(char: str) -> bytes:
+    return char.encode("utf-8", "surrogatepass")
+
+
+class _Deferred(Sequence[tuple[int, int]]):
+    """Spans made on first use. A UTF-16 reading is searched, never read further, and only a match (a relay echoing
+    a secret: rare) needs its spans; making them costs a loop over every character of the text."""
+
+    def __init__(self, make: Callable[[], tuple[tuple[int, int], ...]]) -> None:
+        self._make = make
+        self._made: tuple[tuple[int, int], ...] | None = None
+
+    def _spans(self) -> tuple[tuple[int, int], ...]:
+        if self._made is None:
+            self._made = self._make()
+        return self._made
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, int]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[int, int]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[int, int] | Sequence[tuple[int, int]]:
+        return self._spans()[index]
+
+    def __len__(self) -> int:
+        return len(self._spans())
+
+
 # The views a secret is looked for in: as written, joined, percent-decoded, and both in either order (decoding can
 # make new spaces, so joining comes last).
 _VIEWS: tuple[tuple[Callable[[_View], _View], ...], ...] = (
     (), (_View.joined,), (_View.percent, _View.fold), (_View.percent, _View.fold, _View.joined),
     (_View.joined, _View.percent, _View.fold, _View.joined),
 )
-# The views the UTF-16 bytes of a secret (either byte order) are looked for in, percent-encoded (RFC 3986 §2.1
-# encodes octets, whatever they spell): decoded to octets, as written and joined across reply lines first.
-_OCTET_VIEWS: tuple[tuple[Callable[[_View], _View], ...], ...] = (
-    (_View.percent, _View.lowered), (_View.joined, _View.percent, _View.lowered),
-)
+_UTF16 = ("utf-16-le", "utf-16-be")
 
 
-def utf16_octets(secret: str) -> list[bytes]:
-    """The UTF-16 bytes of `secret` in either byte order, ASCII letters lowered as `_View.lowered` lowers them."""
-    return [secret.encode(codec, "surrogatepass").lower() for codec in ("utf-16-le", "utf-16-be")]
+def _reading(codec: str, skip: int) -> Callable[[_View], _View]:
+    def read(view: _View) -> _View:
+        return view.utf16(codec, skip)
+    return read
+
+
+# The UTF-16 readings of octets: each byte order at each parity, one function each (a view is made once per run of
+# steps, keyed by the steps themselves).
+_UTF16_READINGS = {(codec, skip): _reading(codec, skip) for codec in _UTF16 for skip in (0, 1)}
+# The views the UTF-16 of a secret (either byte order) is looked for in, percent-encoded (RFC 3986 §2.1 encodes
+# octets, whatever they spell): decoded to octets, as written and joined across reply lines first, then read as
+# UTF-16 text and folded. Eight views, each one pass over the text: letter case costs no variants of the secret.
+_OCTET_VIEWS: tuple[tuple[Callable[[_View], _View], ...], ...] = tuple(
+    (*joining, _View.percent, read) for joining in ((), (_View.joined,)) for read in _UTF16_READINGS.values())
+
+
+def utf16_folded(secret: str) -> list[bytes]:
+    """The needles of `secret` in the UTF-16 readings: its UTF-16 in either byte order read back as `_View.utf16`
+    reads it (so a surrogate pair or a lone surrogate in it reads the same there), folded."""
+    needles = []
+    for codec in _UTF16:
+        raw = secret.encode(codec, "surrogatepass")
+        needles.append(_View(raw, ((0, 0),) * len(raw)).utf16(codec, 0).data)
+    return needles
 
 
 def _through(view: _View, steps: tuple[Callable[[_View], _View], ...]) -> _View:
@@ -192,23 +268,18 @@ class Scrubber:
                           for v in values for form in spellings(v)}, key=len, reverse=True))
             for steps in _VIEWS
         )
-        octets = tuple(sorted({o for v in values for o in utf16_octets(v)}, key=len, reverse=True))
+        octets = tuple(sorted({o for v in values for o in utf16_folded(v)}, key=len, reverse=True))
         short = any(len(v) < MIN_SECRET for v in values) or any(len(n) < MIN_SECRET for ns in needles for n in ns)
         return cls(needles, short, octets)
 
     def spans(self, text: str) -> list[tuple[int, int]]:
-        made: dict[tuple[Callable[[_View], _View], ...], _View] = {(): _View.of(text)}
-
-        def view(steps: tuple[Callable[[_View], _View], ...]) -> _View:
-            """Each view once: the views share their first steps (joining, percent-decoding)."""
-            if steps not in made:
-                made[steps] = steps[-1](view(steps[:-1]))
-            return made[steps]
-
+        views = _Views(_View.of(text))
         found = [span for steps, needles in zip(_VIEWS, self.needles, strict=True) if needles
-                 for needle in needles for span in view(steps).find(needle)]
-        found += [span for steps in _OCTET_VIEWS if self.octet_needles
-                  for needle in self.octet_needles for span in view(steps).find(needle)]
+                 for needle in needles for span in views.get(steps).find(needle)]
+        if self.octet_needles:  # from the text as written: its literal octets are halves of code units
+            octets = _Views(_View.raw(text))
+            found += [span for steps in _OCTET_VIEWS for needle in self.octet_needles
+                      for span in octets.get(steps).find(needle)]
         return _merged(found)
 
     def text(self, text: str) -> str:
@@ -230,6 +301,18 @@ class Scrubber:
             for start, end in reversed(spans):
                 text = text[:start] + MASK + text[end:]
         return None  # masks kept forming new matches: show nothing rather than something
+
+
+class _Views:
+    """The views of one text, each made once: they share their first steps (joining, percent-decoding)."""
+
+    def __init__(self, root: _View) -> None:
+        self._made: dict[tuple[Callable[[_View], _View], ...], _View] = {(): root}
+
+    def get(self, steps: tuple[Callable[[_View], _View], ...]) -> _View:
+        if steps not in self._made:
+            self._made[steps] = steps[-1](self.get(steps[:-1]))
+        return self._made[steps]
 
 
 def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -92,6 +92,7 @@ class _ReplyHead:
         # later ones are dropped, never the first, which are those aiosmtplib reads next).
         self.lines: dict[int, None] = {}
         self.replies: collections.deque[list[int]] = collections.deque()
+        self.read: tuple[int, ...] = ()  # the codes of the lines of the reply last read, as `lines` kept them
         self.frozen = False
         # Weak references: the wrappers live on the protocol, and strong ones back to it would make a cycle that
         # only the cyclic collector frees, in an order that defeats aiosmtplib's own care (its __del__ retrieves
@@ -124,6 +125,7 @@ class _ReplyHead:
             if self.frozen:  # the QUIT after a failure: the failed reply's codes stay for its classification
                 return response
             codes = self.replies.popleft() if self.replies else []
+            self.read = tuple(codes)
             code = classify.code_of_lines(codes, response.code)
             return response if code == response.code else type(response)(code, response.message)
 
@@ -493,6 +495,15 @@ async def _converse(
     progress.phase = Phase.RCPT
     accepted: list[str] = []
     refused: list[tuple[str, Reply]] = []
+    # A RCPT reply whose lines disagree (`550-`/`250`, `250-`/`451`) keeps the severity rule (code_of_lines): the
+    # recipient is refused, unlike the final "." (classify.contradictory_final_reply). A RCPT reply hands nothing
+    # over (RFC 5321 §4.1.1.3: it only names a recipient of the transaction; §4.1.1.4: the message is the relay's
+    # once the final "." is answered). With no recipient accepted no DATA is sent, so the refusal is the truth
+    # whatever the relay meant. With another one accepted, the message goes in this transaction, and a relay that
+    # meant the 2yz line delivers it to this recipient too, anyway; recorded refused, a 5yz is never sent again,
+    # and a 4yz is sent again to that recipient alone (§3.3, as to any deferred one): at worst a duplicate with the
+    # same Message-ID from a relay that broke §4.2.1. Read as accepted, the message would be lost without a word
+    # for a recipient the relay did refuse; read as uncertain, the whole delivery would wait on one recipient.
     for rcpt in message.envelope_to:
         try:
             await client.rcpt(rcpt)
@@ -505,7 +516,10 @@ async def _converse(
     if not accepted:
         raise _Abort(classify.refusals_failure(refused), tuple(refused))
     progress.phase = Phase.DATA
-    await _data(client, message.data, progress)
+    try:
+        await _data(client, message.data, progress)
+    except _Abort as doubt:  # a contradictory final reply: the refusals stay facts of the session
+        raise _Abort(doubt.failure, tuple(refused)) from None
     failure = classify.refusals_failure(refused) if refused else None
     progress.accepted = SessionOutcome(accepted=tuple(accepted), refused=tuple(refused), failure=failure)
     try:
@@ -618,7 +632,11 @@ async def _data(client: transcript.Transcribed, data: bytes, progress: _Progress
     protocol.write(data_lines(data))  # raises only when nothing could be handed to the connection
     progress.dot_sent = True
     final = await client.final_reply(lambda: protocol.read_response(timeout=client.timeout))
-    progress.dot_sent = False  # the relay answered: whatever it says is an answer, not a doubt
+    progress.dot_sent = False  # the relay answered: whatever it says is an answer, not a doubt...
+    head = _reply_head(progress)
+    doubt = classify.contradictory_final_reply(head.read if head is not None else (), final.code, final.message)
+    if doubt is not None:  # ...unless it says two things, one of them that it took the message
+        raise _Abort(doubt)
     if final.code != 250:
         raise aiosmtplib.SMTPDataError(final.code, final.message)
 

@@ -119,6 +119,98 @@ def test_failure_with_a_reply_or_before_the_dot_is_retried_in_the_run(denv: Depl
     assert len(server.data_ends) == (2 if "DATA_END" in script["replies"] else 1)
 
 
+# ------------------------------------------------------------------------------ a contradictory final reply
+
+
+#: Replies to the final "." whose lines disagree (RFC 5321 §4.2.1 wants one code): one line takes the message, another
+#: does not; the code the reply is classed by (its most severe line's, or what aiosmtplib read) stays its smtp_code.
+CONTRADICTORY: dict[str, tuple[str, int]] = {
+    "451-then-250": ("451-4.3.0 queue busy\n250 2.0.0 queued", 451),
+    "250-then-451": ("250-2.0.0 queued\n451 4.3.0 queue write error", 451),
+    "550-then-250": ("550-5.7.1 rejected by policy\n250 2.0.0 queued", 550),
+    "250-then-554": ("250-2.0.0 queued\n554 5.7.1 rejected", 554),
+    # aiosmtplib reads the last line's code off its first three octets; the wire scan takes a line for a reply line
+    # only with a space or "-" after the code (RFC 5321 §4.2), so it saw the 250- line alone.
+    "250-then-550-tab": ("250-2.0.0 fine\n550\t5.7.1 refused", 550),
+    "250-then-no-code": ("250-2.0.0 fine\n 55 5.7.1 refused", 55),
+}
+
+
+@pytest.mark.parametrize(("reply", "code"), CONTRADICTORY.values(), ids=CONTRADICTORY.keys())
+def test_a_contradictory_final_reply_is_uncertain_and_sent_once(denv: DeployEnv, lineage: LineagePaths,
+                                                                 fault_server, reply: str, code: int) -> None:
+    """Classed by its most severe line, a `451-`/`250` reply was retried at once (a second copy to a relay that may
+    have queued the first) and a `550-`/`250` one reported refused: the relay may have taken it, as when its reply
+    is lost."""
+    server = fault_server(replies={"DATA_END": reply})
+    run, t = deploy(denv, lineage, server)
+    assert run.returncode == EX_TEMPFAIL, run.stderr
+    assert (t["status"], t["error_code"], t["retryable"], t["phase"]) == ("uncertain", "SMTP_TRANSIENT", True, "data")
+    assert t["smtp_code"] == code and t["enhanced_status"] is None
+    assert "contradictory reply to the final" in t["detail"] and "may have accepted" in t["detail"]
+    assert server.connections == 1 and t["attempts"] == 1 and len(server.data_ends) == 1
+    assert "relay: uncertain SMTP_TRANSIENT in data: contradictory" in run.stderr
+    assert server.wait_idle() and server.client_commands[-1] == "QUIT"  # ended politely (RFC 5321 §4.1.1.10)
+
+
+@pytest.mark.parametrize(("reply", "code"), [CONTRADICTORY["451-then-250"], CONTRADICTORY["550-then-250"]],
+                         ids=["451-then-250", "550-then-250"])
+def test_retry_resends_a_contradictory_final_reply_once(denv: DeployEnv, lineage: LineagePaths, fault_server,
+                                                        reply: str, code: int) -> None:
+    server = fault_server(replies={"DATA_END": reply})
+    _, t = deploy(denv, lineage, server)
+    [attempt] = [r for r in journal(denv) if r["event"] == "attempt"]
+    assert (attempt["outcome"], attempt["smtp_code"], attempt["message_id"]) == ("uncertain", code, t["message_id"])
+    assert "contradictory" in attempt["detail"]
+    [row] = entries(denv)
+    assert (row["state"], row["resend_due"], row["message_id"]) == ("uncertain", True, t["message_id"])
+    assert denv.run("status").returncode == 1  # WARNING: `retry` takes care of it
+
+    again = denv.run("retry", "--json")  # the relay contradicts itself again: one re-send, then a human
+    assert again.returncode == EX_TEMPFAIL and again.target("relay")["status"] == "uncertain"
+    assert server.wait_idle() and len(server.data_ends) == 2
+    [row] = entries(denv)
+    assert (row["state"], row["resend_due"]) == ("uncertain", False)
+    assert denv.run("status").returncode == 2 and denv.run("retry").returncode == 0
+    assert server.wait_idle() and len(server.data_ends) == 2  # never a third copy by itself
+    assert {message_id(m.data) for m in server.data_ends} == {t["message_id"]}
+    assert denv.run("journal", "verify").returncode == 0
+
+
+def test_a_contradictory_final_reply_keeps_the_rcpt_refusals(denv: DeployEnv, lineage: LineagePaths,
+                                                             fault_server) -> None:
+    server = fault_server(Script(rcpt_replies={"ops@example.com": "550 5.1.1 no such user"},
+                                 replies={"DATA_END": CONTRADICTORY["250-then-451"][0]}))
+    run, t = deploy(denv, lineage, server)
+    assert run.returncode == EX_TEMPFAIL and t["status"] == "uncertain"
+    assert t["refused_recipients"]["ops@example.com"]["smtp_code"] == 550
+    [copy] = server.data_ends
+    assert copy.rcpt_tos == ("pki@example.com",)
+
+
+def test_a_contradictory_final_reply_is_printable_and_bounded(denv: DeployEnv, lineage: LineagePaths,
+                                                              fault_server) -> None:
+    """Its text is the relay's, as any reply's: one printable line, cut at scrub.MAX_TEXT (400) characters."""
+    server = fault_server(replies={"DATA_END": "451-4.3.0 \x1b[31mbusy\x07 " + "y" * 3000 + "\n250 2.0.0 queued"})
+    run, t = deploy(denv, lineage, server)
+    assert t["status"] == "uncertain" and run.returncode == EX_TEMPFAIL
+    assert t["detail"].isprintable() and "\x1b" not in run.stderr and "\x07" not in run.stderr
+    assert len(t["detail"]) <= 400 and "y" * 400 not in run.stderr
+    assert t["detail"].startswith('contradictory reply to the final "." (lines 250 and 451;')
+    assert "the relay may have accepted the message" in t["detail"] and "4.3.0 ?[31mbusy? y" in t["detail"]
+
+
+def test_a_contradictory_rcpt_reply_keeps_the_severity_rule(denv: DeployEnv, lineage: LineagePaths,
+                                                            fault_server) -> None:
+    """transport._converse: a RCPT reply hands nothing over, so its most severe line decides; the recipient is
+    deferred, the other has the message, and only the deferred one is sent it again."""
+    server = fault_server(Script(rcpt_replies={"ops@example.com": "250-2.1.5 ok\n451 4.2.1 later"},
+                                 faulty_connections=1))
+    _, t = deploy(denv, lineage, server)
+    assert (t["status"], t["error_code"], t["attempts"]) == ("delivered", None, 2), t["detail"]
+    assert [m.rcpt_tos for m in server.data_ends] == [("pki@example.com",), ("ops@example.com",)]
+
+
 # ------------------------------------------------------------------------------ spool, retry, status, journal
 
 

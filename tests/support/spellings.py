@@ -40,6 +40,9 @@ def encodings(secret: str) -> dict[str, str]:
         "utf16le-percent": urllib.parse.quote(secret.encode("utf-16-le"), safe=""),
         "utf16be-percent-plus": urllib.parse.quote_plus(secret.encode("utf-16-be"), safe=""),
         "utf16le-percent-all": "".join(f"%{b:02x}" for b in secret.encode("utf-16-le")),
+        # percent-encoded UTF-16 of the secret in another letter case (non-ASCII letters too: "Ä" for "ä")
+        "utf16le-percent-swapped": urllib.parse.quote(secret.swapcase().encode("utf-16-le"), safe=""),
+        "utf16be-percent-upper": urllib.parse.quote(secret.upper().encode("utf-16-be"), safe=""),
     }
 
 

@@ -138,6 +138,31 @@ def test_a_reply_whose_lines_disagree_is_classed_by_its_most_severe_code(
     assert classify.code_of_lines(codes, reported) == expected
 
 
+@pytest.mark.parametrize(("codes", "code", "uncertain"), [
+    ((451, 250), 451, True),  # code_of_lines' verdict on the wire codes: a line took the message, another did not
+    ((250, 550), 550, True),
+    ((250,), 550, True),  # a `550\t` last line aiosmtplib read, the wire scan did not
+    ((250,), 55, True),  # a last line with no valid code
+    ((250, 251), 251, False),  # lines of one class: the reply as read
+    ((250,), 250, False),
+    ((451,), 451, False),  # a refusal on every line it has: not re-sent in doubt, retried as a refusal
+    ((), 451, False),
+    ((550, 451), 550, False),
+])
+def test_a_final_reply_that_takes_the_message_and_not_is_uncertain(
+    codes: tuple[int, ...], code: int, uncertain: bool
+) -> None:
+    """RFC 5321 §4.2.1, §4.1.1.4: a reply to the final "." with a 2yz line may mean the relay has the message."""
+    failure = classify.contradictory_final_reply(codes, code, "4.3.0 busy\n2.0.0 queued")
+    if not uncertain:
+        assert failure is None
+        return
+    assert failure is not None and failure.maybe_delivered and failure.is_retryable
+    assert (failure.code, failure.phase, failure.smtp_code) == (ErrorCode.SMTP_TRANSIENT, Phase.DATA, code)
+    assert failure.detail.startswith('contradictory reply to the final "."')
+    assert failure.detail.endswith("it said: 4.3.0 busy / 2.0.0 queued")
+
+
 def test_an_enhanced_code_of_another_class_than_the_reply_is_not_taken() -> None:
     """RFC 2034 §4: the enhanced code agrees with the reply code; one that does not stays in the text."""
     r = classify.reply(550, "4.3.0 try later\n5.7.1 refused")
