@@ -231,7 +231,7 @@ class Ledger:
         then = (f"`{self._hint('retry')}` re-sends it once, with the same Message-ID" if due else
                 f"check with the recipients, then `{self._hint('retry', '--include-uncertain')}`, or "
                 f"`{self._hint('dismiss', entry.id)}`")
-        log.warning("target %s: the relay may already have %s (no reply to the final \".\"); %s",
+        log.warning("target %s: the relay may already have %s (no clear reply to the final \".\"); %s",
                     delivery.result.target, entry.message_id, then)
 
     def _failed_without_message(self, facts: CertificateFacts, delivery: Delivery) -> None:
