@@ -39,4 +39,4 @@ def count(argv: Sequence[str], env: Mapping[str, str], timeout: float = 1800) ->
 
 
 def millions(instructions: float) -> str:
-    return f"{instructions / 1e6:,.0f} M"
+    return f"{instructions / 1e6:,.{0 if instructions >= 1e8 else 1}f} M"

@@ -206,7 +206,8 @@ def s3_fanout(ctx: Context, count: int = 50) -> list[Row]:
            f"renders {count} messages, writes, fsyncs and removes {count} write-ahead entries and journals every "
            f"attempt; on the relay "
            f"delaying each reply {FANOUT_DELAY * 1000:.0f} ms the same fan-out is "
-           f"{slow['deploy'].wall_s / slow['gather'].wall_s:.2f}x the peer")
+           f"{slow['deploy'].wall_s / slow['gather'].wall_s:.2f}x the peer"
+           + (f"; counted in instructions (valgrind), {counted[0].note.removeprefix('reference: ')}" if counted else ""))
     return [
         replace(ratio_row("3", f"deploy, {count} targets / {bound}", fast["deploy"], fast["gather"],
                           Budget("<=", 1.5)), why=why),
