@@ -55,7 +55,8 @@ lint: $(STAMP)
 	  --explicit-package-bases *.py clients/*.py
 
 # Issue 16's suite against peers it starts on loopback; BENCH_ARGS="--quick" for a smoke run, "--only 3" for one
-# scenario, "--strict" to fail on an exceeded budget. Writes bench/RESULTS.md.
+# scenario, "--strict" to fail on an exceeded budget, "--instructions" to add valgrind's instruction counts to
+# scenarios 1 and 3 (reference rows). Writes bench/RESULTS.md.
 BENCH_ARGS ?=
 bench: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/suite.py $(BENCH_ARGS)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import instructions
 from bench_certbot_plugins import LAUNCHER
 from measure import MIB, BenchError, Sample, Stats, Variant, expect_exit, interleave, run_process
 from report import Budget, Row, ratio_row, skip_row
@@ -22,6 +23,7 @@ from world import (
     RECIPIENT,
     SENDER,
     USER,
+    Installation,
     World,
     child_env,
     expect_delivered,
@@ -39,6 +41,7 @@ class Context:
     runs: int
     warmup: int
     concurrency: int  # the peer's bound in scenario 3
+    instructions: bool = False  # scenarios 1 and 3 also count instructions (instructions.py): reference rows
 
 
 def _series(ctx: Context, variants: Sequence[Variant], *, warmup: int | None = None) -> dict[str, list[Sample]]:
@@ -49,6 +52,12 @@ def _client(ctx: Context, script: str, *args: object, env: dict[str, str] | None
             stdin: bytes = b"") -> Callable[[], Sample]:
     argv = ctx.world.client(script, *args)
     return lambda: run_process(argv, env or child_env(), timeout=600, stdin=stdin)
+
+
+def _counted(scenario: str, measurement: str, subject: int, peer: int, note: str = "") -> Row:
+    """A reference row of instruction counts (instructions.py): subject / peer, never judged."""
+    return Row(scenario, f"{measurement}, instructions (valgrind)", None, None, subject / peer, None,
+               f"reference: {instructions.millions(subject)} vs {instructions.millions(peer)}" + note)
 
 
 def _auth_relay(ctx: Context) -> Relay:
@@ -99,6 +108,15 @@ def cold(ctx: Context, number: str, payload: str) -> list[Row]:
         optional = {"curl --ssl-reqd": _curl(ctx, relay.port, message), "msmtp": _msmtp(ctx, relay.port, message)}
         peers += [v for v in optional.values() if v is not None]
         samples = _series(ctx, [Variant("deploy", inst.deploy, expect_delivered(["archive"])), *peers])
+        counted = {} if not ctx.instructions else {
+            "deploy": instructions.count(inst.argv("--json"), inst.env()),
+            "smtplib": instructions.count(ctx.world.client("smtp_send.py", "127.0.0.1", relay.port,
+                                                           ctx.world.pki.ca_file, message, SENDER, RECIPIENT, 1),
+                                          child_env()),
+            "floor": instructions.count(ctx.world.client("lib_floor.py", "127.0.0.1", relay.port,
+                                                         ctx.world.pki.ca_file, message, SENDER, RECIPIENT,
+                                                         ctx.world.lineage.live_dir, payload),
+                                        child_env({"BENCH_P12_PASSPHRASE": P12_PASSPHRASE}))}
     finally:
         relay.stop()
     deploy, floor, script = Stats.of(samples["deploy"]), Stats.of(samples["floor"]), Stats.of(samples["smtplib"])
@@ -113,6 +131,11 @@ def cold(ctx: Context, number: str, payload: str) -> list[Row]:
                       "reference: our own share"),
             ratio_row(number, f"the libraries' floor, {payload} / minimal smtplib script", floor, script, None,
                       "reference: what 2x must fit in")]
+    if counted:
+        rows += [_counted(number, f"{what} / minimal smtplib script", counted["deploy"], counted["smtplib"]),
+                 _counted(number, f"{what} / the libraries' floor", counted["deploy"], counted["floor"]),
+                 _counted(number, f"the libraries' floor, {payload} / minimal smtplib script", counted["floor"],
+                          counted["smtplib"])]
     for label, variant in optional.items():
         if variant is None:
             tool = label.split()[0]
@@ -138,10 +161,15 @@ def s2_cold_pkcs12(ctx: Context) -> list[Row]:
 FANOUT_DELAY = 0.01  # seconds per reply on the second relay of scenario 3
 
 
-def _fanout(ctx: Context, relay: Relay, label: str, count: int) -> dict[str, Stats]:
+def _fanout_install(ctx: Context, relay: Relay, label: str, count: int) -> Installation:
     names = [f"t{i:02d}" for i in range(1, count + 1)]
-    inst = ctx.world.install(label, {n: ctx.world.target(relay.port, timeout=LONG_TIMEOUT) for n in names},
+    return ctx.world.install(label, {n: ctx.world.target(relay.port, timeout=LONG_TIMEOUT) for n in names},
                              defaults={"connections_per_relay": ctx.concurrency})  # the peer's bound
+
+
+def _fanout(ctx: Context, relay: Relay, label: str, count: int) -> dict[str, Stats]:
+    inst = _fanout_install(ctx, relay, label, count)
+    names = list(inst.targets)
     message = inst.render()
     common = ("127.0.0.1", relay.port, ctx.world.pki.ca_file, message, SENDER, RECIPIENT, count)
     samples = _series(ctx, [
@@ -161,6 +189,7 @@ def s3_fanout(ctx: Context, count: int = 50) -> list[Row]:
     relay = _auth_relay(ctx)
     try:
         fast = _fanout(ctx, relay, "s3", count)
+        counted = _fanout_instructions(ctx, relay, count) if ctx.instructions else []
     finally:
         relay.stop()
     delaying = slow_relay(ctx.world.pki, auth=(USER, PASSWORD), delay=FANOUT_DELAY).start()
@@ -177,7 +206,8 @@ def s3_fanout(ctx: Context, count: int = 50) -> list[Row]:
            f"renders {count} messages, writes, fsyncs and removes {count} write-ahead entries and journals every "
            f"attempt; on the relay "
            f"delaying each reply {FANOUT_DELAY * 1000:.0f} ms the same fan-out is "
-           f"{slow['deploy'].wall_s / slow['gather'].wall_s:.2f}x the peer")
+           f"{slow['deploy'].wall_s / slow['gather'].wall_s:.2f}x the peer"
+           + (f"; counted in instructions (valgrind), {counted[0].note.removeprefix('reference: ')}" if counted else ""))
     return [
         replace(ratio_row("3", f"deploy, {count} targets / {bound}", fast["deploy"], fast["gather"],
                           Budget("<=", 1.5)), why=why),
@@ -185,12 +215,33 @@ def s3_fanout(ctx: Context, count: int = 50) -> list[Row]:
             fast["sequential"], fast["sequential"].wall_s / fast["deploy"].wall_s, None,
             "reference: on this relay even the peer gains "
             f"{fast['sequential'].wall_s / fast['gather'].wall_s:.2f}×"),
+        *counted,
         ratio_row("3", f"deploy, {count} targets / {bound}, {where}", slow["deploy"], slow["gather"],
                   Budget("<=", 1.5)),
         Row("3", f"{count} sequential smtplib sessions / deploy, {count} targets (speed-up), {where}",
             slow["deploy"], slow["sequential"], slow["sequential"].wall_s / slow["deploy"].wall_s,
             Budget(">=", 1.7), f"the peer gains {slow['sequential'].wall_s / slow['gather'].wall_s:.2f}×"),
     ]
+
+
+def _fanout_instructions(ctx: Context, relay: Relay, count: int) -> list[Row]:
+    """Instructions of deploy and of the gather peer for `count` targets and for one: the whole ratio, and how it
+    splits into what a run costs once (imports, config, certificate, trust store) and what each further target
+    adds (render, write-ahead, session, journal)."""
+    found: dict[tuple[str, int], int] = {}
+    for targets in (count, 1):
+        inst = _fanout_install(ctx, relay, f"s3-counted-{targets}", targets)
+        message = inst.render()
+        found["deploy", targets] = instructions.count(inst.argv("--json"), inst.env())
+        found["gather", targets] = instructions.count(ctx.world.client(
+            "aio_gather.py", "127.0.0.1", relay.port, ctx.world.pki.ca_file, message, SENDER, RECIPIENT, targets,
+            ctx.concurrency), child_env())
+    each = {who: (found[who, count] - found[who, 1]) / (count - 1) for who in ("deploy", "gather")}
+    split = (f"; one target: {instructions.millions(found['deploy', 1])} vs "
+             f"{instructions.millions(found['gather', 1])}; each further target: "
+             f"{instructions.millions(each['deploy'])} vs {instructions.millions(each['gather'])}")
+    return [_counted("3", f"deploy, {count} targets / aiosmtplib gather", found["deploy", count],
+                     found["gather", count], split)]
 
 
 # --------------------------------------------------------------------------- 4: latency

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import _paths  # noqa: F401  (tests/ on sys.path: the suite reuses tests/support)
+import instructions
 from measure import BenchError, run_process
 from report import Row, machine, table
 from scenarios import SCENARIOS, Context
@@ -65,6 +66,12 @@ are judged as absolute figures. Method, per scenario:
    against smtplib's session; each process's median session, the first left out. References: the whole `deploy`
    run per session, and bare aiosmtplib (does the library itself stall?).
 8. 1, 10, 100, 500 targets on one relay (`timeout` 120 s), no warm-up: growth of wall time and peak RSS.
+
+With `--instructions` (valgrind installed), scenarios 1 and 3 also count the instructions one run of each command
+executes (bench/instructions.py: valgrind's callgrind, PYTHONHASHSEED fixed): reference rows, "instructions
+(valgrind)", deterministic where times swing on a shared machine. They show where a ratio's difference lies (in 3,
+what a run costs once and what each further target adds); they judge nothing, an instruction not being a unit of
+time.
 """
 
 
@@ -80,6 +87,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                              "(connections_per_relay); default: deploy's own default")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"where to write the report ({RESULTS.name})")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a budget is exceeded")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count the instructions of scenarios 1 and 3's commands with valgrind (reference "
+                             "rows, deterministic on a noisy machine; a few minutes more)")
     args = parser.parse_args(argv)
     args.only = [s.strip() for item in args.only for s in item.split(",") if s.strip()] or list(SCENARIOS)
     unknown = [s for s in args.only if s not in SCENARIOS]
@@ -87,6 +97,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     if args.runs is not None and not 1 <= args.runs <= 100:
         parser.error("--runs must be 1..100")
+    if args.instructions and not instructions.available():
+        parser.error("--instructions needs valgrind on PATH (Debian: apt-get install valgrind)")
     if not 1 <= args.concurrency <= 100:
         parser.error("--concurrency must be 1..100 (connections_per_relay's range)")
     return args
@@ -112,7 +124,7 @@ def run(args: argparse.Namespace, root: Path) -> list[Row]:
         runs = args.runs or (1 if args.quick else default_runs)
         started = time.monotonic()
         print(f"scenario {name}: {runs} run(s) per variant...", file=sys.stderr, flush=True)
-        found = function(Context(world, runs, warmup, args.concurrency))
+        found = function(Context(world, runs, warmup, args.concurrency, args.instructions))
         print(f"scenario {name}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         rows += found
     return rows
