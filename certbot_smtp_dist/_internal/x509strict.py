@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from certbot_smtp_dist._internal import certext
+
 # OpenSSL's X509_V_ERR_* codes of x509_vfy.h's "Errors in case a check in X509_V_FLAG_X509_STRICT mode fails",
 # stable across OpenSSL 3 (79, X509_V_ERR_INVALID_CA, is listed there too but raised without the flag: not here).
 # Each: what the certificate must have instead, and the section requiring it.
@@ -80,10 +82,13 @@ def _culprit(verify_code: int, path: Sequence[Any]) -> Any | None:
     test = tests.get(verify_code)
     if test is None:
         return None
+    # An extension or name that does not decode is not this check's to judge: what reading them raises
+    # (certext.decode_errors: an extension twice raises DuplicateExtension, no ValueError).
+    undecodable = certext.decode_errors()
     for cert in path:
         try:
             if test(cert):
                 return cert
-        except (ValueError, TypeError):  # an extension or name that does not decode: not this check's to judge
+        except undecodable:
             continue
     return None

@@ -116,3 +116,31 @@ def test_the_other_refusals_are_not_taken_for_strict_ones(code: int, tmp_path: P
     pki.write_pem(tmp_path / "root.pem", root)
     found = relaycert.diagnose(_der(_leaf(root)), [], [_store(tmp_path)], HOST, False, NOW, code)
     assert found is not None and not any("Python 3.13" in p for p in found.problems), found
+
+
+def test_a_strict_refusal_of_a_leaf_whose_extensions_do_not_decode_is_explained_not_raised(tmp_path: Path) -> None:
+    """A hostile relay's leaf, issued by a trusted CA: no Authority Key Identifier, and an extension twice (RFC 5280
+    §4.2; an unknown OID, which OpenSSL lets pass). OpenSSL refuses it for the missing identifier (85); reading the
+    leaf's extensions raises cryptography's DuplicateExtension, no ValueError: `check` ended in a traceback."""
+    root = _ca("strict twice root")
+    first, second = (x509.ObjectIdentifier(f"1.3.6.1.4.1.55555.{n}") for n in (1, 2))
+    built = _leaf(root, key_identifier=False)
+    builder = (x509.CertificateBuilder().subject_name(built.cert.subject).issuer_name(root.cert.subject)
+               .public_key(built.key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=30))
+               .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST)]), critical=False)
+               .add_extension(x509.UnrecognizedExtension(first, b"\x05\x00"), critical=False)
+               .add_extension(x509.UnrecognizedExtension(second, b"\x05\x00"), critical=False))
+    oid = b"\x06\x09\x2b\x06\x01\x04\x01\x83\xb2\x03"  # 1.3.6.1.4.1.55555. (X.690 §8.19), then the last arc
+    twice = pki.resigned(builder.sign(root.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER),
+                         root.key, oid + b"\x02", oid + b"\x01")
+    leaf = pki.Issued(cert=x509.load_der_x509_certificate(twice), key=built.key)
+    with pytest.raises(x509.DuplicateExtension):
+        leaf.cert.extensions  # noqa: B018 (the premise)
+    refusal = _handshake(tmp_path, root, leaf, strict=True)
+    assert isinstance(refusal, ssl.SSLCertVerificationError) and refusal.verify_code == 85, refusal
+    found = relaycert.diagnose(twice, [twice, _der(root)], [_store(tmp_path)], HOST, False, NOW, 85)
+    assert found is not None and len(found.problems) == 2, found
+    assert "(1.3.6.1.4.1.55555.1) does not decode" in found.problems[0], found
+    assert found.problems[1].startswith("the relay's certificate, or a CA certificate of its chain, must be "
+                                        "reissued with an Authority Key Identifier"), found
