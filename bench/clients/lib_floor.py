@@ -8,7 +8,7 @@ cryptography's X.509 and serialization and the email package; read the lineage's
 the leaf's validity and that the key matches it; for `pkcs12`, build the bundle as payload.py does (PBES2, the same
 KDF rounds); trust the system store plus CAFILE, as a target with `tls_ca_file` does; then one STARTTLS session
 sending MESSAGE (the bytes `deploy` rendered); then it ends without the interpreter's teardown (os._exit), as
-`deploy` does (lookup.end_process). No config, no state, no journal, no diagnostics, no scrubbing, no retry: the
+`deploy` does (abandon.end_process). No config, no state, no journal, no diagnostics, no scrubbing, no retry: the
 difference between this and `deploy` is the price of those, and of our own imports.
 """
 

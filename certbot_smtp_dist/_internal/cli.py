@@ -345,10 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `status` is a monitoring check: whenever it could not look, the answer is UNKNOWN, never a guess.
     failed_status = getattr(args, "failed_status", None)
     code = failed_status if failed_status is not None and code not in (0, 1, 2, 3) else code
-    if own_process:  # ends here: no teardown, no wait for a lookup abandoned at its deadline (lookup.end_process)
-        from certbot_smtp_dist._internal import lookup
+    if own_process:  # ends here: no teardown, no wait for a lookup abandoned at its deadline (abandon.end_process)
+        from certbot_smtp_dist._internal import abandon
 
-        lookup.end_process(code)
+        abandon.end_process(code)
     return code
 
 

@@ -10,7 +10,7 @@ import re
 import socket
 import threading
 
-from certbot_smtp_dist._internal import lookup
+from certbot_smtp_dist._internal import abandon
 
 # RFC 5321 §4.1.2: Domain = sub-domain *("." sub-domain), each Let-dig [Ldh-str]; RFC 1035 §2.3.4 lengths.
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -103,7 +103,7 @@ def _lookup(name: str) -> concurrent.futures.Future[str | None]:
             canon = None
         answer.set_result(canon)
 
-    lookup.start(work, "fqdn")
+    abandon.start(work, "fqdn")
     return answer
 
 

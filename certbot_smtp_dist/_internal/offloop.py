@@ -2,8 +2,8 @@
 
 The loop's default executor would be joined when `asyncio.run` ends, so a call that never returns (a stalled
 endpoint, a hung disk) would hold the run past every deadline; a thread of its own does not. It is started by
-lookup.py, not as a daemon: an HTTPS call abandoned inside OpenSSL must not have exit-time cleanup run under its feet,
-and our own process ends without waiting for it (lookup.end_process).
+abandon.py, not as a daemon: an HTTPS call abandoned inside OpenSSL must not have exit-time cleanup run under its feet,
+and our own process ends without waiting for it (abandon.end_process).
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
-from certbot_smtp_dist._internal import lookup
+from certbot_smtp_dist._internal import abandon
 
 T = TypeVar("T")
 
 
 async def call(fn: Callable[[], T], timeout: float, name: str) -> T:
-    """`fn()` in a thread of its own (lookup.start); its result or exception, or TimeoutError after `timeout` seconds (the thread is
+    """`fn()` in a thread of its own (abandon.start); its result or exception, or TimeoutError after `timeout` seconds (the thread is
     left to finish on its own, its result dropped)."""
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[T] = loop.create_future()
@@ -41,7 +41,7 @@ async def call(fn: Callable[[], T], timeout: float, name: str) -> T:
         with contextlib.suppress(RuntimeError):  # the loop may be closed by now
             loop.call_soon_threadsafe(settle, result, error)
 
-    lookup.start(work, name)
+    abandon.start(work, name)
     try:
         return await asyncio.wait_for(answer, timeout=max(timeout, 0.001))
     except asyncio.TimeoutError as exc:  # a distinct class before Python 3.11

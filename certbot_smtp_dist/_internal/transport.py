@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from certbot_smtp_dist._internal import (
+    abandon,
     classify,
     greeting,
-    lookup,
     offloop,
     portprobe,
     scrub,
@@ -240,11 +240,11 @@ class TlsContexts:
                 except (OSError, ssl.SSLError, ValueError):
                     continue
 
-        # Not a daemon (lookup.start): a daemon thread was still inside OpenSSL when a run ended before its first
+        # Not a daemon (abandon.start): a daemon thread was still inside OpenSSL when a run ended before its first
         # connection (an unusable certificate), and OpenSSL's cleanup at exit crashed the process (SIGSEGV instead of
         # the run's exit status). A host interpreter (certbot) waits for it; our own process ends without the
-        # teardown and without waiting (lookup.end_process): nobody wants the store any more.
-        cls._loading = lookup.start(build, "certbot-smtp-dist-trust")
+        # teardown and without waiting (abandon.end_process): nobody wants the store any more.
+        cls._loading = abandon.start(build, "certbot-smtp-dist-trust")
 
     def get(self, target: Target) -> ssl.SSLContext | None:
         if target.tls_mode is TlsMode.PLAINTEXT:
@@ -753,7 +753,7 @@ async def _bearer(client: Any, target: Target, token: str) -> Any:
 
 
 async def _resolve(host: str, port: int) -> list[Any]:
-    """getaddrinfo in a thread of its own (`lookup`: not a daemon, never waited for by our own process's exit).
+    """getaddrinfo in a thread of its own (`abandon.start`: not a daemon, never waited for by our own process's exit).
 
     The event loop's executor would be joined when `asyncio.run` ends, so a resolver that never answers would
     hold the process past every deadline. Literal addresses need no thread.
@@ -785,7 +785,7 @@ async def _resolve(host: str, port: int) -> list[Any]:
         with contextlib.suppress(RuntimeError):  # the loop may be closed by now
             loop.call_soon_threadsafe(settle, result, error)
 
-    lookup.start(work, f"resolve-{name}")
+    abandon.start(work, f"resolve-{name}")
     return await answer
 
 

@@ -156,7 +156,7 @@ def test_a_hosting_interpreter_exits_only_after_the_lookups_it_abandoned(tmp_pat
     assert "LEFT []" in lines, proc.stdout
 
 
-# Every command that dials a relay, in turn, with the resolver still busy when each run ends (lookup.end_process
+# Every command that dials a relay, in turn, with the resolver still busy when each run ends (abandon.end_process
 # ends the process with os._exit): what each wrote (stdout, the spool, the journal, the metrics file) is read back.
 COMMANDS_PY = textwrap.dedent("""\
     import json, os, socket, subprocess, sys, threading, time
@@ -225,10 +225,10 @@ def test_every_command_ended_by_end_process_keeps_its_output_state_and_status(
 PLUGIN_PY = textwrap.dedent("""\
     import os, sys, threading
     from pathlib import Path
-    from certbot_smtp_dist._internal import certbot_adapter, cli, lookup
+    from certbot_smtp_dist._internal import abandon, certbot_adapter, cli
     from certbot_smtp_dist.model import LineageSource
     stuck = threading.Event()
-    lookup.start(lambda: stuck.wait(3), "resolve-stuck")  # a lookup still under way when the run ends
+    abandon.start(lambda: stuck.wait(3), "resolve-stuck")  # a lookup still under way when the run ends
     live = Path(os.environ["LIVE"])
     options = certbot_adapter.Options(Path(os.environ["CERTBOT_SMTP_DIST_CONFIG"]), (),
                                       Path(os.environ["CERTBOT_SMTP_DIST_STATE_DIR"]))
@@ -244,7 +244,7 @@ PLUGIN_PY = textwrap.dedent("""\
 
 def test_the_certbot_plugin_path_and_a_hosted_main_never_end_the_process(
         denv: DeployEnv, lineage: LineagePaths, tmp_path: Path, unused_port: int) -> None:
-    """lookup.end_process is for the command's own process only: certbot's (the plugin), or any caller of main()
+    """abandon.end_process is for the command's own process only: certbot's (the plugin), or any caller of main()
     with its own argv, goes on after the run, with a lookup still under way, and exits as it chooses."""
     import certbot_smtp_dist
 

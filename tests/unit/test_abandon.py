@@ -1,4 +1,5 @@
-"""Lookup threads are no daemons, and our own process ends without waiting for one abandoned at its deadline."""
+"""Threads a waiter may abandon (lookups, off-loop calls) are no daemons, and our own process ends without waiting
+for one abandoned at its deadline (abandon.py)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ import threading
 from pathlib import Path
 
 import certbot_smtp_dist
-from certbot_smtp_dist._internal import lookup
+from certbot_smtp_dist._internal import abandon
 
 # A lookup that never answers (a resolver that swallows every query), then the end of a run.
 STUCK = textwrap.dedent("""\
     import sys, threading
-    from certbot_smtp_dist._internal import lookup
+    from certbot_smtp_dist._internal import abandon
     never = threading.Event()
-    lookup.start(never.wait, "resolve-stuck")
+    abandon.start(never.wait, "resolve-stuck")
     print("run over", flush=False)   # still buffered: end_process flushes it
-    lookup.end_process(int(sys.argv[1]))
+    abandon.end_process(int(sys.argv[1]))
     print("not reached")
 """)
 
@@ -31,13 +32,13 @@ def _python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_a_lookup_thread_is_no_daemon_and_counts_as_under_way_until_it_returns() -> None:
     release = threading.Event()
-    thread = lookup.start(release.wait, "resolve-test")
+    thread = abandon.start(release.wait, "resolve-test")
     try:
-        assert not thread.daemon and thread in lookup.under_way()
+        assert not thread.daemon and thread in abandon.under_way()
     finally:
         release.set()
         thread.join(10)
-    assert not thread.is_alive() and thread not in lookup.under_way()
+    assert not thread.is_alive() and thread not in abandon.under_way()
 
 
 def test_our_process_ends_with_its_exit_status_without_waiting_for_an_abandoned_lookup() -> None:
@@ -49,11 +50,11 @@ def test_our_process_ends_with_its_exit_status_without_waiting_for_an_abandoned_
 # An extension's own thread and exit handler: both are what a usual exit would honour.
 THEIRS = textwrap.dedent("""\
     import atexit, sys, threading, time
-    from certbot_smtp_dist._internal import lookup
+    from certbot_smtp_dist._internal import abandon
     atexit.register(lambda: print("exit handler ran", flush=False))
     threading.Thread(target=lambda: (time.sleep(0.2), print("their thread finished", flush=False))).start()
     print("run over", flush=False)
-    lookup.end_process(int(sys.argv[1]))
+    abandon.end_process(int(sys.argv[1]))
     print("not reached")
 """)
 
@@ -68,7 +69,7 @@ def test_our_process_ends_after_their_threads_and_exit_handlers_without_the_tear
 
 
 def test_a_call_run_off_the_loop_and_abandoned_at_its_deadline_is_no_daemon_and_counts_as_under_way() -> None:
-    """offloop.call (the OAuth 2.0 token endpoint over HTTPS, the token cache) runs in a lookup.start thread: one
+    """offloop.call (the OAuth 2.0 token endpoint over HTTPS, the token cache) runs in a abandon.start thread: one
     abandoned inside OpenSSL is never a daemon at interpreter exit, and end_process covers it."""
     import asyncio
 
@@ -80,13 +81,13 @@ def test_a_call_run_off_the_loop_and_abandoned_at_its_deadline_is_no_daemon_and_
     with pytest.raises(TimeoutError, match="oauth2-test: no answer"):
         asyncio.run(offloop.call(lambda: release.wait(30), 0.05, "oauth2-test"))
     try:
-        stuck = [t for t in lookup.under_way() if t.name == "oauth2-test"]
+        stuck = [t for t in abandon.under_way() if t.name == "oauth2-test"]
         assert len(stuck) == 1 and not stuck[0].daemon
     finally:
         release.set()
-        for thread in lookup.under_way():
+        for thread in abandon.under_way():
             thread.join(10)
-    assert not [t for t in lookup.under_way() if t.name == "oauth2-test"]
+    assert not [t for t in abandon.under_way() if t.name == "oauth2-test"]
 
 
 def test_output_that_cannot_be_written_is_no_silent_success() -> None:
@@ -113,10 +114,10 @@ def test_output_that_cannot_be_written_is_no_silent_success() -> None:
 IDLE_POOL = textwrap.dedent("""\
     import sys
     from concurrent.futures import ThreadPoolExecutor
-    from certbot_smtp_dist._internal import lookup
+    from certbot_smtp_dist._internal import abandon
     POOL = ThreadPoolExecutor(2)
     POOL.submit(print, "pool used", flush=False).result()
-    lookup.end_process(int(sys.argv[1]))
+    abandon.end_process(int(sys.argv[1]))
 """)
 
 

@@ -1,5 +1,9 @@
-"""Name lookups (getaddrinfo) and other calls a waiter may abandon (offloop.py: the OAuth 2.0 token endpoint, the
-token cache) in threads that are not daemons, and a process end that never waits for one abandoned.
+"""Threads a waiter may abandon, and the end of our own process, which never waits for one abandoned.
+
+The work run here: name lookups (getaddrinfo, greeting.py), other blocking calls made off the event loop (offloop.py:
+the OAuth 2.0 token endpoint, the token cache) and the trust-store prefetch (transport.TlsContexts). Each runs in a
+thread that is not a daemon, counted as under way until it returns (`start`, `under_way`), and `end_process` ends
+the command once its work is done.
 
 getaddrinfo cannot be cancelled or given a timeout, so a lookup runs in a thread of its own that its waiter gives up
 on at its deadline (greeting's `LOOKUP_WAIT`, a session's budget). A daemon thread still inside the C library when
@@ -18,13 +22,13 @@ import sys
 import threading
 from collections.abc import Callable
 
-_running: set[threading.Thread] = set()  # lookups under way
+_running: set[threading.Thread] = set()  # threads started here, under way
 _lock = threading.Lock()
 
 
 def start(work: Callable[[], None], name: str) -> threading.Thread:
-    """Run `work` (a lookup that hands its answer over by itself and never raises) in a thread that is not a
-    daemon, counted as under way until it returns."""
+    """Run `work` (a lookup or call that hands its answer over by itself and never raises) in a thread that is not
+    a daemon, counted as under way until it returns."""
 
     def run() -> None:
         try:
@@ -41,7 +45,7 @@ def start(work: Callable[[], None], name: str) -> threading.Thread:
 
 
 def under_way() -> list[threading.Thread]:
-    """The lookups still running."""
+    """The threads started here still running."""
     with _lock:
         return [t for t in _running if t.is_alive()]
 
