@@ -52,7 +52,9 @@ are judged as absolute figures. Method, per scenario:
    none of our code. deploy / floor is our own share; floor / smtplib is what the 2x budget would have to fit in.
 3. 50 targets on one relay (each target's `timeout` 120 s) vs `bench/clients/aio_gather.py` (aiosmtplib +
    asyncio.gather, at most {concurrency} sessions at once, deploy held to the same `connections_per_relay`;
-   `--concurrency`) and vs 50 sequential smtplib sessions;
+   `--concurrency`) and vs 50 sequential smtplib sessions; for reference, also vs the same peer trusting the system
+   store as well as its CA file, as `deploy` trusts a target's with `tls_ca_file` (the peer judged trusts the CA
+   file alone);
    then the same on a relay delaying each reply by 10 ms. On the instant relay concurrency buys nothing even for
    the peer (relay and clients share the machine's cores), so the "≥ 1.7× faster than sequential smtplib" budget
    is judged on the delaying relay, and shown for reference only on the instant one.
