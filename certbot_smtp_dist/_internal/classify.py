@@ -334,8 +334,13 @@ def _tls(exc: ssl.SSLError, phase: Phase) -> Failure:
     if isinstance(exc, ssl.SSLCertVerificationError):
         why = exc.verify_message or exc.reason or "verification failed"
         code = getattr(exc, "verify_code", None)  # OpenSSL's X509_V_ERR_*; absent on one raised by hand
-        return Failure(ErrorCode.SMTP_TLS, Phase.TLS, f"relay certificate not trusted: {why}",
-                       verify_code=code if isinstance(code, int) else None)
+        code = code if isinstance(code, int) else None
+        detail = f"relay certificate not trusted: {why}"
+        from certbot_smtp_dist._internal import x509strict
+
+        if code is not None and x509strict.is_strict_only(code):  # older Pythons accepted it: say what mends it
+            detail += f"; {x509strict.hint(code)}"
+        return Failure(ErrorCode.SMTP_TLS, Phase.TLS, detail, verify_code=code)
     return Failure(ErrorCode.SMTP_TLS, Phase.TLS, f"TLS handshake failed: {exc.reason or type(exc).__name__}")
 
 

@@ -42,6 +42,14 @@ def is_strict_only(verify_code: int | None) -> bool:
     return verify_code in STRICT_ONLY
 
 
+def hint(verify_code: int) -> str:
+    """What a run's failure adds to a strict-only refusal (OpenSSL's text names the check, not the fix): what the
+    relay's certificate or its CA must be reissued with, and the command that names which one."""
+    wanted, section = STRICT_ONLY[verify_code]
+    return (f"Python 3.13 and later verify relay certificates strictly, {section}: the relay's certificate or its "
+            f"CA must be reissued with {wanted}; `certbot-smtp-dist check` names which")
+
+
 def finding(verify_code: int, path: Sequence[Any], names: Callable[[Any], str]) -> str:
     """The problem and its fix for a strict-only refusal: which certificate of `path` (the relay's leaf first, then
     the issuers it sent, cryptography certificates) lacks what, when it can be seen, else the leaf or its CA; and

@@ -77,6 +77,9 @@ def test_a_leaf_without_authority_key_identifier(tmp_path: Path) -> None:
     assert refusal.verify_code == 85 and refusal.verify_message == "Missing Authority Key Identifier"
     failure = classify.translate(refusal, Phase.TLS, connected=True)
     assert failure.verify_code == 85 and "Missing Authority Key Identifier" in failure.detail
+    # The run's own failure (deploy's output, the journal) says what mends it and which command names the culprit.
+    assert "must be reissued with an Authority Key Identifier" in failure.detail, failure.detail
+    assert "RFC 5280 §4.2.1.1" in failure.detail and "`certbot-smtp-dist check` names which" in failure.detail
 
     found = relaycert.diagnose(_der(leaf), [], [_store(tmp_path)], HOST, False, NOW, failure.verify_code)
     assert found is not None and len(found.problems) == 1, found
@@ -105,6 +108,23 @@ def test_a_ca_whose_basic_constraints_are_not_critical(tmp_path: Path) -> None:
     alone = relaycert.diagnose(_der(leaf), [], [_store(tmp_path)], HOST, False, NOW, code)
     assert alone is not None and alone.problems[0].startswith(
         "the relay's certificate, or a CA certificate of its chain, must be reissued with basicConstraints"), alone
+
+
+def test_a_refusal_every_python_makes_gets_no_strict_hint(tmp_path: Path) -> None:
+    """A leaf from a CA the client does not trust (OpenSSL's code 20), refused with and without the strict flag:
+    the run's failure says what OpenSSL said, nothing about Python 3.13."""
+    trusted, other = _ca("strict trusted root"), _ca("strict other root")
+    leaf = _leaf(other)
+    pki.write_pem(tmp_path / "leaf.pem", leaf)
+    pki.write_private(tmp_path / "leaf.key", leaf.key_pem())
+    server = pki.server_context(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    client = ssl.create_default_context(cafile=str(pki.write_pem(tmp_path / "root.pem", trusted)))
+    client.verify_flags |= ssl.VERIFY_X509_STRICT
+    refusal = memtls.handshake(server, client, HOST)
+    assert isinstance(refusal, ssl.SSLCertVerificationError) and refusal.verify_code == 20, refusal
+    failure = classify.translate(refusal, Phase.TLS, connected=True)
+    assert failure.verify_code == 20 and failure.detail.startswith("relay certificate not trusted: ")
+    assert "Python 3.13" not in failure.detail and "reissued" not in failure.detail, failure.detail
 
 
 @pytest.mark.parametrize("code", [10, 18, 19, 20, 21, 62, 79])  # expired, self-signed, no issuer, host...
