@@ -10,11 +10,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from certbot_smtp_dist._internal import certext, signatures
+from certbot_smtp_dist._internal import signatures
 from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist.model import Finding, Severity
+
+if TYPE_CHECKING:
+    from certbot_smtp_dist._internal.certext import BadExtension
 
 EXPIRES_SOON = timedelta(days=14)  # an ACME client renews at 30 days left (certbot) or a third of the lifetime
 MIN_RSA_BITS = 2048  # CA/Browser Forum Baseline Requirements §6.1.5
@@ -99,9 +102,15 @@ def undecodable(cert: Any) -> tuple[str, ...]:
                 getattr(cert, which)  # builds the Name: decodes every attribute value, or raises
         except (ValueError, TypeError) as exc:
             out.append(f"its {what} {NOT_DECODED} ({type(exc).__name__})")
-    bad = certext.culprit(cert)  # reads every extension (cryptography decodes them all at once), names the one
-    if bad is not None:
-        out.append(extension_phrase(bad))
+    try:
+        _ = cert.extensions  # cryptography decodes them all at once
+    except Exception:  # noqa: BLE001 - certext reads them again: names the one, or raises what is no decode error
+        # Imported only then: its import is 1.4% of a cold deploy's instructions (issue 16).
+        from certbot_smtp_dist._internal import certext
+
+        bad = certext.culprit(cert)
+        if bad is not None:
+            out.append(extension_phrase(bad))
     from cryptography.exceptions import UnsupportedAlgorithm
 
     try:  # cryptography 38 (Debian 12) loads a key on a curve it does not know, then raises where it is read
@@ -111,7 +120,7 @@ def undecodable(cert: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def extension_phrase(bad: certext.BadExtension) -> str:
+def extension_phrase(bad: BadExtension) -> str:
     """An extension that does not decode, in a few words holding NOT_DECODED: named when it could be found."""
     if not bad.oid:
         return f"an extension {NOT_DECODED} ({bad.how})"
@@ -127,11 +136,18 @@ def subject_alt_names(cert: Any) -> tuple[str, ...]:
     from cryptography import x509
 
     try:
-        ext = certext.value_of(cert, x509.SubjectAlternativeName)
-    except ValueError as exc:
-        raise ValueError(f"the subjectAltName does not decode ({exc})") from exc
-    if ext is None:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
         return ()
+    except Exception:  # noqa: BLE001 - an extension does not decode: certext reads this one alone, or raises
+        from certbot_smtp_dist._internal import certext
+
+        try:
+            ext = certext.value_of(cert, x509.SubjectAlternativeName)
+        except ValueError as exc:
+            raise ValueError(f"the subjectAltName does not decode ({exc})") from exc
+        if ext is None:
+            return ()
     return (tuple(str(v) for v in ext.get_values_for_type(x509.DNSName))
             + tuple(str(v) for v in ext.get_values_for_type(x509.IPAddress)))
 

@@ -330,12 +330,14 @@ def test_deploy_never_imports_certbot(denv: DeployEnv, lineage: LineagePaths, re
 
 def test_deploy_imports_only_what_its_targets_need(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
     """A cold `deploy` of a password (or no-auth) `pem` target loads neither the OAuth 2.0 client (urllib,
-    http.client) nor the `check` use case: the hook pays only for what its targets use (issue 16)."""
+    http.client) nor the `check` use case, nor the extension walker a certificate whose extensions decode never
+    needs (certext): the hook pays only for what its targets and its certificate use (issue 16)."""
     relay = relay_factory("plaintext")
     denv.write_config({"x": relay_target(relay)})
     unwanted = ("certbot_smtp_dist._internal.oauth2", "urllib.request", "http.client",
                 "certbot_smtp_dist._internal.check", "certbot_smtp_dist._internal.cli_check",
-                "certbot_smtp_dist._internal.cli_state", "certbot_smtp_dist._internal.cli_inspect")
+                "certbot_smtp_dist._internal.cli_state", "certbot_smtp_dist._internal.cli_inspect",
+                "certbot_smtp_dist._internal.certext")
     code = (
         "import sys; from certbot_smtp_dist._internal.cli import main; rc = main(['deploy', '--lineage', sys.argv[1]]);"
         f"bad = sorted(m for m in {unwanted!r} if m in sys.modules);"
