@@ -120,12 +120,13 @@ def undecodable(cert: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def extension_phrase(bad: BadExtension) -> str:
-    """An extension that does not decode, in a few words holding NOT_DECODED: named when it could be found."""
+def extension_phrase(bad: BadExtension, owner: str = "") -> str:
+    """An extension that does not decode, in a few words holding NOT_DECODED: named when it could be found.
+    `owner`: whose ("the certificate's"), when the phrase does not follow the certificate's name."""
     if not bad.oid:
-        return f"an extension {NOT_DECODED} ({bad.how})"
+        return f"{f'one of {owner} extensions' if owner else 'an extension'} {NOT_DECODED} ({bad.how})"
     what = f"{bad.name} extension" if bad.name else "extension"  # cryptography's name, an OID's digits: no relay text
-    return f"the {what} ({bad.oid}) {NOT_DECODED} ({bad.how})"
+    return f"{owner or 'the'} {what} ({bad.oid}) {NOT_DECODED} ({bad.how})"
 
 
 def subject_alt_names(cert: Any) -> tuple[str, ...]:

@@ -94,8 +94,8 @@ def diagnose(leaf_der: bytes, chain: Sequence[bytes], stores: Sequence[Store], h
         if undecoded:
             problems.append(UNDECODED_SANS)
         elif (bad := certext.culprit(leaf)) is not None:  # another extension: OpenSSL refuses the leaf for it
-            problems.append(f"the certificate's {extension_phrase(bad).removeprefix('the ')}: the relay must "
-                            "install a well-formed certificate")
+            problems.append(extension_phrase(bad, "the certificate's")
+                            + ": the relay must install a well-formed certificate")
         if not undecoded and not matches:
             problems.append(f"host name {printable(host)!r} is not among the certificate's names "
                             f"({listed(sans, len(sans))}): set host to one of them")

@@ -72,6 +72,11 @@ def test_past_the_bound_it_is_an_extension_never_the_san(ca: pki.Issued) -> None
     cert = x509.load_der_x509_certificate(pki.resigned(built, ca.key, KEY_USAGE, KEY_USAGE_BROKEN))
     assert diagnose.undecodable(cert) == ("an extension does not decode (ValueError)",)
     assert diagnose.subject_alt_names(cert) == ("relay.example",)
+    leaf = cert.public_bytes(serialization.Encoding.DER)  # the same, served by a relay: check's words for it
+    found = relaycert.diagnose(leaf, [leaf], [], "relay.example", False, NOW)
+    assert found is not None and found.problems[0] == ("one of the certificate's extensions does not decode "
+                                                       "(ValueError): the relay must install a well-formed "
+                                                       "certificate"), found.problems
 
 
 def test_the_relay_certificate_names_the_extension_not_the_san(ca: pki.Issued) -> None:
