@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from certbot_smtp_dist._internal import loader, report, scrub
+from certbot_smtp_dist._internal import loader, report, runloop, scrub
 from certbot_smtp_dist._internal.addresses import is_loopback_host
 from certbot_smtp_dist._internal.probe import Ehlo, Probe, size_number
 from certbot_smtp_dist._internal.relaycert import EXPIRY_WARNING_DAYS, RelayCertificate
@@ -114,7 +114,8 @@ def run(request: CheckRequest, now: datetime | None = None) -> CheckReport:
     except loader.Locked as exc:
         return CheckReport((), now, tuple(exc.problems), report.EX_CONFIG)
     sizes = _message_sizes(request.source, targets, loaded, secrets, now)
-    probes = asyncio.run(_probe_all(targets, secrets, request.authenticate, loaded.settings.retry.connections_per_relay))
+    probes = runloop.run(_probe_all(targets, secrets, request.authenticate,
+                                    loaded.settings.retry.connections_per_relay))
     scrubber = scrub.Scrubber.of(secrets.values())
     checks = tuple(_verdict(t, p, c, d, sizes.get(t.name), request, scrubber, now)
                    for t, (p, c, d) in zip(targets, probes, strict=True))

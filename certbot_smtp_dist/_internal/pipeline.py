@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certbot_smtp_dist._internal import payload as payload_formats
-from certbot_smtp_dist._internal import render, scrub
+from certbot_smtp_dist._internal import render, runloop, scrub
 from certbot_smtp_dist._internal.addresses import is_loopback_host
 from certbot_smtp_dist.errors import ErrorCode, OutputError, PayloadError
 from certbot_smtp_dist.model import (
@@ -295,7 +295,7 @@ def deliver_all(jobs: list[Job], policy: RetryPolicy = DEFAULT_POLICY, started: 
         slots, tls = RelaySlots(policy.connections_per_relay), TlsContexts()  # shared by every target of the run
         return list(await asyncio.gather(*(run_one(j, slots, tls) for j in jobs)))
 
-    return asyncio.run(run_all())
+    return runloop.run(run_all())
 
 
 def rendered_results(jobs: list[Job], output: Path | None) -> list[DeliveryResult]:

@@ -152,15 +152,18 @@ def test_a_deploy_that_could_not_send_rewrites_the_file_too(denv: DeployEnv, tmp
     assert spool(parse(prom.read_text()), "*")["blocked"] == 1 and relay.messages == []
 
 
+@pytest.mark.parametrize("held", ["greeting", "RCPT", "DATA_END"])
 def test_an_interrupted_deploy_rewrites_the_file_with_what_it_spooled(denv: DeployEnv, lineage: LineagePaths,
-                                                                        prom: Path, fault_server) -> None:
-    """Ctrl-C (exit 130) while the relay holds the final reply: the write-ahead entry is in the spool, pending, and
-    `retry` will send it; the file must say so. It was left as the run before had written it (here: none at all)."""
+                                                                        prom: Path, fault_server, held: str) -> None:
+    """Ctrl-C (exit 130) while the relay holds a reply (the greeting, one in the transaction, the final one): the
+    write-ahead entry is in the spool, pending, and `retry` will send it; the file must say so. It was left as the
+    run before had written it (here: none at all). The interrupt ends the run at once, wherever the session waits
+    (runloop.py: a Ctrl-C landing as a reply arrived was lost, and the run waited out the relay's stall)."""
     import signal
 
     from support.faultscript import STALL
 
-    server = fault_server(replies={"DATA_END": STALL})
+    server = fault_server(replies={held: STALL})
     denv.write_config({"relay": {"host": "127.0.0.1", "port": server.port, "tls_mode": "plaintext", "timeout": 60,
                                  "from_address": "c@example.com", "to": ["a@example.com"]}},
                       defaults={"metrics_textfile": str(prom)})

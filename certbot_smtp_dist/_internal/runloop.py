@@ -1,0 +1,116 @@
+"""The event loop of a run (deploy's and retry's deliveries, check's probes), and a Ctrl-C that always ends it.
+
+`asyncio.run` turns Ctrl-C into one cancellation of its main task, and two things can lose it:
+
+- Before Python 3.12, `asyncio.wait_for` drops a cancellation that arrives as the future it waits on completes, and
+  returns that future's result instead (CPython gh-86296). aiosmtplib waits for replies that way, and so do we for a
+  greeting or a relay slot: a Ctrl-C landing there was lost, and the run went on to the next stall's deadline (a
+  minute: a relay holding its reply to the final "." does not answer before the target's `timeout`).
+- Python runs its SIGINT handler on the main thread only, between two steps of Python code; a signal the kernel
+  hands to another thread (a name lookup's, the trust-store prefetch's) waits until the loop's select() returns by
+  itself, at its next timer.
+
+So SIGINT is the loop's own here (`add_signal_handler`: the signal wakes the loop through its wakeup descriptor,
+whichever thread took it). The first Ctrl-C cancels the main task, and then every `RECANCEL` seconds every task
+still running, until the main task ends: a cancellation dropped once is not dropped again by the same await. A main
+task that ends cancelled raises KeyboardInterrupt (exit status 130); one that finished its work meanwhile returns
+it, so that what was delivered is recorded, never sent again by `retry`. A second Ctrl-C raises KeyboardInterrupt
+at once.
+Only where SIGINT is Python's default handler (the hook command, certbot): a process started with SIGINT ignored
+(a background job of a non-interactive shell) keeps ignoring it, as `asyncio.run` would.
+
+The teardown is `asyncio.run`'s (cancel what is left, finish async generators and the default executor), except
+that it waits for cancelled tasks at most `TEARDOWN` seconds: a task that swallows its cancellation must not hold
+an interrupted run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+RECANCEL = 0.2  # seconds between cancellation rounds after a Ctrl-C
+TEARDOWN = 2.0  # seconds the teardown waits for tasks it cancelled
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """`main` to completion on a new event loop, as `asyncio.run` would; KeyboardInterrupt after a Ctrl-C."""
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        task = loop.create_task(main)
+        interrupts = _Interrupts(loop, task)
+        installed = _install(loop, interrupts.press)
+        try:
+            result = loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            if interrupts.pressed:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            interrupts.stop()
+            if installed:
+                loop.remove_signal_handler(signal.SIGINT)  # Python's default handler again
+        return result  # it ended by itself meanwhile: what it did is reported and recorded, not dropped
+    finally:
+        try:
+            _teardown(loop)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+class _Interrupts:
+    """The Ctrl-Cs of one run, and the cancellation rounds that follow the first until its main task ends."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, main: asyncio.Task[Any]) -> None:
+        self._loop, self._main = loop, main
+        self.pressed = 0
+        self._next: asyncio.TimerHandle | None = None
+
+    def press(self) -> None:
+        self.pressed += 1
+        if self.pressed > 1:
+            raise KeyboardInterrupt  # asyncio lets it out of the loop: the run ends here
+        self._main.cancel()
+        self._next = self._loop.call_later(RECANCEL, self._again)
+
+    def _again(self) -> None:
+        if self._main.done():
+            return
+        for task in asyncio.all_tasks(self._loop):
+            task.cancel()
+        self._next = self._loop.call_later(RECANCEL, self._again)
+
+    def stop(self) -> None:
+        """No more rounds: the teardown that follows waits for what is left, and must not be cancelled itself."""
+        if self._next is not None:
+            self._next.cancel()
+
+
+def _install(loop: asyncio.AbstractEventLoop, on_sigint: Callable[[], None]) -> bool:
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return False  # ignored, or someone else's: left as it is
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError, ValueError):  # no Unix signals, or not the main thread
+        return False
+    return True
+
+
+def _teardown(loop: asyncio.AbstractEventLoop) -> None:
+    left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in left:
+        task.cancel()
+    if left:
+        loop.run_until_complete(asyncio.wait(left, timeout=TEARDOWN))
+    for task in left:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler({"message": "unhandled exception during the run's teardown",
+                                         "exception": task.exception(), "task": task})
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.run_until_complete(loop.shutdown_default_executor())

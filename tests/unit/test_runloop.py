@@ -1,0 +1,156 @@
+"""A Ctrl-C always ends a run (runloop.py): a cancellation dropped once (asyncio.wait_for before Python 3.12 does,
+CPython gh-86296) is made again, a SIGINT taken by another thread still wakes the loop, a second Ctrl-C ends the
+run at once, and work that finished meanwhile is returned, not dropped.
+
+Each case runs in a process of its own (a SIGINT to the test runner would end it). Every stall is 60 s and every
+process is given 30 s: an interrupt lost ends the process by the test's timeout, and the case fails."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+import certbot_smtp_dist
+from certbot_smtp_dist._internal import runloop
+
+PRELUDE = textwrap.dedent("""\
+    import asyncio, os, signal, sys, threading
+    from certbot_smtp_dist._internal import runloop
+
+    def ctrl_c(after):
+        threading.Timer(after, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    def outcome(main):
+        try:
+            print("returned", runloop.run(main()))
+        except KeyboardInterrupt:
+            print("interrupted")
+        print("handler", "default" if signal.getsignal(signal.SIGINT) is signal.default_int_handler
+              else signal.getsignal(signal.SIGINT))
+""")
+
+
+def _outcome(case: str) -> list[str]:
+    env = {"PYTHONPATH": str(Path(certbot_smtp_dist.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(case)], capture_output=True, text=True,
+                          env=env, timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_a_cancellation_dropped_once_is_made_again() -> None:
+    # What asyncio.wait_for does when the interrupt lands as the reply it waits for arrives: the reply is returned
+    # and the cancellation forgotten; the session goes on to the relay's next stall. asyncio.run waits that stall out.
+    assert _outcome("""
+        async def main():
+            ctrl_c(0.2)
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                pass  # dropped
+            await asyncio.sleep(60)  # the relay holds its reply to the final "."
+            return "the deadline"
+        outcome(main)
+    """) == ["interrupted", "handler default"]
+
+
+def test_a_task_that_drops_it_below_a_gather_is_cancelled_again_too() -> None:
+    # The shape of a run: the main task gathers one task per target; the target's session is a task of its own
+    # (the wait_for around it); the one inside it drops the cancellation, and its waiter waits for it.
+    assert _outcome("""
+        async def session():
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                pass
+            await asyncio.sleep(60)
+
+        async def target():
+            await asyncio.wait_for(session(), 120)
+
+        async def main():
+            ctrl_c(0.2)
+            await asyncio.gather(target(), target())
+        outcome(main)
+    """) == ["interrupted", "handler default"]
+
+
+def test_a_sigint_taken_by_another_thread_wakes_the_loop() -> None:
+    # Python's handler runs on the main thread only, when it runs Python code: asleep in select() until the
+    # loop's next timer (60 s), it would not see this one. The loop's wakeup descriptor does.
+    assert _outcome("""
+        async def main():
+            threading.Timer(0.2, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT)).start()
+            await asyncio.sleep(60)
+        outcome(main)
+    """) == ["interrupted", "handler default"]
+
+
+def test_a_second_ctrl_c_ends_a_run_that_ignores_the_first() -> None:
+    assert _outcome("""
+        async def stubborn():
+            for _ in range(1000):  # drops every cancellation: only the second Ctrl-C ends the run
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    pass
+
+        async def main():
+            ctrl_c(0.2)
+            ctrl_c(1.0)
+            await stubborn()
+        outcome(main)
+    """) == ["interrupted", "handler default"]
+
+
+def test_work_that_finished_meanwhile_is_returned_not_dropped() -> None:
+    # The relay took the message as the Ctrl-C came: the delivery is recorded, so `retry` never sends it again.
+    assert _outcome("""
+        async def main():
+            ctrl_c(0.2)
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                return "delivered"
+        outcome(main)
+    """) == ["returned delivered", "handler default"]
+
+
+def test_a_process_that_ignores_sigint_keeps_ignoring_it() -> None:
+    # A background job of a non-interactive shell starts with SIGINT ignored; so does the run, as asyncio.run's.
+    assert _outcome("""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+        async def main():
+            ctrl_c(0.1)
+            await asyncio.sleep(0.5)
+            return "done"
+        outcome(main)
+    """) == ["returned done", f"handler {signal.SIG_IGN}"]
+
+
+def test_a_run_off_the_main_thread_runs_without_a_handler_of_its_own() -> None:
+    # The certbot plugin may be called from any thread; signals are the main thread's business there.
+    answers: list[object] = []
+
+    async def main() -> str:
+        return "done"
+
+    worker = threading.Thread(target=lambda: answers.append(runloop.run(main())))
+    worker.start()
+    worker.join(30)
+    assert answers == ["done"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_exception_of_the_work_is_raised_as_asyncio_run_raises_it() -> None:
+    async def main() -> None:
+        raise LookupError("the work's own")
+
+    with pytest.raises(LookupError, match="the work's own"):
+        runloop.run(main())
