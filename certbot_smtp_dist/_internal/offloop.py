@@ -18,9 +18,10 @@ from certbot_smtp_dist._internal import abandon
 T = TypeVar("T")
 
 
-async def call(fn: Callable[[], T], timeout: float, name: str) -> T:
-    """`fn()` in a thread of its own (abandon.start); its result or exception, or TimeoutError after `timeout` seconds (the thread is
-    left to finish on its own, its result dropped)."""
+async def call(fn: Callable[[], T], timeout: float | None, name: str) -> T:
+    """`fn()` in a thread of its own (abandon.start); its result or exception, or TimeoutError after `timeout` seconds
+    (the thread is left to finish on its own, its result dropped). `timeout` None: no timer of its own, the caller's
+    deadline cancels the wait (the thread is left the same way)."""
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[T] = loop.create_future()
 
@@ -42,6 +43,8 @@ async def call(fn: Callable[[], T], timeout: float, name: str) -> T:
             loop.call_soon_threadsafe(settle, result, error)
 
     abandon.start(work, name)
+    if timeout is None:  # the caller's own deadline cancels the wait
+        return await answer
     try:
         return await asyncio.wait_for(answer, timeout=max(timeout, 0.001))
     except asyncio.TimeoutError as exc:  # a distinct class before Python 3.11

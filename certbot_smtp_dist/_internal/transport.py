@@ -753,10 +753,11 @@ async def _bearer(client: Any, target: Target, token: str) -> Any:
 
 
 async def _resolve(host: str, port: int) -> list[Any]:
-    """getaddrinfo in a thread of its own (`abandon.start`: not a daemon, never waited for by our own process's exit).
+    """getaddrinfo in a thread of its own (offloop.call: not a daemon, never waited for by our own process's exit).
 
-    The event loop's executor would be joined when `asyncio.run` ends, so a resolver that never answers would
-    hold the process past every deadline. Literal addresses need no thread.
+    The event loop's executor would be joined when the run ends, so a resolver that never answers would hold the
+    process past every deadline. No timeout of its own: the session's deadline cancels the wait. Literal addresses
+    need no thread.
     """
     name = host.strip("[]")
     try:
@@ -765,28 +766,8 @@ async def _resolve(host: str, port: int) -> list[Any]:
         pass
     else:
         return socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[list[Any]] = loop.create_future()
-
-    def settle(result: list[Any] | None, error: BaseException | None) -> None:
-        if answer.done():
-            return  # abandoned at the deadline
-        if error is not None:
-            answer.set_exception(error)
-        else:
-            answer.set_result(result or [])
-
-    def work() -> None:
-        try:
-            result: list[Any] | None = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
-            error: BaseException | None = None
-        except OSError as exc:
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop may be closed by now
-            loop.call_soon_threadsafe(settle, result, error)
-
-    abandon.start(work, f"resolve-{name}")
-    return await answer
+    return await offloop.call(lambda: socket.getaddrinfo(name, port, type=socket.SOCK_STREAM), None,
+                              f"resolve-{name}")
 
 
 async def _open_socket(host: str, port: int, progress: _Progress) -> socket.socket:
