@@ -94,15 +94,27 @@ def _only(cert: Any, oid: str, failure: BaseException) -> Any | None:
         raise ValueError(type(exc).__name__) from exc
 
 
-def _name(oid: str) -> str:
-    """cryptography's name for `oid` ("subjectAltName", "keyUsage"), "" when it knows none."""
-    from cryptography import x509
+# The extensions a certificate may carry, by the names their specifications give them (RFC 5280 §4.2 and §5.2,
+# RFC 6962 §3.1 and §3.3, RFC 7633, RFC 3709, RFC 6960 §4.2.2.2.1). Ours: cryptography names OIDs only through a
+# private attribute.
+_NAMES = {
+    "2.5.29.9": "subjectDirectoryAttributes", "2.5.29.14": "subjectKeyIdentifier", "2.5.29.15": "keyUsage",
+    "2.5.29.16": "privateKeyUsagePeriod", "2.5.29.17": "subjectAltName", "2.5.29.18": "issuerAltName",
+    "2.5.29.19": "basicConstraints", "2.5.29.20": "cRLNumber", "2.5.29.21": "cRLReason",
+    "2.5.29.24": "invalidityDate", "2.5.29.27": "deltaCRLIndicator", "2.5.29.28": "issuingDistributionPoint",
+    "2.5.29.29": "certificateIssuer", "2.5.29.30": "nameConstraints", "2.5.29.31": "cRLDistributionPoints",
+    "2.5.29.32": "certificatePolicies", "2.5.29.33": "policyMappings", "2.5.29.35": "authorityKeyIdentifier",
+    "2.5.29.36": "policyConstraints", "2.5.29.37": "extendedKeyUsage", "2.5.29.46": "freshestCRL",
+    "2.5.29.54": "inhibitAnyPolicy", "1.3.6.1.5.5.7.1.1": "authorityInfoAccess",
+    "1.3.6.1.5.5.7.1.11": "subjectInfoAccess", "1.3.6.1.5.5.7.1.24": "TLSFeature",
+    "1.3.6.1.5.5.7.1.12": "logotype", "1.3.6.1.5.5.7.48.1.5": "OCSPNoCheck",
+    "1.3.6.1.4.1.11129.2.4.2": "signedCertificateTimestampList", "1.3.6.1.4.1.11129.2.4.3": "ctPoison",
+}
 
-    try:
-        name = str(getattr(x509.ObjectIdentifier(oid), "_name", ""))  # cryptography 38 to the newest have it
-    except ValueError:
-        return ""
-    return "" if name == "Unknown OID" else name
+
+def _name(oid: str) -> str:
+    """The name of the extension `oid` ("subjectAltName", "keyUsage"), "" when it is none we know."""
+    return _NAMES.get(oid, "")
 
 
 def _walk(cert: Any) -> tuple[bytes, list[tuple[str, int, int]]]:

@@ -99,3 +99,14 @@ def test_oid_text_reads_x690(octets: bytes, dotted: str) -> None:
 def test_oid_text_refuses_what_is_malformed(octets: bytes) -> None:
     with pytest.raises(ValueError):
         der.oid_text(octets)
+
+
+def test_the_extension_names_are_the_ones_cryptography_uses_where_it_has_one() -> None:
+    """certext names extensions from a table of its own (cryptography's names are a private attribute); a typo
+    there would misname the culprit. Where the installed cryptography has a name, it is the same one."""
+    from cryptography import x509
+
+    theirs = {oid: str(getattr(x509.ObjectIdentifier(oid), "_name", "Unknown OID")) for oid in certext._NAMES}
+    known = {oid: name for oid, name in theirs.items() if name != "Unknown OID"}
+    assert len(known) >= 20 and all(certext._NAMES[oid] == name for oid, name in known.items()), known
+    assert certext._name("1.2.3.4") == ""
