@@ -30,6 +30,11 @@ class BadExtension:
     how: str
 
 
+class Unreached(ValueError):
+    """The extension sought is not among the first MAX_EXTENSIONS, which are all that are walked: it may be past
+    them (a certificate carrying more, one of which does not decode), so "it has none" would be a guess."""
+
+
 def decode_errors() -> tuple[type[BaseException], ...]:
     """What reading `.extensions` raises on malformed DER, on cryptography 38 (Debian 12) to the newest."""
     from cryptography import x509
@@ -49,7 +54,7 @@ def culprit(cert: Any) -> BadExtension | None:
         return BadExtension(exc.oid.dotted_string, _name(exc.oid.dotted_string), DUPLICATE)
     except decode_errors() as exc:
         how = type(exc).__name__
-    tbs, found = _walk(cert)
+    tbs, found, _ = _walk(cert)
     for oid, start, end in found:
         try:
             _ = _alone(cert, tbs, start, end).extensions
@@ -61,7 +66,8 @@ def culprit(cert: Any) -> BadExtension | None:
 def value_of(cert: Any, kind: Any) -> Any | None:
     """The value of `cert`'s extension of cryptography's class `kind` (x509.SubjectAlternativeName...), None when
     it has none; decoded alone when another of its extensions does not decode. Raises ValueError when this one does
-    not decode, or appears twice (the message says which)."""
+    not decode, or appears twice (the message says which); Unreached (a ValueError) when it may lie past the first
+    MAX_EXTENSIONS."""
     from cryptography import x509
 
     try:
@@ -82,10 +88,12 @@ def _only(cert: Any, oid: str, failure: BaseException) -> Any | None:
 
     if isinstance(failure, x509.DuplicateExtension) and failure.oid.dotted_string == oid:
         raise ValueError(DUPLICATE) from failure
-    tbs, found = _walk(cert)
+    tbs, found, whole = _walk(cert)
     mine = [(start, end) for seen, start, end in found if seen == oid]
     if len(mine) > 1:
         raise ValueError(DUPLICATE) from failure
+    if not mine and not whole:
+        raise Unreached(f"not among the first {MAX_EXTENSIONS} of the certificate's extensions") from failure
     if not mine:
         return None
     try:
@@ -117,15 +125,16 @@ def _name(oid: str) -> str:
     return _NAMES.get(oid, "")
 
 
-def _walk(cert: Any) -> tuple[bytes, list[tuple[str, int, int]]]:
-    """`cert`'s tbsCertificate DER and its extensions' (OID, start, end) in it, at most MAX_EXTENSIONS; none when
-    the DER does not walk (cryptography loaded it, so it does)."""
+def _walk(cert: Any) -> tuple[bytes, list[tuple[str, int, int]], bool]:
+    """`cert`'s tbsCertificate DER, its extensions' (OID, start, end) in it, at most MAX_EXTENSIONS, and whether
+    that is all of them (False past MAX_EXTENSIONS, or when the DER does not walk: cryptography loaded it, so it
+    does)."""
     tbs = bytes(cert.tbs_certificate_bytes)
     found: list[tuple[str, int, int]] = []
     try:
         field = next((pos for tag, pos, _ in _fields(tbs) if tag == 0xA3), None)
         if field is None:
-            return tbs, found
+            return tbs, found, True
         _, inner, _ = der.tlv(tbs, field)
         _, pos, end = der.tlv(tbs, inner)
         while pos < end and len(found) < MAX_EXTENSIONS:
@@ -135,8 +144,8 @@ def _walk(cert: Any) -> tuple[bytes, list[tuple[str, int, int]]]:
                 found.append((der.oid_text(tbs[oid_start:oid_end]), pos, element_end))
             pos = element_end
     except ValueError:
-        pass
-    return tbs, found
+        return tbs, found, False
+    return tbs, found, pos >= end
 
 
 def _fields(tbs: bytes) -> Iterator[tuple[int, int, int]]:

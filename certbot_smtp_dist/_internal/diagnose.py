@@ -133,7 +133,8 @@ def subject_alt_names(cert: Any) -> tuple[str, ...]:
     """The DNS names, then the IP addresses, of `cert`'s subjectAltName (RFC 5280 §4.2.1.6), as written: not made
     printable nor bounded (callers match them, then show them through printable()); () without the extension.
     Decoded alone when another extension does not decode. Raises ValueError when the subjectAltName itself does not
-    decode (a DNSName of bytes over 0x7F, the extension twice)."""
+    decode (a DNSName of bytes over 0x7F, the extension twice), certext.Unreached when it may lie past the
+    extensions walked."""
     from cryptography import x509
 
     try:
@@ -145,6 +146,8 @@ def subject_alt_names(cert: Any) -> tuple[str, ...]:
 
         try:
             ext = certext.value_of(cert, x509.SubjectAlternativeName)
+        except certext.Unreached:
+            raise
         except ValueError as exc:
             raise ValueError(f"the subjectAltName does not decode ({exc})") from exc
         if ext is None:

@@ -29,6 +29,9 @@ LISTED_CHARS = 600  # and the characters they may take there
 MAX_SENT = 16  # certificates of the relay's chain looked at (real chains hold 2 to 4)
 UNDECODED_SANS = ("the certificate's subjectAltName does not decode (malformed names): the relay must install a "
                   "certificate with well-formed names")
+UNREACHED_SANS = (f"the certificate carries more than {certext.MAX_EXTENSIONS} extensions, one of which does not "
+                  f"decode, and its subjectAltName is not among the first {certext.MAX_EXTENSIONS}: its names were "
+                  "not read; the relay must install a well-formed certificate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,21 +85,24 @@ def diagnose(leaf_der: bytes, chain: Sequence[bytes], stores: Sequence[Store], h
         not_before, not_after = validity(leaf)
     except ValueError:
         return None
+    unread: str | None = None  # why the names could not be read, if they could not
     try:
-        sans, undecoded = subject_alt_names(leaf), False
+        sans = subject_alt_names(leaf)
+    except certext.Unreached:
+        sans, unread = (), UNREACHED_SANS
     except ValueError:
-        sans, undecoded = (), True
+        sans, unread = (), UNDECODED_SANS
     # A verified handshake checked the host name itself (RFC 6125 §6.4), with OpenSSL's reading of the SANs.
     matches = verified or host_matches(host, sans)
     problems: list[str] = []
     if not verified:
         problems += _dates(not_before, not_after, now)
-        if undecoded:
-            problems.append(UNDECODED_SANS)
+        if unread:
+            problems.append(unread)
         elif (bad := certext.culprit(leaf)) is not None:  # another extension: OpenSSL refuses the leaf for it
             problems.append(extension_phrase(bad, "the certificate's")
                             + ": the relay must install a well-formed certificate")
-        if not undecoded and not matches:
+        if not unread and not matches:
             problems.append(f"host name {printable(host)!r} is not among the certificate's names "
                             f"({listed(sans, len(sans))}): set host to one of them")
         problems += _trust(_Cert(leaf, leaf_der), chain, stores, bool(problems), verify_code)

@@ -79,6 +79,29 @@ def test_past_the_bound_it_is_an_extension_never_the_san(ca: pki.Issued) -> None
                                                        "certificate"), found.problems
 
 
+def test_a_san_past_the_bound_is_not_called_absent(ca: pki.Issued) -> None:
+    """The broken extension first, the subjectAltName past certext.MAX_EXTENSIONS: the names were not read, and
+    check says so; it used to say the host name was not among the certificate's names, "()"."""
+    key = pki.new_key()
+    builder = (x509.CertificateBuilder().subject_name(ca.cert.subject).issuer_name(ca.cert.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=1))
+               .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False),
+                              critical=True))
+    for n in range(certext.MAX_EXTENSIONS):
+        oid = x509.ObjectIdentifier(f"1.3.6.1.4.1.55555.{n}")
+        builder = builder.add_extension(x509.UnrecognizedExtension(oid, b"\x05\x00"), critical=False)
+    builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("relay.example")]), critical=False)
+    built = builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    leaf = pki.resigned(built, ca.key, KEY_USAGE, KEY_USAGE_BROKEN)
+    cert = x509.load_der_x509_certificate(leaf)
+    with pytest.raises(certext.Unreached):
+        diagnose.subject_alt_names(cert)
+    found = relaycert.diagnose(leaf, [leaf], [], "relay.example", False, NOW)
+    assert found is not None and found.sans == () and relaycert.UNREACHED_SANS in found.problems, found.problems
+    assert not any(p.startswith("host name") or p == relaycert.UNDECODED_SANS for p in found.problems), found.problems
+
+
 def test_the_relay_certificate_names_the_extension_not_the_san(ca: pki.Issued) -> None:
     leaf, _ = edited_leaf(ca, KEY_USAGE, KEY_USAGE_BROKEN)
     found = relaycert.diagnose(leaf, [leaf], [], "relay.example", False, NOW)
