@@ -1,0 +1,95 @@
+"""Symbolic links a hostile local user can plant or re-point are refused, never followed, with the path named.
+
+(a) The spool's locks/ directory is made only inside a spool directory that is itself no link: the write-ahead's
+one-by-one path (one job, or the batch when the spool cannot be made ready) used to take the entry's lock first,
+making locks/ (and the lock file) through whatever the spool path pointed at.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from certbot_smtp_dist._internal import ownership
+from certbot_smtp_dist._internal.config import parse_settings
+from certbot_smtp_dist._internal.ledger import Ledger
+from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
+from certbot_smtp_dist._internal.pipeline import Job
+from certbot_smtp_dist._internal.state import StateKeys
+from certbot_smtp_dist.errors import UnsafePathError
+from certbot_smtp_dist.model import CertificateFacts, LineageSource, Message
+
+NOBODY = 65534
+NOW = datetime(2026, 12, 2, tzinfo=timezone.utc)
+FACTS = CertificateFacts("n", "host.example", ("host.example",), "CN=x", NOW, NOW, "1", "00")
+SOURCE = LineageSource(cert=None, key=Path("/nonexistent/privkey.pem"), chain=None, fullchain=None, name="n")
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="another user's file needs root to make")
+
+
+@pytest.fixture
+def sticky(tmp_path: Path) -> Path:
+    """A /tmp-like directory: everyone may create in it, the sticky bit keeps them from renaming what is ours."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    return shared
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A directory of root's elsewhere (/etc, say): nothing of ours may be made in it through a link."""
+    where = tmp_path / "victim"
+    where.mkdir(mode=0o755)
+    return where
+
+
+def their_link(link: Path, target: Path) -> Path:
+    link.symlink_to(target)
+    os.chown(link, NOBODY, -1, follow_symlinks=False)
+    return link
+
+
+def _jobs(count: int) -> list[Job]:
+    table = {"host": "127.0.0.1", "tls_mode": "plaintext", "from_address": "c@example.com", "to": ["x@example.com"]}
+    settings = parse_settings({"targets": {f"t{i}": table for i in range(count)}}, Path("c.toml"), {},
+                              {f.name: f for f in BUILTIN_FORMATS})
+    return [Job(t, Message(f"<{t.name}@example.com>", "s", "c@example.com", ("x@example.com",), b"m"), None, ())
+            for t in settings.targets]
+
+
+# -- (a) locks/ through a symlinked spool ---------------------------------------------------------------------
+@as_root
+@pytest.mark.parametrize("count", [1, 2], ids=["one job", "batch falling back"])
+@pytest.mark.parametrize("locks", ["missing", "already there"])
+def test_the_write_ahead_makes_nothing_through_a_spool_that_is_a_link(sticky: Path, victim: Path, count: int,
+                                                                      locks: str) -> None:
+    state = sticky / "state"
+    ownership.require_trusted_state(state)  # nothing there yet: "created 0700 on first write"
+    state.mkdir()  # in the window before the first write, by another user, with the spool pointing elsewhere
+    their_link(state / "spool", victim)
+    os.chown(state, NOBODY, -1)
+    if locks == "already there":
+        (victim / "locks").mkdir(mode=0o700)
+    before = sorted(p.relative_to(victim) for p in victim.rglob("*"))
+    ledger = Ledger(state, "deploy", StateKeys(journal=b"j" * 32, spool=b"s" * 32), NOW)
+    with ledger.write_ahead_all(FACTS, SOURCE, _jobs(count)) as entries:
+        assert entries == [None] * count  # the deliveries go on without an entry, as for any state trouble
+    assert not ledger.healthy
+    assert sorted(p.relative_to(victim) for p in victim.rglob("*")) == before  # no locks/, no lock file
+
+
+@as_root
+def test_a_spool_link_of_ours_is_refused_by_name_before_any_lock(tmp_path: Path, victim: Path) -> None:
+    from certbot_smtp_dist._internal import spool as sp
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "spool").symlink_to(victim)
+    entry = sp.for_delivery("t", FACTS, SOURCE, "<m@example.com>", ("x@example.com",), NOW)
+    with pytest.raises(UnsafePathError, match=f"{state / 'spool'}: is a symbolic link"), \
+            sp.Spool(state, b"s" * 32).claim_new(entry):
+        pass
+    assert list(victim.iterdir()) == []
