@@ -114,7 +114,11 @@ def write_public(path: Path, data: bytes) -> None:
     node-exporter reads as another user): a temporary file beside it, created O_EXCL|O_NOFOLLOW, written, fsynced,
     then renamed over it, and the directory fsynced. A symbolic link at `path` is refused, never followed; the
     directory must exist (it is the reader's, not created here) and is held open (O_NOFOLLOW) for the whole write,
-    so a directory swapped for a link meanwhile cannot redirect the rename."""
+    so a directory swapped for a link meanwhile cannot redirect the rename. A link above it must be one nobody
+    but root or us can re-point (ownership.require_steady_links): another user's in /tmp would let them choose
+    where root writes."""
+    from certbot_smtp_dist._internal import ownership
+
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -122,6 +126,7 @@ def write_public(path: Path, data: bytes) -> None:
             raise _planted(path.parent, "") from exc
         raise
     try:
+        ownership.require_steady_links(path.parent)
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISLNK(os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
                 raise _planted(path, "")

@@ -5,7 +5,8 @@ it mail a private key anywhere, so each must belong to the running user (or root
 A directory above them matters too: whoever can write it can rename the directory away and put their own in its
 place. So every ancestor must also be owned by root or the running user and not be writable by group or others,
 unless it has the sticky bit (like /tmp), where others cannot rename what is ours (the pre-created-directory trick is
-caught by the owner check of the directory itself). This is OpenSSH's StrictModes rule.
+caught by the owner check of the directory itself). This is OpenSSH's StrictModes rule. A symbolic link in a
+directory others can write is its owner's to re-point, sticky bit or not: one on the way must be root's or ours.
 
 Inside the state directory nothing may be a symbolic link (the state is ours alone; a link there was planted).
 """
@@ -146,20 +147,49 @@ def _check_stat(path: Path, st: os.stat_result, what: str, fix: str) -> None:
 
 def _check_links(path: Path) -> None:
     """A config file or credentials directory that is a symbolic link: the directory holding each link on the way
-    and the one holding the final target, with their chains. A root-owned file in a directory others can write is
-    theirs to swap; checking the target alone (as stat() does) misses that."""
-    holders, final = _resolve(path)
-    for directory in (*holders, final.parent):
-        _check_chain(directory)
+    and the one holding the final target, with their chains, and each link's owner. A root-owned file in a
+    directory others can write is theirs to swap; checking the target alone (as stat() does) misses that."""
+    _check_chain(require_steady_links(path).parent)
+
+
+def require_steady_links(path: Path) -> Path:
+    """Every symbolic link on the way to `path` (itself included) is one only root or we can re-point: no other
+    user's where others can write, each held in a directory chain others cannot swap. What `path` finally names,
+    returned, may be anyone's (the metrics textfile's directory is its reader's: files.write_public). A check on
+    the path, not on what is opened: a component made later where nothing was, or replaced in a directory others
+    can write above what `path` names, is not seen."""
+    links, final = _resolve(path)
+    _check_link_owners(links)
+    for link in links:
+        _check_chain(link.parent)
+    return final
+
+
+def _check_link_owners(links: list[Path]) -> None:
+    """A link in a directory others can write (sticky, or the chain check refuses it) is its owner's to remove and
+    make again, pointing anywhere, at any time: the sticky bit keeps out only the others. One of another user's
+    there is refused, never followed (fs.protected_symlinks=1 makes the kernel refuse it too, but only where it is
+    set). Another user's link in a directory only we can write stays: they cannot replace it."""
+    for link in links:
+        try:
+            owner, holder = os.lstat(link).st_uid, os.stat(link.parent).st_mode
+        except OSError:
+            continue  # removed meanwhile: nothing of it is followed
+        if owner not in _trusted_owners() and holder & _WRITABLE_BY_OTHERS:
+            raise UnsafePathError(link, f"a symbolic link owned by uid {owner}, in a directory others can write "
+                                        f"(mode {stat.S_IMODE(holder):04o}): its owner can re-point it at any time",
+                                  f"name the path it leads to ({os.path.realpath(link)}) instead, or replace it "
+                                  f"with a link of your own")
 
 
 def _resolve(path: Path) -> tuple[list[Path], Path]:
     """Resolve `path` as the kernel does, one component at a time (".." after a link goes up from where the link
-    led, not lexically): the real directory holding every link met on the way, at any depth (a link inside a
-    link's target too), and the path finally named. Whoever can write any of those directories can re-point it."""
+    led, not lexically): every link met on the way, at any depth (a link inside a link's target too), named by the
+    real directory holding it, and the path finally named. Whoever can write any of those directories, or owns a
+    link there, can re-point it."""
     whole = path if path.is_absolute() else Path(os.getcwd(), path)  # not abspath: it folds ".." before the links
     todo = list(reversed(whole.parts[1:]))
-    resolved, holders = Path("/"), list[Path]()
+    resolved, links = Path("/"), list[Path]()
     for _step in range(4096):  # bounded: at most 40 links (ELOOP), each of at most PATH_MAX components
         if not todo:
             break
@@ -174,22 +204,23 @@ def _resolve(path: Path) -> tuple[list[Path], Path]:
         except OSError:  # not a link, or missing: looked up as it is
             resolved = resolved / name
             continue
-        if len(holders) >= 40:
+        if len(links) >= 40:
             break  # ELOOP: the open fails anyway
-        holders.append(resolved)
+        links.append(resolved / name)
         if os.path.isabs(target):
             resolved = Path("/")
         todo.extend(reversed(Path(target).parts[1 if os.path.isabs(target) else 0:]))
-    return holders, resolved
+    return links, resolved
 
 
 def _check_chain(directory: Path) -> None:
     """Every existing ancestor, literal and resolved, and of every directory holding a link on the way: owned by
-    root or us, not writable by others unless sticky."""
+    root or us, not writable by others unless sticky; and no link on the way another user can re-point."""
     absolute = Path(os.path.abspath(directory))
     seen: set[Path] = set()
-    holders, final = _resolve(directory)
-    for start in (absolute, Path(os.path.realpath(absolute)), final, *holders):
+    links, final = _resolve(directory)
+    _check_link_owners(links)
+    for start in (absolute, Path(os.path.realpath(absolute)), final, *(link.parent for link in links)):
         for ancestor in (start, *start.parents):
             if ancestor in seen:
                 continue

@@ -273,7 +273,11 @@ class Spool:
             self._deferred = True
 
     def make_directories(self) -> None:
-        """The spool directory and its locks directory, made (0700) if missing and checked as every write does."""
+        """The state directory, the spool directory and its locks directory, in that order, each made (0700) if
+        missing and checked as every write does: none is a link, each is ours and closed to others, so nobody can
+        swap the next for a link meanwhile. Before any entry's lock: a spool that is a link would otherwise have
+        locks/ and the lock file made wherever it points (mkdir(2) and open(2) follow a link above the last name)."""
+        files.ensure_private_dir(self.directory.parent)
         files.ensure_private_dir(self.directory)
         files.ensure_private_dir(self._lock("x").path.parent)
 
@@ -286,6 +290,7 @@ class Spool:
     @contextmanager
     def _held(self, entry_id_: str) -> Iterator[None]:
         """The entry's flock(2) lock for the block (released by the kernel even on SIGKILL); Busy if taken."""
+        self.make_directories()
         lock = self._lock(entry_id_)
         if not lock.acquire(blocking=False):
             raise Busy(entry_id_)

@@ -1,0 +1,168 @@
+"""Symbolic links a hostile local user can plant or re-point are refused, never followed, with the path named.
+
+(a) The spool's locks/ directory is made only inside a spool directory that is itself no link: the write-ahead's
+one-by-one path (one job, or the batch when the spool cannot be made ready) used to take the entry's lock first,
+making locks/ (and the lock file) through whatever the spool path pointed at.
+(b) A link in a directory others can write (sticky, like /tmp) is its owner's to re-point at any time: the sticky
+bit only keeps the others out. One owned by another user is not trusted on the way to the configuration, the
+state, a temporary directory or the metrics textfile (fs.protected_symlinks=0, as here, lets root follow it).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from certbot_smtp_dist._internal import files, ownership
+from certbot_smtp_dist._internal.config import parse_settings
+from certbot_smtp_dist._internal.ledger import Ledger
+from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
+from certbot_smtp_dist._internal.pipeline import Job
+from certbot_smtp_dist._internal.state import StateKeys
+from certbot_smtp_dist.errors import UnsafePathError
+from certbot_smtp_dist.model import CertificateFacts, LineageSource, Message
+
+NOBODY = 65534
+NOW = datetime(2026, 12, 2, tzinfo=timezone.utc)
+FACTS = CertificateFacts("n", "host.example", ("host.example",), "CN=x", NOW, NOW, "1", "00")
+SOURCE = LineageSource(cert=None, key=Path("/nonexistent/privkey.pem"), chain=None, fullchain=None, name="n")
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="another user's file needs root to make")
+
+
+@pytest.fixture
+def sticky(tmp_path: Path) -> Path:
+    """A /tmp-like directory: everyone may create in it, the sticky bit keeps them from renaming what is ours."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    return shared
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A directory of root's elsewhere (/etc, say): nothing of ours may be made in it through a link."""
+    where = tmp_path / "victim"
+    where.mkdir(mode=0o755)
+    return where
+
+
+def their_link(link: Path, target: Path) -> Path:
+    link.symlink_to(target)
+    os.chown(link, NOBODY, -1, follow_symlinks=False)
+    return link
+
+
+def _jobs(count: int) -> list[Job]:
+    table = {"host": "127.0.0.1", "tls_mode": "plaintext", "from_address": "c@example.com", "to": ["x@example.com"]}
+    settings = parse_settings({"targets": {f"t{i}": table for i in range(count)}}, Path("c.toml"), {},
+                              {f.name: f for f in BUILTIN_FORMATS})
+    return [Job(t, Message(f"<{t.name}@example.com>", "s", "c@example.com", ("x@example.com",), b"m"), None, ())
+            for t in settings.targets]
+
+
+# -- (a) locks/ through a symlinked spool ---------------------------------------------------------------------
+@as_root
+@pytest.mark.parametrize("count", [1, 2], ids=["one job", "batch falling back"])
+@pytest.mark.parametrize("locks", ["missing", "already there"])
+def test_the_write_ahead_makes_nothing_through_a_spool_that_is_a_link(sticky: Path, victim: Path, count: int,
+                                                                      locks: str) -> None:
+    state = sticky / "state"
+    ownership.require_trusted_state(state)  # nothing there yet: "created 0700 on first write"
+    state.mkdir()  # in the window before the first write, by another user, with the spool pointing elsewhere
+    their_link(state / "spool", victim)
+    os.chown(state, NOBODY, -1)
+    if locks == "already there":
+        (victim / "locks").mkdir(mode=0o700)
+    before = sorted(p.relative_to(victim) for p in victim.rglob("*"))
+    ledger = Ledger(state, "deploy", StateKeys(journal=b"j" * 32, spool=b"s" * 32), NOW)
+    with ledger.write_ahead_all(FACTS, SOURCE, _jobs(count)) as entries:
+        assert entries == [None] * count  # the deliveries go on without an entry, as for any state trouble
+    assert not ledger.healthy
+    assert sorted(p.relative_to(victim) for p in victim.rglob("*")) == before  # no locks/, no lock file
+
+
+@as_root
+def test_a_spool_link_of_ours_is_refused_by_name_before_any_lock(tmp_path: Path, victim: Path) -> None:
+    from certbot_smtp_dist._internal import spool as sp
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "spool").symlink_to(victim)
+    entry = sp.for_delivery("t", FACTS, SOURCE, "<m@example.com>", ("x@example.com",), NOW)
+    with pytest.raises(UnsafePathError, match=f"{state / 'spool'}: is a symbolic link"), \
+            sp.Spool(state, b"s" * 32).claim_new(entry):
+        pass
+    assert list(victim.iterdir()) == []
+
+
+# -- (b) another user's link in a sticky directory --------------------------------------------------------------
+@pytest.fixture
+def real_config(tmp_path: Path) -> Path:
+    home = tmp_path / "etc"
+    home.mkdir(mode=0o755)
+    config = home / "config.toml"
+    config.write_text("[targets]\n")
+    config.chmod(0o600)
+    return config
+
+
+@as_root
+@pytest.mark.parametrize("hop", ["the config file", "its directory"])
+def test_another_users_link_to_the_config_in_a_sticky_directory_is_refused(sticky: Path, real_config: Path,
+                                                                          hop: str) -> None:
+    if hop == "the config file":
+        link = their_link(sticky / "config.toml", real_config)
+        named = link
+    else:
+        link = their_link(sticky / "etc", real_config.parent)
+        named = link / "config.toml"
+    with pytest.raises(UnsafePathError, match=f"{link}: .*symbolic link owned by uid {NOBODY}"):
+        ownership.require_trusted_config(named)
+
+
+@as_root
+def test_another_users_link_above_the_state_in_a_sticky_directory_is_refused(sticky: Path, tmp_path: Path) -> None:
+    real = tmp_path / "lib"
+    real.mkdir(mode=0o755)
+    link = their_link(sticky / "lib", real)
+    with pytest.raises(UnsafePathError, match=f"{link}: .*uid {NOBODY}"):
+        ownership.require_trusted_state(link / "state")
+
+
+@as_root
+def test_another_users_link_on_the_way_to_a_temporary_directory_makes_it_untrusted(sticky: Path,
+                                                                                   tmp_path: Path) -> None:
+    real = tmp_path / "tmp2"
+    (real / "work").mkdir(mode=0o700, parents=True)
+    link = their_link(sticky / "tmp2", real)
+    said = ownership.untrusted_input(link / "work", "temporary directory")
+    assert said is not None and str(link) in said
+
+
+@as_root
+def test_another_users_link_on_the_way_to_the_metrics_textfile_is_refused(sticky: Path, victim: Path) -> None:
+    (victim / "sub").mkdir()  # the directory itself a link: refused already (write_public opens it O_NOFOLLOW)
+    link = their_link(sticky / "textfile", victim)
+    with pytest.raises(UnsafePathError, match=f"{link}: .*uid {NOBODY}"):
+        files.write_public(link / "sub" / "node.prom", b"x 1\n")
+    assert list((victim / "sub").iterdir()) == []
+
+
+@as_root
+def test_links_their_owner_cannot_re_point_are_still_followed(sticky: Path, real_config: Path, tmp_path: Path,
+                                                               victim: Path) -> None:
+    """Only the owner of a link in a directory others can write is refused: root's link there, or another
+    user's link in a directory only root can write (they cannot replace it), stays usable."""
+    (sticky / "etc").symlink_to(real_config.parent)  # root's
+    ownership.require_trusted_config(sticky / "etc" / "config.toml")
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o755)
+    their_link(closed / "etc", real_config.parent)
+    ownership.require_trusted_config(closed / "etc" / "config.toml")
+    (victim / "sub").mkdir()
+    their_link(closed / "textfile", victim)
+    files.write_public(closed / "textfile" / "sub" / "node.prom", b"x 1\n")
+    assert (victim / "sub" / "node.prom").read_bytes() == b"x 1\n"
