@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 
 from certbot_smtp_dist._internal import loader, pipeline, report
 from certbot_smtp_dist._internal.spool import CONFIG_BLOCK
-from certbot_smtp_dist.errors import CertificateError, ConfigError, ConfigProblem, ErrorCode
+from certbot_smtp_dist.errors import (
+    CertificateError,
+    ConfigError,
+    ConfigProblem,
+    ErrorCode,
+    UnsafePathError,
+)
 from certbot_smtp_dist.model import (
     Artefact,
     CertificateFacts,
@@ -72,7 +78,8 @@ class DeployReport:
 
 def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloaded | None = None) -> DeployReport:
     """Validate config and artefact, then deliver (or render). Raises only UsageError and UnsafePathError
-    (a config, credentials or state path someone else could write: nothing is read there, nothing dialled)."""
+    (a config, credentials or state path someone else could write: nothing is read there, nothing dialled); certificate
+    files reached through a link another user can re-point are reported as unusable ones are, with exit 77."""
     now = now or datetime.now(timezone.utc)
     ledger, state_ok = _open_state(request, now, preloaded.keys if preloaded else None)
     try:
@@ -95,7 +102,7 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
     started = time.monotonic()  # every target's `timeout` counts from here: reading the files and payloads included
     try:
         artefact = _read_certificate(request.source, now)
-    except CertificateError as exc:
+    except (CertificateError, UnsafePathError) as exc:
         unusable = _unusable_certificate(exc, targets, ledger, state_ok)
         _refresh_metrics(request, ledger, loaded)
         return unusable
@@ -237,17 +244,22 @@ def _log_prepared(job: pipeline.Job) -> None:
                                                  "message_id": job.message.message_id})
 
 
-def _unusable_certificate(exc: CertificateError, targets: tuple[Target, ...],
+def _unusable_certificate(exc: CertificateError | UnsafePathError, targets: tuple[Target, ...],
                           ledger: Ledger | None, state_ok: bool) -> DeployReport:
-    """Every selected target fails with SMTP_PAYLOAD; nothing is dialled."""
-    log.error("%s; nothing was sent", exc)
-    failure = Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, "; ".join(exc.problems))
+    """Every selected target fails with SMTP_PAYLOAD; nothing is dialled. Files reached through a path not safe to
+    trust (lineage.require_steady) exit 77, as every such path does; the journal and a renewal's blocked entry are
+    those of any unusable files, so `status` alerts and `retry --include-failed` runs the deploy again."""
+    unsafe = isinstance(exc, UnsafePathError)
+    problems = exc.problems if isinstance(exc, CertificateError) else (f"refusing to trust {exc}",)
+    log.error("certificate files unusable: %s; nothing was sent", "; ".join(problems))
+    failure = Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, "; ".join(problems))
     if ledger is not None:
         for t in targets:
             ledger.record("attempt", None, t.name, outcome="failed", attempt=0, **failure_json(failure))
         ledger.block(f"certificate files unusable: {failure.detail}", failure.code.value)
     failed = tuple(DeliveryResult(t.name, Status.FAILED, failure) for t in targets)
-    return DeployReport(None, failed, certificate_problems=exc.problems, exit_status=report.EX_DATAERR,
+    return DeployReport(None, failed, certificate_problems=problems,
+                        exit_status=report.EX_NOPERM if unsafe else report.EX_DATAERR,
                         state_ok=ledger.healthy if ledger else state_ok)
 
 

@@ -13,7 +13,7 @@ from certbot_smtp_dist._internal import lineage, loader, pipeline, report
 from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.ledger import Ledger
 from certbot_smtp_dist._internal.state import Lock, StateKeys, state_keys
-from certbot_smtp_dist.errors import CertificateError, ConfigError, CredentialError
+from certbot_smtp_dist.errors import CertificateError, ConfigError, CredentialError, UnsafePathError
 from certbot_smtp_dist.model import (
     Artefact,
     CertificateFacts,
@@ -195,6 +195,8 @@ class _Drain:
                 self.artefacts[source] = lineage.load(source, self.now)
             except CertificateError as exc:
                 self.artefacts[source] = exc
+            except UnsafePathError as exc:  # reached through a link another user can re-point: never read
+                self.artefacts[source] = CertificateError([f"refusing to trust {exc}"])
         return self.artefacts[source]
 
     def _secrets(self, loaded: loader.Loaded, target: Target) -> dict[str, Secret] | CredentialError:
@@ -237,7 +239,7 @@ class _Drain:
                                                   from_renewal=True, command=self.command, refresh_metrics=False),
                              self.now, deploy.Preloaded(loaded, self.ledger.keys) if loaded is not None else None)
         self.results.extend(outcome.results)
-        if outcome.exit_status in (report.EX_CONFIG, report.EX_DATAERR):
+        if outcome.exit_status in (report.EX_CONFIG, report.EX_DATAERR, report.EX_NOPERM):
             log.error("the deploy of %s is still blocked (see the errors above)", entry.certificate)
             self.trouble = True
         else:

@@ -90,8 +90,11 @@ def from_paths(
 def load(source: LineageSource, now: datetime | None = None) -> Artefact:
     """Read and check every file; raise CertificateError listing every problem found.
 
-    Each distinct file is read once, bounded (files.read_regular), and its warnings are logged once.
+    Each distinct file is read once, bounded (files.read_regular), and its warnings are logged once. Raises
+    UnsafePathError, before any is read, when one is reached through a link another user can re-point
+    (`require_steady`).
     """
+    require_steady(source)
     raw, twins, key_status = read_inputs(source)
     for warning in files.exposure(source.key, key_status, os.geteuid(), "private key file"):
         log.warning("%s", warning)  # whether or not the artefact is usable: the key sits there either way
@@ -106,6 +109,20 @@ def load(source: LineageSource, now: datetime | None = None) -> Artefact:
             log.warning("certificate %s: %s%s", artefact.facts.name, finding.message,
                         f"; fix: {finding.fix}" if finding.fix else "")
     return artefact
+
+
+def require_steady(source: LineageSource) -> None:
+    """Every symbolic link on the way to each file (the file itself included) is one only root or the running user
+    can re-point (ownership.require_steady_links): another user's link in a directory others can write (/tmp) could
+    lead to any lineage root can read, and its key would be mailed. certbot's live/ links into archive/ are root's,
+    lego's, acme.sh's and uacme's files no links: they pass. Raises UnsafePathError naming the link."""
+    from certbot_smtp_dist._internal import ownership
+
+    for path in dict.fromkeys(path for _, path in _inputs(source)):
+        try:
+            ownership.require_steady_links(path)
+        except ValueError:  # a NUL in a path from a spool entry: read_inputs names it
+            continue
 
 
 def read_inputs(source: LineageSource) -> tuple[dict[str, bytes], frozenset[str], os.stat_result]:

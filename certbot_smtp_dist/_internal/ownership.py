@@ -233,10 +233,10 @@ def _check_chain(directory: Path) -> None:
                 continue  # cannot look: the path lookup itself will fail and be reported
             fix = f"chown root {ancestor}; chmod go-w {ancestor}"
             if st.st_uid not in _trusted_owners():
-                raise UnsafePathError(ancestor, f"this directory above the configuration or state belongs to uid "
+                raise UnsafePathError(ancestor, f"this directory above a path it must trust belongs to uid "
                                                 f"{st.st_uid}, who could replace what lies below it", fix)
             if st.st_mode & _WRITABLE_BY_OTHERS and not st.st_mode & stat.S_ISVTX:
-                raise UnsafePathError(ancestor, f"this directory above the configuration or state is writable by "
+                raise UnsafePathError(ancestor, f"this directory above a path it must trust is writable by "
                                                 f"group or others (mode {stat.S_IMODE(st.st_mode):04o}) without "
                                                 f"the sticky bit", fix)
 

@@ -6,6 +6,8 @@ making locks/ (and the lock file) through whatever the spool path pointed at.
 (b) A link in a directory others can write (sticky, like /tmp) is its owner's to re-point at any time: the sticky
 bit only keeps the others out. One owned by another user is not trusted on the way to the configuration, the
 state, a temporary directory or the metrics textfile (fs.protected_symlinks=0, as here, lets root follow it).
+(c) Nor on the way to the certificate files a deploy mails (--lineage, --key, RENEWED_LINEAGE, a hook's paths):
+such a link could be re-pointed at any other lineage root can read, and its key would be mailed.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from support.pki import LineagePaths, write_lineage
 
-from certbot_smtp_dist._internal import files, ownership
+from certbot_smtp_dist._internal import files, lineage, ownership
 from certbot_smtp_dist._internal.config import parse_settings
 from certbot_smtp_dist._internal.ledger import Ledger
 from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
@@ -166,3 +169,65 @@ def test_links_their_owner_cannot_re_point_are_still_followed(sticky: Path, real
     their_link(closed / "textfile", victim)
     files.write_public(closed / "textfile" / "sub" / "node.prom", b"x 1\n")
     assert (victim / "sub" / "node.prom").read_bytes() == b"x 1\n"
+
+
+# -- (c) another user's link on the way to the certificate files ---------------------------------------------------
+@pytest.fixture
+def theirs(tmp_path: Path) -> LineagePaths:
+    """A lineage of root's (certbot's layout) the operator never asked to mail: the one the link is re-pointed at."""
+    return write_lineage(tmp_path / "etc" / "live" / "bank.example", names=("bank.example",), archive_symlinks=True)
+
+
+def _through(sticky: Path, theirs: LineagePaths, hop: str) -> tuple[LineageSource, Path]:
+    """The source a deploy would read, and the link of nobody's on the way."""
+    if hop == "--lineage":
+        link = their_link(sticky / "live", theirs.live_dir)
+        return lineage.from_lineage_dir(link), link
+    if hop == "a directory above --key":
+        link = their_link(sticky / "certs", theirs.live_dir)
+        return lineage.from_files(None, str(link / "privkey.pem"), None, str(link / "fullchain.pem"), None), link
+    key = their_link(sticky / "privkey.pem", theirs.privkey)  # the key file itself (a certificate is public)
+    return lineage.from_files(None, str(key), None, str(theirs.fullchain), "mine"), key
+
+
+@as_root
+@pytest.mark.parametrize("hop", ["--lineage", "a directory above --key", "the key file itself"])
+def test_another_users_link_on_the_way_to_the_certificate_files_is_refused_before_they_are_read(
+        sticky: Path, theirs: LineagePaths, hop: str) -> None:
+    source, link = _through(sticky, theirs, hop)
+    with pytest.raises(UnsafePathError, match=f"^{link}: a symbolic link owned by uid {NOBODY}, in a directory "
+                                              f"others can write .*name the path it leads to"):
+        lineage.load(source)
+
+
+@as_root
+def test_lineage_links_their_owner_cannot_re_point_are_still_followed(sticky: Path, theirs: LineagePaths,
+                                                                      tmp_path: Path) -> None:
+    """certbot's live/ links into archive/ (root's), root's link in /tmp, and another user's link in a directory
+    only root can write: each is read as before."""
+    assert lineage.load(lineage.from_lineage_dir(theirs.live_dir)).facts.name == "bank.example"
+    (sticky / "live").symlink_to(theirs.live_dir)  # root's
+    assert lineage.load(lineage.from_lineage_dir(sticky / "live", "x")).facts.common_name == "bank.example"
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o755)
+    their_link(closed / "live", theirs.live_dir)
+    assert lineage.load(lineage.from_lineage_dir(closed / "live", "x")).facts.common_name == "bank.example"
+
+
+@as_root
+def test_a_link_in_another_users_own_directory_is_theirs_to_re_point_their_plain_files_are_read(
+        tmp_path: Path, theirs: LineagePaths) -> None:
+    """Root deploying an ACME user's files: a link in that user's directory (dehydrated's privkey.pem ->
+    privkey-TIMESTAMP.pem) could be re-pointed by them at any lineage root can read, so it is refused; their plain
+    files (lego, acme.sh, uacme) are read, the key file's owner warned about as before."""
+    home = tmp_path / "home" / "acme"
+    home.mkdir(parents=True, mode=0o755)
+    plain = write_lineage(home / "certs" / "acme.example", names=("acme.example",))
+    their_link(home / "certs" / "acme.example" / "privkey-1.pem", theirs.privkey)
+    for path in (home, *(p for p in home.rglob("*") if not p.is_symlink())):
+        os.chown(path, NOBODY, -1)
+    assert lineage.load(lineage.from_lineage_dir(plain.live_dir)).facts.common_name == "acme.example"
+    source = lineage.from_files(None, str(plain.live_dir / "privkey-1.pem"), None, str(theirs.fullchain), None)
+    with pytest.raises(UnsafePathError, match=f"^{plain.live_dir}: this directory above a path it must trust "
+                                              f"belongs to uid {NOBODY}"):
+        lineage.load(source)

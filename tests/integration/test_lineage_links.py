@@ -1,0 +1,104 @@
+"""The certificate files a deploy mails are never reached through a symbolic link another user can re-point (theirs,
+in a sticky directory others can write, like /tmp): it could lead to any lineage root can read, and root would mail
+that key to the configured recipients. Real relays on loopback and the real CLI; the link is nobody's
+(fs.protected_symlinks=0 here, as on hosts that do not set it, lets root follow it)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.deployenv import DeployEnv, relay_target
+from support.pki import LineagePaths, write_lineage
+
+NOBODY = 65534
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="another user's link needs root to make")
+
+
+@pytest.fixture
+def sticky(tmp_path: Path) -> Path:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    return shared
+
+
+@pytest.fixture
+def bank(tmp_path: Path) -> LineagePaths:
+    """Another lineage of root's, in certbot's layout: the operator never asked to mail its key."""
+    return write_lineage(tmp_path / "etc" / "live" / "bank.example", names=("bank.example",), archive_symlinks=True)
+
+
+def their_link(link: Path, target: Path) -> Path:
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(target)
+    os.chown(link, NOBODY, -1, follow_symlinks=False)
+    return link
+
+
+def spool(denv: DeployEnv) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((denv.state_dir / "spool").glob("*.json"))]
+
+
+def _hook_run(sticky: Path, bank: LineagePaths, client: str) -> tuple[list[str], dict[str, str], Path]:
+    """The arguments and environment of a renewal whose paths run through a link of nobody's, and that link."""
+    if client == "certbot":
+        link = their_link(sticky / "live", bank.live_dir)
+        return [], {"RENEWED_LINEAGE": str(link)}, link
+    key = their_link(sticky / "privkey.pem", bank.privkey)  # the key file itself (a certificate is public)
+    return (["--name", "test.example.com", "--key", str(key), "--fullchain", str(bank.fullchain)],
+            {"CERTBOT_SMTP_DIST_HOOK": client}, key)
+
+
+@pytest.mark.parametrize("client", ["certbot", "dehydrated"])
+def test_a_renewal_through_another_users_link_sends_nothing_and_stays_blocked(
+        denv: DeployEnv, relay_factory: Any, sticky: Path, bank: LineagePaths, client: str) -> None:
+    relay = relay_factory("plaintext")
+    denv.write_config({"a": relay_target(relay)})
+    args, env, link = _hook_run(sticky, bank, client)
+
+    run = denv.run("deploy", "--json", *args, extra_env=env)
+
+    refusal = f"{link}: a symbolic link owned by uid {NOBODY}, in a directory others can write"
+    assert run.returncode == 77, run.stdout + run.stderr  # EX_NOPERM: a path not safe to trust
+    assert relay.connections == 0 and relay.messages == []
+    target = run.target("a")
+    assert target["status"] == "failed" and target["error_code"] == "SMTP_PAYLOAD", target
+    assert refusal in target["detail"] and "name the path it leads to" in target["detail"], target["detail"]
+    assert refusal in run.stderr and "nothing was sent" in run.stderr and "Traceback" not in run.stderr
+    [blocked] = spool(denv)  # as for any unusable certificate files of a renewal: `status` alerts
+    assert (blocked["kind"], blocked["state"]) == ("blocked", "failed"), blocked
+    assert refusal in blocked["last_failure"]["detail"]
+
+    retried = denv.run("retry", "--include-failed")  # the files read again, through the same link: still refused
+    assert retried.returncode == 69, retried.stdout + retried.stderr
+    assert refusal in retried.stderr and "still blocked" in retried.stderr
+    assert relay.connections == 0 and relay.messages == []
+
+
+def test_a_pending_delivery_whose_lineage_became_another_users_link_is_failed_not_sent(
+        denv: DeployEnv, relay_factory: Any, sticky: Path, bank: LineagePaths, tmp_path: Path) -> None:
+    """Deployed through root's link in /tmp; before the retry, the link is gone (a /tmp cleaner) and nobody made
+    their own under that name, pointing at another lineage. The retry fails the entry naming the link; the other
+    entries of the run go on."""
+    mine = write_lineage(tmp_path / "etc" / "live" / "test.example.com")
+    relay = relay_factory("plaintext", reject={"busy@example.com": "452 4.2.2 Mailbox full"})
+    denv.write_config({"a": relay_target(relay, to=["busy@example.com"])})
+    (sticky / "live").symlink_to(mine.live_dir)  # root's: followed
+    assert denv.run("deploy", "--lineage", str(sticky / "live")).returncode == 75
+    (sticky / "live").unlink()
+    link = their_link(sticky / "live", bank.live_dir)
+    relay.set_reject({})
+
+    retried = denv.run("retry", "--json")
+
+    assert retried.returncode == 69, retried.stdout + retried.stderr
+    assert relay.messages == []
+    [entry] = spool(denv)
+    assert entry["state"] == "failed" and entry["last_failure"]["error_code"] == "SMTP_PAYLOAD", entry
+    assert f"{link}: a symbolic link owned by uid {NOBODY}" in entry["last_failure"]["detail"]
+    assert "Traceback" not in retried.stderr
