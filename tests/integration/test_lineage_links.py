@@ -102,3 +102,24 @@ def test_a_pending_delivery_whose_lineage_became_another_users_link_is_failed_no
     assert entry["state"] == "failed" and entry["last_failure"]["error_code"] == "SMTP_PAYLOAD", entry
     assert f"{link}: a symbolic link owned by uid {NOBODY}" in entry["last_failure"]["detail"]
     assert "Traceback" not in retried.stderr
+
+
+def test_the_certbot_plugin_refuses_the_same_link_and_tells_certbot_without_raising(
+        denv: DeployEnv, relay_factory: Any, sticky: Path, bank: LineagePaths) -> None:
+    """The plugin's deploy_cert paths (certbot's live directory, as certbot names it) go through the same reader."""
+    from certbot_smtp_dist._internal import certbot_adapter
+
+    relay = relay_factory("plaintext")
+    denv.write_config({"a": relay_target(relay)})
+    link = their_link(sticky / "live", bank.live_dir)
+    source = certbot_adapter.lineage_source(str(link / "cert.pem"), str(link / "privkey.pem"),
+                                            str(link / "chain.pem"), str(link / "fullchain.pem"), "live")
+
+    shipment = certbot_adapter.ship(certbot_adapter.Options(denv.config, (), denv.state_dir), source)
+
+    assert not shipment.ok and shipment.report is not None and shipment.report.exit_status == 77
+    [problem] = shipment.problems()
+    assert f"{link}: a symbolic link owned by uid {NOBODY}" in problem, problem
+    assert relay.connections == 0 and relay.messages == []
+    [blocked] = spool(denv)
+    assert (blocked["kind"], blocked["state"]) == ("blocked", "failed"), blocked
