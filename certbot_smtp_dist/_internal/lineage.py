@@ -118,11 +118,8 @@ def require_steady(source: LineageSource) -> None:
     lego's, acme.sh's and uacme's files no links: they pass. Raises UnsafePathError naming the link."""
     from certbot_smtp_dist._internal import ownership
 
-    for path in dict.fromkeys(path for _, path in _inputs(source)):
-        try:
-            ownership.require_steady_links(path)
-        except ValueError:  # a NUL in a path from a spool entry: read_inputs names it
-            continue
+    # A NUL in a path from a spool entry is no path any system call takes: read_inputs names it.
+    ownership.require_steady_paths(dict.fromkeys(path for _, path in _inputs(source) if "\0" not in str(path)))
 
 
 def read_inputs(source: LineageSource) -> tuple[dict[str, bytes], frozenset[str], os.stat_result]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from certbot_smtp_dist.errors import AccessError, UnsafePathError
@@ -159,10 +160,20 @@ def require_steady_links(path: Path) -> Path:
     the path, not on what is opened: a component made later where nothing was, or replaced in a directory others
     can write above what `path` names, is not seen."""
     links, final = _resolve(path)
-    _check_link_owners(links)
-    for link in links:
-        _check_chain(link.parent)
+    _require_steady(links)
     return final
+
+
+def require_steady_paths(paths: Iterable[Path]) -> None:
+    """`require_steady_links` for several paths at once (a lineage's files), each directory holding a link
+    checked once: certbot's four live/ links share one."""
+    _require_steady([link for path in paths for link in _resolve(path)[0]])
+
+
+def _require_steady(links: list[Path]) -> None:
+    _check_link_owners(links)
+    for holder in dict.fromkeys(link.parent for link in links):
+        _check_chain(holder)
 
 
 def _check_link_owners(links: list[Path]) -> None:
