@@ -115,7 +115,8 @@ def require_steady(source: LineageSource) -> None:
     """Every symbolic link on the way to each file (the file itself included) is one only root or the running user
     can re-point (ownership.require_steady_links): another user's link in a directory others can write (/tmp) could
     lead to any lineage root can read, and its key would be mailed. certbot's live/ links into archive/ are root's,
-    lego's, acme.sh's and uacme's files no links: they pass. Raises UnsafePathError naming the link."""
+    lego's, acme.sh's and uacme's files no links: they pass. Raises UnsafePathError naming the link. A check before
+    the reads: a link made after it is not seen (fs.protected_symlinks=1 refuses another user's in /tmp, where set)."""
     from certbot_smtp_dist._internal import ownership
 
     # A NUL in a path from a spool entry is no path any system call takes: read_inputs names it.
