@@ -82,6 +82,15 @@ def fault_server() -> Iterator[FaultServerFactory]:
 
 
 @pytest.fixture
+def sticky(tmp_path: Path) -> Path:
+    """A /tmp-like directory: everyone may create in it, the sticky bit keeps them from renaming what is ours."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    return shared
+
+
+@pytest.fixture
 def tmp_lineage_dir(tmp_path: Path) -> Path:
     """Where a test should put a certbot-like lineage: <tmp>/live/test.example.com."""
     return tmp_path / "live" / "test.example.com"

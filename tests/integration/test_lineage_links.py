@@ -19,14 +19,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="another user's link n
 
 
 @pytest.fixture
-def sticky(tmp_path: Path) -> Path:
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
-    return shared
-
-
-@pytest.fixture
 def bank(tmp_path: Path) -> LineagePaths:
     """Another lineage of root's, in certbot's layout: the operator never asked to mail its key."""
     return write_lineage(tmp_path / "etc" / "live" / "bank.example", names=("bank.example",), archive_symlinks=True)

@@ -36,15 +36,6 @@ as_root = pytest.mark.skipif(os.geteuid() != 0, reason="another user's file need
 
 
 @pytest.fixture
-def sticky(tmp_path: Path) -> Path:
-    """A /tmp-like directory: everyone may create in it, the sticky bit keeps them from renaming what is ours."""
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
-    return shared
-
-
-@pytest.fixture
 def victim(tmp_path: Path) -> Path:
     """A directory of root's elsewhere (/etc, say): nothing of ours may be made in it through a link."""
     where = tmp_path / "victim"

@@ -14,15 +14,6 @@ from certbot_smtp_dist.errors import UnsafePathError
 NOBODY = 65534
 
 
-@pytest.fixture
-def sticky(tmp_path: Path) -> Path:
-    """A /tmp-like directory: everyone may create in it, the sticky bit keeps them from renaming what is ours."""
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
-    return shared
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="another user's directory needs root to make")
 @pytest.mark.parametrize("made", ["the state directory", "a directory above it"])
 def test_a_directory_another_user_made_after_the_trust_check_is_refused(sticky: Path, made: str) -> None:
