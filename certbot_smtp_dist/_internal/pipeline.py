@@ -272,30 +272,47 @@ def _out_of_time(message: Message, target: Target, spent: float) -> DeliveryResu
                           recipients=len(message.envelope_to))
 
 
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C ended `deliver_all` (exit status 130). `finished`: the deliveries that ended before it, by the
+    index of their job, for the use case to save: a target delivered before the Ctrl-C must not stay pending and be
+    sent again by `retry`. The other jobs' write-ahead entries stay pending, as they were."""
+
+    def __init__(self, finished: dict[int, Delivery]) -> None:
+        super().__init__()
+        self.finished = finished
+
+
 def deliver_all(jobs: list[Job], policy: RetryPolicy = DEFAULT_POLICY, started: float | None = None,
                 tokens: TokenCache | None = None) -> list[Delivery]:
     """Run every job concurrently; one target's failure or stall never delays another beyond its own deadline.
     The event loop only delivers: results and attempts come back as values, saved by the use case afterwards
-    (the OAuth 2.0 token cache, `tokens`, is the one piece of state a session reads and writes)."""
+    (the OAuth 2.0 token cache, `tokens`, is the one piece of state a session reads and writes).
+    Raises Interrupted after a Ctrl-C, with what finished before it (a cancelled gather drops its results)."""
+    finished: dict[int, Delivery] = {}
 
-    async def run_one(job: Job, slots: RelaySlots, tls: TlsContexts) -> Delivery:
+    async def run_one(index: int, job: Job, slots: RelaySlots, tls: TlsContexts) -> Delivery:
         try:
-            return await deliver_job(job, policy, started, slots, tls, tokens)
+            delivery = await deliver_job(job, policy, started, slots, tls, tokens)
         except Exception as exc:  # a defect must not take the other targets down with it
             log.exception("target %s: internal error", job.target.name)
-            return Delivery(job, DeliveryResult(job.target.name, Status.FAILED,
-                                                Failure(ErrorCode.SMTP_TRANSIENT, Phase.CONNECT,
-                                                        f"internal error: {type(exc).__name__}"),
-                                                job.message.message_id if job.message else None))
+            delivery = Delivery(job, DeliveryResult(job.target.name, Status.FAILED,
+                                                    Failure(ErrorCode.SMTP_TRANSIENT, Phase.CONNECT,
+                                                            f"internal error: {type(exc).__name__}"),
+                                                    job.message.message_id if job.message else None))
+        finished[index] = delivery
+        return delivery
 
     async def run_all() -> list[Delivery]:
         from certbot_smtp_dist._internal.transport import TlsContexts, settle_lost_connections
 
         settle_lost_connections(asyncio.get_running_loop())
         slots, tls = RelaySlots(policy.connections_per_relay), TlsContexts()  # shared by every target of the run
-        return list(await asyncio.gather(*(run_one(j, slots, tls) for j in jobs)))
+        return list(await asyncio.gather(*(run_one(i, j, slots, tls) for i, j in enumerate(jobs))))
 
-    return runloop.run(run_all())
+    try:
+        return runloop.run(run_all())
+    except KeyboardInterrupt as exc:
+        raise Interrupted(dict(finished)) from exc
 
 
 def rendered_results(jobs: list[Job], output: Path | None) -> list[DeliveryResult]:

@@ -1,0 +1,88 @@
+"""A Ctrl-C that ends a run (runloop.py) after some of its targets were delivered: those are recorded as delivered,
+and `retry` never sends them again; the ones still under way stay pending, and `retry` sends them.
+
+Before, the run's gather was cancelled as a whole: every target's result was dropped, the delivered ones' write-ahead
+entries stayed pending, and `retry` sent each of them a second time (as it did under asyncio.run: the loss predates
+runloop.py)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support.deployenv import DeployEnv
+from support.faultscript import STALL
+from support.faultsmtp import FaultServer
+from support.pki import LineagePaths, write_lineage
+
+
+@pytest.fixture
+def lineage(tmp_path: Path) -> LineagePaths:
+    return write_lineage(tmp_path / "live" / "test.example.com")
+
+
+def _target(server: FaultServer) -> dict[str, object]:
+    return {"host": "127.0.0.1", "port": server.port, "tls_mode": "plaintext", "timeout": 60, "from_address": "c@example.com", "to": ["a@example.com"]}
+
+
+def _interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], object]) -> str:
+    try:
+        for _ in range(600):  # bounded: 60 s at most
+            if ready():
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    return err
+
+
+def test_a_target_delivered_before_the_ctrl_c_is_recorded_and_never_sent_again(denv: DeployEnv,
+                                                                                lineage: LineagePaths,
+                                                                                fault_server) -> None:
+    fast = fault_server()
+    slow = fault_server(replies={"DATA_END": STALL})
+    denv.write_config({"fast": _target(fast), "slow": _target(slow)})
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
+                            env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # `fast` took the message and its session is over (the client closed it); `slow` holds its final reply.
+    err = _interrupt_when(proc, lambda: len(fast.messages) == 1 and fast.wait_idle(0.1) and slow.data_ends)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+
+    status = denv.run("status", "--json")
+    assert [e["target"] for e in json.loads(status.stdout)["entries"]] == ["slow"], status.stdout
+
+    relay = fault_server()  # `slow` answers now
+    denv.write_config({"fast": _target(fast), "slow": _target(relay)})
+    retry = denv.run("retry")
+    assert retry.returncode == 0, retry.stderr
+    assert len(relay.messages) == 1 and len(fast.messages) == 1  # `fast` got it once, from the deploy
+
+
+def test_a_retry_interrupted_after_one_delivery_records_it(denv: DeployEnv, lineage: LineagePaths,
+                                                             fault_server) -> None:
+    busy = fault_server(replies={"greeting": "421 4.3.2 busy"})
+    denv.write_config({"fast": _target(busy), "slow": _target(busy)}, defaults={"retry_attempts": 1})
+    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode != 0
+    fast, slow = fault_server(), fault_server(replies={"DATA_END": STALL})
+    denv.write_config({"fast": _target(fast), "slow": _target(slow)}, defaults={"retry_attempts": 1})
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "retry"], env=denv.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = _interrupt_when(proc, lambda: len(fast.messages) == 1 and fast.wait_idle(0.1) and slow.data_ends)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+
+    status = denv.run("status", "--json")
+    assert [e["target"] for e in json.loads(status.stdout)["entries"]] == ["slow"], status.stdout
+    relay = fault_server()
+    denv.write_config({"fast": _target(fast), "slow": _target(relay)})
+    assert denv.run("retry").returncode == 0
+    assert len(relay.messages) == 1 and len(fast.messages) == 1
