@@ -154,3 +154,23 @@ def test_an_exception_of_the_work_is_raised_as_asyncio_run_raises_it() -> None:
 
     with pytest.raises(LookupError, match="the work's own"):
         runloop.run(main())
+
+
+def test_the_wakeup_descriptor_of_whoever_set_it_before_is_set_again_after_the_run() -> None:
+    # A program hosting the certbot plugin (or an extension) whose own event loop handles SIGTERM: its loop learns
+    # of a signal through the wakeup descriptor it set. asyncio.run leaves that alone; add_signal_handler replaces
+    # it, and remove_signal_handler leaves none at all: the host's loop no longer heard its signals.
+    assert _outcome("""
+        host = asyncio.new_event_loop()
+        heard = host.create_future()
+        host.add_signal_handler(signal.SIGTERM, heard.set_result, "SIGTERM")
+
+        async def main():
+            return "done"
+        outcome(main)
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        try:
+            print("host", host.run_until_complete(asyncio.wait_for(heard, 20)))
+        except asyncio.TimeoutError:
+            print("host deaf")
+    """) == ["returned done", "handler default", "host SIGTERM"]
