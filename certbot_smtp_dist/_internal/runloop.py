@@ -40,6 +40,13 @@ TEARDOWN = 2.0  # seconds the teardown waits for tasks it cancelled
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """`main` to completion on a new event loop, as `asyncio.run` would; KeyboardInterrupt after a Ctrl-C."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:  # refused before anything is made, as asyncio.run refuses it: the caller's loop and signals untouched
+        main.close()
+        raise RuntimeError("runloop.run() cannot be called from a running event loop")
     loop = asyncio.new_event_loop()
     try:
         asyncio.set_event_loop(loop)

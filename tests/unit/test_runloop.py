@@ -7,6 +7,7 @@ process is given 30 s: an interrupt lost ends the process by the test's timeout,
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -174,3 +175,24 @@ def test_the_wakeup_descriptor_of_whoever_set_it_before_is_set_again_after_the_r
         except asyncio.TimeoutError:
             print("host deaf")
     """) == ["returned done", "handler default", "host SIGTERM"]
+
+
+def test_a_run_inside_a_running_loop_is_refused_and_leaves_that_loop_alone() -> None:
+    # As asyncio.run refuses it, before anything is made: no loop of ours replaces the caller's current one (it was
+    # unset), no signal handler, and the work is closed, never left for the collector to warn about on stderr.
+    async def main() -> str:
+        return "done"
+
+    async def outer() -> tuple[bool, bool]:
+        work = main()
+        with pytest.raises(RuntimeError):
+            runloop.run(work)
+        return work.cr_frame is None, asyncio.get_event_loop_policy().get_event_loop() is asyncio.get_running_loop()
+
+    host = asyncio.new_event_loop()
+    asyncio.set_event_loop(host)
+    try:
+        assert host.run_until_complete(outer()) == (True, True)
+    finally:
+        asyncio.set_event_loop(None)
+        host.close()
