@@ -86,3 +86,18 @@ def test_a_retry_interrupted_after_one_delivery_records_it(denv: DeployEnv, line
     denv.write_config({"fast": _target(fast), "slow": _target(relay)})
     assert denv.run("retry").returncode == 0
     assert len(relay.messages) == 1 and len(fast.messages) == 1
+
+
+def test_a_ctrl_c_while_the_relay_holds_its_reply_to_quit_records_the_message_as_delivered(
+        denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
+    # The relay took the message (250 to the final "."); the session waits for the reply to QUIT, which a relay may
+    # hold up to the target's timeout. A Ctrl-C there dropped the delivery: pending, and sent again by `retry`.
+    relay = fault_server(replies={"QUIT": STALL})
+    denv.write_config({"relay": _target(relay)})
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
+                            env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = _interrupt_when(proc, lambda: "QUIT" in relay.client_commands)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    status = denv.run("status", "--json")
+    assert json.loads(status.stdout)["entries"] == [], status.stdout
+    assert len(relay.messages) == 1
