@@ -31,19 +31,19 @@ def _target(server: FaultServer) -> dict[str, object]:
     return {"host": "127.0.0.1", "port": server.port, "tls_mode": "plaintext", "timeout": 60, "from_address": "c@example.com", "to": ["a@example.com"]}
 
 
-def _interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], object]) -> str:
+def _interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], object]) -> tuple[str, str]:
+    """SIGINT once `ready()`; (stdout, stderr). Every stall is the target's 60 s timeout, every wait here 60 s."""
     try:
         for _ in range(600):  # bounded: 60 s at most
             if ready():
                 break
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        return proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    return err
 
 
 def test_a_target_delivered_before_the_ctrl_c_is_recorded_and_never_sent_again(denv: DeployEnv,
@@ -55,8 +55,9 @@ def test_a_target_delivered_before_the_ctrl_c_is_recorded_and_never_sent_again(d
     proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
                             env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # `fast` took the message and its session is over (the client closed it); `slow` holds its final reply.
-    err = _interrupt_when(proc, lambda: len(fast.messages) == 1 and fast.wait_idle(0.1) and slow.data_ends)
+    _, err = _interrupt_when(proc, lambda: len(fast.messages) == 1 and fast.wait_idle(0.1) and slow.data_ends)
     assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == "certbot-smtp-dist: error: deploy: interrupted", err  # it was silent
 
     status = denv.run("status", "--json")
     assert [e["target"] for e in json.loads(status.stdout)["entries"]] == ["slow"], status.stdout
@@ -77,7 +78,7 @@ def test_a_retry_interrupted_after_one_delivery_records_it(denv: DeployEnv, line
     denv.write_config({"fast": _target(fast), "slow": _target(slow)}, defaults={"retry_attempts": 1})
     proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "retry"], env=denv.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err = _interrupt_when(proc, lambda: len(fast.messages) == 1 and fast.wait_idle(0.1) and slow.data_ends)
+    _, err = _interrupt_when(proc, lambda: len(fast.messages) == 1 and fast.wait_idle(0.1) and slow.data_ends)
     assert proc.returncode == 130 and "Traceback" not in err, err
 
     status = denv.run("status", "--json")
@@ -96,8 +97,19 @@ def test_a_ctrl_c_while_the_relay_holds_its_reply_to_quit_records_the_message_as
     denv.write_config({"relay": _target(relay)})
     proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
                             env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err = _interrupt_when(proc, lambda: "QUIT" in relay.client_commands)
+    _, err = _interrupt_when(proc, lambda: "QUIT" in relay.client_commands)
     assert proc.returncode == 130 and "Traceback" not in err, err
     status = denv.run("status", "--json")
     assert json.loads(status.stdout)["entries"] == [], status.stdout
     assert len(relay.messages) == 1
+
+
+def test_an_interrupted_check_ends_at_once_with_one_line_and_no_half_document(denv: DeployEnv,
+                                                                              fault_server) -> None:
+    relay = fault_server(replies={"EHLO": STALL})
+    denv.write_config({"relay": _target(relay)})
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "check", "--json"], env=denv.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = _interrupt_when(proc, lambda: "EHLO" in relay.client_commands)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert out == "" and err.splitlines()[-1] == "certbot-smtp-dist: error: check: interrupted", (out, err)
