@@ -227,30 +227,42 @@ async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: f
     outcome = None
     attempts = 0
     sessions: list[Attempt] = []
-    while True:
-        attempts += 1
-        began = loop.time()
-        outcome = await _session(job, message, max(deadline - loop.time(), 0.01), slots, tls, tokens)
-        accepted.extend(outcome.accepted)
-        refusals.update(outcome.refused)
-        failure = outcome.failure
-        sessions.append(Attempt(attempts, len(outcome.accepted), len(outcome.refused),
-                                _redact(failure, job.secrets, target.username) if failure else None,
-                                loop.time() - began))
-        if failure is None or not failure.is_retryable or failure.maybe_delivered or attempts >= policy.attempts:
-            break  # a maybe-delivered message is never sent again in this run: that is how duplicates multiply
-        pause = policy.delay(attempts)
-        if deadline - loop.time() - pause < policy.min_budget:
-            break
-        log.info("target %s: attempt %d failed (%s), retrying in %.1fs", target.name, attempts, failure.code.value,
-                 pause)
-        await asyncio.sleep(pause)
-        # RFC 5321 §3.3: re-send only to those that have not taken it.
-        message = replace(message, envelope_to=tuple(r for r in message.envelope_to if r not in accepted))
-    duration = loop.time() - started
-    failure = _redact(outcome.failure, job.secrets, target.username) if outcome.failure else None
-    owed = [r for r in job.message.envelope_to if r not in accepted]
-    refused = tuple((addr, _redact_reply(refusals[addr], job.secrets, target.username))
+    try:
+        while True:
+            attempts += 1
+            began = loop.time()
+            outcome = await _session(job, message, max(deadline - loop.time(), 0.01), slots, tls, tokens)
+            accepted.extend(outcome.accepted)
+            refusals.update(outcome.refused)
+            failure = outcome.failure
+            sessions.append(Attempt(attempts, len(outcome.accepted), len(outcome.refused),
+                                    _redact(failure, job.secrets, target.username) if failure else None,
+                                    loop.time() - began))
+            if failure is None or not failure.is_retryable or failure.maybe_delivered or attempts >= policy.attempts:
+                break  # a maybe-delivered message is never sent again in this run: that is how duplicates multiply
+            pause = policy.delay(attempts)
+            if deadline - loop.time() - pause < policy.min_budget:
+                break
+            log.info("target %s: attempt %d failed (%s), retrying in %.1fs", target.name, attempts, failure.code.value,
+                     pause)
+            await asyncio.sleep(pause)
+            # RFC 5321 §3.3: re-send only to those that have not taken it.
+            message = replace(message, envelope_to=tuple(r for r in message.envelope_to if r not in accepted))
+    except asyncio.CancelledError:  # Ctrl-C (runloop.py)
+        if not accepted or outcome is None:
+            raise
+        attempts = len(sessions)  # an interrupted session is no attempt of the result
+        # Some recipients took it before: a fact to save (PARTIAL, RFC 5321 §3.3), or `retry` sends it to them again.
+    return Delivery(job, _result(job.message, target, outcome, accepted, refusals, attempts, job.secrets,
+                                 loop.time() - started), tuple(sessions))
+
+
+def _result(message: Message, target: Target, outcome: SessionOutcome, accepted: list[str],
+            refusals: dict[str, Reply], attempts: int, secrets: tuple[Secret, ...], duration: float) -> DeliveryResult:
+    """What the sessions of one delivery came to (the last one's failure, every recipient's), redacted."""
+    failure = _redact(outcome.failure, secrets, target.username) if outcome.failure else None
+    owed = [r for r in message.envelope_to if r not in accepted]
+    refused = tuple((addr, _redact_reply(refusals[addr], secrets, target.username))
                     for addr in owed if addr in refusals)
     if failure is None:
         status = Status.DELIVERED
@@ -260,9 +272,8 @@ async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: f
         status = Status.PARTIAL  # someone has it: a retry must not send it to them again
     else:
         status = Status.FAILED
-    result = DeliveryResult(target.name, status, failure, job.message.message_id, refused, duration, attempts,
-                            recipients=len(job.message.envelope_to), accepted=tuple(accepted))
-    return Delivery(job, result, tuple(sessions))
+    return DeliveryResult(target.name, status, failure, message.message_id, refused, duration, attempts,
+                          recipients=len(message.envelope_to), accepted=tuple(accepted))
 
 
 def _out_of_time(message: Message, target: Target, spent: float) -> DeliveryResult:

@@ -113,3 +113,26 @@ def test_an_interrupted_check_ends_at_once_with_one_line_and_no_half_document(de
     out, err = _interrupt_when(proc, lambda: "EHLO" in relay.client_commands)
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert out == "" and err.splitlines()[-1] == "certbot-smtp-dist: error: check: interrupted", (out, err)
+
+
+def test_recipients_that_took_the_message_before_a_ctrl_c_are_not_sent_it_again(denv: DeployEnv,
+                                                                                 lineage: LineagePaths,
+                                                                                 fault_server) -> None:
+    # The first session: a@ takes the message, b@ is told to try later; the second session, for b@ alone, meets a
+    # relay holding its greeting, and the Ctrl-C lands there (or in the pause between the two). a@ was dropped with
+    # the interrupted delivery: the entry stayed pending for both, and `retry` sent a@ the message a second time.
+    from support.faultscript import Script
+
+    relay = fault_server(Script(rcpt_replies={"b@example.com": "451 4.3.0 try later"}, faulty_connections=1,
+                                later=Script(replies={"greeting": STALL})))
+    denv.write_config({"relay": _target(relay) | {"to": ["a@example.com", "b@example.com"]}})
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
+                            env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = _interrupt_when(proc, lambda: relay.connections >= 2)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert [m.rcpt_tos for m in relay.messages] == [("a@example.com",)]
+
+    later = fault_server()
+    denv.write_config({"relay": _target(later) | {"to": ["a@example.com", "b@example.com"]}})
+    assert denv.run("retry").returncode == 0
+    assert [m.rcpt_tos for m in later.messages] == [("b@example.com",)]
