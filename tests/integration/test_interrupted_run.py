@@ -1,9 +1,10 @@
-"""A Ctrl-C that ends a run (runloop.py) after some of its targets were delivered: those are recorded as delivered,
-and `retry` never sends them again; the ones still under way stay pending, and `retry` sends them.
+"""A Ctrl-C that ends a run (runloop.py, exit 130, one line saying so) keeps what the relay took before it: a target
+delivered, a message accepted before the reply to QUIT, the recipients of a partial delivery are recorded, and
+`retry` never sends them the message again; what was still under way stays pending, and `retry` sends it.
 
-Before, the run's gather was cancelled as a whole: every target's result was dropped, the delivered ones' write-ahead
-entries stayed pending, and `retry` sent each of them a second time (as it did under asyncio.run: the loss predates
-runloop.py)."""
+Before, each was dropped with the cancellation (the run's gather, the session, the delivery's attempt loop), its
+write-ahead entry stayed pending for everything, and `retry` sent a second copy. asyncio.run did the same: the losses
+predate runloop.py. Each run is a process of its own; every stall is the target's 60 s timeout."""
 
 from __future__ import annotations
 
