@@ -377,7 +377,8 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:  # a path the command needs, closed to this user or broken: never a traceback
         _error(args, _os_error_line(args, exc))
         return report.EX_NOPERM if isinstance(exc, PermissionError) else report.EX_IOERR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or the ACME client's SIGINT: one line that says so, never a traceback
+        _error(args, f"{args.command}: interrupted")
         return 130
 
 

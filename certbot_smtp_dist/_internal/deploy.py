@@ -269,9 +269,21 @@ def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageS
     entry is still claimed; the event loop itself touches no state."""
     if ledger is None:
         return [d.result for d in pipeline.deliver_all(jobs, policy, started=started)]
-    with ledger.write_ahead_all(facts, source, jobs) as entries:
-        deliveries = pipeline.deliver_all(jobs, policy, started=started, tokens=ledger.token_cache())
-        ledger.save_all(facts, list(zip(deliveries, entries, strict=True)))
-    results = [d.result for d in deliveries]
-    ledger.supersede_older({r.target for r in results if r.status is Status.DELIVERED}, facts)
-    return results
+    try:
+        with ledger.write_ahead_all(facts, source, jobs) as entries:
+            try:
+                deliveries = pipeline.deliver_all(jobs, policy, started=started, tokens=ledger.token_cache())
+            except pipeline.Interrupted as stop:  # Ctrl-C: what was delivered before it is saved, not sent again
+                ledger.save_all(facts, [(d, entries[i]) for i, d in stop.finished.items()])
+                raise
+            ledger.save_all(facts, list(zip(deliveries, entries, strict=True)))
+    except pipeline.Interrupted as stop:
+        _supersede(ledger, facts, list(stop.finished.values()))
+        raise
+    _supersede(ledger, facts, deliveries)
+    return [d.result for d in deliveries]
+
+
+def _supersede(ledger: Ledger, facts: CertificateFacts, deliveries: list[pipeline.Delivery]) -> None:
+    """Once this run's entries are released: what they delivered closes the older entries for those targets."""
+    ledger.supersede_older({d.result.target for d in deliveries if d.result.status is Status.DELIVERED}, facts)

@@ -213,11 +213,13 @@ class _Drain:
             return []
         from certbot_smtp_dist._internal.plugins import notify_all
 
-        deliveries = pipeline.deliver_all([p.job for p in planned], self._policy(), started=self.started,
-                                          tokens=self.ledger.token_cache())
-        outcomes = list(zip(planned, deliveries, strict=True))
-        for facts in dict.fromkeys(plan.facts for plan in planned):  # one journal append, one fsync a certificate
-            self.ledger.save_all(facts, [(delivery, plan.entry) for plan, delivery in outcomes if plan.facts == facts])
+        try:
+            deliveries = pipeline.deliver_all([p.job for p in planned], self._policy(), started=self.started,
+                                              tokens=self.ledger.token_cache())
+        except pipeline.Interrupted as stop:  # Ctrl-C: what was delivered before it is saved, not sent again
+            self._save([(planned[i], delivery) for i, delivery in stop.finished.items()])
+            raise
+        self._save(list(zip(planned, deliveries, strict=True)))
         for delivery in deliveries:
             log.log(logging.INFO if delivery.result.ok else logging.ERROR, "retry %s",
                     report.human_line(delivery.result))
@@ -226,6 +228,11 @@ class _Drain:
             if loaded is not None:
                 notify_all(loaded.plugins, plan.facts, [delivery.result])
         return [d.result for d in deliveries]
+
+    def _save(self, outcomes: list[tuple[_Planned, pipeline.Delivery]]) -> None:
+        """Each outcome, its entry still claimed: one journal append (one fsync) a certificate."""
+        for facts in dict.fromkeys(plan.facts for plan, _ in outcomes):
+            self.ledger.save_all(facts, [(delivery, plan.entry) for plan, delivery in outcomes if plan.facts == facts])
 
     def _rerun(self, entry: sp.Entry) -> None:
         """A blocked deploy: run it again whole, unclaimed. The deploy closes the entry once it gets past config,

@@ -227,30 +227,42 @@ async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: f
     outcome = None
     attempts = 0
     sessions: list[Attempt] = []
-    while True:
-        attempts += 1
-        began = loop.time()
-        outcome = await _session(job, message, max(deadline - loop.time(), 0.01), slots, tls, tokens)
-        accepted.extend(outcome.accepted)
-        refusals.update(outcome.refused)
-        failure = outcome.failure
-        sessions.append(Attempt(attempts, len(outcome.accepted), len(outcome.refused),
-                                _redact(failure, job.secrets, target.username) if failure else None,
-                                loop.time() - began))
-        if failure is None or not failure.is_retryable or failure.maybe_delivered or attempts >= policy.attempts:
-            break  # a maybe-delivered message is never sent again in this run: that is how duplicates multiply
-        pause = policy.delay(attempts)
-        if deadline - loop.time() - pause < policy.min_budget:
-            break
-        log.info("target %s: attempt %d failed (%s), retrying in %.1fs", target.name, attempts, failure.code.value,
-                 pause)
-        await asyncio.sleep(pause)
-        # RFC 5321 §3.3: re-send only to those that have not taken it.
-        message = replace(message, envelope_to=tuple(r for r in message.envelope_to if r not in accepted))
-    duration = loop.time() - started
-    failure = _redact(outcome.failure, job.secrets, target.username) if outcome.failure else None
-    owed = [r for r in job.message.envelope_to if r not in accepted]
-    refused = tuple((addr, _redact_reply(refusals[addr], job.secrets, target.username))
+    try:
+        while True:
+            attempts += 1
+            began = loop.time()
+            outcome = await _session(job, message, max(deadline - loop.time(), 0.01), slots, tls, tokens)
+            accepted.extend(outcome.accepted)
+            refusals.update(outcome.refused)
+            failure = outcome.failure
+            sessions.append(Attempt(attempts, len(outcome.accepted), len(outcome.refused),
+                                    _redact(failure, job.secrets, target.username) if failure else None,
+                                    loop.time() - began))
+            if failure is None or not failure.is_retryable or failure.maybe_delivered or attempts >= policy.attempts:
+                break  # a maybe-delivered message is never sent again in this run: that is how duplicates multiply
+            pause = policy.delay(attempts)
+            if deadline - loop.time() - pause < policy.min_budget:
+                break
+            log.info("target %s: attempt %d failed (%s), retrying in %.1fs", target.name, attempts, failure.code.value,
+                     pause)
+            await asyncio.sleep(pause)
+            # RFC 5321 §3.3: re-send only to those that have not taken it.
+            message = replace(message, envelope_to=tuple(r for r in message.envelope_to if r not in accepted))
+    except asyncio.CancelledError:  # Ctrl-C (runloop.py)
+        if not accepted or outcome is None:
+            raise
+        attempts = len(sessions)  # an interrupted session is no attempt of the result
+        # Some recipients took it before: a fact to save (PARTIAL, RFC 5321 §3.3), or `retry` sends it to them again.
+    return Delivery(job, _result(job.message, target, outcome, accepted, refusals, attempts, job.secrets,
+                                 loop.time() - started), tuple(sessions))
+
+
+def _result(message: Message, target: Target, outcome: SessionOutcome, accepted: list[str],
+            refusals: dict[str, Reply], attempts: int, secrets: tuple[Secret, ...], duration: float) -> DeliveryResult:
+    """What the sessions of one delivery came to (the last one's failure, every recipient's), redacted."""
+    failure = _redact(outcome.failure, secrets, target.username) if outcome.failure else None
+    owed = [r for r in message.envelope_to if r not in accepted]
+    refused = tuple((addr, _redact_reply(refusals[addr], secrets, target.username))
                     for addr in owed if addr in refusals)
     if failure is None:
         status = Status.DELIVERED
@@ -260,9 +272,8 @@ async def deliver_job(job: Job, policy: RetryPolicy = DEFAULT_POLICY, started: f
         status = Status.PARTIAL  # someone has it: a retry must not send it to them again
     else:
         status = Status.FAILED
-    result = DeliveryResult(target.name, status, failure, job.message.message_id, refused, duration, attempts,
-                            recipients=len(job.message.envelope_to), accepted=tuple(accepted))
-    return Delivery(job, result, tuple(sessions))
+    return DeliveryResult(target.name, status, failure, message.message_id, refused, duration, attempts,
+                          recipients=len(message.envelope_to), accepted=tuple(accepted))
 
 
 def _out_of_time(message: Message, target: Target, spent: float) -> DeliveryResult:
@@ -272,30 +283,47 @@ def _out_of_time(message: Message, target: Target, spent: float) -> DeliveryResu
                           recipients=len(message.envelope_to))
 
 
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C ended `deliver_all` (exit status 130). `finished`: the deliveries that ended before it, by the
+    index of their job, for the use case to save: a target delivered before the Ctrl-C must not stay pending and be
+    sent again by `retry`. The other jobs' write-ahead entries stay pending, as they were."""
+
+    def __init__(self, finished: dict[int, Delivery]) -> None:
+        super().__init__()
+        self.finished = finished
+
+
 def deliver_all(jobs: list[Job], policy: RetryPolicy = DEFAULT_POLICY, started: float | None = None,
                 tokens: TokenCache | None = None) -> list[Delivery]:
     """Run every job concurrently; one target's failure or stall never delays another beyond its own deadline.
     The event loop only delivers: results and attempts come back as values, saved by the use case afterwards
-    (the OAuth 2.0 token cache, `tokens`, is the one piece of state a session reads and writes)."""
+    (the OAuth 2.0 token cache, `tokens`, is the one piece of state a session reads and writes).
+    Raises Interrupted after a Ctrl-C, with what finished before it (a cancelled gather drops its results)."""
+    finished: dict[int, Delivery] = {}
 
-    async def run_one(job: Job, slots: RelaySlots, tls: TlsContexts) -> Delivery:
+    async def run_one(index: int, job: Job, slots: RelaySlots, tls: TlsContexts) -> Delivery:
         try:
-            return await deliver_job(job, policy, started, slots, tls, tokens)
+            delivery = await deliver_job(job, policy, started, slots, tls, tokens)
         except Exception as exc:  # a defect must not take the other targets down with it
             log.exception("target %s: internal error", job.target.name)
-            return Delivery(job, DeliveryResult(job.target.name, Status.FAILED,
-                                                Failure(ErrorCode.SMTP_TRANSIENT, Phase.CONNECT,
-                                                        f"internal error: {type(exc).__name__}"),
-                                                job.message.message_id if job.message else None))
+            delivery = Delivery(job, DeliveryResult(job.target.name, Status.FAILED,
+                                                    Failure(ErrorCode.SMTP_TRANSIENT, Phase.CONNECT,
+                                                            f"internal error: {type(exc).__name__}"),
+                                                    job.message.message_id if job.message else None))
+        finished[index] = delivery
+        return delivery
 
     async def run_all() -> list[Delivery]:
         from certbot_smtp_dist._internal.transport import TlsContexts, settle_lost_connections
 
         settle_lost_connections(asyncio.get_running_loop())
         slots, tls = RelaySlots(policy.connections_per_relay), TlsContexts()  # shared by every target of the run
-        return list(await asyncio.gather(*(run_one(j, slots, tls) for j in jobs)))
+        return list(await asyncio.gather(*(run_one(i, j, slots, tls) for i, j in enumerate(jobs))))
 
-    return runloop.run(run_all())
+    try:
+        return runloop.run(run_all())
+    except KeyboardInterrupt as exc:
+        raise Interrupted(dict(finished)) from exc
 
 
 def rendered_results(jobs: list[Job], output: Path | None) -> list[DeliveryResult]:

@@ -14,8 +14,9 @@ So SIGINT is the loop's own here (`add_signal_handler`: the signal wakes the loo
 whichever thread took it). The first Ctrl-C cancels the main task, and then every `RECANCEL` seconds every task
 still running, until the main task ends: a cancellation dropped once is not dropped again by the same await. A main
 task that ends cancelled raises KeyboardInterrupt (exit status 130); one that finished its work meanwhile returns
-it, so that what was delivered is recorded, never sent again by `retry`. A second Ctrl-C raises KeyboardInterrupt
-at once.
+it, so that what was delivered is recorded, never sent again by `retry` (a run interrupted all the same saves the
+targets that finished before: pipeline.Interrupted). A second Ctrl-C raises KeyboardInterrupt at once.
+The wakeup descriptor set before the run (a host's own event loop's) is set again after it.
 Only where SIGINT is Python's default handler (the hook command, certbot): a process started with SIGINT ignored
 (a background job of a non-interactive shell) keeps ignoring it, as `asyncio.run` would.
 
@@ -39,12 +40,19 @@ TEARDOWN = 2.0  # seconds the teardown waits for tasks it cancelled
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """`main` to completion on a new event loop, as `asyncio.run` would; KeyboardInterrupt after a Ctrl-C."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:  # refused before anything is made, as asyncio.run refuses it: the caller's loop and signals untouched
+        main.close()
+        raise RuntimeError("runloop.run() cannot be called from a running event loop")
     loop = asyncio.new_event_loop()
     try:
         asyncio.set_event_loop(loop)
         task = loop.create_task(main)
         interrupts = _Interrupts(loop, task)
-        installed = _install(loop, interrupts.press)
+        previous = _install(loop, interrupts.press)
         try:
             result = loop.run_until_complete(task)
         except asyncio.CancelledError:
@@ -53,8 +61,9 @@ def run(main: Coroutine[Any, Any, T]) -> T:
             raise
         finally:
             interrupts.stop()
-            if installed:
+            if previous is not None:
                 loop.remove_signal_handler(signal.SIGINT)  # Python's default handler again
+                signal.set_wakeup_fd(previous)  # whoever set it before (-1: nobody); the removal left none
         return result  # it ended by itself meanwhile: what it did is reported and recorded, not dropped
     finally:
         try:
@@ -92,14 +101,22 @@ class _Interrupts:
             self._next.cancel()
 
 
-def _install(loop: asyncio.AbstractEventLoop, on_sigint: Callable[[], None]) -> bool:
+def _install(loop: asyncio.AbstractEventLoop, on_sigint: Callable[[], None]) -> int | None:
+    """SIGINT made the loop's own; the wakeup descriptor set before (-1: none), which `add_signal_handler`
+    replaces with the loop's: a host's own event loop (the certbot plugin's process, an extension's) learns of its
+    signals through it, and must again after the run. None: not installed."""
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        return False  # ignored, or someone else's: left as it is
+        return None  # ignored, or someone else's: left as it is
+    try:
+        previous = signal.set_wakeup_fd(-1)
+    except ValueError:  # not the main thread
+        return None
     try:
         loop.add_signal_handler(signal.SIGINT, on_sigint)
-    except (NotImplementedError, RuntimeError, ValueError):  # no Unix signals, or not the main thread
-        return False
-    return True
+    except (NotImplementedError, RuntimeError, ValueError):  # no Unix signals
+        signal.set_wakeup_fd(previous)
+        return None
+    return previous
 
 
 def _teardown(loop: asyncio.AbstractEventLoop) -> None:

@@ -413,7 +413,9 @@ async def _deliver(target: Target, converse: Converse, budget: float, known: tup
                 f"cannot resolve host {target.host}: no answer from the resolver within {budget:.1f}s"))
         return SessionOutcome(failure=classify.deadline(progress.phase, connected, budget, progress.dot_sent,
                                                         target.timeout))
-    except asyncio.CancelledError:
+    except asyncio.CancelledError:  # a Ctrl-C (runloop.py); only our own deadline is a TimeoutError above
+        if progress.accepted is not None:  # during QUIT: the relay has the message, retry must not send it again
+            return progress.accepted
         raise
     except Exception as exc:
         if progress.accepted is not None:

@@ -7,6 +7,7 @@ process is given 30 s: an interrupt lost ends the process by the test's timeout,
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -154,3 +155,45 @@ def test_an_exception_of_the_work_is_raised_as_asyncio_run_raises_it() -> None:
 
     with pytest.raises(LookupError, match="the work's own"):
         runloop.run(main())
+
+
+def test_the_wakeup_descriptor_of_whoever_set_it_before_is_set_again_after_the_run() -> None:
+    # A program hosting the certbot plugin (or an extension) whose own event loop handles SIGTERM: its loop learns
+    # of a signal through the wakeup descriptor it set. asyncio.run leaves that alone; add_signal_handler replaces
+    # it, and remove_signal_handler leaves none at all: the host's loop no longer heard its signals.
+    assert _outcome("""
+        host = asyncio.new_event_loop()
+        heard = host.create_future()
+        host.add_signal_handler(signal.SIGTERM, heard.set_result, "SIGTERM")
+
+        async def main():
+            return "done"
+        outcome(main)
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        try:
+            print("host", host.run_until_complete(asyncio.wait_for(heard, 20)))
+        except asyncio.TimeoutError:
+            print("host deaf")
+    """) == ["returned done", "handler default", "host SIGTERM"]
+
+
+def test_a_run_inside_a_running_loop_is_refused_and_leaves_that_loop_alone() -> None:
+    # As asyncio.run refuses it, before anything is made: no loop of ours replaces the caller's current one (it was
+    # unset), no signal handler, and the work is closed, never left for the collector to warn about on stderr.
+    async def main() -> str:
+        return "done"
+
+    async def outer() -> bool:
+        work = main()
+        with pytest.raises(RuntimeError):
+            runloop.run(work)
+        return work.cr_frame is None
+
+    host = asyncio.new_event_loop()
+    asyncio.set_event_loop(host)
+    try:
+        assert host.run_until_complete(outer())
+        assert asyncio.get_event_loop() is host  # still the thread's current loop
+    finally:
+        asyncio.set_event_loop(None)
+        host.close()

@@ -1,0 +1,139 @@
+"""A Ctrl-C that ends a run (runloop.py, exit 130, one line saying so) keeps what the relay took before it: a target
+delivered, a message accepted before the reply to QUIT, the recipients of a partial delivery are recorded, and
+`retry` never sends them the message again; what was still under way stays pending, and `retry` sends it.
+
+Before, each was dropped with the cancellation (the run's gather, the session, the delivery's attempt loop), its
+write-ahead entry stayed pending for everything, and `retry` sent a second copy. asyncio.run did the same: the losses
+predate runloop.py. Each run is a process of its own; every stall is the target's 60 s timeout."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support.deployenv import DeployEnv
+from support.faultscript import STALL
+from support.faultsmtp import FaultServer
+from support.pki import LineagePaths, write_lineage
+
+
+@pytest.fixture
+def lineage(tmp_path: Path) -> LineagePaths:
+    return write_lineage(tmp_path / "live" / "test.example.com")
+
+
+def _target(server: FaultServer) -> dict[str, object]:
+    return {"host": "127.0.0.1", "port": server.port, "tls_mode": "plaintext", "timeout": 60, "from_address": "c@example.com", "to": ["a@example.com"]}
+
+
+def _interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], object]) -> tuple[str, str]:
+    """SIGINT once `ready()`; (stdout, stderr). Every stall is the target's 60 s timeout, every wait here 60 s."""
+    try:
+        for _ in range(600):  # bounded: 60 s at most
+            if ready():
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_a_target_delivered_before_the_ctrl_c_is_recorded_and_never_sent_again(denv: DeployEnv,
+                                                                                lineage: LineagePaths,
+                                                                                fault_server) -> None:
+    fast = fault_server()
+    slow = fault_server(replies={"DATA_END": STALL})
+    denv.write_config({"fast": _target(fast), "slow": _target(slow)})
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
+                            env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # `fast` took the message and its session is over (the client closed it); `slow` holds its final reply.
+    _, err = _interrupt_when(proc, lambda: len(fast.messages) == 1 and fast.wait_idle(0.1) and slow.data_ends)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == "certbot-smtp-dist: error: deploy: interrupted", err  # it was silent
+
+    status = denv.run("status", "--json")
+    assert [e["target"] for e in json.loads(status.stdout)["entries"]] == ["slow"], status.stdout
+
+    relay = fault_server()  # `slow` answers now
+    denv.write_config({"fast": _target(fast), "slow": _target(relay)})
+    retry = denv.run("retry")
+    assert retry.returncode == 0, retry.stderr
+    assert len(relay.messages) == 1 and len(fast.messages) == 1  # `fast` got it once, from the deploy
+
+
+def test_a_retry_interrupted_after_one_delivery_records_it(denv: DeployEnv, lineage: LineagePaths,
+                                                             fault_server) -> None:
+    busy = fault_server(replies={"greeting": "421 4.3.2 busy"})
+    denv.write_config({"fast": _target(busy), "slow": _target(busy)}, defaults={"retry_attempts": 1})
+    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode != 0
+    fast, slow = fault_server(), fault_server(replies={"DATA_END": STALL})
+    denv.write_config({"fast": _target(fast), "slow": _target(slow)}, defaults={"retry_attempts": 1})
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "retry"], env=denv.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = _interrupt_when(proc, lambda: len(fast.messages) == 1 and fast.wait_idle(0.1) and slow.data_ends)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+
+    status = denv.run("status", "--json")
+    assert [e["target"] for e in json.loads(status.stdout)["entries"]] == ["slow"], status.stdout
+    relay = fault_server()
+    denv.write_config({"fast": _target(fast), "slow": _target(relay)})
+    assert denv.run("retry").returncode == 0
+    assert len(relay.messages) == 1 and len(fast.messages) == 1
+
+
+def test_a_ctrl_c_while_the_relay_holds_its_reply_to_quit_records_the_message_as_delivered(
+        denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
+    # The relay took the message (250 to the final "."); the session waits for the reply to QUIT, which a relay may
+    # hold up to the target's timeout. A Ctrl-C there dropped the delivery: pending, and sent again by `retry`.
+    relay = fault_server(replies={"QUIT": STALL})
+    denv.write_config({"relay": _target(relay)})
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
+                            env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = _interrupt_when(proc, lambda: "QUIT" in relay.client_commands)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    status = denv.run("status", "--json")
+    assert json.loads(status.stdout)["entries"] == [], status.stdout
+    assert len(relay.messages) == 1
+
+
+def test_an_interrupted_check_ends_at_once_with_one_line_and_no_half_document(denv: DeployEnv,
+                                                                              fault_server) -> None:
+    relay = fault_server(replies={"EHLO": STALL})
+    denv.write_config({"relay": _target(relay)})
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "check", "--json"], env=denv.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = _interrupt_when(proc, lambda: "EHLO" in relay.client_commands)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert out == "" and err.splitlines()[-1] == "certbot-smtp-dist: error: check: interrupted", (out, err)
+
+
+def test_recipients_that_took_the_message_before_a_ctrl_c_are_not_sent_it_again(denv: DeployEnv,
+                                                                                 lineage: LineagePaths,
+                                                                                 fault_server) -> None:
+    # The first session: a@ takes the message, b@ is told to try later; the second session, for b@ alone, meets a
+    # relay holding its greeting, and the Ctrl-C lands there (or in the pause between the two). a@ was dropped with
+    # the interrupted delivery: the entry stayed pending for both, and `retry` sent a@ the message a second time.
+    from support.faultscript import Script
+
+    relay = fault_server(Script(rcpt_replies={"b@example.com": "451 4.3.0 try later"}, faulty_connections=1,
+                                later=Script(replies={"greeting": STALL})))
+    denv.write_config({"relay": _target(relay) | {"to": ["a@example.com", "b@example.com"]}})
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
+                            env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = _interrupt_when(proc, lambda: relay.connections >= 2)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert [m.rcpt_tos for m in relay.messages] == [("a@example.com",)]
+
+    later = fault_server()
+    denv.write_config({"relay": _target(later) | {"to": ["a@example.com", "b@example.com"]}})
+    assert denv.run("retry").returncode == 0
+    assert [m.rcpt_tos for m in later.messages] == [("b@example.com",)]
