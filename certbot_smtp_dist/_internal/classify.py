@@ -167,6 +167,12 @@ def deadline(phase: Phase, connected: bool, budget: float, dot_sent: bool = Fals
                    f"relay stalled during {phase.value}; abandoned at the {limit:.1f}s deadline")
 
 
+def interrupted_after_dot() -> Failure:
+    """A Ctrl-C while the reply to the final "." was awaited: as a lost reply (RFC 5321 §4.1.1.4, RFC 1047), the
+    relay may have the message; `uncertain`, so `resend_uncertain = false` holds for it too."""
+    return _lost_final_reply("interrupted (Ctrl-C) while awaiting the reply to the final \".\"")
+
+
 def translate(exc: BaseException, phase: Phase, connected: bool, dot_sent: bool = False,
               reply_code: int | None = None) -> Failure:
     """Map any exception raised during an SMTP session to failure facts.

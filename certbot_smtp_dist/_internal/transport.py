@@ -416,6 +416,8 @@ async def _deliver(target: Target, converse: Converse, budget: float, known: tup
     except asyncio.CancelledError:  # a Ctrl-C (runloop.py); only our own deadline is a TimeoutError above
         if progress.accepted is not None:  # during QUIT: the relay has the message, retry must not send it again
             return progress.accepted
+        if progress.dot_sent:  # the relay may have it: uncertain, as at our deadline, never plainly pending
+            return SessionOutcome(failure=classify.interrupted_after_dot())
         raise
     except Exception as exc:
         if progress.accepted is not None:

@@ -137,3 +137,24 @@ def test_recipients_that_took_the_message_before_a_ctrl_c_are_not_sent_it_again(
     denv.write_config({"relay": _target(later) | {"to": ["a@example.com", "b@example.com"]}})
     assert denv.run("retry").returncode == 0
     assert [m.rcpt_tos for m in later.messages] == [("b@example.com",)]
+
+
+def test_a_ctrl_c_after_the_final_dot_is_uncertain_and_resend_uncertain_false_holds(denv: DeployEnv,
+                                                                                      lineage: LineagePaths,
+                                                                                      fault_server) -> None:
+    # The final "." has left and the relay holds its reply: it may have the message (RFC 5321 §4.1.1.4), as when
+    # our own deadline passes there. It was left pending, and `retry` re-sent it although the target said
+    # `resend_uncertain = false`.
+    slow = fault_server(replies={"DATA_END": STALL})
+    denv.write_config({"archive": {**_target(slow), "resend_uncertain": False}})
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
+                            env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = _interrupt_when(proc, lambda: slow.data_ends)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    entries = json.loads(denv.run("status", "--json").stdout)["entries"]
+    assert [(e["target"], e["state"]) for e in entries] == [("archive", "uncertain")], entries
+
+    relay = fault_server()  # answers now: still not sent again without --include-uncertain
+    denv.write_config({"archive": {**_target(relay), "resend_uncertain": False}})
+    denv.run("retry")
+    assert relay.messages == [] and relay.connections == 0
