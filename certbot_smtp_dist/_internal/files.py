@@ -228,7 +228,8 @@ class RefusedFile(OSError):
     """An input file that is not read: not a regular file, or larger than the bound. `strerror` says why."""
 
 
-def read_regular(path: Path, limit: int = MAX_INPUT_BYTES) -> tuple[bytes, os.stat_result]:
+def read_regular(path: Path, limit: int = MAX_INPUT_BYTES, checked: Path | None = None
+                 ) -> tuple[bytes, os.stat_result]:
     """The bytes of the regular file at `path` (symlinks followed: certbot's live/ links into archive/), with the
     status of the file actually read.
 
@@ -236,13 +237,17 @@ def read_regular(path: Path, limit: int = MAX_INPUT_BYTES) -> tuple[bytes, os.st
     the open is non-blocking so a FIFO swapped in after that check cannot stall it either, the opened descriptor is
     checked again (what is read is what was checked), and at most `limit` bytes are read, whatever the size claims.
     (A hung network file system can still stall a read of a regular file; nothing short of a thread bounds that.)
-    Raises OSError (RefusedFile for the refusals).
+    With `checked`, the path `path` named when its links were checked (ownership.require_steady_paths): the file
+    opened must sit there (`require_opened_at`). Raises OSError (RefusedFile for the refusals, UnsafePathError when
+    the open led elsewhere).
     """
     _refuse_unless_regular(os.stat(path), limit)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
         status = os.fstat(fd)
         _refuse_unless_regular(status, limit)
+        if checked is not None:
+            require_opened_at(fd, path, checked)
         chunks: list[bytes] = []
         total = 0
         while total <= limit:
@@ -254,6 +259,22 @@ def read_regular(path: Path, limit: int = MAX_INPUT_BYTES) -> tuple[bytes, os.st
         raise RefusedFile(errno.EFBIG, f"grew past {_size(limit)} while being read")
     finally:
         os.close(fd)
+
+
+def require_opened_at(fd: int, path: Path, checked: Path) -> None:
+    """The file open on `fd` is the one at `checked`, where `path` led when its links were checked. Between that
+    check and the open, whoever can write a directory on the way (an ACME user's own, where fs.protected_symlinks
+    does not reach) can rename a file or directory away and put a link in its place; the kernel's name for what
+    was opened (/proc/self/fd) then lies elsewhere. Without /proc the check before the open stands alone."""
+    try:
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return
+    if opened != str(checked):
+        raise UnsafePathError(path, f"led to {opened} when opened, not to the path checked ({checked}): a link on the "
+                                    f"way was made or changed after the check (by whoever can write a directory "
+                                    f"there, or a renewal meanwhile); nothing was read from it",
+                              "run it again, and check who can write the directories on the way")
 
 
 def _refuse_unless_regular(status: os.stat_result, limit: int) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from certbot_smtp_dist._internal import diagnose, files, pem
-from certbot_smtp_dist.errors import CertificateError, UsageError
+from certbot_smtp_dist.errors import CertificateError, UnsafePathError, UsageError
 from certbot_smtp_dist.model import Artefact, CertificateFacts, LineageSource, Severity
 
 log = logging.getLogger("certbot_smtp_dist")
@@ -92,10 +92,9 @@ def load(source: LineageSource, now: datetime | None = None) -> Artefact:
 
     Each distinct file is read once, bounded (files.read_regular), and its warnings are logged once. Raises
     UnsafePathError, before any is read, when one is reached through a link another user can re-point
-    (`require_steady`).
+    (`require_steady`), or when a file opened lies elsewhere than that check found it.
     """
-    require_steady(source)
-    raw, twins, key_status = read_inputs(source)
+    raw, twins, key_status = read_inputs(source, require_steady(source))
     for warning in files.exposure(source.key, key_status, os.geteuid(), "private key file"):
         log.warning("%s", warning)  # whether or not the artefact is usable: the key sits there either way
     from certbot_smtp_dist._internal import anchors
@@ -111,30 +110,35 @@ def load(source: LineageSource, now: datetime | None = None) -> Artefact:
     return artefact
 
 
-def require_steady(source: LineageSource) -> None:
+def require_steady(source: LineageSource) -> dict[Path, Path]:
     """Every symbolic link on the way to each file (the file itself included) is one only root or the running user
     can re-point (ownership.require_steady_links): another user's link in a directory others can write (/tmp) could
     lead to any lineage root can read, and its key would be mailed. certbot's live/ links into archive/ are root's,
-    lego's, acme.sh's and uacme's files no links: they pass. Raises UnsafePathError naming the link. A check before
-    the reads: a link made after it is not seen (fs.protected_symlinks=1 refuses another user's in /tmp, where set)."""
+    lego's, acme.sh's and uacme's files no links: they pass. Raises UnsafePathError naming the link. Returns where
+    each path led, for read_inputs to hold each file opened to: a link made after the check, where another user can
+    write (their own directory, which fs.protected_symlinks does not cover), is refused then (files.read_regular)."""
     from certbot_smtp_dist._internal import ownership
 
     # A NUL in a path from a spool entry is no path any system call takes: read_inputs names it.
-    ownership.require_steady_paths(dict.fromkeys(path for _, path in _inputs(source) if "\0" not in str(path)))
+    return ownership.require_steady_paths(dict.fromkeys(path for _, path in _inputs(source) if "\0" not in str(path)))
 
 
-def read_inputs(source: LineageSource) -> tuple[dict[str, bytes], frozenset[str], os.stat_result]:
+def read_inputs(source: LineageSource, checked: Mapping[Path, Path] | None = None
+                ) -> tuple[dict[str, bytes], frozenset[str], os.stat_result]:
     """The bytes of each file by label (cert, chain, fullchain, key), each distinct file read once and bounded
     (files.read_regular), the labels whose file is the key file itself, and the key file's status. Raises
-    CertificateError naming every file that cannot be read."""
+    CertificateError naming every file that cannot be read; UnsafePathError when a file opened is not where
+    `checked` (require_steady) says its path led."""
     problems: list[str] = []
     raw: dict[str, bytes] = {}
     seen: dict[Path, tuple[bytes, os.stat_result]] = {}
     for label, path in _inputs(source):
         try:
             if path not in seen:
-                seen[path] = files.read_regular(path)
+                seen[path] = files.read_regular(path, checked=(checked or {}).get(path))
             raw[label] = seen[path][0]
+        except UnsafePathError:
+            raise
         except OSError as exc:
             problems.append(f"cannot read {label} file {path}: {exc.strerror or exc}")
         except ValueError:  # a NUL in a path from a spool entry: os.stat refuses it before any system call

@@ -164,10 +164,12 @@ def require_steady_links(path: Path) -> Path:
     return final
 
 
-def require_steady_paths(paths: Iterable[Path]) -> None:
+def require_steady_paths(paths: Iterable[Path]) -> dict[Path, Path]:
     """`require_steady_links` for several paths at once (a lineage's files), each directory holding a link
-    checked once: certbot's four live/ links share one."""
-    _require_steady([link for path in paths for link in _resolve(path)[0]])
+    checked once: certbot's four live/ links share one. Returns what each path finally named when checked."""
+    resolved = {path: _resolve(path) for path in paths}
+    _require_steady([link for links, _ in resolved.values() for link in links])
+    return {path: final for path, (_, final) in resolved.items()}
 
 
 def _require_steady(links: list[Path]) -> None:

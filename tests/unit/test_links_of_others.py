@@ -13,8 +13,11 @@ such a link could be re-pointed at any other lineage root can read, and its key 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.pki import LineagePaths, write_lineage
@@ -221,4 +224,48 @@ def test_a_link_in_another_users_own_directory_is_theirs_to_re_point_their_plain
     source = lineage.from_files(None, str(plain.live_dir / "privkey-1.pem"), None, str(theirs.fullchain), None)
     with pytest.raises(UnsafePathError, match=f"^{plain.live_dir}: this directory above a path it must trust "
                                               f"belongs to uid {NOBODY}"):
+        lineage.load(source)
+
+
+def _swap_after_the_check(monkeypatch: pytest.MonkeyPatch, swap: Callable[[], None]) -> None:
+    """The other user's move in the window between the link check and the reads: the real check runs, then they
+    act (a rename and a link, as a loop of theirs would, timed by luck instead of by this hook)."""
+    checked = lineage.require_steady
+
+    def check_then_swap(source: LineageSource) -> Any:
+        result = checked(source)
+        swap()
+        return result
+
+    monkeypatch.setattr(lineage, "require_steady", check_then_swap)
+
+
+@as_root
+@pytest.mark.parametrize("hop", ["the key file", "its directory"])
+def test_a_link_an_acme_user_swaps_in_after_the_check_is_refused_not_read(
+        tmp_path: Path, theirs: LineagePaths, monkeypatch: pytest.MonkeyPatch, hop: str) -> None:
+    """Root deploying an ACME user's plain files (lego as that user): the check finds no link, then the user
+    renames their key (or its directory) away and puts a link to another lineage in its place. Their directory is
+    not sticky, so fs.protected_symlinks does not stop root following it: what was opened is checked against the
+    path checked, and the other lineage's key is never loaded."""
+    home = tmp_path / "home" / "acme"
+    plain = write_lineage(home / "certs" / "acme.example", names=("acme.example",))
+    for path in (home, *home.rglob("*")):
+        os.chown(path, NOBODY, -1)
+    (tmp_path / "home").chmod(0o755)
+
+    def swap() -> None:
+        if hop == "the key file":
+            plain.privkey.rename(plain.live_dir / "old.pem")
+            their_link(plain.privkey, theirs.privkey)
+            plain.fullchain.unlink()
+            their_link(plain.fullchain, theirs.fullchain)
+        else:
+            plain.live_dir.rename(plain.live_dir.with_name("old"))
+            their_link(plain.live_dir, theirs.live_dir)
+
+    _swap_after_the_check(monkeypatch, swap)
+    source = lineage.from_files(None, str(plain.privkey), None, str(plain.fullchain), None)
+    with pytest.raises(UnsafePathError, match=f"^{re.escape(str(plain.fullchain))}: led to [^ ]*/bank\\.example/"
+                                              f"fullchain1\\.pem when opened, not to the path checked"):
         lineage.load(source)
