@@ -92,9 +92,14 @@ def load(source: LineageSource, now: datetime | None = None) -> Artefact:
 
     Each distinct file is read once, bounded (files.read_regular), and its warnings are logged once. Raises
     UnsafePathError, before any is read, when one is reached through a link another user can re-point
-    (`require_steady`), or when a file opened lies elsewhere than that check found it.
+    (`require_steady`), or when a file opened lies elsewhere than that check found it, and after the reads when the
+    key file is another's hard link in an ACME user's directory (ownership.require_no_borrowed_name).
     """
-    raw, twins, key_status = read_inputs(source, require_steady(source))
+    checked = require_steady(source)
+    raw, twins, key_status = read_inputs(source, checked)
+    from certbot_smtp_dist._internal import ownership
+
+    ownership.require_no_borrowed_name(source.key, key_status, checked.get(source.key, source.key), "private key file")
     for warning in files.exposure(source.key, key_status, os.geteuid(), "private key file"):
         log.warning("%s", warning)  # whether or not the artefact is usable: the key sits there either way
     from certbot_smtp_dist._internal import anchors

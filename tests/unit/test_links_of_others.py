@@ -269,3 +269,26 @@ def test_a_link_an_acme_user_swaps_in_after_the_check_is_refused_not_read(
     with pytest.raises(UnsafePathError, match=f"^{re.escape(str(plain.fullchain))}: led to [^ ]*/bank\\.example/"
                                               f"fullchain1\\.pem when opened, not to the path checked"):
         lineage.load(source)
+
+
+@as_root
+def test_a_hard_link_to_roots_key_in_an_acme_users_directory_is_refused(tmp_path: Path,
+                                                                        theirs: LineagePaths) -> None:
+    """With fs.protected_hardlinks=0 another user can hard-link any file whose path they can reach into their own
+    directory: root's key then sits, as a plain file, where root reads the ACME user's key (a certificate over its
+    public key is theirs to make). A key file of another owner than its directory's, with more than one name, is
+    refused; the ACME user's own key there is read as before (the hard link here is made as root, which
+    fs.protected_hardlinks=1 on this host lets root do)."""
+    home = tmp_path / "home" / "acme"
+    plain = write_lineage(home / "certs" / "acme.example", names=("acme.example",))
+    for path in (home, *home.rglob("*")):
+        os.chown(path, NOBODY, -1)
+    (tmp_path / "home").chmod(0o755)
+    assert lineage.load(lineage.from_lineage_dir(plain.live_dir)).facts.common_name == "acme.example"
+    plain.privkey.unlink()
+    os.link(theirs.privkey.resolve(), plain.privkey)  # root's key file in archive/ itself, by a second name
+    plain.fullchain.unlink()
+    os.link(theirs.fullchain.resolve(), plain.fullchain)
+    with pytest.raises(UnsafePathError, match=f"^{re.escape(str(plain.privkey))}: the private key file belongs to "
+                                              f"uid 0 and has 2 names, in a directory of uid {NOBODY}"):
+        lineage.load(lineage.from_files(None, str(plain.privkey), None, str(plain.fullchain), None))
