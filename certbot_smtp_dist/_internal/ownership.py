@@ -174,18 +174,19 @@ def require_steady_paths(paths: Iterable[Path]) -> dict[Path, Path]:
 
 def require_no_borrowed_name(path: Path, st: os.stat_result, where: Path, what: str) -> None:
     """A file read from `where` (the path it was opened at; `st` its fstat) that another user could have hard-linked
-    there from a path they can reach but a file they cannot read (fs.protected_hardlinks=0): more than one name,
-    in a directory of another user than root or us, owned by someone else than that directory. Their own file there
-    (an ACME user's key) has its directory's owner and passes."""
+    there from a path they can reach but a file they cannot read (fs.protected_hardlinks=0): more than one name, in
+    a directory others can write (/tmp), or in one of another user than root or us and owned by someone else than
+    that directory. Their own file there (an ACME user's key) has its directory's owner and passes."""
     try:
-        holder = os.lstat(where.parent).st_uid
+        holder = os.lstat(where.parent)
     except OSError:
         return  # gone since it was opened: what was read came from where the check led
-    if st.st_nlink > 1 and holder not in _trusted_owners() and st.st_uid != holder:
+    foreign = holder.st_uid not in _trusted_owners() and st.st_uid != holder.st_uid
+    if st.st_nlink > 1 and (foreign or holder.st_mode & _WRITABLE_BY_OTHERS):
         raise UnsafePathError(path, f"the {what} belongs to uid {st.st_uid} and has {st.st_nlink} names, in a "
-                                    f"directory of uid {holder}, who could have hard-linked it there from a file "
-                                    f"they cannot read", f"name that file by its own path, or have uid {holder} "
-                                    f"write its own copy there")
+                                    f"directory of uid {holder.st_uid} (mode {stat.S_IMODE(holder.st_mode):04o}): "
+                                    f"another user could have hard-linked it there from a file they cannot read",
+                              "name that file by its own path, or put a copy of your own there (cp, not ln)")
 
 
 def _require_steady(links: list[Path]) -> None:

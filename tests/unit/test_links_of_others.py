@@ -290,5 +290,19 @@ def test_a_hard_link_to_roots_key_in_an_acme_users_directory_is_refused(tmp_path
     plain.fullchain.unlink()
     os.link(theirs.fullchain.resolve(), plain.fullchain)
     with pytest.raises(UnsafePathError, match=f"^{re.escape(str(plain.privkey))}: the private key file belongs to "
-                                              f"uid 0 and has 2 names, in a directory of uid {NOBODY}"):
+                                              f"uid 0 and has 2 names, in a directory of uid {NOBODY} "):
         lineage.load(lineage.from_files(None, str(plain.privkey), None, str(plain.fullchain), None))
+
+
+@as_root
+def test_a_hard_link_to_roots_key_in_a_sticky_directory_is_refused(sticky: Path, theirs: LineagePaths) -> None:
+    """The same hard link made in /tmp by anyone (a --key given there): root's file in root's directory, but one
+    others can write. Root's own copy there, by one name, is read."""
+    key = sticky / "privkey.pem"
+    os.link(theirs.privkey.resolve(), key)
+    with pytest.raises(UnsafePathError, match=f"^{re.escape(str(key))}: the private key file belongs to uid 0 and "
+                                              f"has 2 names, in a directory of uid 0 \\(mode 1777\\)"):
+        lineage.load(lineage.from_files(None, str(key), None, str(theirs.fullchain), "x"))
+    key.unlink()
+    key.write_bytes(theirs.privkey.read_bytes())
+    assert lineage.load(lineage.from_files(None, str(key), None, str(theirs.fullchain), "x")).facts.name == "x"
