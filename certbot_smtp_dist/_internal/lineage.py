@@ -125,7 +125,9 @@ def require_steady(source: LineageSource) -> dict[Path, Path]:
     from certbot_smtp_dist._internal import ownership
 
     # A NUL in a path from a spool entry is no path any system call takes: read_inputs names it.
-    return ownership.require_steady_paths(dict.fromkeys(path for _, path in _inputs(source) if "\0" not in str(path)))
+    paths = dict.fromkeys(path for _, path in _inputs(source) if "\0" not in str(path))
+    return ownership.require_steady_paths(paths, "run the deploy as uid {uid}, whose files these are (from its ACME "
+                                                 "client's own hook), or {fix} if that ACME client runs as root")
 
 
 def read_inputs(source: LineageSource, checked: Mapping[Path, Path] | None = None

@@ -164,11 +164,13 @@ def require_steady_links(path: Path) -> Path:
     return final
 
 
-def require_steady_paths(paths: Iterable[Path]) -> dict[Path, Path]:
+def require_steady_paths(paths: Iterable[Path], theirs: str = "") -> dict[Path, Path]:
     """`require_steady_links` for several paths at once (a lineage's files), each directory holding a link
-    checked once: certbot's four live/ links share one. Returns what each path finally named when checked."""
+    checked once: certbot's four live/ links share one. Returns what each path finally named when checked.
+    `theirs`, when given, is the fix for a directory of another user above a link ({uid} its owner, {fix} the
+    chown): a lineage's is better run as that user than chowned away from its ACME client."""
     resolved = {path: _resolve(path) for path in paths}
-    _require_steady([link for links, _ in resolved.values() for link in links])
+    _require_steady([link for links, _ in resolved.values() for link in links], theirs)
     return {path: final for path, (_, final) in resolved.items()}
 
 
@@ -189,10 +191,10 @@ def require_no_borrowed_name(path: Path, st: os.stat_result, where: Path, what: 
                               "name that file by its own path, or put a copy of your own there (cp, not ln)")
 
 
-def _require_steady(links: list[Path]) -> None:
+def _require_steady(links: list[Path], theirs: str = "") -> None:
     _check_link_owners(links)
     for holder in dict.fromkeys(link.parent for link in links):
-        _check_chain(holder)
+        _check_chain(holder, theirs)
 
 
 def _check_link_owners(links: list[Path]) -> None:
@@ -243,9 +245,10 @@ def _resolve(path: Path) -> tuple[list[Path], Path]:
     return links, resolved
 
 
-def _check_chain(directory: Path) -> None:
+def _check_chain(directory: Path, theirs: str = "") -> None:
     """Every existing ancestor, literal and resolved, and of every directory holding a link on the way: owned by
-    root or us, not writable by others unless sticky; and no link on the way another user can re-point."""
+    root or us, not writable by others unless sticky; and no link on the way another user can re-point. `theirs`:
+    the fix for one of another user (require_steady_paths)."""
     absolute = Path(os.path.abspath(directory))
     seen: set[Path] = set()
     links, final = _resolve(directory)
@@ -264,7 +267,8 @@ def _check_chain(directory: Path) -> None:
             fix = f"chown root {ancestor}; chmod go-w {ancestor}"
             if st.st_uid not in _trusted_owners():
                 raise UnsafePathError(ancestor, f"this directory above a path it must trust belongs to uid "
-                                                f"{st.st_uid}, who could replace what lies below it", fix)
+                                                f"{st.st_uid}, who could replace what lies below it",
+                                      theirs.format(uid=st.st_uid, fix=fix) if theirs else fix)
             if st.st_mode & _WRITABLE_BY_OTHERS and not st.st_mode & stat.S_ISVTX:
                 raise UnsafePathError(ancestor, f"this directory above a path it must trust is writable by "
                                                 f"group or others (mode {stat.S_IMODE(st.st_mode):04o}) without "

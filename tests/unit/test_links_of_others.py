@@ -306,3 +306,24 @@ def test_a_hard_link_to_roots_key_in_a_sticky_directory_is_refused(sticky: Path,
     key.unlink()
     key.write_bytes(theirs.privkey.read_bytes())
     assert lineage.load(lineage.from_files(None, str(key), None, str(theirs.fullchain), "x")).facts.name == "x"
+
+
+@as_root
+def test_a_link_in_an_acme_users_directory_refused_to_root_says_to_run_the_deploy_as_that_user(
+        tmp_path: Path) -> None:
+    """dehydrated run as its own user under /var/lib/dehydrated (privkey.pem -> privkey-TIMESTAMP.pem), deployed by
+    root: refused (that user could re-point the link at any key root can read). The fix given is the one that keeps
+    the ACME client working, not a chown of its directory alone: the deploy as that user (its own hook), and the
+    chown only where the client runs as root."""
+    certs = tmp_path / "var" / "lib" / "dehydrated" / "certs" / "d.example"
+    plain = write_lineage(certs, names=("d.example",))
+    os.rename(plain.privkey, certs / "privkey-1700000000.pem")
+    plain.privkey.symlink_to("privkey-1700000000.pem")
+    for path in (certs.parent.parent, *certs.parent.parent.rglob("*")):
+        os.chown(path, NOBODY, -1, follow_symlinks=False)
+    source = lineage.from_files(None, str(plain.privkey), None, str(plain.fullchain), None)
+    with pytest.raises(UnsafePathError) as refused:
+        lineage.load(source)
+    assert str(refused.value).startswith(f"{certs}: this directory above a path it must trust belongs to uid {NOBODY}")
+    assert f"run the deploy as uid {NOBODY}" in str(refused.value), refused.value
+    assert f"chown root {certs}" in str(refused.value) and "if that ACME client runs as root" in str(refused.value)
