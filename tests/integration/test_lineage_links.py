@@ -115,3 +115,38 @@ def test_the_certbot_plugin_refuses_the_same_link_and_tells_certbot_without_rais
     assert relay.connections == 0 and relay.messages == []
     [blocked] = spool(denv)
     assert (blocked["kind"], blocked["state"]) == ("blocked", "failed"), blocked
+
+
+def test_a_link_an_acme_user_swaps_in_after_the_check_sends_nothing_and_stays_blocked(
+        denv: DeployEnv, relay_factory: Any, bank: LineagePaths, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root's deploy of an ACME user's plain files (lego run as that user): no link when checked, then the user
+    puts one to another lineage in place of the key before the open (their own directory: fs.protected_symlinks
+    does not apply). The file opened is not where the check led: refused as the link would have been."""
+    from certbot_smtp_dist._internal import lineage
+
+    home = tmp_path / "home" / "acme"
+    plain = write_lineage(home / "certificates", names=("acme.example",))
+    for path in (home, *home.rglob("*")):
+        os.chown(path, NOBODY, -1)
+    relay = relay_factory("plaintext")
+    denv.write_config({"a": relay_target(relay)})
+    checked = lineage.require_steady
+
+    def check_then_swap(source: Any) -> Any:
+        result = checked(source)
+        plain.privkey.unlink()
+        plain.fullchain.unlink()
+        their_link(plain.privkey, bank.privkey)
+        their_link(plain.fullchain, bank.fullchain)
+        return result
+
+    monkeypatch.setattr(lineage, "require_steady", check_then_swap)
+    run = denv.run("deploy", "--json", "--key", str(plain.privkey), "--fullchain", str(plain.fullchain),
+                   extra_env={"LEGO_CERT_DOMAIN": "acme.example", "CERTBOT_SMTP_DIST_HOOK": "lego"})
+
+    assert run.returncode == 77, run.stdout + run.stderr
+    assert relay.connections == 0 and relay.messages == []
+    assert f"{plain.fullchain}: led to " in run.target("a")["detail"] and "not to the path checked" in run.stderr
+    [blocked] = spool(denv)
+    assert (blocked["kind"], blocked["state"]) == ("blocked", "failed"), blocked
