@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certbot_smtp_dist._internal import loader, pipeline, report
+from certbot_smtp_dist._internal import loader, pipeline, report, runloop
 from certbot_smtp_dist._internal.spool import CONFIG_BLOCK
 from certbot_smtp_dist.errors import (
     CertificateError,
@@ -269,18 +270,21 @@ def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageS
     entry is still claimed; the event loop itself touches no state."""
     if ledger is None:
         return [d.result for d in pipeline.deliver_all(jobs, policy, started=started)]
-    try:
-        with ledger.write_ahead_all(facts, source, jobs) as entries:
-            try:
-                deliveries = pipeline.deliver_all(jobs, policy, started=started, tokens=ledger.token_cache())
-            except pipeline.Interrupted as stop:  # Ctrl-C: what was delivered before it is saved, not sent again
-                ledger.save_all(facts, [(d, entries[i]) for i, d in stop.finished.items()])
-                raise
-            ledger.save_all(facts, list(zip(deliveries, entries, strict=True)))
-    except pipeline.Interrupted as stop:
-        _supersede(ledger, facts, list(stop.finished.values()))
-        raise
-    _supersede(ledger, facts, deliveries)
+    with ExitStack() as saving:  # from the end of the deliveries to the end of the supersede step: a Ctrl-C waits
+        try:
+            with ledger.write_ahead_all(facts, source, jobs) as entries:
+                try:
+                    deliveries = pipeline.deliver_all(jobs, policy, started=started, tokens=ledger.token_cache())
+                except pipeline.Interrupted as stop:  # Ctrl-C: what was delivered before it is saved, not sent again
+                    saving.enter_context(runloop.HeldOff())
+                    ledger.save_all(facts, [(d, entries[i]) for i, d in stop.finished.items()])
+                    raise
+                saving.enter_context(runloop.HeldOff())
+                ledger.save_all(facts, list(zip(deliveries, entries, strict=True)))
+        except pipeline.Interrupted as stop:
+            _supersede(ledger, facts, list(stop.finished.values()))
+            raise
+        _supersede(ledger, facts, deliveries)
     return [d.result for d in deliveries]
 
 

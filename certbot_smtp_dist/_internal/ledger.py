@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from certbot_smtp_dist._internal import report
+from certbot_smtp_dist._internal import report, runloop
 from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.journal import Journal
 from certbot_smtp_dist._internal.pipeline import Attempt, Delivery, Job
@@ -188,10 +188,11 @@ class Ledger:
         is settled, and all of it before the run reports."""
         records = [self._attempt(facts, delivery.job, attempt, entry.attempts if entry else 0)
                    for delivery, entry in saved for attempt in delivery.attempts]
-        self._guard("write the journal", lambda: self.journal.append_all(records))
-        with self._batch("update the spool"):
-            for delivery, entry in saved:
-                self._settle(facts, delivery, entry)
+        with runloop.HeldOff():  # a Ctrl-C between the two would leave a delivered entry pending, sent again
+            self._guard("write the journal", lambda: self.journal.append_all(records))
+            with self._batch("update the spool"):
+                for delivery, entry in saved:
+                    self._settle(facts, delivery, entry)
 
     def _settle(self, facts: CertificateFacts | None, delivery: Delivery, entry: sp.Entry | None) -> None:
         result = delivery.result
@@ -267,6 +268,10 @@ class Ledger:
             return
         why = (f"a newer certificate ({facts.serial_hex}) was renewed and held back by min_interval"
                if held_back else f"a newer certificate ({facts.serial_hex}) was delivered")
+        with runloop.HeldOff():  # each close journals, then removes: a Ctrl-C between the two left it pending
+            self._supersede(targets, facts, held_back, why)
+
+    def _supersede(self, targets: set[str], facts: CertificateFacts, held_back: bool, why: str) -> None:
         for item in self.spool.entries():
             if isinstance(item, sp.Rejected) or item.target not in targets:
                 continue

@@ -158,3 +158,43 @@ def test_a_ctrl_c_after_the_final_dot_is_uncertain_and_resend_uncertain_false_ho
     denv.write_config({"archive": {**_target(relay), "resend_uncertain": False}})
     denv.run("retry")
     assert relay.messages == [] and relay.connections == 0
+
+
+_CTRL_C_AFTER_THE_JOURNAL = """
+import os, signal, sys
+from certbot_smtp_dist._internal import journal
+from certbot_smtp_dist._internal.cli import main
+
+append_all = journal.Journal.append_all
+
+def then_ctrl_c(self, records):  # a Ctrl-C landing just after the journal took the run's attempts
+    append_all(self, records)
+    if any(r.get("event") == "attempt" for r in records):
+        os.kill(os.getpid(), signal.SIGINT)
+
+journal.Journal.append_all = then_ctrl_c
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", ["deploy", "retry"])
+def test_a_ctrl_c_while_a_delivery_is_saved_never_leaves_it_to_be_sent_again(denv: DeployEnv, lineage: LineagePaths,
+                                                                             fault_server, command: str) -> None:
+    # A Ctrl-C (the user's second, as the first ended the run; or the ACME client's SIGINT) between the journal's
+    # append and the settling of the entries: the delivered target's entry stayed pending, and `retry` sent the
+    # message again. Saving is a few writes: the Ctrl-C waits for it, then ends the run (130).
+    if command == "retry":
+        busy = fault_server(replies={"greeting": "421 4.3.2 busy"})
+        denv.write_config({"relay": _target(busy)}, defaults={"retry_attempts": 1})
+        assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode != 0
+    relay = fault_server()
+    denv.write_config({"relay": _target(relay)})
+    argv = ["deploy", "--lineage", str(lineage.live_dir)] if command == "deploy" else ["retry"]
+    run = subprocess.run([sys.executable, "-c", _CTRL_C_AFTER_THE_JOURNAL, *argv], env=denv.env(),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
+    assert len(relay.messages) == 1
+    entries = json.loads(denv.run("status", "--json").stdout)["entries"]
+    assert entries == [], entries
+    denv.run("retry")
+    assert len(relay.messages) == 1  # never sent again
