@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from certbot_smtp_dist._internal import lineage, loader, pipeline, report
+from certbot_smtp_dist._internal import lineage, loader, pipeline, report, runloop
 from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.ledger import Ledger
 from certbot_smtp_dist._internal.state import Lock, StateKeys, state_keys
@@ -246,9 +246,12 @@ class _Drain:
         return [d.result for d in deliveries]
 
     def _save(self, outcomes: list[tuple[_Planned, pipeline.Delivery]]) -> None:
-        """Each outcome, its entry still claimed: one journal append (one fsync) a certificate."""
-        for facts in dict.fromkeys(plan.facts for plan, _ in outcomes):
-            self.ledger.save_all(facts, [(delivery, plan.entry) for plan, delivery in outcomes if plan.facts == facts])
+        """Each outcome, its entry still claimed: one journal append (one fsync) a certificate. A Ctrl-C waits for
+        the last (runloop.HeldOff): after the first, the others' entries stayed pending, sent again."""
+        with runloop.HeldOff():
+            for facts in dict.fromkeys(plan.facts for plan, _ in outcomes):
+                self.ledger.save_all(facts, [(delivery, plan.entry) for plan, delivery in outcomes
+                                             if plan.facts == facts])
 
     def _rerun(self, entry: sp.Entry) -> None:
         """A blocked deploy: run it again whole, unclaimed. The deploy closes the entry once it gets past config,

@@ -167,9 +167,10 @@ from certbot_smtp_dist._internal.cli import main
 
 append_all = journal.Journal.append_all
 
-def then_ctrl_c(self, records):  # a Ctrl-C landing just after the journal took the run's attempts
+def then_ctrl_c(self, records):  # one Ctrl-C, landing just after the journal took the first attempts saved
     append_all(self, records)
-    if any(r.get("event") == "attempt" for r in records):
+    if any(r.get("event") == "attempt" for r in records) and not hasattr(journal, "pressed"):
+        journal.pressed = True
         os.kill(os.getpid(), signal.SIGINT)
 
 journal.Journal.append_all = then_ctrl_c
@@ -177,24 +178,28 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("command", ["deploy", "retry"])
+@pytest.mark.parametrize("command", ["deploy", "retry", "retry of two certificates"])
 def test_a_ctrl_c_while_a_delivery_is_saved_never_leaves_it_to_be_sent_again(denv: DeployEnv, lineage: LineagePaths,
-                                                                             fault_server, command: str) -> None:
+                                                                             fault_server, tmp_path: Path,
+                                                                             command: str) -> None:
     # A Ctrl-C (the user's second, as the first ended the run; or the ACME client's SIGINT) between the journal's
     # append and the settling of the entries: the delivered target's entry stayed pending, and `retry` sent the
-    # message again. Saving is a few writes: the Ctrl-C waits for it, then ends the run (130).
-    if command == "retry":
+    # message again. Saving is a few writes: the Ctrl-C waits for it, then ends the run (130). `retry` saves each
+    # certificate's deliveries in turn: the Ctrl-C waits for all of them, not only the first.
+    lineages = [lineage] + ([write_lineage(tmp_path / "live" / "other.example.com")] if "two" in command else [])
+    if command.startswith("retry"):
         busy = fault_server(replies={"greeting": "421 4.3.2 busy"})
         denv.write_config({"relay": _target(busy)}, defaults={"retry_attempts": 1})
-        assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode != 0
+        for each in lineages:
+            assert denv.run("deploy", "--lineage", str(each.live_dir)).returncode != 0
     relay = fault_server()
     denv.write_config({"relay": _target(relay)})
     argv = ["deploy", "--lineage", str(lineage.live_dir)] if command == "deploy" else ["retry"]
     run = subprocess.run([sys.executable, "-c", _CTRL_C_AFTER_THE_JOURNAL, *argv], env=denv.env(),
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
-    assert len(relay.messages) == 1
+    assert len(relay.messages) == len(lineages)
     entries = json.loads(denv.run("status", "--json").stdout)["entries"]
     assert entries == [], entries
     denv.run("retry")
-    assert len(relay.messages) == 1  # never sent again
+    assert len(relay.messages) == len(lineages)  # never sent again
