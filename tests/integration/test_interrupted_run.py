@@ -96,10 +96,12 @@ def test_a_ctrl_c_while_the_relay_holds_its_reply_to_quit_records_the_message_as
     # hold up to the target's timeout. A Ctrl-C there dropped the delivery: pending, and sent again by `retry`.
     relay = fault_server(replies={"QUIT": STALL})
     denv.write_config({"relay": _target(relay)})
-    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--json", "--lineage",
+                             str(lineage.live_dir)],
                             env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, err = _interrupt_when(proc, lambda: "QUIT" in relay.client_commands)
+    out, err = _interrupt_when(proc, lambda: "QUIT" in relay.client_commands)
     assert proc.returncode == 130 and "Traceback" not in err, err
+    assert out == ""  # no document listing only what finished (README, exit table): `status` shows it
     status = denv.run("status", "--json")
     assert json.loads(status.stdout)["entries"] == [], status.stdout
     assert len(relay.messages) == 1
