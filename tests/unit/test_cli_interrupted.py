@@ -15,6 +15,12 @@ def _interrupted(_: argparse.Namespace) -> int:
     raise KeyboardInterrupt
 
 
+@pytest.fixture(autouse=True)
+def _logging_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cli.main would point the package's logger at this test's captured stderr, for every later test."""
+    monkeypatch.setattr(cli, "setup_logging", lambda *_: None)
+
+
 @pytest.mark.parametrize(("options", "line"), [
     (["--nagios"], "SMTP-DIST UNKNOWN - status: interrupted"),  # it read "status: status: interrupted"
     ([], "UNKNOWN: certbot-smtp-dist status: interrupted"),
