@@ -120,14 +120,16 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
         _refresh_metrics(request, ledger, loaded)
         return DeployReport(artefact.facts, config_errors=tuple(exc.problems), exit_status=report.EX_CONFIG,
                             state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
-    if ledger:
-        ledger.unblock()
     held = _held_back(request, ledger, wanted, artefact.facts, now)
     try:
         results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started, held)
     except BaseException as exc:  # interrupted too (Ctrl-C, exit 130): its write-ahead entries are spooled, and
-        _refresh_metrics(request, ledger, loaded, unwinding=exc)  # `retry` sends them
+        if ledger and isinstance(exc, pipeline.Interrupted):  # `retry` sends them: they stand for a blocked entry
+            ledger.unblock()  # (interrupted before them, a blocked entry stays: nothing else would say it)
+        _refresh_metrics(request, ledger, loaded, unwinding=exc)
         raise
+    if ledger:  # after the entries written ahead (a Ctrl-C before them must not leave nothing at all)
+        ledger.unblock()
     _refresh_metrics(request, ledger, loaded)
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))

@@ -254,8 +254,8 @@ class _Drain:
                                              if plan.facts == facts])
 
     def _rerun(self, entry: sp.Entry) -> None:
-        """A blocked deploy: run it again whole, unclaimed. The deploy closes the entry once it gets past config,
-        certificate and credentials, or updates it with the new reason."""
+        """A blocked deploy: run it again whole, unclaimed. The deploy closes the entry once it got past config,
+        certificate and credentials and wrote its deliveries ahead (or made them), or updates it with the new reason."""
         from certbot_smtp_dist._internal import deploy
 
         source = entry.lineage_source()

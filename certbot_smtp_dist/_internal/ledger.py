@@ -307,7 +307,8 @@ class Ledger:
             self._trouble("write the spool", exc)
 
     def unblock(self) -> None:
-        """This run got past configuration and certificate checks: a blocked entry for its lineage is done."""
+        """This run got past configuration and certificate checks and its deliveries are written ahead (or made): a
+        blocked entry for its lineage is done."""
         if self.source is None:
             return
         with self.claim(sp.blocked_id(self.source)) as entry:

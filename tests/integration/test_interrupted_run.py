@@ -205,3 +205,42 @@ def test_a_ctrl_c_while_a_delivery_is_saved_never_leaves_it_to_be_sent_again(den
     assert entries == [], entries
     denv.run("retry")
     assert len(relay.messages) == len(lineages)  # never sent again
+
+
+_CTRL_C_WHILE_PREPARING = """
+import os, signal, sys
+from certbot_smtp_dist._internal import pipeline
+from certbot_smtp_dist._internal.cli import main
+
+prepare_job = pipeline.prepare_job
+
+def ctrl_c_then(*args, **kwargs):  # a Ctrl-C while the payloads are built, before anything is written ahead
+    os.kill(os.getpid(), signal.SIGINT)
+    return prepare_job(*args, **kwargs)
+
+pipeline.prepare_job = ctrl_c_then
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv", [["deploy"], ["retry", "--include-failed"]])
+def test_a_blocked_deploy_interrupted_before_anything_is_spooled_stays_blocked(denv: DeployEnv, lineage: LineagePaths,
+                                                                              fault_server, argv: list[str]) -> None:
+    # The deploy closed the blocked entry as soon as it got past the certificate and credentials, before its
+    # payloads were built and its entries written ahead: a Ctrl-C there left nothing at all, `status` read OK, and
+    # the certificate was never sent (no renewal calls the hook again for it).
+    relay = fault_server()
+    denv.write_config({"relay": _target(relay)})
+    good_key = lineage.privkey.read_bytes()
+    lineage.privkey.write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    renewal = {"RENEWED_LINEAGE": str(lineage.live_dir)}
+    assert denv.run("deploy", extra_env=renewal).returncode == 65
+    lineage.privkey.write_bytes(good_key)
+    run = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_PREPARING, *argv], env=denv.env() | renewal,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
+    assert relay.connections == 0
+    entries = json.loads(denv.run("status", "--json").stdout)["entries"]
+    assert [(e["kind"], e["state"]) for e in entries] == [("blocked", "failed")], entries
+    assert denv.run("status").returncode == 2  # still an alert, never OK
+    assert denv.run("retry", "--include-failed").returncode == 0 and len(relay.messages) == 1
