@@ -125,7 +125,10 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
         results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started, held)
     except BaseException as exc:  # interrupted too (Ctrl-C, exit 130): its write-ahead entries are spooled, and
         if ledger and isinstance(exc, pipeline.Interrupted):  # `retry` sends them: they stand for a blocked entry
-            ledger.unblock()  # (interrupted before them, a blocked entry stays: nothing else would say it)
+            ledger.unblock()
+        elif ledger and isinstance(exc, KeyboardInterrupt):  # before them: a renewal's blocked entry says it
+            ledger.block("interrupted (Ctrl-C) before its deliveries were spooled; nothing was sent", None,
+                         artefact.facts)
         _refresh_metrics(request, ledger, loaded, unwinding=exc)
         raise
     if ledger:  # after the entries written ahead (a Ctrl-C before them must not leave nothing at all)

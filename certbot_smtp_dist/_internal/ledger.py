@@ -291,6 +291,7 @@ class Ledger:
         `retry --include-failed` can run the deploy again once the cause is fixed."""
         if self.source is None or not self.from_renewal:
             return
+        self._guard("write the journal", self.journal.start)  # before any entry, as write_ahead does
         source = self.source
         try:
             with self.spool.claim(sp.blocked_id(source)) as old:

@@ -244,3 +244,22 @@ def test_a_blocked_deploy_interrupted_before_anything_is_spooled_stays_blocked(d
     assert [(e["kind"], e["state"]) for e in entries] == [("blocked", "failed")], entries
     assert denv.run("status").returncode == 2  # still an alert, never OK
     assert denv.run("retry", "--include-failed").returncode == 0 and len(relay.messages) == 1
+
+
+def test_a_renewal_interrupted_before_anything_is_spooled_leaves_a_blocked_entry(denv: DeployEnv,
+                                                                                lineage: LineagePaths,
+                                                                                fault_server) -> None:
+    # A renewal's deploy hook interrupted while its payloads were built: nothing was written ahead, nothing recorded,
+    # `status` read OK, and the renewed certificate was never sent (certbot does not call the hook again).
+    relay = fault_server()
+    denv.write_config({"relay": _target(relay)})
+    renewal = {"RENEWED_LINEAGE": str(lineage.live_dir)}
+    run = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_PREPARING, "deploy"], env=denv.env() | renewal,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
+    entries = json.loads(denv.run("status", "--json").stdout)["entries"]
+    assert [(e["kind"], e["state"]) for e in entries] == [("blocked", "failed")], entries
+    assert "interrupted" in entries[0]["detail"]
+    assert denv.run("status").returncode == 2  # an alert, never OK
+    assert denv.run("retry", "--include-failed").returncode == 0 and len(relay.messages) == 1
+    assert json.loads(denv.run("status", "--json").stdout)["entries"] == []
