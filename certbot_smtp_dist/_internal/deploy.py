@@ -120,16 +120,11 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
         _refresh_metrics(request, ledger, loaded)
         return DeployReport(artefact.facts, config_errors=tuple(exc.problems), exit_status=report.EX_CONFIG,
                             state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
-    held = _held_back(request, ledger, wanted, artefact.facts, now)
     try:
+        held = _held_back(request, ledger, wanted, artefact.facts, now)
         results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started, held)
-    except BaseException as exc:  # interrupted too (Ctrl-C, exit 130): its write-ahead entries are spooled, and
-        if ledger and isinstance(exc, pipeline.Interrupted):  # `retry` sends them: they stand for a blocked entry
-            ledger.unblock()
-        elif ledger and isinstance(exc, KeyboardInterrupt):  # before them: a renewal's blocked entry says it
-            ledger.block("interrupted (Ctrl-C) before its deliveries were spooled; nothing was sent", None,
-                         artefact.facts)
-        _refresh_metrics(request, ledger, loaded, unwinding=exc)
+    except BaseException as exc:  # interrupted too (Ctrl-C, exit 130)
+        _unwinding(request, ledger, loaded, artefact.facts, exc)
         raise
     if ledger:  # after the entries written ahead (a Ctrl-C before them must not leave nothing at all)
         ledger.unblock()
@@ -138,6 +133,17 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
         (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
                         state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
+
+
+def _unwinding(request: DeployRequest, ledger: Ledger | None, loaded: loader.Loaded, facts: CertificateFacts,
+               exc: BaseException) -> None:
+    """The shipping ended by `exc`. Interrupted after the write-ahead: its entries, spooled, stand for a renewal's
+    blocked entry (`retry` sends them); before it, a renewal's blocked entry says so, or nothing would."""
+    if ledger and isinstance(exc, pipeline.Interrupted):
+        ledger.unblock()
+    elif ledger and isinstance(exc, KeyboardInterrupt):
+        ledger.block("interrupted (Ctrl-C) before its deliveries were spooled; nothing was sent", None, facts)
+    _refresh_metrics(request, ledger, loaded, unwinding=exc)
 
 
 def _refresh_metrics(request: DeployRequest, ledger: Ledger | None, loaded: loader.Loaded,
