@@ -4,7 +4,9 @@ delivered, a message accepted before the reply to QUIT, the recipients of a part
 
 Before, each was dropped with the cancellation (the run's gather, the session, the delivery's attempt loop), its
 write-ahead entry stayed pending for everything, and `retry` sent a second copy. asyncio.run did the same: the losses
-predate runloop.py. Each run is a process of its own; every stall is the target's 60 s timeout."""
+predate runloop.py. A Ctrl-C while the outcome is saved waits for the save (runloop.HeldOff); one before anything is
+written ahead leaves a renewal's blocked entry (kept, or made), never nothing. Each run is a process of its own;
+every stall is the target's 60 s timeout; a Ctrl-C at an exact step is sent by the process itself, from a hook."""
 
 from __future__ import annotations
 
