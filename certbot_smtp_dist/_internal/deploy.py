@@ -137,9 +137,10 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
 
 def _unwinding(request: DeployRequest, ledger: Ledger | None, loaded: loader.Loaded, facts: CertificateFacts,
                exc: BaseException) -> None:
-    """The shipping ended by `exc`. Interrupted after the write-ahead: its entries, spooled, stand for a renewal's
-    blocked entry (`retry` sends them); before it, a renewal's blocked entry says so, or nothing would."""
-    if ledger and isinstance(exc, pipeline.Interrupted):
+    """The shipping ended by `exc`. Interrupted after the write-ahead (in the deliveries, or while they were saved):
+    its entries, spooled, stand for a renewal's blocked entry (`retry` sends them); before it, a renewal's blocked
+    entry says so, or nothing would."""
+    if ledger and ledger.written_ahead:
         ledger.unblock()
     elif ledger and isinstance(exc, KeyboardInterrupt):
         ledger.block("interrupted (Ctrl-C) before its deliveries were spooled; nothing was sent", None, facts)

@@ -46,6 +46,7 @@ class Ledger:
         self.spool = sp.Spool(state_dir, keys.spool)
         self.now = now or datetime.now(timezone.utc)
         self.healthy = True
+        self.written_ahead = False  # a run's deliveries are written ahead (write_ahead_all): they stand for it now
         self._oauth2_key = keys.oauth2_tokens
 
     def token_cache(self) -> TokenCache | None:
@@ -125,6 +126,7 @@ class Ledger:
             with ExitStack() as claims:
                 with self._batch("write the spool"):
                     entries = [claims.enter_context(self.write_ahead(facts, source, job)) for job in jobs]
+                self.written_ahead = True
                 yield entries
             return
         from concurrent.futures import ThreadPoolExecutor
@@ -138,6 +140,7 @@ class Ledger:
                 # Every claim is entered (or failed) by now: each is taken over, in job order, by this stack.
                 entries = [claims.enter_context(self._claiming("write the spool", partial(_Entered, f)))
                            if f is not None else None for f in started]
+            self.written_ahead = True
             yield entries
 
     def _spool_ready(self) -> bool:

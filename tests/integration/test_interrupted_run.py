@@ -182,7 +182,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("command", ["deploy", "retry", "retry of two certificates"])
+@pytest.mark.parametrize("command", ["deploy", "a renewal's deploy", "retry", "retry of two certificates"])
 def test_a_ctrl_c_while_a_delivery_is_saved_never_leaves_it_to_be_sent_again(denv: DeployEnv, lineage: LineagePaths,
                                                                              fault_server, tmp_path: Path,
                                                                              command: str) -> None:
@@ -199,7 +199,11 @@ def test_a_ctrl_c_while_a_delivery_is_saved_never_leaves_it_to_be_sent_again(den
     relay = fault_server()
     denv.write_config({"relay": _target(relay)})
     argv = ["deploy", "--lineage", str(lineage.live_dir)] if command == "deploy" else ["retry"]
-    run = subprocess.run([sys.executable, "-c", _CTRL_C_AFTER_THE_JOURNAL, *argv], env=denv.env(),
+    if command == "a renewal's deploy":  # delivered and saved: no blocked entry saying nothing was sent
+        argv, env = ["deploy"], denv.env() | {"RENEWED_LINEAGE": str(lineage.live_dir)}
+    else:
+        env = denv.env()
+    run = subprocess.run([sys.executable, "-c", _CTRL_C_AFTER_THE_JOURNAL, *argv], env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
     assert len(relay.messages) == len(lineages)
