@@ -378,7 +378,8 @@ def _run(args: argparse.Namespace) -> int:
         _error(args, _os_error_line(args, exc))
         return report.EX_NOPERM if isinstance(exc, PermissionError) else report.EX_IOERR
     except KeyboardInterrupt:  # Ctrl-C, or the ACME client's SIGINT: one line that says so, never a traceback
-        _error(args, f"{args.command}: interrupted")
+        monitoring = getattr(args, "failed_status", None) is not None  # its line names the command already
+        _error(args, "interrupted" if monitoring else f"{args.command}: interrupted")
         return 130
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certbot_smtp_dist._internal import loader, pipeline, report
+from certbot_smtp_dist._internal import loader, pipeline, report, runloop
 from certbot_smtp_dist._internal.spool import CONFIG_BLOCK
 from certbot_smtp_dist.errors import (
     CertificateError,
@@ -119,19 +120,31 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
         _refresh_metrics(request, ledger, loaded)
         return DeployReport(artefact.facts, config_errors=tuple(exc.problems), exit_status=report.EX_CONFIG,
                             state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
-    if ledger:
-        ledger.unblock()
-    held = _held_back(request, ledger, wanted, artefact.facts, now)
     try:
+        held = _held_back(request, ledger, wanted, artefact.facts, now)
         results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started, held)
-    except BaseException as exc:  # interrupted too (Ctrl-C, exit 130): its write-ahead entries are spooled, and
-        _refresh_metrics(request, ledger, loaded, unwinding=exc)  # `retry` sends them
+    except BaseException as exc:  # interrupted too (Ctrl-C, exit 130)
+        _unwinding(request, ledger, loaded, artefact.facts, exc)
         raise
+    if ledger:  # after the entries written ahead (a Ctrl-C before them must not leave nothing at all)
+        ledger.unblock()
     _refresh_metrics(request, ledger, loaded)
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))
     return DeployReport(artefact.facts, tuple(results), exit_status=report.exit_status(results),
                         state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
+
+
+def _unwinding(request: DeployRequest, ledger: Ledger | None, loaded: loader.Loaded, facts: CertificateFacts,
+               exc: BaseException) -> None:
+    """The shipping ended by `exc`. Interrupted after the write-ahead (in the deliveries, or while they were saved):
+    its entries, spooled, stand for a renewal's blocked entry (`retry` sends them); before it, a renewal's blocked
+    entry says so, or nothing would."""
+    if ledger and ledger.written_ahead:
+        ledger.unblock()
+    elif ledger and isinstance(exc, KeyboardInterrupt):
+        ledger.block("interrupted (Ctrl-C) before its deliveries were spooled; nothing was sent", None, facts)
+    _refresh_metrics(request, ledger, loaded, unwinding=exc)
 
 
 def _refresh_metrics(request: DeployRequest, ledger: Ledger | None, loaded: loader.Loaded,
@@ -269,18 +282,21 @@ def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageS
     entry is still claimed; the event loop itself touches no state."""
     if ledger is None:
         return [d.result for d in pipeline.deliver_all(jobs, policy, started=started)]
-    try:
-        with ledger.write_ahead_all(facts, source, jobs) as entries:
-            try:
-                deliveries = pipeline.deliver_all(jobs, policy, started=started, tokens=ledger.token_cache())
-            except pipeline.Interrupted as stop:  # Ctrl-C: what was delivered before it is saved, not sent again
-                ledger.save_all(facts, [(d, entries[i]) for i, d in stop.finished.items()])
-                raise
-            ledger.save_all(facts, list(zip(deliveries, entries, strict=True)))
-    except pipeline.Interrupted as stop:
-        _supersede(ledger, facts, list(stop.finished.values()))
-        raise
-    _supersede(ledger, facts, deliveries)
+    with ExitStack() as saving:  # from the end of the deliveries to the end of the supersede step: a Ctrl-C waits
+        try:
+            with ledger.write_ahead_all(facts, source, jobs) as entries:
+                try:
+                    deliveries = pipeline.deliver_all(jobs, policy, started=started, tokens=ledger.token_cache())
+                except pipeline.Interrupted as stop:  # Ctrl-C: what was delivered before it is saved, not sent again
+                    saving.enter_context(runloop.HeldOff())
+                    ledger.save_all(facts, [(d, entries[i]) for i, d in stop.finished.items()])
+                    raise
+                saving.enter_context(runloop.HeldOff())
+                ledger.save_all(facts, list(zip(deliveries, entries, strict=True)))
+        except pipeline.Interrupted as stop:
+            _supersede(ledger, facts, list(stop.finished.values()))
+            raise
+        _supersede(ledger, facts, deliveries)
     return [d.result for d in deliveries]
 
 

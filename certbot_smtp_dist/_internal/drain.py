@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from certbot_smtp_dist._internal import lineage, loader, pipeline, report
+from certbot_smtp_dist._internal import lineage, loader, pipeline, report, runloop
 from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.ledger import Ledger
 from certbot_smtp_dist._internal.state import Lock, StateKeys, state_keys
@@ -102,20 +102,36 @@ class _Drain:
                 self.trouble = True
             elif self._wanted(item):
                 candidates.append(item)
-        with ExitStack() as claims:
-            planned = self._plan_all(candidates, claims)
-            self.results.extend(self._deliver(planned))
-        for entry in self.blocked:  # outside every claim: the deploy claims its own entry
-            self._rerun(entry)
-        loaded = self._config()
-        if loaded is not None:
-            from certbot_smtp_dist._internal.textfile import refresh
-
-            refresh(self.state_dir, self.ledger.keys, loaded.settings)
+        try:
+            with ExitStack() as claims:
+                planned = self._plan_all(candidates, claims)
+                self.results.extend(self._deliver(planned))
+            for entry in self.blocked:  # outside every claim: the deploy claims its own entry
+                self._rerun(entry)
+        except BaseException as exc:  # interrupted too (Ctrl-C, exit 130): what it saved is in the file, as deploy's
+            self._refresh_metrics(unwinding=exc)
+            raise
+        self._refresh_metrics()
         status = report.exit_status(self.results)
         if status == report.EX_OK and (self.trouble or not self.ledger.healthy):
             status = report.EX_TEMPFAIL
         return RetryReport(tuple(self.results), tuple(self.closed), exit_status=status)
+
+    def _refresh_metrics(self, unwinding: BaseException | None = None) -> None:
+        """Rewrite `metrics_textfile` after what this drain recorded. `unwinding`: the exception ending the run
+        (Ctrl-C): a failure here is logged, never raised in its place."""
+        loaded = self._config()
+        if loaded is None:
+            return
+        from certbot_smtp_dist._internal.textfile import refresh
+
+        try:
+            refresh(self.state_dir, self.ledger.keys, loaded.settings)
+        except Exception as exc:
+            if unwinding is None:
+                raise
+            log.error("metrics file not refreshed after the run ended by %s: %s", type(unwinding).__name__,
+                      type(exc).__name__)
 
     def _wanted(self, item: sp.Entry) -> bool:
         if item.state == sp.UNCERTAIN:  # re-sent once by itself, then only when asked (RFC 1047)
@@ -230,13 +246,16 @@ class _Drain:
         return [d.result for d in deliveries]
 
     def _save(self, outcomes: list[tuple[_Planned, pipeline.Delivery]]) -> None:
-        """Each outcome, its entry still claimed: one journal append (one fsync) a certificate."""
-        for facts in dict.fromkeys(plan.facts for plan, _ in outcomes):
-            self.ledger.save_all(facts, [(delivery, plan.entry) for plan, delivery in outcomes if plan.facts == facts])
+        """Each outcome, its entry still claimed: one journal append (one fsync) a certificate. A Ctrl-C waits for
+        the last (runloop.HeldOff): after the first, the others' entries stayed pending, sent again."""
+        with runloop.HeldOff():
+            for facts in dict.fromkeys(plan.facts for plan, _ in outcomes):
+                self.ledger.save_all(facts, [(delivery, plan.entry) for plan, delivery in outcomes
+                                             if plan.facts == facts])
 
     def _rerun(self, entry: sp.Entry) -> None:
-        """A blocked deploy: run it again whole, unclaimed. The deploy closes the entry once it gets past config,
-        certificate and credentials, or updates it with the new reason."""
+        """A blocked deploy: run it again whole, unclaimed. The deploy closes the entry once it got past config,
+        certificate and credentials and wrote its deliveries ahead (or made them), or updates it with the new reason."""
         from certbot_smtp_dist._internal import deploy
 
         source = entry.lineage_source()

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from certbot_smtp_dist._internal import report
+from certbot_smtp_dist._internal import report, runloop
 from certbot_smtp_dist._internal import spool as sp
 from certbot_smtp_dist._internal.journal import Journal
 from certbot_smtp_dist._internal.pipeline import Attempt, Delivery, Job
@@ -46,6 +46,7 @@ class Ledger:
         self.spool = sp.Spool(state_dir, keys.spool)
         self.now = now or datetime.now(timezone.utc)
         self.healthy = True
+        self.written_ahead = False  # a run's deliveries are written ahead (write_ahead_all): they stand for it now
         self._oauth2_key = keys.oauth2_tokens
 
     def token_cache(self) -> TokenCache | None:
@@ -125,6 +126,7 @@ class Ledger:
             with ExitStack() as claims:
                 with self._batch("write the spool"):
                     entries = [claims.enter_context(self.write_ahead(facts, source, job)) for job in jobs]
+                self.written_ahead = True
                 yield entries
             return
         from concurrent.futures import ThreadPoolExecutor
@@ -138,6 +140,7 @@ class Ledger:
                 # Every claim is entered (or failed) by now: each is taken over, in job order, by this stack.
                 entries = [claims.enter_context(self._claiming("write the spool", partial(_Entered, f)))
                            if f is not None else None for f in started]
+            self.written_ahead = True
             yield entries
 
     def _spool_ready(self) -> bool:
@@ -188,10 +191,11 @@ class Ledger:
         is settled, and all of it before the run reports."""
         records = [self._attempt(facts, delivery.job, attempt, entry.attempts if entry else 0)
                    for delivery, entry in saved for attempt in delivery.attempts]
-        self._guard("write the journal", lambda: self.journal.append_all(records))
-        with self._batch("update the spool"):
-            for delivery, entry in saved:
-                self._settle(facts, delivery, entry)
+        with runloop.HeldOff():  # a Ctrl-C between the two would leave a delivered entry pending, sent again
+            self._guard("write the journal", lambda: self.journal.append_all(records))
+            with self._batch("update the spool"):
+                for delivery, entry in saved:
+                    self._settle(facts, delivery, entry)
 
     def _settle(self, facts: CertificateFacts | None, delivery: Delivery, entry: sp.Entry | None) -> None:
         result = delivery.result
@@ -267,6 +271,10 @@ class Ledger:
             return
         why = (f"a newer certificate ({facts.serial_hex}) was renewed and held back by min_interval"
                if held_back else f"a newer certificate ({facts.serial_hex}) was delivered")
+        with runloop.HeldOff():  # each close journals, then removes: a Ctrl-C between the two left it pending
+            self._supersede(targets, facts, held_back, why)
+
+    def _supersede(self, targets: set[str], facts: CertificateFacts, held_back: bool, why: str) -> None:
         for item in self.spool.entries():
             if isinstance(item, sp.Rejected) or item.target not in targets:
                 continue
@@ -286,6 +294,7 @@ class Ledger:
         `retry --include-failed` can run the deploy again once the cause is fixed."""
         if self.source is None or not self.from_renewal:
             return
+        self._guard("write the journal", self.journal.start)  # before any entry, as write_ahead does
         source = self.source
         try:
             with self.spool.claim(sp.blocked_id(source)) as old:
@@ -302,7 +311,8 @@ class Ledger:
             self._trouble("write the spool", exc)
 
     def unblock(self) -> None:
-        """This run got past configuration and certificate checks: a blocked entry for its lineage is done."""
+        """This run got past configuration and certificate checks and its deliveries are written ahead (or made): a
+        blocked entry for its lineage is done."""
         if self.source is None:
             return
         with self.claim(sp.blocked_id(self.source)) as entry:

@@ -20,6 +20,10 @@ The wakeup descriptor set before the run (a host's own event loop's) is set agai
 Only where SIGINT is Python's default handler (the hook command, certbot): a process started with SIGINT ignored
 (a background job of a non-interactive shell) keeps ignoring it, as `asyncio.run` would.
 
+`HeldOff`: a Ctrl-C while a run's outcome is saved (the journal's append, then the spool's entries) waits for
+the end of the save, then ends the run; between the two writes it left the journal saying delivered and the entry
+pending, and `retry` sent the message again. A second Ctrl-C there ends the run at once (a save that hangs).
+
 The teardown is `asyncio.run`'s (cancel what is left, finish async generators and the default executor), except
 that it waits for cancelled tasks at most `TEARDOWN` seconds: a task that swallows its cancellation must not hold
 an interrupted run.
@@ -29,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Callable, Coroutine
+from types import TracebackType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -131,3 +137,36 @@ def _teardown(loop: asyncio.AbstractEventLoop) -> None:
                                          "exception": task.exception(), "task": task})
     loop.run_until_complete(loop.shutdown_asyncgens())
     loop.run_until_complete(loop.shutdown_default_executor())
+
+
+class HeldOff:
+    """A block during which a Ctrl-C waits (`with HeldOff(): ...`): raised as KeyboardInterrupt when the block ends,
+    unless one is ending the run already. A second Ctrl-C raises at once. Only where SIGINT is Python's default
+    handler, on the main thread (as `run`); nested, the inner one leaves it to the outer."""
+
+    def __init__(self) -> None:
+        self._pressed = 0
+        self._previous: Any = None
+
+    def __enter__(self) -> HeldOff:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._press)
+            except ValueError:  # not the main thread
+                self._previous = None
+        return self
+
+    def _press(self, signum: int, frame: object) -> None:
+        self._pressed += 1
+        if self._pressed > 1:
+            raise KeyboardInterrupt
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._previous is None:
+            return
+        signal.signal(signal.SIGINT, self._previous)
+        self._previous = None
+        ending = isinstance(exc, KeyboardInterrupt) or isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        if self._pressed and not ending:
+            raise KeyboardInterrupt

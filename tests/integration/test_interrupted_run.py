@@ -4,7 +4,9 @@ delivered, a message accepted before the reply to QUIT, the recipients of a part
 
 Before, each was dropped with the cancellation (the run's gather, the session, the delivery's attempt loop), its
 write-ahead entry stayed pending for everything, and `retry` sent a second copy. asyncio.run did the same: the losses
-predate runloop.py. Each run is a process of its own; every stall is the target's 60 s timeout."""
+predate runloop.py. A Ctrl-C while the outcome is saved waits for the save (runloop.HeldOff); one before anything is
+written ahead leaves a renewal's blocked entry (kept, or made), never nothing. Each run is a process of its own;
+every stall is the target's 60 s timeout; a Ctrl-C at an exact step is sent by the process itself, from a hook."""
 
 from __future__ import annotations
 
@@ -96,10 +98,12 @@ def test_a_ctrl_c_while_the_relay_holds_its_reply_to_quit_records_the_message_as
     # hold up to the target's timeout. A Ctrl-C there dropped the delivery: pending, and sent again by `retry`.
     relay = fault_server(replies={"QUIT": STALL})
     denv.write_config({"relay": _target(relay)})
-    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--json", "--lineage",
+                             str(lineage.live_dir)],
                             env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, err = _interrupt_when(proc, lambda: "QUIT" in relay.client_commands)
+    out, err = _interrupt_when(proc, lambda: "QUIT" in relay.client_commands)
     assert proc.returncode == 130 and "Traceback" not in err, err
+    assert out == ""  # no document listing only what finished (README, exit table): `status` shows it
     status = denv.run("status", "--json")
     assert json.loads(status.stdout)["entries"] == [], status.stdout
     assert len(relay.messages) == 1
@@ -158,3 +162,110 @@ def test_a_ctrl_c_after_the_final_dot_is_uncertain_and_resend_uncertain_false_ho
     denv.write_config({"archive": {**_target(relay), "resend_uncertain": False}})
     denv.run("retry")
     assert relay.messages == [] and relay.connections == 0
+
+
+_CTRL_C_AFTER_THE_JOURNAL = """
+import os, signal, sys
+from certbot_smtp_dist._internal import journal
+from certbot_smtp_dist._internal.cli import main
+
+append_all = journal.Journal.append_all
+
+def then_ctrl_c(self, records):  # one Ctrl-C, landing just after the journal took the first attempts saved
+    append_all(self, records)
+    if any(r.get("event") == "attempt" for r in records) and not hasattr(journal, "pressed"):
+        journal.pressed = True
+        os.kill(os.getpid(), signal.SIGINT)
+
+journal.Journal.append_all = then_ctrl_c
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", ["deploy", "a renewal's deploy", "retry", "retry of two certificates"])
+def test_a_ctrl_c_while_a_delivery_is_saved_never_leaves_it_to_be_sent_again(denv: DeployEnv, lineage: LineagePaths,
+                                                                             fault_server, tmp_path: Path,
+                                                                             command: str) -> None:
+    # A Ctrl-C (the user's second, as the first ended the run; or the ACME client's SIGINT) between the journal's
+    # append and the settling of the entries: the delivered target's entry stayed pending, and `retry` sent the
+    # message again. Saving is a few writes: the Ctrl-C waits for it, then ends the run (130). `retry` saves each
+    # certificate's deliveries in turn: the Ctrl-C waits for all of them, not only the first.
+    lineages = [lineage] + ([write_lineage(tmp_path / "live" / "other.example.com")] if "two" in command else [])
+    if command.startswith("retry"):
+        busy = fault_server(replies={"greeting": "421 4.3.2 busy"})
+        denv.write_config({"relay": _target(busy)}, defaults={"retry_attempts": 1})
+        for each in lineages:
+            assert denv.run("deploy", "--lineage", str(each.live_dir)).returncode != 0
+    relay = fault_server()
+    denv.write_config({"relay": _target(relay)})
+    argv = ["deploy", "--lineage", str(lineage.live_dir)] if command == "deploy" else ["retry"]
+    if command == "a renewal's deploy":  # delivered and saved: no blocked entry saying nothing was sent
+        argv, env = ["deploy"], denv.env() | {"RENEWED_LINEAGE": str(lineage.live_dir)}
+    else:
+        env = denv.env()
+    run = subprocess.run([sys.executable, "-c", _CTRL_C_AFTER_THE_JOURNAL, *argv], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
+    assert len(relay.messages) == len(lineages)
+    entries = json.loads(denv.run("status", "--json").stdout)["entries"]
+    assert entries == [], entries
+    denv.run("retry")
+    assert len(relay.messages) == len(lineages)  # never sent again
+
+
+_CTRL_C_WHILE_PREPARING = """
+import os, signal, sys
+from certbot_smtp_dist._internal import pipeline
+from certbot_smtp_dist._internal.cli import main
+
+prepare_job = pipeline.prepare_job
+
+def ctrl_c_then(*args, **kwargs):  # a Ctrl-C while the payloads are built, before anything is written ahead
+    os.kill(os.getpid(), signal.SIGINT)
+    return prepare_job(*args, **kwargs)
+
+pipeline.prepare_job = ctrl_c_then
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv", [["deploy"], ["retry", "--include-failed"]])
+def test_a_blocked_deploy_interrupted_before_anything_is_spooled_stays_blocked(denv: DeployEnv, lineage: LineagePaths,
+                                                                              fault_server, argv: list[str]) -> None:
+    # The deploy closed the blocked entry as soon as it got past the certificate and credentials, before its
+    # payloads were built and its entries written ahead: a Ctrl-C there left nothing at all, `status` read OK, and
+    # the certificate was never sent (no renewal calls the hook again for it).
+    relay = fault_server()
+    denv.write_config({"relay": _target(relay)})
+    good_key = lineage.privkey.read_bytes()
+    lineage.privkey.write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    renewal = {"RENEWED_LINEAGE": str(lineage.live_dir)}
+    assert denv.run("deploy", extra_env=renewal).returncode == 65
+    lineage.privkey.write_bytes(good_key)
+    run = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_PREPARING, *argv], env=denv.env() | renewal,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
+    assert relay.connections == 0
+    entries = json.loads(denv.run("status", "--json").stdout)["entries"]
+    assert [(e["kind"], e["state"]) for e in entries] == [("blocked", "failed")], entries
+    assert denv.run("status").returncode == 2  # still an alert, never OK
+    assert denv.run("retry", "--include-failed").returncode == 0 and len(relay.messages) == 1
+
+
+def test_a_renewal_interrupted_before_anything_is_spooled_leaves_a_blocked_entry(denv: DeployEnv,
+                                                                                lineage: LineagePaths,
+                                                                                fault_server) -> None:
+    # A renewal's deploy hook interrupted while its payloads were built: nothing was written ahead, nothing recorded,
+    # `status` read OK, and the renewed certificate was never sent (certbot does not call the hook again).
+    relay = fault_server()
+    denv.write_config({"relay": _target(relay)})
+    renewal = {"RENEWED_LINEAGE": str(lineage.live_dir)}
+    run = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_PREPARING, "deploy"], env=denv.env() | renewal,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
+    entries = json.loads(denv.run("status", "--json").stdout)["entries"]
+    assert [(e["kind"], e["state"]) for e in entries] == [("blocked", "failed")], entries
+    assert "interrupted" in entries[0]["detail"]
+    assert denv.run("status").returncode == 2  # an alert, never OK
+    assert denv.run("retry", "--include-failed").returncode == 0 and len(relay.messages) == 1
+    assert json.loads(denv.run("status", "--json").stdout)["entries"] == []

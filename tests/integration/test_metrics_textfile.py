@@ -189,6 +189,46 @@ def test_an_interrupted_deploy_rewrites_the_file_with_what_it_spooled(denv: Depl
     assert spool(read(prom)) == {s: int(s == state) for s in STATES}
 
 
+def test_an_interrupted_retry_rewrites_the_file_with_what_it_recorded(denv: DeployEnv, lineage: LineagePaths,
+                                                                      prom: Path, fault_server) -> None:
+    """Ctrl-C (exit 130) ending a `retry` after one entry failed permanently and while another's relay holds its
+    final reply: the file must show the one failed (an alert) and the other uncertain. It was left as the deploy
+    before had written it (both pending: retries under way, no alert), until some later run."""
+    import signal
+
+    from support.faultscript import STALL
+
+    def target(server: Any) -> dict[str, Any]:
+        return {"host": "127.0.0.1", "port": server.port, "tls_mode": "plaintext", "timeout": 60,
+                "from_address": "c@example.com", "to": ["a@example.com"]}
+
+    busy = fault_server(replies={"greeting": "421 4.3.2 busy"})
+    denv.write_config({"refusing": target(busy), "slow": target(busy)},
+                      defaults={"metrics_textfile": str(prom), "retry_attempts": 1})
+    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode != 0
+    assert spool(read(prom), "refusing")["pending"] == 1 and spool(read(prom), "slow")["pending"] == 1
+    refusing, slow = fault_server(replies={"MAIL": "550 5.7.1 not from you"}), fault_server(replies={"DATA_END": STALL})
+    denv.write_config({"refusing": target(refusing), "slow": target(slow)},
+                      defaults={"metrics_textfile": str(prom), "retry_attempts": 1})
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "retry"], env=denv.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # bounded: 60 s at most, until one was refused and the other holds its final reply
+            if "MAIL" in refusing.client_commands and refusing.wait_idle(0.1) and slow.data_ends:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    parsed = read(prom)
+    assert spool(parsed, "refusing") == {s: int(s == "failed") for s in STATES}, prom.read_text()
+    assert spool(parsed, "slow") == {s: int(s == "uncertain") for s in STATES}, prom.read_text()
+
+
 def test_symlink_at_the_destination_is_refused(denv: DeployEnv, lineage: LineagePaths, prom: Path,
                                                relay_factory, tmp_path: Path) -> None:
     victim = tmp_path / "victim"

@@ -197,3 +197,38 @@ def test_a_run_inside_a_running_loop_is_refused_and_leaves_that_loop_alone() -> 
     finally:
         asyncio.set_event_loop(None)
         host.close()
+
+
+HELD = textwrap.dedent("""\
+    def press():
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def held(presses, ending=False):
+        done = []
+        try:
+            try:
+                if ending:
+                    raise KeyboardInterrupt("the run's own")
+            finally:
+                with runloop.HeldOff():
+                    for _ in range(presses):
+                        press()
+                        done.append(len(done))  # the next step runs: the Ctrl-C waits
+                    done.append("saved")
+            print("no interrupt", done)
+        except KeyboardInterrupt as exc:
+            print("interrupted", str(exc) or "here", done)
+        print("handler", "default" if signal.getsignal(signal.SIGINT) is signal.default_int_handler else "other")
+""")
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("held(1)", ["interrupted here [0, 'saved']", "handler default"]),  # waits for the end of the block
+    ("held(2)", ["interrupted here [0]", "handler default"]),  # the second one raises at once
+    ("held(0)", ["no interrupt ['saved']", "handler default"]),
+    ("held(1, ending=True)", ["interrupted the run's own [0, 'saved']", "handler default"]),  # not raised twice
+    ("signal.signal(signal.SIGINT, signal.SIG_IGN); held(1)",  # someone else's SIGINT: left alone
+     ["no interrupt [0, 'saved']", "handler other"]),
+])
+def test_a_ctrl_c_while_held_off_waits_for_the_end_of_the_block(case: str, expected: list[str]) -> None:
+    assert _outcome(HELD + case) == expected
