@@ -11,11 +11,8 @@ every stall is the target's 60 s timeout; a Ctrl-C at an exact step is sent by t
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ from support.deployenv import DeployEnv
 from support.faultscript import STALL
 from support.faultsmtp import FaultServer
 from support.pki import LineagePaths, write_lineage
+from support.polling import interrupt_when
 
 
 @pytest.fixture
@@ -34,21 +32,6 @@ def _target(server: FaultServer) -> dict[str, object]:
     return {"host": "127.0.0.1", "port": server.port, "tls_mode": "plaintext", "timeout": 60, "from_address": "c@example.com", "to": ["a@example.com"]}
 
 
-def _interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], object]) -> tuple[str, str]:
-    """SIGINT once `ready()`; (stdout, stderr). Every stall is the target's 60 s timeout, every wait here 60 s."""
-    try:
-        for _ in range(600):  # bounded: 60 s at most
-            if ready():
-                break
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        return proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-
 def test_a_target_delivered_before_the_ctrl_c_is_recorded_and_never_sent_again(denv: DeployEnv,
                                                                                 lineage: LineagePaths,
                                                                                 fault_server) -> None:
@@ -58,7 +41,7 @@ def test_a_target_delivered_before_the_ctrl_c_is_recorded_and_never_sent_again(d
     proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
                             env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # `fast` took the message and its session is over (the client closed it); `slow` holds its final reply.
-    _, err = _interrupt_when(proc, lambda: len(fast.messages) == 1 and fast.wait_idle(0.1) and slow.data_ends)
+    _, err = interrupt_when(proc, lambda: len(fast.messages) == 1 and fast.wait_idle(0.1) and slow.data_ends)
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.splitlines()[-1] == "certbot-smtp-dist: error: deploy: interrupted", err  # it was silent
 
@@ -81,7 +64,7 @@ def test_a_retry_interrupted_after_one_delivery_records_it(denv: DeployEnv, line
     denv.write_config({"fast": _target(fast), "slow": _target(slow)}, defaults={"retry_attempts": 1})
     proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "retry"], env=denv.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, err = _interrupt_when(proc, lambda: len(fast.messages) == 1 and fast.wait_idle(0.1) and slow.data_ends)
+    _, err = interrupt_when(proc, lambda: len(fast.messages) == 1 and fast.wait_idle(0.1) and slow.data_ends)
     assert proc.returncode == 130 and "Traceback" not in err, err
 
     status = denv.run("status", "--json")
@@ -101,7 +84,7 @@ def test_a_ctrl_c_while_the_relay_holds_its_reply_to_quit_records_the_message_as
     proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--json", "--lineage",
                              str(lineage.live_dir)],
                             env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = _interrupt_when(proc, lambda: "QUIT" in relay.client_commands)
+    out, err = interrupt_when(proc, lambda: "QUIT" in relay.client_commands)
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert out == ""  # no document listing only what finished (README, exit table): `status` shows it
     status = denv.run("status", "--json")
@@ -115,7 +98,7 @@ def test_an_interrupted_check_ends_at_once_with_one_line_and_no_half_document(de
     denv.write_config({"relay": _target(relay)})
     proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "check", "--json"], env=denv.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = _interrupt_when(proc, lambda: "EHLO" in relay.client_commands)
+    out, err = interrupt_when(proc, lambda: "EHLO" in relay.client_commands)
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert out == "" and err.splitlines()[-1] == "certbot-smtp-dist: error: check: interrupted", (out, err)
 
@@ -133,7 +116,7 @@ def test_recipients_that_took_the_message_before_a_ctrl_c_are_not_sent_it_again(
     denv.write_config({"relay": _target(relay) | {"to": ["a@example.com", "b@example.com"]}})
     proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
                             env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, err = _interrupt_when(proc, lambda: relay.connections >= 2)
+    _, err = interrupt_when(proc, lambda: relay.connections >= 2)
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert [m.rcpt_tos for m in relay.messages] == [("a@example.com",)]
 
@@ -153,7 +136,7 @@ def test_a_ctrl_c_after_the_final_dot_is_uncertain_and_resend_uncertain_false_ho
     denv.write_config({"archive": {**_target(slow), "resend_uncertain": False}})
     proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
                             env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, err = _interrupt_when(proc, lambda: slow.data_ends)
+    _, err = interrupt_when(proc, lambda: slow.data_ends)
     assert proc.returncode == 130 and "Traceback" not in err, err
     entries = json.loads(denv.run("status", "--json").stdout)["entries"]
     assert [(e["target"], e["state"]) for e in entries] == [("archive", "uncertain")], entries

@@ -21,6 +21,7 @@ from support import ci
 from support.deployenv import DeployEnv, relay_target
 from support.faultscript import CLOSE
 from support.pki import LineagePaths, write_lineage
+from support.polling import interrupt_when
 from support.promtext import Exposition, parse
 
 P = "certbot_smtp_dist_"
@@ -157,11 +158,8 @@ def test_an_interrupted_deploy_rewrites_the_file_with_what_it_spooled(denv: Depl
                                                                         prom: Path, fault_server, held: str) -> None:
     """Ctrl-C (exit 130) while the relay holds a reply (the greeting, one in the transaction, the final one): the
     write-ahead entry is in the spool, pending (uncertain after the final "."), and `retry` will send it; the file
-    must say so. It was left as the
-    run before had written it (here: none at all). The interrupt ends the run at once, wherever the session waits
+    must say so. It was left as the run before had written it (here: none at all). The interrupt ends the run at once, wherever the session waits
     (runloop.py: a Ctrl-C landing as a reply arrived was lost, and the run waited out the relay's stall)."""
-    import signal
-
     from support.faultscript import STALL
 
     server = fault_server(replies={held: STALL})
@@ -170,17 +168,8 @@ def test_an_interrupted_deploy_rewrites_the_file_with_what_it_spooled(denv: Depl
                       defaults={"metrics_textfile": str(prom)})
     proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
                             env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(600):  # bounded: 60 s at most, until the write-ahead entry is there and the relay dialled
-            if list((denv.state_dir / "spool").glob("*.json")) and server.connections:
-                break
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    # Once the write-ahead entry is there and the relay dialled.
+    _, err = interrupt_when(proc, lambda: list((denv.state_dir / "spool").glob("*.json")) and server.connections)
     assert proc.returncode == 130 and "Traceback" not in err, err
     # After the final ".", the relay may have the message: uncertain, as at a deadline (`resend_uncertain` rules).
     state = "uncertain" if held == "DATA_END" else "pending"
@@ -194,8 +183,6 @@ def test_an_interrupted_retry_rewrites_the_file_with_what_it_recorded(denv: Depl
     """Ctrl-C (exit 130) ending a `retry` after one entry failed permanently and while another's relay holds its
     final reply: the file must show the one failed (an alert) and the other uncertain. It was left as the deploy
     before had written it (both pending: retries under way, no alert), until some later run."""
-    import signal
-
     from support.faultscript import STALL
 
     def target(server: Any) -> dict[str, Any]:
@@ -212,17 +199,9 @@ def test_an_interrupted_retry_rewrites_the_file_with_what_it_recorded(denv: Depl
                       defaults={"metrics_textfile": str(prom), "retry_attempts": 1})
     proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "retry"], env=denv.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(600):  # bounded: 60 s at most, until one was refused and the other holds its final reply
-            if "MAIL" in refusing.client_commands and refusing.wait_idle(0.1) and slow.data_ends:
-                break
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    # Once one was refused and the other holds its final reply.
+    _, err = interrupt_when(proc, lambda: "MAIL" in refusing.client_commands and refusing.wait_idle(0.1)
+                            and slow.data_ends)
     assert proc.returncode == 130 and "Traceback" not in err, err
     parsed = read(prom)
     assert spool(parsed, "refusing") == {s: int(s == "failed") for s in STATES}, prom.read_text()

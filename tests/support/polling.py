@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -16,3 +18,18 @@ def wait_until(
             return False
         time.sleep(interval)
     return True
+
+
+def interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], object], timeout: float = 60.0
+                   ) -> tuple[str, str]:
+    """Ctrl-C (SIGINT) to `proc` once `ready()` (or after `timeout` seconds), then its (stdout, stderr), waited for
+    at most `timeout` seconds; a process still running after that is killed."""
+    try:
+        wait_until(ready, timeout, 0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=timeout)
+        return out, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
