@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -120,14 +120,15 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
         _refresh_metrics(request, ledger, loaded)
         return DeployReport(artefact.facts, config_errors=tuple(exc.problems), exit_status=report.EX_CONFIG,
                             state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
-    try:
-        held = _held_back(request, ledger, wanted, artefact.facts, now)
-        results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started, held)
-    except BaseException as exc:  # interrupted too (Ctrl-C, exit 130)
-        _unwinding(request, ledger, loaded, artefact.facts, exc)
-        raise
-    if ledger:  # after the entries written ahead (a Ctrl-C before them must not leave nothing at all)
-        ledger.unblock()
+    with ledger.holding_blocked() if ledger else nullcontext():  # a `retry` meanwhile must not run it again
+        try:
+            held = _held_back(request, ledger, wanted, artefact.facts, now)
+            results = _ship(request, loaded, artefact, targets, wanted, secrets, ledger, now, started, held)
+        except BaseException as exc:  # interrupted too (Ctrl-C, exit 130)
+            _unwinding(request, ledger, loaded, artefact.facts, exc)
+            raise
+        if ledger:  # after the entries written ahead (a Ctrl-C before them must not leave nothing at all)
+            ledger.unblock()
     _refresh_metrics(request, ledger, loaded)
     for result in results:
         (log.info if result.ok else log.error)("%s", report.human_line(result), extra=report.log_fields(result))

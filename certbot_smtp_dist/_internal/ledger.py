@@ -47,6 +47,7 @@ class Ledger:
         self.now = now or datetime.now(timezone.utc)
         self.healthy = True
         self.written_ahead = False  # a run's deliveries are written ahead (write_ahead_all): they stand for it now
+        self._held_blocked: list[sp.Entry | None] | None = None  # [its blocked entry]: claimed by holding_blocked
         self._oauth2_key = keys.oauth2_tokens
 
     def token_cache(self) -> TokenCache | None:
@@ -297,9 +298,11 @@ class Ledger:
         self._guard("write the journal", self.journal.start)  # before any entry, as write_ahead does
         source = self.source
         try:
-            with self.spool.claim(sp.blocked_id(source)) as old:
+            with self._blocked_claim(source) as old:
                 entry = sp.for_blocked(source, facts, old, why, code, datetime.now(timezone.utc))
                 self._guard("write the spool", lambda: self.spool.write(entry))
+                if self._held_blocked is not None:
+                    self._held_blocked = [entry]
                 log.error("the deploy of %s is blocked and listed by `%s`: %s", entry.certificate or "this lineage",
                           self._hint("status"), self._needs_human(entry.id))
         except sp.Busy:
@@ -315,9 +318,43 @@ class Ledger:
         blocked entry for its lineage is done."""
         if self.source is None:
             return
+        if self._held_blocked is not None:
+            held, self._held_blocked = self._held_blocked[0], [None]
+            if held is not None:
+                self.close(held, "unblocked", None, "the deploy ran again")
+            return
         with self.claim(sp.blocked_id(self.source)) as entry:
             if entry is not None:
                 self.close(entry, "unblocked", None, "the deploy ran again")
+
+    @contextmanager
+    def holding_blocked(self) -> Iterator[None]:
+        """Hold this lineage's blocked entry (its lock) while the run ships, until `unblock` or `block` settles it:
+        a `retry` meanwhile (the timer's, the entry pending once the configuration loads again; or --include-failed)
+        finds it busy and leaves it to this run. Unheld, it ran the whole deploy a second time, mailing the
+        certificate twice. Busy, unreadable or not writable here: `unblock` and `block` claim it as before."""
+        if self.source is None:
+            yield
+            return
+        with ExitStack() as stack:
+            try:
+                self._held_blocked = [stack.enter_context(self.spool.claim(sp.blocked_id(self.source)))]
+            except (sp.Busy, sp.Rejected, OSError):
+                self._held_blocked = None
+            try:
+                yield
+            finally:
+                self._held_blocked = None
+
+    @contextmanager
+    def _blocked_claim(self, source: LineageSource) -> Iterator[sp.Entry | None]:
+        """The blocked entry, under its lock: the one `holding_blocked` holds (flock: claiming it again here would
+        find it busy), or claimed now."""
+        if self._held_blocked is not None:
+            yield self._held_blocked[0]
+            return
+        with self.spool.claim(sp.blocked_id(source)) as old:
+            yield old
 
     def config_fixed(self) -> None:
         """The configuration loads cleanly now: a deploy it blocked is no longer an error but pending, and the next
