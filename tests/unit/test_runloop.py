@@ -232,3 +232,50 @@ HELD = textwrap.dedent("""\
 ])
 def test_a_ctrl_c_while_held_off_waits_for_the_end_of_the_block(case: str, expected: list[str]) -> None:
     assert _outcome(HELD + case) == expected
+
+
+HELD_EDGES = textwrap.dedent("""\
+    def report(what):
+        print(what, "default" if signal.getsignal(signal.SIGINT) is signal.default_int_handler else "other")
+
+    def raising_inside():  # no Ctrl-C: the block's own exception, the handler given back
+        try:
+            with runloop.HeldOff():
+                raise ValueError("the save's own")
+        except ValueError as exc:
+            report(str(exc))
+
+    def nested(presses):  # the inner block leaves it to the outer: one KeyboardInterrupt, at the outer's end
+        done = []
+        try:
+            with runloop.HeldOff():
+                with runloop.HeldOff():
+                    for _ in range(presses):
+                        os.kill(os.getpid(), signal.SIGINT)
+                    done.append("inner")
+                done.append("outer")
+            report(f"no interrupt {done}")
+        except KeyboardInterrupt:
+            report(f"interrupted {done}")
+
+    def on_a_thread():  # not the main thread: nothing changed, nothing raised
+        import threading
+        seen = []
+        def work():
+            with runloop.HeldOff():
+                seen.append(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join(10)
+        report(f"thread {seen}")
+""")
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("raising_inside()", ["the save's own default"]),
+    ("nested(0)", ["no interrupt ['inner', 'outer'] default"]),
+    ("nested(1)", ["interrupted ['inner', 'outer'] default"]),
+    ("on_a_thread()", ["thread [True] default"]),
+])
+def test_held_off_gives_the_handler_back_and_raises_only_for_a_ctrl_c(case: str, expected: list[str]) -> None:
+    assert _outcome(HELD_EDGES + case) == expected
