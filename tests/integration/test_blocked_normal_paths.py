@@ -142,3 +142,23 @@ def test_the_blocked_entry_is_recorded_when_the_journal_cannot_be_started(denv: 
     assert "cannot write the journal" in run.stderr
     [entry] = [p for p in (denv.state_dir / "spool").rglob("*") if p.is_file() and p.suffix != ".lock"]
     assert entry.stat().st_size > 0
+
+
+@pytest.mark.parametrize("case", ["every target held back by min_interval", "no target wants the certificate",
+                                  "--target naming one of two"])
+def test_a_blocked_renewal_that_sends_nothing_or_part_still_closes_its_entry_once(
+        denv: DeployEnv, lineage: LineagePaths, fault_server, case: str) -> None:
+    # Nothing (or only part) written ahead: the run got past every check all the same, as at 3818e7d.
+    relay, other = fault_server(), fault_server()
+    extra = ({"min_interval": "7d"} if "min_interval" in case else
+             {"certificates": ["nothing.example"]} if "no target" in case else {})
+    denv.write_config({"relay": _target(relay) | extra, "other": _target(other)} if "--target" in case
+                      else {"relay": _target(relay) | extra})
+    if "min_interval" in case:
+        assert denv.run("deploy", extra_env=_renewal(lineage)).returncode == 0
+    lineage.privkey.write_bytes(_blocked(denv, lineage))
+    argv = ["deploy", "--target", "relay"] if "--target" in case else ["deploy"]
+    assert denv.run(*argv, extra_env=_renewal(lineage)).returncode == 0
+    assert _entries(denv) == [] and _journalled(denv, "unblocked") == 1
+    assert len(relay.messages) == (1 if "min_interval" in case or "--target" in case else 0)
+    assert other.connections == 0
