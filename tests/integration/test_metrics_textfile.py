@@ -168,8 +168,14 @@ def test_an_interrupted_deploy_rewrites_the_file_with_what_it_spooled(denv: Depl
                       defaults={"metrics_textfile": str(prom)})
     proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", str(lineage.live_dir)],
                             env=denv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Once the write-ahead entry is there and the relay dialled.
-    _, err = interrupt_when(proc, lambda: list((denv.state_dir / "spool").glob("*.json")) and server.connections)
+    def held_there() -> bool:  # the write-ahead entry is there and the relay holds the reply it is to hold
+        if not list((denv.state_dir / "spool").glob("*.json")) or not server.connections:
+            return False
+        if held == "DATA_END":
+            return bool(server.data_ends)  # the final "." has reached it
+        return held == "greeting" or held in server.client_commands
+
+    _, err = interrupt_when(proc, held_there)
     assert proc.returncode == 130 and "Traceback" not in err, err
     # After the final ".", the relay may have the message: uncertain, as at a deadline (`resend_uncertain` rules).
     state = "uncertain" if held == "DATA_END" else "pending"
