@@ -56,7 +56,7 @@ lint: $(STAMP)
 
 # Issue 16's suite against peers it starts on loopback; BENCH_ARGS="--quick" for a smoke run, "--only 3" for one
 # scenario, "--strict" to fail on an exceeded budget, "--instructions" to add valgrind's instruction counts to
-# scenarios 1 and 3 (reference rows). Writes bench/RESULTS.md.
+# scenarios 1, 3 and 6 (reference rows). Writes bench/RESULTS.md.
 BENCH_ARGS ?=
 bench: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/suite.py $(BENCH_ARGS)
