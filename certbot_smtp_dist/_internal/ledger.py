@@ -47,7 +47,8 @@ class Ledger:
         self.now = now or datetime.now(timezone.utc)
         self.healthy = True
         self.written_ahead = False  # a run's deliveries are written ahead (write_ahead_all): they stand for it now
-        self._held_blocked: list[sp.Entry | None] | None = None  # [its blocked entry]: claimed by holding_blocked
+        self._holding = False  # this lineage's blocked entry's lock is held (holding_blocked)...
+        self._held: sp.Entry | None = None  # ...and that entry, while there is one
         self._oauth2_key = keys.oauth2_tokens
 
     def token_cache(self) -> TokenCache | None:
@@ -301,8 +302,8 @@ class Ledger:
             with self._blocked_claim(source) as old:
                 entry = sp.for_blocked(source, facts, old, why, code, datetime.now(timezone.utc))
                 self._guard("write the spool", lambda: self.spool.write(entry))
-                if self._held_blocked is not None:
-                    self._held_blocked = [entry]
+                if self._holding:
+                    self._held = entry
                 log.error("the deploy of %s is blocked and listed by `%s`: %s", entry.certificate or "this lineage",
                           self._hint("status"), self._needs_human(entry.id))
         except sp.Busy:
@@ -318,8 +319,8 @@ class Ledger:
         blocked entry for its lineage is done."""
         if self.source is None:
             return
-        if self._held_blocked is not None:
-            held, self._held_blocked = self._held_blocked[0], [None]
+        if self._holding:
+            held, self._held = self._held, None
             if held is not None:
                 self.close(held, "unblocked", None, "the deploy ran again")
             return
@@ -338,20 +339,21 @@ class Ledger:
             return
         with ExitStack() as stack:
             try:
-                self._held_blocked = [stack.enter_context(self.spool.claim(sp.blocked_id(self.source)))]
+                self._held = stack.enter_context(self.spool.claim(sp.blocked_id(self.source)))
+                self._holding = True
             except (sp.Busy, sp.Rejected, OSError):
-                self._held_blocked = None
+                pass
             try:
                 yield
             finally:
-                self._held_blocked = None
+                self._holding, self._held = False, None
 
     @contextmanager
     def _blocked_claim(self, source: LineageSource) -> Iterator[sp.Entry | None]:
         """The blocked entry, under its lock: the one `holding_blocked` holds (flock: claiming it again here would
         find it busy), or claimed now."""
-        if self._held_blocked is not None:
-            yield self._held_blocked[0]
+        if self._holding:
+            yield self._held
             return
         with self.spool.claim(sp.blocked_id(source)) as old:
             yield old
