@@ -57,7 +57,7 @@ class Store:
 
         wanted = canonical(name_der)
         found = list(self._hashed(wanted))
-        if not found and self.cafile is not None and (self.thorough or not self._hashed_layout()):
+        if not found and self.cafile is not None and (self.thorough or not self.hashed_layout()):
             found = self._indexed().get(wanted, [])
         for blob in found:
             with warnings.catch_warnings():  # a store's old root with a negative serial: cryptography warns
@@ -82,7 +82,8 @@ class Store:
             if any(canonical(subject_der(blob)) == canon for blob in found):
                 return
 
-    def _hashed_layout(self) -> bool:
+    def hashed_layout(self) -> bool:
+        """Whether one of the store's directories is a c_rehash directory, where a miss is authoritative."""
         if not self._layout:  # asked once per store: a chain asks about several names
             self._layout.append(_hashed_layout(self.capaths[:MAX_CERT_DIRS]))
         return self._layout[0]

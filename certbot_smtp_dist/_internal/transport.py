@@ -28,7 +28,7 @@ from certbot_smtp_dist._internal import (
     scrub,
     transcript,
 )
-from certbot_smtp_dist._internal.tlspolicy import verified_context
+from certbot_smtp_dist._internal.tlspolicy import lookup_differs, verified_context
 from certbot_smtp_dist._internal.tokencache import TokenCache
 from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import (
@@ -197,46 +197,56 @@ class _Abort(Exception):
         self.refused = refused
 
 
-def client_tls_context(target: Target) -> ssl.SSLContext:
-    """Verified TLS 1.2+ against the system store plus `tls_ca_file` (RFC 8314 §5, RFC 7525 §3.1.1)."""
-    ctx = verified_context(target.tls_ca_file)
+def client_tls_context(target: Target, whole_store: bool = True) -> ssl.SSLContext:
+    """Verified TLS 1.2+ against the system store plus `tls_ca_file` (RFC 8314 §5, RFC 7525 §3.1.1); without
+    `whole_store`, the store's hashed directory alone where it has one (tlspolicy.verified_context)."""
+    ctx = verified_context(target.tls_ca_file, whole_store=whole_store or target.tls_skip_verify)
     if target.tls_skip_verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 
-class TlsContexts:
-    """The verified client context of each distinct trust configuration, shared by every run in the process.
+_Key = tuple[Path | None, bool, tuple[int, ...], bool]
 
-    Loading the system trust store costs tens of milliseconds of CPU per context, and one context serves any number
-    of concurrent connections: 50 targets behind one relay load it once, not 50 times, and so do the sessions of
-    later runs in the same process (the certbot plugin, `retry`). The key holds the `tls_ca_file`'s identity (device,
-    inode, size, modification time), so an anchor replaced on disk is read again; the system store itself is read
-    once per process (a renewal run is short). Nothing changes a context once made.
+
+class TlsContexts:
+    """The verified client contexts of each distinct trust configuration, shared by every run in the process.
+
+    A delivery's first session uses the first-look context (`first`): on a system store with a c_rehash directory
+    (Debian's), that directory looked up by subject, without parsing the store's bundle (~30 ms and a quarter of a
+    cold deploy's instructions). A relay certificate refused under it is judged again under the whole store
+    (`get`, and `second_look`), so what is trusted is exactly what the whole store trusts. `check` (probe) uses the
+    whole store from the start: its diagnosis of a refusal must be the whole store's.
+
+    One context serves any number of concurrent connections, and the sessions of later runs in the same process
+    (the certbot plugin, `retry`). The key holds the `tls_ca_file`'s identity (device, inode, size, modification
+    time), so an anchor replaced on disk is read again; the system store itself is read once per process (a renewal
+    run is short). Nothing changes a context once made.
     """
 
-    _made: ClassVar[dict[tuple[Path | None, bool, tuple[int, ...]], ssl.SSLContext]] = {}
+    _made: ClassVar[dict[_Key, ssl.SSLContext]] = {}
     _MAX = 32  # distinct trust configurations kept; past that the cache starts again
     _loading: ClassVar[threading.Thread | None] = None  # prefetch's thread, joined by the first get()
 
     @classmethod
     def prefetch(cls, targets: Iterable[Target]) -> None:
-        """Start building the contexts `targets` will need on a thread of its own, so that loading the system store
-        (OpenSSL releases the GIL while it parses it) overlaps the run's other work before the first connection:
-        reading and checking the certificate, rendering, the write-ahead. The contexts are the ones get() would
-        build; one that fails to build is left for get() to build again, which raises and names the file."""
-        wanted: dict[tuple[Path | None, bool, tuple[int, ...]], Target] = {}
+        """Start building the first-look contexts `targets` will need on a thread of its own, so that reading a
+        `tls_ca_file` or, where there is no hashed directory, the system store's bundle (OpenSSL releases the GIL
+        while it parses it) overlaps the run's other work before the first connection: reading and checking the
+        certificate, rendering, the write-ahead. One that fails to build is left for first() to build again,
+        which raises and names the file."""
+        wanted: dict[_Key, Target] = {}
         for t in targets:
-            if t.tls_mode is not TlsMode.PLAINTEXT and _key(t) not in cls._made:
-                wanted.setdefault(_key(t), t)
+            if t.tls_mode is not TlsMode.PLAINTEXT and _key(t, False) not in cls._made:
+                wanted.setdefault(_key(t, False), t)
         if not wanted or (cls._loading is not None and cls._loading.is_alive()):
             return
 
         def build() -> None:
             for key, target in wanted.items():
                 try:
-                    cls._made.setdefault(key, client_tls_context(target))
+                    cls._made.setdefault(key, client_tls_context(target, whole_store=False))
                 except (OSError, ssl.SSLError, ValueError):
                     continue
 
@@ -247,24 +257,39 @@ class TlsContexts:
         cls._loading = abandon.start(build, "certbot-smtp-dist-trust")
 
     def get(self, target: Target) -> ssl.SSLContext | None:
+        """The whole store's context for `target` (None: plaintext)."""
+        return self._context(target, True)
+
+    def first(self, target: Target) -> ssl.SSLContext | None:
+        """The first-look context for a delivery's first session to `target` (None: plaintext)."""
+        return self._context(target, False)
+
+    @staticmethod
+    def second_look(target: Target, failure: Failure | None) -> bool:
+        """Whether a session under first() failed in a way the whole store might not: the relay's certificate was
+        refused (OpenSSL gave its verification code) and the first look trusted less than the whole store."""
+        return (failure is not None and failure.code is ErrorCode.SMTP_TLS and failure.verify_code is not None
+                and not target.tls_skip_verify and lookup_differs())
+
+    def _context(self, target: Target, whole_store: bool) -> ssl.SSLContext | None:
         if target.tls_mode is TlsMode.PLAINTEXT:
             return None
         loading = type(self)._loading
         if loading is not None:  # a prefetch under way: wait for it rather than load the same store twice
             loading.join()
             type(self)._loading = None
-        key = _key(target)
+        key = _key(target, whole_store)
         made = self._made.get(key)
         if made is None:
-            made = client_tls_context(target)  # an unreadable anchor raises here, as before, and is not cached
+            made = client_tls_context(target, whole_store)  # an unreadable anchor raises here, and is not cached
             if len(self._made) >= self._MAX:
                 self._made.clear()
             self._made[key] = made
         return made
 
 
-def _key(target: Target) -> tuple[Path | None, bool, tuple[int, ...]]:
-    return (target.tls_ca_file, target.tls_skip_verify, _identity(target.tls_ca_file))
+def _key(target: Target, whole_store: bool) -> _Key:
+    return (target.tls_ca_file, target.tls_skip_verify, _identity(target.tls_ca_file), whole_store)
 
 
 def _identity(path: Path | None) -> tuple[int, ...]:
@@ -286,12 +311,25 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
     `tls`: the run's TLS contexts (one is made for this session when not given).
     `tokens`: the OAuth 2.0 token cache (None: every session of an OAuth target asks the token endpoint).
     """
-    progress = _Progress()
-    deadline = asyncio.get_running_loop().time() + budget
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget
+    contexts = tls or TlsContexts()
 
     async def run(secret: Secret | None, left: float, known: tuple[Secret, ...]) -> SessionOutcome:
-        return await _deliver(target, _delivery(target, message, secret, progress), left, known, tls, progress,
-                              deadline)
+        progress = _Progress()
+        outcome = await _deliver(target, _delivery(target, message, secret, progress), left, known,
+                                 lambda: contexts.first(target), progress, deadline)
+        rest = deadline - loop.time()
+        if not contexts.second_look(target, outcome.failure) or rest <= 0:
+            return outcome
+        # Nothing went to the relay but EHLO and STARTTLS (or, for smtps, nothing at all): the session is made again
+        # from the start, under the whole store (RFC 3207 §4.1: no command of the first session carries over).
+        transcript.stages.debug("target %s: relay certificate refused under the system store's hashed directory; "
+                                "judging it again under the whole store", target.name,
+                                extra={"target": target.name, "phase": Phase.TLS.value})
+        progress = _Progress()
+        return await _deliver(target, _delivery(target, message, secret, progress), rest, known,
+                              lambda: contexts.get(target), progress, deadline)
 
     return await _authorised(target, password, budget, secrets, tokens, deadline, run)
 
@@ -313,7 +351,8 @@ async def probe(target: Target, password: Secret | None, budget: float, secrets:
         async def converse(client: Any, name: str) -> SessionOutcome:
             await _open(client, target, secret, progress, name, seen)
             return SessionOutcome()
-        return await _deliver(target, converse, left, known, tls, progress, deadline)
+        return await _deliver(target, converse, left, known, lambda: (tls or TlsContexts()).get(target), progress,
+                              deadline)
 
     outcome = await _authorised(target, password if authenticate else None, budget, secrets, tokens, deadline, run)
     return seen.facts(outcome.failure)
@@ -395,10 +434,11 @@ def _delivery(target: Target, message: Message, password: Secret | None, progres
 
 
 async def _deliver(target: Target, converse: Converse, budget: float, known: tuple[Secret, ...],
-                   tls: TlsContexts | None, progress: _Progress, deadline: float) -> SessionOutcome:
+                   context: Callable[[], ssl.SSLContext | None], progress: _Progress, deadline: float,
+                   ) -> SessionOutcome:
     try:
-        return await asyncio.wait_for(_session(target, converse, progress, budget, known,
-                                               (tls or TlsContexts()).get(target)), timeout=budget)
+        return await asyncio.wait_for(_session(target, converse, progress, budget, known, context()),
+                                      timeout=budget)
     except _Abort as abort:
         return SessionOutcome(refused=abort.refused, failure=abort.failure)
     except (asyncio.TimeoutError, TimeoutError) as exc:

@@ -14,7 +14,8 @@ import pytest
 from support.pki import relay_certs
 
 from certbot_smtp_dist._internal import transport
-from certbot_smtp_dist.model import AuthMethod, Target, TlsMode
+from certbot_smtp_dist.errors import ErrorCode
+from certbot_smtp_dist.model import AuthMethod, Failure, Phase, Target, TlsMode
 
 
 def target(ca_file: Path | None, tls_mode: TlsMode = TlsMode.STARTTLS, skip_verify: bool = False) -> Target:
@@ -90,15 +91,15 @@ def test_a_prefetched_context_is_the_one_get_returns(tmp_path: Path, monkeypatch
     built: list[str] = []
     real = transport.client_tls_context
 
-    def counted(t: Target) -> object:
+    def counted(t: Target, whole_store: bool = True) -> object:
         built.append(t.name)
-        return real(t)
+        return real(t, whole_store)
 
     monkeypatch.setattr(transport, "client_tls_context", counted)
     monkeypatch.setattr(transport.TlsContexts, "_made", {})
     transport.TlsContexts.prefetch([target(ca), target(ca, TlsMode.PLAINTEXT), dataclasses.replace(target(ca),
                                                                                                    name="u")])
-    got = transport.TlsContexts().get(target(ca))
+    got = transport.TlsContexts().first(target(ca))
     assert got is not None and got.check_hostname and got.verify_mode.name == "CERT_REQUIRED"
     assert got.minimum_version >= transport.ssl.TLSVersion.TLSv1_2
     assert built == ["t"]  # one per trust configuration, none for plaintext, none again in get()
@@ -111,4 +112,58 @@ def test_a_prefetch_that_fails_leaves_the_error_to_get(tmp_path: Path, monkeypat
     missing = tmp_path / "gone.pem"
     transport.TlsContexts.prefetch([target(missing)])
     with pytest.raises(OSError):
-        transport.TlsContexts().get(target(missing))
+        transport.TlsContexts().first(target(missing))
+
+
+def _system_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hashed: bool) -> int:
+    """SSL_CERT_DIR and SSL_CERT_FILE pointed at a store of our own: a directory (with a c_rehash name in it when
+    `hashed`) and a bundle of three roots. Returns the bundle's count."""
+    directory = tmp_path / "certs"
+    directory.mkdir()
+    (directory / ("0123abcd.0" if hashed else "readme.txt")).write_bytes(b"")
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(b"".join(relay_certs(tmp_path / f"ca{i}").ca_file.read_bytes() for i in range(3)))
+    monkeypatch.setenv("SSL_CERT_DIR", str(directory))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    monkeypatch.setattr(transport.TlsContexts, "_made", {})
+    return 3
+
+
+def test_the_first_look_parses_no_bundle_where_the_store_has_a_hashed_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundle is what costs (~30 ms, a quarter of a cold deploy's instructions); the directory is looked up
+    lazily, by subject, when a chain is verified."""
+    in_bundle = _system_store(tmp_path, monkeypatch, hashed=True)
+    contexts = transport.TlsContexts()
+    first, whole = contexts.first(target(None)), contexts.get(target(None))
+    assert first is not None and whole is not None and first is not whole
+    assert first.cert_store_stats()["x509"] == 0 and whole.cert_store_stats()["x509"] == in_bundle
+    assert first.check_hostname and first.verify_mode.name == "CERT_REQUIRED"
+    assert first.minimum_version >= transport.ssl.TLSVersion.TLSv1_2
+    ca = relay_certs(tmp_path / "extra").ca_file
+    with_file = contexts.first(target(ca))
+    assert with_file is not None and with_file.cert_store_stats()["x509"] == 1  # tls_ca_file, read now
+
+
+def test_without_a_hashed_directory_the_first_look_is_the_whole_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fedora's /etc/pki/tls/certs holds bundles, no c_rehash names: nothing stands in for the bundle there."""
+    in_bundle = _system_store(tmp_path, monkeypatch, hashed=False)
+    first = transport.TlsContexts().first(target(None))
+    assert first is not None and first.cert_store_stats()["x509"] == in_bundle
+    assert not transport.TlsContexts.second_look(target(None), _refused(20))
+
+
+def _refused(verify_code: int | None, code: ErrorCode = ErrorCode.SMTP_TLS) -> Failure:
+    return Failure(code, Phase.TLS, "relay certificate not trusted", verify_code=verify_code)
+
+
+def test_only_a_refused_certificate_is_judged_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _system_store(tmp_path, monkeypatch, hashed=True)
+    second_look = transport.TlsContexts.second_look
+    assert second_look(target(None), _refused(20))  # unable to get local issuer certificate
+    assert second_look(target(None), _refused(62))  # host name mismatch: the whole store gives the verdict
+    assert not second_look(target(None), None)  # delivered
+    assert not second_look(target(None), _refused(None))  # a handshake that failed before any certificate
+    assert not second_look(target(None), _refused(20, ErrorCode.SMTP_AUTH))
+    assert not second_look(target(None, skip_verify=True), _refused(20))  # nothing was verified

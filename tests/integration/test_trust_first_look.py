@@ -1,0 +1,104 @@
+"""A delivery's first session trusts the system store's c_rehash directory alone, looked up by subject, without
+parsing the store's bundle (tlspolicy.verified_context with whole_store=False; issue 16: the bundle is a quarter of
+a cold deploy's instructions). A relay certificate refused under it is judged again under the whole store, so what
+is trusted is exactly what the whole store trusts: an anchor only in the bundle still works, nothing else does."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import ci, pki
+from support.deployenv import DeployEnv, relay_target
+from support.pki import LineagePaths, RelayPKI
+
+SECOND_LOOK = "judging it again under the whole store"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tls_contexts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Contexts are made once per process (transport.TlsContexts): each test starts with none, under its own store."""
+    from certbot_smtp_dist._internal import transport
+
+    monkeypatch.setattr(transport.TlsContexts, "_made", {})
+    yield
+
+
+def _store(tmp_path: Path, directory: list[pki.Issued], bundle: list[pki.Issued], hashed: bool = True,
+           ) -> dict[str, str]:
+    """A system store: a directory of `directory` (plus an unrelated root, so it is never empty), with the links
+    update-ca-certificates makes (`openssl rehash`) when `hashed`; and a bundle of `bundle`."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        ci.unavailable("openssl (the command) is needed to build a hashed certificate directory")
+    where = tmp_path / "store"
+    (where / "certs").mkdir(parents=True)
+    for i, ca in enumerate([pki.make_ca("first-look unrelated root"), *directory]):
+        pki.write_pem(where / "certs" / f"anchor-{i}.pem", ca)
+    if hashed:
+        subprocess.run([openssl, "rehash", str(where / "certs")], check=True, capture_output=True, timeout=60)
+    bundle_file = pki.write_pem(where / "bundle.pem", *bundle)
+    return {"SSL_CERT_DIR": str(where / "certs"), "SSL_CERT_FILE": str(bundle_file)}
+
+
+def _deploy(denv: DeployEnv, lineage: LineagePaths, relay: Any, env: dict[str, str]) -> Any:
+    table = relay_target(relay)
+    del table["tls_ca_file"]  # the relay's CA only where the store puts it
+    denv.write_config({"archive": table})
+    return denv.run("deploy", "--lineage", str(lineage.live_dir), "--json", "-v", extra_env=env)
+
+
+@pytest.mark.parametrize("mode", ["starttls", "smtps"])
+@pytest.mark.parametrize(("where", "hashed", "sessions"), [
+    ("directory", True, 1),  # found by the first look: one session
+    ("bundle", True, 2),  # refused by the first look, trusted by the whole store: a second session delivers
+    ("bundle", False, 1),  # no c_rehash directory: the whole store from the start
+])
+def test_an_anchor_of_the_whole_store_is_trusted_wherever_it_is(
+        denv: DeployEnv, lineage: LineagePaths, relay_factory: Callable[..., Any], relay_pki: RelayPKI,
+        tmp_path: Path, where: str, hashed: bool, sessions: int, mode: str) -> None:
+    relay = relay_factory(mode)
+    env = _store(tmp_path, [relay_pki.ca] if where == "directory" else [],
+                 [relay_pki.ca] if where == "bundle" else [], hashed)
+
+    run = _deploy(denv, lineage, relay, env)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.target("archive")["status"] == "delivered", run.json
+    assert len(relay.messages) == 1
+    assert relay.connections == sessions, run.stderr
+    assert (SECOND_LOOK in run.stderr) is (sessions == 2), run.stderr
+
+
+@pytest.mark.parametrize("mode", ["starttls", "smtps"])
+def test_an_anchor_in_neither_is_refused_after_the_second_look(
+        denv: DeployEnv, lineage: LineagePaths, relay_factory: Callable[..., Any], tmp_path: Path, mode: str) -> None:
+    """The failure is the whole store's: the same SMTP_TLS refusal as before the first look existed."""
+    relay = relay_factory(mode)
+    env = _store(tmp_path, [], [pki.make_ca("first-look other root")])
+
+    run = _deploy(denv, lineage, relay, env)
+
+    delivery = run.target("archive")
+    assert delivery["status"] != "delivered" and delivery["error_code"] == "SMTP_TLS", run.json
+    assert "relay certificate not trusted" in delivery["detail"], delivery
+    assert relay.connections == 2 and not relay.messages
+    assert SECOND_LOOK in run.stderr
+
+
+def test_a_host_name_mismatch_is_refused_after_the_second_look(
+        denv: DeployEnv, lineage: LineagePaths, relay_factory: Callable[..., Any], relay_pki: RelayPKI,
+        tmp_path: Path) -> None:
+    """Any refusal is judged again (the whole store may build another chain); the verdict stays the refusal."""
+    relay = relay_factory("starttls", cert="wrong_host")
+    env = _store(tmp_path, [relay_pki.ca], [])
+
+    run = _deploy(denv, lineage, relay, env)
+
+    delivery = run.target("archive")
+    assert delivery["error_code"] == "SMTP_TLS" and "relay certificate not trusted" in delivery["detail"], delivery
+    assert relay.connections == 2 and not relay.messages
