@@ -208,6 +208,9 @@ def client_tls_context(target: Target, whole_store: bool = True) -> ssl.SSLConte
 
 
 _Key = tuple[Path | None, bool, tuple[int, ...], bool]
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, _EMAIL_MISMATCH, _IP_ADDRESS_MISMATCH (x509_vfy.c, check_id): the leaf's
+# names against the host dialled, checked after the chain is built.
+_LEAF_NAME_MISMATCH = frozenset({62, 63, 64})
 
 
 class TlsContexts:
@@ -267,9 +270,12 @@ class TlsContexts:
     @staticmethod
     def second_look(target: Target, failure: Failure | None) -> bool:
         """Whether a session under first() failed in a way the whole store might not: the relay's certificate was
-        refused (OpenSSL gave its verification code) and the first look trusted less than the whole store."""
+        refused (OpenSSL gave its verification code) and the first look trusted less than the whole store. Any
+        refusal of the chain counts (more anchors can build another chain, past an expired CA, say); not a name
+        mismatch, which is the leaf's own and no anchor changes."""
         return (failure is not None and failure.code is ErrorCode.SMTP_TLS and failure.verify_code is not None
-                and not target.tls_skip_verify and lookup_differs())
+                and failure.verify_code not in _LEAF_NAME_MISMATCH and not target.tls_skip_verify
+                and lookup_differs())
 
     def _context(self, target: Target, whole_store: bool) -> ssl.SSLContext | None:
         if target.tls_mode is TlsMode.PLAINTEXT:

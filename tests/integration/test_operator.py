@@ -136,7 +136,9 @@ def test_plaintext_on_an_implicit_tls_port_gets_the_same_hint(denv: DeployEnv, l
 
 
 def test_a_relay_that_speaks_tls_is_not_probed(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
-    relay = relay_factory("smtps", cert="expired")
+    # A host name mismatch: a refusal that is final at once (an expired chain is judged again under the whole
+    # system store, on a connection of its own: TlsContexts.second_look), so one connection means no probe.
+    relay = relay_factory("smtps", cert="wrong_host")
     denv.write_config({"t": wrong_port_target(relay, "smtps")})
     run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
     t = run.target("t")

@@ -90,15 +90,18 @@ def test_an_anchor_in_neither_is_refused_after_the_second_look(
     assert SECOND_LOOK in run.stderr
 
 
-def test_a_host_name_mismatch_is_refused_after_the_second_look(
+@pytest.mark.parametrize(("cert", "sessions"), [("expired", 2), ("wrong_host", 1)])
+def test_a_refusal_the_whole_store_could_change_is_judged_again(
         denv: DeployEnv, lineage: LineagePaths, relay_factory: Callable[..., Any], relay_pki: RelayPKI,
-        tmp_path: Path) -> None:
-    """Any refusal is judged again (the whole store may build another chain); the verdict stays the refusal."""
-    relay = relay_factory("starttls", cert="wrong_host")
+        tmp_path: Path, cert: str, sessions: int) -> None:
+    """A refused chain is judged again (more anchors may build another one); a host name mismatch is the leaf's
+    own and is final at once. Either way the verdict is the refusal."""
+    relay = relay_factory("starttls", cert=cert)
     env = _store(tmp_path, [relay_pki.ca], [])
 
     run = _deploy(denv, lineage, relay, env)
 
     delivery = run.target("archive")
     assert delivery["error_code"] == "SMTP_TLS" and "relay certificate not trusted" in delivery["detail"], delivery
-    assert relay.connections == 2 and not relay.messages
+    assert relay.connections == sessions and not relay.messages
+    assert (SECOND_LOOK in run.stderr) is (sessions == 2)

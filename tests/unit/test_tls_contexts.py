@@ -162,7 +162,9 @@ def test_only_a_refused_certificate_is_judged_again(tmp_path: Path, monkeypatch:
     _system_store(tmp_path, monkeypatch, hashed=True)
     second_look = transport.TlsContexts.second_look
     assert second_look(target(None), _refused(20))  # unable to get local issuer certificate
-    assert second_look(target(None), _refused(62))  # host name mismatch: the whole store gives the verdict
+    assert second_look(target(None), _refused(10))  # expired: a CA of the chain may be, which another replaces
+    assert not second_look(target(None), _refused(62))  # host name mismatch: the leaf's own, no anchor changes it
+    assert not second_look(target(None), _refused(64))  # IP address mismatch, likewise
     assert not second_look(target(None), None)  # delivered
     assert not second_look(target(None), _refused(None))  # a handshake that failed before any certificate
     assert not second_look(target(None), _refused(20, ErrorCode.SMTP_AUTH))
