@@ -230,7 +230,7 @@ class TlsContexts:
 
     _made: ClassVar[dict[_Key, ssl.SSLContext]] = {}
     _MAX = 32  # distinct trust configurations kept; past that the cache starts again
-    _loading: ClassVar[threading.Thread | None] = None  # prefetch's thread, joined by the first get()
+    _loading: ClassVar[threading.Thread | None] = None  # prefetch's thread, joined by the first context asked
 
     @classmethod
     def prefetch(cls, targets: Iterable[Target]) -> None:
@@ -328,8 +328,8 @@ async def deliver(target: Target, message: Message, password: Secret | None, bud
         rest = deadline - loop.time()
         if not contexts.second_look(target, outcome.failure) or rest <= 0:
             return outcome
-        # Nothing went to the relay but EHLO and STARTTLS (or, for smtps, nothing at all): the session is made again
-        # from the start, under the whole store (RFC 3207 §4.1: no command of the first session carries over).
+        # Nothing went to the relay but EHLO and STARTTLS (for smtps, nothing at all), and that connection is closed:
+        # a new session from the start, under the whole store.
         transcript.stages.debug("target %s: relay certificate refused under the system store's hashed directory; "
                                 "judging it again under the whole store", target.name,
                                 extra={"target": target.name, "phase": Phase.TLS.value})
