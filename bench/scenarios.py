@@ -123,7 +123,8 @@ def cold(ctx: Context, number: str, payload: str) -> list[Row]:
     what = f"cold deploy, 1 target, {payload}"
     kdf = " (building the PKCS#12 with payload.py's 200,000 KDF rounds is part of it)" if payload == "pkcs12" else ""
     why = (f"the libraries' floor alone (bench/clients/lib_floor.py: aiosmtplib, asyncio and cryptography imported, "
-           f"the lineage read and checked, the system store loaded, one session; none of our code) is "
+           f"the lineage read and checked, the system store's hashed directory and the CA file trusted, one session; "
+           f"none of our code) is "
            f"{floor.wall_s / script.wall_s:.2f}x the smtplib script in this run{kdf}, so no deploy built on these "
            f"libraries fits the budget; deploy is {deploy.wall_s / floor.wall_s:.2f}x that floor")
     rows = [replace(ratio_row(number, f"{what} / minimal smtplib script", deploy, script, Budget("<=", 2.0)), why=why),
@@ -168,7 +169,8 @@ def _fanout_install(ctx: Context, relay: Relay, label: str, count: int) -> Insta
 
 
 def _fanout(ctx: Context, relay: Relay, label: str, count: int, same_trust: bool = False) -> dict[str, Stats]:
-    """`same_trust`: also the gather peer trusting the system store as well as the CA file, as deploy does."""
+    """`same_trust`: also the gather peer trusting the system store (its hashed directory, as deploy's first look)
+    as well as the CA file, as deploy does."""
     inst = _fanout_install(ctx, relay, label, count)
     names = list(inst.targets)
     message = inst.render()
@@ -209,7 +211,8 @@ def s3_fanout(ctx: Context, count: int = 50) -> list[Row]:
            f"{extra_cpu:.1f} ms of CPU a target more than the peer (its larger cold start, scenario 1, spread over "
            f"the {count}), which sends one pre-rendered message {count} times and keeps nothing, where deploy "
            f"renders {count} messages, writes, fsyncs and removes {count} write-ahead entries and journals every "
-           f"attempt, and it trusts the system store as well as the CA file (tls_ca_file's documented meaning; the "
+           f"attempt, and it trusts the system store (its hashed directory) as well as the CA file (tls_ca_file's "
+           f"documented meaning; the "
            f"peer trusts its CA file alone: against the peer trusting both, deploy is "
            f"{fast['deploy'].wall_s / fast['gather+store'].wall_s:.2f}x); on the relay "
            f"delaying each reply {FANOUT_DELAY * 1000:.0f} ms the same fan-out is "

@@ -48,12 +48,12 @@ are judged as absolute figures. Method, per scenario:
    (optional peers, for reference: `apt-get install curl msmtp`; the bench is not part of CI, so .ci/run does
    not install them). And vs `bench/clients/lib_floor.py`, the libraries' floor: the work no `deploy` on
    aiosmtplib and cryptography can skip (those imports, reading the lineage, checking validity and key match,
-   building the PKCS#12 with the same KDF rounds, the system store plus the CA file, one aiosmtplib session), and
-   none of our code. deploy / floor is our own share; floor / smtplib is what the 2x budget would have to fit in.
+   building the PKCS#12 with the same KDF rounds, the system store's hashed directory plus the CA file, one
+   aiosmtplib session), and none of our code. deploy / floor is our own share; floor / smtplib is what the 2x budget would have to fit in.
 3. 50 targets on one relay (each target's `timeout` 120 s) vs `bench/clients/aio_gather.py` (aiosmtplib +
    asyncio.gather, at most {concurrency} sessions at once, deploy held to the same `connections_per_relay`;
    `--concurrency`) and vs 50 sequential smtplib sessions; for reference, also vs the same peer trusting the system
-   store as well as its CA file, as `deploy` trusts a target's with `tls_ca_file` (the peer judged trusts the CA
+   store (its hashed directory) as well as its CA file, as `deploy` trusts a target's with `tls_ca_file` (the peer judged trusts the CA
    file alone);
    then the same on a relay delaying each reply by 10 ms. On the instant relay concurrency buys nothing even for
    the peer (relay and clients share the machine's cores), so the "≥ 1.7× faster than sequential smtplib" budget

@@ -1,8 +1,9 @@
 """A bare aiosmtplib fan-out: COUNT STARTTLS sessions under asyncio.gather, at most CONCURRENCY at once.
 
 Usage: aio_gather.py HOST PORT CAFILE MESSAGE FROM TO COUNT CONCURRENCY; AUTH with $BENCH_SMTP_USER and
-$BENCH_SMTP_PASSWORD when the user is set. With $BENCH_SYSTEM_STORE=1 it trusts the system store as well as CAFILE,
-as `deploy` does for a target with `tls_ca_file`; else CAFILE alone. Prints each session's seconds on one line;
+$BENCH_SMTP_PASSWORD when the user is set. With $BENCH_SYSTEM_STORE=1 it trusts the system store (its hashed
+directory, looked up by subject, as `deploy`'s first look does) as well as CAFILE, as `deploy` does for a target
+with `tls_ca_file`; else CAFILE alone. Prints each session's seconds on one line;
 exits 1 unless every session was accepted.
 """
 
@@ -20,7 +21,8 @@ async def main() -> int:
     with open(message, "rb") as handle:
         data = handle.read()
     if os.environ.get("BENCH_SYSTEM_STORE") == "1":
-        context = ssl.create_default_context()  # the system store...
+        store = ssl.get_default_verify_paths().capath  # the system store's hashed directory...
+        context = ssl.create_default_context(capath=store)
         context.load_verify_locations(cafile)  # ...and the CA file
     else:
         context = ssl.create_default_context(cafile=cafile)

@@ -6,7 +6,8 @@ passphrase is $BENCH_P12_PASSPHRASE). AUTH PLAIN with $BENCH_SMTP_USER and $BENC
 One process, the work `deploy` cannot skip, in the fewest lines the libraries allow: import asyncio, aiosmtplib,
 cryptography's X.509 and serialization and the email package; read the lineage's certificate, chain and key, check
 the leaf's validity and that the key matches it; for `pkcs12`, build the bundle as payload.py does (PBES2, the same
-KDF rounds); trust the system store plus CAFILE, as a target with `tls_ca_file` does; then one STARTTLS session
+KDF rounds); trust the system store (its hashed directory, looked up by subject: tlspolicy.py's first look) plus
+CAFILE, as a target with `tls_ca_file` does; then one STARTTLS session
 sending MESSAGE (the bytes `deploy` rendered); then it ends without the interpreter's teardown (os._exit), as
 `deploy` does (abandon.end_process). No config, no state, no journal, no diagnostics, no scrubbing, no retry: the
 difference between this and `deploy` is the price of those, and of our own imports.
@@ -61,7 +62,8 @@ async def send(host: str, port: int, context: ssl.SSLContext, data: bytes, sende
 def main() -> None:
     host, port, cafile, message, sender, rcpt, live, payload = sys.argv[1:9]
     read_lineage(Path(live), payload)
-    context = ssl.create_default_context()  # the system store ...
+    # the system store's hashed directory (deploy's first look: its bundle is read only for a refused certificate) ...
+    context = ssl.create_default_context(capath=ssl.get_default_verify_paths().capath)
     context.load_verify_locations(cafile=cafile)  # ... plus the target's tls_ca_file
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     asyncio.run(send(host, int(port), context, Path(message).read_bytes(), sender, rcpt))
