@@ -105,3 +105,44 @@ def test_a_refusal_the_whole_store_could_change_is_judged_again(
     assert delivery["error_code"] == "SMTP_TLS" and "relay certificate not trusted" in delivery["detail"], delivery
     assert relay.connections == sessions and not relay.messages
     assert (SECOND_LOOK in run.stderr) is (sessions == 2)
+
+
+def _whole_store_verdict(relay: Any, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """What OpenSSL's whole store (bundle and directory, as `check` uses it) says of the smtps relay's certificate,
+    from a real handshake in this process."""
+    import socket
+    import ssl
+
+    from certbot_smtp_dist._internal.tlspolicy import verified_context
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    ctx = verified_context(None)
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as raw:
+        try:
+            with ctx.wrap_socket(raw, server_hostname="localhost"):
+                return "trusted"
+        except ssl.SSLCertVerificationError as exc:
+            return f"refused {exc.verify_code}"
+
+
+@pytest.mark.xfail(strict=True, reason="OpenSSL's whole store asks its hashed directory only for a name its bundle "
+                   "lacks (X509_STORE_CTX_get1_certs: a cached subject is never looked up again): a bundle "
+                   "certificate with the name of a directory anchor shadows that anchor, which the first look, "
+                   "reading no bundle, still finds")
+def test_a_directory_anchor_the_bundle_shadows_is_refused_as_the_whole_store_refuses_it(
+        denv: DeployEnv, lineage: LineagePaths, relay_factory: Callable[..., Any], relay_pki: RelayPKI,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundle holds another certificate under the relay CA's name (another key: a root re-keyed or re-issued
+    under the same name, a stale SSL_CERT_FILE): the whole store refuses the relay, so deploy must too."""
+    relay = relay_factory("smtps")
+    namesake = pki.make_ca(relay_pki.ca.cert.subject.rfc4514_string().removeprefix("CN="))
+    assert namesake.cert.subject == relay_pki.ca.cert.subject
+    env = _store(tmp_path, [relay_pki.ca], [namesake])
+    assert _whole_store_verdict(relay, env, monkeypatch) == "refused 20"  # unable to get local issuer certificate
+
+    run = _deploy(denv, lineage, relay, env)
+
+    delivery = run.target("archive")
+    assert delivery["status"] != "delivered" and delivery["error_code"] == "SMTP_TLS", run.json
+    assert not relay.messages
