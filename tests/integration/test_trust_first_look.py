@@ -146,3 +146,46 @@ def test_a_directory_anchor_the_bundle_shadows_is_refused_as_the_whole_store_ref
     delivery = run.target("archive")
     assert delivery["status"] != "delivered" and delivery["error_code"] == "SMTP_TLS", run.json
     assert not relay.messages
+
+
+class _Issued(set[str]):
+    """The relay accepts exactly the tokens the endpoint issued (a live view of its list)."""
+
+    def __init__(self, issued: list[str]) -> None:
+        super().__init__()
+        self.issued = issued
+
+    def __contains__(self, token: object) -> bool:
+        return token in self.issued
+
+
+@pytest.mark.parametrize("mode", ["starttls", "smtps"])
+def test_an_oauth_target_judged_again_asks_for_its_token_once(
+        denv: DeployEnv, lineage: LineagePaths, relay_pki: RelayPKI, tmp_path: Path, mode: str) -> None:
+    """The token is fetched before the first session and serves the second: one request to the endpoint, the
+    token sent once, under the whole store's verified TLS, and never in the clear."""
+    from support.relay import Bearer, Relay
+    from support.spellings import leaks
+    from support.tokenendpoint import ClientCredentials, TokenEndpoint
+
+    secret = "cs~first-look-client-secret"
+    grant = ClientCredentials("client-id-first-look", secret, "https://outlook.office365.com/.default")
+    env = _store(tmp_path, [], [relay_pki.ca])
+    with TokenEndpoint(relay_pki, grant) as endpoint:
+        bearer = Bearer("certbot@example.com", _Issued(endpoint.tokens))
+        with Relay(relay_pki, mode=mode, bearer=bearer) as relay:
+            denv.set_credential("m365-app", "smtp_oauth2_client_secret", secret)
+            table = relay_target(relay, auth_method="xoauth2", username="certbot@example.com",
+                                 oauth2_token_url=endpoint.url, oauth2_client_id=grant.client_id,
+                                 oauth2_scope=grant.scope, oauth2_client_secret_credential="m365-app",
+                                 oauth2_ca_file=str(endpoint.pki.ca_file), timeout=10)
+            del table["tls_ca_file"]
+            denv.write_config({"m365": table})
+            run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json", "-vv", extra_env=env)
+
+            assert run.target("m365")["status"] == "delivered", run.json
+            assert endpoint.requests == 1 and relay.connections == 2 and SECOND_LOOK in run.stderr
+            [message] = relay.wait_for_messages(1)
+            assert message.tls and bearer.seen is not None and len(bearer.seen) == 1
+            assert {s: leaks(s, run.stdout + run.stderr) for s in (secret, endpoint.tokens[0])} == {
+                secret: [], endpoint.tokens[0]: []}
