@@ -15,12 +15,15 @@ def verified_context(extra_anchor: Path | None, *, whole_store: bool = True) -> 
     milliseconds and about a quarter of a cold deploy's instructions, plus its hashed directories (SSL_CERT_DIR)
     looked up by subject as a chain needs them. Build one per run and trust configuration (transport.TlsContexts).
 
-    Without `whole_store`, where the system store has a c_rehash directory (Debian's /etc/ssl/certs, written by
-    update-ca-certificates from the same anchors as its bundle), the context trusts that directory alone, looked up
-    lazily (X509_LOOKUP_hash_dir), and the bundle is not read. It trusts a subset of the whole store, never more;
-    a certificate it refuses is judged again under the whole store (transport.deliver), so an anchor found only in
-    the bundle (one appended to it by hand) is still trusted. Where there is no such directory (Fedora's
-    /etc/pki/tls/certs holds bundles only) it is the whole store.
+    Without `whole_store`, where the system store is one generation of a c_rehash directory and its bundle (Debian's
+    /etc/ssl/certs and the ca-certificates.crt in it, both written by update-ca-certificates from the same anchors),
+    the context trusts that directory alone, looked up lazily (X509_LOOKUP_hash_dir), and the bundle is not read.
+    A certificate it refuses is judged again under the whole store (transport.deliver), so an anchor found only in
+    the bundle (one appended to it by hand) is still trusted. Elsewhere it is the whole store: no such directory
+    (Fedora's /etc/pki/tls/certs holds bundles only), or a bundle kept elsewhere (SSL_CERT_FILE naming, say, an old
+    certifi copy), whose certificates may shadow the directory's: OpenSSL's whole store asks the directory only for
+    a name no loaded certificate has (X509_STORE_CTX_get1_certs), so a bundle's expired or re-keyed namesake of a
+    directory anchor makes it refuse a chain the directory alone would accept.
     """
     lookup = () if whole_store else _hashed_dirs()
     if lookup:  # given a capath, create_default_context loads no default paths and keeps every other setting
@@ -35,13 +38,26 @@ def verified_context(extra_anchor: Path | None, *, whole_store: bool = True) -> 
 
 def lookup_differs() -> bool:
     """Whether verified_context(..., whole_store=False) trusts less than the whole store (a c_rehash directory
-    stands in for it): only then is a refusal under it worth a second look."""
-    return bool(_hashed_dirs())
+    stands in for it, and there is a bundle it does not read): only then is a refusal under it worth a second
+    look."""
+    from certbot_smtp_dist._internal import anchors
+
+    bundle = anchors.system_store(thorough=False).cafile
+    return bool(_hashed_dirs()) and bundle is not None and os.path.lexists(bundle)
 
 
 def _hashed_dirs() -> tuple[Path, ...]:
-    """The system store's directories (SSL_CERT_DIR honoured) when one of them is a c_rehash directory."""
+    """The system store's directories (SSL_CERT_DIR honoured) when one of them is a c_rehash directory and the
+    bundle (SSL_CERT_FILE honoured) is absent or sits in one of them, as one generator writes them; else ()."""
     from certbot_smtp_dist._internal import anchors
 
     store = anchors.system_store(thorough=False)
-    return store.capaths if store.hashed_layout() else ()
+    if not store.hashed_layout():
+        return ()
+    if store.cafile is not None and os.path.lexists(store.cafile):
+        # Compared, not opened: where the store's own symbolic links lead (Debian: /usr/lib/ssl/cert.pem to
+        # /etc/ssl/certs/ca-certificates.crt, /usr/lib/ssl/certs to /etc/ssl/certs).
+        home = os.path.dirname(os.path.realpath(store.cafile))
+        if not any(os.path.realpath(d) == home for d in store.capaths):
+            return ()
+    return store.capaths

@@ -29,9 +29,10 @@ def _fresh_tls_contexts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _store(tmp_path: Path, directory: list[pki.Issued], bundle: list[pki.Issued], hashed: bool = True,
-           ) -> dict[str, str]:
+           bundle_inside: bool = True) -> dict[str, str]:
     """A system store: a directory of `directory` (plus an unrelated root, so it is never empty), with the links
-    update-ca-certificates makes (`openssl rehash`) when `hashed`; and a bundle of `bundle`."""
+    update-ca-certificates makes (`openssl rehash`) when `hashed`; and a bundle of `bundle`, written afterwards in
+    that directory as update-ca-certificates writes ca-certificates.crt (`bundle_inside`), else beside it."""
     openssl = shutil.which("openssl")
     if openssl is None:
         ci.unavailable("openssl (the command) is needed to build a hashed certificate directory")
@@ -41,7 +42,7 @@ def _store(tmp_path: Path, directory: list[pki.Issued], bundle: list[pki.Issued]
         pki.write_pem(where / "certs" / f"anchor-{i}.pem", ca)
     if hashed:
         subprocess.run([openssl, "rehash", str(where / "certs")], check=True, capture_output=True, timeout=60)
-    bundle_file = pki.write_pem(where / "bundle.pem", *bundle)
+    bundle_file = pki.write_pem(where / ("certs" if bundle_inside else ".") / "bundle.pem", *bundle)
     return {"SSL_CERT_DIR": str(where / "certs"), "SSL_CERT_FILE": str(bundle_file)}
 
 
@@ -57,13 +58,14 @@ def _deploy(denv: DeployEnv, lineage: LineagePaths, relay: Any, env: dict[str, s
     ("directory", True, 1),  # found by the first look: one session
     ("bundle", True, 2),  # refused by the first look, trusted by the whole store: a second session delivers
     ("bundle", False, 1),  # no c_rehash directory: the whole store from the start
+    ("bundle apart", True, 1),  # a bundle outside the hashed directory (SSL_CERT_FILE): likewise
 ])
 def test_an_anchor_of_the_whole_store_is_trusted_wherever_it_is(
         denv: DeployEnv, lineage: LineagePaths, relay_factory: Callable[..., Any], relay_pki: RelayPKI,
         tmp_path: Path, where: str, hashed: bool, sessions: int, mode: str) -> None:
     relay = relay_factory(mode)
     env = _store(tmp_path, [relay_pki.ca] if where == "directory" else [],
-                 [relay_pki.ca] if where == "bundle" else [], hashed)
+                 [relay_pki.ca] if where.startswith("bundle") else [], hashed, bundle_inside=where != "bundle apart")
 
     run = _deploy(denv, lineage, relay, env)
 
@@ -126,26 +128,26 @@ def _whole_store_verdict(relay: Any, env: dict[str, str], monkeypatch: pytest.Mo
             return f"refused {exc.verify_code}"
 
 
-@pytest.mark.xfail(strict=True, reason="OpenSSL's whole store asks its hashed directory only for a name its bundle "
-                   "lacks (X509_STORE_CTX_get1_certs: a cached subject is never looked up again): a bundle "
-                   "certificate with the name of a directory anchor shadows that anchor, which the first look, "
-                   "reading no bundle, still finds")
 def test_a_directory_anchor_the_bundle_shadows_is_refused_as_the_whole_store_refuses_it(
         denv: DeployEnv, lineage: LineagePaths, relay_factory: Callable[..., Any], relay_pki: RelayPKI,
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The bundle holds another certificate under the relay CA's name (another key: a root re-keyed or re-issued
-    under the same name, a stale SSL_CERT_FILE): the whole store refuses the relay, so deploy must too."""
+    """A bundle kept apart from the directory (SSL_CERT_FILE naming a stale certifi copy, say) holds another
+    certificate under the relay CA's name (a root re-keyed or re-issued under the same name): OpenSSL's whole store
+    then never asks the directory for that name and refuses the relay, so deploy must too. A bundle outside the
+    hashed directory gets no first look (tlspolicy._hashed_dirs): the whole store from the first session."""
     relay = relay_factory("smtps")
     namesake = pki.make_ca(relay_pki.ca.cert.subject.rfc4514_string().removeprefix("CN="))
     assert namesake.cert.subject == relay_pki.ca.cert.subject
-    env = _store(tmp_path, [relay_pki.ca], [namesake])
+    env = _store(tmp_path, [relay_pki.ca], [namesake], bundle_inside=False)
     assert _whole_store_verdict(relay, env, monkeypatch) == "refused 20"  # unable to get local issuer certificate
+    before = relay.connections  # the verdict's own handshake
 
     run = _deploy(denv, lineage, relay, env)
 
     delivery = run.target("archive")
     assert delivery["status"] != "delivered" and delivery["error_code"] == "SMTP_TLS", run.json
     assert not relay.messages
+    assert relay.connections - before == 1 and SECOND_LOOK not in run.stderr  # the whole store at once
 
 
 class _Issued(set[str]):

@@ -117,11 +117,11 @@ def test_a_prefetch_that_fails_leaves_the_error_to_get(tmp_path: Path, monkeypat
 
 def _system_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hashed: bool) -> int:
     """SSL_CERT_DIR and SSL_CERT_FILE pointed at a store of our own: a directory (with a c_rehash name in it when
-    `hashed`) and a bundle of three roots. Returns the bundle's count."""
+    `hashed`) and, in it, a bundle of three roots. Returns the bundle's count."""
     directory = tmp_path / "certs"
     directory.mkdir()
     (directory / ("0123abcd.0" if hashed else "readme.txt")).write_bytes(b"")
-    bundle = tmp_path / "bundle.pem"
+    bundle = directory / "ca-certificates.crt"  # in the directory, as update-ca-certificates writes it
     bundle.write_bytes(b"".join(relay_certs(tmp_path / f"ca{i}").ca_file.read_bytes() for i in range(3)))
     monkeypatch.setenv("SSL_CERT_DIR", str(directory))
     monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
@@ -169,3 +169,25 @@ def test_only_a_refused_certificate_is_judged_again(tmp_path: Path, monkeypatch:
     assert not second_look(target(None), _refused(None))  # a handshake that failed before any certificate
     assert not second_look(target(None), _refused(20, ErrorCode.SMTP_AUTH))
     assert not second_look(target(None, skip_verify=True), _refused(20))  # nothing was verified
+
+
+def test_a_bundle_kept_apart_from_the_hashed_directory_gets_no_first_look(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SSL_CERT_FILE naming a bundle elsewhere (a certifi copy): its certificates may shadow the directory's anchors
+    in the whole store, so the first look is the whole store, and nothing is judged twice."""
+    in_bundle = _system_store(tmp_path, monkeypatch, hashed=True)
+    apart = tmp_path / "elsewhere.pem"
+    apart.write_bytes((tmp_path / "certs" / "ca-certificates.crt").read_bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(apart))
+    first = transport.TlsContexts().first(target(None))
+    assert first is not None and first.cert_store_stats()["x509"] == in_bundle
+    assert not transport.TlsContexts.second_look(target(None), _refused(20))
+
+
+def test_without_a_bundle_the_first_look_is_the_whole_store_and_final(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _system_store(tmp_path, monkeypatch, hashed=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem"))
+    first = transport.TlsContexts().first(target(None))
+    assert first is not None and first.cert_store_stats()["x509"] == 0
+    assert not transport.TlsContexts.second_look(target(None), _refused(20))  # the directory was all there is
