@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
 import os
@@ -256,6 +255,8 @@ def _read_secret(name: str, type_: str) -> str:
     """On a terminal: asked twice without echo, and both must match. Otherwise: all of standard input (UTF-8)
     without one trailing newline. Either way checked by `secret_problem`; raises ValueError saying why the secret
     cannot be stored, never quoting it."""
+    import getpass
+
     from certbot_smtp_dist._internal.credentials import secret_problem
 
     def checked(secret: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -231,6 +230,8 @@ def unknown_key(key: str, known: frozenset[str] | tuple[str, ...], text: str = "
 
 def credentials_set_hint(name: str, type_: str, path: Path) -> str:
     """The command that stores credential `name` beside this config, ready to paste (the path shell-quoted)."""
+    import shlex  # a problem's hint only
+
     where = "" if path == DEFAULT_CONFIG else f" --config {shlex.quote(str(path))}"
     return f"run: certbot-smtp-dist credentials set {shlex.quote(name)} --type {type_}{where}"
 

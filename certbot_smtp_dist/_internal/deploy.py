@@ -35,7 +35,8 @@ from certbot_smtp_dist.model import (
     failure_json,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # Preloaded: made by `retry` only, so its class is defined there (a dataclass costs start-up)
+    from certbot_smtp_dist._internal.drain import Preloaded
     from certbot_smtp_dist._internal.ledger import Ledger
     from certbot_smtp_dist._internal.state import StateKeys
 
@@ -55,15 +56,6 @@ class DeployRequest:
     command: tuple[str, ...] = (report.PROGRAM,)  # how to call us again, in the commands we suggest
     force: bool = False  # `deploy --force`: send to quiet targets (min_interval) too
     refresh_metrics: bool = True  # rewrite `metrics_textfile` afterwards (a caller that refreshes it itself: False)
-
-
-@dataclass(frozen=True, slots=True)
-class Preloaded:
-    """What a caller that loaded them already hands the run (`retry` re-running a blocked deploy), so nothing is
-    read, checked or decrypted twice: the configuration, trusted and validated, and the state keys."""
-
-    loaded: loader.Loaded
-    keys: StateKeys
 
 
 @dataclass(frozen=True, slots=True)
