@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certbot_smtp_dist._internal import loader, pipeline, report, runloop
+from certbot_smtp_dist._internal import loader, pipeline, report, runloop, startup
 from certbot_smtp_dist._internal.spool import CONFIG_BLOCK
 from certbot_smtp_dist.errors import (
     CertificateError,
@@ -112,6 +112,7 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
         _refresh_metrics(request, ledger, loaded)
         return DeployReport(artefact.facts, config_errors=tuple(exc.problems), exit_status=report.EX_CONFIG,
                             state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
+    startup.resume()  # the modules are loaded: collect the deliveries' garbage as always (a paused cold start)
     with ledger.holding_blocked() if ledger else nullcontext():  # a `retry` meanwhile must not run it again
         try:
             held = _held_back(request, ledger, wanted, artefact.facts, now)
