@@ -360,7 +360,7 @@ def test_cold_deploy_leaves_unneeded_modules_unloaded(denv: DeployEnv, lineage: 
     unwanted = tuple(f"certbot_smtp_dist._internal.{m}" for m in (
         "certbot_adapter", "certext", "check", "cli_check", "cli_inspect", "cli_nagios", "cli_state", "cms", "drain",
         "history", "inspection", "manpage", "metrics", "nagios", "oauth2", "probe", "quiet", "relaycert",
-        "textfile", "x509strict")) + ("getpass", "shlex", "urllib.request", "http.client")
+        "smimecerts", "textfile", "x509strict")) + ("getpass", "shlex", "urllib.request", "http.client")
     code = (
         "import sys; from certbot_smtp_dist._internal.cli import main; rc = main(['deploy', '--lineage', sys.argv[1]]);"
         f"bad = sorted(m for m in {unwanted!r} if m in sys.modules);"
