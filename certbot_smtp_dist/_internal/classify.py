@@ -16,9 +16,10 @@ from certbot_smtp_dist._internal import scrub
 from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import Failure, Phase, Reply
 
+# Both compiled on first use (re's cache): only a refusal's or a failure's reply is read.
 # RFC 3463 §2: class.subject.detail at the start of the reply text (RFC 2034 §3).
-_ENHANCED_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
-_REPLY_IN_TEXT_RE = re.compile(r"^\s*(\d{3})[ -](.*)", re.DOTALL)  # aiosmtplib 2.x greeting errors: "421 text"
+_ENHANCED_RE = r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)"
+_REPLY_IN_TEXT_RE = r"(?s)^\s*(\d{3})[ -](.*)"  # aiosmtplib 2.x greeting errors: "421 text"
 
 # aiosmtplib drops a reply it will not read whole (a line over 8192 octets, or over 32 KiB in all on 3.x+) and
 # reports it without the relay's code: -1 on 3.x+, a made-up 500 on 2.x.
@@ -34,7 +35,7 @@ def reply(code: int, text: str) -> Reply:
     class (RFC 2034 §4: "All status codes returned by the server must agree with the primary response code"; one
     that does not, as after a reply whose lines disagree, stays in the text)."""
     clean = _clean(text)
-    match = _ENHANCED_RE.match(clean)
+    match = re.match(_ENHANCED_RE, clean)
     if match and match.group(1) == str(code)[:1]:
         return Reply(code, ".".join(match.groups()), clean[match.end():].strip() or clean)
     return Reply(code, None, clean)
@@ -241,7 +242,7 @@ def _response(exc: BaseException, phase: Phase, connected: bool) -> Failure:
 
 def _connect_error(exc: BaseException, phase: Phase, connected: bool) -> Failure:
     # aiosmtplib 2.x reports a non-220 greeting as SMTPConnectError("421 text").
-    match = _REPLY_IN_TEXT_RE.match(str(getattr(exc, "message", exc)))
+    match = re.match(_REPLY_IN_TEXT_RE, str(getattr(exc, "message", exc)))
     if match:
         return failure_from_reply(reply(int(match.group(1)), match.group(2)), Phase.CONNECT, "greeting")
     cause = _root_cause(exc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
 import os
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from certbot_smtp_dist import __version__
-from certbot_smtp_dist._internal import report
+from certbot_smtp_dist._internal import report, startup
 from certbot_smtp_dist.errors import (
     AccessError,
     CredentialError,
@@ -256,6 +255,8 @@ def _read_secret(name: str, type_: str) -> str:
     """On a terminal: asked twice without echo, and both must match. Otherwise: all of standard input (UTF-8)
     without one trailing newline. Either way checked by `secret_problem`; raises ValueError saying why the secret
     cannot be stored, never quoting it."""
+    import getpass
+
     from certbot_smtp_dist._internal.credentials import secret_problem
 
     def checked(secret: str) -> str:
@@ -337,6 +338,8 @@ def setup_logging(fmt: str, verbose: int, quiet: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     own_process = argv is None  # the console script or `python -m`; not a caller that owns the process (tests)
     argv = sys.argv[1:] if argv is None else list(argv)
+    if own_process and argv[:1] == ["deploy"]:  # the hook's cold start; deploy.run resumes it before delivering
+        startup.pause()
     # Parsed exactly as by the whole parser: "deploy" first leaves no other subcommand or global option to match.
     parser = build_parser(only="deploy" if argv[:1] == ["deploy"] else None)
     args = parser.parse_args(argv)

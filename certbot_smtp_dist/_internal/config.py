@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -20,7 +19,6 @@ from certbot_smtp_dist._internal.addresses import (
     is_loopback_host,
 )
 from certbot_smtp_dist._internal.files import chosen_path
-from certbot_smtp_dist._internal.smimecerts import SMIME_KEYS
 from certbot_smtp_dist.errors import ConfigError, ConfigProblem
 from certbot_smtp_dist.model import (
     PASSPHRASE_KEY,
@@ -62,6 +60,7 @@ OAUTH2_SERVICE_ACCOUNT_TYPE = "smtp_oauth2_service_account"
 GOOGLE_MAIL_SCOPE = "https://mail.google.com/"
 OAUTH2_KEYS = ("oauth2_token_url", "oauth2_client_id", "oauth2_scope", "oauth2_client_secret_credential",
                "oauth2_service_account_credential", "oauth2_ca_file")
+SMIME_KEYS = ("smime_sign_cert", "smime_sign_key", "smime_encrypt_to", "smime_encryption")  # smimecerts.py checks them
 KNOWN_KEYS = frozenset(
     {
         "host", "port", "tls_mode", "tls_skip_verify", "tls_ca_file", "auth_method", "username",
@@ -231,6 +230,8 @@ def unknown_key(key: str, known: frozenset[str] | tuple[str, ...], text: str = "
 
 def credentials_set_hint(name: str, type_: str, path: Path) -> str:
     """The command that stores credential `name` beside this config, ready to paste (the path shell-quoted)."""
+    import shlex  # a problem's hint only
+
     where = "" if path == DEFAULT_CONFIG else f" --config {shlex.quote(str(path))}"
     return f"run: certbot-smtp-dist credentials set {shlex.quote(name)} --type {type_}{where}"
 
@@ -507,6 +508,8 @@ class _TargetChecker:
     def _smime(self) -> SmimePolicy | None:
         """The smime_* keys (RFC 8551): certificates and signer key checked now, so nothing is dialled for a
         target whose messages could not be signed or encrypted."""
+        if not any(key in self.table for key in SMIME_KEYS):
+            return None  # as smimecerts.policy answers, without loading it (a cold deploy, issue 16)
         from certbot_smtp_dist._internal import smimecerts
 
         return smimecerts.policy(self)

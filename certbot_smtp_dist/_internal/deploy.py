@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certbot_smtp_dist._internal import loader, pipeline, report, runloop
+from certbot_smtp_dist._internal import loader, pipeline, report, runloop, startup
 from certbot_smtp_dist._internal.spool import CONFIG_BLOCK
 from certbot_smtp_dist.errors import (
     CertificateError,
@@ -35,7 +35,8 @@ from certbot_smtp_dist.model import (
     failure_json,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # Preloaded: made by `retry` only, so its class is defined there (a dataclass costs start-up)
+    from certbot_smtp_dist._internal.drain import Preloaded
     from certbot_smtp_dist._internal.ledger import Ledger
     from certbot_smtp_dist._internal.state import StateKeys
 
@@ -55,15 +56,6 @@ class DeployRequest:
     command: tuple[str, ...] = (report.PROGRAM,)  # how to call us again, in the commands we suggest
     force: bool = False  # `deploy --force`: send to quiet targets (min_interval) too
     refresh_metrics: bool = True  # rewrite `metrics_textfile` afterwards (a caller that refreshes it itself: False)
-
-
-@dataclass(frozen=True, slots=True)
-class Preloaded:
-    """What a caller that loaded them already hands the run (`retry` re-running a blocked deploy), so nothing is
-    read, checked or decrypted twice: the configuration, trusted and validated, and the state keys."""
-
-    loaded: loader.Loaded
-    keys: StateKeys
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +112,7 @@ def run(request: DeployRequest, now: datetime | None = None, preloaded: Preloade
         _refresh_metrics(request, ledger, loaded)
         return DeployReport(artefact.facts, config_errors=tuple(exc.problems), exit_status=report.EX_CONFIG,
                             state_ok=ledger.healthy if ledger else state_ok, findings=artefact.findings)
+    startup.resume()  # the modules are loaded: collect the deliveries' garbage as always (a paused cold start)
     with ledger.holding_blocked() if ledger else nullcontext():  # a `retry` meanwhile must not run it again
         try:
             held = _held_back(request, ledger, wanted, artefact.facts, now)

@@ -35,6 +35,15 @@ class RetryReport:
 
 
 @dataclass(frozen=True, slots=True)
+class Preloaded:
+    """What `retry` hands deploy.run when it re-runs a blocked deploy, having loaded them already, so nothing is
+    read, checked or decrypted twice: the configuration, trusted and validated, and the state keys."""
+
+    loaded: loader.Loaded
+    keys: StateKeys
+
+
+@dataclass(frozen=True, slots=True)
 class _Planned:
     entry: sp.Entry
     job: pipeline.Job
@@ -263,7 +272,7 @@ class _Drain:
         loaded = self._config()  # an unusable configuration is loaded again by the deploy, which records why
         outcome = deploy.run(deploy.DeployRequest(config=self.config, source=source, state_dir=self.state_dir,
                                                   from_renewal=True, command=self.command, refresh_metrics=False),
-                             self.now, deploy.Preloaded(loaded, self.ledger.keys) if loaded is not None else None)
+                             self.now, Preloaded(loaded, self.ledger.keys) if loaded is not None else None)
         self.results.extend(outcome.results)
         if outcome.exit_status in (report.EX_CONFIG, report.EX_DATAERR, report.EX_NOPERM):
             log.error("the deploy of %s is still blocked (see the errors above)", entry.certificate)

@@ -7,7 +7,6 @@ import errno
 import logging
 import os
 import secrets
-import shlex
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -203,12 +202,18 @@ def exposure(path: Path, status: os.stat_result, runner_uid: int, what: str) -> 
     if loose:
         who = " and ".join(w for w, bits in (("group", stat.S_IRWXG), ("others", stat.S_IRWXO)) if loose & bits)
         problems.append(f"{what} {path} is open to {who} (mode {mode:04o}); it should be {want:04o}; "
-                        f"fix: chmod {want:o} {shlex.quote(str(path))}")
+                        f"fix: chmod {want:o} {_quoted(path)}")
     if status.st_uid not in (0, runner_uid):
         problems.append(f"{what} {path} is owned by uid {status.st_uid}, neither root nor the user running this "
                         f"(uid {runner_uid}); its owner can read and replace it; fix: chown {runner_uid} "
-                        f"{shlex.quote(str(path))}")
+                        f"{_quoted(path)}")
     return problems
+
+
+def _quoted(path: Path) -> str:
+    import shlex  # only for the fix of a file found exposed
+
+    return shlex.quote(str(path))
 
 
 def warn_if_exposed(path: Path, what: str) -> None:

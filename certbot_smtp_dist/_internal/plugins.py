@@ -98,8 +98,9 @@ def payload_formats(pm: pluggy.PluginManager) -> dict[str, PayloadFormat]:
 
 
 MessageHook = Callable[[Target, CertificateFacts, Message], Message]
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-_BCC_FIELD = re.compile(rb"^bcc[ \t]*:", re.IGNORECASE | re.MULTILINE)
+# Compiled on first use (re's cache): only a message a hook changed is checked.
+_HEADER_END = rb"\r?\n\r?\n"
+_BCC_FIELD = rb"(?im)^bcc[ \t]*:"
 
 
 def message_hook(pm: pluggy.PluginManager) -> MessageHook:
@@ -133,7 +134,7 @@ def _checked(name: str, before: Message, changed: object) -> Message:
             before.message_id, before.envelope_from, before.envelope_to):
         # The spool and `retry` rely on the Message-ID; the envelope is what the configuration checked.
         raise PayloadError(f"message hook {name} changed the Message-ID or the envelope")
-    if _BCC_FIELD.search(_HEADER_END.split(changed.data, maxsplit=1)[0]):
+    if re.search(_BCC_FIELD, re.split(_HEADER_END, changed.data, maxsplit=1)[0]):
         # RFC 5322 §3.6.3: the blind copies live in the envelope only; one message goes to all.
         raise PayloadError(f"message hook {name} added a Bcc field: every recipient would see who was blind-copied")
     return changed

@@ -19,7 +19,7 @@ PLAINTEXT_FIRST = 'this port speaks plaintext first; set tls_mode = "starttls"'
 TLS_FIRST = 'this port speaks implicit TLS; set tls_mode = "smtps"'
 
 # RFC 5321 §4.2: a reply line starts with a three-digit code and a space or hyphen.
-_REPLY_LINE = re.compile(rb"[2-5][0-9][0-9][ -]")
+_REPLY_LINE = rb"[2-5][0-9][0-9][ -]"  # compiled on first use (re's cache): a slow greeting's probe only
 # RFC 8446 §5.1 / RFC 5246 §6.2.1: record content type 22 (handshake); §4: handshake type 2 (ServerHello,
 # also a HelloRetryRequest), the first byte after the 5-byte record header.
 _HANDSHAKE_RECORD = 0x16
@@ -88,7 +88,7 @@ async def _plaintext_first(dial: Dial) -> bool:
         head = await _read_at_least(sock, 4)
     finally:
         sock.close()
-    return _REPLY_LINE.match(head) is not None
+    return re.match(_REPLY_LINE, head) is not None
 
 
 async def _tls_first(dial: Dial, host: str) -> bool:

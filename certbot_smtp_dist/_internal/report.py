@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -36,6 +35,8 @@ def command_prefix(config: str | None, state_dir: str | None) -> tuple[str, ...]
 
 def next_command(prefix: Sequence[str], *words: str) -> str:
     """A command to paste, shell-quoted."""
+    import shlex  # hints follow failures only: a delivered run never quotes one
+
     return shlex.join([*prefix, *words])
 
 

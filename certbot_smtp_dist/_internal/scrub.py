@@ -28,10 +28,11 @@ WITHHELD = "(relay text withheld: a secret of this run is too short to scrub saf
 LINE_JOIN = " / "  # how the lines of a multi-line reply are joined into one
 _MAX_PASSES = 4  # masking can join text into a new match; after this many passes the text is withheld
 
+# Both compiled on first use (re's cache): a delivered run scrubs no relay text.
 # Where a multi-line reply was joined (plus the RFC 3463 code RFC 2034 §3 repeats on each line), and any space.
-_JOINT_RE = re.compile(rb" / (?:[245]\.\d{1,3}\.\d{1,3} )?|\s")
+_JOINT_RE = rb" / (?:[245]\.\d{1,3}\.\d{1,3} )?|\s"
 # RFC 3986 §2.1 percent-encoding, and the "+" for a space of HTML form encoding.
-_PERCENT_RE = re.compile(rb"%([0-9A-Fa-f]{2})|\+")
+_PERCENT_RE = rb"%([0-9A-Fa-f]{2})|\+"
 
 
 def one_line(text: str) -> str:
@@ -87,7 +88,7 @@ class _View:
     def joined(self) -> _View:
         """Without line joints and spaces, so a secret split across reply lines is whole again."""
         data, spans, pos = bytearray(), list[tuple[int, int]](), 0
-        for match in _JOINT_RE.finditer(self.data):  # a slice per joint, not a step per byte
+        for match in re.finditer(_JOINT_RE, self.data):  # a slice per joint, not a step per byte
             data += self.data[pos:match.start()]
             spans += self.spans[pos:match.start()]
             pos = match.end()
@@ -99,7 +100,7 @@ class _View:
         """With percent-encoding undone (either case of hex digit): the bytes as they are, not yet read as text
         (`fold`) or as octets (`lowered`)."""
         data, spans, pos = bytearray(), list[tuple[int, int]](), 0
-        for match in _PERCENT_RE.finditer(self.data):
+        for match in re.finditer(_PERCENT_RE, self.data):
             data += self.data[pos:match.start()]
             spans += self.spans[pos:match.start()]
             byte = int(match.group(1), 16) if match.group(1) else ord(" ")

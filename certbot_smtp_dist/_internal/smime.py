@@ -20,7 +20,7 @@ CRLF = b"\r\n"
 # RFC 3834 loop prevention need. Subject is replaced by a neutral one; everything else lives inside.
 KEPT_WHEN_ENCRYPTED = ("from", "to", "cc", "date", "message-id", "auto-submitted")
 SIGNED_PREAMBLE = b"This is an S/MIME signed message (RFC 8551)."
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LINE_END = rb"\r\n|\r|\n"  # compiled on first use (re's cache): S/MIME targets only
 MAX_SMTP_LINE = 998  # octets before CR LF (RFC 5321 §4.5.3.1.6)
 
 
@@ -98,7 +98,7 @@ def _signed(entity: bytes, smime: SmimePolicy, timeout: float) -> bytes:
 
 def _canonical(data: bytes) -> bytes:
     """Every line ended by CR LF (RFC 8551 §3.1.1: canonical form before signing)."""
-    return _LINE_END.sub(CRLF, data)
+    return re.sub(_LINE_END, CRLF, data)
 
 
 def _split(data: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
@@ -138,7 +138,7 @@ def _seven_bit(entity: bytes) -> bytes:
 
 
 def _needs_encoding(data: bytes) -> bool:
-    return not data.isascii() or any(len(line) > MAX_SMTP_LINE for line in _LINE_END.split(data))
+    return not data.isascii() or any(len(line) > MAX_SMTP_LINE for line in re.split(_LINE_END, data))
 
 
 def _boundary(entity: bytes) -> bytes:

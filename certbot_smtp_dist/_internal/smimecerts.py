@@ -13,7 +13,6 @@ from certbot_smtp_dist._internal import diagnose, files, ownership, pem
 from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist.model import SmimePolicy
 
-SMIME_KEYS = ("smime_sign_cert", "smime_sign_key", "smime_encrypt_to", "smime_encryption")
 MAX_RECIPIENTS = 20
 MAX_SIGNER_CHAIN = 10  # the signer and its issuers: a real S/MIME chain has 2 to 4
 MIN_RSA_BITS = 2048  # NIST SP 800-131A: RSA below 2048 bits is disallowed for key transport and signatures

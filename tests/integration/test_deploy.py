@@ -349,6 +349,30 @@ def test_deploy_imports_only_what_its_targets_need(denv: DeployEnv, lineage: Lin
     assert len(relay.messages) == 1
 
 
+def test_cold_deploy_leaves_unneeded_modules_unloaded(denv: DeployEnv, lineage: LineagePaths,
+                                                     relay_factory) -> None:
+    """The hook's own case, STARTTLS + AUTH `pem` delivered: none of the modules only another command, another
+    payload, S/MIME, OAuth 2.0, `retry`, a prompt or a failure's hint uses is loaded (issue 16: each costs the cold
+    start its import; the regression this guards is an eager import added back at the top of a module)."""
+    relay = relay_factory("starttls", auth=("robot", PASSWORD))
+    denv.set_credential("relay", "smtp_password", PASSWORD)
+    denv.write_config({"x": relay_target(relay)})
+    unwanted = tuple(f"certbot_smtp_dist._internal.{m}" for m in (
+        "certbot_adapter", "certext", "check", "cli_check", "cli_inspect", "cli_nagios", "cli_state", "cms", "drain",
+        "history", "inspection", "manpage", "metrics", "nagios", "oauth2", "probe", "quiet", "relaycert",
+        "smimecerts", "textfile", "x509strict")) + ("getpass", "shlex", "urllib.request", "http.client")
+    code = (
+        "import sys; from certbot_smtp_dist._internal.cli import main; rc = main(['deploy', '--lineage', sys.argv[1]]);"
+        f"bad = sorted(m for m in {unwanted!r} if m in sys.modules);"
+        "print(rc, bad); sys.exit(1 if bad or rc else 0)"
+    )
+    proc = subprocess.run([os.sys.executable, "-c", code, str(lineage.live_dir)], env=denv.env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [received] = relay.messages
+    assert received.tls and received.auth_user == "robot"
+
+
 def test_renewed_lineage_environment(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
     relay = relay_factory("plaintext")
     denv.write_config({"x": relay_target(relay)})
