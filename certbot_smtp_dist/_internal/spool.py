@@ -139,28 +139,38 @@ def _layout(value: Any, depth: int) -> str:
     kind = type(value)
     if kind is str:
         return _string(value)
+    if kind is not dict and kind is not list and kind is not tuple:
+        return _scalar(value)
+    if not value:
+        return "{}" if kind is dict else "[]"
+    if depth >= _DEPTH:
+        raise _Unusual
+    # json.encoder._make_iterencode with indent " ": each item on a line of its own, one more space in, the item
+    # separator "," (and ": " after a key), the closing bracket on a line at the container's own depth. Strings,
+    # most of an entry, are escaped here without a call of _layout each.
+    pad = "\n" + " " * (depth + 1)
+    items = []
+    if kind is dict:
+        for name, item in value.items():
+            if type(name) is not str:
+                raise _Unusual
+            text = _string(item) if type(item) is str else _layout(item, depth + 1)
+            items.append(f"{pad}{_string(name)}: {text}")
+        return "{" + ",".join(items) + "\n" + " " * depth + "}"
+    for item in value:
+        items.append(pad + (_string(item) if type(item) is str else _layout(item, depth + 1)))
+    return "[" + ",".join(items) + "\n" + " " * depth + "]"
+
+
+def _scalar(value: Any) -> str:
     if value is None:
         return "null"
     if value is True:
         return "true"
     if value is False:
         return "false"
-    if kind is int:
+    if type(value) is int:
         return int.__repr__(value)
-    if depth < _DEPTH and (kind is dict or kind is list or kind is tuple):
-        if not value:
-            return "{}" if kind is dict else "[]"
-        # json.encoder._make_iterencode with indent " ": each item on a line of its own, one more space in, the
-        # item separator "," (and ": " after a key), the closing bracket on a line at the container's own depth.
-        pad = "\n" + " " * (depth + 1)
-        if kind is dict:
-            items = []
-            for name, item in value.items():
-                if type(name) is not str:
-                    raise _Unusual
-                items.append(f"{pad}{_string(name)}: {_layout(item, depth + 1)}")
-            return "{" + ",".join(items) + "\n" + " " * depth + "}"
-        return "[" + ",".join(pad + _layout(item, depth + 1) for item in value) + "\n" + " " * depth + "]"
     raise _Unusual
 
 
@@ -222,8 +232,13 @@ def _typed(doc: dict[str, Any], path: Path) -> Entry:
     return entry
 
 
+# What json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True) builds for each call (the C encoder
+# then does the work), built once.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def _mac(key: bytes, doc: dict[str, Any]) -> str:
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    canonical = _CANONICAL.encode(doc)
     return hmac.new(key, b"certbot-smtp-dist/spool-entry\x00" + canonical.encode(), hashlib.sha256).hexdigest()
 
 
