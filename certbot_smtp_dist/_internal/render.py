@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets as _random
 from datetime import datetime, timezone
 from email import policy
@@ -223,6 +224,9 @@ def _flatten(msg: EmailMessage, parts: PartCache | None = None) -> bytes:
     return out.getvalue()
 
 
+_LINE_END = re.compile(r"\r\n|\r|\n")  # email.generator's NLCRE
+
+
 class _Generator(BytesGenerator):
     """BytesGenerator that writes a part the run's messages share (an attachment part of its PartCache) as the
     bytes it wrote for that part the first time, under the same settings.
@@ -259,6 +263,16 @@ class _Generator(BytesGenerator):
             BytesGenerator(out, mangle_from_=False, policy=self.policy).flatten(part, False, linesep)
             data = parts.flat[key] = out.getvalue()
         self._out.write(data)  # all that flatten writes there: the part, its headers and its body
+
+    def _write_lines(self, lines: str) -> None:
+        """Generator._write_lines in one write: it splits the text at every line end (CRLF, CR or LF: its NLCRE)
+        and writes each line and the policy's line end, so the bytes are the text with each line end replaced.
+        Text that is not all ASCII (an 8bit body's surrogate-escaped octets) is written line by line, as ever."""
+        policy = self.policy  # flatten's, for its duration (when this is called): the line end it wrote is its
+        if policy is None or not lines.isascii():
+            super()._write_lines(lines)  # type: ignore[misc]  # the stdlib's, private to typeshed
+        elif lines:
+            self.write(_LINE_END.sub(policy.linesep.replace("\\", "\\\\"), lines))
 
 
 class _RunPolicy(EmailPolicy):

@@ -14,6 +14,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from certbot_smtp_dist._internal import render
 from certbot_smtp_dist._internal.config import parse_settings
@@ -268,3 +270,25 @@ def test_targets_sharing_a_sender_share_its_address_and_the_rest_of_the_text() -
         content = text.get_content().replace("\r\n", "\n")
         assert content.endswith(f'for target "{name}"\n')
         assert render.body(target(name), FACTS, payload, FINDINGS) == content
+
+
+@given(st.text(st.sampled_from("ab .=-\r\n\té\udcff"), max_size=40))
+def test_a_text_is_written_with_the_line_ends_the_generator_writes(text: str) -> None:
+    """render._Generator writes a text part's lines in one piece (as email.generator's Generator._write_lines
+    writes them one by one: every CRLF, CR or LF made the policy's line end); the same bytes, whatever the text."""
+    from email.generator import BytesGenerator
+    from io import BytesIO
+
+    parts = render.PartCache()
+    msg = EmailMessage(policy=parts.policy)
+    msg["Content-Type"] = "text/plain"
+    msg.set_payload(text)
+    out = BytesIO()
+    try:
+        BytesGenerator(out, mangle_from_=False, policy=parts.policy).flatten(msg, unixfrom=False)
+    except UnicodeEncodeError as exc:  # what the generator makes of such a text, the same both ways
+        with pytest.raises(UnicodeEncodeError) as ours:
+            render._flatten(msg, parts)
+        assert str(ours.value) == str(exc)
+        return
+    assert render._flatten(msg, parts) == out.getvalue()
