@@ -132,7 +132,7 @@ class Journal:
         seq, macs, lines = first, [prev], []
         for record in records:  # each line chained to the one before it
             seq += 1
-            body = json.dumps({"seq": seq, **record, "prev": macs[-1]}, separators=(",", ":")).encode("utf-8")
+            body = _COMPACT.encode({"seq": seq, **record, "prev": macs[-1]}).encode("utf-8")
             macs.append(_mac(key, body))
             lines.append(body[:-1] + b',"mac":"' + macs[-1].encode() + b'"}\n')
         data, mac = b"".join(lines), macs[-1]
@@ -431,6 +431,11 @@ def _legacy_shaped(line: bytes, first_line: bool = False) -> bool:
     if first_line:
         return doc["seq"] == 1 and prev == GENESIS
     return isinstance(prev, str) and re.fullmatch(r"[0-9a-f]{64}", prev) is not None
+
+
+# What json.dumps(..., separators=(",", ":")) builds for each call before its C encoder does the work, built once:
+# a run's attempts are journalled one line each.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def _mac(key: bytes, data: bytes) -> str:

@@ -156,8 +156,12 @@ class RelaySlots:
         """Seconds waited for a slot, or None when none came free `within` seconds."""
         loop = asyncio.get_running_loop()
         began = loop.time()
+        slot = self._of(target)
+        if not slot.locked():  # one is free: acquire() takes it without waiting, so no timer and no task for it
+            await slot.acquire()
+            return loop.time() - began
         try:
-            await asyncio.wait_for(self._of(target).acquire(), timeout=max(within, 0.001))
+            await asyncio.wait_for(slot.acquire(), timeout=max(within, 0.001))
         except (asyncio.TimeoutError, TimeoutError):
             return None
         return loop.time() - began

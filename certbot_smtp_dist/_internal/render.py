@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets as _random
 from datetime import datetime, timezone
 from email import policy
@@ -89,11 +90,17 @@ def diagnostics(findings: tuple[Finding, ...]) -> str:
 def body(target: Target, facts: CertificateFacts, payload: Payload, findings: tuple[Finding, ...] = (),
          findings_text: str | None = None) -> str:
     """The text part; `findings_text`: diagnostics(findings), when the caller made it already."""
+    return BODY_TEMPLATE.format(**body_fields(facts, payload, findings, findings_text), target=target.name)
+
+
+def body_fields(facts: CertificateFacts, payload: Payload, findings: tuple[Finding, ...] = (),
+                findings_text: str | None = None) -> dict[str, str]:
+    """The text part's fields but the target's name: what every target of a run with this payload shares."""
     rows = [
         f"  {a.filename}  ({len(a.data)} bytes, SHA-256 {hashlib.sha256(a.data).hexdigest()})"
         for a in payload.attachments
     ]
-    return BODY_TEMPLATE.format(
+    return dict(
         # What is attached, not the format's name, decides the wording: an extension that attaches nothing is a
         # notice too.
         opening=OPENING if payload.attachments else NOTICE_OPENING,
@@ -109,7 +116,6 @@ def body(target: Target, facts: CertificateFacts, payload: Payload, findings: tu
         attachments="\n".join(rows) or NO_ATTACHMENTS,
         key_notice=KEY_NOTICE if payload.contains_private_key else "",
         sig_dash="-- ",  # RFC 3676 §4.3 signature separator: dash dash space
-        target=target.name,
     )
 
 
@@ -128,9 +134,9 @@ def render(
     the_subject = subject(target, facts)
     mark = parts.boundary if parts is not None else boundary()
     made = _build(target, facts, payload, message_id, date, the_subject, findings, parts, mark)
-    data = _flatten(made)
-    if not _delimits(made, data):  # our boundary met in the content: never seen, but then the email package's own
-        data = _flatten(_build(target, facts, payload, message_id, date, the_subject, findings, parts, None))
+    data = _flatten(made, parts)
+    if not _delimits(made, data, mark):  # our boundary met in the content: never seen, but then the email package's own
+        data = _flatten(_build(target, facts, payload, message_id, date, the_subject, findings, parts, None), parts)
     return Message(
         message_id=message_id,
         subject=the_subject,
@@ -144,7 +150,7 @@ def _build(target: Target, facts: CertificateFacts, payload: Payload, message_id
            the_subject: str, findings: tuple[Finding, ...], parts: PartCache | None,
            mixed_boundary: str | None) -> EmailMessage:
     msg = EmailMessage(policy=parts.policy if parts is not None else policy.SMTP)
-    msg["From"] = Address(display_name=target.from_name or "", addr_spec=target.from_address)
+    msg["From"] = sender(target.from_name or "", target.from_address, parts)
     msg["To"] = ", ".join(target.to)
     if target.cc:
         msg["Cc"] = ", ".join(target.cc)
@@ -152,20 +158,46 @@ def _build(target: Target, facts: CertificateFacts, payload: Payload, message_id
     # Written as raw field text, never parsed by the email package (which would decode a lookalike word).
     msg.set_raw("Subject", subject_field(the_subject))
     msg["Date"] = format_datetime(date.astimezone(timezone.utc))
-    msg["Message-ID"] = message_id
-    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834 §5
-    if parts is not None:
-        findings_text = parts.diagnostics.get(findings)
-        if findings_text is None:
-            findings_text = parts.diagnostics[findings] = diagnostics(findings)
+    if parts is not None and _PLAIN_ID.fullmatch(message_id) and len(message_id) <= MAX_LINE - len("Message-ID: "):
+        # A msg-id of plain dot-atoms (RFC 5322 §3.6.4) that fits its line is written as the email package writes
+        # it once parsed (the parse tree gives back the same text, and nothing in it folds): without the parse of
+        # every target's own value, a seventh of rendering a message. Anything else is parsed, as ever.
+        msg.set_raw("Message-ID", message_id)
     else:
-        findings_text = diagnostics(findings)
-    msg.set_content(body(target, facts, payload, findings, findings_text), charset="utf-8")
+        msg["Message-ID"] = message_id
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834 §5
+    msg.set_content(_body(target, facts, payload, findings, parts), charset="utf-8")
     for att in payload.attachments:
         if msg.get_content_type() != "multipart/mixed":  # what EmailMessage.add_attachment does, part aside
             msg.make_mixed(boundary=mixed_boundary)
         msg.attach(attachment_part(att, parts))
     return msg
+
+
+def _body(target: Target, facts: CertificateFacts, payload: Payload, findings: tuple[Finding, ...],
+          parts: PartCache | None) -> str:
+    """body(), its fields made once a run for the targets that share the certificate, payload and findings."""
+    if parts is None:
+        return body(target, facts, payload, findings)
+    key = (facts, payload, findings)
+    fields = parts.bodies.get(key)
+    if fields is None:
+        findings_text = parts.diagnostics.get(findings)
+        if findings_text is None:
+            findings_text = parts.diagnostics[findings] = diagnostics(findings)
+        fields = parts.bodies[key] = body_fields(facts, payload, findings, findings_text)
+    return BODY_TEMPLATE.format(**fields, target=target.name)
+
+
+def sender(name: str, address: str, parts: PartCache | None = None) -> Address:
+    """The From address: made (its addr-spec parsed, RFC 5322 §3.4.1) once a run for the targets that share it.
+    An Address is immutable, and one that cannot be made raises as ever, every time: only one made is kept."""
+    if parts is None:
+        return Address(display_name=name, addr_spec=address)
+    made = parts.addresses.get((name, address))
+    if made is None:
+        made = parts.addresses[(name, address)] = Address(display_name=name, addr_spec=address)
+    return made
 
 
 def boundary() -> str:
@@ -177,20 +209,77 @@ def boundary() -> str:
     return "=_" + _random.token_hex(16)
 
 
-def _delimits(msg: EmailMessage, data: bytes) -> bool:
+def _delimits(msg: EmailMessage, data: bytes, chosen: str | None = None) -> bool:
     """The boundary of `msg` (if multipart) occurs in `data` only as its delimiter lines: one before each part and
-    the closing one (RFC 2046 §5.1.1), never inside a part."""
-    mark = msg.get_boundary()
+    the closing one (RFC 2046 §5.1.1), never inside a part. `chosen`: the boundary _build gave `msg` (make_mixed
+    set it as the Content-Type's parameter, which the generator then used), not read back from that field."""
+    mark = (chosen if msg.is_multipart() else None) if chosen is not None else msg.get_boundary()
     if mark is None:
         return True
     return data.count(b"\r\n--" + mark.encode("ascii")) == len(msg.get_payload()) + 1
 
 
-def _flatten(msg: EmailMessage) -> bytes:
-    """msg.as_bytes(), as EmailMessage.as_bytes does it (the generator takes the message's policy)."""
+def _flatten(msg: EmailMessage, parts: PartCache | None = None) -> bytes:
+    """msg.as_bytes(), as EmailMessage.as_bytes does it (the generator takes the message's policy); with `parts`,
+    each of the run's shared parts written as it was for the run's first message (_Generator)."""
     out = BytesIO()
-    BytesGenerator(out, mangle_from_=False, policy=msg.policy).flatten(msg, unixfrom=False)
+    if parts is not None and msg.policy is parts.policy:
+        _Generator(out, msg.policy, parts).flatten(msg, unixfrom=False)
+    else:
+        BytesGenerator(out, mangle_from_=False, policy=msg.policy).flatten(msg, unixfrom=False)
     return out.getvalue()
+
+
+_PLAIN_ID = re.compile(r"<[0-9A-Za-z_-]+(?:\.[0-9A-Za-z_-]+)*@[0-9A-Za-z_-]+(?:\.[0-9A-Za-z_-]+)*>")
+_LINE_END = re.compile(r"\r\n|\r|\n")  # email.generator's NLCRE
+
+
+class _Generator(BytesGenerator):
+    """BytesGenerator that writes a part the run's messages share (an attachment part of its PartCache) as the
+    bytes it wrote for that part the first time, under the same settings.
+
+    Flattening a part is a function of the part and of the generator's settings alone: the part is never changed
+    once made (attachment_part; messages only attach it, and the generator only reads it), and the policy is the
+    run's own object (immutable, as every policy; its memory only ever gives back what a fresh computation gives).
+    So the bytes kept are the bytes the generator would write again: a third of the work of writing a message,
+    spent once a run. Anything else (the message itself, its text part, another policy, other settings) is written
+    as BytesGenerator writes it."""
+
+    def __init__(self, out: BytesIO, policy: Any, parts: PartCache) -> None:
+        super().__init__(out, mangle_from_=False, policy=policy)  # as _flatten's BytesGenerator; no maxheaderlen
+        self._out = out
+        self._parts = parts
+
+    def clone(self, fp: Any) -> _Generator:
+        """What BytesGenerator.clone makes (for each part of a multipart: the same settings and the generator's
+        policy of the moment), keeping the run's parts."""
+        return type(self)(fp, self.policy, self._parts)
+
+    def flatten(self, msg: Any, unixfrom: bool = False, linesep: str | None = None) -> None:
+        parts = self._parts
+        # Only the run's own policy object: the settings the kept bytes were written under are then these, and
+        # the kept entries stay one per part and line separator.
+        part = parts.shared.get(id(msg))
+        if unixfrom or self.policy is not parts.policy or part is None or part is not msg:
+            super().flatten(msg, unixfrom, linesep)
+            return
+        key = (id(part), linesep)
+        data = parts.flat.get(key)
+        if data is None:
+            out = BytesIO()
+            BytesGenerator(out, mangle_from_=False, policy=self.policy).flatten(part, False, linesep)
+            data = parts.flat[key] = out.getvalue()
+        self._out.write(data)  # all that flatten writes there: the part, its headers and its body
+
+    def _write_lines(self, lines: str) -> None:
+        """Generator._write_lines in one write: it splits the text at every line end (CRLF, CR or LF: its NLCRE)
+        and writes each line and the policy's line end, so the bytes are the text with each line end replaced.
+        Text that is not all ASCII (an 8bit body's surrogate-escaped octets) is written line by line, as ever."""
+        policy = self.policy  # flatten's, for its duration (when this is called): the line end it wrote is its
+        if policy is None or not lines.isascii():
+            super()._write_lines(lines)  # type: ignore[misc]  # the stdlib's, private to typeshed
+        elif lines:
+            self.write(_LINE_END.sub(policy.linesep.replace("\\", "\\\\"), lines))
 
 
 class _RunPolicy(EmailPolicy):
@@ -308,11 +397,16 @@ class PartCache:
     message, and the Content-Type field that carries it is then parsed once for all of them (_RunPolicy), where a
     boundary of each message's own cost a parse each, a sixth of rendering one."""
 
-    __slots__ = ("attachments", "boundary", "diagnostics", "policy")
+    __slots__ = ("addresses", "attachments", "bodies", "boundary", "diagnostics", "flat", "policy", "shared")
 
     def __init__(self) -> None:
         self.attachments: dict[Attachment, EmailMessage] = {}
+        self.shared: dict[int, EmailMessage] = {}  # the parts of `attachments` by identity (_Generator)
+        self.flat: dict[tuple[int, str | None], bytes] = {}  # a shared part as written, by identity and line end
+        self.addresses: dict[tuple[str, str], Address] = {}  # From, by display name and address (sender)
         self.diagnostics: dict[tuple[Finding, ...], str] = {}
+        # The text part's fields but the target's name (body_fields), by certificate, payload and findings.
+        self.bodies: dict[tuple[CertificateFacts, Payload, tuple[Finding, ...]], dict[str, str]] = {}
         self.policy = _RunPolicy.remembering()
         self.boundary = boundary()
 
@@ -331,6 +425,7 @@ def attachment_part(att: Attachment, parts: PartCache | None = None) -> EmailMes
             part["Content-Disposition"] = "attachment"
         if parts is not None:
             parts.attachments[att] = part
+            parts.shared[id(part)] = part
             for _, header in part.raw_items():  # every message of the run carries them
                 parts.policy.hold(header)
     return part

@@ -53,20 +53,20 @@ class Transcribed:
 
     async def auth_plain(self, username: str, password: str, **kwargs: Any) -> Any:
         # RFC 4954 §4: the initial response carries the password; only the mechanism is shown.
-        self._stage(Phase.AUTH, f"authenticating with AUTH PLAIN as {printable(username)!r}")
+        self._authenticating("PLAIN", username)
         return await self._command(f"AUTH PLAIN {MASK}", Phase.AUTH, self._client.auth_plain, username, password,
                                    **kwargs)
 
     async def auth_login(self, username: str, password: str, **kwargs: Any) -> Any:
         # The 334 challenges and our base64 answers are all redacted: only the outcome is shown.
-        self._stage(Phase.AUTH, f"authenticating with AUTH LOGIN as {printable(username)!r}")
+        self._authenticating("LOGIN", username)
         return await self._command(f"AUTH LOGIN {MASK} (334 challenges and responses redacted)", Phase.AUTH,
                                    self._client.auth_login, username, password, **kwargs)
 
     async def auth_token(self, mechanism: str, username: str, run: Callable[[Any], Awaitable[Any]]) -> Any:
         """A bearer-token mechanism (XOAUTH2) run by `run` on the bare client: its initial response carries the
         access token, so only the mechanism and the outcome are shown, never the 334 exchange."""
-        self._stage(Phase.AUTH, f"authenticating with AUTH {mechanism} as {printable(username)!r}")
+        self._authenticating(mechanism, username)
         return await self._command(f"AUTH {mechanism} {MASK} (334 challenge and response redacted)", Phase.AUTH,
                                    run, self._client)
 
@@ -116,7 +116,8 @@ class Transcribed:
             else:
                 self._line("*", f"no reply ({type(exc).__name__})")
             raise
-        self._reply(int(getattr(answer, "code", 0) or 0), str(getattr(answer, "message", "")))
+        if log.isEnabledFor(logging.DEBUG):  # _reply's own test, made before its arguments are
+            self._reply(int(getattr(answer, "code", 0) or 0), str(getattr(answer, "message", "")))
         if phase is Phase.CONNECT and line is None:
             self._stage(phase, "connected; relay greeted")
         elif phase is Phase.AUTH:
@@ -147,8 +148,13 @@ class Transcribed:
                       extra={"target": self._target.name})
 
     def _stage(self, phase: Phase, text: str) -> None:
-        stages.debug("target %s: %s", self._target.name, text, extra={"target": self._target.name,
-                                                                       "phase": phase.value})
+        if stages.isEnabledFor(logging.DEBUG):  # debug()'s own test, made before its `extra` is
+            stages.debug("target %s: %s", self._target.name, text, extra={"target": self._target.name,
+                                                                           "phase": phase.value})
+
+    def _authenticating(self, mechanism: str, username: str) -> None:
+        if stages.isEnabledFor(logging.DEBUG):  # the user name made printable only for a reader
+            self._stage(Phase.AUTH, f"authenticating with AUTH {mechanism} as {printable(username)!r}")
 
     def _tls_facts(self) -> None:
         """RFC 8314 §5 / RFC 7525: which protocol and cipher protect the session, and whom we talk to."""

@@ -98,30 +98,33 @@ class _ReplyHead:
         # only the cyclic collector frees, in an order that defeats aiosmtplib's own care (its __del__ retrieves
         # the exception of a reply future a lost connection failed; freed after that future, asyncio reports
         # "Future exception was never retrieved" on stderr, outside our log format).
-        write, received = weakref.WeakMethod(protocol.write), weakref.WeakMethod(protocol.data_received)
-        read = weakref.WeakMethod(protocol.read_response)
+        # A weak reference to the protocol and its class's functions: what weakref.WeakMethod of each bound method
+        # holds and calls, without a bound method made in Python at every read and write.
+        held = weakref.ref(protocol)
+        write, received = protocol.write.__func__, protocol.data_received.__func__
+        read = protocol.read_response.__func__
 
         def on_write(data: Any) -> Any:
             if not self.frozen:
                 self.line.clear()
                 self.lines.clear()
                 self.replies.clear()
-            method = write()
-            return method(data) if method is not None else None
+            target = held()
+            return write(target, data) if target is not None else None
 
         def on_data(data: bytes) -> Any:
             if not self.frozen:
                 self._scan(data)
-            method = received()
-            if method is None or _over_bound(method.__self__, data):
+            target = held()
+            if target is None or _over_bound(target, data):
                 return None
-            return method(data)
+            return received(target, data)
 
         async def on_read(*args: Any, **kwargs: Any) -> Any:
-            method = read()
-            if method is None:  # pragma: no cover - the protocol is gone: nothing to read
+            target = held()
+            if target is None:  # pragma: no cover - the protocol is gone: nothing to read
                 raise ConnectionError("connection closed")
-            response = await method(*args, **kwargs)
+            response = await read(target, *args, **kwargs)
             if self.frozen:  # the QUIT after a failure: the failed reply's codes stay for its classification
                 return response
             codes = self.replies.popleft() if self.replies else []
@@ -133,30 +136,52 @@ class _ReplyHead:
         protocol.write, protocol.data_received, protocol.read_response = on_write, on_data, on_read
 
     def _scan(self, data: bytes) -> None:
-        """Note the code each line starts with, and which line ends a reply (RFC 5321 §4.2.1: "xyz-" continues)."""
-        at = 0
-        while at < len(data):
-            end = data.find(b"\n", at)
-            if len(self.line) < 4:
-                self.line += data[at:min(at + 4 - len(self.line), len(data) if end < 0 else end + 1)]
-            if end < 0:
-                return
-            match = self._CODE.match(bytes(self.line))
-            if match:
-                self.lines.pop(int(match.group(1)), None)
-                self.lines[int(match.group(1))] = None
-            if self.line[3:4] != b"-":
-                if len(self.replies) < self._KEPT:
-                    self.replies.append(list(self.lines))
-                self.lines.clear()
-            self.line.clear()
-            at = end + 1
+        """Note the code each line starts with, and which line ends a reply (RFC 5321 §4.2.1: "xyz-" continues).
+
+        A line's first octets (at most four, its "\\n" included when it is shorter: `line`, across reads) decide
+        both; what they decide is looked up (_head), not matched again for every line of every reply."""
+        line, lines, replies = self.line, self.lines, self.replies
+        pieces = data.split(b"\n")
+        rest = pieces.pop()  # after the last "\n": the start of a line not yet whole (b"" when there is none)
+        for piece in pieces:
+            if line:  # the line began in an earlier read
+                need = 4 - len(line)
+                if need > 0:
+                    line += piece[:need] if len(piece) >= need else piece + b"\n"
+                head = bytes(line)
+                line.clear()
+            else:
+                head = piece[:4] if len(piece) >= 4 else piece + b"\n"
+            code, ends = _HEADS.get(head) or _head(head)
+            if code is not None:
+                lines.pop(code, None)
+                lines[code] = None
+            if ends:
+                if len(replies) < self._KEPT:
+                    replies.append(list(lines))
+                lines.clear()
+        if rest and len(line) < 4:
+            line += rest[:4 - len(line)]
 
     def code(self) -> int | None:
         """The code of the reply under way (or of the first one whole but not read), lines seen so far."""
         match = self._CODE.match(bytes(self.line))
         partial = [*self.lines, int(match.group(1))] if match else list(self.lines)
         return classify.code_of_lines(self.replies[0] if self.replies else partial)
+
+
+_HEADS: dict[bytes, tuple[int | None, bool]] = {}  # what _head decided, for the first heads met
+_HEADS_KEPT = 1024  # a hostile relay's heads are 4 octets of its choosing: beyond these, decided each time
+
+
+def _head(head: bytes) -> tuple[int | None, bool]:
+    """The reply code a line's first octets carry (None: no code, RFC 5321 §4.2), and whether the line ends its
+    reply (anything but "-" after the code, §4.2.1)."""
+    match = _ReplyHead._CODE.match(head)
+    found = (int(match.group(1)) if match else None, head[3:4] != b"-")
+    if len(_HEADS) < _HEADS_KEPT:
+        _HEADS[head] = found
+    return found
 
 
 # Octets of one reply held while it is read: aiosmtplib 3+'s own bound (MAX_RESPONSE_LENGTH, four 8192-octet

@@ -307,3 +307,23 @@ def test_a_first_line_that_does_not_verify_is_never_anchored_late(tmp_path: Path
     (state / "journal.jsonl").write_bytes(first.replace(b"journal_started", b"journal_startex") + b"".join(rest))
     Journal(state, KEY, anchor=tmp_path / "anchor").append({"event": "attempt"})
     assert not (tmp_path / "anchor").exists()
+
+
+def test_each_line_is_the_compact_json_of_its_record_then_its_mac(tmp_path: Path) -> None:
+    """journal.py encodes with one JSONEncoder built once (issue 16): every line is still exactly
+    json.dumps(record, separators=(",", ":")) with its MAC appended, whatever the record holds."""
+    j = Journal(tmp_path, KEY)
+    records = [{"event": "attempt", "target": "zoë ✓", "recipients": ["a@example.com", "b@example.com"],
+                "duration_s": 0.125, "attempt": 2, "signed": False, "detail": None, "nested": {"x": [1, {"y": "\x00"}]}},
+               {"event": "skipped", "detail": "line\nbreak \"quoted\"", "names": []}]
+    j.append_all(records)
+    previous: str | None = None
+    for line, record in zip(lines(j), records, strict=True):
+        doc = json.loads(line)
+        mac = doc.pop("mac")
+        assert previous is None or doc["prev"] == previous
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        assert line == body[:-1] + b',"mac":"' + mac.encode() + b'"}\n'
+        assert mac == hmac.new(KEY, body, hashlib.sha256).hexdigest()
+        assert {k: v for k, v in doc.items() if k not in ("seq", "prev")} == record
+        previous = mac

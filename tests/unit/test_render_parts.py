@@ -14,6 +14,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from certbot_smtp_dist._internal import render
 from certbot_smtp_dist._internal.config import parse_settings
@@ -203,3 +205,112 @@ def test_the_runs_header_registry_makes_each_header_class_once() -> None:
     registry.map_to_type("to", UnstructuredHeader)
     assert issubclass(registry["To"], UnstructuredHeader)
     assert email.policy.SMTP.header_factory["To"] is not email.policy.SMTP.header_factory["To"]  # the stock one
+
+
+def test_a_shared_part_is_written_once_a_run_as_the_generator_writes_it() -> None:
+    """The run's attachment parts are flattened once (render._Generator); what is kept, and so what every later
+    message carries, is what the email package's generator writes for that part under the run's policy."""
+    from email.generator import BytesGenerator
+    from io import BytesIO
+
+    parts = render.PartCache()
+    payload = Payload("pem", (CHAIN, KEY))
+    for name in ("a", "b", "c"):
+        render.render(target(name), FACTS, payload, f"<{name}@example.com>", NOW, parts=parts)
+    assert len(parts.flat) == 2  # one entry a part (and line end), however many messages
+    for (ident, linesep), kept in parts.flat.items():
+        out = BytesIO()
+        BytesGenerator(out, False, policy=parts.policy).flatten(parts.shared[ident], False, linesep)
+        assert kept == out.getvalue()
+        assert kept in render.render(target("d"), FACTS, payload, "<d@example.com>", NOW, parts=parts).data
+
+
+def test_what_is_not_a_shared_part_is_written_as_ever() -> None:
+    """A part the run did not make, or one written under another policy, is never taken from what was kept."""
+    parts = render.PartCache()
+    render.render(target("a"), FACTS, Payload("pem", (CHAIN,)), "<a@example.com>", NOW, parts=parts)
+    part = parts.attachments[CHAIN]
+    twin = render.attachment_part(CHAIN)  # equal, but not the run's own object
+    assert twin.as_bytes() == part.as_bytes() and id(twin) not in parts.shared
+    kept = len(parts.flat)
+    for msg in (twin, part):
+        with_parts = render._flatten(msg, parts)  # the part's own policy is not the run's: written as ever
+        assert with_parts == msg.as_bytes()
+    assert len(parts.flat) == kept
+
+
+@pytest.mark.parametrize("address", ["not an address", "robot@example.com@other", "a@[bad"])
+def test_a_sender_that_cannot_be_made_fails_every_target_as_it_fails_alone(address: str) -> None:
+    """The From address is made once a run for the targets that share it (render.sender): one that cannot be
+    made is never kept, and raises for every target what it raises rendered alone."""
+    import dataclasses
+
+    t = dataclasses.replace(target("a"), from_address=address)
+    payload = Payload("pem", (CHAIN,))
+    with pytest.raises(Exception) as alone:  # noqa: PT011 (the email package's own, whichever it is)
+        render.render(t, FACTS, payload, "<1@example.com>", NOW)
+    parts = render.PartCache()
+    for _ in range(2):
+        with pytest.raises(type(alone.value)) as shared:
+            render.render(t, FACTS, payload, "<1@example.com>", NOW, parts=parts)
+        assert str(shared.value) == str(alone.value)
+    assert parts.addresses == {}
+
+
+def test_targets_sharing_a_sender_share_its_address_and_the_rest_of_the_text() -> None:
+    """One Address a sender and one set of body fields a (certificate, payload, findings) for the run; each
+    text part still names its own target."""
+    parts = render.PartCache()
+    payload = Payload("pem", (CHAIN,))
+    data = {name: render.render(target(name), FACTS, payload, f"<{name}@example.com>", NOW, findings=FINDINGS,
+                                parts=parts).data for name in ("a", "b")}
+    assert len(parts.addresses) == 1 and len(parts.bodies) == 1
+    for name in data:
+        text = next(iter(email.message_from_bytes(data[name], policy=email.policy.default).iter_parts()))
+        content = text.get_content().replace("\r\n", "\n")
+        assert content.endswith(f'for target "{name}"\n')
+        assert render.body(target(name), FACTS, payload, FINDINGS) == content
+
+
+@given(st.text(st.sampled_from("ab .=-\r\n\té\udcff"), max_size=40))
+def test_a_text_is_written_with_the_line_ends_the_generator_writes(text: str) -> None:
+    """render._Generator writes a text part's lines in one piece (as email.generator's Generator._write_lines
+    writes them one by one: every CRLF, CR or LF made the policy's line end); the same bytes, whatever the text."""
+    from email.generator import BytesGenerator
+    from io import BytesIO
+
+    parts = render.PartCache()
+    msg = EmailMessage(policy=parts.policy)
+    msg["Content-Type"] = "text/plain"
+    msg.set_payload(text)
+    out = BytesIO()
+    try:
+        BytesGenerator(out, mangle_from_=False, policy=parts.policy).flatten(msg, unixfrom=False)
+    except UnicodeEncodeError as exc:  # what the generator makes of such a text, the same both ways
+        with pytest.raises(UnicodeEncodeError) as ours:
+            render._flatten(msg, parts)
+        assert str(ours.value) == str(exc)
+        return
+    assert render._flatten(msg, parts) == out.getvalue()
+
+
+ATOM = st.text(st.sampled_from("abcXYZ019_-"), min_size=1, max_size=30)
+PLAIN_IDS = st.builds(lambda left, right: f"<{'.'.join(left)}@{'.'.join(right)}>",
+                      st.lists(ATOM, min_size=1, max_size=3), st.lists(ATOM, min_size=1, max_size=3))
+OTHER_IDS = st.text(st.characters(min_codepoint=32, max_codepoint=0x24FF),
+                    max_size=70).map(lambda s: f"<{s}>") | st.text(max_size=20)
+
+
+@given(PLAIN_IDS | OTHER_IDS)
+def test_every_message_id_is_written_as_the_email_package_writes_it(message_id: str) -> None:
+    """A plain msg-id that fits its line is written without the email package's parse when the run shares its
+    work (render._build); the bytes are those of the parsed header, long, odd or non-ASCII ones parsed as ever."""
+    t, payload = target("a"), Payload("pem", (CHAIN,))
+
+    def outcome(parts: render.PartCache | None) -> object:
+        try:
+            return exactly(t, payload, message_id, 5, parts)
+        except Exception as exc:  # noqa: BLE001 - the email package's own, for odd ids: the same both ways
+            return type(exc), str(exc)
+
+    assert outcome(render.PartCache()) == outcome(None)
