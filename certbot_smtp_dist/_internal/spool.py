@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
-from json.encoder import encode_basestring_ascii as _string
 from pathlib import Path
 from typing import Any
 
@@ -110,68 +109,7 @@ _FIELDS = tuple(f.name for f in fields(Entry))
 def encode(entry: Entry, key: bytes) -> bytes:
     """The one serializer: the entry's fields, its schema version and its MAC."""
     doc = {"format": FORMAT, **entry.to_json()}
-    return (indented({**doc, "mac": _mac(key, doc)}) + "\n").encode("utf-8")
-
-
-def indented(doc: dict[str, Any]) -> str:
-    """json.dumps(doc, indent=1), character for character.
-
-    With an indent the json module leaves its C encoder for the pure-Python one, a generator per value: two thirds
-    of the CPU of encoding an entry, which a fan-out does once per target before its first connection (issue 16).
-    A document of what entries hold (dicts with str keys, lists, str, int, bool, None: JSON's own types, exactly,
-    a few levels deep) is laid out here as that encoder lays it out, each string by the same C function it calls
-    (json.encoder.encode_basestring_ascii: ensure_ascii, the default); anything else, a subclass or a float
-    included, is left to json.dumps itself, errors and all."""
-    try:
-        return _layout(doc, 0)
-    except _Unusual:
-        return json.dumps(doc, indent=1)
-
-
-class _Unusual(Exception):
-    """A value `_layout` leaves to json.dumps."""
-
-
-_DEPTH = 4  # entries nest two levels; deeper (or a container holding itself) goes to json.dumps
-
-
-def _layout(value: Any, depth: int) -> str:
-    kind = type(value)
-    if kind is str:
-        return _string(value)
-    if kind is not dict and kind is not list and kind is not tuple:
-        return _scalar(value)
-    if not value:
-        return "{}" if kind is dict else "[]"
-    if depth >= _DEPTH:
-        raise _Unusual
-    # json.encoder._make_iterencode with indent " ": each item on a line of its own, one more space in, the item
-    # separator "," (and ": " after a key), the closing bracket on a line at the container's own depth. Strings,
-    # most of an entry, are escaped here without a call of _layout each.
-    pad = "\n" + " " * (depth + 1)
-    items = []
-    if kind is dict:
-        for name, item in value.items():
-            if type(name) is not str:
-                raise _Unusual
-            text = _string(item) if type(item) is str else _layout(item, depth + 1)
-            items.append(f"{pad}{_string(name)}: {text}")
-        return "{" + ",".join(items) + "\n" + " " * depth + "}"
-    for item in value:
-        items.append(pad + (_string(item) if type(item) is str else _layout(item, depth + 1)))
-    return "[" + ",".join(items) + "\n" + " " * depth + "]"
-
-
-def _scalar(value: Any) -> str:
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if type(value) is int:
-        return int.__repr__(value)
-    raise _Unusual
+    return (json.dumps({**doc, "mac": _mac(key, doc)}, indent=1) + "\n").encode("utf-8")
 
 
 def decode(data: bytes, key: bytes, path: Path) -> Entry:

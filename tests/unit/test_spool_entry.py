@@ -3,12 +3,9 @@ and the document is the entry's fields, each a JSON value of its own (issue 16 r
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -54,41 +51,3 @@ def test_the_document_shares_no_container_with_the_entry() -> None:
     doc["envelope_to"].append("mallory@example.com")
     assert entry.source == {"key": "/k/privkey.pem"} and entry.last_failure == {"error_code": "SMTP_TRANSIENT"}
     assert entry.envelope_to == ("a@example.com",)
-
-
-@given(entries)
-def test_an_entry_is_written_as_json_dumps_with_indent_1_writes_it(entry: sp.Entry) -> None:
-    """spool.indented lays the document out itself (the json module's indenting encoder is pure Python): the
-    bytes written, and so every file a spool holds, are those json.dumps(..., indent=1) wrote."""
-    doc = {"format": sp.FORMAT, **entry.to_json(), "mac": "0" * 64}
-    assert sp.indented(doc) == json.dumps(doc, indent=1)
-    assert sp.encode(entry, KEY) == (json.dumps(json.loads(sp.encode(entry, KEY)), indent=1) + "\n").encode()
-
-
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner)
-                    | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=12)
-
-
-@given(st.dictionaries(st.text(max_size=5) | st.integers() | st.booleans() | st.none(), JSON, max_size=4))
-def test_any_document_is_laid_out_as_json_dumps_lays_it_out(doc: dict[Any, Any]) -> None:
-    """Any depth, floats (NaN and infinities too), tuples and keys json.dumps turns into strings: the same text,
-    whichever way it was made."""
-    assert sp.indented(doc) == json.dumps(doc, indent=1)
-
-
-class Text(str):
-    pass
-
-
-def test_what_is_not_plain_json_is_left_to_json_dumps_errors_and_all() -> None:
-    assert sp.indented({"phase": Text("data"), "n": True, "x": 1.5}) == json.dumps(
-        {"phase": "data", "n": True, "x": 1.5}, indent=1)
-    loop: list[Any] = []
-    loop.append(loop)
-    for bad, error in (({"x": object()}, TypeError), ({"x": {1j: 1}}, TypeError), ({"x": loop}, ValueError)):
-        with pytest.raises(error) as ours:
-            sp.indented(bad)
-        with pytest.raises(error) as theirs:
-            json.dumps(bad, indent=1)
-        assert str(ours.value) == str(theirs.value)
