@@ -314,16 +314,22 @@ def test_global_options_after_subcommand_and_cold_process(denv: DeployEnv, linea
     assert run.target("x")["status"] == "delivered"
 
 
+def _loaded_by_deploy(denv: DeployEnv, lineage: LineagePaths, unwanted: str) -> subprocess.CompletedProcess[str]:
+    """A cold process running `deploy`; exits 1 when it failed or loaded a module `unwanted` (a Python expression
+    over a module's name `m`) names."""
+    code = (
+        "import sys; from certbot_smtp_dist._internal.cli import main; rc = main(['deploy', '--lineage', sys.argv[1]]);"
+        f"bad = sorted(m for m in sys.modules if {unwanted});"
+        "print(rc, bad); sys.exit(1 if bad or rc else 0)"
+    )
+    return subprocess.run([os.sys.executable, "-c", code, str(lineage.live_dir)], env=denv.env(),
+                          capture_output=True, text=True, timeout=120)
+
+
 def test_deploy_never_imports_certbot(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
     relay = relay_factory("plaintext")
     denv.write_config({"x": relay_target(relay)})
-    code = (
-        "import sys; from certbot_smtp_dist._internal.cli import main; rc = main(['deploy', '--lineage', sys.argv[1]]);"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('certbot', 'acme', 'josepy'));"
-        "print(rc, bad); sys.exit(1 if bad or rc else 0)"
-    )
-    proc = subprocess.run([os.sys.executable, "-c", code, str(lineage.live_dir)], env=denv.env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = _loaded_by_deploy(denv, lineage, "m.split('.')[0] in ('certbot', 'acme', 'josepy')")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(relay.messages) == 1
 
@@ -338,13 +344,7 @@ def test_deploy_imports_only_what_its_targets_need(denv: DeployEnv, lineage: Lin
                 "certbot_smtp_dist._internal.check", "certbot_smtp_dist._internal.cli_check",
                 "certbot_smtp_dist._internal.cli_state", "certbot_smtp_dist._internal.cli_inspect",
                 "certbot_smtp_dist._internal.certext")
-    code = (
-        "import sys; from certbot_smtp_dist._internal.cli import main; rc = main(['deploy', '--lineage', sys.argv[1]]);"
-        f"bad = sorted(m for m in {unwanted!r} if m in sys.modules);"
-        "print(rc, bad); sys.exit(1 if bad or rc else 0)"
-    )
-    proc = subprocess.run([os.sys.executable, "-c", code, str(lineage.live_dir)], env=denv.env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = _loaded_by_deploy(denv, lineage, f"m in {unwanted!r}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(relay.messages) == 1
 
@@ -361,13 +361,7 @@ def test_cold_deploy_leaves_unneeded_modules_unloaded(denv: DeployEnv, lineage: 
         "certbot_adapter", "certext", "check", "cli_check", "cli_inspect", "cli_nagios", "cli_state", "cms", "drain",
         "history", "inspection", "manpage", "metrics", "nagios", "oauth2", "probe", "quiet", "relaycert",
         "smimecerts", "textfile", "x509strict")) + ("getpass", "shlex", "urllib.request", "http.client")
-    code = (
-        "import sys; from certbot_smtp_dist._internal.cli import main; rc = main(['deploy', '--lineage', sys.argv[1]]);"
-        f"bad = sorted(m for m in {unwanted!r} if m in sys.modules);"
-        "print(rc, bad); sys.exit(1 if bad or rc else 0)"
-    )
-    proc = subprocess.run([os.sys.executable, "-c", code, str(lineage.live_dir)], env=denv.env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = _loaded_by_deploy(denv, lineage, f"m in {unwanted!r}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [received] = relay.messages
     assert received.tls and received.auth_user == "robot"
