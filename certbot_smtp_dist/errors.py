@@ -85,6 +85,11 @@ class UnsafePathError(SmtpDistError, PermissionError):
     def __str__(self) -> str:
         return self.message
 
+    @property
+    def refusal(self) -> str:
+        """The one line every command and adapter reports it with."""
+        return f"refusing to trust {self.message}"
+
 
 class AccessError(SmtpDistError, PermissionError):
     """A file or directory this command must read or write is closed to the running user (exit status 77,

@@ -134,7 +134,7 @@ def check(options: Options) -> None:
     except UsageError as exc:
         raise SetupError(f"--smtp-dist-targets: {exc}") from exc
     except UnsafePathError as exc:
-        raise SetupError(f"refusing to trust {exc}") from exc
+        raise SetupError(exc.refusal) from exc
     except AccessError as exc:
         raise SetupError(str(exc)) from exc
 
@@ -280,7 +280,7 @@ def ship(options: Options, source: LineageSource, dry_run: bool = False) -> Ship
     except UsageError as exc:
         return Shipment(options, source, None, refused=f"--smtp-dist-targets: {exc}", dry_run=dry_run)
     except UnsafePathError as exc:
-        return Shipment(options, source, None, refused=f"refusing to trust {exc}", dry_run=dry_run)
+        return Shipment(options, source, None, refused=exc.refusal, dry_run=dry_run)
     except AccessError as exc:  # a path closed to the user certbot runs as: never raised into certbot
         return Shipment(options, source, None, refused=str(exc), dry_run=dry_run)
     return Shipment(options, source, result, dry_run=dry_run)  # deploy.run rewrote the metrics file, as it loaded

@@ -369,7 +369,7 @@ def _run(args: argparse.Namespace) -> int:
         _error(args, str(exc))
         return report.EX_NOPERM
     except UnsafePathError as exc:
-        _error(args, f"refusing to trust {exc}")
+        _error(args, exc.refusal)
         return report.EX_NOPERM
     except OutputError as exc:
         _error(args, str(exc))

@@ -59,7 +59,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         _nothing_checked(args, "usage_error", str(exc))
         raise
     except UnsafePathError as exc:  # the configuration, the credential store, a file either names
-        _nothing_checked(args, "path_error", f"refusing to trust {exc}")
+        _nothing_checked(args, "path_error", exc.refusal)
         raise
     except AccessError as exc:
         _nothing_checked(args, "path_error", str(exc))

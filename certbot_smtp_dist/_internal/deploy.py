@@ -257,7 +257,7 @@ def _unusable_certificate(exc: CertificateError | UnsafePathError, targets: tupl
     trust (lineage.require_steady) exit 77, as every such path does; the journal and a renewal's blocked entry are
     those of any unusable files, so `status` alerts and `retry --include-failed` runs the deploy again."""
     unsafe = isinstance(exc, UnsafePathError)
-    problems = exc.problems if isinstance(exc, CertificateError) else (f"refusing to trust {exc}",)
+    problems = exc.problems if isinstance(exc, CertificateError) else (exc.refusal,)
     log.error("certificate files unusable: %s; nothing was sent", "; ".join(problems))
     failure = Failure(ErrorCode.SMTP_PAYLOAD, Phase.PAYLOAD, "; ".join(problems))
     if ledger is not None:

@@ -221,7 +221,7 @@ class _Drain:
             except CertificateError as exc:
                 self.artefacts[source] = exc
             except UnsafePathError as exc:  # reached through a link another user can re-point: never read
-                self.artefacts[source] = CertificateError([f"refusing to trust {exc}"])
+                self.artefacts[source] = CertificateError([exc.refusal])
         return self.artefacts[source]
 
     def _secrets(self, loaded: loader.Loaded, target: Target) -> dict[str, Secret] | CredentialError:

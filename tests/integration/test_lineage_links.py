@@ -55,7 +55,7 @@ def test_a_renewal_through_another_users_link_sends_nothing_and_stays_blocked(
 
     run = denv.run("deploy", "--json", *args, extra_env=env)
 
-    refusal = f"{link}: a symbolic link owned by uid {NOBODY}, in a directory others can write"
+    refusal = f"refusing to trust {link}: a symbolic link owned by uid {NOBODY}, in a directory others can write"
     assert run.returncode == 77, run.stdout + run.stderr  # EX_NOPERM: a path not safe to trust
     assert relay.connections == 0 and relay.messages == []
     target = run.target("a")
@@ -111,7 +111,7 @@ def test_the_certbot_plugin_refuses_the_same_link_and_tells_certbot_without_rais
 
     assert not shipment.ok and shipment.report is not None and shipment.report.exit_status == 77
     [problem] = shipment.problems()
-    assert f"{link}: a symbolic link owned by uid {NOBODY}" in problem, problem
+    assert f"refusing to trust {link}: a symbolic link owned by uid {NOBODY}" in problem, problem
     assert relay.connections == 0 and relay.messages == []
     [blocked] = spool(denv)
     assert (blocked["kind"], blocked["state"]) == ("blocked", "failed"), blocked
