@@ -25,7 +25,7 @@ def verified_context(extra_anchor: Path | None, *, whole_store: bool = True) -> 
     a name no loaded certificate has (X509_STORE_CTX_get1_certs), so a bundle's expired or re-keyed namesake of a
     directory anchor makes it refuse a chain the directory alone would accept.
     """
-    lookup = () if whole_store else _hashed_dirs()
+    lookup = () if whole_store else _first_look()[0]
     if lookup:  # given a capath, create_default_context loads no default paths and keeps every other setting
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, capath=os.pathsep.join(map(str, lookup)))
     else:
@@ -40,24 +40,24 @@ def lookup_differs() -> bool:
     """Whether verified_context(..., whole_store=False) trusts less than the whole store (a c_rehash directory
     stands in for it, and there is a bundle it does not read): only then is a refusal under it worth a second
     look."""
-    from certbot_smtp_dist._internal import anchors
-
-    bundle = anchors.system_store(thorough=False).cafile
-    return bool(_hashed_dirs()) and bundle is not None and os.path.lexists(bundle)
+    dirs, bundle = _first_look()
+    return bool(dirs) and bundle
 
 
-def _hashed_dirs() -> tuple[Path, ...]:
-    """The system store's directories (SSL_CERT_DIR honoured) when one of them is a c_rehash directory and the
-    bundle (SSL_CERT_FILE honoured) is absent or sits in one of them, as one generator writes them; else ()."""
+def _first_look() -> tuple[tuple[Path, ...], bool]:
+    """The system store's directories (SSL_CERT_DIR honoured) that the first look trusts: all of them when one is a
+    c_rehash directory and the bundle (SSL_CERT_FILE honoured) is absent or sits in one of them, as one generator
+    writes them; else (). And whether that bundle exists."""
     from certbot_smtp_dist._internal import anchors
 
     store = anchors.system_store(thorough=False)
+    bundle = store.cafile is not None and os.path.lexists(store.cafile)
     if not store.hashed_layout():
-        return ()
-    if store.cafile is not None and os.path.lexists(store.cafile):
+        return (), bundle
+    if store.cafile is not None and bundle:
         # Compared, not opened: where the store's own symbolic links lead (Debian: /usr/lib/ssl/cert.pem to
         # /etc/ssl/certs/ca-certificates.crt, /usr/lib/ssl/certs to /etc/ssl/certs).
         home = os.path.dirname(os.path.realpath(store.cafile))
         if not any(os.path.realpath(d) == home for d in store.capaths):
-            return ()
-    return store.capaths
+            return (), bundle
+    return store.capaths, bundle

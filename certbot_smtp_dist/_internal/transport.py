@@ -225,7 +225,8 @@ class _Abort(Exception):
 def client_tls_context(target: Target, whole_store: bool = True) -> ssl.SSLContext:
     """Verified TLS 1.2+ against the system store plus `tls_ca_file` (RFC 8314 §5, RFC 7525 §3.1.1); without
     `whole_store`, the store's hashed directory alone where it has one (tlspolicy.verified_context)."""
-    ctx = verified_context(target.tls_ca_file, whole_store=whole_store or target.tls_skip_verify)
+    # tls_skip_verify consults no anchor: the bundle is never parsed for it.
+    ctx = verified_context(target.tls_ca_file, whole_store=whole_store and not target.tls_skip_verify)
     if target.tls_skip_verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

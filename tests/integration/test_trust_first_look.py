@@ -134,7 +134,7 @@ def test_a_directory_anchor_the_bundle_shadows_is_refused_as_the_whole_store_ref
     """A bundle kept apart from the directory (SSL_CERT_FILE naming a stale certifi copy, say) holds another
     certificate under the relay CA's name (a root re-keyed or re-issued under the same name): OpenSSL's whole store
     then never asks the directory for that name and refuses the relay, so deploy must too. A bundle outside the
-    hashed directory gets no first look (tlspolicy._hashed_dirs): the whole store from the first session."""
+    hashed directory gets no first look (tlspolicy._first_look): the whole store from the first session."""
     relay = relay_factory("smtps")
     namesake = pki.make_ca(relay_pki.ca.cert.subject.rfc4514_string().removeprefix("CN="))
     assert namesake.cert.subject == relay_pki.ca.cert.subject

@@ -191,3 +191,12 @@ def test_without_a_bundle_the_first_look_is_the_whole_store_and_final(
     first = transport.TlsContexts().first(target(None))
     assert first is not None and first.cert_store_stats()["x509"] == 0
     assert not transport.TlsContexts.second_look(target(None), _refused(20))  # the directory was all there is
+
+
+def test_an_unverified_context_parses_no_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tls_skip_verify consults no anchor, so neither of its contexts pays for the bundle."""
+    _system_store(tmp_path, monkeypatch, hashed=True)
+    contexts = transport.TlsContexts()
+    for made in (contexts.first(target(None, skip_verify=True)), contexts.get(target(None, skip_verify=True))):
+        assert made is not None and made.verify_mode.name == "CERT_NONE"
+        assert made.cert_store_stats()["x509"] == 0
