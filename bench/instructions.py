@@ -2,7 +2,7 @@
 
 Wall and CPU times on a small shared machine swing by tens of percent from run to run (another job's load, the
 CPU's clock); the number of instructions a process executes barely moves (PYTHONHASHSEED fixed: set iteration order
-is then the same). `--instructions` adds these counts to scenarios 1, 3 and 6 as reference rows beside the timed
+is then the same). `--instructions` adds these counts to scenarios 1, 3, 6 and 7 as reference rows beside the timed
 ratios, where they show which side of a ratio a change moved and by how much. They are never a verdict: a budget is
 judged on wall time, and an instruction is not a unit of time (a cache miss, a system call, a wait are not counted).
 """

@@ -41,7 +41,7 @@ class Context:
     runs: int
     warmup: int
     concurrency: int  # the peer's bound in scenario 3
-    instructions: bool = False  # scenarios 1, 3 and 6 also count instructions (instructions.py): reference rows
+    instructions: bool = False  # scenarios 1, 3, 6 and 7 also count instructions (instructions.py): reference rows
 
 
 def _series(ctx: Context, variants: Sequence[Variant], *, warmup: int | None = None) -> dict[str, list[Sample]]:
@@ -384,6 +384,7 @@ def s7_postfix(ctx: Context, sessions: int = 8) -> list[Row]:
             # The floor under any asyncio client: the same exchange on asyncio's transports, no library above.
             Variant("asyncio", _client(ctx, "asyncio_min.py", *common), expect_exit(0)),
         ])
+        counted = _session_instructions(ctx, inst, common, no_auth) if ctx.instructions else []
     deploy, smtp, aio, floor = (Stats.of(samples[k]) for k in ("deploy", "smtplib", "aiosmtplib", "asyncio"))
     session, run, smtp_s, aio_s, floor_s = (_per_session(samples["deploy"], 1), _per_session(samples["deploy"], 0),
                                             _per_session(samples["smtplib"]), _per_session(samples["aiosmtplib"]),
@@ -407,6 +408,38 @@ def s7_postfix(ctx: Context, sessions: int = 8) -> list[Row]:
             f"reference: {ms(aio_s)} vs {ms(smtp_s)}"),
         Row("7", f"{what}: minimal asyncio client session / smtplib session", floor, smtp, floor_s / smtp_s, None,
             f"reference, the event loop's and asyncio TLS's share: {ms(floor_s)} vs {ms(smtp_s)}"),
+        *counted,
+    ]
+
+
+def _session_instructions(ctx: Context, inst: Installation, common: tuple[object, ...],
+                          env: dict[str, str]) -> list[Row]:
+    """What one further session costs each client in instructions (valgrind): a process making one session
+    against one making `sessions` + 1, the difference divided by `sessions`. Where the judged ratio mixes CPU with
+    Postfix's round trips, this shows the CPU alone: the SMTP libraries' and ours. For `deploy` only a whole run
+    can be counted (deploy_loop.py), so its row holds the whole further run, session included."""
+    *head, sessions = common
+    more = int(str(sessions)) + 1
+
+    def each(script: str, *tail: object, argv: Callable[[int], list[object]] | None = None,
+             run_env: dict[str, str] = env) -> float:
+        made = [instructions.count(ctx.world.client(script, *(argv(n) if argv else (*head, n, *tail))), run_env)
+                for n in (1, more)]
+        return (made[1] - made[0]) / (more - 1)
+
+    smtp = each("smtp_send.py")
+    aio = each("aio_gather.py", 1)
+    floor = each("asyncio_min.py")
+    run = each("deploy_loop.py", argv=lambda n: [n, inst.world.lineage.live_dir], run_env=inst.env())
+    what = "Postfix, one further session in one process"
+    return [
+        _counted("7", f"{what}, bare aiosmtplib / smtplib", int(aio), int(smtp),
+                 f"; the minimal asyncio client needs {instructions.millions(floor)}: the rest is aiosmtplib's own "
+                 f"per-command work"),
+        _counted("7", f"{what}, minimal asyncio client / smtplib", int(floor), int(smtp)),
+        _counted("7", "Postfix, one further whole `deploy` run in one process (deploy_loop.py, its session included) "
+                 "/ smtplib session", int(run), int(smtp),
+                 "; the run's config, certificate checks, render, write-ahead and journal"),
     ]
 
 

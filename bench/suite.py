@@ -69,10 +69,10 @@ are judged as absolute figures. Method, per scenario:
    run per session, and bare aiosmtplib (does the library itself stall?).
 8. 1, 10, 100, 500 targets on one relay (`timeout` 120 s), no warm-up: growth of wall time and peak RSS.
 
-With `--instructions` (valgrind installed), scenarios 1, 3 and 6 also count the instructions one run of each command
+With `--instructions` (valgrind installed), scenarios 1, 3, 6 and 7 also count the instructions one run of each command
 executes (bench/instructions.py: valgrind's callgrind, PYTHONHASHSEED fixed): reference rows, "instructions
 (valgrind)", deterministic where times swing on a shared machine. They show where a ratio's difference lies (in 3,
-what a run costs once and what each further target adds); they judge nothing, an instruction not being a unit of
+what a run costs once and what each further target adds; in 7, what a further session costs each client); they judge nothing, an instruction not being a unit of
 time.
 """
 
@@ -90,7 +90,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"where to write the report ({RESULTS.name})")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a budget is exceeded")
     parser.add_argument("--instructions", action="store_true",
-                        help="also count the instructions of scenarios 1, 3 and 6's commands with valgrind (reference "
+                        help="also count the instructions of scenarios 1, 3, 6 and 7's commands with valgrind (reference "
                              "rows, deterministic on a noisy machine; a few minutes more)")
     args = parser.parse_args(argv)
     args.only = [s.strip() for item in args.only for s in item.split(",") if s.strip()] or list(SCENARIOS)
