@@ -1,13 +1,16 @@
 """The asyncio floor: SESSIONS sequential STARTTLS sessions over asyncio's own transports with a minimal protocol.
 
-Usage: asyncio_min.py HOST PORT CAFILE MESSAGE FROM TO SESSIONS. No AUTH. The same exchange as smtp_send.py
-(EHLO, STARTTLS, verified TLS, EHLO, MAIL, RCPT, DATA, the message, QUIT and its reply) and nothing else: no
-library above asyncio, one future per reply, no per-reply timer. What a session costs here over smtplib is the
+Usage: asyncio_min.py HOST PORT CAFILE MESSAGE FROM TO SESSIONS; AUTH PLAIN with $BENCH_SMTP_USER and
+$BENCH_SMTP_PASSWORD when the user is set. The same exchange as smtp_send.py (EHLO, STARTTLS, verified TLS, EHLO,
+AUTH, MAIL, RCPT, DATA, the message, QUIT and its reply) and nothing else: no library above asyncio, one future
+per reply, no per-reply timer. lib_floor.py sends its one session with `session` below. What a session costs here over smtplib is the
 event loop and asyncio's TLS over memory BIOs; what bare aiosmtplib costs over this is aiosmtplib's own.
 Prints each session's seconds on one line; exits 1 if a reply is not the expected one.
 """
 
 import asyncio
+import base64
+import os
 import re
 import socket
 import ssl
@@ -54,12 +57,12 @@ class _Replies(asyncio.Protocol):
         await self.reply(expected)
 
 
-def _data_lines(data: bytes) -> bytes:
+def data_lines(data: bytes) -> bytes:
     body = re.sub(rb"(?m)^\.", b"..", re.sub(rb"\r\n|\r|\n", b"\r\n", data))
     return body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n"
 
 
-async def _session(host: str, port: int, context: ssl.SSLContext, message: bytes, sender: str, rcpt: str) -> None:
+async def session(host: str, port: int, context: ssl.SSLContext, message: bytes, sender: str, rcpt: str) -> None:
     loop = asyncio.get_running_loop()
     protocol = _Replies(loop)
     transport, _ = await loop.create_connection(lambda: protocol, host, port)
@@ -71,6 +74,10 @@ async def _session(host: str, port: int, context: ssl.SSLContext, message: bytes
         assert tls is not None
         transport = protocol.transport = tls
         await protocol.send(b"EHLO [127.0.0.1]\r\n", 250, quickack=True)
+        user = os.environ.get("BENCH_SMTP_USER")
+        if user:
+            secret = b"\0" + user.encode() + b"\0" + os.environ["BENCH_SMTP_PASSWORD"].encode()
+            await protocol.send(b"AUTH PLAIN " + base64.b64encode(secret) + b"\r\n", 235)
         await protocol.send(f"MAIL FROM:<{sender}>\r\n".encode(), 250)
         await protocol.send(f"RCPT TO:<{rcpt}>\r\n".encode(), 250)
         await protocol.send(b"DATA\r\n", 354)
@@ -83,13 +90,13 @@ async def _session(host: str, port: int, context: ssl.SSLContext, message: bytes
 async def main() -> int:
     host, port, cafile, path, sender, rcpt, sessions = sys.argv[1:8]
     with open(path, "rb") as handle:
-        message = _data_lines(handle.read())
+        message = data_lines(handle.read())
     context = ssl.create_default_context(cafile=cafile)
     times = []
     for _ in range(int(sessions)):
         started = time.perf_counter()
         try:
-            await _session(host, int(port), context, message, sender, rcpt)
+            await session(host, int(port), context, message, sender, rcpt)
         except (OSError, RuntimeError) as exc:
             print(f"session failed: {exc}", file=sys.stderr)
             return 1
@@ -98,4 +105,5 @@ async def main() -> int:
     return 0
 
 
-sys.exit(asyncio.run(main()))
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,14 +1,14 @@
-"""The libraries' floor: what any cold `deploy` built on aiosmtplib and cryptography must do, and nothing of ours.
+"""The libraries' floor: what any cold `deploy` built on asyncio and cryptography must do, and nothing of ours.
 
 Usage: lib_floor.py HOST PORT CAFILE MESSAGE FROM TO LIVE_DIR PAYLOAD; PAYLOAD is `pem` or `pkcs12` (then the
 passphrase is $BENCH_P12_PASSPHRASE). AUTH PLAIN with $BENCH_SMTP_USER and $BENCH_SMTP_PASSWORD when the user is set.
 
-One process, the work `deploy` cannot skip, in the fewest lines the libraries allow: import asyncio, aiosmtplib,
+One process, the work `deploy` cannot skip, in the fewest lines the libraries allow: import asyncio,
 cryptography's X.509 and serialization and the email package; read the lineage's certificate, chain and key, check
 the leaf's validity and that the key matches it; for `pkcs12`, build the bundle as payload.py does (PBES2, the same
 KDF rounds); trust the system store (its hashed directory, looked up by subject: tlspolicy.py's first look) plus
-CAFILE, as a target with `tls_ca_file` does; then one STARTTLS session
-sending MESSAGE (the bytes `deploy` rendered); then it ends without the interpreter's teardown (os._exit), as
+CAFILE, as a target with `tls_ca_file` does; then one STARTTLS session on asyncio's own transports (asyncio_min.py's,
+as `deploy` speaks SMTP itself) sending MESSAGE (the bytes `deploy` rendered); then it ends without the interpreter's teardown (os._exit), as
 `deploy` does (abandon.end_process). No config, no state, no journal, no diagnostics, no scrubbing, no retry: the
 difference between this and `deploy` is the price of those, and of our own imports.
 """
@@ -21,7 +21,7 @@ import ssl
 import sys
 from pathlib import Path
 
-import aiosmtplib
+from asyncio_min import data_lines, session
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -52,13 +52,6 @@ def read_lineage(live: Path, payload: str) -> None:
                                               encryption)
 
 
-async def send(host: str, port: int, context: ssl.SSLContext, data: bytes, sender: str, rcpt: str) -> None:
-    user = os.environ.get("BENCH_SMTP_USER") or None
-    await aiosmtplib.send(data, sender=sender, recipients=[rcpt], hostname=host, port=port, start_tls=True,
-                          tls_context=context, timeout=60, username=user,
-                          password=os.environ["BENCH_SMTP_PASSWORD"] if user else None)
-
-
 def main() -> None:
     host, port, cafile, message, sender, rcpt, live, payload = sys.argv[1:9]
     read_lineage(Path(live), payload)
@@ -66,7 +59,7 @@ def main() -> None:
     context = ssl.create_default_context(capath=ssl.get_default_verify_paths().capath)
     context.load_verify_locations(cafile=cafile)  # ... plus the target's tls_ca_file
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    asyncio.run(send(host, int(port), context, Path(message).read_bytes(), sender, rcpt))
+    asyncio.run(session(host, int(port), context, data_lines(Path(message).read_bytes()), sender, rcpt))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

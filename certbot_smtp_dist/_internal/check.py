@@ -27,7 +27,7 @@ from certbot_smtp_dist.model import (
     failure_json,
 )
 
-if TYPE_CHECKING:  # transport (and aiosmtplib) is imported only when something is dialled
+if TYPE_CHECKING:  # transport (and smtpwire) is imported only when something is dialled
     from certbot_smtp_dist._internal.anchors import Store
     from certbot_smtp_dist._internal.loader import Loaded
     from certbot_smtp_dist._internal.pipeline import RelaySlots

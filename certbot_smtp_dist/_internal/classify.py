@@ -1,7 +1,8 @@
-"""Translate what the SMTP layers raise (aiosmtplib, ssl, socket, OSError, timeouts) into `Failure` facts.
+"""Translate what an SMTP session raises (smtpwire's errors, ssl, socket, OSError, timeouts) into `Failure` facts.
 
-This is the only module that inspects foreign exceptions. aiosmtplib classes are matched by name along the MRO, so
-this module never imports aiosmtplib and works across its 2.x-5.x class hierarchies.
+This is the only module that inspects exceptions. smtpwire's classes are matched by name along the MRO (so this
+module, which smtpwire imports, never imports it back): SMTPResponseException carries a reply, the others say
+what went wrong on the wire.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from certbot_smtp_dist.model import Failure, Phase, Reply
 # Both compiled on first use (re's cache): only a refusal's or a failure's reply is read.
 # RFC 3463 §2: class.subject.detail at the start of the reply text (RFC 2034 §3).
 _ENHANCED_RE = r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)"
-_REPLY_IN_TEXT_RE = r"(?s)^\s*(\d{3})[ -](.*)"  # aiosmtplib 2.x greeting errors: "421 text"
 
-# aiosmtplib drops a reply it will not read whole (a line over 8192 octets, or over 32 KiB in all on 3.x+) and
-# reports it without the relay's code: -1 on 3.x+, a made-up 500 on 2.x.
-_TOO_LONG = "Response too long"
+# smtpwire drops a reply it will not read whole (a line over 8192 octets, or over 32 KiB in all) and reports it
+# without a code (-1): the codes its lines began with are read off the wire apart (smtpwire's `code()`).
+_TOO_LONG = "Response too long"  # smtpwire.TOO_LONG
 MAX_LINE_READ = 8192
 
 TRANSIENT_CODES = frozenset({421, 450, 451, 452, 454})
@@ -42,16 +42,16 @@ def reply(code: int, text: str) -> Reply:
 
 
 def code_of_lines(codes: Sequence[int], reported: int | None = None) -> int | None:
-    """The code a reply is classed by, from the codes its lines carried (in order) and the one aiosmtplib reported
-    (its last line's).
+    """The code a reply is classed by, from the codes its lines carried (in order) and the one its last line's
+    first three octets read as (`reported`).
 
     RFC 5321 §4.2.1: "In a multiline reply, the reply code on each of the lines MUST be the same." A reply whose
     lines disagree breaks that, and neither its first line (a `451-` before a `550`) nor its last (a `550-` before a
-    `451`, what aiosmtplib reports) can be taken at its word: it is classed by its most severe class (the first
+    `451`, the last line's code) can be taken at its word: it is classed by its most severe class (the first
     digit, §4.2.1: 5yz permanent over 4yz transient over 2yz/3yz), the last line of that class giving the code.
     So a relay that refuses on any line is never retried, and a success is never read off a reply that also refuses.
-    Lines that agree in their first digit keep the reported code (a `250-`/`251` is a 251, as aiosmtplib says).
-    The result is never less severe than the reported code: a last line aiosmtplib reads as a refusal (`550\t...`)
+    Lines that agree in their first digit keep the reported code (a `250-`/`251` is a 251, the last line's).
+    The result is never less severe than the reported code: a last line read as a refusal (`550\t...`)
     or as no reply code at all (` 55 ...`) that `codes` lacks (they are the lines that start as RFC 5321 §4.2 says
     a reply line does) is not overruled by the `250-` lines before it."""
     if not codes:
@@ -108,7 +108,7 @@ def refusal(exc: BaseException) -> Reply | None:
 
 
 def reply_of(exc: BaseException) -> tuple[int, str] | None:
-    """The code and text of the reply an aiosmtplib error carries, for the transcript; None if there was none."""
+    """The code and text of the reply an smtpwire error carries, for the transcript; None if there was none."""
     if "SMTPResponseException" not in _foreign_names(exc):
         return None
     code = int(getattr(exc, "code", 0) or 0)
@@ -116,7 +116,7 @@ def reply_of(exc: BaseException) -> tuple[int, str] | None:
 
 
 def too_long(phase: Phase, code: int | None = None) -> Failure:
-    """A reply too long to read. RFC 5321 §4.5.3.1.5 allows 512 octets a line; aiosmtplib drops a reply over 8192
+    """A reply too long to read. RFC 5321 §4.5.3.1.5 allows 512 octets a line; smtpwire drops a reply over 8192
     and its text is never kept. `code`: the reply code read off the wire from the starts of the reply's lines seen,
     when there was one (`code_of_lines`: the most severe, when they disagree).
     RFC 5321 §4.2.1: the first digit decides, so a 4yz is transient and retried. Without a readable 4yz the failure
@@ -133,11 +133,6 @@ def too_long(phase: Phase, code: int | None = None) -> Failure:
     return Failure(ErrorCode.SMTP_PERMANENT, phase,
                    f"relay reply too long to read ({limit}): its reply code is unknown, so it is not retried",
                    retryable=False)
-
-
-def reached_relay(exc: BaseException) -> bool:
-    """Whether a timeout happened after TCP was up: aiosmtplib 2.x, dialling smtps itself, says so only in words."""
-    return "server ready" in str(exc)
 
 
 # OpenSSL reasons that can only follow a TLS record from the relay (a ServerHello we refused, or its alert).
@@ -180,20 +175,19 @@ def translate(exc: BaseException, phase: Phase, connected: bool, dot_sent: bool 
 
     `dot_sent`: the final "." of DATA was handed to the relay and its reply was being awaited. The transport
     returns every reply it parsed as a value, so an exception there means no valid reply at all: a lost
-    connection, a reply without a code, an oversized reply (aiosmtplib 2.x calls that code 500, later ones -1), a
-    timeout. The relay may have queued the message all the same (RFC 5321 §4.1.1.4, RFC 1047).
+    connection, a reply without a code, an oversized reply (code -1), a timeout. The relay may have queued the message all the same (RFC 5321 §4.1.1.4, RFC 1047).
     `reply_code`: the code the relay's last reply began with, read off the wire (an oversized reply keeps it).
     """
     names = _foreign_names(exc)
     if reply_code is not None and not dot_sent and _is_too_long(exc):
         return too_long(phase, reply_code)
-    for name, handler in _AIOSMTPLIB_HANDLERS:
+    for name, handler in _HANDLERS:
         if name in names:
             failure = handler(exc, phase, connected)
             break
     else:
         failure = _stdlib(exc, phase, connected)
-    if dot_sent:  # a code here is aiosmtplib's, not the relay's: say what went wrong without it
+    if dot_sent:  # a code here is smtpwire's (-1), not the relay's: say what went wrong without it
         what = failure.detail if failure.smtp_code is None else _clean(str(getattr(exc, "message", exc)))
         return _lost_final_reply(f"no valid reply to the final \".\" ({what})")
     return failure
@@ -201,13 +195,13 @@ def translate(exc: BaseException, phase: Phase, connected: bool, dot_sent: bool 
 
 def _is_too_long(exc: BaseException) -> bool:
     return ("SMTPResponseException" in _foreign_names(exc) and str(getattr(exc, "message", "")) == _TOO_LONG
-            and int(getattr(exc, "code", 0) or 0) in (-1, 500))
+            and int(getattr(exc, "code", 0) or 0) == -1)
 
 
 def contradictory_final_reply(codes: Sequence[int], code: int, text: str) -> Failure | None:
     """The failure of a reply to the final "." of DATA that both takes the message and does not; None for any
     other reply. `codes`: those its lines began with, read off the wire (`code_of_lines`' input); `code` and `text`:
-    the reply as read, its code the one `code_of_lines` classed it by (never less severe than aiosmtplib's).
+    the reply as read, its code the one `code_of_lines` classed it by (never less severe than its last line's).
 
     RFC 5321 §4.2.1 wants the same code on every line. When one line is a 2yz (§4.1.1.4: the relay has taken the
     message and is responsible for it) and the reply is classed by a 4yz, a 5yz or no valid code at all, which
@@ -233,33 +227,16 @@ def _lost_final_reply(why: str, said: str = "", smtp_code: int | None = None) ->
 def _response(exc: BaseException, phase: Phase, connected: bool) -> Failure:
     code = int(getattr(exc, "code", 0) or 0)
     text = str(getattr(exc, "message", "") or "")
-    if text == _TOO_LONG and code in (-1, 500):
+    if text == _TOO_LONG and code == -1:
         return too_long(phase)
-    if code <= 0:  # aiosmtplib uses -1 for "no reply code"
+    if code <= 0:  # -1: no reply code
         return Failure(ErrorCode.SMTP_TRANSIENT if connected else ErrorCode.SMTP_CONNECT, phase, _clean(text))
     return failure_from_reply(reply(code, text), phase)
 
 
-def _connect_error(exc: BaseException, phase: Phase, connected: bool) -> Failure:
-    # aiosmtplib 2.x reports a non-220 greeting as SMTPConnectError("421 text").
-    match = re.match(_REPLY_IN_TEXT_RE, str(getattr(exc, "message", exc)))
-    if match:
-        return failure_from_reply(reply(int(match.group(1)), match.group(2)), Phase.CONNECT, "greeting")
-    cause = _root_cause(exc)
-    if cause is exc:
-        return Failure(ErrorCode.SMTP_TRANSIENT if connected else ErrorCode.SMTP_CONNECT, phase, _clean(str(exc)))
-    if isinstance(cause, ssl.SSLError):
-        return _tls(cause, phase)
-    if "SMTPServerDisconnected" in _foreign_names(cause) or isinstance(cause, (ConnectionError, EOFError)):
-        if phase is Phase.TLS:
-            return Failure(ErrorCode.SMTP_TLS, Phase.TLS, "relay closed the connection during the TLS handshake")
-        return Failure(ErrorCode.SMTP_TRANSIENT, phase, "relay closed the connection before its greeting")
-    return _stdlib(cause, phase, connected)
-
-
 def _connect_response(exc: BaseException, phase: Phase, connected: bool) -> Failure:
     code = int(getattr(exc, "code", 0) or 0)
-    if str(getattr(exc, "message", "")) == _TOO_LONG and code in (-1, 500):
+    if str(getattr(exc, "message", "")) == _TOO_LONG and code == -1:
         return too_long(Phase.CONNECT)
     return failure_from_reply(reply(code, str(getattr(exc, "message", ""))), Phase.CONNECT, "greeting")
 
@@ -278,34 +255,17 @@ def _disconnected(exc: BaseException, phase: Phase, connected: bool) -> Failure:
     return Failure(ErrorCode.SMTP_TRANSIENT, phase, f"relay dropped the connection during {phase.value}")
 
 
-def _not_supported(exc: BaseException, phase: Phase, connected: bool) -> Failure:
-    code = {Phase.TLS: ErrorCode.SMTP_TLS, Phase.AUTH: ErrorCode.SMTP_AUTH}.get(phase, ErrorCode.SMTP_VALIDATION)
-    return Failure(code, phase, _clean(str(exc)))
-
-
-def _recipients_refused(exc: BaseException, phase: Phase, connected: bool) -> Failure:
-    items = [(str(getattr(e, "recipient", "")), reply(int(e.code), str(e.message)))
-             for e in getattr(exc, "recipients", [])]
-    if not items:
-        return Failure(ErrorCode.SMTP_PERMANENT, Phase.RCPT, "all recipients refused")
-    return refusals_failure(items)
-
-
 def _generic(exc: BaseException, phase: Phase, connected: bool) -> Failure:
     cause = _root_cause(exc)
     if cause is not exc:
         return _stdlib(cause, phase, connected)
-    return _not_supported(exc, phase, connected)
+    return Failure(ErrorCode.SMTP_TRANSIENT if connected else ErrorCode.SMTP_CONNECT, phase, _clean(str(exc)))
 
 
-# Most specific first. tests/unit/test_classify.py fails if an aiosmtplib exception class is missing here.
-_AIOSMTPLIB_HANDLERS: tuple[tuple[str, Callable[[BaseException, Phase, bool], Failure]], ...] = (
-    ("SMTPRecipientsRefused", _recipients_refused),
+# Most specific first. tests/unit/test_classify.py fails if an smtpwire exception class is missing here.
+_HANDLERS: tuple[tuple[str, Callable[[BaseException, Phase, bool], Failure]], ...] = (
     ("SMTPConnectResponseError", _connect_response),
     ("SMTPConnectTimeoutError", _timeout),
-    ("SMTPReadTimeoutError", _timeout),
-    ("SMTPTimeoutError", _timeout),
-    ("SMTPConnectError", _connect_error),
     ("SMTPServerDisconnected", _disconnected),
     ("SMTPAuthenticationError", _response),
     ("SMTPSenderRefused", _response),
@@ -313,10 +273,9 @@ _AIOSMTPLIB_HANDLERS: tuple[tuple[str, Callable[[BaseException, Phase, bool], Fa
     ("SMTPDataError", _response),
     ("SMTPHeloError", _response),
     ("SMTPResponseException", _response),
-    ("SMTPNotSupported", _not_supported),
     ("SMTPException", _generic),
 )
-HANDLED_AIOSMTPLIB_NAMES = frozenset(name for name, _ in _AIOSMTPLIB_HANDLERS)
+HANDLED_NAMES = frozenset(name for name, _ in _HANDLERS)
 
 
 def _stdlib(exc: BaseException, phase: Phase, connected: bool) -> Failure:
@@ -352,7 +311,10 @@ def _tls(exc: ssl.SSLError, phase: Phase) -> Failure:
 
 
 def _foreign_names(exc: BaseException) -> set[str]:
-    return {k.__name__ for k in type(exc).__mro__ if k.__module__.startswith("aiosmtplib")}
+    return {k.__name__ for k in type(exc).__mro__ if k.__module__ == _SMTP_ERRORS_FROM}
+
+
+_SMTP_ERRORS_FROM = "certbot_smtp_dist._internal.smtpwire"
 
 
 def _root_cause(exc: BaseException) -> BaseException:

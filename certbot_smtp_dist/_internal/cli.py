@@ -76,7 +76,7 @@ def versions() -> str:
     from importlib import metadata
 
     lines = [f"certbot-smtp-dist {__version__}", f"Python {platform.python_version()} ({sys.executable})"]
-    for dist in ("aiosmtplib", "cryptography", "pluggy", "certbot"):
+    for dist in ("cryptography", "pluggy", "certbot"):
         try:
             lines.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:

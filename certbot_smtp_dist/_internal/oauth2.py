@@ -1,7 +1,7 @@
 """The OAuth 2.0 access token for one target, fetched inside its deadline; the only importer of urllib.request.
 
 Its one `_translate` is this module's translation boundary for urllib, http.client and ssl exceptions (classify.py
-stays the boundary for aiosmtplib's): every way the token request can fail ends here as a Failure.
+stays the boundary for the SMTP session's): every way the token request can fail ends here as a Failure.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from certbot_smtp_dist.model import (
     TlsMode,
 )
 
-if TYPE_CHECKING:  # transport (and aiosmtplib) is imported only when something is sent
+if TYPE_CHECKING:  # transport (and smtpwire) is imported only when something is sent
     from certbot_smtp_dist._internal.tokencache import TokenCache
     from certbot_smtp_dist._internal.transport import SessionOutcome, TlsContexts
 

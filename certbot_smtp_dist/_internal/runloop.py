@@ -3,8 +3,8 @@
 `asyncio.run` turns Ctrl-C into one cancellation of its main task, and two things can lose it:
 
 - Before Python 3.12, `asyncio.wait_for` drops a cancellation that arrives as the future it waits on completes, and
-  returns that future's result instead (CPython gh-86296). aiosmtplib waits for replies that way, and so do we for a
-  greeting or a relay slot: a Ctrl-C landing there was lost, and the run went on to the next stall's deadline (a
+  returns that future's result instead (CPython gh-86296). We wait that way for a greeting (smtpwire) or a relay
+  slot: a Ctrl-C landing there was lost, and the run went on to the next stall's deadline (a
   minute: a relay holding its reply to the final "." does not answer before the target's `timeout`).
 - Python runs its SIGINT handler on the main thread only, between two steps of Python code; a signal the kernel
   hands to another thread (a name lookup's, the trust-store prefetch's) waits until the loop's select() returns by

@@ -2,7 +2,7 @@
 or a message body.
 
 `Transcribed` wraps the client transport.py creates and logs each command it issues and the reply it gets; it
-relies only on the calls transport.py makes, so it works the same on every aiosmtplib version. `-v` gets one
+relies only on the calls transport.py makes on smtpwire's client. `-v` gets one
 line per stage (connected, TLS, auth, send) from the same place. Everything the relay says passes through
 scrub.py, the one scrubber of relay text, with every secret of the run: while one is too short to mask, the
 relay's text is withheld here as everywhere else, and only its reply code is shown.
@@ -25,7 +25,7 @@ stages = logging.getLogger("certbot_smtp_dist")
 
 
 class Transcribed:
-    """An aiosmtplib client whose every command and reply is logged, redacted, at DEBUG on `LOGGER`."""
+    """An smtpwire client whose every command and reply is logged, redacted, at DEBUG on `LOGGER`."""
 
     def __init__(self, client: Any, target: Target, secrets: tuple[Secret, ...]) -> None:
         self._client = client

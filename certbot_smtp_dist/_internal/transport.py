@@ -1,10 +1,9 @@
-"""One SMTP session for one target under a hard deadline; the only module that imports aiosmtplib."""
+"""One SMTP session for one target under a hard deadline, conducted on smtpwire's client."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import contextlib
 import ipaddress
 import logging
@@ -13,7 +12,6 @@ import re
 import socket
 import ssl
 import threading
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -74,143 +72,6 @@ class _Progress:
     # Set once the relay took the message (a reply to the final "."): whatever happens to QUIT or the deadline
     # afterwards, this is the outcome, never a failure that would spool the message for a second copy.
     accepted: SessionOutcome | None = None
-
-
-class _ReplyHead:
-    """The codes the relay's reply lines began with since our last write, read off the wire: kept even when
-    aiosmtplib drops a reply too long to read whole (and its code with it), and the code a reply whose lines
-    disagree is classed by (`classify.code_of_lines`; aiosmtplib reports its last line's). Frozen when the session
-    fails, so the QUIT that follows does not overwrite them. Only the first octets of each line are kept."""
-
-    _CODE = re.compile(rb"([2-5][0-9][0-9])(?:[ \-\r\n]|$)")
-    _KEPT = 4
-
-    def __init__(self, protocol: Any) -> None:
-        self.line = bytearray()  # the first octets of the line being received
-        # The codes of the lines of the reply being received, each once, in the order of its last line (at most
-        # 400 whatever the relay sends); then those of the first whole replies not yet read (at most _KEPT: the
-        # later ones are dropped, never the first, which are those aiosmtplib reads next).
-        self.lines: dict[int, None] = {}
-        self.replies: collections.deque[list[int]] = collections.deque()
-        self.read: tuple[int, ...] = ()  # the codes of the lines of the reply last read, as `lines` kept them
-        self.frozen = False
-        # Weak references: the wrappers live on the protocol, and strong ones back to it would make a cycle that
-        # only the cyclic collector frees, in an order that defeats aiosmtplib's own care (its __del__ retrieves
-        # the exception of a reply future a lost connection failed; freed after that future, asyncio reports
-        # "Future exception was never retrieved" on stderr, outside our log format).
-        # A weak reference to the protocol and its class's functions: what weakref.WeakMethod of each bound method
-        # holds and calls, without a bound method made in Python at every read and write.
-        held = weakref.ref(protocol)
-        write, received = protocol.write.__func__, protocol.data_received.__func__
-        read = protocol.read_response.__func__
-
-        def on_write(data: Any) -> Any:
-            if not self.frozen:
-                self.line.clear()
-                self.lines.clear()
-                self.replies.clear()
-            target = held()
-            return write(target, data) if target is not None else None
-
-        def on_data(data: bytes) -> Any:
-            if not self.frozen:
-                self._scan(data)
-            target = held()
-            if target is None or _over_bound(target, data):
-                return None
-            return received(target, data)
-
-        async def on_read(*args: Any, **kwargs: Any) -> Any:
-            target = held()
-            if target is None:  # pragma: no cover - the protocol is gone: nothing to read
-                raise ConnectionError("connection closed")
-            response = await read(target, *args, **kwargs)
-            if self.frozen:  # the QUIT after a failure: the failed reply's codes stay for its classification
-                return response
-            codes = self.replies.popleft() if self.replies else []
-            self.read = tuple(codes)
-            code = classify.code_of_lines(codes, response.code)
-            return response if code == response.code else type(response)(code, response.message)
-
-        # this connection's protocol object only
-        protocol.write, protocol.data_received, protocol.read_response = on_write, on_data, on_read
-
-    def _scan(self, data: bytes) -> None:
-        """Note the code each line starts with, and which line ends a reply (RFC 5321 §4.2.1: "xyz-" continues).
-
-        A line's first octets (at most four, its "\\n" included when it is shorter: `line`, across reads) decide
-        both; what they decide is looked up (_head), not matched again for every line of every reply."""
-        line, lines, replies = self.line, self.lines, self.replies
-        pieces = data.split(b"\n")
-        rest = pieces.pop()  # after the last "\n": the start of a line not yet whole (b"" when there is none)
-        for piece in pieces:
-            if line:  # the line began in an earlier read
-                need = 4 - len(line)
-                if need > 0:
-                    line += piece[:need] if len(piece) >= need else piece + b"\n"
-                head = bytes(line)
-                line.clear()
-            else:
-                head = piece[:4] if len(piece) >= 4 else piece + b"\n"
-            code, ends = _HEADS.get(head) or _head(head)
-            if code is not None:
-                lines.pop(code, None)
-                lines[code] = None
-            if ends:
-                if len(replies) < self._KEPT:
-                    replies.append(list(lines))
-                lines.clear()
-        if rest and len(line) < 4:
-            line += rest[:4 - len(line)]
-
-    def code(self) -> int | None:
-        """The code of the reply under way (or of the first one whole but not read), lines seen so far."""
-        match = self._CODE.match(bytes(self.line))
-        partial = [*self.lines, int(match.group(1))] if match else list(self.lines)
-        return classify.code_of_lines(self.replies[0] if self.replies else partial)
-
-
-_HEADS: dict[bytes, tuple[int | None, bool]] = {}  # what _head decided, for the first heads met
-_HEADS_KEPT = 1024  # a hostile relay's heads are 4 octets of its choosing: beyond these, decided each time
-
-
-def _head(head: bytes) -> tuple[int | None, bool]:
-    """The reply code a line's first octets carry (None: no code, RFC 5321 §4.2), and whether the line ends its
-    reply (anything but "-" after the code, §4.2.1)."""
-    match = _ReplyHead._CODE.match(head)
-    found = (int(match.group(1)) if match else None, head[3:4] != b"-")
-    if len(_HEADS) < _HEADS_KEPT:
-        _HEADS[head] = found
-    return found
-
-
-# Octets of one reply held while it is read: aiosmtplib 3+'s own bound (MAX_RESPONSE_LENGTH, four 8192-octet
-# lines), far above what RFC 5321 needs (§4.5.3.1.5: 512 octets a line; an EHLO reply lists a few extensions).
-MAX_REPLY = 4 * 8192
-
-
-def _over_bound(protocol: Any, data: bytes) -> bool:
-    """Whether `data` takes the reply being read past MAX_REPLY octets; if so, the read fails as on aiosmtplib 3+
-    ("Response too long") and `data` is dropped with what was buffered.
-
-    aiosmtplib 2.0 (Debian 12) bounds each line of a reply but not the reply: it buffers continuation lines
-    until the last one, and a line without end until its end, so a hostile relay sending them without end costs
-    memory until the deadline. classify.py reads the failure as a reply too long to read, with the code
-    _ReplyHead kept. On aiosmtplib 3+ the same check, its own, would fire on the same octet.
-    """
-    buffered = getattr(protocol, "_buffer", None)
-    waiter = getattr(protocol, "_response_waiter", None)
-    if (not isinstance(buffered, bytearray) or not isinstance(waiter, asyncio.Future) or waiter.done()
-            or not getattr(protocol, "_response_pending", True)  # aiosmtplib 3+ ignores data nobody asked for
-            or len(buffered) + len(data) <= MAX_REPLY):
-        return False
-    del buffered[:]
-    import aiosmtplib
-
-    # aiosmtplib 3+'s own exception, word for word: classify.py knows it
-    waiter.set_exception(aiosmtplib.SMTPResponseException(-1, "Response too long"))
-    waiter.exception()  # retrieved: no "never retrieved" report if no read awaits it (aiosmtplib 3+ does so)
-    return True
 
 
 class _Abort(Exception):
@@ -473,12 +334,12 @@ async def _deliver(target: Target, converse: Converse, budget: float, known: tup
                                       timeout=budget)
     except _Abort as abort:
         return SessionOutcome(refused=abort.refused, failure=abort.failure)
-    except (asyncio.TimeoutError, TimeoutError) as exc:
+    except (asyncio.TimeoutError, TimeoutError):
         if progress.accepted is not None:  # the deadline came during QUIT, after the relay took the message
             return progress.accepted
-        # Ours, or aiosmtplib's per-command timeout, which is set to the remaining budget: either way the
+        # Ours, or the greeting's own timeout, which is set to the remaining budget: either way the
         # deadline is reached.
-        connected = progress.connected or classify.reached_relay(exc)
+        connected = progress.connected
         if progress.resolving:
             return SessionOutcome(failure=Failure(
                 ErrorCode.SMTP_CONNECT, Phase.CONNECT,
@@ -506,33 +367,27 @@ async def _session(
     target: Target, converse: Converse, progress: _Progress, budget: float,
     secrets: tuple[Secret, ...], tls_context: ssl.SSLContext | None,
 ) -> SessionOutcome:
-    import aiosmtplib
+    from certbot_smtp_dist._internal import smtpwire
 
-    socket_with_hostname = _major_version(getattr(aiosmtplib, "__version__", "3")) >= 3
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
     # Dial TCP ourselves so that a connect timeout (SMTP_CONNECT) is told apart from a stalled greeting
-    # (SMTP_TRANSIENT); aiosmtplib reports both as SMTPConnectTimeoutError. aiosmtplib < 3 (Debian 12 ships 2.0)
-    # takes no host name with a socket and so cannot do implicit TLS over one: there it dials smtps itself.
+    # (SMTP_TRANSIENT).
     smtps = target.tls_mode is TlsMode.SMTPS
     transcript.stages.debug("target %s: dialling %s port %d (tls_mode %s, %.1fs left)", target.name, target.host,
                             target.port, target.tls_mode.value, budget,
                             extra={"target": target.name, "phase": Phase.CONNECT.value})
-    if socket_with_hostname or not smtps:
-        progress.sock = await _open_socket(target.host, target.port, progress)
-        progress.connected = True
-        if not smtps:
-            await _await_greeting(progress.sock, target, deadline)
-        where: dict[str, Any] = {"sock": progress.sock, "hostname": target.host if socket_with_hostname else None}
-    else:  # pragma: no cover - aiosmtplib 2.x
-        where = {"hostname": target.host, "port": target.port}
-    smtp = _client_class()(
-        **where,
+    progress.sock = await _open_socket(target.host, target.port, progress)
+    progress.connected = True
+    if not smtps:
+        await _await_greeting(progress.sock, target, deadline)
+    smtp = smtpwire.Client(
+        sock=progress.sock,
+        hostname=target.host,
         use_tls=smtps,
-        start_tls=False,  # never aiosmtplib's "STARTTLS if offered": we require it explicitly below
         tls_context=tls_context,
-        # For the connection and the greeting only (see below): a hair under our deadline, so that aiosmtplib's own
-        # timeout (which says what it waited for) wins.
+        # For the greeting only (see below): a hair under our deadline, so that its own timeout (which says what
+        # it waited for) wins.
         timeout=max(deadline - loop.time() - 0.05, 0.1),
         local_hostname=target.helo_name or "localhost",  # never used: every EHLO below names itself
     )
@@ -542,10 +397,7 @@ async def _session(
     await client.connect()
     progress.connected = True
     progress.sock = None  # owned by the client now
-    # From here the session's own deadline (the wait_for around it) is the only timer. aiosmtplib otherwise wraps
-    # every reply in a wait_for with a timeout of its own: a timer set and cancelled, and one more event-loop turn
-    # per reply (the reply future wakes a waiter that wakes the task), ~30 us of CPU per command for a deadline
-    # that this one already enforces, with the same outcome (classify.deadline: both are TimeoutErrors).
+    # From here the session's own deadline (the wait_for around it) is the only timer: no timer per reply.
     smtp.timeout = None
     sockname = client.get_transport_info("sockname")
     name = target.helo_name or await greeting.local_name(sockname[0] if sockname else None)
@@ -627,8 +479,7 @@ async def _open(client: Any, target: Target, password: Secret | None, progress: 
             # RFC 3207 §4 / RFC 8314 §3.2: a client configured for STARTTLS must not continue in clear.
             raise _Abort(Failure(ErrorCode.SMTP_TLS, Phase.TLS,
                                  "relay does not advertise STARTTLS; refusing to continue in plaintext"))
-        await client.starttls(server_hostname=target.host)
-        _forget_plaintext(client)
+        await client.starttls(server_hostname=target.host)  # forgets what came in clear after its 220
         _ack_promptly(client)
         if seen is not None:
             seen.encryption = _encryption(client)
@@ -653,17 +504,8 @@ async def _open(client: Any, target: Target, password: Secret | None, progress: 
             await client.quit()
 
 
-def _forget_plaintext(client: Any) -> None:
-    """Drop whatever came in clear after the 220 to STARTTLS (RFC 3207 §4.2; response injection, the class of
-    CVE-2011-0411): a man in the middle appends there the replies to the commands we send inside TLS. aiosmtplib
-    3 drops them itself; 2.0 (Debian 12) kept them in its read buffer and read them as the encrypted session's."""
-    buffered = getattr(getattr(client, "protocol", None), "_buffer", None)
-    if isinstance(buffered, bytearray):
-        del buffered[:]
-
-
 def _ehlo(client: Any) -> Ehlo:
-    """The extensions of the last EHLO reply (RFC 5321 §4.1.1.1), keywords lower-cased, as aiosmtplib parsed them."""
+    """The extensions of the last EHLO reply (RFC 5321 §4.1.1.1), keywords lower-cased, as smtpwire parsed them."""
     from certbot_smtp_dist._internal.probe import Ehlo
 
     extensions = getattr(client, "esmtp_extensions", {}) or {}
@@ -692,29 +534,27 @@ def _encryption(client: Any) -> Encryption | None:
 async def _data(client: transcript.Transcribed, data: bytes, progress: _Progress) -> None:
     """DATA in its two steps, so that we know when the final "." has left (RFC 5321 §4.1.1.4).
 
-    aiosmtplib's `data()` writes the message and awaits the final reply in one call, so a reply lost after the dot
-    could not be told from a DATA command that failed. Without a reply to the dot, the relay may have queued the
-    message (RFC 5321 §4.5.3.2, RFC 1047): `progress.dot_sent` says so to the classification.
+    A reply lost after the dot cannot be told from a DATA command that failed by the reply alone. Without a reply to
+    the dot, the relay may have queued the message (RFC 5321 §4.5.3.2, RFC 1047): `progress.dot_sent` says so to the
+    classification.
     """
-    import aiosmtplib
+    from certbot_smtp_dist._internal.smtpwire import SMTPDataError
 
     start = await client.execute_command(b"DATA")
     if start.code != 354:
-        raise aiosmtplib.SMTPDataError(start.code, start.message)
+        raise SMTPDataError(start.code, start.message)
     protocol = client.protocol
-    if protocol is None:  # pragma: no cover - aiosmtplib raises on the 354 read before this
-        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
     client.sending_message(len(data))  # the transcript shows its size, never the message
     protocol.write(data_lines(data))  # raises only when nothing could be handed to the connection
     progress.dot_sent = True
-    final = await client.final_reply(lambda: protocol.read_response(timeout=client.timeout))
+    final = await client.final_reply(lambda: protocol.read_response())
     progress.dot_sent = False  # the relay answered: whatever it says is an answer, not a doubt...
     head = _reply_head(progress)
     doubt = classify.contradictory_final_reply(head.read if head is not None else (), final.code, final.message)
     if doubt is not None:  # ...unless it says two things, one of them that it took the message
         raise _Abort(doubt)
     if final.code != 250:
-        raise aiosmtplib.SMTPDataError(final.code, final.message)
+        raise SMTPDataError(final.code, final.message)
 
 
 _ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -773,8 +613,8 @@ async def _polite_quit(client: Any) -> None:
 
 
 async def _bare_quit(client: Any) -> None:
-    """QUIT and nothing else (RFC 5321 §4.1.1.10) over a channel that is not verified: aiosmtplib 2's `quit()`
-    first sends the EHLO that STARTTLS made "needed" (as `localhost`), so the command is written directly."""
+    """QUIT and nothing else (RFC 5321 §4.1.1.10) over a channel that is not verified: no reply is awaited longer
+    than a second, and its code does not matter."""
     with contextlib.suppress(Exception):
         await asyncio.wait_for(client.execute_command(b"QUIT"), 1.0)
 
@@ -813,7 +653,7 @@ async def _bearer(client: Any, target: Target, token: str) -> Any:
     JSON error; the client then ends the exchange as the mechanism prescribes, and the relay sends the final
     5xx: an empty line for XOAUTH2 (Google's and Microsoft's documentation), a single ^A for OAUTHBEARER
     (RFC 7628 §3.2.3), base64-encoded as every SMTP AUTH response (RFC 4954 §4)."""
-    import aiosmtplib
+    from certbot_smtp_dist._internal.smtpwire import SMTPAuthenticationError
 
     user = target.username or ""
     if target.auth_method is AuthMethod.OAUTHBEARER:
@@ -824,7 +664,7 @@ async def _bearer(client: Any, target: Target, token: str) -> Any:
     if reply.code == 334:
         reply = await client.execute_command(ending)
     if reply.code != 235:
-        raise aiosmtplib.SMTPAuthenticationError(reply.code, reply.message)
+        raise SMTPAuthenticationError(reply.code, reply.message)
     return reply
 
 
@@ -903,84 +743,19 @@ def _close(progress: _Progress) -> None:
 
 
 def settle_lost_connections(loop: asyncio.AbstractEventLoop) -> None:
-    """Route what the event loop itself reports into our log, for the sessions of this loop.
-
-    aiosmtplib 2.0 arms a reply future after every reply, and the relay's close after QUIT fails it with
-    SMTPServerDisconnected; its protocol's __del__ retrieves that exception, unless the cyclic collector frees the
-    future first. asyncio then prints "Future exception was never retrieved" on stderr, outside our log format (a
-    `--log-format json` reader chokes on it) and about nothing: the session is over. That one is debug; anything
-    else the loop reports is a warning naming the exception's class only (its text may quote a relay)."""
-    import aiosmtplib
+    """Route what the event loop itself reports into our log, for the sessions of this loop: a warning naming the
+    exception's class only (its text may quote a relay), never asyncio's own lines on stderr, outside our log
+    format (a `--log-format json` reader chokes on them)."""
 
     def handler(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
-            _log.debug("a closed SMTP session's last reply future: %s", type(exc).__name__)
-        else:
-            _log.warning("event loop: %s (%s)", context.get("message", "?"),
-                         type(exc).__name__ if exc is not None else "no exception")
+        _log.warning("event loop: %s (%s)", context.get("message", "?"),
+                     type(exc).__name__ if exc is not None else "no exception")
 
     loop.set_exception_handler(handler)
 
 
-_WATCHED: list[type] = []  # the client class, made once, on first use (aiosmtplib is imported lazily)
-
-
-class _WatchingLoop:
-    """The running loop as one aiosmtplib client sees it: the same loop, except that the protocol of each
-    connection the client makes gets its _ReplyHead (and with it the reply bound) before the connection exists,
-    so before any octet of a reply, the greeting's included, reaches it. Everything else is the loop's own. The
-    client is held weakly: it holds this loop, and its protocol does too."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, client: weakref.ref[Any]) -> None:
-        self._loop, self._client = loop, client
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loop, name)
-
-    async def create_connection(self, protocol_factory: Callable[[], Any], *args: Any, **kwargs: Any) -> Any:
-        def watched() -> Any:
-            protocol = protocol_factory()
-            client = self._client()
-            if client is not None and hasattr(protocol, "write") and hasattr(protocol, "data_received"):
-                client.reply_head = _ReplyHead(protocol)
-            return protocol
-
-        return await self._loop.create_connection(watched, *args, **kwargs)
-
-
-def _client_class() -> Any:
-    """aiosmtplib's client, with the `reply_head` of its connection from the greeting on. aiosmtplib reads the
-    greeting inside connect(), where nothing else of ours reaches the protocol first (its data is read as soon
-    as the connection exists), and 2.0 (Debian 12) bounds no reply there (_over_bound). The hook is the loop the
-    client asks to connect: every aiosmtplib version sets `self.loop` in connect() and calls its
-    create_connection with a factory of the protocol."""
-    if _WATCHED:
-        return _WATCHED[0]
-    import aiosmtplib
-
-    class Watched(aiosmtplib.SMTP):
-        reply_head: _ReplyHead | None = None
-
-        @property
-        def loop(self) -> Any:
-            return self.__dict__.get("_watching_loop")
-
-        @loop.setter
-        def loop(self, value: Any) -> None:
-            self.__dict__["_watching_loop"] = None if value is None else _WatchingLoop(value, weakref.ref(self))
-
-    _WATCHED.append(Watched)
-    return Watched
-
-
-def _reply_head(progress: _Progress) -> _ReplyHead | None:
-    head = getattr(progress.client, "reply_head", None)
-    return head if isinstance(head, _ReplyHead) else None
-
-
-def _major_version(version: str) -> int:
-    try:
-        return int(version.split(".")[0])
-    except ValueError:
-        return 0
+def _reply_head(progress: _Progress) -> Any:
+    """What the session's client knows of the relay's replies (smtpwire's `reply_head`: `read`, `code()`,
+    `frozen`); None before there is a connection."""
+    return getattr(progress.client, "reply_head", None)

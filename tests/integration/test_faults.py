@@ -205,9 +205,9 @@ EHLO_FLOOD = ("250-fault.test", *(f"250-X-FLOOD-{i:05d} {'x' * 60}" for i in ran
 def test_a_reply_of_endless_continuation_lines_is_cut_at_a_bound(denv: DeployEnv, lineage: LineagePaths,
                                                                  fault_server, relay_pki: RelayPKI,
                                                                  tls: bool) -> None:
-    """aiosmtplib 3+ drops a reply over 32 KiB in all; 2.0 (Debian 12) bounded each line but not the reply, so a
-    hostile relay sending continuation lines without end grew the client's buffer until the deadline. Both now
-    end the session at the same bound, as a reply too long to read (RFC 5321 §4.5.3.1.5: 512 octets a line)."""
+    """A reply is read up to 32 KiB in all (smtpwire.MAX_REPLY): a hostile relay sending continuation lines without
+    end does not grow the client's buffer until the deadline (0.1.0 on Debian's aiosmtplib 2.0 did). The session
+    ends at the bound, as a reply too long to read (RFC 5321 §4.5.3.1.5: 512 octets a line)."""
     server = fault_server(tls_context=relay_pki.server_context() if tls else None, tls_on_connect=tls,
                           replies={"EHLO": Reply.text(*EHLO_FLOOD)})
     table = fault_target(server.port, timeout=5)
@@ -223,7 +223,7 @@ def test_a_reply_of_endless_continuation_lines_is_cut_at_a_bound(denv: DeployEnv
 
 def test_a_greeting_of_endless_continuation_lines_is_cut_at_the_same_bound(denv: DeployEnv, lineage: LineagePaths,
                                                                              fault_server) -> None:
-    """The greeting is read inside aiosmtplib's connect(): the bound holds there too, on every version."""
+    """The greeting is read by the same reader: the bound holds there too."""
     server = fault_server(replies={"greeting": Reply.text(*(f"220-{line[4:]}" for line in EHLO_FLOOD[:-1]),
                                                           "220 fault.test ESMTP")})
     run, t = deploy(denv, lineage, fault_target(server.port, timeout=5))
@@ -236,7 +236,7 @@ def test_a_greeting_of_endless_continuation_lines_is_cut_at_the_same_bound(denv:
 @pytest.mark.parametrize("stage", ["MAIL", "RCPT", "DATA"])
 def test_a_relay_stalling_inside_tls_is_abandoned_at_the_session_deadline(
         denv: DeployEnv, lineage: LineagePaths, fault_server, relay_pki: RelayPKI, stage: str) -> None:
-    """Past the greeting, the session's own deadline is the only timer (aiosmtplib's per-reply timeout is off):
+    """Past the greeting, the session's own deadline is the only timer (no timer per reply):
     a relay silent inside TLS still ends the session at `timeout`, as a transient failure of that phase."""
     server = fault_server(tls_context=relay_pki.server_context(), replies={stage: STALL})
     run, t = deploy(denv, lineage, tls_target(server.port, relay_pki, timeout=2))
@@ -416,7 +416,7 @@ MALFORMED_CASES: dict[str, tuple[dict[str, Any], Facts]] = {
     "mail-mismatched-multiline": ({"replies": {"MAIL": "250-fine\n550 5.7.1 not fine"}},
                                   failed("SMTP_PERMANENT", "mail", 550, None)),
     # Lines that disagree are classed by the most severe (classify.code_of_lines): a refusal on any line is one.
-    # aiosmtplib reports the last line's 451 (retried until the attempts ran out, then spooled) or 250 (sent).
+    # The last line alone says 451 (retried until the attempts ran out, then spooled) or 250 (sent).
     "mail-refused-then-transient": ({"replies": {"MAIL": "550-5.7.1 refused\n451 4.3.0 try later"}},
                                     failed("SMTP_PERMANENT", "mail", 550, "5.7.1")),
     # Before the final "." nothing is handed over: a 2yz line does not make the reply uncertain (test_uncertain.py).
@@ -440,14 +440,14 @@ def test_malformed_replies_are_classified(denv: DeployEnv, lineage: LineagePaths
 
 
 @pytest.mark.parametrize(("stage", "reply", "expected"), [
-    # aiosmtplib reads the last line's code off its first three octets; the wire scan takes a line for a reply
-    # line only with a space or "-" after the code (RFC 5321 §4.2), so it saw the 250- lines alone. A refusal
-    # aiosmtplib read must not be overruled by them (it was: delivered, and the relay had refused). The same
+    # The last line's code is read off its first three octets, as every SMTP library reads it; a line counts as a
+    # reply line only with a space or "-" after the code (RFC 5321 §4.2), so the 250- lines alone do. A refusal
+    # read off the last line must not be overruled by them (it once was: delivered, and the relay had refused). The same
     # replies to the final "." are `uncertain` (test_uncertain.py: CONTRADICTORY).
     ("RCPT", "250-2.1.5 fine\n550\t5.1.1 no such user", failed("SMTP_PERMANENT", "rcpt", 550)),
     ("MAIL", "250-2.1.0 fine\n 55 5.7.1 refused", failed("SMTP_PERMANENT", "mail", 55)),
 ])
-def test_a_reply_aiosmtplib_reads_as_a_refusal_is_never_made_a_success(
+def test_a_reply_read_as_a_refusal_is_never_made_a_success(
     denv: DeployEnv, lineage: LineagePaths, fault_server, stage: str, reply: str, expected: Facts
 ) -> None:
     server = fault_server(replies={stage: reply})
@@ -458,8 +458,8 @@ def test_a_reply_aiosmtplib_reads_as_a_refusal_is_never_made_a_success(
 
 
 def test_replies_past_the_one_read_do_not_reclass_it(denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
-    """A relay that sends more whole replies than the wire scan keeps: the codes kept are those of the first, the
-    reply aiosmtplib reads. The scan dropped the oldest, so the 250 to the final dot was classed by a later 451:
+    """A relay that sends more whole replies than the one asked for: the codes of the first classify the first, the
+    reply read. A scan of 0.2 dropped the oldest, so the 250 to the final dot was classed by a later 451:
     retried, a second copy sent to a relay that had taken the message."""
     server = fault_server(replies={"DATA_END": "250 2.0.0 queued\n451 4.3.0 a\n451 4.3.0 b\n451 4.3.0 c\n451 4.3.0 d"})
     run, t = deploy(denv, lineage, fault_target(server.port))
@@ -469,7 +469,7 @@ def test_replies_past_the_one_read_do_not_reclass_it(denv: DeployEnv, lineage: L
 
 
 @pytest.mark.parametrize(("reply", "expected"), [
-    # The first line is over-long: aiosmtplib drops the reply, codes and all; the starts of its lines were seen.
+    # The first line is over-long: the reply's text is dropped; the starts of its lines are still read.
     ("451-4.3.0 " + "x" * 9000 + "\n550 5.7.1 refused", failed("SMTP_PERMANENT", "mail", 550)),
     ("550-5.7.1 " + "x" * 9000 + "\n451 4.3.0 later", failed("SMTP_PERMANENT", "mail", 550)),
     ("451-4.3.0 " + "x" * 9000 + "\n451 4.3.0 later", failed("SMTP_TRANSIENT", "mail", 451)),
@@ -571,7 +571,7 @@ def test_stalled_session_gets_no_quit(denv: DeployEnv, lineage: LineagePaths, fa
 def test_a_relay_stalling_on_quit_after_taking_the_message_is_a_delivery(denv: DeployEnv, lineage: LineagePaths,
                                                                           fault_server) -> None:
     """RFC 5321 §4.1.1.4: the 250 to the final "." is the delivery. A QUIT that stalls to the deadline afterwards
-    must not turn it into a retryable failure, whichever timer (aiosmtplib's or the session's) fires first: a
+    must not turn it into a retryable failure, whichever timer (the greeting's or the session's) fires first: a
     spooled failure would be sent again by the next `retry`."""
     server = fault_server(replies={"QUIT": STALL})
     run, t = deploy(denv, lineage, fault_target(server.port, timeout=2))

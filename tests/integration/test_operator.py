@@ -73,7 +73,7 @@ def test_version_names_python_and_the_libraries(denv: DeployEnv) -> None:
     lines = run.stdout.splitlines()
     assert lines[0].startswith("certbot-smtp-dist ")
     assert any(line.startswith("Python 3.") for line in lines)
-    assert f"aiosmtplib {metadata.version('aiosmtplib')}" in lines
+    assert not any(line.startswith("aiosmtplib") for line in lines)  # the SMTP client is our own (smtpwire)
     assert f"cryptography {metadata.version('cryptography')}" in lines
     assert any(line.startswith("certbot ") for line in lines)
 

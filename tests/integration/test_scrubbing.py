@@ -119,7 +119,7 @@ def test_a_short_password_withholds_the_relay_text(denv: DeployEnv, lineage: Lin
 
 def test_a_long_550_stays_permanent_and_is_not_spooled(denv: DeployEnv, lineage: LineagePaths,
                                                        fault_server) -> None:
-    """0.1.0 turned a 550 too long for aiosmtplib to read into a retryable failure: retried, spooled, re-sent."""
+    """0.1.0 turned a 550 too long to read into a retryable failure: retried, spooled, re-sent."""
     server = fault_server(replies={"MAIL": "550 5.7.1 " + "rejected " * 1200})
     run = deploy(denv, lineage, target(server.port, timeout=5))
     t = run.target("relay")
@@ -143,7 +143,7 @@ def test_a_long_readable_reply_is_scrubbed_then_cut(denv: DeployEnv, lineage: Li
 
 def test_a_long_451_is_transient_by_its_code_and_its_text_is_not_kept(denv: DeployEnv, lineage: LineagePaths,
                                                                        fault_server) -> None:
-    """RFC 5321 §4.2.1: the first digit decides. aiosmtplib drops the over-long reply and its code; the code is read
+    """RFC 5321 §4.2.1: the first digit decides. the client drops the over-long reply's text; the code is read
     off the wire, so a long 451 is retried (and spooled), never made permanent; its text is still never stored."""
     server = fault_server(replies={"MAIL": "451 4.3.0 " + "greylisted " * 1000})
     run = deploy(denv, lineage, target(server.port, timeout=5))

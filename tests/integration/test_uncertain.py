@@ -65,7 +65,7 @@ def test_lost_final_reply_is_uncertain_and_sent_once(denv: DeployEnv, lineage: L
     run, t = deploy(denv, lineage, server)
     assert run.returncode == EX_TEMPFAIL
     assert (t["status"], t["error_code"], t["retryable"], t["phase"]) == ("uncertain", "SMTP_TRANSIENT", True, "data")
-    assert t["smtp_code"] is None  # nothing the relay said: aiosmtplib 2.x's 500 for a long line is its own
+    assert t["smtp_code"] is None  # nothing the relay said: a reply too long to read has no code
     assert 'final "."' in t["detail"] and "may have accepted" in t["detail"]
     # Exactly one copy reached the relay, one session, one attempt: never re-sent within the run.
     [copy] = server.data_ends
@@ -123,13 +123,13 @@ def test_failure_with_a_reply_or_before_the_dot_is_retried_in_the_run(denv: Depl
 
 
 #: Replies to the final "." whose lines disagree (RFC 5321 §4.2.1 wants one code): one line takes the message, another
-#: does not; the code the reply is classed by (its most severe line's, or what aiosmtplib read) stays its smtp_code.
+#: does not; the code the reply is classed by (its most severe line's, or its last line's) stays its smtp_code.
 CONTRADICTORY: dict[str, tuple[str, int]] = {
     "451-then-250": ("451-4.3.0 queue busy\n250 2.0.0 queued", 451),
     "250-then-451": ("250-2.0.0 queued\n451 4.3.0 queue write error", 451),
     "550-then-250": ("550-5.7.1 rejected by policy\n250 2.0.0 queued", 550),
     "250-then-554": ("250-2.0.0 queued\n554 5.7.1 rejected", 554),
-    # aiosmtplib reads the last line's code off its first three octets; the wire scan takes a line for a reply line
+    # the last line's code is read off its first three octets; the wire scan takes a line for a reply line
     # only with a space or "-" after the code (RFC 5321 §4.2), so it saw the 250- line alone.
     "250-then-550-tab": ("250-2.0.0 fine\n550\t5.7.1 refused", 550),
     "250-then-no-code": ("250-2.0.0 fine\n 55 5.7.1 refused", 55),

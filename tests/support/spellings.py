@@ -47,7 +47,7 @@ def encodings(secret: str) -> dict[str, str]:
 
 
 def split_lines(form: str, at: int) -> str:
-    """The form split across two reply lines the way aiosmtplib hands them over ("\\n"-joined)."""
+    """The form split across two reply lines the way smtpwire hands them over ("\\n"-joined)."""
     at = max(1, min(at, len(form) - 1))
     return f"{form[:at]}\n{form[at:]}"
 

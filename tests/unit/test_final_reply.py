@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import aiosmtplib
 import pytest
 
-from certbot_smtp_dist._internal import classify, report, transport
+from certbot_smtp_dist._internal import classify, report, smtpwire, transport
 from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import DeliveryResult, Failure, Phase, Status
 
@@ -21,10 +20,10 @@ def test_data_lines_are_transparent(data: bytes, sent: bytes) -> None:
 
 
 LOST = [
-    aiosmtplib.SMTPServerDisconnected("Connection lost"),
-    aiosmtplib.SMTPResponseException(-1, "Malformed SMTP response line: queued, probably"),
-    aiosmtplib.SMTPResponseException(500, "Response too long"),  # aiosmtplib 2.x's shape: its code, not the relay's
-    aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response"),
+    smtpwire.SMTPServerDisconnected("Connection lost"),
+    smtpwire.SMTPResponseException(-1, "Malformed SMTP response line: queued, probably"),
+    smtpwire.SMTPResponseException(-1, smtpwire.TOO_LONG),
+    TimeoutError(),
     ConnectionResetError(104, "Connection reset by peer"),
 ]
 

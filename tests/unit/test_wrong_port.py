@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import ssl
 
-import aiosmtplib
 import pytest
 
-from certbot_smtp_dist._internal import classify, portprobe
+from certbot_smtp_dist._internal import classify, portprobe, smtpwire
 
 
 def handshake_against(first_bytes: bytes) -> ssl.SSLError:
@@ -26,13 +25,13 @@ def handshake_against(first_bytes: bytes) -> ssl.SSLError:
 def test_a_plaintext_greeting_met_by_a_handshake_is_worth_a_probe() -> None:
     exc = handshake_against(b"220 relay.test ESMTP ready\r\n")
     assert not classify.peer_spoke_tls(exc)
-    # aiosmtplib < 3 wraps it for implicit TLS; the chained cause decides.
+    # Chained under a lost connection, the cause decides.
     try:
         try:
             raise exc
         except ssl.SSLError as inner:
-            raise aiosmtplib.SMTPConnectError("Error connecting to x on port 587") from inner
-    except aiosmtplib.SMTPConnectError as outer:
+            raise smtpwire.SMTPServerDisconnected("Connection lost") from inner
+    except smtpwire.SMTPServerDisconnected as outer:
         assert not classify.peer_spoke_tls(outer)
 
 
@@ -44,8 +43,8 @@ def test_a_tls_alert_or_refused_certificate_means_the_relay_speaks_tls() -> None
 
 
 def test_reply_of_reads_only_replies() -> None:
-    assert classify.reply_of(aiosmtplib.SMTPResponseException(535, "5.7.8 no")) == (535, "5.7.8 no")
-    assert classify.reply_of(aiosmtplib.SMTPServerDisconnected("gone")) is None
+    assert classify.reply_of(smtpwire.SMTPAuthenticationError(535, "5.7.8 no")) == (535, "5.7.8 no")
+    assert classify.reply_of(smtpwire.SMTPServerDisconnected("gone")) is None
     assert classify.reply_of(OSError("x")) is None
 
 

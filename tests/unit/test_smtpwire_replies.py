@@ -1,0 +1,172 @@
+"""smtpwire reads the relay's replies whole however its octets are cut into reads, bounded, and with the codes
+their lines began with (classify.code_of_lines classes a reply by them: RFC 5321 §4.2.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from certbot_smtp_dist._internal import classify, smtpwire
+
+CODE = re.compile(rb"([2-5][0-9][0-9])(?:[ \-\r\n]|$)")
+
+
+def reference(data: bytes) -> list[tuple[int, str, tuple[int, ...]]]:
+    """Whole replies read off `data` line by line, as RFC 5321 §4.2 describes them: (code, text, line codes)."""
+    replies, lines = [], []
+    for line in data.split(b"\n")[:-1]:
+        lines.append(line + b"\n")
+        if line[3:4] != b"-":
+            seen: dict[int, None] = {}
+            for whole in lines:
+                match = CODE.match(whole[:4])
+                if match:
+                    seen.pop(int(match.group(1)), None)
+                    seen[int(match.group(1))] = None
+            codes = tuple(seen)
+            last = int(lines[-1][:3])
+            code = classify.code_of_lines(codes, last)
+            text = b"\n".join(x[4:].strip(b" \t\r\n") for x in lines).decode("utf-8", "surrogateescape")
+            replies.append((last if code is None else code, text, codes))
+            lines = []
+    return replies
+
+
+def read_all(reads: list[bytes], count: int) -> list[tuple[int, str, tuple[int, ...]]]:
+    """Feed `reads` to a protocol as the loop would, one per turn, while `count` replies are read in turn."""
+
+    async def run() -> list[tuple[int, str, tuple[int, ...]]]:
+        protocol = smtpwire._Replies(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        for at, chunk in enumerate(reads):
+            loop.call_later(0.001 * (at + 1), protocol.data_received, chunk)
+        found = []
+        for _ in range(count):
+            reply = await asyncio.wait_for(protocol.read_response(), 5)
+            found.append((reply.code, reply.message, protocol.read))
+        return found
+
+    return asyncio.run(run())
+
+
+REPLY_LINES = st.lists(st.sampled_from([b"250-", b"451-", b"550-", b"250-SIZE 1000", b"250-AUTH PLAIN",
+                                        b"250-\t", b"553-x"]).map(lambda x: x + b"\r\n"), max_size=5)
+LAST = st.sampled_from([b"250 ok", b"221 Bye", b"354 go", b"550 no", b"451 later", b"250", b"550\tx",
+                        b"220 relay ESMTP", b"999 odd"]).map(lambda x: x + b"\r\n")
+REPLIES = st.lists(st.tuples(REPLY_LINES, LAST).map(lambda t: b"".join(t[0]) + t[1]), min_size=1, max_size=4)
+
+
+@given(REPLIES, st.lists(st.integers(0, 120), max_size=8))
+def test_every_cut_of_the_octets_reads_the_same_replies(replies: list[bytes], cuts: list[int]) -> None:
+    data = b"".join(replies)
+    points = sorted({min(c, len(data)) for c in cuts})
+    reads = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    assert read_all([r for r in reads if r], len(replies)) == reference(data)
+
+
+def test_a_reply_whose_lines_disagree_is_classed_by_the_most_severe() -> None:
+    # RFC 5321 §4.2.1 wants one code; a `250-` then `550` is a refusal, a `550-` then `250` too.
+    assert read_all([b"250-fine\r\n550 no\r\n"], 1) == [(550, "fine\nno", (250, 550))]
+    assert read_all([b"550-no\r\n250 fine\r\n"], 1) == [(550, "no\nfine", (550, 250))]
+
+
+def failure_of(reads: list[bytes], awaited: bool = False) -> tuple[smtpwire.SMTPResponseException, int | None]:
+    """The failed read and the code it is classed by; `awaited`: the octets arrive while the read awaits them,
+    one read a loop turn, and the code is taken after all have arrived."""
+    async def run() -> tuple[smtpwire.SMTPResponseException, int | None]:
+        loop = asyncio.get_running_loop()
+        protocol = smtpwire._Replies(loop)
+        for at, chunk in enumerate(reads):
+            if awaited:
+                loop.call_later(0.001 * (at + 1), protocol.data_received, chunk)
+            else:
+                protocol.data_received(chunk)
+        with pytest.raises(smtpwire.SMTPResponseException) as caught:
+            await asyncio.wait_for(protocol.read_response(), 5)
+        await asyncio.sleep(0.001 * (len(reads) + 2))
+        return caught.value, protocol.code()
+
+    return asyncio.run(run())
+
+
+def test_a_line_past_max_line_is_too_long_and_keeps_its_code() -> None:
+    error, code = failure_of([b"451-" + b"x" * smtpwire.MAX_LINE])
+    assert (error.code, error.message, code) == (-1, smtpwire.TOO_LONG, 451)
+
+
+def test_a_line_at_max_line_is_read() -> None:
+    line = b"250 " + b"x" * (smtpwire.MAX_LINE - 6) + b"\r\n"
+    assert len(line) == smtpwire.MAX_LINE
+    assert read_all([line], 1)[0][0] == 250
+
+
+def test_a_reply_past_max_reply_is_too_long_and_keeps_its_codes() -> None:
+    line = b"550-" + b"x" * 1000 + b"\r\n"
+    error, code = failure_of([line * (smtpwire.MAX_REPLY // len(line) + 1)])
+    assert (error.message, code) == (smtpwire.TOO_LONG, 550)
+
+
+def test_a_line_without_a_code_is_malformed() -> None:
+    error, code = failure_of([b"hello there\r\n"])
+    assert error.code == -1 and error.message.startswith("Malformed SMTP response line")
+
+
+def test_unasked_octets_are_bounded_too() -> None:
+    """A relay talking while nobody awaits a reply keeps at most MAX_REPLY octets; the next read fails."""
+    error, _ = failure_of([b"250-" + b"x" * 1000 + b"\r\n"] * (smtpwire.MAX_REPLY // 1000 + 2))
+    assert error.message == smtpwire.TOO_LONG
+
+
+def test_plaintext_after_the_starttls_reply_is_forgotten() -> None:
+    """RFC 3207 §4.2 (CVE-2011-0411): what came in clear after the 220 is never read as a later reply."""
+
+    async def run() -> str:
+        protocol = smtpwire._Replies(asyncio.get_running_loop())
+        protocol.data_received(b"220 go ahead\r\n250 injected\r\n")
+        assert (await protocol.read_response()).code == 220
+        protocol.forget_plaintext()
+        protocol.data_received(b"250 the real one\r\n")
+        return (await protocol.read_response()).message
+
+    assert asyncio.run(run()) == "the real one"
+
+
+def test_a_lost_connection_fails_the_read_with_its_cause() -> None:
+    async def run() -> BaseException:
+        protocol = smtpwire._Replies(asyncio.get_running_loop())
+        reading = asyncio.ensure_future(protocol.read_response())
+        await asyncio.sleep(0)
+        protocol.connection_lost(ConnectionResetError("reset"))
+        with pytest.raises(smtpwire.SMTPServerDisconnected) as caught:
+            await reading
+        return caught.value
+
+    error = asyncio.run(run())
+    assert isinstance(error.__cause__, ConnectionResetError)
+
+
+@pytest.mark.parametrize(("text", "extensions", "mechanisms"), [
+    ("relay.example\nSIZE 1000\nAUTH PLAIN LOGIN\nSTARTTLS", {"size": "1000", "auth": "PLAIN LOGIN", "starttls": ""},
+     ["plain", "login"]),
+    ("relay.example\nAUTH=LOGIN", {"auth": "LOGIN"}, ["login"]),
+    ("relay.example", {}, []),
+])
+def test_ehlo_extensions(text: str, extensions: dict[str, str], mechanisms: list[str]) -> None:
+    assert smtpwire._extensions(text) == (extensions, mechanisms)
+
+
+def test_the_lines_after_an_over_long_one_still_class_the_reply() -> None:
+    """Its text is dropped, but a `451-` line too long to read followed by a `550` is a refusal (RFC 5321 §4.2.1),
+    whether the rest comes in the same read or in later ones."""
+    long_line = b"451-" + b"x" * smtpwire.MAX_LINE + b"\r\n"
+    assert failure_of([long_line + b"250-fine\r\n550 5.7.1 no\r\n"])[1] == 550
+    assert failure_of([long_line[:5000], long_line[5000:] + b"550-5.7", b".1 no\r\n"], awaited=True)[1] == 550
+    assert failure_of([long_line[:9000], long_line[9000:], b"250-ok\r\n", b"550 no\r\n"], awaited=True)[1] == 550
+    # The reply ends with its last line: what comes after it is not the failed reply's.
+    assert failure_of([long_line + b"451 later\r\n550 next reply\r\n"])[1] == 451
+    # An over-long last line: nothing after it belongs to the reply.
+    assert failure_of([b"451 " + b"x" * smtpwire.MAX_LINE + b"\r\n550 next\r\n"])[1] == 451
