@@ -359,9 +359,14 @@ class Client:
         return greeting
 
     async def execute_command(self, *args: bytes, timeout: float | None = None) -> Response:
-        """One command line (RFC 5321 §2.3.8: ended by CRLF) and its reply, whatever it is."""
+        """One command line (RFC 5321 §2.3.8: ended by CRLF) and its reply, whatever it is. A line holding a CR or
+        LF of its own is never written: it would be a second command (every caller validated its input; this is the
+        last word on it)."""
+        line = b" ".join(args)
+        if b"\r" in line or b"\n" in line:
+            raise SMTPException("refusing to send a command line holding a line break")
         protocol = self._protocol()
-        protocol.write(b" ".join(args) + b"\r\n")
+        protocol.write(line + b"\r\n")
         return await protocol.read_response(timeout if timeout is not None else self.timeout)
 
     async def ehlo(self, hostname: str | None = None) -> Response:

@@ -170,3 +170,29 @@ def test_the_lines_after_an_over_long_one_still_class_the_reply() -> None:
     assert failure_of([long_line + b"451 later\r\n550 next reply\r\n"])[1] == 451
     # An over-long last line: nothing after it belongs to the reply.
     assert failure_of([b"451 " + b"x" * smtpwire.MAX_LINE + b"\r\n550 next\r\n"])[1] == 451
+
+
+def test_a_command_holding_a_line_break_is_never_written() -> None:
+    """Defence in depth under the address and header checks: CR or LF in a command would start a second one."""
+
+    async def run() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        sent: list[bytes] = []
+
+        class Transport(asyncio.Transport):
+            def write(self, data: bytes | bytearray | memoryview) -> None:
+                sent.append(bytes(data))
+
+            def is_closing(self) -> bool:
+                return False
+
+        client = smtpwire.Client(sock=None, hostname="relay.test", use_tls=False,  # type: ignore[arg-type]
+                                 tls_context=None, timeout=None, local_hostname="client.test")
+        client.protocol = smtpwire._Replies(loop)
+        client.protocol.transport = Transport()
+        for bad in ("a@example.com>\r\nRCPT TO:<b@example.com", "a@example.com\n"):
+            with pytest.raises(smtpwire.SMTPException, match="line break"):
+                await client.mail(bad)
+        return sent
+
+    assert asyncio.run(run()) == []
