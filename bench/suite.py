@@ -47,9 +47,9 @@ are judged as absolute figures. Method, per scenario:
    message `deploy --dry-run` rendered, byte for byte; `curl --ssl-reqd` and `msmtp` the same when on PATH
    (optional peers, for reference: `apt-get install curl msmtp`; the bench is not part of CI, so .ci/run does
    not install them). And vs `bench/clients/lib_floor.py`, the libraries' floor: the work no `deploy` on
-   aiosmtplib and cryptography can skip (those imports, reading the lineage, checking validity and key match,
+   asyncio and cryptography can skip (those imports, reading the lineage, checking validity and key match,
    building the PKCS#12 with the same KDF rounds, the system store's hashed directory plus the CA file, one
-   aiosmtplib session), and none of our code. deploy / floor is our own share; floor / smtplib is what the 2x budget would have to fit in.
+   session on asyncio's own transports, as deploy speaks SMTP), and none of our code. deploy / floor is our own share; floor / smtplib is what the 2x budget would have to fit in.
 3. 50 targets on one relay (each target's `timeout` 120 s) vs `bench/clients/aio_gather.py` (aiosmtplib +
    asyncio.gather, at most {concurrency} sessions at once, deploy held to the same `connections_per_relay`;
    `--concurrency`) and vs 50 sequential smtplib sessions; for reference, also vs the same peer trusting the system
@@ -66,7 +66,8 @@ are judged as absolute figures. Method, per scenario:
    aiosmtplib's 8 sessions, against Postfix with STARTTLS (TLS 1.3; no AUTH: the instance has no SASL). Judged: the
    SMTP session as the journal records it (`journal.jsonl`'s documented per-attempt `duration_s`, ms resolution)
    against smtplib's session; each process's median session, the first left out. References: the whole `deploy`
-   run per session, and bare aiosmtplib (does the library itself stall?).
+   run per session, bare aiosmtplib (the library deploy used before it spoke SMTP itself), and a minimal asyncio
+   client (the floor under any SMTP client on asyncio).
 8. 1, 10, 100, 500 targets on one relay (`timeout` 120 s), no warm-up: growth of wall time and peak RSS.
 
 With `--instructions` (valgrind installed), scenarios 1, 3, 6 and 7 also count the instructions one run of each command
@@ -107,7 +108,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 # What the measured children import, compiled once before the first timed run (scenario 8 has no warm-up).
-PRIME = ("import smtplib, ssl, asyncio, email.policy, aiosmtplib, cryptography.x509, "
+PRIME = ("import smtplib, ssl, asyncio, email.policy, aiosmtplib, cryptography.x509, "  # aiosmtplib: the peers
          "certbot_smtp_dist._internal.cli, certbot_smtp_dist._internal.deploy, certbot_smtp_dist._internal.pipeline, "
          "certbot_smtp_dist._internal.transport, certbot_smtp_dist._internal.lineage, "
          "certbot_smtp_dist._internal.ledger, certbot_smtp_dist._internal.payload")

@@ -163,7 +163,10 @@ def test_payload_building_counts_against_the_timeout(denv: DeployEnv, lineage: L
     run = denv.run_process("deploy", "--lineage", str(lineage.live_dir), "--json", extra_env=env)
     wall = time.monotonic() - began
     t = run.target("a")
-    assert (t["error_code"], t["retryable"]) == ("SMTP_TRANSIENT", True)
+    # Where the deadline lands in the 0.5 s left after building: waiting for the greeting (SMTP_TRANSIENT), or, on a
+    # machine loaded enough to hold the process back that long, still connecting (SMTP_CONNECT). Either way a
+    # retryable failure at the deadline, which is what this test is about.
+    assert t["error_code"] in ("SMTP_TRANSIENT", "SMTP_CONNECT") and t["retryable"], t
     assert 4 - 0.1 <= t["duration_s"] <= 4 + 1.0
     # 3.5 s of building and the stalled relay end at the 4 s deadline, not 3.5 + 4 = 7.5 s later. The slack
     # covers interpreter start-up on a busy machine and stays well clear of 7.5 s.
