@@ -252,3 +252,44 @@ def test_a_renewal_interrupted_before_anything_is_spooled_leaves_a_blocked_entry
     assert denv.run("status").returncode == 2  # an alert, never OK
     assert denv.run("retry", "--include-failed").returncode == 0 and len(relay.messages) == 1
     assert json.loads(denv.run("status", "--json").stdout)["entries"] == []
+
+
+_CTRL_C_AFTER_THE_RUN = """
+import os, signal, sys
+from certbot_smtp_dist._internal import pipeline
+from certbot_smtp_dist._internal.cli import main
+
+deliver_all = pipeline.deliver_all
+
+def then_ctrl_c(*args, **kwargs):  # one Ctrl-C once the run's event loop is over, before its outcome is saved
+    deliveries = deliver_all(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGINT)
+    return deliveries
+
+pipeline.deliver_all = then_ctrl_c
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", ["deploy", "retry"])
+def test_a_ctrl_c_between_the_event_loop_and_the_save_waits_for_the_save(denv: DeployEnv, lineage: LineagePaths,
+                                                                         fault_server, command: str) -> None:
+    # The event loop handed SIGINT back to Python's default handler as it ended, and the save took it over
+    # (runloop.HeldOff) only later: a Ctrl-C between the two (the loop's teardown, the return to the use case)
+    # ended the run with the delivered target's entry pending, and `retry` sent the message again.
+    if command == "retry":
+        busy = fault_server(replies={"greeting": "421 4.3.2 busy"})
+        denv.write_config({"relay": _target(busy)}, defaults={"retry_attempts": 1})
+        assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode != 0
+    relay = fault_server()
+    denv.write_config({"relay": _target(relay)})
+    argv = ["deploy", "--lineage", str(lineage.live_dir)] if command == "deploy" else ["retry"]
+    run = subprocess.run([sys.executable, "-c", _CTRL_C_AFTER_THE_RUN, *argv], env=denv.env(),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
+    assert len(relay.messages) == 1
+    entries = json.loads(denv.run("status", "--json").stdout)["entries"]
+    assert entries == [], entries
+    denv.run("retry", "--include-failed")
+    assert len(relay.messages) == 1  # never sent again
+
