@@ -293,3 +293,41 @@ def test_a_ctrl_c_between_the_event_loop_and_the_save_waits_for_the_save(denv: D
     denv.run("retry", "--include-failed")
     assert len(relay.messages) == 1  # never sent again
 
+
+_CTRL_C_WHILE_WRITING_AHEAD = """
+import os, signal, sys, threading
+from certbot_smtp_dist._internal import ledger
+from certbot_smtp_dist._internal.cli import main
+
+enter, first = ledger._enter, threading.Lock()
+
+def then_ctrl_c(claim):  # one Ctrl-C once an entry is written ahead, while the others are written
+    entered = enter(claim)
+    if first.acquire(blocking=False):
+        os.kill(os.getpid(), signal.SIGINT)
+    return entered
+
+ledger._enter = then_ctrl_c
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_renewal_interrupted_while_its_entries_are_written_ahead_is_pending_not_blocked(
+        denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
+    # A Ctrl-C while the writer threads wrote the entries ahead ended the write-ahead half done: the run was blocked
+    # ("nothing was sent") beside the entries already written, pending, and `retry --include-failed` sent those
+    # and then ran the whole deploy again: every target written ahead got the certificate twice.
+    relay = fault_server()
+    denv.write_config({"one": _target(relay), "two": _target(relay), "three": _target(relay)})
+    renewal = {"RENEWED_LINEAGE": str(lineage.live_dir)}
+    run = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_WRITING_AHEAD, "deploy"], env=denv.env() | renewal,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
+    assert relay.connections == 0
+    entries = json.loads(denv.run("status", "--json").stdout)["entries"]
+    assert sorted((e["kind"], e["state"], e["target"]) for e in entries) == [
+        ("delivery", "pending", name) for name in ("one", "three", "two")], entries
+    assert denv.run("retry", "--include-failed").returncode == 0
+    assert sorted(m.rcpt_tos for m in relay.messages) == [("a@example.com",)] * 3  # each target once
+    assert json.loads(denv.run("status", "--json").stdout)["entries"] == []
+
