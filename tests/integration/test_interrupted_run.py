@@ -331,3 +331,18 @@ def test_a_renewal_interrupted_while_its_entries_are_written_ahead_is_pending_no
     assert sorted(m.rcpt_tos for m in relay.messages) == [("a@example.com",)] * 3  # each target once
     assert json.loads(denv.run("status", "--json").stdout)["entries"] == []
 
+
+def test_a_ctrl_c_while_the_arguments_are_parsed_is_one_line_and_exit_130(denv: DeployEnv) -> None:
+    # Before the command ran (the parser built, the arguments read), a Ctrl-C ended the process with a traceback.
+    script = ("import os, signal, sys\n"
+              "from certbot_smtp_dist._internal import cli\n"
+              "build_parser = cli.build_parser\n"
+              "def ctrl_c_then(*args, **kwargs):\n"
+              "    os.kill(os.getpid(), signal.SIGINT)\n"
+              "    return build_parser(*args, **kwargs)\n"
+              "cli.build_parser = ctrl_c_then\n"
+              "sys.exit(cli.main())\n")
+    run = subprocess.run([sys.executable, "-c", script, "retry"], env=denv.env(), capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
+    assert run.stdout == "" and run.stderr == "certbot-smtp-dist: error: interrupted\n", run.stderr
