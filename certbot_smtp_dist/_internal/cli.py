@@ -340,10 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if own_process and argv[:1] == ["deploy"]:  # the hook's cold start; deploy.run resumes it before delivering
         startup.pause()
-    # Parsed exactly as by the whole parser: "deploy" first leaves no other subcommand or global option to match.
-    parser = build_parser(only="deploy" if argv[:1] == ["deploy"] else None)
-    args = parser.parse_args(argv)
-    setup_logging(args.log_format, args.verbose, args.quiet)
+    try:
+        # Parsed exactly as by the whole parser: "deploy" first leaves no other subcommand or global option to match.
+        parser = build_parser(only="deploy" if argv[:1] == ["deploy"] else None)
+        args = parser.parse_args(argv)
+        setup_logging(args.log_format, args.verbose, args.quiet)
+    except KeyboardInterrupt:  # before the command began: one line, as a command's own Ctrl-C, never a traceback
+        print("certbot-smtp-dist: error: interrupted", file=sys.stderr)
+        return 130
     code = _run(args)
     # `status` is a monitoring check: whenever it could not look, the answer is UNKNOWN, never a guess.
     failed_status = getattr(args, "failed_status", None)

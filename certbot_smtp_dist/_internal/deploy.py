@@ -279,13 +279,12 @@ def _deliver(jobs: list[pipeline.Job], facts: CertificateFacts, source: LineageS
     with ExitStack() as saving:  # from the end of the deliveries to the end of the supersede step: a Ctrl-C waits
         try:
             with ledger.write_ahead_all(facts, source, jobs) as entries:
+                saving.enter_context(runloop.HeldOff())  # the deliveries' event loop takes it over while it runs
                 try:
                     deliveries = pipeline.deliver_all(jobs, policy, started=started, tokens=ledger.token_cache())
                 except pipeline.Interrupted as stop:  # Ctrl-C: what was delivered before it is saved, not sent again
-                    saving.enter_context(runloop.HeldOff())
                     ledger.save_all(facts, [(d, entries[i]) for i, d in stop.finished.items()])
                     raise
-                saving.enter_context(runloop.HeldOff())
                 ledger.save_all(facts, list(zip(deliveries, entries, strict=True)))
         except pipeline.Interrupted as stop:
             _supersede(ledger, facts, list(stop.finished.values()))

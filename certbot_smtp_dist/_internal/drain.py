@@ -238,13 +238,14 @@ class _Drain:
             return []
         from certbot_smtp_dist._internal.plugins import notify_all
 
-        try:
-            deliveries = pipeline.deliver_all([p.job for p in planned], self._policy(), started=self.started,
-                                              tokens=self.ledger.token_cache())
-        except pipeline.Interrupted as stop:  # Ctrl-C: what was delivered before it is saved, not sent again
-            self._save([(planned[i], delivery) for i, delivery in stop.finished.items()])
-            raise
-        self._save(list(zip(planned, deliveries, strict=True)))
+        with runloop.HeldOff():  # from the end of the deliveries' event loop (which takes it over) to the save's
+            try:
+                deliveries = pipeline.deliver_all([p.job for p in planned], self._policy(), started=self.started,
+                                                  tokens=self.ledger.token_cache())
+            except pipeline.Interrupted as stop:  # Ctrl-C: what was delivered before it is saved, not sent again
+                self._save([(planned[i], delivery) for i, delivery in stop.finished.items()])
+                raise
+            self._save(list(zip(planned, deliveries, strict=True)))
         for delivery in deliveries:
             log.log(logging.INFO if delivery.result.ok else logging.ERROR, "retry %s",
                     report.human_line(delivery.result))

@@ -120,15 +120,18 @@ class Ledger:
         one of a few threads (claimed, written, fsynced and renamed into place as `write_ahead` does it): a
         file's fsync mostly waits for the file system's journal, and waits made together end together (ext4
         commits them as one), where one after the other they added up to most of a second before the first
-        connection on a busy disk. Whatever a claim raises is handled here, in this thread, as ever."""
+        connection on a busy disk. Whatever a claim raises is handled here, in this thread, as ever.
+        A Ctrl-C while they are written waits for the last (runloop.HeldOff), then ends the run before the block:
+        every entry is written and `written_ahead`. Half done, the run was blocked ("nothing was sent") beside the
+        entries written, pending, and `retry --include-failed` sent those and then ran the whole deploy again."""
         many = sum(job.message is not None for job in jobs) >= 2
         if many:
             self._guard("write the journal", self.journal.start)  # before any entry, as write_ahead does
         if not many or not self._spool_ready():
             with ExitStack() as claims:
-                with self._batch("write the spool"):
+                with runloop.HeldOff(), self._batch("write the spool"):
                     entries = [claims.enter_context(self.write_ahead(facts, source, job)) for job in jobs]
-                self.written_ahead = True
+                    self.written_ahead = True
                 yield entries
             return
         from concurrent.futures import ThreadPoolExecutor
@@ -136,13 +139,13 @@ class Ledger:
         made = [sp.for_delivery(job.target.name, facts, source, job.message.message_id, job.message.envelope_to,
                                 self.now) if job.message is not None else None for job in jobs]
         with ExitStack() as claims:
-            with self._batch("write the spool"):
+            with runloop.HeldOff(), self._batch("write the spool"):
                 with ThreadPoolExecutor(min(_WRITERS, len(jobs)), thread_name_prefix="spool") as writers:
                     started = [writers.submit(_enter, self.spool.claim_new(e)) if e else None for e in made]
                 # Every claim is entered (or failed) by now: each is taken over, in job order, by this stack.
                 entries = [claims.enter_context(self._claiming("write the spool", partial(_Entered, f)))
                            if f is not None else None for f in started]
-            self.written_ahead = True
+                self.written_ahead = True
             yield entries
 
     def _spool_ready(self) -> bool:

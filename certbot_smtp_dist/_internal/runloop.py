@@ -23,6 +23,11 @@ Only where SIGINT is Python's default handler (the hook command, certbot): a pro
 `HeldOff`: a Ctrl-C while a run's outcome is saved (the journal's append, then the spool's entries) waits for
 the end of the save, then ends the run; between the two writes it left the journal saying delivered and the entry
 pending, and `retry` sent the message again. A second Ctrl-C there ends the run at once (a save that hangs).
+A run inside a HeldOff (`with HeldOff(): save(run(...))`) takes SIGINT from it while the loop runs (a Ctrl-C the
+HeldOff held before ends the run as it begins) and hands it back to it, not to Python's default handler, as it ends:
+a Ctrl-C in the loop's teardown or on the way back to the caller waits for the save too. Handed back to Python's
+default handler, a Ctrl-C after `run` had returned (no pipeline.Interrupted then, to carry what finished) ended the
+run before the save, with a delivered target's entry still pending, and `retry` sent it again.
 
 The teardown is `asyncio.run`'s (cancel what is left, finish async generators and the default executor), except
 that it waits for cancelled tasks at most `TEARDOWN` seconds: a task that swallows its cancellation must not hold
@@ -59,6 +64,8 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         task = loop.create_task(main)
         interrupts = _Interrupts(loop, task)
         previous = _install(loop, interrupts.press)
+        if previous is not None and previous[1] is not signal.default_int_handler and previous[1].__self__.pressed:
+            interrupts.press()  # a Ctrl-C the HeldOff around the run held until the run began: it ends it now
         try:
             result = loop.run_until_complete(task)
         except asyncio.CancelledError:
@@ -68,8 +75,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         finally:
             interrupts.stop()
             if previous is not None:
-                loop.remove_signal_handler(signal.SIGINT)  # Python's default handler again
-                signal.set_wakeup_fd(previous)  # whoever set it before (-1: nobody); the removal left none
+                _hand_back(loop, *previous)
         return result  # it ended by itself meanwhile: what it did is reported and recorded, not dropped
     finally:
         try:
@@ -107,11 +113,14 @@ class _Interrupts:
             self._next.cancel()
 
 
-def _install(loop: asyncio.AbstractEventLoop, on_sigint: Callable[[], None]) -> int | None:
+def _install(loop: asyncio.AbstractEventLoop, on_sigint: Callable[[], None]) -> tuple[int, Any] | None:
     """SIGINT made the loop's own; the wakeup descriptor set before (-1: none), which `add_signal_handler`
     replaces with the loop's: a host's own event loop (the certbot plugin's process, an extension's) learns of its
-    signals through it, and must again after the run. None: not installed."""
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    signals through it, and must again after the run; and the handler before, Python's default or a HeldOff's
+    (a run whose outcome is saved: the HeldOff around it holds a Ctrl-C from the moment the run ends). None: not
+    installed."""
+    before = signal.getsignal(signal.SIGINT)
+    if before is not signal.default_int_handler and not isinstance(getattr(before, "__self__", None), HeldOff):
         return None  # ignored, or someone else's: left as it is
     try:
         previous = signal.set_wakeup_fd(-1)
@@ -122,7 +131,24 @@ def _install(loop: asyncio.AbstractEventLoop, on_sigint: Callable[[], None]) -> 
     except (NotImplementedError, RuntimeError, ValueError):  # no Unix signals
         signal.set_wakeup_fd(previous)
         return None
-    return previous
+    return previous, before
+
+
+def _hand_back(loop: asyncio.AbstractEventLoop, wakeup: int, before: Any) -> None:
+    """SIGINT to whoever had it before the run, and the wakeup descriptor set before (-1: nobody; the removal
+    leaves none). Removing the loop's handler makes Python's default the handler for a moment: a Ctrl-C there,
+    before a HeldOff's is back, is the HeldOff's, never a KeyboardInterrupt between the run and its save."""
+    try:
+        try:
+            loop.remove_signal_handler(signal.SIGINT)
+            signal.signal(signal.SIGINT, before)
+        except KeyboardInterrupt:
+            if before is signal.default_int_handler:
+                raise
+            signal.signal(signal.SIGINT, before)
+            before(signal.SIGINT, None)
+    finally:
+        signal.set_wakeup_fd(wakeup)
 
 
 def _teardown(loop: asyncio.AbstractEventLoop) -> None:
@@ -142,10 +168,11 @@ def _teardown(loop: asyncio.AbstractEventLoop) -> None:
 class HeldOff:
     """A block during which a Ctrl-C waits (`with HeldOff(): ...`): raised as KeyboardInterrupt when the block ends,
     unless one is ending the run already. A second Ctrl-C raises at once. Only where SIGINT is Python's default
-    handler, on the main thread (as `run`); nested, the inner one leaves it to the outer."""
+    handler, on the main thread (as `run`); nested, the inner one leaves it to the outer. A `run` inside it takes
+    SIGINT over while its loop runs, and gives it back as the loop ends. `pressed`: the Ctrl-Cs held so far."""
 
     def __init__(self) -> None:
-        self._pressed = 0
+        self.pressed = 0
         self._previous: Any = None
 
     def __enter__(self) -> HeldOff:
@@ -157,8 +184,8 @@ class HeldOff:
         return self
 
     def _press(self, signum: int, frame: object) -> None:
-        self._pressed += 1
-        if self._pressed > 1:
+        self.pressed += 1
+        if self.pressed > 1:
             raise KeyboardInterrupt
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -168,5 +195,5 @@ class HeldOff:
         signal.signal(signal.SIGINT, self._previous)
         self._previous = None
         ending = isinstance(exc, KeyboardInterrupt) or isinstance(sys.exc_info()[1], KeyboardInterrupt)
-        if self._pressed and not ending:
+        if self.pressed and not ending:
             raise KeyboardInterrupt

@@ -252,3 +252,97 @@ def test_a_renewal_interrupted_before_anything_is_spooled_leaves_a_blocked_entry
     assert denv.run("status").returncode == 2  # an alert, never OK
     assert denv.run("retry", "--include-failed").returncode == 0 and len(relay.messages) == 1
     assert json.loads(denv.run("status", "--json").stdout)["entries"] == []
+
+
+_CTRL_C_AFTER_THE_RUN = """
+import os, signal, sys
+from certbot_smtp_dist._internal import pipeline
+from certbot_smtp_dist._internal.cli import main
+
+deliver_all = pipeline.deliver_all
+
+def then_ctrl_c(*args, **kwargs):  # one Ctrl-C once the run's event loop is over, before its outcome is saved
+    deliveries = deliver_all(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGINT)
+    return deliveries
+
+pipeline.deliver_all = then_ctrl_c
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", ["deploy", "retry"])
+def test_a_ctrl_c_between_the_event_loop_and_the_save_waits_for_the_save(denv: DeployEnv, lineage: LineagePaths,
+                                                                         fault_server, command: str) -> None:
+    # The event loop handed SIGINT back to Python's default handler as it ended, and the save took it over
+    # (runloop.HeldOff) only later: a Ctrl-C between the two (the loop's teardown, the return to the use case)
+    # ended the run with the delivered target's entry pending, and `retry` sent the message again.
+    if command == "retry":
+        busy = fault_server(replies={"greeting": "421 4.3.2 busy"})
+        denv.write_config({"relay": _target(busy)}, defaults={"retry_attempts": 1})
+        assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode != 0
+    relay = fault_server()
+    denv.write_config({"relay": _target(relay)})
+    argv = ["deploy", "--lineage", str(lineage.live_dir)] if command == "deploy" else ["retry"]
+    run = subprocess.run([sys.executable, "-c", _CTRL_C_AFTER_THE_RUN, *argv], env=denv.env(),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
+    assert len(relay.messages) == 1
+    entries = json.loads(denv.run("status", "--json").stdout)["entries"]
+    assert entries == [], entries
+    denv.run("retry", "--include-failed")
+    assert len(relay.messages) == 1  # never sent again
+
+
+_CTRL_C_WHILE_WRITING_AHEAD = """
+import os, signal, sys, threading
+from certbot_smtp_dist._internal import ledger
+from certbot_smtp_dist._internal.cli import main
+
+enter, first = ledger._enter, threading.Lock()
+
+def then_ctrl_c(claim):  # one Ctrl-C once an entry is written ahead, while the others are written
+    entered = enter(claim)
+    if first.acquire(blocking=False):
+        os.kill(os.getpid(), signal.SIGINT)
+    return entered
+
+ledger._enter = then_ctrl_c
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_renewal_interrupted_while_its_entries_are_written_ahead_is_pending_not_blocked(
+        denv: DeployEnv, lineage: LineagePaths, fault_server) -> None:
+    # A Ctrl-C while the writer threads wrote the entries ahead ended the write-ahead half done: the run was blocked
+    # ("nothing was sent") beside the entries already written, pending, and `retry --include-failed` sent those
+    # and then ran the whole deploy again: every target written ahead got the certificate twice.
+    relay = fault_server()
+    denv.write_config({"one": _target(relay), "two": _target(relay), "three": _target(relay)})
+    renewal = {"RENEWED_LINEAGE": str(lineage.live_dir)}
+    run = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_WRITING_AHEAD, "deploy"], env=denv.env() | renewal,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
+    assert relay.connections == 0
+    entries = json.loads(denv.run("status", "--json").stdout)["entries"]
+    assert sorted((e["kind"], e["state"], e["target"]) for e in entries) == [
+        ("delivery", "pending", name) for name in ("one", "three", "two")], entries
+    assert denv.run("retry", "--include-failed").returncode == 0
+    assert sorted(m.rcpt_tos for m in relay.messages) == [("a@example.com",)] * 3  # each target once
+    assert json.loads(denv.run("status", "--json").stdout)["entries"] == []
+
+
+def test_a_ctrl_c_while_the_arguments_are_parsed_is_one_line_and_exit_130(denv: DeployEnv) -> None:
+    # Before the command ran (the parser built, the arguments read), a Ctrl-C ended the process with a traceback.
+    script = ("import os, signal, sys\n"
+              "from certbot_smtp_dist._internal import cli\n"
+              "build_parser = cli.build_parser\n"
+              "def ctrl_c_then(*args, **kwargs):\n"
+              "    os.kill(os.getpid(), signal.SIGINT)\n"
+              "    return build_parser(*args, **kwargs)\n"
+              "cli.build_parser = ctrl_c_then\n"
+              "sys.exit(cli.main())\n")
+    run = subprocess.run([sys.executable, "-c", script, "retry"], env=denv.env(), capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr
+    assert run.stdout == "" and run.stderr == "certbot-smtp-dist: error: interrupted\n", run.stderr

@@ -280,3 +280,53 @@ HELD_EDGES = textwrap.dedent("""\
 ])
 def test_held_off_gives_the_handler_back_and_raises_only_for_a_ctrl_c(case: str, expected: list[str]) -> None:
     assert _outcome(HELD_EDGES + case) == expected
+
+
+AROUND = textwrap.dedent("""\
+    def around(before=False, during=False, after=False, window=False):
+        # A run inside a HeldOff, as a use case runs its deliveries and saves them: the run's loop takes SIGINT while
+        # it runs and hands it back to the HeldOff, never to Python's default handler, as it ends.
+        done = []
+        if window:  # the moment the loop's handler is removed: Python's default handler until the HeldOff's is back
+            from asyncio import unix_events
+            remove = unix_events._UnixSelectorEventLoop.remove_signal_handler
+            def then_ctrl_c(self, sig):
+                removed = remove(self, sig)
+                os.kill(os.getpid(), signal.SIGINT)
+                return removed
+            unix_events._UnixSelectorEventLoop.remove_signal_handler = then_ctrl_c
+
+        async def main():
+            if during:
+                ctrl_c(0.2)
+            await asyncio.sleep(60 if before or during else 0)
+            return "delivered"
+
+        try:
+            with runloop.HeldOff():
+                if before:
+                    os.kill(os.getpid(), signal.SIGINT)
+                try:
+                    done.append(runloop.run(main()))
+                except KeyboardInterrupt:
+                    done.append("run interrupted")
+                    raise
+                if after:
+                    os.kill(os.getpid(), signal.SIGINT)
+                done.append("saved")
+            print("no interrupt", done)
+        except KeyboardInterrupt:
+            print("interrupted", done)
+        print("handler", "default" if signal.getsignal(signal.SIGINT) is signal.default_int_handler else "other")
+""")
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("around()", ["no interrupt ['delivered', 'saved']", "handler default"]),
+    ("around(during=True)", ["interrupted ['run interrupted']", "handler default"]),  # the loop's: it ends the run
+    ("around(before=True)", ["interrupted ['run interrupted']", "handler default"]),  # held until the run began
+    ("around(after=True)", ["interrupted ['delivered', 'saved']", "handler default"]),  # waits for the save
+    ("around(window=True)", ["interrupted ['delivered', 'saved']", "handler default"]),  # the hand-back's moment
+])
+def test_a_run_inside_held_off_takes_sigint_while_it_runs_and_hands_it_back(case: str, expected: list[str]) -> None:
+    assert _outcome(AROUND + case) == expected
