@@ -138,19 +138,19 @@ def require_steady(source: LineageSource) -> dict[Path, Path]:
                                                  "client's own hook), or {fix} if that ACME client runs as root")
 
 
-def read_inputs(source: LineageSource, checked: Mapping[Path, Path] | None = None
+def read_inputs(source: LineageSource, checked: Mapping[Path, Path]
                 ) -> tuple[dict[str, bytes], frozenset[str], os.stat_result]:
     """The bytes of each file by label (cert, chain, fullchain, key), each distinct file read once and bounded
     (files.read_regular), the labels whose file is the key file itself, and the key file's status. Raises
     CertificateError naming every file that cannot be read; UnsafePathError when a file opened is not where
-    `checked` (require_steady) says its path led."""
+    `checked` (require_steady) says its path led. Every reader of a lineage calls it through `read_trusted`."""
     problems: list[str] = []
     raw: dict[str, bytes] = {}
     seen: dict[Path, tuple[bytes, os.stat_result]] = {}
     for label, path in _inputs(source):
         try:
             if path not in seen:
-                seen[path] = files.read_regular(path, checked=(checked or {}).get(path))
+                seen[path] = files.read_regular(path, checked=checked.get(path))
             raw[label] = seen[path][0]
         except UnsafePathError:
             raise
