@@ -274,7 +274,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(_row_line(r))
             for step in r["next"]:
                 print(f"  next: {step}")
-        print(*notes, sep="\n", end="\n" if notes else "")
+        for note in notes:
+            print(note)
     # An uncertain delivery that `retry` will not re-send by itself needs a human as much as a failed one; so does
     # a journal that fails verification (issue 20: never "OK" over a tampered record of what was shipped).
     if tampered is not None or any(_needs_human(r) for r in rows):
