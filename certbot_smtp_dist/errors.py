@@ -79,7 +79,9 @@ class UnsafePathError(SmtpDistError, PermissionError):
     link planted inside the state directory (exit status 77, EX_NOPERM). Nothing is read from it."""
 
     def __init__(self, path: object, problem: str, fix: str) -> None:
-        self.message = f"{path}: {problem}; {fix}"
+        self.unsafe = f"{path}: {problem}"  # what is wrong, and `fix` what to do: a finding's two fields (inspect)
+        self.fix = fix
+        self.message = f"{self.unsafe}; {fix}"
         super().__init__(errno.EPERM, self.message, str(path))
 
     def __str__(self) -> str:

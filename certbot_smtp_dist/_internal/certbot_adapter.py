@@ -141,7 +141,9 @@ def check(options: Options) -> None:
 
 def certificate_names(source: LineageSource | None) -> tuple[str, ...]:
     """The names a delivery matches `certificates` filters against (lineage name, CN, SANs) of the certificate in
-    `source`; () when there is none or it cannot be used (rehearse and the delivery name that)."""
+    `source`; () when there is none or it cannot be used (rehearse and the delivery name that). Read as a deploy
+    reads it (lineage.read_trusted): files reached through a link another user can re-point would let them choose
+    whose names pick the targets, so they give () too, logged as the deploy's refusal (which the deploy repeats)."""
     from datetime import datetime, timezone
 
     from certbot_smtp_dist._internal import lineage
@@ -149,8 +151,11 @@ def certificate_names(source: LineageSource | None) -> tuple[str, ...]:
     if source is None:
         return ()
     try:
-        raw, twins, _ = lineage.read_inputs(source)
+        raw, twins, _ = lineage.read_trusted(source)
         artefact, _ = lineage.check(raw, source, datetime.now(timezone.utc), twins)
+    except UnsafePathError as exc:
+        log.warning("smtp-dist: not reading the certificate's names (no target is chosen by them): %s", exc.refusal)
+        return ()
     except (CertificateError, OSError):
         return ()
     return artefact.facts.names

@@ -17,20 +17,21 @@ def nagios_options(status: argparse.ArgumentParser) -> None:
                         help="with --nagios: CRITICAL when a delivered certificate expires within M days (default 7)")
 
 
-def nagios_empty(args: argparse.Namespace, problem: str) -> int:
-    """No state there yet: OK with --allow-empty, else UNKNOWN."""
+def nagios_empty(args: argparse.Namespace, problem: str, hint: str) -> int:
+    """No state there yet, or nothing ever delivered (no target wanted a certificate): OK with --allow-empty, else
+    UNKNOWN, with `hint`."""
     from certbot_smtp_dist._internal import nagios
 
     verdict = nagios.OK if args.allow_empty else nagios.UNKNOWN
-    print(nagios.line(verdict, problem + ("" if args.allow_empty else " (pass --state-dir DIR, or --allow-empty "
-                                                                         "before the first deploy)")))
+    print(nagios.line(verdict, problem + ("" if args.allow_empty else f" ({hint})")))
     return verdict
 
 
 def nagios_status(args: argparse.Namespace, records: list[dict[str, Any]], rows: list[dict[str, Any]],
-                  needs_human: list[bool], tampered: str | None = None) -> int:
+                  needs_human: list[bool], tampered: str | None = None, notes: list[str] | None = None) -> int:
     """The check over `status`'s rows and the verified journal's delivered certificates of the configured targets;
-    `tampered`: why the journal fails verification (CRITICAL), None when it verifies."""
+    `tampered`: why the journal fails verification (CRITICAL), None when it verifies; `notes`: long-output lines
+    that change no state (a certificate no target wanted at its last deploy)."""
     from certbot_smtp_dist._internal import metrics, nagios
     from certbot_smtp_dist._internal.cli_state import next_command
     from certbot_smtp_dist._internal.config import config_path
@@ -44,6 +45,6 @@ def nagios_status(args: argparse.Namespace, records: list[dict[str, Any]], rows:
                 for cert, when in v.not_after]
     journal = None if tampered is None else nagios.Tampered(tampered, next_command(args, "journal", "verify"))
     code, text = nagios.check(rows, needs_human, expiries, time.time(),
-                              nagios.Thresholds(args.warn_days, args.crit_days), journal)
+                              nagios.Thresholds(args.warn_days, args.crit_days), journal, notes or ())
     print(text)
     return code

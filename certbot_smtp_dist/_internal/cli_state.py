@@ -237,34 +237,33 @@ def _row_line(r: dict[str, Any]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     """Nagios plugin convention: 0 OK, 1 WARNING (pending), 2 CRITICAL (needs a human, or the journal fails
     verification: verified in one pass, read-only, the rows' certificates taken from its verified lines), 3 UNKNOWN (cannot know:
-    no state there, or it cannot be read; main() turns every error into 3). --nagios: the same states, as a plugin."""
-    from certbot_smtp_dist._internal import cli_nagios
+    no state there, or it cannot be read; main() turns every error into 3; nothing ever delivered, every deploy so
+    far wanted by no target). --nagios: the same states, as a plugin."""
+    from certbot_smtp_dist._internal import cli_nagios, unwanted
     from certbot_smtp_dist._internal.journal import Journal
 
     state = _state(args)
     empty = _nothing_there(state)
     if empty is not None:
-        verdict = "OK" if args.allow_empty else "UNKNOWN"
-        if args.nagios:
-            return cli_nagios.nagios_empty(args, empty)
-        if args.json:
-            print(json.dumps({"status": verdict, "state_dir": str(state), "problem": empty, "entries": []}, indent=2))
-        else:
-            print(f"{verdict}: {empty} (looked there because of "
-                  f"{'--state-dir' if args.state_dir else '$CERTBOT_SMTP_DIST_STATE_DIR or the default'}; "
-                  f"pass --state-dir DIR, or --allow-empty before the first deploy)")
-        return STATUS_OK if args.allow_empty else STATUS_UNKNOWN
+        where = "--state-dir" if args.state_dir else "$CERTBOT_SMTP_DIST_STATE_DIR or the default"
+        return _idle(args, state, empty, "pass --state-dir DIR, or --allow-empty before the first deploy", where)
     keys = _keys(args, state)
     journal, records = Journal(state, keys.journal, keys.journal_anchor).audit()
     tampered = None if journal.ok else journal_problem(args, journal)
     rows = _rows(args, state, keys)
+    unwanted_now = unwanted.unwanted(records)
+    if tampered is None and not rows and unwanted_now and unwanted.never_delivered(records):
+        return _idle(args, state, f"no delivery was ever attempted from {state}: "
+                                  + "; ".join(u.line() for u in unwanted_now), UNWANTED_HINT)
+    notes = [f"note: {u.line()}" for u in unwanted_now]  # OK, WARNING or CRITICAL as ever: never silently
     if args.nagios:
-        return cli_nagios.nagios_status(args, records, rows, [_needs_human(r) for r in rows], tampered)
+        return cli_nagios.nagios_status(args, records, rows, [_needs_human(r) for r in rows], tampered, notes)
     if args.json:
         print(json.dumps({"entries": rows, "journal": {
             "ok": journal.ok, "lines": journal.lines, "first_bad_line": journal.first_bad_line,
             "problems": [str(p) for p in journal.problems],
-            "next": [] if journal.ok else [next_command(args, "journal", "verify")]}}, indent=2))
+            "next": [] if journal.ok else [next_command(args, "journal", "verify")]},
+            "no_target": [u.to_json() for u in unwanted_now]}, indent=2))
     else:
         if tampered is not None:
             print(f"CRITICAL: {tampered}")
@@ -275,11 +274,31 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(_row_line(r))
             for step in r["next"]:
                 print(f"  next: {step}")
+        for note in notes:
+            print(note)
     # An uncertain delivery that `retry` will not re-send by itself needs a human as much as a failed one; so does
     # a journal that fails verification (issue 20: never "OK" over a tampered record of what was shipped).
     if tampered is not None or any(_needs_human(r) for r in rows):
         return STATUS_CRITICAL
     return STATUS_WARNING if rows else STATUS_OK
+
+
+UNWANTED_HINT = "check the targets' `certificates` filters, or pass --allow-empty while no target is to get one"
+
+
+def _idle(args: argparse.Namespace, state: Path, problem: str, hint: str, where: str | None = None) -> int:
+    """Nothing to report on: no state (`where`: why it looked there), or nothing ever delivered because no target
+    wanted a certificate. UNKNOWN, or OK with --allow-empty; the same line and `hint` in every output form."""
+    from certbot_smtp_dist._internal import cli_nagios
+
+    verdict = "OK" if args.allow_empty else "UNKNOWN"
+    if args.nagios:
+        return cli_nagios.nagios_empty(args, problem, hint)
+    if args.json:
+        print(json.dumps({"status": verdict, "state_dir": str(state), "problem": problem, "entries": []}, indent=2))
+    else:
+        print(f"{verdict}: {problem} ({f'looked there because of {where}; ' if where else ''}{hint})")
+    return STATUS_OK if args.allow_empty else STATUS_UNKNOWN
 
 
 def journal_problem(args: argparse.Namespace, verdict: Verdict) -> str:

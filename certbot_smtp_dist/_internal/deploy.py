@@ -186,6 +186,8 @@ def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, tar
     from certbot_smtp_dist._internal import render
     from certbot_smtp_dist._internal.plugins import message_hook
 
+    if ledger is not None and not wanted:  # journalled, or `status` could not tell this run from none at all
+        ledger.no_target(artefact.facts, [t.name for t in targets])
     transform, jobs = message_hook(loaded.plugins), []
     parts = render.PartCache()  # what this run's messages share (attachment parts...), made once for all
     for target in targets:

@@ -11,7 +11,7 @@ from typing import Any
 
 from certbot_smtp_dist._internal import diagnose, files, lineage, report
 from certbot_smtp_dist._internal.addresses import printable
-from certbot_smtp_dist.errors import CertificateError
+from certbot_smtp_dist.errors import CertificateError, UnsafePathError
 from certbot_smtp_dist.model import Finding, LineageSource, Severity
 
 SCHEMA = "certbot-smtp-dist/inspect/1"  # README.rst documents this document; a change that breaks it bumps it
@@ -42,12 +42,18 @@ UNDECODABLE_FIX = ("the certificate's names are malformed: have it issued again 
 
 
 def inspect(source: LineageSource, store: Any, now: datetime) -> Inspection:
-    """Read `source` through the same bounded readers a deploy uses, then diagnose it against `store`."""
+    """Read `source` as a deploy reads it (the same trust rule, the same bounded readers: lineage.read_trusted),
+    then diagnose it against `store`. Files a deploy would refuse to trust are refused here too: what a link another
+    user can re-point leads to is theirs to choose, and a report of it would say a lineage is sound that a deploy
+    refuses, or show facts of a file only root may read."""
     def error(code: str, problems: tuple[str, ...] | list[str], fix: str) -> list[Finding]:
         return [_error(code, p, fix) for p in problems]
 
     try:
-        raw, twins, key_status = lineage.read_inputs(source)
+        raw, twins, key_status = lineage.read_trusted(source)
+    except UnsafePathError as exc:  # deploy's refusal, exit 77 as there: nothing behind it is read, so none reported
+        return Inspection(source, store.label, (Finding(Severity.ERROR, "untrusted-path", printable(
+            f"refusing to trust {exc.unsafe}"), printable(exc.fix)),), exit_status=report.EX_NOPERM)
     except CertificateError as exc:
         return Inspection(source, store.label, tuple(error("unreadable", exc.problems, "check the path and that "
                                                              "this user may read it")), exit_status=report.EX_NOINPUT)

@@ -20,6 +20,7 @@ from certbot_smtp_dist._internal.journal import Journal
 from certbot_smtp_dist._internal.pipeline import Attempt, Delivery, Job
 from certbot_smtp_dist._internal.state import StateKeys
 from certbot_smtp_dist._internal.tokencache import TokenCache
+from certbot_smtp_dist._internal.unwanted import NO_TARGET
 from certbot_smtp_dist.model import CertificateFacts, LineageSource, Message, Status, failure_json
 
 if TYPE_CHECKING:
@@ -97,6 +98,15 @@ class Ledger:
         """A quiet target's renewal that was not sent (min_interval): journalled, never spooled."""
         self.record("skipped", facts, target, outcome="skipped", reason=reason.partition(":")[0], detail=reason,
                     **_key_and_names(facts))
+
+    def no_target(self, facts: CertificateFacts, targets: list[str]) -> None:
+        """No selected target's `certificates` filter wants this certificate: nothing is sent or spooled, and the
+        journal says so, once per run, with the names the filters were matched against (`status` tells such a
+        deploy from none at all: unwanted.py)."""
+        names = list(dict.fromkeys(n for n in facts.names if n))
+        self.record(NO_TARGET, facts, None, targets=targets, names=names,
+                    detail="no selected target's `certificates` filter matches the certificate's names; nothing to "
+                           "deliver")
 
     # -- claiming -----------------------------------------------------------------------------------------------
     @contextmanager

@@ -91,15 +91,9 @@ def load(source: LineageSource, now: datetime | None = None) -> Artefact:
     """Read and check every file; raise CertificateError listing every problem found.
 
     Each distinct file is read once, bounded (files.read_regular), and its warnings are logged once. Raises
-    UnsafePathError, before any is read, when one is reached through a link another user can re-point
-    (`require_steady`), or when a file opened lies elsewhere than that check found it, and after the reads when the
-    key file is another's hard link in an ACME user's directory (ownership.require_no_borrowed_name).
+    UnsafePathError when a file is not safe to trust (`read_trusted`).
     """
-    checked = require_steady(source)
-    raw, twins, key_status = read_inputs(source, checked)
-    from certbot_smtp_dist._internal import ownership
-
-    ownership.require_no_borrowed_name(source.key, key_status, checked.get(source.key, source.key), "private key file")
+    raw, twins, key_status = read_trusted(source)
     for warning in files.exposure(source.key, key_status, os.geteuid(), "private key file"):
         log.warning("%s", warning)  # whether or not the artefact is usable: the key sits there either way
     from certbot_smtp_dist._internal import anchors
@@ -113,6 +107,20 @@ def load(source: LineageSource, now: datetime | None = None) -> Artefact:
             log.warning("certificate %s: %s%s", artefact.facts.name, finding.message,
                         f"; fix: {finding.fix}" if finding.fix else "")
     return artefact
+
+
+def read_trusted(source: LineageSource) -> tuple[dict[str, bytes], frozenset[str], os.stat_result]:
+    """`read_inputs` under the rule every reader of a lineage obeys (deploy, retry, `check --lineage`, `inspect`,
+    the certbot plugin's choice of targets): no file is reached through a link another user can re-point
+    (`require_steady`, before any is read), each file opened is where that check found it, and the key file is no
+    other user's hard link in an ACME user's directory (ownership.require_no_borrowed_name). Raises
+    UnsafePathError for any of them; CertificateError naming every file that cannot be read."""
+    from certbot_smtp_dist._internal import ownership
+
+    checked = require_steady(source)
+    raw, twins, key_status = read_inputs(source, checked)
+    ownership.require_no_borrowed_name(source.key, key_status, checked.get(source.key, source.key), "private key file")
+    return raw, twins, key_status
 
 
 def require_steady(source: LineageSource) -> dict[Path, Path]:
@@ -130,19 +138,19 @@ def require_steady(source: LineageSource) -> dict[Path, Path]:
                                                  "client's own hook), or {fix} if that ACME client runs as root")
 
 
-def read_inputs(source: LineageSource, checked: Mapping[Path, Path] | None = None
+def read_inputs(source: LineageSource, checked: Mapping[Path, Path]
                 ) -> tuple[dict[str, bytes], frozenset[str], os.stat_result]:
     """The bytes of each file by label (cert, chain, fullchain, key), each distinct file read once and bounded
     (files.read_regular), the labels whose file is the key file itself, and the key file's status. Raises
     CertificateError naming every file that cannot be read; UnsafePathError when a file opened is not where
-    `checked` (require_steady) says its path led."""
+    `checked` (require_steady) says its path led. Every reader of a lineage calls it through `read_trusted`."""
     problems: list[str] = []
     raw: dict[str, bytes] = {}
     seen: dict[Path, tuple[bytes, os.stat_result]] = {}
     for label, path in _inputs(source):
         try:
             if path not in seen:
-                seen[path] = files.read_regular(path, checked=(checked or {}).get(path))
+                seen[path] = files.read_regular(path, checked=checked.get(path))
             raw[label] = seen[path][0]
         except UnsafePathError:
             raise

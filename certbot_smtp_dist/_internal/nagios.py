@@ -48,10 +48,11 @@ def line(state: int, summary: str) -> str:
 
 
 def check(rows: Sequence[Mapping[str, Any]], needs_human: Iterable[bool], expiries: Iterable[Expiry], now: float,
-          limits: Thresholds, journal: Tampered | None = None) -> tuple[int, str]:
+          limits: Thresholds, journal: Tampered | None = None, notes: Sequence[str] = ()) -> tuple[int, str]:
     """Exit status and output. `rows`: `status`'s rows; `needs_human`: for each row, whether `retry` alone will not
     end it (failed, blocked, rejected, an uncertain delivery that waits); `journal`: set when the journal fails
-    verification, which is CRITICAL whatever else holds (its records cannot be trusted to say all is well)."""
+    verification, which is CRITICAL whatever else holds (its records cannot be trusted to say all is well);
+    `notes`: last lines of the long output, which change no state."""
     human = list(needs_human)
     failed = sum(1 for r in rows if r["state"] in ("failed", "rejected"))
     pending = sum(1 for r in rows if r["state"] == "pending")
@@ -80,7 +81,7 @@ def check(rows: Sequence[Mapping[str, Any]], needs_human: Iterable[bool], expiri
     perf.append(f"journal_intact={0 if journal else 1};;1:;0;1")
     extra = [] if journal is None else [_clean(f"journal: {journal.problem}"), _clean(f"  next: {journal.next}")]
     return state, "\n".join([f"{line(state, ', '.join(parts))} | {' '.join(perf)}", *extra,
-                             *_long(rows, soonest, now)])
+                             *_long(rows, soonest, now), *(_clean(n) for n in notes)])
 
 
 def _long(rows: Sequence[Mapping[str, Any]], soonest: Expiry | None, now: float) -> list[str]:

@@ -1,11 +1,16 @@
 """The certificate files a deploy mails are never reached through a symbolic link another user can re-point (theirs,
 in a sticky directory others can write, like /tmp): it could lead to any lineage root can read, and root would mail
 that key to the configured recipients. Real relays on loopback and the real CLI; the link is nobody's
-(fs.protected_symlinks=0 here, as on hosts that do not set it, lets root follow it)."""
+(fs.protected_symlinks=0 here, as on hosts that do not set it, lets root follow it).
+
+Every other reader of a lineage obeys the same rule: `inspect` (whose report, or `--json` read by monitoring, would
+otherwise describe a lineage of the link owner's choosing, or a file only root may read) and the certbot plugin's
+certificate names (which choose the targets `check` dials)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +18,9 @@ from typing import Any
 import pytest
 from support.deployenv import DeployEnv, relay_target
 from support.pki import LineagePaths, write_lineage
+
+from certbot_smtp_dist._internal import certbot_adapter, lineage
+from certbot_smtp_dist.errors import UnsafePathError
 
 NOBODY = 65534
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="another user's link needs root to make")
@@ -150,3 +158,91 @@ def test_a_link_an_acme_user_swaps_in_after_the_check_sends_nothing_and_stays_bl
     assert f"{plain.fullchain}: led to " in run.target("a")["detail"] and "not to the path checked" in run.stderr
     [blocked] = spool(denv)
     assert (blocked["kind"], blocked["state"]) == ("blocked", "failed"), blocked
+
+
+def _refusal(source: Any) -> UnsafePathError:
+    """What a deploy of `source` refuses it with (lineage.load, deploy's reader)."""
+    with pytest.raises(UnsafePathError) as refused:
+        lineage.load(source)
+    return refused.value
+
+
+def test_inspect_through_another_users_link_is_refused_as_deploy_refuses_it(
+        denv: DeployEnv, sticky: Path, bank: LineagePaths) -> None:
+    """Through root's own link in /tmp, inspect reports the lineage; through nobody's, it reports the refusal a
+    deploy makes (exit 77, one `untrusted-path` finding) and nothing of the lineage it leads to: no leaf, no chain,
+    no verdict of `ok` a monitoring check would believe while every deploy of that path is refused."""
+    ca = ["--ca-file", str(bank.root_file)]
+    link = sticky / "live"
+    link.symlink_to(bank.live_dir)  # root's: followed, as deploy follows it
+    ok = denv.run("inspect", "--json", "--lineage", str(link), *ca)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["certificate"]["sans"] == ["bank.example"], ok.stdout
+    their_link(link, bank.live_dir)
+
+    run = denv.run("inspect", "--json", "--lineage", str(link), *ca)
+
+    doc = json.loads(run.stdout)
+    assert run.returncode == doc["exit_status"] == 77, run.stdout + run.stderr
+    assert doc["verdict"] == "error" and doc["certificate"] is None and doc["chain"] == [], doc
+    [finding] = doc["findings"]
+    refused = _refusal(lineage.from_lineage_dir(link))
+    assert (finding["severity"], finding["code"]) == ("error", "untrusted-path"), finding
+    assert f"{finding['message']}; {finding['fix']}" == refused.refusal, (finding, refused.refusal)
+    assert finding["message"].startswith(f"refusing to trust {link}: a symbolic link owned by uid {NOBODY}")
+    assert "bank.example" not in json.dumps(doc["certificate"]) and "Traceback" not in run.stderr
+
+
+def test_inspect_shows_nothing_of_a_file_only_root_may_read_behind_another_users_link(
+        denv: DeployEnv, sticky: Path, bank: LineagePaths, tmp_path: Path) -> None:
+    """nobody points a --fullchain in /tmp at a file of root's, mode 0600, that holds a certificate and a block
+    of something else: read as root, its leaf and its block's label would be printed to whoever sees the report.
+    Refused before it is opened; the text report says so in the deploy's words, and nothing else."""
+    secret = tmp_path / "etc" / "root-only.pem"
+    secret.write_bytes(bank.fullchain.read_bytes() + b"-----BEGIN NAMES SECRET LABEL-----\nAAAA\n"
+                       b"-----END NAMES SECRET LABEL-----\n")
+    secret.chmod(0o600)
+    fullchain = their_link(sticky / "fullchain.pem", secret)
+
+    run = denv.run("inspect", "--fullchain", str(fullchain), "--key", str(bank.privkey))
+
+    assert run.returncode == 77, run.stdout + run.stderr
+    out = run.stdout + run.stderr
+    assert "NAMES SECRET LABEL" not in out and "bank.example" not in out and "leaf:" not in out, out
+    refused = _refusal(lineage.from_files(None, str(bank.privkey), None, str(fullchain), None))
+    assert run.stdout.splitlines()[1:] == [f"  error:   {refused.refusal.removesuffix('; ' + refused.fix)}",
+                                           f"{'':11}fix: {refused.fix}"], run.stdout
+
+
+def test_inspect_refuses_a_hard_link_to_roots_key_as_deploy_does(
+        denv: DeployEnv, sticky: Path, bank: LineagePaths) -> None:
+    """Root's key file hard-linked into /tmp by anyone (fs.protected_hardlinks=0): a second name of a file they
+    cannot read, refused by deploy's reader after the read (ownership.require_no_borrowed_name), and by inspect."""
+    key = sticky / "privkey.pem"
+    os.link(bank.privkey.resolve(), key)
+
+    run = denv.run("inspect", "--json", "--fullchain", str(bank.fullchain), "--key", str(key))
+
+    doc = json.loads(run.stdout)
+    assert run.returncode == 77 and doc["certificate"] is None, run.stdout + run.stderr
+    [finding] = doc["findings"]
+    assert finding["code"] == "untrusted-path" and "has 2 names" in finding["message"], finding
+
+
+def test_the_plugins_certificate_names_are_not_read_through_another_users_link(
+        sticky: Path, bank: LineagePaths, caplog: pytest.LogCaptureFixture) -> None:
+    """certbot_adapter.certificate_names chooses the targets `check` dials on install/run/reconfigure: through
+    nobody's link it would be nobody's choice. None are read (then every selected target is checked, or those
+    certbot's own -d/--cert-name select), and the log says why in the deploy's words (the deploy refuses too)."""
+    link = sticky / "live"
+    link.symlink_to(bank.live_dir)  # root's: its names are read
+    assert "bank.example" in certbot_adapter.certificate_names(lineage.from_lineage_dir(link))
+    their_link(link, bank.live_dir)
+    source = lineage.from_lineage_dir(link)
+
+    with caplog.at_level(logging.WARNING, logger="certbot_smtp_dist"):
+        names = certbot_adapter.certificate_names(source)
+
+    assert names == ()
+    [record] = [r for r in caplog.records if "refusing to trust" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().endswith(_refusal(source).refusal), record.getMessage()

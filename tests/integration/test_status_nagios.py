@@ -4,6 +4,7 @@ blocked, unreadable), its exit status, and its output grammar per the Monitoring
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,50 @@ def test_unusable_configuration_is_one_unknown_line(denv: DeployEnv, tmp_path: P
     denv.config.write_text("[targets.a]\nport = 'not a number'\n")
     run, summary, perf, long = nagios(denv)
     assert run.returncode == UNKNOWN and long == [] and perf == {} and "targets.a.port" in summary
+
+
+def test_a_deploy_no_target_wants_is_journalled_and_status_says_so_never_silently_ok(
+        denv: DeployEnv, tmp_path: Path, relay_factory) -> None:
+    """A renewal of a certificate no target's `certificates` filter matches sends nothing and spools nothing. Its
+    journal line (`no_target`) lets `status` say why nothing was delivered instead of "no journal ... nothing was
+    ever recorded": UNKNOWN (OK with --allow-empty, the reason still printed) while nothing was ever delivered; once
+    something was, OK with a note naming the certificate no target wants any more."""
+    lineage = lineage_expiring(tmp_path, 60)
+    relay = relay_factory("plaintext")
+    unwanted = relay_target(relay, certificates=["other.example"])
+    assert deploy(denv, lineage, unwanted) == 0 and relay.connections == 0
+    said = "certificate test.example.com: its last deploy ("
+    why = ("was wanted by no target (no `certificates` filter of target(s) relay matches test.example.com, "
+           "www.test.example.com); nothing to deliver")
+
+    run, summary, perf, _ = nagios(denv)
+    assert run.returncode == UNKNOWN and perf == {}, run.stdout
+    assert summary.startswith(f"no delivery was ever attempted from {denv.state_dir}: {said}"), summary
+    assert why in summary and "check the targets' `certificates` filters" in summary, summary
+    text = denv.run("status")
+    assert text.returncode == UNKNOWN and text.stdout.startswith("UNKNOWN: no delivery was ever attempted"), text
+    assert why in text.stdout and "nothing was ever recorded" not in text.stdout
+    doc = json.loads(denv.run("status", "--json").stdout)
+    assert doc["status"] == "UNKNOWN" and why in doc["problem"] and doc["entries"] == [], doc
+    allowed = denv.run("status", "--allow-empty")
+    assert allowed.returncode == OK and allowed.stdout.startswith("OK: no delivery was ever attempted") and why in \
+        allowed.stdout, allowed.stdout
+    history = denv.run("history", "--all")
+    assert "no_target certificate=test.example.com" in history.stdout, history.stdout
+
+    assert deploy(denv, lineage, relay_target(relay)) == 0 and len(relay.messages) == 1  # wanted: delivered
+    run, summary, _, long = nagios(denv)
+    assert run.returncode == OK and not any(why in line for line in long), run.stdout
+    assert json.loads(denv.run("status", "--json").stdout)["no_target"] == []
+
+    assert deploy(denv, lineage, unwanted) == 0 and len(relay.messages) == 1  # no longer wanted
+    run, summary, _, long = nagios(denv)
+    assert run.returncode == OK and "test.example.com (target relay)" in summary, run.stdout
+    [note] = [line for line in long if why in line]
+    assert note.startswith(f"note: {said}"), note
+    text = denv.run("status")
+    assert text.returncode == OK and text.stdout.splitlines()[0] == "OK: no pending, uncertain or failed deliveries"
+    assert text.stdout.splitlines()[1] == note, text.stdout
+    [entry] = json.loads(denv.run("status", "--json").stdout)["no_target"]
+    assert (entry["certificate"], entry["targets"], entry["names"]) == (
+        "test.example.com", ["relay"], ["test.example.com", "www.test.example.com"]), entry
