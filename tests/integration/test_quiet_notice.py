@@ -70,12 +70,16 @@ def test_notice_is_registered_through_the_hook_and_declares_no_key() -> None:
 EX_TEMPFAIL = 75
 
 
-def renew(lineage: LineagePaths, *, key: PrivateKey | None = None, names: tuple[str, ...] | None = None) -> None:
+def renew(lineage: LineagePaths, *, key: PrivateKey | None = None, names: tuple[str, ...] | None = None,
+          later: int = 0) -> None:
     """The lineage's next certificate, as an ACME client writes it: a new leaf (and serial) from the same issuer,
-    with the same key (certbot's --reuse-key) unless `key` is given, for the same names unless `names` is given."""
+    with the same key (certbot's --reuse-key) unless `key` is given, for the same names unless `names` is given.
+    `later`: seconds its validity starts after the default (an hour ago): two renewals within one second are
+    otherwise equally new (X.509 times count whole seconds)."""
     names = names or lineage.names
     key = key or lineage.key
-    leaf = issue(lineage.intermediate, common_name=names[0], sans=names, key=key)
+    start = datetime.now(timezone.utc) - timedelta(hours=1) + timedelta(seconds=later)
+    leaf = issue(lineage.intermediate, common_name=names[0], sans=names, key=key, not_before=start)
     (lineage.live_dir / "cert.pem").write_bytes(leaf.cert_pem())
     (lineage.live_dir / "fullchain.pem").write_bytes(leaf.cert_pem() + lineage.intermediate.cert_pem())
     write_private(lineage.live_dir / "privkey.pem", leaf.key_pem())
@@ -260,7 +264,7 @@ def test_a_held_back_renewal_supersedes_an_older_certificate_still_pending(denv:
     denv.write_config({"quiet": relay_target(relay, min_interval="7d", port=dead, timeout=3)})
     failed = deploy(denv, lineage, "--force")
     assert failed.returncode == EX_TEMPFAIL and denv.run("status").returncode == 1  # C2 pending
-    renew(lineage)
+    renew(lineage, later=2)  # C3: newer than C2 even when issued within the same second
     denv.write_config({"quiet": relay_target(relay, min_interval="7d")})
 
     third = deploy(denv, lineage)
