@@ -131,7 +131,7 @@ class _Replies(asyncio.Protocol):
         try:
             found = self._next()
         except SMTPResponseException as exc:
-            waiter.set_exception(exc)
+            _fail_waiter(waiter, exc)
             return
         if found is not None:
             waiter.set_result(found)
@@ -144,7 +144,7 @@ class _Replies(asyncio.Protocol):
         self._lost = exc
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(self._disconnected())
+            _fail_waiter(waiter, self._disconnected())
 
     # -- ours
     def write(self, data: bytes) -> None:
@@ -273,6 +273,14 @@ class _Replies(asyncio.Protocol):
             at = end + 1
             self._failed_codes = _distinct([*self._failed_codes, _line_code(line)])
             self._draining = line[3:4] == b"-"
+
+
+def _fail_waiter(waiter: asyncio.Future[Response], error: BaseException) -> None:
+    """The awaited read fails with `error`, marked as retrieved: should the reading task be cancelled before it
+    wakes (the session's deadline in the same loop turn), asyncio would otherwise report "Future exception was
+    never retrieved" on the way out. The reader still gets it."""
+    waiter.set_exception(error)
+    waiter.exception()
 
 
 def _line_code(head: bytes) -> int:
