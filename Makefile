@@ -34,7 +34,7 @@ test-venv: $(STAMP)
 test-distro:
 	@if ! $(DISTRO_PYTHON) -c "import $(shell echo $(DISTRO_MODULES) | tr ' ' ',')" 2>/dev/null; then \
 	  if [ "$$CI" = true ]; then echo "Debian's python3 packages are missing (see .ci/run)" >&2; exit 1; fi; \
-	  echo "test-distro skipped: Debian's python3-{aiosmtplib,aiosmtpd,...} are not installed"; exit 0; fi
+	  echo "test-distro skipped: Debian's python3-{aiosmtpd,cryptography,...} are not installed"; exit 0; fi
 	PYTHONPATH=$(CURDIR) $(DISTRO_PYTHON) -m pytest -p no:cacheprovider tests/unit tests/integration $(PYTEST_ARGS); \
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
