@@ -26,6 +26,9 @@ from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import Failure, OAuth2Grant, Phase, Secret
 
 ASSERTION_LIFETIME = 3600  # seconds; Google refuses an assertion that lives longer than an hour
+# Seconds a token is kept at most, whatever the endpoint says: Microsoft's tokens last at most a day (its token
+# lifetime policies' bound), Google's an hour.
+MAX_LIFETIME = 24 * 3600
 MAX_RESPONSE = 64 * 1024  # a token response is a few kilobytes; a hostile endpoint gets no more of our memory
 # Endpoint statuses that say the grant itself is refused (RFC 6749 §5.2); anything else may pass.
 _REFUSED = frozenset({400, 401, 403})
@@ -223,10 +226,19 @@ def _parse(url: str, raw: bytes, secrets: tuple[Secret, ...]) -> Token:
         raise TokenFailure(unreachable(url, "the answer is not a token response (RFC 6749 §5.1)"))
     if str(doc.get("token_type", "")).lower() != "bearer":  # type: ignore[union-attr]
         raise TokenFailure(unreachable(url, "the token is not a Bearer token (RFC 6750)"))
-    expires = doc.get("expires_in")  # type: ignore[union-attr]
-    if isinstance(expires, str) and expires.isdigit():
-        expires = int(expires)  # Microsoft's v1 endpoint sends a string
-    return Token(Secret(token), expires if isinstance(expires, int) and expires > 0 else None)
+    return Token(Secret(token), _lifetime(doc.get("expires_in")))  # type: ignore[union-attr]
+
+
+def _lifetime(value: object) -> int | None:
+    """RFC 6749 §5.1 `expires_in`: a positive number of seconds (Microsoft's v1 endpoint sends it as a string of
+    digits), at most MAX_LIFETIME; None when there is none. The endpoint's number is not ours to do arithmetic on
+    unbounded: 10**400 is valid JSON, and no float holds it."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # not "²", a digit int() refuses
+        digits = value.lstrip("0") or "0"
+        value = int(digits) if len(digits) <= 12 else MAX_LIFETIME
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return None
+    return min(value, MAX_LIFETIME)
 
 
 def _json(raw: bytes) -> dict[str, object] | None:

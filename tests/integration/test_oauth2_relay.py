@@ -401,3 +401,18 @@ def test_a_fifo_planted_as_a_token_cache_entry_never_hangs_the_run(
     assert run.returncode == 0, run.stderr
     assert endpoint.requests == 2 and len(relay.wait_for_messages(2)) == 2
     assert "token cache entry" in run.stderr and "unusable" in run.stderr
+
+
+@pytest.mark.parametrize("expires_in", [10**400, "9" * 400, "\u00b2"], ids=["int", "digits", "superscript"])
+def test_an_absurd_lifetime_from_the_endpoint_neither_breaks_the_run_nor_outlives_the_run_after(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint, expires_in: object) -> None:
+    """A hostile or broken endpoint's expires_in past what a float holds (RFC 6749 §5.1 sets no bound)."""
+    configure(denv, relay, endpoint)
+    token = "tok-absurd-lifetime-" + "y" * 24
+    endpoint.tokens.append(token)
+    endpoint.answer = Answer(200, {"access_token": token, "token_type": "Bearer", "expires_in": expires_in})
+    run = deploy(denv, lineage)
+    assert run.returncode == 0, run.stderr
+    assert run.target("m365")["status"] == "delivered" and len(relay.wait_for_messages(1)) == 1
+    no_leak(run, denv, [SECRET, token])
+

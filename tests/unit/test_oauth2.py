@@ -161,6 +161,17 @@ def test_a_token_response_parses() -> None:
     assert "abc" not in repr(token)
 
 
+@pytest.mark.parametrize(("expires_in", "kept"), [
+    ("3599", 3599), (3600, 3600), ("0003600", 3600), (10**400, oauth2.MAX_LIFETIME), ("9" * 5000, oauth2.MAX_LIFETIME),
+    (oauth2.MAX_LIFETIME + 1, oauth2.MAX_LIFETIME), ("\u00b2", None), ("\u0663\u0666", None), (-5, None), (0, None),
+    ("-5", None), (True, None), (3600.5, None), (None, None),
+])
+def test_the_lifetime_is_the_endpoints_but_bounded(expires_in: object, kept: int | None) -> None:
+    """RFC 6749 §5.1 sets no bound on expires_in; ours is MAX_LIFETIME, and anything not a count of seconds is none."""
+    body = json.dumps({"access_token": "abc", "token_type": "Bearer", "expires_in": expires_in}).encode()
+    assert oauth2._parse("https://login.example.net/t/token", body, ()).expires_in == kept
+
+
 def test_oauthbearer_initial_response_is_rfc_7628() -> None:
     # RFC 7628 §4.1's example, with the user escaped as a GS2 saslname (RFC 5801 §4).
     raw = base64.b64decode(oauthbearer_response("user,x=y@example.com", "server.example.com", 143,
