@@ -30,6 +30,7 @@ ASSERTION_LIFETIME = 3600  # seconds; Google refuses an assertion that lives lon
 # lifetime policies' bound), Google's an hour.
 MAX_LIFETIME = 24 * 3600
 MAX_RESPONSE = 64 * 1024  # a token response is a few kilobytes; a hostile endpoint gets no more of our memory
+_MAX_SAID = 200  # characters of a foreign library's words kept in a failure
 # Endpoint statuses that say the grant itself is refused (RFC 6749 §5.2); anything else may pass.
 _REFUSED = frozenset({400, 401, 403})
 
@@ -272,13 +273,21 @@ def _translate(exc: BaseException, url: str, secrets: tuple[Secret, ...]) -> Fai
         reason = exc.reason
         if isinstance(reason, ssl.SSLCertVerificationError):
             why = getattr(reason, "verify_message", None) or reason
-            return unreachable(url, f"certificate not trusted: {why}")
-        return unreachable(url, f"{type(reason).__name__}: {reason}"[:200])
+            return unreachable(url, f"certificate not trusted: {_said(str(why), secrets)}")
+        return unreachable(url, _said(f"{type(reason).__name__}: {reason}", secrets))
     if isinstance(exc, (ssl.SSLError, socket.timeout, TimeoutError, OSError, http.client.HTTPException)):
-        return unreachable(url, f"{type(exc).__name__}: {exc}"[:200])
+        return unreachable(url, _said(f"{type(exc).__name__}: {exc}", secrets))
     if isinstance(exc, ValueError):  # urllib's words about the URL (a stored key is checked by `client`)
-        return scrub.scrub_failure(unreachable(url, scrub.one_line(str(exc))), secrets)  # scrubbed, then cut
+        return unreachable(url, _said(str(exc), secrets))
     return unreachable(url, type(exc).__name__)
+
+
+def _said(text: str, secrets: tuple[Secret, ...]) -> str:
+    """Words of a foreign library in a failure, which may quote the endpoint (http.client's BadStatusLine is the
+    status line as sent: terminal controls, or a secret of the request echoed): one printable line, every secret
+    of the request masked, and only then cut (a cut first can halve a secret past recognition)."""
+    clean = scrub.scrubber_of(secrets).text(scrub.one_line(text))
+    return clean if len(clean) <= _MAX_SAID else clean[:_MAX_SAID - 3] + "..."
 
 
 def unreachable(url: str, why: str) -> Failure:

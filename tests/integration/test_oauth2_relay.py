@@ -416,3 +416,23 @@ def test_an_absurd_lifetime_from_the_endpoint_neither_breaks_the_run_nor_outlive
     assert run.target("m365")["status"] == "delivered" and len(relay.wait_for_messages(1)) == 1
     no_leak(run, denv, [SECRET, token])
 
+
+@pytest.mark.parametrize("status_line", [
+    b"HTTP/1.1 2OO echo \x1b]0;owned\x07\r\n\r\n", b"echo\x1b[2J\r\n\r\n", b"HTTP/1.1 99999 echo\r\n\r\n",
+    b"HTTP/1.1 2OO " + b"p" * 150 + b"echo\r\n\r\n",  # the secret where the detail used to be cut, unscrubbed
+], ids=["controls", "bare", "status", "cut"])
+def test_a_status_line_quoting_the_secret_is_scrubbed_and_printable(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint, status_line: bytes) -> None:
+    """http.client puts an unparseable status line, the endpoint's own bytes, into its exception text: an endpoint
+    that quotes the client secret there, or writes terminal controls, reaches the failure like a relay's reply."""
+    configure(denv, relay, endpoint)
+    endpoint.raw = status_line
+    run = deploy(denv, lineage)
+    assert run.returncode == 75, run.stderr
+    failed = run.target("m365")
+    assert failed["error_code"] == "SMTP_CONNECT" and "BadStatusLine" in failed["detail"], failed
+    assert "\x1b" not in run.stderr and "\x07" not in run.stderr
+    assert failed["detail"].isprintable(), failed
+    assert endpoint.requests >= 1 and relay.connections == 0
+    no_leak(run, denv, [SECRET])
+    assert SECRET[:16] not in run.stdout + run.stderr + at_rest(denv)

@@ -127,6 +127,19 @@ def test_everything_else_is_transient_smtp_connect(exc: BaseException) -> None:
     assert failure.detail.startswith("no OAuth 2.0 token from https://login.example.net/t/token: ")
 
 
+@pytest.mark.parametrize("exc", [
+    http.client.BadStatusLine("HTTP/1.1 2OO " + "p" * 150 + SECRET.reveal() + "\x1b]0;x\x07\r\n"),
+    urllib.error.URLError(f"{'p' * 150}{SECRET.reveal()}\x1b[2J"), OSError(f"{'p' * 160}{SECRET.reveal()}\r\n"),
+    urllib.error.URLError(ssl.SSLCertVerificationError(1, f"{'p' * 170}{SECRET.reveal()}\n")),
+])
+def test_foreign_words_in_a_failure_are_one_scrubbed_printable_line_cut_after_scrubbing(exc: BaseException) -> None:
+    """http.client quotes a bad status line as the endpoint sent it: terminal controls, and a secret it echoes,
+    which a cut made before scrubbing left half in clear."""
+    failure = oauth2._translate(exc, GRANT.token_url or "", (SECRET,))
+    assert failure.detail.isprintable() and "***" in failure.detail, failure.detail
+    assert SECRET.reveal()[:8] not in failure.detail
+
+
 def test_every_exception_class_of_urllib_http_and_ssl_is_translated() -> None:
     """The boundary is exhaustive: no class of the three libraries escapes as a traceback."""
     modules = (urllib.error, http.client, ssl)
