@@ -106,6 +106,8 @@ def client(grant: OAuth2Grant, secret: Secret) -> Client:
     try:
         account = service_account(secret)
         signer = _rsa_key(account.private_key)
+        if grant.token_url is None:  # a key stored before `credentials set` checked it (key_problem), or altered
+            _require_https(account.token_uri)
     except ValueError as exc:  # our own words, never the key's
         detail = (f"stored credential {grant.service_account_credential!r} is not a usable service account key: "
                   f"{exc}; store a good one with `certbot-smtp-dist credentials set "
@@ -119,11 +121,18 @@ def key_problem(text: str) -> str | None:
     try:
         account = service_account(Secret(text))
         _rsa_key(account.private_key)
+        _require_https(account.token_uri)
     except ValueError as exc:
         return str(exc)
-    if urllib.parse.urlsplit(account.token_uri).scheme != "https":
-        return "the service account key's token_uri is not an https:// URL"
     return None
+
+
+def _require_https(token_uri: str) -> None:
+    """RFC 6749 §3.2: the token endpoint MUST be reached over TLS (the signed assertion is a credential for an
+    hour); urllib would as readily POST it over http:// or read a file:// as the answer."""
+    parts = urllib.parse.urlsplit(token_uri)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("the service account key's token_uri is not an https:// URL")
 
 
 def identity(c: Client, username: str) -> tuple[str, str, str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -436,3 +437,47 @@ def test_a_status_line_quoting_the_secret_is_scrubbed_and_printable(
     assert endpoint.requests >= 1 and relay.connections == 0
     no_leak(run, denv, [SECRET])
     assert SECRET[:16] not in run.stdout + run.stderr + at_rest(denv)
+
+
+@pytest.mark.parametrize("scheme", ["http", "file"])
+def test_a_stored_key_whose_token_uri_is_not_https_is_never_used(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, tmp_path: Path, scheme: str) -> None:
+    """`credentials set` refuses a key whose token_uri is not https:// (key_problem); one stored before that check,
+    or altered since, must not send its signed assertion in clear (RFC 6749 §3.2: TLS), nor read a local file as a
+    token response: a credential problem for a human (SMTP_AUTH), never a request."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+    received: list[bytes] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(5)
+                data = conn.recv(65536)
+                if data:  # not the test's own wake-up below
+                    received.append(data)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    uri = (f"http://127.0.0.1:{listener.getsockname()[1]}/token" if scheme == "http"
+           else (tmp_path / "token.json").as_uri())
+    (tmp_path / "token.json").write_text(json.dumps({"access_token": "local-file-token-1234", "token_type": "Bearer"}))
+    key_json, _ = service_account_key(GSA_EMAIL, uri)
+    store_unchecked(denv, "gsa", "smtp_oauth2_service_account", key_json)
+    denv.write_config({"workspace": relay_target(relay, auth_method="xoauth2", username=MAILBOX,
+                                                 oauth2_service_account_credential="gsa", timeout=10)})
+    try:
+        run = deploy(denv, lineage)
+    finally:
+        with contextlib.suppress(OSError), socket.create_connection(listener.getsockname(), timeout=5):
+            pass  # wakes the accept: nothing came
+        thread.join(25)
+        listener.close()
+    assert received == [] and relay.connections == 0
+    failed = run.target("workspace")
+    assert run.returncode == 69 and (failed["status"], failed["error_code"]) == ("failed", "SMTP_AUTH"), failed
+    assert "https" in failed["detail"] and "credentials set gsa" in failed["detail"]
