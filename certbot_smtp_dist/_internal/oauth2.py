@@ -306,4 +306,6 @@ def unreachable(url: str, why: str) -> Failure:
 
 def _where(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"  # never a query string, which may carry anything
+    # Never a query string or userinfo, which may carry anything (a service account key's token_uri is not the
+    # config's, checked by config.token_url_problem).
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"

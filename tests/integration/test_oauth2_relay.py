@@ -481,3 +481,17 @@ def test_a_stored_key_whose_token_uri_is_not_https_is_never_used(
     failed = run.target("workspace")
     assert run.returncode == 69 and (failed["status"], failed["error_code"]) == ("failed", "SMTP_AUTH"), failed
     assert "https" in failed["detail"] and "credentials set gsa" in failed["detail"]
+
+
+def test_a_password_in_the_token_url_is_refused_and_never_repeated(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint) -> None:
+    """A mistaken config: the secret in the URL's userinfo. Refused before any request, and not quoted: not in the
+    refusal, nor (as it was) in every failure, the journal and --json."""
+    denv.set_credential("m365-app", "smtp_oauth2_client_secret", SECRET)
+    url = endpoint.url.replace("https://", "https://app:pw-in-the-url@")
+    denv.write_config({"m365": oauth_target(relay, endpoint, oauth2_token_url=url)})
+    run = deploy(denv, lineage)
+    assert run.returncode == 78, run.stderr
+    assert "oauth2_token_url" in run.stderr and "userinfo" in run.stderr
+    assert "pw-in-the-url" not in run.stdout + run.stderr + at_rest(denv).replace(url, "")
+    assert endpoint.requests == 0 and relay.connections == 0

@@ -74,9 +74,28 @@ def test_a_service_account_target_defaults_to_the_key_token_uri_and_the_mail_sco
 
 
 @pytest.mark.parametrize("url", ["http://login.example.net/token", "https:///token", "ftp://x/y",
-                                 "https://x/a\r\nb"])
+                                 "https://x/a\r\nb", "https://[::1/token", "https://x:abc/t", "https://x:99999999/t",
+                                 "https://x:0/t"])
 def test_the_token_url_must_be_https(url: str) -> None:
     assert set(problems({**OAUTH, "oauth2_token_url": url})) == {"oauth2_token_url"}
+
+
+@pytest.mark.parametrize("url", ["https://app:pw-in-the-url@login.example.net/t/token",
+                                 "https://pw-in-the-url@login.example.net/t/token",
+                                 "https://app:pw-in-the-url@login.example.net:8443/t/token?x=1"])
+def test_a_token_url_with_userinfo_is_refused_without_quoting_it(url: str) -> None:
+    """Secrets never in the config: a password in the URL (RFC 3986 §3.2.1 deprecates user:password) would be
+    quoted in every failure, the journal and --json; the refusal itself does not quote it either."""
+    found = problems({**OAUTH, "oauth2_token_url": url})
+    assert set(found) == {"oauth2_token_url"} and "userinfo" in found["oauth2_token_url"]
+    assert "pw-in-the-url" not in found["oauth2_token_url"]
+
+
+def test_a_failure_never_names_the_userinfo_of_a_token_url() -> None:
+    """A service account key's token_uri is not checked by the config: the failure shows host and path only."""
+    failure = oauth2.unreachable("https://app:pw-in-the-url@[2001:db8::1]:8443/t/token?x=1", "HTTP 503")
+    assert "pw-in-the-url" not in failure.detail and "app" not in failure.detail
+    assert "https://[2001:db8::1]:8443/t/token: HTTP 503" in failure.detail
 
 
 def test_a_client_secret_of_the_wrong_type_is_named() -> None:
