@@ -29,6 +29,10 @@ ASSERTION_LIFETIME = 3600  # seconds; Google refuses an assertion that lives lon
 # Seconds a token is kept at most, whatever the endpoint says: Microsoft's tokens last at most a day (its token
 # lifetime policies' bound), Google's an hour.
 MAX_LIFETIME = 24 * 3600
+# Characters of an access token, at most: real ones are a few kilobytes (a JWT with many claims stays under the
+# 16 KiB HTTP servers take in a header, where a bearer token travels: RFC 6750 §2.1). Every relay text of its
+# session is scrubbed of it (scrub.py), at a cost in proportion to its length, on the event loop.
+MAX_TOKEN = 16 * 1024
 MAX_RESPONSE = 64 * 1024  # a token response is a few kilobytes; a hostile endpoint gets no more of our memory
 _MAX_SAID = 200  # characters of a foreign library's words kept in a failure
 # Endpoint statuses that say the grant itself is refused (RFC 6749 §5.2); anything else may pass.
@@ -232,7 +236,8 @@ def _parse(url: str, raw: bytes, secrets: tuple[Secret, ...]) -> Token:
     """RFC 6749 §5.1: a JSON object with `access_token`, `token_type` Bearer and optionally `expires_in`."""
     doc = _json(raw)
     token = doc.get("access_token") if doc is not None else None
-    if len(raw) > MAX_RESPONSE or not isinstance(token, str) or not token or not token.isprintable():
+    if (len(raw) > MAX_RESPONSE or not isinstance(token, str) or not token or len(token) > MAX_TOKEN
+            or not token.isprintable()):
         raise TokenFailure(unreachable(url, "the answer is not a token response (RFC 6749 §5.1)"))
     if str(doc.get("token_type", "")).lower() != "bearer":  # type: ignore[union-attr]
         raise TokenFailure(unreachable(url, "the token is not a Bearer token (RFC 6750)"))

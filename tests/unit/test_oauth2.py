@@ -186,6 +186,20 @@ def test_a_malformed_token_response_is_transient(body: bytes, why: str) -> None:
     assert err.value.failure.code is ErrorCode.SMTP_CONNECT and why in err.value.failure.detail
 
 
+@pytest.mark.parametrize(("length", "kept"), [(oauth2.MAX_TOKEN, True), (oauth2.MAX_TOKEN + 1, False), (60_000, False)])
+def test_a_token_longer_than_any_real_one_is_not_a_token(length: int, kept: bool) -> None:
+    """A token is scrubbed from every relay text of its session, and making its scrubber costs time on the event
+    loop that grows with its length: a 60 000-character token from a hostile endpoint held every other target of
+    the run for about ten seconds once the relay refused it (16 KiB: under a second and a half)."""
+    body = json.dumps({"access_token": "t" * length, "token_type": "Bearer"}).encode()
+    if kept:
+        assert oauth2._parse("https://login.example.net/t/token", body, ()).value.reveal() == "t" * length
+        return
+    with pytest.raises(oauth2.TokenFailure) as err:
+        oauth2._parse("https://login.example.net/t/token", body, ())
+    assert "not a token response" in err.value.failure.detail
+
+
 def test_a_token_response_parses() -> None:
     body = b'{"access_token": "abc", "token_type": "bearer", "expires_in": "3599"}'
     token = oauth2._parse("https://login.example.net/t/token", body, ())
