@@ -288,9 +288,9 @@ def _translate(exc: BaseException, url: str, secrets: tuple[Secret, ...]) -> Fai
         if isinstance(reason, ssl.SSLCertVerificationError):
             why = getattr(reason, "verify_message", None) or reason
             return unreachable(url, f"certificate not trusted: {_said(str(why), secrets)}")
-        return unreachable(url, _said(f"{type(reason).__name__}: {reason}", secrets))
+        return unreachable(url, f"{type(reason).__name__}: {_said(str(reason), secrets)}")
     if isinstance(exc, (ssl.SSLError, socket.timeout, TimeoutError, OSError, http.client.HTTPException)):
-        return unreachable(url, _said(f"{type(exc).__name__}: {exc}", secrets))
+        return unreachable(url, f"{type(exc).__name__}: {_said(str(exc), secrets)}")
     if isinstance(exc, ValueError):  # urllib's words about the URL (a stored key is checked by `client`)
         return unreachable(url, _said(str(exc), secrets))
     return unreachable(url, type(exc).__name__)
@@ -299,7 +299,9 @@ def _translate(exc: BaseException, url: str, secrets: tuple[Secret, ...]) -> Fai
 def _said(text: str, secrets: tuple[Secret, ...]) -> str:
     """Words of a foreign library in a failure, which may quote the endpoint (http.client's BadStatusLine is the
     status line as sent: terminal controls, or a secret of the request echoed): one printable line, every secret
-    of the request masked, and only then cut (a cut first can halve a secret past recognition)."""
+    of the request masked, and only then cut (a cut first can halve a secret past recognition). The exception's
+    class stays outside: while a secret is too short to mask (scrub.py withholds the text), it still says what
+    went wrong."""
     clean = scrub.scrubber_of(secrets).text(scrub.one_line(text))
     return clean if len(clean) <= _MAX_SAID else clean[:_MAX_SAID - 3] + "..."
 

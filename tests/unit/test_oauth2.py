@@ -159,6 +159,12 @@ def test_foreign_words_in_a_failure_are_one_scrubbed_printable_line_cut_after_sc
     assert SECRET.reveal()[:8] not in failure.detail
 
 
+def test_with_a_secret_too_short_to_mask_a_failure_still_names_its_kind() -> None:
+    exc = urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+    failure = oauth2._translate(exc, GRANT.token_url or "", (Secret("short"),))
+    assert "ConnectionRefusedError: " in failure.detail and "withheld" in failure.detail
+
+
 def test_every_exception_class_of_urllib_http_and_ssl_is_translated() -> None:
     """The boundary is exhaustive: no class of the three libraries escapes as a traceback."""
     modules = (urllib.error, http.client, ssl)
