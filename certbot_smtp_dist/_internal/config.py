@@ -228,6 +228,24 @@ def unknown_key(key: str, known: frozenset[str] | tuple[str, ...], text: str = "
     return f"{text}; did you mean {close!r}?" if close else text
 
 
+def token_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a token endpoint, or None. RFC 6749 §3.2: it MUST be reached over TLS, the grant's
+    secret travels in the request. Userinfo is refused and never quoted: RFC 3986 §3.2.1 deprecates
+    "user:password" there, and a secret in the URL would be quoted in every failure, the journal and --json."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.port == 0:  # .port raises ValueError itself for one that is not a number up to 65535
+            raise ValueError("port 0")
+    except ValueError:
+        return "is not a URL: a bracketed address or a port that does not parse"
+    if "@" in parts.netloc:
+        return ("holds userinfo (user:password@); the client secret belongs in the credential store "
+                "(oauth2_client_secret_credential)")
+    if parts.scheme != "https" or not parts.hostname or header_text_problem(url) or " " in url:
+        return f"{url[:80]!r} is not an https:// URL"
+    return None
+
+
 def credentials_set_hint(name: str, type_: str, path: Path) -> str:
     """The command that stores credential `name` beside this config, ready to paste (the path shell-quoted)."""
     import shlex  # a problem's hint only
@@ -442,10 +460,9 @@ class _TargetChecker:
                            **{keys[0].removeprefix("oauth2_"): secret})
 
     def _oauth2_values(self, url: str | None, client_id: str | None, scope: str) -> None:
-        # RFC 6749 §3.2: the token endpoint MUST be reached over TLS; the grant's secret travels in the request.
-        if url and (urllib.parse.urlsplit(url).scheme != "https" or not urllib.parse.urlsplit(url).hostname
-                    or header_text_problem(url) or " " in url):
-            self.problem("oauth2_token_url", f"{url[:80]!r} is not an https:// URL")
+        problem = token_url_problem(url) if url else None
+        if problem is not None:
+            self.problem("oauth2_token_url", problem)
         for key, value in (("oauth2_client_id", client_id), ("oauth2_scope", scope)):
             if key in self.table and (not value or header_text_problem(value)):
                 self.problem(key, "must be a non-empty string without control characters")

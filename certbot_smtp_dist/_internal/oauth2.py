@@ -26,7 +26,15 @@ from certbot_smtp_dist.errors import ErrorCode
 from certbot_smtp_dist.model import Failure, OAuth2Grant, Phase, Secret
 
 ASSERTION_LIFETIME = 3600  # seconds; Google refuses an assertion that lives longer than an hour
+# Seconds a token is kept at most, whatever the endpoint says: Microsoft's tokens last at most a day (its token
+# lifetime policies' bound), Google's an hour.
+MAX_LIFETIME = 24 * 3600
+# Characters of an access token, at most: real ones are a few kilobytes (a JWT with many claims stays under the
+# 16 KiB HTTP servers take in a header, where a bearer token travels: RFC 6750 §2.1). Every relay text of its
+# session is scrubbed of it (scrub.py), at a cost in proportion to its length, on the event loop.
+MAX_TOKEN = 16 * 1024
 MAX_RESPONSE = 64 * 1024  # a token response is a few kilobytes; a hostile endpoint gets no more of our memory
+_MAX_SAID = 200  # characters of a foreign library's words kept in a failure
 # Endpoint statuses that say the grant itself is refused (RFC 6749 §5.2); anything else may pass.
 _REFUSED = frozenset({400, 401, 403})
 
@@ -102,6 +110,8 @@ def client(grant: OAuth2Grant, secret: Secret) -> Client:
     try:
         account = service_account(secret)
         signer = _rsa_key(account.private_key)
+        if grant.token_url is None:  # a key stored before `credentials set` checked it (key_problem), or altered
+            _require_https(account.token_uri)
     except ValueError as exc:  # our own words, never the key's
         detail = (f"stored credential {grant.service_account_credential!r} is not a usable service account key: "
                   f"{exc}; store a good one with `certbot-smtp-dist credentials set "
@@ -115,11 +125,18 @@ def key_problem(text: str) -> str | None:
     try:
         account = service_account(Secret(text))
         _rsa_key(account.private_key)
+        _require_https(account.token_uri)
     except ValueError as exc:
         return str(exc)
-    if urllib.parse.urlsplit(account.token_uri).scheme != "https":
-        return "the service account key's token_uri is not an https:// URL"
     return None
+
+
+def _require_https(token_uri: str) -> None:
+    """RFC 6749 §3.2: the token endpoint MUST be reached over TLS (the signed assertion is a credential for an
+    hour); urllib would as readily POST it over http:// or read a file:// as the answer."""
+    parts = urllib.parse.urlsplit(token_uri)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("the service account key's token_uri is not an https:// URL")
 
 
 def identity(c: Client, username: str) -> tuple[str, str, str, str]:
@@ -219,14 +236,24 @@ def _parse(url: str, raw: bytes, secrets: tuple[Secret, ...]) -> Token:
     """RFC 6749 §5.1: a JSON object with `access_token`, `token_type` Bearer and optionally `expires_in`."""
     doc = _json(raw)
     token = doc.get("access_token") if doc is not None else None
-    if len(raw) > MAX_RESPONSE or not isinstance(token, str) or not token or not token.isprintable():
+    if (len(raw) > MAX_RESPONSE or not isinstance(token, str) or not token or len(token) > MAX_TOKEN
+            or not token.isprintable()):
         raise TokenFailure(unreachable(url, "the answer is not a token response (RFC 6749 §5.1)"))
     if str(doc.get("token_type", "")).lower() != "bearer":  # type: ignore[union-attr]
         raise TokenFailure(unreachable(url, "the token is not a Bearer token (RFC 6750)"))
-    expires = doc.get("expires_in")  # type: ignore[union-attr]
-    if isinstance(expires, str) and expires.isdigit():
-        expires = int(expires)  # Microsoft's v1 endpoint sends a string
-    return Token(Secret(token), expires if isinstance(expires, int) and expires > 0 else None)
+    return Token(Secret(token), _lifetime(doc.get("expires_in")))  # type: ignore[union-attr]
+
+
+def _lifetime(value: object) -> int | None:
+    """RFC 6749 §5.1 `expires_in`: a positive number of seconds (Microsoft's v1 endpoint sends it as a string of
+    digits), at most MAX_LIFETIME; None when there is none. The endpoint's number is not ours to do arithmetic on
+    unbounded: 10**400 is valid JSON, and no float holds it."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # not "²", a digit int() refuses
+        digits = value.lstrip("0") or "0"
+        value = int(digits) if len(digits) <= 12 else MAX_LIFETIME
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return None
+    return min(value, MAX_LIFETIME)
 
 
 def _json(raw: bytes) -> dict[str, object] | None:
@@ -260,13 +287,23 @@ def _translate(exc: BaseException, url: str, secrets: tuple[Secret, ...]) -> Fai
         reason = exc.reason
         if isinstance(reason, ssl.SSLCertVerificationError):
             why = getattr(reason, "verify_message", None) or reason
-            return unreachable(url, f"certificate not trusted: {why}")
-        return unreachable(url, f"{type(reason).__name__}: {reason}"[:200])
+            return unreachable(url, f"certificate not trusted: {_said(str(why), secrets)}")
+        return unreachable(url, f"{type(reason).__name__}: {_said(str(reason), secrets)}")
     if isinstance(exc, (ssl.SSLError, socket.timeout, TimeoutError, OSError, http.client.HTTPException)):
-        return unreachable(url, f"{type(exc).__name__}: {exc}"[:200])
+        return unreachable(url, f"{type(exc).__name__}: {_said(str(exc), secrets)}")
     if isinstance(exc, ValueError):  # urllib's words about the URL (a stored key is checked by `client`)
-        return scrub.scrub_failure(unreachable(url, scrub.one_line(str(exc))), secrets)  # scrubbed, then cut
+        return unreachable(url, _said(str(exc), secrets))
     return unreachable(url, type(exc).__name__)
+
+
+def _said(text: str, secrets: tuple[Secret, ...]) -> str:
+    """Words of a foreign library in a failure, which may quote the endpoint (http.client's BadStatusLine is the
+    status line as sent: terminal controls, or a secret of the request echoed): one printable line, every secret
+    of the request masked, and only then cut (a cut first can halve a secret past recognition). The exception's
+    class stays outside: while a secret is too short to mask (scrub.py withholds the text), it still says what
+    went wrong."""
+    clean = scrub.scrubber_of(secrets).text(scrub.one_line(text))
+    return clean if len(clean) <= _MAX_SAID else clean[:_MAX_SAID - 3] + "..."
 
 
 def unreachable(url: str, why: str) -> Failure:
@@ -276,4 +313,6 @@ def unreachable(url: str, why: str) -> Failure:
 
 def _where(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"  # never a query string, which may carry anything
+    # Never a query string or userinfo, which may carry anything (a service account key's token_uri is not the
+    # config's, checked by config.token_url_problem).
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"

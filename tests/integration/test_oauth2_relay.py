@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -401,3 +402,96 @@ def test_a_fifo_planted_as_a_token_cache_entry_never_hangs_the_run(
     assert run.returncode == 0, run.stderr
     assert endpoint.requests == 2 and len(relay.wait_for_messages(2)) == 2
     assert "token cache entry" in run.stderr and "unusable" in run.stderr
+
+
+@pytest.mark.parametrize("expires_in", [10**400, "9" * 400, "\u00b2"], ids=["int", "digits", "superscript"])
+def test_an_absurd_lifetime_from_the_endpoint_neither_breaks_the_run_nor_outlives_the_run_after(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint, expires_in: object) -> None:
+    """A hostile or broken endpoint's expires_in past what a float holds (RFC 6749 §5.1 sets no bound)."""
+    configure(denv, relay, endpoint)
+    token = "tok-absurd-lifetime-" + "y" * 24
+    endpoint.tokens.append(token)
+    endpoint.answer = Answer(200, {"access_token": token, "token_type": "Bearer", "expires_in": expires_in})
+    run = deploy(denv, lineage)
+    assert run.returncode == 0, run.stderr
+    assert run.target("m365")["status"] == "delivered" and len(relay.wait_for_messages(1)) == 1
+    no_leak(run, denv, [SECRET, token])
+
+
+@pytest.mark.parametrize("status_line", [
+    b"HTTP/1.1 2OO echo \x1b]0;owned\x07\r\n\r\n", b"echo\x1b[2J\r\n\r\n", b"HTTP/1.1 99999 echo\r\n\r\n",
+    b"HTTP/1.1 2OO " + b"p" * 150 + b"echo\r\n\r\n",  # the secret where the detail used to be cut, unscrubbed
+], ids=["controls", "bare", "status", "cut"])
+def test_a_status_line_quoting_the_secret_is_scrubbed_and_printable(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint, status_line: bytes) -> None:
+    """http.client puts an unparseable status line, the endpoint's own bytes, into its exception text: an endpoint
+    that quotes the client secret there, or writes terminal controls, reaches the failure like a relay's reply."""
+    configure(denv, relay, endpoint)
+    endpoint.raw = status_line
+    run = deploy(denv, lineage)
+    assert run.returncode == 75, run.stderr
+    failed = run.target("m365")
+    assert failed["error_code"] == "SMTP_CONNECT" and "BadStatusLine" in failed["detail"], failed
+    assert "\x1b" not in run.stderr and "\x07" not in run.stderr
+    assert failed["detail"].isprintable(), failed
+    assert endpoint.requests >= 1 and relay.connections == 0
+    no_leak(run, denv, [SECRET])
+    assert SECRET[:16] not in run.stdout + run.stderr + at_rest(denv)
+
+
+@pytest.mark.parametrize("scheme", ["http", "file"])
+def test_a_stored_key_whose_token_uri_is_not_https_is_never_used(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, tmp_path: Path, scheme: str) -> None:
+    """`credentials set` refuses a key whose token_uri is not https:// (key_problem); one stored before that check,
+    or altered since, must not send its signed assertion in clear (RFC 6749 §3.2: TLS), nor read a local file as a
+    token response: a credential problem for a human (SMTP_AUTH), never a request."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+    received: list[bytes] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(5)
+                data = conn.recv(65536)
+                if data:  # not the test's own wake-up below
+                    received.append(data)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    uri = (f"http://127.0.0.1:{listener.getsockname()[1]}/token" if scheme == "http"
+           else (tmp_path / "token.json").as_uri())
+    (tmp_path / "token.json").write_text(json.dumps({"access_token": "local-file-token-1234", "token_type": "Bearer"}))
+    key_json, _ = service_account_key(GSA_EMAIL, uri)
+    store_unchecked(denv, "gsa", "smtp_oauth2_service_account", key_json)
+    denv.write_config({"workspace": relay_target(relay, auth_method="xoauth2", username=MAILBOX,
+                                                 oauth2_service_account_credential="gsa", timeout=10)})
+    try:
+        run = deploy(denv, lineage)
+    finally:
+        with contextlib.suppress(OSError), socket.create_connection(listener.getsockname(), timeout=5):
+            pass  # wakes the accept: nothing came
+        thread.join(25)
+        listener.close()
+    assert received == [] and relay.connections == 0
+    failed = run.target("workspace")
+    assert run.returncode == 69 and (failed["status"], failed["error_code"]) == ("failed", "SMTP_AUTH"), failed
+    assert "https" in failed["detail"] and "credentials set gsa" in failed["detail"]
+
+
+def test_a_password_in_the_token_url_is_refused_and_never_repeated(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint) -> None:
+    """A mistaken config: the secret in the URL's userinfo. Refused before any request, and not quoted: not in the
+    refusal, nor (as it was) in every failure, the journal and --json."""
+    denv.set_credential("m365-app", "smtp_oauth2_client_secret", SECRET)
+    url = endpoint.url.replace("https://", "https://app:pw-in-the-url@")
+    denv.write_config({"m365": oauth_target(relay, endpoint, oauth2_token_url=url)})
+    run = deploy(denv, lineage)
+    assert run.returncode == 78, run.stderr
+    assert "oauth2_token_url" in run.stderr and "userinfo" in run.stderr
+    assert "pw-in-the-url" not in run.stdout + run.stderr + at_rest(denv).replace(url, "")
+    assert endpoint.requests == 0 and relay.connections == 0

@@ -99,6 +99,9 @@ class TokenEndpoint:
         self._thread: threading.Thread | None = None
         self.requests = 0
         self.stall = 0.0  # seconds each request is held before it is answered (a stalled endpoint)
+        # Bytes written instead of any HTTP answer (a hostile or broken endpoint); `echo` in them is replaced by
+        # what the request sent as its secret (client_secret, or the assertion), as an endpoint quoting it would.
+        self.raw: bytes | None = None
         self._released = threading.Event()  # set by stop(): a stalled request is let go
 
     @property
@@ -168,7 +171,13 @@ def _handler(endpoint: TokenEndpoint) -> type[BaseHTTPRequestHandler]:
                 endpoint._released.wait(endpoint.stall)
             if self.headers.get("Content-Type") != "application/x-www-form-urlencoded":
                 endpoint.problems.append(f"content type {self.headers.get('Content-Type')!r}")
-            status, doc = endpoint.respond(urllib.parse.parse_qs(body, keep_blank_values=True))
+            form = urllib.parse.parse_qs(body, keep_blank_values=True)
+            status, doc = endpoint.respond(form)
+            if endpoint.raw is not None:
+                sent = (form.get("client_secret") or form.get("assertion") or [""])[0]
+                self.wfile.write(endpoint.raw.replace(b"echo", sent.encode()))
+                self.close_connection = True
+                return
             data = json.dumps(doc).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

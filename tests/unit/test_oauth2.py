@@ -74,9 +74,28 @@ def test_a_service_account_target_defaults_to_the_key_token_uri_and_the_mail_sco
 
 
 @pytest.mark.parametrize("url", ["http://login.example.net/token", "https:///token", "ftp://x/y",
-                                 "https://x/a\r\nb"])
+                                 "https://x/a\r\nb", "https://[::1/token", "https://x:abc/t", "https://x:99999999/t",
+                                 "https://x:0/t"])
 def test_the_token_url_must_be_https(url: str) -> None:
     assert set(problems({**OAUTH, "oauth2_token_url": url})) == {"oauth2_token_url"}
+
+
+@pytest.mark.parametrize("url", ["https://app:pw-in-the-url@login.example.net/t/token",
+                                 "https://pw-in-the-url@login.example.net/t/token",
+                                 "https://app:pw-in-the-url@login.example.net:8443/t/token?x=1"])
+def test_a_token_url_with_userinfo_is_refused_without_quoting_it(url: str) -> None:
+    """Secrets never in the config: a password in the URL (RFC 3986 §3.2.1 deprecates user:password) would be
+    quoted in every failure, the journal and --json; the refusal itself does not quote it either."""
+    found = problems({**OAUTH, "oauth2_token_url": url})
+    assert set(found) == {"oauth2_token_url"} and "userinfo" in found["oauth2_token_url"]
+    assert "pw-in-the-url" not in found["oauth2_token_url"]
+
+
+def test_a_failure_never_names_the_userinfo_of_a_token_url() -> None:
+    """A service account key's token_uri is not checked by the config: the failure shows host and path only."""
+    failure = oauth2.unreachable("https://app:pw-in-the-url@[2001:db8::1]:8443/t/token?x=1", "HTTP 503")
+    assert "pw-in-the-url" not in failure.detail and "app" not in failure.detail
+    assert "https://[2001:db8::1]:8443/t/token: HTTP 503" in failure.detail
 
 
 def test_a_client_secret_of_the_wrong_type_is_named() -> None:
@@ -127,6 +146,25 @@ def test_everything_else_is_transient_smtp_connect(exc: BaseException) -> None:
     assert failure.detail.startswith("no OAuth 2.0 token from https://login.example.net/t/token: ")
 
 
+@pytest.mark.parametrize("exc", [
+    http.client.BadStatusLine("HTTP/1.1 2OO " + "p" * 150 + SECRET.reveal() + "\x1b]0;x\x07\r\n"),
+    urllib.error.URLError(f"{'p' * 150}{SECRET.reveal()}\x1b[2J"), OSError(f"{'p' * 160}{SECRET.reveal()}\r\n"),
+    urllib.error.URLError(ssl.SSLCertVerificationError(1, f"{'p' * 170}{SECRET.reveal()}\n")),
+])
+def test_foreign_words_in_a_failure_are_one_scrubbed_printable_line_cut_after_scrubbing(exc: BaseException) -> None:
+    """http.client quotes a bad status line as the endpoint sent it: terminal controls, and a secret it echoes,
+    which a cut made before scrubbing left half in clear."""
+    failure = oauth2._translate(exc, GRANT.token_url or "", (SECRET,))
+    assert failure.detail.isprintable() and "***" in failure.detail, failure.detail
+    assert SECRET.reveal()[:8] not in failure.detail
+
+
+def test_with_a_secret_too_short_to_mask_a_failure_still_names_its_kind() -> None:
+    exc = urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+    failure = oauth2._translate(exc, GRANT.token_url or "", (Secret("short"),))
+    assert "ConnectionRefusedError: " in failure.detail and "withheld" in failure.detail
+
+
 def test_every_exception_class_of_urllib_http_and_ssl_is_translated() -> None:
     """The boundary is exhaustive: no class of the three libraries escapes as a traceback."""
     modules = (urllib.error, http.client, ssl)
@@ -154,11 +192,36 @@ def test_a_malformed_token_response_is_transient(body: bytes, why: str) -> None:
     assert err.value.failure.code is ErrorCode.SMTP_CONNECT and why in err.value.failure.detail
 
 
+@pytest.mark.parametrize(("length", "kept"), [(oauth2.MAX_TOKEN, True), (oauth2.MAX_TOKEN + 1, False), (60_000, False)])
+def test_a_token_longer_than_any_real_one_is_not_a_token(length: int, kept: bool) -> None:
+    """A token is scrubbed from every relay text of its session, and making its scrubber costs time on the event
+    loop that grows with its length: a 60 000-character token from a hostile endpoint held every other target of
+    the run for about ten seconds once the relay refused it (16 KiB: under a second and a half)."""
+    body = json.dumps({"access_token": "t" * length, "token_type": "Bearer"}).encode()
+    if kept:
+        assert oauth2._parse("https://login.example.net/t/token", body, ()).value.reveal() == "t" * length
+        return
+    with pytest.raises(oauth2.TokenFailure) as err:
+        oauth2._parse("https://login.example.net/t/token", body, ())
+    assert "not a token response" in err.value.failure.detail
+
+
 def test_a_token_response_parses() -> None:
     body = b'{"access_token": "abc", "token_type": "bearer", "expires_in": "3599"}'
     token = oauth2._parse("https://login.example.net/t/token", body, ())
     assert (token.value.reveal(), token.expires_in) == ("abc", 3599)
     assert "abc" not in repr(token)
+
+
+@pytest.mark.parametrize(("expires_in", "kept"), [
+    ("3599", 3599), (3600, 3600), ("0003600", 3600), (10**400, oauth2.MAX_LIFETIME), ("9" * 5000, oauth2.MAX_LIFETIME),
+    (oauth2.MAX_LIFETIME + 1, oauth2.MAX_LIFETIME), ("\u00b2", None), ("\u0663\u0666", None), (-5, None), (0, None),
+    ("-5", None), (True, None), (3600.5, None), (None, None),
+])
+def test_the_lifetime_is_the_endpoints_but_bounded(expires_in: object, kept: int | None) -> None:
+    """RFC 6749 §5.1 sets no bound on expires_in; ours is MAX_LIFETIME, and anything not a count of seconds is none."""
+    body = json.dumps({"access_token": "abc", "token_type": "Bearer", "expires_in": expires_in}).encode()
+    assert oauth2._parse("https://login.example.net/t/token", body, ()).expires_in == kept
 
 
 def test_oauthbearer_initial_response_is_rfc_7628() -> None:
