@@ -382,7 +382,7 @@ def s7_postfix(ctx: Context, sessions: int = 8) -> list[Row]:
             Variant("smtplib", _client(ctx, "smtp_send.py", *common, env=no_auth), expect_exit(0)),
             Variant("aiosmtplib", _client(ctx, "aio_gather.py", *common, 1, env=no_auth), expect_exit(0)),
             # The floor under any asyncio client: the same exchange on asyncio's transports, no library above.
-            Variant("asyncio", _client(ctx, "asyncio_min.py", *common), expect_exit(0)),
+            Variant("asyncio", _client(ctx, "asyncio_min.py", *common, env=no_auth), expect_exit(0)),
         ])
         counted = _session_instructions(ctx, inst, common, no_auth) if ctx.instructions else []
     deploy, smtp, aio, floor = (Stats.of(samples[k]) for k in ("deploy", "smtplib", "aiosmtplib", "asyncio"))
