@@ -354,8 +354,13 @@ _IO_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
 
 
 def _write_eml(output: Path, name: str, data: bytes) -> None:
-    from certbot_smtp_dist._internal import files, report
+    """One rendered message (it may hold the private key) into the operator's --output directory, 0600. The
+    directory is the operator's choice, but the links on the way to it are held to the rule every path root
+    writes through obeys (ownership.require_steady_links, as files.write_public): another user's link in /tmp
+    would let them choose where root writes the message (UnsafePathError, exit 77)."""
+    from certbot_smtp_dist._internal import files, ownership, report
 
+    ownership.require_steady_links(output.parent)  # before anything is made there; at `output`: ensure_private_dir
     step, where = "create directory", output
     try:
         files.ensure_private_dir(output, ours=False)  # the operator's choice (files.py)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -76,3 +77,24 @@ def test_disk_full_is_an_io_error(denv: DeployEnv, lineage: LineagePaths, tmp_pa
     assert run.returncode == EX_IOERR, run.stderr
     assert_one_clear_line(run, "cannot write", "relay.eml", "No space left on device")
     assert list(disk.iterdir()) == []  # the tmpfs went with the namespace; the real directory was never written
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's link needs root to make")
+def test_output_through_another_users_link_is_refused(denv: DeployEnv, lineage: LineagePaths, sticky: Path,
+                                                      tmp_path: Path) -> None:
+    """A link of another user's in a directory everyone may write (/tmp) would let them choose where root writes the
+    rendered message, which may hold the private key: refused as deploy refuses such a lineage (exit 77), nothing
+    made or written behind it."""
+    chosen = tmp_path / "their-choice"
+    chosen.mkdir()
+    link = sticky / "out"
+    link.symlink_to(chosen)
+    os.chown(link, 65534, -1, follow_symlinks=False)
+    run = dry_run(denv, lineage, link / "eml")
+    assert run.returncode == 77, run.stderr
+    assert "refusing to trust" in run.stderr and str(link) in run.stderr and "Traceback" not in run.stderr
+    assert list(chosen.iterdir()) == []
+    root_link = sticky / "ours"  # root's own link there is root's to re-point: followed as before
+    root_link.symlink_to(chosen)
+    assert dry_run(denv, lineage, root_link / "eml").returncode == 0
+    assert [p.name for p in (chosen / "eml").iterdir()] == ["relay.eml"]
