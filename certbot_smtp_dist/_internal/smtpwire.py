@@ -366,7 +366,7 @@ class Client:
             raise SMTPConnectResponseError(greeting.code, greeting.message)
         return greeting
 
-    async def execute_command(self, *args: bytes, timeout: float | None = None) -> Response:
+    async def execute_command(self, *args: bytes) -> Response:
         """One command line (RFC 5321 §2.3.8: ended by CRLF) and its reply, whatever it is. A line holding a CR or
         LF of its own is never written: it would be a second command (every caller validated its input; this is the
         last word on it)."""
@@ -375,7 +375,7 @@ class Client:
             raise SMTPException("refusing to send a command line holding a line break")
         protocol = self._protocol()
         protocol.write(line + b"\r\n")
-        return await protocol.read_response(timeout if timeout is not None else self.timeout)
+        return await protocol.read_response(self.timeout)
 
     async def ehlo(self, hostname: str | None = None) -> Response:
         """EHLO (RFC 5321 §4.1.1.1); the extensions of its 250 replace those known (RFC 3207 §4.2 after TLS)."""

@@ -547,7 +547,7 @@ async def _data(client: transcript.Transcribed, data: bytes, progress: _Progress
     client.sending_message(len(data))  # the transcript shows its size, never the message
     protocol.write(data_lines(data))  # raises only when nothing could be handed to the connection
     progress.dot_sent = True
-    final = await client.final_reply(lambda: protocol.read_response())
+    final = await client.final_reply(protocol.read_response)
     progress.dot_sent = False  # the relay answered: whatever it says is an answer, not a doubt...
     head = _reply_head(progress)
     doubt = classify.contradictory_final_reply(head.read if head is not None else (), final.code, final.message)
