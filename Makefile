@@ -22,8 +22,8 @@ demo: $(STAMP)
 	$(BIN)/python tests/demo.py
 
 # The whole suite: everything in the venv (newest libraries from PyPI), then the unit and integration tests
-# again on Debian 12's own packages (python3-aiosmtplib 2.0, python3-cryptography 38, python3-pluggy 1.0,
-# python3-certbot 2.1), the stack the distro add-on runs on.
+# again on Debian 12's own packages (python3-cryptography 38, python3-pluggy 1.0, python3-certbot 2.1), the stack
+# the distro add-on runs on.
 test: lint test-venv test-distro
 
 # pytest exits 5 when it collects nothing: treat that as a failure, never as success.
