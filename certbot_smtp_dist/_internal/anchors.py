@@ -149,9 +149,14 @@ def cert_dirs(value: str) -> tuple[Path, ...]:
 
 
 def file_store(path: Path) -> Store:
-    """A PEM bundle given by the user (--ca-file), read now, bounded, symlinks followed (it is their choice).
-    Raises OSError when it cannot be read, ValueError when it holds no certificate."""
-    data, _ = files.read_regular(path, MAX_BUNDLE_BYTES)
+    """A PEM bundle given by the user (--ca-file), read now, bounded, under the rule of the lineage's files
+    (lineage.read_trusted): links followed only where no other user can re-point them, and the file opened is
+    where that check found it. Raises UnsafePathError when it is not safe to trust (nothing read), OSError when it
+    cannot be read, ValueError when it holds no certificate."""
+    from certbot_smtp_dist._internal import ownership
+
+    checked = ownership.require_steady_links(path)
+    data, _ = files.read_regular(path, MAX_BUNDLE_BYTES, checked=checked)
     try:
         found = [b.der for b in pem.blocks(data) if b.label == pem.CERTIFICATE]
     except pem.PemError as exc:

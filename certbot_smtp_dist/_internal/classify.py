@@ -255,6 +255,14 @@ def _disconnected(exc: BaseException, phase: Phase, connected: bool) -> Failure:
     return Failure(ErrorCode.SMTP_TRANSIENT, phase, f"relay dropped the connection during {phase.value}")
 
 
+def _unsendable(exc: BaseException, phase: Phase, connected: bool) -> Failure:
+    """A command of ours holding a CR or LF (RFC 5321 §2.3.8: CRLF ends a command, so the rest would be a second
+    one): an injection attempt that got past the checks above the wire, never written. The same input fails the same
+    way on every attempt, so it is permanent; the line itself is not quoted (it holds the control characters)."""
+    return Failure(ErrorCode.SMTP_VALIDATION, phase, f"refused to send a {phase.value} command holding a CR or LF "
+                   "(a line break would start another command; RFC 5321 §2.3.8); nothing of it was sent")
+
+
 def _generic(exc: BaseException, phase: Phase, connected: bool) -> Failure:
     cause = _root_cause(exc)
     if cause is not exc:
@@ -273,6 +281,7 @@ _HANDLERS: tuple[tuple[str, Callable[[BaseException, Phase, bool], Failure]], ..
     ("SMTPDataError", _response),
     ("SMTPHeloError", _response),
     ("SMTPResponseException", _response),
+    ("SMTPUnsendableCommand", _unsendable),
     ("SMTPException", _generic),
 )
 HANDLED_NAMES = frozenset(name for name, _ in _HANDLERS)

@@ -346,6 +346,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         setup_logging(args.log_format, args.verbose, args.quiet)
     except KeyboardInterrupt:  # before the command began: one line, as a command's own Ctrl-C, never a traceback
+        if _command_word(argv) == "status":  # a monitoring check: UNKNOWN in its own format, as in _run
+            from certbot_smtp_dist._internal.cli_state import STATUS_UNKNOWN
+
+            _error(argparse.Namespace(command="status", failed_status=STATUS_UNKNOWN, nagios="--nagios" in argv,
+                                      json="--json" in argv), "interrupted")
+            return STATUS_UNKNOWN
         print("certbot-smtp-dist: error: interrupted", file=sys.stderr)
         return 130
     code = _run(args)
@@ -357,6 +363,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         abandon.end_process(code)
     return code
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand `argv` names, read as argparse reads it: the first word that is neither an option nor the
+    value of a global option (`--state-dir DIR`, or an abbreviation of one). For a Ctrl-C before parsing ended."""
+    words = iter(argv)
+    for word in words:
+        if word.startswith("--") and "=" not in word and len(word) > 2 and any(
+                option.startswith(word) for option in ("--config", "--state-dir", "--log-format")):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certbot_smtp_dist._internal import files
-from certbot_smtp_dist.errors import AccessError, CredentialError
+from certbot_smtp_dist.errors import AccessError, CredentialError, UnsafePathError
 from certbot_smtp_dist.model import Secret
 
 CREDENTIAL_TYPES = ("smtp_password", "smtp_pkcs12_passphrase", "smtp_oauth2_client_secret",
@@ -31,6 +31,9 @@ MASTER_KEY_FILE = "master.key"
 SYSTEMD_CREDENTIAL = "certbot-smtp-dist.master-key"  # name under $CREDENTIALS_DIRECTORY
 _SUFFIX = ".cred"
 _FORMAT = 1
+# A credential file is read bounded (a service account's key is a few kB): its secret is bounded to fit it.
+MAX_CREDENTIAL_BYTES = 1 << 16
+MAX_SECRET_BYTES = 1 << 15
 MIN_PASSPHRASE = 8  # a PKCS#12 file travels by mail: its passphrase is all that stands against an offline guess
 # Control characters (C0, DEL, C1) and the Unicode line and paragraph separators.
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
@@ -40,6 +43,8 @@ def secret_problem(type_: str, secret: str) -> str | None:
     """Why `secret` cannot be stored as a credential of `type_`, or None. Never quotes the secret."""
     if not secret:
         return "the secret is empty"
+    if len(secret.encode("utf-8")) > MAX_SECRET_BYTES:
+        return f"the secret is longer than {MAX_SECRET_BYTES} bytes"
     if "\0" in secret:
         # RFC 4616 §2: NUL separates authzid, authcid and passwd in AUTH PLAIN; a NUL inside a password ends it.
         return "the secret contains a NUL character, which AUTH PLAIN cannot carry (RFC 4616 §2)"
@@ -81,10 +86,12 @@ class CredentialStore:
         out: list[StoredCredential] = []
         for path in sorted(self.directory / n for n in names if n.endswith(_SUFFIX)):
             try:
-                doc = json.loads(path.read_text("utf-8"))
+                doc = json.loads(self._read(path))
                 out.append(StoredCredential(name=str(doc["name"]), type=str(doc["type"])))
+            except UnsafePathError:
+                raise
             except (OSError, ValueError, KeyError, TypeError):
-                continue  # unreadable entries surface when used, by name
+                continue  # damaged entries surface when used, by name
         return out
 
     def types(self) -> dict[str, str]:
@@ -127,12 +134,14 @@ class CredentialStore:
         _check(name, type_)
         path = self._path(name)
         try:
-            doc = json.loads(path.read_text("utf-8"))
+            doc = json.loads(self._read(path))
             stored_type = doc["type"]
             wrapped = base64.b64decode(doc["wrapped_key"], validate=True)
             sealed = base64.b64decode(doc["ciphertext"], validate=True)
         except FileNotFoundError as exc:
             raise CredentialError(f"credential {name!r} is not stored") from exc
+        except UnsafePathError:
+            raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CredentialError(f"credential file {path} is damaged") from exc
         if stored_type != type_:
@@ -195,6 +204,16 @@ class CredentialStore:
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}{_SUFFIX}"
+
+    @staticmethod
+    def _read(path: Path) -> bytes:
+        """A credential file: never through a link (one in credentials/, ours alone, was planted: UnsafePathError),
+        never a FIFO, never more than MAX_CREDENTIAL_BYTES (CredentialError naming the file and why)."""
+        try:
+            return files.read_private_bounded(path, MAX_CREDENTIAL_BYTES, " inside the credentials directory")
+        except files.RefusedFile as exc:
+            raise CredentialError(f"credential file {path} cannot be read: it {exc.strerror}; remove it "
+                                  f"(rm {path}) after checking who made it") from exc
 
 
 def _check(name: str, type_: str | None) -> None:

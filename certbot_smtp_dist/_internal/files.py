@@ -57,14 +57,14 @@ def ensure_private_dir(path: Path, ours: bool = True) -> Path:
     return path
 
 
-def open_nofollow(path: Path, flags: int, mode: int = FILE_MODE) -> int:
-    """os.open that never follows a symbolic link at `path`: a planted link is an error naming it, its target
-    untouched (O_NOFOLLOW makes open(2) fail with ELOOP on a link)."""
+def open_nofollow(path: Path, flags: int, mode: int = FILE_MODE, where: str = " inside the state") -> int:
+    """os.open that never follows a symbolic link at `path`: a planted link is an error naming it (`where` it
+    was), its target untouched (O_NOFOLLOW makes open(2) fail with ELOOP on a link)."""
     try:
         return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and os.path.islink(path)):
-            raise _planted(path) from exc
+            raise _planted(path, where) from exc
         raise
 
 
@@ -73,6 +73,18 @@ def read_nofollow(path: Path) -> bytes:
     fd = open_nofollow(path, os.O_RDONLY)
     with os.fdopen(fd, "rb") as handle:
         return handle.read()
+
+
+def read_private_bounded(path: Path, limit: int, where: str) -> bytes:
+    """The bytes of a regular file of ours, never through a symbolic link (UnsafePathError naming it, `where` it
+    was planted), never blocking (a FIFO is refused, not opened for a writer that never comes) and never past
+    `limit` (RefusedFile for anything but a regular file of at most `limit` bytes, as read_regular)."""
+    fd = open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY, where=where)
+    try:
+        _refuse_unless_regular(os.fstat(fd), limit)
+        return _read_at_most(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def refuse_link(path: Path) -> None:
@@ -253,17 +265,21 @@ def read_regular(path: Path, limit: int = MAX_INPUT_BYTES, checked: Path | None 
         _refuse_unless_regular(status, limit)
         if checked is not None:
             require_opened_at(fd, path, checked)
-        chunks: list[bytes] = []
-        total = 0
-        while total <= limit:
-            chunk = os.read(fd, min(1 << 16, limit + 1 - total))
-            if not chunk:
-                return b"".join(chunks), status
-            chunks.append(chunk)
-            total += len(chunk)
-        raise RefusedFile(errno.EFBIG, f"grew past {_size(limit)} while being read")
+        return _read_at_most(fd, limit), status
     finally:
         os.close(fd)
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while total <= limit:
+        chunk = os.read(fd, min(1 << 16, limit + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+    raise RefusedFile(errno.EFBIG, f"grew past {_size(limit)} while being read")
 
 
 def require_opened_at(fd: int, path: Path, checked: Path) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist._internal.render import colon_hex
 from certbot_smtp_dist.errors import UsageError
 
@@ -58,7 +59,8 @@ def select(records: Iterable[dict[str, Any]], keep: Filter) -> Iterator[dict[str
 
 def line(record: dict[str, Any]) -> str:
     """One record at a glance: time, certificate, serial, target, recipients, outcome and cause; what a record
-    does not know is left out, never printed as `-`."""
+    does not know is left out, never printed as `-`. Printable: a line written by an older version, or edited, may
+    hold control characters (an escape sequence a terminal would act on), each shown as "?"."""
     parts = [str(record.get("time") or "?")]
     outcome = record.get("outcome") if record.get("event") == "attempt" else record.get("event")
     parts.append(str(outcome or record.get("event") or "?"))
@@ -77,7 +79,7 @@ def line(record: dict[str, Any]) -> str:
         cause = str(record["reply"])
     if cause:
         parts.append(f"cause: {_one_line(cause)}")
-    return " ".join(parts)
+    return printable(" ".join(parts))
 
 
 def _one_line(text: str) -> str:

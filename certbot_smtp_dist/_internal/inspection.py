@@ -52,8 +52,7 @@ def inspect(source: LineageSource, store: Any, now: datetime) -> Inspection:
     try:
         raw, twins, key_status = lineage.read_trusted(source)
     except UnsafePathError as exc:  # deploy's refusal, exit 77 as there: nothing behind it is read, so none reported
-        return Inspection(source, store.label, (Finding(Severity.ERROR, "untrusted-path", printable(
-            f"refusing to trust {exc.unsafe}"), printable(exc.fix)),), exit_status=report.EX_NOPERM)
+        return _untrusted(source, store.label, exc)
     except CertificateError as exc:
         return Inspection(source, store.label, tuple(error("unreadable", exc.problems, "check the path and that "
                                                              "this user may read it")), exit_status=report.EX_NOINPUT)
@@ -74,6 +73,12 @@ def inspect(source: LineageSource, store: Any, now: datetime) -> Inspection:
     failed = any(f.severity is Severity.ERROR for f in every)
     return Inspection(source, store.label, every, _chain(certs, diagnosis.roles),
                       _leaf(certs[0], diagnosis), diagnosis.anchor, report.EX_DATAERR if failed else report.EX_OK)
+
+
+def _untrusted(source: LineageSource, store: str, exc: UnsafePathError) -> Inspection:
+    """The one `untrusted-path` finding: the deploy's `refusing to trust` line split into message and fix."""
+    return Inspection(source, store, (Finding(Severity.ERROR, "untrusted-path", printable(
+        f"refusing to trust {exc.unsafe}"), printable(exc.fix)),), exit_status=report.EX_NOPERM)
 
 
 def _error(code: str, problem: str, fix: str) -> Finding:
@@ -155,6 +160,8 @@ def run(source: LineageSource, ca_file: Path | None, now: datetime) -> Inspectio
         return inspect(source, anchors.system_store(thorough=True), now)
     try:
         store = anchors.file_store(ca_file)
+    except UnsafePathError as exc:  # as a lineage file's refusal (`inspect`): exit 77, nothing of it read
+        return _untrusted(source, f"--ca-file {ca_file}", exc)
     except OSError as exc:
         return Inspection(source, f"--ca-file {ca_file}", (Finding(
             Severity.ERROR, "unreadable", printable(f"cannot read --ca-file {ca_file}: {exc.strerror or exc}"),

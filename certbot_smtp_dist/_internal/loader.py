@@ -19,7 +19,7 @@ from certbot_smtp_dist._internal.config import (
 from certbot_smtp_dist._internal.credentials import CredentialStore
 from certbot_smtp_dist._internal.ownership import require_trusted_config
 from certbot_smtp_dist._internal.state import StateKeys, state_keys
-from certbot_smtp_dist.errors import ConfigProblem, CredentialError, UsageError
+from certbot_smtp_dist.errors import ConfigError, ConfigProblem, CredentialError, UsageError
 from certbot_smtp_dist.model import AuthMethod, PayloadFormat, Secret, Settings, Target
 
 log = logging.getLogger("certbot_smtp_dist")
@@ -46,7 +46,11 @@ def load(path: Path, environ: Mapping[str, str] | None = None, trusted: bool = F
     pm = make_manager()
     formats = payload_formats(pm)
     store = credential_store(path, environ)
-    settings = load_settings(path, store.types(), formats)
+    try:
+        stored = store.types()
+    except CredentialError as exc:  # a credential file not read at all (a FIFO, oversized): no credential is known
+        raise ConfigError([ConfigProblem(None, None, str(exc))], str(path)) from exc
+    settings = load_settings(path, stored, formats)
     for warning in settings.warnings:
         log.warning("config %s: %s", path, warning)
     log.debug("config %s: target(s) %s", path, ", ".join(t.name for t in settings.targets))

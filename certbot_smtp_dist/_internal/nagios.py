@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist._internal.metrics import epoch
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -102,6 +103,7 @@ def _long(rows: Sequence[Mapping[str, Any]], soonest: Expiry | None, now: float)
 
 
 def _clean(text: str) -> str:
-    """No `|` (it starts perfdata on any line) and no line break inside one line of output."""
-    return text.replace("|", "/").replace("\n", " ").replace("\r", " ")
+    """No `|` (it starts perfdata on any line), no line break inside one line of output, and no other control
+    character (names from the journal may hold an escape sequence): each shown as "?"."""
+    return printable(text.replace("|", "/").replace("\n", " ").replace("\r", " "))
 

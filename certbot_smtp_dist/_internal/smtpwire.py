@@ -44,6 +44,10 @@ class SMTPException(Exception):
         self.message = message
 
 
+class SMTPUnsendableCommand(SMTPException, ValueError):
+    """A command line of ours holding a CR or LF, never written: no retry can make it sendable."""
+
+
 class SMTPServerDisconnected(SMTPException, ConnectionError):
     """The connection ended, or was never there, while a reply was awaited or a command was to be written."""
 
@@ -372,7 +376,7 @@ class Client:
         last word on it)."""
         line = b" ".join(args)
         if b"\r" in line or b"\n" in line:
-            raise SMTPException("refusing to send a command line holding a line break")
+            raise SMTPUnsendableCommand("refusing to send a command line holding a line break")
         protocol = self._protocol()
         protocol.write(line + b"\r\n")
         return await protocol.read_response(self.timeout)

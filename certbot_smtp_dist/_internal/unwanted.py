@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from certbot_smtp_dist._internal.addresses import printable
+
 NO_TARGET = "no_target"  # the journal event of a deploy that no selected target wanted
 _DECIDED = ("attempt", "skipped", NO_TARGET)  # a deploy's outcome for a certificate: sent, held back, or unwanted
 SHOWN_NAMES = 5
@@ -27,12 +29,13 @@ class Unwanted:
     names: tuple[str, ...]
 
     def line(self) -> str:
+        """Printable: the journal's text may hold control characters (a line of an older version, or edited)."""
         shown = ", ".join(self.names[:SHOWN_NAMES])
         if len(self.names) > SHOWN_NAMES:
             shown += f" and {len(self.names) - SHOWN_NAMES} more"
-        return (f"certificate {self.certificate}: its last deploy ({self.time}) was wanted by no target (no "
-                f"`certificates` filter of target(s) {', '.join(self.targets) or '(none selected)'} matches "
-                f"{shown or 'its names'}); nothing to deliver")
+        return printable(f"certificate {self.certificate}: its last deploy ({self.time}) was wanted by no target "
+                         f"(no `certificates` filter of target(s) {', '.join(self.targets) or '(none selected)'} "
+                         f"matches {shown or 'its names'}); nothing to deliver")
 
     def to_json(self) -> dict[str, Any]:
         return {"certificate": self.certificate, "time": self.time, "targets": list(self.targets),

@@ -19,7 +19,7 @@ import pytest
 from support.deployenv import DeployEnv, relay_target
 from support.pki import LineagePaths, write_lineage
 
-from certbot_smtp_dist._internal import certbot_adapter, lineage
+from certbot_smtp_dist._internal import certbot_adapter, lineage, ownership
 from certbot_smtp_dist.errors import UnsafePathError
 
 NOBODY = 65534
@@ -211,6 +211,35 @@ def test_inspect_shows_nothing_of_a_file_only_root_may_read_behind_another_users
     refused = _refusal(lineage.from_files(None, str(bank.privkey), None, str(fullchain), None))
     assert run.stdout.splitlines()[1:] == [f"  error:   {refused.refusal.removesuffix('; ' + refused.fix)}",
                                            f"{'':11}fix: {refused.fix}"], run.stdout
+
+
+def test_inspect_refuses_a_ca_file_behind_another_users_link(
+        denv: DeployEnv, sticky: Path, bank: LineagePaths, tmp_path: Path) -> None:
+    """--ca-file is held to the rule of the lineage's files: root's own link in /tmp is followed, nobody's is
+    refused before anything is read (exit 77, one `untrusted-path` finding in the deploy's words). Followed, it
+    would let nobody choose the anchors of the verdict, or print the subject of a CA file only root may read."""
+    secret = tmp_path / "etc" / "root-only-ca.pem"
+    secret.write_bytes(bank.root_file.read_bytes())
+    secret.chmod(0o600)
+    link = sticky / "ca.pem"
+    link.symlink_to(secret)  # root's: followed
+    ok = denv.run("inspect", "--json", "--lineage", str(bank.live_dir), "--ca-file", str(link))
+    assert ok.returncode == 0 and json.loads(ok.stdout)["trust_anchor"] == "CN=Test ACME Root X1", ok.stdout
+    their_link(link, secret)
+
+    run = denv.run("inspect", "--json", "--lineage", str(bank.live_dir), "--ca-file", str(link))
+
+    doc = json.loads(run.stdout)
+    assert run.returncode == doc["exit_status"] == 77, run.stdout + run.stderr
+    assert doc["trust_anchor"] is None and doc["certificate"] is None, doc
+    [finding] = doc["findings"]
+    with pytest.raises(UnsafePathError) as refused:
+        ownership.require_steady_links(link)
+    assert (finding["severity"], finding["code"]) == ("error", "untrusted-path"), finding
+    assert f"{finding['message']}; {finding['fix']}" == refused.value.refusal, (finding, refused.value.refusal)
+    assert finding["message"].startswith(f"refusing to trust {link}: a symbolic link owned by uid {NOBODY}")
+    text = denv.run("inspect", "--lineage", str(bank.live_dir), "--ca-file", str(link))
+    assert text.returncode == 77 and "Test ACME Root" not in text.stdout + text.stderr, text.stdout
 
 
 def test_inspect_refuses_a_hard_link_to_roots_key_as_deploy_does(

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import stat
 from pathlib import Path
 
 import pytest
 
-from certbot_smtp_dist._internal.credentials import SYSTEMD_CREDENTIAL, CredentialStore
-from certbot_smtp_dist.errors import CredentialError
+from certbot_smtp_dist._internal.credentials import (
+    MAX_CREDENTIAL_BYTES,
+    MAX_SECRET_BYTES,
+    SYSTEMD_CREDENTIAL,
+    CredentialStore,
+)
+from certbot_smtp_dist.errors import CredentialError, UnsafePathError
 
 SECRET = "hunter2-very-secret"
 
@@ -184,3 +191,81 @@ def test_cli_strips_one_trailing_newline(tmp_path: Path, ending: str) -> None:
     env = DeployEnv(tmp_path)
     assert env.run("credentials", "set", "relay", "--type", "smtp_password", stdin=SECRET + ending).returncode == 0
     assert CredentialStore(env.config_dir, environ={}).get("relay", "smtp_password").reveal() == SECRET
+
+
+def test_a_link_in_the_store_is_refused_never_followed(tmp_path: Path) -> None:
+    """credentials/ is ours alone (ownership.py): a link there was planted. Followed, it would have `list` (every
+    config load) and `get` read whatever file it names; refused, naming it, with nothing read through it."""
+    store = CredentialStore(tmp_path / "etc", environ={})
+    store.set("relay", "smtp_password", SECRET)
+    elsewhere = tmp_path / "elsewhere.json"  # any file root can read, shaped as a credential
+    elsewhere.write_text(json.dumps({"name": "planted", "type": "smtp_password", "wrapped_key": "", "ciphertext": ""}))
+    link = tmp_path / "etc" / "credentials" / "planted.cred"
+    link.symlink_to(elsewhere)
+    with pytest.raises(UnsafePathError, match="symbolic link") as listed:
+        store.list()
+    with pytest.raises(UnsafePathError, match="symbolic link") as got:
+        store.get("planted", "smtp_password")
+    for refused in (listed.value, got.value):
+        assert refused.unsafe.startswith(f"{link}: ") and f"rm {link}" in refused.fix
+    assert store.get("relay", "smtp_password").reveal() == SECRET  # another credential is still read
+
+    from support.deployenv import DeployEnv
+
+    run = DeployEnv(tmp_path).run("credentials", "list")
+    assert run.returncode == 77 and run.stdout == "", run
+    assert run.stderr.startswith(f"certbot-smtp-dist: error: refusing to trust {link}: ") and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "oversized"])
+def test_a_fifo_or_an_oversized_file_in_the_store_is_a_clear_error(tmp_path: Path, kind: str) -> None:
+    """Read bounded and without blocking: a FIFO would stall every config load (`list`) and `get` for ever, and
+    a file of any size was read whole (a credential padded with JSON whitespace even decrypted)."""
+    store = CredentialStore(tmp_path, environ={})
+    store.set("odd", "smtp_password", SECRET)
+    path = tmp_path / "credentials" / "odd.cred"
+    if kind == "fifo":
+        path.unlink()
+        os.mkfifo(path, 0o600)
+        why = "is a FIFO (named pipe), not a regular file"
+    else:
+        path.write_bytes(path.read_bytes() + b" " * MAX_CREDENTIAL_BYTES)
+        why = f"more than the {MAX_CREDENTIAL_BYTES} bytes allowed"
+    with pytest.raises(CredentialError, match=re.escape(why)) as listed:
+        store.list()
+    with pytest.raises(CredentialError, match=re.escape(why)) as got:
+        store.get("odd", "smtp_password")
+    for refused in (listed.value, got.value):
+        assert f"credential file {path} cannot be read" in str(refused)
+
+
+def test_a_secret_too_large_for_the_store_to_read_back_is_not_stored(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path, environ={})
+    store.set("big", "smtp_password", "x" * MAX_SECRET_BYTES)  # the largest fits its file's bound
+    assert store.get("big", "smtp_password").reveal() == "x" * MAX_SECRET_BYTES
+    with pytest.raises(CredentialError, match=f"longer than {MAX_SECRET_BYTES} bytes"):
+        store.set("bigger", "smtp_password", "x" * (MAX_SECRET_BYTES + 1))
+    assert [c.name for c in store.list()] == ["big"]
+
+
+def test_a_fifo_in_the_store_stops_a_deploy_as_unusable_credentials_not_a_hang(tmp_path: Path) -> None:
+    """Every config load lists the store: a FIFO there stalled every deploy and `credentials list`. Now the
+    deploy stops as for unusable credentials (78, the file named; blocked for `retry` once it is fixed), and so
+    does `credentials list`."""
+    from support.deployenv import DeployEnv
+    from support.pki import write_lineage
+
+    env = DeployEnv(tmp_path / "host")
+    env.write_config({"relay": {"host": "127.0.0.1", "port": 2525, "tls_mode": "plaintext",
+                                "from_address": "certbot@example.com", "to": ["pki@example.com"]}})
+    env.set_credential("relay", "smtp_password", SECRET)
+    fifo = env.config_dir / "credentials" / "odd.cred"
+    os.mkfifo(fifo, 0o600)
+    lineage = write_lineage(tmp_path / "live" / "test.example.com")
+    renewal = env.run("deploy", extra_env={"RENEWED_LINEAGE": str(lineage.live_dir)})  # as certbot's hook runs it
+    for run in (renewal, env.run("credentials", "list")):
+        assert run.returncode == 78, run
+        assert f"credential file {fifo} cannot be read: it is a FIFO (named pipe)" in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr
+    status = env.run("status")
+    assert status.returncode == 2 and "deploy blocked" in status.stdout, status

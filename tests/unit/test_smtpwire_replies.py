@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certbot_smtp_dist._internal import classify, smtpwire
+from certbot_smtp_dist._internal import classify, smtpwire, transport
+from certbot_smtp_dist._internal.config import parse_settings
+from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
+from certbot_smtp_dist.errors import ErrorCode
+from certbot_smtp_dist.model import Message, Phase
 
 CODE = re.compile(rb"([2-5][0-9][0-9])(?:[ \-\r\n]|$)")
 
@@ -196,3 +202,23 @@ def test_a_command_holding_a_line_break_is_never_written() -> None:
         return sent
 
     assert asyncio.run(run()) == []
+
+
+@pytest.mark.parametrize("sender", ["a@example.com>\r\nRCPT TO:<b@example.com", "a@example.com\n", "a\r@example.com"])
+def test_a_command_holding_a_line_break_fails_as_validation_never_retried(relay_factory: Any, sender: str) -> None:
+    """The refusal above, as a delivery ends with it against a real relay: no retry can make the command sendable,
+    so it is SMTP_VALIDATION (permanent, never spooled for retry; README's table of error codes), not a transient
+    failure, and its detail names the problem without the control characters."""
+    relay = relay_factory(mode="plaintext")
+    doc = {"targets": {"t": {"host": "127.0.0.1", "port": relay.port, "tls_mode": "plaintext",
+                             "from_address": "a@example.com", "to": ["b@example.com"], "timeout": 10}}}
+    target = parse_settings(doc, Path("c.toml"), {}, {f.name: f for f in BUILTIN_FORMATS}).targets[0]
+    message = Message(message_id="<m@example.com>", subject="s", envelope_from=sender,
+                      envelope_to=("b@example.com",), data=b"Subject: s\r\n\r\nbody\r\n")
+    outcome = asyncio.run(transport.deliver(target, message, None, 10.0))
+    failure = outcome.failure
+    assert failure is not None and not outcome.accepted
+    assert (failure.code, failure.phase, failure.is_retryable) == (ErrorCode.SMTP_VALIDATION, Phase.MAIL, False)
+    assert "CR or LF" in failure.detail
+    assert failure.detail.isprintable()
+    assert relay.messages == []
