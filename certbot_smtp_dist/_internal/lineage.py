@@ -27,7 +27,7 @@ def from_lineage_dir(directory: Path, name: str | None = None) -> LineageSource:
         key=directory / "privkey.pem",
         chain=directory / "chain.pem",
         fullchain=directory / "fullchain.pem",
-        name=name or directory.name,
+        name=given_name(name or directory.name),
         lineage_dir=directory,
     )
 
@@ -56,7 +56,8 @@ def from_environment(environ: Mapping[str, str]) -> LineageSource | None:
             domain = (environ.get(f"{prefix}CERT_NAME") or environ.get(f"{prefix}CERT_DOMAIN")
                       or environ.get(f"{prefix}CERT_DOMAINS", "").split(",")[0].strip())
             # lego writes leaf followed by issuer in one file: it is the full chain.
-            return LineageSource(cert=None, key=Path(key), chain=None, fullchain=Path(cert), name=domain or None)
+            return LineageSource(cert=None, key=Path(key), chain=None, fullchain=Path(cert),
+                                 name=given_name(domain))
     return None
 
 
@@ -82,7 +83,7 @@ def from_paths(
         key=Path(key),
         chain=Path(chain) if chain else None,
         fullchain=Path(fullchain) if fullchain else None,
-        name=name,
+        name=given_name(name),
         lineage_dir=parents.pop() if len(parents) == 1 else None,
     )
 
@@ -340,6 +341,14 @@ def _facts(leaf: Any, source: LineageSource, not_before: datetime, not_after: da
         sha256_fingerprint=hashlib.sha256(der).hexdigest(),
         spki_sha256=hashlib.sha256(diagnose.spki(leaf.public_key())).hexdigest(),
     )
+
+
+def given_name(name: str | None) -> str | None:
+    """A certificate name an ACME client gives (its hook's domain argument or variable, the lineage directory's
+    name): someone else's text, which the journal, the spool, `status`, `history` and the log lines show before the
+    certificate is read (a blocked deploy). Made safe here, once, as the facts' name is: the same name throughout,
+    one printable line. None when none is given."""
+    return _safe_name(name) if name else None
 
 
 def _safe_name(name: str) -> str:
