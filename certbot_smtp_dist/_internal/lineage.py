@@ -88,6 +88,18 @@ def from_paths(
     )
 
 
+def plain_paths(source: LineageSource) -> LineageSource:
+    """`source`, if each of its paths is one printable line. The paths an ACME client hands a hook (its arguments,
+    RENEWED_LINEAGE, LEGO_*CERT_*PATH) are someone else's text, and every message about a file names it: a line
+    break there would start a line of our log, `status` and `history` of its own choosing. No ACME client makes
+    such a path. Raises UsageError, the path shown escaped."""
+    for label, path in _inputs(source):
+        if not str(path).isprintable():
+            raise UsageError(f"the {label} file's path {str(path)!r} holds a control or line-separator character: "
+                             "refused, no certificate is read from it")
+    return source
+
+
 def load(source: LineageSource, now: datetime | None = None) -> Artefact:
     """Read and check every file; raise CertificateError listing every problem found.
 

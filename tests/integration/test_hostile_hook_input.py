@@ -58,3 +58,32 @@ def test_a_hostile_domain_from_dehydrated_forges_no_line_of_a_blocked_deploy(den
         assert "certificate" in shown.stdout, shown.stdout
         assert_one_printable_line_each(shown.stdout)
         assert "example.com_certbot-smtp-dist" in shown.stdout, shown.stdout  # the safe name, as attachments say
+
+
+def test_a_path_with_a_line_break_from_lego_is_refused_before_any_file_is_named(denv: DeployEnv, tmp_path: Path,
+                                                                               unused_port: int) -> None:
+    """LEGO_CERT_PATH naming a directory whose name holds a line break: every message about that file would name
+    it, so a line of the log, `status` and `history` of the path's choosing. Refused as a usage error, escaped."""
+    denv.write_config({"relay": down(unused_port)})
+    where = tmp_path / f"lego\n{FORGED}"
+    run = shim(denv, tmp_path, "lego-hook", env={"LEGO_CERT_PATH": str(where / "example.com.crt"),
+                                                 "LEGO_CERT_KEY_PATH": str(where / "example.com.key"),
+                                                 "LEGO_CERT_DOMAIN": "example.com"})
+    assert run.returncode == 64, run.stderr
+    assert "holds a control or line-separator character" in run.stderr and "\\n" in run.stderr
+    assert_one_printable_line_each(run.stderr)
+    for args in (("status",), ("history", "--all")):
+        shown = denv.run_process(*args)
+        assert "Traceback" not in shown.stderr, shown.stderr
+        assert_one_printable_line_each(shown.stdout + shown.stderr)
+
+
+def test_dehydrated_file_arguments_with_controls_are_refused(denv: DeployEnv, tmp_path: Path,
+                                                             unused_port: int) -> None:
+    denv.write_config({"relay": down(unused_port)})
+    good: LineagePaths = write_lineage(tmp_path / "live" / "test.example.com")
+    run = shim(denv, tmp_path, "dehydrated-hook", "deploy_cert", "test.example.com", f"{good.privkey}\x1b[2J",
+               str(good.cert), str(good.fullchain), str(good.chain), "1700000000")
+    assert run.returncode == 64, run.stderr
+    assert "the key file's path" in run.stderr and "\\x1b" in run.stderr
+    assert_one_printable_line_each(run.stderr)
