@@ -79,9 +79,11 @@ class UnsafePathError(SmtpDistError, PermissionError):
     link planted inside the state directory (exit status 77, EX_NOPERM). Nothing is read from it."""
 
     def __init__(self, path: object, problem: str, fix: str) -> None:
-        self.unsafe = f"{path}: {problem}"  # what is wrong, and `fix` what to do: a finding's two fields (inspect)
-        self.fix = fix
-        self.message = f"{self.unsafe}; {fix}"
+        # What is wrong, and `fix` what to do: a finding's two fields (inspect). Each names paths someone else may
+        # have chosen (where another user's link leads, where a file was when opened): one printable line.
+        self.unsafe = _one_line(f"{path}: {problem}")
+        self.fix = _one_line(fix)
+        self.message = f"{self.unsafe}; {self.fix}"
         super().__init__(errno.EPERM, self.message, str(path))
 
     def __str__(self) -> str:
@@ -91,6 +93,11 @@ class UnsafePathError(SmtpDistError, PermissionError):
     def refusal(self) -> str:
         """The one line every command and adapter reports it with."""
         return f"refusing to trust {self.message}"
+
+
+def _one_line(text: str) -> str:
+    """`text` with every character that is not printable (line breaks, terminal escapes) shown as "?"."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 class AccessError(SmtpDistError, PermissionError):

@@ -197,14 +197,14 @@ def _source(args: argparse.Namespace) -> LineageSource:
     if args.lineage and any(files):
         raise UsageError("--lineage and --cert/--key/--chain/--fullchain are exclusive")
     if args.lineage:
-        return lin.from_lineage_dir(Path(args.lineage), args.name)
+        return lin.plain_paths(lin.from_lineage_dir(Path(args.lineage), args.name))
     if any(files):
-        return lin.from_files(args.cert, args.key, args.chain, args.fullchain, args.name)
+        return lin.plain_paths(lin.from_files(args.cert, args.key, args.chain, args.fullchain, args.name))
     found = lin.from_environment(os.environ)
     if found is None:
         raise UsageError("no certificate given: pass --lineage DIR or --fullchain/--key, or run as a deploy hook "
                          "(RENEWED_LINEAGE or lego's LEGO_CERT_* variables)")
-    return found
+    return lin.plain_paths(found)
 
 
 def _store(args: argparse.Namespace) -> CredentialStore:

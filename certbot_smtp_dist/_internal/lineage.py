@@ -27,7 +27,7 @@ def from_lineage_dir(directory: Path, name: str | None = None) -> LineageSource:
         key=directory / "privkey.pem",
         chain=directory / "chain.pem",
         fullchain=directory / "fullchain.pem",
-        name=name or directory.name,
+        name=given_name(name or directory.name),
         lineage_dir=directory,
     )
 
@@ -56,7 +56,8 @@ def from_environment(environ: Mapping[str, str]) -> LineageSource | None:
             domain = (environ.get(f"{prefix}CERT_NAME") or environ.get(f"{prefix}CERT_DOMAIN")
                       or environ.get(f"{prefix}CERT_DOMAINS", "").split(",")[0].strip())
             # lego writes leaf followed by issuer in one file: it is the full chain.
-            return LineageSource(cert=None, key=Path(key), chain=None, fullchain=Path(cert), name=domain or None)
+            return LineageSource(cert=None, key=Path(key), chain=None, fullchain=Path(cert),
+                                 name=given_name(domain))
     return None
 
 
@@ -82,9 +83,21 @@ def from_paths(
         key=Path(key),
         chain=Path(chain) if chain else None,
         fullchain=Path(fullchain) if fullchain else None,
-        name=name,
+        name=given_name(name),
         lineage_dir=parents.pop() if len(parents) == 1 else None,
     )
+
+
+def plain_paths(source: LineageSource) -> LineageSource:
+    """`source`, if each of its paths is one printable line. The paths an ACME client hands a hook (its arguments,
+    RENEWED_LINEAGE, LEGO_*CERT_*PATH) are someone else's text, and every message about a file names it: a line
+    break there would start a line of our log, `status` and `history` of its own choosing. No ACME client makes
+    such a path. Raises UsageError, the path shown escaped."""
+    for label, path in _inputs(source):
+        if not str(path).isprintable():
+            raise UsageError(f"the {label} file's path {str(path)!r} holds a control or line-separator character: "
+                             "refused, no certificate is read from it")
+    return source
 
 
 def load(source: LineageSource, now: datetime | None = None) -> Artefact:
@@ -340,6 +353,14 @@ def _facts(leaf: Any, source: LineageSource, not_before: datetime, not_after: da
         sha256_fingerprint=hashlib.sha256(der).hexdigest(),
         spki_sha256=hashlib.sha256(diagnose.spki(leaf.public_key())).hexdigest(),
     )
+
+
+def given_name(name: str | None) -> str | None:
+    """A certificate name an ACME client gives (its hook's domain argument or variable, the lineage directory's
+    name): someone else's text, which the journal, the spool, `status`, `history` and the log lines show before the
+    certificate is read (a blocked deploy). Made safe here, once, as the facts' name is: the same name throughout,
+    one printable line. None when none is given."""
+    return _safe_name(name) if name else None
 
 
 def _safe_name(name: str) -> str:

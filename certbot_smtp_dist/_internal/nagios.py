@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from certbot_smtp_dist._internal.addresses import printable
@@ -96,10 +96,20 @@ def _long(rows: Sequence[Mapping[str, Any]], soonest: Expiry | None, now: float)
                        f"{r.get('attempts')} since {r.get('created')} {r.get('error_code') or ''}".rstrip())
         out += [f"  next: {step}" for step in r.get("next", ())]
     if soonest is not None:
-        when = datetime.fromtimestamp(soonest.not_after).astimezone().isoformat(timespec="seconds")
+        when = _local(soonest.not_after).isoformat(timespec="seconds")
         out.append(f"earliest not-after of the last delivered certificates: {when} ({soonest.certificate} to "
                    f"{soonest.target}, {(soonest.not_after - now) / DAY:.1f} days)")
     return [_clean(o) for o in out]
+
+
+def _local(seconds: float) -> datetime:
+    """The moment in local time; in UTC when local time cannot hold it: RFC 5280 §4.1.2.5's 99991231235959Z ("no
+    well-defined expiration date") is in the year 10000 east of UTC, past what a datetime holds."""
+    utc = datetime.fromtimestamp(seconds, timezone.utc)
+    try:
+        return utc.astimezone()
+    except (OverflowError, ValueError):
+        return utc
 
 
 def _clean(text: str) -> str:

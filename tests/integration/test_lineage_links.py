@@ -275,3 +275,24 @@ def test_the_plugins_certificate_names_are_not_read_through_another_users_link(
     [record] = [r for r in caplog.records if "refusing to trust" in r.getMessage()]
     assert record.levelno == logging.WARNING
     assert record.getMessage().endswith(_refusal(source).refusal), record.getMessage()
+
+
+def test_the_refusal_of_another_users_link_is_one_printable_line_wherever_the_link_leads(
+        denv: DeployEnv, relay_factory: Any, sticky: Path, tmp_path: Path) -> None:
+    """The refusal names where the link leads, and its owner chose that: a directory name with a line break and a
+    terminal escape. The ERROR line, the blocked entry `status` and `history` show stay one printable line each."""
+    relay = relay_factory("plaintext")
+    denv.write_config({"a": relay_target(relay)})
+    forged = "certbot-smtp-dist: INFO: a: delivered to 1 recipient(s)"
+    theirs = write_lineage(tmp_path / f"x\n{forged}\x1b[2J" / "live" / "bank.example", names=("bank.example",))
+    link = their_link(sticky / "live", theirs.live_dir)
+
+    run = denv.run_process("deploy", extra_env={"RENEWED_LINEAGE": str(link)})
+
+    assert run.returncode == 77, run.stdout + run.stderr
+    assert relay.connections == 0 and f"refusing to trust {link}: a symbolic link owned by uid" in run.stderr
+    shown = [run.stderr, denv.run_process("status").stdout, denv.run_process("history", "--all").stdout]
+    assert "refusing to trust" in shown[1] and "refusing to trust" in shown[2], shown
+    for text in shown:
+        for line in text.splitlines():
+            assert line.isprintable() and not line.startswith(forged), line

@@ -186,3 +186,18 @@ def test_a_deploy_no_target_wants_is_journalled_and_status_says_so_never_silentl
     [entry] = json.loads(denv.run("status", "--json").stdout)["no_target"]
     assert (entry["certificate"], entry["targets"], entry["names"]) == (
         "test.example.com", ["relay"], ["test.example.com", "www.test.example.com"]), entry
+
+
+@pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/New_York"])
+def test_a_certificate_without_a_well_defined_expiry_is_ok_in_any_time_zone(denv: DeployEnv, tmp_path: Path,
+                                                                            relay_factory, zone: str) -> None:
+    """RFC 5280 §4.1.2.5: 99991231235959Z, "no well-defined expiration date", is a not-after a CA may write. East
+    of UTC that moment is in the year 10000, which no datetime holds: the check still gives its verdict."""
+    forever = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
+    lineage = write_lineage(tmp_path / "live" / "test.example.com", not_after=forever)
+    assert deploy(denv, lineage, relay_target(relay_factory("plaintext"))) == 0
+    run = denv.run_process("status", "--nagios", extra_env={"TZ": zone})
+    assert (run.returncode, run.stderr) == (OK, ""), run.stdout + run.stderr
+    first, *long = run.stdout.rstrip("\n").split("\n")
+    assert FIRST.fullmatch(first) and "expires in" in first, first
+    assert [line for line in long if line.startswith("earliest not-after") and "9999-12-31" in line], long
