@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -407,6 +408,17 @@ def _run(args: argparse.Namespace) -> int:
         monitoring = getattr(args, "failed_status", None) is not None  # its line names the command already
         _error(args, "interrupted" if monitoring else f"{args.command}: interrupted")
         return 130
+    except Exception as exc:
+        failed_status = getattr(args, "failed_status", None)
+        if failed_status is None:
+            raise  # a defect of ours elsewhere: the traceback is the report
+        # A monitoring check that crashed knows nothing: UNKNOWN in its own format, never the exit status 1 of a
+        # traceback, which a Nagios-convention monitor reads as WARNING. Only the exception's type: its text may
+        # quote what the state holds. -v adds the traceback, on stderr.
+        _error(args, f"internal error ({type(exc).__name__}); run it with -v for the traceback, and report it")
+        if getattr(args, "verbose", 0):
+            traceback.print_exc(file=sys.stderr)
+        return int(failed_status)
 
 
 def _error(args: argparse.Namespace, message: str) -> None:

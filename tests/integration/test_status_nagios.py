@@ -201,3 +201,40 @@ def test_a_certificate_without_a_well_defined_expiry_is_ok_in_any_time_zone(denv
     first, *long = run.stdout.rstrip("\n").split("\n")
     assert FIRST.fullmatch(first) and "expires in" in first, first
     assert [line for line in long if line.startswith("earliest not-after") and "9999-12-31" in line], long
+
+
+def test_a_defect_of_ours_under_status_is_unknown_never_a_traceback_read_as_warning(
+        denv: DeployEnv, tmp_path: Path, unused_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A crash exits 1 with a traceback: a Nagios-convention monitor reads WARNING, a guess. The stand-in defect is
+    # a function of ours raising what a real one did (a year past 9999 in local time, issue found by the attack review).
+    from certbot_smtp_dist._internal import unwanted
+
+    assert deploy(denv, lineage_expiring(tmp_path, 60), down(unused_port)) == 75
+
+    def broken(*_: object) -> list[object]:
+        raise ValueError("year 10000 is out of range \x1b[2J|secret-looking text")
+
+    monkeypatch.setattr(unwanted, "unwanted", broken)
+    for extra, first in ((("--nagios",), "SMTP-DIST UNKNOWN - status: internal error (ValueError)"),
+                         ((), "UNKNOWN: certbot-smtp-dist status: internal error (ValueError)")):
+        run = denv.run("status", *extra)
+        assert run.returncode == UNKNOWN, (run.stdout, run.stderr)
+        assert run.stdout.count("\n") == 1 and run.stdout.startswith(first), run.stdout
+        assert "Traceback" not in run.stderr and "year 10000" not in run.stdout + run.stderr
+    run = denv.run("status", "--json")
+    assert run.returncode == UNKNOWN and json.loads(run.stdout)["status"] == "UNKNOWN"
+    verbose = denv.run("-v", "status", "--nagios")
+    assert verbose.returncode == UNKNOWN and verbose.stdout.startswith("SMTP-DIST UNKNOWN - ")
+    assert "Traceback" in verbose.stderr and "ValueError" in verbose.stderr  # -v: the defect's report
+
+
+def test_a_defect_of_ours_elsewhere_still_raises(denv: DeployEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only monitoring checks turn a crash into their UNKNOWN: another command's defect is not hidden.
+    from certbot_smtp_dist._internal import cli_state
+
+    def broken(*_: object) -> int:
+        raise ValueError("a defect")
+
+    monkeypatch.setattr(cli_state, "cmd_history", broken)
+    with pytest.raises(ValueError, match="a defect"):
+        denv.run("history")
