@@ -37,7 +37,12 @@ are medians over the timed runs of its wall time, CPU time (user + sys) and peak
 for that child alone: children are forked by a small helper process, bench/spawner.py, so the floor is its
 ~10 MiB, not the benchmark's own memory). Python children keep their bytecode between runs, in a cache of the
 suite's own, as an installed package has it. The variants of each scenario run interleaved (A, B, A, B, ...) after {warmup} untimed
-warm-up round(s), so drift in the machine's load hits both sides of a ratio alike.
+warm-up round(s), so drift in the machine's load hits both sides of a ratio alike. Every Python child, subject and
+peer alike, starts with the site-packages of the interpreter that runs the suite; in `make bench`'s development
+venv that includes the editable install's `.pth` finder and setuptools' distutils hack, ~60 M instructions of each
+process's start (counted 2026-12-02: `python -c pass` 88 M there, 32 M on Debian's own python3) that an ordinary
+install does not pay: it dilutes the cold-start ratios of scenarios 1 and 2 towards 1, so on an ordinary install
+they would read somewhat higher than here.
 
 The machine is small and shared (other test runs were going on during this one), so absolute times are noisy and
 only the ratios are judged, each against the budget of issue 16; peak RSS at 500 targets and the delivered count
