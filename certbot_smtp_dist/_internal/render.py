@@ -278,7 +278,9 @@ class _Generator(BytesGenerator):
         policy = self.policy  # flatten's, for its duration (when this is called): the line end it wrote is its
         if policy is None or not lines.isascii():
             super()._write_lines(lines)  # type: ignore[misc]  # the stdlib's, private to typeshed
-        elif lines:
+        elif "\r" not in lines:  # then each LF is a line end, and the only one: replaced without a regex
+            self.write(lines.replace("\n", policy.linesep))
+        else:
             self.write(_LINE_END.sub(policy.linesep.replace("\\", "\\\\"), lines))
 
 
