@@ -251,18 +251,23 @@ class Spool:
         self.directory = state_dir / SPOOL_DIR
         self._key = key
         self._deferred: bool | None = None  # inside batch(): whether a directory fsync is owed
+        self._checked = False  # inside batch(): its directories were made and checked in it (make_directories)
 
     @contextmanager
     def batch(self, sync_failed: Callable[[OSError], None] | None = None) -> Iterator[None]:
         """Writes and removals in the block share one fsync of the spool directory, at its end (each file is still
         fsynced itself). A caller relies on none of them before the block ends: the write-ahead of a run is
         durable before its first connection, its settlement before the run reports. `sync_failed` takes an
-        OSError of that last fsync (raised without it); what the block itself raises is never caught here."""
-        self._deferred = False
+        OSError of that last fsync (raised without it); what the block itself raises is never caught here.
+        Directories made and checked in the block (make_directories) are not checked again by its writes and
+        claims: they are ours, closed to others and no links (ownership.require_own_directory), so nobody but root
+        or us can swap them for the block's short while, and a check per entry, each lstat'ing the same three
+        directories, was a seventh of writing an entry ahead (issue 16's fan-out). The next block checks again."""
+        self._deferred, self._checked = False, False
         try:
             yield
         finally:
-            owed, self._deferred = self._deferred, None
+            owed, self._deferred, self._checked = self._deferred, None, False
             if owed:
                 try:
                     files.fsync_dir(self.directory)
@@ -281,10 +286,13 @@ class Spool:
         """The state directory, the spool directory and its locks directory, in that order, each made (0700) if
         missing and checked as every write does: none is a link, each is ours and closed to others, so nobody can
         swap the next for a link meanwhile. Before any entry's lock: a spool that is a link would otherwise have
-        locks/ and the lock file made wherever it points (mkdir(2) and open(2) follow a link above the last name)."""
+        locks/ and the lock file made wherever it points (mkdir(2) and open(2) follow a link above the last name).
+        Inside batch(), once they all passed, for the rest of the block."""
         files.ensure_private_dir(self.directory.parent)
         files.ensure_private_dir(self.directory)
         files.ensure_private_dir(self._lock("x").path.parent)
+        if self._deferred is not None:
+            self._checked = True
 
     def _path(self, entry_id_: str) -> Path:
         return self.directory / f"{entry_id_}.json"
@@ -295,9 +303,11 @@ class Spool:
     @contextmanager
     def _held(self, entry_id_: str) -> Iterator[None]:
         """The entry's flock(2) lock for the block (released by the kernel even on SIGKILL); Busy if taken."""
-        self.make_directories()
+        checked = self._checked
+        if not checked:
+            self.make_directories()
         lock = self._lock(entry_id_)
-        if not lock.acquire(blocking=False):
+        if not lock.acquire(blocking=False, dir_checked=checked):
             raise Busy(entry_id_)
         try:
             yield
@@ -329,7 +339,8 @@ class Spool:
             yield data
 
     def write(self, entry: Entry) -> None:
-        files.ensure_private_dir(self.directory)
+        if not self._checked:
+            files.ensure_private_dir(self.directory)
         files.write_private(self._path(entry.id), encode(entry, self._key), sync_dir=False)
         self._sync()
 
