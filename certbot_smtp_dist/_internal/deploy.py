@@ -190,10 +190,11 @@ def _ship(request: DeployRequest, loaded: loader.Loaded, artefact: Artefact, tar
         ledger.no_target(artefact.facts, [t.name for t in targets])
     transform, jobs = message_hook(loaded.plugins), []
     parts = render.PartCache()  # what this run's messages share (attachment parts...), made once for all
+    chosen = {t.name for t in wanted}  # names are unique: by name, not `in wanted` (n² dataclass compares)
     for target in targets:
         if target.name in held:
             continue
-        if target in wanted:
+        if target.name in chosen:
             pipeline.warn_about(target, loaded.formats[target.payload])
         jobs.append(pipeline.prepare_job(target, artefact, loaded.formats, secrets, now, message_hook=transform,
                                          started=started, parts=parts))

@@ -137,26 +137,28 @@ class Ledger:
         many = sum(job.message is not None for job in jobs) >= 2
         if many:
             self._guard("write the journal", self.journal.start)  # before any entry, as write_ahead does
-        if not many or not self._spool_ready():
-            with ExitStack() as claims:
-                with runloop.HeldOff(), self._batch("write the spool"):
+        with ExitStack() as claims:
+            with runloop.HeldOff(), self._batch("write the spool"):
+                # In the batch: the directories checked there are not checked again by its claims (spool.batch).
+                if many and self._spool_ready():
+                    entries = self._written_side_by_side(facts, source, jobs, claims)
+                else:
                     entries = [claims.enter_context(self.write_ahead(facts, source, job)) for job in jobs]
-                    self.written_ahead = True
-                yield entries
-            return
+                self.written_ahead = True
+            yield entries
+
+    def _written_side_by_side(self, facts: CertificateFacts, source: LineageSource, jobs: list[Job],
+                              claims: ExitStack) -> list[sp.Entry | None]:
+        """write_ahead_all's writer threads: every entry claimed and written, each claim taken over by `claims`."""
         from concurrent.futures import ThreadPoolExecutor
 
         made = [sp.for_delivery(job.target.name, facts, source, job.message.message_id, job.message.envelope_to,
                                 self.now) if job.message is not None else None for job in jobs]
-        with ExitStack() as claims:
-            with runloop.HeldOff(), self._batch("write the spool"):
-                with ThreadPoolExecutor(min(_WRITERS, len(jobs)), thread_name_prefix="spool") as writers:
-                    started = [writers.submit(_enter, self.spool.claim_new(e)) if e else None for e in made]
-                # Every claim is entered (or failed) by now: each is taken over, in job order, by this stack.
-                entries = [claims.enter_context(self._claiming("write the spool", partial(_Entered, f)))
-                           if f is not None else None for f in started]
-                self.written_ahead = True
-            yield entries
+        with ThreadPoolExecutor(min(_WRITERS, len(jobs)), thread_name_prefix="spool") as writers:
+            started = [writers.submit(_enter, self.spool.claim_new(e)) if e else None for e in made]
+        # Every claim is entered (or failed) by now: each is taken over, in job order, by this stack.
+        return [claims.enter_context(self._claiming("write the spool", partial(_Entered, f)))
+                if f is not None else None for f in started]
 
     def _spool_ready(self) -> bool:
         """The spool's directories exist, made here if need be, before writer threads use them: none of those

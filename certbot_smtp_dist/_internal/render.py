@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import re
 import secrets as _random
 from datetime import datetime, timezone
-from email import policy
+from email import policy, quoprimime
 from email.generator import BytesGenerator
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
@@ -166,7 +167,8 @@ def _build(target: Target, facts: CertificateFacts, payload: Payload, message_id
     else:
         msg["Message-ID"] = message_id
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834 §5
-    msg.set_content(_body(target, facts, payload, findings, parts), charset="utf-8")
+    text = _body(target, facts, payload, findings, parts)
+    msg.set_content(text, charset="utf-8", cte=_text_cte(text, parts) if parts is not None else None)
     for att in payload.attachments:
         if msg.get_content_type() != "multipart/mixed":  # what EmailMessage.add_attachment does, part aside
             msg.make_mixed(boundary=mixed_boundary)
@@ -187,6 +189,26 @@ def _body(target: Target, facts: CertificateFacts, payload: Payload, findings: t
             findings_text = parts.diagnostics[findings] = diagnostics(findings)
         fields = parts.bodies[key] = body_fields(facts, payload, findings, findings_text)
     return BODY_TEMPLATE.format(**fields, target=target.name)
+
+
+def _text_cte(text: str, parts: PartCache) -> str | None:
+    """The Content-Transfer-Encoding that EmailMessage.set_content picks for `text` (utf-8, under the run's policy)
+    from a sniff of its first 10 lines, when it picks it so (email.contentmanager._encode_text: a line longer than
+    the policy's max_line_length, more than 10 lines): quoted-printable, or base64 when the sniff is shorter in it.
+    A run's texts share those lines (each differs in its target's name, at the end), so the sniff, a quoted-printable
+    and a base64 encoding of them (a tenth of rendering a message), is made once a run, and set_content given that
+    `cte` writes what its heuristic writes. None: set_content decides (7bit or 8bit; a text the sniff is all of)."""
+    run_policy, width = parts.policy, parts.policy.max_line_length
+    lines = text.encode("utf-8").splitlines()
+    if width is None or len(lines) <= 10 or max(len(line) for line in lines) <= width:
+        return None
+    linesep = run_policy.linesep.encode("ascii")
+    sniff = linesep.join(lines[:10]) + linesep  # as _encode_text makes it
+    cte = parts.ctes.get(sniff)
+    if cte is None:
+        qp = quoprimime.body_encode(sniff.decode("latin-1"), width)
+        cte = parts.ctes[sniff] = "base64" if len(qp) > len(binascii.b2a_base64(sniff)) else "quoted-printable"
+    return cte
 
 
 def sender(name: str, address: str, parts: PartCache | None = None) -> Address:
@@ -278,7 +300,9 @@ class _Generator(BytesGenerator):
         policy = self.policy  # flatten's, for its duration (when this is called): the line end it wrote is its
         if policy is None or not lines.isascii():
             super()._write_lines(lines)  # type: ignore[misc]  # the stdlib's, private to typeshed
-        elif lines:
+        elif "\r" not in lines:  # then each LF is a line end, and the only one: replaced without a regex
+            self.write(lines.replace("\n", policy.linesep))
+        else:
             self.write(_LINE_END.sub(policy.linesep.replace("\\", "\\\\"), lines))
 
 
@@ -397,7 +421,7 @@ class PartCache:
     message, and the Content-Type field that carries it is then parsed once for all of them (_RunPolicy), where a
     boundary of each message's own cost a parse each, a sixth of rendering one."""
 
-    __slots__ = ("addresses", "attachments", "bodies", "boundary", "diagnostics", "flat", "policy", "shared")
+    __slots__ = ("addresses", "attachments", "bodies", "boundary", "ctes", "diagnostics", "flat", "policy", "shared")
 
     def __init__(self) -> None:
         self.attachments: dict[Attachment, EmailMessage] = {}
@@ -408,6 +432,7 @@ class PartCache:
         # The text part's fields but the target's name (body_fields), by certificate, payload and findings.
         self.bodies: dict[tuple[CertificateFacts, Payload, tuple[Finding, ...]], dict[str, str]] = {}
         self.policy = _RunPolicy.remembering()
+        self.ctes: dict[bytes, str] = {}  # a text part's transfer encoding by its sniff (_text_cte)
         self.boundary = boundary()
 
 

@@ -18,6 +18,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
+from json.encoder import (
+    encode_basestring_ascii as _quoted,  # the C function json.dumps quotes a str with
+)
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +112,51 @@ _FIELDS = tuple(f.name for f in fields(Entry))
 def encode(entry: Entry, key: bytes) -> bytes:
     """The one serializer: the entry's fields, its schema version and its MAC."""
     doc = {"format": FORMAT, **entry.to_json()}
-    return (json.dumps({**doc, "mac": _mac(key, doc)}, indent=1) + "\n").encode("utf-8")
+    return (_indented({**doc, "mac": _mac(key, doc)}) + "\n").encode("utf-8")
+
+
+class _NotPlain(Exception):
+    """A value _indented leaves to json.dumps: a float, a key that is not a str, a subclass, another type."""
+
+
+def _indented(doc: dict[str, Any]) -> str:
+    """json.dumps(doc, indent=1), character for character. With `indent` the json module encodes in Python, a
+    generator per container and a call per value: half of encoding an entry, written ahead once per target (issue
+    16's fan-out). An entry's document holds only str, int, bool, None and lists and dicts of them: each str
+    (keys too) is quoted by the C function json.dumps quotes it with, ASCII only, and each container laid out as
+    json.dumps lays it out (an empty one as [] or {}; else one item a line, one more space of indent, "," between
+    items and ": " after keys). Anything else, as any value of another type, is left to json.dumps itself."""
+    try:
+        return _plain(doc, "\n")
+    except _NotPlain:
+        return json.dumps(doc, indent=1)
+
+
+def _plain(value: Any, newline: str) -> str:
+    kind = type(value)
+    if kind is str:
+        return _quoted(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if kind is int:
+        return int.__repr__(value)
+    inner = newline + " "
+    if kind is dict:
+        if not value:
+            return "{}"
+        if any(type(k) is not str for k in value):
+            raise _NotPlain
+        return "{" + inner + ("," + inner).join([_quoted(k) + ": " + _plain(v, inner) for k, v in value.items()]) \
+            + newline + "}"
+    if kind is list or kind is tuple:
+        if not value:
+            return "[]"
+        return "[" + inner + ("," + inner).join([_plain(v, inner) for v in value]) + newline + "]"
+    raise _NotPlain
 
 
 def decode(data: bytes, key: bytes, path: Path) -> Entry:
@@ -251,18 +298,23 @@ class Spool:
         self.directory = state_dir / SPOOL_DIR
         self._key = key
         self._deferred: bool | None = None  # inside batch(): whether a directory fsync is owed
+        self._checked = False  # inside batch(): its directories were made and checked in it (make_directories)
 
     @contextmanager
     def batch(self, sync_failed: Callable[[OSError], None] | None = None) -> Iterator[None]:
         """Writes and removals in the block share one fsync of the spool directory, at its end (each file is still
         fsynced itself). A caller relies on none of them before the block ends: the write-ahead of a run is
         durable before its first connection, its settlement before the run reports. `sync_failed` takes an
-        OSError of that last fsync (raised without it); what the block itself raises is never caught here."""
-        self._deferred = False
+        OSError of that last fsync (raised without it); what the block itself raises is never caught here.
+        Directories made and checked in the block (make_directories) are not checked again by its writes and
+        claims: they are ours, closed to others and no links (ownership.require_own_directory), so nobody but root
+        or us can swap them for the block's short while, and a check per entry, each lstat'ing the same three
+        directories, was a seventh of writing an entry ahead (issue 16's fan-out). The next block checks again."""
+        self._deferred, self._checked = False, False
         try:
             yield
         finally:
-            owed, self._deferred = self._deferred, None
+            owed, self._deferred, self._checked = self._deferred, None, False
             if owed:
                 try:
                     files.fsync_dir(self.directory)
@@ -281,10 +333,13 @@ class Spool:
         """The state directory, the spool directory and its locks directory, in that order, each made (0700) if
         missing and checked as every write does: none is a link, each is ours and closed to others, so nobody can
         swap the next for a link meanwhile. Before any entry's lock: a spool that is a link would otherwise have
-        locks/ and the lock file made wherever it points (mkdir(2) and open(2) follow a link above the last name)."""
+        locks/ and the lock file made wherever it points (mkdir(2) and open(2) follow a link above the last name).
+        Inside batch(), once they all passed, for the rest of the block."""
         files.ensure_private_dir(self.directory.parent)
         files.ensure_private_dir(self.directory)
         files.ensure_private_dir(self._lock("x").path.parent)
+        if self._deferred is not None:
+            self._checked = True
 
     def _path(self, entry_id_: str) -> Path:
         return self.directory / f"{entry_id_}.json"
@@ -295,9 +350,11 @@ class Spool:
     @contextmanager
     def _held(self, entry_id_: str) -> Iterator[None]:
         """The entry's flock(2) lock for the block (released by the kernel even on SIGKILL); Busy if taken."""
-        self.make_directories()
+        checked = self._checked
+        if not checked:
+            self.make_directories()
         lock = self._lock(entry_id_)
-        if not lock.acquire(blocking=False):
+        if not lock.acquire(blocking=False, dir_checked=checked):
             raise Busy(entry_id_)
         try:
             yield
@@ -329,7 +386,8 @@ class Spool:
             yield data
 
     def write(self, entry: Entry) -> None:
-        files.ensure_private_dir(self.directory)
+        if not self._checked:
+            files.ensure_private_dir(self.directory)
         files.write_private(self._path(entry.id), encode(entry, self._key), sync_dir=False)
         self._sync()
 

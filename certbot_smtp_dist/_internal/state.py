@@ -54,8 +54,10 @@ class Lock:
         self.path = path
         self._fd: int | None = None
 
-    def acquire(self, blocking: bool = True) -> bool:
-        files.ensure_private_dir(self.path.parent)
+    def acquire(self, blocking: bool = True, dir_checked: bool = False) -> bool:
+        """`dir_checked`: the caller made and checked the lock's directory just now (spool.Spool.batch)."""
+        if not dir_checked:
+            files.ensure_private_dir(self.path.parent)
         fd = files.open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))

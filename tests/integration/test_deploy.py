@@ -272,6 +272,27 @@ def test_unusable_artefact_dials_nothing(denv: DeployEnv, tmp_path: Path, relay_
     assert relay.connections == 0
 
 
+def test_only_the_targets_that_want_the_certificate_are_warned_about(denv: DeployEnv, lineage: LineagePaths,
+                                                                      relay_factory) -> None:
+    """The loud per-run warnings (key in clear, plaintext relay) name each target that wants this certificate, once,
+    and never one whose `certificates` filter leaves it out (deploy tells them apart by name, not by comparing
+    every target with every other)."""
+    relay = relay_factory("plaintext")
+    denv.write_config({
+        "wants": relay_target(relay, payload="pem_and_key"),
+        "elsewhere": relay_target(relay, payload="pem_and_key", certificates=["example.org"]),
+        "also": relay_target(relay, payload="pem_and_key", certificates=["*.example.com"]),
+    })
+    run = denv.run("deploy", "--lineage", str(lineage.live_dir), "--json")
+    assert run.returncode == 0, run.stderr
+    for name in ("wants", "also"):
+        assert run.stderr.count(f"target {name}: payload pem_and_key ships the PRIVATE KEY") == 1
+        assert run.stderr.count(f"target {name}: tls_mode = plaintext") == 1
+    assert "target elsewhere:" not in run.stderr
+    assert [(t["target"], t["status"]) for t in run.json["targets"]] == [
+        ("wants", "delivered"), ("elsewhere", "skipped"), ("also", "delivered")]
+
+
 def test_filter_skips_and_target_selection(denv: DeployEnv, lineage: LineagePaths, relay_factory) -> None:
     relay = relay_factory("plaintext")
     denv.write_config({

@@ -14,7 +14,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from certbot_smtp_dist._internal import render
@@ -314,3 +314,21 @@ def test_every_message_id_is_written_as_the_email_package_writes_it(message_id: 
             return type(exc), str(exc)
 
     assert outcome(render.PartCache()) == outcome(None)
+
+
+LINES = st.lists(st.text(st.sampled_from("ab =.\t\u00e9\u4e2d\u20ac"), max_size=110), max_size=16).map("\n".join)
+
+
+@example("\n".join(["\u4e2d" * 40] * 12))  # a sniff shorter in base64
+@example("\n".join(["a" * 100] * 12))  # in quoted-printable
+@given(LINES)
+def test_a_text_part_has_the_encoding_set_content_picks(text: str) -> None:
+    """render._text_cte picks once a run what set_content's heuristic picks from a text's first 10 lines: the text
+    part is the same, byte for byte, whether set_content picks itself or is told (a second text from the memory)."""
+    parts = render.PartCache()
+    for _ in range(2):
+        told, picked = EmailMessage(policy=parts.policy), EmailMessage(policy=parts.policy)
+        told.set_content(text, charset="utf-8", cte=render._text_cte(text, parts))
+        picked.set_content(text, charset="utf-8")
+        assert told["Content-Transfer-Encoding"] == picked["Content-Transfer-Encoding"]
+        assert told.as_bytes() == picked.as_bytes()
