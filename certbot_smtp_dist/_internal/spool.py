@@ -18,9 +18,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
-from json.encoder import (
-    encode_basestring_ascii as _quoted,  # the C function json.dumps quotes a str with
-)
 from pathlib import Path
 from typing import Any
 
@@ -112,51 +109,7 @@ _FIELDS = tuple(f.name for f in fields(Entry))
 def encode(entry: Entry, key: bytes) -> bytes:
     """The one serializer: the entry's fields, its schema version and its MAC."""
     doc = {"format": FORMAT, **entry.to_json()}
-    return (_indented({**doc, "mac": _mac(key, doc)}) + "\n").encode("utf-8")
-
-
-class _NotPlain(Exception):
-    """A value _indented leaves to json.dumps: a float, a key that is not a str, a subclass, another type."""
-
-
-def _indented(doc: dict[str, Any]) -> str:
-    """json.dumps(doc, indent=1), character for character. With `indent` the json module encodes in Python, a
-    generator per container and a call per value: half of encoding an entry, written ahead once per target (issue
-    16's fan-out). An entry's document holds only str, int, bool, None and lists and dicts of them: each str
-    (keys too) is quoted by the C function json.dumps quotes it with, ASCII only, and each container laid out as
-    json.dumps lays it out (an empty one as [] or {}; else one item a line, one more space of indent, "," between
-    items and ": " after keys). Anything else, as any value of another type, is left to json.dumps itself."""
-    try:
-        return _plain(doc, "\n")
-    except _NotPlain:
-        return json.dumps(doc, indent=1)
-
-
-def _plain(value: Any, newline: str) -> str:
-    kind = type(value)
-    if kind is str:
-        return _quoted(value)
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if kind is int:
-        return int.__repr__(value)
-    inner = newline + " "
-    if kind is dict:
-        if not value:
-            return "{}"
-        if any(type(k) is not str for k in value):
-            raise _NotPlain
-        return "{" + inner + ("," + inner).join([_quoted(k) + ": " + _plain(v, inner) for k, v in value.items()]) \
-            + newline + "}"
-    if kind is list or kind is tuple:
-        if not value:
-            return "[]"
-        return "[" + inner + ("," + inner).join([_plain(v, inner) for v in value]) + newline + "]"
-    raise _NotPlain
+    return (json.dumps({**doc, "mac": _mac(key, doc)}, indent=1) + "\n").encode("utf-8")
 
 
 def decode(data: bytes, key: bytes, path: Path) -> Entry:

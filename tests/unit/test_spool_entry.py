@@ -51,21 +51,3 @@ def test_the_document_shares_no_container_with_the_entry() -> None:
     doc["envelope_to"].append("mallory@example.com")
     assert entry.source == {"key": "/k/privkey.pem"} and entry.last_failure == {"error_code": "SMTP_TRANSIENT"}
     assert entry.envelope_to == ("a@example.com",)
-
-
-JSON_LEAVES = (st.none() | st.booleans() | st.integers() | st.text(max_size=8)
-               | st.floats(allow_nan=True, allow_infinity=True))
-JSON_KEYS = st.text(max_size=6) | st.integers(-3, 3) | st.booleans() | st.none() | st.floats(-2, 2)
-JSON_VALUES = st.recursive(JSON_LEAVES, lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner)
-                           | st.dictionaries(JSON_KEYS, inner, max_size=3), max_leaves=12)
-
-
-@given(st.dictionaries(JSON_KEYS, JSON_VALUES, max_size=6) | entries.map(lambda e: {"format": sp.FORMAT,
-                                                                                     **e.to_json(), "mac": "00"}))
-def test_an_entry_is_laid_out_as_json_dumps_lays_it_out(doc: dict[object, object]) -> None:
-    """encode writes what json.dumps(doc, indent=1) writes, character for character (spool._indented: without the
-    json module's Python encoder), for any document: str of any character, bool before int, empty containers,
-    nesting; a float or a key that is not a str left to json.dumps itself."""
-    import json
-
-    assert sp._indented(doc) == json.dumps(doc, indent=1)  # type: ignore[arg-type]
