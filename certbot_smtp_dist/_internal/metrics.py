@@ -75,14 +75,20 @@ _HELP = (
      "Not-after of the last certificate delivered to the target, per certificate name."),
     ("spool_entries", "gauge", "Spool entries per target and state (target=\"*\": blocked deploys, rejected files)."),
 )
+_NO_TARGET = ("no_target_deploy_timestamp_seconds", "gauge",
+              "Time of a certificate's last deploy when no selected target's certificates filter wanted it (a later "
+              "delivery or hold-back of that certificate ends the series): nothing was sent; check the filters.")
 _JOURNAL = ("journal_intact", "gauge",
             "1 if the journal verifies (HMAC chain intact up to its recorded head), 0 if it does not: run "
             "certbot-smtp-dist journal verify.")
 
 
-def render(values: Iterable[TargetValues], journal_intact: bool | None = None) -> str:
+def render(values: Iterable[TargetValues], journal_intact: bool | None = None,
+           unwanted: Iterable[tuple[str, float]] = ()) -> str:
     """The text exposition format 0.0.4: HELP and TYPE before each family, label values escaped, a final newline.
-    `journal_intact`: the journal's verdict, exposed when known (the target values come from its verified lines)."""
+    `journal_intact`: the journal's verdict, exposed when known (the target values come from its verified lines).
+    `unwanted`: (certificate, time) of each certificate whose last deploy no target wanted (unwanted.unwanted), a
+    family always exposed, empty when none: a renewal nobody received is never absent from monitoring."""
     rows = tuple(values)
     samples: dict[str, list[str]] = {name: [] for name, _, _ in _HELP}
     for v in rows:
@@ -99,6 +105,9 @@ def render(values: Iterable[TargetValues], journal_intact: bool | None = None) -
     for name, kind, text in _HELP:
         lines += [f"# HELP {PREFIX}{name} {_escape_help(text)}", f"# TYPE {PREFIX}{name} {kind}"]
         lines += [PREFIX + name + s for s in samples[name]]
+    name, kind, text = _NO_TARGET
+    lines += [f"# HELP {PREFIX}{name} {_escape_help(text)}", f"# TYPE {PREFIX}{name} {kind}"]
+    lines += [PREFIX + name + _sample((("certificate", cert),), when) for cert, when in sorted(unwanted)]
     if journal_intact is not None:
         name, kind, text = _JOURNAL
         lines += [f"# HELP {PREFIX}{name} {_escape_help(text)}", f"# TYPE {PREFIX}{name} {kind}",

@@ -31,10 +31,14 @@ def spool_states(spool: sp.Spool) -> Iterator[tuple[str, str]]:
 def text(state: Path, keys: StateKeys, settings: Settings) -> str:
     """The exposition text for `state`: the configured targets, and any the spool still holds entries for, from the
     journal's verified lines; and whether the journal verifies (one pass over it)."""
+    from certbot_smtp_dist._internal.unwanted import unwanted
+
     verdict, records = Journal(state, keys.journal, keys.journal_anchor).audit()
     values = metrics.collect(records, spool_states(sp.Spool(state, keys.spool)), [t.name for t in settings.targets])
     recorded = any((state / name).exists() for name in (JOURNAL_FILE, HEAD_FILE, SEALED_FILE))
-    return metrics.render(values, verdict.ok if recorded else None)  # nothing recorded yet: no verdict to give
+    unwanted_now = [(u.certificate, when) for u in unwanted(records) if (when := metrics.epoch(u.time)) is not None]
+    return metrics.render(values, verdict.ok if recorded else None,  # nothing recorded yet: no verdict to give
+                          unwanted_now)
 
 
 def refresh(state: Path, keys: StateKeys, settings: Settings) -> None:

@@ -53,7 +53,7 @@ def read(prom: Path) -> Exposition:
     parsed = parse(prom.read_text())
     assert set(parsed.types) == {P + n for n in ("last_attempt_timestamp_seconds", "last_success_timestamp_seconds",
                                                  "last_delivered_not_after_timestamp_seconds", "spool_entries",
-                                                 "journal_intact")}
+                                                 "no_target_deploy_timestamp_seconds", "journal_intact")}
     assert set(parsed.types.values()) == {"gauge"} and set(parsed.helps) == set(parsed.types)
     return parsed
 
@@ -69,7 +69,7 @@ def accepted_by_the_real_parsers(text: str) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     families = {f.name: f.type for f in text_string_to_metric_families(text)}
-    assert set(families.values()) == {"gauge"} and len(families) == 5, families
+    assert set(families.values()) == {"gauge"} and len(families) == 6, families
 
 
 def spool(parsed: Exposition, target: str = "relay") -> dict[str, float]:
@@ -315,3 +315,24 @@ def test_a_tampered_journal_is_exposed_and_not_believed(denv: DeployEnv, lineage
     assert parsed.value(P + "journal_intact") == 0
     assert not any(dict(labels).get("target") == "forged" for labels in
                    parsed.series(P + "last_success_timestamp_seconds"))
+
+
+def test_a_deploy_no_target_wants_is_a_series_until_the_certificate_is_delivered(
+        denv: DeployEnv, lineage: LineagePaths, prom: Path, relay_factory) -> None:
+    # A renewal no `certificates` filter matches sends and spools nothing: without a series of its own, the textfile
+    # of a host whose every renewal goes unwanted would look like one where nothing renewed.
+    relay = relay_factory("plaintext")
+    before = time.time()
+    assert deploy(denv, lineage, prom, relay_target(relay, certificates=["other.example"])) == 0
+    assert relay.connections == 0
+    parsed = read(prom)
+    [(labels, when)] = parsed.series(P + "no_target_deploy_timestamp_seconds").items()
+    assert dict(labels) == {"certificate": "test.example.com"}
+    assert before - 1 <= when <= time.time() + 1
+    assert spool(parsed) == {s: 0 for s in STATES} and parsed.value(P + "journal_intact") == 1
+    assert denv.run("metrics").stdout == prom.read_text()
+
+    assert deploy(denv, lineage, prom, relay_target(relay)) == 0 and len(relay.messages) == 1  # wanted: delivered
+    parsed = read(prom)
+    assert parsed.series(P + "no_target_deploy_timestamp_seconds") == {}
+    assert (P + "last_success_timestamp_seconds", frozenset({("target", "relay")})) in parsed.samples

@@ -83,3 +83,13 @@ def test_metrics_textfile_is_not_a_target_key() -> None:
                              "to": ["p@example.com"], "metrics_textfile": "/x.prom"}}}
     with pytest.raises(ConfigError, match="metrics_textfile"):
         parse_settings(doc, Path("/etc/x/config.toml"), {}, payload_formats(make_manager()))
+
+
+def test_unwanted_certificates_are_one_series_each_and_the_family_is_always_there() -> None:
+    # Always declared, so a dashboard can tell "none" from "not exported"; one sample per certificate name.
+    empty = parse(metrics.render(()))
+    assert empty.types[P + "no_target_deploy_timestamp_seconds"] == "gauge"
+    assert empty.series(P + "no_target_deploy_timestamp_seconds") == {}
+    parsed = parse(metrics.render((), unwanted=[("b.example", 20.0), ('a"\\n', 10.5)]))
+    assert parsed.series(P + "no_target_deploy_timestamp_seconds") == {
+        frozenset({("certificate", "b.example")}): 20.0, frozenset({("certificate", 'a"\\n')}): 10.5}
