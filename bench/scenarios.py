@@ -101,10 +101,13 @@ def cold(ctx: Context, number: str, payload: str) -> list[Row]:
         message = inst.render()
         smtplib = _client(ctx, "smtp_send.py", "127.0.0.1", relay.port, ctx.world.pki.ca_file, message,
                           SENDER, RECIPIENT, 1)
-        lib_floor = _client(ctx, "lib_floor.py", "127.0.0.1", relay.port, ctx.world.pki.ca_file, message, SENDER,
-                        RECIPIENT, ctx.world.lineage.live_dir, payload,
-                        env=child_env({"BENCH_P12_PASSPHRASE": P12_PASSPHRASE}))
-        peers = [Variant("smtplib", smtplib, expect_exit(0)), Variant("floor", lib_floor, expect_exit(0))]
+        floor_argv = ("lib_floor.py", "127.0.0.1", relay.port, ctx.world.pki.ca_file, message, SENDER, RECIPIENT,
+                      ctx.world.lineage.live_dir, payload)
+        floor_env = child_env({"BENCH_P12_PASSPHRASE": P12_PASSPHRASE})
+        lib_floor = _client(ctx, *floor_argv, env=floor_env)
+        blocking_floor = _client(ctx, *floor_argv, "smtplib", env=floor_env)
+        peers = [Variant("smtplib", smtplib, expect_exit(0)), Variant("floor", lib_floor, expect_exit(0)),
+                 Variant("blocking floor", blocking_floor, expect_exit(0))]
         optional = {"curl --ssl-reqd": _curl(ctx, relay.port, message), "msmtp": _msmtp(ctx, relay.port, message)}
         peers += [v for v in optional.values() if v is not None]
         samples = _series(ctx, [Variant("deploy", inst.deploy, expect_delivered(["archive"])), *peers])
@@ -113,13 +116,12 @@ def cold(ctx: Context, number: str, payload: str) -> list[Row]:
             "smtplib": instructions.count(ctx.world.client("smtp_send.py", "127.0.0.1", relay.port,
                                                            ctx.world.pki.ca_file, message, SENDER, RECIPIENT, 1),
                                           child_env()),
-            "floor": instructions.count(ctx.world.client("lib_floor.py", "127.0.0.1", relay.port,
-                                                         ctx.world.pki.ca_file, message, SENDER, RECIPIENT,
-                                                         ctx.world.lineage.live_dir, payload),
-                                        child_env({"BENCH_P12_PASSPHRASE": P12_PASSPHRASE}))}
+            "floor": instructions.count(ctx.world.client(*floor_argv), floor_env),
+            "blocking floor": instructions.count(ctx.world.client(*floor_argv, "smtplib"), floor_env)}
     finally:
         relay.stop()
     deploy, floor, script = Stats.of(samples["deploy"]), Stats.of(samples["floor"]), Stats.of(samples["smtplib"])
+    blocking = Stats.of(samples["blocking floor"])
     what = f"cold deploy, 1 target, {payload}"
     kdf = " (building the PKCS#12 with payload.py's 200,000 KDF rounds is part of it)" if payload == "pkcs12" else ""
     at_floor = floor.wall_s / script.wall_s
@@ -133,12 +135,17 @@ def cold(ctx: Context, number: str, payload: str) -> list[Row]:
             ratio_row(number, f"{what} / the libraries' floor (bench/clients/lib_floor.py)", deploy, floor, None,
                       "reference: our own share"),
             ratio_row(number, f"the libraries' floor, {payload} / minimal smtplib script", floor, script, None,
-                      "reference: what 2x must fit in")]
+                      "reference: what 2x must fit in"),
+            ratio_row(number, f"the libraries' floor without asyncio (smtplib's blocking session), {payload} / "
+                      "minimal smtplib script", blocking, script, None,
+                      "reference: where a deploy that dropped asyncio would start")]
     if counted:
         rows += [_counted(number, f"{what} / minimal smtplib script", counted["deploy"], counted["smtplib"]),
                  _counted(number, f"{what} / the libraries' floor", counted["deploy"], counted["floor"]),
                  _counted(number, f"the libraries' floor, {payload} / minimal smtplib script", counted["floor"],
-                          counted["smtplib"])]
+                          counted["smtplib"]),
+                 _counted(number, f"the libraries' floor without asyncio, {payload} / minimal smtplib script",
+                          counted["blocking floor"], counted["smtplib"])]
     for label, variant in optional.items():
         if variant is None:
             tool = label.split()[0]

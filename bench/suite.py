@@ -54,7 +54,9 @@ are judged as absolute figures. Method, per scenario:
    not install them). And vs `bench/clients/lib_floor.py`, the libraries' floor: the work no `deploy` on
    asyncio and cryptography can skip (those imports, reading the lineage, checking validity and key match,
    building the PKCS#12 with the same KDF rounds, the system store's hashed directory plus the CA file, one
-   session on asyncio's own transports, as deploy speaks SMTP), and none of our code. deploy / floor is our own share; floor / smtplib is what the 2x budget would have to fit in.
+   session on asyncio's own transports, as deploy speaks SMTP), and none of our code. deploy / floor is our own share; floor / smtplib is what the 2x budget would have to fit in. The same floor
+   with smtp_send.py's blocking session instead (`lib_floor.py ... smtplib`, asyncio never imported) shows where
+   a deploy without asyncio would start.
 3. 50 targets on one relay (each target's `timeout` 120 s) vs `bench/clients/aio_gather.py` (aiosmtplib +
    asyncio.gather, at most {concurrency} sessions at once, deploy held to the same `connections_per_relay`;
    `--concurrency`) and vs 50 sequential smtplib sessions; for reference, also vs the same peer trusting the system

@@ -1,7 +1,9 @@
 """The libraries' floor: what any cold `deploy` built on asyncio and cryptography must do, and nothing of ours.
 
-Usage: lib_floor.py HOST PORT CAFILE MESSAGE FROM TO LIVE_DIR PAYLOAD; PAYLOAD is `pem` or `pkcs12` (then the
-passphrase is $BENCH_P12_PASSPHRASE). AUTH PLAIN with $BENCH_SMTP_USER and $BENCH_SMTP_PASSWORD when the user is set.
+Usage: lib_floor.py HOST PORT CAFILE MESSAGE FROM TO LIVE_DIR PAYLOAD [smtplib]; PAYLOAD is `pem` or `pkcs12` (then
+the passphrase is $BENCH_P12_PASSPHRASE). AUTH PLAIN with $BENCH_SMTP_USER and $BENCH_SMTP_PASSWORD when the user is
+set. With `smtplib`, the session is smtp_send.py's blocking one and asyncio is never imported: the floor of a
+`deploy` that would drop asyncio, the one structural change left on the session side of the budget.
 
 One process, the work `deploy` cannot skip, in the fewest lines the libraries allow: import asyncio,
 cryptography's X.509 and serialization and the email package; read the lineage's certificate, chain and key, check
@@ -13,7 +15,6 @@ as `deploy` speaks SMTP itself) sending MESSAGE (the bytes `deploy` rendered); t
 difference between this and `deploy` is the price of those, and of our own imports.
 """
 
-import asyncio
 import datetime
 import email.policy  # noqa: F401 - rendering needs it: imported as deploy imports it
 import os
@@ -21,7 +22,6 @@ import ssl
 import sys
 from pathlib import Path
 
-from asyncio_min import data_lines, session
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -54,12 +54,27 @@ def read_lineage(live: Path, payload: str) -> None:
 
 def main() -> None:
     host, port, cafile, message, sender, rcpt, live, payload = sys.argv[1:9]
+    blocking = sys.argv[9:] == ["smtplib"]
     read_lineage(Path(live), payload)
     # the system store's hashed directory (deploy's first look: its bundle is read only for a refused certificate) ...
     context = ssl.create_default_context(capath=ssl.get_default_verify_paths().capath)
     context.load_verify_locations(cafile=cafile)  # ... plus the target's tls_ca_file
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    asyncio.run(session(host, int(port), context, data_lines(Path(message).read_bytes()), sender, rcpt))
+    if blocking:  # smtp_send.py's session: smtplib quotes the dots and ends the lines itself
+        import smtplib
+
+        with smtplib.SMTP(host, int(port), timeout=30) as smtp:
+            smtp.starttls(context=context)
+            user = os.environ.get("BENCH_SMTP_USER", "")
+            if user:
+                smtp.login(user, os.environ["BENCH_SMTP_PASSWORD"])
+            smtp.sendmail(sender, [rcpt], Path(message).read_bytes())
+    else:
+        import asyncio
+
+        from asyncio_min import data_lines, session
+
+        asyncio.run(session(host, int(port), context, data_lines(Path(message).read_bytes()), sender, rcpt))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
