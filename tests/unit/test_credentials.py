@@ -348,3 +348,29 @@ def test_a_master_key_another_user_could_change_is_refused(tmp_path: Path, stick
     assert run.returncode == 77, run
     assert run.stderr.startswith(f"certbot-smtp-dist: error: refusing to trust {named}: "), run.stderr
     assert [c.name for c in CredentialStore(tmp_path / "etc", environ={}).list()] == ["relay"]
+
+
+@as_root
+def test_a_master_key_another_user_could_re_point_stops_a_deploy_that_uses_no_credential(
+        tmp_path: Path, sticky: Path, unused_port: int) -> None:
+    """The master key also keys the state's MACs: a deploy whose targets need no secret still reads it, and
+    one another user could re-point stops it before anything is dialled (77, as an untrusted state directory
+    does), instead of a run logged as "cannot use the state" that delivers without journal or spool."""
+    from support.deployenv import DeployEnv
+    from support.pki import write_lineage
+
+    env = DeployEnv(tmp_path / "host")
+    env.write_config({"relay": {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 2,
+                                "from_address": "certbot@example.com", "to": ["pki@example.com"]}})
+    env.set_credential("unused", "smtp_password", SECRET)  # the master key is made
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o755)
+    (env.config_dir / "master.key").rename(keys / "master.key")
+    link = sticky / "keys"
+    link.symlink_to(keys)
+    os.chown(link, NOBODY, -1, follow_symlinks=False)
+    (env.config_dir / "master.key").symlink_to(link / "master.key")
+    lineage = write_lineage(tmp_path / "live" / "test.example.com")
+    run = env.run("deploy", extra_env={"RENEWED_LINEAGE": str(lineage.live_dir)})
+    assert run.returncode == 77, run
+    assert f"error: refusing to trust {link}: " in run.stderr and "SMTP_CONNECT" not in run.stderr, run.stderr
