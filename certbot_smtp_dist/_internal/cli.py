@@ -75,9 +75,10 @@ exit status of deploy and retry (sysexits, like other mail tools):
   130  interrupted
 retry also exits 69 while a failed, blocked or rejected spool entry remains (see status).
 status follows the Nagios plugin convention (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN: it cannot know, e.g. no
-state there or not readable by this user, or a usage error); journal verify exits 1 if tampered or missing; history exits 66 with
-no journal; dismiss exits 64 for an ambiguous id prefix; inspect exits 65 when it finds an error in the
-certificate files, 66 when one cannot be read and 77 when one is not safe to trust (as deploy would refuse it)."""
+state there or not readable by this user, or a usage error); journal verify exits 1 if tampered or missing;
+history exits 66 with no journal; dismiss exits 64 for an ambiguous id prefix; inspect exits 65 when it finds an
+error in the certificate files, 66 when one cannot be read and 77 when one is not safe to trust (as deploy would
+refuse it)."""
 
 
 def versions() -> str:
