@@ -30,10 +30,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("certbot_smtp_dist")
 
 
+class BadCommandLine(SystemExit):
+    """argparse's error (exit status 64, EX_USAGE; argparse's own is 2), said by main() in the format its command
+    answers in: `status`, a monitoring check, says UNKNOWN (3) in one line, not a usage text on stderr."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(report.EX_USAGE)
+        self.message = message
+        self.text = f"{parser.format_usage()}{parser.prog}: error: {message}\n"
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # argparse exits 2; sysexits says 64
-        self.print_usage(sys.stderr)
-        self.exit(report.EX_USAGE, f"{self.prog}: error: {message}\n")
+    def error(self, message: str) -> NoReturn:
+        raise BadCommandLine(self, message)
 
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -66,9 +75,10 @@ exit status of deploy and retry (sysexits, like other mail tools):
   130  interrupted
 retry also exits 69 while a failed, blocked or rejected spool entry remains (see status).
 status follows the Nagios plugin convention (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN: it cannot know, e.g. no
-state there or not readable by this user); journal verify exits 1 if tampered or missing; history exits 66 with
-no journal; dismiss exits 64 for an ambiguous id prefix; inspect exits 65 when it finds an error in the
-certificate files, 66 when one cannot be read and 77 when one is not safe to trust (as deploy would refuse it)."""
+state there or not readable by this user, or a usage error); journal verify exits 1 if tampered or missing;
+history exits 66 with no journal; dismiss exits 64 for an ambiguous id prefix; inspect exits 65 when it finds an
+error in the certificate files, 66 when one cannot be read and 77 when one is not safe to trust (as deploy would
+refuse it)."""
 
 
 def versions() -> str:
@@ -346,13 +356,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser(only="deploy" if argv[:1] == ["deploy"] else None)
         args = parser.parse_args(argv)
         setup_logging(args.log_format, args.verbose, args.quiet)
-    except KeyboardInterrupt:  # before the command began: one line, as a command's own Ctrl-C, never a traceback
-        if _command_word(argv) == "status":  # a monitoring check: UNKNOWN in its own format, as in _run
-            from certbot_smtp_dist._internal.cli_state import STATUS_UNKNOWN
+    except BadCommandLine as exc:
+        if _command_word(argv) == "status":  # its contract (Nagios plugin guidelines): UNKNOWN, one line
+            from certbot_smtp_dist._internal.addresses import printable
 
-            _error(argparse.Namespace(command="status", failed_status=STATUS_UNKNOWN, nagios="--nagios" in argv,
-                                      json="--json" in argv), "interrupted")
-            return STATUS_UNKNOWN
+            return _status_unknown(argv, printable(f"usage error: {exc.message} (see certbot-smtp-dist status "
+                                                   "--help)"))
+        sys.stderr.write(exc.text)
+        return report.EX_USAGE
+    except KeyboardInterrupt:  # before the command began: one line, as a command's own Ctrl-C, never a traceback
+        if _command_word(argv) == "status":
+            return _status_unknown(argv, "interrupted")
         print("certbot-smtp-dist: error: interrupted", file=sys.stderr)
         return 130
     code = _run(args)
@@ -364,6 +378,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         abandon.end_process(code)
     return code
+
+
+def _status_unknown(argv: Sequence[str], message: str) -> int:
+    """`status` stopped before its command began: UNKNOWN in its own format (--nagios, --json), as in _run."""
+    from certbot_smtp_dist._internal.cli_state import STATUS_UNKNOWN
+
+    _error(argparse.Namespace(command="status", failed_status=STATUS_UNKNOWN, nagios="--nagios" in argv,
+                              json="--json" in argv), message)
+    return STATUS_UNKNOWN
 
 
 def _command_word(argv: Sequence[str]) -> str | None:

@@ -16,7 +16,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from certbot_smtp_dist._internal import files
+from certbot_smtp_dist._internal import files, ownership
 from certbot_smtp_dist.errors import AccessError, CredentialError, UnsafePathError
 from certbot_smtp_dist.model import Secret
 
@@ -34,6 +34,7 @@ _FORMAT = 1
 # A credential file is read bounded (a service account's key is a few kB): its secret is bounded to fit it.
 MAX_CREDENTIAL_BYTES = 1 << 16
 MAX_SECRET_BYTES = 1 << 15
+MAX_MASTER_KEY_BYTES = 1 << 10  # 32 bytes in base64 and a newline: 45
 MIN_PASSPHRASE = 8  # a PKCS#12 file travels by mail: its passphrase is all that stands against an offline guess
 # Control characters (C0, DEL, C1) and the Unicode line and paragraph separators.
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
@@ -190,12 +191,24 @@ class CredentialStore:
             if not create:
                 raise CredentialError(f"master key {path} is missing: stored credentials cannot be decrypted")
             files.create_private_exclusive(path, _b64(os.urandom(32)).encode() + b"\n")
-        files.warn_if_exposed(path, "master key")
         try:
-            key = base64.b64decode(path.read_bytes().strip(), validate=True)
+            # It unlocks every secret and the state's MACs: the config file's rule. A link on the way only root
+            # or we can re-point is followed (a key kept on a root-owned mount); another user's link where others
+            # can write, a file of theirs or one others can write is refused (UnsafePathError, exit 77). Read
+            # without blocking and bounded: a FIFO or a huge file is damage (CredentialError), not a hang.
+            checked = ownership.require_trusted_input(path, "master key", f"chown root {path}; chmod 600 {path}",
+                                                      closed=ownership.CONFIG_FIX)
+            files.warn_if_exposed(path, "master key")
+            data, _ = files.read_regular(path, MAX_MASTER_KEY_BYTES, checked=checked)
+            key = base64.b64decode(data.strip(), validate=True)
+        except (UnsafePathError, AccessError):
+            raise
+        except files.RefusedFile as exc:
+            raise CredentialError(f"master key {path} cannot be read: it {exc.strerror}; it must be a regular "
+                                  "file holding 32 bytes in base64") from exc
         except PermissionError as exc:  # not damaged: this user may not read it
             raise AccessError(path, "read the master key", exc.strerror or "permission denied",
-                              "run as root, or pass --config FILE") from exc
+                              ownership.CONFIG_FIX) from exc
         except (OSError, ValueError) as exc:
             raise CredentialError(f"master key {path} is unreadable or damaged") from exc
         if len(key) != 32:

@@ -18,6 +18,10 @@ from certbot_smtp_dist.model import Artefact, CertificateFacts, LineageSource, S
 log = logging.getLogger("certbot_smtp_dist")
 MAX_CERTIFICATES = 16  # per certificate file
 CLOCK_SKEW = timedelta(minutes=5)  # how far in the future a leaf's notBefore may lie
+# UTF-8 bytes of a certificate name, at most: it begins attachment file names (NAME.fullchain.pem, a format's own
+# suffix), which a recipient's file system holds to 255 bytes. README documents the bound.
+MAX_NAME_BYTES = 128
+_NAME_DIGEST = 12  # hex digits of SHA-256 ending a name cut to the bound
 
 
 def from_lineage_dir(directory: Path, name: str | None = None) -> LineageSource:
@@ -364,9 +368,16 @@ def given_name(name: str | None) -> str | None:
 
 
 def _safe_name(name: str) -> str:
-    """The certificate name becomes part of attachment file names: keep it to a safe alphabet."""
+    """The certificate name becomes part of attachment file names: keep it to a safe alphabet and, past
+    MAX_NAME_BYTES, to its head and a digest of the whole (readable, the same for the same name every run, and two
+    long names that share a head stay apart). Applied again, it changes nothing."""
     cleaned = "".join(c if c.isalnum() or c in ".-_" else "_" for c in name.replace("*", "wildcard"))
-    return cleaned.strip(".") or "certificate"
+    cleaned = cleaned.strip(".") or "certificate"
+    whole = cleaned.encode("utf-8")
+    if len(whole) <= MAX_NAME_BYTES:
+        return cleaned
+    head = whole[:MAX_NAME_BYTES - _NAME_DIGEST - 1].decode("utf-8", "ignore")  # never half a character
+    return f"{head}-{hashlib.sha256(whole).hexdigest()[:_NAME_DIGEST]}"
 
 
 def _short(exc: BaseException) -> str:

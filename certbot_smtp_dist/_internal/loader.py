@@ -19,7 +19,13 @@ from certbot_smtp_dist._internal.config import (
 from certbot_smtp_dist._internal.credentials import CredentialStore
 from certbot_smtp_dist._internal.ownership import require_trusted_config
 from certbot_smtp_dist._internal.state import StateKeys, state_keys
-from certbot_smtp_dist.errors import ConfigError, ConfigProblem, CredentialError, UsageError
+from certbot_smtp_dist.errors import (
+    ConfigError,
+    ConfigProblem,
+    CredentialError,
+    UnsafePathError,
+    UsageError,
+)
 from certbot_smtp_dist.model import AuthMethod, PayloadFormat, Secret, Settings, Target
 
 log = logging.getLogger("certbot_smtp_dist")
@@ -63,9 +69,12 @@ def credential_store(config: Path, environ: Mapping[str, str] | None = None) -> 
 
 
 def open_state_keys(config: Path, environ: Mapping[str, str] | None, state_dir: Path) -> StateKeys | None:
-    """The journal and spool keys (the master key is created if there is none yet); None, logged, if unusable."""
+    """The journal and spool keys (the master key is created if there is none yet); None, logged, if unusable.
+    A master key not safe to trust stops the run (UnsafePathError, exit 77), as an untrusted state does."""
     try:
         return state_keys(credential_store(config, environ), state_dir, create=True)
+    except UnsafePathError:
+        raise
     except (CredentialError, OSError) as exc:
         log.error("cannot use the state in %s (%s): failed deliveries from this run will NOT be retried "
                   "automatically", state_dir, exc)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from certbot_smtp_dist._internal.addresses import printable
+
 PREFIX = "certbot_smtp_dist_"
 SPOOL_STATES = ("pending", "failed", "blocked", "uncertain")  # always exposed, 0 when none
 REJECTED = "rejected"  # exposed only when the spool holds a rejected (forged, damaged) file
@@ -104,15 +106,25 @@ def render(values: Iterable[TargetValues], journal_intact: bool | None = None,
     lines: list[str] = []
     for name, kind, text in _HELP:
         lines += [f"# HELP {PREFIX}{name} {_escape_help(text)}", f"# TYPE {PREFIX}{name} {kind}"]
-        lines += [PREFIX + name + s for s in samples[name]]
+        lines += [PREFIX + name + s for s in _first_per_series(samples[name])]
     name, kind, text = _NO_TARGET
     lines += [f"# HELP {PREFIX}{name} {_escape_help(text)}", f"# TYPE {PREFIX}{name} {kind}"]
-    lines += [PREFIX + name + _sample((("certificate", cert),), when) for cert, when in sorted(unwanted)]
+    lines += [PREFIX + name + s
+              for s in _first_per_series(_sample((("certificate", cert),), when) for cert, when in sorted(unwanted))]
     if journal_intact is not None:
         name, kind, text = _JOURNAL
         lines += [f"# HELP {PREFIX}{name} {_escape_help(text)}", f"# TYPE {PREFIX}{name} {kind}",
                   f"{PREFIX}{name} {int(journal_intact)}"]
     return "\n".join(lines) + "\n"
+
+
+def _first_per_series(samples: Iterable[str]) -> list[str]:
+    """One sample per label set: names that differ only in what escape_label shows as "?" would make one series
+    twice, and a textfile with a duplicate series is dropped whole by its reader. The first, in name order, stays."""
+    first: dict[str, str] = {}
+    for sample in samples:
+        first.setdefault(sample.rpartition(" ")[0], sample)  # the labels, without the value
+    return list(first.values())
 
 
 def _sample(labels: tuple[tuple[str, str], ...], value: float) -> str:
@@ -122,8 +134,10 @@ def _sample(labels: tuple[tuple[str, str], ...], value: float) -> str:
 
 
 def escape_label(value: str) -> str:
-    """Label values: backslash, double quote and line feed escaped, as the exposition format requires."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """Label values: made printable as history and status show journal text (a name an older version journaled
+    may hold ESC or CR, which would reach whoever cats the textfile), then backslash and double quote escaped, as
+    the exposition format requires (a line feed is already "?")."""
+    return printable(value).replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _escape_help(text: str) -> str:

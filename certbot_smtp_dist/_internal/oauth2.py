@@ -10,6 +10,7 @@ import base64
 import functools
 import http.client
 import json
+import re
 import socket
 import ssl
 import time
@@ -33,6 +34,9 @@ MAX_LIFETIME = 24 * 3600
 # 16 KiB HTTP servers take in a header, where a bearer token travels: RFC 6750 §2.1). Every relay text of its
 # session is scrubbed of it (scrub.py), at a cost in proportion to its length, on the event loop.
 MAX_TOKEN = 16 * 1024
+# RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=". The token goes into
+# the SASL response as sent (XOAUTH2 and OAUTHBEARER end their fields with ^A, RFC 7628 §3.1): nothing else may.
+_B64TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 MAX_RESPONSE = 64 * 1024  # a token response is a few kilobytes; a hostile endpoint gets no more of our memory
 _MAX_SAID = 200  # characters of a foreign library's words kept in a failure
 # Endpoint statuses that say the grant itself is refused (RFC 6749 §5.2); anything else may pass.
@@ -236,12 +240,20 @@ def _parse(url: str, raw: bytes, secrets: tuple[Secret, ...]) -> Token:
     """RFC 6749 §5.1: a JSON object with `access_token`, `token_type` Bearer and optionally `expires_in`."""
     doc = _json(raw)
     token = doc.get("access_token") if doc is not None else None
-    if (len(raw) > MAX_RESPONSE or not isinstance(token, str) or not token or len(token) > MAX_TOKEN
-            or not token.isprintable()):
+    if len(raw) > MAX_RESPONSE or not isinstance(token, str) or not token or len(token) > MAX_TOKEN:
         raise TokenFailure(unreachable(url, "the answer is not a token response (RFC 6749 §5.1)"))
     if str(doc.get("token_type", "")).lower() != "bearer":  # type: ignore[union-attr]
         raise TokenFailure(unreachable(url, "the token is not a Bearer token (RFC 6750)"))
+    if not is_b64token(token):  # the endpoint issued it for this grant: asking again is no cure, SMTP_AUTH
+        raise TokenFailure(Failure(ErrorCode.SMTP_AUTH, Phase.AUTH, (
+            f"token endpoint {_where(url)} issued an access token outside RFC 6750 §2.1's syntax (b64token: ASCII "
+            "letters, digits and -._~+/, then = padding); not sent to the relay")))
     return Token(Secret(token), _lifetime(doc.get("expires_in")))  # type: ignore[union-attr]
+
+
+def is_b64token(token: str) -> bool:
+    """Whether `token` may be sent as a Bearer token (RFC 6750 §2.1)."""
+    return _B64TOKEN.fullmatch(token) is not None
 
 
 def _lifetime(value: object) -> int | None:

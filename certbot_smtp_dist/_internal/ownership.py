@@ -68,13 +68,23 @@ def untrusted_input(path: Path, what: str) -> str | None:
     link into a directory others can write is no better than that directory), and for every directory holding a
     link on the way (a link to a link in such a directory is re-pointed there)."""
     try:
-        for directory in {path.parent, Path(os.path.realpath(path)).parent}:
-            _check_chain(directory)
-        _check_links(path)
-        _check_node(path, what, f"chown root {path}; chmod go-w {path}")
+        require_trusted_input(path, what, f"chown root {path}; chmod go-w {path}")
     except (UnsafePathError, AccessError) as exc:
         return str(exc)
     return None
+
+
+def require_trusted_input(path: Path, what: str, fix: str, closed: str = "") -> Path:
+    """`untrusted_input`'s rule, raised (UnsafePathError; AccessError when this user cannot look): for a file that
+    must be trusted or nothing runs (the credential store's master key). A link on the way is followed when only
+    root or we can re-point it (a key kept on a root-owned mount). Returns what `path` finally named when checked,
+    for the open to be held to it (files.read_regular's `checked`). `closed`: the fix when this user cannot look."""
+    for directory in {path.parent, Path(os.path.realpath(path)).parent}:
+        _check_chain(directory)
+    final = require_steady_links(path)
+    _check_chain(final.parent)
+    _check_node(path, what, fix, closed=closed)
+    return final
 
 
 def require_trusted_state(state_dir: Path) -> None:

@@ -60,8 +60,13 @@ class TokenCache:
         except (OSError, InvalidTag, ValueError) as exc:  # OSError includes a planted link
             log.warning("OAuth 2.0 token cache entry %s unusable (%s); asking the endpoint", name, type(exc).__name__)
             return None
+        from certbot_smtp_dist._internal.oauth2 import is_b64token
+
         token, not_after = doc.get("token"), doc.get("not_after")
         if not isinstance(token, str) or not isinstance(not_after, (int, float)):
+            return None
+        if not is_b64token(token):  # kept by an older version, which took any printable token: asked again
+            self.drop(identity)
             return None
         if (time.time() if now is None else now) >= not_after:
             self.drop(identity)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,26 @@ def test_status_notes_show_the_journals_names_made_printable(hostile: DeployEnv)
     out = hostile.run("status").stdout
     assert "certificate other?[5m.example.com: its last deploy (2026-12-01T18:22:37+00:00?[1m)" in out
     assert "target(s) up?[7m matches x?[3m.example.com" in out
+
+
+def test_metrics_label_values_are_made_printable(hostile: DeployEnv) -> None:
+    """`metrics` (and so the textfile, the same text) escaped only backslash, quote and line feed: the ESC of an
+    old journal line reached whoever cats the file. Now "?", as history and status show it; Prometheus' own
+    parsers accept the file as before."""
+    from support import ci
+    from support.promtext import parse
+
+    run = hostile.run("metrics")
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run
+    assert shown(run.stdout), run.stdout
+    name = "certbot_smtp_dist_last_delivered_not_after_timestamp_seconds"
+    assert parse(run.stdout).value(name, target="up", certificate="evil?]0;owned?.example.com") == 4070908800
+    promtool = ci.require_tool("promtool", "apt-get install prometheus")
+    checked = subprocess.run([promtool, "check", "metrics"], input=run.stdout, capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 0 and not (checked.stdout + checked.stderr).strip(), checked
+    ci.require_module("prometheus_client", "pip install prometheus-client (python3-prometheus-client)")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    labels = [s.labels for f in text_string_to_metric_families(run.stdout) for s in f.samples if f.name == name]
+    assert labels == [{"target": "up", "certificate": "evil?]0;owned?.example.com"}]

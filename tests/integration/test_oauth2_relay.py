@@ -118,6 +118,25 @@ def test_refused_grant_is_smtp_auth_and_the_relay_is_never_contacted(
     no_leak(run, denv, [SECRET])
 
 
+@pytest.mark.parametrize("token", ["t\u00f6ken-from-the-endpoint", "tok abc.def", "tok\x01auth=Bearer injected"],
+                         ids=["non-ascii", "space", "sasl-separator"])
+def test_a_token_outside_the_b64token_syntax_is_smtp_auth_and_never_sent(
+        denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint, token: str) -> None:
+    """RFC 6750 §2.1: the endpoint's token is refused before the relay is dialled, as a failure a retry cannot
+    cure (not spooled as transient), never quoted, never cached."""
+    configure(denv, relay, endpoint)
+    endpoint.answer = Answer(200, {"access_token": token, "token_type": "Bearer", "expires_in": 3600})
+    run = deploy(denv, lineage)
+    assert run.returncode == 69, run.stderr
+    failed = run.target("m365")
+    assert (failed["status"], failed["error_code"]) == ("failed", "SMTP_AUTH"), failed
+    assert "outside RFC 6750 §2.1's syntax" in failed["detail"] and "not sent to the relay" in failed["detail"]
+    assert relay.connections == 0 and relay.messages == [] and cache_files(denv) == []
+    retry = denv.run("retry")  # a failed entry is left for a human (exit 69): not asked again
+    assert (retry.returncode, endpoint.requests, relay.connections) == (69, 1, 0), retry
+    no_leak(run, denv, [SECRET, token])
+
+
 def test_endpoint_down_is_spooled_and_retry_delivers_once_it_is_back(
         denv: DeployEnv, lineage: LineagePaths, relay: Relay, endpoint: TokenEndpoint) -> None:
     configure(denv, relay, endpoint)

@@ -28,6 +28,8 @@ def parsed(only: str | None, argv: list[str]) -> tuple[Any, ...]:
         try:
             args = vars(cli.build_parser(only=only).parse_args(argv))
             code = None
+        except cli.BadCommandLine as exc:  # said by main(), in its command's format
+            args, code = {"error": exc.text}, exc.code
         except SystemExit as exc:
             args, code = {}, exc.code
     return code, out.getvalue(), err.getvalue(), args

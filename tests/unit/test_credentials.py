@@ -269,3 +269,108 @@ def test_a_fifo_in_the_store_stops_a_deploy_as_unusable_credentials_not_a_hang(t
         assert "Traceback" not in run.stderr
     status = env.run("status")
     assert status.returncode == 2 and "deploy blocked" in status.stdout, status
+
+
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="another user's file needs root to make")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", ["fifo", "oversized"])
+def test_a_fifo_or_an_oversized_master_key_is_a_clear_error_not_a_hang(tmp_path: Path, kind: str) -> None:
+    """The master key was read with read_bytes: a FIFO there stalled every `get` (every deploy) for ever, and a
+    file of any size was read whole. Now as a credential file is read: without blocking, bounded."""
+    store = CredentialStore(tmp_path, environ={})
+    store.set("relay", "smtp_password", SECRET)
+    key = tmp_path / "master.key"
+    if kind == "fifo":
+        key.unlink()
+        os.mkfifo(key, 0o600)
+        why = "is a FIFO (named pipe), not a regular file"
+    else:
+        key.write_bytes(key.read_bytes() + b"\n" * (1 << 20))  # still valid base64 once stripped
+        why = "bytes, more than the 1024 bytes allowed"
+    with pytest.raises(CredentialError, match=re.escape(why)) as err:
+        store.get("relay", "smtp_password")
+    assert f"master key {key} cannot be read" in str(err.value)
+
+
+@pytest.fixture
+def key_elsewhere(tmp_path: Path) -> Path:
+    """A master key kept on a root-owned mount, as an operator may: the store's own key moved there."""
+    store = CredentialStore(tmp_path / "etc", environ={})
+    store.set("relay", "smtp_password", SECRET)
+    mount = tmp_path / "mnt" / "keys"
+    mount.mkdir(parents=True, mode=0o755)
+    (tmp_path / "etc" / "master.key").rename(mount / "master.key")
+    return mount / "master.key"
+
+
+@as_root
+def test_a_master_key_behind_links_only_root_can_re_point_is_read(tmp_path: Path, sticky: Path,
+                                                                  key_elsewhere: Path) -> None:
+    (sticky / "keys").symlink_to(key_elsewhere.parent)  # root's link in a sticky directory: only root re-points it
+    (tmp_path / "etc" / "master.key").symlink_to(sticky / "keys" / "master.key")
+    assert CredentialStore(tmp_path / "etc", environ={}).get("relay", "smtp_password").reveal() == SECRET
+
+
+@as_root
+@pytest.mark.parametrize("hazard", ["their link on the way", "their key file", "a key others can write",
+                                    "a directory others can write"])
+def test_a_master_key_another_user_could_change_is_refused(tmp_path: Path, sticky: Path, key_elsewhere: Path,
+                                                           hazard: str) -> None:
+    """The master key opens every secret and keys the state's MACs: another user who could re-point a link to
+    it, or write it, would choose the key root decrypts and authenticates with. Refused (exit 77), not read."""
+    key = tmp_path / "etc" / "master.key"
+    named = key_elsewhere
+    if hazard == "their link on the way":
+        named = sticky / "keys"
+        named.symlink_to(key_elsewhere.parent)
+        os.chown(named, NOBODY, -1, follow_symlinks=False)
+        key.symlink_to(named / "master.key")
+    else:
+        key.symlink_to(key_elsewhere)
+        named = key  # the file as named: what it is, is checked through the link
+        if hazard == "their key file":
+            os.chown(key_elsewhere, NOBODY, -1)
+        elif hazard == "a key others can write":
+            key_elsewhere.chmod(0o620)
+        else:
+            key_elsewhere.parent.chmod(0o775)
+            named = key_elsewhere.parent
+    with pytest.raises(UnsafePathError) as refused:
+        CredentialStore(tmp_path / "etc", environ={}).get("relay", "smtp_password")
+    assert refused.value.unsafe.startswith(f"{named}: "), refused.value
+
+    from support.deployenv import DeployEnv
+
+    run = DeployEnv(tmp_path).run("credentials", "set", "other", "--type", "smtp_password", stdin=SECRET)
+    assert run.returncode == 77, run
+    assert run.stderr.startswith(f"certbot-smtp-dist: error: refusing to trust {named}: "), run.stderr
+    assert [c.name for c in CredentialStore(tmp_path / "etc", environ={}).list()] == ["relay"]
+
+
+@as_root
+def test_a_master_key_another_user_could_re_point_stops_a_deploy_that_uses_no_credential(
+        tmp_path: Path, sticky: Path, unused_port: int) -> None:
+    """The master key also keys the state's MACs: a deploy whose targets need no secret still reads it, and
+    one another user could re-point stops it before anything is dialled (77, as an untrusted state directory
+    does), instead of a run logged as "cannot use the state" that delivers without journal or spool."""
+    from support.deployenv import DeployEnv
+    from support.pki import write_lineage
+
+    env = DeployEnv(tmp_path / "host")
+    env.write_config({"relay": {"host": "127.0.0.1", "port": unused_port, "tls_mode": "plaintext", "timeout": 2,
+                                "from_address": "certbot@example.com", "to": ["pki@example.com"]}})
+    env.set_credential("unused", "smtp_password", SECRET)  # the master key is made
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o755)
+    (env.config_dir / "master.key").rename(keys / "master.key")
+    link = sticky / "keys"
+    link.symlink_to(keys)
+    os.chown(link, NOBODY, -1, follow_symlinks=False)
+    (env.config_dir / "master.key").symlink_to(link / "master.key")
+    lineage = write_lineage(tmp_path / "live" / "test.example.com")
+    run = env.run("deploy", extra_env={"RENEWED_LINEAGE": str(lineage.live_dir)})
+    assert run.returncode == 77, run
+    assert f"error: refusing to trust {link}: " in run.stderr and "SMTP_CONNECT" not in run.stderr, run.stderr

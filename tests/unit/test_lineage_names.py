@@ -206,3 +206,46 @@ def test_a_leaf_whose_public_key_does_not_decode_is_a_certificate_error(tmp_path
     found = inspection.inspect(lineage.from_lineage_dir(lin.live_dir), anchors.file_store(lin.root_file), NOW)
     assert found.exit_status == 65
     assert {f.code for f in found.findings if f.severity is Severity.ERROR} <= {"undecodable", "unparseable"}
+
+
+LONG_NAMES = {"ascii": "a" * 3000, "wildcards": "*." * 1500, "non-ascii": "\u00e9" * 1500 + "x",
+              "cjk": "\u8a3c\u660e\u66f8" * 1000}
+
+
+@pytest.mark.parametrize("name", LONG_NAMES.values(), ids=LONG_NAMES.keys())
+def test_a_long_certificate_name_is_cut_to_a_stable_readable_bound(name: str) -> None:
+    """`deploy --name` or an ACME client's name of 3,000 characters began attachment file names of kilobytes,
+    over the 255 bytes a file name may have: its head and a digest of the whole now, the same every run."""
+    safe = lineage.given_name(name)
+    assert safe is not None and len(safe.encode()) <= 128, len(safe.encode())  # README's bound
+    head, _, digest = safe.rpartition("-")
+    assert len(digest) == 12 and int(digest, 16) >= 0 and len(head) > 20  # readable: most of it is the name
+    assert lineage.given_name(safe) == safe and lineage.given_name(name) == safe  # stable, and idempotent
+    assert lineage.given_name(name[:-1] + "b") != safe  # names sharing a head stay apart
+    assert lineage.given_name("x" * 128) == "x" * 128  # at the bound: untouched
+
+
+def test_attachments_of_a_3000_character_name_fit_a_file_name(tmp_path: Path) -> None:
+    """End to end (`deploy --dry-run --output`, pem_and_key and pkcs12): every attachment's file name fits in 255
+    bytes, begins with the name's head, and is the same on a second run."""
+    from support.deployenv import DeployEnv
+
+    env = DeployEnv(tmp_path / "host")
+    table = {"host": "127.0.0.1", "tls_mode": "plaintext", "from_address": "c@example.com", "to": ["p@example.com"]}
+    env.write_config({"keyed": {**table, "payload": "pem_and_key"},
+                      "p12": {**table, "payload": "pkcs12", "pkcs12_passphrase_credential": "p12"}})
+    env.set_credential("p12", "smtp_pkcs12_passphrase", "a long enough passphrase")
+    lin = pki.write_lineage(tmp_path / "live" / "x")
+    names: list[list[str]] = []
+    for attempt in ("first", "second"):
+        out = tmp_path / attempt
+        run = env.run("deploy", "--dry-run", "--output", str(out), "--fullchain", str(lin.fullchain), "--key",
+                      str(lin.privkey), "--name", "host-" + "a" * 3000)
+        assert run.returncode == 0, run.stderr
+        files = [m.get_filename() for eml in sorted(out.glob("*.eml"))
+                 for m in email.message_from_bytes(eml.read_bytes(), policy=email.policy.default).iter_attachments()]
+        names.append(files)
+    assert names[0] == names[1] and len(names[0]) == 3, names
+    for name in names[0]:
+        assert name.startswith("host-aaaa") and len(name.encode()) <= 255, name
+        assert name.split(".", 1)[0] == lineage.given_name("host-" + "a" * 3000)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from support.promtext import ExpositionError, parse
 
 from certbot_smtp_dist._internal import metrics
+from certbot_smtp_dist._internal.addresses import printable
 from certbot_smtp_dist._internal.config import parse_settings
 from certbot_smtp_dist._internal.plugins import make_manager, payload_formats
 from certbot_smtp_dist.errors import ConfigError
@@ -47,14 +48,30 @@ def test_values_from_records_and_spool() -> None:
 
 
 @given(st.text(min_size=1, max_size=20))
-def test_any_label_value_round_trips(value: str) -> None:
-    parsed = parse(metrics.render([metrics.TargetValues(value, not_after=((value, 1.0),), spool=(("pending", 2),))]))
-    assert parsed.value(P + "spool_entries", target=value, state="pending") == 2
-    assert parsed.value(P + "last_delivered_not_after_timestamp_seconds", target=value, certificate=value) == 1
+def test_any_label_value_round_trips_made_printable(value: str) -> None:
+    text = metrics.render([metrics.TargetValues(value, not_after=((value, 1.0),), spool=(("pending", 2),))],
+                          unwanted=[(value, 3.0)])
+    assert all(c.isprintable() for line in text.split("\n") for c in line)
+    parsed, shown = parse(text), printable(value)
+    assert parsed.value(P + "spool_entries", target=shown, state="pending") == 2
+    assert parsed.value(P + "last_delivered_not_after_timestamp_seconds", target=shown, certificate=shown) == 1
+    assert parsed.value(P + "no_target_deploy_timestamp_seconds", certificate=shown) == 3
 
 
 def test_escaping() -> None:
-    assert metrics.escape_label('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
+    assert metrics.escape_label('a\\b"c\nd') == 'a\\\\b\\"c?d'
+    assert metrics.escape_label("evil\x1b]0;owned\x07\r\x9b\u2028.example.com") == "evil?]0;owned????.example.com"
+
+
+def test_names_that_read_the_same_once_printable_make_one_series() -> None:
+    """Two certificate names differing only in a control character: twice the same series would make the reader
+    drop the whole textfile. The first in name order stays."""
+    text = metrics.render([metrics.TargetValues("t", not_after=(("a\x07", 1.0), ("a\x1b", 2.0)))],
+                          unwanted=[("b\r", 3.0), ("b\n", 4.0)])
+    parsed = parse(text)  # strict: a duplicate series is an error
+    assert parsed.series(P + "last_delivered_not_after_timestamp_seconds") == {
+        frozenset({("target", "t"), ("certificate", "a?")}): 1}
+    assert parsed.series(P + "no_target_deploy_timestamp_seconds") == {frozenset({("certificate", "b?")}): 4}
 
 
 @pytest.mark.parametrize("text", ["x 1", "x 1\n\n", 'x{a="\\t"} 1\n', "x{a=\"1\",a=\"2\"} 1\n", "x 1\nx 2\n",

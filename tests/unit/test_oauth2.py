@@ -184,7 +184,6 @@ def test_every_exception_class_of_urllib_http_and_ssl_is_translated() -> None:
 @pytest.mark.parametrize(("body", "why"), [
     (b"not json", "not a token response"), (b'{"token_type": "Bearer"}', "not a token response"),
     (b'{"access_token": "t", "token_type": "mac"}', "not a Bearer token"),
-    (b'{"access_token": "t\\nx", "token_type": "Bearer"}', "not a token response"),
 ])
 def test_a_malformed_token_response_is_transient(body: bytes, why: str) -> None:
     with pytest.raises(oauth2.TokenFailure) as err:
@@ -204,6 +203,50 @@ def test_a_token_longer_than_any_real_one_is_not_a_token(length: int, kept: bool
     with pytest.raises(oauth2.TokenFailure) as err:
         oauth2._parse("https://login.example.net/t/token", body, ())
     assert "not a token response" in err.value.failure.detail
+
+
+OUTSIDE_B64TOKEN = {
+    "non-ascii": "t\u00f6ken-abc", "non-ascii-digit": "abc\u0663", "space": "abc def", "newline": "t\nx",
+    "sasl-separator": "abc\x01auth=Bearer other", "comma": "a,b", "padding-first": "=abc", "padding-inside": "ab=c",
+    "only-padding": "==", "quote": 'ab"c', "nul": "abc\x00",
+}
+
+
+@pytest.mark.parametrize("token", OUTSIDE_B64TOKEN.values(), ids=OUTSIDE_B64TOKEN.keys())
+def test_a_token_outside_the_b64token_syntax_is_smtp_auth_never_quoted(token: str) -> None:
+    """RFC 6750 §2.1: a Bearer token is a b64token. Anything else would go into the SASL response as sent (a ^A
+    ends an XOAUTH2 field: the endpoint would write the relay's AUTH exchange); the endpoint issued it for this
+    grant, so asking again is no cure: SMTP_AUTH, permanent, and the token never quoted."""
+    body = json.dumps({"access_token": token, "token_type": "Bearer", "expires_in": 3600}).encode()
+    with pytest.raises(oauth2.TokenFailure) as err:
+        oauth2._parse("https://login.example.net/t/token?x=1", body, ())
+    failure = err.value.failure
+    assert (failure.code, failure.phase) == (ErrorCode.SMTP_AUTH, Phase.AUTH)
+    assert failure.detail == ("token endpoint https://login.example.net/t/token issued an access token outside RFC "
+                              "6750 §2.1's syntax (b64token: ASCII letters, digits and -._~+/, then = padding); not "
+                              "sent to the relay")
+    assert not oauth2.is_b64token(token)
+
+
+@pytest.mark.parametrize("token", ["a", "abc", "a-b.c_d~e+f/g==", "eyJ0eXAiOiJKV1QifQ.eyJzdWIiOiIxIn0.c2ln",
+                                   "ya29.a0AfH6SMB" + "x" * 200 + "=", "9"])
+def test_b64tokens_are_accepted(token: str) -> None:
+    body = json.dumps({"access_token": token, "token_type": "Bearer"}).encode()
+    assert oauth2._parse("https://login.example.net/t/token", body, ()).value.reveal() == token
+
+
+def test_a_cached_token_outside_the_syntax_is_a_miss_and_dropped(tmp_path: Path) -> None:
+    """An older version cached any printable token: one outside b64token is asked for again, never sent."""
+    from certbot_smtp_dist._internal.tokencache import TokenCache
+
+    cache, identity = TokenCache(tmp_path, b"k" * 32), ("https://login.example.net/t", "C", "S", "u")
+    cache.put(identity, Secret("t\u00f6ken abc"), 3600)
+    assert len(list((tmp_path / "oauth2").iterdir())) == 1
+    assert cache.get(identity) is None
+    assert list((tmp_path / "oauth2").iterdir()) == []
+    cache.put(identity, Secret("good.token"), 3600)
+    kept = cache.get(identity)
+    assert kept is not None and kept.reveal() == "good.token"
 
 
 def test_a_token_response_parses() -> None:
