@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -297,6 +298,31 @@ def test_a_config_path_hand_edited_into_a_list_is_logged_and_the_certificate_sti
     assert live_fingerprint(certbot) != old
     assert len(relay.messages) == 1  # run's delivery only
     assert f"certificate {NAME} was renewed and saved, but was not sent" in certbot_log(certbot)
+
+
+def test_readme_attach_command_for_certbot_before_2_3_attaches_and_ships(
+    certbot: Certbot, relay: Relay, config_path: Path
+) -> None:
+    """Debian 12's certbot 2.1 has no `reconfigure`: the README's command for it, run as written (paths aside), on
+    whichever certbot the suite runs (ACME_HARNESS_CERTBOT=/usr/bin/certbot for Debian's)."""
+    write_config(config_path, {"ops": (relay, {})})
+    certbot.certonly(NAME)
+    old = live_fingerprint(certbot)
+    readme = (Path(__file__).resolve().parents[2] / "README.rst").read_text("utf-8")
+    block = readme.split("certbot before 2.3 (Debian 12 ships 2.1) has no ``reconfigure``", 1)[1]
+    block = block.split(".. code-block:: sh\n\n", 1)[1].split("\n\n", 1)[0]
+    block = block.replace("\\\n", " ").replace("/etc/letsencrypt/smtp-dist/config.toml", str(config_path))
+    argv = shlex.split(block.replace("example.com", NAME))
+    assert argv[:2] == ["certbot", "renew"], argv
+
+    certbot.run("renew", *argv[2:])
+
+    assert_still_attached(certbot, config_path)
+    assert len(relay.messages) == 1
+    assert fingerprint(attached_chain(relay.messages[0])) == live_fingerprint(certbot) != old
+    certbot.renew()
+    assert len(relay.messages) == 2
+    assert_carries_live_chain(relay.messages[1], certbot)
 
 
 @pytest.fixture
