@@ -13,6 +13,7 @@ it imports only certbot at module level (even this package's own modules are imp
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,17 @@ _CHECKS_RELAYS = frozenset({"install", "run", "reconfigure"})
 # certbot also prepares every installer to offer a menu (`certbot install` without -i, `certbot plugins --prepare`).
 
 
+def _absolute(value: object) -> str:
+    """certbot saves the option as parsed, and `renew` runs from cron's or systemd's working directory: a relative
+    path would name another file there than the one `reconfigure` checked. Empty stays empty (the default).
+
+    certbot also casts the saved value with this on restore, where a hand-edited `a, b` is a list (configobj):
+    as the default cast (str) did, it becomes a path that names no file, never an exception, which would make
+    certbot skip renewing the certificate."""
+    text = value if isinstance(value, str) else str(value)
+    return os.path.abspath(text) if text else text
+
+
 class Installer(common.Installer, interfaces.RenewDeployer):
     """Ships the certificate by email to the targets of certbot-smtp-dist's configuration file.
 
@@ -55,7 +67,7 @@ class Installer(common.Installer, interfaces.RenewDeployer):
     @classmethod
     def add_parser_arguments(cls, add: Callable[..., None]) -> None:
         # Never add an option that carries a secret: certbot persists options in renewal/NAME.conf.
-        add("config", default=None, metavar="FILE",
+        add("config", default=None, metavar="FILE", type=_absolute,
             help="certbot-smtp-dist configuration file (default: $CERTBOT_SMTP_DIST_CONFIG or "
                  "/etc/letsencrypt/smtp-dist/config.toml); saved for renewals")
         add("targets", default=None, metavar="NAME[,NAME...]",

@@ -53,7 +53,9 @@ def read_trusted_config(config: Path) -> bytes:
     of ours that others cannot write. `require_trusted_config` ran before, maybe while nothing was there (a
     --config in /tmp not made yet); a file another user made since is theirs, and would say where the key goes."""
     fix = f"chown root {config}; chmod 600 {config}"
-    fd = os.open(config, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO there neither blocks nor is read
+    if not stat.S_ISREG(os.stat(config).st_mode):  # opening a device or FIFO is already an act (a watchdog arms)
+        raise UnsafePathError(config, "the configuration file is not a regular file", fix)
+    fd = os.open(config, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # one swapped in since neither blocks nor is read
     with os.fdopen(fd, "rb") as handle:
         st = os.fstat(handle.fileno())
         if not stat.S_ISREG(st.st_mode):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -258,6 +260,69 @@ def test_6_a_certificate_no_target_wants_gets_no_email(
     assert relay.connections == 0
     assert "ops: skipped" in certbot_log(certbot)
     assert_still_attached(certbot, config_path)
+
+
+def test_a_relative_config_path_is_saved_absolute_for_renewals(
+    certbot: Certbot, relay: Relay, config_path: Path
+) -> None:
+    """certbot saves --smtp-dist-config as parsed; `certbot renew` runs from cron's or systemd's directory, where a
+    relative path names another file (or none): the renewal would read another configuration than the one checked."""
+    write_config(config_path, {"ops": (relay, {})})
+    relative = os.path.relpath(config_path, certbot.base_dir)  # the harness runs certbot in its base directory
+    assert not Path(relative).is_absolute()
+
+    certbot.run("run", "-i", "smtp-dist", "--smtp-dist-config", relative, domains=[NAME])
+
+    assert_still_attached(certbot, config_path)
+    assert len(relay.messages) == 1
+    certbot.renew()
+    assert len(relay.messages) == 2
+    assert_carries_live_chain(relay.messages[1], certbot)
+
+
+def test_a_config_path_hand_edited_into_a_list_is_logged_and_the_certificate_still_renews(
+    certbot: Certbot, relay: Relay, config_path: Path
+) -> None:
+    """configobj reads `a, b` as a list, and certbot casts it with the option's type: the cast must not raise (certbot
+    would skip the certificate's renewal), the plugin reports the unusable path instead."""
+    write_config(config_path, {"ops": (relay, {})})
+    certbot.run("run", *plugin_args(config_path), domains=[NAME])
+    old = live_fingerprint(certbot)
+    conf = certbot.renewal_conf(NAME)
+    conf.write_text(conf.read_text().replace(f"smtp_dist_config = {config_path}",
+                                             f"smtp_dist_config = {config_path}, {config_path}"))
+
+    result = certbot.renew(check=False)
+
+    assert result.returncode == 0, output(result)
+    assert live_fingerprint(certbot) != old
+    assert len(relay.messages) == 1  # run's delivery only
+    assert f"certificate {NAME} was renewed and saved, but was not sent" in certbot_log(certbot)
+
+
+def test_readme_attach_command_for_certbot_before_2_3_attaches_and_ships(
+    certbot: Certbot, relay: Relay, config_path: Path
+) -> None:
+    """Debian 12's certbot 2.1 has no `reconfigure`: the README's command for it, run as written (paths aside), on
+    whichever certbot the suite runs (ACME_HARNESS_CERTBOT=/usr/bin/certbot for Debian's)."""
+    write_config(config_path, {"ops": (relay, {})})
+    certbot.certonly(NAME)
+    old = live_fingerprint(certbot)
+    readme = (Path(__file__).resolve().parents[2] / "README.rst").read_text("utf-8")
+    block = readme.split("certbot before 2.3 (Debian 12 ships 2.1) has no ``reconfigure``", 1)[1]
+    block = block.split(".. code-block:: sh\n\n", 1)[1].split("\n\n", 1)[0]
+    block = block.replace("\\\n", " ").replace("/etc/letsencrypt/smtp-dist/config.toml", str(config_path))
+    argv = shlex.split(block.replace("example.com", NAME))
+    assert argv[:2] == ["certbot", "renew"], argv
+
+    certbot.run("renew", *argv[2:])
+
+    assert_still_attached(certbot, config_path)
+    assert len(relay.messages) == 1
+    assert fingerprint(attached_chain(relay.messages[0])) == live_fingerprint(certbot) != old
+    certbot.renew()
+    assert len(relay.messages) == 2
+    assert_carries_live_chain(relay.messages[1], certbot)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ before the run (which found nothing there) is refused, never read."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,25 @@ def test_a_config_others_can_write_or_a_fifo_is_refused_on_the_open_file(config:
     config.write_text(THEIRS)
     config.chmod(0o600)
     assert [t.name for t in load_settings(config, {}, FORMATS).targets] == ["exfil"]
+
+
+def test_a_config_that_is_no_regular_file_is_refused_before_it_is_opened(config: Path) -> None:
+    """Opening a device or FIFO is already an act (a watchdog arms, a tape rewinds, a FIFO's writer is released):
+    a config path another tool saved (certbot's renewal file) may name one. A writer waiting on the FIFO shows it."""
+    config.parent.mkdir(mode=0o700)
+    os.mkfifo(config, 0o600)
+    released = threading.Event()
+
+    def writer() -> None:
+        os.close(os.open(config, os.O_WRONLY))  # returns only once a reader has opened the FIFO
+        released.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(UnsafePathError, match="not a regular file"):
+            load_settings(config, {}, FORMATS)
+        assert not released.wait(0.5), "the FIFO was opened"
+    finally:
+        os.close(os.open(config, os.O_RDONLY | os.O_NONBLOCK))  # let the writer go
+        thread.join(5)
