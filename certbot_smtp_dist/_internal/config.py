@@ -516,6 +516,10 @@ class _TargetChecker:
             # The key and type the format declares: pkcs12_passphrase_credential for pkcs12, its own for another.
             credential = self.credential(fmt.credential_config_key, fmt.credential_type, required=True)
         certificates = self.get("certificates", list, [])
+        if "certificates" in self.table and isinstance(self.table["certificates"], list) and not certificates:
+            # No glob matches no name; Target.matches reads an empty filter as none at all (every certificate).
+            self.problem("certificates", 'an empty list matches no certificate: write ["*"] for every certificate, '
+                                         "or remove the target")
         for pattern in certificates:
             if not isinstance(pattern, str) or not pattern:
                 self.problem("certificates", "every entry must be a non-empty string (a name or shell-style glob)")

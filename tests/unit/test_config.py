@@ -85,6 +85,18 @@ def test_single_problem_named_by_target_and_key(table: dict[str, Any], key: str)
     assert problems({"pki": {**BASE, **table}}) == {("pki", key)}
 
 
+def test_an_empty_certificates_filter_is_refused_not_read_as_every_certificate() -> None:
+    """Attack: `certificates = []` (a target switched off by emptying its filter, or a template's empty list)
+    matched every certificate, so its key went to this target's recipients at every renewal. A list of globs
+    with none in it matches no name: refused, in a target and in [defaults], pointing at ["*"] for every one."""
+    assert problems({"pki": {**BASE, "certificates": []}}) == {("pki", "certificates")}
+    assert problems({"pki": BASE}, defaults={"certificates": []}) == {(None, "defaults.certificates")}
+    with pytest.raises(ConfigError, match=r'\["\*"\]'):
+        parse_settings({"targets": {"t": {**BASE, "certificates": []}}}, Path("/etc/x/config.toml"), CREDS, FORMATS)
+    assert ok({**BASE, "certificates": ["*"]}).matches(("example.com",))
+    assert not ok({**BASE, "certificates": ["a.example"]}).matches(("example.com",))
+
+
 def test_missing_required_keys() -> None:
     assert problems({"t": {}}) == {("t", "host"), ("t", "from_address"), ("t", "to")}
 
