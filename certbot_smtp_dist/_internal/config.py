@@ -604,7 +604,15 @@ def ca_file_problem(path: Path) -> str | None:
     """Why `path` cannot serve as an extra trust anchor for the relay, or None. Checked here, not at delivery,
     where a bad file would read as the relay's TLS failing."""
     import ssl
+    import stat
 
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = stat.S_IFREG  # missing or unreadable: OpenSSL's own error names it below
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # OpenSSL opens it blocking and reads to the end: a FIFO waits for a writer, /dev/kmsg for a message.
+        return f"{path} is not a regular file (a FIFO, device or socket), not a PEM file"
     try:
         # A bare context: the file is checked on its own, without loading the system store (tens of ms each).
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))

@@ -221,6 +221,39 @@ def test_the_distros_trust_store_and_a_relative_tls_ca_file_pass_the_ownership_r
         assert parse_settings(table, tmp_path / "config.toml", CREDS, FORMATS).targets[0].tls_ca_file is not None
 
 
+@pytest.mark.parametrize("key", ["tls_ca_file", "oauth2_ca_file"])
+def test_a_ca_file_that_is_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path, key: str) -> None:
+    """Attack: a CA file key naming a FIFO (or a device that blocks on read, /dev/kmsg) passed the ownership rule
+    (ours, closed to others) and OpenSSL's open waited for a writer that never came: every config load, so every
+    deploy and the ACME client behind it, hung. Only a regular file is handed to OpenSSL."""
+    import os
+    import threading
+
+    fifo = tmp_path / "ca.pem"
+    os.mkfifo(fifo, 0o600)
+    extra = {"auth_method": "xoauth2", "username": "u@example.com", "oauth2_token_url": "https://login.example/t",
+             "oauth2_client_id": "c", "oauth2_scope": "s", "oauth2_client_secret_credential": "oauth"}
+    table = {**BASE, key: str(fifo), **(extra if key == "oauth2_ca_file" else {})}
+    found: list[Any] = []
+
+    def load() -> None:
+        try:
+            parse_settings({"targets": {"t": table}}, tmp_path / "config.toml",
+                           {**CREDS, "oauth": "smtp_oauth2_client_secret"}, FORMATS)
+        except ConfigError as exc:
+            found.extend((p.key, p.problem) for p in exc.problems)
+
+    loading = threading.Thread(target=load, daemon=True)
+    loading.start()
+    loading.join(10)
+    if loading.is_alive():  # let the blocked open go (it then reads an empty file), so the test run can end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        loading.join(10)
+        pytest.fail(f"loading the config waited on the FIFO named by {key}")
+    assert [k for k, _ in found] == [key], found
+    assert "FIFO" in found[0][1], found
+
+
 def test_retry_policy_from_defaults() -> None:
     from datetime import timedelta
 
