@@ -269,3 +269,37 @@ def test_a_fifo_in_the_store_stops_a_deploy_as_unusable_credentials_not_a_hang(t
         assert "Traceback" not in run.stderr
     status = env.run("status")
     assert status.returncode == 2 and "deploy blocked" in status.stdout, status
+
+
+def test_a_secret_from_an_endless_standard_input_is_refused_without_reading_to_its_end(tmp_path: Path) -> None:
+    """Attack: `credentials set` read all of standard input before checking its length, so a stream that does
+    not end (`< /dev/zero`, a pipe from a program that never closes it) grew root's memory until the command was
+    killed. More than a secret can hold is refused as too long once that much is read (65), nothing stored."""
+    import contextlib
+    import subprocess
+    import sys
+
+    from support.deployenv import DeployEnv
+
+    env = DeployEnv(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "credentials", "set", "relay", "--type",
+                             "smtp_password"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env.env())
+    assert proc.stdin is not None
+    try:
+        with contextlib.suppress(BrokenPipeError):  # it may have read enough, refused and ended already
+            proc.stdin.write(b"x" * (MAX_SECRET_BYTES + 4096))  # within a pipe's buffer; the pipe stays open
+            proc.stdin.flush()
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail("credentials set waited for the end of an endless standard input")
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    assert code == 65, err
+    assert f"longer than {MAX_SECRET_BYTES} bytes" in err and "credential relay not stored" in err
+    assert not (env.config_dir / "credentials").exists()
