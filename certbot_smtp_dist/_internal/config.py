@@ -100,6 +100,8 @@ def load_settings(
         doc = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError([ConfigProblem(None, None, f"not valid TOML: {exc}")], str(path)) from exc
+    except RecursionError as exc:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError([ConfigProblem(None, None, "not valid TOML: nested too deeply")], str(path)) from exc
     return parse_settings(doc, path, credentials, payload_formats)
 
 
@@ -108,7 +110,7 @@ def credential_users(path: Path, name: str) -> list[str]:
     credential `name`, read as written (the file need not validate); [] when it cannot be read."""
     try:
         doc = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         return []
     tables = [("defaults", doc.get("defaults"))]
     targets = doc.get("targets")

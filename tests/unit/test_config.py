@@ -280,3 +280,26 @@ def test_retry_policy_bad_values_are_keyed(key: str, value: Any) -> None:
 
 def test_retry_policy_only_in_defaults() -> None:
     assert problems({"t": {**BASE, "retry_attempts": 2}}) == {("t", "retry_attempts")}
+
+
+@pytest.mark.parametrize("nested", ["a = " + "[" * 5000 + "]" * 5000, "a = " + "{b=" * 5000 + "1" + "}" * 5000])
+def test_toml_nested_past_the_parsers_recursion_is_unusable_configuration_not_a_crash(tmp_path: Path,
+                                                                                       nested: str) -> None:
+    """Attack: a config nested thousands deep (arrays or inline tables) made tomllib raise RecursionError, which
+    nothing caught: a traceback and exit 1 where every other unparseable config is 78, the renewal blocked for
+    retry. `credentials delete` crashed the same way after deleting, where it reads the config for users."""
+    from support.deployenv import DeployEnv
+
+    from certbot_smtp_dist._internal.config import credential_users, load_settings
+
+    config = tmp_path / "config.toml"
+    config.write_text(nested + "\n")
+    config.chmod(0o600)
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(config, {}, FORMATS)
+    assert credential_users(config, "relay") == []
+    env = DeployEnv(tmp_path / "cli")
+    env.config.write_text(nested + "\n")
+    env.config.chmod(0o600)
+    run = env.run("check")
+    assert run.returncode == 78 and "not valid TOML" in run.stderr and "Traceback" not in run.stderr, run.stderr
