@@ -303,3 +303,22 @@ def test_toml_nested_past_the_parsers_recursion_is_unusable_configuration_not_a_
     env.config.chmod(0o600)
     run = env.run("check")
     assert run.returncode == 78 and "not valid TOML" in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_problem_naming_a_key_a_target_or_a_path_of_control_characters_is_one_printable_line() -> None:
+    """Attack: a TOML quoted key or target name, or a path value, may hold any character ("to\\u001b]0;x\\u0007",
+    a line break): each problem quoted it raw, so the ERROR line, a blocked entry's detail in status and history,
+    and the log gained a line or terminal escape of the config's choosing. Each problem is one printable line
+    (non-printables as "?"); --json keeps the key as written."""
+    doc = {"colour\nINFO: forged": 1,
+           "defaults": {"ho\x1b[2Jst": "x"},
+           "targets": {"t\r\nx": {**BASE},
+                       "t": {**BASE, "to\x1b]0;title\x07": ["a@example.com"], "tls_ca_file": "/nonexistent/\n.pem",
+                             "password_credential": "a\nb", "auth_method": "plain", "username": "u"}}}
+    with pytest.raises(ConfigError) as err:
+        parse_settings(doc, Path("/etc/x/config.toml"), CREDS, FORMATS)
+    lines = [str(p) for p in err.value.problems]
+    assert len(lines) >= 6, lines
+    assert all(line.isprintable() for line in lines), lines
+    assert str(err.value).count("\n") == len(lines)  # the head, then one line per problem
+    assert any(p.key == "to\x1b]0;title\x07" for p in err.value.problems)  # as written, for --json
