@@ -364,6 +364,12 @@ class _TargetChecker:
         value: str | None = self.get(key, str, required=required)
         if value is None:
             return None
+        from certbot_smtp_dist._internal.credentials import NAME_RE
+
+        if not NAME_RE.fullmatch(value):  # the secret itself, written where its name belongs: never repeated
+            self.problem(key, "is not a credential name (letters, digits, '.', '_', '-'; at most 64): it names a "
+                              "secret stored with `certbot-smtp-dist credentials set NAME`, never the secret itself")
+            return value
         stored = self.credentials.get(value)
         if stored is None:
             self.problem(key, f"credential {value!r} is not stored; "

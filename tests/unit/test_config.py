@@ -322,3 +322,21 @@ def test_a_problem_naming_a_key_a_target_or_a_path_of_control_characters_is_one_
     assert all(line.isprintable() for line in lines), lines
     assert str(err.value).count("\n") == len(lines)  # the head, then one line per problem
     assert any(p.key == "to\x1b]0;title\x07" for p in err.value.problems)  # as written, for --json
+
+
+@pytest.mark.parametrize(("key", "extra"), [
+    ("password_credential", {"auth_method": "plain", "username": "u"}),
+    ("pkcs12_passphrase_credential", {"payload": "pkcs12"}),
+])
+def test_a_secret_written_where_a_credential_name_belongs_is_never_repeated(key: str, extra: dict[str, Any]) -> None:
+    """Attack (on the operator's own mistake): the password itself in `password_credential`. The problem quoted it
+    and suggested `credentials set 'THE-PASSWORD' ...`: the secret in the ERROR line, the log, a blocked entry's
+    detail in status and history, and on the command line the hint offered (shell history, ps), for a name
+    `credentials set` refuses anyway. A value that is no credential name is refused without being repeated."""
+    secret = "Tr0ub4dor&3 horse!"
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"targets": {"t": {**BASE, **extra, key: secret}}}, Path("/etc/x/config.toml"), CREDS, FORMATS)
+    assert [(p.target, p.key) for p in err.value.problems] == [("t", key)]
+    text = str(err.value)
+    assert "Tr0ub4dor" not in text and "horse" not in text, text
+    assert "not a credential name" in text, text
