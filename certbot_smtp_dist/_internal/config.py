@@ -108,8 +108,10 @@ def load_settings(
 def credential_users(path: Path, name: str) -> list[str]:
     """`targets.NAME.KEY` (or `defaults.KEY`) for every key of the config at `path` that names the stored
     credential `name`, read as written (the file need not validate); [] when it cannot be read."""
-    try:
-        doc = tomllib.loads(path.read_bytes().decode("utf-8"))
+    from certbot_smtp_dist._internal.ownership import read_trusted_config
+
+    try:  # as load_settings reads it: a FIFO there is refused, not waited on
+        doc = tomllib.loads(read_trusted_config(path).decode("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         return []
     tables = [("defaults", doc.get("defaults"))]

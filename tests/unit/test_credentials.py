@@ -303,3 +303,26 @@ def test_a_secret_from_an_endless_standard_input_is_refused_without_reading_to_i
     assert code == 65, err
     assert f"longer than {MAX_SECRET_BYTES} bytes" in err and "credential relay not stored" in err
     assert not (env.config_dir / "credentials").exists()
+
+
+def test_credentials_delete_never_waits_on_a_fifo_where_the_config_should_be(tmp_path: Path) -> None:
+    """Attack: `credentials delete` deleted, then read the config as written to name the keys still using the
+    credential, with a plain read: a FIFO at the config path (ours, closed to others: the ownership rule passes)
+    held it until a writer came. The config is read as every other reader reads it (non-blocking, regular only)."""
+    import subprocess
+    import sys
+
+    from support.deployenv import DeployEnv
+
+    env = DeployEnv(tmp_path)
+    CredentialStore(env.config_dir, environ={}).set("relay", "smtp_password", SECRET)
+    env.config.unlink(missing_ok=True)
+    os.mkfifo(env.config, 0o600)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "certbot_smtp_dist", "credentials", "delete", "relay"],
+                              capture_output=True, text=True, env=env.env(), timeout=30)
+    except subprocess.TimeoutExpired:  # subprocess.run has killed it
+        pytest.fail("credentials delete waited on the FIFO at the config path")
+    assert proc.returncode == 0, proc.stderr
+    assert "deleted credential relay" in proc.stderr
+    assert not (env.config_dir / "credentials" / "relay.cred").exists()
