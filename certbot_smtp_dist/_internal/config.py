@@ -246,7 +246,8 @@ def token_url_problem(url: str) -> str | None:
         return ("holds userinfo (user:password@); the client secret belongs in the credential store "
                 "(oauth2_client_secret_credential)")
     if parts.scheme != "https" or not parts.hostname or header_text_problem(url) or " " in url:
-        return f"{url[:80]!r} is not an https:// URL"
+        shown = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))  # never a query either
+        return f"{shown[:80]!r} is not an https:// URL"
     return None
 
 

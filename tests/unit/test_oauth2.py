@@ -91,6 +91,18 @@ def test_a_token_url_with_userinfo_is_refused_without_quoting_it(url: str) -> No
     assert "pw-in-the-url" not in found["oauth2_token_url"]
 
 
+@pytest.mark.parametrize("url", ["http://login.example.net/token?client_secret=pw-in-the-url",
+                                 "http://login.example.net/token#client_secret=pw-in-the-url"])
+def test_a_refused_token_url_is_not_quoted_past_its_path(url: str) -> None:
+    """Attack (the operator's slip): the client secret in the query string of a token URL that is refused for
+    another reason (http://). The refusal quoted the URL whole, so the secret reached the ERROR line, the log and a
+    blocked entry's detail, as userinfo would have (refused unquoted above). Only scheme, host and path are shown,
+    as a failure shows them."""
+    found = problems({**OAUTH, "oauth2_token_url": url})
+    assert set(found) == {"oauth2_token_url"}
+    assert "pw-in-the-url" not in found["oauth2_token_url"] and "login.example.net/token" in found["oauth2_token_url"]
+
+
 def test_a_failure_never_names_the_userinfo_of_a_token_url() -> None:
     """A service account key's token_uri is not checked by the config: the failure shows host and path only."""
     failure = oauth2.unreachable("https://app:pw-in-the-url@[2001:db8::1]:8443/t/token?x=1", "HTTP 503")
