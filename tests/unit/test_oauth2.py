@@ -278,3 +278,21 @@ def test_a_broken_stored_service_account_key_is_smtp_auth(key: str) -> None:
         oauth2.client(grant, Secret(key))
     assert (err.value.failure.code, err.value.failure.phase) == (ErrorCode.SMTP_AUTH, Phase.AUTH)
     assert "credentials set gsa" in err.value.failure.detail and "BEGIN" not in err.value.failure.detail
+
+
+@pytest.mark.parametrize("uri", ["https://oauth2.example.net/tok\x1b[2Jen", "https://oauth2.example.net/a b",
+                                 "https://oauth2.example.net/\u2028x"])
+def test_a_service_account_token_uri_that_is_not_one_printable_url_is_refused(uri: str) -> None:
+    """Attack: the key file is whoever made it's (a third party's, a copy passed around): a token_uri with a
+    terminal escape validated as https, was stored, and every failure named it (oauth2._where), so the ERROR
+    line, a spooled entry's detail in status and history carried the escape. Refused as the config's
+    oauth2_token_url is: by `credentials set`, and by the deploy for a key stored before."""
+    from support.tokenendpoint import service_account_key
+
+    key_json, _ = service_account_key("sa@example.iam.gserviceaccount.com", uri)
+    assert oauth2.key_problem(key_json) is not None
+    grant = OAuth2Grant(None, None, "https://mail.google.com/", service_account_credential="gsa")
+    with pytest.raises(oauth2.TokenFailure) as err:
+        oauth2.client(grant, Secret(key_json))
+    assert (err.value.failure.code, err.value.failure.phase) == (ErrorCode.SMTP_AUTH, Phase.AUTH)
+    assert err.value.failure.detail.isprintable()
