@@ -40,8 +40,10 @@ class ConfigProblem:
     problem: str
 
     def __str__(self) -> str:
+        # Keys, target names and paths are the config's to choose (a TOML quoted key holds any character): one
+        # printable line, as UnsafePathError is.
         where = ".".join(p for p in (self.target and f"targets.{self.target}", self.key) if p)
-        return f"{where}: {self.problem}" if where else self.problem
+        return _one_line(f"{where}: {self.problem}" if where else self.problem)
 
     def to_json(self) -> dict[str, str | None]:
         return {"target": self.target, "key": self.key, "problem": self.problem}

@@ -51,7 +51,10 @@ def address_problem(value: str) -> str | None:
 
 
 def _address_literal_ok(literal: str) -> bool:
-    # RFC 5321 §4.1.3: IPv4 dotted quad, or "IPv6:" followed by an IPv6 address.
+    # RFC 5321 §4.1.3: IPv4 dotted quad, or "IPv6:" followed by an IPv6 address. Its IPv6-addr holds no zone;
+    # ipaddress takes one ("%eth0") of any characters, "> PARAM=" included, which would end the SMTP path early.
+    if "%" in literal:
+        return False
     try:
         if literal[:5].lower() == "ipv6:":
             ipaddress.IPv6Address(literal[5:])

@@ -268,7 +268,7 @@ def _read_secret(name: str, type_: str) -> str:
     cannot be stored, never quoting it."""
     import getpass
 
-    from certbot_smtp_dist._internal.credentials import secret_problem
+    from certbot_smtp_dist._internal.credentials import MAX_SECRET_BYTES, secret_problem
 
     def checked(secret: str) -> str:
         problem = secret_problem(type_, secret)
@@ -289,8 +289,14 @@ def _read_secret(name: str, type_: str) -> str:
             raise ValueError("the two entries differ")
         return first
     raw = getattr(sys.stdin, "buffer", None)
+    # Never more than a secret can hold, and a trailing CR LF: an input that does not end (< /dev/zero) is refused
+    # once that much is read, not held in memory until it ends.
+    bound = MAX_SECRET_BYTES + 3
+    data = raw.read(bound) if raw is not None else sys.stdin.read(bound)
+    if len(data) >= bound:  # characters of a text stream: as many bytes at least
+        raise ValueError(f"the secret is longer than {MAX_SECRET_BYTES} bytes")
     try:
-        secret = raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
+        secret = data.decode("utf-8") if isinstance(data, bytes) else data
     except UnicodeDecodeError as exc:
         raise ValueError("standard input is not valid UTF-8") from exc
     return checked(secret.removesuffix("\n").removesuffix("\r"))

@@ -100,15 +100,19 @@ def load_settings(
         doc = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError([ConfigProblem(None, None, f"not valid TOML: {exc}")], str(path)) from exc
+    except RecursionError as exc:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError([ConfigProblem(None, None, "not valid TOML: nested too deeply")], str(path)) from exc
     return parse_settings(doc, path, credentials, payload_formats)
 
 
 def credential_users(path: Path, name: str) -> list[str]:
     """`targets.NAME.KEY` (or `defaults.KEY`) for every key of the config at `path` that names the stored
     credential `name`, read as written (the file need not validate); [] when it cannot be read."""
-    try:
-        doc = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+    from certbot_smtp_dist._internal.ownership import read_trusted_config
+
+    try:  # as load_settings reads it: a FIFO there is refused, not waited on
+        doc = tomllib.loads(read_trusted_config(path).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         return []
     tables = [("defaults", doc.get("defaults"))]
     targets = doc.get("targets")
@@ -242,7 +246,8 @@ def token_url_problem(url: str) -> str | None:
         return ("holds userinfo (user:password@); the client secret belongs in the credential store "
                 "(oauth2_client_secret_credential)")
     if parts.scheme != "https" or not parts.hostname or header_text_problem(url) or " " in url:
-        return f"{url[:80]!r} is not an https:// URL"
+        shown = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))  # never a query either
+        return f"{shown[:80]!r} is not an https:// URL"
     return None
 
 
@@ -362,6 +367,12 @@ class _TargetChecker:
         value: str | None = self.get(key, str, required=required)
         if value is None:
             return None
+        from certbot_smtp_dist._internal.credentials import NAME_RE
+
+        if not NAME_RE.fullmatch(value):  # the secret itself, written where its name belongs: never repeated
+            self.problem(key, "is not a credential name (letters, digits, '.', '_', '-'; at most 64): it names a "
+                              "secret stored with `certbot-smtp-dist credentials set NAME`, never the secret itself")
+            return value
         stored = self.credentials.get(value)
         if stored is None:
             self.problem(key, f"credential {value!r} is not stored; "
@@ -516,6 +527,10 @@ class _TargetChecker:
             # The key and type the format declares: pkcs12_passphrase_credential for pkcs12, its own for another.
             credential = self.credential(fmt.credential_config_key, fmt.credential_type, required=True)
         certificates = self.get("certificates", list, [])
+        if "certificates" in self.table and isinstance(self.table["certificates"], list) and not certificates:
+            # No glob matches no name; Target.matches reads an empty filter as none at all (every certificate).
+            self.problem("certificates", 'an empty list matches no certificate: write ["*"] for every certificate, '
+                                         "or remove the target")
         for pattern in certificates:
             if not isinstance(pattern, str) or not pattern:
                 self.problem("certificates", "every entry must be a non-empty string (a name or shell-style glob)")
@@ -600,7 +615,15 @@ def ca_file_problem(path: Path) -> str | None:
     """Why `path` cannot serve as an extra trust anchor for the relay, or None. Checked here, not at delivery,
     where a bad file would read as the relay's TLS failing."""
     import ssl
+    import stat
 
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = stat.S_IFREG  # missing or unreadable: OpenSSL's own error names it below
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # OpenSSL opens it blocking and reads to the end: a FIFO waits for a writer, /dev/kmsg for a message.
+        return f"{path} is not a regular file (a FIFO, device or socket), not a PEM file"
     try:
         # A bare context: the file is checked on its own, without loading the system store (tens of ms each).
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))

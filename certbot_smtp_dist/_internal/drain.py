@@ -178,6 +178,13 @@ class _Drain:
         target = loaded.settings.target(entry.target)
         if target is None:
             return self._close(entry, "target_removed", f"target {entry.target} is no longer in {self.config}")
+        if entry.envelope_to:  # only those the target still names: one removed since may not get the key now
+            wanted = {addr.lower() for addr in target.envelope_recipients}
+            still = tuple(addr for addr in entry.envelope_to if addr.lower() in wanted)
+            if not still:
+                return self._close(entry, "recipients_removed", f"none of its {len(entry.envelope_to)} recipient(s) "
+                                                                f"is a recipient of target {entry.target} any more")
+            entry = replace(entry, envelope_to=still)
         if entry.state == sp.UNCERTAIN and not (self.include_uncertain or target.resend_uncertain):
             log.warning("target %s: %s may already be delivered and resend_uncertain = false: it waits for "
                         "`retry --include-uncertain` or `dismiss`", entry.target, entry.message_id)

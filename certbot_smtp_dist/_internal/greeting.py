@@ -46,6 +46,8 @@ def helo_name_problem(value: str) -> str | None:
         inner = value[1:-1]
         text = inner[5:] if inner[:5].lower() == "ipv6:" else inner
         try:
+            if "%" in text:  # RFC 5321 §4.1.3 IPv6-addr holds no zone; ip_address takes one of any characters
+                raise ValueError(text)
             addr = ipaddress.ip_address(text)
         except ValueError:
             return f"{value[:80]!r} is not an address literal ([192.0.2.1] or [IPv6:2001:db8::1])"

@@ -139,7 +139,8 @@ def _require_https(token_uri: str) -> None:
     """RFC 6749 §3.2: the token endpoint MUST be reached over TLS (the signed assertion is a credential for an
     hour); urllib would as readily POST it over http:// or read a file:// as the answer."""
     parts = urllib.parse.urlsplit(token_uri)
-    if parts.scheme != "https" or not parts.hostname:
+    # One printable line without spaces, as config.token_url_problem holds the config's: every failure names it.
+    if parts.scheme != "https" or not parts.hostname or not token_uri.isprintable() or " " in token_uri:
         raise ValueError("the service account key's token_uri is not an https:// URL")
 
 

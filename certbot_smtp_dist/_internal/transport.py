@@ -26,6 +26,7 @@ from certbot_smtp_dist._internal import (
     scrub,
     transcript,
 )
+from certbot_smtp_dist._internal.addresses import is_loopback_host
 from certbot_smtp_dist._internal.tlspolicy import lookup_differs, verified_context
 from certbot_smtp_dist._internal.tokencache import TokenCache
 from certbot_smtp_dist.errors import ErrorCode
@@ -689,8 +690,16 @@ async def _resolve(host: str, port: int) -> list[Any]:
         pass
     else:
         return socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-    return await offloop.call(lambda: socket.getaddrinfo(name, port, type=socket.SOCK_STREAM), None,
-                              f"resolve-{name}")
+    infos = await offloop.call(lambda: socket.getaddrinfo(name, port, type=socket.SOCK_STREAM), None,
+                               f"resolve-{name}")
+    if is_loopback_host(name):
+        # RFC 6761 §6.3: localhost is loopback. config.py exempts it from TLS (a key or password may travel in
+        # plaintext) by its name, without DNS; the name service's answer (no /etc/hosts entry, a search domain's
+        # wildcard record) must not send them anywhere else.
+        infos = [info for info in infos if ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_loopback]
+        if not infos:
+            raise OSError(f"{name} resolved to no loopback address (RFC 6761 §6.3); nothing else is connected to")
+    return infos
 
 
 async def _open_socket(host: str, port: int, progress: _Progress) -> socket.socket:

@@ -255,3 +255,74 @@ def test_the_certbot_plugin_path_and_a_hosted_main_never_end_the_process(
     assert proc.returncode == 7, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert (lines[0], lines[-1]) == ("shipped 75", "main 1"), proc.stdout + proc.stderr  # status: 1, pending
+
+
+# "localhost" answered by the name service with an address that is not loopback (no entry in /etc/hosts, a search
+# domain's wildcard record): 10.77.0.1 on this namespace's own lo, where a listener takes whatever is sent.
+ELSEWHERE = textwrap.dedent("""\
+    set -eu
+    ip link set lo up
+    ip addr add 10.77.0.1/32 dev lo
+    printf '10.77.0.1 localhost\\n' > "$ROOT/hosts"
+    mount --bind "$ROOT/hosts" /etc/hosts
+    exec "$PYTHON" "$ROOT/inner.py"
+""")
+
+ELSEWHERE_PY = textwrap.dedent("""\
+    import os, socket, subprocess, sys, threading
+    listener = socket.socket()
+    listener.bind(("10.77.0.1", 2525))
+    listener.listen(8)
+    received = []
+    def serve():
+        while True:
+            conn, _ = listener.accept()
+            conn.settimeout(5)
+            conn.sendall(b"220 elsewhere ESMTP\\r\\n")
+            data = b""
+            try:
+                while True:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                    if data.endswith(b"\\r\\n"):
+                        line = data.rsplit(b"\\r\\n", 2)[-2]
+                        if line == b"DATA":
+                            conn.sendall(b"354 go\\r\\n")
+                        elif line == b"QUIT":
+                            conn.sendall(b"221 bye\\r\\n")
+                            break
+                        elif not data.endswith(b"\\r\\n.\\r\\n") or line == b".":
+                            conn.sendall(b"250 ok\\r\\n")
+            except OSError:
+                pass
+            received.append(data)
+    threading.Thread(target=serve, daemon=True).start()
+    proc = subprocess.run([sys.executable, "-m", "certbot_smtp_dist", "deploy", "--lineage", os.environ["LIVE"],
+                           "--json"], capture_output=True, text=True, timeout=120)
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write("RECEIVED %d DATA %s\\n" % (len(received), b"\\r\\nDATA\\r\\n" in b"".join(received)))
+    sys.exit(proc.returncode)
+""")
+
+
+def test_localhost_is_only_ever_a_loopback_address(denv: DeployEnv, lineage: LineagePaths, tmp_path: Path) -> None:
+    """Attack: the name `localhost` exempts a target from TLS (config: a key or password may travel in plaintext
+    to loopback, decided without DNS), but the connection asked the name service, whose answer for it may be any
+    address (no entry in /etc/hosts, a search domain's wildcard): the private key went there in clear. RFC 6761
+    §6.3: localhost is loopback; an answer that is not is never connected to."""
+    from support.ci import require
+
+    require(_namespaces_usable(), "needs unshare --net --mount and ip (root)")
+    denv.write_config({"t": {"host": "localhost", "port": 2525, "tls_mode": "plaintext", "timeout": 5,
+                             "payload": "pem_and_key", "from_address": "c@example.com", "to": ["a@example.com"]}})
+    (tmp_path / "inner.sh").write_text(ELSEWHERE)
+    (tmp_path / "inner.py").write_text(ELSEWHERE_PY)
+    env = denv.env({"ROOT": str(tmp_path), "PYTHON": sys.executable, "LIVE": str(lineage.live_dir)})
+    proc = subprocess.run(["unshare", "--net", "--mount", "sh", str(tmp_path / "inner.sh")], env=env,
+                          capture_output=True, text=True, timeout=180)
+    target = json.loads(proc.stdout)["targets"][0]
+    assert "RECEIVED 0 DATA False" in proc.stderr, (proc.stderr, target)  # before: 1, True (delivered)
+    assert (target["error_code"], target["phase"], target["retryable"]) == ("SMTP_CONNECT", "connect", True)
+    assert "loopback" in target["detail"], target["detail"]

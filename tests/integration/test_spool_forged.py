@@ -123,6 +123,6 @@ def test_retry_resolves_the_config_as_deploy_does(
     denv.write_config({"a": down(unused_port)})
     assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 75
     relay = relay_factory("plaintext")
-    denv.write_config({"a": relay_target(relay)})
+    denv.write_config({"a": relay_target(relay, to=["x@example.com"])})  # the recipient it was spooled for
     assert denv.run("retry").returncode == 0
-    assert len(relay.messages) == 1
+    assert [m.rcpt_tos for m in relay.messages] == [("x@example.com",)]

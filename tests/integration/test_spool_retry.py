@@ -185,3 +185,26 @@ def test_partial_then_failed_attempt_never_resends_to_who_has_it(denv: DeployEnv
     server.script = Script()  # the relay recovers
     assert denv.run("retry").returncode == 0
     assert [m.rcpt_tos for m in server.messages] == [("a@example.com",), ("b@example.com",)]
+
+
+def test_retry_never_sends_to_a_recipient_removed_from_the_target(denv: DeployEnv, lineage: LineagePaths,
+                                                                  relay_pki, unused_port: int) -> None:
+    """Attack: a deploy fails (relay down) and is spooled for pki@ and former@; the operator removes former@ (who
+    left) from the target, because its messages carry the private key. retry sent to the recipients the entry
+    recorded, whatever the configuration now says, so former@ got the key all the same. The target's recipients
+    now are what retry may send to (as the target itself and its filter already are); an entry none of whose
+    recipients remain is closed as `recipients_removed` (journalled), nothing sent."""
+    table = {"host": "127.0.0.1", "port": unused_port, "tls_mode": "starttls", "tls_ca_file": str(relay_pki.ca_file),
+             "timeout": 3, "from_address": "certbot@example.com", "payload": "pem_and_key"}
+    denv.write_config({"a": {**table, "to": ["pki@example.com", "former@example.com"]},
+                       "b": {**table, "to": ["gone@example.com"]}})
+    assert denv.run("deploy", "--lineage", str(lineage.live_dir)).returncode == 75
+    assert len(spool_files(denv)) == 2
+    denv.write_config({"a": {**table, "to": ["pki@example.com"]}, "b": {**table, "to": ["new@example.com"]}})
+    with Relay(relay_pki, mode="starttls", port=unused_port) as relay:
+        retry = denv.run("retry", "--json")
+        assert retry.returncode == 0, retry.stderr
+        assert [m.rcpt_tos for m in relay.messages] == [("pki@example.com",)]
+    assert spool_files(denv) == []
+    records = [json.loads(line) for line in (denv.state_dir / "journal.jsonl").read_text().splitlines()]
+    assert ("b", "recipients_removed") in [(r.get("target"), r.get("event")) for r in records], records

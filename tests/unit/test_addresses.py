@@ -49,6 +49,22 @@ def test_invalid(addr: str) -> None:
     assert address_problem(addr) is not None
 
 
+@pytest.mark.parametrize("addr", ["a@[IPv6:fe80::1%eth0]", "a@[IPv6:fe80::1%x> NOTIFY=NEVER ORCPT=rfc822;x]",
+                                  "a@[IPv6:fe80::1%x> AUTH=<>]"])
+def test_an_address_literal_with_a_zone_is_refused(addr: str) -> None:
+    """Attack: ipaddress takes an IPv6 zone (RFC 4007 §11) of any characters but "%", so a domain literal could
+    hold "> PARAM=..." and pass as one addr-spec: `RCPT TO:<a@[IPv6:fe80::1%x> NOTIFY=NEVER ...]>` ends the path
+    early and hands the relay ESMTP parameters (RFC 3461 NOTIFY/ORCPT, RFC 4954 AUTH on MAIL) nobody configured.
+    RFC 5321 §4.1.3's IPv6-addr holds no zone: refused in to, cc, bcc and from_address alike."""
+    assert address_problem(addr) is not None
+    base = {"host": "smtp.example.com", "from_address": "c@example.com", "to": ["p@example.com"]}
+    formats = {f.name: f for f in BUILTIN_FORMATS}
+    for key, value in (("to", [addr]), ("bcc", [addr]), ("from_address", addr)):
+        with pytest.raises(ConfigError) as err:
+            parse_settings({"targets": {"t": {**base, key: value}}}, Path("/etc/x/config.toml"), {}, formats)
+        assert [(p.target, p.key) for p in err.value.problems] == [("t", key)]
+
+
 def test_loopback_without_dns() -> None:
     assert all(map(is_loopback_host, ["127.0.0.1", "127.255.0.1", "::1", "[::1]", "localhost"]))
     assert not any(map(is_loopback_host, ["10.1.1.1", "localhost.localdomain", "example.com", "::ffff:1.2.3.4"]))

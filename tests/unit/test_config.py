@@ -85,6 +85,18 @@ def test_single_problem_named_by_target_and_key(table: dict[str, Any], key: str)
     assert problems({"pki": {**BASE, **table}}) == {("pki", key)}
 
 
+def test_an_empty_certificates_filter_is_refused_not_read_as_every_certificate() -> None:
+    """Attack: `certificates = []` (a target switched off by emptying its filter, or a template's empty list)
+    matched every certificate, so its key went to this target's recipients at every renewal. A list of globs
+    with none in it matches no name: refused, in a target and in [defaults], pointing at ["*"] for every one."""
+    assert problems({"pki": {**BASE, "certificates": []}}) == {("pki", "certificates")}
+    assert problems({"pki": BASE}, defaults={"certificates": []}) == {(None, "defaults.certificates")}
+    with pytest.raises(ConfigError, match=r'\["\*"\]'):
+        parse_settings({"targets": {"t": {**BASE, "certificates": []}}}, Path("/etc/x/config.toml"), CREDS, FORMATS)
+    assert ok({**BASE, "certificates": ["*"]}).matches(("example.com",))
+    assert not ok({**BASE, "certificates": ["a.example"]}).matches(("example.com",))
+
+
 def test_missing_required_keys() -> None:
     assert problems({"t": {}}) == {("t", "host"), ("t", "from_address"), ("t", "to")}
 
@@ -209,6 +221,39 @@ def test_the_distros_trust_store_and_a_relative_tls_ca_file_pass_the_ownership_r
         assert parse_settings(table, tmp_path / "config.toml", CREDS, FORMATS).targets[0].tls_ca_file is not None
 
 
+@pytest.mark.parametrize("key", ["tls_ca_file", "oauth2_ca_file"])
+def test_a_ca_file_that_is_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path, key: str) -> None:
+    """Attack: a CA file key naming a FIFO (or a device that blocks on read, /dev/kmsg) passed the ownership rule
+    (ours, closed to others) and OpenSSL's open waited for a writer that never came: every config load, so every
+    deploy and the ACME client behind it, hung. Only a regular file is handed to OpenSSL."""
+    import os
+    import threading
+
+    fifo = tmp_path / "ca.pem"
+    os.mkfifo(fifo, 0o600)
+    extra = {"auth_method": "xoauth2", "username": "u@example.com", "oauth2_token_url": "https://login.example/t",
+             "oauth2_client_id": "c", "oauth2_scope": "s", "oauth2_client_secret_credential": "oauth"}
+    table = {**BASE, key: str(fifo), **(extra if key == "oauth2_ca_file" else {})}
+    found: list[Any] = []
+
+    def load() -> None:
+        try:
+            parse_settings({"targets": {"t": table}}, tmp_path / "config.toml",
+                           {**CREDS, "oauth": "smtp_oauth2_client_secret"}, FORMATS)
+        except ConfigError as exc:
+            found.extend((p.key, p.problem) for p in exc.problems)
+
+    loading = threading.Thread(target=load, daemon=True)
+    loading.start()
+    loading.join(10)
+    if loading.is_alive():  # let the blocked open go (it then reads an empty file), so the test run can end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        loading.join(10)
+        pytest.fail(f"loading the config waited on the FIFO named by {key}")
+    assert [k for k, _ in found] == [key], found
+    assert "FIFO" in found[0][1], found
+
+
 def test_retry_policy_from_defaults() -> None:
     from datetime import timedelta
 
@@ -235,3 +280,63 @@ def test_retry_policy_bad_values_are_keyed(key: str, value: Any) -> None:
 
 def test_retry_policy_only_in_defaults() -> None:
     assert problems({"t": {**BASE, "retry_attempts": 2}}) == {("t", "retry_attempts")}
+
+
+@pytest.mark.parametrize("nested", ["a = " + "[" * 5000 + "]" * 5000, "a = " + "{b=" * 5000 + "1" + "}" * 5000])
+def test_toml_nested_past_the_parsers_recursion_is_unusable_configuration_not_a_crash(tmp_path: Path,
+                                                                                       nested: str) -> None:
+    """Attack: a config nested thousands deep (arrays or inline tables) made tomllib raise RecursionError, which
+    nothing caught: a traceback and exit 1 where every other unparseable config is 78, the renewal blocked for
+    retry. `credentials delete` crashed the same way after deleting, where it reads the config for users."""
+    from support.deployenv import DeployEnv
+
+    from certbot_smtp_dist._internal.config import credential_users, load_settings
+
+    config = tmp_path / "config.toml"
+    config.write_text(nested + "\n")
+    config.chmod(0o600)
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(config, {}, FORMATS)
+    assert credential_users(config, "relay") == []
+    env = DeployEnv(tmp_path / "cli")
+    env.config.write_text(nested + "\n")
+    env.config.chmod(0o600)
+    run = env.run("check")
+    assert run.returncode == 78 and "not valid TOML" in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_problem_naming_a_key_a_target_or_a_path_of_control_characters_is_one_printable_line() -> None:
+    """Attack: a TOML quoted key or target name, or a path value, may hold any character ("to\\u001b]0;x\\u0007",
+    a line break): each problem quoted it raw, so the ERROR line, a blocked entry's detail in status and history,
+    and the log gained a line or terminal escape of the config's choosing. Each problem is one printable line
+    (non-printables as "?"); --json keeps the key as written."""
+    doc = {"colour\nINFO: forged": 1,
+           "defaults": {"ho\x1b[2Jst": "x"},
+           "targets": {"t\r\nx": {**BASE},
+                       "t": {**BASE, "to\x1b]0;title\x07": ["a@example.com"], "tls_ca_file": "/nonexistent/\n.pem",
+                             "password_credential": "a\nb", "auth_method": "plain", "username": "u"}}}
+    with pytest.raises(ConfigError) as err:
+        parse_settings(doc, Path("/etc/x/config.toml"), CREDS, FORMATS)
+    lines = [str(p) for p in err.value.problems]
+    assert len(lines) >= 6, lines
+    assert all(line.isprintable() for line in lines), lines
+    assert str(err.value).count("\n") == len(lines)  # the head, then one line per problem
+    assert any(p.key == "to\x1b]0;title\x07" for p in err.value.problems)  # as written, for --json
+
+
+@pytest.mark.parametrize(("key", "extra"), [
+    ("password_credential", {"auth_method": "plain", "username": "u"}),
+    ("pkcs12_passphrase_credential", {"payload": "pkcs12"}),
+])
+def test_a_secret_written_where_a_credential_name_belongs_is_never_repeated(key: str, extra: dict[str, Any]) -> None:
+    """Attack (on the operator's own mistake): the password itself in `password_credential`. The problem quoted it
+    and suggested `credentials set 'THE-PASSWORD' ...`: the secret in the ERROR line, the log, a blocked entry's
+    detail in status and history, and on the command line the hint offered (shell history, ps), for a name
+    `credentials set` refuses anyway. A value that is no credential name is refused without being repeated."""
+    secret = "Tr0ub4dor&3 horse!"
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"targets": {"t": {**BASE, **extra, key: secret}}}, Path("/etc/x/config.toml"), CREDS, FORMATS)
+    assert [(p.target, p.key) for p in err.value.problems] == [("t", key)]
+    text = str(err.value)
+    assert "Tr0ub4dor" not in text and "horse" not in text, text
+    assert "not a credential name" in text, text

@@ -374,3 +374,60 @@ def test_a_master_key_another_user_could_re_point_stops_a_deploy_that_uses_no_cr
     run = env.run("deploy", extra_env={"RENEWED_LINEAGE": str(lineage.live_dir)})
     assert run.returncode == 77, run
     assert f"error: refusing to trust {link}: " in run.stderr and "SMTP_CONNECT" not in run.stderr, run.stderr
+
+
+def test_a_secret_from_an_endless_standard_input_is_refused_without_reading_to_its_end(tmp_path: Path) -> None:
+    """Attack: `credentials set` read all of standard input before checking its length, so a stream that does
+    not end (`< /dev/zero`, a pipe from a program that never closes it) grew root's memory until the command was
+    killed. More than a secret can hold is refused as too long once that much is read (65), nothing stored."""
+    import contextlib
+    import subprocess
+    import sys
+
+    from support.deployenv import DeployEnv
+
+    env = DeployEnv(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "certbot_smtp_dist", "credentials", "set", "relay", "--type",
+                             "smtp_password"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env.env())
+    assert proc.stdin is not None
+    try:
+        with contextlib.suppress(BrokenPipeError):  # it may have read enough, refused and ended already
+            proc.stdin.write(b"x" * (MAX_SECRET_BYTES + 4096))  # within a pipe's buffer; the pipe stays open
+            proc.stdin.flush()
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail("credentials set waited for the end of an endless standard input")
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    assert code == 65, err
+    assert f"longer than {MAX_SECRET_BYTES} bytes" in err and "credential relay not stored" in err
+    assert not (env.config_dir / "credentials").exists()
+
+
+def test_credentials_delete_never_waits_on_a_fifo_where_the_config_should_be(tmp_path: Path) -> None:
+    """Attack: `credentials delete` deleted, then read the config as written to name the keys still using the
+    credential, with a plain read: a FIFO at the config path (ours, closed to others: the ownership rule passes)
+    held it until a writer came. The config is read as every other reader reads it (non-blocking, regular only)."""
+    import subprocess
+    import sys
+
+    from support.deployenv import DeployEnv
+
+    env = DeployEnv(tmp_path)
+    CredentialStore(env.config_dir, environ={}).set("relay", "smtp_password", SECRET)
+    env.config.unlink(missing_ok=True)
+    os.mkfifo(env.config, 0o600)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "certbot_smtp_dist", "credentials", "delete", "relay"],
+                              capture_output=True, text=True, env=env.env(), timeout=30)
+    except subprocess.TimeoutExpired:  # subprocess.run has killed it
+        pytest.fail("credentials delete waited on the FIFO at the config path")
+    assert proc.returncode == 0, proc.stderr
+    assert "deleted credential relay" in proc.stderr
+    assert not (env.config_dir / "credentials" / "relay.cred").exists()

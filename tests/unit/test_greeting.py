@@ -41,6 +41,27 @@ def test_bad_address_literals(value: str) -> None:
     assert helo_name_problem(value) is not None
 
 
+@pytest.mark.parametrize("value", ["[IPv6:fe80::1%eth0]", "[IPv6:fe80::1%x y]",
+                                   "[IPv6:fe80::1%x\r\nRCPT TO:<evil@attacker.example>]"])
+def test_an_address_literal_with_a_zone_is_refused(value: str) -> None:
+    """Attack: Python's IPv6Address takes a zone ("%eth0", RFC 4007 §11) of any characters, spaces and CR LF
+    included, so helo_name took them: an EHLO argument RFC 5321 §4.1.3 has no grammar for (IPv6-addr holds no
+    zone), a line break that only smtpwire's last check kept from becoming a second command, every delivery of
+    the target failing. Refused at config time, shown escaped."""
+    from pathlib import Path
+
+    from certbot_smtp_dist._internal.config import parse_settings
+    from certbot_smtp_dist._internal.payload import BUILTIN_FORMATS
+    from certbot_smtp_dist.errors import ConfigError
+
+    why = helo_name_problem(value)
+    assert why is not None and why.isprintable()
+    table = {"host": "smtp.example.com", "from_address": "c@example.com", "to": ["p@example.com"], "helo_name": value}
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"targets": {"t": table}}, Path("/etc/x/config.toml"), {}, {f.name: f for f in BUILTIN_FORMATS})
+    assert [(p.target, p.key) for p in err.value.problems] == [("t", "helo_name")]
+
+
 @pytest.mark.parametrize(("host", "sans", "expected"), [
     ("smtp.example.com", ["smtp.example.com"], True),
     ("SMTP.Example.com.", ["smtp.example.com"], True),

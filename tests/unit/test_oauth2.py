@@ -91,6 +91,18 @@ def test_a_token_url_with_userinfo_is_refused_without_quoting_it(url: str) -> No
     assert "pw-in-the-url" not in found["oauth2_token_url"]
 
 
+@pytest.mark.parametrize("url", ["http://login.example.net/token?client_secret=pw-in-the-url",
+                                 "http://login.example.net/token#client_secret=pw-in-the-url"])
+def test_a_refused_token_url_is_not_quoted_past_its_path(url: str) -> None:
+    """Attack (the operator's slip): the client secret in the query string of a token URL that is refused for
+    another reason (http://). The refusal quoted the URL whole, so the secret reached the ERROR line, the log and a
+    blocked entry's detail, as userinfo would have (refused unquoted above). Only scheme, host and path are shown,
+    as a failure shows them."""
+    found = problems({**OAUTH, "oauth2_token_url": url})
+    assert set(found) == {"oauth2_token_url"}
+    assert "pw-in-the-url" not in found["oauth2_token_url"] and "login.example.net/token" in found["oauth2_token_url"]
+
+
 def test_a_failure_never_names_the_userinfo_of_a_token_url() -> None:
     """A service account key's token_uri is not checked by the config: the failure shows host and path only."""
     failure = oauth2.unreachable("https://app:pw-in-the-url@[2001:db8::1]:8443/t/token?x=1", "HTTP 503")
@@ -309,3 +321,21 @@ def test_a_broken_stored_service_account_key_is_smtp_auth(key: str) -> None:
         oauth2.client(grant, Secret(key))
     assert (err.value.failure.code, err.value.failure.phase) == (ErrorCode.SMTP_AUTH, Phase.AUTH)
     assert "credentials set gsa" in err.value.failure.detail and "BEGIN" not in err.value.failure.detail
+
+
+@pytest.mark.parametrize("uri", ["https://oauth2.example.net/tok\x1b[2Jen", "https://oauth2.example.net/a b",
+                                 "https://oauth2.example.net/\u2028x"])
+def test_a_service_account_token_uri_that_is_not_one_printable_url_is_refused(uri: str) -> None:
+    """Attack: the key file is whoever made it's (a third party's, a copy passed around): a token_uri with a
+    terminal escape validated as https, was stored, and every failure named it (oauth2._where), so the ERROR
+    line, a spooled entry's detail in status and history carried the escape. Refused as the config's
+    oauth2_token_url is: by `credentials set`, and by the deploy for a key stored before."""
+    from support.tokenendpoint import service_account_key
+
+    key_json, _ = service_account_key("sa@example.iam.gserviceaccount.com", uri)
+    assert oauth2.key_problem(key_json) is not None
+    grant = OAuth2Grant(None, None, "https://mail.google.com/", service_account_credential="gsa")
+    with pytest.raises(oauth2.TokenFailure) as err:
+        oauth2.client(grant, Secret(key_json))
+    assert (err.value.failure.code, err.value.failure.phase) == (ErrorCode.SMTP_AUTH, Phase.AUTH)
+    assert err.value.failure.detail.isprintable()
