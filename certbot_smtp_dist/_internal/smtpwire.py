@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import socket
 import ssl
 from typing import Any, NamedTuple, NoReturn
@@ -199,12 +200,20 @@ class _Replies(asyncio.Protocol):
     def _next(self) -> Response | None:
         """The first whole reply buffered, taken out of the buffer; None while it is not whole. Its code is the
         one classify.code_of_lines classes it by, over the codes all its lines began with."""
+        if not self._scanned:  # a reply read whole as it usually comes, in one piece, by one match
+            uniform = _UNIFORM_REPLY.match(self._buffer)
+            if uniform is not None and uniform.end() <= MAX_LINE:  # so no line, nor the reply, is past its bound
+                return self._take(uniform.end(), (int(uniform.group(1)),))
         end = self._scan()
         if end is None:
             return None
+        return self._take(end, _distinct(self._codes))
+
+    def _take(self, end: int, codes: tuple[int, ...]) -> Response:
+        """The reply that ends at `end`, its lines having begun with `codes` (each once), out of the buffer."""
         lines = bytes(self._buffer[:end]).split(b"\n")[:-1]
         del self._buffer[:end]
-        codes, self._scanned, self._codes = _distinct(self._codes), 0, []
+        self._scanned, self._codes = 0, []
         last = int(lines[-1][:3])  # _scan read every line's so
         texts = [line[4:].strip(b" \t\r\n") for line in lines]
         if not self.frozen:
@@ -277,6 +286,11 @@ class _Replies(asyncio.Protocol):
             at = end + 1
             self._failed_codes = _distinct([*self._failed_codes, _line_code(line)])
             self._draining = line[3:4] == b"-"
+
+
+# A whole reply whose lines all begin with one code, as _scan reads them: each line's first three octets that code
+# (int() reads it, _line_code takes it), then "-" on every line but the last, and on the last " ", CR or its end.
+_UNIFORM_REPLY = re.compile(rb"([2-5][0-9][0-9])(?:-[^\n]*\n\1)*(?:[ \r][^\n]*)?\n")
 
 
 def _fail_waiter(waiter: asyncio.Future[Response], error: BaseException) -> None:
@@ -474,7 +488,8 @@ def _extensions(text: str) -> tuple[dict[str, str], list[str]]:
             mechanisms += [m.lower() for m in line[5:].split()]
             continue
         keyword, _, params = line.partition(" ")
-        extensions[keyword.lower()] = params
-        if keyword.lower() == "auth":
+        keyword = keyword.lower()
+        extensions[keyword] = params
+        if keyword == "auth":
             mechanisms += [m.lower() for m in params.split()]
     return extensions, mechanisms
