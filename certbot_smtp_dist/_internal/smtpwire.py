@@ -169,10 +169,14 @@ class _Replies(asyncio.Protocol):
             raise self._disconnected()
         waiter: asyncio.Future[Response] = self._loop.create_future()
         self._waiter = waiter
+        # A timer of its own that fails the read, not wait_for: no second future, no loop turn between.
+        timer = None if timeout is None else self._loop.call_later(timeout, _expire, waiter)
         try:
-            return await (waiter if timeout is None else asyncio.wait_for(waiter, timeout))
+            return await waiter
         finally:
             self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def forget_plaintext(self) -> None:
         """After the 220 to STARTTLS: drop whatever came in clear after it (RFC 3207 §4.2; response injection, the
@@ -200,6 +204,8 @@ class _Replies(asyncio.Protocol):
     def _next(self) -> Response | None:
         """The first whole reply buffered, taken out of the buffer; None while it is not whole. Its code is the
         one classify.code_of_lines classes it by, over the codes all its lines began with."""
+        if not self._buffer:
+            return None
         if not self._scanned:  # a reply read whole as it usually comes, in one piece, by one match
             uniform = _UNIFORM_REPLY.match(self._buffer)
             if uniform is not None and uniform.end() <= MAX_LINE:  # so no line, nor the reply, is past its bound
@@ -299,6 +305,12 @@ def _fail_waiter(waiter: asyncio.Future[Response], error: BaseException) -> None
     never retrieved" on the way out. The reader still gets it."""
     waiter.set_exception(error)
     waiter.exception()
+
+
+def _expire(waiter: asyncio.Future[Response]) -> None:
+    """A read's own timeout: it fails as asyncio.wait_for's would, with asyncio.TimeoutError."""
+    if not waiter.done():
+        _fail_waiter(waiter, asyncio.TimeoutError())
 
 
 def _line_code(head: bytes) -> int:

@@ -189,6 +189,25 @@ def test_plaintext_after_the_starttls_reply_is_forgotten() -> None:
     assert asyncio.run(run()) == "the real one"
 
 
+def test_a_read_with_a_timeout_fails_as_timed_out_and_the_next_read_gets_the_late_reply() -> None:
+    """The greeting's own timeout (Client.connect: SMTPConnectTimeoutError, "server ready"): a read given one fails
+    with asyncio.TimeoutError when nothing came; a reply arriving afterwards is not lost, and a read whose reply
+    comes in time is not failed later by its timer."""
+
+    async def run() -> tuple[str, str]:
+        protocol = smtpwire._Replies(asyncio.get_running_loop())
+        with pytest.raises(asyncio.TimeoutError):
+            await protocol.read_response(0.02)
+        protocol.data_received(b"220 late\r\n")
+        late = (await protocol.read_response(5)).message
+        asyncio.get_running_loop().call_later(0.01, protocol.data_received, b"250 in time\r\n")
+        in_time = (await protocol.read_response(0.05)).message
+        await asyncio.sleep(0.1)  # past the second read's timeout: its timer must be gone
+        return late, in_time
+
+    assert asyncio.run(run()) == ("late", "in time")
+
+
 def test_a_lost_connection_fails_the_read_with_its_cause() -> None:
     async def run() -> BaseException:
         protocol = smtpwire._Replies(asyncio.get_running_loop())
