@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import ipaddress
 import re
 import socket
@@ -32,6 +33,7 @@ def is_fqdn(name: str) -> bool:
     return lowered not in _LOCAL_ONLY and not lowered.endswith((".localdomain", ".localhost"))
 
 
+@functools.lru_cache(maxsize=16)  # a session's own end: the same few addresses, session after session
 def address_literal(ip: str) -> str:
     """RFC 5321 §4.1.3: `[192.0.2.1]`, `[IPv6:2001:db8::1]` (an IPv4-mapped IPv6 address as IPv4)."""
     addr = ipaddress.ip_address(ip.split("%", 1)[0])

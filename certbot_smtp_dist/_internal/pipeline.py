@@ -150,7 +150,11 @@ class RelaySlots:
         self._held: dict[tuple[str, int], asyncio.Semaphore] = {}
 
     def _of(self, target: Target) -> asyncio.Semaphore:
-        return self._held.setdefault((target.host.lower(), target.port), asyncio.Semaphore(self.limit))
+        key = (target.host.lower(), target.port)
+        slot = self._held.get(key)
+        if slot is None:  # made once per relay, not once per call as setdefault's argument was
+            slot = self._held[key] = asyncio.Semaphore(self.limit)
+        return slot
 
     async def take(self, target: Target, within: float) -> float | None:
         """Seconds waited for a slot, or None when none came free `within` seconds."""

@@ -44,19 +44,18 @@ async def readable(sock: socket.socket, wait: float) -> bool:
     if wait <= 0:
         return False
     loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
+    ready: asyncio.Future[bool] = loop.create_future()
 
-    def wake() -> None:
+    def settle(readable: bool) -> None:
         if not ready.done():
-            ready.set_result(None)
+            ready.set_result(readable)
 
-    loop.add_reader(sock.fileno(), wake)
+    loop.add_reader(sock.fileno(), settle, True)
+    timer = loop.call_later(wait, settle, False)  # a timer of its own: no second future, no loop turn between
     try:
-        await asyncio.wait_for(ready, wait)
-        return True
-    except (asyncio.TimeoutError, TimeoutError):
-        return False
+        return await ready
     finally:
+        timer.cancel()
         loop.remove_reader(sock.fileno())
 
 

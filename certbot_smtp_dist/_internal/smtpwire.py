@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import socket
 import ssl
 from typing import Any, NamedTuple, NoReturn
@@ -168,10 +169,14 @@ class _Replies(asyncio.Protocol):
             raise self._disconnected()
         waiter: asyncio.Future[Response] = self._loop.create_future()
         self._waiter = waiter
+        # A timer of its own that fails the read, not wait_for: no second future, no loop turn between.
+        timer = None if timeout is None else self._loop.call_later(timeout, _expire, waiter)
         try:
-            return await (waiter if timeout is None else asyncio.wait_for(waiter, timeout))
+            return await waiter
         finally:
             self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def forget_plaintext(self) -> None:
         """After the 220 to STARTTLS: drop whatever came in clear after it (RFC 3207 §4.2; response injection, the
@@ -199,12 +204,22 @@ class _Replies(asyncio.Protocol):
     def _next(self) -> Response | None:
         """The first whole reply buffered, taken out of the buffer; None while it is not whole. Its code is the
         one classify.code_of_lines classes it by, over the codes all its lines began with."""
+        if not self._buffer:
+            return None
+        if not self._scanned:  # a reply read whole as it usually comes, in one piece, by one match
+            uniform = _UNIFORM_REPLY.match(self._buffer)
+            if uniform is not None and uniform.end() <= MAX_LINE:  # so no line, nor the reply, is past its bound
+                return self._take(uniform.end(), (int(uniform.group(1)),))
         end = self._scan()
         if end is None:
             return None
+        return self._take(end, _distinct(self._codes))
+
+    def _take(self, end: int, codes: tuple[int, ...]) -> Response:
+        """The reply that ends at `end`, its lines having begun with `codes` (each once), out of the buffer."""
         lines = bytes(self._buffer[:end]).split(b"\n")[:-1]
         del self._buffer[:end]
-        codes, self._scanned, self._codes = _distinct(self._codes), 0, []
+        self._scanned, self._codes = 0, []
         last = int(lines[-1][:3])  # _scan read every line's so
         texts = [line[4:].strip(b" \t\r\n") for line in lines]
         if not self.frozen:
@@ -279,12 +294,23 @@ class _Replies(asyncio.Protocol):
             self._draining = line[3:4] == b"-"
 
 
+# A whole reply whose lines all begin with one code, as _scan reads them: each line's first three octets that code
+# (int() reads it, _line_code takes it), then "-" on every line but the last, and on the last " ", CR or its end.
+_UNIFORM_REPLY = re.compile(rb"([2-5][0-9][0-9])(?:-[^\n]*\n\1)*(?:[ \r][^\n]*)?\n")
+
+
 def _fail_waiter(waiter: asyncio.Future[Response], error: BaseException) -> None:
     """The awaited read fails with `error`, marked as retrieved: should the reading task be cancelled before it
     wakes (the session's deadline in the same loop turn), asyncio would otherwise report "Future exception was
     never retrieved" on the way out. The reader still gets it."""
     waiter.set_exception(error)
     waiter.exception()
+
+
+def _expire(waiter: asyncio.Future[Response]) -> None:
+    """A read's own timeout: it fails as asyncio.wait_for's would, with asyncio.TimeoutError."""
+    if not waiter.done():
+        _fail_waiter(waiter, asyncio.TimeoutError())
 
 
 def _line_code(head: bytes) -> int:
@@ -474,7 +500,8 @@ def _extensions(text: str) -> tuple[dict[str, str], list[str]]:
             mechanisms += [m.lower() for m in line[5:].split()]
             continue
         keyword, _, params = line.partition(" ")
-        extensions[keyword.lower()] = params
-        if keyword.lower() == "auth":
+        keyword = keyword.lower()
+        extensions[keyword] = params
+        if keyword == "auth":
             mechanisms += [m.lower() for m in params.split()]
     return extensions, mechanisms

@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
@@ -331,8 +332,11 @@ async def _deliver(target: Target, converse: Converse, budget: float, known: tup
                    context: Callable[[], ssl.SSLContext | None], progress: _Progress, deadline: float,
                    ) -> SessionOutcome:
     try:
-        return await asyncio.wait_for(_session(target, converse, progress, budget, known, context()),
-                                      timeout=budget)
+        session = _session(target, converse, progress, budget, known, context())
+        if sys.version_info >= (3, 11):  # in this task: no task of its own to start and to wake us (3.12's wait_for)
+            async with asyncio.timeout(budget):
+                return await session
+        return await asyncio.wait_for(session, timeout=budget)
     except _Abort as abort:
         return SessionOutcome(refused=abort.refused, failure=abort.failure)
     except (asyncio.TimeoutError, TimeoutError):

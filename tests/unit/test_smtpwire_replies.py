@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certbot_smtp_dist._internal import classify, smtpwire, transport
@@ -72,6 +72,54 @@ def test_every_cut_of_the_octets_reads_the_same_replies(replies: list[bytes], cu
     points = sorted({min(c, len(data)) for c in cuts})
     reads = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
     assert read_all([r for r in reads if r], len(replies)) == reference(data)
+
+
+def read_at_once(data: bytes) -> list[object]:
+    """Every reply read off `data` handed over in one piece, then the failure that ended the reading if any (its
+    class, code, text and the code it is classed by), and what was left unread."""
+    loop = asyncio.new_event_loop()
+    loop.close()  # never run: nothing is awaited here
+    protocol = smtpwire._Replies(loop)
+    protocol.data_received(data)
+    found: list[object] = []
+    while True:
+        try:
+            reply = protocol._next()
+        except smtpwire.SMTPResponseException as exc:
+            found.append((type(exc).__name__, exc.code, exc.message, protocol.code()))
+            break
+        except ValueError as exc:  # a line shorter than a code, whose int() read on into the next line
+            found.append((type(exc).__name__, str(exc)))
+            break
+        if reply is None:
+            break
+        found.append((reply.code, reply.message, protocol.read))
+    found.append(bytes(protocol._buffer))
+    return found
+
+
+START = st.one_of(st.sampled_from([b"250", b"251", b"550", b"451"]),  # well-formed half the time
+                  st.sampled_from([b"220", b"199", b"999", b"2 5", b" 25", b"+25", b"2_5", b"25", b"2", b"", b"25a",
+                                   b"\xd9\xa25"]))
+SEPARATOR = st.one_of(st.sampled_from([b"-", b" "]), st.sampled_from([b"\r", b"\t", b"", b"\n", b"x"]))
+BODY = st.one_of(st.sampled_from([b"", b"ok", b" \t", b"2.1.0 Ok", b"\r", b"\xff"]),
+                 st.integers(smtpwire.MAX_LINE - 8, smtpwire.MAX_LINE - 3).map(lambda n: b"x" * n))
+LINE = st.tuples(START, SEPARATOR, BODY, st.sampled_from([b"\r\n", b"\r\n", b"\n", b""])).map(b"".join)
+
+
+@settings(max_examples=400)
+@given(st.lists(LINE, min_size=1, max_size=12))
+def test_a_reply_read_in_one_match_reads_as_line_by_line(lines: list[bytes]) -> None:
+    """The one-match reading of a reply whose lines all begin with one code (_UNIFORM_REPLY, the usual reply)
+    gives what the line-by-line reading gives, for any octets: replies, codes, failures, bounds, what is left."""
+    data = b"".join(lines)
+    matched = read_at_once(data)
+    general = smtpwire._UNIFORM_REPLY
+    smtpwire._UNIFORM_REPLY = re.compile(rb"(?!)")  # matches nothing: every reply read line by line
+    try:
+        assert matched == read_at_once(data)
+    finally:
+        smtpwire._UNIFORM_REPLY = general
 
 
 def test_a_reply_whose_lines_disagree_is_classed_by_the_most_severe() -> None:
@@ -139,6 +187,25 @@ def test_plaintext_after_the_starttls_reply_is_forgotten() -> None:
         return (await protocol.read_response()).message
 
     assert asyncio.run(run()) == "the real one"
+
+
+def test_a_read_with_a_timeout_fails_as_timed_out_and_the_next_read_gets_the_late_reply() -> None:
+    """The greeting's own timeout (Client.connect: SMTPConnectTimeoutError, "server ready"): a read given one fails
+    with asyncio.TimeoutError when nothing came; a reply arriving afterwards is not lost, and a read whose reply
+    comes in time is not failed later by its timer."""
+
+    async def run() -> tuple[str, str]:
+        protocol = smtpwire._Replies(asyncio.get_running_loop())
+        with pytest.raises(asyncio.TimeoutError):
+            await protocol.read_response(0.02)
+        protocol.data_received(b"220 late\r\n")
+        late = (await protocol.read_response(5)).message
+        asyncio.get_running_loop().call_later(0.01, protocol.data_received, b"250 in time\r\n")
+        in_time = (await protocol.read_response(0.05)).message
+        await asyncio.sleep(0.1)  # past the second read's timeout: its timer must be gone
+        return late, in_time
+
+    assert asyncio.run(run()) == ("late", "in time")
 
 
 def test_a_lost_connection_fails_the_read_with_its_cause() -> None:

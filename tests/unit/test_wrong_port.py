@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 
 import pytest
@@ -51,3 +53,21 @@ def test_reply_of_reads_only_replies() -> None:
 @pytest.mark.parametrize(("timeout", "wait"), [(1, 0.5), (2, 0.5), (8, 2.0), (30, 5.0), (600, 5.0)])
 def test_greeting_wait_is_a_bounded_fraction_of_the_timeout(timeout: float, wait: float) -> None:
     assert portprobe.greeting_wait(timeout) == wait
+
+
+def test_readable_says_whether_a_greeting_came_and_leaves_it_unread() -> None:
+    """The wait before a greeting (transport._await_greeting): False for a port still silent when the wait ends,
+    True once it has spoken, and what it said is still there for the session to read; the socket is left as it was
+    found (no reader of ours on it), so it can be watched again."""
+
+    async def run() -> tuple[bool, bool, bool, bytes]:
+        ours, relay = socket.socketpair()
+        with ours, relay:
+            ours.setblocking(False)
+            silent = await portprobe.readable(ours, 0.05)
+            relay.sendall(b"220 relay.test ESMTP\r\n")
+            spoke = await portprobe.readable(ours, 5)
+            again = await portprobe.readable(ours, 5)
+            return silent, spoke, again, ours.recv(100)
+
+    assert asyncio.run(run()) == (False, True, True, b"220 relay.test ESMTP\r\n")
