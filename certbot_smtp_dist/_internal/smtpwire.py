@@ -451,8 +451,10 @@ class Client:
             raise SMTPAuthenticationError(reply.code, reply.message)
         return reply
 
-    async def mail(self, sender: str) -> Response:
-        reply = await self.execute_command(b"MAIL FROM:<" + sender.encode("ascii") + b">")
+    async def mail(self, sender: str, options: tuple[str, ...] = ()) -> Response:
+        """MAIL FROM (RFC 5321 §4.1.1.2) with the ESMTP parameters in `options` (each `KEYWORD=value`)."""
+        params = b"".join(b" " + option.encode("ascii") for option in options)
+        reply = await self.execute_command(b"MAIL FROM:<" + sender.encode("ascii") + b">" + params)
         if reply.code != 250:
             raise SMTPSenderRefused(reply.code, reply.message, sender)
         return reply

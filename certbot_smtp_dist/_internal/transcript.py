@@ -70,8 +70,9 @@ class Transcribed:
         return await self._command(f"AUTH {mechanism} {MASK} (334 challenge and response redacted)", Phase.AUTH,
                                    run, self._client)
 
-    async def mail(self, sender: str, *args: Any, **kwargs: Any) -> Any:
-        return await self._command(f"MAIL FROM:<{sender}>", Phase.MAIL, self._client.mail, sender, *args, **kwargs)
+    async def mail(self, sender: str, options: tuple[str, ...] = ()) -> Any:
+        shown = "".join(f" {option}" for option in options)
+        return await self._command(f"MAIL FROM:<{sender}>{shown}", Phase.MAIL, self._client.mail, sender, options)
 
     async def rcpt(self, recipient: str, *args: Any, **kwargs: Any) -> Any:
         return await self._command(f"RCPT TO:<{recipient}>", Phase.RCPT, self._client.rcpt, recipient, *args,

@@ -424,7 +424,10 @@ async def _converse(
     """EHLO, STARTTLS, AUTH and the mail transaction on an open connection (RFC 5321 §3.3)."""
     await _open(client, target, password, progress, name)
     progress.phase = Phase.MAIL
-    await client.mail(message.envelope_from)
+    # RFC 3461 §4.3: RET=HDRS, so that a bounce returns the headers alone, never the artefact (a private key, a
+    # PKCS#12) to the envelope sender's mailbox, which may be read by others than the recipients; only where the
+    # relay offers DSN (§4.1: an ESMTP parameter is an error to one that does not).
+    await client.mail(message.envelope_from, ("RET=HDRS",) if client.supports_extension("dsn") else ())
     progress.phase = Phase.RCPT
     accepted: list[str] = []
     refused: list[tuple[str, Reply]] = []

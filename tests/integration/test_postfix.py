@@ -157,3 +157,16 @@ def test_check_against_postfix_sends_no_mail(denv: DeployEnv, relay_pki: RelayPK
     [counts] = re.findall(r"disconnect from \S+ (.*commands=\d+)", postfix.log())
     assert counts == "ehlo=2 starttls=1 noop=1 quit=1 commands=5", counts
     assert_nothing_accepted(postfix)
+
+
+def test_mail_from_asks_postfix_for_headers_only_in_a_bounce(
+    denv: DeployEnv, lineage: LineagePaths, relay_pki: RelayPKI, postfix: Postfix
+) -> None:
+    """Postfix offers DSN: MAIL FROM carries RET=HDRS (RFC 3461 §4.3), so a bounce of a key-bearing message returns
+    its headers alone to the sender; Postfix takes the parameter and delivers."""
+    d = mtadeploy.deploy(denv, lineage, target(postfix, relay_pki, payload="pem_and_key"), args=["-vv"])
+
+    mtadeploy.assert_delivered(d)
+    sent = [line for line in d.run.stderr.splitlines() if "MAIL FROM:<" in line]
+    assert len(sent) == 1 and sent[0].endswith("> RET=HDRS"), d.run.stderr
+    assert len(postfix.wait_for_delivery(1)) == 1
