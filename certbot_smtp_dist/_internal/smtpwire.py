@@ -241,8 +241,14 @@ class _Replies(asyncio.Protocol):
             if newline + 1 - self._scanned > MAX_LINE or newline + 1 > MAX_REPLY:
                 self._too_long()
             start = self._scanned
+            head = bytes(buffer[start:start + 3])
             try:
-                int(buffer[start:start + 3])  # as every SMTP library reads a code; strict starts: _line_code
+                # The code as every SMTP library reads it (strict starts: _line_code), but from three octets before
+                # the line's end: int() skips whitespace, so "25\n" was code 25, and "\r\n250 ok" code 2, which
+                # then raised a bare ValueError out of the read.
+                if newline - start < 3 or b"\r" in head:
+                    raise ValueError("a line shorter than a reply code")
+                int(head)
             except ValueError:
                 self._fail(SMTPResponseException(-1, "Malformed SMTP response line: "
                                                  + bytes(buffer[start:newline + 1]).decode("utf-8", errors="ignore")))

@@ -169,6 +169,15 @@ def test_a_line_without_a_code_is_malformed() -> None:
     assert error.code == -1 and error.message.startswith("Malformed SMTP response line")
 
 
+@pytest.mark.parametrize("reply", [b"25\r\n", b"25\n", b"\r\n250 ok\r\n", b"\n250 ok\r\n", b"2\n",
+                                   b"250-ok\r\n25\r\n", b"250-ok\r\n\r\n250 ok\r\n"])
+def test_a_line_shorter_than_a_reply_code_is_malformed(reply: bytes) -> None:
+    """RFC 5321 §4.2: a code's three octets begin every line. int() read on past a short line's end ("25\n" was
+    code 25; "\r\n250 ok" code 2, and then a bare ValueError out of the read)."""
+    error, _ = failure_of([reply])
+    assert error.code == -1 and error.message.startswith("Malformed SMTP response line"), error
+
+
 def test_unasked_octets_are_bounded_too() -> None:
     """A relay talking while nobody awaits a reply keeps at most MAX_REPLY octets; the next read fails."""
     error, _ = failure_of([b"250-" + b"x" * 1000 + b"\r\n"] * (smtpwire.MAX_REPLY // 1000 + 2))
