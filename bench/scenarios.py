@@ -404,7 +404,7 @@ def s7_postfix(ctx: Context, sessions: int = 8) -> list[Row]:
            f"and ours (smtpwire, with the transcript, the reply bounds and the classification) "
            f"{session / floor_s:.2f}x that minimal client; bare aiosmtplib is {aio_s / smtp_s:.2f}x. The round "
            f"trips are smtplib's and no stall is left (our TCP_QUICKACK avoids Postfix's delayed-ACK wait after "
-           f"TLS 1.3): the gap is CPU. duration_s has 1 ms resolution: the ratio moves in steps of ~0.15x")
+           f"TLS 1.3): the gap is CPU. duration_s has 0.1 ms resolution")
     return [
         Row("7", f"{what}: SMTP session (journal's duration_s), deploy / smtplib", deploy, smtp, session / smtp_s,
             Budget("<=", 1.2), f"{ms(session)} vs {ms(smtp_s)}", why=why),

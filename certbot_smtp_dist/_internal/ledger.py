@@ -92,7 +92,9 @@ class Ledger:
                                message_id=job.message.message_id if job.message else None,
                                recipients=list(job.message.envelope_to) if job.message else [],
                                **_protection(job.message), outcome=outcome, **failure_json(f),
-                               attempt=prior + attempt.number, duration_s=round(attempt.duration_s, 3), **_key_and_names(facts))
+                               # 0.1 ms: a session on a LAN takes a few ms, and 1 ms steps blur its measure
+                               attempt=prior + attempt.number, duration_s=round(attempt.duration_s, 4),
+                               **_key_and_names(facts))
 
     def held_back(self, facts: CertificateFacts, target: str, reason: str) -> None:
         """A quiet target's renewal that was not sent (min_interval): journalled, never spooled."""
