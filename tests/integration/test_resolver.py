@@ -86,6 +86,16 @@ def _namespaces_usable() -> bool:
     return probe.returncode == 0
 
 
+def _in_namespace(denv: DeployEnv, lineage: LineagePaths, tmp_path: Path, shell: str, python: str,
+                  timeout: float = 180, **extra: str) -> subprocess.CompletedProcess[str]:
+    """`shell` run as inner.sh in new network and mount namespaces, with `python` beside it as inner.py."""
+    (tmp_path / "inner.sh").write_text(shell)
+    (tmp_path / "inner.py").write_text(python)
+    env = denv.env({"ROOT": str(tmp_path), "PYTHON": sys.executable, "LIVE": str(lineage.live_dir), **extra})
+    return subprocess.run(["unshare", "--net", "--mount", "sh", str(tmp_path / "inner.sh")], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def test_blackholed_resolver_is_abandoned_at_the_deadline(denv: DeployEnv, lineage: LineagePaths,
                                                           tmp_path: Path) -> None:
     from support.ci import require
@@ -93,11 +103,7 @@ def test_blackholed_resolver_is_abandoned_at_the_deadline(denv: DeployEnv, linea
     require(_namespaces_usable(), "needs unshare --net --mount and ip (root)")
     denv.write_config({"t": {"host": "relay.blackhole.example", "port": 2525, "tls_mode": "plaintext",
                              "timeout": 2, "from_address": "c@example.com", "to": ["a@example.com"]}})
-    (tmp_path / "inner.sh").write_text(INNER)
-    (tmp_path / "inner.py").write_text(INNER_PY)
-    env = denv.env({"ROOT": str(tmp_path), "PYTHON": sys.executable, "LIVE": str(lineage.live_dir)})
-    proc = subprocess.run(["unshare", "--net", "--mount", "sh", str(tmp_path / "inner.sh")], env=env,
-                          capture_output=True, text=True, timeout=180)
+    proc = _in_namespace(denv, lineage, tmp_path, INNER, INNER_PY)
     target = json.loads(proc.stdout)["targets"][0]
     assert (target["error_code"], target["phase"], target["retryable"]) == ("SMTP_CONNECT", "connect", True)
     assert "resolve" in target["detail"]
@@ -191,12 +197,7 @@ def test_every_command_ended_by_end_process_keeps_its_output_state_and_status(
     denv.write_config({"t": {"host": "relay.blackhole.example", "port": 2525, "tls_mode": "plaintext",
                              "timeout": 2, "from_address": "c@example.com", "to": ["a@example.com"]}},
                       defaults={"metrics_textfile": str(prom)})
-    (tmp_path / "inner.sh").write_text(INNER)
-    (tmp_path / "inner.py").write_text(COMMANDS_PY)
-    env = denv.env({"ROOT": str(tmp_path), "PYTHON": sys.executable, "LIVE": str(lineage.live_dir),
-                    "PROM": str(prom)})
-    proc = subprocess.run(["unshare", "--net", "--mount", "sh", str(tmp_path / "inner.sh")], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = _in_namespace(denv, lineage, tmp_path, INNER, COMMANDS_PY, timeout=300, PROM=str(prom))
     assert proc.returncode == 0, proc.stderr
     deploy, retry, check, status = json.loads(proc.stdout)
     for run in (deploy, retry, check):
@@ -317,11 +318,7 @@ def test_localhost_is_only_ever_a_loopback_address(denv: DeployEnv, lineage: Lin
     require(_namespaces_usable(), "needs unshare --net --mount and ip (root)")
     denv.write_config({"t": {"host": "localhost", "port": 2525, "tls_mode": "plaintext", "timeout": 5,
                              "payload": "pem_and_key", "from_address": "c@example.com", "to": ["a@example.com"]}})
-    (tmp_path / "inner.sh").write_text(ELSEWHERE)
-    (tmp_path / "inner.py").write_text(ELSEWHERE_PY)
-    env = denv.env({"ROOT": str(tmp_path), "PYTHON": sys.executable, "LIVE": str(lineage.live_dir)})
-    proc = subprocess.run(["unshare", "--net", "--mount", "sh", str(tmp_path / "inner.sh")], env=env,
-                          capture_output=True, text=True, timeout=180)
+    proc = _in_namespace(denv, lineage, tmp_path, ELSEWHERE, ELSEWHERE_PY)
     target = json.loads(proc.stdout)["targets"][0]
     assert "RECEIVED 0 DATA False" in proc.stderr, (proc.stderr, target)  # before: 1, True (delivered)
     assert (target["error_code"], target["phase"], target["retryable"]) == ("SMTP_CONNECT", "connect", True)
